@@ -1,0 +1,1 @@
+"""Adapters: one side-effecting library each (yaml, libvirt, watchdog)."""

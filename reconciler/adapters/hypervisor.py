@@ -1,0 +1,433 @@
+"""The libvirt boundary: the only module that imports ``libvirt``.
+
+:class:`Hypervisor` wraps one libvirt connection with small, idempotent operations named
+after what they do (``start_domain``, ``create_volume``) and returns plain values, never
+libvirt objects.  Every ``libvirtError`` is translated here, once, into the
+:mod:`reconciler.errors` tree (httpx's ``map_exceptions`` is the model): connection
+trouble is retryable, refusals are terminal, and each message names the object and what
+libvirt said.
+
+Ownership is re-checked here at the moment of every mutation of an existing domain
+(:meth:`Hypervisor.ensure_owned`): a plan made a second ago is not proof that the domain
+is still ours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import libvirt
+
+from reconciler import errors
+from reconciler.core import domxml, model
+
+DEFAULT_URI = "qemu:///system"
+
+# libvirt prints every error to stderr by default; kvmops reports them itself.
+libvirt.registerErrorHandler(lambda _context, _error: None, None)
+
+_CONNECTION_CODES = {
+    libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN, libvirt.VIR_ERR_RPC,
+    libvirt.VIR_ERR_AUTH_FAILED, libvirt.VIR_ERR_OPERATION_TIMEOUT, libvirt.VIR_ERR_AUTH_UNAVAILABLE,
+}  # fmt: skip
+_RETRYABLE_CODES = {libvirt.VIR_ERR_OPERATION_TIMEOUT, libvirt.VIR_ERR_AGENT_UNRESPONSIVE, libvirt.VIR_ERR_RESOURCE_BUSY}
+_NOT_FOUND_CODES = {
+    libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_STORAGE_POOL, libvirt.VIR_ERR_NO_STORAGE_VOL,
+    libvirt.VIR_ERR_NO_NETWORK,
+}  # fmt: skip
+_UNSUPPORTED_CODES = {libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED}
+
+_POWER = {
+    libvirt.VIR_DOMAIN_NOSTATE: model.PowerState.TRANSITIONAL,
+    libvirt.VIR_DOMAIN_RUNNING: model.PowerState.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: model.PowerState.RUNNING,
+    libvirt.VIR_DOMAIN_PAUSED: model.PowerState.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: model.PowerState.TRANSITIONAL,
+    libvirt.VIR_DOMAIN_SHUTOFF: model.PowerState.SHUTOFF,
+    libvirt.VIR_DOMAIN_CRASHED: model.PowerState.CRASHED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: model.PowerState.PAUSED,
+}
+_SHUTOFF_REASONS = {
+    libvirt.VIR_DOMAIN_SHUTOFF_UNKNOWN: model.ShutoffReason.UNKNOWN,
+    libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN: model.ShutoffReason.SHUTDOWN,
+    libvirt.VIR_DOMAIN_SHUTOFF_DESTROYED: model.ShutoffReason.DESTROYED,
+    libvirt.VIR_DOMAIN_SHUTOFF_CRASHED: model.ShutoffReason.CRASHED,
+    libvirt.VIR_DOMAIN_SHUTOFF_FAILED: model.ShutoffReason.FAILED,
+}
+
+
+def translate(exc: libvirt.libvirtError, what: str) -> errors.HypervisorError:
+    """Return the kvmops error for libvirt's ``exc``, raised while doing ``what``."""
+    code = exc.get_error_code()
+    detail = (exc.get_error_message() or str(exc)).strip()
+    message = f"{what}: {detail}"
+    if code in _CONNECTION_CODES or (
+        code == libvirt.VIR_ERR_SYSTEM_ERROR and exc.get_error_domain() in (libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE)
+    ):
+        return errors.ConnectionLost(message, code=code)
+    if code in _RETRYABLE_CODES:
+        return errors.RetryableHypervisorError(message, code=code)
+    if code in _NOT_FOUND_CODES:
+        return errors.ObjectNotFound(message, code=code)
+    if code in _UNSUPPORTED_CODES:
+        return errors.OperationUnsupported(message, code=code)
+    return errors.OperationRefused(message, code=code)
+
+
+@contextlib.contextmanager
+def translated(what: str) -> Iterator[None]:
+    """Translate any ``libvirtError`` raised inside the block; ``what`` prefixes its message."""
+    try:
+        yield
+    except libvirt.libvirtError as exc:
+        raise translate(exc, what) from exc
+
+
+@dataclass(frozen=True)
+class DomainRecord:
+    """What libvirt says about one domain, before any interpretation."""
+
+    name: str
+    uuid: str
+    inactive_xml: str
+    power: model.PowerState
+    shutoff_reason: model.ShutoffReason | None
+    autostart: bool
+    persistent: bool
+
+
+class Hypervisor:
+    """One libvirt connection and the operations kvmops performs through it.
+
+    Thread-safe: libvirt connections may be shared between threads, and the Python
+    binding releases the GIL during calls.
+    """
+
+    def __init__(self, connection: libvirt.virConnect, uri: str) -> None:
+        self._connection = connection
+        self.uri = uri
+
+    @classmethod
+    def open(cls, uri: str, *, read_only: bool = False) -> Hypervisor:
+        """Connect to ``uri``; raise ``ConnectionLost`` with a hint when nobody answers."""
+        try:
+            connection = libvirt.openReadOnly(uri) if read_only else libvirt.open(uri)
+        except libvirt.libvirtError as exc:
+            error = translate(exc, f"cannot connect to {uri}")
+            if isinstance(error, errors.HypervisorError) and uri.startswith("qemu"):
+                hint = "is libvirtd running and may this user use it? (systemctl start libvirtd; or use --connect test:///default to try kvmops without a hypervisor)"
+                raise errors.ConnectionLost(f"{error}; {hint}", code=error.code) from exc
+            raise error from exc
+        return cls(connection, uri)
+
+    def close(self) -> None:
+        """Close the connection; further calls fail with ``ConnectionLost``."""
+        with contextlib.suppress(libvirt.libvirtError):
+            self._connection.close()
+
+    def __enter__(self) -> Hypervisor:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    @property
+    def alive(self) -> bool:
+        """Return whether the connection still works."""
+        try:
+            return bool(self._connection.isAlive())
+        except libvirt.libvirtError:
+            return False
+
+    # -- reading ------------------------------------------------------------------------
+
+    def host_info(self) -> model.HostInfo:
+        """Return the domain types the host offers and whether KVM can really run guests."""
+        with translated(f"cannot read the capabilities of {self.uri}"):
+            capabilities = self._connection.getCapabilities()
+        types: list[str] = []
+        for domain in ET.fromstring(capabilities).iterfind("guest/arch/domain"):
+            kind = domain.get("type", "")
+            if kind and kind not in types:
+                types.append(kind)
+        test_driver = self.uri.startswith("test:")
+        reason = None
+        if "kvm" in types and not test_driver and _is_local(self.uri):
+            reason = local_kvm_problem()
+        return model.HostInfo(uri=self.uri, virt_types=tuple(types), test_driver=test_driver, kvm_unusable_reason=reason)
+
+    def list_domains(self) -> list[DomainRecord]:
+        """Return every domain with its inactive XML and power state."""
+        with translated(f"cannot list domains on {self.uri}"):
+            domains = self._connection.listAllDomains(0)
+        records = []
+        for domain in domains:
+            try:
+                records.append(self._record(domain))
+            except errors.ObjectNotFound:
+                continue  # undefined between the listing and now: it is simply gone
+        return records
+
+    def _record(self, domain: libvirt.virDomain) -> DomainRecord:
+        name = domain.name()
+        with translated(f"cannot read domain {name}"):
+            persistent = bool(domain.isPersistent())
+            xml = domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE if persistent else 0)
+            state, reason = domain.state()
+            autostart = bool(domain.autostart()) if persistent else False
+            uuid = domain.UUIDString()
+        power = _POWER.get(state, model.PowerState.TRANSITIONAL)
+        shutoff_reason = _SHUTOFF_REASONS.get(reason, model.ShutoffReason.OTHER) if state == libvirt.VIR_DOMAIN_SHUTOFF else None
+        return DomainRecord(name, uuid, xml, power, shutoff_reason, autostart, persistent)
+
+    def domain_xml(self, name: str) -> str:
+        """Return the persistent configuration of domain ``name`` (its live one if transient)."""
+        with translated(f"cannot read domain {name}"):
+            domain = self._connection.lookupByName(name)
+            return domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE if domain.isPersistent() else 0)
+
+    def live_xml(self, name: str) -> str | None:
+        """Return the running configuration of domain ``name``, or None if it is not running."""
+        with translated(f"cannot read domain {name}"):
+            domain = self._connection.lookupByName(name)
+            return domain.XMLDesc(0) if domain.isActive() else None
+
+    def domain_power(self, name: str) -> tuple[model.PowerState, model.ShutoffReason | None]:
+        """Return the power state of domain ``name`` now."""
+        with translated(f"cannot read the state of domain {name}"):
+            state, reason = self._connection.lookupByName(name).state()
+        power = _POWER.get(state, model.PowerState.TRANSITIONAL)
+        return power, (_SHUTOFF_REASONS.get(reason, model.ShutoffReason.OTHER) if state == libvirt.VIR_DOMAIN_SHUTOFF else None)
+
+    def list_pools(self) -> list[model.ObservedPool]:
+        """Return every storage pool."""
+        with translated(f"cannot list storage pools on {self.uri}"):
+            pools = self._connection.listAllStoragePools(0)
+        result = []
+        for pool in pools:
+            with translated("cannot read a storage pool"):
+                root = ET.fromstring(pool.XMLDesc(0))
+                result.append(model.ObservedPool(
+                    name=pool.name(), type=root.get("type", ""),
+                    path=(root.findtext("target/path") or "").rstrip("/") or None,
+                    active=bool(pool.isActive()), autostart=bool(pool.autostart()),
+                ))
+        return result
+
+    def list_volumes(self, pool_name: str) -> list[model.ObservedVolume]:
+        """Return the volumes of active pool ``pool_name`` with their sizes."""
+        with translated(f"cannot list the volumes of pool {pool_name}"):
+            pool = self._connection.storagePoolLookupByName(pool_name)
+            volumes = pool.listAllVolumes(0)
+        result = []
+        for volume in volumes:
+            try:
+                with translated(f"cannot read a volume of pool {pool_name}"):
+                    _type, capacity, allocation = volume.info()
+                    result.append(model.ObservedVolume(pool_name, volume.name(), capacity, allocation, volume.path()))
+            except errors.ObjectNotFound:
+                continue
+        return result
+
+    # -- ownership guard ----------------------------------------------------------------
+
+    def ensure_owned(self, name: str, uuid: str | None = None) -> None:
+        """Raise ``OwnershipError`` unless domain ``name`` carries kvmops' mark (and has ``uuid``)."""
+        with translated(f"cannot read domain {name}"):
+            domain = self._connection.lookupByName(name)
+            xml = domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE if domain.isPersistent() else 0)
+            actual_uuid = domain.UUIDString()
+        if domxml.parse_owner(domxml.parse_tree(xml)) is None:
+            raise errors.OwnershipError(f"domain {name} is not managed by kvmops (no kvmops metadata); refusing to change it")
+        if uuid is not None and actual_uuid != uuid:
+            raise errors.OwnershipError(
+                f"domain {name} was replaced since the plan was made (UUID {actual_uuid}, planned {uuid}); plan again"
+            )
+
+    def domain_exists(self, name: str) -> bool:
+        """Return whether a domain called ``name`` exists."""
+        try:
+            with translated(f"cannot look up domain {name}"):
+                self._connection.lookupByName(name)
+        except errors.ObjectNotFound:
+            return False
+        return True
+
+    # -- domains ------------------------------------------------------------------------
+
+    def define_domain(self, xml: str, name: str) -> None:
+        """Define (or redefine) a domain's persistent configuration from ``xml``."""
+        with translated(f"libvirt refused the definition of domain {name}"):
+            self._connection.defineXML(xml)
+
+    def start_domain(self, name: str) -> bool:
+        """Start domain ``name``; return False if it was already running."""
+        with translated(f"cannot start domain {name}"):
+            domain = self._connection.lookupByName(name)
+            if domain.isActive():
+                return False
+            domain.create()
+            return True
+
+    def shutdown_domain(self, name: str) -> bool:
+        """Ask the guest to power off (ACPI); return False if it was not running."""
+        with translated(f"cannot shut down domain {name}"):
+            domain = self._connection.lookupByName(name)
+            if not domain.isActive():
+                return False
+            try:
+                domain.shutdown()
+            except libvirt.libvirtError as exc:
+                if not domain.isActive():  # it went down by itself meanwhile
+                    return False
+                raise exc
+            return True
+
+    def destroy_domain(self, name: str) -> bool:
+        """Power domain ``name`` off at once; return False if it was not running."""
+        with translated(f"cannot destroy domain {name}"):
+            domain = self._connection.lookupByName(name)
+            if not domain.isActive():
+                return False
+            try:
+                domain.destroy()
+            except libvirt.libvirtError as exc:
+                if not domain.isActive():
+                    return False
+                raise exc
+            return True
+
+    def undefine_domain(self, name: str) -> None:
+        """Remove the persistent definition of ``name`` (managed save and snapshot metadata too)."""
+        with translated(f"cannot undefine domain {name}"):
+            domain = self._connection.lookupByName(name)
+            flags = (
+                libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+                | libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM
+            )
+            try:
+                domain.undefineFlags(flags)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() not in (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT):
+                    raise
+                domain.undefine()  # drivers without those flags (the test driver) have nothing to keep
+
+    def set_owner(self, name: str, owner: model.Ownership) -> None:
+        """Write kvmops' ownership mark into the persistent ``<metadata>`` of domain ``name``."""
+        element = domxml.render_owner(owner)
+        xml = ET.tostring(element, encoding="unicode").replace(f"{domxml.PREFIX}:", "").replace(
+            f' xmlns:{domxml.PREFIX}="{domxml.NAMESPACE}"', ""
+        )
+        with translated(f"cannot write kvmops metadata into domain {name}"):
+            self._connection.lookupByName(name).setMetadata(
+                libvirt.VIR_DOMAIN_METADATA_ELEMENT, xml, domxml.PREFIX, domxml.NAMESPACE, libvirt.VIR_DOMAIN_AFFECT_CONFIG
+            )
+
+    def set_autostart(self, name: str, autostart: bool) -> None:
+        """Set whether domain ``name`` starts with libvirtd."""
+        with translated(f"cannot set autostart of domain {name}"):
+            self._connection.lookupByName(name).setAutostart(int(autostart))
+
+    def set_memory_live(self, name: str, memory_kib: int) -> None:
+        """Move the running guest's balloon to ``memory_kib``."""
+        with translated(f"cannot change the memory of running domain {name}"):
+            self._connection.lookupByName(name).setMemoryFlags(memory_kib, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+    def block_resize(self, name: str, target: str, capacity: int) -> None:
+        """Grow disk ``target`` of running domain ``name`` to ``capacity`` bytes."""
+        with translated(f"cannot grow disk {target} of domain {name}"):
+            self._connection.lookupByName(name).blockResize(target, capacity, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+
+    # -- storage ------------------------------------------------------------------------
+
+    def define_pool(self, xml: str, name: str) -> None:
+        """Define storage pool ``name`` from ``xml``."""
+        with translated(f"libvirt refused the definition of pool {name}"):
+            self._connection.storagePoolDefineXML(xml, 0)
+
+    def build_pool(self, name: str) -> None:
+        """Build pool ``name`` (for a dir pool: create its directory)."""
+        with translated(f"cannot build pool {name}"):
+            self._connection.storagePoolLookupByName(name).build(0)
+
+    def start_pool(self, name: str) -> bool:
+        """Start pool ``name``; return False if it was already active."""
+        with translated(f"cannot start pool {name}"):
+            pool = self._connection.storagePoolLookupByName(name)
+            if pool.isActive():
+                return False
+            pool.create(0)
+            return True
+
+    def set_pool_autostart(self, name: str, autostart: bool) -> None:
+        """Set whether pool ``name`` starts with libvirtd."""
+        with translated(f"cannot set autostart of pool {name}"):
+            self._connection.storagePoolLookupByName(name).setAutostart(int(autostart))
+
+    def volume_exists(self, pool_name: str, name: str) -> bool:
+        """Return whether volume ``name`` exists in pool ``pool_name``."""
+        try:
+            with translated(f"cannot look up volume {pool_name}/{name}"):
+                self._connection.storagePoolLookupByName(pool_name).storageVolLookupByName(name)
+        except errors.ObjectNotFound as exc:
+            if exc.code == libvirt.VIR_ERR_NO_STORAGE_POOL:
+                raise
+            return False
+        return True
+
+    def create_volume(self, pool_name: str, xml: str, name: str) -> None:
+        """Create volume ``name`` in pool ``pool_name`` from ``xml``."""
+        with translated(f"cannot create volume {pool_name}/{name}"):
+            self._connection.storagePoolLookupByName(pool_name).createXML(xml, 0)
+
+    def volume_capacity(self, pool_name: str, name: str) -> int:
+        """Return the capacity of volume ``pool_name/name`` in bytes."""
+        with translated(f"cannot read volume {pool_name}/{name}"):
+            return self._connection.storagePoolLookupByName(pool_name).storageVolLookupByName(name).info()[1]
+
+    def resize_volume(self, pool_name: str, name: str, capacity: int) -> None:
+        """Grow volume ``pool_name/name`` to ``capacity`` bytes (never shrinks)."""
+        with translated(f"cannot grow volume {pool_name}/{name}"):
+            volume = self._connection.storagePoolLookupByName(pool_name).storageVolLookupByName(name)
+            volume.resize(capacity, 0)  # without VIR_STORAGE_VOL_RESIZE_SHRINK libvirt refuses to shrink
+
+    def delete_volume(self, pool_name: str, name: str) -> bool:
+        """Delete volume ``pool_name/name``; return False if it was already gone."""
+        try:
+            with translated(f"cannot delete volume {pool_name}/{name}"):
+                self._connection.storagePoolLookupByName(pool_name).storageVolLookupByName(name).delete(0)
+        except errors.ObjectNotFound as exc:
+            if exc.code == libvirt.VIR_ERR_NO_STORAGE_VOL:
+                return False
+            raise
+        return True
+
+
+def _is_local(uri: str) -> bool:
+    return not urlparse(uri).hostname
+
+
+def local_kvm_problem() -> str | None:
+    """Return why this machine's KVM cannot run standard guests under libvirt, or None.
+
+    Two cases are known: a paravirtual ``kvm_pvm`` module, which starts a domain but
+    cannot run a standard guest kernel, and a ``/dev/kvm`` that QEMU's unprivileged user
+    cannot open.
+    """
+    if os.path.isdir("/sys/module/kvm_pvm"):
+        return "/dev/kvm is provided by kvm_pvm (paravirtual KVM), which cannot run standard guest kernels"
+    try:
+        mode = os.stat("/dev/kvm").st_mode
+    except OSError:
+        return "/dev/kvm does not exist (no KVM on this host)"
+    if not mode & (stat.S_IRGRP | stat.S_IWGRP | stat.S_IROTH | stat.S_IWOTH):
+        return "/dev/kvm is only accessible to root, so QEMU (user libvirt-qemu) cannot use it: chgrp kvm /dev/kvm && chmod 660 /dev/kvm"
+    return None

@@ -1,0 +1,209 @@
+"""Read manifest files from disk into :class:`~reconciler.core.model.Document` values.
+
+The only module that imports ``yaml``.  It finds ``*.yaml``/``*.yml`` files recursively
+under a root (skipping hidden files and directories and editor leftovers), parses every
+document with PyYAML's safe composer, and converts the node graph to plain data itself so
+that it can
+
+* remember the line of every field, for ``FILE:LINE: field.path: message`` problems;
+* refuse what a manifest never needs: duplicate keys, custom tags, recursive aliases,
+  alias "bombs" (a node budget per file), absurd nesting, files over 1 MiB, binary junk.
+
+Nothing here raises for a bad file: each becomes a :class:`Problem` in the returned
+:class:`ManifestSet`, and the other files still load.  Only a root that does not exist
+raises :class:`~reconciler.errors.ManifestError`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+
+from reconciler import errors
+from reconciler.core import model
+
+MAX_FILE_BYTES = 1024 * 1024
+MAX_NODES_PER_FILE = 50_000
+MAX_DEPTH = 32
+MANIFEST_SUFFIXES = (".yaml", ".yml")
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _Refused(Exception):
+    """A document that cannot become data; converted to a Problem by the caller."""
+
+    def __init__(self, line: int | None, path: str, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.path = path
+        self.message = message
+
+
+def discover(root: Path) -> list[Path]:
+    """Return the manifest files under ``root``, sorted, skipping hidden and backup files."""
+    found = []
+    for directory, subdirs, names in os.walk(root):
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        for name in names:
+            if name.startswith((".", "#")) or not name.endswith(MANIFEST_SUFFIXES):
+                continue
+            found.append(Path(directory, name))
+    return sorted(found)
+
+
+def load(root: str | os.PathLike) -> model.ManifestSet:
+    """Return every document under ``root`` (a directory or a single file).
+
+    Raises ``ManifestError`` when ``root`` does not exist or is not readable, because an
+    absent manifest directory must never look like "every VM was deleted".
+    """
+    root_path = Path(root)
+    if root_path.is_file():
+        files, base = [root_path], root_path.parent
+    elif root_path.is_dir():
+        try:
+            files, base = discover(root_path), root_path
+        except OSError as exc:
+            raise errors.ManifestError(f"{root_path}: cannot list manifests: {exc.strerror}") from exc
+    else:
+        raise errors.ManifestError(
+            f"{root_path}: no such manifest file or directory; check the path (nothing was changed)"
+        )
+    documents: list[model.Document] = []
+    problems: list[model.Problem] = []
+    for path in files:
+        file_documents, file_problems = load_file(path, base)
+        documents.extend(file_documents)
+        problems.extend(file_problems)
+    return model.ManifestSet(str(root_path), tuple(documents), tuple(problems), len(files))
+
+
+def load_file(path: Path, base: Path) -> tuple[list[model.Document], list[model.Problem]]:
+    """Return the documents of one file, or the problems that kept them from loading."""
+    display = str(path)
+    relpath = path.relative_to(base).as_posix() if path.is_relative_to(base) else path.name
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            return [], [model.Problem(display, None, "", f"file is {size / 1e6:.1f} MB; manifests are limited to 1 MiB (split it into several files)")]
+        raw = path.read_bytes()
+    except OSError as exc:
+        return [], [model.Problem(display, None, "", f"cannot read file: {exc.strerror}")]
+    if b"\x00" in raw:
+        return [], [model.Problem(display, None, "", "binary data (NUL bytes), not a YAML text file; remove it or give it another extension")]
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        return [], [model.Problem(display, line, "", f"not valid UTF-8 (byte 0x{raw[exc.start]:02x}); save the file as UTF-8")]
+    return parse_text(text, display, relpath)
+
+
+def parse_text(text: str, display: str, relpath: str) -> tuple[list[model.Document], list[model.Problem]]:
+    """Return the documents in YAML ``text``; ``display`` names the file in problems."""
+    documents: list[model.Document] = []
+    problems: list[model.Problem] = []
+    converter = _Converter()
+    try:
+        for index, node in enumerate(yaml.compose_all(text, Loader=_Loader)):
+            if node is None:
+                continue
+            converter.lines = {}
+            try:
+                body = converter.convert(node, "", 0)
+            except _Refused as refusal:
+                problems.append(model.Problem(display, refusal.line, refusal.path, refusal.message))
+                if converter.budget < 0:
+                    break
+                continue
+            documents.append(
+                model.Document(
+                    file=display, relpath=relpath, index=index, line=node.start_mark.line + 1,
+                    body=body, lines=converter.lines,
+                )
+            )
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        detail = exc.problem or exc.context or "invalid YAML"
+        problems.append(model.Problem(display, line, "", f"YAML syntax error: {detail}"))
+    except yaml.YAMLError as exc:
+        problems.append(model.Problem(display, None, "", f"YAML error: {_one_line(str(exc))}"))
+    return documents, problems
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class _Converter:
+    """Turn a composed YAML node graph into plain data, recording each field's line."""
+
+    def __init__(self) -> None:
+        self.constructor = yaml.constructor.SafeConstructor()
+        self.budget = MAX_NODES_PER_FILE
+        self.lines: dict[str, int] = {}
+        self.in_progress: set[int] = set()
+
+    def convert(self, node: yaml.Node, path: str, depth: int) -> object:
+        line = node.start_mark.line + 1
+        self.budget -= 1
+        if self.budget < 0:
+            raise _Refused(line, path, f"more than {MAX_NODES_PER_FILE} YAML nodes (an alias bomb?); manifests are small, split or simplify it")
+        if depth > MAX_DEPTH:
+            raise _Refused(line, path, f"nested more than {MAX_DEPTH} levels deep")
+        if path:
+            self.lines.setdefault(path, line)
+        if isinstance(node, yaml.ScalarNode):
+            return self._scalar(node, path)
+        if id(node) in self.in_progress:
+            raise _Refused(line, path, "recursive YAML alias; a manifest cannot contain itself")
+        self.in_progress.add(id(node))
+        try:
+            if isinstance(node, yaml.SequenceNode):
+                return [self.convert(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(node.value)]
+            return self._mapping(node, path, depth)
+        finally:
+            self.in_progress.discard(id(node))
+
+    def _scalar(self, node: yaml.ScalarNode, path: str) -> object:
+        try:
+            value = self.constructor.construct_object(node, deep=True)
+        except yaml.constructor.ConstructorError as exc:
+            raise _Refused(node.start_mark.line + 1, path, f"unsupported YAML value: {exc.problem}") from exc
+        except (ValueError, OverflowError) as exc:
+            raise _Refused(node.start_mark.line + 1, path, f"unreadable YAML value {node.value!r}") from exc
+        if not isinstance(value, (str, int, float, bool, type(None))):
+            return str(node.value)  # timestamps and binary stay text; the schema judges them
+        return value
+
+    def _mapping(self, node: yaml.MappingNode, path: str, depth: int) -> dict:
+        result: dict[str, object] = {}
+        key_lines: dict[str, int] = {}
+        merged: dict[str, object] = {}
+        for key_node, value_node in node.value:
+            line = key_node.start_mark.line + 1
+            if key_node.tag == _MERGE_TAG:
+                sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                for source in sources:
+                    if not isinstance(source, yaml.MappingNode):
+                        raise _Refused(line, path, "a '<<' merge needs a mapping (an alias to one)")
+                    for key, value in self._mapping(source, path, depth + 1).items():
+                        merged.setdefault(key, value)
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise _Refused(line, path, "a mapping key must be a plain value, not a list or mapping")
+            key = str(self._scalar(key_node, path))
+            child = f"{path}.{key}" if path else key
+            if key in key_lines:
+                raise _Refused(line, child, f"duplicate key '{key}' (first at line {key_lines[key]}); keep one")
+            key_lines[key] = line
+            self.lines[child] = line
+            result[key] = self.convert(value_node, child, depth + 1)
+        for key, value in merged.items():
+            result.setdefault(key, value)
+        return result

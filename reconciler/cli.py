@@ -1,0 +1,318 @@
+"""The ``kvmops`` command: ``validate``, ``plan``, ``apply``, ``adopt`` and ``demo``.
+
+``main(argv)`` returns the exit status and never lets a traceback out: every expected
+failure is a :class:`~reconciler.errors.KvmopsError` printed as one line on stderr.
+Output meant for people or programs (plans, reports, JSON) goes to stdout; logs go to
+stderr.  Exit status: 0 success, 1 error or problems; ``plan --detailed-exitcode`` adds
+2 for "there are changes".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+from collections.abc import Callable, Sequence
+
+from reconciler import errors, logconfig
+from reconciler.adapters import hypervisor as hv
+from reconciler.core import domxml, model, planner, render
+from reconciler.runtime import execute, observe, reconcile
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_CHANGES = 2
+DEMO_URI = "test:///default"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with exit status 1 for usage errors (2 means "changes" for plan)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
+
+
+def default_uri() -> str:
+    """Return the libvirt URI used without ``--connect``: ``$KVMOPS_CONNECT`` or qemu:///system."""
+    return os.environ.get("KVMOPS_CONNECT") or hv.DEFAULT_URI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser for every subcommand."""
+    parser = _Parser(prog="kvmops", description="Declarative GitOps reconciler for KVM virtual machines.")
+    parser.add_argument("--log-format", choices=logconfig.FORMATS, default=os.environ.get("KVMOPS_LOG_FORMAT", "auto"),
+                        help="log format on stderr (default: console on a terminal, JSON otherwise)")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    def connect_option(command: argparse.ArgumentParser, *, required_default: bool = True) -> None:
+        command.add_argument("--connect", "-c", metavar="URI", default=default_uri() if required_default else None,
+                             help="libvirt URI (default: $KVMOPS_CONNECT or qemu:///system)")
+
+    def planning_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument("path", metavar="PATH", help="manifest directory (searched recursively) or file")
+        connect_option(command)
+        command.add_argument("--no-prune", action="store_true", help="never remove domains whose manifest is gone")
+        command.add_argument("--allow-empty", action="store_true",
+                             help="allow pruning every managed domain when the manifests declare no VM")
+        command.add_argument("--virt-type", choices=("auto", "kvm", "qemu"),
+                             default=os.environ.get("KVMOPS_VIRT_TYPE", "auto"),
+                             help="domain type for VMs that do not set virtType (default: $KVMOPS_VIRT_TYPE or auto)")
+        command.add_argument("--shutdown-timeout", type=float, default=60.0, metavar="SECONDS",
+                             help="seconds a guest gets to power off before it is destroyed (default: 60)")
+        command.add_argument("--no-color", action="store_true", help="no colours in text output")
+
+    validate = commands.add_parser("validate", help="check manifests against the schemas and each other")
+    validate.add_argument("path", metavar="PATH")
+    validate.add_argument("--connect", "-c", metavar="URI",
+                          help="also check that the storage pools the disks use exist on this host")
+    validate.add_argument("--output", "-o", choices=("text", "json"), default="text")
+    validate.set_defaults(handler=cmd_validate)
+
+    plan = commands.add_parser("plan", help="show what apply would change (a dry run)")
+    planning_options(plan)
+    plan.add_argument("--output", "-o", choices=("text", "json"), default="text")
+    plan.add_argument("--detailed-exitcode", action="store_true",
+                      help="exit 0 when there are no changes, 2 when there are, 1 on error")
+    plan.set_defaults(handler=cmd_plan)
+
+    apply = commands.add_parser("apply", help="converge the host on the manifests")
+    planning_options(apply)
+    apply.add_argument("--parallel", type=int, default=execute.DEFAULT_WORKERS, metavar="N",
+                       help=f"VMs worked on at once (default: {execute.DEFAULT_WORKERS})")
+    apply.set_defaults(handler=cmd_apply)
+
+    adopt = commands.add_parser("adopt", help="mark an existing domain as managed by kvmops")
+    adopt.add_argument("name", metavar="NAME")
+    connect_option(adopt)
+    adopt.set_defaults(handler=cmd_adopt)
+
+    demo = commands.add_parser("demo", help=f"validate, plan, apply and plan again on {DEMO_URI}, in one process")
+    demo.add_argument("path", metavar="PATH", nargs="?", default="manifests")
+    demo.add_argument("--connect", "-c", metavar="URI", default=DEMO_URI, help=argparse.SUPPRESS)
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the kvmops command line; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logconfig.configure(format=args.log_format, level=args.log_level)
+    try:
+        return args.handler(args)
+    except errors.KvmopsError as exc:
+        _error(str(exc))
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+    except BrokenPipeError:
+        return EXIT_ERROR
+    except Exception as exc:  # the promise is one line, never a traceback
+        if os.environ.get("KVMOPS_DEBUG"):
+            raise
+        _error(f"internal error: {type(exc).__name__}: {exc} (set KVMOPS_DEBUG=1 for a traceback, and please report it)")
+        return EXIT_ERROR
+
+
+def _error(message: str) -> None:
+    print(f"kvmops: error: {message}", file=sys.stderr)
+
+
+def _settings(args: argparse.Namespace) -> planner.Settings:
+    return planner.Settings(
+        prune=not args.no_prune, allow_empty=args.allow_empty,
+        virt_type=args.virt_type, shutdown_timeout=args.shutdown_timeout,
+    )
+
+
+def _colour(args: argparse.Namespace) -> bool:
+    return sys.stdout.isatty() and not getattr(args, "no_color", False) and "NO_COLOR" not in os.environ
+
+
+def _with_hypervisor(args: argparse.Namespace, shared: hv.Hypervisor | None, *, read_only: bool,
+                     body: Callable[[hv.Hypervisor], int]) -> int:
+    if shared is not None:
+        return body(shared)
+    with hv.Hypervisor.open(args.connect, read_only=read_only) as hypervisor:
+        return body(hypervisor)
+
+
+# --- validate ---------------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> int:
+    """Check the manifests; print one line per problem; exit 0 when all are valid."""
+    desired = reconcile.load_desired(args.path)
+    problems = list(desired.problems)
+    if args.connect or shared is not None:
+        def check_pools(hypervisor: hv.Hypervisor) -> int:
+            pools = {pool.name: pool for pool in hypervisor.list_pools()}
+            for spec in desired.vms.values():
+                problems.extend(planner.pool_problems(spec, desired.pools, pools, hypervisor.uri))
+            return EXIT_OK
+        _with_hypervisor(args, shared, read_only=True, body=check_pools)
+    if getattr(args, "output", "text") == "json":
+        print(json.dumps({
+            "valid": not problems, "files": desired.files, "virtual_machines": len(desired.vms),
+            "storage_pools": len(desired.pools), "problems": [render.problem_data(p) for p in problems],
+        }, indent=2))
+    else:
+        for problem in problems:
+            print(problem)
+        counts = f"{desired.files} file(s), {len(desired.vms)} VirtualMachine(s), {len(desired.pools)} StoragePool(s)"
+        if problems:
+            print(f"{len(problems)} problem(s) found in {args.path} ({counts} valid)")
+        else:
+            print(f"{args.path}: valid ({counts})")
+    return EXIT_ERROR if problems else EXIT_OK
+
+
+# --- plan -------------------------------------------------------------------------------
+
+
+def cmd_plan(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> int:
+    """Print the plan; exit per ``--detailed-exitcode``."""
+    def body(hypervisor: hv.Hypervisor) -> int:
+        result = reconcile.make_plan(args.path, hypervisor, settings=_settings(args))
+        _print_plan(result.plan, args)
+        if result.plan.problems:
+            return EXIT_ERROR
+        if args.detailed_exitcode and result.plan.has_changes:
+            return EXIT_CHANGES
+        return EXIT_OK
+    return _with_hypervisor(args, shared, read_only=True, body=body)
+
+
+def _print_plan(plan, args: argparse.Namespace) -> None:
+    if getattr(args, "output", "text") == "json":
+        sys.stdout.write(render.to_json(plan))
+        for problem in plan.problems:
+            print(problem, file=sys.stderr)
+    else:
+        sys.stdout.write(render.text(plan, colour=_colour(args), source=args.path))
+    sys.stdout.flush()
+
+
+# --- apply ------------------------------------------------------------------------------
+
+
+def cmd_apply(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> int:
+    """Print the plan, carry it out, print what was done; exit 0 only when converged."""
+    def body(hypervisor: hv.Hypervisor) -> int:
+        settings = _settings(args)
+        planned = reconcile.make_plan(args.path, hypervisor, settings=settings)
+        _print_plan(planned.plan, args)
+        if not planned.plan.has_changes:
+            return EXIT_ERROR if planned.plan.problems else EXIT_OK
+        print("Applying...", flush=True)
+        cancel = threading.Event()
+        try:
+            result = reconcile.apply(args.path, hypervisor, settings=settings, workers=args.parallel,
+                                     planned=planned, cancel=cancel)
+        except KeyboardInterrupt:
+            cancel.set()
+            raise
+        sys.stdout.write(report_text(result))
+        return EXIT_OK if result.converged else EXIT_ERROR
+    return _with_hypervisor(args, shared, read_only=False, body=body)
+
+
+def report_text(result: reconcile.ApplyResult) -> str:
+    """Return what an apply did, resource by resource, and whether it converged."""
+    lines = [""]
+    for outcome in result.report.outcomes:
+        mark = {"converged": "✓", "failed": "✗", "skipped": "-"}[outcome.status]
+        lines.append(f"{mark} {outcome.kind} {outcome.name}: {outcome.status}")
+        for step in outcome.steps:
+            detail = f" ({step.detail})" if step.detail and step.ok else ""
+            status = "done" if step.ok else "FAILED"
+            lines.append(f"    {status}: {step.description}{detail} [{step.duration_ms} ms]")
+            if not step.ok:
+                lines.append(f"      {step.detail}")
+        if outcome.status == "skipped" and outcome.error:
+            lines.append(f"    {outcome.error}")
+    report = result.report
+    succeeded = sum(1 for o in report.outcomes if o.status == "converged")
+    lines.append("")
+    lines.append(f"Apply finished: {succeeded} of {len(report.outcomes)} resource(s) changed successfully.")
+    if result.after is None:
+        lines.append("Cancelled: remaining steps were not run; apply again to converge.")
+    elif result.converged:
+        lines.append("Converged: a fresh plan shows no changes.")
+    else:
+        remaining = len(result.after.changes)
+        problems = len(result.after.problems)
+        why = []
+        if remaining:
+            why.append(f"{remaining} resource(s) still differ")
+        if problems:
+            why.append(f"{problems} problem(s) remain")
+        if report.failures:
+            why.append(f"{len(report.failures)} resource(s) failed")
+        lines.append("Not converged: " + "; ".join(why) + ". Fix the errors above and apply again.")
+    return "\n".join(lines) + "\n"
+
+
+# --- adopt ------------------------------------------------------------------------------
+
+
+def cmd_adopt(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> int:
+    """Mark a foreign domain as kvmops' own, without changing anything else in it."""
+    def body(hypervisor: hv.Hypervisor) -> int:
+        actual = observe.observe(hypervisor)
+        domain = actual.domains.get(args.name)
+        if domain is None:
+            raise errors.ObjectNotFound(f"no domain named {args.name} on {hypervisor.uri}")
+        if domain.owned:
+            print(f"domain {args.name} is already managed by kvmops")
+            return EXIT_OK
+        root = domxml.parse(hypervisor.domain_xml(args.name))
+        volumes = tuple(
+            model.OwnedVolume(d.pool, d.volume, model.DeletionPolicy.RETAIN, created=False)
+            for d in root.disks if d.pool is not None
+        )
+        owner = model.Ownership(manifest="", digest="", run_strategy=model.RunStrategy.MANUAL, volumes=volumes)
+        hypervisor.set_owner(args.name, owner)
+        print(f"domain {args.name} is now managed by kvmops; its volumes are recorded as not created by kvmops, so "
+              f"they are never deleted. Run `kvmops plan` to see how its manifest differs.")
+        return EXIT_OK
+    return _with_hypervisor(args, shared, read_only=False, body=body)
+
+
+# --- demo -------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run validate, plan, apply and plan again in one process, on libvirt's test driver.
+
+    The test driver keeps its state inside the process that opened it, so the four
+    steps must share one connection to show a real second, empty plan.
+    """
+    base = dict(path=args.path, connect=args.connect, no_prune=False, allow_empty=False,
+                virt_type="auto", shutdown_timeout=5.0, no_color=False, detailed_exitcode=True,
+                output="text", parallel=execute.DEFAULT_WORKERS)
+    with hv.Hypervisor.open(args.connect) as hypervisor:
+        steps = [
+            ("validate", cmd_validate, {EXIT_OK}),
+            ("plan", cmd_plan, {EXIT_CHANGES}),
+            ("apply", cmd_apply, {EXIT_OK}),
+            ("plan", cmd_plan, {EXIT_OK}),
+        ]
+        for name, handler, expected in steps:
+            print(f"\n$ kvmops {name} {args.path} --connect {args.connect}" + (" --detailed-exitcode" if name == "plan" else ""))
+            status = handler(argparse.Namespace(**base), hypervisor)
+            print(f"[exit status {status}]")
+            if status not in expected:
+                _error(f"demo step `{name}` exited {status}; expected {' or '.join(map(str, sorted(expected)))}")
+                return EXIT_ERROR
+    print("\nDemo complete: the second plan is empty, so applying again would change nothing.")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,353 @@
+"""The values kvmops reasons about: what the manifests want, and what libvirt has.
+
+Two families of frozen values meet in the planner:
+
+* desired: :class:`VMSpec` and :class:`PoolSpec`, built from validated manifests by
+  :mod:`reconciler.core.desired`, collected in a :class:`DesiredState`;
+* actual: :class:`ObservedDomain`, :class:`ObservedPool` and :class:`ObservedVolume`, built
+  by :mod:`reconciler.runtime.observe` from libvirt, collected in an :class:`ActualState`.
+
+Both sides meet in :class:`DomainDefinition`, the essence of a domain's XML that kvmops
+manages: the planner derives one from a spec, the parser derives one from libvirt's XML,
+and equal essences mean "no drift" whatever defaults libvirt filled in around them.
+
+Nothing here performs I/O; every class is a frozen dataclass, safe to share between threads.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+
+class RunStrategy(enum.StrEnum):
+    """When a VM should be running, in KubeVirt's vocabulary."""
+
+    ALWAYS = "Always"  # keep running; start it whenever it is not
+    RERUN_ON_FAILURE = "RerunOnFailure"  # start on creation; restart only after a crash
+    MANUAL = "Manual"  # start on creation; then power is the operator's business
+    HALTED = "Halted"  # keep it off
+
+
+class DeletionPolicy(enum.StrEnum):
+    """What becomes of a volume when its disk or VM leaves the manifests."""
+
+    RETAIN = "Retain"
+    DELETE = "Delete"
+
+
+class PowerState(enum.StrEnum):
+    """A domain's power state, reduced to what the planner acts on."""
+
+    RUNNING = "running"
+    PAUSED = "paused"
+    SHUTOFF = "shutoff"
+    CRASHED = "crashed"
+    TRANSITIONAL = "transitional"  # shutting down, being saved, ... : wait for it
+
+    @property
+    def active(self) -> bool:
+        """Return whether a QEMU process exists for the domain."""
+        return self in (PowerState.RUNNING, PowerState.PAUSED, PowerState.TRANSITIONAL)
+
+
+class ShutoffReason(enum.StrEnum):
+    """Why a shut-off domain is off (libvirt's ``VIR_DOMAIN_SHUTOFF_*``)."""
+
+    UNKNOWN = "unknown"
+    SHUTDOWN = "shutdown"  # the guest powered off
+    DESTROYED = "destroyed"  # someone pulled the plug (virsh destroy, kvmops stop timeout)
+    CRASHED = "crashed"
+    FAILED = "failed"  # it never came up: the last start failed
+    OTHER = "other"  # saved, migrated, restored from a snapshot, daemon restart
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the input, located as precisely as kvmops can.
+
+    ``str(problem)`` is the one line the user sees: ``FILE:LINE: field.path: message``.
+    """
+
+    file: str
+    line: int | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a resource was declared: file, line, and the line of each field in it."""
+
+    file: str
+    line: int
+    lines: Mapping[str, int] = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    def line_of(self, path: str) -> int:
+        """Return the line of ``path`` (``spec.disks[0].pool``) or of its nearest ancestor."""
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            cut = max(path.rfind("."), path.rfind("["))
+            path = path[:cut] if cut > 0 else ""
+        return self.line
+
+    def problem(self, path: str, message: str) -> Problem:
+        """Return a :class:`Problem` located at ``path`` within this resource."""
+        return Problem(self.file, self.line_of(path), path, message)
+
+
+# --- manifests as read -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Document:
+    """One YAML document of a manifest file, as plain data, with the line of every field.
+
+    ``lines`` maps a field path (``spec.disks[0].size``) to its 1-based line.
+    """
+
+    file: str  # as the user would open it: the manifest root joined with relpath
+    relpath: str  # relative to the manifest root, '/'-separated; recorded in libvirt
+    index: int  # position of the document in its file, from 0
+    line: int
+    body: object
+    lines: Mapping[str, int] = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    @property
+    def origin(self) -> Origin:
+        """Return this document's location, for problems raised about it."""
+        return Origin(self.file, self.line, self.lines)
+
+
+@dataclass(frozen=True)
+class ManifestSet:
+    """The documents found under a manifest root, and the problems reading them."""
+
+    root: str
+    documents: tuple[Document, ...]
+    problems: tuple[Problem, ...]
+    files: int
+
+
+# --- desired ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    """A qcow2 volume attached as a disk; identified by its ``name`` within the VM."""
+
+    name: str
+    pool: str
+    volume: str
+    size: int  # bytes, a whole number of MiB
+    bus: str
+    target: str  # vda, sdb, ...: derived from bus and position
+    deletion_policy: DeletionPolicy
+
+
+@dataclass(frozen=True)
+class NicSpec:
+    """A network interface on a libvirt network or a host bridge."""
+
+    kind: str  # "network" | "bridge"
+    source: str
+    model: str
+    mac: str | None  # None: libvirt picks one at creation, kvmops keeps it from then on
+
+
+@dataclass(frozen=True)
+class VMSpec:
+    """A VirtualMachine manifest after defaults, units and cross-checks."""
+
+    name: str
+    uuid: str | None
+    virt_type: str | None  # "auto" | "kvm" | "qemu"; None: the global default
+    vcpus: int
+    memory: int  # KiB, the current allocation
+    max_memory: int  # KiB, the ceiling the memory balloon can reach without a restart
+    disks: tuple[DiskSpec, ...]
+    nics: tuple[NicSpec, ...]
+    console: bool
+    graphics: str  # "none" | "vnc" | "spice"
+    autostart: bool
+    run_strategy: RunStrategy
+    shutdown_timeout: float | None  # seconds; None: the global default
+    manifest: str  # path of the file, relative to the manifest root
+    digest: str  # sha256 of the normalised document
+    origin: Origin = field(compare=False, hash=False, repr=False)
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """A StoragePool manifest: a ``dir`` pool kvmops creates, builds, starts and autostarts."""
+
+    name: str
+    type: str
+    path: str
+    autostart: bool
+    manifest: str
+    origin: Origin = field(compare=False, hash=False, repr=False)
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """Everything the manifests ask for, plus every problem found reading them.
+
+    ``complete`` is False when any manifest failed to load or validate: the resources of
+    the broken documents are missing from ``vms``/``pools``, so nothing may be pruned.
+    """
+
+    vms: Mapping[str, VMSpec]
+    pools: Mapping[str, PoolSpec]
+    problems: tuple[Problem, ...] = ()
+    files: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """Return whether every manifest loaded and validated."""
+        return not self.problems
+
+
+# --- the essence shared by both sides --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OwnedVolume:
+    """A volume as recorded in a domain's kvmops metadata."""
+
+    pool: str
+    name: str
+    deletion_policy: DeletionPolicy
+    created: bool  # kvmops created it; only such volumes may ever be deleted
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """kvmops' mark in a domain's ``<metadata>``: proof of ownership and what was applied."""
+
+    manifest: str
+    digest: str
+    run_strategy: RunStrategy
+    volumes: tuple[OwnedVolume, ...] = ()
+
+    def volume(self, pool: str, name: str) -> OwnedVolume | None:
+        """Return the record of volume ``pool/name``, if this domain owns one."""
+        return next((v for v in self.volumes if (v.pool, v.name) == (pool, name)), None)
+
+
+@dataclass(frozen=True)
+class DiskDevice:
+    """A disk as libvirt sees it; ``pool``/``volume`` for volume disks, else ``path``."""
+
+    target: str
+    bus: str
+    pool: str | None = None
+    volume: str | None = None
+    path: str | None = None
+    device: str = "disk"
+
+    @property
+    def source(self) -> str:
+        """Return a human name for the backing storage."""
+        if self.pool is not None:
+            return f"{self.pool}/{self.volume}"
+        return self.path or "(no source)"
+
+
+@dataclass(frozen=True)
+class NicDevice:
+    """A network interface as libvirt sees it."""
+
+    kind: str
+    source: str
+    model: str | None
+    mac: str | None
+
+
+@dataclass(frozen=True)
+class DomainDefinition:
+    """The part of a domain's XML that kvmops manages and compares.
+
+    Rendered to XML by :func:`reconciler.core.domxml.render`, parsed back from libvirt's
+    XML by :func:`reconciler.core.domxml.parse`; the round trip is the identity.
+    """
+
+    name: str
+    uuid: str | None
+    virt_type: str
+    vcpus: int
+    memory: int  # KiB
+    max_memory: int  # KiB
+    disks: tuple[DiskDevice, ...]
+    nics: tuple[NicDevice, ...]
+    console: bool
+    graphics: str
+    owner: Ownership | None
+
+
+# --- actual ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ObservedDomain:
+    """A libvirt domain: its persistent definition, its live one, and its power state."""
+
+    name: str
+    uuid: str
+    owned: bool
+    definition: DomainDefinition | None  # parsed inactive XML; None for foreign domains
+    live: DomainDefinition | None  # parsed live XML while active and owned
+    power: PowerState
+    shutoff_reason: ShutoffReason | None
+    autostart: bool
+    persistent: bool = True
+    error: str | None = None  # why ``definition`` is None for an owned domain
+
+
+@dataclass(frozen=True)
+class ObservedPool:
+    """A libvirt storage pool."""
+
+    name: str
+    type: str
+    path: str | None
+    active: bool
+    autostart: bool
+
+
+@dataclass(frozen=True)
+class ObservedVolume:
+    """A storage volume: where it lives and how big it is."""
+
+    pool: str
+    name: str
+    capacity: int  # bytes
+    allocation: int  # bytes
+    path: str
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    """What the hypervisor offers, as far as planning needs it."""
+
+    uri: str
+    virt_types: tuple[str, ...]  # domain types libvirt's capabilities list, e.g. ("kvm", "qemu")
+    test_driver: bool = False
+    kvm_unusable_reason: str | None = None  # set when "kvm" is listed but cannot run guests
+
+
+@dataclass(frozen=True)
+class ActualState:
+    """Everything libvirt told us in one observation."""
+
+    host: HostInfo
+    domains: Mapping[str, ObservedDomain]
+    pools: Mapping[str, ObservedPool]
+    volumes: Mapping[tuple[str, str], ObservedVolume]  # (pool, name) -> volume

@@ -1,0 +1,291 @@
+"""A plan: what kvmops will do, why, and at what cost, as plain data.
+
+The planner (:mod:`reconciler.core.planner`) makes a :class:`Plan`; the renderers print it;
+the executor (:mod:`reconciler.runtime.execute`) carries out its :class:`Step` values one by
+one and decides nothing: every choice (which volume, which flag, live or offline, stop or
+not) is already written in the steps.  As Terraform puts it for its own plans, reasons
+and impacts are for people and "must not be used to influence apply-time behavior".
+
+Each resource gets a :class:`ResourcePlan`: its actions (``+`` create, ``~`` update,
+``-`` delete, ``>`` start, ``■`` stop), its field changes with their :class:`Impact`, and
+the steps that make them so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections import Counter
+from dataclasses import dataclass
+from typing import ClassVar
+
+from reconciler.core import model, quantity
+
+
+class Action(enum.StrEnum):
+    """What happens to a resource as a whole."""
+
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+    START = "start"
+    STOP = "stop"
+
+    @property
+    def glyph(self) -> str:
+        """Return the one-character mark used in text plans."""
+        return {"create": "+", "update": "~", "delete": "-", "start": ">", "stop": "■"}[self.value]
+
+
+class Impact(enum.StrEnum):
+    """What a field change costs the running guest."""
+
+    LIVE = "live"  # applies now, the guest keeps running
+    RESTART = "restart"  # written to the config now, takes effect at the next boot
+    REPLACE = "replace"  # the thing is swapped for a new one (a new, empty disk)
+    DATA_LOSS = "data-loss"  # data is destroyed: a volume is deleted
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    """One field going from ``old`` to ``new`` (None: absent), printed as ``old -> new``."""
+
+    path: str
+    old: str | None
+    new: str | None
+    impact: Impact
+    note: str = ""
+
+
+# --- steps: one libvirt operation each --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Step:
+    """One operation for the executor; subclasses carry everything it needs."""
+
+    kind: ClassVar[str] = "step"
+
+    def describe(self) -> str:
+        """Return the step in a few words, for progress output."""
+        return self.kind.replace("_", " ")
+
+    def to_dict(self) -> dict:
+        """Return the step as JSON-ready data, ``kind`` first."""
+        return {"kind": self.kind, **dataclasses.asdict(self)}
+
+
+@dataclass(frozen=True)
+class DefinePool(Step):
+    kind: ClassVar[str] = "define_pool"
+    name: str
+    xml: str
+
+    def describe(self) -> str:
+        return f"define pool {self.name}"
+
+
+@dataclass(frozen=True)
+class BuildPool(Step):
+    kind: ClassVar[str] = "build_pool"
+    name: str
+
+    def describe(self) -> str:
+        return f"build pool {self.name} (create its directory)"
+
+
+@dataclass(frozen=True)
+class StartPool(Step):
+    kind: ClassVar[str] = "start_pool"
+    name: str
+
+    def describe(self) -> str:
+        return f"start pool {self.name}"
+
+
+@dataclass(frozen=True)
+class SetPoolAutostart(Step):
+    kind: ClassVar[str] = "set_pool_autostart"
+    name: str
+    autostart: bool
+
+    def describe(self) -> str:
+        return f"{'enable' if self.autostart else 'disable'} autostart of pool {self.name}"
+
+
+@dataclass(frozen=True)
+class CreateVolume(Step):
+    kind: ClassVar[str] = "create_volume"
+    pool: str
+    name: str
+    capacity: int  # bytes
+    xml: str
+
+    def describe(self) -> str:
+        return f"create volume {self.pool}/{self.name} ({quantity.format_bytes(self.capacity)})"
+
+
+@dataclass(frozen=True)
+class ResizeVolume(Step):
+    """Grow a volume no running domain has open (``virStorageVolResize``)."""
+
+    kind: ClassVar[str] = "resize_volume"
+    pool: str
+    name: str
+    capacity: int
+
+    def describe(self) -> str:
+        return f"grow volume {self.pool}/{self.name} to {quantity.format_bytes(self.capacity)}"
+
+
+@dataclass(frozen=True)
+class ResizeDisk(Step):
+    """Grow a disk of a running domain through QEMU (``virDomainBlockResize``)."""
+
+    kind: ClassVar[str] = "resize_disk"
+    domain: str
+    uuid: str
+    target: str
+    capacity: int
+
+    def describe(self) -> str:
+        return f"grow disk {self.target} of {self.domain} to {quantity.format_bytes(self.capacity)} (live)"
+
+
+@dataclass(frozen=True)
+class DeleteVolume(Step):
+    kind: ClassVar[str] = "delete_volume"
+    pool: str
+    name: str
+
+    def describe(self) -> str:
+        return f"delete volume {self.pool}/{self.name} (DATA LOSS)"
+
+
+@dataclass(frozen=True)
+class DefineDomain(Step):
+    """Write a domain's persistent config; ``uuid`` None means it must not exist yet."""
+
+    kind: ClassVar[str] = "define_domain"
+    name: str
+    uuid: str | None
+    xml: str
+
+    def describe(self) -> str:
+        return f"{'redefine' if self.uuid else 'define'} domain {self.name}"
+
+
+@dataclass(frozen=True)
+class SetAutostart(Step):
+    kind: ClassVar[str] = "set_autostart"
+    name: str
+    autostart: bool
+
+    def describe(self) -> str:
+        return f"{'enable' if self.autostart else 'disable'} autostart of {self.name}"
+
+
+@dataclass(frozen=True)
+class SetMemoryLive(Step):
+    """Move a running guest's memory balloon to ``memory`` KiB."""
+
+    kind: ClassVar[str] = "set_memory_live"
+    name: str
+    memory: int
+
+    def describe(self) -> str:
+        return f"set live memory of {self.name} to {quantity.format_bytes(self.memory * 1024)}"
+
+
+@dataclass(frozen=True)
+class StartDomain(Step):
+    kind: ClassVar[str] = "start_domain"
+    name: str
+
+    def describe(self) -> str:
+        return f"start {self.name}"
+
+
+@dataclass(frozen=True)
+class StopDomain(Step):
+    """ACPI shutdown, wait up to ``timeout`` seconds, then destroy."""
+
+    kind: ClassVar[str] = "stop_domain"
+    name: str
+    timeout: float
+
+    def describe(self) -> str:
+        return f"stop {self.name} (ACPI shutdown, destroy after {self.timeout:g}s)"
+
+
+@dataclass(frozen=True)
+class UndefineDomain(Step):
+    kind: ClassVar[str] = "undefine_domain"
+    name: str
+    uuid: str
+
+    def describe(self) -> str:
+        return f"undefine domain {self.name}"
+
+
+# --- plans ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResourcePlan:
+    """What happens to one VM or pool; no actions means it is converged."""
+
+    kind: str  # "VirtualMachine" | "StoragePool"
+    name: str
+    actions: tuple[Action, ...] = ()
+    changes: tuple[FieldChange, ...] = ()
+    steps: tuple[Step, ...] = ()
+    manifest: str | None = None
+    notes: tuple[str, ...] = ()
+    problems: tuple[model.Problem, ...] = ()
+    requires: tuple[str, ...] = ()  # pools whose steps must succeed first
+
+    @property
+    def key(self) -> str:
+        """Return the resource's unique key, e.g. ``VirtualMachine/web``."""
+        return f"{self.kind}/{self.name}"
+
+    @property
+    def changed(self) -> bool:
+        """Return whether anything will be done to this resource."""
+        return bool(self.steps)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything one pass would do, and everything that stops it doing more.
+
+    ``problems`` holds every error: manifests that did not load or validate, and
+    resources that cannot be planned (a foreign domain named by a manifest, an unknown
+    pool, a disk shrink).  Resources without a problem are planned regardless.
+    """
+
+    uri: str
+    resources: tuple[ResourcePlan, ...]
+    foreign: tuple[str, ...] = ()
+    problems: tuple[model.Problem, ...] = ()
+    prune_suspended: str | None = None  # why owned domains without a manifest are kept
+    kept: tuple[str, ...] = ()  # owned domains kept because pruning is suspended
+
+    @property
+    def changes(self) -> tuple[ResourcePlan, ...]:
+        """Return the resources with something to do."""
+        return tuple(r for r in self.resources if r.changed)
+
+    @property
+    def has_changes(self) -> bool:
+        """Return whether applying this plan would change anything."""
+        return any(r.changed for r in self.resources)
+
+    def action_counts(self) -> Counter:
+        """Return how many resources each action touches."""
+        return Counter(action for r in self.resources for action in r.actions)
+
+    def impact_counts(self) -> Counter:
+        """Return how many field changes carry each impact."""
+        return Counter(change.impact for r in self.resources for change in r.changes)

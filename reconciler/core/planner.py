@@ -1,0 +1,626 @@
+"""Compare desired with actual state and write down what to do: :func:`plan_changes`.
+
+Pure: given the same :class:`DesiredState` and :class:`ActualState` it returns the same
+:class:`~reconciler.core.plan.Plan`, and it never looks at anything else.  The rules
+that never bend are enforced here, where they can be tested without a hypervisor:
+
+* only domains carrying kvmops' ownership mark are ever changed, stopped or undefined;
+  a manifest naming a foreign domain is a problem, not an adoption;
+* nothing is pruned while any manifest is broken, or when the manifests declare no VM at
+  all while kvmops owns domains (unless ``allow_empty``);
+* a volume is deleted only when kvmops created it under ``deletionPolicy: Delete`` and
+  its disk or VM has left the manifests, never while a running guest has it open; it is
+  never shrunk; every such change is labelled ``data-loss``;
+* a redefinition keeps the domain's UUID and its NICs' MACs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from reconciler.core import domxml, model, storagexml
+from reconciler.core import plan as plans
+from reconciler.core.plan import Action, FieldChange, Impact
+from reconciler.core.quantity import format_bytes
+
+KIB = 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Global planning choices; per-VM manifest fields override the defaults."""
+
+    prune: bool = True
+    allow_empty: bool = False
+    virt_type: str = "auto"  # used when a VM does not set virtType
+    shutdown_timeout: float = 60.0  # seconds, used when a VM does not set shutdownTimeout
+
+
+def plan_changes(
+    desired: model.DesiredState, actual: model.ActualState, *, settings: Settings = Settings()
+) -> plans.Plan:
+    """Return the plan that converges ``actual`` on ``desired``."""
+    problems = list(desired.problems)
+    resources: list[plans.ResourcePlan] = []
+
+    for spec in desired.pools.values():
+        resources.append(_plan_pool(spec, actual.pools.get(spec.name)))
+    for spec in desired.vms.values():
+        resources.append(_plan_vm(spec, actual.domains.get(spec.name), actual, desired, settings))
+
+    owned_orphans = [d for name, d in sorted(actual.domains.items()) if d.owned and name not in desired.vms]
+    suspended = _prune_suspension(desired, owned_orphans, settings)
+    kept: tuple[str, ...] = ()
+    if suspended:
+        kept = tuple(d.name for d in owned_orphans)
+    else:
+        resources.extend(_plan_prune(domain, actual, settings) for domain in owned_orphans)
+
+    for resource in resources:
+        problems.extend(resource.problems)
+    foreign = tuple(name for name, d in sorted(actual.domains.items()) if not d.owned)
+    return plans.Plan(
+        uri=actual.host.uri,
+        resources=tuple(resources),
+        foreign=foreign,
+        problems=tuple(problems),
+        prune_suspended=suspended,
+        kept=kept,
+    )
+
+
+def pool_problems(
+    spec: model.VMSpec,
+    declared: Mapping[str, model.PoolSpec],
+    existing: Mapping[str, model.ObservedPool],
+    uri: str,
+) -> list[model.Problem]:
+    """Return a problem for each disk of ``spec`` whose pool is neither declared nor usable on the host."""
+    problems = []
+    for index, disk in enumerate(spec.disks):
+        if disk.pool in declared:
+            continue
+        pool = existing.get(disk.pool)
+        if pool is None:
+            problems.append(spec.origin.problem(f"spec.disks[{index}].pool", (
+                f"unknown storage pool {disk.pool!r}: declare it in a StoragePool manifest or define it on "
+                f"{uri} (virsh pool-list --all shows what exists)"
+            )))
+        elif not pool.active:
+            problems.append(spec.origin.problem(f"spec.disks[{index}].pool", (
+                f"storage pool {disk.pool!r} is not active: start it (virsh pool-start {disk.pool}) or declare it in a "
+                "StoragePool manifest so kvmops starts it"
+            )))
+    return problems
+
+
+def resolve_virt_type(requested: str, host: model.HostInfo) -> tuple[str | None, str | None]:
+    """Return (domain type, None) for ``requested``, or (None, why it is impossible).
+
+    ``auto`` means kvm where libvirt offers it and it can run guests, else qemu (TCG).
+    libvirt's test driver emulates every type, so ``auto`` is ``test`` there and an
+    explicit type is kept as written.
+    """
+    offered = host.virt_types
+    if host.test_driver:
+        return ("test" if requested == "auto" else requested), None
+    if requested == "auto":
+        if "kvm" in offered and not host.kvm_unusable_reason:
+            return "kvm", None
+        if "qemu" in offered:
+            return "qemu", None
+        return None, f"no usable domain type on {host.uri} (libvirt offers: {', '.join(offered) or 'none'})"
+    if requested not in offered:
+        hint = "use virtType: qemu (software emulation)" if requested == "kvm" else "use virtType: auto"
+        return None, f"virtType {requested} is not available on {host.uri} (offers: {', '.join(offered) or 'none'}); {hint}"
+    return requested, None
+
+
+# --- pools ------------------------------------------------------------------------------
+
+
+def _plan_pool(spec: model.PoolSpec, observed: model.ObservedPool | None) -> plans.ResourcePlan:
+    base = dict(kind="StoragePool", name=spec.name, manifest=spec.manifest)
+    if observed is None:
+        steps: list[plans.Step] = [
+            plans.DefinePool(spec.name, storagexml.render_pool(spec)),
+            plans.BuildPool(spec.name),
+            plans.StartPool(spec.name),
+        ]
+        if spec.autostart:
+            steps.append(plans.SetPoolAutostart(spec.name, True))
+        changes = (
+            FieldChange("type", None, spec.type, Impact.LIVE),
+            FieldChange("path", None, spec.path, Impact.LIVE),
+            FieldChange("autostart", None, _yes_no(spec.autostart), Impact.LIVE),
+        )
+        return plans.ResourcePlan(**base, actions=(Action.CREATE,), changes=changes, steps=tuple(steps))
+    if (observed.type, observed.path) != (spec.type, spec.path):
+        return plans.ResourcePlan(**base, problems=(spec.origin.problem(
+            "spec.path",
+            f"pool {spec.name!r} already exists as a {observed.type} pool at {observed.path}; kvmops never changes an "
+            f"existing pool: set spec.path to {observed.path} or choose another pool name",
+        ),))
+    steps, changes, actions = [], [], []
+    if observed.autostart != spec.autostart:
+        steps.append(plans.SetPoolAutostart(spec.name, spec.autostart))
+        changes.append(FieldChange("autostart", _yes_no(observed.autostart), _yes_no(spec.autostart), Impact.LIVE))
+        actions.append(Action.UPDATE)
+    if not observed.active:
+        steps.append(plans.StartPool(spec.name))
+        actions.append(Action.START)
+    return plans.ResourcePlan(**base, actions=tuple(actions), changes=tuple(changes), steps=tuple(steps))
+
+
+# --- virtual machines -------------------------------------------------------------------
+
+
+def _plan_vm(
+    spec: model.VMSpec,
+    domain: model.ObservedDomain | None,
+    actual: model.ActualState,
+    desired: model.DesiredState,
+    settings: Settings,
+) -> plans.ResourcePlan:
+    base = dict(kind="VirtualMachine", name=spec.name, manifest=spec.manifest)
+    problems = []
+    if domain is not None and not domain.owned:
+        return plans.ResourcePlan(**base, problems=(spec.origin.problem("metadata.name", (
+            f"domain {spec.name!r} already exists on {actual.host.uri} and is not managed by kvmops; it will not be "
+            f"touched. To manage it, run `kvmops adopt {spec.name}` (then plan again), or rename this VM"
+        )),))
+    virt_type, why = resolve_virt_type(spec.virt_type or settings.virt_type, actual.host)
+    if virt_type is None:
+        problems.append(spec.origin.problem("spec.virtType", why))
+    problems.extend(pool_problems(spec, desired.pools, actual.pools, actual.host.uri))
+    requires = [disk.pool for disk in spec.disks if disk.pool in desired.pools]
+    if domain is not None and domain.definition is None:
+        problems.append(spec.origin.problem("metadata.name", (
+            f"domain {spec.name!r} carries kvmops' mark but its XML cannot be read ({domain.error}); "
+            "inspect it with `virsh dumpxml` before kvmops changes it"
+        )))
+    if domain is not None and spec.uuid and domain.uuid != spec.uuid:
+        problems.append(spec.origin.problem("spec.uuid", (
+            f"domain {spec.name!r} has UUID {domain.uuid}; a UUID cannot change without replacing the VM, which kvmops "
+            "never does silently. Restore the UUID, or remove the VM's manifest, apply, and add it back"
+        )))
+    if problems:
+        return plans.ResourcePlan(**base, problems=tuple(problems))
+    builder = _VMPlanBuilder(spec, domain, actual, virt_type, settings)
+    return builder.build(base, tuple(dict.fromkeys(requires)))
+
+
+class _VMPlanBuilder:
+    """Collects the changes and steps for one VM; used once, by :func:`_plan_vm`."""
+
+    def __init__(self, spec, domain, actual, virt_type, settings) -> None:
+        self.spec: model.VMSpec = spec
+        self.domain: model.ObservedDomain | None = domain
+        self.actual: model.ActualState = actual
+        self.virt_type: str = virt_type
+        self.timeout = spec.shutdown_timeout if spec.shutdown_timeout is not None else settings.shutdown_timeout
+        self.active = domain is not None and domain.power.active
+        self.changes: list[FieldChange] = []
+        self.notes: list[str] = []
+        self.problems: list[model.Problem] = []
+
+    def build(self, base: dict, requires: tuple[str, ...]) -> plans.ResourcePlan:
+        spec, domain = self.spec, self.domain
+        stopping = domain is not None and self._should_stop()
+        storage_steps, owned_volumes, deletions = self._plan_volumes(stopping)
+        definition = self._definition(owned_volumes)
+        steps: list[plans.Step] = list(storage_steps)
+        actions: list[Action] = []
+
+        if domain is None:
+            actions.append(Action.CREATE)
+            self._describe_creation(definition)
+            steps.append(plans.DefineDomain(spec.name, None, domxml.render(definition)))
+            if spec.autostart:
+                steps.append(plans.SetAutostart(spec.name, True))
+            if spec.run_strategy is not model.RunStrategy.HALTED:
+                steps.append(plans.StartDomain(spec.name))
+                actions.append(Action.START)
+            return plans.ResourcePlan(
+                **base, actions=tuple(actions), changes=tuple(self.changes), steps=tuple(steps),
+                notes=tuple(self.notes), problems=tuple(self.problems), requires=requires,
+            )
+
+        observed = domain.definition
+        self._diff_definition(observed, definition)
+        if definition != observed:
+            steps.append(plans.DefineDomain(spec.name, domain.uuid, domxml.render(definition)))
+        if self.active and definition.memory != observed.memory and domain.live is not None:
+            if definition.memory <= domain.live.max_memory:
+                steps.append(plans.SetMemoryLive(spec.name, definition.memory))
+        if domain.autostart != spec.autostart:
+            self.changes.append(FieldChange("autostart", _yes_no(domain.autostart), _yes_no(spec.autostart), Impact.LIVE))
+            steps.append(plans.SetAutostart(spec.name, spec.autostart))
+        if steps:
+            actions.append(Action.UPDATE)
+        if self._should_start():
+            steps.append(plans.StartDomain(spec.name))
+            actions.append(Action.START)
+        elif stopping:
+            steps.append(plans.StopDomain(spec.name, self.timeout))
+            actions.append(Action.STOP)
+        steps.extend(deletions)
+        if deletions and Action.UPDATE not in actions:
+            actions.insert(0, Action.UPDATE)
+        old_owner = observed.owner
+        if not self.changes and old_owner is not None and old_owner.digest != spec.digest:
+            self.changes.append(FieldChange(
+                "digest", _short_digest(old_owner.digest), _short_digest(spec.digest), Impact.LIVE,
+                note="the manifest changed in ways that do not alter the VM (labels, formatting of values)",
+            ))
+        self._note_pending_restart()
+        return plans.ResourcePlan(
+            **base, actions=tuple(actions), changes=tuple(self.changes), steps=tuple(steps),
+            notes=tuple(self.notes), problems=tuple(self.problems), requires=requires,
+        )
+
+    # -- power --
+
+    def _should_start(self) -> bool:
+        domain, strategy = self.domain, self.spec.run_strategy
+        if domain.power is model.PowerState.TRANSITIONAL:
+            self.notes.append("domain is in transition (shutting down or saving); the next pass decides its power")
+            return False
+        if domain.power is model.PowerState.PAUSED and strategy is not model.RunStrategy.HALTED:
+            self.notes.append("domain is paused; kvmops leaves paused domains alone (virsh resume to continue)")
+        if domain.power.active:
+            return False
+        reason = domain.shutoff_reason
+        if strategy is model.RunStrategy.ALWAYS:
+            self.notes.append(f"runStrategy Always: domain is off ({reason or 'unknown reason'}), starting it")
+            return True
+        if strategy is model.RunStrategy.RERUN_ON_FAILURE and (
+            domain.power is model.PowerState.CRASHED or reason in (model.ShutoffReason.CRASHED, model.ShutoffReason.FAILED)
+        ):
+            self.notes.append(f"runStrategy RerunOnFailure: domain stopped ({reason}), restarting it")
+            return True
+        if strategy is model.RunStrategy.MANUAL and reason is model.ShutoffReason.FAILED:
+            self.notes.append("runStrategy Manual: the domain's first start failed, starting it")
+            return True
+        return False
+
+    def _should_stop(self) -> bool:
+        domain = self.domain
+        return (
+            self.spec.run_strategy is model.RunStrategy.HALTED
+            and domain.power in (model.PowerState.RUNNING, model.PowerState.PAUSED)
+        )
+
+    # -- storage --
+
+    def _plan_volumes(self, stopping: bool) -> tuple[list[plans.Step], tuple[model.OwnedVolume, ...], list[plans.Step]]:
+        """Return (volume steps before the define, the ownership records, deletions after it)."""
+        spec, domain, actual = self.spec, self.domain, self.actual
+        owner = domain.definition.owner if domain is not None else None
+        live_targets = {d.target for d in domain.live.disks} if (self.active and domain.live) else set()
+        live_volumes = {(d.pool, d.volume) for d in domain.live.disks} if (self.active and domain.live) else set()
+        steps: list[plans.Step] = []
+        records: list[model.OwnedVolume] = []
+        for disk in spec.disks:
+            volume = actual.volumes.get((disk.pool, disk.volume))
+            recorded = owner.volume(disk.pool, disk.volume) if owner is not None else None
+            path = f"disks[{disk.name}]"
+            if volume is None:
+                steps.append(plans.CreateVolume(disk.pool, disk.volume, disk.size, storagexml.render_volume(disk.volume, disk.size)))
+                attached = domain is not None and any(
+                    (d.pool, d.volume) == (disk.pool, disk.volume) for d in domain.definition.disks
+                )
+                if attached:
+                    self.changes.append(FieldChange(
+                        f"{path}.volume", "(missing)", f"{disk.pool}/{disk.volume} {format_bytes(disk.size)}", Impact.REPLACE,
+                        note="the volume has vanished from its pool; a new, empty one is created",
+                    ))
+                created = True
+            else:
+                created = recorded.created if recorded is not None else False
+                if volume.capacity < disk.size:
+                    if self.active and (disk.pool, disk.volume) in live_volumes and disk.target in live_targets:
+                        steps.append(plans.ResizeDisk(spec.name, domain.uuid, disk.target, disk.size))
+                    else:
+                        steps.append(plans.ResizeVolume(disk.pool, disk.volume, disk.size))
+                    self.changes.append(FieldChange(
+                        f"{path}.size", format_bytes(volume.capacity), format_bytes(disk.size), Impact.LIVE,
+                        note="grown in place; grow the guest's partition and filesystem to use it",
+                    ))
+                elif volume.capacity > disk.size:
+                    self.problems.append(spec.origin.problem(f"spec.disks[{spec.disks.index(disk)}].size", (
+                        f"disk {disk.name!r} would shrink from {format_bytes(volume.capacity)} to {format_bytes(disk.size)}; "
+                        f"kvmops never shrinks a volume (it destroys data). Set size to {format_bytes(volume.capacity)} or more"
+                    )))
+            records.append(model.OwnedVolume(disk.pool, disk.volume, disk.deletion_policy, created))
+
+        deletions: list[plans.Step] = []
+        wanted = {(d.pool, d.volume) for d in spec.disks}
+        for record in owner.volumes if owner is not None else ():
+            if (record.pool, record.name) in wanted:
+                continue
+            volume = actual.volumes.get((record.pool, record.name))
+            if volume is None:
+                continue
+            if not (record.created and record.deletion_policy is model.DeletionPolicy.DELETE):
+                self.notes.append(f"volume {record.pool}/{record.name} is detached and kept (deletionPolicy Retain)")
+                continue
+            if self.active and not stopping:
+                records.append(record)
+                self.changes.append(FieldChange(
+                    f"volume {record.pool}/{record.name}", format_bytes(volume.capacity), None, Impact.DATA_LOSS,
+                    note="DATA LOSS: deleted once the VM is stopped (deletionPolicy Delete)",
+                ))
+                continue
+            deletions.append(plans.DeleteVolume(record.pool, record.name))
+            self.changes.append(FieldChange(
+                f"volume {record.pool}/{record.name}", format_bytes(volume.capacity), None, Impact.DATA_LOSS,
+                note="DATA LOSS: the volume is deleted (deletionPolicy Delete)",
+            ))
+        return steps, tuple(records), deletions
+
+    # -- definition --
+
+    def _definition(self, owned_volumes: tuple[model.OwnedVolume, ...]) -> model.DomainDefinition:
+        spec, domain = self.spec, self.domain
+        observed = domain.definition if domain is not None else None
+        return model.DomainDefinition(
+            name=spec.name,
+            uuid=observed.uuid if observed is not None else spec.uuid,
+            virt_type=self.virt_type,
+            vcpus=spec.vcpus,
+            memory=spec.memory,
+            max_memory=spec.max_memory,
+            disks=tuple(model.DiskDevice(target=d.target, bus=d.bus, pool=d.pool, volume=d.volume) for d in spec.disks),
+            nics=_resolve_macs(spec.nics, observed.nics if observed is not None else ()),
+            console=spec.console,
+            graphics=spec.graphics,
+            owner=model.Ownership(spec.manifest, spec.digest, spec.run_strategy, owned_volumes),
+        )
+
+    def _restart_or_live(self) -> Impact:
+        return Impact.RESTART if self.active else Impact.LIVE
+
+    def _diff_definition(self, old: model.DomainDefinition, new: model.DomainDefinition) -> None:
+        restart = self._restart_or_live()
+        add = self.changes.append
+        if old.virt_type != new.virt_type:
+            add(FieldChange("virtType", old.virt_type, new.virt_type, restart))
+        if old.vcpus != new.vcpus:
+            add(FieldChange("vcpus", str(old.vcpus), str(new.vcpus), restart))
+        implicit_max = old.max_memory == old.memory and new.max_memory == new.memory
+        if old.max_memory != new.max_memory and not (implicit_max and old.memory != new.memory):
+            add(FieldChange("maxMemory", _kib(old.max_memory), _kib(new.max_memory), restart))
+        if old.memory != new.memory:
+            live = self.active and self.domain.live is not None and new.memory <= self.domain.live.max_memory
+            impact = Impact.LIVE if (live or not self.active) else Impact.RESTART
+            note = "balloon" if live else ""
+            add(FieldChange("memory", _kib(old.memory), _kib(new.memory), impact, note=note))
+        if old.console != new.console:
+            add(FieldChange("console", "serial" if old.console else "none", "serial" if new.console else "none", restart))
+        if old.graphics != new.graphics:
+            add(FieldChange("graphics", old.graphics, new.graphics, restart))
+        self._diff_disks(old.disks, new.disks, restart)
+        self._diff_nics(old.nics, new.nics, restart)
+        self._diff_owner(old.owner, new.owner)
+
+    def _diff_disks(self, old: tuple[model.DiskDevice, ...], new: tuple[model.DiskDevice, ...], restart: Impact) -> None:
+        names = {(d.pool, d.volume): d.name for d in self.spec.disks}
+        old_by_source = {(d.pool, d.volume) if d.pool else ("", d.path): d for d in old}
+        new_by_source = {(d.pool, d.volume): d for d in new}
+        old_by_target = {d.target: d for d in old}
+        for key, disk in new_by_source.items():
+            path = f"disks[{names[key]}]"
+            previous = old_by_source.get(key)
+            if previous is None:
+                displaced = old_by_target.get(disk.target)
+                if displaced is not None and (displaced.pool, displaced.volume) not in new_by_source:
+                    self.changes.append(FieldChange(
+                        f"{path}.volume", displaced.source, disk.source, Impact.REPLACE,
+                        note=f"{disk.target} now points at another volume; the old one is detached, not deleted",
+                    ))
+                else:
+                    self.changes.append(FieldChange(path, None, f"{disk.source} as {disk.target} ({disk.bus})", restart))
+                continue
+            if previous.bus != disk.bus:
+                self.changes.append(FieldChange(f"{path}.bus", previous.bus, disk.bus, restart))
+            if previous.target != disk.target:
+                self.changes.append(FieldChange(f"{path}.target", previous.target, disk.target, restart))
+        for key, disk in old_by_source.items():
+            if key in new_by_source:
+                continue
+            replaced = any(d.target == disk.target for d in new) and any(
+                c.impact is Impact.REPLACE and c.old == disk.source for c in self.changes
+            )
+            if not replaced:
+                self.changes.append(FieldChange(f"disks[{disk.target}]", disk.source, None, restart, note="detached"))
+
+    def _diff_nics(self, old: tuple[model.NicDevice, ...], new: tuple[model.NicDevice, ...], restart: Impact) -> None:
+        old_by_mac = {n.mac: n for n in old}
+        matched = set()
+        for index, nic in enumerate(new):
+            previous = old_by_mac.get(nic.mac) if nic.mac else None
+            path = f"networks[{index}]"
+            if previous is None:
+                self.changes.append(FieldChange(path, None, _nic_text(nic), restart))
+                continue
+            matched.add(nic.mac)
+            if (previous.kind, previous.source) != (nic.kind, nic.source):
+                self.changes.append(FieldChange(f"{path}.{nic.kind}", f"{previous.kind} {previous.source}", f"{nic.kind} {nic.source}", restart))
+            if previous.model != nic.model:
+                self.changes.append(FieldChange(f"{path}.model", previous.model, nic.model, restart))
+        for nic in old:
+            if nic.mac not in matched:
+                self.changes.append(FieldChange(f"networks[{nic.mac}]", _nic_text(nic), None, restart, note="removed"))
+
+    def _diff_owner(self, old: model.Ownership | None, new: model.Ownership) -> None:
+        if old is None:
+            self.changes.append(FieldChange("metadata", None, "kvmops ownership", Impact.LIVE))
+            return
+        if old.manifest != new.manifest:
+            self.changes.append(FieldChange("manifest", old.manifest, new.manifest, Impact.LIVE))
+        if old.run_strategy != new.run_strategy:
+            self.changes.append(FieldChange("runStrategy", old.run_strategy, new.run_strategy, Impact.LIVE))
+        names = {(d.pool, d.volume): d.name for d in self.spec.disks}
+        for volume in new.volumes:
+            before = old.volume(volume.pool, volume.name)
+            if before is not None and before.deletion_policy != volume.deletion_policy and (volume.pool, volume.name) in names:
+                note = "the volume will be deleted when this disk or VM is removed" if volume.deletion_policy is model.DeletionPolicy.DELETE else ""
+                self.changes.append(FieldChange(
+                    f"disks[{names[(volume.pool, volume.name)]}].deletionPolicy", before.deletion_policy, volume.deletion_policy,
+                    Impact.LIVE, note=note,
+                ))
+
+    def _describe_creation(self, definition: model.DomainDefinition) -> None:
+        spec = self.spec
+        add = self.changes.append
+        add(FieldChange("virtType", None, definition.virt_type, Impact.LIVE))
+        add(FieldChange("vcpus", None, str(spec.vcpus), Impact.LIVE))
+        add(FieldChange("memory", None, _kib(spec.memory), Impact.LIVE))
+        if spec.max_memory != spec.memory:
+            add(FieldChange("maxMemory", None, _kib(spec.max_memory), Impact.LIVE))
+        for disk in spec.disks:
+            add(FieldChange(
+                f"disks[{disk.name}]", None,
+                f"{disk.pool}/{disk.volume} {format_bytes(disk.size)} as {disk.target} ({disk.bus}), {disk.deletion_policy}",
+                Impact.LIVE,
+            ))
+        for index, nic in enumerate(definition.nics):
+            add(FieldChange(f"networks[{index}]", None, _nic_text(nic), Impact.LIVE))
+        add(FieldChange("console", None, "serial" if spec.console else "none", Impact.LIVE))
+        add(FieldChange("graphics", None, spec.graphics, Impact.LIVE))
+        add(FieldChange("autostart", None, _yes_no(spec.autostart), Impact.LIVE))
+        add(FieldChange("runStrategy", None, spec.run_strategy, Impact.LIVE))
+
+    def _note_pending_restart(self) -> None:
+        domain = self.domain
+        if not (self.active and domain.live is not None):
+            return
+        pending = [f"{name} {old} -> {new}" for name, old, new in restart_pending(domain.live, domain.definition)]
+        if pending:
+            self.notes.append("restart pending (changed earlier, takes effect at next boot): " + "; ".join(pending))
+
+
+def restart_pending(live: model.DomainDefinition, config: model.DomainDefinition) -> list[tuple[str, str, str]]:
+    """Return (field, running value, configured value) for fields that differ until a reboot.
+
+    Memory is left out: the balloon moves it live, and the guest may lag behind.
+    """
+    pending = []
+    if live.virt_type != config.virt_type:
+        pending.append(("virtType", live.virt_type, config.virt_type))
+    if live.vcpus != config.vcpus:
+        pending.append(("vcpus", str(live.vcpus), str(config.vcpus)))
+    if live.max_memory != config.max_memory:
+        pending.append(("maxMemory", _kib(live.max_memory), _kib(config.max_memory)))
+
+    def disks(d: model.DomainDefinition) -> list[str]:
+        return [f"{x.target}={x.source}" for x in d.disks]
+
+    def nics(d: model.DomainDefinition) -> list[str]:
+        return [_nic_text(x) for x in d.nics]
+
+    if disks(live) != disks(config):
+        pending.append(("disks", ", ".join(disks(live)) or "none", ", ".join(disks(config)) or "none"))
+    if nics(live) != nics(config):
+        pending.append(("networks", ", ".join(nics(live)) or "none", ", ".join(nics(config)) or "none"))
+    if live.console != config.console:
+        pending.append(("console", _yes_no(live.console), _yes_no(config.console)))
+    if live.graphics != config.graphics:
+        pending.append(("graphics", live.graphics, config.graphics))
+    return pending
+
+
+def _resolve_macs(wanted: tuple[model.NicSpec, ...], observed: tuple[model.NicDevice, ...]) -> tuple[model.NicDevice, ...]:
+    """Return the NICs to define, keeping observed MACs for NICs whose manifest pins none.
+
+    A NIC with a pinned MAC is that MAC.  The others take, in order, the observed MACs
+    no pinned NIC claims, so a redefinition never changes a guest's addresses.
+    """
+    pinned = {nic.mac for nic in wanted if nic.mac}
+    spare = iter([nic.mac for nic in observed if nic.mac and nic.mac not in pinned])
+    resolved = []
+    for nic in wanted:
+        mac = nic.mac or next(spare, None)
+        resolved.append(model.NicDevice(kind=nic.kind, source=nic.source, model=nic.model, mac=mac))
+    return tuple(resolved)
+
+
+# --- prune ------------------------------------------------------------------------------
+
+
+def _prune_suspension(
+    desired: model.DesiredState, orphans: list[model.ObservedDomain], settings: Settings
+) -> str | None:
+    if not orphans:
+        return None
+    if not desired.complete:
+        return (
+            f"{len(desired.problems)} manifest problem(s): a broken manifest may declare any VM, so no domain is "
+            "removed until every manifest loads and validates"
+        )
+    if not desired.vms and not settings.allow_empty:
+        return (
+            f"the manifests declare no VirtualMachine but kvmops manages {len(orphans)} domain(s); refusing to remove "
+            "them all (pass --allow-empty if that is really what you want)"
+        )
+    if not settings.prune:
+        return "pruning is disabled (--no-prune)"
+    return None
+
+
+def _plan_prune(domain: model.ObservedDomain, actual: model.ActualState, settings: Settings) -> plans.ResourcePlan:
+    owner = domain.definition.owner if domain.definition is not None else None
+    steps: list[plans.Step] = []
+    changes: list[FieldChange] = []
+    notes: list[str] = []
+    actions = [Action.DELETE]
+    if domain.power.active:
+        steps.append(plans.StopDomain(domain.name, settings.shutdown_timeout))
+        actions.append(Action.STOP)
+    steps.append(plans.UndefineDomain(domain.name, domain.uuid))
+    changes.append(FieldChange("domain", f"{domain.name} ({domain.power})", None, Impact.LIVE))
+    for record in owner.volumes if owner is not None else ():
+        volume = actual.volumes.get((record.pool, record.name))
+        if volume is None:
+            continue
+        if record.created and record.deletion_policy is model.DeletionPolicy.DELETE:
+            steps.append(plans.DeleteVolume(record.pool, record.name))
+            changes.append(FieldChange(
+                f"volume {record.pool}/{record.name}", format_bytes(volume.capacity), None, Impact.DATA_LOSS,
+                note="DATA LOSS: deleted with the VM (deletionPolicy Delete)",
+            ))
+        else:
+            why = "deletionPolicy Retain" if record.created else "kvmops did not create it"
+            notes.append(f"volume {record.pool}/{record.name} is kept ({why})")
+    return plans.ResourcePlan(
+        kind="VirtualMachine", name=domain.name, actions=tuple(actions), changes=tuple(changes),
+        steps=tuple(steps), manifest=owner.manifest if owner is not None else None,
+        notes=("no manifest declares this VM any more", *notes),
+    )
+
+
+# --- words ------------------------------------------------------------------------------
+
+
+def _kib(value: int) -> str:
+    return format_bytes(value * KIB)
+
+
+def _yes_no(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _short_digest(digest: str) -> str:
+    return digest[:19] if digest else "(none)"
+
+
+def _nic_text(nic: model.NicDevice) -> str:
+    mac = f" mac {nic.mac}" if nic.mac else ""
+    return f"{nic.kind} {nic.source} ({nic.model or 'default model'}){mac}"
+
+
+def field_paths(changes: Iterable[FieldChange]) -> list[str]:
+    """Return the paths of ``changes``, in order; handy for tests and summaries."""
+    return [change.path for change in changes]

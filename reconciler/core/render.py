@@ -1,0 +1,184 @@
+"""Print a :class:`~reconciler.core.plan.Plan` for people (text) and programs (JSON).
+
+The text reads like a good ``terraform plan``: one block per resource that changes, one
+line per changed field with its impact, data loss called out in words, then a summary.
+The JSON layout is versioned (``format_version``) and documented in ``docs/plan-json.md``;
+fields are only ever added to it within a version.
+"""
+
+from __future__ import annotations
+
+import json
+
+from reconciler.core import model
+from reconciler.core.plan import Action, FieldChange, Impact, Plan, ResourcePlan
+
+JSON_FORMAT_VERSION = "1"
+
+_COLOURS = {"+": "32", "~": "33", "-": "31", ">": "36", "■": "35", "!": "31;1", "dim": "2", "bold": "1"}
+
+
+class _Paint:
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def __call__(self, text: str, style: str) -> str:
+        if not self.enabled or style not in _COLOURS:
+            return text
+        return f"\x1b[{_COLOURS[style]}m{text}\x1b[0m"
+
+
+def text(plan: Plan, *, colour: bool = False, source: str | None = None) -> str:
+    """Return ``plan`` as text for a terminal or a log."""
+    paint = _Paint(colour)
+    lines: list[str] = []
+    vms = sum(1 for r in plan.resources if r.kind == "VirtualMachine" and Action.DELETE not in r.actions)
+    pools = sum(1 for r in plan.resources if r.kind == "StoragePool")
+    header = f"kvmops plan for {plan.uri}"
+    if source:
+        header += f" from {source}"
+    lines.append(paint(header, "bold") + f" ({_count(vms, 'VM')}, {_count(pools, 'pool')})")
+    lines.append("")
+
+    for resource in plan.changes:
+        lines.extend(_resource_lines(resource, paint))
+        lines.append("")
+
+    unchanged_notes = [r for r in plan.resources if not r.changed and r.notes and not r.problems]
+    for resource in unchanged_notes:
+        for note in resource.notes:
+            lines.append(f"  {resource.kind} {resource.name}: {note}")
+    if unchanged_notes:
+        lines.append("")
+
+    if plan.problems:
+        lines.append(paint(f"Problems ({len(plan.problems)}): these resources are left as they are", "!"))
+        lines.extend(f"  {problem}" for problem in plan.problems)
+        lines.append("")
+    if plan.prune_suspended:
+        lines.append(paint("Pruning suspended: ", "!") + plan.prune_suspended)
+        if plan.kept:
+            lines.append(f"  kept although no manifest declares them: {', '.join(plan.kept)}")
+        lines.append("")
+    if plan.foreign:
+        lines.append(f"Ignored {_count(len(plan.foreign), 'foreign domain')} (not managed by kvmops, never changed): "
+                     + ", ".join(plan.foreign))
+        lines.append("")
+
+    data_loss = [(r, c) for r in plan.resources for c in r.changes if c.impact is Impact.DATA_LOSS]
+    for resource, change in data_loss:
+        lines.append(paint("DATA LOSS: ", "!") + f"{resource.kind} {resource.name}: {change.path} is destroyed")
+    if data_loss:
+        lines.append("")
+    lines.append(summary(plan))
+    return "\n".join(lines) + "\n"
+
+
+def summary(plan: Plan) -> str:
+    """Return the one-line summary: counts of actions and impacts, or that nothing changes."""
+    unchanged = sum(1 for r in plan.resources if not r.changed and not r.problems)
+    if not plan.has_changes:
+        text = f"No changes. {_count(unchanged, 'resource')} up to date."
+    else:
+        actions = plan.action_counts()
+        parts = [f"{actions[a]} to {a.value}" for a in Action if actions[a]]
+        text = "Plan: " + ", ".join(parts) + "."
+        impacts = plan.impact_counts()
+        shown = [f"{impacts[i]} {i.value}" for i in (Impact.RESTART, Impact.REPLACE, Impact.DATA_LOSS) if impacts[i]]
+        if shown:
+            text += " Impact: " + ", ".join(shown) + "."
+        if unchanged:
+            text += f" {unchanged} unchanged."
+    if plan.problems:
+        text += f" {_count(len(plan.problems), 'problem')}."
+    return text
+
+
+def _resource_lines(resource: ResourcePlan, paint: _Paint) -> list[str]:
+    glyph = resource.actions[0].glyph if resource.actions else "~"
+    title = f"{resource.kind} {resource.name}"
+    where = f"  ({resource.manifest})" if resource.manifest else ""
+    verbs = ", ".join(a.value for a in resource.actions)
+    lines = [f"  {paint(glyph, glyph)} {paint(title, 'bold')}{paint(where, 'dim')}  {verbs}"]
+    creating = Action.CREATE in resource.actions
+    width = max((len(c.path) for c in resource.changes), default=0)
+    for change in resource.changes:
+        lines.append("      " + _change_line(change, width, creating, paint))
+    for step in resource.steps:
+        if step.kind in ("start_domain", "stop_domain", "start_pool"):
+            mark = "■" if step.kind == "stop_domain" else ">"
+            lines.append(f"      {paint(mark, mark)} {step.describe()}")
+    for note in resource.notes:
+        lines.append(paint(f"      note: {note}", "dim"))
+    return lines
+
+
+def _change_line(change: FieldChange, width: int, creating: bool, paint: _Paint) -> str:
+    path = change.path.ljust(width)
+    if creating and change.old is None:
+        return f"  {path}  {change.new}"
+    if change.old is None:
+        body = f"{paint('+', '+')} {path}  {change.new}"
+    elif change.new is None:
+        body = f"{paint('-', '-')} {path}  {change.old}"
+    else:
+        body = f"{paint('~', '~')} {path}  {change.old} -> {change.new}"
+    impact = change.impact.value
+    style = "!" if change.impact in (Impact.DATA_LOSS, Impact.REPLACE) else "dim"
+    body += "  " + paint(f"({impact})", style)
+    if change.note:
+        body += f"  {change.note}"
+    return body
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def to_data(plan: Plan) -> dict:
+    """Return ``plan`` as JSON-ready data (layout version :data:`JSON_FORMAT_VERSION`)."""
+    actions = plan.action_counts()
+    impacts = plan.impact_counts()
+    return {
+        "format_version": JSON_FORMAT_VERSION,
+        "uri": plan.uri,
+        "has_changes": plan.has_changes,
+        "summary": {
+            "actions": {a.value: actions[a] for a in Action},
+            "impacts": {i.value: impacts[i] for i in Impact},
+            "unchanged": sum(1 for r in plan.resources if not r.changed and not r.problems),
+            "problems": len(plan.problems),
+            "text": summary(plan),
+        },
+        "resources": [_resource_data(r) for r in plan.resources],
+        "foreign": list(plan.foreign),
+        "prune": {"suspended": plan.prune_suspended is not None, "reason": plan.prune_suspended, "kept": list(plan.kept)},
+        "problems": [problem_data(p) for p in plan.problems],
+    }
+
+
+def to_json(plan: Plan) -> str:
+    """Return ``plan`` as indented JSON text."""
+    return json.dumps(to_data(plan), indent=2, ensure_ascii=False) + "\n"
+
+
+def problem_data(problem: model.Problem) -> dict:
+    """Return a problem as JSON-ready data, including its one-line text."""
+    return {"file": problem.file, "line": problem.line, "path": problem.path, "message": problem.message, "text": str(problem)}
+
+
+def _resource_data(resource: ResourcePlan) -> dict:
+    return {
+        "kind": resource.kind,
+        "name": resource.name,
+        "manifest": resource.manifest,
+        "actions": [a.value for a in resource.actions],
+        "changes": [
+            {"path": c.path, "old": c.old, "new": c.new, "impact": c.impact.value, "note": c.note}
+            for c in resource.changes
+        ],
+        "steps": [step.to_dict() for step in resource.steps],
+        "notes": list(resource.notes),
+        "problems": [problem_data(p) for p in resource.problems],
+        "requires": list(resource.requires),
+    }

@@ -1,0 +1,226 @@
+"""Check documents against the JSON Schemas in ``schemas/`` and fill in their defaults.
+
+The schemas are the single source of a manifest's shape: which fields exist, their
+types, bounds and defaults.  This module turns jsonschema's findings into one
+:class:`~reconciler.core.model.Problem` per fault, worded for the person who wrote the
+file (``unknown field 'memroy' (did you mean 'memory'?)``), and applies each schema's
+``default`` values so that :mod:`reconciler.core.desired` never repeats them.
+
+Schemas are read once from the package; everything else is pure.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import functools
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import jsonschema
+import referencing
+
+from reconciler.core import model
+
+API_VERSION = "kvmops/v1"
+SCHEMA_FILES = {
+    "VirtualMachine": "virtualmachine.schema.json",
+    "StoragePool": "storagepool.schema.json",
+}
+SHARED_SCHEMA_FILES = ("metadata.schema.json",)
+
+
+def schema_directory() -> Path:
+    """Return the directory holding the schemas: inside an installed wheel, or the checkout."""
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package / "schemas", package.parent / "schemas"):
+        if (candidate / SCHEMA_FILES["VirtualMachine"]).is_file():
+            return candidate
+    raise FileNotFoundError(f"kvmops schemas not found next to {package}")
+
+
+@functools.cache
+def schemas() -> dict[str, dict]:
+    """Return every schema by file name (the kinds' and the shared ones)."""
+    directory = schema_directory()
+    return {
+        name: json.loads((directory / name).read_text(encoding="utf-8"))
+        for name in (*SCHEMA_FILES.values(), *SHARED_SCHEMA_FILES)
+    }
+
+
+@functools.cache
+def _registry() -> referencing.Registry:
+    resources = [
+        (schema["$id"], referencing.Resource.from_contents(schema)) for schema in schemas().values()
+    ]
+    return referencing.Registry().with_resources(resources)
+
+
+@functools.cache
+def _validator(kind: str) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(schemas()[SCHEMA_FILES[kind]], registry=_registry())
+
+
+def validate(document: model.Document) -> tuple[dict | None, list[model.Problem]]:
+    """Return ``document``'s body with defaults applied, or the problems that stop it.
+
+    The body is returned only when there are no problems; it is a fresh copy.
+    """
+    body = document.body
+    origin = document.origin
+    if not isinstance(body, dict):
+        return None, [origin.problem("", "a manifest document must be a mapping with apiVersion, kind, metadata and spec")]
+    kind = body.get("kind")
+    if kind not in SCHEMA_FILES:
+        known = " or ".join(SCHEMA_FILES)
+        message = "missing 'kind'" if kind is None else f"unknown kind {kind!r}"
+        return None, [origin.problem("kind", f"{message}; expected {known}")]
+    if body.get("apiVersion") != API_VERSION:
+        got = body.get("apiVersion")
+        message = "missing 'apiVersion'" if got is None else f"apiVersion {got!r} is not supported"
+        return None, [origin.problem("apiVersion", f"{message}; write apiVersion: {API_VERSION}")]
+    problems = _problems(_validator(kind).iter_errors(body), origin)
+    if problems:
+        return None, problems
+    root = schemas()[SCHEMA_FILES[kind]]
+    return with_defaults(body, root, root), []
+
+
+def _problems(found: Iterable[jsonschema.ValidationError], origin: model.Origin) -> list[model.Problem]:
+    problems: dict[tuple[str, str], model.Problem] = {}
+    for error in sorted(found, key=lambda e: [str(p) for p in e.absolute_path]):
+        for path, message in _explain(error):
+            problems.setdefault((path, message), origin.problem(path, message))
+    return list(problems.values())
+
+
+def dotted(parts: Iterable[object]) -> str:
+    """Return a field path as users write it: ``spec.disks[0].size``."""
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def describe(value: object) -> str:
+    """Return the YAML type of ``value`` in words, with the value when it is short."""
+    kind = {
+        bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+        list: "a list", dict: "a mapping", type(None): "null",
+    }.get(type(value), type(value).__name__)  # fmt: skip
+    if isinstance(value, (bool, int, float, str)) and len(repr(value)) <= 40:
+        return f"{kind} ({value!r})"
+    return kind
+
+
+_TYPE_WORDS = {
+    "integer": "an integer", "string": "a string", "boolean": "true or false",
+    "object": "a mapping", "array": "a list", "number": "a number", "null": "null",
+}  # fmt: skip
+
+
+def _explain(error: jsonschema.ValidationError) -> list[tuple[str, str]]:
+    """Return (path, message) pairs explaining one jsonschema error in plain words."""
+    path = dotted(error.absolute_path)
+    keyword, expected, value, schema = error.validator, error.validator_value, error.instance, error.schema
+    if keyword == "additionalProperties" and isinstance(value, dict):
+        allowed = sorted(schema.get("properties", {}))
+        found = []
+        for key in sorted(set(value) - set(allowed)):
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; allowed: {', '.join(allowed)}"
+            found.append((dotted([*error.absolute_path, key]), f"unknown field {key!r}{hint}"))
+        return found
+    if keyword == "required":
+        missing = [name for name in expected if isinstance(value, dict) and name not in value]
+        return [(path, f"missing required field {name!r}") for name in missing]
+    if keyword == "type":
+        types = expected if isinstance(expected, list) else [expected]
+        return [(path, f"expected {' or '.join(_TYPE_WORDS.get(t, t) for t in types)}, got {describe(value)}")]
+    if keyword == "enum":
+        return [(path, f"{value!r} is not allowed; use one of: {', '.join(map(str, expected))}")]
+    if keyword == "const":
+        return [(path, f"must be {expected!r}, got {value!r}")]
+    if keyword in ("minimum", "exclusiveMinimum"):
+        return [(path, f"{value} is too small; the minimum is {expected}")]
+    if keyword in ("maximum", "exclusiveMaximum"):
+        return [(path, f"{value} is too large; the maximum is {expected}")]
+    if keyword == "pattern":
+        hint = schema.get("x-pattern-hint", f"must match {expected}")
+        return [(path, f"{_short(value)} is not valid: {hint}")]
+    if keyword == "minLength":
+        return [(path, "must not be empty" if expected == 1 else f"must be at least {expected} characters")]
+    if keyword == "maxLength":
+        return [(path, f"is {len(value)} characters long; at most {expected} are allowed")]
+    if keyword in ("maxItems", "maxProperties"):
+        return [(path, f"has {len(value)} entries; at most {expected} are allowed")]
+    if keyword in ("minItems", "minProperties"):
+        return [(path, f"needs at least {expected} entr{'y' if expected == 1 else 'ies'}")]
+    if keyword in ("oneOf", "anyOf"):
+        return _explain_alternatives(error, path)
+    if keyword == "propertyNames":
+        hint = expected.get("x-pattern-hint", "invalid key") if isinstance(expected, dict) else "invalid key"
+        return [(path, f"{_short(value)}: {hint}")]
+    return [(path, error.message)]
+
+
+def _explain_alternatives(error: jsonschema.ValidationError, path: str) -> list[tuple[str, str]]:
+    hint = error.schema.get("x-oneof-hint")
+    if hint:
+        return [(path, hint)]
+    context = error.context or []
+    if context and all(sub.validator == "type" for sub in context if not sub.relative_path):
+        types = []
+        for sub in context:
+            for t in sub.validator_value if isinstance(sub.validator_value, list) else [sub.validator_value]:
+                if t not in types:
+                    types.append(t)
+        if types:
+            words = " or ".join(_TYPE_WORDS.get(t, t) for t in types)
+            if "string" in types:
+                words += " with a unit such as 2GiB"
+            return [(path, f"expected {words}, got {describe(error.instance)}")]
+    relevant = [sub for sub in context if sub.validator != "type"]
+    if relevant:
+        return _explain(jsonschema.exceptions.best_match(relevant))
+    return [(path, error.message)]
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "...'"
+
+
+def with_defaults(instance: object, schema: dict, root: dict) -> object:
+    """Return a copy of ``instance`` with every absent property's schema ``default`` filled in."""
+    schema = _resolve(schema, root)
+    if isinstance(instance, dict):
+        result = {}
+        properties = schema.get("properties", {})
+        for key, value in instance.items():
+            sub = properties.get(key)
+            result[key] = with_defaults(value, sub, root) if sub is not None else copy.deepcopy(value)
+        for key, sub in properties.items():
+            sub = _resolve(sub, root)
+            if key not in result and "default" in sub:
+                result[key] = copy.deepcopy(sub["default"])
+        return result
+    if isinstance(instance, list):
+        items = schema.get("items")
+        return [with_defaults(item, items, root) if items else copy.deepcopy(item) for item in instance]
+    return instance
+
+
+def _resolve(schema: dict, root: dict) -> dict:
+    while "$ref" in schema:
+        ref = schema["$ref"]
+        if ref.startswith("#/"):
+            target = root
+            for part in ref[2:].split("/"):
+                target = target[part]
+        else:
+            target = next(s for s in schemas().values() if s.get("$id") == ref)
+        schema = target
+    return schema

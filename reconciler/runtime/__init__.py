@@ -1,0 +1,1 @@
+"""The imperative shell: observing libvirt, executing plans, running passes."""

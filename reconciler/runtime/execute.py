@@ -1,0 +1,254 @@
+"""Carry out a :class:`~reconciler.core.plan.Plan` against libvirt.
+
+The executor decides nothing: it runs each resource's steps in order, one small
+idempotent operation per step kind, and stops a resource at its first failure.  What it
+does check, at the last moment, are the preconditions that keep the rules true even
+when the world moved since the plan was made: a domain about to be changed still
+carries kvmops' mark and the planned UUID, a domain about to be created does not exist,
+a volume about to be created is not someone else's.
+
+Pools go first, one at a time; then VMs run concurrently on a bounded pool of threads,
+because starting and stopping QEMU dominates and independent VMs need not wait for each
+other.  A VM whose pool failed is skipped.  ``cancel`` stops the work between steps,
+never inside one, so no domain is left half-defined.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import structlog
+
+from reconciler import errors
+from reconciler.adapters import hypervisor as hv
+from reconciler.core import plan as plans
+
+DEFAULT_WORKERS = 4
+STOP_POLL_SECONDS = 0.1
+
+log = structlog.get_logger("kvmops.execute")
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """How one step went."""
+
+    description: str
+    ok: bool
+    detail: str = ""  # the error, or "already done" for a no-op
+    duration_ms: int = 0
+
+
+@dataclass(frozen=True)
+class ResourceOutcome:
+    """How one resource's steps went: ``converged``, ``failed`` or ``skipped``."""
+
+    kind: str
+    name: str
+    status: str
+    steps: tuple[StepOutcome, ...] = ()
+    error: str | None = None
+    retryable: bool = False
+
+
+@dataclass(frozen=True)
+class ApplyReport:
+    """Every resource the plan touched and how it ended."""
+
+    outcomes: tuple[ResourceOutcome, ...]
+    cancelled: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """Return whether every resource converged."""
+        return not self.cancelled and all(o.status == "converged" for o in self.outcomes)
+
+    @property
+    def failures(self) -> tuple[ResourceOutcome, ...]:
+        """Return the resources that failed or were skipped."""
+        return tuple(o for o in self.outcomes if o.status != "converged")
+
+
+def execute(
+    plan: plans.Plan,
+    hypervisor: hv.Hypervisor,
+    *,
+    workers: int = DEFAULT_WORKERS,
+    cancel: threading.Event | None = None,
+) -> ApplyReport:
+    """Run every step of ``plan``; return what happened to each resource."""
+    cancel = cancel or threading.Event()
+    outcomes: list[ResourceOutcome] = []
+    broken_pools = {r.name for r in plan.resources if r.kind == "StoragePool" and r.problems}
+    for resource in plan.changes:
+        if resource.kind == "StoragePool":
+            outcome = _run_resource(resource, hypervisor, cancel)
+            outcomes.append(outcome)
+            if outcome.status != "converged":
+                broken_pools.add(resource.name)
+
+    def run_vm(resource: plans.ResourcePlan) -> ResourceOutcome:
+        blocked = [pool for pool in resource.requires if pool in broken_pools]
+        if blocked:
+            message = f"skipped: storage pool {', '.join(blocked)} is not ready"
+            log.warning("resource_skipped", vm=resource.name, reason=message)
+            return ResourceOutcome(resource.kind, resource.name, "skipped", error=message)
+        return _run_resource(resource, hypervisor, cancel)
+
+    vms = [r for r in plan.changes if r.kind != "StoragePool"]
+    if vms:
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(vms))), thread_name_prefix="kvmops-apply") as pool:
+            outcomes.extend(pool.map(run_vm, vms))
+    return ApplyReport(tuple(outcomes), cancelled=cancel.is_set())
+
+
+def _run_resource(resource: plans.ResourcePlan, hypervisor: hv.Hypervisor, cancel: threading.Event) -> ResourceOutcome:
+    subject = {"vm": resource.name} if resource.kind == "VirtualMachine" else {"pool": resource.name}
+    done: list[StepOutcome] = []
+    for step in resource.steps:
+        if cancel.is_set():
+            return ResourceOutcome(resource.kind, resource.name, "skipped", tuple(done), error="cancelled before " + step.describe())
+        started = time.monotonic()
+        try:
+            detail = _RUNNERS[type(step)](hypervisor, step, cancel) or ""
+        except errors.KvmopsError as exc:
+            duration = _ms(started)
+            done.append(StepOutcome(step.describe(), False, str(exc), duration))
+            log.error("step_failed", **subject, action=step.kind, error=str(exc), retryable=exc.retryable, duration_ms=duration)
+            return ResourceOutcome(resource.kind, resource.name, "failed", tuple(done), error=str(exc), retryable=exc.retryable)
+        duration = _ms(started)
+        done.append(StepOutcome(step.describe(), True, detail, duration))
+        log.info(_EVENTS[type(step)], **subject, action=step.kind, duration_ms=duration, **({"detail": detail} if detail else {}))
+    return ResourceOutcome(resource.kind, resource.name, "converged", tuple(done))
+
+
+def _ms(started: float) -> int:
+    return round((time.monotonic() - started) * 1000)
+
+
+# --- one runner per step kind: (hypervisor, step, cancel) -> detail ----------------------
+
+
+def _define_pool(h: hv.Hypervisor, step: plans.DefinePool, _cancel) -> str | None:
+    h.define_pool(step.xml, step.name)
+
+
+def _build_pool(h: hv.Hypervisor, step: plans.BuildPool, _cancel) -> str | None:
+    h.build_pool(step.name)
+
+
+def _start_pool(h: hv.Hypervisor, step: plans.StartPool, _cancel) -> str | None:
+    return None if h.start_pool(step.name) else "already active"
+
+
+def _set_pool_autostart(h: hv.Hypervisor, step: plans.SetPoolAutostart, _cancel) -> str | None:
+    h.set_pool_autostart(step.name, step.autostart)
+
+
+def _create_volume(h: hv.Hypervisor, step: plans.CreateVolume, _cancel) -> str | None:
+    if h.volume_exists(step.pool, step.name):
+        raise errors.OperationRefused(
+            f"volume {step.pool}/{step.name} appeared after the plan was made; kvmops will not claim it as its own. "
+            "Plan again to use it as an existing volume"
+        )
+    h.create_volume(step.pool, step.xml, step.name)
+
+
+def _resize_volume(h: hv.Hypervisor, step: plans.ResizeVolume, _cancel) -> str | None:
+    if h.volume_capacity(step.pool, step.name) >= step.capacity:
+        return "already large enough"
+    h.resize_volume(step.pool, step.name, step.capacity)
+
+
+def _resize_disk(h: hv.Hypervisor, step: plans.ResizeDisk, _cancel) -> str | None:
+    h.ensure_owned(step.domain, step.uuid)
+    h.block_resize(step.domain, step.target, step.capacity)
+
+
+def _delete_volume(h: hv.Hypervisor, step: plans.DeleteVolume, _cancel) -> str | None:
+    return None if h.delete_volume(step.pool, step.name) else "already gone"
+
+
+def _define_domain(h: hv.Hypervisor, step: plans.DefineDomain, _cancel) -> str | None:
+    if step.uuid is None:
+        if h.domain_exists(step.name):
+            raise errors.OwnershipError(
+                f"a domain named {step.name} appeared after the plan was made; kvmops will not overwrite it. Plan again"
+            )
+    else:
+        h.ensure_owned(step.name, step.uuid)
+    h.define_domain(step.xml, step.name)
+
+
+def _set_autostart(h: hv.Hypervisor, step: plans.SetAutostart, _cancel) -> str | None:
+    h.ensure_owned(step.name)
+    h.set_autostart(step.name, step.autostart)
+
+
+def _set_memory_live(h: hv.Hypervisor, step: plans.SetMemoryLive, _cancel) -> str | None:
+    h.ensure_owned(step.name)
+    h.set_memory_live(step.name, step.memory)
+
+
+def _start_domain(h: hv.Hypervisor, step: plans.StartDomain, _cancel) -> str | None:
+    h.ensure_owned(step.name)
+    return None if h.start_domain(step.name) else "already running"
+
+
+def _stop_domain(h: hv.Hypervisor, step: plans.StopDomain, cancel: threading.Event) -> str | None:
+    h.ensure_owned(step.name)
+    if not h.shutdown_domain(step.name):
+        return "already stopped"
+    deadline = time.monotonic() + step.timeout
+    while time.monotonic() < deadline:
+        if not h.domain_power(step.name)[0].active:
+            return "shut down by the guest"
+        if cancel.wait(STOP_POLL_SECONDS):
+            break  # shutting down ourselves: do not wait out the guest, pull the plug now
+    h.destroy_domain(step.name)
+    return f"destroyed: the guest did not power off within {step.timeout:g}s"
+
+
+def _undefine_domain(h: hv.Hypervisor, step: plans.UndefineDomain, _cancel) -> str | None:
+    h.ensure_owned(step.name, step.uuid)
+    if h.domain_power(step.name)[0].active:
+        raise errors.OperationRefused(f"domain {step.name} is running again; not undefining it. Plan again")
+    h.undefine_domain(step.name)
+
+
+_RUNNERS: dict[type, Callable] = {
+    plans.DefinePool: _define_pool,
+    plans.BuildPool: _build_pool,
+    plans.StartPool: _start_pool,
+    plans.SetPoolAutostart: _set_pool_autostart,
+    plans.CreateVolume: _create_volume,
+    plans.ResizeVolume: _resize_volume,
+    plans.ResizeDisk: _resize_disk,
+    plans.DeleteVolume: _delete_volume,
+    plans.DefineDomain: _define_domain,
+    plans.SetAutostart: _set_autostart,
+    plans.SetMemoryLive: _set_memory_live,
+    plans.StartDomain: _start_domain,
+    plans.StopDomain: _stop_domain,
+    plans.UndefineDomain: _undefine_domain,
+}
+_EVENTS: dict[type, str] = {
+    plans.DefinePool: "pool_defined",
+    plans.BuildPool: "pool_built",
+    plans.StartPool: "pool_started",
+    plans.SetPoolAutostart: "pool_autostart_set",
+    plans.CreateVolume: "volume_created",
+    plans.ResizeVolume: "volume_grown",
+    plans.ResizeDisk: "disk_grown",
+    plans.DeleteVolume: "volume_deleted",
+    plans.DefineDomain: "domain_defined",
+    plans.SetAutostart: "autostart_set",
+    plans.SetMemoryLive: "memory_set_live",
+    plans.StartDomain: "domain_started",
+    plans.StopDomain: "domain_stopped",
+    plans.UndefineDomain: "domain_undefined",
+}

@@ -1,0 +1,77 @@
+"""One reconcile pass: read manifests, observe libvirt, plan, and (for apply) execute.
+
+Shared by the CLI's ``plan``/``apply`` and by the controller, so that a pass is the same
+whoever starts it.  Every pass re-reads the manifests and re-observes libvirt: nothing
+is cached between passes (level-triggered, as controller-runtime puts it).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from reconciler.adapters import hypervisor as hv
+from reconciler.adapters import manifests
+from reconciler.core import desired as desired_state
+from reconciler.core import model, planner
+from reconciler.core import plan as plans
+from reconciler.runtime import execute, observe
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """A plan and the two states it was made from."""
+
+    desired: model.DesiredState
+    actual: model.ActualState
+    plan: plans.Plan
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What an apply pass planned, what it did, and what a fresh plan says afterwards."""
+
+    planned: PlanResult
+    report: execute.ApplyReport
+    after: plans.Plan | None  # None when the pass was cancelled
+
+    @property
+    def converged(self) -> bool:
+        """Return whether everything succeeded and nothing is left to do or wrong."""
+        return (
+            self.report.ok
+            and self.after is not None
+            and not self.after.has_changes
+            and not self.after.problems
+        )
+
+
+def load_desired(path: str) -> model.DesiredState:
+    """Return the desired state of the manifests under ``path``; raise if ``path`` is missing."""
+    return desired_state.build(manifests.load(path))
+
+
+def make_plan(path: str, hypervisor: hv.Hypervisor, *, settings: planner.Settings) -> PlanResult:
+    """Return the plan converging ``hypervisor`` on the manifests under ``path``."""
+    desired = load_desired(path)
+    actual = observe.observe(hypervisor)
+    return PlanResult(desired, actual, planner.plan_changes(desired, actual, settings=settings))
+
+
+def apply(
+    path: str,
+    hypervisor: hv.Hypervisor,
+    *,
+    settings: planner.Settings,
+    workers: int = execute.DEFAULT_WORKERS,
+    cancel: threading.Event | None = None,
+    planned: PlanResult | None = None,
+) -> ApplyResult:
+    """Plan (unless ``planned`` is given), execute, then plan again to verify convergence."""
+    planned = planned or make_plan(path, hypervisor, settings=settings)
+    report = execute.execute(planned.plan, hypervisor, workers=workers, cancel=cancel)
+    if report.cancelled:
+        return ApplyResult(planned, report, None)
+    actual = observe.observe(hypervisor)
+    after = planner.plan_changes(planned.desired, actual, settings=settings)
+    return ApplyResult(planned, report, after)
