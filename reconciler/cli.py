@@ -1,4 +1,4 @@
-"""The ``kvmops`` command: ``validate``, ``plan``, ``apply``, ``adopt`` and ``demo``.
+"""The ``kvmops`` command: ``validate``, ``plan``, ``apply``, ``run``, ``adopt`` and ``demo``.
 
 ``main(argv)`` returns the exit status and never lets a traceback out: every expected
 failure is a :class:`~reconciler.errors.KvmopsError` printed as one line on stderr.
@@ -10,16 +10,19 @@ stderr.  Exit status: 0 success, 1 error or problems; ``plan --detailed-exitcode
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from reconciler import errors, logconfig
 from reconciler.adapters import hypervisor as hv
 from reconciler.core import domxml, model, planner, render
-from reconciler.runtime import execute, observe, reconcile
+from reconciler.runtime import configuration, controller, execute, hostlock, observe, reconcile
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -43,9 +46,9 @@ def default_uri() -> str:
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser for every subcommand."""
     parser = _Parser(prog="kvmops", description="Declarative GitOps reconciler for KVM virtual machines.")
-    parser.add_argument("--log-format", choices=logconfig.FORMATS, default=os.environ.get("KVMOPS_LOG_FORMAT", "auto"),
+    parser.add_argument("--log-format", choices=logconfig.FORMATS, default=os.environ.get("KVMOPS_LOG_FORMAT"),
                         help="log format on stderr (default: console on a terminal, JSON otherwise)")
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=None)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     def connect_option(command: argparse.ArgumentParser, *, required_default: bool = True) -> None:
@@ -85,6 +88,36 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"VMs worked on at once (default: {execute.DEFAULT_WORKERS})")
     apply.set_defaults(handler=cmd_apply)
 
+    apply.add_argument("--lock-timeout", type=float, default=300.0, metavar="SECONDS",
+                       help="wait this long for another kvmops acting on the host (default: 300)")
+    apply.add_argument("--state-dir", default=None, help="directory of the host lock (default: $KVMOPS_STATE_DIR, "
+                       "/var/lib/kvmops for root, ~/.local/state/kvmops otherwise)")
+
+    run = commands.add_parser("run", help="keep the host converged: watch manifests and libvirt, repair drift")
+    run.add_argument("path", metavar="PATH", nargs="?", default=None,
+                     help="manifest directory (default: 'manifests' in the configuration file)")
+    run.add_argument("--connect", "-c", metavar="URI", default=None,
+                     help="libvirt URI (default: $KVMOPS_CONNECT, the configuration file, qemu:///system)")
+    run.add_argument("--config", metavar="FILE", default=os.environ.get("KVMOPS_CONFIG"),
+                     help="YAML configuration file (schemas/config.schema.json); re-read on SIGHUP")
+    run.add_argument("--resync-interval", type=float, default=None, metavar="SECONDS",
+                     help="seconds between full resyncs (default: 60)")
+    run.add_argument("--quiet-period", type=float, default=None, metavar="SECONDS",
+                     help="calm needed after a manifest change before a pass (default: 0.3)")
+    run.add_argument("--listen", default=None, metavar="HOST:PORT",
+                     help="serve /healthz, /status and /metrics here (e.g. 127.0.0.1:9474)")
+    run.add_argument("--state-dir", default=None, help="directory of the host lock")
+    run.add_argument("--no-prune", action="store_true", default=None, help="never remove domains whose manifest is gone")
+    run.add_argument("--allow-empty", action="store_true", default=None,
+                     help="allow pruning every managed domain when the manifests declare no VM")
+    run.add_argument("--virt-type", choices=("auto", "kvm", "qemu"), default=os.environ.get("KVMOPS_VIRT_TYPE"))
+    run.add_argument("--shutdown-timeout", type=float, default=None, metavar="SECONDS",
+                     help="seconds a guest gets to power off before it is destroyed (default: 60)")
+    run.add_argument("--parallel", type=int, default=None, metavar="N", help="VMs worked on at once (default: 4)")
+    run.add_argument("--termination-grace", type=float, default=None, metavar="SECONDS",
+                     help="on SIGTERM, wait this long for the steps in progress (default: 30)")
+    run.set_defaults(handler=cmd_run)
+
     adopt = commands.add_parser("adopt", help="mark an existing domain as managed by kvmops")
     adopt.add_argument("name", metavar="NAME")
     connect_option(adopt)
@@ -101,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the kvmops command line; return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logconfig.configure(format=args.log_format, level=args.log_level)
+    logconfig.configure(format=args.log_format or "auto", level=args.log_level or "info")
     try:
         return args.handler(args)
     except errors.KvmopsError as exc:
@@ -205,21 +238,51 @@ def cmd_apply(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> 
     """Print the plan, carry it out, print what was done; exit 0 only when converged."""
     def body(hypervisor: hv.Hypervisor) -> int:
         settings = _settings(args)
-        planned = reconcile.make_plan(args.path, hypervisor, settings=settings)
-        _print_plan(planned.plan, args)
-        if not planned.plan.has_changes:
-            return EXIT_ERROR if planned.plan.problems else EXIT_OK
-        print("Applying...", flush=True)
-        cancel = threading.Event()
-        try:
-            result = reconcile.apply(args.path, hypervisor, settings=settings, workers=args.parallel,
-                                     planned=planned, cancel=cancel)
-        except KeyboardInterrupt:
-            cancel.set()
-            raise
+        with _host_lock(args, hypervisor.uri):
+            planned = reconcile.make_plan(args.path, hypervisor, settings=settings)
+            _print_plan(planned.plan, args)
+            if not planned.plan.has_changes:
+                return EXIT_ERROR if planned.plan.problems else EXIT_OK
+            print("Applying...", flush=True)
+            cancel = threading.Event()
+            with _cancel_on_signals(cancel):
+                result = reconcile.apply(args.path, hypervisor, settings=settings, workers=args.parallel,
+                                         planned=planned, cancel=cancel)
         sys.stdout.write(report_text(result))
         return EXIT_OK if result.converged else EXIT_ERROR
     return _with_hypervisor(args, shared, read_only=False, body=body)
+
+
+@contextlib.contextmanager
+def _cancel_on_signals(cancel: threading.Event):
+    """Turn SIGINT/SIGTERM into ``cancel``: steps in progress finish, no new one starts."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, _frame) -> None:
+        if not cancel.is_set():
+            print(f"\n{signal.Signals(signum).name}: finishing the steps in progress, starting no new ones",
+                  file=sys.stderr, flush=True)
+        cancel.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _host_lock(args: argparse.Namespace, uri: str):
+    if uri.startswith("test:"):
+        return contextlib.nullcontext()  # the test driver's host lives inside this process
+    state_dir = Path(args.state_dir) if getattr(args, "state_dir", None) else hostlock.default_state_dir()
+
+    def waiting(holder: str) -> None:
+        print(f"waiting for the host lock: {holder or 'held by another kvmops'} ...", file=sys.stderr, flush=True)
+
+    return hostlock.hold(state_dir, uri, wait=getattr(args, "lock_timeout", 0.0), on_wait=waiting)
 
 
 def report_text(result: reconcile.ApplyResult) -> str:
@@ -256,6 +319,28 @@ def report_text(result: reconcile.ApplyResult) -> str:
             why.append(f"{len(report.failures)} resource(s) failed")
         lines.append("Not converged: " + "; ".join(why) + ". Fix the errors above and apply again.")
     return "\n".join(lines) + "\n"
+
+
+# --- run --------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the controller until SIGTERM or SIGINT; SIGHUP re-reads the configuration file."""
+    config = configuration.read(args.config)
+    if args.log_format is None or args.log_level is None:
+        logconfig.configure(format=args.log_format or config.get("logFormat", "auto"),
+                            level=args.log_level or config.get("logLevel", "info"))
+    flags = vars(args)
+    settings = configuration.controller_settings(flags, config)
+
+    def reload() -> controller.ControllerSettings:
+        return configuration.controller_settings(flags, configuration.read(args.config))
+
+    runner = controller.Controller(settings, reload=reload if args.config else None)
+    signal.signal(signal.SIGTERM, lambda *_: runner.request_stop())
+    signal.signal(signal.SIGINT, lambda *_: runner.request_stop())
+    signal.signal(signal.SIGHUP, lambda *_: runner.request_reload())
+    return runner.run()
 
 
 # --- adopt ------------------------------------------------------------------------------

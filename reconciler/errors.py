@@ -9,6 +9,7 @@ work queue and the CLI's exit status are built on::
     ├── ManifestError              the manifests cannot be read or do not validate   terminal
     ├── PlanningError              the desired state cannot be planned on this host  terminal
     ├── OwnershipError             the object is not kvmops' to change               terminal
+    ├── LockHeld                   another kvmops is acting on the same host         retryable
     └── HypervisorError            libvirt said no, or could not be reached
         ├── RetryableHypervisorError                                                  retryable
         │   └── ConnectionLost     libvirtd went away, or never answered
@@ -41,6 +42,12 @@ class PlanningError(KvmopsError):
 
 class OwnershipError(KvmopsError):
     """An action would touch an object kvmops does not own; refused, always."""
+
+
+class LockHeld(KvmopsError):
+    """Another kvmops process holds the host lock; waiting may help."""
+
+    retryable = True
 
 
 class HypervisorError(KvmopsError):

@@ -17,8 +17,9 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import threading
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -60,6 +61,47 @@ _SHUTOFF_REASONS = {
     libvirt.VIR_DOMAIN_SHUTOFF_CRASHED: model.ShutoffReason.CRASHED,
     libvirt.VIR_DOMAIN_SHUTOFF_FAILED: model.ShutoffReason.FAILED,
 }
+
+
+_LIFECYCLE_EVENTS = {
+    libvirt.VIR_DOMAIN_EVENT_DEFINED: "defined",
+    libvirt.VIR_DOMAIN_EVENT_UNDEFINED: "undefined",
+    libvirt.VIR_DOMAIN_EVENT_STARTED: "started",
+    libvirt.VIR_DOMAIN_EVENT_SUSPENDED: "suspended",
+    libvirt.VIR_DOMAIN_EVENT_RESUMED: "resumed",
+    libvirt.VIR_DOMAIN_EVENT_STOPPED: "stopped",
+    libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: "shutdown",
+    libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: "pmsuspended",
+    libvirt.VIR_DOMAIN_EVENT_CRASHED: "crashed",
+}
+_CLOSE_REASONS = {
+    libvirt.VIR_CONNECT_CLOSE_REASON_ERROR: "error",
+    libvirt.VIR_CONNECT_CLOSE_REASON_EOF: "libvirtd closed the connection",
+    libvirt.VIR_CONNECT_CLOSE_REASON_KEEPALIVE: "keepalive timeout",
+    libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT: "closed by kvmops",
+}
+_event_loop_lock = threading.Lock()
+_event_loop_thread: threading.Thread | None = None
+
+
+def start_event_loop() -> None:
+    """Run libvirt's default event loop in a daemon thread; once per process.
+
+    Must happen before opening the connections that want events, keepalives or close
+    notifications.
+    """
+    global _event_loop_thread
+    with _event_loop_lock:
+        if _event_loop_thread is not None:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        _event_loop_thread = threading.Thread(target=run, name="libvirt-events", daemon=True)
+        _event_loop_thread.start()
 
 
 def translate(exc: libvirt.libvirtError, what: str) -> errors.HypervisorError:
@@ -112,6 +154,8 @@ class Hypervisor:
     def __init__(self, connection: libvirt.virConnect, uri: str) -> None:
         self._connection = connection
         self.uri = uri
+        self._event_callbacks: list[int] = []
+        self._close_callback = False
 
     @classmethod
     def open(cls, uri: str, *, read_only: bool = False) -> Hypervisor:
@@ -127,9 +171,50 @@ class Hypervisor:
         return cls(connection, uri)
 
     def close(self) -> None:
-        """Close the connection; further calls fail with ``ConnectionLost``."""
+        """Stop watching events and close the connection; further calls fail."""
+        for callback_id in self._event_callbacks:
+            with contextlib.suppress(libvirt.libvirtError):
+                self._connection.domainEventDeregisterAny(callback_id)
+        self._event_callbacks.clear()
+        if self._close_callback:
+            with contextlib.suppress(libvirt.libvirtError):
+                self._connection.unregisterCloseCallback()
+            self._close_callback = False
         with contextlib.suppress(libvirt.libvirtError):
             self._connection.close()
+
+    # -- events (need start_event_loop() before open) -----------------------------------
+
+    def watch_lifecycle(self, callback: Callable[[str, str], None]) -> None:
+        """Call ``callback(domain_name, event)`` on every domain lifecycle event.
+
+        ``event`` is one of defined, undefined, started, suspended, resumed, stopped,
+        shutdown, pmsuspended, crashed.  The callback runs on libvirt's event thread and
+        must return quickly.
+        """
+        def on_event(_connection, domain, event, _detail, _opaque) -> None:
+            callback(domain.name(), _LIFECYCLE_EVENTS.get(event, str(event)))
+
+        with translated(f"cannot watch domain events on {self.uri}"):
+            self._event_callbacks.append(self._connection.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, on_event, None
+            ))
+
+    def watch_close(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(reason)`` when the connection to libvirtd breaks."""
+        def on_close(_connection, reason, _opaque) -> None:
+            callback(_CLOSE_REASONS.get(reason, f"reason {reason}"))
+
+        with translated(f"cannot watch the connection to {self.uri}"):
+            self._connection.registerCloseCallback(on_close, None)
+        self._close_callback = True
+
+    def keep_alive(self, interval: int = 5, count: int = 3) -> None:
+        """Probe libvirtd every ``interval`` seconds; declare it gone after ``count`` misses."""
+        if self.uri.startswith("test:"):
+            return  # in-process: nothing to probe
+        with translated(f"cannot enable keepalive on {self.uri}"):
+            self._connection.setKeepAlive(interval, count)
 
     def __enter__(self) -> Hypervisor:
         return self

@@ -82,6 +82,22 @@ def load(root: str | os.PathLike) -> model.ManifestSet:
     return model.ManifestSet(str(root_path), tuple(documents), tuple(problems), len(files))
 
 
+def load_document(path: str | os.PathLike) -> model.Document:
+    """Return the single YAML document in file ``path`` (a configuration file, say).
+
+    Raises ``ManifestError`` carrying the problems when it cannot be read or parsed.
+    """
+    path = Path(path)
+    documents, problems = load_file(path, path.parent)
+    if problems:
+        raise errors.ManifestError("; ".join(str(p) for p in problems), tuple(problems))
+    if len(documents) > 1:
+        raise errors.ManifestError(f"{path}: holds {len(documents)} YAML documents; expected one")
+    if not documents:
+        return model.Document(file=str(path), relpath=path.name, index=0, line=1, body={})
+    return documents[0]
+
+
 def load_file(path: Path, base: Path) -> tuple[list[model.Document], list[model.Problem]]:
     """Return the documents of one file, or the problems that kept them from loading."""
     display = str(path)

@@ -28,7 +28,8 @@ SCHEMA_FILES = {
     "VirtualMachine": "virtualmachine.schema.json",
     "StoragePool": "storagepool.schema.json",
 }
-SHARED_SCHEMA_FILES = ("metadata.schema.json",)
+SHARED_SCHEMA_FILES = ("metadata.schema.json", "config.schema.json")
+CONFIG_SCHEMA = "config.schema.json"
 
 
 def schema_directory() -> Path:
@@ -61,6 +62,23 @@ def _registry() -> referencing.Registry:
 @functools.cache
 def _validator(kind: str) -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(schemas()[SCHEMA_FILES[kind]], registry=_registry())
+
+
+@functools.cache
+def _config_validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(schemas()[CONFIG_SCHEMA], registry=_registry())
+
+
+def validate_config(document: model.Document) -> tuple[dict | None, list[model.Problem]]:
+    """Return the controller configuration in ``document`` with defaults, or its problems."""
+    body = document.body if document.body is not None else {}
+    if not isinstance(body, dict):
+        return None, [document.origin.problem("", "the configuration must be a mapping of settings")]
+    problems = _problems(_config_validator().iter_errors(body), document.origin)
+    if problems:
+        return None, problems
+    schema = schemas()[CONFIG_SCHEMA]
+    return with_defaults(body, schema, schema), []
 
 
 def validate(document: model.Document) -> tuple[dict | None, list[model.Problem]]:

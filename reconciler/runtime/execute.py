@@ -208,7 +208,11 @@ def _stop_domain(h: hv.Hypervisor, step: plans.StopDomain, cancel: threading.Eve
         if not h.domain_power(step.name)[0].active:
             return "shut down by the guest"
         if cancel.wait(STOP_POLL_SECONDS):
-            break  # shutting down ourselves: do not wait out the guest, pull the plug now
+            # kvmops itself is stopping: the guest keeps its ACPI request and its time;
+            # pulling the plug because *we* were asked to exit would punish the guest.
+            raise errors.RetryableHypervisorError(
+                f"shutdown of {step.name} requested but not awaited: kvmops is stopping; the next pass finishes it"
+            )
     h.destroy_domain(step.name)
     return f"destroyed: the guest did not power off within {step.timeout:g}s"
 

@@ -1,0 +1,63 @@
+"""The controller's configuration: a YAML file validated by ``schemas/config.schema.json``.
+
+Precedence, highest first: command-line flags, ``$KVMOPS_CONNECT`` (for the URI only),
+the configuration file, the schema's defaults.  The file is read again on SIGHUP; a file
+that no longer validates is reported and the previous settings stay.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from reconciler import errors
+from reconciler.adapters import hypervisor as hv
+from reconciler.adapters import manifests
+from reconciler.core import planner, validation
+from reconciler.runtime import controller, hostlock
+
+
+def read(path: str | None) -> dict:
+    """Return the settings in configuration file ``path`` with defaults (all defaults if None)."""
+    if path is None:
+        schema = validation.schemas()[validation.CONFIG_SCHEMA]
+        return validation.with_defaults({}, schema, schema)
+    if not Path(path).is_file():
+        raise errors.ManifestError(f"{path}: configuration file not found")
+    document = manifests.load_document(path)
+    body, problems = validation.validate_config(document)
+    if problems:
+        raise errors.ManifestError("invalid configuration: " + "; ".join(str(p) for p in problems), tuple(problems))
+    return body
+
+
+def controller_settings(flags: Mapping[str, object], config: Mapping[str, object]) -> controller.ControllerSettings:
+    """Return the controller's settings: ``flags`` (None: not given) over ``config``."""
+    def pick(flag: str, key: str):
+        value = flags.get(flag)
+        return config.get(key) if value is None else value
+
+    path = pick("path", "manifests")
+    if not path:
+        raise errors.KvmopsError("no manifest directory: give PATH, or 'manifests:' in the configuration file")
+    uri = flags.get("connect") or os.environ.get("KVMOPS_CONNECT") or config.get("connect") or hv.DEFAULT_URI
+    state_dir = pick("state_dir", "stateDir")
+    allow_empty = bool(flags.get("allow_empty")) or bool(config.get("allowEmpty"))
+    prune = False if flags.get("no_prune") else bool(config.get("prune", True))
+    return controller.ControllerSettings(
+        path=str(path),
+        uri=str(uri),
+        planner=planner.Settings(
+            prune=prune,
+            allow_empty=allow_empty,
+            virt_type=str(pick("virt_type", "virtType") or "auto"),
+            shutdown_timeout=float(pick("shutdown_timeout", "shutdownTimeout")),
+        ),
+        resync_interval=float(pick("resync_interval", "resyncInterval")),
+        quiet_period=float(pick("quiet_period", "quietPeriod")),
+        workers=int(pick("parallel", "parallel")),
+        termination_grace=float(pick("termination_grace", "terminationGracePeriod")),
+        listen=str(pick("listen", "listen") or ""),
+        state_dir=Path(state_dir) if state_dir else hostlock.default_state_dir(),
+    )

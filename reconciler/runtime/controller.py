@@ -1,0 +1,567 @@
+"""The controller behind ``kvmops run``: keep a host converged, without anyone asking.
+
+Wake-ups only say *something may have changed*; each pass re-reads the manifests and
+libvirt and plans from scratch, with the same planner and executor as ``kvmops apply``.
+They come from:
+
+* the manifest directory (watchdog), after a short quiet period so that an editor's
+  save, an atomic rename or a ``git pull`` of many files gives one pass;
+* libvirt's domain lifecycle events, so that a ``virsh destroy``, a guest crash or an
+  undefine by hand is repaired within a second;
+* a periodic full resync, with jitter, as the safety net;
+* reconnection to libvirtd, which may restart under us.
+
+Work is keyed by resource (:mod:`reconciler.runtime.workqueue`): one VM is never worked
+on twice at once, a failing VM backs off on its own, and slow work on one VM (a guest
+taking a minute to shut down) never holds up the others, because executions run on a
+thread pool while the main loop keeps planning.
+
+Threads: the main loop (planning, timers, signals), libvirt's event loop, watchdog's
+observer, the executor pool and the optional HTTP listener.  Only the main loop plans;
+executor threads only run steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import json
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from reconciler import errors
+from reconciler.adapters import hypervisor as hv
+from reconciler.adapters import systemd, watcher
+from reconciler.adapters.statusserver import StatusServer
+from reconciler.core import model, planner
+from reconciler.core import plan as plans
+from reconciler.runtime import execute, hostlock, metrics, observe, reconcile, workqueue
+
+log = structlog.get_logger("kvmops.controller")
+
+DESIRED_POWER = {
+    model.RunStrategy.ALWAYS: "running",
+    model.RunStrategy.HALTED: "stopped",
+    model.RunStrategy.RERUN_ON_FAILURE: "running unless shut down from inside",
+    model.RunStrategy.MANUAL: "as left by its operators",
+}
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    """Everything ``kvmops run`` is told: by flags, a config file, or both."""
+
+    path: str
+    uri: str
+    planner: planner.Settings = planner.Settings()
+    resync_interval: float = 60.0
+    quiet_period: float = 0.3
+    max_quiet_wait: float = 2.0  # a change storm still gets a pass at least this often
+    workers: int = execute.DEFAULT_WORKERS
+    termination_grace: float = 30.0
+    listen: str = ""
+    state_dir: Path = field(default_factory=hostlock.default_state_dir)
+    reconnect_max_delay: float = 5.0
+
+
+class _HostLockKeeper:
+    """Hold the host lock while any execution runs; release it when the last one ends."""
+
+    def __init__(self, state_dir: Path, uri: str) -> None:
+        self._state_dir, self._uri = state_dir, uri
+        self._condition = threading.Condition()
+        self._holders = 0
+        self._context: contextlib.AbstractContextManager | None = None
+
+    @contextlib.contextmanager
+    def held(self):
+        with self._condition:
+            if self._holders == 0:
+                context = hostlock.hold(
+                    self._state_dir, self._uri, wait=float("inf"),
+                    on_wait=lambda holder: log.warning("host_lock_waiting", holder=holder or "unknown"),
+                )
+                context.__enter__()
+                self._context = context
+            self._holders += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._holders -= 1
+                if self._holders == 0 and self._context is not None:
+                    self._context.__exit__(None, None, None)
+                    self._context = None
+
+
+class Controller:
+    """Converge ``settings.uri`` on the manifests at ``settings.path`` until stopped."""
+
+    def __init__(
+        self,
+        settings: ControllerSettings,
+        *,
+        notifier: systemd.Notifier | None = None,
+        reload: Callable[[], ControllerSettings] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics.Metrics()
+        self._notifier = notifier or systemd.Notifier()
+        self._reload_settings = reload
+        self._queue = workqueue.WorkQueue()
+        self._reasons: dict[str, str] = {}
+        self._reasons_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._cancel = threading.Event()
+        self._reload_requested = threading.Event()
+        self._hypervisor: hv.Hypervisor | None = None
+        self._connected = False
+        self._disconnect_reason: str | None = None
+        self._executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="kvmops-worker")
+        self._futures: set[Future] = set()
+        self._lock_keeper = _HostLockKeeper(settings.state_dir, settings.uri)
+        self._watcher: watcher.ManifestWatcher | None = None
+        self._debounce_lock = threading.Lock()
+        self._debounce_timer: threading.Timer | None = None
+        self._burst_started: float | None = None
+        self._server: StatusServer | None = None
+        self._status_lock = threading.Lock()
+        self._vm_status: dict[str, dict] = {}
+        self._problems: list[model.Problem] = []
+        self._foreign: tuple[str, ...] = ()
+        self._prune_suspended: str | None = None
+        self._last_pass: dict = {}
+        self._last_pass_ok = False
+        self._passes = 0
+        self._ready = False
+
+    # -- control from outside (signal handlers, tests) ----------------------------------
+
+    def request_stop(self) -> None:
+        """Finish the steps in progress and return from :meth:`run`."""
+        self._stop.set()
+        self._cancel.set()
+        self._queue.close()
+
+    def request_reload(self) -> None:
+        """Re-read the configuration before the next pass (SIGHUP)."""
+        self._reload_requested.set()
+        self._wake(workqueue.EVERYTHING, "reload")
+
+    @property
+    def listen_address(self) -> str | None:
+        """Return the address the HTTP listener is bound to, if any."""
+        return self._server.address if self._server is not None else None
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until :meth:`request_stop`; return the exit status (0 after a clean stop)."""
+        hv.start_event_loop()
+        if self.settings.listen:
+            self._server = StatusServer(self.settings.listen, {
+                "/healthz": self._healthz, "/status": self._status_route, "/metrics": self._metrics_route,
+            })
+            self._server.start()
+            log.info("listener_started", address=self._server.address)
+        log.info("controller_started", manifests=self.settings.path, uri=self.settings.uri,
+                 resync_interval=self.settings.resync_interval)
+        self._wake(workqueue.EVERYTHING, "start")
+        next_resync = self._next_resync()
+        next_watchdog = time.monotonic()
+        reconnect_delay = 0.5
+        next_connect = 0.0
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if self._notifier.watchdog_interval and now >= next_watchdog:
+                    self._notifier.watchdog()
+                    next_watchdog = now + self._notifier.watchdog_interval
+                if self._reload_requested.is_set():
+                    self._reload_requested.clear()
+                    self._reload()
+                if not self._connected:
+                    if now < next_connect:
+                        self._stop.wait(min(next_connect - now, 1.0))
+                        continue
+                    if self._connect():
+                        reconnect_delay = 0.5
+                    else:
+                        next_connect = now + reconnect_delay
+                        reconnect_delay = min(reconnect_delay * 2, self.settings.reconnect_max_delay)
+                        continue
+                self._ensure_watcher()
+                timeout = max(0.0, min(next_resync - now, 1.0))
+                if self._notifier.watchdog_interval:
+                    timeout = min(timeout, max(0.0, next_watchdog - now))
+                keys = self._queue.take(timeout=timeout)
+                if self._stop.is_set():
+                    break
+                if time.monotonic() >= next_resync:
+                    next_resync = self._next_resync()
+                    self._wake(workqueue.EVERYTHING, "resync")
+                if keys:
+                    self._pass(keys)
+        finally:
+            self._shutdown()
+        return 0
+
+    def _next_resync(self) -> float:
+        interval = self.settings.resync_interval
+        return time.monotonic() + interval + random.uniform(0, interval * 0.1)
+
+    def _wake(self, key: str, source: str) -> None:
+        with self._reasons_lock:
+            self._reasons.setdefault(key, source)
+        self.metrics.inc("kvmops_wakeups_total", source=source)
+        self._queue.add(key)
+
+    def _take_reason(self, key: str) -> str:
+        with self._reasons_lock:
+            return self._reasons.pop(key, "retry")
+
+    # -- libvirt connection -------------------------------------------------------------
+
+    def _connect(self) -> bool:
+        try:
+            hypervisor = hv.Hypervisor.open(self.settings.uri)
+            hypervisor.keep_alive()
+            hypervisor.watch_close(self._on_connection_closed)
+            hypervisor.watch_lifecycle(self._on_domain_event)
+        except errors.HypervisorError as exc:
+            if self._disconnect_reason != str(exc):
+                log.error("libvirt_unreachable", error=str(exc), retrying=True)
+                self._disconnect_reason = str(exc)
+            self.metrics.set("kvmops_connected", 0)
+            return False
+        previous, self._hypervisor = self._hypervisor, hypervisor
+        if previous is not None:
+            previous.close()
+        self._connected = True
+        self.metrics.set("kvmops_connected", 1)
+        if self._disconnect_reason is not None:
+            log.info("libvirt_reconnected", uri=self.settings.uri)
+            self._wake(workqueue.EVERYTHING, "reconnect")
+        self._disconnect_reason = None
+        return True
+
+    def _on_connection_closed(self, reason: str) -> None:
+        if self._connected:
+            self._connected = False
+            self._disconnect_reason = reason
+            self.metrics.set("kvmops_connected", 0)
+            log.error("libvirt_disconnected", reason=reason, retrying=True)
+
+    def _on_domain_event(self, name: str, lifecycle: str) -> None:
+        log.debug("domain_event_received", vm=name, lifecycle=lifecycle)
+        self._wake(f"VirtualMachine/{name}", "libvirt")
+
+    # -- manifest watching --------------------------------------------------------------
+
+    def _ensure_watcher(self) -> None:
+        directory = Path(self.settings.path)
+        directory = directory if directory.is_dir() else directory.parent
+        if self._watcher is not None and (self._watcher.directory != directory or not directory.exists()):
+            self._watcher.stop()
+            self._watcher = None
+        if self._watcher is None and directory.is_dir():
+            self._watcher = watcher.ManifestWatcher(self.settings.path, self._on_manifest_change)
+            self._watcher.start()
+
+    def _on_manifest_change(self, path: str) -> None:
+        with self._debounce_lock:
+            now = time.monotonic()
+            if self._burst_started is None:
+                self._burst_started = now
+            if self._debounce_timer is not None:
+                self._debounce_timer.cancel()
+            delay = max(0.0, min(self.settings.quiet_period, self._burst_started + self.settings.max_quiet_wait - now))
+            self._debounce_timer = threading.Timer(delay, self._manifests_settled)
+            self._debounce_timer.daemon = True
+            self._debounce_timer.start()
+
+    def _manifests_settled(self) -> None:
+        with self._debounce_lock:
+            self._burst_started = None
+            self._debounce_timer = None
+        self._wake(workqueue.EVERYTHING, "manifests")
+
+    # -- one pass -----------------------------------------------------------------------
+
+    def _pass(self, keys: list[str]) -> None:
+        reconcile_id = uuid.uuid4().hex[:12]
+        reasons = {key: self._take_reason(key) for key in keys}
+        full = workqueue.EVERYTHING in keys
+        started = time.monotonic()
+        bound = structlog.contextvars.bound_contextvars(reconcile_id=reconcile_id)
+        with bound:
+            try:
+                desired = reconcile.load_desired(self.settings.path)
+                actual = observe.observe(self._hypervisor)
+            except errors.ManifestError as exc:
+                self._pass_failed(keys, started, "manifests", str(exc))
+                return
+            except errors.HypervisorError as exc:
+                if isinstance(exc, errors.ConnectionLost):
+                    self._on_connection_closed(str(exc))
+                self._pass_failed(keys, started, "libvirt", str(exc))
+                for key in keys:
+                    self._wake(key, reasons[key])
+                return
+            plan = planner.plan_changes(desired, actual, settings=self.settings.planner)
+            self._record(desired, actual, plan)
+            dispatched = self._dispatch(plan, set(keys), full, reasons, reconcile_id)
+            for key in keys:
+                if key not in dispatched:
+                    self._queue.forget(key)
+                    self._queue.done(key)
+            duration = time.monotonic() - started
+            self._passes += 1
+            self.metrics.inc("kvmops_reconcile_passes_total", result="ok" if not plan.problems else "problems")
+            self.metrics.observe("kvmops_reconcile_duration_seconds", duration)
+            self._last_pass = {
+                "reconcile_id": reconcile_id, "finished_at": _now(), "duration_ms": round(duration * 1000),
+                "trigger": sorted(set(reasons.values())), "changes": len(plan.changes), "problems": len(plan.problems),
+            }
+            self._last_pass_ok = not plan.problems
+            log.info("reconcile_finished", duration_ms=round(duration * 1000), trigger=",".join(sorted(set(reasons.values()))),
+                     changes=len(plan.changes), problems=len(plan.problems), in_flight=len(self._queue.in_flight()))
+        if not self._ready:
+            self._ready = True
+            self._notifier.ready(self._summary())
+        else:
+            self._notifier.status(self._summary())
+
+    def _pass_failed(self, keys: list[str], started: float, kind: str, message: str) -> None:
+        self.metrics.inc("kvmops_reconcile_passes_total", result="error")
+        self.metrics.inc("kvmops_errors_total", kind=kind)
+        log.error("reconcile_failed", error=message, kind=kind)
+        self._last_pass = {"finished_at": _now(), "duration_ms": round((time.monotonic() - started) * 1000), "error": message}
+        self._last_pass_ok = False
+        for key in keys:
+            self._queue.done(key)
+        self._notifier.status(f"error: {message}"[:200])
+
+    def _dispatch(self, plan: plans.Plan, keys: set[str], full: bool, reasons: dict[str, str], reconcile_id: str) -> set[str]:
+        """Start executing the changed resources this pass is for; return their keys."""
+        dispatched: set[str] = set()
+        fallback = reasons.get(workqueue.EVERYTHING, "retry")
+        pools = [r for r in plan.changes if r.kind == "StoragePool"]
+        others = [r for r in plan.changes if r.kind != "StoragePool"]
+        for resource in pools + others:
+            if resource.key in keys:
+                claimed = True
+            elif full:
+                claimed = self._queue.claim(resource.key)
+            else:
+                claimed = False
+            if not claimed:
+                continue
+            dispatched.add(resource.key)
+            reason = reasons.get(resource.key, fallback)
+            single = dataclasses.replace(plan, resources=(resource,))
+            if resource.kind == "StoragePool":
+                self._execute(single, resource, reason, reconcile_id)  # VMs of this pass may need it
+            else:
+                future = self._executor.submit(self._execute, single, resource, reason, reconcile_id)
+                self._futures.add(future)
+                future.add_done_callback(self._futures.discard)
+        return dispatched
+
+    def _execute(self, single: plans.Plan, resource: plans.ResourcePlan, reason: str, reconcile_id: str) -> None:
+        subject = {"vm": resource.name} if resource.kind == "VirtualMachine" else {"pool": resource.name}
+        with structlog.contextvars.bound_contextvars(reconcile_id=reconcile_id, **subject):
+            try:
+                with self._lock_keeper.held():
+                    report = execute.execute(single, self._hypervisor, workers=1, cancel=self._cancel)
+                outcome = report.outcomes[0] if report.outcomes else None
+                ok = outcome is not None and outcome.status == "converged"
+                error = None if ok else (outcome.error if outcome else "cancelled")
+            except errors.KvmopsError as exc:
+                ok, error = False, str(exc)
+            except Exception as exc:  # a worker must never die silently
+                ok, error = False, f"internal error: {type(exc).__name__}: {exc}"
+                log.exception("execution_crashed")
+            for action in resource.actions:
+                self.metrics.inc("kvmops_actions_total", action=action.value, result="ok" if ok else "error")
+            if ok:
+                self._queue.forget(resource.key)
+                if reason in ("libvirt", "resync", "reconnect"):
+                    self.metrics.inc("kvmops_drift_repairs_total")
+                    log.info("drift_repaired", actions=[a.value for a in resource.actions], trigger=reason)
+            elif not self._cancel.is_set():
+                self.metrics.inc("kvmops_errors_total", kind="execution")
+                delay = self._queue.retry_later(resource.key)
+                log.warning("retry_scheduled", error=error, delay_s=round(delay, 2), failures=self._queue.failures(resource.key))
+            self._note_execution(resource, ok, error)
+            self._queue.done(resource.key)
+
+    # -- status -------------------------------------------------------------------------
+
+    def _record(self, desired: model.DesiredState, actual: model.ActualState, plan: plans.Plan) -> None:
+        previous = {str(p) for p in self._problems}
+        current = {str(p) for p in plan.problems}
+        for problem in plan.problems:
+            if str(problem) not in previous:
+                log.error("manifest_problem", file=problem.file, line=problem.line, field=problem.path, error=problem.message)
+        if previous and not current:
+            log.info("manifest_problems_resolved")
+        if plan.prune_suspended != self._prune_suspended:
+            if plan.prune_suspended:
+                log.warning("pruning_suspended", reason=plan.prune_suspended, kept=list(plan.kept))
+            else:
+                log.info("pruning_resumed")
+        by_key = {r.key: r for r in plan.resources}
+        with self._status_lock:
+            self._problems = list(plan.problems)
+            self._foreign = plan.foreign
+            self._prune_suspended = plan.prune_suspended
+            vms: dict[str, dict] = {}
+            for name in sorted(set(desired.vms) | {n for n, d in actual.domains.items() if d.owned}):
+                spec = desired.vms.get(name)
+                domain = actual.domains.get(name)
+                resource = by_key.get(f"VirtualMachine/{name}")
+                previous_vm = self._vm_status.get(name, {})
+                pending = []
+                if domain is not None and domain.live is not None and domain.definition is not None:
+                    pending = [f"{f}: {old} -> {new}" for f, old, new in planner.restart_pending(domain.live, domain.definition)]
+                vms[name] = {
+                    "manifest": spec.manifest if spec else None,
+                    "desired": DESIRED_POWER[spec.run_strategy] if spec else "absent (to be pruned)",
+                    "actual": domain.power.value if domain else "absent",
+                    "uuid": domain.uuid if domain else None,
+                    "pending_actions": [a.value for a in resource.actions] if resource else [],
+                    "problems": [str(p) for p in resource.problems] if resource else [],
+                    "restart_pending": pending,
+                    "last_reconcile": previous_vm.get("last_reconcile"),
+                    "last_error": previous_vm.get("last_error"),
+                }
+            self._vm_status = vms
+            states: dict[str, float] = {}
+            for domain in actual.domains.values():
+                if domain.owned:
+                    states[domain.power.value] = states.get(domain.power.value, 0) + 1
+        self.metrics.replace("kvmops_managed_vms", states, "state")
+        self.metrics.set("kvmops_manifest_problems", len(plan.problems))
+
+    def _note_execution(self, resource: plans.ResourcePlan, ok: bool, error: str | None) -> None:
+        if resource.kind != "VirtualMachine":
+            return
+        with self._status_lock:
+            entry = self._vm_status.setdefault(resource.name, {})
+            entry["last_reconcile"] = _now()
+            entry["last_error"] = None if ok else error
+            if ok:
+                entry["pending_actions"] = []
+
+    def status_document(self) -> dict:
+        """Return the controller's state, as served on ``/status``."""
+        with self._status_lock:
+            return {
+                "uri": self.settings.uri,
+                "manifests": self.settings.path,
+                "connected": self._connected,
+                "disconnect_reason": None if self._connected else self._disconnect_reason,
+                "ready": self._ready,
+                "passes": self._passes,
+                "last_pass": dict(self._last_pass),
+                "prune_suspended": self._prune_suspended,
+                "problems": [str(p) for p in self._problems],
+                "foreign": list(self._foreign),
+                "vms": {name: dict(entry) for name, entry in self._vm_status.items()},
+            }
+
+    def health(self) -> tuple[bool, str]:
+        """Return (healthy, why): connected to libvirtd and the last pass succeeded."""
+        if not self._connected:
+            return False, f"not connected to libvirtd: {self._disconnect_reason or 'connecting'}"
+        if not self._ready:
+            return False, "first pass not finished"
+        if not self._last_pass_ok:
+            return False, self._last_pass.get("error") or f"{len(self._problems)} manifest problem(s)"
+        with self._status_lock:
+            failing = [name for name, vm in self._vm_status.items() if vm.get("last_error")]
+        if failing:
+            return False, f"failing: {', '.join(failing)}"
+        return True, "ok"
+
+    def _summary(self) -> str:
+        with self._status_lock:
+            total = len(self._vm_status)
+            failing = sum(1 for vm in self._vm_status.values() if vm.get("last_error"))
+            problems = len(self._problems)
+        parts = [f"{total} VM(s)"]
+        if failing:
+            parts.append(f"{failing} failing")
+        if problems:
+            parts.append(f"{problems} manifest problem(s), pruning suspended")
+        if not self._connected:
+            parts.append("libvirtd unreachable")
+        return ", ".join(parts)
+
+    def _healthz(self) -> tuple[int, str, str]:
+        healthy, why = self.health()
+        return (200 if healthy else 503), "text/plain; charset=utf-8", why + "\n"
+
+    def _status_route(self) -> tuple[int, str, str]:
+        return 200, "application/json", json.dumps(self.status_document(), indent=2) + "\n"
+
+    def _metrics_route(self) -> tuple[int, str, str]:
+        return 200, "text/plain; version=0.0.4; charset=utf-8", self.metrics.render()
+
+    # -- reload and shutdown ------------------------------------------------------------
+
+    def _reload(self) -> None:
+        if self._reload_settings is None:
+            log.info("reload_ignored", reason="no configuration file")
+            return
+        try:
+            settings = self._reload_settings()
+        except errors.KvmopsError as exc:
+            log.error("reload_failed", error=str(exc), kept="previous configuration")
+            return
+        kept = [name for name in ("uri", "listen", "workers", "state_dir")
+                if getattr(settings, name) != getattr(self.settings, name)]
+        if kept:
+            log.warning("reload_needs_restart", settings=kept)
+            settings = dataclasses.replace(settings, **{name: getattr(self.settings, name) for name in kept})
+        self.settings = settings
+        log.info("configuration_reloaded", manifests=settings.path, resync_interval=settings.resync_interval)
+
+    def _shutdown(self) -> None:
+        self._notifier.stopping()
+        log.info("controller_stopping", in_flight=len(self._futures))
+        self._cancel.set()
+        self._queue.close()
+        with self._debounce_lock:
+            if self._debounce_timer is not None:
+                self._debounce_timer.cancel()
+        deadline = time.monotonic() + self.settings.termination_grace
+        for future in list(self._futures):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            with contextlib.suppress(Exception):
+                future.result(timeout=remaining)
+        unfinished = sum(1 for f in self._futures if not f.done())
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._watcher is not None:
+            self._watcher.stop()
+        if self._server is not None:
+            self._server.stop()
+        if self._hypervisor is not None:
+            self._hypervisor.close()
+        log.info("controller_stopped", unfinished=unfinished)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")

@@ -1,0 +1,83 @@
+"""One actor per host at a time: an ``flock`` on a file under the state directory.
+
+``kvmops apply`` and the controller both change libvirt; running them at once would
+make each plan the other's drift.  Whoever acts holds the lock for the libvirt URI it
+acts on; the file names the holder (pid, command, since when), so a second actor can
+wait for it or say who it is waiting for.  The kernel drops the lock when the holder
+dies, so a crash never leaves a stale lock behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from reconciler import errors
+
+
+def default_state_dir() -> Path:
+    """Return ``$KVMOPS_STATE_DIR``, else /var/lib/kvmops for root, else ~/.local/state/kvmops."""
+    if os.environ.get("KVMOPS_STATE_DIR"):
+        return Path(os.environ["KVMOPS_STATE_DIR"])
+    if os.geteuid() == 0:
+        return Path("/var/lib/kvmops")
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "kvmops"
+
+
+def lock_path(state_dir: Path, uri: str) -> Path:
+    """Return the lock file for libvirt ``uri`` under ``state_dir``."""
+    return state_dir / f"lock-{hashlib.sha256(uri.encode()).hexdigest()[:16]}"
+
+
+@contextlib.contextmanager
+def hold(state_dir: Path, uri: str, *, wait: float = 0.0, on_wait=None) -> Iterator[None]:
+    """Hold the host lock for ``uri`` inside the block.
+
+    Waits up to ``wait`` seconds for another holder (calling ``on_wait(holder)`` once when
+    it starts waiting), then raises :class:`~reconciler.errors.LockHeld` naming the holder.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = lock_path(state_dir, uri)
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + wait
+        announced = False
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = _read_holder(descriptor)
+                if time.monotonic() >= deadline:
+                    raise errors.LockHeld(
+                        f"another kvmops is acting on {uri}: {holder or 'unknown holder'} (lock {path}); "
+                        "wait for it to finish, or pass --lock-timeout SECONDS to wait"
+                    ) from None
+                if not announced and on_wait is not None:
+                    on_wait(holder)
+                    announced = True
+                time.sleep(0.1)
+        os.ftruncate(descriptor, 0)
+        command = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))
+        os.pwrite(descriptor, f"pid {os.getpid()} ({command}) since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(descriptor, 0)
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
+    finally:
+        os.close(descriptor)
+
+
+def _read_holder(descriptor: int) -> str:
+    try:
+        return os.pread(descriptor, 512, 0).decode(errors="replace").strip()
+    except OSError:
+        return ""
