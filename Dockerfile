@@ -1,8 +1,12 @@
-# kvmops in a container, talking to the host's libvirtd through its mounted socket:
+# The kvmops controller in a container, talking to the host's libvirtd through its
+# mounted socket:
 #
 #   docker build -t kvmops .
-#   docker run --rm -v /var/run/libvirt:/var/run/libvirt -v "$PWD/manifests:/manifests:ro" \
-#     kvmops plan /manifests
+#   docker run -d --name kvmops --restart unless-stopped \
+#     -v /run/libvirt:/run/libvirt -v /srv/vms/manifests:/manifests:ro \
+#     -v kvmops-state:/var/lib/kvmops -p 127.0.0.1:9474:9474 kvmops
+#
+# One-shot commands work too: `docker run --rm -v ... kvmops plan /manifests`.
 #
 # Two stages: libvirt-python has no wheels on PyPI, so it is compiled in the first stage
 # (gcc, libvirt-dev) and only the wheels and the libvirt client library reach the image.
@@ -25,7 +29,12 @@ COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 ENV KVMOPS_CONNECT=qemu:///system \
     KVMOPS_LOG_FORMAT=json \
+    KVMOPS_STATE_DIR=/var/lib/kvmops \
     PYTHONUNBUFFERED=1
-VOLUME ["/manifests"]
+VOLUME ["/manifests", "/var/lib/kvmops"]
+EXPOSE 9474
+HEALTHCHECK --interval=30s --timeout=5s CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:9474/healthz').status != 200)"
+STOPSIGNAL SIGTERM
 ENTRYPOINT ["kvmops"]
-CMD ["apply", "/manifests"]
+# 0.0.0.0 inside the container: publish it on the host's loopback only (-p 127.0.0.1:9474:9474).
+CMD ["run", "/manifests", "--listen", "0.0.0.0:9474"]

@@ -31,6 +31,7 @@ MANIFEST_SUFFIXES = (".yaml", ".yml")
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_STANDARD_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
 
 
 class _Refused(Exception):
@@ -109,6 +110,8 @@ def load_file(path: Path, base: Path) -> tuple[list[model.Document], list[model.
         raw = path.read_bytes()
     except OSError as exc:
         return [], [model.Problem(display, None, "", f"cannot read file: {exc.strerror}")]
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return [], [model.Problem(display, None, "", "file is UTF-16 text (as Windows PowerShell writes it); save the file as UTF-8")]
     if b"\x00" in raw:
         return [], [model.Problem(display, None, "", "binary data (NUL bytes), not a YAML text file; remove it or give it another extension")]
     try:
@@ -143,13 +146,26 @@ def parse_text(text: str, display: str, relpath: str) -> tuple[list[model.Docume
                 )
             )
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
-        detail = exc.problem or exc.context or "invalid YAML"
+        line, detail = _syntax_error(exc, text)
         problems.append(model.Problem(display, line, "", f"YAML syntax error: {detail}"))
     except yaml.YAMLError as exc:
         problems.append(model.Problem(display, None, "", f"YAML error: {_one_line(str(exc))}"))
     return documents, problems
+
+
+def _syntax_error(exc: yaml.MarkedYAMLError, text: str) -> tuple[int | None, str]:
+    """Return the line and words that best explain a YAML syntax error."""
+    mark, context = exc.problem_mark, exc.context_mark
+    detail = exc.problem or exc.context or "invalid YAML"
+    if mark is not None and 0 <= mark.index < len(text) and text[mark.index] == "\t":
+        return mark.line + 1, "a tab character; YAML indentation must use spaces"
+    unclosed = "end of stream" in detail or (exc.context or "").startswith(("while scanning a quoted", "while parsing a flow"))
+    if context is not None and exc.context and (mark is None or unclosed):
+        # an unclosed quote or bracket: where it opened helps more than where the file ended
+        return context.line + 1, f"{exc.context} that is never closed ({detail})"
+    if mark is None:
+        return None, detail
+    return mark.line + 1, detail
 
 
 def _one_line(text: str) -> str:
@@ -176,8 +192,10 @@ class _Converter:
             self.lines.setdefault(path, line)
         if isinstance(node, yaml.ScalarNode):
             return self._scalar(node, path)
+        if node.tag not in _STANDARD_TAGS:
+            raise _Refused(self.lines.get(path, line), path, f"unsupported YAML tag {node.tag!r}; manifests use plain YAML only")
         if id(node) in self.in_progress:
-            raise _Refused(line, path, "recursive YAML alias; a manifest cannot contain itself")
+            raise _Refused(self.lines.get(path, line), path, "recursive YAML alias; a manifest cannot contain itself")
         self.in_progress.add(id(node))
         try:
             if isinstance(node, yaml.SequenceNode):

@@ -48,7 +48,7 @@ def build(manifests: model.ManifestSet) -> model.DesiredState:
     pools: dict[str, model.PoolSpec] = {}
     for (kind, name), declared in candidates.items():
         if len(declared) > 1:
-            places = ", ".join(f"{d.file}:{d.line}" for d, _ in declared)
+            places = ", ".join(f"{d.file}:{d.origin.line_of('metadata.name')}" for d, _ in declared)
             for document, _ in declared:
                 problems.append(document.origin.problem(
                     "metadata.name", f"{kind} {name!r} is declared {len(declared)} times ({places}); names must be unique"
@@ -67,6 +67,7 @@ def build(manifests: model.ManifestSet) -> model.DesiredState:
         pools=MappingProxyType(dict(sorted(pools.items()))),
         problems=tuple(problems),
         files=manifests.files,
+        source=manifests.root,
     )
 
 

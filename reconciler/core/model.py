@@ -208,6 +208,7 @@ class DesiredState:
     pools: Mapping[str, PoolSpec]
     problems: tuple[Problem, ...] = ()
     files: int = 0
+    source: str = ""  # the manifest root, for problems about the set as a whole
 
     @property
     def complete(self) -> bool:

@@ -49,16 +49,18 @@ def plan_changes(
     for spec in desired.vms.values():
         resources.append(_plan_vm(spec, actual.domains.get(spec.name), actual, desired, settings))
 
+    for resource in resources:
+        problems.extend(resource.problems)
     owned_orphans = [d for name, d in sorted(actual.domains.items()) if d.owned and name not in desired.vms]
-    suspended = _prune_suspension(desired, owned_orphans, settings)
+    suspended = _prune_suspension(desired, problems, owned_orphans, settings)
     kept: tuple[str, ...] = ()
     if suspended:
         kept = tuple(d.name for d in owned_orphans)
+        if not problems and not desired.vms and not settings.allow_empty:
+            problems.append(model.Problem(desired.source or ".", None, "", suspended))
     else:
         resources.extend(_plan_prune(domain, actual, settings) for domain in owned_orphans)
 
-    for resource in resources:
-        problems.extend(resource.problems)
     foreign = tuple(name for name, d in sorted(actual.domains.items()) if not d.owned)
     return plans.Plan(
         uri=actual.host.uri,
@@ -551,14 +553,14 @@ def _resolve_macs(wanted: tuple[model.NicSpec, ...], observed: tuple[model.NicDe
 
 
 def _prune_suspension(
-    desired: model.DesiredState, orphans: list[model.ObservedDomain], settings: Settings
+    desired: model.DesiredState, problems: list[model.Problem], orphans: list[model.ObservedDomain], settings: Settings
 ) -> str | None:
     if not orphans:
         return None
-    if not desired.complete:
+    if problems:
         return (
-            f"{len(desired.problems)} manifest problem(s): a broken manifest may declare any VM, so no domain is "
-            "removed until every manifest loads and validates"
+            f"{len(problems)} problem(s) in the manifests: while any manifest is broken or cannot be planned, no "
+            "domain is removed (a broken manifest may still mean to declare it)"
         )
     if not desired.vms and not settings.allow_empty:
         return (

@@ -106,12 +106,22 @@ def validate(document: model.Document) -> tuple[dict | None, list[model.Problem]
     return with_defaults(body, root, root), []
 
 
+_ONE_PER_FIELD = {"type", "enum", "const", "pattern", "minLength", "maxLength", "minimum", "maximum",
+                  "exclusiveMinimum", "exclusiveMaximum", "oneOf", "anyOf"}
+
+
 def _problems(found: Iterable[jsonschema.ValidationError], origin: model.Origin) -> list[model.Problem]:
+    """Return one problem per fault, in file order; a value wrong in several ways is reported once."""
     problems: dict[tuple[str, str], model.Problem] = {}
+    judged: set[str] = set()
     for error in sorted(found, key=lambda e: [str(p) for p in e.absolute_path]):
         for path, message in _explain(error):
+            if error.validator in _ONE_PER_FIELD:
+                if path in judged:
+                    continue
+                judged.add(path)
             problems.setdefault((path, message), origin.problem(path, message))
-    return list(problems.values())
+    return sorted(problems.values(), key=lambda p: (p.line or 0, p.path))
 
 
 def dotted(parts: Iterable[object]) -> str:
