@@ -129,8 +129,8 @@ def parse_text(text: str, display: str, relpath: str) -> tuple[list[model.Docume
     converter = _Converter()
     try:
         for index, node in enumerate(yaml.compose_all(text, Loader=_Loader)):
-            if node is None:
-                continue
+            if node is None or (isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null" and not node.value):
+                continue  # an empty document: a trailing '---', or one holding only comments
             converter.lines = {}
             try:
                 body = converter.convert(node, "", 0)
@@ -223,11 +223,19 @@ class _Converter:
             line = key_node.start_mark.line + 1
             if key_node.tag == _MERGE_TAG:
                 sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                recorded = dict(self.lines)  # keys written out explicitly keep their own lines
                 for source in sources:
                     if not isinstance(source, yaml.MappingNode):
                         raise _Refused(line, path, "a '<<' merge needs a mapping (an alias to one)")
-                    for key, value in self._mapping(source, path, depth + 1).items():
-                        merged.setdefault(key, value)
+                    if id(source) in self.in_progress:
+                        raise _Refused(line, path, "recursive YAML merge; a mapping cannot merge itself")
+                    self.in_progress.add(id(source))
+                    try:
+                        for key, value in self._mapping(source, path, depth + 1).items():
+                            merged.setdefault(key, value)
+                    finally:
+                        self.in_progress.discard(id(source))
+                self.lines.update(recorded)
                 continue
             if not isinstance(key_node, yaml.ScalarNode):
                 raise _Refused(line, path, "a mapping key must be a plain value, not a list or mapping")

@@ -34,6 +34,7 @@ _KIB_PER_UNIT = {
     "b": 1 / 1024, "bytes": 1 / 1024, "k": 1, "kib": 1, "kb": 1000 / 1024,
     "m": 1024, "mib": 1024, "mb": 1e6 / 1024, "g": 1024**2, "gib": 1024**2, "gb": 1e9 / 1024,
     "t": 1024**3, "tib": 1024**3, "tb": 1e12 / 1024,
+    "p": 1024**4, "pib": 1024**4, "pb": 1e15 / 1024, "e": 1024**5, "eib": 1024**5, "eb": 1e18 / 1024,
 }  # fmt: skip
 
 
@@ -170,7 +171,10 @@ def parse(xml: str | ET.Element) -> model.DomainDefinition:
 def _kib(element: ET.Element | None) -> int:
     if element is None or not element.text:
         return 0
-    return round(int(element.text) * _KIB_PER_UNIT[element.get("unit", "KiB").lower()])
+    unit = element.get("unit", "KiB").lower()
+    if unit not in _KIB_PER_UNIT:
+        raise DomainXMLError(f"unknown memory unit {unit!r}")
+    return round(int(element.text) * _KIB_PER_UNIT[unit])
 
 
 def _parse_disk(element: ET.Element) -> model.DiskDevice:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from reconciler.core import domxml, model, storagexml
 from reconciler.core import plan as plans
 from reconciler.core.plan import Action, FieldChange, Impact
-from reconciler.core.quantity import format_bytes
+from reconciler.core.quantity import MIB, format_bytes, round_up
 
 KIB = 1024
 
@@ -48,6 +48,7 @@ def plan_changes(
         resources.append(_plan_pool(spec, actual.pools.get(spec.name)))
     for spec in desired.vms.values():
         resources.append(_plan_vm(spec, actual.domains.get(spec.name), actual, desired, settings))
+    wanted = wanted_volumes(desired)
 
     for resource in resources:
         problems.extend(resource.problems)
@@ -59,7 +60,7 @@ def plan_changes(
         if not problems and not desired.vms and not settings.allow_empty:
             problems.append(model.Problem(desired.source or ".", None, "", suspended))
     else:
-        resources.extend(_plan_prune(domain, actual, settings) for domain in owned_orphans)
+        resources.extend(_plan_prune(domain, actual, settings, wanted) for domain in owned_orphans)
 
     foreign = tuple(name for name, d in sorted(actual.domains.items()) if not d.owned)
     return plans.Plan(
@@ -70,6 +71,11 @@ def plan_changes(
         prune_suspended=suspended,
         kept=kept,
     )
+
+
+def wanted_volumes(desired: model.DesiredState) -> set[tuple[str, str]]:
+    """Return every (pool, volume) a VM in the manifests attaches: such a volume is never deleted."""
+    return {(disk.pool, disk.volume) for spec in desired.vms.values() for disk in spec.disks}
 
 
 def pool_problems(
@@ -189,20 +195,21 @@ def _plan_vm(
         )))
     if problems:
         return plans.ResourcePlan(**base, problems=tuple(problems))
-    builder = _VMPlanBuilder(spec, domain, actual, virt_type, settings)
+    builder = _VMPlanBuilder(spec, domain, actual, virt_type, settings, wanted_volumes(desired))
     return builder.build(base, tuple(dict.fromkeys(requires)))
 
 
 class _VMPlanBuilder:
     """Collects the changes and steps for one VM; used once, by :func:`_plan_vm`."""
 
-    def __init__(self, spec, domain, actual, virt_type, settings) -> None:
+    def __init__(self, spec, domain, actual, virt_type, settings, claimed) -> None:
         self.spec: model.VMSpec = spec
         self.domain: model.ObservedDomain | None = domain
         self.actual: model.ActualState = actual
         self.virt_type: str = virt_type
         self.timeout = spec.shutdown_timeout if spec.shutdown_timeout is not None else settings.shutdown_timeout
         self.active = domain is not None and domain.power.active
+        self.claimed: set[tuple[str, str]] = claimed  # volumes some VM in the manifests attaches
         self.changes: list[FieldChange] = []
         self.notes: list[str] = []
         self.problems: list[model.Problem] = []
@@ -333,7 +340,8 @@ class _VMPlanBuilder:
                 elif volume.capacity > disk.size:
                     self.problems.append(spec.origin.problem(f"spec.disks[{spec.disks.index(disk)}].size", (
                         f"disk {disk.name!r} would shrink from {format_bytes(volume.capacity)} to {format_bytes(disk.size)}; "
-                        f"kvmops never shrinks a volume (it destroys data). Set size to {format_bytes(volume.capacity)} or more"
+                        "kvmops never shrinks a volume (it destroys data). Set size to "
+                        f"{format_bytes(round_up(volume.capacity, MIB))} or more"
                     )))
             records.append(model.OwnedVolume(disk.pool, disk.volume, disk.deletion_policy, created))
 
@@ -345,15 +353,18 @@ class _VMPlanBuilder:
             volume = actual.volumes.get((record.pool, record.name))
             if volume is None:
                 continue
+            if (record.pool, record.name) in self.claimed:
+                self.notes.append(f"volume {record.pool}/{record.name} is detached and kept: another VM in the manifests uses it")
+                continue
             if not (record.created and record.deletion_policy is model.DeletionPolicy.DELETE):
                 self.notes.append(f"volume {record.pool}/{record.name} is detached and kept (deletionPolicy Retain)")
                 continue
             if self.active and not stopping:
-                records.append(record)
-                self.changes.append(FieldChange(
-                    f"volume {record.pool}/{record.name}", format_bytes(volume.capacity), None, Impact.DATA_LOSS,
-                    note="DATA LOSS: deleted once the VM is stopped (deletionPolicy Delete)",
-                ))
+                records.append(record)  # still ours to delete, once QEMU no longer has it open
+                self.notes.append(
+                    f"DATA LOSS pending: volume {record.pool}/{record.name} ({format_bytes(volume.capacity)}) will be "
+                    "deleted once the VM is stopped (deletionPolicy Delete)"
+                )
                 continue
             deletions.append(plans.DeleteVolume(record.pool, record.name))
             self.changes.append(FieldChange(
@@ -537,16 +548,30 @@ def restart_pending(live: model.DomainDefinition, config: model.DomainDefinition
 def _resolve_macs(wanted: tuple[model.NicSpec, ...], observed: tuple[model.NicDevice, ...]) -> tuple[model.NicDevice, ...]:
     """Return the NICs to define, keeping observed MACs for NICs whose manifest pins none.
 
-    A NIC with a pinned MAC is that MAC.  The others take, in order, the observed MACs
-    no pinned NIC claims, so a redefinition never changes a guest's addresses.
+    A NIC with a pinned MAC is that MAC.  The others take the MACs no pinned NIC claims,
+    matched first on the same network and model, then the same network, then by
+    position, so that adding, removing or re-pointing a NIC never moves another
+    NIC's address.
     """
     pinned = {nic.mac for nic in wanted if nic.mac}
-    spare = iter([nic.mac for nic in observed if nic.mac and nic.mac not in pinned])
-    resolved = []
-    for nic in wanted:
-        mac = nic.mac or next(spare, None)
-        resolved.append(model.NicDevice(kind=nic.kind, source=nic.source, model=nic.model, mac=mac))
-    return tuple(resolved)
+    spare = [nic for nic in observed if nic.mac and nic.mac not in pinned]
+    macs: list[str | None] = [nic.mac for nic in wanted]
+    matchers = (
+        lambda want, have: (want.kind, want.source, want.model) == (have.kind, have.source, have.model),
+        lambda want, have: (want.kind, want.source) == (have.kind, have.source),
+        lambda want, have: True,
+    )
+    for matches in matchers:
+        for index, nic in enumerate(wanted):
+            if macs[index] is not None:
+                continue
+            found = next((have for have in spare if matches(nic, have)), None)
+            if found is not None:
+                macs[index] = found.mac
+                spare.remove(found)
+    return tuple(
+        model.NicDevice(kind=nic.kind, source=nic.source, model=nic.model, mac=mac) for nic, mac in zip(wanted, macs)
+    )
 
 
 # --- prune ------------------------------------------------------------------------------
@@ -572,7 +597,9 @@ def _prune_suspension(
     return None
 
 
-def _plan_prune(domain: model.ObservedDomain, actual: model.ActualState, settings: Settings) -> plans.ResourcePlan:
+def _plan_prune(
+    domain: model.ObservedDomain, actual: model.ActualState, settings: Settings, wanted: set[tuple[str, str]]
+) -> plans.ResourcePlan:
     owner = domain.definition.owner if domain.definition is not None else None
     steps: list[plans.Step] = []
     changes: list[FieldChange] = []
@@ -587,7 +614,9 @@ def _plan_prune(domain: model.ObservedDomain, actual: model.ActualState, setting
         volume = actual.volumes.get((record.pool, record.name))
         if volume is None:
             continue
-        if record.created and record.deletion_policy is model.DeletionPolicy.DELETE:
+        if (record.pool, record.name) in wanted:
+            notes.append(f"volume {record.pool}/{record.name} is kept: a VM in the manifests uses it")
+        elif record.created and record.deletion_policy is model.DeletionPolicy.DELETE:
             steps.append(plans.DeleteVolume(record.pool, record.name))
             changes.append(FieldChange(
                 f"volume {record.pool}/{record.name}", format_bytes(volume.capacity), None, Impact.DATA_LOSS,

@@ -35,8 +35,12 @@ def parse_bytes(value: int | str, *, bare_unit: int) -> int:
     """
     if isinstance(value, bool):
         raise ValueError("expected a size such as 2GiB or 512MiB, not a boolean")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON Schema counts 2048.0 as an integer; so do we
     if isinstance(value, int):
         return value * bare_unit
+    if not isinstance(value, str):
+        raise ValueError(f"expected a size such as 2GiB or 512MiB, not {value!r}")
     match = _QUANTITY.match(value)
     if not match:
         raise ValueError(f"{value!r} is not a size; write e.g. 2GiB, 512MiB or 20GB")

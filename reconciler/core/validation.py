@@ -91,9 +91,9 @@ def validate(document: model.Document) -> tuple[dict | None, list[model.Problem]
     if not isinstance(body, dict):
         return None, [origin.problem("", "a manifest document must be a mapping with apiVersion, kind, metadata and spec")]
     kind = body.get("kind")
-    if kind not in SCHEMA_FILES:
+    if not isinstance(kind, str) or kind not in SCHEMA_FILES:
         known = " or ".join(SCHEMA_FILES)
-        message = "missing 'kind'" if kind is None else f"unknown kind {kind!r}"
+        message = "missing 'kind'" if kind is None else f"unknown kind {_short(kind)}"
         return None, [origin.problem("kind", f"{message}; expected {known}")]
     if body.get("apiVersion") != API_VERSION:
         got = body.get("apiVersion")
@@ -138,7 +138,9 @@ def describe(value: object) -> str:
         bool: "a boolean", int: "an integer", float: "a number", str: "a string",
         list: "a list", dict: "a mapping", type(None): "null",
     }.get(type(value), type(value).__name__)  # fmt: skip
-    if isinstance(value, (bool, int, float, str)) and len(repr(value)) <= 40:
+    if isinstance(value, bool):
+        return f"{kind} ({'true' if value else 'false'})"
+    if isinstance(value, (int, float, str)) and len(repr(value)) <= 40:
         return f"{kind} ({value!r})"
     return kind
 

@@ -1,0 +1,221 @@
+"""Volumes: growth, refused shrinks, replacements and the rules for deleting data."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from reconciler.core import domxml, model, planner, quantity
+from reconciler.core import plan as plans
+from reconciler.core.plan import Action, Impact
+from tests.unit import builders as b
+
+RUNNING, SHUTOFF = model.PowerState.RUNNING, model.PowerState.SHUTOFF
+DELETE, RETAIN = model.DeletionPolicy.DELETE, model.DeletionPolicy.RETAIN
+HALTED = model.RunStrategy.HALTED
+
+ROOT = b.disk("root", 10 * b.GIB)
+SCRATCH = b.disk("scratch", b.GIB, target="vdb", policy=DELETE)
+
+
+def vm_plan(
+    spec: model.VMSpec,
+    base: model.VMSpec,
+    *,
+    power: model.PowerState = RUNNING,
+    volumes: tuple[model.ObservedVolume, ...] | None = None,
+    live: object = "same",
+    created: bool = True,
+) -> tuple[plans.Plan, plans.ResourcePlan]:
+    """Return the plan, and the VM's part of it, for ``spec`` where ``base`` was applied."""
+    actual = b.actual(
+        b.domain(b.definition(base, created=created), power=power, live=live),
+        volumes=b.volumes_of(base) if volumes is None else volumes,
+    )
+    result = planner.plan_changes(b.desired(spec), actual)
+    (vm,) = result.resources
+    return result, vm
+
+
+def kinds(vm: plans.ResourcePlan) -> list[str]:
+    return [s.kind for s in vm.steps]
+
+
+@pytest.mark.parametrize(
+    ("power", "strategy", "step"),
+    [
+        pytest.param(SHUTOFF, HALTED, plans.ResizeVolume(b.POOL, "web-root.qcow2", 20 * b.GIB), id="off-resize-volume"),
+        pytest.param(RUNNING, model.RunStrategy.ALWAYS,
+                     plans.ResizeDisk("web", b.UUID, "vda", 20 * b.GIB), id="running-resize-disk"),
+    ],
+)
+def test_disk_growth_resizes_in_place(power, strategy, step):
+    """A bigger size grows the volume: offline through the pool, live through QEMU when running."""
+    base = b.vm("web", disks=(ROOT,), run_strategy=strategy)
+    spec = b.vm("web", disks=(dataclasses.replace(ROOT, size=20 * b.GIB),), run_strategy=strategy)
+    result, vm = vm_plan(spec, base, power=power)
+    assert vm.steps == (step,)
+    assert [(c.path, c.old, c.new, c.impact) for c in vm.changes] == [("disks[root].size", "10 GiB", "20 GiB", Impact.LIVE)]
+    assert vm.actions == (Action.UPDATE,)
+    assert result.problems == ()
+
+
+def test_growth_of_a_disk_the_running_guest_does_not_have_yet_resizes_the_volume():
+    """A disk added to the config but not yet in the live guest is grown offline, not through QEMU."""
+    base = b.vm("web", disks=(ROOT,))
+    live = dataclasses.replace(b.definition(base), disks=())
+    spec = b.vm("web", disks=(dataclasses.replace(ROOT, size=20 * b.GIB),))
+    _, vm = vm_plan(spec, base, live=live)
+    assert vm.steps == (plans.ResizeVolume(b.POOL, "web-root.qcow2", 20 * b.GIB),)
+
+
+def test_shrink_is_refused_while_the_rest_of_the_vm_converges():
+    """A smaller size is a problem for that disk only; the other changes are still planned."""
+    base = b.vm("web", disks=(ROOT,))
+    spec = b.vm("web", vcpus=4, disks=(dataclasses.replace(ROOT, size=5 * b.GIB),))
+    result, vm = vm_plan(spec, base)
+    (problem,) = result.problems
+    assert problem.path == "spec.disks[0].size"
+    assert "would shrink from 10 GiB to 5 GiB" in problem.message and "never shrinks" in problem.message
+    assert kinds(vm) == ["define_domain"]
+    assert [c.path for c in vm.changes] == ["vcpus"]
+    assert vm.problems == (problem,)
+
+
+def test_shrink_message_suggests_a_size_that_is_enough():
+    """The size the problem tells the user to write is at least the volume's real capacity."""
+    base = b.vm("web", disks=(ROOT,))
+    odd = b.volume(b.POOL, "web-root.qcow2", 10 * b.GIB + 512)  # created outside kvmops, not MiB-aligned
+    result, _ = vm_plan(b.vm("web", disks=(ROOT,)), base, volumes=(odd,))
+    suggested = result.problems[0].message.split("Set size to ")[1].split(" or more")[0]
+    assert quantity.parse_bytes(suggested.replace(" ", ""), bare_unit=1) >= odd.capacity
+
+
+def test_vanished_volume_of_an_existing_disk_is_recreated_as_a_replace():
+    """A volume gone from its pool is created anew, and the plan says the disk is now empty."""
+    base = b.vm("web", disks=(ROOT,))
+    _, vm = vm_plan(base, base, volumes=())
+    assert kinds(vm) == ["create_volume"]
+    (change,) = vm.changes
+    assert (change.path, change.old, change.impact) == ("disks[root].volume", "(missing)", Impact.REPLACE)
+
+
+def test_removing_a_delete_disk_from_a_stopped_vm_deletes_its_volume_after_the_redefinition():
+    """The volume of a removed Delete disk goes, after the domain stops referring to it."""
+    base = b.vm("web", disks=(ROOT, SCRATCH), run_strategy=HALTED)
+    spec = b.vm("web", disks=(ROOT,), run_strategy=HALTED)
+    result, vm = vm_plan(spec, base, power=SHUTOFF)
+    assert kinds(vm) == ["define_domain", "delete_volume"]
+    assert vm.steps[-1] == plans.DeleteVolume(b.POOL, "web-scratch.qcow2")
+    changes = {c.path: (c.old, c.new, c.impact) for c in vm.changes}
+    assert changes[f"volume {b.POOL}/web-scratch.qcow2"] == ("1 GiB", None, Impact.DATA_LOSS)
+    assert changes["disks[vdb]"] == (f"{b.POOL}/web-scratch.qcow2", None, Impact.LIVE)
+    (define,) = [s for s in vm.steps if isinstance(s, plans.DefineDomain)]
+    assert domxml.parse(define.xml).owner.volume(b.POOL, "web-scratch.qcow2") is None
+
+
+def test_removing_a_delete_disk_from_a_running_vm_defers_the_deletion():
+    """QEMU may still write to it, so the volume stays recorded and is only deleted once the VM is off."""
+    base = b.vm("web", disks=(ROOT, SCRATCH))
+    spec = b.vm("web", disks=(ROOT,))
+    _, vm = vm_plan(spec, base, power=RUNNING)
+    assert "delete_volume" not in kinds(vm)
+    assert kinds(vm) == ["define_domain"]
+    assert not [c for c in vm.changes if c.impact is Impact.DATA_LOSS]  # nothing is destroyed by this plan
+    (pending,) = [n for n in vm.notes if n.startswith("DATA LOSS pending")]
+    assert "web-scratch.qcow2" in pending and "deleted once the VM is stopped" in pending
+    (define,) = [s for s in vm.steps if isinstance(s, plans.DefineDomain)]
+    record = domxml.parse(define.xml).owner.volume(b.POOL, "web-scratch.qcow2")
+    assert record == model.OwnedVolume(b.POOL, "web-scratch.qcow2", DELETE, created=True)
+
+
+def test_deferred_deletion_happens_once_the_vm_is_off():
+    """The next pass after the guest stopped deletes the volume still recorded as created under Delete."""
+    spec = b.vm("web", disks=(ROOT,), run_strategy=model.RunStrategy.MANUAL)
+    config = b.definition(spec, extra_volumes=(model.OwnedVolume(b.POOL, "web-scratch.qcow2", DELETE, created=True),))
+    actual = b.actual(b.domain(config, power=SHUTOFF),
+                      volumes=(*b.volumes_of(spec), b.volume(b.POOL, "web-scratch.qcow2", b.GIB)))
+    (vm,) = planner.plan_changes(b.desired(spec), actual).resources
+    assert kinds(vm) == ["define_domain", "delete_volume"]
+
+
+def test_halting_a_vm_deletes_its_removed_delete_disk_after_the_stop():
+    """When the same plan stops the VM, the removed volume is deleted after the stop."""
+    base = b.vm("web", disks=(ROOT, SCRATCH))
+    spec = b.vm("web", disks=(ROOT,), run_strategy=HALTED)
+    _, vm = vm_plan(spec, base, power=RUNNING)
+    assert kinds(vm) == ["define_domain", "stop_domain", "delete_volume"]
+    assert vm.actions == (Action.UPDATE, Action.STOP)
+
+
+@pytest.mark.parametrize(
+    ("disk", "created", "note"),
+    [
+        pytest.param(dataclasses.replace(SCRATCH, deletion_policy=RETAIN), True, "detached and kept", id="retain"),
+        pytest.param(SCRATCH, False, "detached and kept", id="delete-but-not-created-by-kvmops"),
+    ],
+)
+def test_removed_disk_keeps_its_volume_unless_created_under_delete(disk, created, note):
+    """Only volumes kvmops created under Delete are ever deleted; others are detached and kept."""
+    base = b.vm("web", disks=(ROOT, disk), run_strategy=HALTED)
+    spec = b.vm("web", disks=(ROOT,), run_strategy=HALTED)
+    _, vm = vm_plan(spec, base, power=SHUTOFF, created=created)
+    assert kinds(vm) == ["define_domain"]
+    assert all(c.impact is not Impact.DATA_LOSS for c in vm.changes)
+    assert any(note in n for n in vm.notes)
+
+
+def test_removed_delete_disk_whose_volume_is_gone_needs_no_deletion():
+    """A recorded volume that no longer exists is simply forgotten."""
+    base = b.vm("web", disks=(ROOT, SCRATCH), run_strategy=HALTED)
+    spec = b.vm("web", disks=(ROOT,), run_strategy=HALTED)
+    _, vm = vm_plan(spec, base, power=SHUTOFF, volumes=b.volumes_of(spec))
+    assert kinds(vm) == ["define_domain"]
+
+
+def test_deletion_policy_change_is_recorded_live_with_a_warning():
+    """Switching a disk to Delete rewrites its record and says what that will mean."""
+    base = b.vm("web", disks=(ROOT,))
+    spec = b.vm("web", disks=(dataclasses.replace(ROOT, deletion_policy=DELETE),))
+    _, vm = vm_plan(spec, base)
+    (change,) = vm.changes
+    assert (change.path, change.old, change.new, change.impact) == ("disks[root].deletionPolicy", "Retain", "Delete", Impact.LIVE)
+    assert "will be deleted" in change.note
+
+
+def test_adding_a_disk_creates_its_volume_before_the_redefinition():
+    """A new disk's volume exists before the domain that refers to it is defined."""
+    base = b.vm("web", disks=(ROOT,))
+    spec = b.vm("web", disks=(ROOT, b.disk("data", 5 * b.GIB, target="vdb")))
+    _, vm = vm_plan(spec, base)
+    assert kinds(vm) == ["create_volume", "define_domain"]
+    assert [(c.path, c.impact) for c in vm.changes] == [("disks[data]", Impact.RESTART)]
+
+
+def test_pruning_never_deletes_a_volume_a_declared_vm_uses():
+    """Renaming a VM and pointing the new one at the old disk keeps the disk: the prune must not delete it."""
+    old = b.vm("web", disks=(dataclasses.replace(ROOT, deletion_policy=DELETE),))
+    renamed = b.vm("web2", disks=(dataclasses.replace(ROOT, volume="web-root.qcow2", deletion_policy=DELETE),))
+    actual = b.actual(b.domain(b.definition(old)), volumes=b.volumes_of(old))
+    result = planner.plan_changes(b.desired(renamed), actual)
+    deleted = [s for r in result.resources for s in r.steps if isinstance(s, plans.DeleteVolume)]
+    assert deleted == []
+
+
+def test_moving_a_disk_to_another_vm_does_not_delete_it():
+    """A volume detached from one VM and attached to another in the same change is kept."""
+    data = b.disk("data", target="vdb", volume="data.qcow2", policy=DELETE)
+    a_before = b.vm("a", disks=(ROOT, data), run_strategy=HALTED)
+    c_before = b.vm("c", disks=(ROOT,), run_strategy=HALTED)
+    a_after = b.vm("a", disks=(ROOT,), run_strategy=HALTED)
+    c_after = b.vm("c", disks=(ROOT, data), run_strategy=HALTED)
+    actual = b.actual(
+        b.domain(b.definition(a_before), power=SHUTOFF),
+        b.domain(b.definition(c_before, uuid=b.OTHER_UUID), power=SHUTOFF),
+        volumes=b.volumes_of(a_before, c_before),
+    )
+    result = planner.plan_changes(b.desired(a_after, c_after), actual)
+    deleted = [s for r in result.resources for s in r.steps if isinstance(s, plans.DeleteVolume)]
+    assert deleted == []
+    assert all(c.impact is not Impact.DATA_LOSS for r in result.resources for c in r.changes)
