@@ -7,6 +7,7 @@ so GET is all it answers.  It listens on loopback unless told otherwise.
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,6 +23,10 @@ def parse_address(address: str) -> tuple[str, int]:
     if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise errors.KvmopsError(f"listen address {address!r} is not HOST:PORT (e.g. 127.0.0.1:9474)")
     return host.strip("[]"), int(port)
+
+
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
 
 
 class StatusServer:
@@ -49,8 +54,9 @@ class StatusServer:
             def log_message(self, *_args) -> None:
                 pass  # access logs would drown the controller's own
 
+        server_class = _IPv6Server if ":" in host else ThreadingHTTPServer
         try:
-            self._server = ThreadingHTTPServer((host, port), Handler)
+            self._server = server_class((host, port), Handler)
         except OSError as exc:
             raise errors.KvmopsError(f"cannot listen on {address}: {exc.strerror}") from exc
         self._server.daemon_threads = True
@@ -60,7 +66,7 @@ class StatusServer:
     def address(self) -> str:
         """Return the address actually bound (useful with port 0)."""
         host, port = self._server.server_address[:2]
-        return f"{host}:{port}"
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def start(self) -> None:
         """Begin serving in a background thread."""

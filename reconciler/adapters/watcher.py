@@ -28,7 +28,7 @@ def relevant(path: str, root: str, *, directory: bool = False) -> bool:
     if any(part.startswith(".") for part in Path(relative).parts):
         return False
     name = os.path.basename(relative)
-    return directory or name.endswith(manifests.MANIFEST_SUFFIXES) or "." not in name
+    return directory or name.endswith(manifests.MANIFEST_SUFFIXES)
 
 
 class _Handler(FileSystemEventHandler):

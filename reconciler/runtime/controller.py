@@ -74,33 +74,45 @@ class ControllerSettings:
 
 
 class _HostLockKeeper:
-    """Hold the host lock while any execution runs; release it when the last one ends."""
+    """Hold the host lock while any execution runs; release it when the last one ends.
 
-    def __init__(self, state_dir: Path, uri: str) -> None:
-        self._state_dir, self._uri = state_dir, uri
-        self._condition = threading.Condition()
+    Waiting for the lock (a ``kvmops apply`` holds it) ends when ``cancel`` is set, so a
+    SIGTERM is never stuck behind someone else's apply.
+    """
+
+    def __init__(self, state_dir: Path, uri: str, cancel: threading.Event) -> None:
+        self._state_dir, self._uri, self._cancel = state_dir, uri, cancel
+        self._acquiring = threading.Lock()  # one thread waits for the flock; the others queue here
+        self._count_lock = threading.Lock()
         self._holders = 0
         self._context: contextlib.AbstractContextManager | None = None
 
     @contextlib.contextmanager
     def held(self):
-        with self._condition:
-            if self._holders == 0:
+        with self._acquiring:
+            with self._count_lock:
+                shared = self._holders > 0
+                if shared:
+                    self._holders += 1
+            if not shared:
                 context = hostlock.hold(
-                    self._state_dir, self._uri, wait=float("inf"),
+                    self._state_dir, self._uri, wait=float("inf"), cancel=self._cancel,
                     on_wait=lambda holder: log.warning("host_lock_waiting", holder=holder or "unknown"),
                 )
                 context.__enter__()
-                self._context = context
-            self._holders += 1
+                with self._count_lock:
+                    self._context = context
+                    self._holders += 1
         try:
             yield
         finally:
-            with self._condition:
+            with self._count_lock:
                 self._holders -= 1
-                if self._holders == 0 and self._context is not None:
-                    self._context.__exit__(None, None, None)
+                context = self._context if self._holders == 0 else None
+                if context is not None:
                     self._context = None
+            if context is not None:
+                context.__exit__(None, None, None)
 
 
 class Controller:
@@ -128,7 +140,7 @@ class Controller:
         self._disconnect_reason: str | None = None
         self._executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="kvmops-worker")
         self._futures: set[Future] = set()
-        self._lock_keeper = _HostLockKeeper(settings.state_dir, settings.uri)
+        self._lock_keeper = _HostLockKeeper(settings.state_dir, settings.uri, self._cancel)
         self._watcher: watcher.ManifestWatcher | None = None
         self._debounce_lock = threading.Lock()
         self._debounce_timer: threading.Timer | None = None
@@ -357,6 +369,7 @@ class Controller:
         fallback = reasons.get(workqueue.EVERYTHING, "retry")
         pools = [r for r in plan.changes if r.kind == "StoragePool"]
         others = [r for r in plan.changes if r.kind != "StoragePool"]
+        pool_work: dict[str, Future] = {}
         for resource in pools + others:
             if resource.key in keys:
                 claimed = True
@@ -369,17 +382,22 @@ class Controller:
             dispatched.add(resource.key)
             reason = reasons.get(resource.key, fallback)
             single = dataclasses.replace(plan, resources=(resource,))
+            # Pools are submitted first, so they start first; a VM needing one waits for it.
+            needs = [pool_work[name] for name in resource.requires if name in pool_work]
+            future = self._executor.submit(self._execute, single, resource, reason, reconcile_id, needs)
             if resource.kind == "StoragePool":
-                self._execute(single, resource, reason, reconcile_id)  # VMs of this pass may need it
-            else:
-                future = self._executor.submit(self._execute, single, resource, reason, reconcile_id)
-                self._futures.add(future)
-                future.add_done_callback(self._futures.discard)
+                pool_work[resource.name] = future
+            self._futures.add(future)
+            future.add_done_callback(self._futures.discard)
         return dispatched
 
-    def _execute(self, single: plans.Plan, resource: plans.ResourcePlan, reason: str, reconcile_id: str) -> None:
+    def _execute(self, single: plans.Plan, resource: plans.ResourcePlan, reason: str, reconcile_id: str,
+                 needs: list[Future]) -> None:
         subject = {"vm": resource.name} if resource.kind == "VirtualMachine" else {"pool": resource.name}
         with structlog.contextvars.bound_contextvars(reconcile_id=reconcile_id, **subject):
+            for pool in needs:
+                with contextlib.suppress(Exception):
+                    pool.result()
             try:
                 with self._lock_keeper.held():
                     report = execute.execute(single, self._hypervisor, workers=1, cancel=self._cancel)

@@ -37,11 +37,12 @@ def lock_path(state_dir: Path, uri: str) -> Path:
 
 
 @contextlib.contextmanager
-def hold(state_dir: Path, uri: str, *, wait: float = 0.0, on_wait=None) -> Iterator[None]:
+def hold(state_dir: Path, uri: str, *, wait: float = 0.0, on_wait=None, cancel=None) -> Iterator[None]:
     """Hold the host lock for ``uri`` inside the block.
 
     Waits up to ``wait`` seconds for another holder (calling ``on_wait(holder)`` once when
     it starts waiting), then raises :class:`~reconciler.errors.LockHeld` naming the holder.
+    Setting the ``cancel`` event (a ``threading.Event``) ends the wait with ``LockHeld`` too.
     """
     state_dir.mkdir(parents=True, exist_ok=True)
     path = lock_path(state_dir, uri)
@@ -60,10 +61,15 @@ def hold(state_dir: Path, uri: str, *, wait: float = 0.0, on_wait=None) -> Itera
                         f"another kvmops is acting on {uri}: {holder or 'unknown holder'} (lock {path}); "
                         "wait for it to finish, or pass --lock-timeout SECONDS to wait"
                     ) from None
+                if cancel is not None and cancel.is_set():
+                    raise errors.LockHeld(f"stopped waiting for the host lock of {uri}, held by {holder or 'unknown'}")
                 if not announced and on_wait is not None:
                     on_wait(holder)
                     announced = True
-                time.sleep(0.1)
+                if cancel is not None:
+                    cancel.wait(0.1)
+                else:
+                    time.sleep(0.1)
         os.ftruncate(descriptor, 0)
         command = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))
         os.pwrite(descriptor, f"pid {os.getpid()} ({command}) since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n".encode(), 0)

@@ -13,8 +13,20 @@ _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 
 
 def _labels(pairs: Iterable[tuple[str, str]]) -> str:
-    items = [f'{k}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34)).replace(chr(10), " ")}"' for k, v in pairs]
+    items = [f'{k}="{_escape(str(v))}"' for k, v in pairs]
     return "{" + ",".join(items) + "}" if items else ""
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "+Inf" if value > 0 else "-Inf"
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 class _Family:
@@ -98,5 +110,5 @@ class Metrics:
                     lines.append(f"{family.name}_count {self._histogram_totals[family.name]}")
                     continue
                 for key, value in sorted(family.values.items()):
-                    lines.append(f"{family.name}{_labels(key)} {value:g}")
+                    lines.append(f"{family.name}{_labels(key)} {_number(value)}")
         return "\n".join(lines) + "\n"

@@ -85,9 +85,11 @@ class WorkQueue:
         deadline = None if timeout is None else self._clock() + timeout
         with self._condition:
             while True:
+                if self._closed:
+                    return []
                 self._promote_due()
                 keys = [k for k in self._ready if k not in self._in_flight]
-                if keys or self._closed:
+                if keys:
                     for key in keys:
                         del self._ready[key]
                         self._in_flight.add(key)
