@@ -28,6 +28,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_CHANGES = 2
 DEMO_URI = "test:///default"
+DEFAULT_SCOPE = "default"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -67,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--shutdown-timeout", type=float, default=60.0, metavar="SECONDS",
                              help="seconds a guest gets to power off before it is destroyed (default: 60)")
         command.add_argument("--no-color", action="store_true", help="no colours in text output")
+        scope_option(command)
+
+    def scope_option(command: argparse.ArgumentParser, default: str | None = DEFAULT_SCOPE) -> None:
+        command.add_argument("--scope", default=os.environ.get("KVMOPS_SCOPE") or default, metavar="NAME",
+                             help="name of this manifest set: only domains it created are pruned, and domains "
+                                  "another set owns are never touched (default: $KVMOPS_SCOPE or 'default')")
 
     validate = commands.add_parser("validate", help="check manifests against the schemas and each other")
     validate.add_argument("path", metavar="PATH")
@@ -114,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shutdown-timeout", type=float, default=None, metavar="SECONDS",
                      help="seconds a guest gets to power off before it is destroyed (default: 60)")
     run.add_argument("--parallel", type=int, default=None, metavar="N", help="VMs worked on at once (default: 4)")
+    scope_option(run, default=None)
     run.add_argument("--termination-grace", type=float, default=None, metavar="SECONDS",
                      help="on SIGTERM, wait this long for the steps in progress (default: 30)")
     run.set_defaults(handler=cmd_run)
@@ -121,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     adopt = commands.add_parser("adopt", help="mark an existing domain as managed by kvmops")
     adopt.add_argument("name", metavar="NAME")
     connect_option(adopt)
+    scope_option(adopt)
     adopt.set_defaults(handler=cmd_adopt)
 
     demo = commands.add_parser("demo", help=f"validate, plan, apply and plan again on {DEMO_URI}, in one process")
@@ -157,9 +166,14 @@ def _error(message: str) -> None:
 
 
 def _settings(args: argparse.Namespace) -> planner.Settings:
+    single_file = Path(args.path).is_file()
     return planner.Settings(
-        prune=not args.no_prune, allow_empty=args.allow_empty,
-        virt_type=args.virt_type, shutdown_timeout=args.shutdown_timeout,
+        prune=not args.no_prune and not single_file, allow_empty=args.allow_empty,
+        virt_type=args.virt_type, shutdown_timeout=args.shutdown_timeout, scope=args.scope,
+        no_prune_reason=(
+            f"pruning is off because {args.path} is a single file: it cannot say which other VMs are gone"
+            if single_file and not args.no_prune else "pruning is disabled (--no-prune)"
+        ),
     )
 
 
@@ -361,7 +375,8 @@ def cmd_adopt(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> 
             model.OwnedVolume(d.pool, d.volume, model.DeletionPolicy.RETAIN, created=False)
             for d in root.disks if d.pool is not None
         )
-        owner = model.Ownership(manifest="", digest="", run_strategy=model.RunStrategy.MANUAL, volumes=volumes)
+        owner = model.Ownership(manifest="", digest="", run_strategy=model.RunStrategy.MANUAL, volumes=volumes,
+                                scope=args.scope)
         hypervisor.set_owner(args.name, owner)
         print(f"domain {args.name} is now managed by kvmops; its volumes are recorded as not created by kvmops, so "
               f"they are never deleted. Run `kvmops plan` to see how its manifest differs.")
@@ -380,7 +395,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """
     base = dict(path=args.path, connect=args.connect, no_prune=False, allow_empty=False,
                 virt_type="auto", shutdown_timeout=5.0, no_color=False, detailed_exitcode=True,
-                output="text", parallel=execute.DEFAULT_WORKERS)
+                output="text", parallel=execute.DEFAULT_WORKERS, scope=DEFAULT_SCOPE)
     with hv.Hypervisor.open(args.connect) as hypervisor:
         steps = [
             ("validate", cmd_validate, {EXIT_OK}),

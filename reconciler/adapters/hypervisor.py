@@ -20,7 +20,6 @@ import stat
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import libvirt
@@ -131,19 +130,6 @@ def translated(what: str) -> Iterator[None]:
         raise translate(exc, what) from exc
 
 
-@dataclass(frozen=True)
-class DomainRecord:
-    """What libvirt says about one domain, before any interpretation."""
-
-    name: str
-    uuid: str
-    inactive_xml: str
-    power: model.PowerState
-    shutoff_reason: model.ShutoffReason | None
-    autostart: bool
-    persistent: bool
-
-
 class Hypervisor:
     """One libvirt connection and the operations kvmops performs through it.
 
@@ -247,7 +233,7 @@ class Hypervisor:
             reason = local_kvm_problem()
         return model.HostInfo(uri=self.uri, virt_types=tuple(types), test_driver=test_driver, kvm_unusable_reason=reason)
 
-    def list_domains(self) -> list[DomainRecord]:
+    def list_domains(self) -> list[model.DomainRecord]:
         """Return every domain with its inactive XML and power state."""
         with translated(f"cannot list domains on {self.uri}"):
             domains = self._connection.listAllDomains(0)
@@ -259,7 +245,7 @@ class Hypervisor:
                 continue  # undefined between the listing and now: it is simply gone
         return records
 
-    def _record(self, domain: libvirt.virDomain) -> DomainRecord:
+    def _record(self, domain: libvirt.virDomain) -> model.DomainRecord:
         name = domain.name()
         with translated(f"cannot read domain {name}"):
             persistent = bool(domain.isPersistent())
@@ -269,7 +255,7 @@ class Hypervisor:
             uuid = domain.UUIDString()
         power = _POWER.get(state, model.PowerState.TRANSITIONAL)
         shutoff_reason = _SHUTOFF_REASONS.get(reason, model.ShutoffReason.OTHER) if state == libvirt.VIR_DOMAIN_SHUTOFF else None
-        return DomainRecord(name, uuid, xml, power, shutoff_reason, autostart, persistent)
+        return model.DomainRecord(name, uuid, xml, power, shutoff_reason, autostart, persistent)
 
     def domain_xml(self, name: str) -> str:
         """Return the persistent configuration of domain ``name`` (its live one if transient)."""

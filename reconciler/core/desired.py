@@ -119,10 +119,11 @@ def _vm(document: model.Document, body: dict) -> model.VMSpec:
             ))
         return result
 
-    memory = size("spec.memory", spec["memory"], bare_unit=quantity.MIB, low=MIN_MEMORY, high=MAX_MEMORY, align=quantity.KIB)
+    # QEMU allocates guest memory in whole MiB; asking for less would read as drift forever.
+    memory = size("spec.memory", spec["memory"], bare_unit=quantity.MIB, low=MIN_MEMORY, high=MAX_MEMORY, align=quantity.MIB)
     max_memory = memory
     if "maxMemory" in spec:
-        max_memory = size("spec.maxMemory", spec["maxMemory"], bare_unit=quantity.MIB, low=MIN_MEMORY, high=MAX_MEMORY, align=quantity.KIB)
+        max_memory = size("spec.maxMemory", spec["maxMemory"], bare_unit=quantity.MIB, low=MIN_MEMORY, high=MAX_MEMORY, align=quantity.MIB)
         if max_memory < memory:
             problems.append(origin.problem("spec.maxMemory", (
                 f"maxMemory ({quantity.format_bytes(max_memory)}) is below memory ({quantity.format_bytes(memory)}); "

@@ -28,6 +28,7 @@ ARCH = "x86_64"
 GRAPHICS_LISTEN = "127.0.0.1"
 
 ET.register_namespace(PREFIX, NAMESPACE)
+ET.register_namespace("libosinfo", "http://libosinfo.org/xmlns/libvirt/domain/1.0")  # virt-install's mark
 _OWNER = f"{{{NAMESPACE}}}owner"
 _VOLUME = f"{{{NAMESPACE}}}volume"
 _KIB_PER_UNIT = {
@@ -68,26 +69,157 @@ def render(definition: model.DomainDefinition) -> str:
     for disk in definition.disks:
         devices.append(_render_disk(disk))
     for nic in definition.nics:
-        interface = ET.SubElement(devices, "interface", type=nic.kind)
-        if nic.mac:
-            ET.SubElement(interface, "mac", address=nic.mac)
-        ET.SubElement(interface, "source", {nic.kind: nic.source})
-        if nic.model:
-            ET.SubElement(interface, "model", type=nic.model)
+        devices.append(_render_nic(nic))
     if definition.console:
-        serial = ET.SubElement(devices, "serial", type="pty")
-        ET.SubElement(serial, "target", port="0")
-        console = ET.SubElement(devices, "console", type="pty")
-        ET.SubElement(console, "target", type="serial", port="0")
+        devices.extend(_render_console())
     if definition.graphics != "none":
-        ET.SubElement(devices, "graphics", type=definition.graphics, autoport="yes", listen=GRAPHICS_LISTEN)
+        devices.append(_render_graphics(definition.graphics))
     ET.indent(domain)
     return ET.tostring(domain, encoding="unicode")
 
 
+def patch(xml: str, definition: model.DomainDefinition) -> str:
+    """Return the persistent ``xml`` of an existing domain with ``definition`` written into it.
+
+    Only what kvmops manages changes; everything else stays as libvirt and people left
+    it: PCI addresses of unchanged devices (so guests keep their interface names),
+    controllers, channels, ``on_crash``, metadata of other tools, graphics settings.
+    ``parse(patch(xml, d)) == d`` for every ``d``.
+    """
+    root = parse_tree(xml)
+    root.set("type", definition.virt_type)
+    _child(root, "name").text = definition.name
+    if definition.uuid:
+        _child(root, "uuid").text = definition.uuid
+    metadata = root.find("metadata")
+    if metadata is not None:
+        for owner in metadata.findall(_OWNER):
+            metadata.remove(owner)
+    if definition.owner is not None:
+        if metadata is None:
+            metadata = ET.Element("metadata")
+            root.insert(_index_after(root, ("uuid", "name")), metadata)
+        metadata.append(render_owner(definition.owner))
+    elif metadata is not None and not len(metadata):
+        root.remove(metadata)
+    for tag, value in (("memory", definition.max_memory), ("currentMemory", definition.memory)):
+        element = _child(root, tag)
+        element.attrib.clear()
+        element.set("unit", "KiB")
+        element.text = str(value)
+    vcpu = _child(root, "vcpu")
+    vcpu.attrib.pop("current", None)
+    vcpu.text = str(definition.vcpus)
+
+    devices = _child(root, "devices")
+    disks = [d for d in devices.findall("disk") if d.get("device", "disk") == "disk"]
+    by_source = {_disk_key(_parse_disk(d)): d for d in disks}
+    _replace(devices, disks, [_patch_disk(by_source.get(_disk_key(disk)), disk) for disk in definition.disks])
+    interfaces = devices.findall("interface")
+    by_mac = {(_parse_nic(i).mac or ""): i for i in interfaces}
+    _replace(devices, interfaces, [_patch_nic(by_mac.get(nic.mac or "\0"), nic) for nic in definition.nics])
+
+    ptys = [e for e in (*devices.findall("serial"), *devices.findall("console")) if e.get("type") == "pty"]
+    if not definition.console:
+        for element in ptys:
+            devices.remove(element)
+    elif not ptys:
+        devices.extend(_render_console())
+
+    graphics = devices.findall("graphics")
+    keep = next((g for g in graphics if g.get("type") == definition.graphics), None)
+    for element in graphics:
+        if element is not keep:
+            devices.remove(element)
+    if definition.graphics != "none" and keep is None:
+        devices.append(_render_graphics(definition.graphics))
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode")
+
+
+def _child(parent: ET.Element, tag: str) -> ET.Element:
+    element = parent.find(tag)
+    if element is None:
+        element = ET.SubElement(parent, tag)
+    return element
+
+
+def _index_after(root: ET.Element, tags: tuple[str, ...]) -> int:
+    positions = [i for i, child in enumerate(root) if child.tag in tags]
+    return max(positions) + 1 if positions else 0
+
+
+def _replace(parent: ET.Element, old: list[ET.Element], new: list[ET.Element]) -> None:
+    """Put ``new`` where the first of ``old`` was (or at the start), removing ``old``."""
+    children = list(parent)
+    position = min((children.index(e) for e in old), default=0)
+    for element in old:
+        parent.remove(element)
+    for offset, element in enumerate(new):
+        parent.insert(position + offset, element)
+
+
+def _disk_key(disk: model.DiskDevice) -> tuple[str, str]:
+    return (disk.pool, disk.volume or "") if disk.pool is not None else ("", disk.path or "")
+
+
+def _patch_disk(element: ET.Element | None, disk: model.DiskDevice) -> ET.Element:
+    if element is None:
+        return _render_disk(disk)
+    target = _child(element, "target")
+    if target.get("bus") != disk.bus:
+        address = element.find("address")
+        if address is not None:
+            element.remove(address)  # an address on the old bus means nothing on the new one
+    target.set("dev", disk.target)
+    target.set("bus", disk.bus)
+    return element
+
+
+def _patch_nic(element: ET.Element | None, nic: model.NicDevice) -> ET.Element:
+    if element is None:
+        return _render_nic(nic)
+    current = _parse_nic(element)
+    if (current.kind, current.source) != (nic.kind, nic.source):
+        element.set("type", nic.kind)
+        for stale in element.findall("source"):
+            element.remove(stale)
+        element.insert(1, ET.Element("source", {nic.kind: nic.source}))
+    if nic.model:
+        _child(element, "model").attrib = {"type": nic.model}
+    return element
+
+
+def _render_nic(nic: model.NicDevice) -> ET.Element:
+    interface = ET.Element("interface", type=nic.kind)
+    if nic.mac:
+        ET.SubElement(interface, "mac", address=nic.mac)
+    ET.SubElement(interface, "source", {nic.kind: nic.source})
+    if nic.model:
+        ET.SubElement(interface, "model", type=nic.model)
+    return interface
+
+
+def _render_console() -> list[ET.Element]:
+    serial = ET.Element("serial", type="pty")
+    ET.SubElement(serial, "target", port="0")
+    console = ET.Element("console", type="pty")
+    ET.SubElement(console, "target", type="serial", port="0")
+    return [serial, console]
+
+
+def _render_graphics(kind: str) -> ET.Element:
+    return ET.Element("graphics", type=kind, autoport="yes", listen=GRAPHICS_LISTEN)
+
+
 def render_owner(owner: model.Ownership) -> ET.Element:
     """Return the ``<kvmops:owner>`` element recording ``owner``."""
-    element = ET.Element(_OWNER, manifest=owner.manifest, digest=owner.digest, runStrategy=owner.run_strategy)
+    element = ET.Element(_OWNER, manifest=owner.manifest, digest=owner.digest, runStrategy=owner.run_strategy,
+                         scope=owner.scope)
+    if owner.shutdown_timeout is not None:
+        element.set("shutdownTimeout", f"{owner.shutdown_timeout:g}")
+    if owner.revision:
+        element.set("revision", owner.revision)
     for volume in owner.volumes:
         ET.SubElement(element, _VOLUME, pool=volume.pool, name=volume.name,
                       deletionPolicy=volume.deletion_policy, created="true" if volume.created else "false")
@@ -134,9 +266,14 @@ def parse_owner(root: ET.Element) -> model.Ownership | None:
         strategy = model.RunStrategy(owner.get("runStrategy", "Always"))
     except ValueError:
         strategy = model.RunStrategy.MANUAL  # unknown: leave power alone
+    try:
+        timeout = float(owner.get("shutdownTimeout")) if owner.get("shutdownTimeout") else None
+    except ValueError:
+        timeout = None
     return model.Ownership(
         manifest=owner.get("manifest", ""), digest=owner.get("digest", ""),
-        run_strategy=strategy, volumes=tuple(volumes),
+        run_strategy=strategy, volumes=tuple(volumes), scope=owner.get("scope") or "default",
+        shutdown_timeout=timeout, revision=owner.get("revision", ""),
     )
 
 

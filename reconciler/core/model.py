@@ -209,6 +209,7 @@ class DesiredState:
     problems: tuple[Problem, ...] = ()
     files: int = 0
     source: str = ""  # the manifest root, for problems about the set as a whole
+    revision: str = ""  # git revision of the manifests, recorded in domains changed from it
 
     @property
     def complete(self) -> bool:
@@ -237,6 +238,9 @@ class Ownership:
     digest: str
     run_strategy: RunStrategy
     volumes: tuple[OwnedVolume, ...] = ()
+    scope: str = "default"  # which manifest set owns it: only that set's passes prune it
+    shutdown_timeout: float | None = None  # from the manifest; used when the VM is pruned
+    revision: str = field(default="", compare=False)  # git revision that last changed it
 
     def volume(self, pool: str, name: str) -> OwnedVolume | None:
         """Return the record of volume ``pool/name``, if this domain owns one."""
@@ -310,6 +314,7 @@ class ObservedDomain:
     autostart: bool
     persistent: bool = True
     error: str | None = None  # why ``definition`` is None for an owned domain
+    xml: str = field(default="", compare=False, repr=False)  # the persistent XML, patched on updates
 
 
 @dataclass(frozen=True)
@@ -342,6 +347,35 @@ class HostInfo:
     virt_types: tuple[str, ...]  # domain types libvirt's capabilities list, e.g. ("kvm", "qemu")
     test_driver: bool = False
     kvm_unusable_reason: str | None = None  # set when "kvm" is listed but cannot run guests
+
+
+@dataclass(frozen=True)
+class DomainRecord:
+    """What libvirt says about one domain, before any interpretation.
+
+    ``live_xml`` is only collected for running domains that carry kvmops' mark; foreign
+    domains may carry an empty stub as ``inactive_xml`` (snapshots leave their XML out).
+    """
+
+    name: str
+    uuid: str
+    inactive_xml: str
+    power: PowerState
+    shutoff_reason: ShutoffReason | None
+    autostart: bool
+    persistent: bool
+    live_xml: str | None = None
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything one look at a host collected, as raw as it came: the input of
+    :func:`reconciler.core.actual.interpret`, and what ``kvmops state export`` saves."""
+
+    host: HostInfo
+    domains: tuple[DomainRecord, ...]
+    pools: tuple[ObservedPool, ...]
+    volumes: tuple[ObservedVolume, ...]
 
 
 @dataclass(frozen=True)

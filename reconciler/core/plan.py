@@ -271,6 +271,8 @@ class Plan:
     problems: tuple[model.Problem, ...] = ()
     prune_suspended: str | None = None  # why owned domains without a manifest are kept
     kept: tuple[str, ...] = ()  # owned domains kept because pruning is suspended
+    snapshot: str | None = None  # set when planned against a saved snapshot, not the live host
+    elsewhere: tuple[str, ...] = ()  # domains owned by other kvmops scopes: never touched here
 
     @property
     def changes(self) -> tuple[ResourcePlan, ...]:

@@ -35,6 +35,8 @@ class Settings:
     allow_empty: bool = False
     virt_type: str = "auto"  # used when a VM does not set virtType
     shutdown_timeout: float = 60.0  # seconds, used when a VM does not set shutdownTimeout
+    scope: str = "default"  # the manifest set's name: only its own domains are pruned
+    no_prune_reason: str = "pruning is disabled (--no-prune)"
 
 
 def plan_changes(
@@ -52,7 +54,14 @@ def plan_changes(
 
     for resource in resources:
         problems.extend(resource.problems)
-    owned_orphans = [d for name, d in sorted(actual.domains.items()) if d.owned and name not in desired.vms]
+    owned_orphans = [
+        d for name, d in sorted(actual.domains.items())
+        if d.owned and name not in desired.vms and scope_of(d) == settings.scope
+    ]
+    elsewhere = tuple(
+        f"{name} (scope {scope_of(d)})" for name, d in sorted(actual.domains.items())
+        if d.owned and name not in desired.vms and scope_of(d) != settings.scope
+    )
     suspended = _prune_suspension(desired, problems, owned_orphans, settings)
     kept: tuple[str, ...] = ()
     if suspended:
@@ -70,7 +79,14 @@ def plan_changes(
         problems=tuple(problems),
         prune_suspended=suspended,
         kept=kept,
+        elsewhere=elsewhere,
     )
+
+
+def scope_of(domain: model.ObservedDomain) -> str:
+    """Return the scope (manifest set) that owns ``domain``."""
+    owner = domain.definition.owner if domain.definition is not None else None
+    return owner.scope if owner is not None else "default"
 
 
 def wanted_volumes(desired: model.DesiredState) -> set[tuple[str, str]]:
@@ -178,6 +194,13 @@ def _plan_vm(
             f"domain {spec.name!r} already exists on {actual.host.uri} and is not managed by kvmops; it will not be "
             f"touched. To manage it, run `kvmops adopt {spec.name}` (then plan again), or rename this VM"
         )),))
+    if domain is not None and domain.definition is not None and scope_of(domain) != settings.scope:
+        owner = domain.definition.owner
+        return plans.ResourcePlan(**base, problems=(spec.origin.problem("metadata.name", (
+            f"domain {spec.name!r} is managed by another kvmops manifest set (scope {owner.scope!r}, manifest "
+            f"{owner.manifest or '?'}); this one is scope {settings.scope!r}. One VM must be declared by one set: "
+            "remove it from one of them, or use the same --scope"
+        )),))
     virt_type, why = resolve_virt_type(spec.virt_type or settings.virt_type, actual.host)
     if virt_type is None:
         problems.append(spec.origin.problem("spec.virtType", why))
@@ -195,14 +218,14 @@ def _plan_vm(
         )))
     if problems:
         return plans.ResourcePlan(**base, problems=tuple(problems))
-    builder = _VMPlanBuilder(spec, domain, actual, virt_type, settings, wanted_volumes(desired))
+    builder = _VMPlanBuilder(spec, domain, actual, virt_type, settings, wanted_volumes(desired), desired.revision)
     return builder.build(base, tuple(dict.fromkeys(requires)))
 
 
 class _VMPlanBuilder:
     """Collects the changes and steps for one VM; used once, by :func:`_plan_vm`."""
 
-    def __init__(self, spec, domain, actual, virt_type, settings, claimed) -> None:
+    def __init__(self, spec, domain, actual, virt_type, settings, claimed, revision) -> None:
         self.spec: model.VMSpec = spec
         self.domain: model.ObservedDomain | None = domain
         self.actual: model.ActualState = actual
@@ -210,6 +233,8 @@ class _VMPlanBuilder:
         self.timeout = spec.shutdown_timeout if spec.shutdown_timeout is not None else settings.shutdown_timeout
         self.active = domain is not None and domain.power.active
         self.claimed: set[tuple[str, str]] = claimed  # volumes some VM in the manifests attaches
+        self.scope = settings.scope
+        self.revision: str = revision
         self.changes: list[FieldChange] = []
         self.notes: list[str] = []
         self.problems: list[model.Problem] = []
@@ -218,6 +243,8 @@ class _VMPlanBuilder:
         spec, domain = self.spec, self.domain
         stopping = domain is not None and self._should_stop()
         storage_steps, owned_volumes, deletions = self._plan_volumes(stopping)
+        if self.problems:  # a refused change (a shrink) leaves the whole VM as it is
+            return plans.ResourcePlan(**base, problems=tuple(self.problems), notes=tuple(self.notes))
         definition = self._definition(owned_volumes)
         steps: list[plans.Step] = list(storage_steps)
         actions: list[Action] = []
@@ -239,7 +266,8 @@ class _VMPlanBuilder:
         observed = domain.definition
         self._diff_definition(observed, definition)
         if definition != observed:
-            steps.append(plans.DefineDomain(spec.name, domain.uuid, domxml.render(definition)))
+            xml = domxml.patch(domain.xml, definition) if domain.xml else domxml.render(definition)
+            steps.append(plans.DefineDomain(spec.name, domain.uuid, xml))
         if self.active and definition.memory != observed.memory and domain.live is not None:
             if definition.memory <= domain.live.max_memory:
                 steps.append(plans.SetMemoryLive(spec.name, definition.memory))
@@ -389,7 +417,11 @@ class _VMPlanBuilder:
             nics=_resolve_macs(spec.nics, observed.nics if observed is not None else ()),
             console=spec.console,
             graphics=spec.graphics,
-            owner=model.Ownership(spec.manifest, spec.digest, spec.run_strategy, owned_volumes),
+            owner=model.Ownership(
+                spec.manifest, spec.digest, spec.run_strategy, owned_volumes, scope=self.scope,
+                shutdown_timeout=spec.shutdown_timeout,
+                revision=self.revision or (observed.owner.revision if observed is not None and observed.owner else ""),
+            ),
         )
 
     def _restart_or_live(self) -> Impact:
@@ -402,9 +434,10 @@ class _VMPlanBuilder:
             add(FieldChange("virtType", old.virt_type, new.virt_type, restart))
         if old.vcpus != new.vcpus:
             add(FieldChange("vcpus", str(old.vcpus), str(new.vcpus), restart))
-        implicit_max = old.max_memory == old.memory and new.max_memory == new.memory
-        if old.max_memory != new.max_memory and not (implicit_max and old.memory != new.memory):
-            add(FieldChange("maxMemory", _kib(old.max_memory), _kib(new.max_memory), restart))
+        if old.max_memory != new.max_memory:
+            add(FieldChange("maxMemory", _kib(old.max_memory), _kib(new.max_memory), restart,
+                            note="" if self.spec.max_memory != self.spec.memory or not self.active
+                            else "follows memory (maxMemory is not set)"))
         if old.memory != new.memory:
             live = self.active and self.domain.live is not None and new.memory <= self.domain.live.max_memory
             impact = Impact.LIVE if (live or not self.active) else Impact.RESTART
@@ -475,6 +508,10 @@ class _VMPlanBuilder:
             self.changes.append(FieldChange("manifest", old.manifest, new.manifest, Impact.LIVE))
         if old.run_strategy != new.run_strategy:
             self.changes.append(FieldChange("runStrategy", old.run_strategy, new.run_strategy, Impact.LIVE))
+        if old.shutdown_timeout != new.shutdown_timeout:
+            self.changes.append(FieldChange(
+                "shutdownTimeout", _seconds(old.shutdown_timeout), _seconds(new.shutdown_timeout), Impact.LIVE
+            ))
         names = {(d.pool, d.volume): d.name for d in self.spec.disks}
         for volume in new.volumes:
             before = old.volume(volume.pool, volume.name)
@@ -593,7 +630,7 @@ def _prune_suspension(
             "them all (pass --allow-empty if that is really what you want)"
         )
     if not settings.prune:
-        return "pruning is disabled (--no-prune)"
+        return settings.no_prune_reason
     return None
 
 
@@ -606,7 +643,8 @@ def _plan_prune(
     notes: list[str] = []
     actions = [Action.DELETE]
     if domain.power.active:
-        steps.append(plans.StopDomain(domain.name, settings.shutdown_timeout))
+        timeout = owner.shutdown_timeout if owner is not None and owner.shutdown_timeout is not None else settings.shutdown_timeout
+        steps.append(plans.StopDomain(domain.name, timeout))
         actions.append(Action.STOP)
     steps.append(plans.UndefineDomain(domain.name, domain.uuid))
     changes.append(FieldChange("domain", f"{domain.name} ({domain.power})", None, Impact.LIVE))
@@ -637,6 +675,10 @@ def _plan_prune(
 
 def _kib(value: int) -> str:
     return format_bytes(value * KIB)
+
+
+def _seconds(value: float | None) -> str:
+    return "default" if value is None else f"{value:g}s"
 
 
 def _yes_no(value: bool) -> str:

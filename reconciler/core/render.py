@@ -38,6 +38,8 @@ def text(plan: Plan, *, colour: bool = False, source: str | None = None) -> str:
     if source:
         header += f" from {source}"
     lines.append(paint(header, "bold") + f" ({_count(vms, 'VM')}, {_count(pools, 'pool')})")
+    if plan.snapshot:
+        lines.append(paint(plan.snapshot, "!"))
     lines.append("")
 
     for resource in plan.changes:
@@ -63,6 +65,10 @@ def text(plan: Plan, *, colour: bool = False, source: str | None = None) -> str:
     if plan.foreign:
         lines.append(f"Ignored {_count(len(plan.foreign), 'foreign domain')} (not managed by kvmops, never changed): "
                      + ", ".join(plan.foreign))
+        lines.append("")
+    if plan.elsewhere:
+        lines.append(f"Ignored {_count(len(plan.elsewhere), 'domain')} managed by other kvmops scopes: "
+                     + ", ".join(plan.elsewhere))
         lines.append("")
 
     data_loss = [(r, c) for r in plan.resources for c in r.changes if c.impact is Impact.DATA_LOSS]
@@ -152,6 +158,8 @@ def to_data(plan: Plan) -> dict:
         },
         "resources": [_resource_data(r) for r in plan.resources],
         "foreign": list(plan.foreign),
+        "elsewhere": list(plan.elsewhere),
+        "snapshot": plan.snapshot,
         "prune": {"suspended": plan.prune_suspended is not None, "reason": plan.prune_suspended, "kept": list(plan.kept)},
         "problems": [problem_data(p) for p in plan.problems],
     }
@@ -182,3 +190,117 @@ def _resource_data(resource: ResourcePlan) -> dict:
         "problems": [problem_data(p) for p in resource.problems],
         "requires": list(resource.requires),
     }
+
+
+# --- Markdown, for pull-request comments ------------------------------------------------
+
+MARKDOWN_MARKER = "<!-- kvmops-plan -->"
+_IMPACT_ORDER = (Impact.DATA_LOSS, Impact.REPLACE, Impact.RESTART, Impact.LIVE)
+
+
+def markdown(plan: Plan, *, title: str | None = None) -> str:
+    """Return ``plan`` as a pull-request comment for GitHub or GitLab.
+
+    It opens with an HTML marker (so a CI job can find and update its own comment),
+    calls out data loss and replacements first, summarises every changed resource in a
+    table, then folds each resource's field changes into a ``<details>`` block.
+    """
+    lines = [MARKDOWN_MARKER, f"### {_md(title or f'kvmops plan for {plan.uri}')}", ""]
+    if plan.snapshot:
+        lines += [f"_{_md(plan.snapshot)}_", ""]
+    warnings = [
+        (resource, change)
+        for resource in plan.resources
+        for change in resource.changes
+        if change.impact in (Impact.DATA_LOSS, Impact.REPLACE)
+    ]
+    for resource, change in warnings:
+        label = "Data loss" if change.impact is Impact.DATA_LOSS else "Replacement"
+        detail = f"{_code(change.old)} → {_code(change.new)}" if change.old and change.new else _code(change.old or change.new)
+        note = f": {_md(change.note)}" if change.note else ""
+        lines.append(f"> :warning: **{label}** in {resource.kind} {_code(resource.name)}: {_code(change.path)} {detail}{note}")
+    for resource in plan.resources:
+        for note in resource.notes:
+            if note.startswith("DATA LOSS"):
+                lines.append(f"> :warning: {resource.kind} {_code(resource.name)}: {_md(note)}")
+    if lines[-1] != "":
+        lines.append("")
+    lines += [f"**{_md(summary(plan))}**", ""]
+
+    if plan.changes:
+        lines += ["| | Resource | Manifest | Actions | Impact |", "|---|---|---|---|---|"]
+        for resource in plan.changes:
+            glyph = resource.actions[0].glyph if resource.actions else "~"
+            lines.append(
+                f"| {glyph} | {resource.kind} {_code(resource.name)} | {_code(resource.manifest) if resource.manifest else ''} "
+                f"| {', '.join(a.value for a in resource.actions)} | {_worst_impact(resource)} |"
+            )
+        lines.append("")
+        for resource in plan.changes:
+            lines += _markdown_details(resource)
+
+    if plan.problems:
+        lines += [f"#### :x: Problems ({len(plan.problems)})", ""]
+        lines += [f"- {_code(f'{p.file}:{p.line}' if p.line else p.file)} {_code(p.path) if p.path else ''} {_md(p.message)}"
+                  for p in plan.problems]
+        lines.append("")
+    if plan.prune_suspended:
+        kept = f" Kept: {', '.join(_code(n) for n in plan.kept)}." if plan.kept else ""
+        lines += [f"**Pruning suspended:** {_md(plan.prune_suspended)}.{kept}", ""]
+    if plan.foreign:
+        lines += [f"Ignored foreign domains (not managed by kvmops): {', '.join(_code(n) for n in plan.foreign)}", ""]
+    if plan.elsewhere:
+        lines += [f"Ignored domains of other kvmops scopes: {', '.join(_code(n) for n in plan.elsewhere)}", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _markdown_details(resource: ResourcePlan) -> list[str]:
+    count = len(resource.changes)
+    summary_line = f"{resource.kind} <code>{_html(resource.name)}</code>: {', '.join(a.value for a in resource.actions)}"
+    summary_line += f" ({count} change{'' if count == 1 else 's'})" if count else ""
+    lines = ["<details>", f"<summary>{summary_line}</summary>", ""]
+    if resource.changes:
+        lines += ["| Field | Old | New | Impact | Note |", "|---|---|---|---|---|"]
+        for change in resource.changes:
+            impact = change.impact.value
+            if change.impact in (Impact.DATA_LOSS, Impact.REPLACE):
+                impact = f"**{impact}**"
+            lines.append(
+                f"| {_code(change.path)} | {_md(change.old) if change.old is not None else ''} "
+                f"| {_md(change.new) if change.new is not None else ''} | {impact} | {_md(change.note)} |"
+            )
+        lines.append("")
+    steps = [s.describe() for s in resource.steps]
+    if steps:
+        lines += ["Steps: " + "; ".join(_md(s) for s in steps), ""]
+    lines += [f"- {_md(note)}" for note in resource.notes]
+    if resource.notes:
+        lines.append("")
+    lines += ["</details>", ""]
+    return lines
+
+
+def _worst_impact(resource: ResourcePlan) -> str:
+    impacts = {c.impact for c in resource.changes}
+    for impact in _IMPACT_ORDER:
+        if impact in impacts:
+            return f"**{impact.value}**" if impact in (Impact.DATA_LOSS, Impact.REPLACE) else impact.value
+    return ""
+
+
+def _md(text: object) -> str:
+    """Return ``text`` safe inside a Markdown table cell or paragraph."""
+    value = str(text or "")
+    for char in ("\\", "|", "*", "_", "`", "<", ">", "[", "]"):
+        value = value.replace(char, "\\" + char)
+    return value.replace("\n", " ")
+
+
+def _code(text: object) -> str:
+    value = str(text or "").replace("|", "\\|").replace("\n", " ")
+    fence = "``" if "`" in value else "`"
+    return f"{fence}{value}{fence}" if value else ""
+
+
+def _html(text: object) -> str:
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

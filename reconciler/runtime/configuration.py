@@ -53,6 +53,7 @@ def controller_settings(flags: Mapping[str, object], config: Mapping[str, object
             allow_empty=allow_empty,
             virt_type=str(pick("virt_type", "virtType") or "auto"),
             shutdown_timeout=float(pick("shutdown_timeout", "shutdownTimeout")),
+            scope=str(pick("scope", "scope") or "default"),
         ),
         resync_interval=float(pick("resync_interval", "resyncInterval")),
         quiet_period=float(pick("quiet_period", "quietPeriod")),

@@ -165,7 +165,8 @@ def definition(
                    for i, n in enumerate(spec.nics)),
         console=spec.console,
         graphics=spec.graphics,
-        owner=model.Ownership(spec.manifest, spec.digest, spec.run_strategy, records + extra_volumes),
+        owner=model.Ownership(spec.manifest, spec.digest, spec.run_strategy, records + extra_volumes,
+                              shutdown_timeout=spec.shutdown_timeout),
     )
 
 

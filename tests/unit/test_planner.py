@@ -383,8 +383,21 @@ def test_memory_within_max_memory_is_ballooned_live():
 def test_memory_beyond_the_running_max_memory_waits_for_a_restart():
     """Memory above what the running guest can balloon to is a restart, with no live step."""
     vm = updated(web(memory=2 * b.MEMORY_1GIB, max_memory=2 * b.MEMORY_1GIB))
-    assert changes(vm) == {"memory": ("1 GiB", "2 GiB", Impact.RESTART)}
+    assert changes(vm) == {
+        "memory": ("1 GiB", "2 GiB", Impact.RESTART),
+        "maxMemory": ("1 GiB", "2 GiB", Impact.RESTART),
+    }
     assert "set_memory_live" not in kinds(vm.steps)
+
+
+def test_lowering_memory_without_max_memory_shows_the_ceiling_dropping_at_next_boot():
+    """With maxMemory unset the ceiling follows memory: the balloon shrinks now, the ceiling at next boot."""
+    vm = updated(web(memory=b.MEMORY_1GIB // 2, max_memory=b.MEMORY_1GIB // 2))
+    assert changes(vm) == {
+        "memory": ("1 GiB", "512 MiB", Impact.LIVE),
+        "maxMemory": ("1 GiB", "512 MiB", Impact.RESTART),
+    }
+    assert "set_memory_live" in kinds(vm.steps)
 
 
 def test_memory_change_on_a_stopped_vm_is_live_without_a_balloon_step():

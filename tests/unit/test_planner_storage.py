@@ -70,16 +70,15 @@ def test_growth_of_a_disk_the_running_guest_does_not_have_yet_resizes_the_volume
     assert vm.steps == (plans.ResizeVolume(b.POOL, "web-root.qcow2", 20 * b.GIB),)
 
 
-def test_shrink_is_refused_while_the_rest_of_the_vm_converges():
-    """A smaller size is a problem for that disk only; the other changes are still planned."""
+def test_shrink_is_refused_and_leaves_the_whole_vm_as_it_is():
+    """A smaller size is a problem, and the VM's other changes wait until the manifest is fixed."""
     base = b.vm("web", disks=(ROOT,))
     spec = b.vm("web", vcpus=4, disks=(dataclasses.replace(ROOT, size=5 * b.GIB),))
     result, vm = vm_plan(spec, base)
     (problem,) = result.problems
     assert problem.path == "spec.disks[0].size"
     assert "would shrink from 10 GiB to 5 GiB" in problem.message and "never shrinks" in problem.message
-    assert kinds(vm) == ["define_domain"]
-    assert [c.path for c in vm.changes] == ["vcpus"]
+    assert kinds(vm) == []
     assert vm.problems == (problem,)
 
 

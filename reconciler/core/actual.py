@@ -1,0 +1,55 @@
+"""Interpret an :class:`~reconciler.core.model.Observation` as an :class:`ActualState`.
+
+Pure: the same raw facts, whether just collected from libvirt or read back from a
+snapshot file, give the same actual state.  Foreign domains are recognised by the
+absence of kvmops' mark and never parsed further.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from reconciler.core import domxml, model
+
+
+def interpret(observation: model.Observation) -> model.ActualState:
+    """Return the actual state the raw ``observation`` describes."""
+    return model.ActualState(
+        host=observation.host,
+        domains=MappingProxyType({record.name: domain(record) for record in observation.domains}),
+        pools=MappingProxyType({pool.name: pool for pool in observation.pools}),
+        volumes=MappingProxyType({(volume.pool, volume.name): volume for volume in observation.volumes}),
+    )
+
+
+def is_owned(record: model.DomainRecord) -> bool:
+    """Return whether the domain's persistent XML carries kvmops' mark."""
+    try:
+        return domxml.parse_owner(domxml.parse_tree(record.inactive_xml)) is not None
+    except domxml.DomainXMLError:
+        return False
+
+
+def domain(record: model.DomainRecord) -> model.ObservedDomain:
+    """Return the observed domain behind one raw record."""
+    common = dict(
+        name=record.name, uuid=record.uuid, power=record.power, shutoff_reason=record.shutoff_reason,
+        autostart=record.autostart, persistent=record.persistent,
+    )
+    try:
+        root = domxml.parse_tree(record.inactive_xml)
+    except domxml.DomainXMLError as exc:
+        return model.ObservedDomain(**common, owned=False, definition=None, live=None, error=str(exc))
+    if domxml.parse_owner(root) is None:
+        return model.ObservedDomain(**common, owned=False, definition=None, live=None)
+    try:
+        definition = domxml.parse(root)
+    except domxml.DomainXMLError as exc:
+        return model.ObservedDomain(**common, owned=True, definition=None, live=None, error=str(exc))
+    live = None
+    if record.live_xml and record.power.active:
+        try:
+            live = domxml.parse(record.live_xml)
+        except domxml.DomainXMLError:
+            live = None
+    return model.ObservedDomain(**common, owned=True, definition=definition, live=live, xml=record.inactive_xml)
