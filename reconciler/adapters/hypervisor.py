@@ -292,10 +292,15 @@ class Hypervisor:
         return result
 
     def list_volumes(self, pool_name: str) -> list[model.ObservedVolume]:
-        """Return the volumes of active pool ``pool_name`` with their sizes."""
-        with translated(f"cannot list the volumes of pool {pool_name}"):
-            pool = self._connection.storagePoolLookupByName(pool_name)
-            volumes = pool.listAllVolumes(0)
+        """Return the volumes of pool ``pool_name`` with their sizes ([] if it stopped meanwhile)."""
+        try:
+            with translated(f"cannot list the volumes of pool {pool_name}"):
+                pool = self._connection.storagePoolLookupByName(pool_name)
+                volumes = pool.listAllVolumes(0)
+        except errors.OperationRefused as exc:
+            if exc.code == libvirt.VIR_ERR_OPERATION_INVALID:  # stopped between the listing and now
+                return []
+            raise
         result = []
         for volume in volumes:
             try:
@@ -303,7 +308,11 @@ class Hypervisor:
                     _type, capacity, allocation = volume.info()
                     result.append(model.ObservedVolume(pool_name, volume.name(), capacity, allocation, volume.path()))
             except errors.ObjectNotFound:
-                continue
+                continue  # deleted while we looked
+            except errors.OperationRefused as exc:
+                if exc.code == libvirt.VIR_ERR_OPERATION_INVALID:
+                    return []  # the pool stopped while we looked
+                raise
         return result
 
     # -- ownership guard ----------------------------------------------------------------

@@ -130,7 +130,7 @@ class Controller:
         self._notifier = notifier or systemd.Notifier()
         self._reload_settings = reload
         self._queue = workqueue.WorkQueue()
-        self._reasons: dict[str, str] = {}
+        self._reasons: dict[str, set[str]] = {}
         self._reasons_lock = threading.Lock()
         self._stop = threading.Event()
         self._cancel = threading.Event()
@@ -155,6 +155,7 @@ class Controller:
         self._last_pass_ok = False
         self._passes = 0
         self._ready = False
+        self._interesting: frozenset[str] | None = None  # domain names a pass cares about; None: all
 
     # -- control from outside (signal handlers, tests) ----------------------------------
 
@@ -233,13 +234,18 @@ class Controller:
 
     def _wake(self, key: str, source: str) -> None:
         with self._reasons_lock:
-            self._reasons.setdefault(key, source)
+            self._reasons.setdefault(key, set()).add(source)
         self.metrics.inc("kvmops_wakeups_total", source=source)
         self._queue.add(key)
 
     def _take_reason(self, key: str) -> str:
+        """Return why ``key`` was woken: drift (libvirt, resync, reconnect) wins over a manifest change."""
         with self._reasons_lock:
-            return self._reasons.pop(key, "retry")
+            sources = self._reasons.pop(key, {"retry"})
+        for source in ("libvirt", "reconnect", "resync"):
+            if source in sources:
+                return source
+        return sorted(sources)[0]
 
     # -- libvirt connection -------------------------------------------------------------
 
@@ -274,6 +280,9 @@ class Controller:
             log.error("libvirt_disconnected", reason=reason, retrying=True)
 
     def _on_domain_event(self, name: str, lifecycle: str) -> None:
+        interesting = self._interesting
+        if interesting is not None and name not in interesting:
+            return  # neither declared nor ours: nothing a pass would do about it
         log.debug("domain_event_received", vm=name, lifecycle=lifecycle)
         self._wake(f"VirtualMachine/{name}", "libvirt")
 
@@ -438,13 +447,16 @@ class Controller:
                 log.warning("pruning_suspended", reason=plan.prune_suspended, kept=list(plan.kept))
             else:
                 log.info("pruning_resumed")
+        scope = self.settings.planner.scope
+        mine = {name: d for name, d in actual.domains.items() if d.owned and planner.scope_of(d) == scope}
+        self._interesting = frozenset(desired.vms) | frozenset(mine)
         by_key = {r.key: r for r in plan.resources}
         with self._status_lock:
             self._problems = list(plan.problems)
             self._foreign = plan.foreign
             self._prune_suspended = plan.prune_suspended
             vms: dict[str, dict] = {}
-            for name in sorted(set(desired.vms) | {n for n, d in actual.domains.items() if d.owned}):
+            for name in sorted(set(desired.vms) | set(mine)):
                 spec = desired.vms.get(name)
                 domain = actual.domains.get(name)
                 resource = by_key.get(f"VirtualMachine/{name}")
@@ -452,9 +464,15 @@ class Controller:
                 pending = []
                 if domain is not None and domain.live is not None and domain.definition is not None:
                     pending = [f"{f}: {old} -> {new}" for f, old, new in planner.restart_pending(domain.live, domain.definition)]
+                if spec is not None:
+                    wanted = DESIRED_POWER[spec.run_strategy]
+                elif name in plan.kept:
+                    wanted = "absent, but kept: pruning is suspended"
+                else:
+                    wanted = "absent (to be pruned)"
                 vms[name] = {
                     "manifest": spec.manifest if spec else None,
-                    "desired": DESIRED_POWER[spec.run_strategy] if spec else "absent (to be pruned)",
+                    "desired": wanted,
                     "actual": domain.power.value if domain else "absent",
                     "uuid": domain.uuid if domain else None,
                     "pending_actions": [a.value for a in resource.actions] if resource else [],
@@ -465,9 +483,8 @@ class Controller:
                 }
             self._vm_status = vms
             states: dict[str, float] = {}
-            for domain in actual.domains.values():
-                if domain.owned:
-                    states[domain.power.value] = states.get(domain.power.value, 0) + 1
+            for domain in mine.values():
+                states[domain.power.value] = states.get(domain.power.value, 0) + 1
         self.metrics.replace("kvmops_managed_vms", states, "state")
         self.metrics.set("kvmops_manifest_problems", len(plan.problems))
 

@@ -6,13 +6,32 @@ concurrently (tearing down QEMU takes seconds here), then undefined; the test's 
 emptied, stopped and undefined; its directory deleted.  Leftovers from an interrupted
 earlier run are swept at the start of the session.
 
+The host may be shared: other people, other test sessions and benchmarks run their own
+libvirt objects on the same libvirtd at the same time.  So a session only ever sweeps
+what is provably its own or provably abandoned: each test's work directory holds an
+``owner`` file naming the test process (pid and start time); a ``<prefix>-<6 hex>``
+whose owner is still alive belongs to a concurrent session and is never touched.  Each
+test also gets a private ``KVMOPS_STATE_DIR`` (the host lock of ``kvmops apply``), since
+its objects are its own and it need not queue behind unrelated runs.
+
+Beware: ``kvmops apply`` prunes *every* domain carrying kvmops' mark that its manifests do
+not declare, whoever created it.  On a shared host, pass ``--no-prune`` unless pruning is
+what the test is about, and then execute only the plan's steps for the test's own prefix.
+
 When ``KVMOPS_E2E=required`` (set by ``scripts/test``) an unreachable libvirtd fails the
 tests instead of skipping them, so CI cannot go green without running them.
+
+Tests marked ``libvirtd_restart`` restart libvirtd itself, which disturbs everyone else using
+it; deselect them on a shared host with ``-m "not libvirtd_restart"``.  The session's
+connection (:class:`LibvirtConnection`) reopens itself after such a restart, so the tests
+that follow, and every sweep, keep working.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -33,15 +52,68 @@ pytestmark = pytest.mark.e2e
 libvirt.registerErrorHandler(lambda _context, _error: None, None)
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "libvirtd_restart: restarts libvirtd, disturbing everyone using it (deselect on shared hosts)"
+    )
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if "/e2e/" in str(item.fspath):
             item.add_marker(pytest.mark.e2e)
 
 
-def _connect() -> libvirt.virConnect | None:
+class LibvirtConnection:
+    """A ``libvirt.virConnect`` to ``uri`` that reopens itself when libvirtd restarted under it.
+
+    Every attribute is the current connection's.  A method call that fails because the
+    connection broke (libvirtd was restarted) is retried once on a fresh connection; objects
+    obtained earlier (a ``virDomain``) still belong to the old connection and stay broken.
+    """
+
+    def __init__(self, uri: str, connection: libvirt.virConnect) -> None:
+        self.uri = uri
+        self._connection = connection
+
+    @property
+    def alive(self) -> bool:
+        """Return whether the current connection still works."""
+        try:
+            return self._connection.isAlive() == 1
+        except libvirt.libvirtError:
+            return False
+
+    def reconnect(self) -> None:
+        """Replace the connection by a new one (raises ``libvirtError`` while libvirtd is down)."""
+        fresh = libvirt.open(self.uri)
+        old, self._connection = self._connection, fresh
+        try:
+            old.close()
+        except libvirt.libvirtError:
+            pass
+
+    def __getattr__(self, name: str):
+        attribute = getattr(self._connection, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args, **kwargs):
+            try:
+                return getattr(self._connection, name)(*args, **kwargs)
+            except libvirt.libvirtError:
+                if self.alive:
+                    raise
+            self.reconnect()
+            return getattr(self._connection, name)(*args, **kwargs)
+
+        call.__name__ = name
+        return call
+
+
+def _connect() -> LibvirtConnection | None:
     try:
-        return libvirt.open(SYSTEM_URI)
+        return LibvirtConnection(SYSTEM_URI, libvirt.open(SYSTEM_URI))
     except libvirt.libvirtError:
         return None
 
@@ -94,21 +166,70 @@ def sweep(connection: libvirt.virConnect, prefix: str) -> None:
             pass
 
 
+OWNER_FILE = "owner"
+_TOKEN = re.compile(r"^" + re.escape(PREFIX) + r"-([0-9a-f]{6})(?:-|$)")
+_session_prefixes: set[str] = set()
+
+
+def _process_start(pid: int) -> str | None:
+    """Return the start time of process ``pid`` (clock ticks since boot), or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _claim(workdir: Path) -> None:
+    """Record in ``workdir`` that this process owns the objects of its prefix."""
+    (workdir / OWNER_FILE).write_text(f"{os.getpid()} {_process_start(os.getpid())}\n", encoding="ascii")
+
+
+def _abandoned(prefix: str) -> bool:
+    """Return whether the objects of ``prefix`` belong to no live test process."""
+    workdir = WORK_ROOT / prefix
+    try:
+        pid, started = (workdir / OWNER_FILE).read_text(encoding="ascii").split()
+        return _process_start(int(pid)) != started
+    except FileNotFoundError:
+        # No owner file: abandoned unless the directory is young (a session with an older
+        # conftest may be setting it up right now).
+        try:
+            return time.time() - workdir.stat().st_mtime > 15 * 60
+        except FileNotFoundError:
+            return True
+    except (OSError, ValueError):
+        return True
+
+
+def sweep_abandoned(connection: libvirt.virConnect) -> None:
+    """Remove the objects and work directories of earlier, dead test sessions only."""
+    names = [d.name() for d in connection.listAllDomains(0)]
+    names += [p.name() for p in connection.listAllStoragePools(0)]
+    names += [n.name() for n in connection.listAllNetworks(0)]
+    names += [path.name for path in WORK_ROOT.glob(f"{PREFIX}-*")]
+    prefixes = {f"{PREFIX}-{match.group(1)}" for match in map(_TOKEN.match, names) if match}
+    for prefix in sorted(prefixes):
+        if _abandoned(prefix):
+            sweep(connection, prefix + "-")
+            shutil.rmtree(WORK_ROOT / prefix, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def system_connection():
-    """Return a connection to the real libvirtd, after sweeping leftovers of earlier runs."""
+    """Return a connection to the real libvirtd, after sweeping leftovers of dead earlier runs."""
     connection = _connect()
     if connection is None:
         message = f"libvirtd is not reachable at {SYSTEM_URI} (scripts/test starts it)"
         if os.environ.get("KVMOPS_E2E") == "required":
             pytest.fail(message)
         pytest.skip(message)
-    sweep(connection, PREFIX + "-")
-    for stale in WORK_ROOT.glob(f"{PREFIX}-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    sweep_abandoned(connection)
     yield connection
-    sweep(connection, PREFIX + "-")
-    connection.close()
+    for prefix in sorted(_session_prefixes):  # normally none left: each test sweeps its own
+        sweep(connection, prefix + "-")
+    with contextlib.suppress(libvirt.libvirtError):
+        connection.close()
 
 
 @dataclass
@@ -179,8 +300,14 @@ def host(system_connection):
     manifests = workdir / "manifests"
     manifests.mkdir(parents=True)
     os.chmod(workdir, 0o755)  # QEMU (user libvirt-qemu) must reach the pool's images
+    _claim(workdir)
+    _session_prefixes.add(prefix)
+    env = {"KVMOPS_STATE_DIR": str(workdir / "state")}
     try:
-        yield Host(system_connection, prefix, workdir, manifests, pool_path)
+        yield Host(system_connection, prefix, workdir, manifests, pool_path, env=env)
     finally:
-        sweep(system_connection, prefix + "-")
-        shutil.rmtree(workdir, ignore_errors=True)
+        try:
+            sweep(system_connection, prefix + "-")
+            _session_prefixes.discard(prefix)  # else the end of the session tries again
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
