@@ -20,9 +20,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from reconciler import errors, logconfig
+from reconciler.adapters import git
 from reconciler.adapters import hypervisor as hv
-from reconciler.core import domxml, model, planner, render
-from reconciler.runtime import configuration, controller, execute, hostlock, observe, reconcile
+from reconciler.core import domxml, model, planner, render, snapshot, validation
+from reconciler.runtime import configuration, controller, execute, hostlock, observe, reconcile, review
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -84,10 +85,47 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = commands.add_parser("plan", help="show what apply would change (a dry run)")
     planning_options(plan)
-    plan.add_argument("--output", "-o", choices=("text", "json"), default="text")
+    plan.add_argument("--output", "-o", choices=("text", "json", "markdown"), default="text")
     plan.add_argument("--detailed-exitcode", action="store_true",
                       help="exit 0 when there are no changes, 2 when there are, 1 on error")
+    plan.add_argument("--state", metavar="FILE", default=None,
+                      help="plan against a snapshot from `kvmops state export` instead of the live host")
     plan.set_defaults(handler=cmd_plan)
+
+    diff = commands.add_parser("diff", help="compare the manifests at two git revisions, with no hypervisor")
+    diff.add_argument("path", metavar="PATH", nargs="?", default="manifests",
+                      help="manifest directory inside a git working tree (default: manifests)")
+    diff.add_argument("--base", required=True, metavar="REF", help="the revision to compare from (e.g. origin/main)")
+    diff.add_argument("--head", default=None, metavar="REF", help="the revision to compare to (default: the working tree)")
+    diff.add_argument("--output", "-o", choices=("text", "json", "markdown"), default="text")
+    diff.add_argument("--detailed-exitcode", action="store_true",
+                      help="exit 0 when there are no changes, 2 when there are, 1 on error")
+    diff.add_argument("--no-prune", action="store_true", help="do not report removed VMs as deletions")
+    diff.add_argument("--allow-empty", action="store_true")
+    diff.add_argument("--virt-type", choices=("auto", "kvm", "qemu"), default=os.environ.get("KVMOPS_VIRT_TYPE", "auto"))
+    diff.add_argument("--shutdown-timeout", type=float, default=60.0, metavar="SECONDS")
+    diff.add_argument("--no-color", action="store_true")
+    scope_option(diff)
+    diff.set_defaults(handler=cmd_diff)
+
+    state = commands.add_parser("state", help="snapshots of a host, for planning where libvirt is out of reach")
+    state_commands = state.add_subparsers(dest="state_command", required=True, metavar="ACTION", parser_class=_Parser)
+    export = state_commands.add_parser("export", help="print a JSON snapshot of the host (for plan --state)")
+    connect_option(export)
+    export.add_argument("--output", "-o", metavar="FILE", default=None, help="write to FILE instead of stdout")
+    export.set_defaults(handler=cmd_state_export)
+
+    schema = commands.add_parser("schema", help="print the JSON Schema of a manifest kind (for editors)")
+    schema.add_argument("kind", metavar="KIND", nargs="?", default=None,
+                        help=f"one of {', '.join(validation.SCHEMA_FILES)} or config; all when omitted")
+    schema.set_defaults(handler=cmd_schema)
+
+    status = commands.add_parser("status", help="show each managed VM: power, manifest, git revision")
+    status.add_argument("name", metavar="NAME", nargs="?", default=None)
+    connect_option(status)
+    status.add_argument("--output", "-o", choices=("table", "json"), default="table")
+    scope_option(status, default=None)
+    status.set_defaults(handler=cmd_status)
 
     apply = commands.add_parser("apply", help="converge the host on the manifests")
     planning_options(apply)
@@ -105,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="manifest directory (default: 'manifests' in the configuration file)")
     run.add_argument("--connect", "-c", metavar="URI", default=None,
                      help="libvirt URI (default: $KVMOPS_CONNECT, the configuration file, qemu:///system)")
+    run.add_argument("--git", metavar="URL", default=None,
+                     help="follow a git repository instead of PATH (https, ssh, file://)")
+    run.add_argument("--branch", default=None, help="branch to follow with --git (default: main)")
+    run.add_argument("--path", dest="git_path", default=None, metavar="SUBDIR",
+                     help="subdirectory of the repository holding the manifests (with --git)")
+    run.add_argument("--interval", type=float, default=None, metavar="SECONDS",
+                     help="seconds between fetches with --git (default: 60)")
     run.add_argument("--config", metavar="FILE", default=os.environ.get("KVMOPS_CONFIG"),
                      help="YAML configuration file (schemas/config.schema.json); re-read on SIGHUP")
     run.add_argument("--resync-interval", type=float, default=None, metavar="SECONDS",
@@ -224,25 +269,91 @@ def cmd_validate(args: argparse.Namespace, shared: hv.Hypervisor | None = None) 
 
 def cmd_plan(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> int:
     """Print the plan; exit per ``--detailed-exitcode``."""
+    if getattr(args, "state", None):
+        result = review.plan_from_snapshot(args.path, _read_snapshot(args.state), settings=_settings(args))
+        _print_plan(result.plan, args)
+        return _plan_status(result.plan, args)
+
     def body(hypervisor: hv.Hypervisor) -> int:
         result = reconcile.make_plan(args.path, hypervisor, settings=_settings(args))
         _print_plan(result.plan, args)
-        if result.plan.problems:
-            return EXIT_ERROR
-        if args.detailed_exitcode and result.plan.has_changes:
-            return EXIT_CHANGES
-        return EXIT_OK
+        return _plan_status(result.plan, args)
     return _with_hypervisor(args, shared, read_only=True, body=body)
 
 
-def _print_plan(plan, args: argparse.Namespace) -> None:
-    if getattr(args, "output", "text") == "json":
+def _plan_status(plan, args: argparse.Namespace) -> int:
+    if plan.problems:
+        return EXIT_ERROR
+    if args.detailed_exitcode and plan.has_changes:
+        return EXIT_CHANGES
+    return EXIT_OK
+
+
+def _print_plan(plan, args: argparse.Namespace, *, title: str | None = None) -> None:
+    output = getattr(args, "output", "text")
+    if output == "json":
         sys.stdout.write(render.to_json(plan))
+    elif output == "markdown":
+        sys.stdout.write(render.markdown(plan, title=title))
+    else:
+        sys.stdout.write(render.text(plan, colour=_colour(args), source=args.path, title=title))
+    if output != "text":
         for problem in plan.problems:
             print(problem, file=sys.stderr)
-    else:
-        sys.stdout.write(render.text(plan, colour=_colour(args), source=args.path))
     sys.stdout.flush()
+
+
+def _read_snapshot(path: str) -> snapshot.Snapshot:
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        return snapshot.from_data(json.loads(text))
+    except OSError as exc:
+        raise errors.KvmopsError(f"{path}: cannot read the snapshot: {exc.strerror}") from exc
+    except (ValueError, snapshot.SnapshotError) as exc:
+        raise errors.KvmopsError(f"{path}: {exc}") from exc
+
+
+# --- diff, state, schema ----------------------------------------------------------------
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    """Compare two revisions of the manifests and print the plan between them."""
+    settings = planner.Settings(
+        prune=not args.no_prune, allow_empty=args.allow_empty, virt_type=args.virt_type,
+        shutdown_timeout=args.shutdown_timeout, scope=args.scope,
+    )
+    result = review.diff(args.path, args.base, args.head, settings=settings)
+    title = f"kvmops diff {result.base_label} → {result.head_label}"
+    _print_plan(result.plan, args, title=title)
+    return _plan_status(result.plan, args)
+
+
+def cmd_state_export(args: argparse.Namespace) -> int:
+    """Write a JSON snapshot of the host."""
+    with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
+        taken = snapshot.Snapshot(
+            observe.collect(hypervisor), taken_at=controller.now_iso(), hostname=hypervisor.hostname(),
+        )
+    text = json.dumps(snapshot.to_data(taken), indent=2) + "\n"
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"snapshot of {taken.hostname} ({args.connect}) written to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print one schema, or all of them as a JSON object keyed by kind."""
+    files = {**validation.SCHEMA_FILES, "config": validation.CONFIG_SCHEMA, "metadata": "metadata.schema.json"}
+    if args.kind is None:
+        print(json.dumps({kind: validation.schemas()[name] for kind, name in files.items()}, indent=2))
+        return EXIT_OK
+    match = {k.lower(): v for k, v in files.items()}.get(args.kind.lower())
+    if match is None:
+        raise errors.KvmopsError(f"unknown kind {args.kind!r}; choose one of {', '.join(files)}")
+    print(json.dumps(validation.schemas()[match], indent=2))
+    return EXIT_OK
 
 
 # --- apply ------------------------------------------------------------------------------
@@ -253,7 +364,7 @@ def cmd_apply(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> 
     def body(hypervisor: hv.Hypervisor) -> int:
         settings = _settings(args)
         with _host_lock(args, hypervisor.uri):
-            planned = reconcile.make_plan(args.path, hypervisor, settings=settings)
+            planned = reconcile.make_plan(args.path, hypervisor, settings=settings, revision=git.describe(args.path))
             _print_plan(planned.plan, args)
             if not planned.plan.has_changes:
                 return EXIT_ERROR if planned.plan.problems else EXIT_OK
@@ -355,6 +466,52 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: runner.request_stop())
     signal.signal(signal.SIGHUP, lambda *_: runner.request_reload())
     return runner.run()
+
+
+# --- status -----------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print every domain kvmops manages (in ``--scope``, or all scopes) with what it knows of it."""
+    with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
+        actual = observe.observe(hypervisor)
+    rows = []
+    for name, domain in sorted(actual.domains.items()):
+        if not domain.owned or (args.name and name != args.name):
+            continue
+        owner = domain.definition.owner if domain.definition else None
+        if args.scope and (owner.scope if owner else "default") != args.scope:
+            continue
+        pending = planner.restart_pending(domain.live, domain.definition) if domain.live and domain.definition else []
+        rows.append({
+            "name": name,
+            "state": domain.power.value,
+            "run_strategy": owner.run_strategy.value if owner else None,
+            "manifest": owner.manifest if owner else None,
+            "revision": owner.revision if owner else "",
+            "scope": owner.scope if owner else "default",
+            "uuid": domain.uuid,
+            "vcpus": domain.definition.vcpus if domain.definition else None,
+            "memory_mib": domain.definition.memory // 1024 if domain.definition else None,
+            "restart_pending": [f"{field}: {old} -> {new}" for field, old, new in pending],
+        })
+    if args.name and not rows:
+        raise errors.ObjectNotFound(f"no domain named {args.name} is managed by kvmops on {args.connect}")
+    if args.output == "json":
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    columns = [("NAME", "name"), ("STATE", "state"), ("RUN STRATEGY", "run_strategy"), ("MANIFEST", "manifest"),
+               ("REVISION", "revision"), ("SCOPE", "scope")]
+    table = [[header for header, _ in columns]] + [[str(row[key] or "-") for _, key in columns] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    for line in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+    for row in rows:
+        for pending in row["restart_pending"]:
+            print(f"{row['name']}: restart pending: {pending}")
+    if not rows:
+        print(f"no domains managed by kvmops on {args.connect}")
+    return EXIT_OK
 
 
 # --- adopt ------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ work queue and the CLI's exit status are built on::
     ├── PlanningError              the desired state cannot be planned on this host  terminal
     ├── OwnershipError             the object is not kvmops' to change               terminal
     ├── LockHeld                   another kvmops is acting on the same host         retryable
+    ├── SourceError                a git revision or repository cannot be read       terminal
     └── HypervisorError            libvirt said no, or could not be reached
         ├── RetryableHypervisorError                                                  retryable
         │   └── ConnectionLost     libvirtd went away, or never answered
@@ -48,6 +49,10 @@ class LockHeld(KvmopsError):
     """Another kvmops process holds the host lock; waiting may help."""
 
     retryable = True
+
+
+class SourceError(KvmopsError):
+    """git could not produce the manifests asked for (unknown revision, unreachable remote)."""
 
 
 class HypervisorError(KvmopsError):

@@ -208,6 +208,11 @@ class Hypervisor:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
+    def hostname(self) -> str:
+        """Return the hypervisor host's name."""
+        with translated(f"cannot read the host name of {self.uri}"):
+            return self._connection.getHostname()
+
     @property
     def alive(self) -> bool:
         """Return whether the connection still works."""

@@ -28,14 +28,14 @@ class _Paint:
         return f"\x1b[{_COLOURS[style]}m{text}\x1b[0m"
 
 
-def text(plan: Plan, *, colour: bool = False, source: str | None = None) -> str:
+def text(plan: Plan, *, colour: bool = False, source: str | None = None, title: str | None = None) -> str:
     """Return ``plan`` as text for a terminal or a log."""
     paint = _Paint(colour)
     lines: list[str] = []
     vms = sum(1 for r in plan.resources if r.kind == "VirtualMachine" and Action.DELETE not in r.actions)
     pools = sum(1 for r in plan.resources if r.kind == "StoragePool")
-    header = f"kvmops plan for {plan.uri}"
-    if source:
+    header = title or f"kvmops plan for {plan.uri}"
+    if source and not title:
         header += f" from {source}"
     lines.append(paint(header, "bold") + f" ({_count(vms, 'VM')}, {_count(pools, 'pool')})")
     if plan.snapshot:
@@ -282,6 +282,10 @@ def _markdown_details(resource: ResourcePlan) -> list[str]:
 
 def _worst_impact(resource: ResourcePlan) -> str:
     impacts = {c.impact for c in resource.changes}
+    if Action.CREATE in resource.actions:
+        return "new"
+    if Action.DELETE in resource.actions and Impact.DATA_LOSS not in impacts:
+        return "removed, volumes kept"
     for impact in _IMPACT_ORDER:
         if impact in impacts:
             return f"**{impact.value}**" if impact in (Impact.DATA_LOSS, Impact.REPLACE) else impact.value

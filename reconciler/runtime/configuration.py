@@ -15,7 +15,7 @@ from reconciler import errors
 from reconciler.adapters import hypervisor as hv
 from reconciler.adapters import manifests
 from reconciler.core import planner, validation
-from reconciler.runtime import controller, hostlock
+from reconciler.runtime import controller, gitsource, hostlock
 
 
 def read(path: str | None) -> dict:
@@ -38,15 +38,30 @@ def controller_settings(flags: Mapping[str, object], config: Mapping[str, object
         value = flags.get(flag)
         return config.get(key) if value is None else value
 
+    git_config = dict(config.get("git") or {})
+    if flags.get("git"):
+        git_config["url"] = flags["git"]
+    for flag, key in (("branch", "branch"), ("git_path", "path"), ("interval", "interval")):
+        if flags.get(flag) is not None:
+            git_config[key] = flags[flag]
+    git = None
+    if git_config.get("url"):
+        git = gitsource.GitSettings(
+            url=str(git_config["url"]), branch=str(git_config.get("branch") or "main"),
+            path=str(git_config.get("path") or ""), interval=float(git_config.get("interval") or 60),
+        )
     path = pick("path", "manifests")
-    if not path:
-        raise errors.KvmopsError("no manifest directory: give PATH, or 'manifests:' in the configuration file")
+    if git is not None and flags.get("path"):
+        raise errors.KvmopsError("give either PATH or --git, not both: with --git the manifests come from the repository")
+    if not path and git is None:
+        raise errors.KvmopsError("no manifests: give PATH or --git URL, or 'manifests:' or 'git:' in the configuration file")
     uri = flags.get("connect") or os.environ.get("KVMOPS_CONNECT") or config.get("connect") or hv.DEFAULT_URI
     state_dir = pick("state_dir", "stateDir")
     allow_empty = bool(flags.get("allow_empty")) or bool(config.get("allowEmpty"))
     prune = False if flags.get("no_prune") else bool(config.get("prune", True))
     return controller.ControllerSettings(
-        path=str(path),
+        path=str(path) if path and git is None else "",
+        git=git,
         uri=str(uri),
         planner=planner.Settings(
             prune=prune,

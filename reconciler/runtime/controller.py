@@ -44,7 +44,8 @@ from reconciler.adapters import systemd, watcher
 from reconciler.adapters.statusserver import StatusServer
 from reconciler.core import model, planner
 from reconciler.core import plan as plans
-from reconciler.runtime import execute, hostlock, metrics, observe, reconcile, workqueue
+from reconciler.adapters import git as gitcli
+from reconciler.runtime import execute, gitsource, hostlock, metrics, observe, reconcile, workqueue
 
 log = structlog.get_logger("kvmops.controller")
 
@@ -71,6 +72,7 @@ class ControllerSettings:
     listen: str = ""
     state_dir: Path = field(default_factory=hostlock.default_state_dir)
     reconnect_max_delay: float = 5.0
+    git: gitsource.GitSettings | None = None  # follow a branch instead of watching ``path``
 
 
 class _HostLockKeeper:
@@ -156,6 +158,8 @@ class Controller:
         self._passes = 0
         self._ready = False
         self._interesting: frozenset[str] | None = None  # domain names a pass cares about; None: all
+        self._source = gitsource.GitSource(settings.git, settings.state_dir) if settings.git else None
+        self._source_thread: threading.Thread | None = None
 
     # -- control from outside (signal handlers, tests) ----------------------------------
 
@@ -186,9 +190,14 @@ class Controller:
             })
             self._server.start()
             log.info("listener_started", address=self._server.address)
-        log.info("controller_started", manifests=self.settings.path, uri=self.settings.uri,
-                 resync_interval=self.settings.resync_interval)
-        self._wake(workqueue.EVERYTHING, "start")
+        log.info("controller_started", manifests=self.settings.path or None, uri=self.settings.uri,
+                 resync_interval=self.settings.resync_interval,
+                 git=self.settings.git.url if self.settings.git else None)
+        if self._source is not None:
+            self._source_thread = threading.Thread(target=self._follow_git, name="kvmops-git", daemon=True)
+            self._source_thread.start()
+        else:
+            self._wake(workqueue.EVERYTHING, "start")
         next_resync = self._next_resync()
         next_watchdog = time.monotonic()
         reconnect_delay = 0.5
@@ -286,9 +295,50 @@ class Controller:
         log.debug("domain_event_received", vm=name, lifecycle=lifecycle)
         self._wake(f"VirtualMachine/{name}", "libvirt")
 
-    # -- manifest watching --------------------------------------------------------------
+    # -- manifest sources ---------------------------------------------------------------
+
+    def _manifest_path(self) -> str | None:
+        if self._source is not None:
+            return str(self._source.manifests) if self._source.manifests else None
+        return self.settings.path
+
+    def _revision(self) -> str:
+        if self._source is not None:
+            return self._source.applied or ""
+        return gitcli.describe(self.settings.path)
+
+    def _follow_git(self) -> None:
+        """Fetch the branch on its interval; wake a full pass when a good commit arrives."""
+        source, announced_error, announced_rejection = self._source, None, None
+        while not self._stop.is_set():
+            try:
+                commit = source.poll()
+            except errors.SourceError as exc:
+                source.last_error = str(exc)
+                if str(exc) != announced_error:
+                    log.error("git_fetch_failed", url=source.settings.url, error=str(exc), retrying=True)
+                    announced_error = str(exc)
+                self.metrics.inc("kvmops_errors_total", kind="git")
+            else:
+                announced_error = None
+                if commit is not None:
+                    log.info("git_revision_applied", commit=commit, branch=source.settings.branch)
+                    self._wake(workqueue.EVERYTHING, "git")
+                rejected = source.rejected
+                if rejected is not None and rejected.commit != announced_rejection:
+                    announced_rejection = rejected.commit
+                    for problem in rejected.problems:
+                        log.error("git_revision_rejected", commit=rejected.commit, file=problem.file,
+                                  line=problem.line, field=problem.path, error=problem.message)
+                    if rejected.error:
+                        log.error("git_revision_rejected", commit=rejected.commit, error=rejected.error)
+                    log.warning("git_revision_kept", commit=source.applied,
+                                reason=f"commit {rejected.commit[:12]} does not validate")
+            self._stop.wait(source.settings.interval)
 
     def _ensure_watcher(self) -> None:
+        if self._source is not None:
+            return  # the git source decides when the manifests change
         directory = Path(self.settings.path)
         directory = directory if directory.is_dir() else directory.parent
         if self._watcher is not None and (self._watcher.directory != directory or not directory.exists()):
@@ -325,8 +375,14 @@ class Controller:
         started = time.monotonic()
         bound = structlog.contextvars.bound_contextvars(reconcile_id=reconcile_id)
         with bound:
+            path = self._manifest_path()
+            if path is None:
+                log.info("reconcile_waiting", reason="no good git revision fetched yet")
+                for key in keys:
+                    self._queue.done(key)
+                return
             try:
-                desired = reconcile.load_desired(self.settings.path)
+                desired = reconcile.load_desired(path, revision=self._revision())
                 actual = observe.observe(self._hypervisor)
             except errors.ManifestError as exc:
                 self._pass_failed(keys, started, "manifests", str(exc))
@@ -470,8 +526,10 @@ class Controller:
                     wanted = "absent, but kept: pruning is suspended"
                 else:
                     wanted = "absent (to be pruned)"
+                owner = domain.definition.owner if domain is not None and domain.definition is not None else None
                 vms[name] = {
                     "manifest": spec.manifest if spec else None,
+                    "revision": owner.revision if owner is not None else None,
                     "desired": wanted,
                     "actual": domain.power.value if domain else "absent",
                     "uuid": domain.uuid if domain else None,
@@ -512,6 +570,7 @@ class Controller:
                 "prune_suspended": self._prune_suspended,
                 "problems": [str(p) for p in self._problems],
                 "foreign": list(self._foreign),
+                "git": self._source.status() if self._source is not None else None,
                 "vms": {name: dict(entry) for name, entry in self._vm_status.items()},
             }
 
@@ -527,6 +586,8 @@ class Controller:
             failing = [name for name, vm in self._vm_status.items() if vm.get("last_error")]
         if failing:
             return False, f"failing: {', '.join(failing)}"
+        if self._source is not None and self._source.rejected is not None:
+            return False, f"git commit {self._source.rejected.commit[:12]} does not validate; {self._source.applied or 'nothing'} stays applied"
         return True, "ok"
 
     def _summary(self) -> str:
@@ -596,6 +657,11 @@ class Controller:
         if self._hypervisor is not None:
             self._hypervisor.close()
         log.info("controller_stopped", unfinished=unfinished)
+
+
+def now_iso() -> str:
+    """Return the current UTC time in ISO 8601, to the millisecond."""
+    return _now()
 
 
 def _now() -> str:

@@ -7,6 +7,7 @@ is cached between passes (level-triggered, as controller-runtime puts it).
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass
 
@@ -46,14 +47,30 @@ class ApplyResult:
         )
 
 
-def load_desired(path: str) -> model.DesiredState:
-    """Return the desired state of the manifests under ``path``; raise if ``path`` is missing."""
-    return desired_state.build(manifests.load(path))
+def load_desired(path: str, *, revision: str = "") -> model.DesiredState:
+    """Return the desired state of the manifests under ``path``; raise if ``path`` is missing.
+
+    ``revision`` (a git commit) is recorded in every domain this pass defines or changes.
+    """
+    desired = desired_state.build(manifests.load(path))
+    return dataclasses.replace(desired, revision=revision) if revision else desired
 
 
-def make_plan(path: str, hypervisor: hv.Hypervisor, *, settings: planner.Settings) -> PlanResult:
+def relabel(problems: tuple[model.Problem, ...], labels: dict[str, str]) -> tuple[model.Problem, ...]:
+    """Return ``problems`` naming revisions (``main:manifests/web.yaml``) instead of scratch directories."""
+    result = []
+    for problem in problems:
+        for scratch, label in labels.items():
+            if problem.file.startswith(scratch):
+                problem = dataclasses.replace(problem, file=label + problem.file[len(scratch):])
+                break
+        result.append(problem)
+    return tuple(result)
+
+
+def make_plan(path: str, hypervisor: hv.Hypervisor, *, settings: planner.Settings, revision: str = "") -> PlanResult:
     """Return the plan converging ``hypervisor`` on the manifests under ``path``."""
-    desired = load_desired(path)
+    desired = load_desired(path, revision=revision)
     actual = observe.observe(hypervisor)
     return PlanResult(desired, actual, planner.plan_changes(desired, actual, settings=settings))
 

@@ -447,7 +447,7 @@ def test_neither_path_nor_manifests_key_is_an_error(no_kvmops_environment, tmp_p
     """Without PATH and without 'manifests:' in the file there is nothing to converge: an error that says how to fix it."""
     path = write_config(tmp_path, "connect: test:///default\n")
 
-    with pytest.raises(errors.KvmopsError, match="no manifest directory: give PATH, or 'manifests:'"):
+    with pytest.raises(errors.KvmopsError, match="no manifests: give PATH or --git URL, or 'manifests:' or 'git:'"):
         configuration.controller_settings(NO_FLAGS, configuration.read(path))
 
 

@@ -1,0 +1,94 @@
+"""Read manifests out of git: the only module that runs ``git``.
+
+``kvmops diff`` materialises two revisions of a manifest directory side by side; the
+controller's git source clones a repository, fetches it, and materialises the revision it
+moves to.  Materialising goes through ``git archive`` into a fresh directory, extracted
+with tarfile's ``data`` filter, so a revision never touches a working tree and a hostile
+archive cannot write outside its directory.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+from reconciler import errors
+
+GIT_TIMEOUT = 120
+
+
+def run(*args: str, cwd: str | os.PathLike | None = None, timeout: float = GIT_TIMEOUT) -> bytes:
+    """Run ``git args`` and return its stdout; raise ``SourceError`` with git's own words on failure."""
+    environment = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
+    try:
+        result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, timeout=timeout, env=environment)
+    except FileNotFoundError as exc:
+        raise errors.SourceError("git is not installed (apt-get install git)") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise errors.SourceError(f"git {args[0]} did not finish within {timeout}s") from exc
+    if result.returncode != 0:
+        message = result.stderr.decode(errors="replace").strip().splitlines()
+        detail = next((line for line in reversed(message) if line.strip()), f"exit status {result.returncode}")
+        raise errors.SourceError(f"git {args[0]} failed: {detail.removeprefix('fatal: ')}")
+    return result.stdout
+
+
+def toplevel(path: str | os.PathLike) -> Path:
+    """Return the root of the git working tree holding ``path``."""
+    directory = Path(path) if Path(path).is_dir() else Path(path).parent
+    return Path(run("rev-parse", "--show-toplevel", cwd=directory).decode().strip())
+
+
+def resolve(repository: str | os.PathLike, ref: str) -> str:
+    """Return the full commit id ``ref`` names in ``repository``."""
+    try:
+        return run("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", cwd=repository).decode().strip()
+    except errors.SourceError:
+        raise errors.SourceError(f"unknown git revision {ref!r} in {repository}") from None
+
+
+def materialize(repository: str | os.PathLike, commit: str, subpath: str, destination: Path) -> Path:
+    """Write ``subpath`` as of ``commit`` under ``destination``; return the materialised path.
+
+    A ``subpath`` absent at that commit gives an empty directory: every VM is new.
+    """
+    destination.mkdir(parents=True, exist_ok=True)
+    subpath = subpath.strip("/") or "."
+    try:
+        archive = run("archive", "--format=tar", commit, "--", subpath, cwd=repository)
+    except errors.SourceError as exc:
+        if "did not match any files" not in str(exc):
+            raise
+        archive = b""
+    if archive:
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(destination, filter="data")
+    target = destination / subpath
+    target.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def describe(path: str | os.PathLike) -> str:
+    """Return the revision of the working tree holding ``path``: a short id, ``-dirty`` when edited; '' outside git."""
+    try:
+        root = toplevel(path)
+        commit = run("rev-parse", "--short=12", "HEAD", cwd=root).decode().strip()
+        changed = run("status", "--porcelain", "--", str(Path(path).resolve()), cwd=root).strip()
+    except errors.SourceError:
+        return ""
+    return commit + ("-dirty" if changed else "")
+
+
+def clone(url: str, branch: str, destination: Path) -> None:
+    """Clone ``branch`` of ``url`` into ``destination`` without a working tree."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    run("clone", "--bare", "--single-branch", "--branch", branch, "--", url, str(destination))
+
+
+def fetch(repository: Path, branch: str) -> str:
+    """Fetch ``branch`` from origin into ``repository``; return the commit it points at."""
+    run("fetch", "--quiet", "--force", "origin", f"+refs/heads/{branch}:refs/heads/{branch}", cwd=repository)
+    return resolve(repository, f"refs/heads/{branch}")

@@ -1,0 +1,107 @@
+"""Snapshots of a host: ``kvmops state export`` writes one, ``kvmops plan --state`` reads it.
+
+A snapshot is the raw :class:`~reconciler.core.model.Observation` (domain XML, power
+states, pools, volumes) plus when and where it was taken, so that planning from it runs
+exactly the code a live plan runs (:func:`reconciler.core.actual.interpret`).  Foreign
+domains keep only their name and power state: their XML is none of kvmops' business and
+may hold things a CI runner should not see.
+
+The layout is versioned (``kvmops_snapshot``); a newer version is refused, not guessed at.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from reconciler.core import actual, model
+
+SNAPSHOT_VERSION = 1
+
+
+class SnapshotError(ValueError):
+    """The file is not a kvmops snapshot this version can read."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """An observation of a host, with its provenance."""
+
+    observation: model.Observation
+    taken_at: str  # ISO 8601, UTC
+    hostname: str
+
+    def describe(self) -> str:
+        """Return the line a plan made from this snapshot carries."""
+        return (
+            f"planned against a snapshot of {self.hostname} ({self.observation.host.uri}) taken {self.taken_at}, "
+            "not against the live host"
+        )
+
+
+def to_data(snapshot: Snapshot) -> dict:
+    """Return ``snapshot`` as JSON-ready data."""
+    observation = snapshot.observation
+    domains = []
+    for record in observation.domains:
+        owned = actual.is_owned(record)
+        domains.append({
+            "name": record.name,
+            "uuid": record.uuid,
+            "owned": owned,
+            "power": record.power.value,
+            "shutoff_reason": record.shutoff_reason.value if record.shutoff_reason else None,
+            "autostart": record.autostart,
+            "persistent": record.persistent,
+            "inactive_xml": record.inactive_xml if owned else None,
+            "live_xml": record.live_xml if owned else None,
+        })
+    host = observation.host
+    return {
+        "kvmops_snapshot": SNAPSHOT_VERSION,
+        "taken_at": snapshot.taken_at,
+        "hostname": snapshot.hostname,
+        "host": {
+            "uri": host.uri, "virt_types": list(host.virt_types), "test_driver": host.test_driver,
+            "kvm_unusable_reason": host.kvm_unusable_reason,
+        },
+        "domains": domains,
+        "pools": [dataclasses.asdict(pool) for pool in observation.pools],
+        "volumes": [dataclasses.asdict(volume) for volume in observation.volumes],
+    }
+
+
+def from_data(data: object) -> Snapshot:
+    """Return the snapshot in ``data``; raise :class:`SnapshotError` naming what is wrong."""
+    if not isinstance(data, dict) or "kvmops_snapshot" not in data:
+        raise SnapshotError("not a kvmops snapshot (no 'kvmops_snapshot' field); create one with `kvmops state export`")
+    if data["kvmops_snapshot"] != SNAPSHOT_VERSION:
+        raise SnapshotError(f"snapshot format {data['kvmops_snapshot']!r} is not supported (this kvmops reads {SNAPSHOT_VERSION})")
+    try:
+        host = data["host"]
+        records = []
+        for entry in data["domains"]:
+            xml = entry["inactive_xml"] or f"<domain><name>{_escape(entry['name'])}</name></domain>"
+            reason = entry.get("shutoff_reason")
+            records.append(model.DomainRecord(
+                name=entry["name"], uuid=entry["uuid"], inactive_xml=xml,
+                power=model.PowerState(entry["power"]),
+                shutoff_reason=model.ShutoffReason(reason) if reason else None,
+                autostart=bool(entry["autostart"]), persistent=bool(entry.get("persistent", True)),
+                live_xml=entry.get("live_xml"),
+            ))
+        observation = model.Observation(
+            host=model.HostInfo(
+                uri=host["uri"], virt_types=tuple(host["virt_types"]), test_driver=bool(host.get("test_driver")),
+                kvm_unusable_reason=host.get("kvm_unusable_reason"),
+            ),
+            domains=tuple(records),
+            pools=tuple(model.ObservedPool(**pool) for pool in data["pools"]),
+            volumes=tuple(model.ObservedVolume(**volume) for volume in data["volumes"]),
+        )
+        return Snapshot(observation, taken_at=str(data["taken_at"]), hostname=str(data["hostname"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SnapshotError(f"malformed kvmops snapshot: {type(exc).__name__}: {exc}") from exc
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -1,0 +1,69 @@
+"""Review manifest changes without a hypervisor: ``kvmops diff`` and snapshot plans.
+
+``diff`` materialises the base revision (and the head revision, unless it is the working
+tree) with :mod:`reconciler.adapters.git`, loads both with the same loader and
+validation as every other command, and plans head against the host that applying base
+would leave (:func:`reconciler.core.offline.converged_host`).  A head that does not
+validate fails the diff with its problems; a base that does not validate is reported
+but still compared for what it could express.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from pathlib import Path
+
+from reconciler.adapters import git
+from reconciler.core import actual, model, offline, planner, snapshot
+from reconciler.core import plan as plans
+from reconciler.runtime import reconcile
+
+
+@dataclasses.dataclass(frozen=True)
+class Review:
+    """Two revisions of the manifests and the plan between them."""
+
+    base: model.DesiredState
+    head: model.DesiredState
+    plan: plans.Plan
+    base_label: str
+    head_label: str
+
+
+def diff(path: str, base_ref: str, head_ref: str | None, *, settings: planner.Settings) -> Review:
+    """Return the plan that turns the manifests at ``base_ref`` into those at ``head_ref`` (None: working tree)."""
+    root = git.toplevel(path)
+    subpath = Path(path).resolve().relative_to(root).as_posix() if Path(path).exists() else Path(path).as_posix()
+    base_commit = git.resolve(root, base_ref)
+    with tempfile.TemporaryDirectory(prefix="kvmops-diff-") as scratch:
+        base_dir = git.materialize(root, base_commit, subpath, Path(scratch, "base"))
+        base = reconcile.load_desired(str(base_dir))
+        if head_ref is None:
+            head = reconcile.load_desired(path)
+            head_label = "working tree"
+        else:
+            head_commit = git.resolve(root, head_ref)
+            head_dir = git.materialize(root, head_commit, subpath, Path(scratch, "head"))
+            head = reconcile.load_desired(str(head_dir))
+            head_label = f"{head_ref} ({head_commit[:12]})"
+        base_label = f"{base_ref} ({base_commit[:12]})"
+        host = offline.with_host_pools(
+            offline.converged_host(base, uri=f"git {base_label}", scope=settings.scope), head
+        )
+        plan = offline.annotate_moves(planner.plan_changes(head, host, settings=settings), base, head)
+        labels = {str(base_dir): f"{base_ref}:{subpath}"}
+        if head_ref is not None:
+            labels[str(head_dir)] = f"{head_ref}:{subpath}"
+    base = dataclasses.replace(base, problems=reconcile.relabel(base.problems, labels))
+    head = dataclasses.replace(head, problems=reconcile.relabel(head.problems, labels))
+    plan = dataclasses.replace(plan, problems=reconcile.relabel(plan.problems, labels))
+    return Review(base, head, plan, base_label, head_label)
+
+
+def plan_from_snapshot(path: str, saved: snapshot.Snapshot, *, settings: planner.Settings) -> reconcile.PlanResult:
+    """Return the plan for the manifests under ``path`` against a saved snapshot of a host."""
+    desired = reconcile.load_desired(path)
+    state = actual.interpret(saved.observation)
+    plan = planner.plan_changes(desired, state, settings=settings)
+    return reconcile.PlanResult(desired, state, dataclasses.replace(plan, snapshot=saved.describe()))
