@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 import libvirt
 
 from reconciler import errors
-from reconciler.core import domxml, model
+from reconciler.core import domxml, model, netxml
 
 DEFAULT_URI = "qemu:///system"
 
@@ -296,6 +296,71 @@ class Hypervisor:
                 ))
         return result
 
+    def list_networks(self) -> list[model.NetworkRecord]:
+        """Return every libvirt network with its XML."""
+        with translated(f"cannot list networks on {self.uri}"):
+            networks = self._connection.listAllNetworks(0)
+        records = []
+        for network in networks:
+            try:
+                with translated("cannot read a network"):
+                    records.append(model.NetworkRecord(
+                        network.name(), network.XMLDesc(0), bool(network.isActive()), bool(network.autostart()),
+                    ))
+            except errors.ObjectNotFound:
+                continue
+        return records
+
+    def define_network(self, xml: str, name: str) -> None:
+        """Define (or redefine) network ``name`` from ``xml``."""
+        with translated(f"libvirt refused the definition of network {name}"):
+            self._connection.networkDefineXML(xml)
+
+    def network_exists(self, name: str) -> bool:
+        """Return whether a network called ``name`` exists."""
+        try:
+            with translated(f"cannot look up network {name}"):
+                self._connection.networkLookupByName(name)
+        except errors.ObjectNotFound:
+            return False
+        return True
+
+    def network_owned(self, name: str) -> bool:
+        """Return whether network ``name`` carries kvmops' mark."""
+        with translated(f"cannot read network {name}"):
+            xml = self._connection.networkLookupByName(name).XMLDesc(0)
+        return netxml.parse(xml).owner is not None
+
+    def start_network(self, name: str) -> bool:
+        """Start network ``name``; return False if it was already active."""
+        with translated(f"cannot start network {name}"):
+            network = self._connection.networkLookupByName(name)
+            if network.isActive():
+                return False
+            network.create()
+            return True
+
+    def set_network_autostart(self, name: str, autostart: bool) -> None:
+        """Set whether network ``name`` starts with libvirtd."""
+        with translated(f"cannot set autostart of network {name}"):
+            self._connection.networkLookupByName(name).setAutostart(int(autostart))
+
+    def update_dhcp_host(self, name: str, xml: str, *, add: bool) -> None:
+        """Add or remove a static lease of running network ``name`` (its config is redefined separately)."""
+        command = libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST if add else libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE
+        with translated(f"cannot update the DHCP hosts of network {name}"):
+            self._connection.networkLookupByName(name).update(
+                command, libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST, -1, xml, libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE
+            )
+
+    def remove_network(self, name: str) -> None:
+        """Stop (if running) and undefine network ``name``."""
+        with translated(f"cannot remove network {name}"):
+            network = self._connection.networkLookupByName(name)
+            if network.isActive():
+                network.destroy()
+            network.undefine()
+
     def list_volumes(self, pool_name: str) -> list[model.ObservedVolume]:
         """Return the volumes of pool ``pool_name`` with their sizes ([] if it stopped meanwhile)."""
         try:
@@ -388,15 +453,18 @@ class Hypervisor:
                 raise exc
             return True
 
-    def undefine_domain(self, name: str) -> None:
-        """Remove the persistent definition of ``name`` (managed save and snapshot metadata too)."""
+    def undefine_domain(self, name: str, *, keep_nvram: bool = False) -> None:
+        """Remove the persistent definition of ``name`` (managed save and snapshot metadata too).
+
+        The UEFI NVRAM file goes with it unless ``keep_nvram``.
+        """
         with translated(f"cannot undefine domain {name}"):
             domain = self._connection.lookupByName(name)
             flags = (
                 libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
                 | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
                 | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
-                | libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM
+                | (libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM if keep_nvram else libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
             )
             try:
                 domain.undefineFlags(flags)
@@ -472,6 +540,39 @@ class Hypervisor:
         """Create volume ``name`` in pool ``pool_name`` from ``xml``."""
         with translated(f"cannot create volume {pool_name}/{name}"):
             self._connection.storagePoolLookupByName(pool_name).createXML(xml, 0)
+
+    def clone_volume(self, pool_name: str, xml: str, name: str, source_pool: str, source: str) -> None:
+        """Create volume ``name`` from ``xml`` as a full copy of ``source_pool/source``."""
+        with translated(f"cannot copy {source_pool}/{source} to {pool_name}/{name}"):
+            original = self._connection.storagePoolLookupByName(source_pool).storageVolLookupByName(source)
+            self._connection.storagePoolLookupByName(pool_name).createXMLFrom(xml, original, 0)
+
+    def upload_volume(self, pool_name: str, name: str, chunks, length: int) -> None:
+        """Write ``length`` bytes from the iterable ``chunks`` into volume ``pool_name/name``.
+
+        The stream is aborted (and the error raised) if ``chunks`` raises, so a failed or
+        corrupt source never completes an upload.
+        """
+        with translated(f"cannot upload into volume {pool_name}/{name}"):
+            volume = self._connection.storagePoolLookupByName(pool_name).storageVolLookupByName(name)
+            stream = self._connection.newStream(0)
+            volume.upload(stream, 0, length, 0)
+            try:
+                for chunk in chunks:
+                    view = memoryview(chunk)
+                    while view:
+                        sent = stream.send(bytes(view))
+                        view = view[sent:]
+            except BaseException:
+                with contextlib.suppress(libvirt.libvirtError):
+                    stream.abort()
+                raise
+            stream.finish()
+
+    def refresh_pool(self, name: str) -> None:
+        """Re-read pool ``name``'s directory (sizes, formats of volumes written by upload)."""
+        with translated(f"cannot refresh pool {name}"):
+            self._connection.storagePoolLookupByName(name).refresh(0)
 
     def volume_capacity(self, pool_name: str, name: str) -> int:
         """Return the capacity of volume ``pool_name/name`` in bytes."""

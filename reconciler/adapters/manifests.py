@@ -83,6 +83,15 @@ def load(root: str | os.PathLike) -> model.ManifestSet:
     return model.ManifestSet(str(root_path), tuple(documents), tuple(problems), len(files))
 
 
+def read_beside(document: model.Document, path: str) -> bytes:
+    """Return the bytes of ``path``, relative to ``document``'s file (or absolute); at most 1 MiB."""
+    target = Path(path) if os.path.isabs(path) else Path(document.file).parent / path
+    size = target.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise OSError(f"{target} is {size / 1e6:.1f} MB; at most 1 MiB")
+    return target.read_bytes()
+
+
 def load_document(path: str | os.PathLike) -> model.Document:
     """Return the single YAML document in file ``path`` (a configuration file, say).
 

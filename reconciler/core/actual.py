@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from reconciler.core import domxml, model
+from reconciler.core import domxml, model, netxml
 
 
 def interpret(observation: model.Observation) -> model.ActualState:
@@ -19,7 +19,20 @@ def interpret(observation: model.Observation) -> model.ActualState:
         domains=MappingProxyType({record.name: domain(record) for record in observation.domains}),
         pools=MappingProxyType({pool.name: pool for pool in observation.pools}),
         volumes=MappingProxyType({(volume.pool, volume.name): volume for volume in observation.volumes}),
+        networks=MappingProxyType({record.name: network(record) for record in observation.networks}),
     )
+
+
+def network(record: model.NetworkRecord) -> model.ObservedNetwork:
+    """Return the observed network behind one raw record."""
+    try:
+        definition = netxml.parse(record.xml)
+    except domxml.DomainXMLError:
+        return model.ObservedNetwork(record.name, owned=False, definition=None, active=record.active,
+                                     autostart=record.autostart, xml=record.xml)
+    owned = definition.owner is not None
+    return model.ObservedNetwork(record.name, owned=owned, definition=definition, active=record.active,
+                                 autostart=record.autostart, xml=record.xml)
 
 
 def is_owned(record: model.DomainRecord) -> bool:

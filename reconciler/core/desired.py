@@ -14,11 +14,12 @@ manifest can never read as "this VM was deleted".
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import MappingProxyType
 
-from reconciler.core import model, quantity, validation
+from reconciler.core import domxml, model, quantity, validation
 
 MIN_MEMORY = 16 * quantity.MIB
 MAX_MEMORY = 16 * quantity.TIB
@@ -27,8 +28,19 @@ MAX_DISK = 64 * quantity.TIB
 BUS_PREFIX = {"virtio": "vd", "sata": "sd", "scsi": "sd"}
 
 
-def build(manifests: model.ManifestSet) -> model.DesiredState:
-    """Return the desired state described by ``manifests``, with every problem found."""
+FileReader = Callable[[model.Document, str], bytes]
+
+
+def _no_files(document: model.Document, path: str) -> bytes:
+    raise OSError(f"reading {path} is not possible here")
+
+
+def build(manifests: model.ManifestSet, *, read_file: FileReader = _no_files) -> model.DesiredState:
+    """Return the desired state described by ``manifests``, with every problem found.
+
+    ``read_file(document, path)`` returns the bytes of a file a manifest refers to
+    (cloud-init user-data, a VNC password file); it raises ``OSError`` when it cannot.
+    """
     problems = list(manifests.problems)
     candidates: dict[tuple[str, str], list[tuple[model.Document, object]]] = {}
     for document in manifests.documents:
@@ -37,7 +49,7 @@ def build(manifests: model.ManifestSet) -> model.DesiredState:
             problems.extend(found)
             continue
         try:
-            resource = _build_resource(document, body)
+            resource = _build_resource(document, body, read_file)
         except _Invalid as invalid:
             problems.extend(invalid.problems)
             continue
@@ -46,6 +58,9 @@ def build(manifests: model.ManifestSet) -> model.DesiredState:
 
     vms: dict[str, model.VMSpec] = {}
     pools: dict[str, model.PoolSpec] = {}
+    networks: dict[str, model.NetworkSpec] = {}
+    images: dict[str, model.ImageSpec] = {}
+    collections = {model.VMSpec: vms, model.PoolSpec: pools, model.NetworkSpec: networks, model.ImageSpec: images}
     for (kind, name), declared in candidates.items():
         if len(declared) > 1:
             places = ", ".join(f"{d.file}:{d.origin.line_of('metadata.name')}" for d, _ in declared)
@@ -55,19 +70,29 @@ def build(manifests: model.ManifestSet) -> model.DesiredState:
                 ))
             continue
         resource = declared[0][1]
-        if isinstance(resource, model.VMSpec):
-            vms[name] = resource
-        else:
-            pools[name] = resource
+        collections[type(resource)][name] = resource
 
     for spec in _claim_conflicts(vms.values(), problems):
         del vms[spec.name]
+    unresolved = []
+    for spec in list(vms.values()):
+        for index, disk in enumerate(spec.disks):
+            if disk.image is not None and disk.image not in images:
+                unresolved.append(spec.origin.problem(
+                    f"spec.disks[{index}].image",
+                    f"no Image named {disk.image!r} is declared; add an Image manifest (kind: Image) or fix the name",
+                ))
+                vms.pop(spec.name, None)
+    if not problems:  # else a broken document may be the one declaring it: say nothing that misleads
+        problems.extend(unresolved)
     return model.DesiredState(
         vms=MappingProxyType(dict(sorted(vms.items()))),
         pools=MappingProxyType(dict(sorted(pools.items()))),
         problems=tuple(problems),
         files=manifests.files,
         source=manifests.root,
+        networks=MappingProxyType(dict(sorted(networks.items()))),
+        images=MappingProxyType(dict(sorted(images.items()))),
     )
 
 
@@ -83,10 +108,66 @@ class _Invalid(Exception):
         self.problems = problems
 
 
-def _build_resource(document: model.Document, body: dict) -> model.VMSpec | model.PoolSpec:
-    if body["kind"] == "StoragePool":
+def _build_resource(document: model.Document, body: dict, read_file: FileReader):
+    kind = body["kind"]
+    if kind == "StoragePool":
         return _pool(document, body)
-    return _vm(document, body)
+    if kind == "Network":
+        return _network(document, body)
+    if kind == "Image":
+        return _image(document, body)
+    return _vm(document, body, read_file)
+
+
+def _image(document: model.Document, body: dict) -> model.ImageSpec:
+    spec = body["spec"]
+    name = body["metadata"]["name"]
+    sha = spec["sha256"].lower()
+    return model.ImageSpec(
+        name=name, pool=spec["pool"], volume=f"{name}-{sha[:12]}.{spec['format']}",
+        url=spec["source"].get("url"), path=spec["source"].get("path"), sha256=sha, format=spec["format"],
+        manifest=document.relpath, origin=document.origin,
+    )
+
+
+def _network(document: model.Document, body: dict) -> model.NetworkSpec:
+    spec = body["spec"]
+    origin = document.origin
+    problems = []
+    mode = spec["mode"]
+    ipv4 = spec.get("ipv4")
+    if mode == "bridge":
+        if "bridge" not in spec:
+            problems.append(origin.problem("spec.bridge", "mode bridge needs the host bridge to attach to, e.g. bridge: br0"))
+        if ipv4:
+            problems.append(origin.problem("spec.ipv4", "mode bridge has no libvirt-managed addresses; remove ipv4"))
+    dhcp = (ipv4 or {}).get("dhcp") or {}
+    hosts = []
+    if ipv4:
+        try:
+            subnet = ipaddress.ip_network(f"{ipv4['address']}/{ipv4['prefix']}", strict=False)
+            for path, value in (("spec.ipv4.address", ipv4["address"]), ("spec.ipv4.dhcp.start", dhcp.get("start")),
+                                ("spec.ipv4.dhcp.end", dhcp.get("end"))):
+                if value is not None and ipaddress.ip_address(value) not in subnet:
+                    problems.append(origin.problem(path, f"{value} is not in {subnet}"))
+            for index, host in enumerate(dhcp.get("hosts", [])):
+                if ipaddress.ip_address(host["ip"]) not in subnet:
+                    problems.append(origin.problem(f"spec.ipv4.dhcp.hosts[{index}].ip", f"{host['ip']} is not in {subnet}"))
+                hosts.append(model.DhcpHost(host["mac"].lower(), host["ip"], host.get("name")))
+        except ValueError as exc:
+            problems.append(origin.problem("spec.ipv4", str(exc)))
+    if problems:
+        raise _Invalid(problems)
+    name = body["metadata"]["name"]
+    return model.NetworkSpec(
+        definition=model.NetworkDefinition(
+            name=name, mode=mode, bridge=spec.get("bridge"),
+            address=ipv4["address"] if ipv4 else None, prefix=ipv4["prefix"] if ipv4 else None,
+            dhcp_start=dhcp.get("start"), dhcp_end=dhcp.get("end"), hosts=tuple(hosts),
+            owner=model.NetworkOwnership(document.relpath, digest(body)),
+        ),
+        autostart=spec["autostart"], manifest=document.relpath, origin=origin,
+    )
 
 
 def _pool(document: model.Document, body: dict) -> model.PoolSpec:
@@ -101,7 +182,13 @@ def _pool(document: model.Document, body: dict) -> model.PoolSpec:
     )
 
 
-def _vm(document: model.Document, body: dict) -> model.VMSpec:
+def _file_ref(value: dict | None) -> model.FileRef | None:
+    if value is None:
+        return None
+    return model.FileRef(pool=value["pool"], volume=value.get("volume"), path=value.get("path"))
+
+
+def _vm(document: model.Document, body: dict, read_file: FileReader) -> model.VMSpec:
     origin = document.origin
     problems: list[model.Problem] = []
     name = body["metadata"]["name"]
@@ -134,6 +221,7 @@ def _vm(document: model.Document, body: dict) -> model.VMSpec:
     per_prefix: dict[str, int] = {}
     seen_disks: dict[str, int] = {}
     seen_volumes: set[tuple[str, str]] = set()
+    seen_targets: set[str] = set()
     for index, disk in enumerate(spec["disks"]):
         path = f"spec.disks[{index}]"
         if disk["name"] in seen_disks:
@@ -146,14 +234,22 @@ def _vm(document: model.Document, body: dict) -> model.VMSpec:
         prefix = BUS_PREFIX[disk["bus"]]
         position = per_prefix.get(prefix, 0)
         per_prefix[prefix] = position + 1
+        target = disk.get("target", prefix + domxml.device_letters(position))
+        if not target.startswith(prefix):
+            problems.append(origin.problem(f"{path}.target", f"target {target} does not fit bus {disk['bus']} (use {prefix}X)"))
+        if target in seen_targets:
+            problems.append(origin.problem(f"{path}.target", f"target {target} is used twice in this VM"))
+        seen_targets.add(target)
         disks.append(model.DiskSpec(
             name=disk["name"],
             pool=disk["pool"],
             volume=volume,
             size=size(f"{path}.size", disk["size"], bare_unit=quantity.GIB, low=MIN_DISK, high=MAX_DISK, align=quantity.MIB),
             bus=disk["bus"],
-            target=prefix + _device_letters(position),
+            target=target,
             deletion_policy=model.DeletionPolicy(disk["deletionPolicy"]),
+            image=disk.get("image"),
+            clone=disk["clone"],
         ))
 
     nics = []
@@ -169,6 +265,27 @@ def _vm(document: model.Document, body: dict) -> model.VMSpec:
         kind = "network" if "network" in nic else "bridge"
         nics.append(model.NicSpec(kind=kind, source=nic[kind], model=nic["model"], mac=mac))
 
+    graphics = spec["graphics"] if isinstance(spec["graphics"], dict) else {"type": spec["graphics"]}
+    password = None
+    if graphics.get("passwordFile"):
+        try:
+            password = read_file(document, graphics["passwordFile"]).decode("utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(origin.problem("spec.graphics.passwordFile", f"cannot read the password file: {exc}"))
+    install = None
+    if "install" in spec:
+        install = model.InstallSpec(
+            kernel=_file_ref(spec["install"]["kernel"]), initrd=_file_ref(spec["install"].get("initrd")),
+            cmdline=spec["install"]["cmdline"], first_boot_only=spec["install"]["firstBootOnly"],
+        )
+    cloud_init = None
+    if "cloudInit" in spec:
+        cloud_init = _cloud_init(document, name, spec["cloudInit"], disks, read_file, problems)
+        if cloud_init is not None and cloud_init.volume in {d.volume for d in disks if d.pool == cloud_init.pool}:
+            problems.append(origin.problem("spec.cloudInit", f"volume {cloud_init.volume} is also a disk of this VM"))
+    if "cpu" in spec and spec["cpu"]["mode"] != "custom" and "model" in spec["cpu"]:
+        problems.append(origin.problem("spec.cpu.model", "a model is only used with mode: custom"))
+
     if problems:
         raise _Invalid(problems)
     return model.VMSpec(
@@ -181,24 +298,63 @@ def _vm(document: model.Document, body: dict) -> model.VMSpec:
         disks=tuple(disks),
         nics=tuple(nics),
         console=spec["console"] == "serial",
-        graphics=spec["graphics"],
+        graphics=graphics["type"],
         autostart=spec["autostart"],
         run_strategy=model.RunStrategy(spec["runStrategy"]),
         shutdown_timeout=float(spec["shutdownTimeout"]) if "shutdownTimeout" in spec else None,
         manifest=document.relpath,
         digest=digest(body),
         origin=origin,
+        machine=spec.get("machine"),
+        firmware="efi" if spec["firmware"] == "uefi" else "bios",
+        keep_nvram=spec["keepNvram"],
+        cpu_mode=spec["cpu"]["mode"] if "cpu" in spec else None,
+        cpu_model=spec["cpu"].get("model") if "cpu" in spec else None,
+        boot=tuple(spec["boot"]),
+        cdrom=_file_ref(spec.get("cdrom")),
+        install=install,
+        cloud_init=cloud_init,
+        guest_agent=spec["guestAgent"],
+        graphics_listen=graphics.get("listen", "127.0.0.1"),
+        graphics_password=password,
+        graphics_password_digest=_secret_digest(password) if password else "",
     )
 
 
-def _device_letters(position: int) -> str:
-    """Return the suffix of the ``position``-th device: a, b, ..., z, aa, ab, ..."""
-    letters = ""
-    position += 1
-    while position:
-        position, remainder = divmod(position - 1, 26)
-        letters = chr(ord("a") + remainder) + letters
-    return letters
+def _secret_digest(secret: str) -> str:
+    return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _cloud_init(document, name, config, disks, read_file, problems) -> model.CloudInitSpec | None:
+    """Return the NoCloud seed files for ``config``; user-data is kept but never shown."""
+    origin = document.origin
+    user_data = config.get("userData")
+    if "userDataFile" in config:
+        try:
+            user_data = read_file(document, config["userDataFile"]).decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(origin.problem("spec.cloudInit.userDataFile", f"cannot read the user-data file: {exc}"))
+            return None
+    pool = config.get("pool") or (disks[0].pool if disks else None)
+    if pool is None:
+        problems.append(origin.problem("spec.cloudInit.pool", "the seed ISO needs a pool: set cloudInit.pool or add a disk"))
+        return None
+    meta = config.get("metaData", {})
+    network = config.get("networkConfig")
+    keys = config.get("sshAuthorizedKeys", [])
+    content = json.dumps([user_data, network, keys, meta.get("hostname", name)], sort_keys=True).encode()
+    instance = meta.get("instanceId") or f"{name}-{hashlib.sha256(content).hexdigest()[:12]}"
+    # meta-data and network-config are YAML; JSON is YAML, and the core never needs a YAML writer.
+    meta_lines = [f"instance-id: {json.dumps(instance)}", f"local-hostname: {json.dumps(meta.get('hostname', name))}"]
+    if keys:
+        meta_lines.append("public-keys:")
+        meta_lines += [f"  - {json.dumps(key)}" for key in keys]
+    files = [("meta-data", ("\n".join(meta_lines) + "\n").encode())]
+    files.append(("user-data", (user_data if user_data is not None else "#cloud-config\n{}\n").encode()))
+    if network is not None:
+        files.append(("network-config", (json.dumps(network, indent=2, sort_keys=True) + "\n").encode()))
+    seed_digest = "sha256:" + hashlib.sha256(b"\0".join(n.encode() + b"\0" + c for n, c in files)).hexdigest()
+    return model.CloudInitSpec(files=tuple(files), digest=seed_digest, pool=pool, volume=f"{name}-cidata.iso")
 
 
 def _claim_conflicts(vms: Iterable[model.VMSpec], problems: list[model.Problem]) -> set[model.VMSpec]:

@@ -54,9 +54,7 @@ def render(definition: model.DomainDefinition) -> str:
     ET.SubElement(domain, "memory", unit="KiB").text = str(definition.max_memory)
     ET.SubElement(domain, "currentMemory", unit="KiB").text = str(definition.memory)
     ET.SubElement(domain, "vcpu", placement="static").text = str(definition.vcpus)
-    os_element = ET.SubElement(domain, "os")
-    ET.SubElement(os_element, "type", arch=ARCH).text = "hvm"
-    ET.SubElement(os_element, "boot", dev="hd")
+    domain.append(_render_os(definition))
     features = ET.SubElement(domain, "features")
     ET.SubElement(features, "acpi")  # without ACPI a graceful shutdown cannot reach the guest
     ET.SubElement(features, "apic")
@@ -64,18 +62,68 @@ def render(definition: model.DomainDefinition) -> str:
     ET.SubElement(domain, "on_poweroff").text = "destroy"
     ET.SubElement(domain, "on_reboot").text = "restart"
     ET.SubElement(domain, "on_crash").text = "destroy"
+    cpu = _render_cpu(definition)
+    if cpu is not None:
+        domain.insert(list(domain).index(features) + 1, cpu)
 
     devices = ET.SubElement(domain, "devices")
-    for disk in definition.disks:
+    for disk in (*definition.disks, *definition.cdroms):
         devices.append(_render_disk(disk))
     for nic in definition.nics:
         devices.append(_render_nic(nic))
     if definition.console:
         devices.extend(_render_console())
+    if definition.guest_agent:
+        devices.append(_render_agent_channel())
     if definition.graphics != "none":
-        devices.append(_render_graphics(definition.graphics))
+        devices.append(_render_graphics(definition))
     ET.indent(domain)
     return ET.tostring(domain, encoding="unicode")
+
+
+AGENT_CHANNEL = "org.qemu.guest_agent.0"
+
+
+def device_letters(position: int) -> str:
+    """Return the suffix of the ``position``-th device name: a, b, ..., z, aa, ab, ..."""
+    letters = ""
+    position += 1
+    while position:
+        position, remainder = divmod(position - 1, 26)
+        letters = chr(ord("a") + remainder) + letters
+    return letters
+
+
+def _render_os(definition: model.DomainDefinition) -> ET.Element:
+    os_element = ET.Element("os")
+    if definition.firmware == "efi":
+        os_element.set("firmware", "efi")
+    os_type = ET.SubElement(os_element, "type", arch=ARCH)
+    if definition.machine:
+        os_type.set("machine", definition.machine)
+    os_type.text = "hvm"
+    for tag, value in (("kernel", definition.kernel), ("initrd", definition.initrd), ("cmdline", definition.cmdline)):
+        if value is not None:
+            ET.SubElement(os_element, tag).text = value
+    for device in definition.boot:
+        ET.SubElement(os_element, "boot", dev=device)
+    return os_element
+
+
+def _render_cpu(definition: model.DomainDefinition) -> ET.Element | None:
+    if definition.cpu_mode is None:
+        return None
+    if definition.cpu_mode != "custom":
+        return ET.Element("cpu", mode=definition.cpu_mode)
+    cpu = ET.Element("cpu", mode="custom", match="exact")
+    ET.SubElement(cpu, "model", fallback="allow").text = definition.cpu_model or ""
+    return cpu
+
+
+def _render_agent_channel() -> ET.Element:
+    channel = ET.Element("channel", type="unix")
+    ET.SubElement(channel, "target", type="virtio", name=AGENT_CHANNEL)
+    return channel
 
 
 def patch(xml: str, definition: model.DomainDefinition) -> str:
@@ -110,11 +158,20 @@ def patch(xml: str, definition: model.DomainDefinition) -> str:
     vcpu = _child(root, "vcpu")
     vcpu.attrib.pop("current", None)
     vcpu.text = str(definition.vcpus)
+    _patch_os(root, definition)
+    current = parse(root) if root.find("name") is not None else None
+    if current is None or (current.cpu_mode, current.cpu_model) != (definition.cpu_mode, definition.cpu_model):
+        for stale in root.findall("cpu"):
+            root.remove(stale)
+        cpu = _render_cpu(definition)
+        if cpu is not None:
+            root.insert(_index_after(root, ("features", "os", "vcpu")), cpu)
 
     devices = _child(root, "devices")
-    disks = [d for d in devices.findall("disk") if d.get("device", "disk") == "disk"]
-    by_source = {_disk_key(_parse_disk(d)): d for d in disks}
-    _replace(devices, disks, [_patch_disk(by_source.get(_disk_key(disk)), disk) for disk in definition.disks])
+    for kind, wanted in (("disk", definition.disks), ("cdrom", definition.cdroms)):
+        present = [d for d in devices.findall("disk") if d.get("device", "disk") == kind]
+        by_source = {_disk_key(_parse_disk(d)): d for d in present}
+        _replace(devices, present, [_patch_disk(by_source.get(_disk_key(disk)), disk) for disk in wanted])
     interfaces = devices.findall("interface")
     by_mac = {(_parse_nic(i).mac or ""): i for i in interfaces}
     _replace(devices, interfaces, [_patch_nic(by_mac.get(nic.mac or "\0"), nic) for nic in definition.nics])
@@ -126,15 +183,52 @@ def patch(xml: str, definition: model.DomainDefinition) -> str:
     elif not ptys:
         devices.extend(_render_console())
 
+    channels = [c for c in devices.findall("channel") if c.find(f"target[@name='{AGENT_CHANNEL}']") is not None]
+    if not definition.guest_agent:
+        for channel in channels:
+            devices.remove(channel)
+    elif not channels:
+        devices.append(_render_agent_channel())
+
     graphics = devices.findall("graphics")
     keep = next((g for g in graphics if g.get("type") == definition.graphics), None)
     for element in graphics:
         if element is not keep:
             devices.remove(element)
-    if definition.graphics != "none" and keep is None:
-        devices.append(_render_graphics(definition.graphics))
+    if definition.graphics != "none":
+        if keep is None:
+            devices.append(_render_graphics(definition))
+        else:
+            _set_listen(keep, definition.graphics_listen or GRAPHICS_LISTEN)
+            if definition.graphics_password is not None:
+                keep.set("passwd", definition.graphics_password)
     ET.indent(root)
     return ET.tostring(root, encoding="unicode")
+
+
+def _patch_os(root: ET.Element, definition: model.DomainDefinition) -> None:
+    os_element = _child(root, "os")
+    if definition.firmware == "efi":
+        os_element.set("firmware", "efi")
+    else:
+        os_element.attrib.pop("firmware", None)
+        for tag in ("loader", "nvram"):
+            for stale in os_element.findall(tag):
+                os_element.remove(stale)
+    os_type = _child(os_element, "type")
+    if definition.machine:
+        os_type.set("machine", definition.machine)
+    for tag, value in (("kernel", definition.kernel), ("initrd", definition.initrd), ("cmdline", definition.cmdline)):
+        element = os_element.find(tag)
+        if value is None:
+            if element is not None:
+                os_element.remove(element)
+        else:
+            _child(os_element, tag).text = value
+    for stale in os_element.findall("boot"):
+        os_element.remove(stale)
+    for device in definition.boot:
+        ET.SubElement(os_element, "boot", dev=device)
 
 
 def _child(parent: ET.Element, tag: str) -> ET.Element:
@@ -208,8 +302,19 @@ def _render_console() -> list[ET.Element]:
     return [serial, console]
 
 
-def _render_graphics(kind: str) -> ET.Element:
-    return ET.Element("graphics", type=kind, autoport="yes", listen=GRAPHICS_LISTEN)
+def _render_graphics(definition: model.DomainDefinition) -> ET.Element:
+    graphics = ET.Element("graphics", type=definition.graphics, autoport="yes")
+    _set_listen(graphics, definition.graphics_listen or GRAPHICS_LISTEN)
+    if definition.graphics_password is not None:
+        graphics.set("passwd", definition.graphics_password)
+    return graphics
+
+
+def _set_listen(graphics: ET.Element, address: str) -> None:
+    graphics.set("listen", address)
+    for listen in graphics.findall("listen"):
+        if listen.get("type") == "address":
+            listen.set("address", address)
 
 
 def render_owner(owner: model.Ownership) -> ET.Element:
@@ -220,22 +325,34 @@ def render_owner(owner: model.Ownership) -> ET.Element:
         element.set("shutdownTimeout", f"{owner.shutdown_timeout:g}")
     if owner.revision:
         element.set("revision", owner.revision)
+    if owner.keep_nvram:
+        element.set("keepNvram", "true")
+    if owner.graphics_password_digest:
+        element.set("graphicsPasswordDigest", owner.graphics_password_digest)
+    if owner.install_pending:
+        element.set("installPending", "true")
     for volume in owner.volumes:
-        ET.SubElement(element, _VOLUME, pool=volume.pool, name=volume.name,
-                      deletionPolicy=volume.deletion_policy, created="true" if volume.created else "false")
+        record = ET.SubElement(element, _VOLUME, pool=volume.pool, name=volume.name,
+                               deletionPolicy=volume.deletion_policy, created="true" if volume.created else "false")
+        if volume.digest:
+            record.set("digest", volume.digest)
     return element
 
 
 def _render_disk(disk: model.DiskDevice) -> ET.Element:
+    image_format = "qcow2" if disk.device == "disk" else "raw"
     if disk.pool is not None:
         element = ET.Element("disk", type="volume", device=disk.device)
-        ET.SubElement(element, "driver", name="qemu", type="qcow2")
+        ET.SubElement(element, "driver", name="qemu", type=image_format)
         ET.SubElement(element, "source", pool=disk.pool, volume=disk.volume or "")
     else:
         element = ET.Element("disk", type="file", device=disk.device)
+        ET.SubElement(element, "driver", name="qemu", type=image_format)
         if disk.path:
             ET.SubElement(element, "source", file=disk.path)
     ET.SubElement(element, "target", dev=disk.target, bus=disk.bus)
+    if disk.device == "cdrom":
+        ET.SubElement(element, "readonly")
     return element
 
 
@@ -260,7 +377,7 @@ def parse_owner(root: ET.Element) -> model.Ownership | None:
             policy = model.DeletionPolicy.RETAIN  # unreadable means keep: data is never lost by doubt
         volumes.append(model.OwnedVolume(
             pool=volume.get("pool", ""), name=volume.get("name", ""),
-            deletion_policy=policy, created=volume.get("created") == "true",
+            deletion_policy=policy, created=volume.get("created") == "true", digest=volume.get("digest", ""),
         ))
     try:
         strategy = model.RunStrategy(owner.get("runStrategy", "Always"))
@@ -274,6 +391,9 @@ def parse_owner(root: ET.Element) -> model.Ownership | None:
         manifest=owner.get("manifest", ""), digest=owner.get("digest", ""),
         run_strategy=strategy, volumes=tuple(volumes), scope=owner.get("scope") or "default",
         shutdown_timeout=timeout, revision=owner.get("revision", ""),
+        keep_nvram=owner.get("keepNvram") == "true",
+        graphics_password_digest=owner.get("graphicsPasswordDigest", ""),
+        install_pending=owner.get("installPending") == "true",
     )
 
 
@@ -288,6 +408,15 @@ def parse(xml: str | ET.Element) -> model.DomainDefinition:
         devices = root.find("devices")
         devices = devices if devices is not None else ET.Element("devices")
         graphics = devices.find("graphics")
+        os_element = root.find("os")
+        os_element = os_element if os_element is not None else ET.Element("os")
+        os_type = os_element.find("type")
+        loader = os_element.find("loader")
+        efi = os_element.get("firmware") == "efi" or (loader is not None and loader.get("type") == "pflash")
+        cpu = root.find("cpu")
+        cpu_mode = cpu.get("mode", "custom") if cpu is not None else None
+        cpu_model = cpu.findtext("model") if cpu is not None and cpu_mode == "custom" else None
+        channels = devices.findall("channel")
         return model.DomainDefinition(
             name=root.findtext("name", ""),
             uuid=(root.findtext("uuid") or None),
@@ -300,9 +429,29 @@ def parse(xml: str | ET.Element) -> model.DomainDefinition:
             console=any(e.get("type") == "pty" for e in (*devices.findall("serial"), *devices.findall("console"))),
             graphics=graphics.get("type", "none") if graphics is not None else "none",
             owner=parse_owner(root),
+            firmware="efi" if efi else "bios",
+            machine=os_type.get("machine") if os_type is not None else None,
+            cpu_mode=cpu_mode,
+            cpu_model=cpu_model,
+            boot=tuple(b.get("dev", "") for b in os_element.findall("boot")),
+            kernel=os_element.findtext("kernel"),
+            initrd=os_element.findtext("initrd"),
+            cmdline=os_element.findtext("cmdline"),
+            cdroms=tuple(_parse_disk(d) for d in devices.findall("disk") if d.get("device") == "cdrom"),
+            guest_agent=any(c.find(f"target[@name='{AGENT_CHANNEL}']") is not None for c in channels),
+            graphics_listen=_graphics_listen(graphics),
         )
     except (TypeError, ValueError, AttributeError) as exc:
         raise DomainXMLError(f"unreadable domain XML: {exc}") from exc
+
+
+def _graphics_listen(graphics: ET.Element | None) -> str | None:
+    if graphics is None:
+        return None
+    listen = graphics.find("listen")
+    if listen is not None and listen.get("address"):
+        return listen.get("address")
+    return graphics.get("listen") or GRAPHICS_LISTEN
 
 
 def _kib(element: ET.Element | None) -> int:

@@ -140,6 +140,18 @@ class ManifestSet:
 
 
 @dataclass(frozen=True)
+class FileRef:
+    """A file the hypervisor reads: a volume of a pool, or a path inside a dir pool."""
+
+    pool: str
+    volume: str | None = None
+    path: str | None = None  # relative to the pool's directory
+
+    def __str__(self) -> str:
+        return f"{self.pool}/{self.volume}" if self.volume is not None else f"{self.pool}:{self.path}"
+
+
+@dataclass(frozen=True)
 class DiskSpec:
     """A qcow2 volume attached as a disk; identified by its ``name`` within the VM."""
 
@@ -148,8 +160,30 @@ class DiskSpec:
     volume: str
     size: int  # bytes, a whole number of MiB
     bus: str
-    target: str  # vda, sdb, ...: derived from bus and position
+    target: str  # vda, sdb, ...: derived from bus and position unless the manifest pins it
     deletion_policy: DeletionPolicy
+    image: str | None = None  # name of an Image resource the disk starts from
+    clone: str = "overlay"  # "overlay" (qcow2 backing file) or "copy"
+
+
+@dataclass(frozen=True)
+class InstallSpec:
+    """Direct kernel boot (install media), possibly for the first boot only."""
+
+    kernel: FileRef
+    initrd: FileRef | None
+    cmdline: str
+    first_boot_only: bool
+
+
+@dataclass(frozen=True)
+class CloudInitSpec:
+    """A NoCloud seed: its files (user-data may hold secrets) and their digest."""
+
+    files: tuple[tuple[str, bytes], ...] = field(repr=False)  # (name, content): user-data, meta-data, ...
+    digest: str
+    pool: str
+    volume: str
 
 
 @dataclass(frozen=True)
@@ -182,6 +216,82 @@ class VMSpec:
     manifest: str  # path of the file, relative to the manifest root
     digest: str  # sha256 of the normalised document
     origin: Origin = field(compare=False, hash=False, repr=False)
+    machine: str | None = None  # None: libvirt's default, not managed
+    firmware: str = "bios"  # "bios" | "efi"
+    keep_nvram: bool = False
+    cpu_mode: str | None = None  # None: libvirt's default, not managed
+    cpu_model: str | None = None
+    boot: tuple[str, ...] = ("hd",)
+    cdrom: FileRef | None = None
+    install: InstallSpec | None = None
+    cloud_init: CloudInitSpec | None = None
+    guest_agent: bool = False
+    graphics_listen: str = "127.0.0.1"
+    graphics_password: str | None = field(default=None, compare=False, repr=False)
+    graphics_password_digest: str = ""
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """An Image manifest: a base image imported once into a pool, pinned by sha256."""
+
+    name: str
+    pool: str
+    volume: str  # carries the digest: a new image is a new volume
+    url: str | None
+    path: str | None
+    sha256: str
+    format: str
+    manifest: str
+    origin: Origin = field(compare=False, hash=False, repr=False)
+
+
+@dataclass(frozen=True)
+class DhcpHost:
+    """A static DHCP lease."""
+
+    mac: str
+    ip: str
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class NetworkDefinition:
+    """The part of a network's XML that kvmops manages (shared by manifests and libvirt)."""
+
+    name: str
+    mode: str  # "nat" | "isolated" | "bridge"
+    bridge: str | None
+    address: str | None
+    prefix: int | None
+    dhcp_start: str | None
+    dhcp_end: str | None
+    hosts: tuple[DhcpHost, ...]
+    owner: NetworkOwnership | None = None
+    uuid: str | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class NetworkOwnership:
+    """kvmops' mark in a network's ``<metadata>``."""
+
+    manifest: str
+    digest: str
+    scope: str = "default"
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """A Network manifest."""
+
+    definition: NetworkDefinition
+    autostart: bool
+    manifest: str
+    origin: Origin = field(compare=False, hash=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
 
 
 @dataclass(frozen=True)
@@ -207,6 +317,8 @@ class DesiredState:
     vms: Mapping[str, VMSpec]
     pools: Mapping[str, PoolSpec]
     problems: tuple[Problem, ...] = ()
+    networks: Mapping[str, NetworkSpec] = field(default_factory=dict)
+    images: Mapping[str, ImageSpec] = field(default_factory=dict)
     files: int = 0
     source: str = ""  # the manifest root, for problems about the set as a whole
     revision: str = ""  # git revision of the manifests, recorded in domains changed from it
@@ -228,6 +340,7 @@ class OwnedVolume:
     name: str
     deletion_policy: DeletionPolicy
     created: bool  # kvmops created it; only such volumes may ever be deleted
+    digest: str = ""  # content digest of generated volumes (the cloud-init seed)
 
 
 @dataclass(frozen=True)
@@ -241,6 +354,9 @@ class Ownership:
     scope: str = "default"  # which manifest set owns it: only that set's passes prune it
     shutdown_timeout: float | None = None  # from the manifest; used when the VM is pruned
     revision: str = field(default="", compare=False)  # git revision that last changed it
+    keep_nvram: bool = False  # keep the UEFI NVRAM file when the VM is pruned
+    graphics_password_digest: str = ""  # libvirt never shows the password; its digest tells a change
+    install_pending: bool = False  # direct kernel boot waits for the VM's first start
 
     def volume(self, pool: str, name: str) -> OwnedVolume | None:
         """Return the record of volume ``pool/name``, if this domain owns one."""
@@ -295,6 +411,18 @@ class DomainDefinition:
     console: bool
     graphics: str
     owner: Ownership | None
+    firmware: str = "bios"
+    machine: str | None = None
+    cpu_mode: str | None = None
+    cpu_model: str | None = None
+    boot: tuple[str, ...] = ("hd",)
+    kernel: str | None = None
+    initrd: str | None = None
+    cmdline: str | None = None
+    cdroms: tuple[DiskDevice, ...] = ()
+    guest_agent: bool = False
+    graphics_listen: str | None = None
+    graphics_password: str | None = field(default=None, compare=False, repr=False)
 
 
 # --- actual ----------------------------------------------------------------------------
@@ -340,6 +468,28 @@ class ObservedVolume:
 
 
 @dataclass(frozen=True)
+class NetworkRecord:
+    """What libvirt says about one network."""
+
+    name: str
+    xml: str
+    active: bool
+    autostart: bool
+
+
+@dataclass(frozen=True)
+class ObservedNetwork:
+    """A libvirt network: its essence (None when foreign), and whether it runs."""
+
+    name: str
+    owned: bool
+    definition: NetworkDefinition | None
+    active: bool
+    autostart: bool
+    xml: str = field(default="", compare=False, repr=False)
+
+
+@dataclass(frozen=True)
 class HostInfo:
     """What the hypervisor offers, as far as planning needs it."""
 
@@ -376,6 +526,7 @@ class Observation:
     domains: tuple[DomainRecord, ...]
     pools: tuple[ObservedPool, ...]
     volumes: tuple[ObservedVolume, ...]
+    networks: tuple[NetworkRecord, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -386,3 +537,4 @@ class ActualState:
     domains: Mapping[str, ObservedDomain]
     pools: Mapping[str, ObservedPool]
     volumes: Mapping[tuple[str, str], ObservedVolume]  # (pool, name) -> volume
+    networks: Mapping[str, ObservedNetwork] = field(default_factory=dict)

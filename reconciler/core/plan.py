@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import ClassVar
@@ -62,17 +63,27 @@ class FieldChange:
 
 @dataclass(frozen=True)
 class Step:
-    """One operation for the executor; subclasses carry everything it needs."""
+    """One operation for the executor; subclasses carry everything it needs.
+
+    Fields named in ``secret_fields`` (cloud-init user-data) never leave the process:
+    :meth:`to_dict` replaces them with their digest.
+    """
 
     kind: ClassVar[str] = "step"
+    secret_fields: ClassVar[tuple[str, ...]] = ()
 
     def describe(self) -> str:
         """Return the step in a few words, for progress output."""
         return self.kind.replace("_", " ")
 
     def to_dict(self) -> dict:
-        """Return the step as JSON-ready data, ``kind`` first."""
-        return {"kind": self.kind, **dataclasses.asdict(self)}
+        """Return the step as JSON-ready data, ``kind`` first, secrets redacted."""
+        data = {"kind": self.kind, **dataclasses.asdict(self)}
+        for name in self.secret_fields:
+            data[name] = "(secret: see digest)"
+        if "xml" in data and isinstance(data["xml"], str) and "passwd=" in data["xml"]:
+            data["xml"] = re.sub(r"passwd=(['\"]).*?\1", "passwd='***'", data["xml"])
+        return data
 
 
 @dataclass(frozen=True)
@@ -164,15 +175,16 @@ class DeleteVolume(Step):
 
 @dataclass(frozen=True)
 class DefineDomain(Step):
-    """Write a domain's persistent config; ``uuid`` None means it must not exist yet."""
+    """Write a domain's persistent config: a new one (``create``: it must not exist yet) or ours with ``uuid``."""
 
     kind: ClassVar[str] = "define_domain"
     name: str
-    uuid: str | None
+    uuid: str
     xml: str
+    create: bool = False
 
     def describe(self) -> str:
-        return f"{'redefine' if self.uuid else 'define'} domain {self.name}"
+        return f"{'define' if self.create else 'redefine'} domain {self.name}"
 
 
 @dataclass(frozen=True)
@@ -223,9 +235,113 @@ class UndefineDomain(Step):
     kind: ClassVar[str] = "undefine_domain"
     name: str
     uuid: str
+    keep_nvram: bool = False
 
     def describe(self) -> str:
-        return f"undefine domain {self.name}"
+        return f"undefine domain {self.name}" + (" (keeping its NVRAM)" if self.keep_nvram else "")
+
+
+@dataclass(frozen=True)
+class CloneVolume(Step):
+    """Create volume ``name`` as a full copy of ``source`` (a base image), then grow it to ``capacity``."""
+
+    kind: ClassVar[str] = "clone_volume"
+    pool: str
+    name: str
+    source_pool: str
+    source: str
+    capacity: int
+    xml: str
+
+    def describe(self) -> str:
+        return f"copy image {self.source_pool}/{self.source} to volume {self.pool}/{self.name}"
+
+
+@dataclass(frozen=True)
+class ImportImage(Step):
+    """Stream an image into a pool, verify its sha256, and only then make it volume ``name``."""
+
+    kind: ClassVar[str] = "import_image"
+    pool: str
+    name: str
+    url: str | None
+    path: str | None
+    sha256: str
+    format: str
+
+    def describe(self) -> str:
+        return f"import image {self.url or self.path} into {self.pool}/{self.name} (sha256 {self.sha256[:12]}…)"
+
+
+@dataclass(frozen=True)
+class WriteSeed(Step):
+    """(Re)write the cloud-init NoCloud seed ISO ``pool/name`` from ``files``."""
+
+    kind: ClassVar[str] = "write_seed"
+    secret_fields: ClassVar[tuple[str, ...]] = ("files",)
+    pool: str
+    name: str
+    files: tuple[tuple[str, bytes], ...] = dataclasses.field(repr=False)
+    digest: str = ""
+
+    def describe(self) -> str:
+        return f"write cloud-init seed {self.pool}/{self.name} ({self.digest[:19]})"
+
+
+@dataclass(frozen=True)
+class DefineNetwork(Step):
+    """Define (or redefine) a network; ``create``: it must not exist yet."""
+
+    kind: ClassVar[str] = "define_network"
+    name: str
+    xml: str
+    create: bool = False
+
+    def describe(self) -> str:
+        return f"{'define' if self.create else 'redefine'} network {self.name}"
+
+
+@dataclass(frozen=True)
+class StartNetwork(Step):
+    kind: ClassVar[str] = "start_network"
+    name: str
+
+    def describe(self) -> str:
+        return f"start network {self.name}"
+
+
+@dataclass(frozen=True)
+class SetNetworkAutostart(Step):
+    kind: ClassVar[str] = "set_network_autostart"
+    name: str
+    autostart: bool
+
+    def describe(self) -> str:
+        return f"{'enable' if self.autostart else 'disable'} autostart of network {self.name}"
+
+
+@dataclass(frozen=True)
+class UpdateDhcpHost(Step):
+    """Add or remove a static DHCP lease, live and in the persistent config."""
+
+    kind: ClassVar[str] = "update_dhcp_host"
+    network: str
+    add: bool
+    xml: str
+
+    def describe(self) -> str:
+        return f"{'add' if self.add else 'remove'} DHCP host {self.xml} on {self.network}"
+
+
+@dataclass(frozen=True)
+class RemoveNetwork(Step):
+    """Stop and undefine a network kvmops owns."""
+
+    kind: ClassVar[str] = "remove_network"
+    name: str
+
+    def describe(self) -> str:
+        return f"stop and undefine network {self.name}"
 
 
 # --- plans ------------------------------------------------------------------------------
@@ -235,7 +351,7 @@ class UndefineDomain(Step):
 class ResourcePlan:
     """What happens to one VM or pool; no actions means it is converged."""
 
-    kind: str  # "VirtualMachine" | "StoragePool"
+    kind: str  # "VirtualMachine" | "StoragePool" | "Network" | "Image"
     name: str
     actions: tuple[Action, ...] = ()
     changes: tuple[FieldChange, ...] = ()
@@ -243,7 +359,7 @@ class ResourcePlan:
     manifest: str | None = None
     notes: tuple[str, ...] = ()
     problems: tuple[model.Problem, ...] = ()
-    requires: tuple[str, ...] = ()  # pools whose steps must succeed first
+    requires: tuple[str, ...] = ()  # keys of resources (pools, networks, images) whose steps must succeed first
 
     @property
     def key(self) -> str:

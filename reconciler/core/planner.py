@@ -16,10 +16,13 @@ that never bend are enforced here, where they can be tested without a hypervisor
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import uuid as uuids
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from reconciler.core import domxml, model, storagexml
+from reconciler.core import domxml, model, netxml, storagexml
 from reconciler.core import plan as plans
 from reconciler.core.plan import Action, FieldChange, Impact
 from reconciler.core.quantity import MIB, format_bytes, round_up
@@ -48,6 +51,10 @@ def plan_changes(
 
     for spec in desired.pools.values():
         resources.append(_plan_pool(spec, actual.pools.get(spec.name)))
+    for spec in desired.networks.values():
+        resources.append(_plan_network(spec, actual.networks.get(spec.name), actual, settings))
+    for spec in desired.images.values():
+        resources.append(_plan_image(spec, actual, desired))
     for spec in desired.vms.values():
         resources.append(_plan_vm(spec, actual.domains.get(spec.name), actual, desired, settings))
     wanted = wanted_volumes(desired)
@@ -70,6 +77,7 @@ def plan_changes(
             problems.append(model.Problem(desired.source or ".", None, "", suspended))
     else:
         resources.extend(_plan_prune(domain, actual, settings, wanted) for domain in owned_orphans)
+        resources.extend(_plan_network_prune(network, actual, desired) for network in _orphan_networks(actual, desired, settings))
 
     foreign = tuple(name for name, d in sorted(actual.domains.items()) if not d.owned)
     return plans.Plan(
@@ -90,8 +98,10 @@ def scope_of(domain: model.ObservedDomain) -> str:
 
 
 def wanted_volumes(desired: model.DesiredState) -> set[tuple[str, str]]:
-    """Return every (pool, volume) a VM in the manifests attaches: such a volume is never deleted."""
-    return {(disk.pool, disk.volume) for spec in desired.vms.values() for disk in spec.disks}
+    """Return every (pool, volume) the manifests use (disks, images): such a volume is never deleted."""
+    volumes = {(disk.pool, disk.volume) for spec in desired.vms.values() for disk in spec.disks}
+    volumes |= {(image.pool, image.volume) for image in desired.images.values()}
+    return volumes
 
 
 def pool_problems(
@@ -102,21 +112,54 @@ def pool_problems(
 ) -> list[model.Problem]:
     """Return a problem for each disk of ``spec`` whose pool is neither declared nor usable on the host."""
     problems = []
-    for index, disk in enumerate(spec.disks):
-        if disk.pool in declared:
+    for path, name in vm_pools(spec):
+        if name in declared:
             continue
-        pool = existing.get(disk.pool)
+        pool = existing.get(name)
         if pool is None:
-            problems.append(spec.origin.problem(f"spec.disks[{index}].pool", (
-                f"unknown storage pool {disk.pool!r}: declare it in a StoragePool manifest or define it on "
+            problems.append(spec.origin.problem(path, (
+                f"unknown storage pool {name!r}: declare it in a StoragePool manifest or define it on "
                 f"{uri} (virsh pool-list --all shows what exists)"
             )))
         elif not pool.active:
-            problems.append(spec.origin.problem(f"spec.disks[{index}].pool", (
-                f"storage pool {disk.pool!r} is not active: start it (virsh pool-start {disk.pool}) or declare it in a "
+            problems.append(spec.origin.problem(path, (
+                f"storage pool {name!r} is not active: start it (virsh pool-start {name}) or declare it in a "
                 "StoragePool manifest so kvmops starts it"
             )))
     return problems
+
+
+def vm_pools(spec: model.VMSpec) -> list[tuple[str, str]]:
+    """Return (field path, pool name) for every pool a VM uses: disks, CD-ROM, install media, seed."""
+    used = [(f"spec.disks[{i}].pool", disk.pool) for i, disk in enumerate(spec.disks)]
+    if spec.cdrom is not None:
+        used.append(("spec.cdrom.pool", spec.cdrom.pool))
+    if spec.install is not None:
+        used.append(("spec.install.kernel.pool", spec.install.kernel.pool))
+        if spec.install.initrd is not None:
+            used.append(("spec.install.initrd.pool", spec.install.initrd.pool))
+    if spec.cloud_init is not None:
+        used.append(("spec.cloudInit.pool", spec.cloud_init.pool))
+    return used
+
+
+def network_problems(
+    spec: model.VMSpec, declared: Mapping[str, model.NetworkSpec], existing: Mapping[str, model.ObservedNetwork], uri: str,
+) -> list[model.Problem]:
+    """Return a problem for each NIC on a libvirt network that is neither declared nor on the host.
+
+    Without any observed network (an offline diff) nothing can be said, so nothing is.
+    """
+    if not existing:
+        return []
+    return [
+        spec.origin.problem(f"spec.networks[{index}].network", (
+            f"unknown network {nic.source!r}: declare it in a Network manifest or define it on {uri} "
+            "(virsh net-list --all shows what exists)"
+        ))
+        for index, nic in enumerate(spec.nics)
+        if nic.kind == "network" and nic.source not in declared and nic.source not in existing
+    ]
 
 
 def resolve_virt_type(requested: str, host: model.HostInfo) -> tuple[str | None, str | None]:
@@ -177,6 +220,123 @@ def _plan_pool(spec: model.PoolSpec, observed: model.ObservedPool | None) -> pla
     return plans.ResourcePlan(**base, actions=tuple(actions), changes=tuple(changes), steps=tuple(steps))
 
 
+# --- networks ---------------------------------------------------------------------------
+
+
+def _plan_network(
+    spec: model.NetworkSpec, observed: model.ObservedNetwork | None, actual: model.ActualState, settings: Settings
+) -> plans.ResourcePlan:
+    base = dict(kind="Network", name=spec.name, manifest=spec.manifest)
+    wanted = dataclasses.replace(spec.definition, owner=dataclasses.replace(spec.definition.owner, scope=settings.scope))
+    if observed is None:
+        steps: list[plans.Step] = [plans.DefineNetwork(spec.name, netxml.render(wanted), create=True),
+                                   plans.StartNetwork(spec.name)]
+        if spec.autostart:
+            steps.append(plans.SetNetworkAutostart(spec.name, True))
+        return plans.ResourcePlan(**base, actions=(Action.CREATE, Action.START), changes=tuple(
+            FieldChange(path, None, value, Impact.LIVE) for path, value in _network_fields(wanted) if value
+        ), steps=tuple(steps))
+    if not observed.owned:
+        return plans.ResourcePlan(**base, problems=(spec.origin.problem("metadata.name", (
+            f"network {spec.name!r} already exists on {actual.host.uri} and is not managed by kvmops; it will not be "
+            "touched. Rename this Network, or remove the existing one (virsh net-undefine) to let kvmops create it"
+        )),))
+    current = observed.definition
+    if current.owner is not None and current.owner.scope != settings.scope:
+        return plans.ResourcePlan(**base, problems=(spec.origin.problem("metadata.name", (
+            f"network {spec.name!r} is managed by another kvmops manifest set (scope {current.owner.scope!r})"
+        )),))
+    # What libvirt chose where the manifest says nothing (the bridge name) is kept.
+    wanted = dataclasses.replace(wanted, bridge=wanted.bridge or current.bridge, uuid=current.uuid)
+    steps, changes, actions, notes = [], [], [], []
+    if wanted != current:
+        old, new = dict(_network_fields(current)), dict(_network_fields(wanted))
+        structural = [path for path in new if path not in ("hosts", "manifest") and old.get(path) != new.get(path)]
+        for path in new:
+            if old.get(path) != new.get(path):
+                impact = Impact.LIVE if path == "hosts" or not observed.active else Impact.RESTART
+                changes.append(FieldChange(path, old.get(path), new.get(path), impact))
+        steps.append(plans.DefineNetwork(spec.name, netxml.render(wanted, mac=netxml.bridge_mac(observed.xml))))
+        if observed.active:
+            before, after = set(current.hosts), set(wanted.hosts)
+            steps += [plans.UpdateDhcpHost(spec.name, False, netxml.host_xml(h)) for h in sorted(before - after, key=str)]
+            steps += [plans.UpdateDhcpHost(spec.name, True, netxml.host_xml(h)) for h in sorted(after - before, key=str)]
+            if structural:
+                notes.append(
+                    "changes to the network itself take effect when it restarts (virsh net-destroy and net-start "
+                    "disconnect running guests, so kvmops leaves that to you)"
+                )
+        actions.append(Action.UPDATE)
+    if observed.autostart != spec.autostart:
+        steps.append(plans.SetNetworkAutostart(spec.name, spec.autostart))
+        changes.append(FieldChange("autostart", _yes_no(observed.autostart), _yes_no(spec.autostart), Impact.LIVE))
+        if Action.UPDATE not in actions:
+            actions.append(Action.UPDATE)
+    if not observed.active:
+        steps.append(plans.StartNetwork(spec.name))
+        actions.append(Action.START)
+    return plans.ResourcePlan(**base, actions=tuple(actions), changes=tuple(changes), steps=tuple(steps), notes=tuple(notes))
+
+
+def _network_fields(definition: model.NetworkDefinition) -> list[tuple[str, str | None]]:
+    subnet = f"{definition.address}/{definition.prefix}" if definition.address else None
+    dhcp = f"{definition.dhcp_start} - {definition.dhcp_end}" if definition.dhcp_start else None
+    hosts = ", ".join(f"{h.mac}={h.ip}" + (f" ({h.name})" if h.name else "") for h in definition.hosts) or None
+    return [("mode", definition.mode), ("bridge", definition.bridge), ("ipv4", subnet), ("dhcp", dhcp), ("hosts", hosts),
+            ("manifest", definition.owner.manifest if definition.owner else None)]
+
+
+def _orphan_networks(actual: model.ActualState, desired: model.DesiredState, settings: Settings) -> list[model.ObservedNetwork]:
+    return [
+        network for name, network in sorted(actual.networks.items())
+        if network.owned and name not in desired.networks and network.definition.owner is not None
+        and network.definition.owner.scope == settings.scope
+    ]
+
+
+def _plan_network_prune(
+    network: model.ObservedNetwork, actual: model.ActualState, desired: model.DesiredState
+) -> plans.ResourcePlan:
+    base = dict(kind="Network", name=network.name, manifest=network.definition.owner.manifest or None)
+    users = sorted(
+        name for name, domain in actual.domains.items()
+        if domain.definition is not None and any(n.kind == "network" and n.source == network.name for n in domain.definition.nics)
+    ) + sorted(spec.name for spec in desired.vms.values() if any(n.source == network.name for n in spec.nics))
+    if users:
+        return plans.ResourcePlan(**base, notes=(
+            f"no manifest declares this network any more, but {', '.join(sorted(set(users)))} still use it: kept",
+        ))
+    return plans.ResourcePlan(
+        **base, actions=(Action.DELETE,), steps=(plans.RemoveNetwork(network.name),),
+        changes=(FieldChange("network", network.name, None, Impact.LIVE),),
+        notes=("no manifest declares this network any more",),
+    )
+
+
+# --- images -----------------------------------------------------------------------------
+
+
+def _plan_image(spec: model.ImageSpec, actual: model.ActualState, desired: model.DesiredState) -> plans.ResourcePlan:
+    base = dict(kind="Image", name=spec.name, manifest=spec.manifest)
+    if spec.pool not in desired.pools:
+        pool = actual.pools.get(spec.pool)
+        if pool is None or not pool.active:
+            why = "is not active" if pool is not None else "does not exist"
+            return plans.ResourcePlan(**base, problems=(spec.origin.problem(
+                "spec.pool", f"storage pool {spec.pool!r} {why}; declare it in a StoragePool manifest or create it"
+            ),))
+    requires = (f"StoragePool/{spec.pool}",) if spec.pool in desired.pools else ()
+    if (spec.pool, spec.volume) in actual.volumes:
+        return plans.ResourcePlan(**base, requires=requires)
+    source = spec.url or spec.path
+    return plans.ResourcePlan(
+        **base, actions=(Action.CREATE,), requires=requires,
+        changes=(FieldChange("volume", None, f"{spec.pool}/{spec.volume} from {source}", Impact.LIVE,
+                             note=f"verified against sha256 {spec.sha256[:12]}… before it becomes a volume"),),
+        steps=(plans.ImportImage(spec.pool, spec.volume, spec.url, spec.path, spec.sha256, spec.format),),
+    )
+
+
 # --- virtual machines -------------------------------------------------------------------
 
 
@@ -205,7 +365,10 @@ def _plan_vm(
     if virt_type is None:
         problems.append(spec.origin.problem("spec.virtType", why))
     problems.extend(pool_problems(spec, desired.pools, actual.pools, actual.host.uri))
-    requires = [disk.pool for disk in spec.disks if disk.pool in desired.pools]
+    problems.extend(network_problems(spec, desired.networks, actual.networks, actual.host.uri))
+    requires = [f"StoragePool/{name}" for _, name in vm_pools(spec) if name in desired.pools]
+    requires += [f"Network/{n.source}" for n in spec.nics if n.kind == "network" and n.source in desired.networks]
+    requires += [f"Image/{d.image}" for d in spec.disks if d.image is not None]
     if domain is not None and domain.definition is None:
         problems.append(spec.origin.problem("metadata.name", (
             f"domain {spec.name!r} carries kvmops' mark but its XML cannot be read ({domain.error}); "
@@ -218,14 +381,14 @@ def _plan_vm(
         )))
     if problems:
         return plans.ResourcePlan(**base, problems=tuple(problems))
-    builder = _VMPlanBuilder(spec, domain, actual, virt_type, settings, wanted_volumes(desired), desired.revision)
+    builder = _VMPlanBuilder(spec, domain, actual, virt_type, settings, wanted_volumes(desired), desired)
     return builder.build(base, tuple(dict.fromkeys(requires)))
 
 
 class _VMPlanBuilder:
     """Collects the changes and steps for one VM; used once, by :func:`_plan_vm`."""
 
-    def __init__(self, spec, domain, actual, virt_type, settings, claimed, revision) -> None:
+    def __init__(self, spec, domain, actual, virt_type, settings, claimed, desired) -> None:
         self.spec: model.VMSpec = spec
         self.domain: model.ObservedDomain | None = domain
         self.actual: model.ActualState = actual
@@ -234,7 +397,8 @@ class _VMPlanBuilder:
         self.active = domain is not None and domain.power.active
         self.claimed: set[tuple[str, str]] = claimed  # volumes some VM in the manifests attaches
         self.scope = settings.scope
-        self.revision: str = revision
+        self.desired: model.DesiredState = desired
+        self.revision: str = desired.revision
         self.changes: list[FieldChange] = []
         self.notes: list[str] = []
         self.problems: list[model.Problem] = []
@@ -243,21 +407,26 @@ class _VMPlanBuilder:
         spec, domain = self.spec, self.domain
         stopping = domain is not None and self._should_stop()
         storage_steps, owned_volumes, deletions = self._plan_volumes(stopping)
+        definition = self._definition(owned_volumes, install=self._install_now())
         if self.problems:  # a refused change (a shrink) leaves the whole VM as it is
             return plans.ResourcePlan(**base, problems=tuple(self.problems), notes=tuple(self.notes))
-        definition = self._definition(owned_volumes)
         steps: list[plans.Step] = list(storage_steps)
         actions: list[Action] = []
 
         if domain is None:
             actions.append(Action.CREATE)
             self._describe_creation(definition)
-            steps.append(plans.DefineDomain(spec.name, None, domxml.render(definition)))
+            steps.append(plans.DefineDomain(spec.name, definition.uuid, domxml.render(definition), create=True))
             if spec.autostart:
                 steps.append(plans.SetAutostart(spec.name, True))
             if spec.run_strategy is not model.RunStrategy.HALTED:
                 steps.append(plans.StartDomain(spec.name))
                 actions.append(Action.START)
+                if definition.owner.install_pending:
+                    # Booted once from the install media; from now on it boots from its disks.
+                    after = self._definition(owned_volumes, install=False)
+                    steps.append(plans.DefineDomain(spec.name, after.uuid, domxml.render(after)))
+                    self.notes.append("the install kernel is used for this first boot only; later boots use the disks")
             return plans.ResourcePlan(
                 **base, actions=tuple(actions), changes=tuple(self.changes), steps=tuple(steps),
                 notes=tuple(self.notes), problems=tuple(self.problems), requires=requires,
@@ -268,6 +437,8 @@ class _VMPlanBuilder:
         if definition != observed:
             xml = domxml.patch(domain.xml, definition) if domain.xml else domxml.render(definition)
             steps.append(plans.DefineDomain(spec.name, domain.uuid, xml))
+            if observed.owner is not None and observed.owner.install_pending and not definition.owner.install_pending:
+                self.notes.append("the VM has booted its install media; its next boot uses the disks")
         if self.active and definition.memory != observed.memory and domain.live is not None:
             if definition.memory <= domain.live.max_memory:
                 steps.append(plans.SetMemoryLive(spec.name, definition.memory))
@@ -344,7 +515,7 @@ class _VMPlanBuilder:
             recorded = owner.volume(disk.pool, disk.volume) if owner is not None else None
             path = f"disks[{disk.name}]"
             if volume is None:
-                steps.append(plans.CreateVolume(disk.pool, disk.volume, disk.size, storagexml.render_volume(disk.volume, disk.size)))
+                steps.append(self._new_volume(disk))
                 attached = domain is not None and any(
                     (d.pool, d.volume) == (disk.pool, disk.volume) for d in domain.definition.disks
                 )
@@ -373,8 +544,23 @@ class _VMPlanBuilder:
                     )))
             records.append(model.OwnedVolume(disk.pool, disk.volume, disk.deletion_policy, created))
 
+        seed = spec.cloud_init
+        if seed is not None:
+            recorded = owner.volume(seed.pool, seed.volume) if owner is not None else None
+            present = (seed.pool, seed.volume) in actual.volumes
+            if not present or recorded is None or recorded.digest != seed.digest:
+                steps.append(plans.WriteSeed(seed.pool, seed.volume, seed.files, seed.digest))
+                if domain is not None and present and recorded is not None:
+                    self.changes.append(FieldChange(
+                        "cloudInit", _short_digest(recorded.digest), _short_digest(seed.digest), self._restart_or_live(),
+                        note="seed ISO regenerated; cloud-init reads it at the next boot",
+                    ))
+            records.append(model.OwnedVolume(seed.pool, seed.volume, model.DeletionPolicy.DELETE, True, seed.digest))
+
         deletions: list[plans.Step] = []
         wanted = {(d.pool, d.volume) for d in spec.disks}
+        if seed is not None:
+            wanted.add((seed.pool, seed.volume))
         for record in owner.volumes if owner is not None else ():
             if (record.pool, record.name) in wanted:
                 continue
@@ -386,6 +572,14 @@ class _VMPlanBuilder:
                 continue
             if not (record.created and record.deletion_policy is model.DeletionPolicy.DELETE):
                 self.notes.append(f"volume {record.pool}/{record.name} is detached and kept (deletionPolicy Retain)")
+                continue
+            if record.digest and not (self.active and not stopping):  # a generated seed: no data of anyone's
+                deletions.append(plans.DeleteVolume(record.pool, record.name))
+                self.changes.append(FieldChange("cloudInit", _short_digest(record.digest), None, self._restart_or_live(),
+                                                note="generated seed ISO removed"))
+                continue
+            if record.digest:
+                records.append(record)
                 continue
             if self.active and not stopping:
                 records.append(record)  # still ours to delete, once QEMU no longer has it open
@@ -401,28 +595,134 @@ class _VMPlanBuilder:
             ))
         return steps, tuple(records), deletions
 
+    def _new_volume(self, disk: model.DiskSpec) -> plans.Step:
+        """Return the step creating ``disk``'s volume: empty, an overlay on its image, or a copy of it."""
+        if disk.image is None:
+            return plans.CreateVolume(disk.pool, disk.volume, disk.size, storagexml.render_volume(disk.volume, disk.size))
+        image = self.desired.images[disk.image]
+        if disk.clone == "copy":
+            return plans.CloneVolume(disk.pool, disk.volume, image.pool, image.volume, disk.size,
+                                     storagexml.render_volume(disk.volume, disk.size))
+        backing = self._volume_path(image.pool, image.volume)
+        return plans.CreateVolume(disk.pool, disk.volume, disk.size,
+                                  storagexml.render_volume(disk.volume, disk.size, backing=(backing, image.format)))
+
+    def _pool_directory(self, pool: str) -> str | None:
+        observed = self.actual.pools.get(pool)
+        if observed is not None and observed.path:
+            return observed.path
+        declared = self.desired.pools.get(pool)
+        return declared.path if declared is not None else None
+
+    def _volume_path(self, pool: str, name: str) -> str:
+        volume = self.actual.volumes.get((pool, name))
+        if volume is not None and volume.path:
+            return volume.path
+        directory = self._pool_directory(pool)
+        if directory is None:
+            self.problems.append(self.spec.origin.problem("spec", f"cannot tell where pool {pool!r} keeps {name}"))
+            return name
+        return f"{directory}/{name}"
+
+    def _file_path(self, ref: model.FileRef) -> str:
+        if ref.volume is not None:
+            return self._volume_path(ref.pool, ref.volume)
+        directory = self._pool_directory(ref.pool)
+        if directory is None:
+            self.problems.append(self.spec.origin.problem("spec", f"cannot tell the directory of pool {ref.pool!r}"))
+            return ref.path or ""
+        return f"{directory}/{ref.path}"
+
+    def _install_now(self) -> bool:
+        """Return whether the domain boots its install media (kernel, initrd) next time."""
+        install = self.spec.install
+        if install is None:
+            return False
+        if not install.first_boot_only or self.domain is None:
+            return True
+        owner = self.domain.definition.owner if self.domain.definition is not None else None
+        return owner is not None and owner.install_pending and not self.active
+
     # -- definition --
 
-    def _definition(self, owned_volumes: tuple[model.OwnedVolume, ...]) -> model.DomainDefinition:
+    def _definition(self, owned_volumes: tuple[model.OwnedVolume, ...], *, install: bool) -> model.DomainDefinition:
         spec, domain = self.spec, self.domain
         observed = domain.definition if domain is not None else None
+        machine = spec.machine
+        if observed is not None and (machine is None or _machine_matches(machine, observed.machine)):
+            machine = observed.machine  # unmanaged, or an alias (q35) of what libvirt wrote (pc-q35-7.2)
+        cpu_mode, cpu_model = spec.cpu_mode, spec.cpu_model
+        if cpu_mode is None and observed is not None:
+            cpu_mode, cpu_model = observed.cpu_mode, observed.cpu_model
+        kernel = initrd = cmdline = None
+        if install and spec.install is not None:
+            kernel = self._file_path(spec.install.kernel)
+            initrd = self._file_path(spec.install.initrd) if spec.install.initrd is not None else None
+            cmdline = spec.install.cmdline or None
+        used = {d.target for d in spec.disks}
+        spare = (f"sd{domxml.device_letters(i)}" for i in range(64) if f"sd{domxml.device_letters(i)}" not in used)
+        cdroms = []
+        if spec.cdrom is not None:
+            ref = spec.cdrom
+            target = next(spare)
+            cdroms.append(model.DiskDevice(target=target, bus="sata", pool=ref.pool, volume=ref.volume, device="cdrom")
+                          if ref.volume is not None else
+                          model.DiskDevice(target=target, bus="sata", path=self._file_path(ref), device="cdrom"))
+        if spec.cloud_init is not None:
+            seed = spec.cloud_init
+            cdroms.append(model.DiskDevice(target=next(spare), bus="sata", pool=seed.pool, volume=seed.volume, device="cdrom"))
+        uuid = observed.uuid if observed is not None else (spec.uuid or new_uuid(self.scope, spec))
         return model.DomainDefinition(
             name=spec.name,
-            uuid=observed.uuid if observed is not None else spec.uuid,
+            uuid=uuid,
             virt_type=self.virt_type,
             vcpus=spec.vcpus,
             memory=spec.memory,
             max_memory=spec.max_memory,
             disks=tuple(model.DiskDevice(target=d.target, bus=d.bus, pool=d.pool, volume=d.volume) for d in spec.disks),
-            nics=_resolve_macs(spec.nics, observed.nics if observed is not None else ()),
+            nics=self._nics(observed, uuid),
             console=spec.console,
             graphics=spec.graphics,
             owner=model.Ownership(
                 spec.manifest, spec.digest, spec.run_strategy, owned_volumes, scope=self.scope,
                 shutdown_timeout=spec.shutdown_timeout,
                 revision=self.revision or (observed.owner.revision if observed is not None and observed.owner else ""),
+                keep_nvram=spec.keep_nvram,
+                graphics_password_digest=spec.graphics_password_digest,
+                install_pending=install and spec.install is not None and spec.install.first_boot_only,
             ),
+            firmware=spec.firmware,
+            machine=machine,
+            cpu_mode=cpu_mode,
+            cpu_model=cpu_model,
+            boot=spec.boot,
+            kernel=kernel,
+            initrd=initrd,
+            cmdline=cmdline,
+            cdroms=tuple(cdroms),
+            guest_agent=spec.guest_agent,
+            graphics_listen=spec.graphics_listen if spec.graphics != "none" else None,
+            graphics_password=spec.graphics_password,
         )
+
+    def _nics(self, observed: model.DomainDefinition | None, uuid: str) -> tuple[model.NicDevice, ...]:
+        """Return the NICs to define: observed MACs kept; a new domain's unpinned NICs get MACs now.
+
+        A plan is complete data: a MAC left to libvirt would differ between two
+        definitions in one plan, and between the plan and what is applied.
+        """
+        nics = _resolve_macs(self.spec.nics, observed.nics if observed is not None else ())
+        if all(nic.mac for nic in nics):
+            return nics
+        taken = {n.mac for d in self.actual.domains.values() if d.definition for n in d.definition.nics}
+        taken |= {n.mac for n in nics if n.mac}
+        resolved = []
+        for index, nic in enumerate(nics):
+            if nic.mac is None:
+                nic = dataclasses.replace(nic, mac=new_mac(f"{uuid}/{index}", taken))
+                taken.add(nic.mac)
+            resolved.append(nic)
+        return tuple(resolved)
 
     def _restart_or_live(self) -> Impact:
         return Impact.RESTART if self.active else Impact.LIVE
@@ -445,11 +745,34 @@ class _VMPlanBuilder:
             add(FieldChange("memory", _kib(old.memory), _kib(new.memory), impact, note=note))
         if old.console != new.console:
             add(FieldChange("console", "serial" if old.console else "none", "serial" if new.console else "none", restart))
+        for path, before, after in (
+            ("firmware", old.firmware, new.firmware),
+            ("machine", old.machine, new.machine),
+            ("cpu", _cpu_text(old), _cpu_text(new)),
+            ("boot", ", ".join(old.boot), ", ".join(new.boot)),
+            ("install", _install_text(old), _install_text(new)),
+            ("cdrom", ", ".join(d.source for d in old.cdroms) or None, ", ".join(d.source for d in new.cdroms) or None),
+            ("guestAgent", _yes_no(old.guest_agent), _yes_no(new.guest_agent)),
+            ("graphics.listen", old.graphics_listen, new.graphics_listen),
+        ):
+            if path == "graphics.listen" and "none" in (old.graphics, new.graphics):
+                continue  # switching graphics on or off says it all
+            if before != after and not (path == "cdrom" and self._cdrom_change_is_the_seed(old, new)):
+                add(FieldChange(path, before, after, restart))
         if old.graphics != new.graphics:
             add(FieldChange("graphics", old.graphics, new.graphics, restart))
         self._diff_disks(old.disks, new.disks, restart)
         self._diff_nics(old.nics, new.nics, restart)
         self._diff_owner(old.owner, new.owner)
+
+    def _cdrom_change_is_the_seed(self, old: model.DomainDefinition, new: model.DomainDefinition) -> bool:
+        """Return whether the CD-ROMs differ only by the cloud-init seed, which has its own change line."""
+        seed = self.spec.cloud_init
+        if seed is None:
+            return False
+        def without_seed(devices):
+            return [d for d in devices if (d.pool, d.volume) != (seed.pool, seed.volume)]
+        return without_seed(old.cdroms) == without_seed(new.cdroms)
 
     def _diff_disks(self, old: tuple[model.DiskDevice, ...], new: tuple[model.DiskDevice, ...], restart: Impact) -> None:
         names = {(d.pool, d.volume): d.name for d in self.spec.disks}
@@ -508,6 +831,14 @@ class _VMPlanBuilder:
             self.changes.append(FieldChange("manifest", old.manifest, new.manifest, Impact.LIVE))
         if old.run_strategy != new.run_strategy:
             self.changes.append(FieldChange("runStrategy", old.run_strategy, new.run_strategy, Impact.LIVE))
+        if old.graphics_password_digest != new.graphics_password_digest:
+            self.changes.append(FieldChange(
+                "graphics.password", "(set)" if old.graphics_password_digest else "(none)",
+                "(set)" if new.graphics_password_digest else "(none)", self._restart_or_live(),
+                note="the password itself is never shown",
+            ))
+        if old.keep_nvram != new.keep_nvram:
+            self.changes.append(FieldChange("keepNvram", _yes_no(old.keep_nvram), _yes_no(new.keep_nvram), Impact.LIVE))
         if old.shutdown_timeout != new.shutdown_timeout:
             self.changes.append(FieldChange(
                 "shutdownTimeout", _seconds(old.shutdown_timeout), _seconds(new.shutdown_timeout), Impact.LIVE
@@ -539,7 +870,22 @@ class _VMPlanBuilder:
         for index, nic in enumerate(definition.nics):
             add(FieldChange(f"networks[{index}]", None, _nic_text(nic), Impact.LIVE))
         add(FieldChange("console", None, "serial" if spec.console else "none", Impact.LIVE))
-        add(FieldChange("graphics", None, spec.graphics, Impact.LIVE))
+        add(FieldChange("graphics", None, spec.graphics + (f" on {spec.graphics_listen}" if spec.graphics != "none" else "")
+                        + (" with a password" if spec.graphics_password_digest else ""), Impact.LIVE))
+        optional = (
+            ("firmware", definition.firmware if definition.firmware != "bios" else None),
+            ("machine", spec.machine),
+            ("cpu", _cpu_text(definition) if spec.cpu_mode else None),
+            ("boot", ", ".join(spec.boot) if spec.boot != ("hd",) else None),
+            ("install", _install_text(definition)),
+            ("cdrom", str(spec.cdrom) if spec.cdrom else None),
+            ("cloudInit", f"seed {spec.cloud_init.pool}/{spec.cloud_init.volume} ({_short_digest(spec.cloud_init.digest)})"
+             if spec.cloud_init else None),
+            ("guestAgent", "true" if spec.guest_agent else None),
+        )
+        for path, value in optional:
+            if value:
+                add(FieldChange(path, None, value, Impact.LIVE))
         add(FieldChange("autostart", None, _yes_no(spec.autostart), Impact.LIVE))
         add(FieldChange("runStrategy", None, spec.run_strategy, Impact.LIVE))
 
@@ -550,6 +896,41 @@ class _VMPlanBuilder:
         pending = [f"{name} {old} -> {new}" for name, old, new in restart_pending(domain.live, domain.definition)]
         if pending:
             self.notes.append("restart pending (changed earlier, takes effect at next boot): " + "; ".join(pending))
+
+
+_UUID_NAMESPACE = uuids.UUID("2b1c0f4e-6e6b-4c1e-9a57-6b766d6f7073")
+
+
+def new_uuid(scope: str, spec: model.VMSpec) -> str:
+    """Return the UUID a new domain gets: derived from its scope, name and manifest content.
+
+    The plan names the domain's identity before it exists (a plan is complete data), and
+    the same manifest always plans the same identity.
+    """
+    return str(uuids.uuid5(_UUID_NAMESPACE, f"{scope}/{spec.name}/{spec.digest}"))
+
+
+def new_mac(seed: str, taken: set[str]) -> str:
+    """Return a MAC in QEMU's 52:54:00 range derived from ``seed``, avoiding ``taken`` ones."""
+    for attempt in range(1000):
+        digest = hashlib.sha256(f"{seed}/{attempt}".encode()).digest()
+        mac = "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+        if mac not in taken:
+            return mac
+    raise ValueError("no free MAC address found")  # 1000 collisions in 2**24: not this universe
+
+
+_MACHINE_FAMILIES = {"q35": "pc-q35-", "pc": "pc-i440fx-"}
+
+
+def _machine_matches(wanted: str, actual: str | None) -> bool:
+    """Return whether machine type ``actual`` (as libvirt writes it) satisfies ``wanted``."""
+    if actual is None:
+        return False
+    if wanted == actual:
+        return True
+    family = _MACHINE_FAMILIES.get(wanted)
+    return family is not None and actual.startswith(family)
 
 
 def restart_pending(live: model.DomainDefinition, config: model.DomainDefinition) -> list[tuple[str, str, str]]:
@@ -579,6 +960,14 @@ def restart_pending(live: model.DomainDefinition, config: model.DomainDefinition
         pending.append(("console", _yes_no(live.console), _yes_no(config.console)))
     if live.graphics != config.graphics:
         pending.append(("graphics", live.graphics, config.graphics))
+    for field_name, before, after in (
+        ("firmware", live.firmware, config.firmware),
+        ("boot", ", ".join(live.boot), ", ".join(config.boot)),
+        ("install", _install_text(live) or "none", _install_text(config) or "none"),
+        ("guestAgent", _yes_no(live.guest_agent), _yes_no(config.guest_agent)),
+    ):
+        if before != after:
+            pending.append((field_name, before, after))
     return pending
 
 
@@ -646,7 +1035,7 @@ def _plan_prune(
         timeout = owner.shutdown_timeout if owner is not None and owner.shutdown_timeout is not None else settings.shutdown_timeout
         steps.append(plans.StopDomain(domain.name, timeout))
         actions.append(Action.STOP)
-    steps.append(plans.UndefineDomain(domain.name, domain.uuid))
+    steps.append(plans.UndefineDomain(domain.name, domain.uuid, keep_nvram=owner.keep_nvram if owner is not None else False))
     changes.append(FieldChange("domain", f"{domain.name} ({domain.power})", None, Impact.LIVE))
     for record in owner.volumes if owner is not None else ():
         volume = actual.volumes.get((record.pool, record.name))
@@ -687,6 +1076,23 @@ def _yes_no(value: bool) -> str:
 
 def _short_digest(digest: str) -> str:
     return digest[:19] if digest else "(none)"
+
+
+def _cpu_text(definition: model.DomainDefinition) -> str | None:
+    if definition.cpu_mode is None:
+        return None
+    return f"{definition.cpu_mode} {definition.cpu_model}" if definition.cpu_model else definition.cpu_mode
+
+
+def _install_text(definition: model.DomainDefinition) -> str | None:
+    if definition.kernel is None:
+        return None
+    parts = [f"kernel {definition.kernel}"]
+    if definition.initrd:
+        parts.append(f"initrd {definition.initrd}")
+    if definition.cmdline:
+        parts.append(f"cmdline {definition.cmdline!r}")
+    return ", ".join(parts)
 
 
 def _nic_text(nic: model.NicDevice) -> str:

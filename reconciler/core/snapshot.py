@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from reconciler.core import actual, model
+from reconciler.core import actual, model, netxml
 
 SNAPSHOT_VERSION = 1
 
@@ -67,6 +67,11 @@ def to_data(snapshot: Snapshot) -> dict:
         "domains": domains,
         "pools": [dataclasses.asdict(pool) for pool in observation.pools],
         "volumes": [dataclasses.asdict(volume) for volume in observation.volumes],
+        "networks": [
+            {"name": n.name, "active": n.active, "autostart": n.autostart,
+             "xml": n.xml if netxml.parse(n.xml).owner is not None else None}
+            for n in observation.networks
+        ],
     }
 
 
@@ -97,6 +102,11 @@ def from_data(data: object) -> Snapshot:
             domains=tuple(records),
             pools=tuple(model.ObservedPool(**pool) for pool in data["pools"]),
             volumes=tuple(model.ObservedVolume(**volume) for volume in data["volumes"]),
+            networks=tuple(
+                model.NetworkRecord(n["name"], n["xml"] or f"<network><name>{_escape(n['name'])}</name></network>",
+                                    bool(n["active"]), bool(n["autostart"]))
+                for n in data.get("networks", [])
+            ),
         )
         return Snapshot(observation, taken_at=str(data["taken_at"]), hostname=str(data["hostname"]))
     except (KeyError, TypeError, ValueError) as exc:

@@ -17,13 +17,20 @@ def render_pool(spec: model.PoolSpec) -> str:
     return ET.tostring(pool, encoding="unicode")
 
 
-def render_volume(name: str, capacity: int) -> str:
-    """Return the XML of a qcow2 volume ``name`` of ``capacity`` bytes."""
+def render_volume(name: str, capacity: int, *, backing: tuple[str, str] | None = None, image_format: str = "qcow2") -> str:
+    """Return the XML of a volume ``name`` of ``capacity`` bytes.
+
+    ``backing`` (path, format) makes it a copy-on-write qcow2 overlay on that image.
+    """
     volume = ET.Element("volume")
     ET.SubElement(volume, "name").text = name
     ET.SubElement(volume, "capacity", unit="bytes").text = str(capacity)
     ET.SubElement(volume, "allocation", unit="bytes").text = "0"
     target = ET.SubElement(volume, "target")
-    ET.SubElement(target, "format", type="qcow2")
+    ET.SubElement(target, "format", type=image_format)
+    if backing is not None:
+        store = ET.SubElement(volume, "backingStore")
+        ET.SubElement(store, "path").text = backing[0]
+        ET.SubElement(store, "format", type=backing[1])
     ET.indent(volume)
     return ET.tostring(volume, encoding="unicode")

@@ -27,6 +27,8 @@ API_VERSION = "kvmops/v1"
 SCHEMA_FILES = {
     "VirtualMachine": "virtualmachine.schema.json",
     "StoragePool": "storagepool.schema.json",
+    "Network": "network.schema.json",
+    "Image": "image.schema.json",
 }
 SHARED_SCHEMA_FILES = ("metadata.schema.json", "config.schema.json")
 CONFIG_SCHEMA = "config.schema.json"
@@ -168,7 +170,10 @@ def _explain(error: jsonschema.ValidationError) -> list[tuple[str, str]]:
         return [(path, f"missing required field {name!r}") for name in missing]
     if keyword == "type":
         types = expected if isinstance(expected, list) else [expected]
-        return [(path, f"expected {' or '.join(_TYPE_WORDS.get(t, t) for t in types)}, got {describe(value)}")]
+        hint = ""
+        if types == ["string"] and isinstance(value, (int, float, bool)):
+            hint = "; YAML read it as a number or boolean: put it in quotes"
+        return [(path, f"expected {' or '.join(_TYPE_WORDS.get(t, t) for t in types)}, got {describe(value)}{hint}")]
     if keyword == "enum":
         return [(path, f"{value!r} is not allowed; use one of: {', '.join(map(str, expected))}")]
     if keyword == "const":
@@ -213,6 +218,11 @@ def _explain_alternatives(error: jsonschema.ValidationError, path: str) -> list[
                 words += " with a unit such as 2GiB"
             return [(path, f"expected {words}, got {describe(error.instance)}")]
     relevant = [sub for sub in context if sub.validator != "type"]
+    # A fault inside the alternative the value is shaped like (a mapping's field) beats
+    # "is not one of" from an alternative it was never meant to be.
+    deeper = [sub for sub in relevant if sub.relative_path]
+    if deeper:
+        return _explain(jsonschema.exceptions.best_match(deeper))
     if relevant:
         return _explain(jsonschema.exceptions.best_match(relevant))
     return [(path, error.message)]

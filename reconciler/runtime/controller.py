@@ -432,10 +432,10 @@ class Controller:
         """Start executing the changed resources this pass is for; return their keys."""
         dispatched: set[str] = set()
         fallback = reasons.get(workqueue.EVERYTHING, "retry")
-        pools = [r for r in plan.changes if r.kind == "StoragePool"]
-        others = [r for r in plan.changes if r.kind != "StoragePool"]
+        prerequisites = [r for r in plan.changes if r.kind in execute.PREREQUISITE_KINDS]
+        others = [r for r in plan.changes if r.kind not in execute.PREREQUISITE_KINDS]
         pool_work: dict[str, Future] = {}
-        for resource in pools + others:
+        for resource in prerequisites + others:
             if resource.key in keys:
                 claimed = True
             elif full:
@@ -447,18 +447,18 @@ class Controller:
             dispatched.add(resource.key)
             reason = reasons.get(resource.key, fallback)
             single = dataclasses.replace(plan, resources=(resource,))
-            # Pools are submitted first, so they start first; a VM needing one waits for it.
-            needs = [pool_work[name] for name in resource.requires if name in pool_work]
+            # Pools, networks and images are submitted first, so they start first; whatever needs one waits for it.
+            needs = [pool_work[key] for key in resource.requires if key in pool_work]
             future = self._executor.submit(self._execute, single, resource, reason, reconcile_id, needs)
-            if resource.kind == "StoragePool":
-                pool_work[resource.name] = future
+            if resource.kind in execute.PREREQUISITE_KINDS:
+                pool_work[resource.key] = future
             self._futures.add(future)
             future.add_done_callback(self._futures.discard)
         return dispatched
 
     def _execute(self, single: plans.Plan, resource: plans.ResourcePlan, reason: str, reconcile_id: str,
                  needs: list[Future]) -> None:
-        subject = {"vm": resource.name} if resource.kind == "VirtualMachine" else {"pool": resource.name}
+        subject = {execute.SUBJECTS.get(resource.kind, "resource"): resource.name}
         with structlog.contextvars.bound_contextvars(reconcile_id=reconcile_id, **subject):
             for pool in needs:
                 with contextlib.suppress(Exception):

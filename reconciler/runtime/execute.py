@@ -15,6 +15,7 @@ never inside one, so no domain is left half-defined.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -24,11 +25,15 @@ from dataclasses import dataclass
 import structlog
 
 from reconciler import errors
+from reconciler.adapters import fetch
 from reconciler.adapters import hypervisor as hv
 from reconciler.core import plan as plans
+from reconciler.core import seediso, storagexml
 
 DEFAULT_WORKERS = 4
 STOP_POLL_SECONDS = 0.1
+PREREQUISITE_KINDS = ("StoragePool", "Network", "Image")  # in this order, before any VM
+SUBJECTS = {"VirtualMachine": "vm", "StoragePool": "pool", "Network": "network", "Image": "image"}
 
 log = structlog.get_logger("kvmops.execute")
 
@@ -83,31 +88,38 @@ def execute(
     """Run every step of ``plan``; return what happened to each resource."""
     cancel = cancel or threading.Event()
     outcomes: list[ResourceOutcome] = []
-    broken_pools = {r.name for r in plan.resources if r.kind == "StoragePool" and r.problems}
+    broken = {r.key for r in plan.resources if r.problems}
     for resource in plan.changes:
-        if resource.kind == "StoragePool":
-            outcome = _run_resource(resource, hypervisor, cancel)
+        if resource.kind in PREREQUISITE_KINDS:
+            outcome = _run_resource(resource, hypervisor, cancel) if not _blocked(resource, broken) else _skip(resource, broken)
             outcomes.append(outcome)
             if outcome.status != "converged":
-                broken_pools.add(resource.name)
+                broken.add(resource.key)
 
     def run_vm(resource: plans.ResourcePlan) -> ResourceOutcome:
-        blocked = [pool for pool in resource.requires if pool in broken_pools]
-        if blocked:
-            message = f"skipped: storage pool {', '.join(blocked)} is not ready"
-            log.warning("resource_skipped", vm=resource.name, reason=message)
-            return ResourceOutcome(resource.kind, resource.name, "skipped", error=message)
+        if _blocked(resource, broken):
+            return _skip(resource, broken)
         return _run_resource(resource, hypervisor, cancel)
 
-    vms = [r for r in plan.changes if r.kind != "StoragePool"]
+    vms = [r for r in plan.changes if r.kind not in PREREQUISITE_KINDS]
     if vms:
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(vms))), thread_name_prefix="kvmops-apply") as pool:
             outcomes.extend(pool.map(run_vm, vms))
     return ApplyReport(tuple(outcomes), cancelled=cancel.is_set())
 
 
+def _blocked(resource: plans.ResourcePlan, broken: set[str]) -> list[str]:
+    return [key for key in resource.requires if key in broken]
+
+
+def _skip(resource: plans.ResourcePlan, broken: set[str]) -> ResourceOutcome:
+    message = f"skipped: {', '.join(_blocked(resource, broken))} is not ready"
+    log.warning("resource_skipped", **{SUBJECTS.get(resource.kind, "resource"): resource.name}, reason=message)
+    return ResourceOutcome(resource.kind, resource.name, "skipped", error=message)
+
+
 def _run_resource(resource: plans.ResourcePlan, hypervisor: hv.Hypervisor, cancel: threading.Event) -> ResourceOutcome:
-    subject = {"vm": resource.name} if resource.kind == "VirtualMachine" else {"pool": resource.name}
+    subject = {SUBJECTS.get(resource.kind, "resource"): resource.name}
     done: list[StepOutcome] = []
     for step in resource.steps:
         if cancel.is_set():
@@ -174,7 +186,7 @@ def _delete_volume(h: hv.Hypervisor, step: plans.DeleteVolume, _cancel) -> str |
 
 
 def _define_domain(h: hv.Hypervisor, step: plans.DefineDomain, _cancel) -> str | None:
-    if step.uuid is None:
+    if step.create:
         if h.domain_exists(step.name):
             raise errors.OwnershipError(
                 f"a domain named {step.name} appeared after the plan was made; kvmops will not overwrite it. Plan again"
@@ -221,7 +233,83 @@ def _undefine_domain(h: hv.Hypervisor, step: plans.UndefineDomain, _cancel) -> s
     h.ensure_owned(step.name, step.uuid)
     if h.domain_power(step.name)[0].active:
         raise errors.OperationRefused(f"domain {step.name} is running again; not undefining it. Plan again")
-    h.undefine_domain(step.name)
+    h.undefine_domain(step.name, keep_nvram=step.keep_nvram)
+
+
+def _clone_volume(h: hv.Hypervisor, step: plans.CloneVolume, _cancel) -> str | None:
+    if h.volume_exists(step.pool, step.name):
+        raise errors.OperationRefused(
+            f"volume {step.pool}/{step.name} appeared after the plan was made; kvmops will not claim it. Plan again"
+        )
+    h.clone_volume(step.pool, step.xml, step.name, step.source_pool, step.source)
+    if h.volume_capacity(step.pool, step.name) < step.capacity:
+        h.resize_volume(step.pool, step.name, step.capacity)
+
+
+def _import_image(h: hv.Hypervisor, step: plans.ImportImage, cancel: threading.Event) -> str | None:
+    if h.volume_exists(step.pool, step.name):
+        return "already imported"
+    source = step.url or step.path
+
+    def progress(done: int, total: int | None) -> None:
+        share = f"{done * 100 // total}%" if total else f"{done // (1024 * 1024)} MiB"
+        log.info("image_download_progress", image=step.name, done_bytes=done, total_bytes=total, progress=share)
+
+    verified = fetch.download(step.url, step.path, step.sha256, progress=progress)
+    partial = f".kvmops-partial-{step.name}"
+    try:
+        if h.volume_exists(step.pool, partial):
+            h.delete_volume(step.pool, partial)  # left over by an interrupted import
+        length = verified.stat().st_size
+        h.create_volume(step.pool, storagexml.render_volume(partial, length, image_format="raw"), partial)
+        h.upload_volume(step.pool, partial, fetch.copy_chunks(verified), length)
+        h.refresh_pool(step.pool)
+        # Only a complete, verified upload becomes the image: the final name is a copy of it.
+        h.clone_volume(step.pool, storagexml.render_volume(step.name, 0, image_format=step.format), step.name,
+                       step.pool, partial)
+    finally:
+        with contextlib.suppress(errors.KvmopsError):
+            h.delete_volume(step.pool, partial)
+        with contextlib.suppress(OSError):
+            verified.unlink()
+    return f"{length} bytes from {source}, sha256 verified"
+
+
+def _write_seed(h: hv.Hypervisor, step: plans.WriteSeed, _cancel) -> str | None:
+    image = seediso.build(step.files)
+    if h.volume_exists(step.pool, step.name):
+        h.delete_volume(step.pool, step.name)  # a running guest keeps the old one open until it stops
+    h.create_volume(step.pool, storagexml.render_volume(step.name, len(image), image_format="raw"), step.name)
+    h.upload_volume(step.pool, step.name, [image], len(image))
+
+
+def _define_network(h: hv.Hypervisor, step: plans.DefineNetwork, _cancel) -> str | None:
+    if step.create:
+        if h.network_exists(step.name):
+            raise errors.OwnershipError(
+                f"a network named {step.name} appeared after the plan was made; kvmops will not overwrite it. Plan again"
+            )
+    elif not h.network_owned(step.name):
+        raise errors.OwnershipError(f"network {step.name} is not managed by kvmops; refusing to change it")
+    h.define_network(step.xml, step.name)
+
+
+def _start_network(h: hv.Hypervisor, step: plans.StartNetwork, _cancel) -> str | None:
+    return None if h.start_network(step.name) else "already active"
+
+
+def _set_network_autostart(h: hv.Hypervisor, step: plans.SetNetworkAutostart, _cancel) -> str | None:
+    h.set_network_autostart(step.name, step.autostart)
+
+
+def _update_dhcp_host(h: hv.Hypervisor, step: plans.UpdateDhcpHost, _cancel) -> str | None:
+    h.update_dhcp_host(step.network, step.xml, add=step.add)
+
+
+def _remove_network(h: hv.Hypervisor, step: plans.RemoveNetwork, _cancel) -> str | None:
+    if not h.network_owned(step.name):
+        raise errors.OwnershipError(f"network {step.name} is not managed by kvmops; refusing to remove it")
+    h.remove_network(step.name)
 
 
 _RUNNERS: dict[type, Callable] = {
@@ -239,6 +327,14 @@ _RUNNERS: dict[type, Callable] = {
     plans.StartDomain: _start_domain,
     plans.StopDomain: _stop_domain,
     plans.UndefineDomain: _undefine_domain,
+    plans.CloneVolume: _clone_volume,
+    plans.ImportImage: _import_image,
+    plans.WriteSeed: _write_seed,
+    plans.DefineNetwork: _define_network,
+    plans.StartNetwork: _start_network,
+    plans.SetNetworkAutostart: _set_network_autostart,
+    plans.UpdateDhcpHost: _update_dhcp_host,
+    plans.RemoveNetwork: _remove_network,
 }
 _EVENTS: dict[type, str] = {
     plans.DefinePool: "pool_defined",
@@ -255,4 +351,12 @@ _EVENTS: dict[type, str] = {
     plans.StartDomain: "domain_started",
     plans.StopDomain: "domain_stopped",
     plans.UndefineDomain: "domain_undefined",
+    plans.CloneVolume: "volume_cloned",
+    plans.ImportImage: "image_imported",
+    plans.WriteSeed: "seed_written",
+    plans.DefineNetwork: "network_defined",
+    plans.StartNetwork: "network_started",
+    plans.SetNetworkAutostart: "network_autostart_set",
+    plans.UpdateDhcpHost: "dhcp_host_updated",
+    plans.RemoveNetwork: "network_removed",
 }

@@ -35,7 +35,8 @@ def collect(hypervisor: hv.Hypervisor) -> model.Observation:
             volumes.extend(hypervisor.list_volumes(pool.name))
         except errors.ObjectNotFound:
             continue  # the pool went away while we looked
-    return model.Observation(host=host, domains=tuple(records), pools=pools, volumes=tuple(volumes))
+    networks = tuple(hypervisor.list_networks())
+    return model.Observation(host=host, domains=tuple(records), pools=pools, volumes=tuple(volumes), networks=networks)
 
 
 def observe(hypervisor: hv.Hypervisor) -> model.ActualState:

@@ -52,7 +52,7 @@ def load_desired(path: str, *, revision: str = "") -> model.DesiredState:
 
     ``revision`` (a git commit) is recorded in every domain this pass defines or changes.
     """
-    desired = desired_state.build(manifests.load(path))
+    desired = desired_state.build(manifests.load(path), read_file=manifests.read_beside)
     return dataclasses.replace(desired, revision=revision) if revision else desired
 
 

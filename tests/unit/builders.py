@@ -165,6 +165,7 @@ def definition(
                    for i, n in enumerate(spec.nics)),
         console=spec.console,
         graphics=spec.graphics,
+        graphics_listen=spec.graphics_listen if spec.graphics != "none" else None,
         owner=model.Ownership(spec.manifest, spec.digest, spec.run_strategy, records + extra_volumes,
                               shutdown_timeout=spec.shutdown_timeout),
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.adapters import manifests
-from reconciler.core import desired, model
+from reconciler.core import domxml, desired, model
 from tests.unit import builders
 
 GIB, MIB = builders.GIB, builders.MIB
@@ -92,7 +92,7 @@ def test_twenty_disks_letter_up_to_vdt():
 )
 def test_device_letters_follow_the_kernel_naming(position, suffix):
     """Device suffixes continue after z as aa, ab, ... like the kernel names them."""
-    assert desired._device_letters(position) == suffix
+    assert domxml.device_letters(position) == suffix
 
 
 def test_volume_name_defaults_to_vm_and_disk_name():
@@ -295,7 +295,7 @@ def test_digest_changes_with_the_document(spec):
 
 def test_example_manifests_build_without_problems():
     """The shipped examples build into four VMs and one pool, with their sizes converted."""
-    state = desired.build(manifests.load(EXAMPLES))
+    state = desired.build(manifests.load(EXAMPLES), read_file=manifests.read_beside)
     assert [str(p) for p in state.problems] == []
     assert (sorted(state.vms), sorted(state.pools)) == (["archive", "build-runner", "db", "web"], ["vmstore"])
     web = state.vms["web"]

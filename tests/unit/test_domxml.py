@@ -9,6 +9,7 @@ a domain kvmops did not define; those three are written by hand and never regene
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -35,6 +36,7 @@ WEB = model.DomainDefinition(
     nics=(model.NicDevice(kind="network", source="default", model="virtio", mac="52:54:00:6b:3c:01"),),
     console=True,
     graphics="vnc",
+    graphics_listen="127.0.0.1",
     owner=model.Ownership(
         manifest="vms/web.yaml",
         digest="sha256:" + "ab" * 32,
@@ -63,6 +65,7 @@ DB = model.DomainDefinition(
     ),
     console=True,
     graphics="spice",
+    graphics_listen="127.0.0.1",
     owner=model.Ownership(
         manifest="vms/backend.yaml",
         digest="sha256:" + "cd" * 32,
@@ -113,15 +116,21 @@ def test_golden_file_parses_to_its_definition(definition, name):
     assert domxml.parse(golden(name)) == definition
 
 
+MACHINE = "pc-q35-8.2"
+
+
 def test_libvirt_expanded_xml_parses_to_the_same_essence():
-    """Addresses, controllers, machine type, emulator, video, inputs, cpu and audio are ignored."""
+    """Addresses, controllers, emulator, video, inputs and audio are ignored; the machine type libvirt chose is read."""
     expanded = golden("web-libvirt-expanded.xml")
-    assert domxml.parse(expanded) == domxml.parse(golden("web.xml")) == WEB
+    assert domxml.parse(golden("web.xml")) == WEB
+    assert domxml.parse(expanded) == dataclasses.replace(WEB, machine=MACHINE)
 
 
 def test_libvirt_live_xml_parses_to_the_same_essence():
-    """Live XML adds aliases, tap devices, ports and a security label; the essence is unchanged."""
-    assert domxml.parse(golden("web-libvirt-live.xml")) == WEB
+    """Live XML adds aliases, tap devices, ports, a security label and the expanded CPU; the rest is unchanged."""
+    live = domxml.parse(golden("web-libvirt-live.xml"))
+    assert live.cpu_mode == "custom" and live.cpu_model
+    assert dataclasses.replace(live, cpu_mode=None, cpu_model=None) == dataclasses.replace(WEB, machine=MACHINE)
 
 
 def test_rendered_domain_asks_for_what_a_managed_guest_needs():

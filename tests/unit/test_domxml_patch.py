@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 
 from reconciler.core import domxml, model
-from tests.unit.test_domxml import WEB
+from tests.unit.test_domxml import MACHINE
+from tests.unit.test_domxml import WEB as RENDERED
+
+# What the planner asks for on a host where libvirt chose the machine type: unmanaged
+# fields are taken over from the domain as it is.
+WEB = dataclasses.replace(RENDERED, machine=MACHINE)
 
 GOLDEN = Path(__file__).parent / "golden"
 EXPANDED = (GOLDEN / "web-libvirt-expanded.xml").read_text()
@@ -41,7 +46,7 @@ def address_of(xml: str, tag: str, key: str, value: str) -> str | None:
     pytest.param(dataclasses.replace(WEB, nics=(*WEB.nics, SECOND_NIC)), id="nic-added"),
     pytest.param(dataclasses.replace(WEB, nics=()), id="nic-removed"),
     pytest.param(dataclasses.replace(WEB, nics=(dataclasses.replace(WEB.nics[0], kind="bridge", source="br1"),)), id="nic-moved-to-bridge"),
-    pytest.param(dataclasses.replace(WEB, console=False, graphics="none"), id="console-and-graphics-off"),
+    pytest.param(dataclasses.replace(WEB, console=False, graphics="none", graphics_listen=None), id="console-and-graphics-off"),
     pytest.param(dataclasses.replace(WEB, graphics="spice"), id="graphics-switched"),
     pytest.param(dataclasses.replace(WEB, virt_type="qemu"), id="virt-type"),
 ])

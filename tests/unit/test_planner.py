@@ -55,22 +55,22 @@ def test_creation_plans_pool_then_volumes_then_domain_then_power():
     assert pool.actions == (Action.CREATE,)
     assert kinds(vm.steps) == ["create_volume", "create_volume", "define_domain", "set_autostart", "start_domain"]
     assert vm.actions == (Action.CREATE, Action.START)
-    assert vm.requires == ("vmstore",)
+    assert vm.requires == ("StoragePool/vmstore",)
     assert [r.key for r in result.resources] == ["StoragePool/vmstore", "VirtualMachine/web"]
     assert result.problems == () and result.has_changes
 
 
 def test_creation_defines_a_new_domain_that_records_its_volumes_as_created():
-    """The first definition has no UUID to keep and marks each volume it creates as kvmops'."""
+    """The first definition names the new domain's identity and marks each volume it creates as kvmops'."""
     result = plan(b.desired(web()), b.actual())
     (define,) = [s for s in resource(result, "web").steps if isinstance(s, plans.DefineDomain)]
-    assert define.uuid is None
+    assert define.create and define.uuid == planner.new_uuid("default", web())
     parsed = domxml.parse(define.xml)
     assert parsed.owner.volumes == (
         model.OwnedVolume(b.POOL, "web-root.qcow2", RETAIN, created=True),
         model.OwnedVolume(b.POOL, "web-cache.qcow2", DELETE, created=True),
     )
-    assert parsed.virt_type == "kvm" and parsed.uuid is None
+    assert parsed.virt_type == "kvm" and parsed.uuid == define.uuid
     created = [s for s in resource(result, "web").steps if isinstance(s, plans.CreateVolume)]
     assert [(s.pool, s.name, s.capacity) for s in created] == [
         (b.POOL, "web-root.qcow2", 10 * b.GIB), (b.POOL, "web-cache.qcow2", b.GIB),
@@ -451,12 +451,13 @@ def test_redefinition_keeps_the_uuid_and_the_generated_macs():
     assert [n.mac for n in parsed.nics] == [b.mac(0), b.mac(1)]
 
 
-def test_adding_a_nic_keeps_the_existing_macs_and_leaves_the_new_one_to_libvirt():
-    """A NIC appended to the manifest gets no MAC yet; the existing NIC keeps its own."""
+def test_adding_a_nic_keeps_the_existing_macs_and_gives_the_new_one_its_own():
+    """A NIC appended to the manifest gets a fresh MAC in the plan; the existing NIC keeps its own."""
     vm = updated(web(nics=(b.nic(), b.nic("br0", kind="bridge"))))
     (define,) = [s for s in vm.steps if isinstance(s, plans.DefineDomain)]
-    assert [n.mac for n in domxml.parse(define.xml).nics] == [b.mac(0), None]
-    assert changes(vm) == {"networks[1]": (None, "bridge br0 (virtio)", Impact.RESTART)}
+    kept, fresh = [n.mac for n in domxml.parse(define.xml).nics]
+    assert kept == b.mac(0) and fresh.startswith("52:54:00:") and fresh != kept
+    assert changes(vm) == {"networks[1]": (None, f"bridge br0 (virtio) mac {fresh}", Impact.RESTART)}
 
 
 def test_removing_a_nic_does_not_move_another_nics_mac():
@@ -471,7 +472,9 @@ def test_inserting_a_nic_first_keeps_the_existing_nic_mac_on_its_network():
     """A NIC inserted before an existing one gets a new MAC; the existing NIC keeps its identity."""
     vm = updated(web(nics=(b.nic("br0", kind="bridge"), b.nic())))
     (define,) = [s for s in vm.steps if isinstance(s, plans.DefineDomain)]
-    assert [(n.source, n.mac) for n in domxml.parse(define.xml).nics] == [("br0", None), ("default", b.mac(0))]
+    (first, first_mac), second = [(n.source, n.mac) for n in domxml.parse(define.xml).nics]
+    assert first == "br0" and first_mac not in (None, b.mac(0))
+    assert second == ("default", b.mac(0))
 
 
 def test_pinned_mac_change_replaces_the_nic():

@@ -12,6 +12,7 @@ from tests.unit import builders
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "manifests"
+CLOUD_EXAMPLES = REPO / "examples" / "cloud-images"  # images and cloud-init: they need a real libvirtd
 FILE = "manifests/vms/web.yaml"
 
 
@@ -33,8 +34,9 @@ def problems_of(text: str) -> list[str]:
         ),
         pytest.param(
             "  memory: 1GiB\n  colour: red\n",
-            [f"{FILE}:7: spec.colour: unknown field 'colour'; allowed: autostart, console, disks, graphics, maxMemory, "
-             "memory, networks, runStrategy, shutdownTimeout, uuid, vcpus, virtType"],
+            [f"{FILE}:7: spec.colour: unknown field 'colour'; allowed: autostart, boot, cdrom, cloudInit, console, cpu, "
+             "disks, firmware, graphics, guestAgent, install, keepNvram, machine, maxMemory, memory, networks, "
+             "runStrategy, shutdownTimeout, uuid, vcpus, virtType"],
             id="unknown-field-lists-allowed",
         ),
         pytest.param(
@@ -140,7 +142,7 @@ def test_metadata_faults_are_located_in_metadata():
     assert problems_of(text) == [
         f"{FILE}:4: metadata.name: 'web 01' is not valid: use letters, digits, '-', '_' and '.', start with a letter "
         "or digit, no '..' (e.g. web-01)",
-        f"{FILE}:6: metadata.labels.app: expected a string, got an integer (5)",
+        f"{FILE}:6: metadata.labels.app: expected a string, got an integer (5); YAML read it as a number or boolean: put it in quotes",
     ]
 
 
@@ -166,12 +168,12 @@ def test_problems_are_reported_in_file_order():
         ),
         pytest.param(
             "apiVersion: kvmops/v1\nkind: VirtualMashine\n",
-            f"{FILE}:2: kind: unknown kind 'VirtualMashine'; expected VirtualMachine or StoragePool",
+            f"{FILE}:2: kind: unknown kind 'VirtualMashine'; expected VirtualMachine or StoragePool or Network or Image",
             id="unknown-kind",
         ),
         pytest.param(
             "apiVersion: kvmops/v1\nmetadata: {name: web}\n",
-            f"{FILE}:1: kind: missing 'kind'; expected VirtualMachine or StoragePool",
+            f"{FILE}:1: kind: missing 'kind'; expected VirtualMachine or StoragePool or Network or Image",
             id="missing-kind",
         ),
         pytest.param(
@@ -189,7 +191,7 @@ def test_document_that_is_not_a_known_kind_gets_one_problem(text, expected):
 def test_kind_that_is_a_list_is_a_problem_not_a_crash():
     """``kind: [VirtualMachine]`` is reported as an unknown kind instead of raising TypeError."""
     assert problems_of("apiVersion: kvmops/v1\nkind: [VirtualMachine]\n") == [
-        f"{FILE}:2: kind: unknown kind ['VirtualMachine']; expected VirtualMachine or StoragePool"
+        f"{FILE}:2: kind: unknown kind ['VirtualMachine']; expected VirtualMachine or StoragePool or Network or Image"
     ]
 
 
@@ -215,12 +217,17 @@ def test_defaults_come_from_the_schemas():
         "spec": {
             "memory": "1GiB",
             "vcpus": 1,
-            "disks": [{"name": "root", "pool": "vmstore", "size": 10, "bus": "virtio", "deletionPolicy": "Retain"}],
+            "firmware": "bios",
+            "keepNvram": False,
+            "disks": [{"name": "root", "pool": "vmstore", "size": 10, "bus": "virtio", "deletionPolicy": "Retain",
+                       "clone": "overlay"}],
             "networks": [{"bridge": "br0", "model": "virtio"}],
+            "boot": ["hd"],
             "console": "serial",
             "graphics": "none",
             "autostart": False,
             "runStrategy": "Always",
+            "guestAgent": False,
         },
     }
 
@@ -266,10 +273,13 @@ def test_pool_path_starting_with_dotdot_is_refused():
 
 
 def example_documents() -> list[model.Document]:
-    """Return every document of the example manifests."""
-    loaded = manifests.load(EXAMPLES)
-    assert loaded.problems == ()
-    return list(loaded.documents)
+    """Return every document of the example manifests (manifests/ and examples/cloud-images/)."""
+    documents = []
+    for directory in (EXAMPLES, CLOUD_EXAMPLES):
+        loaded = manifests.load(directory)
+        assert loaded.problems == ()
+        documents.extend(loaded.documents)
+    return documents
 
 
 def test_example_manifests_validate_cleanly():

@@ -1,0 +1,88 @@
+"""Fetch base images: the only module that speaks HTTP.
+
+:func:`download` copies an http(s) URL or a local file into a temporary file while
+computing its sha256, and hands back the verified file only when the digest is the one
+the manifest pins.  A failed or corrupt download never leaves anything behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from reconciler import errors
+
+CHUNK = 1024 * 1024
+TIMEOUT = 60
+
+
+def download(url: str | None, path: str | None, sha256: str, *, progress: Callable[[int, int | None], None] | None = None,
+             directory: str | None = None) -> Path:
+    """Return a temporary file holding the verified image; the caller deletes it.
+
+    ``progress(done, total)`` is called at most twice a second.  Raises
+    ``OperationRefused`` on a checksum mismatch and ``RetryableHypervisorError`` when the
+    source cannot be read (a network error may pass).
+    """
+    handle, name = tempfile.mkstemp(prefix="kvmops-image-", dir=directory or os.environ.get("TMPDIR") or "/var/tmp")
+    target = Path(name)
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(handle, "wb") as out, _open(url, path) as (source, total):
+            done, reported = 0, 0.0
+            while chunk := source.read(CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+                done += len(chunk)
+                if progress is not None and time.monotonic() - reported >= 0.5:
+                    progress(done, total)
+                    reported = time.monotonic()
+            if progress is not None:
+                progress(done, total)
+        actual = digest.hexdigest()
+        if actual != sha256.lower():
+            raise errors.OperationRefused(
+                f"checksum mismatch for {url or path}: got sha256 {actual}, the manifest pins {sha256}; "
+                "the download was discarded. Fix the sha256 in the Image manifest, or the source"
+            )
+        return target
+    except BaseException:
+        with contextlib.suppress(OSError):
+            target.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def _open(url: str | None, path: str | None):
+    try:
+        if url is not None:
+            request = urllib.request.Request(url, headers={"User-Agent": "kvmops"})
+            with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+                length = response.headers.get("Content-Length")
+                yield response, int(length) if length and length.isdigit() else None
+        else:
+            with open(path, "rb") as handle:
+                yield handle, os.fstat(handle.fileno()).st_size
+    except urllib.error.HTTPError as exc:
+        raise errors.RetryableHypervisorError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from exc
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise errors.RetryableHypervisorError(f"cannot download {url}: {reason}") from exc
+    except OSError as exc:
+        raise errors.OperationRefused(f"cannot read image {path}: {exc.strerror}") from exc
+
+
+def copy_chunks(path: Path):
+    """Yield the content of ``path`` in chunks (for a streamed upload)."""
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            yield chunk
+
+
