@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -22,8 +23,11 @@ from pathlib import Path
 from reconciler import errors, logconfig
 from reconciler.adapters import git
 from reconciler.adapters import hypervisor as hv
-from reconciler.core import domxml, model, planner, render, snapshot, validation
-from reconciler.runtime import configuration, controller, execute, hostlock, observe, reconcile, review
+from reconciler.core import actual as actual_state
+from reconciler.core import desired as desired_state
+from reconciler.core import domxml, model, planner, quantity, render, snapshot, validation
+from reconciler.adapters import manifests as manifest_files
+from reconciler.runtime import configuration, controller, doctor, execute, hostlock, inspect, observe, reconcile, review
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -120,12 +124,40 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"one of {', '.join(validation.SCHEMA_FILES)} or config; all when omitted")
     schema.set_defaults(handler=cmd_schema)
 
-    status = commands.add_parser("status", help="show each managed VM: power, manifest, git revision")
+    status = commands.add_parser("status", help="show each managed VM: power, conditions, addresses, revision")
     status.add_argument("name", metavar="NAME", nargs="?", default=None)
     connect_option(status)
     status.add_argument("--output", "-o", choices=("table", "json"), default="table")
+    status.add_argument("--manifests", metavar="PATH", default=os.environ.get("KVMOPS_MANIFESTS"),
+                        help="also compare with these manifests (conditions Drifted and Error)")
     scope_option(status, default=None)
     status.set_defaults(handler=cmd_status)
+
+    wait = commands.add_parser("wait", help="wait until a VM has an IP address, runs, or is stopped")
+    wait.add_argument("name", metavar="NAME")
+    wait.add_argument("--for", dest="condition", choices=inspect.CONDITIONS, required=True)
+    wait.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS")
+    connect_option(wait)
+    wait.set_defaults(handler=cmd_wait)
+
+    ssh = commands.add_parser("ssh", help="ssh to a VM at the address kvmops finds for it")
+    ssh.add_argument("name", metavar="NAME")
+    ssh.add_argument("--user", "-l", default=None, help="remote user")
+    ssh.add_argument("ssh_args", nargs=argparse.REMAINDER, metavar="-- SSH_ARGS",
+                     help="options for ssh, then a remote command")
+    connect_option(ssh)
+    ssh.set_defaults(handler=cmd_ssh)
+
+    doctor = commands.add_parser("doctor", help="check the host: KVM, libvirtd, qemu-img, pools, networks, space")
+    doctor.add_argument("path", metavar="PATH", nargs="?", default=None, help="manifests to check the host against")
+    connect_option(doctor)
+    doctor.set_defaults(handler=cmd_doctor)
+
+    importer = commands.add_parser("import", help="write a manifest for an existing (foreign) domain")
+    importer.add_argument("name", metavar="NAME")
+    connect_option(importer)
+    importer.add_argument("--output", "-o", metavar="FILE", default=None, help="write to FILE instead of stdout")
+    importer.set_defaults(handler=cmd_import)
 
     apply = commands.add_parser("apply", help="converge the host on the manifests")
     planning_options(apply)
@@ -173,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     adopt = commands.add_parser("adopt", help="mark an existing domain as managed by kvmops")
     adopt.add_argument("name", metavar="NAME")
+    adopt.add_argument("--manifests", metavar="PATH", default=None,
+                       help="the manifests declaring it (as `kvmops import` wrote): the mark then matches them "
+                            "exactly, so the next plan is empty")
     connect_option(adopt)
     scope_option(adopt)
     adopt.set_defaults(handler=cmd_adopt)
@@ -309,6 +344,11 @@ def _read_snapshot(path: str) -> snapshot.Snapshot:
         return snapshot.from_data(json.loads(text))
     except OSError as exc:
         raise errors.KvmopsError(f"{path}: cannot read the snapshot: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise errors.KvmopsError(
+            f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}), so not a kvmops snapshot; "
+            "export it again with `kvmops state export`"
+        ) from exc
     except (ValueError, snapshot.SnapshotError) as exc:
         raise errors.KvmopsError(f"{path}: {exc}") from exc
 
@@ -324,8 +364,15 @@ def cmd_diff(args: argparse.Namespace) -> int:
     )
     result = review.diff(args.path, args.base, args.head, settings=settings)
     title = f"kvmops diff {result.base_label} → {result.head_label}"
-    _print_plan(result.plan, args, title=title)
-    return _plan_status(result.plan, args)
+    plan = result.plan
+    if result.base.problems:
+        note = (f"the base revision {result.base_label} has {len(result.base.problems)} problem(s) of its own; it was "
+                "compared for what it could express")
+        plan = dataclasses.replace(plan, snapshot=note)
+        for problem in result.base.problems:
+            print(f"kvmops: note: base: {problem}", file=sys.stderr)
+    _print_plan(plan, args, title=title)
+    return _plan_status(plan, args)
 
 
 def cmd_state_export(args: argparse.Namespace) -> int:
@@ -472,45 +519,141 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Print every domain kvmops manages (in ``--scope``, or all scopes) with what it knows of it."""
+    """Print every domain kvmops manages (in ``--scope``, or all scopes) with its conditions and addresses."""
     with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
-        actual = observe.observe(hypervisor)
-    rows = []
-    for name, domain in sorted(actual.domains.items()):
-        if not domain.owned or (args.name and name != args.name):
-            continue
-        owner = domain.definition.owner if domain.definition else None
-        if args.scope and (owner.scope if owner else "default") != args.scope:
-            continue
-        pending = planner.restart_pending(domain.live, domain.definition) if domain.live and domain.definition else []
-        rows.append({
-            "name": name,
-            "state": domain.power.value,
-            "run_strategy": owner.run_strategy.value if owner else None,
-            "manifest": owner.manifest if owner else None,
-            "revision": owner.revision if owner else "",
-            "scope": owner.scope if owner else "default",
-            "uuid": domain.uuid,
-            "vcpus": domain.definition.vcpus if domain.definition else None,
-            "memory_mib": domain.definition.memory // 1024 if domain.definition else None,
-            "restart_pending": [f"{field}: {old} -> {new}" for field, old, new in pending],
-        })
+        plan = None
+        if args.manifests:
+            plan = reconcile.make_plan(args.manifests, hypervisor,
+                                       settings=planner.Settings(scope=args.scope or DEFAULT_SCOPE)).plan
+        rows = inspect.status_rows(hypervisor, name=args.name, scope=args.scope, plan=plan)
     if args.name and not rows:
         raise errors.ObjectNotFound(f"no domain named {args.name} is managed by kvmops on {args.connect}")
     if args.output == "json":
         print(json.dumps(rows, indent=2))
         return EXIT_OK
-    columns = [("NAME", "name"), ("STATE", "state"), ("RUN STRATEGY", "run_strategy"), ("MANIFEST", "manifest"),
-               ("REVISION", "revision"), ("SCOPE", "scope")]
-    table = [[header for header, _ in columns]] + [[str(row[key] or "-") for _, key in columns] for row in rows]
+    if not rows:
+        print(f"no domains managed by kvmops on {args.connect}")
+        return EXIT_OK
+    columns = ("NAME", "STATE", "DESIRED", "CONDITIONS", "ADDRESSES", "VCPUS", "MEMORY", "REVISION")
+    table = [list(columns)]
+    for row in rows:
+        table.append([
+            row["name"], row["state"], row["desired"] or "-",
+            ",".join(c["type"] for c in row["conditions"]) or "-",
+            ",".join(f"{a['ip']} ({a['source']})" for a in row["addresses"]) or "-",
+            str(row["vcpus"]), f"{row['memory_mib']} MiB", (row["revision"] or "-")[:12],
+        ])
     widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
     for line in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
-    for row in rows:
-        for pending in row["restart_pending"]:
-            print(f"{row['name']}: restart pending: {pending}")
-    if not rows:
-        print(f"no domains managed by kvmops on {args.connect}")
+    details = [(row, c) for row in rows for c in row["conditions"] if c["type"] != "Ready"]
+    if details or args.name:
+        print()
+    for row, condition in details:
+        print(f"{row['name']}: {condition['type']}: {condition['message']}")
+    if args.name:
+        row = rows[0]
+        print(f"manifest: {row['manifest'] or '-'}   scope: {row['scope']}   uuid: {row['uuid']}")
+        print("macs: " + (", ".join(row["macs"]) or "-"))
+        for disk in row["disks"]:
+            size = format_size(disk["capacity_bytes"])
+            print(f"disk {disk['target']}: {disk['source']} {size}")
+    return EXIT_OK
+
+
+def format_size(capacity: int | None) -> str:
+    """Return a capacity for people, or '-' when unknown."""
+    return quantity.format_bytes(capacity) if capacity is not None else "-"
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    """Block until the VM has an address, runs, or is stopped; print what was seen."""
+    with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
+        print(inspect.wait(hypervisor, args.name, args.condition, timeout=args.timeout))
+    return EXIT_OK
+
+
+_SSH_OPTIONS_WITH_VALUES = set("BbcDEeFIiJLlmOopQRSWw")
+
+
+def cmd_ssh(args: argparse.Namespace) -> int:
+    """Replace this process with ``ssh`` to the VM's first address."""
+    with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
+        actual = observe.observe(hypervisor)
+        domain = actual.domains.get(args.name)
+        if domain is None:
+            raise errors.ObjectNotFound(f"no domain named {args.name} on {args.connect}")
+        found = inspect.addresses(hypervisor, domain)
+    if not found:
+        state = "is not running" if not domain.power.active else "has no address yet (no DHCP lease, guest agent or ARP entry)"
+        raise errors.KvmopsError(
+            f"{args.name} {state}; try `kvmops wait {args.name} --for ip` first"
+        )
+    address = next((a for a in found if a.family == "ipv4"), found[0])
+    extra = [a for a in args.ssh_args if a != "--"] if args.ssh_args[:1] == ["--"] else list(args.ssh_args)
+    options, command = [], []
+    index = 0
+    while index < len(extra) and extra[index].startswith("-"):
+        options.append(extra[index])
+        if len(extra[index]) == 2 and extra[index][1] in _SSH_OPTIONS_WITH_VALUES and index + 1 < len(extra):
+            index += 1
+            options.append(extra[index])
+        index += 1
+    command = extra[index:]
+    argv = ["ssh", *options, *(["-l", args.user] if args.user else []), address.ip, *command]
+    print(f"kvmops: ssh to {args.name} at {address.ip} ({address.source})", file=sys.stderr, flush=True)
+    try:
+        os.execvp("ssh", argv)
+    except FileNotFoundError as exc:
+        raise errors.KvmopsError("ssh is not installed (apt-get install openssh-client)") from exc
+    return EXIT_ERROR  # not reached
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check the host; print one line per finding with what to fix; exit 1 on any failure."""
+    checks = doctor.host_checks() if doctor.is_local(args.connect) else []
+    found, hypervisor = doctor.libvirt_checks(args.connect)
+    checks += found
+    if hypervisor is not None:
+        with hypervisor:
+            if args.path:
+                desired = reconcile.load_desired(args.path)
+                for problem in desired.problems:
+                    checks.append(doctor.Check("manifests", False, str(problem)))
+                checks += doctor.manifest_checks(desired, hypervisor, observe.observe(hypervisor))
+    marks = {True: "ok  ", False: "FAIL", None: "warn"}
+    for check in checks:
+        print(f"[{marks[check.ok]}] {check.name}: {check.detail}")
+        if check.fix and check.ok is not True:
+            print(f"       fix: {check.fix}")
+    failed = sum(1 for c in checks if c.ok is False)
+    warned = sum(1 for c in checks if c.ok is None)
+    print(f"\n{len(checks)} checks: {failed} failed, {warned} warnings")
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Write a manifest for an existing domain, ready for `kvmops adopt NAME --manifests`."""
+    with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
+        actual = observe.observe(hypervisor)
+        domain = actual.domains.get(args.name)
+        if domain is None:
+            raise errors.ObjectNotFound(f"no domain named {args.name} on {args.connect}")
+        by_path = {v.path: (v.pool, v.name) for v in actual.volumes.values() if v.path}
+        definition = actual_state.resolve_paths(domxml.parse(hypervisor.domain_xml(args.name)), by_path)
+    capacities = {key: volume.capacity for key, volume in actual.volumes.items()}
+    document, warnings = desired_state.manifest_for(definition, autostart=domain.autostart, capacities=capacities)
+    header = f"# Imported from {args.connect} by kvmops import {args.name}.\n"
+    header += "".join(f"# NOTE: {warning}\n" for warning in warnings)
+    header += f"# Next: kvmops adopt {args.name} --manifests <dir holding this file>, then kvmops plan.\n"
+    text = manifest_files.dump([document], header=header)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"manifest for {args.name} written to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    for warning in warnings:
+        print(f"kvmops: note: {warning}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -527,13 +670,27 @@ def cmd_adopt(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> 
         if domain.owned:
             print(f"domain {args.name} is already managed by kvmops")
             return EXIT_OK
-        root = domxml.parse(hypervisor.domain_xml(args.name))
+        by_path = {v.path: (v.pool, v.name) for v in actual.volumes.values() if v.path}
+        root = actual_state.resolve_paths(domxml.parse(hypervisor.domain_xml(args.name)), by_path)
         volumes = tuple(
             model.OwnedVolume(d.pool, d.volume, model.DeletionPolicy.RETAIN, created=False)
             for d in root.disks if d.pool is not None
         )
         owner = model.Ownership(manifest="", digest="", run_strategy=model.RunStrategy.MANUAL, volumes=volumes,
                                 scope=args.scope)
+        if args.manifests:
+            desired = reconcile.load_desired(args.manifests)
+            spec = desired.vms.get(args.name)
+            if spec is None:
+                problems = "; ".join(str(p) for p in desired.problems[:3])
+                raise errors.ManifestError(
+                    f"{args.manifests} declares no VirtualMachine {args.name}" + (f" ({problems})" if problems else "")
+                )
+            marked = dataclasses.replace(domain, owned=True, definition=dataclasses.replace(root, owner=owner))
+            try:
+                owner = planner.desired_definition(spec, marked, actual, desired, planner.Settings(scope=args.scope)).owner
+            except ValueError as exc:
+                raise errors.PlanningError(str(exc)) from exc
         hypervisor.set_owner(args.name, owner)
         print(f"domain {args.name} is now managed by kvmops; its volumes are recorded as not created by kvmops, so "
               f"they are never deleted. Run `kvmops plan` to see how its manifest differs.")

@@ -23,6 +23,8 @@ GIT_TIMEOUT = 120
 def run(*args: str, cwd: str | os.PathLike | None = None, timeout: float = GIT_TIMEOUT) -> bytes:
     """Run ``git args`` and return its stdout; raise ``SourceError`` with git's own words on failure."""
     environment = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
+    if cwd is not None and not Path(cwd).is_dir():
+        raise errors.SourceError(f"{cwd}: no such directory")
     try:
         result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, timeout=timeout, env=environment)
     except FileNotFoundError as exc:
@@ -30,15 +32,18 @@ def run(*args: str, cwd: str | os.PathLike | None = None, timeout: float = GIT_T
     except subprocess.TimeoutExpired as exc:
         raise errors.SourceError(f"git {args[0]} did not finish within {timeout}s") from exc
     if result.returncode != 0:
-        message = result.stderr.decode(errors="replace").strip().splitlines()
-        detail = next((line for line in reversed(message) if line.strip()), f"exit status {result.returncode}")
-        raise errors.SourceError(f"git {args[0]} failed: {detail.removeprefix('fatal: ')}")
+        message = [line.strip() for line in result.stderr.decode(errors="replace").splitlines() if line.strip()]
+        detail = next((line for line in message if line.startswith(("fatal:", "error:"))),
+                      message[-1] if message else f"exit status {result.returncode}")
+        raise errors.SourceError(f"git {args[0]} failed: {detail.removeprefix('fatal: ').removeprefix('error: ')}")
     return result.stdout
 
 
 def toplevel(path: str | os.PathLike) -> Path:
-    """Return the root of the git working tree holding ``path``."""
-    directory = Path(path) if Path(path).is_dir() else Path(path).parent
+    """Return the root of the git working tree holding ``path`` (which need not exist any more)."""
+    directory = Path(path).absolute()
+    while not directory.is_dir() and directory != directory.parent:
+        directory = directory.parent
     return Path(run("rev-parse", "--show-toplevel", cwd=directory).decode().strip())
 
 
@@ -48,6 +53,13 @@ def resolve(repository: str | os.PathLike, ref: str) -> str:
         return run("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", cwd=repository).decode().strip()
     except errors.SourceError:
         raise errors.SourceError(f"unknown git revision {ref!r} in {repository}") from None
+
+
+def path_exists(repository: str | os.PathLike, commit: str, subpath: str) -> bool:
+    """Return whether ``subpath`` exists at ``commit``."""
+    if subpath in ("", "."):
+        return True
+    return bool(run("ls-tree", "--name-only", commit, "--", subpath.strip("/"), cwd=repository).strip())
 
 
 def materialize(repository: str | os.PathLike, commit: str, subpath: str, destination: Path) -> Path:

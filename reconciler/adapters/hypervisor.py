@@ -361,6 +361,53 @@ class Hypervisor:
                 network.destroy()
             network.undefine()
 
+    def interface_addresses(self, name: str, source: str) -> list[tuple[str, str, int]]:
+        """Return (mac, address, prefix) of domain ``name``'s interfaces, learnt from ``source``.
+
+        ``source`` is ``lease`` (the libvirt network's DHCP server), ``agent`` (the QEMU
+        guest agent) or ``arp`` (the host's ARP table).  A source that cannot answer (no
+        agent running, not a libvirt network) gives an empty list, not an error.
+        """
+        flag = {
+            "lease": libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE,
+            "agent": libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT,
+            "arp": libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP,
+        }[source]
+        try:
+            with translated(f"cannot read the addresses of domain {name}"):
+                interfaces = self._connection.lookupByName(name).interfaceAddresses(flag, 0) or {}
+        except (errors.OperationRefused, errors.OperationUnsupported, errors.RetryableHypervisorError):
+            return []
+        found = []
+        for interface in interfaces.values():
+            for address in interface.get("addrs") or []:
+                found.append(((interface.get("hwaddr") or "").lower(), address["addr"], int(address.get("prefix") or 0)))
+        return found
+
+    def version(self) -> tuple[str, str]:
+        """Return (libvirt version, hypervisor version) as dotted strings."""
+        def dotted(number: int) -> str:
+            return f"{number // 1_000_000}.{number // 1000 % 1000}.{number % 1000}"
+        with translated(f"cannot read the version of {self.uri}"):
+            return dotted(self._connection.getLibVersion()), dotted(self._connection.getVersion())
+
+    def pool_free_bytes(self, name: str) -> int | None:
+        """Return the free space of pool ``name`` in bytes, or None when it is not active."""
+        with translated(f"cannot read pool {name}"):
+            pool = self._connection.storagePoolLookupByName(name)
+            if not pool.isActive():
+                return None
+            return pool.info()[3]
+
+    def volume_by_path(self, path: str) -> tuple[str, str] | None:
+        """Return (pool, volume) of the volume stored at ``path``, or None if no pool holds it."""
+        try:
+            with translated(f"cannot look up {path}"):
+                volume = self._connection.storageVolLookupByPath(path)
+                return volume.storagePoolLookupByVolume().name(), volume.name()
+        except errors.ObjectNotFound:
+            return None
+
     def list_volumes(self, pool_name: str) -> list[model.ObservedVolume]:
         """Return the volumes of pool ``pool_name`` with their sizes ([] if it stopped meanwhile)."""
         try:

@@ -83,6 +83,12 @@ def load(root: str | os.PathLike) -> model.ManifestSet:
     return model.ManifestSet(str(root_path), tuple(documents), tuple(problems), len(files))
 
 
+def dump(documents: list[dict], *, header: str = "") -> str:
+    """Return ``documents`` as one multi-document YAML text, keys in the order given."""
+    text = yaml.safe_dump_all(documents, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    return header + text
+
+
 def read_beside(document: model.Document, path: str) -> bytes:
     """Return the bytes of ``path``, relative to ``document``'s file (or absolute); at most 1 MiB."""
     target = Path(path) if os.path.isabs(path) else Path(document.file).parent / path

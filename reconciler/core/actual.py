@@ -7,6 +7,7 @@ absence of kvmops' mark and never parsed further.
 
 from __future__ import annotations
 
+import dataclasses
 from types import MappingProxyType
 
 from reconciler.core import domxml, model, netxml
@@ -14,13 +15,27 @@ from reconciler.core import domxml, model, netxml
 
 def interpret(observation: model.Observation) -> model.ActualState:
     """Return the actual state the raw ``observation`` describes."""
+    by_path = {volume.path: (volume.pool, volume.name) for volume in observation.volumes if volume.path}
     return model.ActualState(
         host=observation.host,
-        domains=MappingProxyType({record.name: domain(record) for record in observation.domains}),
+        domains=MappingProxyType({record.name: domain(record, by_path) for record in observation.domains}),
         pools=MappingProxyType({pool.name: pool for pool in observation.pools}),
         volumes=MappingProxyType({(volume.pool, volume.name): volume for volume in observation.volumes}),
         networks=MappingProxyType({record.name: network(record) for record in observation.networks}),
     )
+
+
+def resolve_paths(definition: model.DomainDefinition, by_path: dict[str, tuple[str, str]]) -> model.DomainDefinition:
+    """Return ``definition`` with file disks that are pool volumes named as those volumes."""
+    def resolved(disk: model.DiskDevice) -> model.DiskDevice:
+        if disk.pool is None and disk.path in by_path:
+            pool, volume = by_path[disk.path]
+            return dataclasses.replace(disk, pool=pool, volume=volume, path=None)
+        return disk
+    if not by_path:
+        return definition
+    return dataclasses.replace(definition, disks=tuple(resolved(d) for d in definition.disks),
+                               cdroms=tuple(resolved(d) for d in definition.cdroms))
 
 
 def network(record: model.NetworkRecord) -> model.ObservedNetwork:
@@ -43,8 +58,12 @@ def is_owned(record: model.DomainRecord) -> bool:
         return False
 
 
-def domain(record: model.DomainRecord) -> model.ObservedDomain:
-    """Return the observed domain behind one raw record."""
+def domain(record: model.DomainRecord, by_path: dict[str, tuple[str, str]] | None = None) -> model.ObservedDomain:
+    """Return the observed domain behind one raw record.
+
+    A disk given by file path that is a volume of a pool (what virt-install writes) is
+    read as that pool volume, so a manifest naming the volume describes it exactly.
+    """
     common = dict(
         name=record.name, uuid=record.uuid, power=record.power, shutoff_reason=record.shutoff_reason,
         autostart=record.autostart, persistent=record.persistent,
@@ -56,13 +75,13 @@ def domain(record: model.DomainRecord) -> model.ObservedDomain:
     if domxml.parse_owner(root) is None:
         return model.ObservedDomain(**common, owned=False, definition=None, live=None)
     try:
-        definition = domxml.parse(root)
+        definition = resolve_paths(domxml.parse(root), by_path or {})
     except domxml.DomainXMLError as exc:
         return model.ObservedDomain(**common, owned=True, definition=None, live=None, error=str(exc))
     live = None
     if record.live_xml and record.power.active:
         try:
-            live = domxml.parse(record.live_xml)
+            live = resolve_paths(domxml.parse(record.live_xml), by_path or {})
         except domxml.DomainXMLError:
             live = None
     return model.ObservedDomain(**common, owned=True, definition=definition, live=live, xml=record.inactive_xml)

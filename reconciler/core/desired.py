@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 
 from reconciler.core import domxml, model, quantity, validation
@@ -378,3 +378,103 @@ def _claim_conflicts(vms: Iterable[model.VMSpec], problems: list[model.Problem])
             problems.append(spec.origin.problem(path, f"{what} {value} is also claimed by VM {others}; each VM needs its own"))
             conflicting.add(spec)
     return conflicting
+
+
+def manifest_for(
+    definition: model.DomainDefinition,
+    *,
+    autostart: bool,
+    capacities: Mapping[tuple[str, str], int],
+) -> tuple[dict, list[str]]:
+    """Return the VirtualMachine manifest describing an existing domain, and what it could not say.
+
+    The inverse of :func:`build` for ``kvmops import``: applied to the same domain after
+    ``kvmops adopt``, the manifest plans no change.  Power is left to people
+    (``runStrategy: Manual``); UUID, MACs and device names are pinned.
+    """
+    warnings: list[str] = []
+    spec: dict = {"vcpus": definition.vcpus, "memory": _mib_text(definition.memory)}
+    if definition.max_memory != definition.memory:
+        spec["maxMemory"] = _mib_text(definition.max_memory)
+    spec["virtType"] = definition.virt_type if definition.virt_type in ("kvm", "qemu") else "auto"
+    if definition.uuid:
+        spec["uuid"] = definition.uuid
+    if definition.machine:
+        spec["machine"] = definition.machine
+    if definition.firmware == "efi":
+        spec["firmware"] = "uefi"
+    if definition.cpu_mode:
+        spec["cpu"] = {"mode": definition.cpu_mode, **({"model": definition.cpu_model} if definition.cpu_model else {})}
+    disks = []
+    per_prefix: dict[str, int] = {}
+    for disk in definition.disks:
+        if disk.pool is None:
+            warnings.append(f"disk {disk.target} ({disk.path}) is not a volume of any storage pool: it is left out; "
+                            "define a pool for its directory and import again")
+            continue
+        entry: dict = {"name": disk.target, "pool": disk.pool, "volume": disk.volume}
+        capacity = capacities.get((disk.pool, disk.volume))
+        if capacity is None:
+            warnings.append(f"the size of {disk.pool}/{disk.volume} is unknown; size 1GiB was written, check it")
+        entry["size"] = _size_text(capacity or quantity.GIB)
+        if disk.bus not in BUS_PREFIX:
+            warnings.append(f"disk {disk.target} is on bus {disk.bus}, which kvmops does not manage; written as virtio")
+        bus = disk.bus if disk.bus in BUS_PREFIX else "virtio"
+        entry["bus"] = bus
+        prefix = BUS_PREFIX[bus]
+        position = per_prefix.get(prefix, 0)
+        per_prefix[prefix] = position + 1
+        if disk.target != prefix + domxml.device_letters(position):
+            entry["target"] = disk.target
+        disks.append(entry)
+    if disks:
+        spec["disks"] = disks
+    networks = []
+    for nic in definition.nics:
+        if nic.kind not in ("network", "bridge"):
+            warnings.append(f"interface {nic.mac} is of type {nic.kind}, which kvmops does not manage: left out")
+            continue
+        entry = {nic.kind: nic.source}
+        if nic.mac:
+            entry["mac"] = nic.mac
+        if nic.model:
+            entry["model"] = nic.model
+        networks.append(entry)
+    if networks:
+        spec["networks"] = networks
+    spec["console"] = "serial" if definition.console else "none"
+    if definition.graphics == "none":
+        spec["graphics"] = "none"
+    elif definition.graphics_listen and definition.graphics_listen != domxml.GRAPHICS_LISTEN:
+        spec["graphics"] = {"type": definition.graphics, "listen": definition.graphics_listen}
+    else:
+        spec["graphics"] = definition.graphics
+    if definition.graphics not in ("none", "vnc", "spice"):
+        warnings.append(f"graphics {definition.graphics} is not managed by kvmops")
+        spec["graphics"] = "none"
+    if definition.boot and definition.boot != ("hd",):
+        spec["boot"] = list(definition.boot)
+    if definition.kernel:
+        warnings.append("the domain boots a kernel directly; add install.kernel with the pool that holds it")
+    if definition.cdroms:
+        ref = next((d for d in definition.cdroms if d.pool is not None), None)
+        if ref is not None:
+            spec["cdrom"] = {"pool": ref.pool, "volume": ref.volume}
+        if len(definition.cdroms) > 1 or ref is None:
+            warnings.append("CD-ROMs that are not pool volumes (or more than one) are left out")
+    if definition.guest_agent:
+        spec["guestAgent"] = True
+    spec["autostart"] = autostart
+    spec["runStrategy"] = "Manual"
+    document = {"apiVersion": "kvmops/v1", "kind": "VirtualMachine", "metadata": {"name": definition.name}, "spec": spec}
+    return document, warnings
+
+
+def _mib_text(kib: int) -> str | int:
+    return kib // 1024 if kib % 1024 == 0 else f"{kib}KiB"
+
+
+def _size_text(capacity: int) -> str:
+    if capacity % quantity.GIB == 0:
+        return f"{capacity // quantity.GIB}GiB"
+    return f"{quantity.round_up(capacity, quantity.MIB) // quantity.MIB}MiB"

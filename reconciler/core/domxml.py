@@ -126,14 +126,17 @@ def _render_agent_channel() -> ET.Element:
     return channel
 
 
-def patch(xml: str, definition: model.DomainDefinition) -> str:
+def patch(xml: str, definition: model.DomainDefinition, *, volumes_by_path: dict[str, tuple[str, str]] | None = None) -> str:
     """Return the persistent ``xml`` of an existing domain with ``definition`` written into it.
 
     Only what kvmops manages changes; everything else stays as libvirt and people left
     it: PCI addresses of unchanged devices (so guests keep their interface names),
     controllers, channels, ``on_crash``, metadata of other tools, graphics settings.
-    ``parse(patch(xml, d)) == d`` for every ``d``.
+    ``parse(patch(xml, d)) == d`` for every ``d``.  ``volumes_by_path`` lets a file disk
+    that is a pool volume match the manifest's disk naming that volume; it keeps its
+    file form.
     """
+    volumes_by_path = volumes_by_path or {}
     root = parse_tree(xml)
     root.set("type", definition.virt_type)
     _child(root, "name").text = definition.name
@@ -170,7 +173,11 @@ def patch(xml: str, definition: model.DomainDefinition) -> str:
     devices = _child(root, "devices")
     for kind, wanted in (("disk", definition.disks), ("cdrom", definition.cdroms)):
         present = [d for d in devices.findall("disk") if d.get("device", "disk") == kind]
-        by_source = {_disk_key(_parse_disk(d)): d for d in present}
+        by_source = {}
+        for element in present:
+            pool, where = _disk_key(_parse_disk(element))
+            key = volumes_by_path.get(where, (pool, where)) if pool == "" else (pool, where)
+            by_source[key] = element
         _replace(devices, present, [_patch_disk(by_source.get(_disk_key(disk)), disk) for disk in wanted])
     interfaces = devices.findall("interface")
     by_mac = {(_parse_nic(i).mac or ""): i for i in interfaces}

@@ -385,6 +385,19 @@ def _plan_vm(
     return builder.build(base, tuple(dict.fromkeys(requires)))
 
 
+def desired_definition(
+    spec: model.VMSpec, domain: model.ObservedDomain | None, actual: model.ActualState,
+    desired: model.DesiredState, settings: Settings,
+) -> model.DomainDefinition:
+    """Return the definition a plan would give ``spec`` on this host (for ``kvmops adopt``)."""
+    virt_type, why = resolve_virt_type(spec.virt_type or settings.virt_type, actual.host)
+    if virt_type is None:
+        raise ValueError(why)
+    builder = _VMPlanBuilder(spec, domain, actual, virt_type, settings, wanted_volumes(desired), desired)
+    _steps, owned, _deletions = builder._plan_volumes(stopping=False)
+    return builder._definition(owned, install=builder._install_now())
+
+
 class _VMPlanBuilder:
     """Collects the changes and steps for one VM; used once, by :func:`_plan_vm`."""
 
@@ -435,7 +448,8 @@ class _VMPlanBuilder:
         observed = domain.definition
         self._diff_definition(observed, definition)
         if definition != observed:
-            xml = domxml.patch(domain.xml, definition) if domain.xml else domxml.render(definition)
+            by_path = {v.path: (v.pool, v.name) for v in self.actual.volumes.values() if v.path}
+            xml = domxml.patch(domain.xml, definition, volumes_by_path=by_path) if domain.xml else domxml.render(definition)
             steps.append(plans.DefineDomain(spec.name, domain.uuid, xml))
             if observed.owner is not None and observed.owner.install_pending and not definition.owner.install_pending:
                 self.notes.append("the VM has booted its install media; its next boot uses the disks")

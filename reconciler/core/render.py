@@ -208,23 +208,24 @@ def markdown(plan: Plan, *, title: str | None = None) -> str:
     lines = [MARKDOWN_MARKER, f"### {_md(title or f'kvmops plan for {plan.uri}')}", ""]
     if plan.snapshot:
         lines += [f"_{_md(plan.snapshot)}_", ""]
-    warnings = [
-        (resource, change)
-        for resource in plan.resources
-        for change in resource.changes
-        if change.impact in (Impact.DATA_LOSS, Impact.REPLACE)
-    ]
+    callouts: list[str] = []
+    if plan.problems:
+        suspended = " Pruning is suspended until they are fixed." if plan.prune_suspended else ""
+        callouts.append(f"> :x: **{len(plan.problems)} problem(s)**: the resources concerned are left as they are "
+                        f"(details below).{suspended}")
+    warnings = sorted(
+        ((resource, change) for resource in plan.resources for change in resource.changes
+         if change.impact in (Impact.DATA_LOSS, Impact.REPLACE)),
+        key=lambda pair: _IMPACT_ORDER.index(pair[1].impact),
+    )
     for resource, change in warnings:
-        label = "Data loss" if change.impact is Impact.DATA_LOSS else "Replacement"
-        detail = f"{_code(change.old)} → {_code(change.new)}" if change.old and change.new else _code(change.old or change.new)
-        note = f": {_md(change.note)}" if change.note else ""
-        lines.append(f"> :warning: **{label}** in {resource.kind} {_code(resource.name)}: {_code(change.path)} {detail}{note}")
+        callouts.append("> :warning: " + _warning_text(resource, change))
     for resource in plan.resources:
         for note in resource.notes:
             if note.startswith("DATA LOSS"):
-                lines.append(f"> :warning: {resource.kind} {_code(resource.name)}: {_md(note)}")
-    if lines[-1] != "":
-        lines.append("")
+                callouts.append(f"> :warning: {resource.kind} {_code(resource.name)}: {_md(note)}")
+    if callouts:
+        lines += "\n>\n".join(callouts).split("\n") + [""]  # '>' alone keeps each callout its own paragraph
     lines += [f"**{_md(summary(plan))}**", ""]
 
     if plan.changes:
@@ -254,12 +255,27 @@ def markdown(plan: Plan, *, title: str | None = None) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _warning_text(resource: ResourcePlan, change: FieldChange) -> str:
+    subject = f"{resource.kind} {_code(resource.name)}"
+    if change.impact is Impact.DATA_LOSS:
+        what = change.path.removeprefix("volume ")
+        size = f" ({_md(change.old)})" if change.old else ""
+        removed = " is removed and" if Action.DELETE in resource.actions else ":"
+        return f"**Data loss**: {subject}{removed} volume {_code(what)}{size} is deleted (deletionPolicy Delete)"
+    return (f"**Replacement**: {subject}: {_code(change.path)} changes from {_code(change.old)} to {_code(change.new)}, "
+            "a new, empty volume; the old one is detached, not deleted")
+
+
 def _markdown_details(resource: ResourcePlan) -> list[str]:
     count = len(resource.changes)
     summary_line = f"{resource.kind} <code>{_html(resource.name)}</code>: {', '.join(a.value for a in resource.actions)}"
     summary_line += f" ({count} change{'' if count == 1 else 's'})" if count else ""
     lines = ["<details>", f"<summary>{summary_line}</summary>", ""]
-    if resource.changes:
+    if resource.changes and Action.CREATE in resource.actions:
+        lines += ["| Field | Value |", "|---|---|"]
+        lines += [f"| {_code(change.path)} | {_md(change.new)} |" for change in resource.changes]
+        lines.append("")
+    elif resource.changes:
         lines += ["| Field | Old | New | Impact | Note |", "|---|---|---|---|---|"]
         for change in resource.changes:
             impact = change.impact.value

@@ -576,6 +576,8 @@ class Controller:
 
     def health(self) -> tuple[bool, str]:
         """Return (healthy, why): connected to libvirtd and the last pass succeeded."""
+        if self._source is not None and self._source.last_error and self._source.applied is None:
+            return False, f"git: {self._source.last_error}"
         if not self._connected:
             return False, f"not connected to libvirtd: {self._disconnect_reason or 'connecting'}"
         if not self._ready:

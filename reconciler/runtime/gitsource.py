@@ -85,7 +85,7 @@ class GitSource:
                 shutil.rmtree(target, ignore_errors=True)
                 return None
             if desired.problems:
-                labels = {str(target): f"{commit[:12]}:"}
+                labels = {str(target) + "/": f"{commit[:12]}:"}
                 self.rejected = Rejected(commit, problems=reconcile.relabel(desired.problems, labels))
                 shutil.rmtree(target, ignore_errors=True)
                 return None

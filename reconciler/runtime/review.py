@@ -14,6 +14,7 @@ import dataclasses
 import tempfile
 from pathlib import Path
 
+from reconciler import errors
 from reconciler.adapters import git
 from reconciler.core import actual, model, offline, planner, snapshot
 from reconciler.core import plan as plans
@@ -34,8 +35,16 @@ class Review:
 def diff(path: str, base_ref: str, head_ref: str | None, *, settings: planner.Settings) -> Review:
     """Return the plan that turns the manifests at ``base_ref`` into those at ``head_ref`` (None: working tree)."""
     root = git.toplevel(path)
-    subpath = Path(path).resolve().relative_to(root).as_posix() if Path(path).exists() else Path(path).as_posix()
+    try:
+        subpath = Path(path).absolute().resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        raise errors.SourceError(f"{path} is not inside the git working tree {root}") from None
     base_commit = git.resolve(root, base_ref)
+    head_exists = Path(path).exists() if head_ref is None else git.path_exists(root, git.resolve(root, head_ref), subpath)
+    if not head_exists and not git.path_exists(root, base_commit, subpath):
+        raise errors.SourceError(
+            f"{path}: no such manifest directory, neither at {base_ref} nor in {head_ref or 'the working tree'}; check PATH"
+        )
     with tempfile.TemporaryDirectory(prefix="kvmops-diff-") as scratch:
         base_dir = git.materialize(root, base_commit, subpath, Path(scratch, "base"))
         base = reconcile.load_desired(str(base_dir))

@@ -1,0 +1,152 @@
+"""Check a host before trusting it with VMs: ``kvmops doctor``.
+
+Each check says what it found and, when something is wrong, what to do about it.  Host
+checks (CPU flags, KVM modules, ``/dev/kvm``, ``qemu-img``) look at the machine kvmops
+runs on, so they are skipped for remote URIs; libvirt checks go through the connection;
+manifest checks compare the pools and networks the manifests use, and the disk space
+their volumes may need, with what the host has.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import shutil
+import stat
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from reconciler import errors
+from reconciler.adapters import hypervisor as hv
+from reconciler.core import model
+from reconciler.core.quantity import format_bytes
+
+
+@dataclass(frozen=True)
+class Check:
+    """One finding: ``ok`` (True), a warning (None) or a failure (False)."""
+
+    name: str
+    ok: bool | None
+    detail: str
+    fix: str = ""
+
+
+def host_checks() -> list[Check]:
+    """Return the checks of the machine kvmops runs on."""
+    checks = []
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    virt = [flag for flag in ("vmx", "svm") if flag in flags]
+    checks.append(Check(
+        "CPU virtualisation", True if virt else False,
+        f"the CPU offers {virt[0]}" if virt else "no vmx (Intel VT-x) or svm (AMD-V) flag in /proc/cpuinfo",
+        "" if virt else "enable virtualisation in the firmware (BIOS/UEFI) or the parent hypervisor; until then only "
+                        "virtType: qemu (TCG, slow) works",
+    ))
+    modules = sorted(name for name in os.listdir("/sys/module") if name.startswith("kvm")) if os.path.isdir("/sys/module") else []
+    if "kvm_pvm" in modules:
+        checks.append(Check("KVM modules", None, "kvm_pvm (paravirtual KVM) is loaded: it starts domains but cannot run "
+                            "standard guest kernels", "use virtType: qemu for guests (auto already does)"))
+    elif any(m in modules for m in ("kvm_intel", "kvm_amd")):
+        checks.append(Check("KVM modules", True, "loaded: " + ", ".join(modules)))
+    else:
+        checks.append(Check("KVM modules", False, "neither kvm_intel nor kvm_amd is loaded",
+                            "modprobe kvm_intel (or kvm_amd); check dmesg if it fails"))
+    try:
+        info = os.stat("/dev/kvm")
+    except OSError:
+        checks.append(Check("/dev/kvm", False, "/dev/kvm does not exist", "load the KVM modules (see above)"))
+    else:
+        group = _group_name(info.st_gid)
+        usable = info.st_mode & (stat.S_IRGRP | stat.S_IWGRP) == (stat.S_IRGRP | stat.S_IWGRP) and group == "kvm"
+        usable = usable or info.st_mode & (stat.S_IROTH | stat.S_IWOTH) == (stat.S_IROTH | stat.S_IWOTH)
+        checks.append(Check(
+            "/dev/kvm access for QEMU", True if usable else False,
+            f"mode {stat.filemode(info.st_mode)} group {group}",
+            "" if usable else "QEMU runs as libvirt-qemu (group kvm): chgrp kvm /dev/kvm && chmod 660 /dev/kvm "
+                              "(udev normally does this; without it libvirtd also re-probes QEMU on every call)",
+        ))
+    qemu_img = shutil.which("qemu-img")
+    checks.append(Check("qemu-img", True if qemu_img else False, qemu_img or "not found",
+                        "" if qemu_img else "apt-get install qemu-utils (libvirt needs it for qcow2 volumes)"))
+    return checks
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def libvirt_checks(uri: str) -> tuple[list[Check], hv.Hypervisor | None]:
+    """Return the connection checks, and the open connection when there is one."""
+    try:
+        hypervisor = hv.Hypervisor.open(uri, read_only=True)
+    except errors.HypervisorError as exc:
+        return [Check("libvirtd", False, str(exc), "start it: systemctl start libvirtd (or libvirtd -d)")], None
+    library, hypervisor_version = hypervisor.version()
+    checks = [Check("libvirtd", True, f"{uri} answers: libvirt {library}, hypervisor {hypervisor_version}")]
+    host = hypervisor.host_info()
+    types = ", ".join(host.virt_types) or "none"
+    if host.kvm_unusable_reason:
+        checks.append(Check("domain types", None, f"libvirt offers {types}, but {host.kvm_unusable_reason}",
+                            "virtType auto falls back to qemu (TCG)"))
+    else:
+        checks.append(Check("domain types", True if host.virt_types else False, f"libvirt offers {types}"))
+    return checks, hypervisor
+
+
+def manifest_checks(desired: model.DesiredState, hypervisor: hv.Hypervisor, actual: model.ActualState) -> list[Check]:
+    """Return checks of what the manifests use against what the host has."""
+    checks = []
+    needed: dict[str, int] = {}
+    for spec in desired.vms.values():
+        for disk in spec.disks:
+            if (disk.pool, disk.volume) not in actual.volumes:
+                needed[disk.pool] = needed.get(disk.pool, 0) + disk.size
+    pools = sorted({d.pool for s in desired.vms.values() for d in s.disks} | set(desired.pools))
+    for name in pools:
+        pool = actual.pools.get(name)
+        if pool is None:
+            declared = name in desired.pools
+            checks.append(Check(f"pool {name}", None if declared else False,
+                                "declared in the manifests, not created yet" if declared else "not defined on the host",
+                                "kvmops apply creates it" if declared else "declare it in a StoragePool manifest"))
+            continue
+        if not pool.active:
+            checks.append(Check(f"pool {name}", False, "defined but not active", f"virsh pool-start {name}"))
+            continue
+        free = hypervisor.pool_free_bytes(name)
+        want = needed.get(name, 0)
+        if free is not None and want > free:
+            checks.append(Check(f"pool {name}", None,
+                                f"{format_bytes(free)} free, new volumes may grow to {format_bytes(want)}",
+                                "qcow2 volumes are sparse, but full disks will not fit: free space or move disks"))
+        else:
+            checks.append(Check(f"pool {name}", True, f"active at {pool.path}, {format_bytes(free or 0)} free"
+                                + (f", new volumes up to {format_bytes(want)}" if want else "")))
+    networks = sorted({n.source for s in desired.vms.values() for n in s.nics if n.kind == "network"} | set(desired.networks))
+    for name in networks:
+        network = actual.networks.get(name)
+        if network is None:
+            declared = name in desired.networks
+            checks.append(Check(f"network {name}", None if declared else False,
+                                "declared in the manifests, not created yet" if declared else "not defined on the host",
+                                "kvmops apply creates it" if declared else "declare it in a Network manifest"))
+        elif not network.active:
+            owned = network.owned
+            checks.append(Check(f"network {name}", False if not owned else None, "defined but not active",
+                                "kvmops apply starts it" if owned else f"virsh net-start {name}"))
+        else:
+            checks.append(Check(f"network {name}", True, "active"))
+    return checks
+
+
+def is_local(uri: str) -> bool:
+    """Return whether ``uri`` points at this machine."""
+    return not urlparse(uri).hostname

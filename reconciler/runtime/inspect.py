@@ -1,0 +1,158 @@
+"""See and reach managed VMs: ``kvmops status``, ``wait`` and ``ssh``.
+
+A VM's status combines what libvirt says (power, devices, the owner mark), where its
+addresses come from (the network's DHCP leases, the guest agent, the host's ARP table,
+tried in that order), and, when the manifests are given, what a plan says about it
+(``Drifted`` when it would change, ``Error`` when it cannot be planned).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from reconciler import errors
+from reconciler.adapters import hypervisor as hv
+from reconciler.core import model, planner
+from reconciler.core import plan as plans
+from reconciler.runtime import observe
+
+ADDRESS_SOURCES = ("lease", "agent", "arp")
+DESIRED_POWER = {
+    model.RunStrategy.ALWAYS: "running",
+    model.RunStrategy.HALTED: "stopped",
+    model.RunStrategy.RERUN_ON_FAILURE: "running",
+    model.RunStrategy.MANUAL: "any",
+}
+
+
+@dataclass(frozen=True)
+class Address:
+    """An IP address of a VM, and who told us."""
+
+    ip: str
+    prefix: int
+    mac: str
+    source: str
+
+    @property
+    def family(self) -> str:
+        """Return ``ipv6`` or ``ipv4``."""
+        return "ipv6" if ":" in self.ip else "ipv4"
+
+
+def addresses(hypervisor: hv.Hypervisor, domain: model.ObservedDomain) -> list[Address]:
+    """Return the addresses of a running domain, from the first source that knows any."""
+    if not domain.power.active:
+        return []
+    sources = [s for s in ADDRESS_SOURCES
+               if s != "agent" or (domain.definition is not None and domain.definition.guest_agent)]
+    for source in sources:
+        found = [
+            Address(ip, prefix, mac, source)
+            for mac, ip, prefix in hypervisor.interface_addresses(domain.name, source)
+            if not ip.startswith(("127.", "fe80:", "::1"))
+        ]
+        if found:
+            return found
+    return []
+
+
+def status_rows(
+    hypervisor: hv.Hypervisor,
+    *,
+    name: str | None = None,
+    scope: str | None = None,
+    plan: plans.Plan | None = None,
+) -> list[dict]:
+    """Return one row of facts per managed domain (in ``scope``, or all), for tables and JSON."""
+    actual = observe.observe(hypervisor)
+    by_name = {r.name: r for r in plan.resources if r.kind == "VirtualMachine"} if plan is not None else {}
+    rows = []
+    for domain_name, domain in sorted(actual.domains.items()):
+        if not domain.owned or (name and domain_name != name):
+            continue
+        if scope and planner.scope_of(domain) != scope:
+            continue
+        rows.append(_row(hypervisor, domain, actual, by_name.get(domain_name), plan is not None))
+    return rows
+
+
+def _row(hypervisor, domain: model.ObservedDomain, actual: model.ActualState, planned, planned_at_all: bool) -> dict:
+    definition = domain.definition
+    owner = definition.owner if definition is not None else None
+    pending = planner.restart_pending(domain.live, definition) if domain.live and definition else []
+    conditions = []
+    if owner is not None:
+        wanted = DESIRED_POWER[owner.run_strategy]
+        running = domain.power is model.PowerState.RUNNING
+        powered_right = wanted == "any" or (wanted == "running") == running
+    else:
+        powered_right = True
+    if pending:
+        conditions.append({"type": "RestartRequired",
+                           "message": "; ".join(f"{f}: {old} -> {new}" for f, old, new in pending)})
+    if planned_at_all:
+        if planned is None:
+            conditions.append({"type": "Drifted", "message": "no manifest declares it: it would be pruned"})
+        elif planned.problems:
+            conditions.append({"type": "Error", "message": "; ".join(p.message for p in planned.problems)})
+        elif planned.changed:
+            what = ", ".join(c.path for c in planned.changes) or ", ".join(a.value for a in planned.actions)
+            conditions.append({"type": "Drifted", "message": f"a plan would change: {what}"})
+    if domain.error:
+        conditions.append({"type": "Error", "message": domain.error})
+    if not any(c["type"] in ("Drifted", "Error") for c in conditions) and powered_right:
+        conditions.insert(0, {"type": "Ready", "message": f"{domain.power.value}, as its runStrategy wants"})
+    found = addresses(hypervisor, domain)
+    disks = []
+    for disk in definition.disks if definition is not None else ():
+        volume = actual.volumes.get((disk.pool, disk.volume)) if disk.pool else None
+        disks.append({"target": disk.target, "source": disk.source,
+                      "capacity_bytes": volume.capacity if volume else None})
+    return {
+        "name": domain.name,
+        "state": domain.power.value,
+        "desired": DESIRED_POWER[owner.run_strategy] if owner else None,
+        "run_strategy": owner.run_strategy.value if owner else None,
+        "conditions": conditions,
+        "addresses": [{"ip": a.ip, "prefix": a.prefix, "mac": a.mac, "source": a.source, "family": a.family}
+                      for a in found],
+        "macs": [nic.mac for nic in definition.nics] if definition else [],
+        "vcpus": definition.vcpus if definition else None,
+        "memory_mib": definition.memory // 1024 if definition else None,
+        "disks": disks,
+        "manifest": owner.manifest if owner else None,
+        "revision": owner.revision if owner else "",
+        "scope": owner.scope if owner else "default",
+        "uuid": domain.uuid,
+    }
+
+
+CONDITIONS = ("ip", "running", "stopped")
+
+
+def wait(hypervisor: hv.Hypervisor, name: str, condition: str, *, timeout: float, interval: float = 0.5) -> str:
+    """Wait until domain ``name`` has an IP, runs, or is stopped; return what was seen.
+
+    Raises ``RetryableHypervisorError`` (a timeout) naming the last state seen.
+    """
+    deadline = time.monotonic() + timeout
+    last = "not found"
+    while True:
+        actual = observe.observe(hypervisor)
+        domain = actual.domains.get(name)
+        if domain is not None:
+            last = domain.power.value
+            if condition == "running" and domain.power is model.PowerState.RUNNING:
+                return f"{name} is running"
+            if condition == "stopped" and not domain.power.active:
+                return f"{name} is stopped ({domain.shutoff_reason or 'shut off'})"
+            if condition == "ip":
+                found = [a for a in addresses(hypervisor, domain) if a.family == "ipv4"] or addresses(hypervisor, domain)
+                if found:
+                    return found[0].ip
+                last = f"{domain.power.value}, no address yet"
+        if time.monotonic() >= deadline:
+            raise errors.RetryableHypervisorError(f"timed out after {timeout:g}s waiting for {name} ({condition}); last seen: {last}")
+        time.sleep(interval)
