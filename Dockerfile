@@ -4,7 +4,10 @@
 #   docker build -t kvmops .
 #   docker run -d --name kvmops --restart unless-stopped \
 #     -v /run/libvirt:/run/libvirt -v /srv/vms/manifests:/manifests:ro \
-#     -v kvmops-state:/var/lib/kvmops -p 127.0.0.1:9474:9474 kvmops
+#     -v /var/lib/kvmops:/var/lib/kvmops -p 127.0.0.1:9474:9474 kvmops
+#
+# /var/lib/kvmops is the host's own state directory, so the host lock is shared with any
+# `kvmops apply` run on the host: they never act at the same time.
 #
 # One-shot commands work too: `docker run --rm -v ... kvmops plan /manifests`.
 #

@@ -270,6 +270,12 @@ def main(argv: list[str] | None = None) -> int:
                 ok = ratio <= TARGET_RATIO
                 missed |= not ok
                 verdicts.append(f"ratio 1000/100 = {ratio:.2f}x  (target <= {TARGET_RATIO:.0f}x): {'MET' if ok else 'MISSED'}")
+                floor_ratio = min(by_count[1000].total) / min(by_count[100].total)
+                verdicts.append(f"  (ratio of the minimums, less sensitive to other load: {floor_ratio:.2f}x)")
+            for size in sizes:
+                spread = max(size.total) / min(size.total)
+                if spread > 1.25:
+                    verdicts.append(f"note: {size.count} VMs varied {spread:.2f}x between runs (other load?); rerun to confirm")
             print()
             for size in sizes:
                 print(f"converge (apply from nothing) of {size.count} VMs: {size.converge_seconds:.2f} s (one run, informational)")

@@ -205,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     adopt = commands.add_parser("adopt", help="mark an existing domain as managed by kvmops")
     adopt.add_argument("name", metavar="NAME")
+    adopt.add_argument("--lock-timeout", type=float, default=60.0, metavar="SECONDS",
+                       help="wait this long for another kvmops acting on the host (default: 60)")
+    adopt.add_argument("--state-dir", default=None, help="directory of the host lock")
     adopt.add_argument("--manifests", metavar="PATH", default=None,
                        help="the manifests declaring it (as `kvmops import` wrote): the mark then matches them "
                             "exactly, so the next plan is empty")
@@ -286,12 +289,14 @@ def cmd_validate(args: argparse.Namespace, shared: hv.Hypervisor | None = None) 
     if getattr(args, "output", "text") == "json":
         print(json.dumps({
             "valid": not problems, "files": desired.files, "virtual_machines": len(desired.vms),
-            "storage_pools": len(desired.pools), "problems": [render.problem_data(p) for p in problems],
+            "storage_pools": len(desired.pools), "networks": len(desired.networks), "images": len(desired.images),
+            "problems": [render.problem_data(p) for p in problems],
         }, indent=2))
     else:
         for problem in problems:
             print(problem)
-        counts = f"{desired.files} file(s), {len(desired.vms)} VirtualMachine(s), {len(desired.pools)} StoragePool(s)"
+        counts = (f"{desired.files} file(s), {len(desired.vms)} VirtualMachine(s), {len(desired.pools)} StoragePool(s), "
+                  f"{len(desired.networks)} Network(s), {len(desired.images)} Image(s)")
         if problems:
             print(f"{len(problems)} problem(s) found in {args.path} ({counts} valid)")
         else:
@@ -691,7 +696,8 @@ def cmd_adopt(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> 
                 owner = planner.desired_definition(spec, marked, actual, desired, planner.Settings(scope=args.scope)).owner
             except ValueError as exc:
                 raise errors.PlanningError(str(exc)) from exc
-        hypervisor.set_owner(args.name, owner)
+        with _host_lock(args, hypervisor.uri):
+            hypervisor.set_owner(args.name, owner)
         print(f"domain {args.name} is now managed by kvmops; its volumes are recorded as not created by kvmops, so "
               f"they are never deleted. Run `kvmops plan` to see how its manifest differs.")
         return EXIT_OK

@@ -51,8 +51,11 @@ def controller_settings(flags: Mapping[str, object], config: Mapping[str, object
             path=str(git_config.get("path") or ""), interval=float(git_config.get("interval") or 60),
         )
     path = pick("path", "manifests")
-    if git is not None and flags.get("path"):
-        raise errors.KvmopsError("give either PATH or --git, not both: with --git the manifests come from the repository")
+    if git is not None and path:
+        raise errors.KvmopsError(
+            "give either a manifest directory (PATH or 'manifests:') or a git repository (--git or 'git:'), not both: "
+            "with git the manifests come from the repository"
+        )
     if not path and git is None:
         raise errors.KvmopsError("no manifests: give PATH or --git URL, or 'manifests:' or 'git:' in the configuration file")
     uri = flags.get("connect") or os.environ.get("KVMOPS_CONNECT") or config.get("connect") or hv.DEFAULT_URI

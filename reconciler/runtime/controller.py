@@ -211,6 +211,7 @@ class Controller:
                 if self._reload_requested.is_set():
                     self._reload_requested.clear()
                     self._reload()
+                self._announce_waiting()
                 if not self._connected:
                     if now < next_connect:
                         self._stop.wait(min(next_connect - now, 1.0))
@@ -228,6 +229,9 @@ class Controller:
                 keys = self._queue.take(timeout=timeout)
                 if self._stop.is_set():
                     break
+                if self._reload_requested.is_set():  # a SIGHUP's pass must see the new settings
+                    self._reload_requested.clear()
+                    self._reload()
                 if time.monotonic() >= next_resync:
                     next_resync = self._next_resync()
                     self._wake(workqueue.EVERYTHING, "resync")
@@ -236,6 +240,19 @@ class Controller:
         finally:
             self._shutdown()
         return 0
+
+    def _announce_waiting(self) -> None:
+        """Tell systemd we are up even while nothing can be done yet, and say why in STATUS."""
+        if self._ready:
+            return
+        waiting = None
+        if self._source is not None and self._source.applied is None and (self._source.last_error or self._source.rejected):
+            waiting = f"waiting for a good git commit: {self._source.last_error or 'the fetched commit does not validate'}"
+        elif not self._connected and self._disconnect_reason:
+            waiting = f"waiting for libvirtd: {self._disconnect_reason}"
+        if waiting:
+            self._ready = True
+            self._notifier.ready(waiting[:200])
 
     def _next_resync(self) -> float:
         interval = self.settings.resync_interval
@@ -392,7 +409,9 @@ class Controller:
                     self._on_connection_closed(str(exc))
                 self._pass_failed(keys, started, "libvirt", str(exc))
                 for key in keys:
-                    self._wake(key, reasons[key])
+                    with self._reasons_lock:
+                        self._reasons.setdefault(key, set()).add(reasons[key])
+                    self._queue.retry_later(key)  # back off: an error that persists must not spin
                 return
             plan = planner.plan_changes(desired, actual, settings=self.settings.planner)
             self._record(desired, actual, plan)

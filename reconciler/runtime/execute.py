@@ -16,6 +16,7 @@ never inside one, so no domain is left half-defined.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import threading
 import time
 from collections.abc import Callable
@@ -104,7 +105,8 @@ def execute(
     vms = [r for r in plan.changes if r.kind not in PREREQUISITE_KINDS]
     if vms:
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(vms))), thread_name_prefix="kvmops-apply") as pool:
-            outcomes.extend(pool.map(run_vm, vms))
+            # each task runs in a copy of the caller's context, so its log lines keep reconcile_id
+            outcomes.extend(pool.map(lambda r: contextvars.copy_context().run(run_vm, r), vms))
     return ApplyReport(tuple(outcomes), cancelled=cancel.is_set())
 
 

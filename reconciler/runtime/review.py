@@ -55,8 +55,8 @@ def diff(path: str, base_ref: str, head_ref: str | None, *, settings: planner.Se
             head_commit = git.resolve(root, head_ref)
             head_dir = git.materialize(root, head_commit, subpath, Path(scratch, "head"))
             head = reconcile.load_desired(str(head_dir))
-            head_label = f"{head_ref} ({head_commit[:12]})"
-        base_label = f"{base_ref} ({base_commit[:12]})"
+            head_label = _label(head_ref, head_commit)
+        base_label = _label(base_ref, base_commit)
         host = offline.with_host_pools(
             offline.converged_host(base, uri=f"git {base_label}", scope=settings.scope), head
         )
@@ -68,6 +68,13 @@ def diff(path: str, base_ref: str, head_ref: str | None, *, settings: planner.Se
     head = dataclasses.replace(head, problems=reconcile.relabel(head.problems, labels))
     plan = dataclasses.replace(plan, problems=reconcile.relabel(plan.problems, labels))
     return Review(base, head, plan, base_label, head_label)
+
+
+def _label(ref: str, commit: str) -> str:
+    """Return how a revision is named in titles: ``main (1fb80b0adc68)``, or just the short id for a SHA."""
+    if commit.startswith(ref.lower()) and len(ref) >= 7:
+        return commit[:12]
+    return f"{ref} ({commit[:12]})"
 
 
 def plan_from_snapshot(path: str, saved: snapshot.Snapshot, *, settings: planner.Settings) -> reconcile.PlanResult:

@@ -55,7 +55,7 @@ def test_validate_prints_a_summary_and_exits_zero_when_valid(world, capsys):
     out, err = capsys.readouterr()
 
     assert status == 0
-    assert out.strip() == f"{world.manifests}: valid (1 file(s), 1 VirtualMachine(s), 0 StoragePool(s))"
+    assert out.strip() == f"{world.manifests}: valid (1 file(s), 1 VirtualMachine(s), 0 StoragePool(s), 0 Network(s), 0 Image(s))"
 
 
 def test_validate_prints_one_line_per_problem_and_exits_one(manifest_dir, capsys):
@@ -76,7 +76,7 @@ def test_validate_prints_one_line_per_problem_and_exits_one(manifest_dir, capsys
         "20GB (binary KiB/MiB/GiB/TiB, decimal KB/MB/GB/TB)",
         f"{manifest_dir}/b.yaml:7: spec.graphics: 'sdl' is not allowed; use one of: none, vnc, spice",
     ]
-    assert summary == f"3 problem(s) found in {manifest_dir} (3 file(s), 1 VirtualMachine(s), 0 StoragePool(s) valid)"
+    assert summary == f"3 problem(s) found in {manifest_dir} (3 file(s), 1 VirtualMachine(s), 0 StoragePool(s), 0 Network(s), 0 Image(s) valid)"
 
 
 def test_validate_json_lists_problems_with_file_line_and_path(manifest_dir, capsys):

@@ -235,7 +235,7 @@ def test_changes_exit_two_with_detailed_exitcode_and_zero_without(repo, capsys):
 
 
 def test_head_compares_two_commits_and_ignores_the_working_tree(repo, capsys):
-    """--base A --head B plans B against A, whatever the working tree holds, and the title names both commits."""
+    """--base A --head B plans B against A, whatever the working tree holds, and the title names both commits by short id."""
     first = repo.git("rev-parse", "HEAD")
     repo.vm("web.yaml", "web", vcpus=2, disks=[factories.disk("root", "default", "1GiB")])
     second = repo.commit("two vcpus")
@@ -244,7 +244,7 @@ def test_head_compares_two_commits_and_ignores_the_working_tree(repo, capsys):
     status, out, _err = diff(repo, "--base", first, "--head", second, capsys=capsys)
 
     assert status == 0
-    assert out.startswith(f"kvmops diff {first} ({first[:12]}) → {second} ({second[:12]}) (1 VM, 0 pools)\n")
+    assert out.startswith(f"kvmops diff {first[:12]} → {second[:12]} (1 VM, 0 pools)\n")
     assert "      ~ vcpus  1 -> 2  (restart)\n" in out
     assert "-> 8" not in out
 
