@@ -37,8 +37,10 @@ Noise
     our "idle" windows.  To separate that, each window is also cut into ``--slice``-second
     slices (passes placed from the controller's log): the CPU of slices no pass overlaps is
     the controller's true idle cost, and a least-squares fit CPU = idle + k x passes gives
-    the cost of one pass.  The cost of the resync the default interval (60 s) would add
-    is estimated from it too.
+    the cost of one pass.  Finally (``--pass-cost``, after the windows) the benchmark
+    causes full no-op passes itself, by rewriting a manifest unchanged, and measures the
+    CPU of one: what every wake-up and every resync costs (the default resync interval
+    is 60 s; the benchmark runs with 600).
 
 Safety
     Every libvirt object and directory is named ``kvmops-bench2-idle-*``; leftovers of that
@@ -216,6 +218,44 @@ def slices_of(window: Window, width: float) -> list[tuple[float, int]]:
     return result
 
 
+@dataclass
+class PassCost:
+    passes: float
+    cpu_seconds: float  # above the idle baseline
+    wall_ms: list[float]
+
+    @property
+    def cpu_ms_per_pass(self) -> float:
+        return self.cpu_seconds / self.passes * 1000 if self.passes else float("nan")
+
+
+def measure_pass_cost(args: argparse.Namespace, controller: ControllerProcess, idle_percent: float) -> PassCost:
+    """Make the controller do ``--pass-cost`` full no-op passes; return their CPU cost.
+
+    Each pass is caused by rewriting one manifest with the same content (atomically), so
+    the pass re-reads everything and finds nothing to do: the cost of a resync or of any
+    wake-up, with ``--vms`` VMs.
+    """
+    before = controller.metrics()
+    first = controller.sample()
+    for index in range(args.pass_cost):
+        write_manifest(NAMES.manifests, NAMES.vm(index % args.vms), NAMES.pool)
+        time.sleep(args.pass_gap)
+    wanted = controller.total(before, "kvmops_reconcile_passes_total") + args.pass_cost
+    deadline = time.monotonic() + 30
+    after = controller.metrics()
+    while controller.total(after, "kvmops_reconcile_passes_total") < wanted and time.monotonic() < deadline:
+        time.sleep(0.5)
+        after = controller.metrics()
+    last = controller.sample()
+    passes = controller.total(after, "kvmops_reconcile_passes_total") - controller.total(before, "kvmops_reconcile_passes_total")
+    elapsed = last.monotonic - first.monotonic
+    cpu = (last.cpu_ticks - first.cpu_ticks) / CLK_TCK - idle_percent / 100 * elapsed
+    walls = [r["duration_ms"] for r in controller.records() if r.get("event") == "reconcile_finished"
+             and first.wall <= r.get("_t", 0) <= last.wall]
+    return PassCost(passes, cpu, walls)
+
+
 def fit(points: list[tuple[float, int, float, int]]) -> tuple[float, float] | None:
     """Least squares cpu = a + b * passes; None when the passes do not vary."""
     if len(points) < 3:
@@ -231,7 +271,7 @@ def fit(points: list[tuple[float, int, float, int]]) -> tuple[float, float] | No
 
 
 def report(args: argparse.Namespace, windows: list[Window], converge_s: float | None, how: str,
-           startup: dict, slice_width: float, controller_argv: list[str]) -> None:
+           startup: dict, slice_width: float, controller_argv: list[str], cost: PassCost | None) -> None:
     med = statistics.median
     print()
     print(f"code: {code_version()}")
@@ -281,6 +321,14 @@ def report(args: argparse.Namespace, windows: list[Window], converge_s: float | 
           f"({total_passes / total_wall * 60:.1f} per minute), all woken by "
           + ", ".join(sorted({k for w in windows for k in w.wakeups})) if total_passes else "  passes: none")
 
+    if cost is not None and cost.passes:
+        print()
+        print(f"Cost of one full no-op pass with {args.vms} VMs ({cost.passes:.0f} passes caused by rewriting a manifest "
+              f"unchanged, every {args.pass_gap:g} s): {cost.cpu_ms_per_pass:.0f} ms of CPU each (idle baseline "
+              f"subtracted), wall time median {statistics.median(cost.wall_ms) if cost.wall_ms else float('nan'):.0f} ms"
+              f"; so a resync every 60 s (the default interval) costs ~{cost.cpu_ms_per_pass / 600:.2f} % of a core, "
+              f"and every wake-up (a libvirt event of a declared or owned domain) costs one such pass")
+
     print()
     print("Targets")
     print(f"  CPU: median of windows {cpu_median:.2f} % of one core (windows: "
@@ -314,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between /proc samples (default: 0.5)")
     parser.add_argument("--slice", type=float, default=2.0, help="seconds per slice for the noise split (default: 2)")
     parser.add_argument("--settle", type=float, default=10, help="seconds to wait after convergence (default: 10)")
+    parser.add_argument("--pass-cost", type=int, default=10,
+                        help="after the windows, cause this many full no-op passes to measure one's cost (default: 10)")
+    parser.add_argument("--pass-gap", type=float, default=2.0, help="seconds between those passes (default: 2)")
     parser.add_argument("--create-with", choices=("apply", "controller"), default="apply",
                         help="who creates the VMs: kvmops apply first (default) or the controller")
     parser.add_argument("--scope", default=f"{NAMES.prefix}scope",
@@ -376,8 +427,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  window {index}: CPU {window.cpu_percent:.2f} % of one core, RSS max "
                   f"{window.rss_max_kib / 1024:.1f} MiB, {window.passes:.0f} passes, "
                   f"{window.foreign_events} foreign / {window.our_events} own events", flush=True)
+        cost = None
+        if args.pass_cost:
+            points = [p for w in windows for p in w.slices if p[1] == 0]
+            idle = 100.0 * sum(p[3] for p in points) / CLK_TCK / sum(p[2] for p in points) if points else 0.0
+            print(f"pass cost: {args.pass_cost} manifest rewrites (no change), every {args.pass_gap:g} s", flush=True)
+            cost = measure_pass_cost(args, controller, idle)
         report(args, windows, converge_s, "kvmops apply" if converge_s is not None else "the controller",
-               startup, args.slice, controller.argv)
+               startup, args.slice, controller.argv, cost)
         if args.profile:
             controller.stop()
             if profile_path.exists():

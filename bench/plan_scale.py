@@ -19,6 +19,10 @@ What is measured
                      running domain, pools, volumes) and the rest (parsing the XML)
       plan_changes   core.planner.plan_changes  (pure diff)
 
+    The breakdown's "growth/linear" column says, per stage, how much faster than the VM
+    count it grows between the smallest and the largest size (1.00x = linear), which
+    points at a superlinear stage even when other load blurs the totals.
+
     The test driver answers in-process, so "libvirt" here is the binding and XML
     formatting cost, not a daemon round trip: apply_real.py measures the real daemon.
 
@@ -243,19 +247,29 @@ def main(argv: list[str] | None = None) -> int:
 
             print()
             print("Breakdown, median ms per stage (each stage timed on its own)")
-            header = f"{'stage':<22}" + "".join(f"{size.count:>10}" for size in sizes) + "   share of largest"
+            smallest, largest = sizes[0], sizes[-1]
+            scale = largest.count / smallest.count
+
+            def growth(small: float, large: float) -> str:
+                # 1.0x: the stage grows linearly with the VM count; 2.0x: twice as fast as linear.
+                return f"{large / small / scale:8.2f}x" if len(sizes) > 1 and small > 0 else ""
+
+            header = f"{'stage':<22}" + "".join(f"{size.count:>10}" for size in sizes) + "   share   growth/linear"
             print(header)
-            largest = sizes[-1]
             staged_total = sum(statistics.median(largest.stages[k]) for k in ("read (YAML)", "validate+build", "observe", "plan_changes"))
             for label in largest.stages:
                 row = f"{label:<22}" + "".join(f"{statistics.median(size.stages[label]) * 1000:10.1f}" for size in sizes)
-                if not label.startswith(" "):
-                    row += f"   {statistics.median(largest.stages[label]) / staged_total:6.1%}"
+                share = "" if label.startswith(" ") else f"{statistics.median(largest.stages[label]) / staged_total:6.1%}"
+                row += f"   {share:>6} {growth(statistics.median(smallest.stages[label]), statistics.median(largest.stages[label]))}"
                 print(row)
-            row = f"{'  observe - libvirt':<22}" + "".join(
-                f"{(statistics.median(s.stages['observe']) - statistics.median(s.stages['  libvirt calls'])) * 1000:10.1f}"
-                for s in sizes)
-            print(row + "   (parsing XML into the model)")
+
+            def parsing(size: Size) -> float:
+                return statistics.median(size.stages["observe"]) - statistics.median(size.stages["  libvirt calls"])
+
+            row = f"{'  observe - libvirt':<22}" + "".join(f"{parsing(s) * 1000:10.1f}" for s in sizes)
+            print(row + f"   {'':>6} {growth(parsing(smallest), parsing(largest))}   (parsing XML into the model)")
+            print(f"(share: of the largest size's staged total; growth/linear: ({largest.count} VMs / {smallest.count} VMs) "
+                  f"/ {scale:g}, so 1.00x is linear and more means the stage grows faster than the VM count)")
 
             verdicts = []
             by_count = {s.count: s for s in sizes}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import datetime
 import json
 import os
 import signal
@@ -27,7 +28,7 @@ from reconciler.core import actual as actual_state
 from reconciler.core import desired as desired_state
 from reconciler.core import domxml, model, planner, quantity, render, snapshot, validation
 from reconciler.adapters import manifests as manifest_files
-from reconciler.runtime import configuration, controller, doctor, execute, hostlock, inspect, observe, reconcile, review
+from reconciler.runtime import doctor, execute, hostlock, inspect, observe, reconcile, review
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -384,7 +385,8 @@ def cmd_state_export(args: argparse.Namespace) -> int:
     """Write a JSON snapshot of the host."""
     with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
         taken = snapshot.Snapshot(
-            observe.collect(hypervisor), taken_at=controller.now_iso(), hostname=hypervisor.hostname(),
+            observe.collect(hypervisor), hostname=hypervisor.hostname(),
+            taken_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         )
     text = json.dumps(snapshot.to_data(taken), indent=2) + "\n"
     if args.output:
@@ -503,6 +505,9 @@ def report_text(result: reconcile.ApplyResult) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the controller until SIGTERM or SIGINT; SIGHUP re-reads the configuration file."""
+    # imported here: the controller's threads, HTTP server and watchdog are no business of one-shot commands
+    from reconciler.runtime import configuration, controller
+
     config = configuration.read(args.config)
     if args.log_format is None or args.log_level is None:
         logconfig.configure(format=args.log_format or config.get("logFormat", "auto"),

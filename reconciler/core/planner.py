@@ -55,9 +55,9 @@ def plan_changes(
         resources.append(_plan_network(spec, actual.networks.get(spec.name), actual, settings))
     for spec in desired.images.values():
         resources.append(_plan_image(spec, actual, desired))
-    for spec in desired.vms.values():
-        resources.append(_plan_vm(spec, actual.domains.get(spec.name), actual, desired, settings))
     wanted = wanted_volumes(desired)
+    for spec in desired.vms.values():
+        resources.append(_plan_vm(spec, actual.domains.get(spec.name), actual, desired, settings, wanted))
 
     for resource in resources:
         problems.extend(resource.problems)
@@ -346,6 +346,7 @@ def _plan_vm(
     actual: model.ActualState,
     desired: model.DesiredState,
     settings: Settings,
+    wanted: set[tuple[str, str]],
 ) -> plans.ResourcePlan:
     base = dict(kind="VirtualMachine", name=spec.name, manifest=spec.manifest)
     problems = []
@@ -381,7 +382,7 @@ def _plan_vm(
         )))
     if problems:
         return plans.ResourcePlan(**base, problems=tuple(problems))
-    builder = _VMPlanBuilder(spec, domain, actual, virt_type, settings, wanted_volumes(desired), desired)
+    builder = _VMPlanBuilder(spec, domain, actual, virt_type, settings, wanted, desired)
     return builder.build(base, tuple(dict.fromkeys(requires)))
 
 

@@ -234,23 +234,40 @@ def test_a_converged_host_plans_no_changes_and_a_second_apply_touches_nothing(ho
     assert world() == before
 
 
-def test_a_vm_that_cannot_start_fails_the_apply_and_a_later_apply_starts_it(host):
-    """A VM whose start fails makes apply exit 1 with libvirt's reason while the others converge; once the cause is gone, the next apply starts it."""
-    network = host.name("net")  # not defined yet: starting the VM fails
-    factories.write(host.manifests, "vms/bad.yaml", vm(host, "bad", runStrategy="Manual", networks=[{"network": network}]))
+def test_a_vm_on_an_unknown_network_is_refused_at_plan_time_while_the_others_converge(host):
+    """A NIC on a network that exists nowhere is a problem naming the field (nothing is created for that VM); the other VMs converge, and once the network exists the next apply creates it."""
+    network = host.name("net")  # not defined yet
+    bad = factories.write(host.manifests, "vms/bad.yaml", vm(host, "bad", networks=[{"network": network}]))
     factories.write(host.manifests, "vms/good.yaml", vm(host, "good"))
     result = kvmops(host, "apply", host.manifests)
     assert result.returncode == 1, output(result)
-    assert f"cannot start domain {host.name('bad')}: Network not found" in result.stdout, output(result)
+    assert f"{bad}:{line_of(bad, 'network: ' + network)}: spec.networks[0].network: unknown network '{network}'" in result.stdout
     assert "Traceback" not in result.stderr
-    assert host.domain(host.name("bad")).state() == [libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_FAILED]
+    assert host.domain(host.name("bad")) is None
     assert host.is_running(host.name("good"))
 
     private_network(host)
-    result = apply_ok(host)
-    assert "runStrategy Manual: the domain's first start failed, starting it" in result.stdout, output(result)
+    apply_ok(host)
     assert host.is_running(host.name("bad"))
     plan_is_empty(host)
+
+
+def test_a_vm_whose_first_start_fails_is_started_by_a_later_apply(host):
+    """A Manual VM whose first start fails (its install kernel is missing) makes apply exit 1 with libvirt's reason; once the kernel exists, the next apply starts it."""
+    write_pool(host)
+    kernel = {"pool": host.pool, "path": "boot/vmlinuz"}
+    factories.write(host.manifests, "vms/bad.yaml",
+                    vm(host, "bad", runStrategy="Manual", install={"kernel": kernel}, disks=[disk(host, "root")]))
+    result = kvmops(host, "apply", host.manifests)
+    assert result.returncode == 1, output(result)
+    assert f"cannot start domain {host.name('bad')}" in result.stdout, output(result)
+    assert host.domain(host.name("bad")).state() == [libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_FAILED]
+
+    (host.pool_path / "boot").mkdir(mode=0o755)
+    (host.pool_path / "boot" / "vmlinuz").write_bytes(b"not a kernel, but a file QEMU can open")
+    (host.pool_path / "boot" / "vmlinuz").chmod(0o644)
+    result = kvmops(host, "apply", host.manifests)
+    assert "runStrategy Manual: the domain's first start failed, starting it" in result.stdout, output(result)
 
 
 def test_a_decimal_memory_size_leaves_no_restart_pending_after_creation(host):
@@ -600,7 +617,7 @@ def test_an_adopted_domain_is_updated_in_place_keeping_its_uuid(host):
 
 
 def test_updating_an_adopted_domain_keeps_what_kvmops_does_not_manage(host):
-    """Applying a memory change to an adopted domain keeps its unmanaged configuration (a guest-agent channel, on_crash)."""
+    """Applying a memory change to an adopted domain keeps its unmanaged configuration (a custom channel, on_crash)."""
     name = host.name("handmade")
     host.connection.defineXML(f"""
         <domain type='qemu'>
@@ -611,7 +628,7 @@ def test_updating_an_adopted_domain_keeps_what_kvmops_does_not_manage(host):
           <on_crash>restart</on_crash>
           <devices>
             <serial type='pty'/><console type='pty'/>
-            <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
+            <channel type='unix'><target type='virtio' name='org.example.custom.0'/></channel>
           </devices>
         </domain>""")
     assert kvmops(host, "adopt", name, "--connect", host.uri).returncode == 0
@@ -620,7 +637,7 @@ def test_updating_an_adopted_domain_keeps_what_kvmops_does_not_manage(host):
     apply_ok(host)
     config = ET.fromstring(inactive_xml(host, name))
     assert config.findtext("currentMemory") == str(48 * 1024)
-    assert config.find("devices/channel/target[@name='org.qemu.guest_agent.0']") is not None
+    assert config.find("devices/channel/target[@name='org.example.custom.0']") is not None
     assert config.findtext("on_crash") == "restart"
 
 
