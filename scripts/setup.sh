@@ -18,7 +18,7 @@ say() { printf '==> %s\n' "$*" >&2; }
 
 PYTHON=${PYTHON:-python3}
 client_packages=(libvirt-dev pkg-config gcc libc6-dev)
-host_packages=(libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base)
+host_packages=(libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base ovmf virtinst git)
 
 # The interpreter needs venv and its C headers to build libvirt-python (sdist only).
 if ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then client_packages+=(python3-venv); fi

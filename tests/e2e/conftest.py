@@ -311,3 +311,17 @@ def host(system_connection):
             _session_prefixes.discard(prefix)  # else the end of the session tries again
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_guest():
+    """Return a tiny bootable guest (:class:`tests.e2e.tinyguest.Guest`: kernel, initrd, cmdline).
+
+    Built once per machine into ``$KVMOPS_E2E_CACHE`` (default ``/var/tmp/kvmops-e2e-cache``)
+    and then taken from there.  It boots under TCG in a few seconds with libvirt's direct
+    kernel boot, prints ``TINYGUEST READY ip=<addr>`` on its serial console once it has a
+    DHCP lease and powers off at once on an ACPI shutdown: see tests/e2e/tinyguest.py.
+    """
+    from tests.e2e import tinyguest
+
+    return tinyguest.build()
