@@ -41,7 +41,7 @@ def download(url: str | None, path: str | None, sha256: str, *, progress: Callab
                 digest.update(chunk)
                 out.write(chunk)
                 done += len(chunk)
-                if progress is not None and time.monotonic() - reported >= 0.5:
+                if progress is not None and time.monotonic() - reported >= 0.5 and done != total:
                     progress(done, total)
                     reported = time.monotonic()
             if progress is not None:
