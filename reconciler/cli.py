@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     ssh = commands.add_parser("ssh", help="ssh to a VM at the address kvmops finds for it")
     ssh.add_argument("name", metavar="NAME")
     ssh.add_argument("--user", "-l", default=None, help="remote user")
-    ssh.add_argument("ssh_args", nargs=argparse.REMAINDER, metavar="-- SSH_ARGS",
+    ssh.add_argument("ssh_args", nargs="*", metavar="SSH_ARGS",
                      help="options for ssh, then a remote command")
     connect_option(ssh)
     ssh.set_defaults(handler=cmd_ssh)

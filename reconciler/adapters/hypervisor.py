@@ -305,7 +305,8 @@ class Hypervisor:
             try:
                 with translated("cannot read a network"):
                     records.append(model.NetworkRecord(
-                        network.name(), network.XMLDesc(0), bool(network.isActive()), bool(network.autostart()),
+                        network.name(), _persistent_network_xml(network), bool(network.isActive()),
+                        bool(network.autostart()),
                     ))
             except errors.ObjectNotFound:
                 continue
@@ -328,7 +329,7 @@ class Hypervisor:
     def network_owned(self, name: str) -> bool:
         """Return whether network ``name`` carries kvmops' mark."""
         with translated(f"cannot read network {name}"):
-            xml = self._connection.networkLookupByName(name).XMLDesc(0)
+            xml = _persistent_network_xml(self._connection.networkLookupByName(name))
         return netxml.parse(xml).owner is not None
 
     def start_network(self, name: str) -> bool:
@@ -642,6 +643,16 @@ class Hypervisor:
                 return False
             raise
         return True
+
+
+def _persistent_network_xml(network: libvirt.virNetwork) -> str:
+    """Return a network's persistent XML (a running one's live XML keeps its old metadata)."""
+    try:
+        return network.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() not in (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT):
+            raise
+        return network.XMLDesc(0)  # drivers without the flag (the test driver) have one XML
 
 
 def _is_local(uri: str) -> bool:

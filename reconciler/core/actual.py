@@ -73,7 +73,7 @@ def domain(record: model.DomainRecord, by_path: dict[str, tuple[str, str]] | Non
     except domxml.DomainXMLError as exc:
         return model.ObservedDomain(**common, owned=False, definition=None, live=None, error=str(exc))
     if domxml.parse_owner(root) is None:
-        return model.ObservedDomain(**common, owned=False, definition=None, live=None)
+        return model.ObservedDomain(**common, owned=False, definition=None, live=None, nics=domxml.parse_nics(root))
     try:
         definition = resolve_paths(domxml.parse(root), by_path or {})
     except domxml.DomainXMLError as exc:
@@ -84,4 +84,5 @@ def domain(record: model.DomainRecord, by_path: dict[str, tuple[str, str]] | Non
             live = resolve_paths(domxml.parse(record.live_xml), by_path or {})
         except domxml.DomainXMLError:
             live = None
-    return model.ObservedDomain(**common, owned=True, definition=definition, live=live, xml=record.inactive_xml)
+    return model.ObservedDomain(**common, owned=True, definition=definition, live=live, xml=record.inactive_xml,
+                                nics=definition.nics)

@@ -404,6 +404,15 @@ def parse_owner(root: ET.Element) -> model.Ownership | None:
     )
 
 
+def parse_nics(root: ET.Element) -> tuple[model.NicDevice, ...]:
+    """Return the NICs of any domain, however unusual the rest of its XML."""
+    try:
+        devices = root.find("devices")
+        return tuple(_parse_nic(i) for i in devices.findall("interface")) if devices is not None else ()
+    except (TypeError, ValueError, AttributeError):
+        return ()
+
+
 def parse(xml: str | ET.Element) -> model.DomainDefinition:
     """Return the managed essence of domain ``xml``; everything else in it is ignored."""
     root = parse_tree(xml) if isinstance(xml, str) else xml
@@ -423,6 +432,8 @@ def parse(xml: str | ET.Element) -> model.DomainDefinition:
         cpu = root.find("cpu")
         cpu_mode = cpu.get("mode", "custom") if cpu is not None else None
         cpu_model = cpu.findtext("model") if cpu is not None and cpu_mode == "custom" else None
+        if cpu_mode == "custom" and not cpu_model:
+            cpu_mode = None  # a <cpu> holding only a topology: no CPU model is chosen
         channels = devices.findall("channel")
         return model.DomainDefinition(
             name=root.findtext("name", ""),

@@ -443,6 +443,7 @@ class ObservedDomain:
     persistent: bool = True
     error: str | None = None  # why ``definition`` is None for an owned domain
     xml: str = field(default="", compare=False, repr=False)  # the persistent XML, patched on updates
+    nics: tuple[NicDevice, ...] = ()  # of any domain, foreign ones too: MACs in use, networks in use
 
 
 @dataclass(frozen=True)

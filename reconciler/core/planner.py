@@ -69,15 +69,16 @@ def plan_changes(
         f"{name} (scope {scope_of(d)})" for name, d in sorted(actual.domains.items())
         if d.owned and name not in desired.vms and scope_of(d) != settings.scope
     )
-    suspended = _prune_suspension(desired, problems, owned_orphans, settings)
+    orphan_networks = _orphan_networks(actual, desired, settings)
+    suspended = _prune_suspension(desired, problems, [*owned_orphans, *orphan_networks], settings)
     kept: tuple[str, ...] = ()
     if suspended:
-        kept = tuple(d.name for d in owned_orphans)
+        kept = tuple(d.name for d in owned_orphans) + tuple(f"network {n.name}" for n in orphan_networks)
         if not problems and not desired.vms and not settings.allow_empty:
             problems.append(model.Problem(desired.source or ".", None, "", suspended))
     else:
         resources.extend(_plan_prune(domain, actual, settings, wanted) for domain in owned_orphans)
-        resources.extend(_plan_network_prune(network, actual, desired) for network in _orphan_networks(actual, desired, settings))
+        resources.extend(_plan_network_prune(network, actual, desired) for network in orphan_networks)
 
     foreign = tuple(name for name, d in sorted(actual.domains.items()) if not d.owned)
     return plans.Plan(
@@ -249,7 +250,7 @@ def _plan_network(
     # What libvirt chose where the manifest says nothing (the bridge name) is kept.
     wanted = dataclasses.replace(wanted, bridge=wanted.bridge or current.bridge, uuid=current.uuid)
     steps, changes, actions, notes = [], [], [], []
-    if wanted != current:
+    if _network_essence(wanted) != _network_essence(current):
         old, new = dict(_network_fields(current)), dict(_network_fields(wanted))
         structural = [path for path in new if path not in ("hosts", "manifest") and old.get(path) != new.get(path)]
         for path in new:
@@ -278,6 +279,17 @@ def _plan_network(
     return plans.ResourcePlan(**base, actions=tuple(actions), changes=tuple(changes), steps=tuple(steps), notes=tuple(notes))
 
 
+def _network_essence(definition: model.NetworkDefinition) -> model.NetworkDefinition:
+    """Return what decides whether a network is redefined: everything but the manifest's digest.
+
+    A running network's XML may keep the digest it started with, and a digest alone
+    (labels, formatting) never justifies touching a network.
+    """
+    if definition.owner is None:
+        return definition
+    return dataclasses.replace(definition, owner=dataclasses.replace(definition.owner, digest=""))
+
+
 def _network_fields(definition: model.NetworkDefinition) -> list[tuple[str, str | None]]:
     subnet = f"{definition.address}/{definition.prefix}" if definition.address else None
     dhcp = f"{definition.dhcp_start} - {definition.dhcp_end}" if definition.dhcp_start else None
@@ -300,7 +312,7 @@ def _plan_network_prune(
     base = dict(kind="Network", name=network.name, manifest=network.definition.owner.manifest or None)
     users = sorted(
         name for name, domain in actual.domains.items()
-        if domain.definition is not None and any(n.kind == "network" and n.source == network.name for n in domain.definition.nics)
+        if any(n.kind == "network" and n.source == network.name for n in domain.nics)
     ) + sorted(spec.name for spec in desired.vms.values() if any(n.source == network.name for n in spec.nics))
     if users:
         return plans.ResourcePlan(**base, notes=(
@@ -465,6 +477,11 @@ class _VMPlanBuilder:
         if self._should_start():
             steps.append(plans.StartDomain(spec.name))
             actions.append(Action.START)
+            if definition.owner.install_pending:
+                after = self._definition(owned_volumes, install=False)
+                steps.append(plans.DefineDomain(spec.name, after.uuid, domxml.render(after) if not domain.xml else
+                                                domxml.patch(domain.xml, after)))
+                self.notes.append("the install kernel is used for this first boot only; later boots use the disks")
         elif stopping:
             steps.append(plans.StopDomain(spec.name, self.timeout))
             actions.append(Action.STOP)
@@ -729,7 +746,7 @@ class _VMPlanBuilder:
         nics = _resolve_macs(self.spec.nics, observed.nics if observed is not None else ())
         if all(nic.mac for nic in nics):
             return nics
-        taken = {n.mac for d in self.actual.domains.values() if d.definition for n in d.definition.nics}
+        taken = {n.mac for d in self.actual.domains.values() for n in d.nics if n.mac}
         taken |= {n.mac for n in nics if n.mac}
         resolved = []
         for index, nic in enumerate(nics):
@@ -976,6 +993,11 @@ def restart_pending(live: model.DomainDefinition, config: model.DomainDefinition
     if live.graphics != config.graphics:
         pending.append(("graphics", live.graphics, config.graphics))
     for field_name, before, after in (
+        ("machine", live.machine, config.machine),
+        # libvirt expands host-model into a custom CPU in the live XML: only the other modes compare
+        ("cpu", _cpu_text(live), _cpu_text(config)) if config.cpu_mode != "host-model" else ("cpu", None, None),
+        ("cdrom", ", ".join(d.source for d in live.cdroms) or "none", ", ".join(d.source for d in config.cdroms) or "none"),
+        ("graphics.listen", live.graphics_listen, config.graphics_listen),
         ("firmware", live.firmware, config.firmware),
         ("boot", ", ".join(live.boot), ", ".join(config.boot)),
         ("install", _install_text(live) or "none", _install_text(config) or "none"),
@@ -1019,7 +1041,7 @@ def _resolve_macs(wanted: tuple[model.NicSpec, ...], observed: tuple[model.NicDe
 
 
 def _prune_suspension(
-    desired: model.DesiredState, problems: list[model.Problem], orphans: list[model.ObservedDomain], settings: Settings
+    desired: model.DesiredState, problems: list[model.Problem], orphans: list, settings: Settings
 ) -> str | None:
     if not orphans:
         return None
