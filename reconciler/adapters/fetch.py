@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import os
 import tempfile
 import time
@@ -46,6 +47,10 @@ def download(url: str | None, path: str | None, sha256: str, *, progress: Callab
                     reported = time.monotonic()
             if progress is not None:
                 progress(done, total)
+        if total is not None and done != total:
+            raise errors.RetryableHypervisorError(
+                f"download of {url or path} ended after {done} of {total} bytes; nothing was kept, apply again"
+            )
         actual = digest.hexdigest()
         if actual != sha256.lower():
             raise errors.OperationRefused(
@@ -72,7 +77,7 @@ def _open(url: str | None, path: str | None):
                 yield handle, os.fstat(handle.fileno()).st_size
     except urllib.error.HTTPError as exc:
         raise errors.RetryableHypervisorError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from exc
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+    except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as exc:
         reason = getattr(exc, "reason", exc)
         raise errors.RetryableHypervisorError(f"cannot download {url}: {reason}") from exc
     except OSError as exc:

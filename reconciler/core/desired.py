@@ -25,7 +25,7 @@ MIN_MEMORY = 16 * quantity.MIB
 MAX_MEMORY = 16 * quantity.TIB
 MIN_DISK = quantity.MIB
 MAX_DISK = 64 * quantity.TIB
-BUS_PREFIX = {"virtio": "vd", "sata": "sd", "scsi": "sd"}
+BUS_PREFIX = {"virtio": "vd", "sata": "sd", "scsi": "sd", "ide": "hd"}
 
 
 FileReader = Callable[[model.Document, str], bytes]

@@ -101,8 +101,8 @@ def problems_of(text: str) -> list[str]:
             id="network-and-bridge",
         ),
         pytest.param(
-            "  memory: 1GiB\n  disks:\n    - name: root\n      pool: vmstore\n      size: 10\n      bus: ide\n",
-            [f"{FILE}:11: spec.disks[0].bus: 'ide' is not allowed; use one of: virtio, sata, scsi"],
+            "  memory: 1GiB\n  disks:\n    - name: root\n      pool: vmstore\n      size: 10\n      bus: usb\n",
+            [f"{FILE}:11: spec.disks[0].bus: 'usb' is not allowed; use one of: virtio, sata, scsi, ide"],
             id="nested-enum-line",
         ),
         pytest.param(
