@@ -142,19 +142,20 @@ def sweep(connection: libvirt.virConnect, prefix: str) -> None:
     for storage in connection.listAllStoragePools(0):
         if not storage.name().startswith(prefix):
             continue
-        try:
+        # Each step on its own: one volume that cannot be deleted (a directory a test made
+        # inside the pool) must not keep the pool defined.
+        with contextlib.suppress(libvirt.libvirtError):
             if not storage.isActive():
                 storage.create(0)
             storage.refresh(0)
+        with contextlib.suppress(libvirt.libvirtError):
             for volume in storage.listAllVolumes(0):
-                volume.delete(0)
+                with contextlib.suppress(libvirt.libvirtError):
+                    volume.delete(0)
+        with contextlib.suppress(libvirt.libvirtError):
             storage.destroy()
-        except libvirt.libvirtError:
-            pass
-        try:
+        with contextlib.suppress(libvirt.libvirtError):
             storage.undefine()
-        except libvirt.libvirtError:
-            pass
     for network in connection.listAllNetworks(0):
         if not network.name().startswith(prefix):
             continue
