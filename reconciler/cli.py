@@ -586,13 +586,19 @@ def cmd_wait(args: argparse.Namespace) -> int:
 _SSH_OPTIONS_WITH_VALUES = set("BbcDEeFIiJLlmOopQRSWw")
 
 
+def _observed(hypervisor: hv.Hypervisor, name: str) -> tuple[model.ActualState, model.ObservedDomain]:
+    """Return the host's state and its domain ``name``; raise ``ObjectNotFound`` when there is none."""
+    actual = observe.observe(hypervisor)
+    domain = actual.domains.get(name)
+    if domain is None:
+        raise errors.ObjectNotFound(f"no domain named {name} on {hypervisor.uri}")
+    return actual, domain
+
+
 def cmd_ssh(args: argparse.Namespace) -> int:
     """Replace this process with ``ssh`` to the VM's first address."""
     with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
-        actual = observe.observe(hypervisor)
-        domain = actual.domains.get(args.name)
-        if domain is None:
-            raise errors.ObjectNotFound(f"no domain named {args.name} on {args.connect}")
+        _actual, domain = _observed(hypervisor, args.name)
         found = inspect.addresses(hypervisor, domain)
     if not found:
         state = "is not running" if not domain.power.active else "has no address yet (no DHCP lease, guest agent or ARP entry)"
@@ -645,12 +651,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     """Write a manifest for an existing domain, ready for `kvmops adopt NAME --manifests`."""
     with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
-        actual = observe.observe(hypervisor)
-        domain = actual.domains.get(args.name)
-        if domain is None:
-            raise errors.ObjectNotFound(f"no domain named {args.name} on {args.connect}")
-        by_path = {v.path: (v.pool, v.name) for v in actual.volumes.values() if v.path}
-        definition = actual_state.resolve_paths(domxml.parse(hypervisor.domain_xml(args.name)), by_path)
+        actual, domain = _observed(hypervisor, args.name)
+        definition = actual_state.resolve_paths(domxml.parse(hypervisor.domain_xml(args.name)), actual.volumes_by_path())
     capacities = {key: volume.capacity for key, volume in actual.volumes.items()}
     document, warnings = desired_state.manifest_for(definition, autostart=domain.autostart, capacities=capacities)
     header = f"# Imported from {args.connect} by kvmops import {args.name}.\n"
@@ -673,15 +675,11 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_adopt(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> int:
     """Mark a foreign domain as kvmops' own, without changing anything else in it."""
     def body(hypervisor: hv.Hypervisor) -> int:
-        actual = observe.observe(hypervisor)
-        domain = actual.domains.get(args.name)
-        if domain is None:
-            raise errors.ObjectNotFound(f"no domain named {args.name} on {hypervisor.uri}")
+        actual, domain = _observed(hypervisor, args.name)
         if domain.owned:
             print(f"domain {args.name} is already managed by kvmops")
             return EXIT_OK
-        by_path = {v.path: (v.pool, v.name) for v in actual.volumes.values() if v.path}
-        root = actual_state.resolve_paths(domxml.parse(hypervisor.domain_xml(args.name)), by_path)
+        root = actual_state.resolve_paths(domxml.parse(hypervisor.domain_xml(args.name)), actual.volumes_by_path())
         volumes = tuple(
             model.OwnedVolume(d.pool, d.volume, model.DeletionPolicy.RETAIN, created=False)
             for d in root.disks if d.pool is not None

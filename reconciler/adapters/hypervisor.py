@@ -400,15 +400,6 @@ class Hypervisor:
                 return None
             return pool.info()[3]
 
-    def volume_by_path(self, path: str) -> tuple[str, str] | None:
-        """Return (pool, volume) of the volume stored at ``path``, or None if no pool holds it."""
-        try:
-            with translated(f"cannot look up {path}"):
-                volume = self._connection.storageVolLookupByPath(path)
-                return volume.storagePoolLookupByVolume().name(), volume.name()
-        except errors.ObjectNotFound:
-            return None
-
     def list_volumes(self, pool_name: str) -> list[model.ObservedVolume]:
         """Return the volumes of pool ``pool_name`` with their sizes ([] if it stopped meanwhile)."""
         try:

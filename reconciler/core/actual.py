@@ -15,7 +15,7 @@ from reconciler.core import domxml, model, netxml
 
 def interpret(observation: model.Observation) -> model.ActualState:
     """Return the actual state the raw ``observation`` describes."""
-    by_path = {volume.path: (volume.pool, volume.name) for volume in observation.volumes if volume.path}
+    by_path = model.volumes_by_path(observation.volumes)
     return model.ActualState(
         host=observation.host,
         domains=MappingProxyType({record.name: domain(record, by_path) for record in observation.domains}),

@@ -17,7 +17,7 @@ Nothing here performs I/O; every class is a frozen dataclass, safe to share betw
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 
@@ -29,6 +29,16 @@ class RunStrategy(enum.StrEnum):
     RERUN_ON_FAILURE = "RerunOnFailure"  # start on creation; restart only after a crash
     MANUAL = "Manual"  # start on creation; then power is the operator's business
     HALTED = "Halted"  # keep it off
+
+    @property
+    def desired_power(self) -> str:
+        """Return the power state this strategy wants, in words for status pages."""
+        return {
+            "Always": "running",
+            "RerunOnFailure": "running unless shut down from inside",
+            "Manual": "as left by its operators",
+            "Halted": "stopped",
+        }[self.value]
 
 
 class DeletionPolicy(enum.StrEnum):
@@ -539,3 +549,12 @@ class ActualState:
     pools: Mapping[str, ObservedPool]
     volumes: Mapping[tuple[str, str], ObservedVolume]  # (pool, name) -> volume
     networks: Mapping[str, ObservedNetwork] = field(default_factory=dict)
+
+    def volumes_by_path(self) -> dict[str, tuple[str, str]]:
+        """Return (pool, volume) by the volume's file path."""
+        return volumes_by_path(self.volumes.values())
+
+
+def volumes_by_path(volumes: Iterable[ObservedVolume]) -> dict[str, tuple[str, str]]:
+    """Return (pool, volume) of ``volumes`` by their file paths."""
+    return {volume.path: (volume.pool, volume.name) for volume in volumes if volume.path}

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import uuid as uuids
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from reconciler.core import domxml, model, netxml, storagexml
@@ -461,8 +461,8 @@ class _VMPlanBuilder:
         observed = domain.definition
         self._diff_definition(observed, definition)
         if definition != observed:
-            by_path = {v.path: (v.pool, v.name) for v in self.actual.volumes.values() if v.path}
-            xml = domxml.patch(domain.xml, definition, volumes_by_path=by_path) if domain.xml else domxml.render(definition)
+            xml = (domxml.patch(domain.xml, definition, volumes_by_path=self.actual.volumes_by_path())
+                   if domain.xml else domxml.render(definition))
             steps.append(plans.DefineDomain(spec.name, domain.uuid, xml))
             if observed.owner is not None and observed.owner.install_pending and not definition.owner.install_pending:
                 self.notes.append("the VM has booted its install media; its next boot uses the disks")
@@ -1135,8 +1135,3 @@ def _install_text(definition: model.DomainDefinition) -> str | None:
 def _nic_text(nic: model.NicDevice) -> str:
     mac = f" mac {nic.mac}" if nic.mac else ""
     return f"{nic.kind} {nic.source} ({nic.model or 'default model'}){mac}"
-
-
-def field_paths(changes: Iterable[FieldChange]) -> list[str]:
-    """Return the paths of ``changes``, in order; handy for tests and summaries."""
-    return [change.path for change in changes]

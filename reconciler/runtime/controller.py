@@ -49,14 +49,6 @@ from reconciler.runtime import execute, gitsource, hostlock, metrics, observe, r
 
 log = structlog.get_logger("kvmops.controller")
 
-DESIRED_POWER = {
-    model.RunStrategy.ALWAYS: "running",
-    model.RunStrategy.HALTED: "stopped",
-    model.RunStrategy.RERUN_ON_FAILURE: "running unless shut down from inside",
-    model.RunStrategy.MANUAL: "as left by its operators",
-}
-
-
 @dataclass(frozen=True)
 class ControllerSettings:
     """Everything ``kvmops run`` is told: by flags, a config file, or both."""
@@ -540,7 +532,7 @@ class Controller:
                 if domain is not None and domain.live is not None and domain.definition is not None:
                     pending = [f"{f}: {old} -> {new}" for f, old, new in planner.restart_pending(domain.live, domain.definition)]
                 if spec is not None:
-                    wanted = DESIRED_POWER[spec.run_strategy]
+                    wanted = spec.run_strategy.desired_power
                 elif name in plan.kept:
                     wanted = "absent, but kept: pruning is suspended"
                 else:
@@ -678,11 +670,6 @@ class Controller:
         if self._hypervisor is not None:
             self._hypervisor.close()
         log.info("controller_stopped", unfinished=unfinished)
-
-
-def now_iso() -> str:
-    """Return the current UTC time in ISO 8601, to the millisecond."""
-    return _now()
 
 
 def _now() -> str:

@@ -62,7 +62,7 @@ def hold(state_dir: Path, uri: str, *, wait: float = 0.0, on_wait=None, cancel=N
                         "wait for it to finish, or pass --lock-timeout SECONDS to wait"
                     ) from None
                 if cancel is not None and cancel.is_set():
-                    raise errors.LockHeld(f"stopped waiting for the host lock of {uri}, held by {holder or 'unknown'}")
+                    raise errors.LockHeld(f"stopped waiting for the host lock of {uri}, held by {holder or 'unknown'}") from None
                 if not announced and on_wait is not None:
                     on_wait(holder)
                     announced = True

@@ -18,14 +18,6 @@ from reconciler.core import plan as plans
 from reconciler.runtime import observe
 
 ADDRESS_SOURCES = ("lease", "agent", "arp")
-DESIRED_POWER = {
-    model.RunStrategy.ALWAYS: "running",
-    model.RunStrategy.HALTED: "stopped",
-    model.RunStrategy.RERUN_ON_FAILURE: "running",
-    model.RunStrategy.MANUAL: "any",
-}
-
-
 @dataclass(frozen=True)
 class Address:
     """An IP address of a VM, and who told us."""
@@ -83,12 +75,9 @@ def _row(hypervisor, domain: model.ObservedDomain, actual: model.ActualState, pl
     owner = definition.owner if definition is not None else None
     pending = planner.restart_pending(domain.live, definition) if domain.live and definition else []
     conditions = []
-    if owner is not None:
-        wanted = DESIRED_POWER[owner.run_strategy]
-        running = domain.power is model.PowerState.RUNNING
-        powered_right = wanted == "any" or (wanted == "running") == running
-    else:
-        powered_right = True
+    running = domain.power is model.PowerState.RUNNING
+    strategy = owner.run_strategy if owner is not None else model.RunStrategy.MANUAL
+    powered_right = {model.RunStrategy.ALWAYS: running, model.RunStrategy.HALTED: not domain.power.active}.get(strategy, True)
     if pending:
         conditions.append({"type": "RestartRequired",
                            "message": "; ".join(f"{f}: {old} -> {new}" for f, old, new in pending)})
@@ -113,7 +102,7 @@ def _row(hypervisor, domain: model.ObservedDomain, actual: model.ActualState, pl
     return {
         "name": domain.name,
         "state": domain.power.value,
-        "desired": DESIRED_POWER[owner.run_strategy] if owner else None,
+        "desired": owner.run_strategy.desired_power if owner else None,
         "run_strategy": owner.run_strategy.value if owner else None,
         "conditions": conditions,
         "addresses": [{"ip": a.ip, "prefix": a.prefix, "mac": a.mac, "source": a.source, "family": a.family}

@@ -15,7 +15,6 @@ is the subject of the test.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re

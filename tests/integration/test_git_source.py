@@ -336,7 +336,7 @@ def test_kvmops_status_shows_the_commit_each_vm_was_applied_from(upstream, follo
     header, row, *details = table.splitlines()
     assert header.split()[:3] == ["NAME", "STATE", "DESIRED"] and header.split()[-1] == "REVISION"
     assert row.split()[:3] == [vm_name, "running", "running"] and row.split()[-1] == commit[:12]
-    assert f"manifest: web.yaml   scope: default" in "\n".join(details)
+    assert "manifest: web.yaml   scope: default" in "\n".join(details)
     assert [(r["name"], r["revision"], r["manifest"]) for r in rows] == [(vm_name, commit, "web.yaml")]
 
 
