@@ -38,7 +38,7 @@ from pathlib import Path
 
 import structlog
 
-from reconciler import errors
+from reconciler import errors, logconfig
 from reconciler.adapters import hypervisor as hv
 from reconciler.adapters import systemd, watcher
 from reconciler.adapters.statusserver import StatusServer
@@ -47,7 +47,7 @@ from reconciler.core import plan as plans
 from reconciler.adapters import git as gitcli
 from reconciler.runtime import execute, gitsource, hostlock, metrics, observe, reconcile, workqueue
 
-log = structlog.get_logger("kvmops.controller")
+log = logconfig.get_logger("kvmops.controller")
 
 @dataclass(frozen=True)
 class ControllerSettings:

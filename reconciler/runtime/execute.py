@@ -23,20 +23,17 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import structlog
-
-from reconciler import errors
-from reconciler.adapters import fetch
+from reconciler import errors, logconfig
 from reconciler.adapters import hypervisor as hv
 from reconciler.core import plan as plans
-from reconciler.core import seediso, storagexml
+from reconciler.core import storagexml
 
 DEFAULT_WORKERS = 4
 STOP_POLL_SECONDS = 0.1
 PREREQUISITE_KINDS = ("StoragePool", "Network", "Image")  # in this order, before any VM
 SUBJECTS = {"VirtualMachine": "vm", "StoragePool": "pool", "Network": "network", "Image": "image"}
 
-log = structlog.get_logger("kvmops.execute")
+log = logconfig.get_logger("kvmops.execute")
 
 
 @dataclass(frozen=True)
@@ -257,6 +254,8 @@ def _import_image(h: hv.Hypervisor, step: plans.ImportImage, cancel: threading.E
         share = f"{done * 100 // total}%" if total else f"{done // (1024 * 1024)} MiB"
         log.info("image_download_progress", image=step.name, done_bytes=done, total_bytes=total, progress=share)
 
+    from reconciler.adapters import fetch  # urllib and ssl: only for the rare import
+
     verified = fetch.download(step.url, step.path, step.sha256, progress=progress)
     partial = f".kvmops-partial-{step.name}"
     try:
@@ -278,6 +277,8 @@ def _import_image(h: hv.Hypervisor, step: plans.ImportImage, cancel: threading.E
 
 
 def _write_seed(h: hv.Hypervisor, step: plans.WriteSeed, _cancel) -> str | None:
+    from reconciler.core import seediso  # pycdlib: only when a seed is written
+
     image = seediso.build(step.files)
     if h.volume_exists(step.pool, step.name):
         h.delete_volume(step.pool, step.name)  # a running guest keeps the old one open until it stops
