@@ -152,6 +152,7 @@ class Controller:
         self._interesting: frozenset[str] | None = None  # domain names a pass cares about; None: all
         self._source = gitsource.GitSource(settings.git, settings.state_dir) if settings.git else None
         self._source_thread: threading.Thread | None = None
+        self._directory_revision: str | None = None
 
     # -- control from outside (signal handlers, tests) ----------------------------------
 
@@ -311,10 +312,13 @@ class Controller:
             return str(self._source.manifests) if self._source.manifests else None
         return self.settings.path
 
-    def _revision(self) -> str:
+    def _revision(self, reasons: set[str]) -> str:
+        """Return the manifests' git revision; a directory's is asked of git only when the files may have changed."""
         if self._source is not None:
             return self._source.applied or ""
-        return gitcli.describe(self.settings.path)
+        if self._directory_revision is None or reasons - {"libvirt", "retry"}:
+            self._directory_revision = gitcli.describe(self.settings.path)
+        return self._directory_revision
 
     def _follow_git(self) -> None:
         """Fetch the branch on its interval; wake a full pass when a good commit arrives."""
@@ -391,8 +395,9 @@ class Controller:
                     self._queue.done(key)
                 return
             try:
-                desired = reconcile.load_desired(path, revision=self._revision())
-                actual = observe.observe(self._hypervisor)
+                with reconcile.gc_paused():
+                    desired = reconcile.load_desired(path, revision=self._revision(set(reasons.values())))
+                    actual = observe.observe(self._hypervisor)
             except errors.ManifestError as exc:
                 self._pass_failed(keys, started, "manifests", str(exc))
                 return
@@ -405,7 +410,8 @@ class Controller:
                         self._reasons.setdefault(key, set()).add(reasons[key])
                     self._queue.retry_later(key)  # back off: an error that persists must not spin
                 return
-            plan = planner.plan_changes(desired, actual, settings=self.settings.planner)
+            with reconcile.gc_paused():
+                plan = planner.plan_changes(desired, actual, settings=self.settings.planner)
             self._record(desired, actual, plan)
             dispatched = self._dispatch(plan, set(keys), full, reasons, reconcile_id)
             for key in keys:

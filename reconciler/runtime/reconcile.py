@@ -7,8 +7,11 @@ is cached between passes (level-triggered, as controller-runtime puts it).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from reconciler.adapters import hypervisor as hv
@@ -68,11 +71,31 @@ def relabel(problems: tuple[model.Problem, ...], labels: dict[str, str]) -> tupl
     return tuple(result)
 
 
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Hold Python's cyclic garbage collector off for the block.
+
+    A pass allocates hundreds of thousands of small acyclic objects (YAML mappings, XML
+    elements, model values); each would-be collection walks all of them, which made a
+    1,000-VM plan a third slower and grow faster than linearly.  Reference counting still
+    frees them; any cycles are collected when the block ends.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def make_plan(path: str, hypervisor: hv.Hypervisor, *, settings: planner.Settings, revision: str = "") -> PlanResult:
     """Return the plan converging ``hypervisor`` on the manifests under ``path``."""
-    desired = load_desired(path, revision=revision)
-    actual = observe.observe(hypervisor)
-    return PlanResult(desired, actual, planner.plan_changes(desired, actual, settings=settings))
+    with gc_paused():
+        desired = load_desired(path, revision=revision)
+        actual = observe.observe(hypervisor)
+        return PlanResult(desired, actual, planner.plan_changes(desired, actual, settings=settings))
 
 
 def apply(
@@ -89,6 +112,7 @@ def apply(
     report = execute.execute(planned.plan, hypervisor, workers=workers, cancel=cancel)
     if report.cancelled:
         return ApplyResult(planned, report, None)
-    actual = observe.observe(hypervisor)
-    after = planner.plan_changes(planned.desired, actual, settings=settings)
+    with gc_paused():
+        actual = observe.observe(hypervisor)
+        after = planner.plan_changes(planned.desired, actual, settings=settings)
     return ApplyResult(planned, report, after)
