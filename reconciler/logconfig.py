@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 
 FORMATS = ("auto", "console", "json")
 
 _pending: dict | None = None  # what configure() asked for, not yet given to structlog
+_lock = threading.Lock()  # the executor's threads may all log their first event at once
 
 
 def configure(*, format: str = "auto", level: str = "info", stream=None) -> None:
@@ -28,11 +30,16 @@ def configure(*, format: str = "auto", level: str = "info", stream=None) -> None
 
 def _apply() -> None:
     global _pending
-    if _pending is None:
-        return
+    with _lock:
+        if _pending is None:
+            return
+        settings, _pending = _pending, None
+        _configure(settings)
+
+
+def _configure(settings: dict) -> None:
     import structlog
 
-    settings, _pending = _pending, None
     stream = settings["stream"] or sys.stderr
     format = settings["format"]
     if format == "auto":
