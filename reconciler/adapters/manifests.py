@@ -16,6 +16,7 @@ raises :class:`~reconciler.errors.ManifestError`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -154,10 +155,12 @@ def parse_text(text: str, display: str, relpath: str) -> tuple[list[model.Docume
                 if converter.budget < 0:
                     break
                 continue
+            source = text[node.start_mark.index:node.end_mark.index]
             documents.append(
                 model.Document(
                     file=display, relpath=relpath, index=index, line=node.start_mark.line + 1,
                     body=body, lines=converter.lines,
+                    fingerprint=hashlib.blake2b(source.encode(), digest_size=16).hexdigest(),
                 )
             )
     except yaml.MarkedYAMLError as exc:

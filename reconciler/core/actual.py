@@ -38,6 +38,40 @@ def resolve_paths(definition: model.DomainDefinition, by_path: dict[str, tuple[s
                                cdroms=tuple(resolved(d) for d in definition.cdroms))
 
 
+_READ: dict[tuple[str, bool], tuple[str, object]] = {}  # (xml, essence) -> what _read found
+_READ_LIMIT = 4096  # two entries per domain (persistent and live XML): room for 2,000 domains
+
+
+def _read(xml: str, *, essence: bool = False) -> tuple[str, object]:
+    """Return what a domain's XML holds: ("owned", definition), ("foreign", nics),
+    ("broken", why) for a marked domain kvmops cannot read, or ("unreadable", why).
+
+    Memoised: a pass reads the same unchanged XML of every domain that the last pass
+    read, and parsing is the larger part of observing a host.  ``essence`` parses a
+    live XML whether or not it carries the mark.
+    """
+    key = (xml, essence)
+    found = _READ.get(key)
+    if found is not None:
+        return found
+    try:
+        root = domxml.parse_tree(xml)
+    except domxml.DomainXMLError as exc:
+        found = ("unreadable", str(exc))
+    else:
+        if not essence and domxml.parse_owner(root) is None:
+            found = ("foreign", domxml.parse_nics(root))
+        else:
+            try:
+                found = ("owned", domxml.parse(root))
+            except domxml.DomainXMLError as exc:
+                found = ("broken", str(exc))
+    if len(_READ) >= _READ_LIMIT:
+        _READ.clear()
+    _READ[key] = found
+    return found
+
+
 def network(record: model.NetworkRecord) -> model.ObservedNetwork:
     """Return the observed network behind one raw record."""
     try:
@@ -52,10 +86,7 @@ def network(record: model.NetworkRecord) -> model.ObservedNetwork:
 
 def is_owned(record: model.DomainRecord) -> bool:
     """Return whether the domain's persistent XML carries kvmops' mark."""
-    try:
-        return domxml.parse_owner(domxml.parse_tree(record.inactive_xml)) is not None
-    except domxml.DomainXMLError:
-        return False
+    return _read(record.inactive_xml)[0] == "owned"
 
 
 def domain(record: model.DomainRecord, by_path: dict[str, tuple[str, str]] | None = None) -> model.ObservedDomain:
@@ -68,21 +99,17 @@ def domain(record: model.DomainRecord, by_path: dict[str, tuple[str, str]] | Non
         name=record.name, uuid=record.uuid, power=record.power, shutoff_reason=record.shutoff_reason,
         autostart=record.autostart, persistent=record.persistent,
     )
-    try:
-        root = domxml.parse_tree(record.inactive_xml)
-    except domxml.DomainXMLError as exc:
-        return model.ObservedDomain(**common, owned=False, definition=None, live=None, error=str(exc))
-    if domxml.parse_owner(root) is None:
-        return model.ObservedDomain(**common, owned=False, definition=None, live=None, nics=domxml.parse_nics(root))
-    try:
-        definition = resolve_paths(domxml.parse(root), by_path or {})
-    except domxml.DomainXMLError as exc:
-        return model.ObservedDomain(**common, owned=True, definition=None, live=None, error=str(exc))
+    kind, found = _read(record.inactive_xml)
+    if kind == "unreadable":
+        return model.ObservedDomain(**common, owned=False, definition=None, live=None, error=found)
+    if kind == "foreign":
+        return model.ObservedDomain(**common, owned=False, definition=None, live=None, nics=found)
+    if kind == "broken":
+        return model.ObservedDomain(**common, owned=True, definition=None, live=None, error=found)
+    definition = resolve_paths(found, by_path or {})
     live = None
     if record.live_xml and record.power.active:
-        try:
-            live = resolve_paths(domxml.parse(record.live_xml), by_path or {})
-        except domxml.DomainXMLError:
-            live = None
+        kind, found = _read(record.live_xml, essence=True)
+        live = resolve_paths(found, by_path or {}) if kind == "owned" else None
     return model.ObservedDomain(**common, owned=True, definition=definition, live=live, xml=record.inactive_xml,
                                 nics=definition.nics)

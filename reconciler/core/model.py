@@ -129,6 +129,7 @@ class Document:
     line: int
     body: object
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, hash=False, repr=False)
+    fingerprint: str = field(default="", compare=False, repr=False)  # digest of the document's source text
 
     @property
     def origin(self) -> Origin:

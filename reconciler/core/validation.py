@@ -83,11 +83,30 @@ def validate_config(document: model.Document) -> tuple[dict | None, list[model.P
     return with_defaults(body, schema, schema), []
 
 
+_VALID_BODIES: dict[str, dict] = {}  # fingerprint -> body with defaults, of documents that validated
+_CACHE_LIMIT = 4096
+
+
 def validate(document: model.Document) -> tuple[dict | None, list[model.Problem]]:
     """Return ``document``'s body with defaults applied, or the problems that stop it.
 
-    The body is returned only when there are no problems; it is a fresh copy.
+    The body is returned only when there are no problems; treat it as read-only.  A
+    document whose source text validated before (same fingerprint) is not validated
+    again: the result is a function of that text alone, and the controller re-reads
+    thousands of unchanged documents every pass.
     """
+    cached = _VALID_BODIES.get(document.fingerprint) if document.fingerprint else None
+    if cached is not None:
+        return cached, []
+    body, problems = _validate(document)
+    if body is not None and document.fingerprint:
+        if len(_VALID_BODIES) >= _CACHE_LIMIT:
+            _VALID_BODIES.clear()
+        _VALID_BODIES[document.fingerprint] = body
+    return body, problems
+
+
+def _validate(document: model.Document) -> tuple[dict | None, list[model.Problem]]:
     body = document.body
     origin = document.origin
     if not isinstance(body, dict):
