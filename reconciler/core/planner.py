@@ -74,8 +74,8 @@ def plan_changes(
     kept: tuple[str, ...] = ()
     if suspended:
         kept = tuple(d.name for d in owned_orphans) + tuple(f"network {n.name}" for n in orphan_networks)
-        if not problems and not desired.vms and not settings.allow_empty:
-            problems.append(model.Problem(desired.source or ".", None, "", suspended))
+        if not problems and settings.prune and not desired.vms and not settings.allow_empty:
+            problems.append(model.Problem(desired.source or ".", None, "", suspended))  # the empty-set guard
     else:
         resources.extend(_plan_prune(domain, actual, settings, wanted) for domain in owned_orphans)
         resources.extend(_plan_network_prune(network, actual, desired) for network in orphan_networks)
@@ -1050,13 +1050,13 @@ def _prune_suspension(
             f"{len(problems)} problem(s) in the manifests: while any manifest is broken or cannot be planned, no "
             "domain is removed (a broken manifest may still mean to declare it)"
         )
-    if not desired.vms and not settings.allow_empty:
-        return (
-            f"the manifests declare no VirtualMachine but kvmops manages {len(orphans)} domain(s); refusing to remove "
-            "them all (pass --allow-empty if that is really what you want)"
-        )
     if not settings.prune:
         return settings.no_prune_reason
+    if not desired.vms and not settings.allow_empty:
+        return (
+            f"the manifests declare no VirtualMachine but kvmops manages {len(orphans)} resource(s); refusing to "
+            "remove them all (pass --allow-empty if that is really what you want)"
+        )
     return None
 
 

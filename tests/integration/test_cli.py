@@ -252,7 +252,7 @@ def test_empty_manifest_directory_removes_nothing(world, capsys):
     out, err = capsys.readouterr()
 
     assert_clean(out, err)
-    assert "Pruning suspended: the manifests declare no VirtualMachine but kvmops manages 2 domain(s)" in out
+    assert "Pruning suspended: the manifests declare no VirtualMachine but kvmops manages 2 resource(s)" in out
     assert "--allow-empty" in out
     assert "kept although no manifest declares them: orphan, web" in out
     assert "Applying..." not in out

@@ -533,3 +533,12 @@ def test_plan_is_a_pure_function_of_its_inputs():
     desired = b.desired(web(vcpus=4), pools=(b.pool(),))
     actual = b.converged(b.desired(web(), pools=(b.pool(),)))
     assert plan(desired, actual) == plan(desired, actual)
+
+
+def test_an_empty_manifest_set_with_pruning_off_is_not_a_problem():
+    """With --no-prune an empty manifest directory removes nothing and is not an error either."""
+    actual = b.actual(b.domain(b.definition(web())))
+    result = planner.plan_changes(b.desired(), actual, settings=planner.Settings(prune=False))
+    assert result.problems == ()
+    assert result.prune_suspended == "pruning is disabled (--no-prune)"
+    assert not result.has_changes
