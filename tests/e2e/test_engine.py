@@ -31,6 +31,7 @@ from reconciler.adapters import hypervisor as hv
 from reconciler.core import planner
 from reconciler.runtime import execute, reconcile
 from tests import factories
+from tests.e2e.commands import apply_ok, kvmops, output, plan_is_empty
 
 MIB = 1024 * 1024
 OWNER_NS = "https://kvmops.dev/xmlns/owner/v1"
@@ -40,36 +41,6 @@ pytestmark = pytest.mark.e2e
 
 
 # --- helpers ---------------------------------------------------------------------------
-
-
-def kvmops(host, *args: str, prune: bool = False, scope: str | None = None) -> subprocess.CompletedProcess:
-    """Run ``kvmops`` against the host in the test's scope; ``plan``/``apply`` never prune unless ``prune``."""
-    args = tuple(str(a) for a in args)
-    if args[0] in ("plan", "apply", "adopt"):
-        args += ("--scope", scope or host.prefix)
-    if args[0] in ("plan", "apply") and not prune:
-        args += ("--no-prune",)
-    return host.kvmops(*args)
-
-
-def output(result: subprocess.CompletedProcess) -> str:
-    """Return everything a command printed, for assertions and their messages."""
-    return f"--- exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
-
-
-def apply_ok(host) -> subprocess.CompletedProcess:
-    """Apply the test's manifests and insist that it converged (exit 0)."""
-    result = kvmops(host, "apply", host.manifests)
-    assert result.returncode == 0, output(result)
-    return result
-
-
-def plan_is_empty(host) -> subprocess.CompletedProcess:
-    """Plan the test's manifests and insist that nothing would change (exit 0, "No changes")."""
-    result = kvmops(host, "plan", host.manifests, "--detailed-exitcode")
-    assert result.returncode == 0, output(result)
-    assert "No changes." in result.stdout, output(result)
-    return result
 
 
 def resource_block(stdout: str, kind: str, name: str) -> str:
