@@ -20,9 +20,11 @@ it created; and ``legacy``, a running foreign domain.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import libvirt
 import pytest
 import structlog
 
@@ -255,3 +257,46 @@ def world(tmp_path: Path, manifest_dir: Path, monkeypatch: pytest.MonkeyPatch):
     with hv.Hypervisor.open(world_uri) as connection:
         pin_connection(monkeypatch, connection)
         yield World(connection, world_uri, manifest_dir)
+
+
+SHARED_URI = "test:///default"  # one host for every connection in this process
+
+
+@dataclass
+class Leftovers:
+    """Domains and pools a test put on the shared host, to remove once every controller has stopped."""
+
+    domains: list[str] = field(default_factory=list)
+    pools: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+def leftovers() -> Iterator[Leftovers]:
+    """Return the test's leftovers; everything in it is removed from test:///default at the very end.
+
+    Controllers depend on this fixture, so they are stopped before the removal: a running
+    controller would see the undefine event and define the VM again.
+    """
+    found = Leftovers()
+    yield found
+    connection = libvirt.open(SHARED_URI)
+    try:
+        for name in found.domains:
+            try:
+                domain = connection.lookupByName(name)
+            except libvirt.libvirtError:
+                continue
+            if domain.isActive():
+                domain.destroy()
+            if domain.isPersistent():
+                domain.undefine()
+        for name in found.pools:
+            try:
+                pool = connection.storagePoolLookupByName(name)
+            except libvirt.libvirtError:
+                continue
+            if pool.isActive():
+                pool.destroy()
+            pool.undefine()
+    finally:
+        connection.close()

@@ -28,7 +28,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import libvirt
 import pytest
 import yaml
 
@@ -38,8 +37,8 @@ from reconciler.core import planner
 from reconciler.runtime import observe
 from reconciler.runtime.controller import Controller, ControllerSettings
 from tests import factories
+from tests.integration.conftest import SHARED_URI, Leftovers
 
-SHARED_URI = "test:///default"
 
 # Another process holding the host lock (as `kvmops apply` does) until its stdin closes.
 HOLDER = textwrap.dedent("""\
@@ -114,46 +113,6 @@ class RunningController:
         assert self.thread is not None
         self.thread.join(10)
         return time.monotonic() - began
-
-
-@dataclass
-class Leftovers:
-    """Domains and pools a test put on the shared host, to remove once every controller has stopped."""
-
-    domains: list[str] = field(default_factory=list)
-    pools: list[str] = field(default_factory=list)
-
-
-@pytest.fixture
-def leftovers() -> Iterator[Leftovers]:
-    """Return the test's leftovers; everything in it is removed from test:///default at the very end.
-
-    Controllers depend on this fixture, so they are stopped before the removal: a running
-    controller would see the undefine event and define the VM again.
-    """
-    found = Leftovers()
-    yield found
-    connection = libvirt.open(SHARED_URI)
-    try:
-        for name in found.domains:
-            try:
-                domain = connection.lookupByName(name)
-            except libvirt.libvirtError:
-                continue
-            if domain.isActive():
-                domain.destroy()
-            if domain.isPersistent():
-                domain.undefine()
-        for name in found.pools:
-            try:
-                pool = connection.storagePoolLookupByName(name)
-            except libvirt.libvirtError:
-                continue
-            if pool.isActive():
-                pool.destroy()
-            pool.undefine()
-    finally:
-        connection.close()
 
 
 @pytest.fixture

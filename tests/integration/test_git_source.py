@@ -19,11 +19,10 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-import libvirt
 import pytest
 import yaml
 
@@ -35,8 +34,8 @@ from reconciler.runtime import observe
 from reconciler.runtime.controller import Controller, ControllerSettings
 from reconciler.runtime.gitsource import GitSettings
 from tests import factories
+from tests.integration.conftest import SHARED_URI, Leftovers
 
-SHARED_URI = "test:///default"
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "kvmops tests", "GIT_AUTHOR_EMAIL": "tests@kvmops.invalid",
     "GIT_COMMITTER_NAME": "kvmops tests", "GIT_COMMITTER_EMAIL": "tests@kvmops.invalid",
@@ -114,31 +113,6 @@ def upstream(tmp_path: Path) -> Upstream:
     git(clone, "init", "--quiet", "--initial-branch=main")
     git(clone, "remote", "add", "origin", f"file://{bare}")
     return Upstream(bare, clone)
-
-
-@dataclass
-class Leftovers:
-    domains: list[str] = field(default_factory=list)
-
-
-@pytest.fixture
-def leftovers() -> Iterator[Leftovers]:
-    """Return the test's domains on test:///default; they are removed after the controller (which depends on this) has stopped."""
-    found = Leftovers()
-    yield found
-    connection = libvirt.open(SHARED_URI)
-    try:
-        for name in found.domains:
-            try:
-                domain = connection.lookupByName(name)
-            except libvirt.libvirtError:
-                continue
-            if domain.isActive():
-                domain.destroy()
-            if domain.isPersistent():
-                domain.undefine()
-    finally:
-        connection.close()
 
 
 @pytest.fixture
