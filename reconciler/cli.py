@@ -26,7 +26,7 @@ from reconciler.adapters import git
 from reconciler.adapters import hypervisor as hv
 from reconciler.core import actual as actual_state
 from reconciler.core import desired as desired_state
-from reconciler.core import domxml, model, planner, quantity, render, snapshot, validation
+from reconciler.core import domxml, model, planner, quantity, redaction, render, snapshot, validation
 from reconciler.adapters import manifests as manifest_files
 from reconciler.runtime import doctor, execute, hostlock, inspect, observe, reconcile, review
 
@@ -246,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _error(message: str) -> None:
-    print(f"kvmops: error: {message}", file=sys.stderr)
+    print(f"kvmops: error: {redaction.redact_text(message)}", file=sys.stderr)
 
 
 def _settings(args: argparse.Namespace) -> planner.Settings:
@@ -333,14 +333,15 @@ def _plan_status(plan, args: argparse.Namespace) -> int:
 def _print_plan(plan, args: argparse.Namespace, *, title: str | None = None) -> None:
     output = getattr(args, "output", "text")
     if output == "json":
-        sys.stdout.write(render.to_json(plan))
+        text = render.to_json(plan)
     elif output == "markdown":
-        sys.stdout.write(render.markdown(plan, title=title))
+        text = render.markdown(plan, title=title)
     else:
-        sys.stdout.write(render.text(plan, colour=_colour(args), source=args.path, title=title))
+        text = render.text(plan, colour=_colour(args), source=args.path, title=title)
+    sys.stdout.write(redaction.redact_text(text))  # a problem may quote a manifest's URL, token and all
     if output != "text":
         for problem in plan.problems:
-            print(problem, file=sys.stderr)
+            print(redaction.redact_text(str(problem)), file=sys.stderr)
     sys.stdout.flush()
 
 

@@ -1,5 +1,8 @@
 """Configure structlog once, for the shell: readable on a terminal, JSON lines otherwise.
 
+Every string in every event passes through :func:`redact_credentials`, so a git URL with
+a token, or git's stderr quoting it, never reaches the logs in clear.
+
 Events are facts in the past tense (``domain_defined``, ``step_failed``) carrying shared
 keys: ``vm``, ``action``, ``reconcile_id``, ``duration_ms``.  Logs go to stderr so that
 stdout stays the command's output (a plan, a report, JSON).
@@ -55,12 +58,20 @@ def _configure(settings: dict) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            redact_credentials,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[settings["level"].upper()]),
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+
+
+def redact_credentials(_logger, _method: str, event_dict: dict) -> dict:
+    """structlog processor: mask credentials in URLs anywhere in an event (the backstop for every log line)."""
+    from reconciler.core import redaction
+
+    return {key: redaction.redact_value(value) for key, value in event_dict.items()}
 
 
 class _Logger:

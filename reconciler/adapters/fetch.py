@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from reconciler import errors
+from reconciler.core import redaction
 
 CHUNK = 1024 * 1024
 TIMEOUT = 60
@@ -49,12 +50,12 @@ def download(url: str | None, path: str | None, sha256: str, *, progress: Callab
                 progress(done, total)
         if total is not None and done != total:
             raise errors.RetryableHypervisorError(
-                f"download of {url or path} ended after {done} of {total} bytes; nothing was kept, apply again"
+                f"download of {redaction.redact_url(url) if url else path} ended after {done} of {total} bytes; nothing was kept, apply again"
             )
         actual = digest.hexdigest()
         if actual != sha256.lower():
             raise errors.OperationRefused(
-                f"checksum mismatch for {url or path}: got sha256 {actual}, the manifest pins {sha256}; "
+                f"checksum mismatch for {redaction.redact_url(url) if url else path}: got sha256 {actual}, the manifest pins {sha256}; "
                 "the download was discarded. Fix the sha256 in the Image manifest, or the source"
             )
         return target
@@ -76,10 +77,10 @@ def _open(url: str | None, path: str | None):
             with open(path, "rb") as handle:
                 yield handle, os.fstat(handle.fileno()).st_size
     except urllib.error.HTTPError as exc:
-        raise errors.RetryableHypervisorError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from exc
+        raise errors.RetryableHypervisorError(f"cannot download {redaction.redact_url(url)}: HTTP {exc.code} {exc.reason}") from exc
     except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise errors.RetryableHypervisorError(f"cannot download {url}: {reason}") from exc
+        reason = redaction.redact_text(str(getattr(exc, "reason", exc)))
+        raise errors.RetryableHypervisorError(f"cannot download {redaction.redact_url(url)}: {reason}") from exc
     except OSError as exc:
         raise errors.OperationRefused(f"cannot read image {path}: {exc.strerror}") from exc
 

@@ -16,6 +16,7 @@ import tarfile
 from pathlib import Path
 
 from reconciler import errors
+from reconciler.core import redaction
 
 GIT_TIMEOUT = 120
 
@@ -35,7 +36,8 @@ def run(*args: str, cwd: str | os.PathLike | None = None, timeout: float = GIT_T
         message = [line.strip() for line in result.stderr.decode(errors="replace").splitlines() if line.strip()]
         detail = next((line for line in message if line.startswith(("fatal:", "error:"))),
                       message[-1] if message else f"exit status {result.returncode}")
-        raise errors.SourceError(f"git {args[0]} failed: {detail.removeprefix('fatal: ').removeprefix('error: ')}")
+        detail = redaction.redact_text(detail.removeprefix("fatal: ").removeprefix("error: "))  # git quotes the remote's URL
+        raise errors.SourceError(f"git {args[0]} failed: {detail}")
     return result.stdout
 
 

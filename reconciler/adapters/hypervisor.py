@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 import libvirt
 
 from reconciler import errors
-from reconciler.core import domxml, model, netxml
+from reconciler.core import domxml, model, netxml, redaction
 
 DEFAULT_URI = "qemu:///system"
 
@@ -107,7 +107,7 @@ def translate(exc: libvirt.libvirtError, what: str) -> errors.HypervisorError:
     """Return the kvmops error for libvirt's ``exc``, raised while doing ``what``."""
     code = exc.get_error_code()
     detail = (exc.get_error_message() or str(exc)).strip()
-    message = f"{what}: {detail}"
+    message = redaction.redact_text(f"{what}: {detail}")  # ``what`` may name a URI with a password
     if code in _CONNECTION_CODES or (
         code == libvirt.VIR_ERR_SYSTEM_ERROR and exc.get_error_domain() in (libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE)
     ):

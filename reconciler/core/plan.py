@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import ClassVar
 
-from reconciler.core import model, quantity
+from reconciler.core import model, quantity, redaction
 
 
 class Action(enum.StrEnum):
@@ -81,6 +81,8 @@ class Step:
         data = {"kind": self.kind, **dataclasses.asdict(self)}
         for name in self.secret_fields:
             data[name] = "(secret: see digest)"
+        if isinstance(data.get("url"), str):
+            data["url"] = redaction.redact_url(data["url"])
         if "xml" in data and isinstance(data["xml"], str) and "passwd=" in data["xml"]:
             data["xml"] = re.sub(r"passwd=(['\"]).*?\1", "passwd='***'", data["xml"])
         return data
@@ -270,7 +272,8 @@ class ImportImage(Step):
     format: str
 
     def describe(self) -> str:
-        return f"import image {self.url or self.path} into {self.pool}/{self.name} (sha256 {self.sha256[:12]}…)"
+        source = redaction.redact_url(self.url) if self.url else self.path
+        return f"import image {source} into {self.pool}/{self.name} (sha256 {self.sha256[:12]}…)"
 
 
 @dataclass(frozen=True)

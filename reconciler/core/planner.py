@@ -22,7 +22,7 @@ import uuid as uuids
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from reconciler.core import domxml, model, netxml, storagexml
+from reconciler.core import domxml, model, netxml, redaction, storagexml
 from reconciler.core import plan as plans
 from reconciler.core.plan import Action, FieldChange, Impact
 from reconciler.core.quantity import MIB, format_bytes, round_up
@@ -340,7 +340,7 @@ def _plan_image(spec: model.ImageSpec, actual: model.ActualState, desired: model
     requires = (f"StoragePool/{spec.pool}",) if spec.pool in desired.pools else ()
     if (spec.pool, spec.volume) in actual.volumes:
         return plans.ResourcePlan(**base, requires=requires)
-    source = spec.url or spec.path
+    source = redaction.redact_url(spec.url) if spec.url else spec.path
     return plans.ResourcePlan(
         **base, actions=(Action.CREATE,), requires=requires,
         changes=(FieldChange("volume", None, f"{spec.pool}/{spec.volume} from {source}", Impact.LIVE,

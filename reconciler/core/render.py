@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from reconciler.core import model
+from reconciler.core import model, redaction
 from reconciler.core.plan import Action, FieldChange, Impact, Plan, ResourcePlan
 
 JSON_FORMAT_VERSION = "1"
@@ -34,7 +34,7 @@ def text(plan: Plan, *, colour: bool = False, source: str | None = None, title: 
     lines: list[str] = []
     vms = sum(1 for r in plan.resources if r.kind == "VirtualMachine" and Action.DELETE not in r.actions)
     pools = sum(1 for r in plan.resources if r.kind == "StoragePool")
-    header = title or f"kvmops plan for {plan.uri}"
+    header = title or f"kvmops plan for {redaction.redact_url(plan.uri)}"
     if source and not title:
         header += f" from {source}"
     lines.append(paint(header, "bold") + f" ({_count(vms, 'VM')}, {_count(pools, 'pool')})")
@@ -147,7 +147,7 @@ def to_data(plan: Plan) -> dict:
     impacts = plan.impact_counts()
     return {
         "format_version": JSON_FORMAT_VERSION,
-        "uri": plan.uri,
+        "uri": redaction.redact_url(plan.uri),
         "has_changes": plan.has_changes,
         "summary": {
             "actions": {a.value: actions[a] for a in Action},
@@ -205,7 +205,7 @@ def markdown(plan: Plan, *, title: str | None = None) -> str:
     calls out data loss and replacements first, summarises every changed resource in a
     table, then folds each resource's field changes into a ``<details>`` block.
     """
-    lines = [MARKDOWN_MARKER, f"### {_md(title or f'kvmops plan for {plan.uri}')}", ""]
+    lines = [MARKDOWN_MARKER, f"### {_md(title or f'kvmops plan for {redaction.redact_url(plan.uri)}')}", ""]
     if plan.snapshot:
         lines += [f"_{_md(plan.snapshot)}_", ""]
     callouts: list[str] = []

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from reconciler import errors
 from reconciler.adapters import git
-from reconciler.core import model
+from reconciler.core import model, redaction
 from reconciler.runtime import reconcile
 
 
@@ -106,6 +106,6 @@ class GitSource:
                     "error": self.rejected.error or None,
                 }
             return {
-                "url": self.settings.url, "branch": self.settings.branch, "path": self.settings.path,
+                "url": redaction.redact_url(self.settings.url), "branch": self.settings.branch, "path": self.settings.path,
                 "applied": self.applied, "fetched": self.fetched, "rejected": rejected, "error": self.last_error,
             }

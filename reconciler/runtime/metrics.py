@@ -9,6 +9,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 
+from reconciler.core import redaction
+
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -18,6 +20,7 @@ def _labels(pairs: Iterable[tuple[str, str]]) -> str:
 
 
 def _escape(value: str) -> str:
+    value = redaction.redact_text(value)  # a label must never carry a credential, whatever fed it
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 

@@ -1,0 +1,102 @@
+"""A token in a git URL or an image URL shows on no output channel: logs, /status, /healthz, /metrics, plans, errors.
+
+Each test runs kvmops as a separate process, as an operator would, on the test driver,
+and greps everything it printed or served for the secret.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+SECRET = "tkn-9f8e7d6c5b4a"
+KVMOPS = [sys.executable, "-m", "reconciler", "--log-format", "json"]
+ROOT = Path(__file__).parents[2]
+
+
+def environment(tmp_path: Path) -> dict[str, str]:
+    keep = {k: v for k, v in os.environ.items() if not k.startswith("KVMOPS_")}
+    return {**keep, "KVMOPS_STATE_DIR": str(tmp_path / "state"), "PYTHONPATH": str(ROOT)}
+
+
+def fetch(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.read().decode()
+
+
+def test_a_token_in_the_git_url_is_in_no_log_event_nor_on_any_endpoint(tmp_path):
+    """`run --git https://user:TOKEN@host/repo.git?access_token=TOKEN`: controller_started, git_fetch_failed, /status, /healthz, /metrics are clean."""
+    url = f"https://deploy:{SECRET}@127.0.0.1:9/infra/vms.git?access_token={SECRET}"
+    process = subprocess.Popen(
+        [*KVMOPS, "run", "--git", url, "--connect", "test:///default", "--listen", "127.0.0.1:0",
+         "--interval", "0.5"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment(tmp_path), cwd=tmp_path,
+    )
+    lines: list[str] = []
+    try:
+        address = None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            line = process.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            event = json.loads(line)
+            if event["event"] == "listener_started":
+                address = event["address"]
+            if event["event"] == "git_fetch_failed":
+                break
+        assert address, "".join(lines)
+        served = {path: fetch(f"http://{address}{path}") for path in ("/status", "/healthz", "/metrics")}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=20)
+    lines.append(err)
+    logs = "".join(lines)
+
+    assert process.returncode == 0, logs
+    events = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
+    started = next(e for e in events if e["event"] == "controller_started")
+    assert started["git"] == "https://deploy:***@127.0.0.1:9/infra/vms.git?access_token=***"
+    assert any(e["event"] == "git_fetch_failed" for e in events), logs
+    assert json.loads(served["/status"])["git"]["url"] == started["git"]
+    for channel, text in {"logs": logs, "stdout": out, **served}.items():
+        assert SECRET not in text, f"the token shows in {channel}:\n{text}"
+
+
+def test_a_token_in_an_image_url_is_in_no_plan_output_and_no_apply_error(tmp_path):
+    """An Image whose URL carries a password and a signed query: plan (text, json, markdown) and a failing apply never print them."""
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    (manifests / "image.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kvmops/v1", "kind": "Image", "metadata": {"name": "base"},
+        "spec": {"pool": "default-pool", "sha256": "0" * 64, "format": "raw",
+                 "source": {"url": f"http://mirror:{SECRET}@127.0.0.1:9/base.raw?X-Amz-Signature={SECRET}"}},
+    }), encoding="utf-8")
+    outputs = []
+    for arguments in (["plan"], ["plan", "--output", "json"], ["plan", "--output", "markdown"], ["apply"]):
+        result = subprocess.run(
+            [*KVMOPS, *arguments, str(manifests), "--connect", "test:///default"],
+            capture_output=True, text=True, env=environment(tmp_path), cwd=tmp_path, timeout=60,
+        )
+        outputs.append((arguments, result))
+
+    plan_text = outputs[0][1].stdout
+    assert "http://mirror:***@127.0.0.1:9/base.raw?X-Amz-Signature=***" in plan_text, plan_text
+    apply = outputs[-1][1]
+    assert apply.returncode == 1
+    assert "cannot download http://mirror:***@127.0.0.1:9/base.raw" in apply.stdout + apply.stderr, apply.stdout + apply.stderr
+    for arguments, result in outputs:
+        assert SECRET not in result.stdout + result.stderr, f"kvmops {' '.join(arguments)} shows the token:\n{result.stdout}{result.stderr}"
