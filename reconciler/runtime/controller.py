@@ -42,7 +42,7 @@ from reconciler import errors, logconfig
 from reconciler.adapters import hypervisor as hv
 from reconciler.adapters import systemd, watcher
 from reconciler.adapters.statusserver import StatusServer
-from reconciler.core import model, planner
+from reconciler.core import model, planner, redaction
 from reconciler.core import plan as plans
 from reconciler.adapters import git as gitcli
 from reconciler.runtime import execute, gitsource, hostlock, metrics, observe, reconcile, workqueue
@@ -109,6 +109,16 @@ class _HostLockKeeper:
                 context.__exit__(None, None, None)
 
 
+@dataclass
+class _Timers:
+    """The main loop's clocks (``time.monotonic()``), carried from one turn to the next."""
+
+    next_resync: float
+    next_watchdog: float
+    next_connect: float = 0.0
+    reconnect_delay: float = 0.5
+
+
 class Controller:
     """Converge ``settings.uri`` on the manifests at ``settings.path`` until stopped."""
 
@@ -153,6 +163,10 @@ class Controller:
         self._source = gitsource.GitSource(settings.git, settings.state_dir) if settings.git else None
         self._source_thread: threading.Thread | None = None
         self._directory_revision: str | None = None
+        # Unexpected exceptions, by where they happened (pass, loop, git, http): shown on /status and /healthz
+        # until that part runs cleanly again.  None of them stops the controller.
+        self._internal_errors: dict[str, dict] = {}
+        self._loop_backoff = 0.0
 
     # -- control from outside (signal handlers, tests) ----------------------------------
 
@@ -183,56 +197,65 @@ class Controller:
             })
             self._server.start()
             log.info("listener_started", address=self._server.address)
-        log.info("controller_started", manifests=self.settings.path or None, uri=self.settings.uri,
+        log.info("controller_started", manifests=self.settings.path or None, uri=redaction.redact_url(self.settings.uri),
                  resync_interval=self.settings.resync_interval,
-                 git=self.settings.git.url if self.settings.git else None)
+                 git=redaction.redact_url(self.settings.git.url) if self.settings.git else None)
         if self._source is not None:
             self._source_thread = threading.Thread(target=self._follow_git, name="kvmops-git", daemon=True)
             self._source_thread.start()
         else:
             self._wake(workqueue.EVERYTHING, "start")
-        next_resync = self._next_resync()
-        next_watchdog = time.monotonic()
-        reconnect_delay = 0.5
-        next_connect = 0.0
+        timers = _Timers(next_resync=self._next_resync(), next_watchdog=time.monotonic())
         try:
             while not self._stop.is_set():
-                now = time.monotonic()
-                if self._notifier.watchdog_interval and now >= next_watchdog:
-                    self._notifier.watchdog()
-                    next_watchdog = now + self._notifier.watchdog_interval
-                if self._reload_requested.is_set():
-                    self._reload_requested.clear()
-                    self._reload()
-                self._announce_waiting()
-                if not self._connected:
-                    if now < next_connect:
-                        self._stop.wait(min(next_connect - now, 1.0))
-                        continue
-                    if self._connect():
-                        reconnect_delay = 0.5
-                    else:
-                        next_connect = now + reconnect_delay
-                        reconnect_delay = min(reconnect_delay * 2, self.settings.reconnect_max_delay)
-                        continue
-                self._ensure_watcher()
-                timeout = max(0.0, min(next_resync - now, 1.0))
-                if self._notifier.watchdog_interval:
-                    timeout = min(timeout, max(0.0, next_watchdog - now))
-                keys = self._queue.take(timeout=timeout)
-                if self._stop.is_set():
-                    break
-                if self._reload_requested.is_set():  # a SIGHUP's pass must see the new settings
-                    self._reload_requested.clear()
-                    self._reload()
-                if time.monotonic() >= next_resync:
-                    next_resync = self._next_resync()
-                    self._wake(workqueue.EVERYTHING, "resync")
-                if keys:
-                    self._pass(keys)
+                try:
+                    self._turn(timers)
+                except Exception as exc:  # nothing a pass meets may end the controller: back off and go on
+                    self._loop_backoff = min(max(self._loop_backoff * 2, 0.5), 30.0)
+                    self._survive("loop", exc, retry_in=self._loop_backoff)
+                    self._stop.wait(self._loop_backoff)
+                else:
+                    self._loop_backoff = 0.0
+                    self._recovered("loop")
         finally:
             self._shutdown()
         return 0
+
+    def _turn(self, timers: _Timers) -> None:
+        """Run one turn of the main loop: timers, reload, connection, then one pass over the ready keys."""
+        now = time.monotonic()
+        if self._notifier.watchdog_interval and now >= timers.next_watchdog:
+            self._notifier.watchdog()
+            timers.next_watchdog = now + self._notifier.watchdog_interval
+        if self._reload_requested.is_set():
+            self._reload_requested.clear()
+            self._reload()
+        self._announce_waiting()
+        if not self._connected:
+            if now < timers.next_connect:
+                self._stop.wait(min(timers.next_connect - now, 1.0))
+                return
+            if self._connect():
+                timers.reconnect_delay = 0.5
+            else:
+                timers.next_connect = now + timers.reconnect_delay
+                timers.reconnect_delay = min(timers.reconnect_delay * 2, self.settings.reconnect_max_delay)
+                return
+        self._ensure_watcher()
+        timeout = max(0.0, min(timers.next_resync - now, 1.0))
+        if self._notifier.watchdog_interval:
+            timeout = min(timeout, max(0.0, timers.next_watchdog - now))
+        keys = self._queue.take(timeout=timeout)
+        if self._stop.is_set():
+            return
+        if self._reload_requested.is_set():  # a SIGHUP's pass must see the new settings
+            self._reload_requested.clear()
+            self._reload()
+        if time.monotonic() >= timers.next_resync:
+            timers.next_resync = self._next_resync()
+            self._wake(workqueue.EVERYTHING, "resync")
+        if keys:
+            self._pass(keys)
 
     def _announce_waiting(self) -> None:
         """Tell systemd we are up even while nothing can be done yet, and say why in STATUS."""
@@ -322,32 +345,42 @@ class Controller:
 
     def _follow_git(self) -> None:
         """Fetch the branch on its interval; wake a full pass when a good commit arrives."""
-        source, announced_error, announced_rejection = self._source, None, None
+        source = self._source
+        announced: dict[str, str | None] = {"error": None, "rejection": None}
         while not self._stop.is_set():
             try:
-                commit = source.poll()
-            except errors.SourceError as exc:
-                source.last_error = str(exc)
-                if str(exc) != announced_error:
-                    log.error("git_fetch_failed", url=source.settings.url, error=str(exc), retrying=True)
-                    announced_error = str(exc)
-                self.metrics.inc("kvmops_errors_total", kind="git")
+                self._poll_git(source, announced)
+            except Exception as exc:  # the thread must outlive a bug: the next interval tries again
+                self._survive("git", exc, retry_in=source.settings.interval)
             else:
-                announced_error = None
-                if commit is not None:
-                    log.info("git_revision_applied", commit=commit, branch=source.settings.branch)
-                    self._wake(workqueue.EVERYTHING, "git")
-                rejected = source.rejected
-                if rejected is not None and rejected.commit != announced_rejection:
-                    announced_rejection = rejected.commit
-                    for problem in rejected.problems:
-                        log.error("git_revision_rejected", commit=rejected.commit, file=problem.file,
-                                  line=problem.line, field=problem.path, error=problem.message)
-                    if rejected.error:
-                        log.error("git_revision_rejected", commit=rejected.commit, error=rejected.error)
-                    log.warning("git_revision_kept", commit=source.applied,
-                                reason=f"commit {rejected.commit[:12]} does not validate")
+                self._recovered("git")
             self._stop.wait(source.settings.interval)
+
+    def _poll_git(self, source: gitsource.GitSource, announced: dict[str, str | None]) -> None:
+        """Fetch once; log what changed since the last fetch (``announced`` remembers what was said)."""
+        try:
+            commit = source.poll()
+        except errors.SourceError as exc:
+            source.last_error = str(exc)
+            if str(exc) != announced["error"]:
+                log.error("git_fetch_failed", url=redaction.redact_url(source.settings.url), error=str(exc), retrying=True)
+                announced["error"] = str(exc)
+            self.metrics.inc("kvmops_errors_total", kind="git")
+            return
+        announced["error"] = None
+        if commit is not None:
+            log.info("git_revision_applied", commit=commit, branch=source.settings.branch)
+            self._wake(workqueue.EVERYTHING, "git")
+        rejected = source.rejected
+        if rejected is not None and rejected.commit != announced["rejection"]:
+            announced["rejection"] = rejected.commit
+            for problem in rejected.problems:
+                log.error("git_revision_rejected", commit=rejected.commit, file=problem.file,
+                          line=problem.line, field=problem.path, error=problem.message)
+            if rejected.error:
+                log.error("git_revision_rejected", commit=rejected.commit, error=rejected.error)
+            log.warning("git_revision_kept", commit=source.applied,
+                        reason=f"commit {rejected.commit[:12]} does not validate")
 
     def _ensure_watcher(self) -> None:
         if self._source is not None:
@@ -382,58 +415,110 @@ class Controller:
     # -- one pass -----------------------------------------------------------------------
 
     def _pass(self, keys: list[str]) -> None:
+        """Reconcile ``keys``; an unexpected exception fails this pass only, and its keys back off."""
         reconcile_id = uuid.uuid4().hex[:12]
         reasons = {key: self._take_reason(key) for key in keys}
-        full = workqueue.EVERYTHING in keys
         started = time.monotonic()
-        bound = structlog.contextvars.bound_contextvars(reconcile_id=reconcile_id)
-        with bound:
-            path = self._manifest_path()
-            if path is None:
-                log.info("reconcile_waiting", reason="no good git revision fetched yet")
-                for key in keys:
-                    self._queue.done(key)
-                return
+        dispatched: set[str] = set()
+        with structlog.contextvars.bound_contextvars(reconcile_id=reconcile_id):
             try:
-                with reconcile.gc_paused():
-                    desired = reconcile.load_desired(path, revision=self._revision(set(reasons.values())))
-                    actual = observe.observe(self._hypervisor)
-            except errors.ManifestError as exc:
-                self._pass_failed(keys, started, "manifests", str(exc))
-                return
-            except errors.HypervisorError as exc:
-                if isinstance(exc, errors.ConnectionLost):
-                    self._on_connection_closed(str(exc))
-                self._pass_failed(keys, started, "libvirt", str(exc))
+                self._reconcile(keys, reasons, reconcile_id, started, dispatched)
+            except Exception as exc:
+                message = self._survive("pass", exc, reconcile_id=reconcile_id)
+                self.metrics.inc("kvmops_reconcile_passes_total", result="error")
+                self._last_pass = {"reconcile_id": reconcile_id, "finished_at": _now(),
+                                   "duration_ms": round((time.monotonic() - started) * 1000), "error": message}
+                self._last_pass_ok = False
                 for key in keys:
+                    if key in dispatched:
+                        continue  # its execution is running and will say how it ends
                     with self._reasons_lock:
                         self._reasons.setdefault(key, set()).add(reasons[key])
-                    self._queue.retry_later(key)  # back off: an error that persists must not spin
-                return
-            with reconcile.gc_paused():
-                plan = planner.plan_changes(desired, actual, settings=self.settings.planner)
-            self._record(desired, actual, plan)
-            dispatched = self._dispatch(plan, set(keys), full, reasons, reconcile_id)
-            for key in keys:
-                if key not in dispatched:
-                    self._queue.forget(key)
+                    self._queue.retry_later(key)
                     self._queue.done(key)
-            duration = time.monotonic() - started
-            self._passes += 1
-            self.metrics.inc("kvmops_reconcile_passes_total", result="ok" if not plan.problems else "problems")
-            self.metrics.observe("kvmops_reconcile_duration_seconds", duration)
-            self._last_pass = {
-                "reconcile_id": reconcile_id, "finished_at": _now(), "duration_ms": round(duration * 1000),
-                "trigger": sorted(set(reasons.values())), "changes": len(plan.changes), "problems": len(plan.problems),
-            }
-            self._last_pass_ok = not plan.problems
-            log.info("reconcile_finished", duration_ms=round(duration * 1000), trigger=",".join(sorted(set(reasons.values()))),
-                     changes=len(plan.changes), problems=len(plan.problems), in_flight=len(self._queue.in_flight()))
+                with contextlib.suppress(Exception):  # the notifier may be what failed
+                    self._notifier.status(f"error: {message}"[:200])
+            else:
+                self._recovered("pass")
+
+    def _reconcile(self, keys: list[str], reasons: dict[str, str], reconcile_id: str, started: float,
+                   dispatched: set[str]) -> None:
+        """Read, observe, plan and dispatch one pass; add the keys handed to executions to ``dispatched``."""
+        full = workqueue.EVERYTHING in keys
+        path = self._manifest_path()
+        if path is None:
+            log.info("reconcile_waiting", reason="no good git revision fetched yet")
+            for key in keys:
+                self._queue.done(key)
+            return
+        try:
+            with reconcile.gc_paused():
+                desired = reconcile.load_desired(path, revision=self._revision(set(reasons.values())))
+                actual = observe.observe(self._hypervisor)
+        except errors.ManifestError as exc:
+            self._pass_failed(keys, started, "manifests", str(exc))
+            return
+        except errors.HypervisorError as exc:
+            if isinstance(exc, errors.ConnectionLost):
+                self._on_connection_closed(str(exc))
+            self._pass_failed(keys, started, "libvirt", str(exc))
+            for key in keys:
+                with self._reasons_lock:
+                    self._reasons.setdefault(key, set()).add(reasons[key])
+                self._queue.retry_later(key)  # back off: an error that persists must not spin
+            return
+        with reconcile.gc_paused():
+            plan = planner.plan_changes(desired, actual, settings=self.settings.planner)
+        self._record(desired, actual, plan)
+        dispatched.update(self._dispatch(plan, set(keys), full, reasons, reconcile_id))
+        for key in keys:
+            if key not in dispatched:
+                self._queue.forget(key)
+                self._queue.done(key)
+        duration = time.monotonic() - started
+        self._passes += 1
+        self.metrics.inc("kvmops_reconcile_passes_total", result="ok" if not plan.problems else "problems")
+        self.metrics.observe("kvmops_reconcile_duration_seconds", duration)
+        self._last_pass = {
+            "reconcile_id": reconcile_id, "finished_at": _now(), "duration_ms": round(duration * 1000),
+            "trigger": sorted(set(reasons.values())), "changes": len(plan.changes), "problems": len(plan.problems),
+        }
+        self._last_pass_ok = not plan.problems
+        log.info("reconcile_finished", duration_ms=round(duration * 1000), trigger=",".join(sorted(set(reasons.values()))),
+                 changes=len(plan.changes), problems=len(plan.problems), in_flight=len(self._queue.in_flight()))
         if not self._ready:
             self._ready = True
             self._notifier.ready(self._summary())
         else:
             self._notifier.status(self._summary())
+
+    def _survive(self, where: str, exc: Exception, *, reconcile_id: str | None = None,
+                 retry_in: float | None = None) -> str:
+        """Record an unexpected exception in ``where``: one event, a metric, /status and /healthz; return its message.
+
+        The traceback is logged the first time a message is seen in ``where``; a repeat says how many times.
+        """
+        message = f"internal error: {type(exc).__name__}: {exc}"
+        with self._status_lock:
+            previous = self._internal_errors.get(where)
+            repeats = previous["count"] + 1 if previous is not None and previous["error"] == message else 1
+            self._internal_errors[where] = {"error": message, "since": previous["since"] if repeats > 1 else _now(),
+                                            "count": repeats, "reconcile_id": reconcile_id}
+        self.metrics.inc("kvmops_errors_total", kind="internal")
+        log.error("internal_error", where=where, error=message, occurrences=repeats,
+                  **({"reconcile_id": reconcile_id} if reconcile_id else {}),
+                  **({"retry_in_s": round(retry_in, 2)} if retry_in is not None else {}),
+                  **({"exc_info": exc} if repeats == 1 else {}))
+        return message
+
+    def _recovered(self, where: str) -> None:
+        """Forget the internal error of ``where``: it just ran cleanly."""
+        if where not in self._internal_errors:
+            return
+        with self._status_lock:
+            gone = self._internal_errors.pop(where, None)
+        if gone is not None:
+            log.info("internal_error_cleared", where=where, occurrences=gone["count"])
 
     def _pass_failed(self, keys: list[str], started: float, kind: str, message: str) -> None:
         self.metrics.inc("kvmops_reconcile_passes_total", result="error")
@@ -490,20 +575,23 @@ class Controller:
                 ok, error = False, str(exc)
             except Exception as exc:  # a worker must never die silently
                 ok, error = False, f"internal error: {type(exc).__name__}: {exc}"
+                self.metrics.inc("kvmops_errors_total", kind="internal")
                 log.exception("execution_crashed")
-            for action in resource.actions:
-                self.metrics.inc("kvmops_actions_total", action=action.value, result="ok" if ok else "error")
-            if ok:
-                self._queue.forget(resource.key)
-                if reason in ("libvirt", "resync", "reconnect"):
-                    self.metrics.inc("kvmops_drift_repairs_total")
-                    log.info("drift_repaired", actions=[a.value for a in resource.actions], trigger=reason)
-            elif not self._cancel.is_set():
-                self.metrics.inc("kvmops_errors_total", kind="execution")
-                delay = self._queue.retry_later(resource.key)
-                log.warning("retry_scheduled", error=error, delay_s=round(delay, 2), failures=self._queue.failures(resource.key))
-            self._note_execution(resource, ok, error)
-            self._queue.done(resource.key)
+            try:
+                for action in resource.actions:
+                    self.metrics.inc("kvmops_actions_total", action=action.value, result="ok" if ok else "error")
+                if ok:
+                    self._queue.forget(resource.key)
+                    if reason in ("libvirt", "resync", "reconnect"):
+                        self.metrics.inc("kvmops_drift_repairs_total")
+                        log.info("drift_repaired", actions=[a.value for a in resource.actions], trigger=reason)
+                elif not self._cancel.is_set():
+                    self.metrics.inc("kvmops_errors_total", kind="execution")
+                    delay = self._queue.retry_later(resource.key)
+                    log.warning("retry_scheduled", error=error, delay_s=round(delay, 2), failures=self._queue.failures(resource.key))
+                self._note_execution(resource, ok, error)
+            finally:
+                self._queue.done(resource.key)  # whatever happened above, the key must not stay in flight forever
 
     # -- status -------------------------------------------------------------------------
 
@@ -554,7 +642,9 @@ class Controller:
                     "problems": [str(p) for p in resource.problems] if resource else [],
                     "restart_pending": pending,
                     "last_reconcile": previous_vm.get("last_reconcile"),
-                    "last_error": previous_vm.get("last_error"),
+                    # A VM with nothing left to do is not failing, however its last execution ended
+                    # (a start that succeeded while the connection dropped, a step another kvmops finished).
+                    "last_error": previous_vm.get("last_error") if resource is not None and resource.changed else None,
                 }
             self._vm_status = vms
             states: dict[str, float] = {}
@@ -577,7 +667,7 @@ class Controller:
         """Return the controller's state, as served on ``/status``."""
         with self._status_lock:
             return {
-                "uri": self.settings.uri,
+                "uri": redaction.redact_url(self.settings.uri),
                 "manifests": self.settings.path,
                 "connected": self._connected,
                 "disconnect_reason": None if self._connected else self._disconnect_reason,
@@ -588,15 +678,21 @@ class Controller:
                 "problems": [str(p) for p in self._problems],
                 "foreign": list(self._foreign),
                 "git": self._source.status() if self._source is not None else None,
+                "internal_errors": {where: dict(entry) for where, entry in self._internal_errors.items()},
                 "vms": {name: dict(entry) for name, entry in self._vm_status.items()},
             }
 
     def health(self) -> tuple[bool, str]:
-        """Return (healthy, why): connected to libvirtd and the last pass succeeded."""
+        """Return (healthy, why): connected, no internal error outstanding, the last pass succeeded, no VM failing."""
         if self._source is not None and self._source.last_error and self._source.applied is None:
             return False, f"git: {self._source.last_error}"
         if not self._connected:
             return False, f"not connected to libvirtd: {self._disconnect_reason or 'connecting'}"
+        with self._status_lock:
+            internal = sorted(self._internal_errors.items())
+        if internal:
+            where, entry = internal[0]
+            return False, f"{where}: {entry['error']} ({entry['count']} time(s) since {entry['since']}; retrying)"
         if not self._ready:
             return False, "first pass not finished"
         if not self._last_pass_ok:
@@ -625,10 +721,11 @@ class Controller:
 
     def _healthz(self) -> tuple[int, str, str]:
         healthy, why = self.health()
-        return (200 if healthy else 503), "text/plain; charset=utf-8", why + "\n"
+        return (200 if healthy else 503), "text/plain; charset=utf-8", redaction.redact_text(why) + "\n"
 
     def _status_route(self) -> tuple[int, str, str]:
-        return 200, "application/json", json.dumps(self.status_document(), indent=2) + "\n"
+        # errors quoted from git or libvirt may carry a URL: the whole document is redacted, not field by field
+        return 200, "application/json", json.dumps(redaction.redact_value(self.status_document()), indent=2) + "\n"
 
     def _metrics_route(self) -> tuple[int, str, str]:
         return 200, "text/plain; version=0.0.4; charset=utf-8", self.metrics.render()
