@@ -428,7 +428,7 @@ def cmd_apply(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> 
             with _cancel_on_signals(cancel):
                 result = reconcile.apply(args.path, hypervisor, settings=settings, workers=args.parallel,
                                          planned=planned, cancel=cancel)
-        sys.stdout.write(report_text(result))
+        sys.stdout.write(redaction.redact_text(report_text(result)))
         return EXIT_OK if result.converged else EXIT_ERROR
     return _with_hypervisor(args, shared, read_only=False, body=body)
 
@@ -468,6 +468,8 @@ def _host_lock(args: argparse.Namespace, uri: str):
 def report_text(result: reconcile.ApplyResult) -> str:
     """Return what an apply did, resource by resource, and whether it converged."""
     lines = [""]
+    planned = {r.key: r for r in result.planned.plan.resources}
+    not_run_total = 0
     for outcome in result.report.outcomes:
         mark = {"converged": "✓", "failed": "✗", "skipped": "-"}[outcome.status]
         lines.append(f"{mark} {outcome.kind} {outcome.name}: {outcome.status}")
@@ -479,11 +481,23 @@ def report_text(result: reconcile.ApplyResult) -> str:
                 lines.append(f"      {step.detail}")
         if outcome.status == "skipped" and outcome.error:
             lines.append(f"    {outcome.error}")
+        resource = planned.get(f"{outcome.kind}/{outcome.name}")
+        if resource is not None and outcome.status != "converged":
+            for step in resource.steps[len(outcome.steps):]:  # the executor stops a resource at its first failure
+                lines.append(f"    not run: {step.describe()}")
+                not_run_total += 1
     report = result.report
     succeeded = sum(1 for o in report.outcomes if o.status == "converged")
+    done = sum(1 for o in report.outcomes for s in o.steps if s.ok)
     lines.append("")
-    lines.append(f"Apply finished: {succeeded} of {len(report.outcomes)} resource(s) changed successfully.")
-    if result.after is None:
+    lines.append(f"Apply finished: {succeeded} of {len(report.outcomes)} resource(s) changed successfully "
+                 f"({done} step(s) done, {not_run_total} not run).")
+    if result.unverified is not None:
+        lines.append(f"The connection to libvirtd was lost, so the result could not be checked: {result.unverified}")
+        lines.append("Steps marked done were carried out; a FAILED step may or may not have taken effect; steps "
+                     "not run were not attempted. Once libvirtd answers, `kvmops plan` shows what is left, and "
+                     "`kvmops apply` finishes it.")
+    elif result.after is None:
         lines.append("Cancelled: remaining steps were not run; apply again to converge.")
     elif result.converged:
         lines.append("Converged: a fresh plan shows no changes.")

@@ -42,6 +42,10 @@ _NOT_FOUND_CODES = {
     libvirt.VIR_ERR_NO_NETWORK,
 }  # fmt: skip
 _UNSUPPORTED_CODES = {libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED}
+_BROKEN_CONNECTION_WORDS = (
+    "end of file while reading data", "client socket is closed", "cannot recv data", "cannot write data",
+    "connection reset by peer", "broken pipe",
+)
 
 _POWER = {
     libvirt.VIR_DOMAIN_NOSTATE: model.PowerState.TRANSITIONAL,
@@ -103,14 +107,36 @@ def start_event_loop() -> None:
         _event_loop_thread.start()
 
 
-def translate(exc: libvirt.libvirtError, what: str) -> errors.HypervisorError:
-    """Return the kvmops error for libvirt's ``exc``, raised while doing ``what``."""
+def connection_broke(exc: libvirt.libvirtError) -> bool:
+    """Return whether ``exc`` says the connection to libvirtd failed, rather than libvirtd refusing something.
+
+    A libvirtd that goes away mid-call gives ``VIR_ERR_SYSTEM_ERROR`` "End of file while
+    reading data" from the RPC layer; every later call on that connection gives
+    ``VIR_ERR_INTERNAL_ERROR`` "client socket is closed", from the RPC layer too.
+    """
+    code, domain = exc.get_error_code(), exc.get_error_domain()
+    if code in _CONNECTION_CODES:
+        return True
+    if domain in (libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE) and code in (
+        libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_INTERNAL_ERROR
+    ):
+        return True
+    message = (exc.get_error_message() or str(exc)).lower()
+    return any(words in message for words in _BROKEN_CONNECTION_WORDS)
+
+
+def translate(exc: libvirt.libvirtError, what: str, *, connected: bool = True) -> errors.HypervisorError:
+    """Return the kvmops error for libvirt's ``exc``, raised while doing ``what``.
+
+    On an open connection (``connected``), a broken connection says so in words, whatever
+    ``what`` was: the call may or may not have taken effect in libvirtd.
+    """
     code = exc.get_error_code()
     detail = (exc.get_error_message() or str(exc)).strip()
     message = redaction.redact_text(f"{what}: {detail}")  # ``what`` may name a URI with a password
-    if code in _CONNECTION_CODES or (
-        code == libvirt.VIR_ERR_SYSTEM_ERROR and exc.get_error_domain() in (libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE)
-    ):
+    if connection_broke(exc):
+        if connected:
+            message = redaction.redact_text(f"{what}: the connection to libvirtd was lost ({detail})")
         return errors.ConnectionLost(message, code=code)
     if code in _RETRYABLE_CODES:
         return errors.RetryableHypervisorError(message, code=code)
@@ -149,7 +175,7 @@ class Hypervisor:
         try:
             connection = libvirt.openReadOnly(uri) if read_only else libvirt.open(uri)
         except libvirt.libvirtError as exc:
-            error = translate(exc, f"cannot connect to {uri}")
+            error = translate(exc, f"cannot connect to {uri}", connected=False)
             if isinstance(error, errors.HypervisorError) and uri.startswith("qemu"):
                 hint = "is libvirtd running and may this user use it? (systemctl start libvirtd; or use --connect test:///default to try kvmops without a hypervisor)"
                 raise errors.ConnectionLost(f"{error}; {hint}", code=error.code) from exc
@@ -314,7 +340,7 @@ class Hypervisor:
 
     def define_network(self, xml: str, name: str) -> None:
         """Define (or redefine) network ``name`` from ``xml``."""
-        with translated(f"libvirt refused the definition of network {name}"):
+        with translated(f"cannot define network {name}"):
             self._connection.networkDefineXML(xml)
 
     def network_exists(self, name: str) -> bool:
@@ -452,7 +478,7 @@ class Hypervisor:
 
     def define_domain(self, xml: str, name: str) -> None:
         """Define (or redefine) a domain's persistent configuration from ``xml``."""
-        with translated(f"libvirt refused the definition of domain {name}"):
+        with translated(f"cannot define domain {name}"):
             self._connection.defineXML(xml)
 
     def start_domain(self, name: str) -> bool:
@@ -542,7 +568,7 @@ class Hypervisor:
 
     def define_pool(self, xml: str, name: str) -> None:
         """Define storage pool ``name`` from ``xml``."""
-        with translated(f"libvirt refused the definition of pool {name}"):
+        with translated(f"cannot define pool {name}"):
             self._connection.storagePoolDefineXML(xml, 0)
 
     def build_pool(self, name: str) -> None:

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from reconciler import errors
 from reconciler.adapters import hypervisor as hv
 from reconciler.adapters import manifests
 from reconciler.core import desired as desired_state
@@ -37,7 +38,8 @@ class ApplyResult:
 
     planned: PlanResult
     report: execute.ApplyReport
-    after: plans.Plan | None  # None when the pass was cancelled
+    after: plans.Plan | None  # None when the pass was cancelled, or libvirtd could not be asked afterwards
+    unverified: str | None = None  # why the result could not be checked (the connection was lost)
 
     @property
     def converged(self) -> bool:
@@ -112,7 +114,12 @@ def apply(
     report = execute.execute(planned.plan, hypervisor, workers=workers, cancel=cancel)
     if report.cancelled:
         return ApplyResult(planned, report, None)
+    try:
+        with gc_paused():
+            actual = observe.observe(hypervisor)
+    except errors.ConnectionLost as exc:
+        # What was done and what was not must still be told: the report is worth more than this one error.
+        return ApplyResult(planned, report, None, unverified=str(exc))
     with gc_paused():
-        actual = observe.observe(hypervisor)
         after = planner.plan_changes(planned.desired, actual, settings=settings)
     return ApplyResult(planned, report, after)

@@ -1,0 +1,91 @@
+"""A connection to libvirtd that breaks in the middle of the work, on the real libvirtd.
+
+The shared system libvirtd is never stopped: kvmops connects through a proxy of its socket
+(:mod:`tests.e2e.libvirtproxy`) that cuts the connection at a chosen call, either before
+libvirtd hears of it or after libvirtd carried it out but before the answer arrives, which
+is what a libvirtd stopped in the middle of a start looks like to its client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests import factories
+from tests.e2e.commands import kvmops, output
+from tests.e2e.libvirtproxy import DOMAIN_CREATE, DOMAIN_DEFINE_XML, DOMAIN_DEFINE_XML_FLAGS, CuttingProxy
+from tests.e2e.test_controller import run_controller, running  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def proxy(host) -> Iterator[CuttingProxy]:
+    """Return a proxy of libvirtd's socket in the test's work directory."""
+    cutting = CuttingProxy(host.workdir / "libvirt.sock")
+    yield cutting
+    cutting.close()
+
+
+def write_vm(host, suffix: str) -> str:
+    """Declare a tiny TCG VM that boots nothing; return its name."""
+    name = host.name(suffix)
+    factories.write(host.manifests, f"{suffix}.yaml", factories.vm(name, virtType="qemu", shutdownTimeout=1))
+    return name
+
+
+def test_apply_says_what_was_done_and_what_was_not_when_the_connection_breaks_during_a_start(host, proxy):
+    """libvirtd starts the VM but its answer is lost: apply reports the define done, the start failed on a lost connection, and that nothing could be checked."""
+    name = write_vm(host, "web")
+    proxy.arm(DOMAIN_CREATE, drop="reply")
+
+    result = kvmops(host, "apply", host.manifests, "--connect", proxy.uri)
+
+    text = output(result)
+    assert proxy.cuts == [DOMAIN_CREATE], text
+    assert result.returncode == 1, text
+    assert f"done: define domain {name}" in result.stdout, text
+    assert f"FAILED: start {name}" in result.stdout or f"FAILED: start domain {name}" in result.stdout, text
+    assert "the connection to libvirtd was lost" in result.stdout, text
+    assert "The connection to libvirtd was lost, so the result could not be checked" in result.stdout, text
+    assert "refused" not in text
+    assert "Traceback" not in text
+    assert host.wait(lambda: running(host, name), 10), "libvirtd did start it: only the answer was lost"
+
+    again = kvmops(host, "apply", host.manifests)
+    assert again.returncode == 0, output(again)
+
+
+def test_an_eof_during_a_definition_is_a_lost_connection_and_the_steps_after_it_did_not_run(host, proxy):
+    """libvirtd never receives the definition: the error says the connection was lost (not that libvirt refused), and the start is listed as not run."""
+    name = write_vm(host, "web")
+    proxy.arm(DOMAIN_DEFINE_XML, DOMAIN_DEFINE_XML_FLAGS, drop="request")
+
+    result = kvmops(host, "apply", host.manifests, "--connect", proxy.uri)
+
+    text = output(result)
+    assert proxy.cuts, text
+    assert result.returncode == 1, text
+    assert f"FAILED: define domain {name}" in result.stdout, text
+    assert "the connection to libvirtd was lost (End of file while reading data" in result.stdout, text
+    assert "not run: start" in result.stdout, text
+    assert "refused" not in text
+    assert host.domain(name) is None, "the definition never reached libvirtd"
+
+
+def test_healthz_clears_once_a_vm_whose_start_lost_its_answer_turns_out_converged(host, proxy, run_controller):
+    """The controller's start succeeds in libvirtd but the connection breaks before the answer: after it reconnects and finds nothing to do, /healthz is 200."""
+    name = write_vm(host, "web")
+    proxy.arm(DOMAIN_CREATE, drop="reply")
+    host.uri = proxy.uri  # the controller talks to libvirtd through the proxy
+
+    controller = run_controller("--resync-interval", "3")
+
+    failed = controller.wait_for("step_failed", vm=name, timeout=30)
+    assert "the connection to libvirtd was lost" in failed["error"]
+    assert proxy.cuts == [DOMAIN_CREATE]
+    assert host.wait(lambda: running(host, name), 10), controller.log_text()
+    assert host.wait(lambda: controller.healthz() == 200, 30), controller.get("/healthz")
+    assert controller.status()["vms"][name]["last_error"] is None
+    assert controller.process.poll() is None
