@@ -291,11 +291,11 @@ def cmd_validate(args: argparse.Namespace, shared: hv.Hypervisor | None = None) 
         print(json.dumps({
             "valid": not problems, "files": desired.files, "virtual_machines": len(desired.vms),
             "storage_pools": len(desired.pools), "networks": len(desired.networks), "images": len(desired.images),
-            "problems": [render.problem_data(p) for p in problems],
+            "problems": redaction.redact_value([render.problem_data(p) for p in problems]),
         }, indent=2))
     else:
         for problem in problems:
-            print(problem)
+            print(redaction.redact_text(str(problem)))  # a problem may quote a URL from the manifest
         counts = (f"{desired.files} file(s), {len(desired.vms)} VirtualMachine(s), {len(desired.pools)} StoragePool(s), "
                   f"{len(desired.networks)} Network(s), {len(desired.images)} Image(s)")
         if problems:
@@ -392,7 +392,7 @@ def cmd_state_export(args: argparse.Namespace) -> int:
     text = json.dumps(snapshot.to_data(taken), indent=2) + "\n"
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
-        print(f"snapshot of {taken.hostname} ({args.connect}) written to {args.output}", file=sys.stderr)
+        print(f"snapshot of {taken.hostname} ({redaction.redact_url(args.connect)}) written to {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return EXIT_OK
@@ -557,7 +557,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
     if not rows:
-        print(f"no domains managed by kvmops on {args.connect}")
+        print(f"no domains managed by kvmops on {redaction.redact_url(args.connect)}")
         return EXIT_OK
     columns = ("NAME", "STATE", "DESIRED", "CONDITIONS", "ADDRESSES", "VCPUS", "MEMORY", "REVISION")
     table = [list(columns)]
@@ -670,7 +670,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         definition = actual_state.resolve_paths(domxml.parse(hypervisor.domain_xml(args.name)), actual.volumes_by_path())
     capacities = {key: volume.capacity for key, volume in actual.volumes.items()}
     document, warnings = desired_state.manifest_for(definition, autostart=domain.autostart, capacities=capacities)
-    header = f"# Imported from {args.connect} by kvmops import {args.name}.\n"
+    header = f"# Imported from {redaction.redact_url(args.connect)} by kvmops import {args.name}.\n"
     header += "".join(f"# NOTE: {warning}\n" for warning in warnings)
     header += f"# Next: kvmops adopt {args.name} --manifests <dir holding this file>, then kvmops plan.\n"
     text = manifest_files.dump([document], header=header)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from reconciler.core import actual, model, netxml
+from reconciler.core import actual, model, netxml, redaction
 
 SNAPSHOT_VERSION = 1
 
@@ -61,7 +61,7 @@ def to_data(snapshot: Snapshot) -> dict:
         "taken_at": snapshot.taken_at,
         "hostname": snapshot.hostname,
         "host": {
-            "uri": host.uri, "virt_types": list(host.virt_types), "test_driver": host.test_driver,
+            "uri": redaction.redact_url(host.uri), "virt_types": list(host.virt_types), "test_driver": host.test_driver,
             "kvm_unusable_reason": host.kvm_unusable_reason,
         },
         "domains": domains,

@@ -100,3 +100,20 @@ def test_a_token_in_an_image_url_is_in_no_plan_output_and_no_apply_error(tmp_pat
     assert "cannot download http://mirror:***@127.0.0.1:9/base.raw" in apply.stdout + apply.stderr, apply.stdout + apply.stderr
     for arguments, result in outputs:
         assert SECRET not in result.stdout + result.stderr, f"kvmops {' '.join(arguments)} shows the token:\n{result.stdout}{result.stderr}"
+
+
+def test_a_problem_quoting_a_url_with_a_token_shows_it_masked(tmp_path):
+    """validate (text and JSON) reports a refused Image URL without the password and the token it carries."""
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    (manifests / "image.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kvmops/v1", "kind": "Image", "metadata": {"name": "base"},
+        "spec": {"pool": "default-pool", "sha256": "0" * 64,
+                 "source": {"url": f"ftp://mirror:{SECRET}@127.0.0.1/base.raw?token={SECRET}"}},
+    }), encoding="utf-8")
+    for arguments in (["validate"], ["validate", "--output", "json"]):
+        result = subprocess.run([*KVMOPS, *arguments, str(manifests)], capture_output=True, text=True,
+                                env=environment(tmp_path), cwd=tmp_path, timeout=60)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "ftp://mirror:***@127.0.0.1/base.raw?token=***" in result.stdout, result.stdout
+        assert SECRET not in result.stdout + result.stderr
