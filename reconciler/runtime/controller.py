@@ -470,7 +470,7 @@ class Controller:
         with reconcile.gc_paused():
             plan = planner.plan_changes(desired, actual, settings=self.settings.planner)
         self._record(desired, actual, plan)
-        dispatched.update(self._dispatch(plan, set(keys), full, reasons, reconcile_id))
+        self._dispatch(plan, set(keys), full, reasons, reconcile_id, dispatched)
         for key in keys:
             if key not in dispatched:
                 self._queue.forget(key)
@@ -530,9 +530,13 @@ class Controller:
             self._queue.done(key)
         self._notifier.status(f"error: {message}"[:200])
 
-    def _dispatch(self, plan: plans.Plan, keys: set[str], full: bool, reasons: dict[str, str], reconcile_id: str) -> set[str]:
-        """Start executing the changed resources this pass is for; return their keys."""
-        dispatched: set[str] = set()
+    def _dispatch(self, plan: plans.Plan, keys: set[str], full: bool, reasons: dict[str, str], reconcile_id: str,
+                  dispatched: set[str]) -> None:
+        """Start executing the changed resources this pass is for; add their keys to ``dispatched`` as they go.
+
+        A key is added once its execution is submitted, so that a pass failing halfway leaves
+        that key to its execution, and the others to the pass's backoff.
+        """
         fallback = reasons.get(workqueue.EVERYTHING, "retry")
         prerequisites = [r for r in plan.changes if r.kind in execute.PREREQUISITE_KINDS]
         others = [r for r in plan.changes if r.kind not in execute.PREREQUISITE_KINDS]
@@ -546,17 +550,21 @@ class Controller:
                 claimed = False
             if not claimed:
                 continue
-            dispatched.add(resource.key)
             reason = reasons.get(resource.key, fallback)
             single = dataclasses.replace(plan, resources=(resource,))
             # Pools, networks and images are submitted first, so they start first; whatever needs one waits for it.
             needs = [pool_work[key] for key in resource.requires if key in pool_work]
-            future = self._executor.submit(self._execute, single, resource, reason, reconcile_id, needs)
+            try:
+                future = self._executor.submit(self._execute, single, resource, reason, reconcile_id, needs)
+            except BaseException:
+                if resource.key not in keys:
+                    self._queue.done(resource.key)  # release the claim: nothing will run for it
+                raise
+            dispatched.add(resource.key)
             if resource.kind in execute.PREREQUISITE_KINDS:
                 pool_work[resource.key] = future
             self._futures.add(future)
             future.add_done_callback(self._futures.discard)
-        return dispatched
 
     def _execute(self, single: plans.Plan, resource: plans.ResourcePlan, reason: str, reconcile_id: str,
                  needs: list[Future]) -> None:
