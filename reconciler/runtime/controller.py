@@ -322,11 +322,16 @@ class Controller:
             log.error("libvirt_disconnected", reason=reason, retrying=True)
 
     def _on_domain_event(self, name: str, lifecycle: str) -> None:
-        interesting = self._interesting
-        if interesting is not None and name not in interesting:
-            return  # neither declared nor ours: nothing a pass would do about it
-        log.debug("domain_event_received", vm=name, lifecycle=lifecycle)
-        self._wake(f"VirtualMachine/{name}", "libvirt")
+        try:
+            interesting = self._interesting
+            if interesting is not None and name not in interesting:
+                return  # neither declared nor ours: nothing a pass would do about it
+            log.debug("domain_event_received", vm=name, lifecycle=lifecycle)
+            self._wake(f"VirtualMachine/{name}", "libvirt")
+        except Exception as exc:  # on libvirt's event thread: an escaping exception would only reach stderr
+            self._survive("events", exc)
+        else:
+            self._recovered("events")
 
     # -- manifest sources ---------------------------------------------------------------
 
