@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from reconciler import errors
+from reconciler.core import redaction
 
 
 def default_state_dir() -> Path:
@@ -58,11 +59,11 @@ def hold(state_dir: Path, uri: str, *, wait: float = 0.0, on_wait=None, cancel=N
                 holder = _read_holder(descriptor)
                 if time.monotonic() >= deadline:
                     raise errors.LockHeld(
-                        f"another kvmops is acting on {uri}: {holder or 'unknown holder'} (lock {path}); "
+                        f"another kvmops is acting on {redaction.redact_url(uri)}: {holder or 'unknown holder'} (lock {path}); "
                         "wait for it to finish, or pass --lock-timeout SECONDS to wait"
                     ) from None
                 if cancel is not None and cancel.is_set():
-                    raise errors.LockHeld(f"stopped waiting for the host lock of {uri}, held by {holder or 'unknown'}") from None
+                    raise errors.LockHeld(f"stopped waiting for the host lock of {redaction.redact_url(uri)}, held by {holder or 'unknown'}") from None
                 if not announced and on_wait is not None:
                     on_wait(holder)
                     announced = True
@@ -72,6 +73,7 @@ def hold(state_dir: Path, uri: str, *, wait: float = 0.0, on_wait=None, cancel=N
                     time.sleep(0.1)
         os.ftruncate(descriptor, 0)
         command = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))
+        command = redaction.redact_text(command)  # the file is world-readable; `run --git URL` may carry a token
         os.pwrite(descriptor, f"pid {os.getpid()} ({command}) since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n".encode(), 0)
         try:
             yield

@@ -117,3 +117,24 @@ def test_a_problem_quoting_a_url_with_a_token_shows_it_masked(tmp_path):
         assert result.returncode == 1, result.stdout + result.stderr
         assert "ftp://mirror:***@127.0.0.1/base.raw?token=***" in result.stdout, result.stdout
         assert SECRET not in result.stdout + result.stderr
+
+
+def test_the_host_lock_file_names_its_holder_without_the_token_of_its_command_line(tmp_path, monkeypatch):
+    """The world-readable lock file, and the LockHeld error read from it, show `run --git` with its token masked."""
+    from reconciler import errors
+    from reconciler.runtime import hostlock
+
+    monkeypatch.setattr(sys, "argv", ["/opt/kvmops/bin/kvmops", "run", "--git", f"https://ci:{SECRET}@git.example.com/vms.git"])
+    uri = f"qemu+ssh://root:{SECRET}@hv1/system"
+    with hostlock.hold(tmp_path, uri):
+        content = hostlock.lock_path(tmp_path, uri).read_text()
+        try:
+            with hostlock.hold(tmp_path, uri):
+                raise AssertionError("the lock was taken twice")
+        except errors.LockHeld as held:
+            refusal = str(held)
+
+    assert "kvmops run --git https://ci:***@git.example.com/vms.git" in content, content
+    assert SECRET not in content
+    assert "https://ci:***@git.example.com/vms.git" in refusal and "root:***@hv1" in refusal, refusal
+    assert SECRET not in refusal
