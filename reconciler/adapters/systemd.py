@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import socket
 
+from reconciler.core import redaction
+
 
 class Notifier:
     """Send ``READY=1``, ``STATUS=...`` and ``WATCHDOG=1`` to the service manager."""
@@ -35,7 +37,8 @@ class Notifier:
         """Send ``fields`` (``"READY=1"``, ``"STATUS=..."``) as one message; return whether it was sent."""
         if not self._address:
             return False
-        message = "\n".join(field.replace("\n", " ") for field in fields).encode()
+        # STATUS= is shown to every user by `systemctl status`: no credential in it, whatever error it quotes
+        message = redaction.redact_text("\n".join(field.replace("\n", " ") for field in fields)).encode()
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
                 sock.sendto(message, self._address)

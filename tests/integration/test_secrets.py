@@ -6,11 +6,15 @@ and greps everything it printed or served for the secret.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -37,12 +41,17 @@ def fetch(url: str) -> str:
 
 
 def test_a_token_in_the_git_url_is_in_no_log_event_nor_on_any_endpoint(tmp_path):
-    """`run --git https://user:TOKEN@host/repo.git?access_token=TOKEN`: controller_started, git_fetch_failed, /status, /healthz, /metrics are clean."""
+    """`run --git https://user:TOKEN@host/repo.git?access_token=TOKEN`: logs, /status, /healthz, /metrics and sd_notify are clean."""
     url = f"https://deploy:{SECRET}@127.0.0.1:9/infra/vms.git?access_token={SECRET}"
+    directory = tempfile.mkdtemp(prefix="kvn-")  # a short path: AF_UNIX names are limited to 108 bytes
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(f"{directory}/notify")
+    notify.settimeout(0.1)
     process = subprocess.Popen(
         [*KVMOPS, "run", "--git", url, "--connect", "test:///default", "--listen", "127.0.0.1:0",
          "--interval", "0.5"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment(tmp_path), cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        env={**environment(tmp_path), "NOTIFY_SOCKET": f"{directory}/notify"},
     )
     lines: list[str] = []
     try:
@@ -59,12 +68,24 @@ def test_a_token_in_the_git_url_is_in_no_log_event_nor_on_any_endpoint(tmp_path)
             if event["event"] == "git_fetch_failed":
                 break
         assert address, "".join(lines)
+        notifications: list[str] = []
+        deadline = time.monotonic() + 10
+        while not any("waiting for a good git commit" in n for n in notifications) and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                notifications.append(notify.recv(4096).decode())
         served = {path: fetch(f"http://{address}{path}") for path in ("/status", "/healthz", "/metrics")}
     finally:
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=20)
+        with contextlib.suppress(TimeoutError):
+            while True:
+                notifications.append(notify.recv(4096).decode())
+        notify.close()
+        shutil.rmtree(directory, ignore_errors=True)
     lines.append(err)
     logs = "".join(lines)
+    served["sd_notify"] = "\n".join(notifications)
+    assert any("waiting for a good git commit" in n for n in notifications), notifications
 
     assert process.returncode == 0, logs
     events = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
