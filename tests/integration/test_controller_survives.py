@@ -9,6 +9,7 @@ notifier that breaks, which the controller is given like any other notifier.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 
@@ -16,11 +17,12 @@ import structlog
 
 from reconciler.adapters import systemd
 from reconciler.core import planner
-from reconciler.runtime import hostlock, reconcile
+from reconciler.runtime import configuration, hostlock, reconcile
+from reconciler.runtime.controller import Controller
 from tests import factories
 from tests.integration.conftest import SHARED_URI
 from tests.integration.test_controller_inprocess import (  # noqa: F401 (fixtures)
-    converged, get, host, manifests, start_controller, vm_name, wait_until, write_manifest,
+    RunningController, converged, get, host, manifests, start_controller, vm_name, wait_until, write_manifest,
 )
 
 TIMESTAMP_MEMORY = """\
@@ -128,3 +130,37 @@ def test_a_vm_whose_plan_is_empty_is_not_failing_even_when_its_last_execution_fa
     assert entry["last_error"] is None
     assert entry["pending_actions"] == []
     assert running.running(name)
+
+
+def test_a_configuration_file_that_makes_the_yaml_layer_raise_on_sighup_does_not_stop_the_controller(
+    manifests, vm_name, host, tmp_path: Path
+):
+    """SIGHUP re-reads a configuration file holding `resyncInterval: !!timestamp 1GiB`: the controller reports it, keeps its settings and goes on repairing drift."""
+    name = vm_name("web")
+    write_manifest(manifests, "web.yaml", factories.vm(name))
+    config = tmp_path / "config.yaml"
+    config.write_text(f"manifests: {manifests}\nconnect: {SHARED_URI}\n", encoding="utf-8")
+    flags = {"path": None, "connect": None, "listen": "127.0.0.1:0", "state_dir": str(tmp_path / "state"), "no_prune": True}
+    settings = configuration.controller_settings(flags, configuration.read(str(config)))
+    controller = Controller(dataclasses.replace(settings, quiet_period=0.05), notifier=systemd.Notifier({}),
+                            reload=lambda: configuration.controller_settings(flags, configuration.read(str(config))))
+    running = RunningController(controller, manifests, host)
+    running.thread = threading.Thread(target=lambda: running.exit_status.append(controller.run()), daemon=True)
+    running.thread.start()
+    try:
+        assert wait_until(lambda: converged(running, name), 5)
+        config.write_text("resyncInterval: !!timestamp 1GiB\n", encoding="utf-8")
+
+        with structlog.testing.capture_logs() as events:
+            controller.request_reload()
+            assert wait_until(lambda: any(e["event"] in ("internal_error", "reload_failed") for e in events), 5)
+            running.thread.join(1)
+
+            assert running.thread.is_alive(), f"run() returned {running.exit_status}"
+            assert controller.settings.resync_interval == settings.resync_interval, "the previous settings stay"
+            host.destroy_domain(name)
+            assert wait_until(lambda: running.running(name), 5), "the controller no longer repairs drift"
+            assert wait_until(lambda: get(running.url("/healthz"))[0] == 200, 5), get(running.url("/healthz"))
+    finally:
+        running.stop()
+    assert running.exit_status == [0]
