@@ -163,7 +163,7 @@ class Controller:
         self._source = gitsource.GitSource(settings.git, settings.state_dir) if settings.git else None
         self._source_thread: threading.Thread | None = None
         self._directory_revision: str | None = None
-        # Unexpected exceptions, by where they happened (pass, loop, git, http): shown on /status and /healthz
+        # Unexpected exceptions, by where they happened (pass, loop, git, events): shown on /status and /healthz
         # until that part runs cleanly again.  None of them stops the controller.
         self._internal_errors: dict[str, dict] = {}
         self._loop_backoff = 0.0
