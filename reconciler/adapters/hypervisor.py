@@ -426,14 +426,30 @@ class Hypervisor:
 
     # -- ownership guard ----------------------------------------------------------------
 
-    def ensure_owned(self, name: str, uuid: str | None = None) -> None:
-        """Raise ``OwnershipError`` unless domain ``name`` carries kvmops' mark (and has ``uuid``)."""
+    def ensure_owned(self, name: str, uuid: str | None = None, *, bound: bool = False) -> None:
+        """Raise ``OwnershipError`` unless domain ``name`` carries kvmops' mark written for it (and has ``uuid``).
+
+        A mark naming another domain (a clone's copy) never counts.  A mark written by an
+        older kvmops, which names no domain, counts unless ``bound`` (undefining needs more
+        proof than that).
+        """
         with translated(f"cannot read domain {name}"):
             domain = self._connection.lookupByName(name)
             xml = domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE if domain.isPersistent() else 0)
             actual_uuid = domain.UUIDString()
-        if domxml.parse_owner(domxml.parse_tree(xml)) is None:
+        owner, binding = domxml.mark_binding(domxml.parse_tree(xml))
+        if owner is None:
             raise errors.OwnershipError(f"domain {name} is not managed by kvmops (no kvmops metadata); refusing to change it")
+        if binding is model.MarkBinding.COPIED:
+            raise errors.OwnershipError(
+                f"domain {name} carries a kvmops mark copied from another domain (written for {owner.written_for()}); "
+                "it is foreign and kvmops refuses to change it"
+            )
+        if bound and binding is model.MarkBinding.UNBOUND:
+            raise errors.OwnershipError(
+                f"domain {name} carries a kvmops mark that names no domain (written by an older kvmops); refusing to "
+                "remove it on the strength of that mark"
+            )
         if uuid is not None and actual_uuid != uuid:
             raise errors.OwnershipError(
                 f"domain {name} was replaced since the plan was made (UUID {actual_uuid}, planned {uuid}); plan again"

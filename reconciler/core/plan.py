@@ -389,6 +389,7 @@ class Plan:
     kept: tuple[str, ...] = ()  # owned domains kept because pruning is suspended
     snapshot: str | None = None  # set when planned against a saved snapshot, not the live host
     elsewhere: tuple[str, ...] = ()  # domains owned by other kvmops scopes: never touched here
+    warnings: tuple[str, ...] = ()  # about the host, not a resource: copied or unbound kvmops marks
 
     @property
     def changes(self) -> tuple[ResourcePlan, ...]:

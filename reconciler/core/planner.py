@@ -63,7 +63,7 @@ def plan_changes(
         problems.extend(resource.problems)
     owned_orphans = [
         d for name, d in sorted(actual.domains.items())
-        if d.owned and name not in desired.vms and scope_of(d) == settings.scope
+        if d.owned and name not in desired.vms and scope_of(d) == settings.scope and not _unbound(d)
     ]
     elsewhere = tuple(
         f"{name} (scope {scope_of(d)})" for name, d in sorted(actual.domains.items())
@@ -82,6 +82,7 @@ def plan_changes(
 
     foreign = tuple(name for name, d in sorted(actual.domains.items()) if not d.owned)
     return plans.Plan(
+        warnings=mark_warnings(actual, desired, settings),
         uri=actual.host.uri,
         resources=tuple(resources),
         foreign=foreign,
@@ -90,6 +91,34 @@ def plan_changes(
         kept=kept,
         elsewhere=elsewhere,
     )
+
+
+def mark_warnings(actual: model.ActualState, desired: model.DesiredState, settings: Settings) -> tuple[str, ...]:
+    """Return a sentence for each domain whose kvmops mark does not prove ownership.
+
+    A copied mark (a clone of a managed VM) makes its domain foreign; an unbound mark
+    (written before marks named their domain) never justifies a prune.
+    """
+    warnings = []
+    for name, domain in sorted(actual.domains.items()):
+        if domain.copied_mark is not None:
+            warnings.append(
+                f"domain {name} carries a copied kvmops mark (written for {domain.copied_mark.written_for()}); "
+                "treated as foreign: never changed, never pruned (`kvmops adopt` it to manage it)"
+            )
+        elif (domain.owned and _unbound(domain) and name not in desired.vms and scope_of(domain) == settings.scope):
+            warnings.append(
+                f"domain {name} carries a kvmops mark written by an older kvmops, which does not name the domain it was "
+                "written for (a clone would carry the same); it is never pruned on the strength of that mark. Declare it "
+                "again and apply once to bind the mark, or remove it yourself (virsh undefine)"
+            )
+    return tuple(warnings)
+
+
+def _unbound(domain: model.ObservedDomain) -> bool:
+    """Return whether ``domain`` is owned through a mark that names no domain (older kvmops)."""
+    owner = domain.definition.owner if domain.definition is not None else None
+    return owner is not None and not owner.bound_uuid
 
 
 def scope_of(domain: model.ObservedDomain) -> str:
@@ -362,6 +391,12 @@ def _plan_vm(
 ) -> plans.ResourcePlan:
     base = dict(kind="VirtualMachine", name=spec.name, manifest=spec.manifest)
     problems = []
+    if domain is not None and domain.copied_mark is not None:
+        return plans.ResourcePlan(**base, problems=(spec.origin.problem("metadata.name", (
+            f"domain {spec.name!r} carries a kvmops mark copied from another domain (written for "
+            f"{domain.copied_mark.written_for()}), as virt-clone leaves it; it is treated as foreign and will not be "
+            f"touched. To manage it, run `kvmops adopt {spec.name}` (then plan again), or rename this VM"
+        )),))
     if domain is not None and not domain.owned:
         return plans.ResourcePlan(**base, problems=(spec.origin.problem("metadata.name", (
             f"domain {spec.name!r} already exists on {actual.host.uri} and is not managed by kvmops; it will not be "
@@ -722,6 +757,7 @@ class _VMPlanBuilder:
                 keep_nvram=spec.keep_nvram,
                 graphics_password_digest=spec.graphics_password_digest,
                 install_pending=install and spec.install is not None and spec.install.first_boot_only,
+                bound_name=spec.name, bound_uuid=uuid or "",
             ),
             firmware=spec.firmware,
             machine=machine,
@@ -859,6 +895,11 @@ class _VMPlanBuilder:
         if old is None:
             self.changes.append(FieldChange("metadata", None, "kvmops ownership", Impact.LIVE))
             return
+        if old.bound_uuid != new.bound_uuid:
+            self.changes.append(FieldChange(
+                "metadata.boundTo", "(none: written by an older kvmops)", new.written_for(), Impact.LIVE,
+                note="the mark now names its domain, so a copy of it on a clone proves nothing",
+            ))
         if old.manifest != new.manifest:
             self.changes.append(FieldChange("manifest", old.manifest, new.manifest, Impact.LIVE))
         if old.run_strategy != new.run_strategy:

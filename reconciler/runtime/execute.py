@@ -229,7 +229,7 @@ def _stop_domain(h: hv.Hypervisor, step: plans.StopDomain, cancel: threading.Eve
 
 
 def _undefine_domain(h: hv.Hypervisor, step: plans.UndefineDomain, _cancel) -> str | None:
-    h.ensure_owned(step.name, step.uuid)
+    h.ensure_owned(step.name, step.uuid, bound=True)
     if h.domain_power(step.name)[0].active:
         raise errors.OperationRefused(f"domain {step.name} is running again; not undefining it. Plan again")
     h.undefine_domain(step.name, keep_nvram=step.keep_nvram)
