@@ -279,7 +279,29 @@ def _patch_disk(element: ET.Element | None, disk: model.DiskDevice) -> ET.Elemen
             element.remove(address)  # an address on the old bus means nothing on the new one
     target.set("dev", disk.target)
     target.set("bus", disk.bus)
+    _set_relabel(element, disk.relabel)
     return element
+
+
+def _set_relabel(element: ET.Element, relabel: bool) -> None:
+    """Say in disk ``element``'s source whether libvirt's DAC driver may chown the file.
+
+    libvirt chowns a disk's file to QEMU's user at start and, for read-only media,
+    never gives it back (other guests may share it): media kvmops did not create carry
+    ``<seclabel model='dac' relabel='no'/>``, so their ownership is never changed.
+    """
+    source = element.find("source")
+    if source is None:
+        return
+    for seclabel in source.findall("seclabel"):
+        if seclabel.get("model", "dac") == "dac":
+            source.remove(seclabel)
+    if not relabel:
+        ET.SubElement(source, "seclabel", model="dac", relabel="no")
+
+
+def _relabels(source: ET.Element) -> bool:
+    return not any(s.get("relabel") == "no" and s.get("model", "dac") == "dac" for s in source.findall("seclabel"))
 
 
 def _patch_nic(element: ET.Element | None, nic: model.NicDevice) -> ET.Element:
@@ -365,6 +387,7 @@ def _render_disk(disk: model.DiskDevice) -> ET.Element:
         ET.SubElement(element, "driver", name="qemu", type=image_format)
         if disk.path:
             ET.SubElement(element, "source", file=disk.path)
+    _set_relabel(element, disk.relabel)
     ET.SubElement(element, "target", dev=disk.target, bus=disk.bus)
     if disk.device == "cdrom":
         ET.SubElement(element, "readonly")
@@ -534,12 +557,14 @@ def _parse_disk(element: ET.Element) -> model.DiskDevice:
             target=target.get("dev", "") if target is not None else "",
             bus=target.get("bus", "") if target is not None else "",
             pool=source.get("pool"), volume=source.get("volume"), device=element.get("device", "disk"),
+            relabel=_relabels(source),
         )
     return model.DiskDevice(
         target=target.get("dev", "") if target is not None else "",
         bus=target.get("bus", "") if target is not None else "",
         path=source.get("file") or source.get("dev") or source.get("name"),
         device=element.get("device", "disk"),
+        relabel=_relabels(source),
     )
 
 

@@ -413,6 +413,7 @@ class DiskDevice:
     volume: str | None = None
     path: str | None = None
     device: str = "disk"
+    relabel: bool = True  # False: libvirt must not chown it (media kvmops did not create; libvirt never restores read-only ones)
 
     @property
     def source(self) -> str:

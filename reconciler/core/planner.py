@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import posixpath
 import uuid as uuids
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -476,6 +477,7 @@ class _VMPlanBuilder:
 
         if domain is None:
             actions.append(Action.CREATE)
+            self._note_attached_media(None, definition)
             self._describe_creation(definition)
             steps.append(plans.DefineDomain(spec.name, definition.uuid, domxml.render(definition), create=True))
             if spec.autostart:
@@ -494,6 +496,7 @@ class _VMPlanBuilder:
             )
 
         observed = domain.definition
+        self._note_attached_media(observed, definition)
         self._diff_definition(observed, definition)
         if definition != observed:
             xml = (domxml.patch(domain.xml, definition, volumes_by_path=self.actual.volumes_by_path())
@@ -594,7 +597,12 @@ class _VMPlanBuilder:
                 created = True
             else:
                 created = recorded.created if recorded is not None else False
-                if volume.capacity < disk.size:
+                if recorded is None:
+                    self.notes.append(
+                        f"attaches existing volume {disk.pool}/{disk.volume}, which kvmops did not create: used as-is, "
+                        "never resized or deleted"
+                    )
+                if volume.capacity < disk.size and self._may_grow(disk, volume, created):
                     if self.active and (disk.pool, disk.volume) in live_volumes and disk.target in live_targets:
                         steps.append(plans.ResizeDisk(spec.name, domain.uuid, disk.target, disk.size))
                     else:
@@ -637,6 +645,10 @@ class _VMPlanBuilder:
             if (record.pool, record.name) in self.claimed:
                 self.notes.append(f"volume {record.pool}/{record.name} is detached and kept: another VM in the manifests uses it")
                 continue
+            if record.created and (shared := _kept_for_users(actual, record, spec.name, detached=True)) is not None:
+                records.append(record)  # deleted by a later pass once no other domain uses it
+                self.notes.append(shared)
+                continue
             if not (record.created and record.deletion_policy is model.DeletionPolicy.DELETE):
                 self.notes.append(f"volume {record.pool}/{record.name} is detached and kept (deletionPolicy Retain)")
                 continue
@@ -661,6 +673,26 @@ class _VMPlanBuilder:
                 note="DATA LOSS: the volume is deleted (deletionPolicy Delete)",
             ))
         return steps, tuple(records), deletions
+
+    def _may_grow(self, disk: model.DiskSpec, volume: model.ObservedVolume, created: bool) -> bool:
+        """Return whether ``disk``'s smaller volume may be grown; if not, add the problem saying why."""
+        field = f"spec.disks[{self.spec.disks.index(disk)}].size"
+        keep = f"set size to {format_bytes(round_up(volume.capacity, MIB))}"
+        if not created:
+            self.problems.append(self.spec.origin.problem(field, (
+                f"volume {disk.pool}/{disk.volume} ({format_bytes(volume.capacity)}) was not created by kvmops, which "
+                f"never resizes or writes a volume it did not create; {keep} to use it as it is, grow it yourself "
+                f"(virsh vol-resize), or name a new volume"
+            )))
+            return False
+        users = volume_users(self.actual, disk.pool, disk.volume, besides=self.spec.name)
+        if users:
+            self.problems.append(self.spec.origin.problem(field, (
+                f"volume {disk.pool}/{disk.volume} is also used by domain {', '.join(users)}; kvmops never resizes a "
+                f"volume another domain uses. Detach it there, or {keep}"
+            )))
+            return False
+        return True
 
     def _new_volume(self, disk: model.DiskSpec) -> plans.Step:
         """Return the step creating ``disk``'s volume: empty, an overlay on its image, or a copy of it."""
@@ -732,9 +764,12 @@ class _VMPlanBuilder:
         if spec.cdrom is not None:
             ref = spec.cdrom
             target = next(spare)
-            cdroms.append(model.DiskDevice(target=target, bus="sata", pool=ref.pool, volume=ref.volume, device="cdrom")
+            # kvmops did not create it: libvirt must not chown it (it never gives read-only media back)
+            cdroms.append(model.DiskDevice(target=target, bus="sata", pool=ref.pool, volume=ref.volume, device="cdrom",
+                                           relabel=False)
                           if ref.volume is not None else
-                          model.DiskDevice(target=target, bus="sata", path=self._file_path(ref), device="cdrom"))
+                          model.DiskDevice(target=target, bus="sata", path=self._file_path(ref), device="cdrom",
+                                           relabel=False))
         if spec.cloud_init is not None:
             seed = spec.cloud_init
             cdroms.append(model.DiskDevice(target=next(spare), bus="sata", pool=seed.pool, volume=seed.volume, device="cdrom"))
@@ -829,6 +864,13 @@ class _VMPlanBuilder:
                 add(FieldChange(path, before, after, restart))
         if old.graphics != new.graphics:
             add(FieldChange("graphics", old.graphics, new.graphics, restart))
+        relabelled = {d.source for d in old.cdroms if d.relabel}
+        for cdrom in new.cdroms:
+            if not cdrom.relabel and cdrom.source in relabelled:
+                add(FieldChange(
+                    "cdrom.ownership", "chowned by libvirt at start", "left as it is", restart,
+                    note=f"{cdrom.source} is not kvmops': libvirt no longer relabels it (QEMU's user must be able to read it)",
+                ))
         self._diff_disks(old.disks, new.disks, restart)
         self._diff_nics(old.nics, new.nics, restart)
         self._diff_owner(old.owner, new.owner)
@@ -961,6 +1003,19 @@ class _VMPlanBuilder:
                 add(FieldChange(path, None, value, Impact.LIVE))
         add(FieldChange("autostart", None, _yes_no(spec.autostart), Impact.LIVE))
         add(FieldChange("runStrategy", None, spec.run_strategy, Impact.LIVE))
+
+    def _note_attached_media(self, old: model.DomainDefinition | None, new: model.DomainDefinition) -> None:
+        """Say in words that install media and a CD-ROM kvmops did not create are attached as they are."""
+        before = {d.source for d in old.cdroms} if old is not None else set()
+        for cdrom in new.cdroms:
+            if not cdrom.relabel and cdrom.source not in before:
+                self.notes.append(
+                    f"attaches existing file {cdrom.source} as a CD-ROM, which kvmops did not create: read-only, never "
+                    "written, deleted or relabelled (QEMU's user must be able to read it)"
+                )
+        for path in (new.kernel, new.initrd):
+            if path and (old is None or path not in (old.kernel, old.initrd)):
+                self.notes.append(f"boots existing file {path}, which kvmops did not create: read as it is, never written")
 
     def _note_pending_restart(self) -> None:
         domain = self.domain
@@ -1121,6 +1176,8 @@ def _plan_prune(
             continue
         if (record.pool, record.name) in wanted:
             notes.append(f"volume {record.pool}/{record.name} is kept: a VM in the manifests uses it")
+        elif (shared := _kept_for_users(actual, record, domain.name)) is not None:
+            notes.append(shared)
         elif record.created and record.deletion_policy is model.DeletionPolicy.DELETE:
             steps.append(plans.DeleteVolume(record.pool, record.name))
             changes.append(FieldChange(
@@ -1135,6 +1192,36 @@ def _plan_prune(
         steps=tuple(steps), manifest=owner.manifest if owner is not None else None,
         notes=("no manifest declares this VM any more", *notes),
     )
+
+
+def volume_users(actual: model.ActualState, pool: str, name: str, *, besides: str) -> list[str]:
+    """Return, in words, every domain but ``besides`` whose storage includes volume ``pool/name``.
+
+    Any domain counts: foreign, another scope's, shut off or running.  Such a volume is
+    never deleted or resized, whoever recorded it.
+    """
+    keys = {(pool, name)}
+    volume = actual.volumes.get((pool, name))
+    if volume is not None and volume.path:
+        keys.add(("", posixpath.normpath(volume.path)))
+    users = []
+    for other in sorted(actual.domains.values(), key=lambda d: d.name):
+        if other.name != besides and keys.intersection(other.storage):
+            if not other.owned:
+                whose = "foreign"
+            else:
+                whose = f"kvmops, scope {scope_of(other)}"
+            users.append(f"{other.name} ({whose}, {other.power})")
+    return users
+
+
+def _kept_for_users(actual: model.ActualState, record: model.OwnedVolume, domain: str, *, detached: bool = False) -> str | None:
+    """Return the note keeping ``record``'s volume because other domains use it, or None."""
+    users = volume_users(actual, record.pool, record.name, besides=domain)
+    if not users:
+        return None
+    how = "is detached and kept" if detached else "is kept"
+    return f"volume {record.pool}/{record.name} {how}: also used by domain {', '.join(users)}"
 
 
 # --- words ------------------------------------------------------------------------------

@@ -172,6 +172,7 @@ def _create_volume(h: hv.Hypervisor, step: plans.CreateVolume, _cancel) -> str |
 def _resize_volume(h: hv.Hypervisor, step: plans.ResizeVolume, _cancel) -> str | None:
     if h.volume_capacity(step.pool, step.name) >= step.capacity:
         return "already large enough"
+    _ensure_unshared(h, step.pool, step.name, "grow")
     h.resize_volume(step.pool, step.name, step.capacity)
 
 
@@ -181,7 +182,23 @@ def _resize_disk(h: hv.Hypervisor, step: plans.ResizeDisk, _cancel) -> str | Non
 
 
 def _delete_volume(h: hv.Hypervisor, step: plans.DeleteVolume, _cancel) -> str | None:
+    if not h.volume_exists(step.pool, step.name):
+        return "already gone"
+    _ensure_unshared(h, step.pool, step.name, "delete")
     return None if h.delete_volume(step.pool, step.name) else "already gone"
+
+
+def _ensure_unshared(h: hv.Hypervisor, pool: str, name: str, verb: str) -> None:
+    """Refuse to ``verb`` volume ``pool/name`` while any domain but its shut-off owner uses it."""
+    others = [
+        f"{domain} ({'running' if running else 'shut off'})"
+        for domain, running, owner in h.volume_users(pool, name) if running or not owner
+    ]
+    if others:
+        raise errors.OwnershipError(
+            f"volume {pool}/{name} is used by domain {', '.join(others)} since the plan was made; kvmops will not "
+            f"{verb} it. Plan again"
+        )
 
 
 def _define_domain(h: hv.Hypervisor, step: plans.DefineDomain, _cancel) -> str | None:

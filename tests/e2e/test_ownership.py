@@ -104,3 +104,133 @@ def test_a_manifest_naming_a_clone_is_refused_and_the_clone_left_alone(host):
     assert result.returncode == 1, output(result)
     assert "carries a kvmops mark copied from another domain" in result.stdout, output(result)
     assert copy.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) == xml
+
+
+# --- 2. a volume another domain uses ---------------------------------------------------
+
+
+def define_foreign_user(host, suffix: str, path, *, start: bool) -> libvirt.virDomain:
+    """Define (and start) a hand-made domain, no kvmops mark, whose disk is the qcow2 file ``path``."""
+    domain = host.connection.defineXML(f"""
+        <domain type='qemu'>
+          <name>{host.name(suffix)}</name>
+          <memory unit='MiB'>32</memory>
+          <vcpu>1</vcpu>
+          <os><type arch='x86_64'>hvm</type></os>
+          <devices>
+            <disk type='file' device='disk'>
+              <driver name='qemu' type='qcow2'/><source file='{path}'/><target dev='vda' bus='virtio'/>
+            </disk>
+            <serial type='pty'/><console type='pty'/>
+          </devices>
+        </domain>""")
+    if start:
+        domain.create()
+    return domain
+
+
+def test_pruning_never_deletes_a_delete_volume_a_running_foreign_domain_uses(host):
+    """A pruned VM's Delete volume that a running, unmanaged domain has open stays on disk, and the plan names that domain."""
+    write_pool(host)
+    manifest = factories.write(host.manifests, "vms/web.yaml", vm(host, "web", runStrategy="Halted", disks=[
+        disk(host, "root", deletionPolicy="Delete"),
+    ]))
+    factories.write(host.manifests, "vms/other.yaml", vm(host, "other", runStrategy="Halted"))
+    apply_ok(host)
+    root = volume_file(host, "web", "root")
+    user = define_foreign_user(host, "user", root, start=True)
+
+    manifest.unlink()
+    plan = kvmops(host, "plan", host.manifests, prune=True)
+    assert plan.returncode == 0, output(plan)
+    block = resource_block(plan.stdout, "VirtualMachine", host.name("web"))
+    assert (f"volume {host.pool}/{root.name} is kept: also used by domain {user.name()} (foreign, running)") in block, block
+    assert "DATA LOSS" not in plan.stdout, plan.stdout
+
+    planned, report = apply_pruning_own_objects(host)
+    assert report.ok, report
+    assert host.domain(host.name("web")) is None
+    assert root.is_file() and host.volume_capacity(root.name) == 64 * MIB
+    assert user.isActive() == 1
+    plan_is_empty(host)
+
+
+def test_the_executor_refuses_a_deletion_once_another_domain_uses_the_volume(host):
+    """A planned deletion of a volume that a foreign domain started using after the plan was made fails; the volume stays."""
+    write_pool(host)
+    factories.write(host.manifests, "vms/web.yaml", vm(host, "web", runStrategy="Halted", disks=[disk(host, "root")]))
+    apply_ok(host)
+    root = volume_file(host, "web", "root")
+    define_foreign_user(host, "user", root, start=False)
+    late = plans.Plan(uri=host.uri, resources=(plans.ResourcePlan(
+        kind="VirtualMachine", name=host.name("gone"), actions=(plans.Action.DELETE,),
+        steps=(plans.DeleteVolume(host.pool, root.name),),
+    ),))
+    with hv.Hypervisor.open(host.uri) as hypervisor:
+        (outcome,) = execute.execute(late, hypervisor).outcomes
+    assert outcome.status == "failed" and f"is used by domain {host.name('user')} (shut off)" in outcome.error, outcome
+    assert root.is_file()
+
+
+# --- 3. files kvmops did not create ----------------------------------------------------
+
+
+def test_an_existing_file_named_as_a_disk_is_never_grown(host):
+    """With a pool over an existing directory, a disk naming an existing 38-byte file is refused (file, line, field); the file is untouched."""
+    host.pool_path.mkdir(parents=True)
+    existing = host.pool_path / "notes.img"
+    existing.write_bytes(b"precious notes, not a disk image!!!!\n\n"[:38])
+    before = (existing.stat().st_size, existing.read_bytes())
+    write_pool(host)
+    apply_ok(host)  # the pool now exists over the directory, and libvirt lists the file as one of its volumes
+    path = factories.write(host.manifests, "vms/web.yaml", vm(host, "web", runStrategy="Halted", disks=[
+        disk(host, "root", "16MiB", volume="notes.img"),
+    ]))
+
+    result = kvmops(host, "apply", host.manifests)
+    assert result.returncode == 1, output(result)
+    assert f"{path}:" in result.stdout and "spec.disks[0].size: volume " in result.stdout, output(result)
+    assert "was not created by kvmops, which never resizes or writes a volume it did not create" in result.stdout
+    assert (existing.stat().st_size, existing.read_bytes()) == before
+    assert host.domain(host.name("web")) is None
+
+
+def test_a_cdrom_kvmops_did_not_create_keeps_its_owner_through_start_and_removal(host):
+    """A world-readable ISO attached as a CD-ROM boots with its owner unchanged, the plan says it is attached as-is, and it stays root's after the VM is pruned."""
+    host.pool_path.mkdir(parents=True)
+    iso = host.pool_path / "media.iso"
+    iso.write_bytes(b"\0" * MIB)
+    os.chmod(iso, 0o644)
+    owner = (iso.stat().st_uid, iso.stat().st_gid)
+    write_pool(host)
+    manifest = factories.write(host.manifests, "vms/web.yaml", vm(host, "web", cdrom={"pool": host.pool, "volume": "media.iso"}))
+    factories.write(host.manifests, "vms/other.yaml", vm(host, "other", runStrategy="Halted"))
+
+    result = apply_ok(host)
+    assert (f"attaches existing file {host.pool}/media.iso as a CD-ROM, which kvmops did not create") in result.stdout
+    assert host.is_running(host.name("web"))
+    assert (iso.stat().st_uid, iso.stat().st_gid) == owner, "libvirt must not chown media kvmops did not create"
+    plan_is_empty(host)
+
+    manifest.unlink()
+    planned, report = apply_pruning_own_objects(host)
+    assert report.ok, report
+    assert host.domain(host.name("web")) is None
+    assert (iso.stat().st_uid, iso.stat().st_gid, iso.stat().st_mode & 0o777) == (*owner, 0o644)
+
+
+def test_a_root_only_cdrom_fails_the_start_with_a_clear_message_and_keeps_its_owner(host):
+    """A CD-ROM only root may read is never chowned for QEMU: the start fails saying which file and what to do, and the file stays root's 0600."""
+    host.pool_path.mkdir(parents=True)
+    iso = host.pool_path / "secret.iso"
+    iso.write_bytes(b"\0" * MIB)
+    os.chmod(iso, 0o600)
+    write_pool(host)
+    factories.write(host.manifests, "vms/web.yaml", vm(host, "web", cdrom={"pool": host.pool, "volume": "secret.iso"}))
+
+    result = kvmops(host, "apply", host.manifests)
+    assert result.returncode == 1, output(result)
+    assert f"may not read {iso}" in result.stdout + result.stderr, output(result)
+    assert f"chmod o+r {iso}" in result.stdout + result.stderr, output(result)
+    assert "Traceback" not in result.stderr
+    assert (iso.stat().st_uid, iso.stat().st_gid, iso.stat().st_mode & 0o777) == (0, 0, 0o600)
