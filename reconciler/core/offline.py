@@ -19,7 +19,7 @@ import dataclasses
 import hashlib
 from types import MappingProxyType
 
-from reconciler.core import model, planner
+from reconciler.core import model, password, planner
 from reconciler.core import plan as plans
 
 OFFLINE_VIRT_TYPES = ("kvm", "qemu")
@@ -49,7 +49,10 @@ def converged_host(desired: model.DesiredState, *, uri: str, scope: str = "defau
             console=spec.console,
             graphics=spec.graphics,
             owner=model.Ownership(spec.manifest, spec.digest, spec.run_strategy, records, scope=scope,
-                                  shutdown_timeout=spec.shutdown_timeout, bound_name=spec.name, bound_uuid=uuid),
+                                  shutdown_timeout=spec.shutdown_timeout, bound_name=spec.name, bound_uuid=uuid,
+                                  graphics_password_digest=password.digest(
+                                      spec.graphics_password, planner.password_salt(b"", uuid),
+                                  ) if spec.graphics_password is not None else ""),
         )
         running = spec.run_strategy is not model.RunStrategy.HALTED
         domains[spec.name] = model.ObservedDomain(

@@ -23,7 +23,7 @@ import uuid as uuids
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from reconciler.core import domxml, model, netxml, storagexml
+from reconciler.core import domxml, model, netxml, password, storagexml
 from reconciler.core import plan as plans
 from reconciler.core.plan import Action, FieldChange, Impact
 from reconciler.core.quantity import MIB, format_bytes, round_up
@@ -41,6 +41,7 @@ class Settings:
     shutdown_timeout: float = 60.0  # seconds, used when a VM does not set shutdownTimeout
     scope: str = "default"  # the manifest set's name: only its own domains are pruned
     no_prune_reason: str = "pruning is disabled (--no-prune)"
+    password_salt: bytes = b""  # entropy for new graphics password digests (the shell passes random bytes)
 
 
 def plan_changes(
@@ -459,6 +460,7 @@ class _VMPlanBuilder:
         self.active = domain is not None and domain.power.active
         self.claimed: set[tuple[str, str]] = claimed  # volumes some VM in the manifests attaches
         self.scope = settings.scope
+        self.password_salt = settings.password_salt
         self.desired: model.DesiredState = desired
         self.revision: str = desired.revision
         self.changes: list[FieldChange] = []
@@ -790,7 +792,7 @@ class _VMPlanBuilder:
                 shutdown_timeout=spec.shutdown_timeout,
                 revision=self.revision or (observed.owner.revision if observed is not None and observed.owner else ""),
                 keep_nvram=spec.keep_nvram,
-                graphics_password_digest=spec.graphics_password_digest,
+                graphics_password_digest=self._password_digest(observed, uuid),
                 install_pending=install and spec.install is not None and spec.install.first_boot_only,
                 bound_name=spec.name, bound_uuid=uuid or "",
             ),
@@ -807,6 +809,19 @@ class _VMPlanBuilder:
             graphics_listen=spec.graphics_listen if spec.graphics != "none" else None,
             graphics_password=spec.graphics_password,
         )
+
+    def _password_digest(self, observed: model.DomainDefinition | None, uuid: str | None) -> str:
+        """Return the graphics password digest for the mark: the observed one while it still matches.
+
+        A new digest is salted per domain (its UUID) and per pass (``password_salt``).
+        """
+        secret = self.spec.graphics_password
+        if secret is None:
+            return ""
+        old = observed.owner.graphics_password_digest if observed is not None and observed.owner is not None else ""
+        if old and not password.is_legacy(old) and password.matches(old, secret):
+            return old
+        return password.digest(secret, password_salt(self.password_salt, uuid or self.spec.name))
 
     def _nics(self, observed: model.DomainDefinition | None, uuid: str) -> tuple[model.NicDevice, ...]:
         """Return the NICs to define: observed MACs kept; a new domain's unpinned NICs get MACs now.
@@ -947,11 +962,20 @@ class _VMPlanBuilder:
         if old.run_strategy != new.run_strategy:
             self.changes.append(FieldChange("runStrategy", old.run_strategy, new.run_strategy, Impact.LIVE))
         if old.graphics_password_digest != new.graphics_password_digest:
-            self.changes.append(FieldChange(
-                "graphics.password", "(set)" if old.graphics_password_digest else "(none)",
-                "(set)" if new.graphics_password_digest else "(none)", self._restart_or_live(),
-                note="the password itself is never shown",
-            ))
+            secret = self.spec.graphics_password
+            if password.is_legacy(old.graphics_password_digest) and secret is not None and password.matches(
+                old.graphics_password_digest, secret
+            ):
+                self.changes.append(FieldChange(
+                    "graphics.password", "(set, unsalted digest)", "(set)", Impact.LIVE,
+                    note="same password; its digest in the mark becomes a salted scrypt digest",
+                ))
+            else:
+                self.changes.append(FieldChange(
+                    "graphics.password", "(set)" if old.graphics_password_digest else "(none)",
+                    "(set)" if new.graphics_password_digest else "(none)", self._restart_or_live(),
+                    note="the password itself is never shown",
+                ))
         if old.keep_nvram != new.keep_nvram:
             self.changes.append(FieldChange("keepNvram", _yes_no(old.keep_nvram), _yes_no(new.keep_nvram), Impact.LIVE))
         if old.shutdown_timeout != new.shutdown_timeout:
@@ -986,7 +1010,7 @@ class _VMPlanBuilder:
             add(FieldChange(f"networks[{index}]", None, _nic_text(nic), Impact.LIVE))
         add(FieldChange("console", None, "serial" if spec.console else "none", Impact.LIVE))
         add(FieldChange("graphics", None, spec.graphics + (f" on {spec.graphics_listen}" if spec.graphics != "none" else "")
-                        + (" with a password" if spec.graphics_password_digest else ""), Impact.LIVE))
+                        + (" with a password" if spec.graphics_password is not None else ""), Impact.LIVE))
         optional = (
             ("firmware", definition.firmware if definition.firmware != "bios" else None),
             ("machine", spec.machine),
@@ -1024,6 +1048,11 @@ class _VMPlanBuilder:
         pending = [f"{name} {old} -> {new}" for name, old, new in restart_pending(domain.live, domain.definition)]
         if pending:
             self.notes.append("restart pending (changed earlier, takes effect at next boot): " + "; ".join(pending))
+
+
+def password_salt(entropy: bytes, uuid: str) -> bytes:
+    """Return the 16-byte salt of a domain's new password digest: unique per domain, random per pass."""
+    return hashlib.sha256(b"kvmops/graphics-password/" + entropy + b"/" + uuid.encode()).digest()[:16]
 
 
 _UUID_NAMESPACE = uuids.UUID("2b1c0f4e-6e6b-4c1e-9a57-6b766d6f7073")

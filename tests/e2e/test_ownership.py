@@ -234,3 +234,25 @@ def test_a_root_only_cdrom_fails_the_start_with_a_clear_message_and_keeps_its_ow
     assert f"chmod o+r {iso}" in result.stdout + result.stderr, output(result)
     assert "Traceback" not in result.stderr
     assert (iso.stat().st_uid, iso.stat().st_gid, iso.stat().st_mode & 0o777) == (0, 0, 0o600)
+
+
+def test_the_vnc_password_digest_read_only_clients_see_is_salted_and_the_second_plan_empty(host):
+    """A read-only connection sees a salted scrypt digest in the mark, never the password nor its plain sha256; apply then plan is empty."""
+    import hashlib
+
+    secret = "Tr0ub4do"  # VNC passwords are at most 8 characters
+    (host.manifests / "vms").mkdir(parents=True)
+    (host.manifests / "vms" / "vnc.pass").write_text(secret + "\n", encoding="utf-8")
+    factories.write(host.manifests, "vms/web.yaml", vm(host, "web", runStrategy="Halted",
+                                                       graphics={"type": "vnc", "passwordFile": "vnc.pass"}))
+    result = apply_ok(host)
+    assert secret not in result.stdout + result.stderr
+    plan_is_empty(host)
+
+    reader = libvirt.openReadOnly(host.uri)
+    try:
+        xml = reader.lookupByName(host.name("web")).XMLDesc(0)
+    finally:
+        reader.close()
+    assert "scrypt$16384$8$1$" in xml, xml
+    assert secret not in xml and hashlib.sha256(secret.encode()).hexdigest() not in xml
