@@ -625,6 +625,8 @@ class _VMPlanBuilder:
         if seed is not None:
             recorded = owner.volume(seed.pool, seed.volume) if owner is not None else None
             present = (seed.pool, seed.volume) in actual.volumes
+            if present and (recorded is None or recorded.digest != seed.digest):
+                self._may_rewrite_seed(seed, recorded)
             if not present or recorded is None or recorded.digest != seed.digest:
                 steps.append(plans.WriteSeed(seed.pool, seed.volume, seed.files, seed.digest))
                 if domain is not None and present and recorded is not None:
@@ -651,6 +653,11 @@ class _VMPlanBuilder:
                 records.append(record)  # deleted by a later pass once no other domain uses it
                 self.notes.append(shared)
                 continue
+            if record.created and owner is not None and not owner.bound_uuid:
+                records.append(record)  # the definition below binds the mark; the next pass may delete
+                self.notes.append(f"volume {record.pool}/{record.name} is detached and kept until this VM's kvmops mark "
+                                  "names it (written by an older kvmops; bound by this apply)")
+                continue
             if not (record.created and record.deletion_policy is model.DeletionPolicy.DELETE):
                 self.notes.append(f"volume {record.pool}/{record.name} is detached and kept (deletionPolicy Retain)")
                 continue
@@ -675,6 +682,22 @@ class _VMPlanBuilder:
                 note="DATA LOSS: the volume is deleted (deletionPolicy Delete)",
             ))
         return steps, tuple(records), deletions
+
+    def _may_rewrite_seed(self, seed: model.CloudInitSpec, recorded: model.OwnedVolume | None) -> None:
+        """Add a problem unless the existing seed volume is this VM's own and no other domain uses it."""
+        if recorded is None:
+            self.problems.append(self.spec.origin.problem("spec.cloudInit", (
+                f"volume {seed.pool}/{seed.volume} already exists and kvmops did not create it for this VM; the "
+                "cloud-init seed would overwrite it, and kvmops never writes a volume it did not create. Remove it "
+                "(virsh vol-delete) if it is a leftover, or give the seed another pool"
+            )))
+            return
+        users = volume_users(self.actual, seed.pool, seed.volume, besides=self.spec.name)
+        if users:
+            self.problems.append(self.spec.origin.problem("spec.cloudInit", (
+                f"the cloud-init seed {seed.pool}/{seed.volume} is also used by domain {', '.join(users)}; kvmops "
+                "will not rewrite a volume another domain uses. Detach it there first"
+            )))
 
     def _may_grow(self, disk: model.DiskSpec, volume: model.ObservedVolume, created: bool) -> bool:
         """Return whether ``disk``'s smaller volume may be grown; if not, add the problem saying why."""

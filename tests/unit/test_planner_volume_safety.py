@@ -181,3 +181,47 @@ def test_relabelling_off_survives_a_patch_of_an_unrelated_field():
     patched = domxml.patch(define.xml, dataclasses.replace(domxml.parse(define.xml), vcpus=4))
     assert patched.count("relabel=\"no\"") == 1
     assert domxml.parse(patched).cdroms[0].relabel is False
+
+
+def with_seed(spec: model.VMSpec, digest: str = "sha256:" + "1" * 64) -> model.VMSpec:
+    return dataclasses.replace(spec, cloud_init=model.CloudInitSpec(
+        files=(("user-data", b"#cloud-config\n"),), digest=digest, pool=b.POOL, volume="web-seed.iso"))
+
+
+def test_a_seed_would_never_overwrite_a_volume_kvmops_did_not_create():
+    """A new VM whose seed volume name is taken by someone's volume gets a problem on spec.cloudInit, not a rewrite."""
+    spec = with_seed(web())
+    state = b.actual(volumes=(*b.volumes_of(spec), b.volume(b.POOL, "web-seed.iso", b.MIB)))
+    result = plan(b.desired(spec), state)
+    (problem,) = result.problems
+    assert problem.path == "spec.cloudInit" and "kvmops did not create it for this VM" in problem.message
+    assert not vm_plan(result).steps
+
+
+def test_a_seed_another_domain_uses_is_never_rewritten():
+    """A changed seed is not regenerated while a foreign domain (a clone sharing the CD-ROM) uses the old one."""
+    spec = with_seed(web())
+    config = b.definition(spec)
+    config = dataclasses.replace(config, owner=dataclasses.replace(config.owner, volumes=(
+        *config.owner.volumes, model.OwnedVolume(b.POOL, "web-seed.iso", DELETE, True, "sha256:" + "0" * 64))))
+    state = b.actual(b.domain(config, power=SHUTOFF),
+                     volumes=(*b.volumes_of(spec), b.volume(b.POOL, "web-seed.iso", b.MIB)))
+    state = with_foreign(state, foreign_user(source=f"{b.POOL_PATH}/web-seed.iso"))
+    result = plan(b.desired(spec), state)
+    (problem,) = result.problems
+    assert "is also used by domain foo (foreign, running)" in problem.message
+    assert not any(isinstance(s, plans.WriteSeed) for s in vm_plan(result).steps)
+
+
+def test_a_detached_volume_of_an_unbound_mark_waits_for_the_binding():
+    """A Delete volume detached from a VM whose mark names no domain is kept this pass; the definition binds the mark and keeps the record."""
+    spec = web(b.disk("root", b.GIB, policy=DELETE), b.disk("data", b.GIB, target="vdb"))
+    config = b.definition(spec)
+    config = dataclasses.replace(config, owner=dataclasses.replace(config.owner, bound_name="", bound_uuid=""))
+    state = b.actual(b.domain(config, power=SHUTOFF), volumes=b.volumes_of(spec))
+    smaller = web(b.disk("data", b.GIB, target="vdb"), run_strategy=model.RunStrategy.HALTED)
+    result = vm_plan(plan(b.desired(smaller), state))
+    assert not steps(result, plans.DeleteVolume)
+    (define,) = steps(result, plans.DefineDomain)
+    owner = domxml.parse(define.xml).owner
+    assert owner.bound_uuid == b.UUID and owner.volume(b.POOL, "web-root.qcow2") is not None
