@@ -139,3 +139,14 @@ def test_the_binding_survives_patch_and_parse():
     xml = applied_xml(web())
     patched = domxml.patch(xml, dataclasses.replace(domxml.parse(xml), vcpus=4))
     assert domxml.parse(patched).owner.bound_uuid == b.UUID
+
+
+def test_the_copied_mark_warning_is_printed_in_text_markdown_and_json():
+    """Every output of a plan carries the clone's warning, not only the JSON."""
+    from reconciler.core import render
+
+    state = host(applied_xml(web()), cloned(applied_xml(web()), "web-clone"))
+    result = planner.plan_changes(b.desired(web()), state, settings=planner.Settings(prune=True))
+    assert "Warning: domain web-clone carries a copied kvmops mark (written for domain web" in render.text(result)
+    assert "domain web-clone carries a copied kvmops mark" in render.markdown(result)
+    assert render.to_data(result)["warnings"] == list(result.warnings)
