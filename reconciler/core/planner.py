@@ -4,13 +4,16 @@ Pure: given the same :class:`DesiredState` and :class:`ActualState` it returns t
 :class:`~reconciler.core.plan.Plan`, and it never looks at anything else.  The rules
 that never bend are enforced here, where they can be tested without a hypervisor:
 
-* only domains carrying kvmops' ownership mark are ever changed, stopped or undefined;
-  a manifest naming a foreign domain is a problem, not an adoption;
+* only domains carrying kvmops' ownership mark, written for that very domain, are ever
+  changed, stopped or undefined (a clone's copied mark does not count, and a mark from an
+  older kvmops that names no domain never justifies a prune); a manifest naming a foreign
+  domain is a problem, not an adoption;
 * nothing is pruned while any manifest is broken, or when the manifests declare no VM at
   all while kvmops owns domains (unless ``allow_empty``);
 * a volume is deleted only when kvmops created it under ``deletionPolicy: Delete`` and
-  its disk or VM has left the manifests, never while a running guest has it open; it is
-  never shrunk; every such change is labelled ``data-loss``;
+  its disk or VM has left the manifests, never while a running guest has it open nor
+  while any other domain uses it; it is never shrunk, and never grown or written unless
+  kvmops created it; every deletion is labelled ``data-loss``;
 * a redefinition keeps the domain's UUID and its NICs' MACs.
 """
 
@@ -84,7 +87,6 @@ def plan_changes(
 
     foreign = tuple(name for name, d in sorted(actual.domains.items()) if not d.owned)
     return plans.Plan(
-        warnings=mark_warnings(actual, desired, settings),
         uri=actual.host.uri,
         resources=tuple(resources),
         foreign=foreign,
@@ -92,6 +94,7 @@ def plan_changes(
         prune_suspended=suspended,
         kept=kept,
         elsewhere=elsewhere,
+        warnings=mark_warnings(actual, desired, settings),
     )
 
 
