@@ -158,6 +158,8 @@ class ResizeDisk(Step):
     uuid: str
     target: str
     capacity: int
+    pool: str = ""  # the volume behind the disk, checked for other users at the last moment
+    volume: str = ""
 
     def describe(self) -> str:
         return f"grow disk {self.target} of {self.domain} to {quantity.format_bytes(self.capacity)} (live)"

@@ -609,7 +609,7 @@ class _VMPlanBuilder:
                     )
                 if volume.capacity < disk.size and self._may_grow(disk, volume, created):
                     if self.active and (disk.pool, disk.volume) in live_volumes and disk.target in live_targets:
-                        steps.append(plans.ResizeDisk(spec.name, domain.uuid, disk.target, disk.size))
+                        steps.append(plans.ResizeDisk(spec.name, domain.uuid, disk.target, disk.size, disk.pool, disk.volume))
                     else:
                         steps.append(plans.ResizeVolume(disk.pool, disk.volume, disk.size))
                     self.changes.append(FieldChange(

@@ -178,6 +178,9 @@ def _resize_volume(h: hv.Hypervisor, step: plans.ResizeVolume, _cancel) -> str |
 
 def _resize_disk(h: hv.Hypervisor, step: plans.ResizeDisk, _cancel) -> str | None:
     h.ensure_owned(step.domain, step.uuid)
+    pool, name = step.pool, step.volume
+    if pool and name:
+        _ensure_unshared(h, pool, name, "grow", besides=step.domain)
     h.block_resize(step.domain, step.target, step.capacity)
 
 
@@ -188,11 +191,11 @@ def _delete_volume(h: hv.Hypervisor, step: plans.DeleteVolume, _cancel) -> str |
     return None if h.delete_volume(step.pool, step.name) else "already gone"
 
 
-def _ensure_unshared(h: hv.Hypervisor, pool: str, name: str, verb: str) -> None:
-    """Refuse to ``verb`` volume ``pool/name`` while any domain but its shut-off owner uses it."""
+def _ensure_unshared(h: hv.Hypervisor, pool: str, name: str, verb: str, *, besides: str = "") -> None:
+    """Refuse to ``verb`` volume ``pool/name`` while any domain but its shut-off owner (or ``besides``) uses it."""
     others = [
         f"{domain} ({'running' if running else 'shut off'})"
-        for domain, running, owner in h.volume_users(pool, name) if running or not owner
+        for domain, running, owner in h.volume_users(pool, name) if domain != besides and (running or not owner)
     ]
     if others:
         raise errors.OwnershipError(
