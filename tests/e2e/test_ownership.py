@@ -25,6 +25,7 @@ from tests.e2e.commands import apply_ok, kvmops, output, plan_is_empty
 from tests.e2e.test_engine import apply_pruning_own_objects, disk, resource_block, vm, volume_file, write_pool
 
 MIB = 1024 * 1024
+OWNER_NS = "https://kvmops.dev/xmlns/owner/v1"
 
 pytestmark = pytest.mark.e2e
 
@@ -207,9 +208,9 @@ def test_a_cdrom_kvmops_did_not_create_keeps_its_owner_through_start_and_removal
     factories.write(host.manifests, "vms/other.yaml", vm(host, "other", runStrategy="Halted"))
 
     result = apply_ok(host)
-    assert (f"attaches existing file {host.pool}/media.iso as a CD-ROM, which kvmops did not create") in result.stdout
     assert host.is_running(host.name("web"))
     assert (iso.stat().st_uid, iso.stat().st_gid) == owner, "libvirt must not chown media kvmops did not create"
+    assert (f"attaches existing file {host.pool}/media.iso as a CD-ROM, which kvmops did not create") in result.stdout
     plan_is_empty(host)
 
     manifest.unlink()
@@ -229,6 +230,7 @@ def test_a_root_only_cdrom_fails_the_start_with_a_clear_message_and_keeps_its_ow
     factories.write(host.manifests, "vms/web.yaml", vm(host, "web", cdrom={"pool": host.pool, "volume": "secret.iso"}))
 
     result = kvmops(host, "apply", host.manifests)
+    assert (iso.stat().st_uid, iso.stat().st_gid, iso.stat().st_mode & 0o777) == (0, 0, 0o600)
     assert result.returncode == 1, output(result)
     assert f"may not read {iso}" in result.stdout + result.stderr, output(result)
     assert f"chmod o+r {iso}" in result.stdout + result.stderr, output(result)
@@ -256,3 +258,39 @@ def test_the_vnc_password_digest_read_only_clients_see_is_salted_and_the_second_
         reader.close()
     assert "scrypt$16384$8$1$" in xml, xml
     assert secret not in xml and hashlib.sha256(secret.encode()).hexdigest() not in xml
+
+
+def strip_binding(host, name: str) -> None:
+    """Rewrite domain ``name``'s mark the way kvmops wrote it before marks named their domain."""
+    import re
+
+    domain = host.domain(name)
+    owner = domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, OWNER_NS, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+    legacy = re.sub(r' (domain|uuid)="[^"]*"', "", owner)
+    domain.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, legacy, "kvmops", OWNER_NS, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+    assert "uuid=" not in domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, OWNER_NS, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+
+
+def test_a_mark_from_an_older_kvmops_is_bound_by_the_next_apply_and_never_pruned_before(host):
+    """An unbound mark keeps its VM managed: apply binds it (metadata.boundTo); without a manifest it is kept with a warning, not pruned."""
+    factories.write(host.manifests, "vms/web.yaml", vm(host, "web", runStrategy="Halted"))
+    orphan = factories.write(host.manifests, "vms/old.yaml", vm(host, "old", runStrategy="Halted"))
+    apply_ok(host)
+    for suffix in ("web", "old"):
+        strip_binding(host, host.name(suffix))
+    orphan.unlink()
+
+    data = plan_json(host)
+    assert host.name("old") not in [r["name"] for r in data["resources"]], "an unbound mark never justifies a prune"
+    assert any(w.startswith(f"domain {host.name('old')} carries a kvmops mark written by an older kvmops")
+               for w in data["warnings"]), data["warnings"]
+    (web,) = [r for r in data["resources"] if r["name"] == host.name("web")]
+    assert [c["path"] for c in web["changes"]] == ["metadata.boundTo"], web
+
+    planned, report = apply_pruning_own_objects(host)
+    assert report.ok, report
+    assert host.domain(host.name("old")) is not None
+    owner = host.domain(host.name("web")).metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, OWNER_NS,
+                                                   libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+    assert f'uuid="{host.domain(host.name("web")).UUIDString()}"' in owner
+    plan_is_empty(host)
