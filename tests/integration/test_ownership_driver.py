@@ -75,5 +75,16 @@ def test_the_executor_refuses_to_grow_or_delete_a_volume_another_domain_uses(sha
     ))
     report = execute.execute(late, hypervisor)
     assert [o.status for o in report.outcomes] == ["failed", "failed"], report
-    assert all("is used by domain sharer (running)" in o.error for o in report.outcomes), report
+    assert all("sharer (running)" in o.error and "kvmops will not" in o.error for o in report.outcomes), report
     assert hypervisor.volume_capacity("default", "orphan-scratch.qcow2") == 64 * 1024 * 1024
+
+
+def test_adopting_a_clone_replaces_the_copied_mark_with_its_own(shared, capsys):
+    """`kvmops adopt` on a clone writes a mark bound to the clone, recording its volumes as not created by kvmops."""
+    from reconciler.core import domxml, model
+
+    hypervisor, uri = shared
+    assert cli.main(["adopt", "orphan-clone", "--connect", uri]) == 0, capsys.readouterr()
+    owner, binding = domxml.mark_binding(domxml.parse_tree(hypervisor.domain_xml("orphan-clone")))
+    assert binding is model.MarkBinding.BOUND and (owner.bound_name, owner.bound_uuid) == ("orphan-clone", CLONE_UUID)
+    assert [(v.name, v.created) for v in owner.volumes] == [("orphan-clone.qcow2", False)]
