@@ -88,3 +88,18 @@ def test_adopting_a_clone_replaces_the_copied_mark_with_its_own(shared, capsys):
     owner, binding = domxml.mark_binding(domxml.parse_tree(hypervisor.domain_xml("orphan-clone")))
     assert binding is model.MarkBinding.BOUND and (owner.bound_name, owner.bound_uuid) == ("orphan-clone", CLONE_UUID)
     assert [(v.name, v.created) for v in owner.volumes] == [("orphan-clone.qcow2", False)]
+
+
+def test_a_plan_from_a_snapshot_also_knows_who_else_uses_a_volume(shared, manifest_dir, tmp_path, capsys):
+    """The snapshot keeps the storage a foreign domain uses (not its XML), so a plan from it keeps the shared volume too."""
+    import json
+
+    _hypervisor, uri = shared
+    snapshot = tmp_path / "state.json"
+    assert cli.main(["state", "export", "--connect", uri, "--output", str(snapshot)]) == 0
+    sharer = next(d for d in json.loads(snapshot.read_text())["domains"] if d["name"] == "sharer")
+    assert sharer["inactive_xml"] is None and sharer["storage"] == [{"pool": "default", "volume": "orphan-scratch.qcow2"}]
+    capsys.readouterr()
+    assert cli.main(["plan", str(manifest_dir), "--state", str(snapshot)]) == 0
+    out = capsys.readouterr().out
+    assert "volume default/orphan-scratch.qcow2 is kept: also used by domain sharer (foreign, running)" in out
