@@ -468,7 +468,13 @@ class Hypervisor:
         XML, by pool and volume name or by the volume's file path.
         """
         with translated(f"cannot look up volume {pool_name}/{name}"):
-            path = os.path.normpath(self._connection.storagePoolLookupByName(pool_name).storageVolLookupByName(name).path())
+            path = self._connection.storagePoolLookupByName(pool_name).storageVolLookupByName(name).path()
+        local = _is_local(self.uri)
+
+        def same_file(other: str) -> bool:
+            if os.path.normpath(other) == os.path.normpath(path):
+                return True
+            return local and os.path.realpath(other) == os.path.realpath(path)  # through symlinks, on this host
         with translated(f"cannot list domains on {self.uri}"):
             domains = self._connection.listAllDomains(0)
         users = []
@@ -485,7 +491,7 @@ class Hypervisor:
             roots = [domxml.parse_tree(xml) for xml in xmls]
             used = any(
                 (device.pool, device.volume) == (pool_name, name)
-                or (device.path is not None and os.path.normpath(device.path) == path)
+                or (device.path is not None and same_file(device.path))
                 for root in roots for device in domxml.parse_storage(root)
             )
             if used:

@@ -156,13 +156,16 @@ def test_pruning_never_deletes_a_delete_volume_a_running_foreign_domain_uses(hos
     plan_is_empty(host)
 
 
-def test_the_executor_refuses_a_deletion_once_another_domain_uses_the_volume(host):
+@pytest.mark.parametrize("through_symlink", [False, True], ids=["by-path", "through-a-symlink"])
+def test_the_executor_refuses_a_deletion_once_another_domain_uses_the_volume(host, through_symlink):
     """A planned deletion of a volume that a foreign domain started using after the plan was made fails; the volume stays."""
     write_pool(host)
     factories.write(host.manifests, "vms/web.yaml", vm(host, "web", runStrategy="Halted", disks=[disk(host, "root")]))
     apply_ok(host)
     root = volume_file(host, "web", "root")
-    define_foreign_user(host, "user", root, start=False)
+    if through_symlink:
+        (host.workdir / "elsewhere.qcow2").symlink_to(root)
+    define_foreign_user(host, "user", host.workdir / "elsewhere.qcow2" if through_symlink else root, start=False)
     late = plans.Plan(uri=host.uri, resources=(plans.ResourcePlan(
         kind="VirtualMachine", name=host.name("gone"), actions=(plans.Action.DELETE,),
         steps=(plans.DeleteVolume(host.pool, root.name),),
