@@ -9,8 +9,10 @@ own scope; pruning runs only this test's objects (see
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import subprocess
 
 import libvirt
@@ -243,8 +245,6 @@ def test_a_root_only_cdrom_fails_the_start_with_a_clear_message_and_keeps_its_ow
 
 def test_the_vnc_password_digest_read_only_clients_see_is_salted_and_the_second_plan_empty(host):
     """A read-only connection sees a salted scrypt digest in the mark, never the password nor its plain sha256; apply then plan is empty."""
-    import hashlib
-
     secret = "Tr0ub4do"  # VNC passwords are at most 8 characters
     (host.manifests / "vms").mkdir(parents=True)
     (host.manifests / "vms" / "vnc.pass").write_text(secret + "\n", encoding="utf-8")
@@ -265,8 +265,6 @@ def test_the_vnc_password_digest_read_only_clients_see_is_salted_and_the_second_
 
 def strip_binding(host, name: str) -> None:
     """Rewrite domain ``name``'s mark the way kvmops wrote it before marks named their domain."""
-    import re
-
     domain = host.domain(name)
     owner = domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, OWNER_NS, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
     legacy = re.sub(r' (domain|uuid)="[^"]*"', "", owner)

@@ -7,12 +7,14 @@ manifest, so an apply prunes it), its clone, and a foreign domain sharing its vo
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from reconciler import cli
 from reconciler.adapters import hypervisor as hv
+from reconciler.core import domxml, model
 from reconciler.core import plan as plans
 from reconciler.runtime import execute
 from tests import factories
@@ -81,8 +83,6 @@ def test_the_executor_refuses_to_grow_or_delete_a_volume_another_domain_uses(sha
 
 def test_adopting_a_clone_replaces_the_copied_mark_with_its_own(shared, capsys):
     """`kvmops adopt` on a clone writes a mark bound to the clone, recording its volumes as not created by kvmops."""
-    from reconciler.core import domxml, model
-
     hypervisor, uri = shared
     assert cli.main(["adopt", "orphan-clone", "--connect", uri]) == 0, capsys.readouterr()
     owner, binding = domxml.mark_binding(domxml.parse_tree(hypervisor.domain_xml("orphan-clone")))
@@ -92,8 +92,6 @@ def test_adopting_a_clone_replaces_the_copied_mark_with_its_own(shared, capsys):
 
 def test_a_plan_from_a_snapshot_also_knows_who_else_uses_a_volume(shared, manifest_dir, tmp_path, capsys):
     """The snapshot keeps the storage a foreign domain uses (not its XML), so a plan from it keeps the shared volume too."""
-    import json
-
     _hypervisor, uri = shared
     snapshot = tmp_path / "state.json"
     assert cli.main(["state", "export", "--connect", uri, "--output", str(snapshot)]) == 0

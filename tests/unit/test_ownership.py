@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from reconciler.core import actual, domxml, model, planner
+from reconciler.core import actual, domxml, model, planner, render
 from reconciler.core import plan as plans
 from tests.unit import builders as b
 
@@ -143,8 +143,6 @@ def test_the_binding_survives_patch_and_parse():
 
 def test_the_copied_mark_warning_is_printed_in_text_markdown_and_json():
     """Every output of a plan carries the clone's warning, not only the JSON."""
-    from reconciler.core import render
-
     state = host(applied_xml(web()), cloned(applied_xml(web()), "web-clone"))
     result = planner.plan_changes(b.desired(web()), state, settings=planner.Settings(prune=True))
     assert "Warning: domain web-clone carries a copied kvmops mark (written for domain web" in render.text(result)
