@@ -700,7 +700,7 @@ def cmd_adopt(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> 
             for d in root.disks if d.pool is not None
         )
         owner = model.Ownership(manifest="", digest="", run_strategy=model.RunStrategy.MANUAL, volumes=volumes,
-                                scope=args.scope)
+                                scope=args.scope, bound_name=args.name, bound_uuid=domain.uuid)
         if args.manifests:
             desired = reconcile.load_desired(args.manifests)
             spec = desired.vms.get(args.name)

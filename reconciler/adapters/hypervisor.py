@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 import threading
 import xml.etree.ElementTree as ET
@@ -28,6 +29,7 @@ from reconciler import errors
 from reconciler.core import domxml, model, netxml, redaction
 
 DEFAULT_URI = "qemu:///system"
+_QEMU_USER = "libvirt-qemu"  # Debian's; qemu.conf's user
 
 # libvirt prints every error to stderr by default; kvmops reports them itself.
 libvirt.registerErrorHandler(lambda _context, _error: None, None)
@@ -313,13 +315,16 @@ class Hypervisor:
             pools = self._connection.listAllStoragePools(0)
         result = []
         for pool in pools:
-            with translated("cannot read a storage pool"):
-                root = ET.fromstring(pool.XMLDesc(0))
-                result.append(model.ObservedPool(
-                    name=pool.name(), type=root.get("type", ""),
-                    path=(root.findtext("target/path") or "").rstrip("/") or None,
-                    active=bool(pool.isActive()), autostart=bool(pool.autostart()),
-                ))
+            try:
+                with translated("cannot read a storage pool"):
+                    root = ET.fromstring(pool.XMLDesc(0))
+                    result.append(model.ObservedPool(
+                        name=pool.name(), type=root.get("type", ""),
+                        path=(root.findtext("target/path") or "").rstrip("/") or None,
+                        active=bool(pool.isActive()), autostart=bool(pool.autostart()),
+                    ))
+            except errors.ObjectNotFound:
+                continue  # undefined between the listing and now: it is simply gone
         return result
 
     def list_networks(self) -> list[model.NetworkRecord]:
@@ -452,18 +457,75 @@ class Hypervisor:
 
     # -- ownership guard ----------------------------------------------------------------
 
-    def ensure_owned(self, name: str, uuid: str | None = None) -> None:
-        """Raise ``OwnershipError`` unless domain ``name`` carries kvmops' mark (and has ``uuid``)."""
+    def ensure_owned(self, name: str, uuid: str | None = None, *, bound: bool = False) -> None:
+        """Raise ``OwnershipError`` unless domain ``name`` carries kvmops' mark written for it (and has ``uuid``).
+
+        A mark naming another domain (a clone's copy) never counts.  A mark written by an
+        older kvmops, which names no domain, counts unless ``bound`` (undefining needs more
+        proof than that).
+        """
         with translated(f"cannot read domain {name}"):
             domain = self._connection.lookupByName(name)
             xml = domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE if domain.isPersistent() else 0)
             actual_uuid = domain.UUIDString()
-        if domxml.parse_owner(domxml.parse_tree(xml)) is None:
+        owner, binding = domxml.mark_binding(domxml.parse_tree(xml))
+        if owner is None:
             raise errors.OwnershipError(f"domain {name} is not managed by kvmops (no kvmops metadata); refusing to change it")
+        if binding is model.MarkBinding.COPIED:
+            raise errors.OwnershipError(
+                f"domain {name} carries a kvmops mark copied from another domain (written for {owner.written_for()}); "
+                "it is foreign and kvmops refuses to change it"
+            )
+        if bound and binding is model.MarkBinding.UNBOUND:
+            raise errors.OwnershipError(
+                f"domain {name} carries a kvmops mark that names no domain (written by an older kvmops); refusing to "
+                "remove it on the strength of that mark"
+            )
         if uuid is not None and actual_uuid != uuid:
             raise errors.OwnershipError(
                 f"domain {name} was replaced since the plan was made (UUID {actual_uuid}, planned {uuid}); plan again"
             )
+
+    def volume_users(self, pool_name: str, name: str) -> list[tuple[str, bool, bool]]:
+        """Return (domain, running, owner) for every domain whose disks use volume ``pool_name/name`` now.
+
+        ``owner``: the domain's own kvmops mark (not a clone's copy) records the volume as
+        created by kvmops.  Read from the persistent and, for running domains, the live
+        XML, by pool and volume name or by the volume's file path.
+        """
+        with translated(f"cannot look up volume {pool_name}/{name}"):
+            path = self._connection.storagePoolLookupByName(pool_name).storageVolLookupByName(name).path()
+        local = _is_local(self.uri)
+
+        def same_file(other: str) -> bool:
+            if os.path.normpath(other) == os.path.normpath(path):
+                return True
+            return local and os.path.realpath(other) == os.path.realpath(path)  # through symlinks, on this host
+        with translated(f"cannot list domains on {self.uri}"):
+            domains = self._connection.listAllDomains(0)
+        users = []
+        for domain in domains:
+            try:
+                with translated("cannot read a domain"):
+                    active = bool(domain.isActive())
+                    xmls = [domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE if domain.isPersistent() else 0)]
+                    if active:
+                        xmls.append(domain.XMLDesc(0))
+                    domain_name = domain.name()
+            except errors.ObjectNotFound:
+                continue
+            roots = [domxml.parse_tree(xml) for xml in xmls]
+            used = any(
+                (device.pool, device.volume) == (pool_name, name)
+                or (device.path is not None and same_file(device.path))
+                for root in roots for device in domxml.parse_storage(root)
+            )
+            if used:
+                owner, binding = domxml.mark_binding(roots[0])
+                record = owner.volume(pool_name, name) if owner is not None else None
+                owns = binding is not model.MarkBinding.COPIED and record is not None and record.created
+                users.append((domain_name, active, owns))
+        return users
 
     def domain_exists(self, name: str) -> bool:
         """Return whether a domain called ``name`` exists."""
@@ -482,12 +544,29 @@ class Hypervisor:
             self._connection.defineXML(xml)
 
     def start_domain(self, name: str) -> bool:
-        """Start domain ``name``; return False if it was already running."""
+        """Start domain ``name``; return False if it was already running.
+
+        A file QEMU may not open (a CD-ROM kvmops tells libvirt not to chown) fails the
+        start with a message saying what to do about it.
+        """
         with translated(f"cannot start domain {name}"):
             domain = self._connection.lookupByName(name)
             if domain.isActive():
                 return False
-            domain.create()
+            try:
+                domain.create()
+            except libvirt.libvirtError as exc:
+                error = translate(exc, f"cannot start domain {name}")
+                unreadable = re.search(r"Could not open '([^']+)': Permission denied", str(error))
+                if unreadable is None:
+                    raise error from exc
+                raise errors.OperationRefused(
+                    f"cannot start domain {name}: QEMU (user {_QEMU_USER}) may not read {unreadable.group(1)}. "
+                    "kvmops asks libvirt not to change the owner of media it did not create (libvirt would never give "
+                    f"a CD-ROM back); make the file readable to QEMU (chmod o+r {unreadable.group(1)}, and o+x on its "
+                    "directories) or copy it into a pool",
+                    code=error.code,
+                ) from exc
             return True
 
     def shutdown_domain(self, name: str) -> bool:

@@ -2,12 +2,15 @@
 
 Pure: the same raw facts, whether just collected from libvirt or read back from a
 snapshot file, give the same actual state.  Foreign domains are recognised by the
-absence of kvmops' mark and never parsed further.
+absence of kvmops' mark, or by a mark written for another domain (a clone's copy), and
+are read no further than what they share with kvmops' domains: MACs, networks and the
+storage they use.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import posixpath
 from types import MappingProxyType
 
 from reconciler.core import domxml, model, netxml
@@ -38,14 +41,16 @@ def resolve_paths(definition: model.DomainDefinition, by_path: dict[str, tuple[s
                                cdroms=tuple(resolved(d) for d in definition.cdroms))
 
 
-_READ: dict[tuple[str, bool], tuple[str, object]] = {}  # (xml, essence) -> what _read found
+_READ: dict[tuple[str, bool], tuple[str, object, tuple[model.DiskDevice, ...]]] = {}  # (xml, essence) -> what _read found
 _READ_LIMIT = 4096  # two entries per domain (persistent and live XML): room for 2,000 domains
 
 
-def _read(xml: str, *, essence: bool = False) -> tuple[str, object]:
-    """Return what a domain's XML holds: ("owned", definition), ("foreign", nics),
-    ("broken", why) for a marked domain kvmops cannot read, or ("unreadable", why).
+def _read(xml: str, *, essence: bool = False) -> tuple[str, object, tuple[model.DiskDevice, ...]]:
+    """Return what a domain's XML holds and the storage it uses: ("owned", definition),
+    ("foreign", (nics, copied mark or None)), ("broken", why) for a marked domain kvmops
+    cannot read, or ("unreadable", why).
 
+    A mark written for another domain (a clone's copy) makes the domain foreign.
     Memoised: a pass reads the same unchanged XML of every domain that the last pass
     read, and parsing is the larger part of observing a host.  ``essence`` parses a
     live XML whether or not it carries the mark.
@@ -57,19 +62,33 @@ def _read(xml: str, *, essence: bool = False) -> tuple[str, object]:
     try:
         root = domxml.parse_tree(xml)
     except domxml.DomainXMLError as exc:
-        found = ("unreadable", str(exc))
+        found = ("unreadable", str(exc), ())
     else:
-        if not essence and domxml.parse_owner(root) is None:
-            found = ("foreign", domxml.parse_nics(root))
+        storage = domxml.parse_storage(root)
+        owner, binding = domxml.mark_binding(root)
+        if not essence and (owner is None or binding is model.MarkBinding.COPIED):
+            found = ("foreign", (domxml.parse_nics(root), owner), storage)
         else:
             try:
-                found = ("owned", domxml.parse(root))
+                found = ("owned", domxml.parse(root), storage)
             except domxml.DomainXMLError as exc:
-                found = ("broken", str(exc))
+                found = ("broken", str(exc), storage)
     if len(_READ) >= _READ_LIMIT:
         _READ.clear()
     _READ[key] = found
     return found
+
+
+def storage_used(devices: tuple[model.DiskDevice, ...], by_path: dict[str, tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """Return (pool, volume) for each of ``devices`` that is a pool volume, ("", path) for other files."""
+    used = []
+    for device in devices:
+        if device.pool is not None:
+            used.append((device.pool, device.volume or ""))
+        elif device.path:
+            path = posixpath.normpath(device.path)
+            used.append(by_path.get(device.path) or by_path.get(path) or ("", path))
+    return tuple(dict.fromkeys(used))
 
 
 def network(record: model.NetworkRecord) -> model.ObservedNetwork:
@@ -85,7 +104,7 @@ def network(record: model.NetworkRecord) -> model.ObservedNetwork:
 
 
 def is_owned(record: model.DomainRecord) -> bool:
-    """Return whether the domain's persistent XML carries kvmops' mark."""
+    """Return whether the domain's persistent XML carries kvmops' mark, written for this domain."""
     return _read(record.inactive_xml)[0] == "owned"
 
 
@@ -99,17 +118,22 @@ def domain(record: model.DomainRecord, by_path: dict[str, tuple[str, str]] | Non
         name=record.name, uuid=record.uuid, power=record.power, shutoff_reason=record.shutoff_reason,
         autostart=record.autostart, persistent=record.persistent,
     )
-    kind, found = _read(record.inactive_xml)
+    by_path = by_path or {}
+    kind, found, devices = _read(record.inactive_xml)
+    if record.live_xml and record.power.active:
+        devices += _read(record.live_xml, essence=True)[2]  # disks plugged in while it runs
+    common["storage"] = storage_used(devices, by_path)
     if kind == "unreadable":
         return model.ObservedDomain(**common, owned=False, definition=None, live=None, error=found)
     if kind == "foreign":
-        return model.ObservedDomain(**common, owned=False, definition=None, live=None, nics=found)
+        nics, copied = found
+        return model.ObservedDomain(**common, owned=False, definition=None, live=None, nics=nics, copied_mark=copied)
     if kind == "broken":
         return model.ObservedDomain(**common, owned=True, definition=None, live=None, error=found)
-    definition = resolve_paths(found, by_path or {})
+    definition = resolve_paths(found, by_path)
     live = None
     if record.live_xml and record.power.active:
-        kind, found = _read(record.live_xml, essence=True)
-        live = resolve_paths(found, by_path or {}) if kind == "owned" else None
+        kind, found, _devices = _read(record.live_xml, essence=True)
+        live = resolve_paths(found, by_path) if kind == "owned" else None
     return model.ObservedDomain(**common, owned=True, definition=definition, live=live, xml=record.inactive_xml,
                                 nics=definition.nics)

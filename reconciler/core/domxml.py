@@ -10,10 +10,15 @@ its own there::
 
     <metadata>
       <kvmops:owner xmlns:kvmops="https://kvmops.dev/xmlns/owner/v1"
-                    manifest="vms/web.yaml" digest="sha256:..." runStrategy="Always">
+                    manifest="vms/web.yaml" digest="sha256:..." runStrategy="Always"
+                    domain="web" uuid="4dea22b3-...">
         <kvmops:volume pool="vmstore" name="web-root.qcow2" deletionPolicy="Retain" created="true"/>
       </kvmops:owner>
     </metadata>
+
+The mark names the domain it was written for (``domain``, ``uuid``): a copy of it on
+another domain (``virt-clone`` copies metadata) proves nothing, see
+:func:`mark_binding`.
 """
 
 from __future__ import annotations
@@ -274,7 +279,29 @@ def _patch_disk(element: ET.Element | None, disk: model.DiskDevice) -> ET.Elemen
             element.remove(address)  # an address on the old bus means nothing on the new one
     target.set("dev", disk.target)
     target.set("bus", disk.bus)
+    _set_relabel(element, disk.relabel)
     return element
+
+
+def _set_relabel(element: ET.Element, relabel: bool) -> None:
+    """Say in disk ``element``'s source whether libvirt's DAC driver may chown the file.
+
+    libvirt chowns a disk's file to QEMU's user at start and, for read-only media,
+    never gives it back (other guests may share it): media kvmops did not create carry
+    ``<seclabel model='dac' relabel='no'/>``, so their ownership is never changed.
+    """
+    source = element.find("source")
+    if source is None:
+        return
+    for seclabel in source.findall("seclabel"):
+        if seclabel.get("model", "dac") == "dac":
+            source.remove(seclabel)
+    if not relabel:
+        ET.SubElement(source, "seclabel", model="dac", relabel="no")
+
+
+def _relabels(source: ET.Element) -> bool:
+    return not any(s.get("relabel") == "no" and s.get("model", "dac") == "dac" for s in source.findall("seclabel"))
 
 
 def _patch_nic(element: ET.Element | None, nic: model.NicDevice) -> ET.Element:
@@ -338,6 +365,9 @@ def render_owner(owner: model.Ownership) -> ET.Element:
         element.set("graphicsPasswordDigest", owner.graphics_password_digest)
     if owner.install_pending:
         element.set("installPending", "true")
+    if owner.bound_uuid:
+        element.set("domain", owner.bound_name)
+        element.set("uuid", owner.bound_uuid)
     for volume in owner.volumes:
         record = ET.SubElement(element, _VOLUME, pool=volume.pool, name=volume.name,
                                deletionPolicy=volume.deletion_policy, created="true" if volume.created else "false")
@@ -357,6 +387,7 @@ def _render_disk(disk: model.DiskDevice) -> ET.Element:
         ET.SubElement(element, "driver", name="qemu", type=image_format)
         if disk.path:
             ET.SubElement(element, "source", file=disk.path)
+    _set_relabel(element, disk.relabel)
     ET.SubElement(element, "target", dev=disk.target, bus=disk.bus)
     if disk.device == "cdrom":
         ET.SubElement(element, "readonly")
@@ -401,7 +432,43 @@ def parse_owner(root: ET.Element) -> model.Ownership | None:
         keep_nvram=owner.get("keepNvram") == "true",
         graphics_password_digest=owner.get("graphicsPasswordDigest", ""),
         install_pending=owner.get("installPending") == "true",
+        bound_name=owner.get("domain", ""), bound_uuid=owner.get("uuid", ""),
     )
+
+
+def mark_binding(root: ET.Element) -> tuple[model.Ownership | None, model.MarkBinding | None]:
+    """Return kvmops' mark in domain ``root`` and whether it was written for this very domain.
+
+    (None, None) for a domain without the mark.  The domain's own ``<name>`` and
+    ``<uuid>`` are what the mark must name: a clone keeps the mark but gets both anew.
+    """
+    owner = parse_owner(root)
+    if owner is None:
+        return None, None
+    return owner, owner.binding(root.findtext("name", ""), root.findtext("uuid", ""))
+
+
+def parse_storage(root: ET.Element) -> tuple[model.DiskDevice, ...]:
+    """Return every storage source any domain ``root`` uses, however unusual the rest of its XML.
+
+    Disks of every device type (CD-ROMs and floppies too), their backing chains where
+    libvirt shows them, and direct-boot kernel and initrd files.
+    """
+    found: list[model.DiskDevice] = []
+    try:
+        for element in root.iterfind("devices/disk"):
+            found.append(_parse_disk(element))
+            for backing in element.iterfind(".//backingStore/source"):
+                path = backing.get("file") or backing.get("dev")
+                if path:
+                    found.append(model.DiskDevice(target="", bus="", path=path))
+        for tag in ("kernel", "initrd"):
+            path = root.findtext(f"os/{tag}")
+            if path:
+                found.append(model.DiskDevice(target="", bus="", path=path))
+    except (TypeError, ValueError, AttributeError):
+        pass
+    return tuple(d for d in found if d.pool is not None or d.path)
 
 
 def parse_nics(root: ET.Element) -> tuple[model.NicDevice, ...]:
@@ -490,12 +557,14 @@ def _parse_disk(element: ET.Element) -> model.DiskDevice:
             target=target.get("dev", "") if target is not None else "",
             bus=target.get("bus", "") if target is not None else "",
             pool=source.get("pool"), volume=source.get("volume"), device=element.get("device", "disk"),
+            relabel=_relabels(source),
         )
     return model.DiskDevice(
         target=target.get("dev", "") if target is not None else "",
         bus=target.get("bus", "") if target is not None else "",
         path=source.get("file") or source.get("dev") or source.get("name"),
         device=element.get("device", "disk"),
+        relabel=_relabels(source),
     )
 
 

@@ -366,12 +366,41 @@ class Ownership:
     shutdown_timeout: float | None = None  # from the manifest; used when the VM is pruned
     revision: str = field(default="", compare=False)  # git revision that last changed it
     keep_nvram: bool = False  # keep the UEFI NVRAM file when the VM is pruned
-    graphics_password_digest: str = ""  # libvirt never shows the password; its digest tells a change
+    graphics_password_digest: str = ""  # salted scrypt digest: libvirt never shows the password, this tells a change
     install_pending: bool = False  # direct kernel boot waits for the VM's first start
+    bound_name: str = ""  # the domain the mark was written for: a copy on another domain (a clone) does not count
+    bound_uuid: str = ""  # "" in marks written by kvmops before marks were bound (see MarkBinding.UNBOUND)
 
     def volume(self, pool: str, name: str) -> OwnedVolume | None:
         """Return the record of volume ``pool/name``, if this domain owns one."""
         return next((v for v in self.volumes if (v.pool, v.name) == (pool, name)), None)
+
+    def binding(self, name: str, uuid: str) -> MarkBinding:
+        """Return whether this mark was written for the domain called ``name`` with ``uuid``."""
+        if not self.bound_uuid:
+            return MarkBinding.UNBOUND
+        if self.bound_uuid.lower() == (uuid or "").lower() and self.bound_name == name:
+            return MarkBinding.BOUND
+        return MarkBinding.COPIED
+
+    def written_for(self) -> str:
+        """Return the domain this mark was written for, in words."""
+        return f"domain {self.bound_name or '?'}, UUID {self.bound_uuid or '?'}"
+
+
+class MarkBinding(enum.StrEnum):
+    """How a domain's kvmops mark relates to the domain carrying it.
+
+    Only a ``bound`` mark proves ownership.  A ``copied`` mark names another domain (what
+    ``virt-clone`` leaves on a clone): that domain is foreign.  An ``unbound`` mark was
+    written by a kvmops that did not bind marks yet: it is trusted to manage the domain
+    its own manifest declares (and bound on that domain's next definition), never to
+    prune or undefine it.
+    """
+
+    BOUND = "bound"
+    UNBOUND = "unbound"
+    COPIED = "copied"
 
 
 @dataclass(frozen=True)
@@ -384,6 +413,7 @@ class DiskDevice:
     volume: str | None = None
     path: str | None = None
     device: str = "disk"
+    relabel: bool = True  # False: libvirt must not chown it (media kvmops did not create; libvirt never restores read-only ones)
 
     @property
     def source(self) -> str:
@@ -455,6 +485,8 @@ class ObservedDomain:
     error: str | None = None  # why ``definition`` is None for an owned domain
     xml: str = field(default="", compare=False, repr=False)  # the persistent XML, patched on updates
     nics: tuple[NicDevice, ...] = ()  # of any domain, foreign ones too: MACs in use, networks in use
+    storage: tuple[tuple[str, str], ...] = ()  # of any domain: (pool, volume) or ("", file path) its disks use
+    copied_mark: Ownership | None = None  # a kvmops mark written for another domain: this one is foreign
 
 
 @dataclass(frozen=True)
@@ -515,8 +547,8 @@ class HostInfo:
 class DomainRecord:
     """What libvirt says about one domain, before any interpretation.
 
-    ``live_xml`` is only collected for running domains that carry kvmops' mark; foreign
-    domains may carry an empty stub as ``inactive_xml`` (snapshots leave their XML out).
+    ``live_xml`` is collected for running persistent domains; foreign domains may carry
+    a stub as ``inactive_xml`` (snapshots keep only the storage they use).
     """
 
     name: str

@@ -19,7 +19,7 @@ import dataclasses
 import hashlib
 from types import MappingProxyType
 
-from reconciler.core import model, planner
+from reconciler.core import model, password, planner
 from reconciler.core import plan as plans
 
 OFFLINE_VIRT_TYPES = ("kvm", "qemu")
@@ -33,9 +33,10 @@ def converged_host(desired: model.DesiredState, *, uri: str, scope: str = "defau
     for spec in desired.vms.values():
         virt_type, _ = planner.resolve_virt_type(spec.virt_type or "auto", host)
         records = tuple(model.OwnedVolume(d.pool, d.volume, d.deletion_policy, created=True) for d in spec.disks)
+        uuid = spec.uuid or _stand_in_uuid(spec.name)
         definition = model.DomainDefinition(
             name=spec.name,
-            uuid=spec.uuid,
+            uuid=uuid,
             virt_type=virt_type or "kvm",
             vcpus=spec.vcpus,
             memory=spec.memory,
@@ -48,12 +49,15 @@ def converged_host(desired: model.DesiredState, *, uri: str, scope: str = "defau
             console=spec.console,
             graphics=spec.graphics,
             owner=model.Ownership(spec.manifest, spec.digest, spec.run_strategy, records, scope=scope,
-                                  shutdown_timeout=spec.shutdown_timeout),
+                                  shutdown_timeout=spec.shutdown_timeout, bound_name=spec.name, bound_uuid=uuid,
+                                  graphics_password_digest=password.digest(
+                                      spec.graphics_password, planner.password_salt(b"", uuid),
+                                  ) if spec.graphics_password is not None else ""),
         )
         running = spec.run_strategy is not model.RunStrategy.HALTED
         domains[spec.name] = model.ObservedDomain(
             name=spec.name,
-            uuid=spec.uuid or _stand_in_uuid(spec.name),
+            uuid=uuid,
             owned=True,
             definition=definition,
             live=definition if running else None,

@@ -160,6 +160,8 @@ class ResizeDisk(Step):
     uuid: str
     target: str
     capacity: int
+    pool: str = ""  # the volume behind the disk, checked for other users at the last moment
+    volume: str = ""
 
     def describe(self) -> str:
         return f"grow disk {self.target} of {self.domain} to {quantity.format_bytes(self.capacity)} (live)"
@@ -392,6 +394,7 @@ class Plan:
     kept: tuple[str, ...] = ()  # owned domains kept because pruning is suspended
     snapshot: str | None = None  # set when planned against a saved snapshot, not the live host
     elsewhere: tuple[str, ...] = ()  # domains owned by other kvmops scopes: never touched here
+    warnings: tuple[str, ...] = ()  # about the host, not a resource: copied or unbound kvmops marks
 
     @property
     def changes(self) -> tuple[ResourcePlan, ...]:

@@ -4,13 +4,16 @@ Pure: given the same :class:`DesiredState` and :class:`ActualState` it returns t
 :class:`~reconciler.core.plan.Plan`, and it never looks at anything else.  The rules
 that never bend are enforced here, where they can be tested without a hypervisor:
 
-* only domains carrying kvmops' ownership mark are ever changed, stopped or undefined;
-  a manifest naming a foreign domain is a problem, not an adoption;
+* only domains carrying kvmops' ownership mark, written for that very domain, are ever
+  changed, stopped or undefined (a clone's copied mark does not count, and a mark from an
+  older kvmops that names no domain never justifies a prune); a manifest naming a foreign
+  domain is a problem, not an adoption;
 * nothing is pruned while any manifest is broken, or when the manifests declare no VM at
   all while kvmops owns domains (unless ``allow_empty``);
 * a volume is deleted only when kvmops created it under ``deletionPolicy: Delete`` and
-  its disk or VM has left the manifests, never while a running guest has it open; it is
-  never shrunk; every such change is labelled ``data-loss``;
+  its disk or VM has left the manifests, never while a running guest has it open nor
+  while any other domain uses it; it is never shrunk, and never grown or written unless
+  kvmops created it; every deletion is labelled ``data-loss``;
 * a redefinition keeps the domain's UUID and its NICs' MACs.
 """
 
@@ -18,11 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import posixpath
 import uuid as uuids
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from reconciler.core import domxml, model, netxml, redaction, storagexml
+from reconciler.core import domxml, model, netxml, password, redaction, storagexml
 from reconciler.core import plan as plans
 from reconciler.core.plan import Action, FieldChange, Impact
 from reconciler.core.quantity import MIB, format_bytes, round_up
@@ -40,6 +44,7 @@ class Settings:
     shutdown_timeout: float = 60.0  # seconds, used when a VM does not set shutdownTimeout
     scope: str = "default"  # the manifest set's name: only its own domains are pruned
     no_prune_reason: str = "pruning is disabled (--no-prune)"
+    password_salt: bytes = b""  # entropy for new graphics password digests (the shell passes random bytes)
 
 
 def plan_changes(
@@ -63,7 +68,7 @@ def plan_changes(
         problems.extend(resource.problems)
     owned_orphans = [
         d for name, d in sorted(actual.domains.items())
-        if d.owned and name not in desired.vms and scope_of(d) == settings.scope
+        if d.owned and name not in desired.vms and scope_of(d) == settings.scope and not _unbound(d)
     ]
     elsewhere = tuple(
         f"{name} (scope {scope_of(d)})" for name, d in sorted(actual.domains.items())
@@ -89,7 +94,36 @@ def plan_changes(
         prune_suspended=suspended,
         kept=kept,
         elsewhere=elsewhere,
+        warnings=mark_warnings(actual, desired, settings),
     )
+
+
+def mark_warnings(actual: model.ActualState, desired: model.DesiredState, settings: Settings) -> tuple[str, ...]:
+    """Return a sentence for each domain whose kvmops mark does not prove ownership.
+
+    A copied mark (a clone of a managed VM) makes its domain foreign; an unbound mark
+    (written before marks named their domain) never justifies a prune.
+    """
+    warnings = []
+    for name, domain in sorted(actual.domains.items()):
+        if domain.copied_mark is not None:
+            warnings.append(
+                f"domain {name} carries a copied kvmops mark (written for {domain.copied_mark.written_for()}); "
+                "treated as foreign: never changed, never pruned (`kvmops adopt` it to manage it)"
+            )
+        elif (domain.owned and _unbound(domain) and name not in desired.vms and scope_of(domain) == settings.scope):
+            warnings.append(
+                f"domain {name} carries a kvmops mark written by an older kvmops, which does not name the domain it was "
+                "written for (a clone would carry the same); it is never pruned on the strength of that mark. Declare it "
+                "again and apply once to bind the mark, or remove it yourself (virsh undefine)"
+            )
+    return tuple(warnings)
+
+
+def _unbound(domain: model.ObservedDomain) -> bool:
+    """Return whether ``domain`` is owned through a mark that names no domain (older kvmops)."""
+    owner = domain.definition.owner if domain.definition is not None else None
+    return owner is not None and not owner.bound_uuid
 
 
 def scope_of(domain: model.ObservedDomain) -> str:
@@ -362,6 +396,12 @@ def _plan_vm(
 ) -> plans.ResourcePlan:
     base = dict(kind="VirtualMachine", name=spec.name, manifest=spec.manifest)
     problems = []
+    if domain is not None and domain.copied_mark is not None:
+        return plans.ResourcePlan(**base, problems=(spec.origin.problem("metadata.name", (
+            f"domain {spec.name!r} carries a kvmops mark copied from another domain (written for "
+            f"{domain.copied_mark.written_for()}), as virt-clone leaves it; it is treated as foreign and will not be "
+            f"touched. To manage it, run `kvmops adopt {spec.name}` (then plan again), or rename this VM"
+        )),))
     if domain is not None and not domain.owned:
         return plans.ResourcePlan(**base, problems=(spec.origin.problem("metadata.name", (
             f"domain {spec.name!r} already exists on {actual.host.uri} and is not managed by kvmops; it will not be "
@@ -423,6 +463,7 @@ class _VMPlanBuilder:
         self.active = domain is not None and domain.power.active
         self.claimed: set[tuple[str, str]] = claimed  # volumes some VM in the manifests attaches
         self.scope = settings.scope
+        self.password_salt = settings.password_salt
         self.desired: model.DesiredState = desired
         self.revision: str = desired.revision
         self.changes: list[FieldChange] = []
@@ -441,6 +482,7 @@ class _VMPlanBuilder:
 
         if domain is None:
             actions.append(Action.CREATE)
+            self._note_attached_media(None, definition)
             self._describe_creation(definition)
             steps.append(plans.DefineDomain(spec.name, definition.uuid, domxml.render(definition), create=True))
             if spec.autostart:
@@ -459,6 +501,7 @@ class _VMPlanBuilder:
             )
 
         observed = domain.definition
+        self._note_attached_media(observed, definition)
         self._diff_definition(observed, definition)
         if definition != observed:
             xml = (domxml.patch(domain.xml, definition, volumes_by_path=self.actual.volumes_by_path())
@@ -559,9 +602,14 @@ class _VMPlanBuilder:
                 created = True
             else:
                 created = recorded.created if recorded is not None else False
-                if volume.capacity < disk.size:
+                if recorded is None:
+                    self.notes.append(
+                        f"attaches existing volume {disk.pool}/{disk.volume}, which kvmops did not create: used as-is, "
+                        "never resized or deleted"
+                    )
+                if volume.capacity < disk.size and self._may_grow(disk, volume, created):
                     if self.active and (disk.pool, disk.volume) in live_volumes and disk.target in live_targets:
-                        steps.append(plans.ResizeDisk(spec.name, domain.uuid, disk.target, disk.size))
+                        steps.append(plans.ResizeDisk(spec.name, domain.uuid, disk.target, disk.size, disk.pool, disk.volume))
                     else:
                         steps.append(plans.ResizeVolume(disk.pool, disk.volume, disk.size))
                     self.changes.append(FieldChange(
@@ -580,6 +628,8 @@ class _VMPlanBuilder:
         if seed is not None:
             recorded = owner.volume(seed.pool, seed.volume) if owner is not None else None
             present = (seed.pool, seed.volume) in actual.volumes
+            if present and (recorded is None or recorded.digest != seed.digest):
+                self._may_rewrite_seed(seed, recorded)
             if not present or recorded is None or recorded.digest != seed.digest:
                 steps.append(plans.WriteSeed(seed.pool, seed.volume, seed.files, seed.digest))
                 if domain is not None and present and recorded is not None:
@@ -601,6 +651,15 @@ class _VMPlanBuilder:
                 continue
             if (record.pool, record.name) in self.claimed:
                 self.notes.append(f"volume {record.pool}/{record.name} is detached and kept: another VM in the manifests uses it")
+                continue
+            if record.created and (shared := _kept_for_users(actual, record, spec.name, detached=True)) is not None:
+                records.append(record)  # deleted by a later pass once no other domain uses it
+                self.notes.append(shared)
+                continue
+            if record.created and owner is not None and not owner.bound_uuid:
+                records.append(record)  # the definition below binds the mark; the next pass may delete
+                self.notes.append(f"volume {record.pool}/{record.name} is detached and kept until this VM's kvmops mark "
+                                  "names it (written by an older kvmops; bound by this apply)")
                 continue
             if not (record.created and record.deletion_policy is model.DeletionPolicy.DELETE):
                 self.notes.append(f"volume {record.pool}/{record.name} is detached and kept (deletionPolicy Retain)")
@@ -626,6 +685,42 @@ class _VMPlanBuilder:
                 note="DATA LOSS: the volume is deleted (deletionPolicy Delete)",
             ))
         return steps, tuple(records), deletions
+
+    def _may_rewrite_seed(self, seed: model.CloudInitSpec, recorded: model.OwnedVolume | None) -> None:
+        """Add a problem unless the existing seed volume is this VM's own and no other domain uses it."""
+        if recorded is None:
+            self.problems.append(self.spec.origin.problem("spec.cloudInit", (
+                f"volume {seed.pool}/{seed.volume} already exists and kvmops did not create it for this VM; the "
+                "cloud-init seed would overwrite it, and kvmops never writes a volume it did not create. Remove it "
+                "(virsh vol-delete) if it is a leftover, or give the seed another pool"
+            )))
+            return
+        users = volume_users(self.actual, seed.pool, seed.volume, besides=self.spec.name)
+        if users:
+            self.problems.append(self.spec.origin.problem("spec.cloudInit", (
+                f"the cloud-init seed {seed.pool}/{seed.volume} is also used by domain {', '.join(users)}; kvmops "
+                "will not rewrite a volume another domain uses. Detach it there first"
+            )))
+
+    def _may_grow(self, disk: model.DiskSpec, volume: model.ObservedVolume, created: bool) -> bool:
+        """Return whether ``disk``'s smaller volume may be grown; if not, add the problem saying why."""
+        field = f"spec.disks[{self.spec.disks.index(disk)}].size"
+        keep = f"set size to {format_bytes(round_up(volume.capacity, MIB))}"
+        if not created:
+            self.problems.append(self.spec.origin.problem(field, (
+                f"volume {disk.pool}/{disk.volume} ({format_bytes(volume.capacity)}) was not created by kvmops, which "
+                f"never resizes or writes a volume it did not create; {keep} to use it as it is, grow it yourself "
+                f"(virsh vol-resize), or name a new volume"
+            )))
+            return False
+        users = volume_users(self.actual, disk.pool, disk.volume, besides=self.spec.name)
+        if users:
+            self.problems.append(self.spec.origin.problem(field, (
+                f"volume {disk.pool}/{disk.volume} is also used by domain {', '.join(users)}; kvmops never resizes a "
+                f"volume another domain uses. Detach it there, or {keep}"
+            )))
+            return False
+        return True
 
     def _new_volume(self, disk: model.DiskSpec) -> plans.Step:
         """Return the step creating ``disk``'s volume: empty, an overlay on its image, or a copy of it."""
@@ -697,9 +792,12 @@ class _VMPlanBuilder:
         if spec.cdrom is not None:
             ref = spec.cdrom
             target = next(spare)
-            cdroms.append(model.DiskDevice(target=target, bus="sata", pool=ref.pool, volume=ref.volume, device="cdrom")
+            # kvmops did not create it: libvirt must not chown it (it never gives read-only media back)
+            cdroms.append(model.DiskDevice(target=target, bus="sata", pool=ref.pool, volume=ref.volume, device="cdrom",
+                                           relabel=False)
                           if ref.volume is not None else
-                          model.DiskDevice(target=target, bus="sata", path=self._file_path(ref), device="cdrom"))
+                          model.DiskDevice(target=target, bus="sata", path=self._file_path(ref), device="cdrom",
+                                           relabel=False))
         if spec.cloud_init is not None:
             seed = spec.cloud_init
             cdroms.append(model.DiskDevice(target=next(spare), bus="sata", pool=seed.pool, volume=seed.volume, device="cdrom"))
@@ -720,8 +818,9 @@ class _VMPlanBuilder:
                 shutdown_timeout=spec.shutdown_timeout,
                 revision=self.revision or (observed.owner.revision if observed is not None and observed.owner else ""),
                 keep_nvram=spec.keep_nvram,
-                graphics_password_digest=spec.graphics_password_digest,
+                graphics_password_digest=self._password_digest(observed, uuid),
                 install_pending=install and spec.install is not None and spec.install.first_boot_only,
+                bound_name=spec.name, bound_uuid=uuid or "",
             ),
             firmware=spec.firmware,
             machine=machine,
@@ -736,6 +835,19 @@ class _VMPlanBuilder:
             graphics_listen=spec.graphics_listen if spec.graphics != "none" else None,
             graphics_password=spec.graphics_password,
         )
+
+    def _password_digest(self, observed: model.DomainDefinition | None, uuid: str | None) -> str:
+        """Return the graphics password digest for the mark: the observed one while it still matches.
+
+        A new digest is salted per domain (its UUID) and per pass (``password_salt``).
+        """
+        secret = self.spec.graphics_password
+        if secret is None:
+            return ""
+        old = observed.owner.graphics_password_digest if observed is not None and observed.owner is not None else ""
+        if old and not password.is_legacy(old) and password.matches(old, secret):
+            return old
+        return password.digest(secret, password_salt(self.password_salt, uuid or self.spec.name))
 
     def _nics(self, observed: model.DomainDefinition | None, uuid: str) -> tuple[model.NicDevice, ...]:
         """Return the NICs to define: observed MACs kept; a new domain's unpinned NICs get MACs now.
@@ -793,6 +905,13 @@ class _VMPlanBuilder:
                 add(FieldChange(path, before, after, restart))
         if old.graphics != new.graphics:
             add(FieldChange("graphics", old.graphics, new.graphics, restart))
+        relabelled = {d.source for d in old.cdroms if d.relabel}
+        for cdrom in new.cdroms:
+            if not cdrom.relabel and cdrom.source in relabelled:
+                add(FieldChange(
+                    "cdrom.ownership", "chowned by libvirt at start", "left as it is", restart,
+                    note=f"{cdrom.source} is not kvmops': libvirt no longer relabels it (QEMU's user must be able to read it)",
+                ))
         self._diff_disks(old.disks, new.disks, restart)
         self._diff_nics(old.nics, new.nics, restart)
         self._diff_owner(old.owner, new.owner)
@@ -859,16 +978,30 @@ class _VMPlanBuilder:
         if old is None:
             self.changes.append(FieldChange("metadata", None, "kvmops ownership", Impact.LIVE))
             return
+        if old.bound_uuid != new.bound_uuid:
+            self.changes.append(FieldChange(
+                "metadata.boundTo", "(none: written by an older kvmops)", new.written_for(), Impact.LIVE,
+                note="the mark now names its domain, so a copy of it on a clone proves nothing",
+            ))
         if old.manifest != new.manifest:
             self.changes.append(FieldChange("manifest", old.manifest, new.manifest, Impact.LIVE))
         if old.run_strategy != new.run_strategy:
             self.changes.append(FieldChange("runStrategy", old.run_strategy, new.run_strategy, Impact.LIVE))
         if old.graphics_password_digest != new.graphics_password_digest:
-            self.changes.append(FieldChange(
-                "graphics.password", "(set)" if old.graphics_password_digest else "(none)",
-                "(set)" if new.graphics_password_digest else "(none)", self._restart_or_live(),
-                note="the password itself is never shown",
-            ))
+            secret = self.spec.graphics_password
+            if password.is_legacy(old.graphics_password_digest) and secret is not None and password.matches(
+                old.graphics_password_digest, secret
+            ):
+                self.changes.append(FieldChange(
+                    "graphics.password", "(set, unsalted digest)", "(set)", Impact.LIVE,
+                    note="same password; its digest in the mark becomes a salted scrypt digest",
+                ))
+            else:
+                self.changes.append(FieldChange(
+                    "graphics.password", "(set)" if old.graphics_password_digest else "(none)",
+                    "(set)" if new.graphics_password_digest else "(none)", self._restart_or_live(),
+                    note="the password itself is never shown",
+                ))
         if old.keep_nvram != new.keep_nvram:
             self.changes.append(FieldChange("keepNvram", _yes_no(old.keep_nvram), _yes_no(new.keep_nvram), Impact.LIVE))
         if old.shutdown_timeout != new.shutdown_timeout:
@@ -903,7 +1036,7 @@ class _VMPlanBuilder:
             add(FieldChange(f"networks[{index}]", None, _nic_text(nic), Impact.LIVE))
         add(FieldChange("console", None, "serial" if spec.console else "none", Impact.LIVE))
         add(FieldChange("graphics", None, spec.graphics + (f" on {spec.graphics_listen}" if spec.graphics != "none" else "")
-                        + (" with a password" if spec.graphics_password_digest else ""), Impact.LIVE))
+                        + (" with a password" if spec.graphics_password is not None else ""), Impact.LIVE))
         optional = (
             ("firmware", definition.firmware if definition.firmware != "bios" else None),
             ("machine", spec.machine),
@@ -921,6 +1054,19 @@ class _VMPlanBuilder:
         add(FieldChange("autostart", None, _yes_no(spec.autostart), Impact.LIVE))
         add(FieldChange("runStrategy", None, spec.run_strategy, Impact.LIVE))
 
+    def _note_attached_media(self, old: model.DomainDefinition | None, new: model.DomainDefinition) -> None:
+        """Say in words that install media and a CD-ROM kvmops did not create are attached as they are."""
+        before = {d.source for d in old.cdroms} if old is not None else set()
+        for cdrom in new.cdroms:
+            if not cdrom.relabel and cdrom.source not in before:
+                self.notes.append(
+                    f"attaches existing file {cdrom.source} as a CD-ROM, which kvmops did not create: read-only, never "
+                    "written, deleted or relabelled (QEMU's user must be able to read it)"
+                )
+        for path in (new.kernel, new.initrd):
+            if path and (old is None or path not in (old.kernel, old.initrd)):
+                self.notes.append(f"boots existing file {path}, which kvmops did not create: read as it is, never written")
+
     def _note_pending_restart(self) -> None:
         domain = self.domain
         if not (self.active and domain.live is not None):
@@ -928,6 +1074,11 @@ class _VMPlanBuilder:
         pending = [f"{name} {old} -> {new}" for name, old, new in restart_pending(domain.live, domain.definition)]
         if pending:
             self.notes.append("restart pending (changed earlier, takes effect at next boot): " + "; ".join(pending))
+
+
+def password_salt(entropy: bytes, uuid: str) -> bytes:
+    """Return the 16-byte salt of a domain's new password digest: unique per domain, random per pass."""
+    return hashlib.sha256(b"kvmops/graphics-password/" + entropy + b"/" + uuid.encode()).digest()[:16]
 
 
 _UUID_NAMESPACE = uuids.UUID("2b1c0f4e-6e6b-4c1e-9a57-6b766d6f7073")
@@ -1080,6 +1231,8 @@ def _plan_prune(
             continue
         if (record.pool, record.name) in wanted:
             notes.append(f"volume {record.pool}/{record.name} is kept: a VM in the manifests uses it")
+        elif (shared := _kept_for_users(actual, record, domain.name)) is not None:
+            notes.append(shared)
         elif record.created and record.deletion_policy is model.DeletionPolicy.DELETE:
             steps.append(plans.DeleteVolume(record.pool, record.name))
             changes.append(FieldChange(
@@ -1094,6 +1247,36 @@ def _plan_prune(
         steps=tuple(steps), manifest=owner.manifest if owner is not None else None,
         notes=("no manifest declares this VM any more", *notes),
     )
+
+
+def volume_users(actual: model.ActualState, pool: str, name: str, *, besides: str) -> list[str]:
+    """Return, in words, every domain but ``besides`` whose storage includes volume ``pool/name``.
+
+    Any domain counts: foreign, another scope's, shut off or running.  Such a volume is
+    never deleted or resized, whoever recorded it.
+    """
+    keys = {(pool, name)}
+    volume = actual.volumes.get((pool, name))
+    if volume is not None and volume.path:
+        keys.add(("", posixpath.normpath(volume.path)))
+    users = []
+    for other in sorted(actual.domains.values(), key=lambda d: d.name):
+        if other.name != besides and keys.intersection(other.storage):
+            if not other.owned:
+                whose = "foreign"
+            else:
+                whose = f"kvmops, scope {scope_of(other)}"
+            users.append(f"{other.name} ({whose}, {other.power})")
+    return users
+
+
+def _kept_for_users(actual: model.ActualState, record: model.OwnedVolume, domain: str, *, detached: bool = False) -> str | None:
+    """Return the note keeping ``record``'s volume because other domains use it, or None."""
+    users = volume_users(actual, record.pool, record.name, besides=domain)
+    if not users:
+        return None
+    how = "is detached and kept" if detached else "is kept"
+    return f"volume {record.pool}/{record.name} {how}: also used by domain {', '.join(users)}"
 
 
 # --- words ------------------------------------------------------------------------------

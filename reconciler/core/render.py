@@ -70,6 +70,10 @@ def text(plan: Plan, *, colour: bool = False, source: str | None = None, title: 
         lines.append(f"Ignored {_count(len(plan.elsewhere), 'domain')} managed by other kvmops scopes: "
                      + ", ".join(plan.elsewhere))
         lines.append("")
+    for warning in plan.warnings:
+        lines.append(paint("Warning: ", "!") + warning)
+    if plan.warnings:
+        lines.append("")
 
     data_loss = [(r, c) for r in plan.resources for c in r.changes if c.impact is Impact.DATA_LOSS]
     for resource, change in data_loss:
@@ -159,6 +163,7 @@ def to_data(plan: Plan) -> dict:
         "resources": [_resource_data(r) for r in plan.resources],
         "foreign": list(plan.foreign),
         "elsewhere": list(plan.elsewhere),
+        "warnings": list(plan.warnings),
         "snapshot": plan.snapshot,
         "prune": {"suspended": plan.prune_suspended is not None, "reason": plan.prune_suspended, "kept": list(plan.kept)},
         "problems": [problem_data(p) for p in plan.problems],
@@ -252,6 +257,7 @@ def markdown(plan: Plan, *, title: str | None = None) -> str:
         lines += [f"Ignored foreign domains (not managed by kvmops): {', '.join(_code(n) for n in plan.foreign)}", ""]
     if plan.elsewhere:
         lines += [f"Ignored domains of other kvmops scopes: {', '.join(_code(n) for n in plan.elsewhere)}", ""]
+    lines += [f"> :warning: {_md(warning)}" for warning in plan.warnings]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -3,8 +3,9 @@
 A snapshot is the raw :class:`~reconciler.core.model.Observation` (domain XML, power
 states, pools, volumes) plus when and where it was taken, so that planning from it runs
 exactly the code a live plan runs (:func:`reconciler.core.actual.interpret`).  Foreign
-domains keep only their name and power state: their XML is none of kvmops' business and
-may hold things a CI runner should not see.
+domains keep only their name, power state and the storage they use (kvmops never deletes
+a volume another domain uses): the rest of their XML is none of kvmops' business and may
+hold things a CI runner should not see.
 
 The layout is versioned (``kvmops_snapshot``); a newer version is refused, not guessed at.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from reconciler.core import actual, model, netxml, redaction
+from reconciler.core import actual, domxml, model, netxml, redaction
 
 SNAPSHOT_VERSION = 1
 
@@ -54,6 +55,7 @@ def to_data(snapshot: Snapshot) -> dict:
             "persistent": record.persistent,
             "inactive_xml": record.inactive_xml if owned else None,
             "live_xml": record.live_xml if owned else None,
+            **({} if owned else {"storage": _storage(record)}),
         })
     host = observation.host
     return {
@@ -85,7 +87,7 @@ def from_data(data: object) -> Snapshot:
         host = data["host"]
         records = []
         for entry in data["domains"]:
-            xml = entry["inactive_xml"] or f"<domain><name>{_escape(entry['name'])}</name></domain>"
+            xml = entry["inactive_xml"] or _stub(entry["name"], entry.get("storage") or [])
             reason = entry.get("shutoff_reason")
             records.append(model.DomainRecord(
                 name=entry["name"], uuid=entry["uuid"], inactive_xml=xml,
@@ -113,5 +115,30 @@ def from_data(data: object) -> Snapshot:
         raise SnapshotError(f"malformed kvmops snapshot: {type(exc).__name__}: {exc}") from exc
 
 
+def _storage(record: model.DomainRecord) -> list[dict]:
+    """Return the disk sources of ``record``: all a snapshot keeps of a foreign domain's XML."""
+    devices = []
+    for xml in (record.inactive_xml, record.live_xml):
+        if xml:
+            try:
+                devices.extend(domxml.parse_storage(domxml.parse_tree(xml)))
+            except domxml.DomainXMLError:
+                continue
+    return [
+        {"pool": d.pool, "volume": d.volume or ""} if d.pool is not None else {"path": d.path}
+        for d in dict.fromkeys(devices)
+    ]
+
+
+def _stub(name: str, storage: list[dict]) -> str:
+    """Return a domain XML holding only ``name`` and the disk sources in ``storage``."""
+    disks = "".join(
+        f"<disk type='volume'><source pool='{_escape(s['pool'])}' volume='{_escape(s['volume'])}'/></disk>" if "pool" in s
+        else f"<disk type='file'><source file='{_escape(s['path'])}'/></disk>"
+        for s in storage
+    )
+    return f"<domain><name>{_escape(name)}</name><devices>{disks}</devices></domain>"
+
+
 def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("'", "&apos;")

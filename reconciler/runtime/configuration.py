@@ -8,6 +8,7 @@ that no longer validates is reported and the previous settings stay.
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -72,6 +73,7 @@ def controller_settings(flags: Mapping[str, object], config: Mapping[str, object
             virt_type=str(pick("virt_type", "virtType") or "auto"),
             shutdown_timeout=float(pick("shutdown_timeout", "shutdownTimeout")),
             scope=str(pick("scope", "scope") or "default"),
+            password_salt=secrets.token_bytes(16),  # random per controller run; mixed with each domain's UUID
         ),
         resync_interval=float(pick("resync_interval", "resyncInterval")),
         quiet_period=float(pick("quiet_period", "quietPeriod")),

@@ -172,16 +172,36 @@ def _create_volume(h: hv.Hypervisor, step: plans.CreateVolume, _cancel) -> str |
 def _resize_volume(h: hv.Hypervisor, step: plans.ResizeVolume, _cancel) -> str | None:
     if h.volume_capacity(step.pool, step.name) >= step.capacity:
         return "already large enough"
+    _ensure_unshared(h, step.pool, step.name, "grow")
     h.resize_volume(step.pool, step.name, step.capacity)
 
 
 def _resize_disk(h: hv.Hypervisor, step: plans.ResizeDisk, _cancel) -> str | None:
     h.ensure_owned(step.domain, step.uuid)
+    pool, name = step.pool, step.volume
+    if pool and name:
+        _ensure_unshared(h, pool, name, "grow", besides=step.domain)
     h.block_resize(step.domain, step.target, step.capacity)
 
 
 def _delete_volume(h: hv.Hypervisor, step: plans.DeleteVolume, _cancel) -> str | None:
+    if not h.volume_exists(step.pool, step.name):
+        return "already gone"
+    _ensure_unshared(h, step.pool, step.name, "delete")
     return None if h.delete_volume(step.pool, step.name) else "already gone"
+
+
+def _ensure_unshared(h: hv.Hypervisor, pool: str, name: str, verb: str, *, besides: str = "") -> None:
+    """Refuse to ``verb`` volume ``pool/name`` while any domain but its shut-off owner (or ``besides``) uses it."""
+    others = [
+        f"{domain} ({'running' if running else 'shut off'})"
+        for domain, running, owner in h.volume_users(pool, name) if domain != besides and (running or not owner)
+    ]
+    if others:
+        raise errors.OwnershipError(
+            f"volume {pool}/{name} is used by domain {', '.join(others)} since the plan was made; kvmops will not "
+            f"{verb} it. Plan again"
+        )
 
 
 def _define_domain(h: hv.Hypervisor, step: plans.DefineDomain, _cancel) -> str | None:
@@ -229,7 +249,7 @@ def _stop_domain(h: hv.Hypervisor, step: plans.StopDomain, cancel: threading.Eve
 
 
 def _undefine_domain(h: hv.Hypervisor, step: plans.UndefineDomain, _cancel) -> str | None:
-    h.ensure_owned(step.name, step.uuid)
+    h.ensure_owned(step.name, step.uuid, bound=True)
     if h.domain_power(step.name)[0].active:
         raise errors.OperationRefused(f"domain {step.name} is running again; not undefining it. Plan again")
     h.undefine_domain(step.name, keep_nvram=step.keep_nvram)

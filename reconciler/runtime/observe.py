@@ -1,7 +1,8 @@
 """Look at a host: collect raw facts from libvirt, and interpret them.
 
 One observation is a consistent-enough snapshot for one pass: every domain with its
-inactive XML, the live XML of running owned domains (for "restart pending"), every
+inactive XML, the live XML of running domains (for "restart pending", and for the disks
+a foreign guest has open), every
 pool, and the volumes of every active pool.  :func:`collect` does the libvirt calls;
 :func:`reconciler.core.actual.interpret` turns the result into an ``ActualState``.
 """
@@ -20,7 +21,9 @@ def collect(hypervisor: hv.Hypervisor) -> model.Observation:
     host = hypervisor.host_info()
     records = []
     for record in hypervisor.list_domains():
-        if record.power.active and actual.is_owned(record):
+        # Running domains, foreign ones too: disks plugged in live show only there, and a
+        # volume any domain uses is never deleted or resized.
+        if record.power.active and record.persistent:
             try:
                 record = dataclasses.replace(record, live_xml=hypervisor.live_xml(record.name))
             except errors.ObjectNotFound:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import secrets
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -92,8 +93,14 @@ def gc_paused() -> Iterator[None]:
         gc.enable()
 
 
+def salted(settings: planner.Settings) -> planner.Settings:
+    """Return ``settings`` with fresh random entropy for new password digests, unless it has some."""
+    return settings if settings.password_salt else dataclasses.replace(settings, password_salt=secrets.token_bytes(16))
+
+
 def make_plan(path: str, hypervisor: hv.Hypervisor, *, settings: planner.Settings, revision: str = "") -> PlanResult:
     """Return the plan converging ``hypervisor`` on the manifests under ``path``."""
+    settings = salted(settings)
     with gc_paused():
         desired = load_desired(path, revision=revision)
         actual = observe.observe(hypervisor)

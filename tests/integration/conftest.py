@@ -105,7 +105,7 @@ def owned_domain_xml(
     <name>{name}</name>
     <uuid>{uuid}</uuid>
     <metadata>
-      <kvmops:owner xmlns:kvmops="{domxml.NAMESPACE}" manifest="{manifest}" digest="{digest}" runStrategy="Always">{records}</kvmops:owner>
+      <kvmops:owner xmlns:kvmops="{domxml.NAMESPACE}" manifest="{manifest}" digest="{digest}" runStrategy="Always" domain="{name}" uuid="{uuid}">{records}</kvmops:owner>
     </metadata>
     <memory unit='KiB'>{memory_mib * 1024}</memory>
     <currentMemory unit='KiB'>{memory_mib * 1024}</currentMemory>

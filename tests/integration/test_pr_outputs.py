@@ -162,7 +162,7 @@ def owned_domain(
     <name>{name}</name>
     <uuid>{uuid_of(number)}</uuid>
     <metadata>
-      <kvmops:owner xmlns:kvmops="{domxml.NAMESPACE}" manifest="vms/{name}.yaml" digest="{digest}" runStrategy="Always">{records}</kvmops:owner>
+      <kvmops:owner xmlns:kvmops="{domxml.NAMESPACE}" manifest="vms/{name}.yaml" digest="{digest}" runStrategy="Always" domain="{name}" uuid="{uuid_of(number)}">{records}</kvmops:owner>
     </metadata>
     <memory unit='KiB'>{(max_memory_mib or memory_mib) * 1024}</memory>
     <currentMemory unit='KiB'>{memory_mib * 1024}</currentMemory>

@@ -100,12 +100,13 @@ def test_export_without_output_prints_the_snapshot_on_stdout(changed, capsys):
 
 
 def test_the_snapshot_holds_no_xml_of_a_foreign_domain(snapshot_file):
-    """The foreign domain legacy is a name, a UUID and a power state: neither its inactive nor its live XML is in the file."""
+    """The foreign domain legacy is a name, a UUID, a power state and the storage it uses: neither its inactive nor its live XML is in the file."""
     text = snapshot_file.read_text()
     domains = {d["name"]: d for d in json.loads(text)["domains"]}
 
     assert domains["legacy"]["inactive_xml"] is None
     assert domains["legacy"]["live_xml"] is None
+    assert domains["legacy"]["storage"] == [{"pool": "default", "volume": "legacy-disk.qcow2"}]
     assert "<name>legacy</name>" not in text
     assert conftest.LEGACY_UUID not in (domains["web"]["inactive_xml"] + domains["orphan"]["inactive_xml"])
     assert "<name>web</name>" in domains["web"]["inactive_xml"], "owned domains keep their XML"

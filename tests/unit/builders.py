@@ -167,7 +167,7 @@ def definition(
         graphics=spec.graphics,
         graphics_listen=spec.graphics_listen if spec.graphics != "none" else None,
         owner=model.Ownership(spec.manifest, spec.digest, spec.run_strategy, records + extra_volumes,
-                              shutdown_timeout=spec.shutdown_timeout),
+                              shutdown_timeout=spec.shutdown_timeout, bound_name=spec.name, bound_uuid=uuid),
     )
 
 

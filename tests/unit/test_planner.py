@@ -123,7 +123,7 @@ def test_what_the_planner_defines_is_what_it_later_reads_as_converged():
     first = plan(desired, b.actual())
     (define,) = [s for s in resource(first, "web").steps if isinstance(s, plans.DefineDomain)]
     config = dataclasses.replace(
-        domxml.parse(define.xml), uuid=b.UUID,
+        domxml.parse(define.xml),
         nics=tuple(dataclasses.replace(n, mac=b.mac(i)) for i, n in enumerate(domxml.parse(define.xml).nics)),
     )
     after = b.actual(b.domain(config, autostart=True), volumes=b.volumes_of(web()))

@@ -47,7 +47,7 @@ def kinds(vm: plans.ResourcePlan) -> list[str]:
     [
         pytest.param(SHUTOFF, HALTED, plans.ResizeVolume(b.POOL, "web-root.qcow2", 20 * b.GIB), id="off-resize-volume"),
         pytest.param(RUNNING, model.RunStrategy.ALWAYS,
-                     plans.ResizeDisk("web", b.UUID, "vda", 20 * b.GIB), id="running-resize-disk"),
+                     plans.ResizeDisk("web", b.UUID, "vda", 20 * b.GIB, b.POOL, "web-root.qcow2"), id="running-resize-disk"),
     ],
 )
 def test_disk_growth_resizes_in_place(power, strategy, step):

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from reconciler.core import actual as actual_state
-from reconciler.core import desired, domxml, model, netxml, planner, render, seediso
+from reconciler.core import desired, domxml, model, netxml, password, planner, render, seediso
 from reconciler.core import plan as plans
 from reconciler.core.plan import Action, Impact
 from tests import factories
@@ -735,7 +735,7 @@ def test_a_changed_vnc_password_is_detected_by_its_digest_and_redacted_in_step_j
     before, _ = vnc("old-" + PASSWORD)
     after = converged(before)
     assert "passwd=" in host(after).domains["web"].xml  # written into the domain...
-    assert domain_definition(after).owner.graphics_password_digest == before.vms["web"].graphics_password_digest
+    assert password.matches(domain_definition(after).owner.graphics_password_digest, "old-" + PASSWORD)
     changed, _ = vnc(PASSWORD)
     result = plan(changed, after)
     vm = resource(result, "web")
@@ -745,6 +745,42 @@ def test_a_changed_vnc_password_is_detected_by_its_digest_and_redacted_in_step_j
     assert "passwd='***'" in define.to_dict()["xml"]
     for shown in (json.dumps(define.to_dict()), render.to_json(result), render.text(result), render.markdown(result)):
         assert PASSWORD not in shown
+
+
+def test_the_password_digest_in_the_mark_is_salted_scrypt_never_a_plain_hash():
+    """The mark, readable by read-only clients, holds a salted scrypt digest: not the sha256 of the password, and not the same for two domains."""
+    state, _ = vnc(PASSWORD)
+    two = valid(vm_doc(graphics={"type": "vnc", "passwordFile": "vnc.pass"}),
+                vm_doc(name="db", graphics={"type": "vnc", "passwordFile": "vnc.pass"}), files={"vnc.pass": PASSWORD.encode()})
+    after = converged(two)
+    digests = [domain_definition(after, name).owner.graphics_password_digest for name in ("web", "db")]
+    assert all(d.startswith("scrypt$16384$8$1$") for d in digests), digests
+    assert digests[0] != digests[1], "each domain has its own salt"
+    unsalted = hashlib.sha256(PASSWORD.encode()).hexdigest()
+    for name in ("web", "db"):
+        assert unsalted not in host(after).domains[name].xml.split("passwd=")[0]
+        assert unsalted not in json.dumps(render.to_data(plan(state)))
+
+
+def test_a_random_salt_per_pass_still_leaves_the_second_plan_empty():
+    """The digest is checked by recomputing it with the salt stored in the mark, so other random entropy changes nothing."""
+    state, _ = vnc(PASSWORD)
+    after = applied(plan(state, password_salt=b"first pass entropy"))
+    assert not plan(state, after, password_salt=b"another pass, other entropy").has_changes
+
+
+def test_an_unsalted_digest_from_an_older_kvmops_is_replaced_without_a_password_change():
+    """A mark holding sha256:<hex> of the same password gets the salted digest, shown as a live, password-unchanged change; then the plan is empty."""
+    state, _ = vnc(PASSWORD)
+    after = applied(plan(state))
+    legacy = "sha256:" + hashlib.sha256(PASSWORD.encode()).hexdigest()
+    (web_record,) = after.domains
+    xml = web_record.inactive_xml.replace(domain_definition(after).owner.graphics_password_digest, legacy)
+    old = dataclasses.replace(after, domains=(dataclasses.replace(web_record, inactive_xml=xml, live_xml=xml),))
+    assert domain_definition(old).owner.graphics_password_digest == legacy
+    vm = resource(plan(state, old), "web")
+    assert changes(vm)["graphics.password"] == ("(set, unsalted digest)", "(set)", Impact.LIVE)
+    assert not plan(state, applied(plan(state, old), old)).has_changes
 
 
 def test_a_new_vm_with_a_vnc_password_shows_neither_password_nor_file_content():
