@@ -190,6 +190,25 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def _short_tag(tag: str) -> str:
+    """Return ``tag`` as it is written in YAML: ``!!bool`` for the standard ones."""
+    return "!!" + tag.removeprefix("tag:yaml.org,2002:") if tag.startswith("tag:yaml.org,2002:") else tag
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    return repr(text) if len(text) <= limit else repr(text[: limit - 3] + "...")
+
+
+def _unbuildable(node: yaml.ScalarNode, tag: str, exc: Exception) -> str:
+    """Return why the scalar ``node`` cannot become a value, and what to write instead."""
+    if isinstance(exc, ValueError) and "digits" in str(exc):
+        return f"a number of {len(node.value)} digits; no field takes one that long"
+    if node.tag not in yaml.constructor.SafeConstructor.yaml_constructors:
+        # a tag the safe constructor does not know: custom, python/*, '!!merge' on a value
+        return f"unsupported YAML value: tag {tag!r} on {_clip(node.value)}; manifests use plain YAML, remove the tag"
+    return f"{_clip(node.value)} is not a valid {tag!r} value; remove the tag {tag!r} (or fix the value)"
+
+
 class _Converter:
     """Turn a composed YAML node graph into plain data, recording each field's line."""
 
@@ -223,12 +242,19 @@ class _Converter:
             self.in_progress.discard(id(node))
 
     def _scalar(self, node: yaml.ScalarNode, path: str) -> object:
+        line = node.start_mark.line + 1
+        tag = _short_tag(node.tag)
         try:
             value = self.constructor.construct_object(node, deep=True)
-        except yaml.constructor.ConstructorError as exc:
-            raise _Refused(node.start_mark.line + 1, path, f"unsupported YAML value: {exc.problem}") from exc
-        except (ValueError, OverflowError) as exc:
-            raise _Refused(node.start_mark.line + 1, path, f"unreadable YAML value {node.value!r}") from exc
+        # PyYAML's constructors trust the resolver: an explicit tag on text it does not fit
+        # ("!!timestamp 1GiB", "!!bool zz") fails with whatever the constructor trips over
+        # (AttributeError, KeyError, ValueError...), so any exception here is the value's fault.
+        except Exception as exc:  # noqa: BLE001
+            raise _Refused(line, path, _unbuildable(node, tag, exc)) from exc
+        if isinstance(value, float) and value != value:
+            raise _Refused(line, path, f"{node.value!r} is not a number (NaN); write a number or a size such as 2GiB")
+        if isinstance(value, float) and value in (float("inf"), float("-inf")):
+            raise _Refused(line, path, f"{_clip(node.value)} is infinite; write a finite number")
         if not isinstance(value, (str, int, float, bool, type(None))):
             return str(node.value)  # timestamps and binary stay text; the schema judges them
         return value

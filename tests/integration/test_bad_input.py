@@ -168,6 +168,21 @@ CASES = [
     case("custom-tag-on-mapping",
          "apiVersion: kvmops/v1\nkind: VirtualMachine\nmetadata: !Secret\n  name: bad\nspec:\n  memory: 64\n",
          Expect(3, "metadata", ("!Secret",))),
+    # PyYAML's constructors crashed on these, and the crash aborted every file's pass (issue 8, item 7)
+    case("timestamp-tag-on-a-size", vm_yaml("  memory: !!timestamp 1GiB"),
+         Expect(6, "spec.memory", ("'1GiB' is not a valid '!!timestamp' value", "remove the tag"))),
+    case("bool-tag-on-junk", vm_yaml("  memory: 64", "  autostart: !!bool zz"),
+         Expect(7, "spec.autostart", ("'zz' is not a valid '!!bool' value", "remove the tag"))),
+    case("int-tag-on-junk", vm_yaml("  memory: !!int lots"),
+         Expect(6, "spec.memory", ("'lots' is not a valid '!!int' value",))),
+    case("merge-tag-on-a-value", vm_yaml("  memory: !!merge 64"),
+         Expect(6, "spec.memory", ("unsupported YAML value", "!!merge"))),
+    case("memory-nan", vm_yaml("  memory: .nan"),
+         Expect(6, "spec.memory", ("not a number",))),
+    case("shutdown-timeout-infinite", vm_yaml("  memory: 64", "  shutdownTimeout: .inf"),
+         Expect(7, "spec.shutdownTimeout", ("infinite", "finite number"))),
+    case("memory-5000-digits", vm_yaml("  memory: " + "9" * 5000),
+         Expect(6, "spec.memory", ("5000 digits",))),
     case("nested-too-deep", "a: " + "[" * 100 + "]" * 100 + "\n",
          Expect(1, ANY, ("nested more than 32 levels deep",))),
     # --- not text ------------------------------------------------------------------------
@@ -297,6 +312,26 @@ def test_without_the_bad_file_the_same_apply_would_prune_the_orphan(world, capsy
     assert world.state() != before
     assert world.domains() == {"web", "legacy"}
     assert "orphan-scratch.qcow2" not in world.volumes()
+
+
+def test_a_yaml_tag_in_one_file_leaves_the_other_files_planned(world, capsys):
+    """Tags PyYAML cannot build are problems of their own file: validate and plan still judge and plan the rest."""
+    (world.manifests / "a.yaml").write_text(vm_yaml("  memory: !!timestamp 1GiB", name="a"), encoding="utf-8")
+    (world.manifests / "b.yaml").write_text(vm_yaml("  memory: 64", "  autostart: !!bool zz", name="b"), encoding="utf-8")
+    (world.manifests / "c.yaml").write_text(vm_yaml("  memory: 64", name="c"), encoding="utf-8")
+
+    validated = cli.main(["validate", str(world.manifests)])
+    validate_out = capsys.readouterr().out
+    planned = cli.main(["plan", str(world.manifests), "--connect", world.uri])
+    plan_out = capsys.readouterr().out
+
+    assert (validated, planned) == (1, 1)
+    for out in (validate_out, plan_out):
+        assert "internal error" not in out
+        assert f"{world.manifests / 'a.yaml'}:6: spec.memory: " in out
+        assert f"{world.manifests / 'b.yaml'}:7: spec.autostart: " in out
+    assert "2 VirtualMachine(s)" in validate_out  # web and c
+    assert "+ VirtualMachine c" in plan_out
 
 
 def test_suite_covers_at_least_25_hostile_inputs():
