@@ -145,6 +145,7 @@ class ManifestSet:
     documents: tuple[Document, ...]
     problems: tuple[Problem, ...]
     files: int
+    tree: str = ""  # the directory files are confined to: the root, or a single file's directory
 
 
 # --- desired ---------------------------------------------------------------------------
@@ -250,11 +251,12 @@ class ImageSpec:
     pool: str
     volume: str  # carries the digest: a new image is a new volume
     url: str | None
-    path: str | None
+    path: str | None  # relative to the manifest tree ``tree``
     sha256: str
     format: str
     manifest: str
     origin: Origin = field(compare=False, hash=False, repr=False)
+    tree: str = field(default="", compare=False)  # where ``path`` is, and must stay, when read
 
 
 @dataclass(frozen=True)
@@ -315,6 +317,7 @@ class PoolSpec:
     autostart: bool
     manifest: str
     origin: Origin = field(compare=False, hash=False, repr=False)
+    host_path: str = field(default="", compare=False)  # ``path`` after symlinks on the local host, when known
 
 
 @dataclass(frozen=True)

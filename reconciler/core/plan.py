@@ -265,9 +265,10 @@ class ImportImage(Step):
     pool: str
     name: str
     url: str | None
-    path: str | None
+    path: str | None  # relative to the manifest tree ``tree``, which the file must not leave
     sha256: str
     format: str
+    tree: str = ""
 
     def describe(self) -> str:
         return f"import image {self.url or self.path} into {self.pool}/{self.name} (sha256 {self.sha256[:12]}…)"

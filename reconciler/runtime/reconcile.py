@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from reconciler.adapters import hypervisor as hv
 from reconciler.adapters import manifests
@@ -55,7 +57,9 @@ def load_desired(path: str, *, revision: str = "") -> model.DesiredState:
 
     ``revision`` (a git commit) is recorded in every domain this pass defines or changes.
     """
-    desired = desired_state.build(manifests.load(path), read_file=manifests.read_beside)
+    loaded = manifests.load(path)
+    files = manifests.TreeFiles(loaded.tree)
+    desired = with_host_pool_paths(desired_state.build(loaded, read_file=files.read, check_file=files.check))
     return dataclasses.replace(desired, revision=revision) if revision else desired
 
 
@@ -88,6 +92,19 @@ def gc_paused() -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
+
+def with_host_pool_paths(desired: model.DesiredState) -> model.DesiredState:
+    """Return ``desired`` with each pool's directory as this machine resolves it (symlinks followed).
+
+    The planner refuses a new pool in a system directory, and a symlink such as
+    ``/srv/pool -> /etc`` must not get around that.  It uses these paths only when
+    libvirt runs on this machine: elsewhere this machine's files say nothing.
+    """
+    if not desired.pools:
+        return desired
+    pools = {name: dataclasses.replace(spec, host_path=os.path.realpath(spec.path)) for name, spec in desired.pools.items()}
+    return dataclasses.replace(desired, pools=MappingProxyType(pools))
 
 
 def make_plan(path: str, hypervisor: hv.Hypervisor, *, settings: planner.Settings, revision: str = "") -> PlanResult:

@@ -53,6 +53,27 @@ def disk_yaml(*fields: str) -> str:
     return vm_yaml("  memory: 64", "  disks:", "    - name: root", "      pool: default", *fields)
 
 
+@dataclass(frozen=True)
+class Link:
+    """A symlink in the manifest tree; ``target`` is relative to the tree's parent (outside it) unless absolute."""
+
+    target: str
+
+
+SECRET = "root-only-secret"  # a file beside the manifest tree, readable only by root, as /etc/shadow is
+
+
+def pool_yaml(path: str, name: str = "store") -> str:
+    """Return a StoragePool manifest whose ``path`` is on line 6."""
+    return f"apiVersion: kvmops/v1\nkind: StoragePool\nmetadata:\n  name: {name}\nspec:\n  path: {path}\n"
+
+
+def image_yaml(path: str) -> str:
+    """Return an Image manifest whose ``source.path`` is on line 8."""
+    return ("apiVersion: kvmops/v1\nkind: Image\nmetadata:\n  name: base\nspec:\n  pool: default\n"
+            f"  source:\n    path: {path}\n  sha256: '{'0' * 64}'\n")
+
+
 def case(id: str, content: object, *expect: Expect, bug: str | None = None):
     """Return one parametrised case; ``bug`` marks it as exposing a known bug."""
     marks = [pytest.mark.xfail(strict=True, reason=f"bug: {bug}")] if bug else []
@@ -223,6 +244,52 @@ CASES = [
          Expect(6, "spec.path", ("is not valid", "without '..'"))),
     case("deletion-policy-typo", disk_yaml("      size: 1", "      deletionPolicy: Retian"),
          Expect(11, "spec.disks[0].deletionPolicy", ("'Retian' is not allowed", "use one of: Retain, Delete"))),
+    # --- files and directories of the host (issue 8, item 3) -----------------------------
+    case("user-data-symlink-out-of-the-tree",
+         {"bad.yaml": vm_yaml("  memory: 64", "  cloudInit:", "    userDataFile: user-data"),
+          "user-data": Link(SECRET)},
+         Expect(8, "spec.cloudInit.userDataFile", ("outside the manifest tree", "keep the file inside"))),
+    case("user-data-symlink-through-a-directory-out-of-the-tree",
+         {"bad.yaml": vm_yaml("  memory: 64", "  cloudInit:", "    userDataFile: cloud/user-data"),
+          "cloud": Link(".")},
+         Expect(8, "spec.cloudInit.userDataFile", ("outside the manifest tree",))),
+    case("password-file-absolute",
+         vm_yaml("  memory: 64", "  graphics:", "    type: vnc", "    passwordFile: /etc/hostname"),
+         Expect(9, "spec.graphics.passwordFile", ("is not valid", "relative to the manifest", "inside the manifest tree"))),
+    case("password-file-symlink-out-of-the-tree",
+         {"bad.yaml": vm_yaml("  memory: 64", "  graphics:", "    type: vnc", "    passwordFile: vnc.pass"),
+          "vnc.pass": Link(SECRET)},
+         Expect(9, "spec.graphics.passwordFile", ("outside the manifest tree",))),
+    case("password-file-is-a-fifo",
+         {"bad.yaml": vm_yaml("  memory: 64", "  graphics:", "    type: vnc", "    passwordFile: vnc.pass"),
+          "vnc.pass": "fifo"},
+         Expect(9, "spec.graphics.passwordFile", ("not a regular file",))),
+    case("image-path-absolute", image_yaml("/etc/shadow"),
+         Expect(8, "spec.source.path", ("is not valid", "relative to the manifest", "inside the manifest tree"))),
+    case("image-path-symlink-out-of-the-tree", {"bad.yaml": image_yaml("base.qcow2"), "base.qcow2": Link(SECRET)},
+         Expect(8, "spec.source.path", ("outside the manifest tree",))),
+    case("manifest-symlink-out-of-the-tree", {"bad.yaml": Link(SECRET)},
+         Expect(None, "", ("outside the manifest tree",))),
+    *[
+        case(f"pool-at-{id}", pool_yaml(path),
+             Expect(6, "spec.path", ("is a system directory", "never makes one a storage pool", "/var/lib/kvmops/store")))
+        for id, path in [
+            ("etc", "/etc"), ("root", "/root"), ("libvirt-qemu", "/var/lib/libvirt/qemu"), ("double-slash", "//"),
+            ("etc-dot", "/etc/."), ("etc-trailing-slashes", "/etc//"), ("double-slash-etc", "//etc"),
+            ("under-etc", "/etc/cron.d"), ("root-ssh", "/root/.ssh"), ("usr-local", "/usr/local/pool"),
+            ("lib64", "/lib64"), ("var-lib-libvirt", "/var/lib/libvirt"), ("home", "/home"), ("var-log", "/var/log"),
+            ("a-hidden-home-directory", "/home/alice/.ssh"),
+        ]
+    ],
+    case("pool-through-a-symlink-to-etc", {"bad.yaml": "POOL-THROUGH-LINK", "etc-link": Link("/etc")},
+         Expect(6, "spec.path", ("leads to /etc on this host, a system directory",))),
+    case("pool-dotdot-to-etc", pool_yaml("/var/lib/../../etc"),
+         Expect(6, "spec.path", ("is not valid", "without '..'"))),
+    case("vm-on-a-pool-at-etc",
+         {"bad.yaml": pool_yaml("/etc", name="sys") + "---\n"
+                      + vm_yaml("  memory: 64", "  disks:", "    - name: root", "      pool: sys", "      size: 1")},
+         Expect(6, "spec.path", ("is a system directory",)),
+         Expect(16, "spec.disks[0].pool", ("storage pool 'sys' cannot be created", "fix that manifest"))),
     # --- only wrong on this host (plan-time) ---------------------------------------------
     case("unknown-pool", vm_yaml("  memory: 64", "  disks:", "    - name: root", "      pool: nosuch", "      size: 1"),
          Expect(9, "spec.disks[0].pool", ("unknown storage pool 'nosuch'", "declare it in a StoragePool manifest"))),
@@ -243,10 +310,19 @@ def huge_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def write_bad_files(directory: Path, content: object, request: pytest.FixtureRequest) -> None:
     """Put the case's file(s) into the manifest directory, next to web.yaml."""
     files = content if isinstance(content, dict) else {"bad.yaml": content}
+    secret = directory.parent / SECRET
+    secret.write_text("root:$y$j9T$not-for-guests:19000:0:99999:7:::\n", encoding="utf-8")
+    secret.chmod(0o600)
     for relpath, data in files.items():
         path = directory / relpath
         path.parent.mkdir(parents=True, exist_ok=True)
-        if data is HUGE:
+        if isinstance(data, Link):
+            path.symlink_to(data.target if data.target.startswith("/") else directory.parent / data.target)
+        elif data == "fifo":
+            os.mkfifo(path)
+        elif data == "POOL-THROUGH-LINK":
+            path.write_text(pool_yaml(str(directory / "etc-link")), encoding="utf-8")
+        elif data is HUGE:
             huge = request.getfixturevalue("huge_manifest")
             try:
                 os.link(huge, path)  # a real directory entry of 50 MB, without writing it again
