@@ -410,6 +410,19 @@ def test_a_yaml_tag_in_one_file_leaves_the_other_files_planned(world, capsys):
     assert "+ VirtualMachine c" in plan_out
 
 
+def test_validate_with_a_host_refuses_a_new_pool_in_a_system_directory_but_not_an_existing_one(world, capsys):
+    """validate --connect knows which pools exist: a new one at /etc is a problem, the existing 'default' is not judged."""
+    (world.manifests / "pools.yaml").write_text(
+        pool_yaml("/etc", name="store") + "---\n" + pool_yaml("/var/lib/libvirt/images", name="default"), encoding="utf-8")
+
+    status = cli.main(["validate", str(world.manifests), "--connect", world.uri])
+    lines = problem_lines(capsys.readouterr().out, world.manifests)
+
+    assert status == 1
+    assert lines == [f"{world.manifests / 'pools.yaml'}:6: spec.path: /etc is a system directory (host configuration); "
+                     "kvmops never makes one a storage pool"]
+
+
 def test_suite_covers_at_least_25_hostile_inputs():
     """The issue asks for at least 25 malformed or hostile manifests."""
     assert len(CASES) >= 25
