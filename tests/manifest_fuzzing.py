@@ -243,7 +243,85 @@ def _huge_document(draw, text: str) -> str:
     return bomb + text
 
 
+# Values the schema may well accept, so that the mutation reaches the checks and the
+# planner behind it: extremes, contradictions, and combinations.
+EDGE_VALUES = {
+    "vcpus": ["1", "1024", "1025", "0", "2.0", "2.5"],
+    "memory": ["16", "15", "16MiB", "16TiB", "16385GiB", "1KiB", "1B", "0", "0.5GiB", "1.5GiB"],
+    "maxMemory": ["16MiB", "64TiB", "1", "0"],
+    "size": ["1MiB", "1KiB", "1", "0", "64TiB", "65TiB", "1.5", "513KiB"],
+    "bus": ["virtio", "sata", "scsi", "ide", "usb"],
+    "target": ["vda", "vdb", "sda", "hda", "vdzz", "vd", "xvda"],
+    "deletionPolicy": ["Delete", "Retain", "delete"],
+    "clone": ["copy", "overlay", "link"],
+    "image": ["debian-12", "appliance", "blank", "nosuch"],
+    "pool": ["default", "store", "vmstore", "nosuch", "a" * 63],
+    "volume": ["x.qcow2", "db-data.qcow2", "web-root.qcow2", "../x", "a/b", ".hidden", "x" * 255],
+    "name": ["web", "db", "root", "data", "a" * 63, "a" * 64, "test", "x.y", "-x"],
+    "mac": ['"52:54:00:6b:3c:01"', '"ff:ff:ff:ff:ff:ff"', '"00:00:00:00:00:00"', '"52:54:00:00:00:0A"'],
+    "uuid": ["00000000-0000-0000-0000-000000000000", "6f1c3e2a-8d4b-4c9e-9a71-2b5d0e8f4c13"],
+    "model": ["virtio", "e1000", "qemu64", "Skylake-Client", "nosuch"],
+    "mode": ["custom", "host-model", "host-passthrough", "nat", "isolated", "bridge"],
+    "machine": ["q35", "pc", "pc-q35-7.2", "pc-i440fx-99", "virt"],
+    "firmware": ["uefi", "bios"],
+    "virtType": ["kvm", "qemu", "auto", "test", "xen"],
+    "runStrategy": ["Always", "Halted", "Manual", "RerunOnFailure"],
+    "shutdownTimeout": ["0", "3600", "3601", "0.001"],
+    "graphics": ["vnc", "spice", "none", "{type: vnc, passwordFile: vnc.pass}", "{type: spice, listen: '::'}"],
+    "listen": ["0.0.0.0", "::", "127.0.0.1", "999.1.1.1", "::ffff:1.2.3.4"],
+    "console": ["none", "serial"],
+    "boot": ["[cdrom, cdrom]", "[]", "[network]", "[hd, cdrom, network, hd]"],
+    "address": ["192.168.150.1", "10.0.0.0", "255.255.255.255", "::1", "0.0.0.0"],
+    "prefix": ["0", "8", "24", "31", "32", "33"],
+    "start": ["192.168.150.199", "192.168.150.1", "10.0.0.1"],
+    "end": ["192.168.150.100", "192.168.150.255", "10.0.0.1"],
+    "ip": ["192.168.150.1", "10.0.0.1", "192.168.150.100"],
+    "bridge": ["br0", "virbr0", "a" * 16],
+    "sha256": ['"' + "0" * 64 + '"', '"' + "A" * 64 + '"', "0" * 64],
+    "format": ["raw", "qcow2", "vmdk"],
+    "firstBootOnly": ["true", "false"],
+    "keepNvram": ["true", "false"],
+    "autostart": ["true", "false"],
+    "hostname": ["a" * 63, "x", "host-1"],
+    "instanceId": ["i", "a" * 255],
+    "url": ["https://example.org/x.qcow2", "http://[::1]:80/x", "https://x/" + "a" * 2000],
+}
+FIELD_LINES = [
+    "  maxMemory: 16MiB\n", "  maxMemory: 64TiB\n", "  firmware: uefi\n", "  keepNvram: true\n",
+    "  cpu: {mode: custom}\n", "  cpu: {mode: host-model, model: qemu64}\n", "  uuid: 6f1c3e2a-8d4b-4c9e-9a71-2b5d0e8f4c13\n",
+    "  cdrom: {pool: default, volume: x.iso}\n", "  cdrom: {pool: default, path: ../../etc/shadow}\n",
+    "  install: {kernel: {pool: default, volume: k}, firstBootOnly: true}\n", "  guestAgent: true\n",
+    "  cloudInit: {userDataFile: escape}\n", "  cloudInit: {userData: x, userDataFile: user-data}\n",
+    "  cloudInit: {networkConfig: {version: 2}, metaData: {hostname: h}}\n", "  boot: [network]\n",
+    "  networks: [{network: default, mac: '52:54:00:6b:3c:01'}, {network: default, mac: '52:54:00:6b:3c:01'}]\n",
+    "  disks: [{name: a, pool: default, size: 1}, {name: a, pool: default, size: 1}]\n",
+    "  disks: [{name: a, pool: default, size: 1, image: blank}]\n", "  path: /etc\n", "  ipv4: {address: 10.0.0.1, prefix: 8}\n",
+]
+
+
+def _edge_value(draw, text: str) -> str:
+    lines = text.splitlines(keepends=True)
+    candidates = [(i, m) for i, line in enumerate(lines)
+                  if (m := SCALAR_LINE.match(line)) and m["lead"].strip(" -:\t") in EDGE_VALUES]
+    if not candidates:
+        return text
+    index, match = draw(st.sampled_from(candidates))
+    value = draw(st.sampled_from(EDGE_VALUES[match["lead"].strip(" -:\t")]))
+    lines[index] = f"{match['lead']}{value}{match['tail']}"
+    return "".join(lines)
+
+
+def _insert_field(draw, text: str) -> str:
+    lines = text.splitlines(keepends=True)
+    specs = [i for i, line in enumerate(lines) if line.rstrip() == "spec:"]
+    if not specs:
+        return text
+    lines.insert(draw(st.sampled_from(specs)) + 1, draw(st.sampled_from(FIELD_LINES)))
+    return "".join(lines)
+
+
 MUTATIONS: list[Callable] = [
+    _edge_value, _edge_value, _edge_value, _insert_field, _insert_field,
     _insert_tag, _insert_tag, _swap_scalar, _swap_scalar, _swap_scalar, _hostile_path, _hostile_path,
     _delete_line, _duplicate_line, _reindent, _truncate, _anchor_and_alias, _unicode, _yaml_punctuation,
     _deep_nesting, _huge_document,
