@@ -20,12 +20,12 @@ from hypothesis import strategies as st
 
 from reconciler.adapters import manifests
 from reconciler.core import desired, model, planner, render
-from tests import manifest_fuzzing
+from tests import manifest_seeds
 from tests.unit import builders as b
 
 SEED_DOCUMENTS = [
     document
-    for tree in manifest_fuzzing.SEEDS.values()
+    for tree in manifest_seeds.SEEDS.values()
     for relpath, text in sorted(tree.items()) if relpath.endswith(".yaml")
     for document in manifests.parse_text(text, f"manifests/{relpath}", relpath)[0]
 ]
