@@ -24,6 +24,7 @@ import re
 import shutil
 import signal
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -328,8 +329,6 @@ def _run(argv: list[str]) -> tuple[int | str, str]:
         try:
             status: int | str = cli.main(argv)
         except (Exception, SystemExit) as exc:  # KVMOPS_DEBUG=1 lets an internal error out, with its traceback
-            import traceback
-
             status = "".join(traceback.format_exception(exc))
     return status, out.getvalue()
 
