@@ -53,6 +53,8 @@ TAGS = [
     "!!python/tuple", "!Ref", "!", "!<tag:yaml.org,2002:int>", "!<tag:example.com,2000:x>", "!!value", "!!yaml",
 ]
 VALUES = [
+    '"web\\n"', '"52:54:00:00:00:01\\n"', '"6f1c3e2a-8d4b-4c9e-9a71-2b5d0e8f4c13\\n"', '"/var/lib/kvmops/p\\n"',
+    '"\\e]0;title\\a"', '"x\\u2029y"', '"1GiB\\n"',
     "1GiB", "zz", "~", "null", "''", '""', "[]", "{}", "yes", "no", "on", "Off", "true", "0", "-1", "-0", "0x1F",
     "0o17", "0b101", "1_000", "12:30:00", "190:20:30", "2001-12-14", "2001-12-14t21:59:43.10-05:00",
     ".nan", ".NaN", ".inf", "-.inf", "1e309", "1.0e+309", "-1.0e+309", "3.14", "1e3", "0.0000001",
@@ -63,6 +65,7 @@ VALUES = [
     "..", "/", "//", "/etc", "/etc/.", "/etc//", "/root", "/var/lib/libvirt/qemu", "/var/lib/libvirt", "/proc/self",
 ]
 PATHS = [
+    '"user-data\\n"', '"a\\nb"', '"x\\ry"', '"\\e[31mred"', '"\\u2028"', '"\\x85"', "'a\tb'",
     "user-data", "vnc.pass", "disk.raw", "escape", "up/user-data", "up/../etc/passwd", "../user-data",
     "../../etc/shadow", "/etc/shadow", "/etc/hostname", "./user-data", "sub/../user-data", "nosuch", "",
     ".", "vms", "/", "//", "user-data/", "\x00", "a\nb", "~/x", "${HOME}/x", "%2e%2e/x", "up", "escape/x",
@@ -100,6 +103,19 @@ def _swap_scalar(draw, text: str) -> str:
 
 def _hostile_path(draw, text: str) -> str:
     return _replace_value(draw, text, PATHS, PATH_KEYS)
+
+
+def _hostile_key(draw, text: str) -> str:
+    lines = text.splitlines(keepends=True)
+    picked = _pick_line(draw, lines, SCALAR_LINE)
+    if picked is None:
+        return text
+    index, match = picked
+    lead = match["lead"]
+    key = lead.strip(" -:\t")
+    weird = draw(st.sampled_from(['"{k}\\n"', '"{k}\\nx"', '"\\e[2J{k}"', '"{k}\\u2028"', '"{k}\\r"', "'{k} '", '"{k}\\t"']))
+    lines[index] = lead.replace(key, weird.format(k=key), 1) + match["value"] + match["tail"]
+    return "".join(lines)
 
 
 def _delete_line(draw, text: str) -> str:
@@ -260,7 +276,7 @@ def _insert_field(draw, text: str) -> str:
 
 
 MUTATIONS: list[Callable] = [
-    _edge_value, _edge_value, _edge_value, _insert_field, _insert_field,
+    _edge_value, _edge_value, _edge_value, _insert_field, _insert_field, _hostile_key,
     _insert_tag, _insert_tag, _swap_scalar, _swap_scalar, _swap_scalar, _hostile_path, _hostile_path,
     _delete_line, _duplicate_line, _reindent, _truncate, _anchor_and_alias, _unicode, _yaml_punctuation,
     _deep_nesting, _huge_document,
@@ -322,15 +338,15 @@ class Hang(BaseException):
     """The time bound of one example ran out (a BaseException: ``except Exception`` must not swallow it)."""
 
 
-def _run(argv: list[str]) -> tuple[int | str, str]:
-    """Return (exit status or the exception's traceback, output) of ``kvmops argv``."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+def _run(argv: list[str]) -> tuple[int | str, str, str]:
+    """Return (exit status or the exception's traceback, stdout, stderr) of ``kvmops argv``."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             status: int | str = cli.main(argv)
         except (Exception, SystemExit) as exc:  # KVMOPS_DEBUG=1 lets an internal error out, with its traceback
             status = "".join(traceback.format_exception(exc))
-    return status, out.getvalue()
+    return status, out.getvalue(), err.getvalue()
 
 
 def judge(case: Case, scratch: Path) -> Verdict:
@@ -348,8 +364,9 @@ def judge(case: Case, scratch: Path) -> Verdict:
         outcomes = []
         os.environ["KVMOPS_DEBUG"] = "1"
         for argv in (["validate", str(directory)], ["plan", str(directory), "--connect", f"test://{host}", "--no-color"]):
-            status, output = _run(argv)
-            why = _unacceptable(status, output, directory)
+            status, stdout, stderr = _run(argv)
+            output = stdout + stderr
+            why = _unacceptable(status, output, directory) or (_stray_lines(stdout, directory) if argv[0] == "validate" else "")
             if why:
                 return Verdict("failure", time.monotonic() - started, f"kvmops {argv[0]}: {why}\n{output[-4000:]}")
             outcomes.append(status)
@@ -361,6 +378,14 @@ def judge(case: Case, scratch: Path) -> Verdict:
         signal.signal(signal.SIGALRM, previous)
         os.environ.pop("KVMOPS_DEBUG", None)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _stray_lines(stdout: str, directory: Path) -> str:
+    """Return what in validate's output is neither a problem line nor the summary (a problem spilling over lines)."""
+    located = re.compile(re.escape(str(directory)) + r"(/[^\n]+?)?(:\d+)?: \S")
+    stray = [line for line in stdout.splitlines()
+             if line and not located.match(line) and not re.match(r"\d+ problem\(s\) found in ", line)]
+    return f"validate printed lines that are not problems: {stray[:3]}" if stray else ""
 
 
 def _alarm(_signum, _frame) -> None:
