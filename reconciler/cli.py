@@ -283,6 +283,10 @@ def cmd_validate(args: argparse.Namespace, shared: hv.Hypervisor | None = None) 
     if args.connect or shared is not None:
         def check_pools(hypervisor: hv.Hypervisor) -> int:
             pools = {pool.name: pool for pool in hypervisor.list_pools()}
+            for spec in desired.pools.values():
+                refusal = planner.refused_pool_path(spec, hypervisor.uri) if spec.name not in pools else None
+                if refusal is not None:
+                    problems.append(spec.origin.problem("spec.path", f"{refusal}; kvmops never makes one a storage pool"))
             for spec in desired.vms.values():
                 problems.extend(planner.pool_problems(spec, desired.pools, pools, hypervisor.uri))
             return EXIT_OK

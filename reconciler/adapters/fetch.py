@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from reconciler import errors
+from reconciler.adapters import manifest_tree
 from reconciler.core import redaction
 
 CHUNK = 1024 * 1024
@@ -26,8 +27,11 @@ TIMEOUT = 60
 
 
 def download(url: str | None, path: str | None, sha256: str, *, progress: Callable[[int, int | None], None] | None = None,
-             directory: str | None = None) -> Path:
+             directory: str | None = None, tree: str = "") -> Path:
     """Return a temporary file holding the verified image; the caller deletes it.
+
+    ``path`` is relative to the manifest tree ``tree`` and is opened only if it is a
+    regular file inside it (symlinks included, see :mod:`reconciler.adapters.manifest_tree`).
 
     ``progress(done, total)`` is called at most twice a second.  Raises
     ``OperationRefused`` on a checksum mismatch and ``RetryableHypervisorError`` when the
@@ -37,7 +41,7 @@ def download(url: str | None, path: str | None, sha256: str, *, progress: Callab
     target = Path(name)
     digest = hashlib.sha256()
     try:
-        with os.fdopen(handle, "wb") as out, _open(url, path) as (source, total):
+        with os.fdopen(handle, "wb") as out, _open(url, path, tree) as (source, total):
             done, reported = 0, 0.0
             while chunk := source.read(CHUNK):
                 digest.update(chunk)
@@ -66,7 +70,7 @@ def download(url: str | None, path: str | None, sha256: str, *, progress: Callab
 
 
 @contextlib.contextmanager
-def _open(url: str | None, path: str | None):
+def _open(url: str | None, path: str | None, tree: str):
     try:
         if url is not None:
             request = urllib.request.Request(url, headers={"User-Agent": "kvmops"})
@@ -74,7 +78,7 @@ def _open(url: str | None, path: str | None):
                 length = response.headers.get("Content-Length")
                 yield response, int(length) if length and length.isdigit() else None
         else:
-            with open(path, "rb") as handle:
+            with manifest_tree.ManifestTree(tree).open(path) as handle:
                 yield handle, os.fstat(handle.fileno()).st_size
     except urllib.error.HTTPError as exc:
         raise errors.RetryableHypervisorError(f"cannot download {redaction.redact_url(url)}: HTTP {exc.code} {exc.reason}") from exc
@@ -82,7 +86,7 @@ def _open(url: str | None, path: str | None):
         reason = redaction.redact_text(str(getattr(exc, "reason", exc)))
         raise errors.RetryableHypervisorError(f"cannot download {redaction.redact_url(url)}: {reason}") from exc
     except OSError as exc:
-        raise errors.OperationRefused(f"cannot read image {path}: {exc.strerror}") from exc
+        raise errors.OperationRefused(f"cannot read image {path}: {exc.strerror or exc}") from exc
 
 
 def copy_chunks(path: Path):

@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from reconciler import errors
+from reconciler.adapters import manifest_tree
 from reconciler.core import model
 
 MAX_FILE_BYTES = 1024 * 1024
@@ -61,7 +62,8 @@ def load(root: str | os.PathLike) -> model.ManifestSet:
     """Return every document under ``root`` (a directory or a single file).
 
     Raises ``ManifestError`` when ``root`` does not exist or is not readable, because an
-    absent manifest directory must never look like "every VM was deleted".
+    absent manifest directory must never look like "every VM was deleted".  A manifest
+    file that is a symlink leading out of the tree is a problem, not read.
     """
     root_path = Path(root)
     if root_path.is_file():
@@ -75,13 +77,14 @@ def load(root: str | os.PathLike) -> model.ManifestSet:
         raise errors.ManifestError(
             f"{root_path}: no such manifest file or directory; check the path (nothing was changed)"
         )
+    tree = manifest_tree.ManifestTree(base)
     documents: list[model.Document] = []
     problems: list[model.Problem] = []
     for path in files:
-        file_documents, file_problems = load_file(path, base)
+        file_documents, file_problems = load_file(path, base, tree=tree)
         documents.extend(file_documents)
         problems.extend(file_problems)
-    return model.ManifestSet(str(root_path), tuple(documents), tuple(problems), len(files))
+    return model.ManifestSet(str(root_path), tuple(documents), tuple(problems), len(files), tree=str(base))
 
 
 def dump(documents: list[dict], *, header: str = "") -> str:
@@ -90,13 +93,34 @@ def dump(documents: list[dict], *, header: str = "") -> str:
     return header + text
 
 
-def read_beside(document: model.Document, path: str) -> bytes:
-    """Return the bytes of ``path``, relative to ``document``'s file (or absolute); at most 1 MiB."""
-    target = Path(path) if os.path.isabs(path) else Path(document.file).parent / path
-    size = target.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise OSError(f"{target} is {size / 1e6:.1f} MB; at most 1 MiB")
-    return target.read_bytes()
+class TreeFiles:
+    """The files manifests of one tree refer to, for :func:`reconciler.core.desired.build`.
+
+    A path in a manifest is relative to that manifest's directory and must stay inside
+    the tree (see :mod:`reconciler.adapters.manifest_tree`); every method raises
+    ``OSError`` with a message saying what is wrong and what to do.
+    """
+
+    def __init__(self, tree: str) -> None:
+        self.tree = manifest_tree.ManifestTree(tree)
+
+    def read(self, document: model.Document, path: str) -> bytes:
+        """Return the bytes of ``path`` (relative to ``document``'s directory); at most 1 MiB."""
+        return self.tree.read(self.locate(document, path), limit=MAX_FILE_BYTES)
+
+    def check(self, document: model.Document, path: str) -> str:
+        """Return ``path`` relative to the tree, once it is known to open as a regular file inside it."""
+        relpath = self.locate(document, path)
+        self.tree.open(relpath).close()
+        return relpath
+
+    @staticmethod
+    def locate(document: model.Document, path: str) -> str:
+        """Return ``path``, written in ``document``, relative to the tree (still to be checked)."""
+        if os.path.isabs(path):
+            raise OSError(f"{path} is an absolute path; give a path relative to the manifest, "
+                          f"{manifest_tree.NOT_INSIDE_HINT}")
+        return os.path.normpath(os.path.join(os.path.dirname(document.relpath), path))
 
 
 def load_document(path: str | os.PathLike) -> model.Document:
@@ -115,17 +139,27 @@ def load_document(path: str | os.PathLike) -> model.Document:
     return documents[0]
 
 
-def load_file(path: Path, base: Path) -> tuple[list[model.Document], list[model.Problem]]:
-    """Return the documents of one file, or the problems that kept them from loading."""
+def load_file(path: Path, base: Path, *, tree: manifest_tree.ManifestTree | None = None,
+              ) -> tuple[list[model.Document], list[model.Problem]]:
+    """Return the documents of one file, or the problems that kept them from loading.
+
+    With ``tree``, the file is read through it: a manifest that is a symlink out of the
+    tree is a problem, like any file a manifest refers to.
+    """
     display = str(path)
     relpath = path.relative_to(base).as_posix() if path.is_relative_to(base) else path.name
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            return [], [model.Problem(display, None, "", f"file is {size / 1e6:.1f} MB; manifests are limited to 1 MiB (split it into several files)")]
-        raw = path.read_bytes()
+        if tree is not None:
+            raw = tree.read(relpath, limit=MAX_FILE_BYTES)
+        else:
+            size = path.stat().st_size
+            if size > MAX_FILE_BYTES:
+                raise manifest_tree.FileTooLarge(relpath, size, MAX_FILE_BYTES)
+            raw = path.read_bytes()
+    except manifest_tree.FileTooLarge as exc:
+        return [], [model.Problem(display, None, "", f"file is {exc.size / 1e6:.1f} MB; manifests are limited to 1 MiB (split it into several files)")]
     except OSError as exc:
-        return [], [model.Problem(display, None, "", f"cannot read file: {exc.strerror}")]
+        return [], [model.Problem(display, None, "", f"cannot read file: {exc.strerror or exc}")]
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         return [], [model.Problem(display, None, "", "file is UTF-16 text (as Windows PowerShell writes it); save the file as UTF-8")]
     if b"\x00" in raw:
@@ -190,6 +224,25 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def _short_tag(tag: str) -> str:
+    """Return ``tag`` as it is written in YAML: ``!!bool`` for the standard ones."""
+    return "!!" + tag.removeprefix("tag:yaml.org,2002:") if tag.startswith("tag:yaml.org,2002:") else tag
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    return repr(text) if len(text) <= limit else repr(text[: limit - 3] + "...")
+
+
+def _unbuildable(node: yaml.ScalarNode, tag: str, exc: Exception) -> str:
+    """Return why the scalar ``node`` cannot become a value, and what to write instead."""
+    if isinstance(exc, ValueError) and "digits" in str(exc):
+        return f"a number of {len(node.value)} digits; no field takes one that long"
+    if node.tag not in yaml.constructor.SafeConstructor.yaml_constructors:
+        # a tag the safe constructor does not know: custom, python/*, '!!merge' on a value
+        return f"unsupported YAML value: tag {tag!r} on {_clip(node.value)}; manifests use plain YAML, remove the tag"
+    return f"{_clip(node.value)} is not a valid {tag!r} value; remove the tag {tag!r} (or fix the value)"
+
+
 class _Converter:
     """Turn a composed YAML node graph into plain data, recording each field's line."""
 
@@ -223,12 +276,19 @@ class _Converter:
             self.in_progress.discard(id(node))
 
     def _scalar(self, node: yaml.ScalarNode, path: str) -> object:
+        line = node.start_mark.line + 1
+        tag = _short_tag(node.tag)
         try:
             value = self.constructor.construct_object(node, deep=True)
-        except yaml.constructor.ConstructorError as exc:
-            raise _Refused(node.start_mark.line + 1, path, f"unsupported YAML value: {exc.problem}") from exc
-        except (ValueError, OverflowError) as exc:
-            raise _Refused(node.start_mark.line + 1, path, f"unreadable YAML value {node.value!r}") from exc
+        # PyYAML's constructors trust the resolver: an explicit tag on text it does not fit
+        # ("!!timestamp 1GiB", "!!bool zz") fails with whatever the constructor trips over
+        # (AttributeError, KeyError, ValueError...), so any exception here is the value's fault.
+        except Exception as exc:  # noqa: BLE001
+            raise _Refused(line, path, _unbuildable(node, tag, exc)) from exc
+        if isinstance(value, float) and value != value:
+            raise _Refused(line, path, f"{node.value!r} is not a number (NaN); write a number or a size such as 2GiB")
+        if isinstance(value, float) and value in (float("inf"), float("-inf")):
+            raise _Refused(line, path, f"{_clip(node.value)} is infinite; write a finite number")
         if not isinstance(value, (str, int, float, bool, type(None))):
             return str(node.value)  # timestamps and binary stay text; the schema judges them
         return value

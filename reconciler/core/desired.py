@@ -16,10 +16,11 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import posixpath
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 
-from reconciler.core import domxml, model, quantity, validation
+from reconciler.core import domxml, hostdirs, model, quantity, validation
 
 MIN_MEMORY = 16 * quantity.MIB
 MAX_MEMORY = 16 * quantity.TIB
@@ -29,17 +30,29 @@ BUS_PREFIX = {"virtio": "vd", "sata": "sd", "scsi": "sd", "ide": "hd"}
 
 
 FileReader = Callable[[model.Document, str], bytes]
+FileChecker = Callable[[model.Document, str], str]
 
 
 def _no_files(document: model.Document, path: str) -> bytes:
     raise OSError(f"reading {path} is not possible here")
 
 
-def build(manifests: model.ManifestSet, *, read_file: FileReader = _no_files) -> model.DesiredState:
+def _unchecked(document: model.Document, path: str) -> str:
+    return posixpath.normpath(posixpath.join(posixpath.dirname(document.relpath), path))
+
+
+def build(
+    manifests: model.ManifestSet, *, read_file: FileReader = _no_files, check_file: FileChecker = _unchecked,
+) -> model.DesiredState:
     """Return the desired state described by ``manifests``, with every problem found.
 
     ``read_file(document, path)`` returns the bytes of a file a manifest refers to
-    (cloud-init user-data, a VNC password file); it raises ``OSError`` when it cannot.
+    (cloud-init user-data, a VNC password file), and ``check_file(document, path)`` the
+    path of one it does not read now (an Image source) relative to the manifest tree.
+    Both take ``path`` relative to ``document``'s directory and raise ``OSError`` (with a
+    message saying what to do) when it is not a readable file inside the manifest tree;
+    the shell's implementation (:class:`reconciler.adapters.manifests.TreeFiles`) follows
+    symlinks only as far as they stay inside it.
     """
     problems = list(manifests.problems)
     candidates: dict[tuple[str, str], list[tuple[model.Document, object]]] = {}
@@ -49,7 +62,7 @@ def build(manifests: model.ManifestSet, *, read_file: FileReader = _no_files) ->
             problems.extend(found)
             continue
         try:
-            resource = _build_resource(document, body, read_file)
+            resource = _build_resource(document, body, read_file, check_file, manifests.tree)
         except _Invalid as invalid:
             problems.extend(invalid.problems)
             continue
@@ -108,25 +121,31 @@ class _Invalid(Exception):
         self.problems = problems
 
 
-def _build_resource(document: model.Document, body: dict, read_file: FileReader):
+def _build_resource(document: model.Document, body: dict, read_file: FileReader, check_file: FileChecker, tree: str):
     kind = body["kind"]
     if kind == "StoragePool":
         return _pool(document, body)
     if kind == "Network":
         return _network(document, body)
     if kind == "Image":
-        return _image(document, body)
+        return _image(document, body, check_file, tree)
     return _vm(document, body, read_file)
 
 
-def _image(document: model.Document, body: dict) -> model.ImageSpec:
+def _image(document: model.Document, body: dict, check_file: FileChecker, tree: str) -> model.ImageSpec:
     spec = body["spec"]
     name = body["metadata"]["name"]
     sha = spec["sha256"].lower()
+    path = spec["source"].get("path")
+    if path is not None:
+        try:
+            path = check_file(document, path)
+        except OSError as exc:
+            raise _Invalid([document.origin.problem("spec.source.path", f"cannot use the image file: {exc}")]) from exc
     return model.ImageSpec(
         name=name, pool=spec["pool"], volume=f"{name}-{sha[:12]}.{spec['format']}",
-        url=spec["source"].get("url"), path=spec["source"].get("path"), sha256=sha, format=spec["format"],
-        manifest=document.relpath, origin=document.origin,
+        url=spec["source"].get("url"), path=path, sha256=sha, format=spec["format"],
+        manifest=document.relpath, origin=document.origin, tree=tree if path is not None else "",
     )
 
 
@@ -175,7 +194,7 @@ def _pool(document: model.Document, body: dict) -> model.PoolSpec:
     return model.PoolSpec(
         name=body["metadata"]["name"],
         type=spec["type"],
-        path=spec["path"].rstrip("/") or "/",
+        path=hostdirs.normalise(spec["path"]),
         autostart=spec["autostart"],
         manifest=document.relpath,
         origin=document.origin,

@@ -87,8 +87,23 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        where = self.file if self.line is None else f"{self.file}:{self.line}"
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+        file, path, message = (one_line(part) for part in (self.file, self.path, self.message))
+        where = file if self.line is None else f"{file}:{self.line}"
+        return f"{where}: {path}: {message}" if path else f"{where}: {message}"
+
+
+# Control characters and line separators, shown escaped: a file name, key or path from a
+# manifest may hold any of them, and a problem must stay one line (and must not drive the
+# terminal with escape sequences).
+_UNPRINTABLE = {
+    code: repr(chr(code))[1:-1]
+    for code in (*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0), 0x2028, 0x2029)
+}
+
+
+def one_line(text: str) -> str:
+    """Return ``text`` with control characters and line breaks escaped (``\\n``), so it prints as one line."""
+    return text.translate(_UNPRINTABLE)
 
 
 @dataclass(frozen=True)
@@ -145,6 +160,7 @@ class ManifestSet:
     documents: tuple[Document, ...]
     problems: tuple[Problem, ...]
     files: int
+    tree: str = ""  # the directory files are confined to: the root, or a single file's directory
 
 
 # --- desired ---------------------------------------------------------------------------
@@ -250,11 +266,12 @@ class ImageSpec:
     pool: str
     volume: str  # carries the digest: a new image is a new volume
     url: str | None
-    path: str | None
+    path: str | None  # relative to the manifest tree ``tree``
     sha256: str
     format: str
     manifest: str
     origin: Origin = field(compare=False, hash=False, repr=False)
+    tree: str = field(default="", compare=False)  # where ``path`` is, and must stay, when read
 
 
 @dataclass(frozen=True)
@@ -315,6 +332,7 @@ class PoolSpec:
     autostart: bool
     manifest: str
     origin: Origin = field(compare=False, hash=False, repr=False)
+    host_path: str = field(default="", compare=False)  # ``path`` after symlinks on the local host, when known
 
 
 @dataclass(frozen=True)

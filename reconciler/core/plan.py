@@ -269,9 +269,10 @@ class ImportImage(Step):
     pool: str
     name: str
     url: str | None
-    path: str | None
+    path: str | None  # relative to the manifest tree ``tree``, which the file must not leave
     sha256: str
     format: str
+    tree: str = ""
 
     def describe(self) -> str:
         source = redaction.redact_url(self.url) if self.url else self.path

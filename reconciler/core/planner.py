@@ -25,8 +25,9 @@ import posixpath
 import uuid as uuids
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlparse
 
-from reconciler.core import domxml, model, netxml, password, redaction, storagexml
+from reconciler.core import domxml, hostdirs, model, netxml, password, redaction, storagexml
 from reconciler.core import plan as plans
 from reconciler.core.plan import Action, FieldChange, Impact
 from reconciler.core.quantity import MIB, format_bytes, round_up
@@ -55,7 +56,7 @@ def plan_changes(
     resources: list[plans.ResourcePlan] = []
 
     for spec in desired.pools.values():
-        resources.append(_plan_pool(spec, actual.pools.get(spec.name)))
+        resources.append(_plan_pool(spec, actual.pools.get(spec.name), actual.host.uri))
     for spec in desired.networks.values():
         resources.append(_plan_network(spec, actual.networks.get(spec.name), actual, settings))
     for spec in desired.images.values():
@@ -149,6 +150,11 @@ def pool_problems(
     problems = []
     for path, name in vm_pools(spec):
         if name in declared:
+            if name not in existing and refused_pool_path(declared[name], uri) is not None:
+                problems.append(spec.origin.problem(path, (
+                    f"storage pool {name!r} cannot be created: its path {declared[name].path} is refused (see the "
+                    "problem of its StoragePool manifest); fix that manifest or use another pool"
+                )))
             continue
         pool = existing.get(name)
         if pool is None:
@@ -222,8 +228,34 @@ def resolve_virt_type(requested: str, host: model.HostInfo) -> tuple[str | None,
 # --- pools ------------------------------------------------------------------------------
 
 
-def _plan_pool(spec: model.PoolSpec, observed: model.ObservedPool | None) -> plans.ResourcePlan:
+def host_is_local(uri: str) -> bool:
+    """Return whether libvirt at ``uri`` runs on this machine (no host name in the URI)."""
+    return not urlparse(uri).hostname
+
+
+def refused_pool_path(spec: model.PoolSpec, uri: str) -> str | None:
+    """Return why ``spec``'s directory may never become a new pool on ``uri`` (a system directory), or None.
+
+    Only for a pool kvmops would define: an existing pool is observed, not created.  The
+    directory as this machine resolves it (``host_path``) counts when libvirt is local.
+    """
+    why = hostdirs.system_directory(spec.path)
+    if why is not None:
+        return f"{spec.path} is a system directory ({why})"
+    if spec.host_path and spec.host_path != spec.path and host_is_local(uri):
+        why = hostdirs.system_directory(spec.host_path)
+        if why is not None:
+            return f"{spec.path} leads to {spec.host_path} on this host, a system directory ({why})"
+    return None
+
+
+def _plan_pool(spec: model.PoolSpec, observed: model.ObservedPool | None, uri: str) -> plans.ResourcePlan:
     base = dict(kind="StoragePool", name=spec.name, manifest=spec.manifest)
+    if observed is None and (refusal := refused_pool_path(spec, uri)) is not None:
+        return plans.ResourcePlan(**base, problems=(spec.origin.problem("spec.path", (
+            f"{refusal}; kvmops never makes one a storage pool. Use a directory of its own, "
+            f"such as /var/lib/kvmops/{spec.name}"
+        )),))
     if observed is None:
         steps: list[plans.Step] = [
             plans.DefinePool(spec.name, storagexml.render_pool(spec)),
@@ -379,7 +411,7 @@ def _plan_image(spec: model.ImageSpec, actual: model.ActualState, desired: model
         **base, actions=(Action.CREATE,), requires=requires,
         changes=(FieldChange("volume", None, f"{spec.pool}/{spec.volume} from {source}", Impact.LIVE,
                              note=f"verified against sha256 {spec.sha256[:12]}… before it becomes a volume"),),
-        steps=(plans.ImportImage(spec.pool, spec.volume, spec.url, spec.path, spec.sha256, spec.format),),
+        steps=(plans.ImportImage(spec.pool, spec.volume, spec.url, spec.path, spec.sha256, spec.format, spec.tree),),
     )
 
 

@@ -15,11 +15,13 @@ import copy
 import difflib
 import functools
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
 import jsonschema
 import referencing
+import referencing.jsonschema
 
 from reconciler.core import model
 
@@ -55,20 +57,40 @@ def schemas() -> dict[str, dict]:
 
 @functools.cache
 def _registry() -> referencing.Registry:
+    # Without '$schema', jsonschema keeps kvmops' validator class (its ECMA 'pattern') when
+    # it follows a $ref into another schema, instead of picking the stock one by '$schema'.
     resources = [
-        (schema["$id"], referencing.Resource.from_contents(schema)) for schema in schemas().values()
+        (schema["$id"], referencing.jsonschema.DRAFT202012.create_resource(
+            {key: value for key, value in schema.items() if key != "$schema"}))
+        for schema in schemas().values()
     ]
     return referencing.Registry().with_resources(resources)
 
 
 @functools.cache
+def _end_anchored(pattern: str) -> re.Pattern[str]:
+    # JSON Schema patterns are ECMA-262 regular expressions, where '$' is the very end of
+    # the text; Python's '$' also matches before a final newline, which let "web\n" pass
+    # as a name and "52:54:00:00:00:01\n" as a MAC.  \Z is ECMA's '$'.
+    return re.compile(re.sub(r"(?<!\\)\$", r"\\Z", pattern))
+
+
+def _pattern(validator, pattern: str, instance: object, schema: dict):
+    if validator.is_type(instance, "string") and not _end_anchored(pattern).search(instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _pattern})
+
+
+@functools.cache
 def _validator(kind: str) -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator(schemas()[SCHEMA_FILES[kind]], registry=_registry())
+    return _Validator(schemas()[SCHEMA_FILES[kind]], registry=_registry())
 
 
 @functools.cache
 def _config_validator() -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator(schemas()[CONFIG_SCHEMA], registry=_registry())
+    return _Validator(schemas()[CONFIG_SCHEMA], registry=_registry())
 
 
 def validate_config(document: model.Document) -> tuple[dict | None, list[model.Problem]]:

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 import threading
+import xml.etree.ElementTree as ET
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from reconciler import errors, logconfig
 from reconciler.adapters import hypervisor as hv
 from reconciler.core import plan as plans
-from reconciler.core import storagexml
+from reconciler.core import hostdirs, planner, storagexml
 
 DEFAULT_WORKERS = 4
 STOP_POLL_SECONDS = 0.1
@@ -145,6 +147,16 @@ def _ms(started: float) -> int:
 
 
 def _define_pool(h: hv.Hypervisor, step: plans.DefinePool, _cancel) -> str | None:
+    directory = ET.fromstring(step.xml).findtext("target/path") or ""
+    if planner.host_is_local(h.uri) and directory:
+        # The plan judged the path a moment ago; a symlink put there since must not turn it into /etc.
+        resolved = os.path.realpath(directory)
+        why = hostdirs.system_directory(resolved)
+        if why is not None:
+            raise errors.OperationRefused(
+                f"pool {step.name}: {directory} now leads to {resolved}, a system directory ({why}); not defined. "
+                "Remove the symlink or choose another directory"
+            )
     h.define_pool(step.xml, step.name)
 
 
@@ -276,7 +288,7 @@ def _import_image(h: hv.Hypervisor, step: plans.ImportImage, cancel: threading.E
 
     from reconciler.adapters import fetch  # urllib and ssl: only for the rare import
 
-    verified = fetch.download(step.url, step.path, step.sha256, progress=progress)
+    verified = fetch.download(step.url, step.path, step.sha256, progress=progress, tree=step.tree)
     partial = f".kvmops-partial-{step.name}"
     try:
         if h.volume_exists(step.pool, partial):

@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import os
 import secrets
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from reconciler import errors
 from reconciler.adapters import hypervisor as hv
@@ -58,7 +60,9 @@ def load_desired(path: str, *, revision: str = "") -> model.DesiredState:
 
     ``revision`` (a git commit) is recorded in every domain this pass defines or changes.
     """
-    desired = desired_state.build(manifests.load(path), read_file=manifests.read_beside)
+    loaded = manifests.load(path)
+    files = manifests.TreeFiles(loaded.tree)
+    desired = with_host_pool_paths(desired_state.build(loaded, read_file=files.read, check_file=files.check))
     return dataclasses.replace(desired, revision=revision) if revision else desired
 
 
@@ -96,6 +100,19 @@ def gc_paused() -> Iterator[None]:
 def salted(settings: planner.Settings) -> planner.Settings:
     """Return ``settings`` with fresh random entropy for new password digests, unless it has some."""
     return settings if settings.password_salt else dataclasses.replace(settings, password_salt=secrets.token_bytes(16))
+
+
+def with_host_pool_paths(desired: model.DesiredState) -> model.DesiredState:
+    """Return ``desired`` with each pool's directory as this machine resolves it (symlinks followed).
+
+    The planner refuses a new pool in a system directory, and a symlink such as
+    ``/srv/pool -> /etc`` must not get around that.  It uses these paths only when
+    libvirt runs on this machine: elsewhere this machine's files say nothing.
+    """
+    if not desired.pools:
+        return desired
+    pools = {name: dataclasses.replace(spec, host_path=os.path.realpath(spec.path)) for name, spec in desired.pools.items()}
+    return dataclasses.replace(desired, pools=MappingProxyType(pools))
 
 
 def make_plan(path: str, hypervisor: hv.Hypervisor, *, settings: planner.Settings, revision: str = "") -> PlanResult:

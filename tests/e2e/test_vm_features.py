@@ -353,6 +353,39 @@ def test_an_image_is_verified_imported_once_and_shared_by_overlays_and_copies(ho
     plan_is_empty(host)
 
 
+def test_an_image_file_is_imported_from_inside_the_manifest_tree_and_never_from_outside_it(host):
+    """An Image ``path:`` is relative to its manifest and read through the tree: a file inside is imported;
+    a symlink to a host file is refused before anything reaches the pool."""
+    secret = host.workdir / "secret.raw"  # beside the manifest tree, like /etc/shadow
+    secret.write_bytes(b"root:not-for-guests\n" * 64)
+    images = host.manifests / "images"
+    images.mkdir(parents=True)
+    os.symlink(secret, images / "leak.raw")
+    write_pool(host)
+    factories.write(host.manifests, "images/leak.yaml", {
+        "apiVersion": "kvmops/v1", "kind": "Image", "metadata": {"name": "leak"},
+        "spec": {"pool": host.pool, "source": {"path": "leak.raw"}, "format": "raw",
+                 "sha256": hashlib.sha256(secret.read_bytes()).hexdigest()},
+    })
+    refused = kvmops(host, "apply", host.manifests)
+    assert refused.returncode == 1, output(refused)
+    assert "images/leak.yaml:" in refused.stdout and "outside the manifest tree" in refused.stdout, output(refused)
+    assert not [n for n in pool_volume_names(host) if n.startswith("leak")]
+
+    (images / "leak.yaml").unlink()
+    (images / "leak.raw").unlink()
+    blank = b"\0" * (1024 * 1024)
+    (images / "blank.raw").write_bytes(blank)
+    sha256 = hashlib.sha256(blank).hexdigest()
+    factories.write(host.manifests, "images/blank.yaml", {
+        "apiVersion": "kvmops/v1", "kind": "Image", "metadata": {"name": "blank"},
+        "spec": {"pool": host.pool, "source": {"path": "blank.raw"}, "format": "raw", "sha256": sha256},
+    })
+    apply_ok(host)
+    assert (host.pool_path / f"blank-{sha256[:12]}.raw").read_bytes() == blank
+    plan_is_empty(host)
+
+
 def test_a_truncated_download_is_reported_as_incomplete_and_leaves_nothing(host, image_server):
     """A download cut short (fewer bytes than its Content-Length) leaves nothing in the pool and is reported
     as an incomplete download, not as a wrong sha256 in the manifest; the next apply imports the image."""

@@ -53,6 +53,27 @@ def disk_yaml(*fields: str) -> str:
     return vm_yaml("  memory: 64", "  disks:", "    - name: root", "      pool: default", *fields)
 
 
+@dataclass(frozen=True)
+class Link:
+    """A symlink in the manifest tree; ``target`` is relative to the tree's parent (outside it) unless absolute."""
+
+    target: str
+
+
+SECRET = "root-only-secret"  # a file beside the manifest tree, readable only by root, as /etc/shadow is
+
+
+def pool_yaml(path: str, name: str = "store") -> str:
+    """Return a StoragePool manifest whose ``path`` is on line 6."""
+    return f"apiVersion: kvmops/v1\nkind: StoragePool\nmetadata:\n  name: {name}\nspec:\n  path: {path}\n"
+
+
+def image_yaml(path: str) -> str:
+    """Return an Image manifest whose ``source.path`` is on line 8."""
+    return ("apiVersion: kvmops/v1\nkind: Image\nmetadata:\n  name: base\nspec:\n  pool: default\n"
+            f"  source:\n    path: {path}\n  sha256: '{'0' * 64}'\n")
+
+
 def case(id: str, content: object, *expect: Expect, bug: str | None = None):
     """Return one parametrised case; ``bug`` marks it as exposing a known bug."""
     marks = [pytest.mark.xfail(strict=True, reason=f"bug: {bug}")] if bug else []
@@ -168,6 +189,21 @@ CASES = [
     case("custom-tag-on-mapping",
          "apiVersion: kvmops/v1\nkind: VirtualMachine\nmetadata: !Secret\n  name: bad\nspec:\n  memory: 64\n",
          Expect(3, "metadata", ("!Secret",))),
+    # PyYAML's constructors crashed on these, and the crash aborted every file's pass (issue 8, item 7)
+    case("timestamp-tag-on-a-size", vm_yaml("  memory: !!timestamp 1GiB"),
+         Expect(6, "spec.memory", ("'1GiB' is not a valid '!!timestamp' value", "remove the tag"))),
+    case("bool-tag-on-junk", vm_yaml("  memory: 64", "  autostart: !!bool zz"),
+         Expect(7, "spec.autostart", ("'zz' is not a valid '!!bool' value", "remove the tag"))),
+    case("int-tag-on-junk", vm_yaml("  memory: !!int lots"),
+         Expect(6, "spec.memory", ("'lots' is not a valid '!!int' value",))),
+    case("merge-tag-on-a-value", vm_yaml("  memory: !!merge 64"),
+         Expect(6, "spec.memory", ("unsupported YAML value", "!!merge"))),
+    case("memory-nan", vm_yaml("  memory: .nan"),
+         Expect(6, "spec.memory", ("not a number",))),
+    case("shutdown-timeout-infinite", vm_yaml("  memory: 64", "  shutdownTimeout: .inf"),
+         Expect(7, "spec.shutdownTimeout", ("infinite", "finite number"))),
+    case("memory-5000-digits", vm_yaml("  memory: " + "9" * 5000),
+         Expect(6, "spec.memory", ("5000 digits",))),
     case("nested-too-deep", "a: " + "[" * 100 + "]" * 100 + "\n",
          Expect(1, ANY, ("nested more than 32 levels deep",))),
     # --- not text ------------------------------------------------------------------------
@@ -208,6 +244,52 @@ CASES = [
          Expect(6, "spec.path", ("is not valid", "without '..'"))),
     case("deletion-policy-typo", disk_yaml("      size: 1", "      deletionPolicy: Retian"),
          Expect(11, "spec.disks[0].deletionPolicy", ("'Retian' is not allowed", "use one of: Retain, Delete"))),
+    # --- files and directories of the host (issue 8, item 3) -----------------------------
+    case("user-data-symlink-out-of-the-tree",
+         {"bad.yaml": vm_yaml("  memory: 64", "  cloudInit:", "    userDataFile: user-data"),
+          "user-data": Link(SECRET)},
+         Expect(8, "spec.cloudInit.userDataFile", ("outside the manifest tree", "keep the file inside"))),
+    case("user-data-symlink-through-a-directory-out-of-the-tree",
+         {"bad.yaml": vm_yaml("  memory: 64", "  cloudInit:", "    userDataFile: cloud/user-data"),
+          "cloud": Link(".")},
+         Expect(8, "spec.cloudInit.userDataFile", ("outside the manifest tree",))),
+    case("password-file-absolute",
+         vm_yaml("  memory: 64", "  graphics:", "    type: vnc", "    passwordFile: /etc/hostname"),
+         Expect(9, "spec.graphics.passwordFile", ("is not valid", "relative to the manifest", "inside the manifest tree"))),
+    case("password-file-symlink-out-of-the-tree",
+         {"bad.yaml": vm_yaml("  memory: 64", "  graphics:", "    type: vnc", "    passwordFile: vnc.pass"),
+          "vnc.pass": Link(SECRET)},
+         Expect(9, "spec.graphics.passwordFile", ("outside the manifest tree",))),
+    case("password-file-is-a-fifo",
+         {"bad.yaml": vm_yaml("  memory: 64", "  graphics:", "    type: vnc", "    passwordFile: vnc.pass"),
+          "vnc.pass": "fifo"},
+         Expect(9, "spec.graphics.passwordFile", ("not a regular file",))),
+    case("image-path-absolute", image_yaml("/etc/shadow"),
+         Expect(8, "spec.source.path", ("is not valid", "relative to the manifest", "inside the manifest tree"))),
+    case("image-path-symlink-out-of-the-tree", {"bad.yaml": image_yaml("base.qcow2"), "base.qcow2": Link(SECRET)},
+         Expect(8, "spec.source.path", ("outside the manifest tree",))),
+    case("manifest-symlink-out-of-the-tree", {"bad.yaml": Link(SECRET)},
+         Expect(None, "", ("outside the manifest tree",))),
+    *[
+        case(f"pool-at-{id}", pool_yaml(path),
+             Expect(6, "spec.path", ("is a system directory", "never makes one a storage pool", "/var/lib/kvmops/store")))
+        for id, path in [
+            ("etc", "/etc"), ("root", "/root"), ("libvirt-qemu", "/var/lib/libvirt/qemu"), ("double-slash", "//"),
+            ("etc-dot", "/etc/."), ("etc-trailing-slashes", "/etc//"), ("double-slash-etc", "//etc"),
+            ("under-etc", "/etc/cron.d"), ("root-ssh", "/root/.ssh"), ("usr-local", "/usr/local/pool"),
+            ("lib64", "/lib64"), ("var-lib-libvirt", "/var/lib/libvirt"), ("home", "/home"), ("var-log", "/var/log"),
+            ("a-hidden-home-directory", "/home/alice/.ssh"),
+        ]
+    ],
+    case("pool-through-a-symlink-to-etc", {"bad.yaml": "POOL-THROUGH-LINK", "etc-link": Link("/etc")},
+         Expect(6, "spec.path", ("leads to /etc on this host, a system directory",))),
+    case("pool-dotdot-to-etc", pool_yaml("/var/lib/../../etc"),
+         Expect(6, "spec.path", ("is not valid", "without '..'"))),
+    case("vm-on-a-pool-at-etc",
+         {"bad.yaml": pool_yaml("/etc", name="sys") + "---\n"
+                      + vm_yaml("  memory: 64", "  disks:", "    - name: root", "      pool: sys", "      size: 1")},
+         Expect(6, "spec.path", ("is a system directory",)),
+         Expect(16, "spec.disks[0].pool", ("storage pool 'sys' cannot be created", "fix that manifest"))),
     # --- only wrong on this host (plan-time) ---------------------------------------------
     case("unknown-pool", vm_yaml("  memory: 64", "  disks:", "    - name: root", "      pool: nosuch", "      size: 1"),
          Expect(9, "spec.disks[0].pool", ("unknown storage pool 'nosuch'", "declare it in a StoragePool manifest"))),
@@ -228,10 +310,19 @@ def huge_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def write_bad_files(directory: Path, content: object, request: pytest.FixtureRequest) -> None:
     """Put the case's file(s) into the manifest directory, next to web.yaml."""
     files = content if isinstance(content, dict) else {"bad.yaml": content}
+    secret = directory.parent / SECRET
+    secret.write_text("root:$y$j9T$not-for-guests:19000:0:99999:7:::\n", encoding="utf-8")
+    secret.chmod(0o600)
     for relpath, data in files.items():
         path = directory / relpath
         path.parent.mkdir(parents=True, exist_ok=True)
-        if data is HUGE:
+        if isinstance(data, Link):
+            path.symlink_to(data.target if data.target.startswith("/") else directory.parent / data.target)
+        elif data == "fifo":
+            os.mkfifo(path)
+        elif data == "POOL-THROUGH-LINK":
+            path.write_text(pool_yaml(str(directory / "etc-link")), encoding="utf-8")
+        elif data is HUGE:
             huge = request.getfixturevalue("huge_manifest")
             try:
                 os.link(huge, path)  # a real directory entry of 50 MB, without writing it again
@@ -297,6 +388,39 @@ def test_without_the_bad_file_the_same_apply_would_prune_the_orphan(world, capsy
     assert world.state() != before
     assert world.domains() == {"web", "legacy"}
     assert "orphan-scratch.qcow2" not in world.volumes()
+
+
+def test_a_yaml_tag_in_one_file_leaves_the_other_files_planned(world, capsys):
+    """Tags PyYAML cannot build are problems of their own file: validate and plan still judge and plan the rest."""
+    (world.manifests / "a.yaml").write_text(vm_yaml("  memory: !!timestamp 1GiB", name="a"), encoding="utf-8")
+    (world.manifests / "b.yaml").write_text(vm_yaml("  memory: 64", "  autostart: !!bool zz", name="b"), encoding="utf-8")
+    (world.manifests / "c.yaml").write_text(vm_yaml("  memory: 64", name="c"), encoding="utf-8")
+
+    validated = cli.main(["validate", str(world.manifests)])
+    validate_out = capsys.readouterr().out
+    planned = cli.main(["plan", str(world.manifests), "--connect", world.uri])
+    plan_out = capsys.readouterr().out
+
+    assert (validated, planned) == (1, 1)
+    for out in (validate_out, plan_out):
+        assert "internal error" not in out
+        assert f"{world.manifests / 'a.yaml'}:6: spec.memory: " in out
+        assert f"{world.manifests / 'b.yaml'}:7: spec.autostart: " in out
+    assert "2 VirtualMachine(s)" in validate_out  # web and c
+    assert "+ VirtualMachine c" in plan_out
+
+
+def test_validate_with_a_host_refuses_a_new_pool_in_a_system_directory_but_not_an_existing_one(world, capsys):
+    """validate --connect knows which pools exist: a new one at /etc is a problem, the existing 'default' is not judged."""
+    (world.manifests / "pools.yaml").write_text(
+        pool_yaml("/etc", name="store") + "---\n" + pool_yaml("/var/lib/libvirt/images", name="default"), encoding="utf-8")
+
+    status = cli.main(["validate", str(world.manifests), "--connect", world.uri])
+    lines = problem_lines(capsys.readouterr().out, world.manifests)
+
+    assert status == 1
+    assert lines == [f"{world.manifests / 'pools.yaml'}:6: spec.path: /etc is a system directory (host configuration); "
+                     "kvmops never makes one a storage pool"]
 
 
 def test_suite_covers_at_least_25_hostile_inputs():

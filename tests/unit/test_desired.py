@@ -295,7 +295,9 @@ def test_digest_changes_with_the_document(spec):
 
 def test_example_manifests_build_without_problems():
     """The shipped examples build into four VMs and one pool, with their sizes converted."""
-    state = desired.build(manifests.load(EXAMPLES), read_file=manifests.read_beside)
+    loaded = manifests.load(EXAMPLES)
+    files = manifests.TreeFiles(loaded.tree)
+    state = desired.build(loaded, read_file=files.read, check_file=files.check)
     assert [str(p) for p in state.problems] == []
     assert (sorted(state.vms), sorted(state.pools)) == (["archive", "build-runner", "db", "web"], ["vmstore"])
     web = state.vms["web"]

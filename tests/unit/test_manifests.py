@@ -241,6 +241,59 @@ def test_common_syntax_mistakes_are_explained(text, line, words):
     assert [(p.line, words in p.message) for p in problems] == [(line, True)]
 
 
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        pytest.param("!!timestamp 1GiB", "'!!timestamp'", id="timestamp-tag-on-a-size"),
+        pytest.param("!!timestamp 2024-13-45", "'!!timestamp'", id="timestamp-tag-impossible-date"),
+        pytest.param("!!bool zz", "'!!bool'", id="bool-tag-on-junk"),
+        pytest.param("!!int zz", "'!!int'", id="int-tag-on-junk"),
+        pytest.param("!!float zz", "'!!float'", id="float-tag-on-junk"),
+        pytest.param("!!binary a", "'!!binary'", id="binary-tag-not-base64"),
+        pytest.param("!!merge x", "'!!merge'", id="merge-tag-on-a-value"),
+        pytest.param("!!python/none ''", "'!!python/none'", id="python-tag"),
+        pytest.param("!<tag:example.com,2000:x> 1", "tag:example.com,2000:x", id="verbatim-unknown-tag"),
+        pytest.param("!!int " + "9" * 5000, "5000 digits", id="int-beyond-python-digit-limit"),
+        pytest.param("9" * 5000, "digits", id="plain-int-beyond-python-digit-limit"),
+        pytest.param(".nan", "not a number", id="nan"),
+        pytest.param("-.inf", "infinite", id="minus-infinity"),
+        pytest.param("1.0e+999", "infinite", id="float-overflowing-to-infinity"),
+    ],
+)
+def test_a_scalar_yaml_cannot_build_is_a_located_problem_not_an_exception(value, words):
+    """Tags and values PyYAML's constructors choke on become one problem on their line; the file's other documents load."""
+    documents, problems = parse(f"apiVersion: kvmops/v1\nspec:\n  memory: {value}\n---\nb: 2\n")
+    assert [d.body for d in documents] == [{"b": 2}]
+    assert [(p.line, p.path) for p in problems] == [(3, "spec.memory")]
+    assert words in problems[0].message
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param("!!str 123", "123", id="str-tag"),
+        pytest.param("!!null ''", None, id="null-tag"),
+        pytest.param("!!int 0x10", 16, id="int-tag"),
+        pytest.param("!!bool yes", True, id="bool-tag"),
+        pytest.param("!!binary aGk=", "aGk=", id="binary-stays-text"),
+        pytest.param("!!timestamp 2001-12-14", "2001-12-14", id="timestamp-stays-text"),
+        pytest.param("!!float 1.5", 1.5, id="float-tag"),
+    ],
+)
+def test_a_scalar_with_a_standard_tag_it_fits_is_a_plain_value(value, expected):
+    """A standard tag on a value it fits yields a plain value for the schema to judge."""
+    (document,), problems = parse(f"a: {value}\n")
+    assert problems == []
+    assert document.body == {"a": expected}
+
+
+def test_a_tagged_mapping_key_is_a_problem_or_text():
+    """A key PyYAML cannot build is a problem on its line, never an exception."""
+    documents, problems = parse("a:\n  !!bool zz: 1\n")
+    assert documents == []
+    assert [(p.line, "'!!bool'" in p.message) for p in problems] == [(2, True)]
+
+
 def test_timestamps_stay_text():
     """A value YAML would read as a date stays the text that was written, for the schema to judge."""
     (document,), _ = parse("when: 2024-01-02\n")

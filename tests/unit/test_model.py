@@ -65,3 +65,13 @@ def test_desired_state_is_complete_only_without_problems():
     """Any problem makes the desired state incomplete, which is what keeps pruning off."""
     assert builders.desired().complete
     assert not builders.desired(problems=(model.Problem("f", 1, "", "x"),)).complete
+
+
+@pytest.mark.parametrize("text", ["x\ny", "x\r\ny", "x\x1b[31my", "x\u2028y", "x\x85y", "x\x00y"])
+def test_a_problem_is_one_line_whatever_its_parts_hold(text):
+    """A file name, field path or message carrying a line break or a terminal escape still prints as one line."""
+    problem = model.Problem(f"m/{text}.yaml", 3, f"spec.{text}", f"cannot open {text}: No such file or directory")
+    shown = str(problem)
+    assert shown.splitlines() == [shown]
+    assert "\x1b" not in shown and "\x00" not in shown
+    assert shown.startswith("m/") and ":3: spec." in shown

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from reconciler.core import domxml, model, planner, quantity
+from reconciler.core import domxml, hostdirs, model, planner, quantity
 from reconciler.core import plan as plans
 from reconciler.core.plan import Action, Impact
 from tests.unit import builders as b
@@ -218,3 +218,76 @@ def test_moving_a_disk_to_another_vm_does_not_delete_it():
     deleted = [s for r in result.resources for s in r.steps if isinstance(s, plans.DeleteVolume)]
     assert deleted == []
     assert all(c.impact is not Impact.DATA_LOSS for r in result.resources for c in r.changes)
+
+
+# --- pools in system directories --------------------------------------------------------
+
+
+def pool_plan(spec: model.PoolSpec, *, existing: tuple[model.ObservedPool, ...] = (), uri: str = b.URI,
+              vms: tuple[model.VMSpec, ...] = ()) -> plans.Plan:
+    """Return the plan for ``spec`` (and ``vms``) on a host with only the ``existing`` pools."""
+    return planner.plan_changes(b.desired(*vms, pools=(spec,)),
+                                b.actual(pools=existing, host_info=b.host(uri=uri)))
+
+
+@pytest.mark.parametrize("path", [
+    "/", "/etc", "/etc/cron.d", "/usr", "/usr/local/pool", "/boot", "/root", "/root/.ssh", "/proc", "/sys", "/dev/shm",
+    "/run", "/run/user", "/var/lib/libvirt/qemu", "/var/lib/libvirt/qemu/nvram", "/var/lib/libvirt", "/bin", "/sbin",
+    "/lib", "/lib64", "/libx32", "/var/log", "/var/log/libvirt", "/home", "/home/alice/.ssh", "/var/spool/cron",
+    "/var", "/var/lib", "/tmp",
+])
+def test_a_new_pool_in_a_system_directory_is_refused(path):
+    """A pool kvmops would define in a system directory is a problem on spec.path, and nothing is defined."""
+    result = pool_plan(b.pool("store", path))
+    (resource,) = result.resources
+    assert resource.steps == ()
+    assert [(p.path, "is a system directory" in p.message) for p in resource.problems] == [("spec.path", True)]
+
+
+@pytest.mark.parametrize("path", [
+    "/var/lib/libvirt/images", "/var/lib/libvirt/images/store", "/var/lib/kvmops/store", "/srv/kvmops",
+    "/home/alice/vms", "/data/vms", "/mnt/disk1/vms", "/opt/vms", "/tmp/kvmops-test/pool", "/libvirt-pools",
+    "/var/lib/libvirt/boot", "/etcetera",
+])
+def test_a_new_pool_in_an_ordinary_directory_is_defined(path):
+    """The usual places for disks stay allowed; only the directories themselves are judged, not name prefixes."""
+    (resource,) = pool_plan(b.pool("store", path)).resources
+    assert resource.problems == () and resource.steps[0].kind == "define_pool"
+
+
+def test_an_existing_pool_in_a_system_directory_is_observed_not_refused():
+    """A pool libvirt already has is never defined by kvmops, so the rule does not apply to it."""
+    (resource,) = pool_plan(b.pool("store", "/var/lib/libvirt"), existing=(b.observed_pool("store", "/var/lib/libvirt"),)).resources
+    assert resource.problems == ()
+
+
+def test_a_pool_path_leading_to_a_system_directory_on_this_host_is_refused():
+    """With libvirt on this machine, where the path leads after symlinks counts too."""
+    spec = dataclasses.replace(b.pool("store", "/srv/pool"), host_path="/etc")
+    (resource,) = pool_plan(spec, uri="qemu:///system").resources
+    assert "leads to /etc on this host, a system directory" in resource.problems[0].message
+
+
+def test_this_machines_symlinks_say_nothing_about_a_remote_host():
+    """On a remote libvirt this machine's symlinks are not the host's: only the path as written is judged."""
+    spec = dataclasses.replace(b.pool("store", "/srv/pool"), host_path="/etc")
+    (resource,) = pool_plan(spec, uri="qemu+ssh://other/system").resources
+    assert resource.problems == ()
+
+
+def test_a_vm_on_a_refused_pool_says_why_it_cannot_be_created():
+    """The disks' pool will never exist: the VM gets a problem pointing at the pool's manifest, and no steps."""
+    result = pool_plan(b.pool(b.POOL, "/etc"), vms=(b.vm(disks=(ROOT,)),))
+    vm = next(r for r in result.resources if r.kind == "VirtualMachine")
+    assert vm.steps == ()
+    assert [p.path for p in vm.problems] == ["spec.disks[0].pool"]
+    assert f"storage pool {b.POOL!r} cannot be created" in vm.problems[0].message
+
+
+@pytest.mark.parametrize(("written", "normal"), [
+    ("//", "/"), ("///etc//", "/etc"), ("/etc/.", "/etc"), ("/etc/./cron.d/", "/etc/cron.d"), ("//etc", "/etc"),
+    ("/var/lib/kvmops/", "/var/lib/kvmops"),
+])
+def test_a_pool_path_is_normalised_as_libvirt_keeps_it(written, normal):
+    """Every spelling of a directory is judged, and compared with libvirt's, in one form."""
+    assert hostdirs.normalise(written) == normal

@@ -349,3 +349,27 @@ def test_schema_walk_finds_nested_properties():
     root = validation.schemas()[validation.SCHEMA_FILES["VirtualMachine"]]
     defined = _schema_paths(root, root, "")
     assert {"metadata.labels", "spec.disks[].deletionPolicy", "spec.networks[].mac", "spec.shutdownTimeout"} <= defined
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        pytest.param('  memory: 64\n  uuid: "6f1c3e2a-8d4b-4c9e-9a71-2b5d0e8f4c13\\n"\n', "spec.uuid", id="uuid"),
+        pytest.param('  memory: 64\n  networks: [{network: default, mac: "52:54:00:00:00:01\\n"}]\n',
+                     "spec.networks[0].mac", id="mac"),
+        pytest.param('  memory: 64\n  disks: [{name: "root\\n", pool: default, size: 1}]\n', "spec.disks[0].name", id="disk-name"),
+        pytest.param('  memory: 64\n  cloudInit: {userDataFile: "user-data\\n"}\n', "spec.cloudInit.userDataFile", id="file"),
+        pytest.param('  memory: 64\n  cloudInit: {userDataFile: "a\\nb"}\n', "spec.cloudInit.userDataFile", id="file-inner-newline"),
+    ],
+)
+def test_a_value_with_a_line_break_does_not_pass_an_anchored_pattern(spec, field):
+    """Python's '$' also matches before a final newline; the schemas mean JSON Schema's (ECMA) '$', the very end."""
+    (problem,) = problems_of(builders.vm_yaml(spec=spec))
+    assert f": {field}: " in problem and "is not valid" in problem
+
+
+def test_a_name_or_pool_path_with_a_trailing_newline_is_refused():
+    """metadata.name and a pool's path are refused with a final newline too (they reach libvirt as written)."""
+    assert "metadata.name" in problems_of(builders.vm_yaml(name='"web\\n"'))[0]
+    pool = 'apiVersion: kvmops/v1\nkind: StoragePool\nmetadata: {name: p}\nspec: {path: "/var/lib/kvmops/p\\n"}\n'
+    assert "spec.path" in problems_of(pool)[0]

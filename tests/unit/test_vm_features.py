@@ -321,7 +321,7 @@ def test_a_disk_starting_from_an_undeclared_image_is_a_problem():
 
 def test_an_undeclared_image_is_not_blamed_while_another_manifest_is_broken():
     """While some manifest is broken it may be the one declaring the image, so only the broken one is reported."""
-    broken = {**image_doc("debian"), "spec": {"pool": POOL, "sha256": "not-a-digest", "source": {"path": "/srv/x"}}}
+    broken = {**image_doc("debian"), "spec": {"pool": POOL, "sha256": "not-a-digest", "source": {"path": "x.raw"}}}
     state = build(vm_doc(disks=[factories.disk("root", POOL, "10GiB", image="debian")]), broken)
     assert [p.path for p in state.problems] == ["spec.sha256"]
     assert list(state.vms) == []
@@ -329,11 +329,11 @@ def test_an_undeclared_image_is_not_blamed_while_another_manifest_is_broken():
 
 def test_an_image_volume_is_named_by_image_digest_and_format():
     """An Image becomes <name>-<sha256[:12]>.<format>, its digest lower-cased, its source kept."""
-    state = valid(image_doc("appliance", sha256="CD" * 32, format="raw", source={"path": "/srv/images/appliance.raw"}),
+    state = valid(image_doc("appliance", sha256="CD" * 32, format="raw", source={"path": "base/appliance.raw"}),
                   image_doc("debian"))
     appliance, debian = state.images["appliance"], state.images["debian"]
     assert (appliance.volume, appliance.sha256, appliance.format) == (f"appliance-{'cd' * 6}.raw", "cd" * 32, "raw")
-    assert (appliance.url, appliance.path) == (None, "/srv/images/appliance.raw")
+    assert (appliance.url, appliance.path) == (None, "images/base/appliance.raw")  # relative to the tree
     assert (debian.volume, debian.format, debian.url) == (IMAGE_VOLUME, "qcow2", "https://images.example.org/debian-12.qcow2")
 
 

@@ -1,0 +1,91 @@
+"""Open files of a manifest tree without ever leaving it: the only way kvmops reads what a manifest names.
+
+A manifest tree is the directory given on the command line (or the controller's
+directory, or a git checkout): the manifests, and every file they refer to (cloud-init
+user-data, VNC password files, Image ``path:`` sources), live inside it.  A symlink is
+fine as long as it leads to a file inside the tree; one that leads out (to
+``/etc/shadow``, ``/root/.ssh``...) is refused, because whoever can write the repository
+must not be able to make a root process read the host's files into a guest.
+
+:meth:`ManifestTree.open` is race-safe: the check is made on the file really opened, not
+on a name that could be swapped for a symlink between a check and the open.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from typing import BinaryIO
+
+NOT_INSIDE_HINT = "keep the file inside the manifest tree (copy it in, or make the link point inside)"
+
+
+class ManifestTree:
+    """The directory ``root`` (symlinks in its own path are resolved once, here)."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = os.path.realpath(root)
+
+    def contains(self, path: str) -> bool:
+        """Return whether the resolved, absolute ``path`` is the tree or inside it."""
+        return path == self.root or path.startswith(self.root.rstrip("/") + "/")
+
+    def open(self, relpath: str) -> BinaryIO:
+        """Return ``relpath`` (relative to the root) opened for reading, if it is a regular file inside the tree.
+
+        Raises ``OSError`` with a message that says what is wrong and what to do: an
+        absolute path, a path or symlink leading out of the tree, something that is not a
+        regular file (a FIFO would block a reader forever, a device never ends).
+        """
+        if os.path.isabs(relpath):
+            raise OSError(f"{relpath} is an absolute path; give a path relative to the manifest, {NOT_INSIDE_HINT}")
+        resolved = os.path.realpath(os.path.join(self.root, relpath))
+        if not self.contains(resolved):
+            raise OSError(f"{relpath} leads to {resolved}, outside the manifest tree {self.root}; {NOT_INSIDE_HINT}")
+        # Race safety: realpath() above named a file inside the tree, but any component of
+        # that name may be replaced by a symlink before open() runs.  O_NOFOLLOW refuses a
+        # symlink swapped in as the last component; a swapped directory is caught below by
+        # asking the kernel which file the descriptor really is (/proc/self/fd), so the
+        # decision is made on the opened file itself.  O_NONBLOCK keeps open() of a FIFO
+        # from blocking; the S_ISREG check then refuses it.
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+        try:
+            descriptor = os.open(resolved, flags)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # the last component became a symlink after the check
+                raise OSError(f"{relpath} was replaced by a symlink while being read; {NOT_INSIDE_HINT}") from exc
+            raise OSError(f"cannot open {relpath}: {exc.strerror}") from exc
+        try:
+            try:
+                opened = os.readlink(f"/proc/self/fd/{descriptor}")
+            except OSError as exc:  # no /proc: where the file is cannot be proven, so it is not read
+                raise OSError(f"cannot verify where {relpath} leads (/proc is not mounted); not read") from exc
+            if not self.contains(opened):
+                raise OSError(f"{relpath} leads to {opened}, outside the manifest tree {self.root}; {NOT_INSIDE_HINT}")
+            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                raise OSError(f"{relpath} is not a regular file")
+            os.set_blocking(descriptor, True)
+            return os.fdopen(descriptor, "rb")
+        except BaseException:
+            os.close(descriptor)
+            raise
+
+    def read(self, relpath: str, *, limit: int) -> bytes:
+        """Return the content of ``relpath`` (see :meth:`open`); refuse files over ``limit`` bytes."""
+        with self.open(relpath) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > limit:
+                raise FileTooLarge(relpath, size, limit)
+            data = handle.read(limit + 1)
+        if len(data) > limit:  # it grew while being read
+            raise FileTooLarge(relpath, len(data), limit)
+        return data
+
+
+class FileTooLarge(OSError):
+    """A file over the size a reader accepts; ``size`` says how large it is."""
+
+    def __init__(self, relpath: str, size: int, limit: int) -> None:
+        super().__init__(f"{relpath} is {size / 1e6:.1f} MB; at most {limit // (1024 * 1024)} MiB")
+        self.size = size

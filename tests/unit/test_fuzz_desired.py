@@ -1,0 +1,101 @@
+"""Fuzzing the pure core: any document body gets problems or a plan, never an exception.
+
+Property-based (Hypothesis), below the YAML layer: the bodies of the example manifests
+have a field replaced by an arbitrary value (any type YAML can build: null, booleans,
+integers of any size, finite floats, strings, lists, mappings), removed, or joined by an
+unknown one.  ``desired.build`` and ``planner.plan_changes`` (against the host the
+unmutated manifests converged to) must answer with located problems or a plan that
+renders as text and JSON.  Derandomized: CI runs the same examples every time.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import dataclasses
+import json
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from reconciler.adapters import manifests
+from reconciler.core import desired, model, planner, render
+from tests import manifest_seeds
+from tests.unit import builders as b
+
+SEED_DOCUMENTS = [
+    document
+    for tree in manifest_seeds.SEEDS.values()
+    for relpath, text in sorted(tree.items()) if relpath.endswith(".yaml")
+    for document in manifests.parse_text(text, f"manifests/{relpath}", relpath)[0]
+]
+
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=40),
+    st.sampled_from(["", "/", "/etc", "..", "../x", "1GiB", "-1", "vda", "default", "52:54:00:00:00:01", "none"]),
+)
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+                      max_leaves=12)
+
+
+def field_paths(body: object, prefix: tuple = ()) -> list[tuple]:
+    """Return the path (keys and indexes) of every field in ``body``, the root excluded."""
+    found = []
+    children = body.items() if isinstance(body, dict) else enumerate(body) if isinstance(body, list) else ()
+    for key, child in children:
+        found.append((*prefix, key))
+        found.extend(field_paths(child, (*prefix, key)))
+    return found
+
+
+@st.composite
+def mutated_documents(draw) -> list[model.Document]:
+    """Return the seed documents with one to three fields replaced, removed or added."""
+    documents = list(SEED_DOCUMENTS)
+    for _ in range(draw(st.integers(1, 3))):
+        index = draw(st.integers(0, len(documents) - 1))
+        body = copy.deepcopy(documents[index].body)
+        paths = field_paths(body)
+        path = draw(st.sampled_from(paths))
+        parent = body
+        for key in path[:-1]:
+            parent = parent[key]
+        action = draw(st.sampled_from(["replace", "replace", "remove", "add"]))
+        if action == "replace":
+            parent[path[-1]] = draw(values)
+        elif action == "remove":
+            del parent[path[-1]]
+        elif isinstance(parent, dict):
+            parent[draw(st.text(min_size=1, max_size=12))] = draw(values)
+        else:
+            parent.append(draw(values))
+        documents[index] = dataclasses.replace(documents[index], body=body, fingerprint="")
+    return documents
+
+
+def build(documents) -> model.DesiredState:
+    return desired.build(model.ManifestSet("manifests", tuple(documents), (), len(documents)),
+                         read_file=lambda _document, path: f"content of {path}".encode())
+
+
+BASE = build(SEED_DOCUMENTS)
+CONVERGED = b.converged(dataclasses.replace(BASE, problems=()))
+
+
+def test_the_seed_documents_build_without_a_problem():
+    """The fuzz starts from valid documents, so every problem below is the mutation's doing."""
+    assert [str(p) for p in BASE.problems] == [] and len(BASE.vms) >= 5
+
+
+@settings(max_examples=int(os.environ.get("KVMOPS_FUZZ_EXAMPLES", "300")), derandomize=True, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(documents=mutated_documents())
+def test_any_document_body_gets_located_problems_or_a_plan(documents):
+    """desired.build and the planner never raise; every problem names a file, and the plan renders."""
+    state = build(documents)
+    plan = planner.plan_changes(state, CONVERGED, settings=planner.Settings(prune=True))
+    for problem in (*state.problems, *plan.problems):
+        assert problem.file.startswith("manifests/") and problem.message, problem
+    render.text(plan)
+    json.loads(render.to_json(plan))
