@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import reconciler
 from reconciler import errors, logconfig
 from reconciler.adapters import git
 from reconciler.adapters import hypervisor as hv
@@ -53,6 +54,8 @@ def default_uri() -> str:
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser for every subcommand."""
     parser = _Parser(prog="kvmops", description="Declarative GitOps reconciler for KVM virtual machines.")
+    parser.add_argument("--version", action="version",
+                        version=f"kvmops {reconciler.__version__} (Python {sys.version.split()[0]})")
     parser.add_argument("--log-format", choices=logconfig.FORMATS, default=os.environ.get("KVMOPS_LOG_FORMAT"),
                         help="log format on stderr (default: console on a terminal, JSON otherwise)")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=None)
