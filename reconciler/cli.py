@@ -36,6 +36,7 @@ EXIT_ERROR = 1
 EXIT_CHANGES = 2
 DEMO_URI = "test:///default"
 DEFAULT_SCOPE = "default"
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,9 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kvmops", description="Declarative GitOps reconciler for KVM virtual machines.")
     parser.add_argument("--version", action="version",
                         version=f"kvmops {reconciler.__version__} (Python {sys.version.split()[0]})")
-    parser.add_argument("--log-format", choices=logconfig.FORMATS, default=os.environ.get("KVMOPS_LOG_FORMAT"),
-                        help="log format on stderr (default: console on a terminal, JSON otherwise)")
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=None)
+    _global_options(parser, default_format=os.environ.get("KVMOPS_LOG_FORMAT"), default_level=None)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     def connect_option(command: argparse.ArgumentParser, *, required_default: bool = True) -> None:
@@ -223,13 +222,34 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("path", metavar="PATH", nargs="?", default="manifests")
     demo.add_argument("--connect", "-c", metavar="URI", default=DEMO_URI, help=argparse.SUPPRESS)
     demo.set_defaults(handler=cmd_demo)
+    _accept_global_options_after_commands(parser)
     return parser
+
+
+def _global_options(parser: argparse.ArgumentParser, *, default_format, default_level) -> None:
+    parser.add_argument("--log-format", choices=logconfig.FORMATS, default=default_format,
+                        help="log format on stderr (default: console on a terminal, JSON otherwise)")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default=default_level,
+                        help="least severe log events shown on stderr (default: warning; info for run)")
+
+
+def _accept_global_options_after_commands(parser: argparse.ArgumentParser) -> None:
+    """Let ``--log-format`` and ``--log-level`` follow the command too: ``kvmops plan DIR --log-level debug``.
+
+    Given after the command they win; absent there, they leave what was given before it
+    (argparse.SUPPRESS keeps a subcommand's default from overwriting it).
+    """
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in set(action.choices.values()):
+                _global_options(command, default_format=argparse.SUPPRESS, default_level=argparse.SUPPRESS)
+                _accept_global_options_after_commands(command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the kvmops command line; return the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, list(sys.argv[1:] if argv is None else argv))
     logconfig.configure(format=args.log_format or "auto", level=args.log_level or "info")
     try:
         return args.handler(args)
@@ -246,6 +266,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         _error(f"internal error: {type(exc).__name__}: {exc} (set KVMOPS_DEBUG=1 for a traceback, and please report it)")
         return EXIT_ERROR
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; for ``ssh``, everything after the first ``--`` is ssh's, whatever came before it.
+
+    argparse alone gives ``ssh NAME --user U -- ARGS`` (the README's order) to no argument
+    at all, as the NAME/SSH_ARGS pair is matched once, at NAME.
+    """
+    index = 0
+    while index < len(argv) and argv[index].startswith("-") and argv[index] != "--":
+        index += 2 if argv[index] in ("--log-format", "--log-level") else 1
+    if argv[index:index + 1] == ["ssh"] and "--" in argv[index:]:
+        split = argv.index("--", index)
+        args = parser.parse_args(argv[:split])
+        args.ssh_args = [*args.ssh_args, *argv[split + 1:]]
+        return args
+    return parser.parse_args(argv)
 
 
 def _error(message: str) -> None:
@@ -624,10 +661,13 @@ def cmd_ssh(args: argparse.Namespace) -> int:
             f"{args.name} {state}; try `kvmops wait {args.name} --for ip` first"
         )
     address = next((a for a in found if a.family == "ipv4"), found[0])
-    extra = [a for a in args.ssh_args if a != "--"] if args.ssh_args[:1] == ["--"] else list(args.ssh_args)
+    extra = list(args.ssh_args)
     options, command = [], []
     index = 0
     while index < len(extra) and extra[index].startswith("-"):
+        if extra[index] == "--":  # ssh's own end of options: the command follows
+            index += 1
+            break
         options.append(extra[index])
         if len(extra[index]) == 2 and extra[index][1] in _SSH_OPTIONS_WITH_VALUES and index + 1 < len(extra):
             index += 1

@@ -370,3 +370,37 @@ def test_ssh_reads_its_own_options_written_after_the_vm_name(world, capsys, exec
     address = web_address(world, capsys)
     kvmops(capsys, "ssh", "web", "--user", "ops")
     assert execs == [["ssh", "ssh", "-l", "ops", address]]
+
+
+def test_ssh_takes_the_readmes_order_name_then_user_then_ssh_arguments(world, capsys, execs, monkeypatch):
+    """`kvmops ssh web --user ops -- -i key uptime`, as the README writes it, runs ssh with all of it."""
+    monkeypatch.setenv("KVMOPS_CONNECT", world.uri)
+    address = web_address(world, capsys)
+    status, _, err = kvmops(capsys, "ssh", "web", "--user", "ops", "--", "-i", "key", "uptime")
+    assert status == 1 and "unrecognized" not in err
+    assert execs == [["ssh", "ssh", "-i", "key", "-l", "ops", address, "uptime"]]
+
+
+def test_ssh_arguments_may_carry_their_own_double_dash_and_options_of_kvmops_names(world, capsys, execs, monkeypatch):
+    """After kvmops' `--`, everything is ssh's: `--user` there is not kvmops', and ssh's own `--` ends its options."""
+    monkeypatch.setenv("KVMOPS_CONNECT", world.uri)
+    address = web_address(world, capsys)
+    kvmops(capsys, "--log-level", "error", "ssh", "web", "--", "-p", "2222", "--", "ls", "--user", "-la")
+    assert execs == [["ssh", "ssh", "-p", "2222", address, "ls", "--user", "-la"]]
+
+
+@pytest.mark.parametrize("position", ["before", "after"])
+def test_log_options_work_before_and_after_the_command(world, capsys, position):
+    """`--log-format` and `--log-level` are accepted on either side of the command."""
+    options = ["--log-format", "json", "--log-level", "warning"]
+    argv = [*options, "status", "--connect", world.uri] if position == "before" else ["status", "--connect", world.uri, *options]
+    status, out, err = kvmops(capsys, *argv)
+    assert (status, err) == (0, "")
+    assert "web" in out
+
+
+def test_a_log_option_after_the_command_wins_over_the_one_before(world):
+    """Given on both sides, the one after the command counts; given only before it, a command's default does not undo it."""
+    assert cli.build_parser().parse_args(["--log-level", "debug", "status", "--log-level", "error"]).log_level == "error"
+    assert cli.build_parser().parse_args(["--log-level", "debug", "status"]).log_level == "debug"
+    assert cli.build_parser().parse_args(["--log-format", "json", "state", "export"]).log_format == "json"
