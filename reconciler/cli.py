@@ -250,7 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the kvmops command line; return the exit status."""
     parser = build_parser()
     args = _parse(parser, list(sys.argv[1:] if argv is None else argv))
-    logconfig.configure(format=args.log_format or "auto", level=args.log_level or "info")
+    # One-shot commands print their report on stdout; their log events would repeat it on
+    # stderr, so only warnings and errors show unless asked. The controller's log is its output.
+    logconfig.configure(format=args.log_format or "auto",
+                        level=args.log_level or ("info" if args.command == "run" else "warning"))
     try:
         return args.handler(args)
     except errors.KvmopsError as exc:
