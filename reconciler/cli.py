@@ -15,6 +15,7 @@ import dataclasses
 import datetime
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -602,14 +603,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no domains managed by kvmops on {redaction.redact_url(args.connect)}")
         return EXIT_OK
-    columns = ("NAME", "STATE", "DESIRED", "CONDITIONS", "ADDRESSES", "VCPUS", "MEMORY", "REVISION")
+    scopes = len({row["scope"] for row in rows}) > 1
+    columns = ("NAME", *(("SCOPE",) if scopes else ()), "STATE", "DESIRED", "CONDITIONS", "ADDRESSES", "VCPUS",
+               "MEMORY", "REVISION")
     table = [list(columns)]
     for row in rows:
         table.append([
-            row["name"], row["state"], row["desired"] or "-",
+            row["name"], *((row["scope"],) if scopes else ()), row["state"], row["desired"] or "-",
             ",".join(c["type"] for c in row["conditions"]) or "-",
             ",".join(f"{a['ip']} ({a['source']})" for a in row["addresses"]) or "-",
-            str(row["vcpus"]), f"{row['memory_mib']} MiB", (row["revision"] or "-")[:12],
+            str(row["vcpus"]), f"{row['memory_mib']} MiB", short_revision(row["revision"]),
         ])
     widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
     for line in table:
@@ -627,6 +630,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             size = format_size(disk["capacity_bytes"])
             print(f"disk {disk['target']}: {disk['source']} {size}")
     return EXIT_OK
+
+
+def short_revision(revision: str | None) -> str:
+    """Return a git revision for a table: a full commit id cut to 12 digits, with its ``-dirty`` kept."""
+    if not revision:
+        return "-"
+    return re.sub(r"^([0-9a-f]{12})[0-9a-f]{28}\b", r"\1", revision)
 
 
 def format_size(capacity: int | None) -> str:

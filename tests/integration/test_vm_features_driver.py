@@ -9,8 +9,10 @@ pinned to the test's own connection (see ``conftest.pin_connection``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ import yaml
 from reconciler import cli
 from reconciler.adapters import hypervisor as hv
 from reconciler.core import domxml, model, netxml
+from reconciler.runtime import observe
 from tests import factories
 from tests.integration.conftest import WEB_MAC, node_uri, pin_connection, volume_xml
 
@@ -404,3 +407,78 @@ def test_a_log_option_after_the_command_wins_over_the_one_before(world):
     assert cli.build_parser().parse_args(["--log-level", "debug", "status", "--log-level", "error"]).log_level == "error"
     assert cli.build_parser().parse_args(["--log-level", "debug", "status"]).log_level == "debug"
     assert cli.build_parser().parse_args(["--log-format", "json", "state", "export"]).log_format == "json"
+
+
+def test_wait_for_an_unknown_vm_fails_at_once(world, capsys):
+    """wait on a name no domain has says so at once, whatever the --timeout, and exits 1."""
+    started = time.monotonic()
+    status, out, err = kvmops(capsys, "wait", "nosuchvm", "--for", "ip", "--timeout", "30", "--connect", world.uri)
+    assert (status, out) == (1, "") and time.monotonic() - started < 5
+    assert err.strip().splitlines()[-1] == (f"kvmops: error: no domain named nosuchvm on {world.uri}; "
+                                            "`kvmops status` lists the VMs")
+
+
+@pytest.mark.parametrize("condition", ["running", "ip"])
+def test_wait_for_a_halted_vm_to_run_fails_at_once(world, capsys, condition):
+    """A shut-off VM whose runStrategy is Halted will not start by itself: wait says so at once instead of timing out."""
+    domain = observe.observe(world.hypervisor).domains["web"]
+    world.hypervisor.set_owner("web", dataclasses.replace(domain.definition.owner, run_strategy=model.RunStrategy.HALTED))
+    world.hypervisor.destroy_domain("web")
+    started = time.monotonic()
+    status, out, err = kvmops(capsys, "wait", "web", "--for", condition, "--timeout", "30", "--connect", world.uri)
+    assert (status, out) == (1, "") and time.monotonic() - started < 5
+    assert "web is shut off and its runStrategy is Halted, so nothing will start it" in err
+    assert kvmops(capsys, "wait", "web", "--for", "stopped", "--timeout", "5", "--connect", world.uri)[0] == 0
+
+
+def set_owner(world, name: str, **changes) -> None:
+    """Rewrite domain ``name``'s owner mark with ``changes``."""
+    domain = observe.observe(world.hypervisor).domains[name]
+    world.hypervisor.set_owner(name, dataclasses.replace(domain.definition.owner, **changes))
+
+
+def status_table(world, capsys) -> list[list[str]]:
+    """Return `kvmops status`' table as rows of cells."""
+    status, out, _ = kvmops(capsys, "status", "--connect", world.uri)
+    assert status == 0
+    return [line.split() for line in out.split("\n\n")[0].splitlines()]
+
+
+def test_status_memory_is_what_the_running_guest_has_after_the_balloon(world, capsys):
+    """A running VM ballooned down to 32 MiB shows 32 MiB in the table and JSON; its configured 64 MiB stays in the JSON."""
+    world.hypervisor.set_memory_live("web", 32 * 1024)
+    _, out, _ = kvmops(capsys, "status", "web", "--connect", world.uri, "--output", "json")
+    (row,) = json.loads(out)
+    assert (row["memory_mib"], row["configured_memory_mib"]) == (32, 64)
+    header, *lines = status_table(world, capsys)
+    web = " ".join(next(line for line in lines if line[0] == "web"))
+    assert " 32 MiB " in web and "64 MiB" not in web
+
+
+def test_status_table_keeps_the_dirty_mark_of_a_revision_and_shortens_full_commit_ids(world, capsys):
+    """A revision recorded from an edited working tree reads `<12 hex>-dirty`; a full commit id is cut to 12 digits."""
+    set_owner(world, "web", revision="0123456789ab-dirty")
+    set_owner(world, "orphan", revision="0123456789abcdef0123456789abcdef01234567")
+    header, *lines = status_table(world, capsys)
+    revisions = {line[0]: line[-1] for line in lines}
+    assert revisions == {"web": "0123456789ab-dirty", "orphan": "0123456789ab"}
+
+
+def test_status_shows_a_scope_column_when_it_lists_several_scopes(world, capsys):
+    """With domains of two scopes in the table, a SCOPE column says which is whose; with one scope there is none."""
+    assert "SCOPE" not in status_table(world, capsys)[0]
+    set_owner(world, "orphan", scope="team-b")
+    header, *lines = status_table(world, capsys)
+    assert header[:3] == ["NAME", "SCOPE", "STATE"]
+    assert {line[0]: line[1] for line in lines} == {"web": "default", "orphan": "team-b"}
+
+
+def test_a_rerun_on_failure_vm_destroyed_by_hand_is_not_ready_and_says_nothing_restarts_it(world, capsys):
+    """RerunOnFailure restarts only after a crash: after `virsh destroy` status says it is not running and will stay so."""
+    set_owner(world, "web", run_strategy=model.RunStrategy.RERUN_ON_FAILURE)
+    world.hypervisor.destroy_domain("web")
+    _, out, _ = kvmops(capsys, "status", "web", "--connect", world.uri, "--output", "json")
+    (row,) = json.loads(out)
+    assert [c["type"] for c in row["conditions"]] == ["NotRunning"]
+    assert row["conditions"][0]["message"] == ("shutoff (destroyed), and runStrategy RerunOnFailure restarts only after "
+                                               "a crash, so nothing will start it: virsh start web")
