@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -482,3 +483,40 @@ def test_a_rerun_on_failure_vm_destroyed_by_hand_is_not_ready_and_says_nothing_r
     assert [c["type"] for c in row["conditions"]] == ["NotRunning"]
     assert row["conditions"][0]["message"] == ("shutoff (destroyed), and runStrategy RerunOnFailure restarts only after "
                                                "a crash, so nothing will start it: virsh start web")
+
+
+def test_doctor_prints_free_space_rounded_in_the_largest_unit_not_raw_kib(tmp_path, manifest_dir, capsys):
+    """A pool's free space reads like `12.3 GiB free`, never as thousands of KiB."""
+    uri = node_uri(tmp_path)
+    factories.write(manifest_dir, "web.yaml", factories.vm("web", disks=[factories.disk("root", "default", "1GiB")]))
+    _, lines, _ = doctor(capsys, uri, manifest_dir)
+    pool = next(line for line in lines if line.startswith("[ok  ] pool default: "))
+    assert re.search(r", \d+\.\d (KiB|MiB|GiB|TiB) free", pool), pool
+    assert not re.search(r"\d{4,} KiB", pool), pool
+
+
+def test_doctor_checks_the_space_a_pool_not_yet_created_will_have(tmp_path, manifest_dir, capsys):
+    """A declared pool that does not exist yet is checked against the filesystem of its directory's nearest existing parent."""
+    uri = node_uri(tmp_path)
+    future = tmp_path / "not" / "yet" / "there"
+    factories.write(manifest_dir, "pool.yaml", factories.pool("future", str(future)))
+    factories.write(manifest_dir, "web.yaml", factories.vm("web", disks=[factories.disk("root", "future", "1GiB")]))
+    _, lines, _ = doctor(capsys, uri, manifest_dir)
+    line = next(line for line in lines if " pool future: " in line)
+    assert f"not created yet; {future} will be on the filesystem of {tmp_path}, " in line, line
+    assert re.search(r"\d+\.\d (MiB|GiB|TiB) free", line), line
+
+
+def test_doctor_fails_a_bridge_network_whose_host_bridge_does_not_exist(tmp_path, manifest_dir, capsys):
+    """mode: bridge needs a bridge on the host, which apply never creates: doctor fails it and says what to do."""
+    uri = node_uri(tmp_path)
+    factories.write(manifest_dir, "net.yaml", {"apiVersion": "kvmops/v1", "kind": "Network", "metadata": {"name": "lan"},
+                                               "spec": {"mode": "bridge", "bridge": "kvh6nobr0"}})
+    factories.write(manifest_dir, "web.yaml", factories.vm("web", networks=[{"network": "lan"}, {"bridge": "kvh6nobr1"}]))
+    status, lines, _ = doctor(capsys, uri, manifest_dir)
+    assert status == 1
+    assert "[FAIL] network lan: the host bridge kvh6nobr0 does not exist; kvmops does not create host bridges" in lines
+    assert "[FAIL] bridge kvh6nobr1: the host bridge kvh6nobr1 does not exist; kvmops does not create host bridges" in lines
+    at = lines.index("[FAIL] network lan: the host bridge kvh6nobr0 does not exist; kvmops does not create host bridges")
+    assert lines[at + 1].startswith("       fix: create kvh6nobr0 on the host")
+    assert not [line for line in lines if "kvmops apply creates it" in line and "lan" in line]
