@@ -65,9 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--connect", "-c", metavar="URI", default=default_uri() if required_default else None,
                              help="libvirt URI (default: $KVMOPS_CONNECT or qemu:///system)")
 
-    def planning_options(command: argparse.ArgumentParser) -> None:
+    def planning_options(command: argparse.ArgumentParser, *, connect_default: bool = True) -> None:
         command.add_argument("path", metavar="PATH", help="manifest directory (searched recursively) or file")
-        connect_option(command)
+        connect_option(command, required_default=connect_default)
         command.add_argument("--no-prune", action="store_true", help="never remove domains whose manifest is gone")
         command.add_argument("--allow-empty", action="store_true",
                              help="allow pruning every managed domain when the manifests declare no VM")
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(handler=cmd_validate)
 
     plan = commands.add_parser("plan", help="show what apply would change (a dry run)")
-    planning_options(plan)
+    planning_options(plan, connect_default=False)  # None tells an explicit --connect, which --state contradicts
     plan.add_argument("--output", "-o", choices=("text", "json", "markdown"), default="text")
     plan.add_argument("--detailed-exitcode", action="store_true",
                       help="exit 0 when there are no changes, 2 when there are, 1 on error")
@@ -354,6 +354,13 @@ def cmd_validate(args: argparse.Namespace, shared: hv.Hypervisor | None = None) 
 
 def cmd_plan(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> int:
     """Print the plan; exit per ``--detailed-exitcode``."""
+    if getattr(args, "state", None) and args.connect and shared is None:
+        raise errors.KvmopsError(
+            f"--state {args.state} and --connect {redaction.redact_url(args.connect)} contradict each other: --state "
+            "plans against a snapshot, --connect against a live host; give one of them"
+        )
+    if not args.connect:
+        args.connect = default_uri()
     if getattr(args, "state", None):
         result = review.plan_from_snapshot(args.path, _read_snapshot(args.state), settings=_settings(args))
         _print_plan(result.plan, args)
