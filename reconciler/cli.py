@@ -732,6 +732,12 @@ def cmd_import(args: argparse.Namespace) -> int:
         actual, domain = _observed(hypervisor, args.name)
         definition = actual_state.resolve_paths(domxml.parse(hypervisor.domain_xml(args.name)), actual.volumes_by_path())
     capacities = {key: volume.capacity for key, volume in actual.volumes.items()}
+    owner = domain.definition.owner if domain.owned and domain.definition is not None else None
+    if domain.owned:
+        declared = f" (declared in {owner.manifest}, scope {owner.scope})" if owner is not None and owner.manifest else ""
+        print(f"kvmops: warning: {args.name} is already managed by kvmops{declared}: its manifest exists, and a second "
+              f"one declaring it would be a duplicate; no adopt is needed. Use this output only to rebuild a lost "
+              f"manifest.", file=sys.stderr)
     document, warnings = desired_state.manifest_for(definition, autostart=domain.autostart, capacities=capacities)
     header = f"# Imported from {redaction.redact_url(args.connect)} by kvmops import {args.name}.\n"
     header += "".join(f"# NOTE: {warning}\n" for warning in warnings)

@@ -520,3 +520,11 @@ def test_doctor_fails_a_bridge_network_whose_host_bridge_does_not_exist(tmp_path
     at = lines.index("[FAIL] network lan: the host bridge kvh6nobr0 does not exist; kvmops does not create host bridges")
     assert lines[at + 1].startswith("       fix: create kvh6nobr0 on the host")
     assert not [line for line in lines if "kvmops apply creates it" in line and "lan" in line]
+
+
+def test_import_of_a_domain_kvmops_already_manages_warns_that_its_manifest_exists(world, capsys):
+    """Importing a managed VM still writes a manifest, but warns on stderr where it is already declared."""
+    status, out, err = kvmops(capsys, "import", "web", "--connect", world.uri)
+    assert status == 0 and yaml.safe_load(out)["metadata"]["name"] == "web"
+    assert err.startswith("kvmops: warning: web is already managed by kvmops (declared in web.yaml, scope default): "
+                          "its manifest exists"), err
