@@ -52,6 +52,14 @@ def test_validate_accepts_the_example_manifests():
     assert status == 0
 
 
+def test_validate_accepts_the_examples_directory_with_nothing_that_is_not_a_manifest(capsys):
+    """`kvmops validate examples` checks the example manifests and finds no CI job or other YAML to flag."""
+    status = run("validate", str(REPO / "examples"))
+    out, _ = capsys.readouterr()
+
+    assert status == 0, out
+
+
 def test_validate_prints_a_summary_and_exits_zero_when_valid(world, capsys):
     """A valid manifest directory gives exit status 0 and a summary counting what it holds."""
     status = run("validate", str(world.manifests))
