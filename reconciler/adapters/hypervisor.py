@@ -444,16 +444,23 @@ class Hypervisor:
         except (errors.ObjectNotFound, errors.OperationUnsupported):
             return None
 
-    def domain_started_at(self, uuid: str) -> float | None:
-        """Return when the QEMU process of the running domain ``uuid`` started (epoch seconds), or None.
+    def domain_started_at(self, name: str, uuid: str) -> float | None:
+        """Return when the QEMU process of the running domain ``name`` started (epoch seconds), or None.
 
         libvirt does not say when a domain started, so this looks for the QEMU process
-        (``-uuid UUID`` on its command line) in this machine's /proc: only for a local
+        (``-uuid UUID`` on its command line) in this machine's /proc, first at the pid
+        libvirtd recorded (readable by root), else among all processes: only for a local
         ``qemu:`` URI; None wherever it cannot tell.
         """
         if not self.uri.startswith("qemu") or not _is_local(self.uri):
             return None
-        return _process_start_time(("-uuid", uuid))
+        wanted = ("-uuid", uuid)
+        try:
+            with open(f"/run/libvirt/qemu/{name}.pid", encoding="ascii") as handle:
+                started = _process_start_time(wanted, [handle.read().strip()])
+        except (OSError, ValueError):
+            started = None
+        return started if started is not None else _process_start_time(wanted)
 
     def version(self) -> tuple[str, str]:
         """Return (libvirt version, hypervisor version) as dotted strings."""
@@ -733,13 +740,14 @@ def _lease_durations(network_xml: str) -> dict[str, int]:
     return durations
 
 
-def _process_start_time(arguments: tuple[str, ...]) -> float | None:
-    """Return the start time (epoch seconds) of the local process whose command line holds ``arguments`` in a row."""
+def _process_start_time(arguments: tuple[str, ...], pids: list[str] | None = None) -> float | None:
+    """Return the start time (epoch seconds) of the local process (among ``pids``, or all) whose command line holds ``arguments`` in a row."""
     wanted = [a.encode() for a in arguments]
     try:
         with open("/proc/stat", encoding="ascii") as handle:
             boot = next(float(line.split()[1]) for line in handle if line.startswith("btime "))
-        pids = [entry for entry in os.listdir("/proc") if entry.isdigit()]
+        if pids is None:
+            pids = [entry for entry in os.listdir("/proc") if entry.isdigit()]
     except (OSError, StopIteration, ValueError):
         return None
     for pid in pids:

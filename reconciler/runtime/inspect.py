@@ -44,7 +44,7 @@ def addresses(hypervisor: hv.Hypervisor, domain: model.ObservedDomain) -> list[A
     """
     if not domain.power.active:
         return []
-    started = hypervisor.domain_started_at(domain.uuid)
+    started = hypervisor.domain_started_at(domain.name, domain.uuid)
     sources = [s for s in ADDRESS_SOURCES
                if s != "agent" or (domain.definition is not None and domain.definition.guest_agent)]
     leased: set[str] = set()  # MACs the DHCP server knows, stale or not
@@ -96,7 +96,6 @@ def _row(hypervisor, domain: model.ObservedDomain, actual: model.ActualState, pl
     owner = definition.owner if definition is not None else None
     pending = planner.restart_pending(domain.live, definition) if domain.live and definition else []
     conditions = []
-    running = domain.power is model.PowerState.RUNNING
     strategy = owner.run_strategy if owner is not None else model.RunStrategy.MANUAL
     not_powered_right = _power_mismatch(domain, strategy)
     if not_powered_right:
