@@ -313,13 +313,16 @@ class Hypervisor:
             pools = self._connection.listAllStoragePools(0)
         result = []
         for pool in pools:
-            with translated("cannot read a storage pool"):
-                root = ET.fromstring(pool.XMLDesc(0))
-                result.append(model.ObservedPool(
-                    name=pool.name(), type=root.get("type", ""),
-                    path=(root.findtext("target/path") or "").rstrip("/") or None,
-                    active=bool(pool.isActive()), autostart=bool(pool.autostart()),
-                ))
+            try:
+                with translated("cannot read a storage pool"):
+                    root = ET.fromstring(pool.XMLDesc(0))
+                    result.append(model.ObservedPool(
+                        name=pool.name(), type=root.get("type", ""),
+                        path=(root.findtext("target/path") or "").rstrip("/") or None,
+                        active=bool(pool.isActive()), autostart=bool(pool.autostart()),
+                    ))
+            except errors.ObjectNotFound:
+                continue  # undefined between the listing and now (another tool on a shared host)
         return result
 
     def list_networks(self) -> list[model.NetworkRecord]:
@@ -483,6 +486,8 @@ class Hypervisor:
             with translated(f"cannot list the volumes of pool {pool_name}"):
                 pool = self._connection.storagePoolLookupByName(pool_name)
                 volumes = pool.listAllVolumes(0)
+        except errors.ObjectNotFound:
+            return []  # undefined between the listing and now
         except errors.OperationRefused as exc:
             if exc.code == libvirt.VIR_ERR_OPERATION_INVALID:  # stopped between the listing and now
                 return []

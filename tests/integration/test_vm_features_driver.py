@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -528,3 +529,35 @@ def test_import_of_a_domain_kvmops_already_manages_warns_that_its_manifest_exist
     assert status == 0 and yaml.safe_load(out)["metadata"]["name"] == "web"
     assert err.startswith("kvmops: warning: web is already managed by kvmops (declared in web.yaml, scope default): "
                           "its manifest exists"), err
+
+
+def test_listing_pools_and_volumes_survives_pools_undefined_meanwhile(tmp_path):
+    """On a shared host other tools define and undefine pools all the time: a pool gone between
+    the listing and its reading is left out, never an error that fails status, plan or apply."""
+    reader = hv.Hypervisor.open("test:///default")
+    churner = hv.Hypervisor.open("test:///default")
+    name = f"kvmops-race-{os.getpid()}"
+    xml = f"<pool type='dir'><name>{name}</name><target><path>{tmp_path}</path></target></pool>"
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            churner.define_pool(xml, name)
+            churner._connection.storagePoolLookupByName(name).undefine()
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    failures = []
+    try:
+        for _ in range(500):
+            try:
+                reader.list_pools()
+                reader.list_volumes(name)
+            except Exception as exc:  # noqa: BLE001 - any escape is the failure under test
+                failures.append(f"{type(exc).__name__}: {exc}")
+    finally:
+        stop.set()
+        thread.join()
+        reader.close()
+        churner.close()
+    assert failures == []
