@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,22 @@ def test_a_revision_with_a_link_leading_out_of_its_tree_is_refused(tmp_path, tar
     with pytest.raises(errors.SourceError, match="cannot be read safely"):
         git.materialize(tmp_path / "repo", commit, "manifests", tmp_path / "out")
     assert not (tmp_path / "out" / "manifests" / "escape").exists()
+
+
+def test_setup_refuses_a_too_old_python_at_once_in_one_line(tmp_path):
+    """setup.sh with a Python older than requires-python says so in one line, with what to do, before apt or pip run."""
+    old_python = tmp_path / "python3.9"
+    old_python.write_text(  # answers like Python 3.9.2: too old for the version check, and its version when asked
+        "#!/bin/sh\ncase \"$*\" in *platform*) echo 3.9.2 ;; *) exit 1 ;; esac\n", encoding="ascii")
+    old_python.chmod(0o755)
+    started = time.monotonic()
+
+    result = subprocess.run(["bash", str(REPO / "scripts" / "setup.sh"), "client"], capture_output=True, text=True,
+                            env={**os.environ, "PYTHON": str(old_python), "VENV": str(tmp_path / "venv")}, timeout=60)
+
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"==> kvmops needs Python {'.'.join(map(str, requires_python()))} or newer, but {old_python} is 3.9.2: install a "
+        f"newer python3 (Debian 12 and Ubuntu 22.04 or later have one) and run PYTHON=/path/to/it "
+        f"{REPO / 'scripts' / 'setup.sh'} client"]
+    assert not (tmp_path / "venv").exists() and time.monotonic() - started < 10
