@@ -561,3 +561,15 @@ def test_listing_pools_and_volumes_survives_pools_undefined_meanwhile(tmp_path):
         reader.close()
         churner.close()
     assert failures == []
+
+
+def test_a_lease_is_dated_by_the_duration_the_network_gives_its_host_or_range():
+    """When a lease was granted is its expiry less the duration of the host's <lease>, else the range's, else an hour."""
+    xml = """<network><name>n</name><ip address='10.0.0.1' prefix='24'><dhcp>
+      <range start='10.0.0.2' end='10.0.0.9'><lease expiry='2' unit='hours'/></range>
+      <host mac='52:54:00:AA:00:01' ip='10.0.0.5'><lease expiry='90' unit='seconds'/></host>
+      <host mac='52:54:00:aa:00:02' ip='10.0.0.6'/>
+    </dhcp></ip></network>"""
+    assert hv._lease_durations(xml) == {"": 7200, "52:54:00:aa:00:01": 90}
+    assert hv._lease_durations("<network><name>n</name></network>") == {}
+    assert hv.DEFAULT_LEASE_SECONDS == 3600
