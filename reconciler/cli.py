@@ -15,12 +15,14 @@ import dataclasses
 import datetime
 import json
 import os
+import re
 import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import reconciler
 from reconciler import errors, logconfig
 from reconciler.adapters import git
 from reconciler.adapters import hypervisor as hv
@@ -35,6 +37,7 @@ EXIT_ERROR = 1
 EXIT_CHANGES = 2
 DEMO_URI = "test:///default"
 DEFAULT_SCOPE = "default"
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,18 +56,18 @@ def default_uri() -> str:
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser for every subcommand."""
     parser = _Parser(prog="kvmops", description="Declarative GitOps reconciler for KVM virtual machines.")
-    parser.add_argument("--log-format", choices=logconfig.FORMATS, default=os.environ.get("KVMOPS_LOG_FORMAT"),
-                        help="log format on stderr (default: console on a terminal, JSON otherwise)")
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=None)
+    parser.add_argument("--version", action="version",
+                        version=f"kvmops {reconciler.__version__} (Python {sys.version.split()[0]})")
+    _global_options(parser, default_format=os.environ.get("KVMOPS_LOG_FORMAT"), default_level=None)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     def connect_option(command: argparse.ArgumentParser, *, required_default: bool = True) -> None:
         command.add_argument("--connect", "-c", metavar="URI", default=default_uri() if required_default else None,
                              help="libvirt URI (default: $KVMOPS_CONNECT or qemu:///system)")
 
-    def planning_options(command: argparse.ArgumentParser) -> None:
+    def planning_options(command: argparse.ArgumentParser, *, connect_default: bool = True) -> None:
         command.add_argument("path", metavar="PATH", help="manifest directory (searched recursively) or file")
-        connect_option(command)
+        connect_option(command, required_default=connect_default)
         command.add_argument("--no-prune", action="store_true", help="never remove domains whose manifest is gone")
         command.add_argument("--allow-empty", action="store_true",
                              help="allow pruning every managed domain when the manifests declare no VM")
@@ -89,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(handler=cmd_validate)
 
     plan = commands.add_parser("plan", help="show what apply would change (a dry run)")
-    planning_options(plan)
+    planning_options(plan, connect_default=False)  # None tells an explicit --connect, which --state contradicts
     plan.add_argument("--output", "-o", choices=("text", "json", "markdown"), default="text")
     plan.add_argument("--detailed-exitcode", action="store_true",
                       help="exit 0 when there are no changes, 2 when there are, 1 on error")
@@ -220,14 +223,38 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("path", metavar="PATH", nargs="?", default="manifests")
     demo.add_argument("--connect", "-c", metavar="URI", default=DEMO_URI, help=argparse.SUPPRESS)
     demo.set_defaults(handler=cmd_demo)
+    _accept_global_options_after_commands(parser)
     return parser
+
+
+def _global_options(parser: argparse.ArgumentParser, *, default_format, default_level) -> None:
+    parser.add_argument("--log-format", choices=logconfig.FORMATS, default=default_format,
+                        help="log format on stderr (default: console on a terminal, JSON otherwise)")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default=default_level,
+                        help="least severe log events shown on stderr (default: warning; info for run)")
+
+
+def _accept_global_options_after_commands(parser: argparse.ArgumentParser) -> None:
+    """Let ``--log-format`` and ``--log-level`` follow the command too: ``kvmops plan DIR --log-level debug``.
+
+    Given after the command they win; absent there, they leave what was given before it
+    (argparse.SUPPRESS keeps a subcommand's default from overwriting it).
+    """
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in set(action.choices.values()):
+                _global_options(command, default_format=argparse.SUPPRESS, default_level=argparse.SUPPRESS)
+                _accept_global_options_after_commands(command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the kvmops command line; return the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    logconfig.configure(format=args.log_format or "auto", level=args.log_level or "info")
+    args = _parse(parser, list(sys.argv[1:] if argv is None else argv))
+    # One-shot commands print their report on stdout; their log events would repeat it on
+    # stderr, so only warnings and errors show unless asked. The controller's log is its output.
+    logconfig.configure(format=args.log_format or "auto",
+                        level=args.log_level or ("info" if args.command == "run" else "warning"))
     try:
         return args.handler(args)
     except errors.KvmopsError as exc:
@@ -243,6 +270,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         _error(f"internal error: {type(exc).__name__}: {exc} (set KVMOPS_DEBUG=1 for a traceback, and please report it)")
         return EXIT_ERROR
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; for ``ssh``, everything after the first ``--`` is ssh's, whatever came before it.
+
+    argparse alone gives ``ssh NAME --user U -- ARGS`` (the README's order) to no argument
+    at all, as the NAME/SSH_ARGS pair is matched once, at NAME.
+    """
+    index = 0
+    while index < len(argv) and argv[index].startswith("-") and argv[index] != "--":
+        index += 2 if argv[index] in ("--log-format", "--log-level") else 1
+    if argv[index:index + 1] == ["ssh"] and "--" in argv[index:]:
+        split = argv.index("--", index)
+        args = parser.parse_args(argv[:split])
+        args.ssh_args = [*args.ssh_args, *argv[split + 1:]]
+        return args
+    return parser.parse_args(argv)
 
 
 def _error(message: str) -> None:
@@ -314,6 +358,13 @@ def cmd_validate(args: argparse.Namespace, shared: hv.Hypervisor | None = None) 
 
 def cmd_plan(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> int:
     """Print the plan; exit per ``--detailed-exitcode``."""
+    if getattr(args, "state", None) and args.connect and shared is None:
+        raise errors.KvmopsError(
+            f"--state {args.state} and --connect {redaction.redact_url(args.connect)} contradict each other: --state "
+            "plans against a snapshot, --connect against a live host; give one of them"
+        )
+    if not args.connect:
+        args.connect = default_uri()
     if getattr(args, "state", None):
         result = review.plan_from_snapshot(args.path, _read_snapshot(args.state), settings=_settings(args))
         _print_plan(result.plan, args)
@@ -563,14 +614,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no domains managed by kvmops on {redaction.redact_url(args.connect)}")
         return EXIT_OK
-    columns = ("NAME", "STATE", "DESIRED", "CONDITIONS", "ADDRESSES", "VCPUS", "MEMORY", "REVISION")
+    scopes = len({row["scope"] for row in rows}) > 1
+    columns = ("NAME", *(("SCOPE",) if scopes else ()), "STATE", "DESIRED", "CONDITIONS", "ADDRESSES", "VCPUS",
+               "MEMORY", "REVISION")
     table = [list(columns)]
     for row in rows:
         table.append([
-            row["name"], row["state"], row["desired"] or "-",
+            row["name"], *((row["scope"],) if scopes else ()), row["state"], row["desired"] or "-",
             ",".join(c["type"] for c in row["conditions"]) or "-",
             ",".join(f"{a['ip']} ({a['source']})" for a in row["addresses"]) or "-",
-            str(row["vcpus"]), f"{row['memory_mib']} MiB", (row["revision"] or "-")[:12],
+            str(row["vcpus"]), f"{row['memory_mib']} MiB", short_revision(row["revision"]),
         ])
     widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
     for line in table:
@@ -588,6 +641,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             size = format_size(disk["capacity_bytes"])
             print(f"disk {disk['target']}: {disk['source']} {size}")
     return EXIT_OK
+
+
+def short_revision(revision: str | None) -> str:
+    """Return a git revision for a table: a full commit id cut to 12 digits, with its ``-dirty`` kept."""
+    if not revision:
+        return "-"
+    return re.sub(r"^([0-9a-f]{12})[0-9a-f]{28}\b", r"\1", revision)
 
 
 def format_size(capacity: int | None) -> str:
@@ -625,10 +685,13 @@ def cmd_ssh(args: argparse.Namespace) -> int:
             f"{args.name} {state}; try `kvmops wait {args.name} --for ip` first"
         )
     address = next((a for a in found if a.family == "ipv4"), found[0])
-    extra = [a for a in args.ssh_args if a != "--"] if args.ssh_args[:1] == ["--"] else list(args.ssh_args)
+    extra = list(args.ssh_args)
     options, command = [], []
     index = 0
     while index < len(extra) and extra[index].startswith("-"):
+        if extra[index] == "--":  # ssh's own end of options: the command follows
+            index += 1
+            break
         options.append(extra[index])
         if len(extra[index]) == 2 and extra[index][1] in _SSH_OPTIONS_WITH_VALUES and index + 1 < len(extra):
             index += 1
@@ -673,6 +736,12 @@ def cmd_import(args: argparse.Namespace) -> int:
         actual, domain = _observed(hypervisor, args.name)
         definition = actual_state.resolve_paths(domxml.parse(hypervisor.domain_xml(args.name)), actual.volumes_by_path())
     capacities = {key: volume.capacity for key, volume in actual.volumes.items()}
+    owner = domain.definition.owner if domain.owned and domain.definition is not None else None
+    if domain.owned:
+        declared = f" (declared in {owner.manifest}, scope {owner.scope})" if owner is not None and owner.manifest else ""
+        print(f"kvmops: warning: {args.name} is already managed by kvmops{declared}: its manifest exists, and a second "
+              f"one declaring it would be a duplicate; no adopt is needed. Use this output only to rebuild a lost "
+              f"manifest.", file=sys.stderr)
     document, warnings = desired_state.manifest_for(definition, autostart=domain.autostart, capacities=capacities)
     header = f"# Imported from {redaction.redact_url(args.connect)} by kvmops import {args.name}.\n"
     header += "".join(f"# NOTE: {warning}\n" for warning in warnings)

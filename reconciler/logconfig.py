@@ -18,6 +18,8 @@ import sys
 import threading
 
 FORMATS = ("auto", "console", "json")
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR,
+           "critical": logging.CRITICAL}
 
 _pending: dict | None = None  # what configure() asked for, not yet given to structlog
 _lock = threading.Lock()  # the executor's threads may all log their first event at once
@@ -61,7 +63,7 @@ def _configure(settings: dict) -> None:
             redact_credentials,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[settings["level"].upper()]),
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[settings["level"].lower()]),
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )

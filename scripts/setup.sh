@@ -6,6 +6,7 @@
 #   scripts/setup.sh host     also libvirtd, QEMU and qemu-img, and starts virtlogd and
 #                             libvirtd when they are not running (for the test suite)
 #
+# PYTHON (default python3) is the interpreter, VENV (default .venv) the virtualenv's directory.
 # Idempotent: installs only what is missing, starts only what is stopped.
 set -euo pipefail
 mode=${1:-client}
@@ -17,6 +18,22 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 say() { printf '==> %s\n' "$*" >&2; }
 
 PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+
+# pip would refuse kvmops on an older interpreter only after minutes of backtracking through
+# every release of every dependency: say it at once, in one line, with what to install.
+minimum=$(sed -n 's/^requires-python = ">=\([0-9.]*\)"$/\1/p' pyproject.toml)
+new_enough() {
+  "$1" -c 'import sys; sys.exit(sys.version_info[:3] < tuple(int(p) for p in sys.argv[1].split(".")))' "$minimum" 2>/dev/null
+}
+if ! command -v "$PYTHON" >/dev/null 2>&1; then
+  say "kvmops needs Python $minimum or newer, and $PYTHON is not installed: apt-get install python3 (or set PYTHON=/path/to/python3)"
+  exit 1
+fi
+if ! new_enough "$PYTHON"; then
+  say "kvmops needs Python $minimum or newer, but $PYTHON is $("$PYTHON" -c 'import platform; print(platform.python_version())'): install a newer python3 (Debian 12 and Ubuntu 22.04 or later have one) and run PYTHON=/path/to/it $0 $mode"
+  exit 1
+fi
 client_packages=(libvirt-dev pkg-config gcc libc6-dev)
 host_packages=(libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base ovmf virtinst git)
 
@@ -44,19 +61,23 @@ if [ ${#missing[@]} -gt 0 ]; then
   trap - EXIT
 fi
 
-if [ ! -x .venv/bin/python ]; then
-  say "creating .venv"
-  "$PYTHON" -m venv .venv
+if [ -x "$VENV/bin/python" ] && ! new_enough "$VENV/bin/python"; then
+  say "$VENV was made with a Python older than $minimum: recreating it with $PYTHON"
+  rm -rf "$VENV"
 fi
-if ! .venv/bin/python -c 'import reconciler, libvirt, pytest' 2>/dev/null || [ pyproject.toml -nt .venv/.installed ]; then
-  say "installing kvmops into .venv"
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating $VENV with $("$PYTHON" -c 'import sys; print(sys.executable, sys.version.split()[0])')"
+  "$PYTHON" -m venv "$VENV"
+fi
+if ! "$VENV/bin/python" -c 'import reconciler, libvirt, pytest' 2>/dev/null || [ pyproject.toml -nt "$VENV/.installed" ]; then
+  say "installing kvmops into $VENV"
   # (grep drops pip's noise about optional local package indexes some machines configure)
-  .venv/bin/python -m pip install -q -e '.[test]' 2> >(grep -v '^WARNING: Location' >&2)
-  touch .venv/.installed
+  "$VENV/bin/python" -m pip install -q -e '.[test]' 2> >(grep -v '^WARNING: Location' >&2)
+  touch "$VENV/.installed"
 fi
 # Byte-compile kvmops itself: with PYTHONDONTWRITEBYTECODE set (some images set it), every
 # command would otherwise recompile the package, a third of a one-shot plan's time.
-.venv/bin/python -m compileall -q reconciler >/dev/null
+"$VENV/bin/python" -m compileall -q reconciler >/dev/null
 
 if [ "$mode" != host ]; then exit 0; fi
 

@@ -3,8 +3,9 @@
 ``kvmops diff`` materialises two revisions of a manifest directory side by side; the
 controller's git source clones a repository, fetches it, and materialises the revision it
 moves to.  Materialising goes through ``git archive`` into a fresh directory, extracted
-with tarfile's ``data`` filter, so a revision never touches a working tree and a hostile
-archive cannot write outside its directory.
+with tarfile's ``data`` filter (or, on Pythons whose tarfile predates it, such as Debian
+12's 3.11.2, the same confinement written out below), so a revision never touches a
+working tree and a hostile archive cannot write outside its directory.
 """
 
 from __future__ import annotations
@@ -79,10 +80,46 @@ def materialize(repository: str | os.PathLike, commit: str, subpath: str, destin
         archive = b""
     if archive:
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-            tar.extractall(destination, filter="data")
+            try:
+                if hasattr(tarfile, "data_filter"):
+                    tar.extractall(destination, filter="data")
+                else:
+                    extract_confined(tar, destination)
+            except tarfile.TarError as exc:  # FilterError is a TarError
+                raise errors.SourceError(f"revision {commit} cannot be read safely: {exc}") from exc
     target = destination / subpath
     target.mkdir(parents=True, exist_ok=True)
     return target
+
+
+def extract_confined(tar: tarfile.TarFile, destination: Path) -> None:
+    """Extract ``tar`` under ``destination`` as tarfile's ``data`` filter would, for Pythons without it.
+
+    Only directories, regular files and links are written; a member whose name or link
+    target is absolute or leads outside ``destination`` (through ``..`` or a symbolic link
+    extracted before it) raises ``tarfile.TarError`` before anything of it is written.
+    Owners, times and special mode bits are not restored.
+    """
+    root = os.path.realpath(destination)
+
+    def inside(path: str) -> bool:
+        return os.path.commonpath([root, os.path.realpath(path)]) == root
+
+    for member in tar.getmembers():
+        name = member.name
+        if os.path.isabs(name) or not inside(os.path.join(root, name)):
+            raise tarfile.TarError(f"{name!r} would be written outside the destination")
+        if member.issym():
+            if os.path.isabs(member.linkname):
+                raise tarfile.TarError(f"{name!r} is a link to an absolute path ({member.linkname!r})")
+            if not inside(os.path.join(root, os.path.dirname(name), member.linkname)):
+                raise tarfile.TarError(f"{name!r} is a link to {member.linkname!r}, outside the destination")
+        elif member.islnk():
+            if os.path.isabs(member.linkname) or not inside(os.path.join(root, member.linkname)):
+                raise tarfile.TarError(f"{name!r} is a hard link to {member.linkname!r}, outside the destination")
+        elif not (member.isfile() or member.isdir()):
+            raise tarfile.TarError(f"{name!r} is a special file")
+        tar.extract(member, root, set_attrs=False)
 
 
 def describe(path: str | os.PathLike) -> str:

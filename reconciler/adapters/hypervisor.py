@@ -416,6 +416,57 @@ class Hypervisor:
                 found.append(((interface.get("hwaddr") or "").lower(), address["addr"], int(address.get("prefix") or 0)))
         return found
 
+    def dhcp_leases(self, network: str) -> list[tuple[str, str, int, float | None]]:
+        """Return (mac, address, prefix, when the lease was granted or last renewed) of network ``network``.
+
+        The grant time is the lease's expiry less its duration (the network's ``<lease>``
+        for the host or range, else dnsmasq's default hour); None for a lease that never
+        expires.  A network that does not exist or cannot answer gives an empty list.
+        """
+        try:
+            with translated(f"cannot read the DHCP leases of network {network}"):
+                handle = self._connection.networkLookupByName(network)
+                leases = handle.DHCPLeases() or []
+                durations = _lease_durations(handle.XMLDesc(0))
+        except (errors.OperationRefused, errors.OperationUnsupported, errors.RetryableHypervisorError,
+                errors.ObjectNotFound):
+            return []
+        found = []
+        for lease in leases:
+            mac = (lease.get("mac") or "").lower()
+            expiry = int(lease.get("expirytime") or 0)
+            duration = durations.get(mac, durations.get("", DEFAULT_LEASE_SECONDS))
+            granted = float(expiry - duration) if expiry and duration else None
+            found.append((mac, lease["ipaddr"], int(lease.get("prefix") or 0), granted))
+        return found
+
+    def current_memory(self, name: str) -> int | None:
+        """Return the memory a running domain has now (KiB, after the balloon), or None when it is not running."""
+        try:
+            with translated(f"cannot read the memory of domain {name}"):
+                domain = self._connection.lookupByName(name)
+                return int(domain.info()[2]) if domain.isActive() else None
+        except (errors.ObjectNotFound, errors.OperationUnsupported):
+            return None
+
+    def domain_started_at(self, name: str, uuid: str) -> float | None:
+        """Return when the QEMU process of the running domain ``name`` started (epoch seconds), or None.
+
+        libvirt does not say when a domain started, so this looks for the QEMU process
+        (``-uuid UUID`` on its command line) in this machine's /proc, first at the pid
+        libvirtd recorded (readable by root), else among all processes: only for a local
+        ``qemu:`` URI; None wherever it cannot tell.
+        """
+        if not self.uri.startswith("qemu") or not _is_local(self.uri):
+            return None
+        wanted = ("-uuid", uuid)
+        try:
+            with open(f"/run/libvirt/qemu/{name}.pid", encoding="ascii") as handle:
+                started = _process_start_time(wanted, [handle.read().strip()])
+        except (OSError, ValueError):
+            started = None
+        return started if started is not None else _process_start_time(wanted)
+
     def version(self) -> tuple[str, str]:
         """Return (libvirt version, hypervisor version) as dotted strings."""
         def dotted(number: int) -> str:
@@ -437,6 +488,8 @@ class Hypervisor:
             with translated(f"cannot list the volumes of pool {pool_name}"):
                 pool = self._connection.storagePoolLookupByName(pool_name)
                 volumes = pool.listAllVolumes(0)
+        except errors.ObjectNotFound:
+            return []  # undefined between the listing and now
         except errors.OperationRefused as exc:
             if exc.code == libvirt.VIR_ERR_OPERATION_INVALID:  # stopped between the listing and now
                 return []
@@ -749,6 +802,47 @@ def _persistent_network_xml(network: libvirt.virNetwork) -> str:
         if exc.get_error_code() not in (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT):
             raise
         return network.XMLDesc(0)  # drivers without the flag (the test driver) have one XML
+
+
+DEFAULT_LEASE_SECONDS = 3600  # dnsmasq's, when the network names none
+_LEASE_UNITS = {"seconds": 1, "minutes": 60, "hours": 3600}
+
+
+def _lease_durations(network_xml: str) -> dict[str, int]:
+    """Return lease durations in seconds by MAC ('' for the ranges) from a network's XML; 0 means forever."""
+    durations: dict[str, int] = {}
+    root = ET.fromstring(network_xml)
+    for element in root.iterfind("./ip/dhcp/range/lease"):
+        durations[""] = int(element.get("expiry", "0")) * _LEASE_UNITS.get(element.get("unit", "minutes"), 60)
+    for host in root.iterfind("./ip/dhcp/host"):
+        lease = host.find("lease")
+        if lease is not None and host.get("mac"):
+            durations[host.get("mac", "").lower()] = int(lease.get("expiry", "0")) * _LEASE_UNITS.get(lease.get("unit", "minutes"), 60)
+    return durations
+
+
+def _process_start_time(arguments: tuple[str, ...], pids: list[str] | None = None) -> float | None:
+    """Return the start time (epoch seconds) of the local process (among ``pids``, or all) whose command line holds ``arguments`` in a row."""
+    wanted = [a.encode() for a in arguments]
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            boot = next(float(line.split()[1]) for line in handle if line.startswith("btime "))
+        if pids is None:
+            pids = [entry for entry in os.listdir("/proc") if entry.isdigit()]
+    except (OSError, StopIteration, ValueError):
+        return None
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                words = handle.read().split(b"\0")
+            if not any(words[i:i + len(wanted)] == wanted for i in range(len(words))):
+                continue
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+                ticks = int(handle.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+            return boot + ticks / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
 
 
 def _is_local(uri: str) -> bool:

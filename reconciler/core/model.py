@@ -21,8 +21,23 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 
+class StrEnum(str, enum.Enum):
+    """An enum whose members are strings, printed and formatted as their value.
 
-class RunStrategy(enum.StrEnum):
+    Python 3.11's ``enum.StrEnum``, written out so that kvmops runs on the 3.10 of
+    Ubuntu 22.04 and the 3.11.2 of Debian 12 alike; ``str()``, ``format()`` and f-strings
+    give the value, never ``Class.MEMBER``.
+    """
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+    @staticmethod
+    def _generate_next_value_(name: str, start: int, count: int, last_values: list) -> str:
+        return name.lower()
+
+
+class RunStrategy(StrEnum):
     """When a VM should be running, in KubeVirt's vocabulary."""
 
     ALWAYS = "Always"  # keep running; start it whenever it is not
@@ -41,14 +56,14 @@ class RunStrategy(enum.StrEnum):
         }[self.value]
 
 
-class DeletionPolicy(enum.StrEnum):
+class DeletionPolicy(StrEnum):
     """What becomes of a volume when its disk or VM leaves the manifests."""
 
     RETAIN = "Retain"
     DELETE = "Delete"
 
 
-class PowerState(enum.StrEnum):
+class PowerState(StrEnum):
     """A domain's power state, reduced to what the planner acts on."""
 
     RUNNING = "running"
@@ -63,7 +78,7 @@ class PowerState(enum.StrEnum):
         return self in (PowerState.RUNNING, PowerState.PAUSED, PowerState.TRANSITIONAL)
 
 
-class ShutoffReason(enum.StrEnum):
+class ShutoffReason(StrEnum):
     """Why a shut-off domain is off (libvirt's ``VIR_DOMAIN_SHUTOFF_*``)."""
 
     UNKNOWN = "unknown"

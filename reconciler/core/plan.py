@@ -14,7 +14,6 @@ the steps that make them so.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from typing import ClassVar
 from reconciler.core import model, quantity, redaction
 
 
-class Action(enum.StrEnum):
+class Action(model.StrEnum):
     """What happens to a resource as a whole."""
 
     CREATE = "create"
@@ -38,7 +37,7 @@ class Action(enum.StrEnum):
         return {"create": "+", "update": "~", "delete": "-", "start": ">", "stop": "■"}[self.value]
 
 
-class Impact(enum.StrEnum):
+class Impact(model.StrEnum):
     """What a field change costs the running guest."""
 
     LIVE = "live"  # applies now, the guest keeps running

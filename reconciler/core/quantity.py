@@ -75,3 +75,15 @@ def format_bytes(value: int) -> str:
         if value >= size:
             return f"{value / size:.1f} {unit}"
     return f"{value} B"
+
+
+def format_bytes_approx(value: int) -> str:
+    """Return ``value`` bytes rounded to one decimal of the largest binary unit it reaches, e.g. ``37.4 GiB``.
+
+    For measured amounts such as free space, where :func:`format_bytes`'s exact units
+    would print a filesystem's 4 KiB blocks as ``9793512 KiB``.
+    """
+    for unit, size in (("TiB", TIB), ("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
+        if value >= size:
+            return f"{value / size:.1f} {unit}"
+    return f"{value} B"

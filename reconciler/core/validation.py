@@ -138,11 +138,13 @@ def _validate(document: model.Document) -> tuple[dict | None, list[model.Problem
         known = " or ".join(SCHEMA_FILES)
         message = "missing 'kind'" if kind is None else f"unknown kind {_short(kind)}"
         return None, [origin.problem("kind", f"{message}; expected {known}")]
-    if body.get("apiVersion") != API_VERSION:
+    problems = []
+    if body.get("apiVersion") != API_VERSION:  # reported, and the rest still checked against the kind's schema
         got = body.get("apiVersion")
         message = "missing 'apiVersion'" if got is None else f"apiVersion {got!r} is not supported"
-        return None, [origin.problem("apiVersion", f"{message}; write apiVersion: {API_VERSION}")]
-    problems = _problems(_validator(kind).iter_errors(body), origin)
+        problems.append(origin.problem("apiVersion", f"{message}; write apiVersion: {API_VERSION}"))
+        body = {**body, "apiVersion": API_VERSION}
+    problems = sorted(problems + _problems(_validator(kind).iter_errors(body), origin), key=lambda p: (p.line or 0, p.path))
     if problems:
         return None, problems
     root = schemas()[SCHEMA_FILES[kind]]

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 from reconciler import errors
 from reconciler.adapters import hypervisor as hv
 from reconciler.core import model
-from reconciler.core.quantity import format_bytes
+from reconciler.core.quantity import format_bytes_approx
 
 
 @dataclass(frozen=True)
@@ -112,11 +112,11 @@ def manifest_checks(desired: model.DesiredState, hypervisor: hv.Hypervisor, actu
     pools = sorted({d.pool for s in desired.vms.values() for d in s.disks} | set(desired.pools))
     for name in pools:
         pool = actual.pools.get(name)
+        if pool is None and name in desired.pools:
+            checks.append(_future_pool_check(desired.pools[name], needed.get(name, 0), local=is_local(hypervisor.uri)))
+            continue
         if pool is None:
-            declared = name in desired.pools
-            checks.append(Check(f"pool {name}", None if declared else False,
-                                "declared in the manifests, not created yet" if declared else "not defined on the host",
-                                "kvmops apply creates it" if declared else "declare it in a StoragePool manifest"))
+            checks.append(Check(f"pool {name}", False, "not defined on the host", "declare it in a StoragePool manifest"))
             continue
         if not pool.active:
             checks.append(Check(f"pool {name}", False, "defined but not active", f"virsh pool-start {name}"))
@@ -125,14 +125,19 @@ def manifest_checks(desired: model.DesiredState, hypervisor: hv.Hypervisor, actu
         want = needed.get(name, 0)
         if free is not None and want > free:
             checks.append(Check(f"pool {name}", None,
-                                f"{format_bytes(free)} free, new volumes may grow to {format_bytes(want)}",
+                                f"{format_bytes_approx(free)} free, new volumes may grow to {format_bytes_approx(want)}",
                                 "qcow2 volumes are sparse, but full disks will not fit: free space or move disks"))
         else:
-            checks.append(Check(f"pool {name}", True, f"active at {pool.path}, {format_bytes(free or 0)} free"
-                                + (f", new volumes up to {format_bytes(want)}" if want else "")))
+            checks.append(Check(f"pool {name}", True, f"active at {pool.path}, {format_bytes_approx(free or 0)} free"
+                                + (f", new volumes up to {format_bytes_approx(want)}" if want else "")))
     networks = sorted({n.source for s in desired.vms.values() for n in s.nics if n.kind == "network"} | set(desired.networks))
     for name in networks:
         network = actual.networks.get(name)
+        spec = desired.networks.get(name)
+        if spec is not None and spec.definition.mode == "bridge" and is_local(hypervisor.uri) \
+                and spec.definition.bridge and not host_bridge_exists(spec.definition.bridge):
+            checks.append(_missing_bridge(f"network {name}", spec.definition.bridge, "or use mode: nat"))
+            continue
         if network is None:
             declared = name in desired.networks
             checks.append(Check(f"network {name}", None if declared else False,
@@ -144,7 +149,44 @@ def manifest_checks(desired: model.DesiredState, hypervisor: hv.Hypervisor, actu
                                 "kvmops apply starts it" if owned else f"virsh net-start {name}"))
         else:
             checks.append(Check(f"network {name}", True, "active"))
+    reported = {n.definition.bridge for n in desired.networks.values() if n.definition.mode == "bridge"}
+    bridges = sorted({n.source for s in desired.vms.values() for n in s.nics if n.kind == "bridge"} - reported)
+    for bridge in bridges if is_local(hypervisor.uri) else ():
+        if not host_bridge_exists(bridge):
+            checks.append(_missing_bridge(f"bridge {bridge}", bridge))
     return checks
+
+
+def _future_pool_check(spec: model.PoolSpec, want: int, *, local: bool) -> Check:
+    """Check a pool the manifests declare and apply will create: the filesystem its directory will be on."""
+    name = f"pool {spec.name}"
+    if not local:
+        return Check(name, None, "declared in the manifests, not created yet", "kvmops apply creates it")
+    parent = spec.path
+    while not os.path.isdir(parent) and os.path.dirname(parent) != parent:
+        parent = os.path.dirname(parent)
+    try:
+        free = shutil.disk_usage(parent).free
+    except OSError as exc:
+        return Check(name, None, f"declared in the manifests, not created yet; cannot check {parent}: {exc.strerror}",
+                     "kvmops apply creates it")
+    where = f"not created yet; {spec.path} will be on the filesystem of {parent}, {format_bytes_approx(free)} free"
+    if want > free:
+        return Check(name, None, f"{where}, new volumes may grow to {format_bytes_approx(want)}",
+                     "qcow2 volumes are sparse, but full disks will not fit: free space or choose another path")
+    return Check(name, True, where + (f", new volumes up to {format_bytes_approx(want)}" if want else "")
+                 + "; kvmops apply creates it")
+
+
+def _missing_bridge(name: str, bridge: str, alternative: str = "") -> Check:
+    return Check(name, False, f"the host bridge {bridge} does not exist; kvmops does not create host bridges",
+                 f"create {bridge} on the host and enslave its uplink (e.g. with NetworkManager, systemd-networkd or "
+                 f"/etc/network/interfaces)" + (f", {alternative}" if alternative else ""))
+
+
+def host_bridge_exists(name: str) -> bool:
+    """Return whether this machine has a network bridge called ``name``."""
+    return os.path.isdir(os.path.join("/sys/class/net", name, "bridge"))
 
 
 def is_local(uri: str) -> bool:

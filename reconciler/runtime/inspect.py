@@ -34,17 +34,38 @@ class Address:
 
 
 def addresses(hypervisor: hv.Hypervisor, domain: model.ObservedDomain) -> list[Address]:
-    """Return the addresses of a running domain, from the first source that knows any."""
+    """Return the addresses of a running domain learnt since its current boot, from the first source that knows any.
+
+    A libvirt network's DHCP server keeps a guest's lease for an hour, so right after a
+    restart it still reports the previous boot's address.  Where kvmops can tell when the
+    domain started (a local QEMU), a lease counts only if granted or renewed since then,
+    and the ARP table, which remembers old neighbours too, is not asked about a NIC that
+    has a lease.  Elsewhere every lease counts.
+    """
     if not domain.power.active:
         return []
+    started = hypervisor.domain_started_at(domain.name, domain.uuid)
     sources = [s for s in ADDRESS_SOURCES
                if s != "agent" or (domain.definition is not None and domain.definition.guest_agent)]
+    leased: set[str] = set()  # MACs the DHCP server knows, stale or not
     for source in sources:
-        found = [
-            Address(ip, prefix, mac, source)
-            for mac, ip, prefix in hypervisor.interface_addresses(domain.name, source)
-            if not ip.startswith(("127.", "fe80:", "::1"))
-        ]
+        if source == "lease" and started is not None:
+            found = []
+            macs = {nic.mac.lower() for nic in domain.nics if nic.mac}
+            for network in sorted({nic.source for nic in domain.nics if nic.kind == "network"}):
+                for mac, ip, prefix, granted in hypervisor.dhcp_leases(network):
+                    if mac not in macs:
+                        continue
+                    leased.add(mac)
+                    if granted is None or granted > started:
+                        found.append(Address(ip, prefix, mac, source))
+        else:
+            found = [
+                Address(ip, prefix, mac, source)
+                for mac, ip, prefix in hypervisor.interface_addresses(domain.name, source)
+                if not (source == "arp" and mac in leased)
+            ]
+        found = [a for a in found if not a.ip.startswith(("127.", "fe80:", "::1"))]
         if found:
             return found
     return []
@@ -75,9 +96,10 @@ def _row(hypervisor, domain: model.ObservedDomain, actual: model.ActualState, pl
     owner = definition.owner if definition is not None else None
     pending = planner.restart_pending(domain.live, definition) if domain.live and definition else []
     conditions = []
-    running = domain.power is model.PowerState.RUNNING
     strategy = owner.run_strategy if owner is not None else model.RunStrategy.MANUAL
-    powered_right = {model.RunStrategy.ALWAYS: running, model.RunStrategy.HALTED: not domain.power.active}.get(strategy, True)
+    not_powered_right = _power_mismatch(domain, strategy)
+    if not_powered_right:
+        conditions.append({"type": "NotRunning", "message": not_powered_right})
     if pending:
         conditions.append({"type": "RestartRequired",
                            "message": "; ".join(f"{f}: {old} -> {new}" for f, old, new in pending)})
@@ -91,9 +113,13 @@ def _row(hypervisor, domain: model.ObservedDomain, actual: model.ActualState, pl
             conditions.append({"type": "Drifted", "message": f"a plan would change: {what}"})
     if domain.error:
         conditions.append({"type": "Error", "message": domain.error})
-    if not any(c["type"] in ("Drifted", "Error") for c in conditions) and powered_right:
+    if not any(c["type"] in ("Drifted", "Error") for c in conditions) and not not_powered_right \
+            and (strategy is not model.RunStrategy.HALTED or not domain.power.active):
         conditions.insert(0, {"type": "Ready", "message": f"{domain.power.value}, as its runStrategy wants"})
     found = addresses(hypervisor, domain)
+    configured_memory = definition.memory // 1024 if definition else None
+    current = hypervisor.current_memory(domain.name) if domain.power.active else None
+    current_memory = current // 1024 if current else None
     disks = []
     for disk in definition.disks if definition is not None else ():
         volume = actual.volumes.get((disk.pool, disk.volume)) if disk.pool else None
@@ -109,7 +135,8 @@ def _row(hypervisor, domain: model.ObservedDomain, actual: model.ActualState, pl
                       for a in found],
         "macs": [nic.mac for nic in definition.nics] if definition else [],
         "vcpus": definition.vcpus if definition else None,
-        "memory_mib": definition.memory // 1024 if definition else None,
+        "memory_mib": (current_memory if current_memory is not None else configured_memory),
+        "configured_memory_mib": configured_memory,
         "disks": disks,
         "manifest": owner.manifest if owner else None,
         "revision": owner.revision if owner else "",
@@ -118,19 +145,45 @@ def _row(hypervisor, domain: model.ObservedDomain, actual: model.ActualState, pl
     }
 
 
+def _power_mismatch(domain: model.ObservedDomain, strategy: model.RunStrategy) -> str:
+    """Return why a VM that its runStrategy wants running is not, and whether anything will start it; '' if none."""
+    if domain.power is model.PowerState.RUNNING or domain.power is model.PowerState.TRANSITIONAL:
+        return ""
+    if strategy in (model.RunStrategy.ALWAYS, model.RunStrategy.RERUN_ON_FAILURE) and domain.power is model.PowerState.PAUSED:
+        return f"paused; kvmops leaves paused domains alone: virsh resume {domain.name}"
+    reason = domain.shutoff_reason.value if domain.shutoff_reason else domain.power.value
+    if strategy is model.RunStrategy.ALWAYS:
+        return f"{domain.power.value} ({reason}); runStrategy Always: the next apply or controller pass starts it"
+    if strategy is model.RunStrategy.RERUN_ON_FAILURE:
+        if domain.power is model.PowerState.CRASHED or domain.shutoff_reason in (
+                model.ShutoffReason.CRASHED, model.ShutoffReason.FAILED):
+            return f"{domain.power.value} ({reason}); runStrategy RerunOnFailure: the next apply or controller pass restarts it"
+        if domain.shutoff_reason is not model.ShutoffReason.SHUTDOWN:
+            return (f"{domain.power.value} ({reason}), and runStrategy RerunOnFailure restarts only after a crash, so "
+                    f"nothing will start it: virsh start {domain.name}")
+    return ""
+
+
 CONDITIONS = ("ip", "running", "stopped")
 
 
 def wait(hypervisor: hv.Hypervisor, name: str, condition: str, *, timeout: float, interval: float = 0.5) -> str:
     """Wait until domain ``name`` has an IP, runs, or is stopped; return what was seen.
 
-    Raises ``RetryableHypervisorError`` (a timeout) naming the last state seen.
+    An address counts only if learnt since the domain's current boot (see :func:`addresses`).
+    Raises ``ObjectNotFound`` at once for a domain that does not exist, ``KvmopsError`` at
+    once when waiting for ``running`` or ``ip`` on a VM whose runStrategy is Halted, and
+    ``RetryableHypervisorError`` (a timeout) naming the last state seen.
     """
     deadline = time.monotonic() + timeout
     last = "not found"
+    first = True
     while True:
         actual = observe.observe(hypervisor)
         domain = actual.domains.get(name)
+        if first:
+            _refuse_hopeless_wait(hypervisor, name, domain, condition)
+            first = False
         if domain is not None:
             last = domain.power.value
             if condition == "running" and domain.power is model.PowerState.RUNNING:
@@ -145,3 +198,17 @@ def wait(hypervisor: hv.Hypervisor, name: str, condition: str, *, timeout: float
         if time.monotonic() >= deadline:
             raise errors.RetryableHypervisorError(f"timed out after {timeout:g}s waiting for {name} ({condition}); last seen: {last}")
         time.sleep(interval)
+
+
+def _refuse_hopeless_wait(hypervisor: hv.Hypervisor, name: str, domain: model.ObservedDomain | None,
+                          condition: str) -> None:
+    """Raise at once for a wait that only its timeout could end."""
+    if domain is None:
+        raise errors.ObjectNotFound(f"no domain named {name} on {hypervisor.uri}; `kvmops status` lists the VMs")
+    owner = domain.definition.owner if domain.definition is not None else None
+    halted = owner is not None and owner.run_strategy is model.RunStrategy.HALTED
+    if condition in ("running", "ip") and halted and not domain.power.active:
+        raise errors.KvmopsError(
+            f"{name} is shut off and its runStrategy is Halted, so nothing will start it; "
+            f"set runStrategy: Always (and apply) or start it yourself (virsh start {name}) first"
+        )

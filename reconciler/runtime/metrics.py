@@ -9,9 +9,23 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 
-from reconciler.core import redaction
+from reconciler.core import model, redaction
+from reconciler.core import plan as plans
 
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+_KNOWN_SERIES: dict[str, list[dict[str, str]]] = {
+    "kvmops_reconcile_passes_total": [{"result": r} for r in ("ok", "problems", "error")],
+    "kvmops_actions_total": [{"action": a.value, "result": r} for a in plans.Action for r in ("ok", "error")],
+    "kvmops_drift_repairs_total": [{}],
+    "kvmops_errors_total": [{"kind": k} for k in ("execution", "manifests", "libvirt", "git", "internal")],
+    "kvmops_wakeups_total": [{"source": s} for s in ("start", "manifests", "libvirt", "resync", "reconnect", "git",
+                                                     "reload")],
+    "kvmops_managed_vms": [{"state": p.value} for p in model.PowerState],
+    "kvmops_manifest_problems": [{}],
+    "kvmops_connected": [{}],
+}
 
 
 def _labels(pairs: Iterable[tuple[str, str]]) -> str:
@@ -62,6 +76,11 @@ class Metrics:
             ("kvmops_connected", "gauge", "1 while connected to libvirtd."),
         ):
             self._families[name] = _Family(name, kind, help_text)
+        # Every series that can appear exists from the start, at 0: a rate() or an alert on
+        # kvmops_errors_total{kind="git"} then works before the first error, not only after it.
+        for name, labels in _KNOWN_SERIES.items():
+            for label_set in labels:
+                self._families[name].values[tuple(sorted(label_set.items()))] = 0.0
         self._histogram_counts["kvmops_reconcile_duration_seconds"] = [0] * len(_DURATION_BUCKETS)
         self._histogram_sums["kvmops_reconcile_duration_seconds"] = 0.0
         self._histogram_totals["kvmops_reconcile_duration_seconds"] = 0
@@ -79,9 +98,10 @@ class Metrics:
             self._families[name].values[tuple(sorted(labels.items()))] = value
 
     def replace(self, name: str, values: dict[str, float], label: str) -> None:
-        """Replace every series of gauge ``name``: one per ``label`` value."""
+        """Replace every series of gauge ``name``: one per ``label`` value; the known values not given are 0."""
+        known = {key[0][1]: 0.0 for label_set in _KNOWN_SERIES.get(name, ()) for key in [tuple(label_set.items())]}
         with self._lock:
-            self._families[name].values = {((label, k),): v for k, v in values.items()}
+            self._families[name].values = {((label, k),): v for k, v in {**known, **values}.items()}
 
     def observe(self, name: str, seconds: float) -> None:
         """Record one observation of histogram ``name``."""

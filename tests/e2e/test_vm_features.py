@@ -196,6 +196,21 @@ def test_tiny_guest_gets_a_dhcp_lease_and_a_halt_shuts_it_down_gracefully(host, 
     assert waited.stdout.strip() == address, output(waited)
     plan_is_empty(host)  # a running guest booted from install media is converged, not "restart pending"
 
+    # After a restart the network still holds the previous boot's lease (for an hour): wait must not
+    # return it, but the address the guest takes in this boot, once it has it.
+    domain = host.domain(name)
+    mac = leased[0]["mac"]
+    domain.destroy()
+    restarted = time.time()
+    domain.create()
+    rewaited = host.kvmops("wait", name, "--for", "ip", "--timeout", "60")
+    returned = time.time()
+    assert rewaited.returncode == 0 and rewaited.stdout.strip() == address, output(rewaited)
+    lease = next(lease for lease in host.connection.networkLookupByName(network).DHCPLeases() if lease["mac"] == mac)
+    assert lease["expirytime"] - 3600 >= int(restarted), (
+        f"wait returned {returned - restarted:.1f}s after the restart, before the guest's new lease: {lease}")
+    print(f"\nwait --for ip after a restart returned after {returned - restarted:.1f}s")
+
     # Halted: an ACPI shutdown the guest honours at once, well before the destroy deadline.
     write_vm("Halted")
     planned = kvmops(host, "plan", host.manifests)

@@ -9,7 +9,10 @@ the host can be inspected afterwards through the adapter's read methods.
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,6 +50,14 @@ def test_validate_accepts_the_example_manifests():
     status = run("validate", str(REPO / "manifests"))
 
     assert status == 0
+
+
+def test_validate_accepts_the_examples_directory_with_nothing_that_is_not_a_manifest(capsys):
+    """`kvmops validate examples` checks the example manifests and finds no CI job or other YAML to flag."""
+    status = run("validate", str(REPO / "examples"))
+    out, _ = capsys.readouterr()
+
+    assert status == 0, out
 
 
 def test_validate_prints_a_summary_and_exits_zero_when_valid(world, capsys):
@@ -462,3 +473,40 @@ def test_demo_exits_zero_and_ends_with_an_empty_plan(capsys):
     last_plan = out.rsplit("$ kvmops plan", 1)[1]
     assert "No changes." in last_plan
     assert "[exit status 0]" in last_plan
+
+
+def kvmops_process(*argv: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """Run ``python -m reconciler argv`` in a process of its own, stdout and stderr to pipes (not terminals)."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("KVMOPS_")}
+    return subprocess.run([sys.executable, "-m", "reconciler", *argv], capture_output=True, text=True,
+                          cwd=cwd, env={**environment, "PYTHONPATH": str(REPO)}, timeout=120)
+
+
+def test_apply_prints_each_step_once_when_stderr_is_not_a_terminal(tmp_path):
+    """apply's report on stdout says what was done; stderr, a pipe, does not repeat each step as a JSON event."""
+    factories.write(tmp_path, "db.yaml", factories.vm("db", disks=[factories.disk("root", "default-pool", "64MiB")]))
+
+    result = kvmops_process("apply", str(tmp_path), "--connect", "test:///default")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "done: define domain db" in result.stdout
+    assert result.stderr == ""
+
+
+def test_log_level_info_shows_each_step_as_a_json_event_on_stderr(tmp_path):
+    """Asked for with --log-level info (before or after the command), the step events come as JSON lines on stderr."""
+    factories.write(tmp_path, "db.yaml", factories.vm("db"))
+
+    result = kvmops_process("apply", str(tmp_path), "--connect", "test:///default", "--log-level", "info")
+
+    events = [json.loads(line)["event"] for line in result.stderr.splitlines()]
+    assert result.returncode == 0 and "domain_defined" in events
+
+
+def test_the_demo_prints_no_log_lines():
+    """`kvmops demo`, as scripts/demo runs it, writes its story on stdout and nothing on stderr."""
+    result = kvmops_process("--log-format", "console", "demo", "manifests")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr == ""
+    assert "Demo complete" in result.stdout

@@ -234,8 +234,23 @@ def test_metrics_render_counters_and_gauges_with_their_labels():
     assert sample(samples, "kvmops_reconcile_passes_total", result="ok") == 2
     assert sample(samples, "kvmops_reconcile_passes_total", result="error") == 1
     assert sample(samples, "kvmops_connected") == 1
-    assert [(l, v) for n, l, v in samples if n == "kvmops_managed_vms"] == [({"state": "running"}, 2)]
+    assert {l["state"]: v for n, l, v in samples if n == "kvmops_managed_vms" and v} == {"running": 2}
     assert registry.value("kvmops_reconcile_passes_total", result="ok") == 2
+
+
+def test_metrics_expose_every_known_series_at_zero_before_the_first_sample():
+    """A fresh registry already has each documented label set at 0, so queries and alerts work before anything happens."""
+    _families, samples = parse_prometheus(metrics.Metrics().render())
+
+    for kind in ("execution", "manifests", "libvirt", "git", "internal"):
+        assert sample(samples, "kvmops_errors_total", kind=kind) == 0
+    for result in ("ok", "problems", "error"):
+        assert sample(samples, "kvmops_reconcile_passes_total", result=result) == 0
+    assert sample(samples, "kvmops_actions_total", action="start", result="error") == 0
+    assert sample(samples, "kvmops_wakeups_total", source="libvirt") == 0
+    assert sample(samples, "kvmops_managed_vms", state="shutoff") == 0
+    assert sample(samples, "kvmops_drift_repairs_total") == 0
+    assert sample(samples, "kvmops_connected") == 0
 
 
 def test_metrics_escape_backslashes_and_quotes_in_label_values():

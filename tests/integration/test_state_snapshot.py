@@ -61,10 +61,24 @@ def live_plan(world: conftest.World, capsys: pytest.CaptureFixture, output: str)
 
 
 def snapshot_plan(world: conftest.World, snapshot: Path, capsys: pytest.CaptureFixture, output: str) -> str:
-    status, out, err = run(capsys, "plan", str(world.manifests), "--state", str(snapshot), "--connect", UNREACHABLE,
-                           "--output", output)
+    status, out, err = run(capsys, "plan", str(world.manifests), "--state", str(snapshot), "--output", output)
     assert status == 0, err
     return out
+
+
+@pytest.fixture(autouse=True)
+def unreachable_default_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --connect, kvmops would connect to a host that does not answer: a plan --state never asks it."""
+    monkeypatch.setenv("KVMOPS_CONNECT", UNREACHABLE)
+
+
+def test_state_and_connect_together_are_refused_as_contradictory(world, tmp_path, capsys):
+    """--state plans against a snapshot and --connect against a live host: given both, plan refuses in one line."""
+    status, out, err = run(capsys, "plan", str(world.manifests), "--state", str(tmp_path / "snap.json"),
+                           "--connect", world.uri)
+    assert (status, out) == (1, "")
+    assert err == (f"kvmops: error: --state {tmp_path / 'snap.json'} and --connect {world.uri} contradict each other: "
+                   "--state plans against a snapshot, --connect against a live host; give one of them\n")
 
 
 # --- export -----------------------------------------------------------------------------
@@ -185,7 +199,7 @@ def test_a_plan_from_a_snapshot_leaves_the_host_alone(changed, snapshot_file, ca
 
 
 def plan_with(world: conftest.World, path: Path, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    return run(capsys, "plan", str(world.manifests), "--state", str(path), "--connect", UNREACHABLE)
+    return run(capsys, "plan", str(world.manifests), "--state", str(path))
 
 
 def assert_one_error_line(status: int, out: str, err: str, path: Path) -> str:

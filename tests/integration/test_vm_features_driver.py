@@ -9,8 +9,12 @@ pinned to the test's own connection (see ``conftest.pin_connection``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +23,7 @@ import yaml
 from reconciler import cli
 from reconciler.adapters import hypervisor as hv
 from reconciler.core import domxml, model, netxml
+from reconciler.runtime import observe
 from tests import factories
 from tests.integration.conftest import WEB_MAC, node_uri, pin_connection, volume_xml
 
@@ -370,3 +375,201 @@ def test_ssh_reads_its_own_options_written_after_the_vm_name(world, capsys, exec
     address = web_address(world, capsys)
     kvmops(capsys, "ssh", "web", "--user", "ops")
     assert execs == [["ssh", "ssh", "-l", "ops", address]]
+
+
+def test_ssh_takes_the_readmes_order_name_then_user_then_ssh_arguments(world, capsys, execs, monkeypatch):
+    """`kvmops ssh web --user ops -- -i key uptime`, as the README writes it, runs ssh with all of it."""
+    monkeypatch.setenv("KVMOPS_CONNECT", world.uri)
+    address = web_address(world, capsys)
+    status, _, err = kvmops(capsys, "ssh", "web", "--user", "ops", "--", "-i", "key", "uptime")
+    assert status == 1 and "unrecognized" not in err
+    assert execs == [["ssh", "ssh", "-i", "key", "-l", "ops", address, "uptime"]]
+
+
+def test_ssh_arguments_may_carry_their_own_double_dash_and_options_of_kvmops_names(world, capsys, execs, monkeypatch):
+    """After kvmops' `--`, everything is ssh's: `--user` there is not kvmops', and ssh's own `--` ends its options."""
+    monkeypatch.setenv("KVMOPS_CONNECT", world.uri)
+    address = web_address(world, capsys)
+    kvmops(capsys, "--log-level", "error", "ssh", "web", "--", "-p", "2222", "--", "ls", "--user", "-la")
+    assert execs == [["ssh", "ssh", "-p", "2222", address, "ls", "--user", "-la"]]
+
+
+@pytest.mark.parametrize("position", ["before", "after"])
+def test_log_options_work_before_and_after_the_command(world, capsys, position):
+    """`--log-format` and `--log-level` are accepted on either side of the command."""
+    options = ["--log-format", "json", "--log-level", "warning"]
+    argv = [*options, "status", "--connect", world.uri] if position == "before" else ["status", "--connect", world.uri, *options]
+    status, out, err = kvmops(capsys, *argv)
+    assert (status, err) == (0, "")
+    assert "web" in out
+
+
+def test_a_log_option_after_the_command_wins_over_the_one_before(world):
+    """Given on both sides, the one after the command counts; given only before it, a command's default does not undo it."""
+    assert cli.build_parser().parse_args(["--log-level", "debug", "status", "--log-level", "error"]).log_level == "error"
+    assert cli.build_parser().parse_args(["--log-level", "debug", "status"]).log_level == "debug"
+    assert cli.build_parser().parse_args(["--log-format", "json", "state", "export"]).log_format == "json"
+
+
+def test_wait_for_an_unknown_vm_fails_at_once(world, capsys):
+    """wait on a name no domain has says so at once, whatever the --timeout, and exits 1."""
+    started = time.monotonic()
+    status, out, err = kvmops(capsys, "wait", "nosuchvm", "--for", "ip", "--timeout", "30", "--connect", world.uri)
+    assert (status, out) == (1, "") and time.monotonic() - started < 5
+    assert err.strip().splitlines()[-1] == (f"kvmops: error: no domain named nosuchvm on {world.uri}; "
+                                            "`kvmops status` lists the VMs")
+
+
+@pytest.mark.parametrize("condition", ["running", "ip"])
+def test_wait_for_a_halted_vm_to_run_fails_at_once(world, capsys, condition):
+    """A shut-off VM whose runStrategy is Halted will not start by itself: wait says so at once instead of timing out."""
+    domain = observe.observe(world.hypervisor).domains["web"]
+    world.hypervisor.set_owner("web", dataclasses.replace(domain.definition.owner, run_strategy=model.RunStrategy.HALTED))
+    world.hypervisor.destroy_domain("web")
+    started = time.monotonic()
+    status, out, err = kvmops(capsys, "wait", "web", "--for", condition, "--timeout", "30", "--connect", world.uri)
+    assert (status, out) == (1, "") and time.monotonic() - started < 5
+    assert "web is shut off and its runStrategy is Halted, so nothing will start it" in err
+    assert kvmops(capsys, "wait", "web", "--for", "stopped", "--timeout", "5", "--connect", world.uri)[0] == 0
+
+
+def set_owner(world, name: str, **changes) -> None:
+    """Rewrite domain ``name``'s owner mark with ``changes``."""
+    domain = observe.observe(world.hypervisor).domains[name]
+    world.hypervisor.set_owner(name, dataclasses.replace(domain.definition.owner, **changes))
+
+
+def status_table(world, capsys) -> list[list[str]]:
+    """Return `kvmops status`' table as rows of cells."""
+    status, out, _ = kvmops(capsys, "status", "--connect", world.uri)
+    assert status == 0
+    return [line.split() for line in out.split("\n\n")[0].splitlines()]
+
+
+def test_status_memory_is_what_the_running_guest_has_after_the_balloon(world, capsys):
+    """A running VM ballooned down to 32 MiB shows 32 MiB in the table and JSON; its configured 64 MiB stays in the JSON."""
+    world.hypervisor.set_memory_live("web", 32 * 1024)
+    _, out, _ = kvmops(capsys, "status", "web", "--connect", world.uri, "--output", "json")
+    (row,) = json.loads(out)
+    assert (row["memory_mib"], row["configured_memory_mib"]) == (32, 64)
+    header, *lines = status_table(world, capsys)
+    web = " ".join(next(line for line in lines if line[0] == "web"))
+    assert " 32 MiB " in web and "64 MiB" not in web
+
+
+def test_status_table_keeps_the_dirty_mark_of_a_revision_and_shortens_full_commit_ids(world, capsys):
+    """A revision recorded from an edited working tree reads `<12 hex>-dirty`; a full commit id is cut to 12 digits."""
+    set_owner(world, "web", revision="0123456789ab-dirty")
+    set_owner(world, "orphan", revision="0123456789abcdef0123456789abcdef01234567")
+    header, *lines = status_table(world, capsys)
+    revisions = {line[0]: line[-1] for line in lines}
+    assert revisions == {"web": "0123456789ab-dirty", "orphan": "0123456789ab"}
+
+
+def test_status_shows_a_scope_column_when_it_lists_several_scopes(world, capsys):
+    """With domains of two scopes in the table, a SCOPE column says which is whose; with one scope there is none."""
+    assert "SCOPE" not in status_table(world, capsys)[0]
+    set_owner(world, "orphan", scope="team-b")
+    header, *lines = status_table(world, capsys)
+    assert header[:3] == ["NAME", "SCOPE", "STATE"]
+    assert {line[0]: line[1] for line in lines} == {"web": "default", "orphan": "team-b"}
+
+
+def test_a_rerun_on_failure_vm_destroyed_by_hand_is_not_ready_and_says_nothing_restarts_it(world, capsys):
+    """RerunOnFailure restarts only after a crash: after `virsh destroy` status says it is not running and will stay so."""
+    set_owner(world, "web", run_strategy=model.RunStrategy.RERUN_ON_FAILURE)
+    world.hypervisor.destroy_domain("web")
+    _, out, _ = kvmops(capsys, "status", "web", "--connect", world.uri, "--output", "json")
+    (row,) = json.loads(out)
+    assert [c["type"] for c in row["conditions"]] == ["NotRunning"]
+    assert row["conditions"][0]["message"] == ("shutoff (destroyed), and runStrategy RerunOnFailure restarts only after "
+                                               "a crash, so nothing will start it: virsh start web")
+
+
+def test_doctor_prints_free_space_rounded_in_the_largest_unit_not_raw_kib(tmp_path, manifest_dir, capsys):
+    """A pool's free space reads like `12.3 GiB free`, never as thousands of KiB."""
+    uri = node_uri(tmp_path)
+    factories.write(manifest_dir, "web.yaml", factories.vm("web", disks=[factories.disk("root", "default", "1GiB")]))
+    _, lines, _ = doctor(capsys, uri, manifest_dir)
+    pool = next(line for line in lines if line.startswith("[ok  ] pool default: "))
+    assert re.search(r", \d+\.\d (KiB|MiB|GiB|TiB) free", pool), pool
+    assert not re.search(r"\d{4,} KiB", pool), pool
+
+
+def test_doctor_checks_the_space_a_pool_not_yet_created_will_have(tmp_path, manifest_dir, capsys):
+    """A declared pool that does not exist yet is checked against the filesystem of its directory's nearest existing parent."""
+    uri = node_uri(tmp_path)
+    future = tmp_path / "not" / "yet" / "there"
+    factories.write(manifest_dir, "pool.yaml", factories.pool("future", str(future)))
+    factories.write(manifest_dir, "web.yaml", factories.vm("web", disks=[factories.disk("root", "future", "1GiB")]))
+    _, lines, _ = doctor(capsys, uri, manifest_dir)
+    line = next(line for line in lines if " pool future: " in line)
+    assert f"not created yet; {future} will be on the filesystem of {tmp_path}, " in line, line
+    assert re.search(r"\d+\.\d (MiB|GiB|TiB) free", line), line
+
+
+def test_doctor_fails_a_bridge_network_whose_host_bridge_does_not_exist(tmp_path, manifest_dir, capsys):
+    """mode: bridge needs a bridge on the host, which apply never creates: doctor fails it and says what to do."""
+    uri = node_uri(tmp_path)
+    factories.write(manifest_dir, "net.yaml", {"apiVersion": "kvmops/v1", "kind": "Network", "metadata": {"name": "lan"},
+                                               "spec": {"mode": "bridge", "bridge": "kvh6nobr0"}})
+    factories.write(manifest_dir, "web.yaml", factories.vm("web", networks=[{"network": "lan"}, {"bridge": "kvh6nobr1"}]))
+    status, lines, _ = doctor(capsys, uri, manifest_dir)
+    assert status == 1
+    assert "[FAIL] network lan: the host bridge kvh6nobr0 does not exist; kvmops does not create host bridges" in lines
+    assert "[FAIL] bridge kvh6nobr1: the host bridge kvh6nobr1 does not exist; kvmops does not create host bridges" in lines
+    at = lines.index("[FAIL] network lan: the host bridge kvh6nobr0 does not exist; kvmops does not create host bridges")
+    assert lines[at + 1].startswith("       fix: create kvh6nobr0 on the host")
+    assert not [line for line in lines if "kvmops apply creates it" in line and "lan" in line]
+
+
+def test_import_of_a_domain_kvmops_already_manages_warns_that_its_manifest_exists(world, capsys):
+    """Importing a managed VM still writes a manifest, but warns on stderr where it is already declared."""
+    status, out, err = kvmops(capsys, "import", "web", "--connect", world.uri)
+    assert status == 0 and yaml.safe_load(out)["metadata"]["name"] == "web"
+    assert err.startswith("kvmops: warning: web is already managed by kvmops (declared in web.yaml, scope default): "
+                          "its manifest exists"), err
+
+
+def test_listing_pools_and_volumes_survives_pools_undefined_meanwhile(tmp_path):
+    """On a shared host other tools define and undefine pools all the time: a pool gone between
+    the listing and its reading is left out, never an error that fails status, plan or apply."""
+    reader = hv.Hypervisor.open("test:///default")
+    churner = hv.Hypervisor.open("test:///default")
+    name = f"kvmops-race-{os.getpid()}"
+    xml = f"<pool type='dir'><name>{name}</name><target><path>{tmp_path}</path></target></pool>"
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            churner.define_pool(xml, name)
+            churner._connection.storagePoolLookupByName(name).undefine()
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    failures = []
+    try:
+        for _ in range(500):
+            try:
+                reader.list_pools()
+                reader.list_volumes(name)
+            except Exception as exc:  # noqa: BLE001 - any escape is the failure under test
+                failures.append(f"{type(exc).__name__}: {exc}")
+    finally:
+        stop.set()
+        thread.join()
+        reader.close()
+        churner.close()
+    assert failures == []
+
+
+def test_a_lease_is_dated_by_the_duration_the_network_gives_its_host_or_range():
+    """When a lease was granted is its expiry less the duration of the host's <lease>, else the range's, else an hour."""
+    xml = """<network><name>n</name><ip address='10.0.0.1' prefix='24'><dhcp>
+      <range start='10.0.0.2' end='10.0.0.9'><lease expiry='2' unit='hours'/></range>
+      <host mac='52:54:00:AA:00:01' ip='10.0.0.5'><lease expiry='90' unit='seconds'/></host>
+      <host mac='52:54:00:aa:00:02' ip='10.0.0.6'/>
+    </dhcp></ip></network>"""
+    assert hv._lease_durations(xml) == {"": 7200, "52:54:00:aa:00:01": 90}
+    assert hv._lease_durations("<network><name>n</name></network>") == {}
+    assert hv.DEFAULT_LEASE_SECONDS == 3600

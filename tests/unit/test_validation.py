@@ -184,8 +184,17 @@ def test_problems_are_reported_in_file_order():
     ],
 )
 def test_document_that_is_not_a_known_kind_gets_one_problem(text, expected):
-    """A document without a known kind and apiVersion is refused before the schema, with one problem."""
+    """A document without a known kind, or with a wrong apiVersion and nothing else wrong, gets one problem."""
     assert problems_of(text) == [expected]
+
+
+def test_a_wrong_api_version_does_not_hide_the_other_problems_of_the_document():
+    """A document of a known kind with a wrong apiVersion gets that problem and, in file order, every schema problem too."""
+    text = "apiVersion: kvmops/v2\nkind: VirtualMachine\nmetadata: {name: web}\nspec:\n  memory: 1GiB\n  vcpus: 0\n"
+    assert problems_of(text) == [
+        f"{FILE}:1: apiVersion: apiVersion 'kvmops/v2' is not supported; write apiVersion: kvmops/v1",
+        f"{FILE}:6: spec.vcpus: 0 is too small; the minimum is 1",
+    ]
 
 
 def test_kind_that_is_a_list_is_a_problem_not_a_crash():
