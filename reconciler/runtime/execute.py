@@ -256,12 +256,12 @@ def _import_image(h: hv.Hypervisor, step: plans.ImportImage, cancel: threading.E
 
     from reconciler.adapters import fetch  # urllib and ssl: only for the rare import
 
-    verified = fetch.download(step.url, step.path, step.sha256, progress=progress)
+    verified = fetch.download(step.url, step.path, step.sha256, progress=progress)  # nameless: a kill frees it
     partial = f".kvmops-partial-{step.name}"
     try:
         if h.volume_exists(step.pool, partial):
             h.delete_volume(step.pool, partial)  # left over by an interrupted import
-        length = verified.stat().st_size
+        length = fetch.size(verified)
         h.create_volume(step.pool, storagexml.render_volume(partial, length, image_format="raw"), partial)
         h.upload_volume(step.pool, partial, fetch.copy_chunks(verified), length)
         h.refresh_pool(step.pool)
@@ -271,8 +271,7 @@ def _import_image(h: hv.Hypervisor, step: plans.ImportImage, cancel: threading.E
     finally:
         with contextlib.suppress(errors.KvmopsError):
             h.delete_volume(step.pool, partial)
-        with contextlib.suppress(OSError):
-            verified.unlink()
+        verified.close()
     return f"{length} bytes from {source}, sha256 verified"
 
 
