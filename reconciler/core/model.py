@@ -257,6 +257,25 @@ class ImageSpec:
     origin: Origin = field(compare=False, hash=False, repr=False)
 
 
+IMAGE_PARTIAL_PREFIX = ".kvmops-partial-"
+IMAGE_COMPLETE_PREFIX = ".kvmops-complete-"
+
+
+def image_partial_volume(volume: str) -> str:
+    """Return the temporary volume an import of image volume ``volume`` uploads into."""
+    return IMAGE_PARTIAL_PREFIX + volume
+
+
+def image_complete_volume(volume: str) -> str:
+    """Return the empty marker volume whose presence records that image ``volume`` was copied completely.
+
+    An import creates it after the copy to the final name finished and deletes it before
+    (re)writing that name, so "marker and image exist" means "complete and verified",
+    while "the image exists" alone never does.
+    """
+    return IMAGE_COMPLETE_PREFIX + volume
+
+
 @dataclass(frozen=True)
 class DhcpHost:
     """A static DHCP lease."""

@@ -55,6 +55,7 @@ def plan_changes(
         resources.append(_plan_network(spec, actual.networks.get(spec.name), actual, settings))
     for spec in desired.images.values():
         resources.append(_plan_image(spec, actual, desired))
+    resources.extend(_plan_import_leftovers(desired, actual))
     wanted = wanted_volumes(desired)
     for spec in desired.vms.values():
         resources.append(_plan_vm(spec, actual.domains.get(spec.name), actual, desired, settings, wanted))
@@ -338,14 +339,70 @@ def _plan_image(spec: model.ImageSpec, actual: model.ActualState, desired: model
                 "spec.pool", f"storage pool {spec.pool!r} {why}; declare it in a StoragePool manifest or create it"
             ),))
     requires = (f"StoragePool/{spec.pool}",) if spec.pool in desired.pools else ()
-    if (spec.pool, spec.volume) in actual.volumes:
-        return plans.ResourcePlan(**base, requires=requires)
     source = spec.url or spec.path
-    return plans.ResourcePlan(
-        **base, actions=(Action.CREATE,), requires=requires,
-        changes=(FieldChange("volume", None, f"{spec.pool}/{spec.volume} from {source}", Impact.LIVE,
-                             note=f"verified against sha256 {spec.sha256[:12]}… before it becomes a volume"),),
-        steps=(plans.ImportImage(spec.pool, spec.volume, spec.url, spec.path, spec.sha256, spec.format),),
+    verified = f"verified against sha256 {spec.sha256[:12]}… before it becomes a volume"
+    import_step = plans.ImportImage(spec.pool, spec.volume, spec.url, spec.path, spec.sha256, spec.format)
+    if (spec.pool, spec.volume) not in actual.volumes:
+        return plans.ResourcePlan(
+            **base, actions=(Action.CREATE,), requires=requires,
+            changes=(FieldChange("volume", None, f"{spec.pool}/{spec.volume} from {source}", Impact.LIVE, note=verified),),
+            steps=(import_step,),
+        )
+    if (spec.pool, model.image_complete_volume(spec.volume)) not in actual.volumes:
+        # "The volume exists" is not "the image is complete": only the completion record,
+        # written after the copy finished, says that.  Without it the volume is what an
+        # interrupted import (kill -9, libvirtd restarted mid-copy) left, and the import
+        # replaces it (see _import_image for why replacing it is safe).
+        return plans.ResourcePlan(
+            **base, actions=(Action.UPDATE,), requires=requires,
+            changes=(FieldChange(
+                "volume", f"{spec.pool}/{spec.volume} (not known to be complete)", f"{spec.pool}/{spec.volume} from {source}",
+                Impact.LIVE, note=f"an interrupted import left it without its completion record; imported again, {verified}",
+            ),),
+            steps=(import_step,),
+        )
+    partial = model.image_partial_volume(spec.volume)
+    if (spec.pool, partial) in actual.volumes:
+        return plans.ResourcePlan(
+            **base, actions=(Action.UPDATE,), requires=requires,
+            changes=(_leftover_change(spec.pool, partial),), steps=(plans.DeleteVolume(spec.pool, partial),),
+        )
+    return plans.ResourcePlan(**base, requires=requires)
+
+
+def _plan_import_leftovers(desired: model.DesiredState, actual: model.ActualState) -> list[plans.ResourcePlan]:
+    """Return the removal of what interrupted imports left for images no manifest declares any more.
+
+    Only in the pools this manifest set declares or imports into: the temporary volume of
+    an import running right now belongs to whoever holds the host lock, which is this pass.
+    """
+    pools = set(desired.pools) | {image.pool for image in desired.images.values()}
+    declared = {(image.pool, image.volume) for image in desired.images.values()}
+    resources = []
+    for pool, name in sorted(actual.volumes):
+        if pool not in pools:
+            continue
+        if name.startswith(model.IMAGE_PARTIAL_PREFIX):
+            final = name[len(model.IMAGE_PARTIAL_PREFIX):]
+        elif name.startswith(model.IMAGE_COMPLETE_PREFIX):
+            final = name[len(model.IMAGE_COMPLETE_PREFIX):]
+            if (pool, final) in actual.volumes:
+                continue  # the record of a complete image, declared or kept
+        else:
+            continue
+        if (pool, final) in declared:
+            continue  # _plan_image takes care of it
+        resources.append(plans.ResourcePlan(
+            kind="Image", name=f"{pool}/{final}", actions=(Action.DELETE,), manifest=None,
+            changes=(_leftover_change(pool, name),), steps=(plans.DeleteVolume(pool, name),),
+        ))
+    return resources
+
+
+def _leftover_change(pool: str, name: str) -> FieldChange:
+    return FieldChange(
+        f"volume {pool}/{name}", "(leftover)", None, Impact.LIVE,
+        note="left by an interrupted image import, holds nothing else; removed",
     )
 
 
