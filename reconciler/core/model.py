@@ -371,6 +371,10 @@ class OwnedVolume:
     deletion_policy: DeletionPolicy
     created: bool  # kvmops created it; only such volumes may ever be deleted
     digest: str = ""  # content digest of generated volumes (the cloud-init seed)
+    # Intent, written before the volume is created: kvmops is about to create it (so a
+    # volume found under this name was made by an interrupted kvmops and is not known to be
+    # complete). Cleared by the definition written once the volume is complete.
+    pending: bool = False
 
 
 @dataclass(frozen=True)

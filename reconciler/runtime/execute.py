@@ -192,6 +192,14 @@ def _define_domain(h: hv.Hypervisor, step: plans.DefineDomain, _cancel) -> str |
             )
     else:
         h.ensure_owned(step.name, step.uuid)
+    for pool, volume in step.creates:
+        # The definition records these volumes as kvmops' (pending) before they exist: a
+        # volume already there now is someone else's and must not be claimed.
+        if h.volume_exists(pool, volume):
+            raise errors.OperationRefused(
+                f"volume {pool}/{volume} appeared after the plan was made; kvmops will not claim it as its own. "
+                "Plan again to use it as an existing volume"
+            )
     h.define_domain(step.xml, step.name)
 
 

@@ -21,9 +21,7 @@ runs kvmops again without it and checks the world, not the calls made:
 from __future__ import annotations
 
 import hashlib
-import os
 import signal
-import subprocess
 
 import libvirt
 import pytest
@@ -91,6 +89,83 @@ def forget_retained(host, *names: str) -> None:
     for name in names:
         if name in pool_files(host):
             pool.storageVolLookupByName(name).delete(0)
+
+
+def test_a_crash_at_any_step_of_creating_a_vm_leaks_no_volume(host):
+    """After a kill -9 at any step of creating a VM, the next apply converges and removing the VM later
+    deletes its Delete volume and keeps its Retain volume."""
+    write_pool(host)
+    apply_ok(host)  # the pool first: then call N of a run is the VM's Nth
+    crashes = 0
+    for step in range(1, MAX_STEPS):
+        name = write_vm(host)
+        if not crashed_at(host, step, "apply", host.manifests):
+            break
+        crashes += 1
+        apply_ok(host)
+        plan_is_empty(host)
+        assert pool_files(host) == {f"{name}-root.qcow2", f"{name}-scratch.qcow2"}, step
+        prune_everything(host)
+        assert host.domain(name) is None, step
+        assert pool_files(host) == {f"{name}-root.qcow2"}, f"crash before mutating call {step}: a volume leaked or was lost"
+        forget_retained(host, f"{name}-root.qcow2")
+    assert crashes >= 3, "each volume and the domain are a boundary"
+
+
+def test_a_crash_at_any_step_of_adding_and_removing_a_disk_leaks_no_volume(host):
+    """After a kill -9 at any step of adding a Delete disk to a VM, or of removing it, the next apply
+    converges and the volume is deleted exactly when its disk leaves the manifests."""
+    write_pool(host)
+    name = write_vm(host)
+    apply_ok(host)
+    for step in range(1, MAX_STEPS):
+        write_vm(host, extra=True)
+        if not crashed_at(host, step, "apply", host.manifests):
+            break
+        apply_ok(host)
+        plan_is_empty(host)
+        assert f"{name}-extra.qcow2" in pool_files(host), step
+        write_vm(host)
+        apply_ok(host)
+        plan_is_empty(host)
+        assert f"{name}-extra.qcow2" not in pool_files(host), f"crash before mutating call {step}: the added volume leaked"
+    apply_ok(host)  # the disk is gone from the manifests again
+    for step in range(1, MAX_STEPS):
+        write_vm(host, extra=True)
+        apply_ok(host)
+        write_vm(host)
+        if not crashed_at(host, step, "apply", host.manifests):
+            break
+        apply_ok(host)
+        plan_is_empty(host)
+        assert f"{name}-extra.qcow2" not in pool_files(host), f"crash before mutating call {step}: the removed volume leaked"
+        assert {f"{name}-root.qcow2", f"{name}-scratch.qcow2"} <= pool_files(host), step
+
+
+def test_a_crash_at_any_step_of_pruning_a_vm_leaks_no_volume(host):
+    """After a kill -9 at any step of pruning a VM, the next prune removes the domain and its Delete volume
+    and keeps its Retain volume."""
+    write_pool(host)
+    name = host.name("vm")
+    factories.write(host.manifests, "vms/vm.yaml", factories.vm(
+        name, virtType="qemu", shutdownTimeout=1, runStrategy="Always",
+        disks=[factories.disk("root", host.pool, "16MiB"),
+               factories.disk("scratch", host.pool, "8MiB", deletionPolicy="Delete")]))
+    crashes = 0
+    for step in range(1, MAX_STEPS):
+        apply_ok(host)
+        (host.manifests / "vms" / "vm.yaml").rename(host.workdir / "vm.yaml")
+        try:
+            if not crashed_at(host, step, "apply", host.manifests, "--allow-empty", prune=True):
+                break
+            crashes += 1
+            prune_everything(host)
+            assert host.domain(name) is None, step
+            assert pool_files(host) == {f"{name}-root.qcow2"}, f"crash before mutating call {step}: a volume leaked or was lost"
+        finally:
+            (host.workdir / "vm.yaml").rename(host.manifests / "vms" / "vm.yaml")
+    assert crashes >= 3, "stop, undefine and the volume deletion are each a boundary"
+    assert host.domain(name) is None and pool_files(host) == {f"{name}-root.qcow2"}
 
 
 # --- images ----------------------------------------------------------------------------

@@ -501,15 +501,17 @@ def seeded(user_data: str = USER_DATA, **spec: object) -> model.DesiredState:
 
 
 def test_a_new_vm_gets_its_seed_written_recorded_and_attached_as_a_cdrom():
-    """The seed ISO is written before the domain is defined, attached as a read-only SATA CD-ROM, and recorded with its digest."""
+    """The seed ISO is announced (pending) by the domain's first definition, written, then recorded complete
+    with its digest; it is attached as a read-only SATA CD-ROM."""
     state = seeded()
     seed = state.vms["web"].cloud_init
     vm = resource(plan(state), "web")
-    assert kinds(vm.steps) == ["create_volume", "write_seed", "define_domain", "start_domain"]
+    assert kinds(vm.steps) == ["define_domain", "create_volume", "write_seed", "define_domain", "start_domain"]
     (write,) = steps_of(vm, plans.WriteSeed)
     assert (write.pool, write.name, write.files, write.digest) == (POOL, "web-cidata.iso", seed.files, seed.digest)
-    defined = domxml.parse(steps_of(vm, plans.DefineDomain)[0].xml)
-    assert defined.cdroms == (model.DiskDevice("sda", "sata", POOL, "web-cidata.iso", device="cdrom"),)
+    intent, defined = (domxml.parse(s.xml) for s in steps_of(vm, plans.DefineDomain))
+    assert defined.cdroms == intent.cdroms == (model.DiskDevice("sda", "sata", POOL, "web-cidata.iso", device="cdrom"),)
+    assert intent.owner.volume(POOL, "web-cidata.iso").pending
     assert defined.owner.volume(POOL, "web-cidata.iso") == model.OwnedVolume(POOL, "web-cidata.iso", DELETE, True, seed.digest)
 
 
@@ -518,7 +520,7 @@ def test_a_seed_present_with_its_recorded_digest_is_left_alone_and_a_vanished_on
     state = seeded()
     after = converged(state)
     gone = dataclasses.replace(after, volumes=tuple(v for v in after.volumes if v.name != "web-cidata.iso"))
-    assert kinds(resource(plan(state, gone), "web").steps) == ["write_seed"]
+    assert kinds(resource(plan(state, gone), "web").steps) == ["define_domain", "write_seed", "define_domain"]
 
 
 @pytest.mark.parametrize(("power", "impact"), [(RUNNING, Impact.RESTART), (SHUTOFF, Impact.LIVE)])
@@ -577,9 +579,9 @@ def install_host() -> model.Observation:
 def test_first_boot_only_install_redefines_without_the_kernel_after_the_first_start():
     """The creation plan defines the domain with the install kernel, starts it, then redefines it without: same UUID, same MACs."""
     vm = resource(plan(install_state(first_boot_only=True), install_host()), "web")
-    assert kinds(vm.steps) == ["create_volume", "define_domain", "start_domain", "define_domain"]
-    first, second = steps_of(vm, plans.DefineDomain)
-    assert (first.create, second.create) == (True, False)
+    assert kinds(vm.steps) == ["define_domain", "create_volume", "define_domain", "start_domain", "define_domain"]
+    _intent, first, second = steps_of(vm, plans.DefineDomain)
+    assert (_intent.create, first.create, second.create) == (True, False, False)
     booting, after = domxml.parse(first.xml), domxml.parse(second.xml)
     assert (booting.kernel, booting.initrd, booting.cmdline) == (
         f"{POOL_PATH}/vmlinuz", f"{POOL_PATH}/d-i/initrd.gz", "console=ttyS0 priority=critical")
@@ -603,8 +605,8 @@ def test_after_the_install_boot_the_kernel_shows_only_as_a_pending_restart():
 def test_an_install_without_first_boot_only_boots_the_kernel_every_time():
     """Without firstBootOnly the kernel stays in the one definition, and stays there."""
     vm = resource(plan(install_state(), install_host()), "web")
-    assert kinds(vm.steps) == ["create_volume", "define_domain", "start_domain"]
-    assert domxml.parse(steps_of(vm, plans.DefineDomain)[0].xml).kernel == f"{POOL_PATH}/vmlinuz"
+    assert kinds(vm.steps) == ["define_domain", "create_volume", "define_domain", "start_domain"]
+    assert domxml.parse(steps_of(vm, plans.DefineDomain)[-1].xml).kernel == f"{POOL_PATH}/vmlinuz"
     after = converged(install_state(), install_host())
     assert domain_definition(after).kernel == f"{POOL_PATH}/vmlinuz"
 
@@ -796,8 +798,9 @@ def test_a_new_vm_with_a_vnc_password_shows_neither_password_nor_file_content():
     """The creation step carries the password for libvirt but its JSON and the plan text never do."""
     state, _ = vnc(PASSWORD)
     result = plan(state)
-    (define,) = steps_of(resource(result, "web"), plans.DefineDomain)
-    assert "passwd='***'" in define.to_dict()["xml"] and PASSWORD not in render.to_json(result)
+    for define in steps_of(resource(result, "web"), plans.DefineDomain):
+        assert "passwd='***'" in define.to_dict()["xml"]
+    assert PASSWORD not in render.to_json(result)
     assert "vnc on 127.0.0.1 with a password" in render.text(result)
 
 
