@@ -338,6 +338,8 @@ def render_owner(owner: model.Ownership) -> ET.Element:
         element.set("graphicsPasswordDigest", owner.graphics_password_digest)
     if owner.install_pending:
         element.set("installPending", "true")
+    if owner.start_pending:
+        element.set("startPending", "true")
     for volume in owner.volumes:
         record = ET.SubElement(element, _VOLUME, pool=volume.pool, name=volume.name,
                                deletionPolicy=volume.deletion_policy, created="true" if volume.created else "false")
@@ -404,6 +406,7 @@ def parse_owner(root: ET.Element) -> model.Ownership | None:
         keep_nvram=owner.get("keepNvram") == "true",
         graphics_password_digest=owner.get("graphicsPasswordDigest", ""),
         install_pending=owner.get("installPending") == "true",
+        start_pending=owner.get("startPending") == "true",
     )
 
 

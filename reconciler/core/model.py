@@ -391,6 +391,7 @@ class Ownership:
     keep_nvram: bool = False  # keep the UEFI NVRAM file when the VM is pruned
     graphics_password_digest: str = ""  # libvirt never shows the password; its digest tells a change
     install_pending: bool = False  # direct kernel boot waits for the VM's first start
+    start_pending: bool = False  # Manual/RerunOnFailure: the start at creation has not happened yet
 
     def volume(self, pool: str, name: str) -> OwnedVolume | None:
         """Return the record of volume ``pool/name``, if this domain owns one."""

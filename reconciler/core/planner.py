@@ -465,7 +465,7 @@ def desired_definition(
         raise ValueError(why)
     builder = _VMPlanBuilder(spec, domain, actual, virt_type, settings, wanted_volumes(desired), desired)
     _steps, owned, _deletions = builder._plan_volumes(stopping=False)
-    return builder._definition(owned, install=builder._install_now())
+    return _started(builder._definition(owned, install=builder._install_now()))  # it exists: no creation start owed
 
 
 class _VMPlanBuilder:
@@ -513,10 +513,12 @@ class _VMPlanBuilder:
             if spec.run_strategy is not model.RunStrategy.HALTED:
                 steps.append(plans.StartDomain(spec.name))
                 actions.append(Action.START)
-                if definition.owner.install_pending:
-                    # Booted once from the install media; from now on it boots from its disks.
-                    after = self._definition(owned_volumes, install=False)
+                if definition.owner.install_pending or definition.owner.start_pending:
+                    # Booted once (from the install media): from now on it boots from its disks,
+                    # and its first start is done.
+                    after = _started(self._definition(owned_volumes, install=False))
                     steps.append(plans.DefineDomain(spec.name, after.uuid, domxml.render(after)))
+                if definition.owner.install_pending:
                     self.notes.append("the install kernel is used for this first boot only; later boots use the disks")
             return plans.ResourcePlan(
                 **base, actions=tuple(actions), changes=tuple(self.changes), steps=tuple(steps),
@@ -545,20 +547,22 @@ class _VMPlanBuilder:
             steps.append(plans.SetAutostart(spec.name, spec.autostart))
         if steps:
             actions.append(Action.UPDATE)
+        written = definition
         if self._should_start():
             steps.append(plans.StartDomain(spec.name))
             actions.append(Action.START)
+            if definition.owner.install_pending or definition.owner.start_pending:
+                written = _started(self._definition(owned_volumes, install=False))
+                steps.append(plans.DefineDomain(spec.name, written.uuid, domxml.render(written) if not domain.xml else
+                                                domxml.patch(domain.xml, written)))
             if definition.owner.install_pending:
-                after = self._definition(owned_volumes, install=False)
-                steps.append(plans.DefineDomain(spec.name, after.uuid, domxml.render(after) if not domain.xml else
-                                                domxml.patch(domain.xml, after)))
                 self.notes.append("the install kernel is used for this first boot only; later boots use the disks")
         elif stopping:
             steps.append(plans.StopDomain(spec.name, self.timeout))
             actions.append(Action.STOP)
         steps.extend(deletions)
         if self.deleting:  # the records of deleted volumes go only once the volumes are gone
-            final = self._without_records(definition, self.deleting)
+            final = self._without_records(written, self.deleting)
             xml = domxml.patch(domain.xml, final, volumes_by_path=self.actual.volumes_by_path()) if domain.xml else domxml.render(final)
             steps.append(plans.DefineDomain(spec.name, domain.uuid, xml))
         if deletions and Action.UPDATE not in actions:
@@ -586,6 +590,10 @@ class _VMPlanBuilder:
             self.notes.append("domain is paused; kvmops leaves paused domains alone (virsh resume to continue)")
         if domain.power.active:
             return False
+        owner = domain.definition.owner
+        if owner is not None and owner.start_pending and strategy is not model.RunStrategy.HALTED:
+            self.notes.append(f"runStrategy {strategy}: the VM's first start was interrupted, starting it")
+            return True
         reason = domain.shutoff_reason
         if strategy is model.RunStrategy.ALWAYS:
             self.notes.append(f"runStrategy Always: domain is off ({reason or 'unknown reason'}), starting it")
@@ -794,6 +802,20 @@ class _VMPlanBuilder:
             return ref.path or ""
         return f"{directory}/{ref.path}"
 
+    def _first_start_pending(self) -> bool:
+        """Return whether the VM still owes the one start at creation of ``Manual`` and ``RerunOnFailure``.
+
+        Recorded in the mark from the first definition until the definition written right
+        after that start: a crash in between leaves a VM that the next pass still starts,
+        since its shut-off reason cannot tell "never started" from "stopped on purpose".
+        """
+        if self.spec.run_strategy not in (model.RunStrategy.MANUAL, model.RunStrategy.RERUN_ON_FAILURE):
+            return False
+        if self.domain is None:
+            return True
+        owner = self.domain.definition.owner if self.domain.definition is not None else None
+        return owner is not None and owner.start_pending and not self.active
+
     def _install_now(self) -> bool:
         """Return whether the domain boots its install media (kernel, initrd) next time."""
         install = self.spec.install
@@ -851,6 +873,7 @@ class _VMPlanBuilder:
                 keep_nvram=spec.keep_nvram,
                 graphics_password_digest=spec.graphics_password_digest,
                 install_pending=install and spec.install is not None and spec.install.first_boot_only,
+                start_pending=self._first_start_pending(),
             ),
             firmware=spec.firmware,
             machine=machine,
@@ -998,6 +1021,9 @@ class _VMPlanBuilder:
                 "(set)" if new.graphics_password_digest else "(none)", self._restart_or_live(),
                 note="the password itself is never shown",
             ))
+        if old.start_pending and not new.start_pending:
+            self.changes.append(FieldChange("firstStart", "pending", "done", Impact.LIVE,
+                                            note="the VM has started since an interrupted apply recorded it"))
         if old.keep_nvram != new.keep_nvram:
             self.changes.append(FieldChange("keepNvram", _yes_no(old.keep_nvram), _yes_no(new.keep_nvram), Impact.LIVE))
         if old.shutdown_timeout != new.shutdown_timeout:
@@ -1226,6 +1252,11 @@ def _plan_prune(
         steps=tuple(steps), manifest=owner.manifest if owner is not None else None,
         notes=("no manifest declares this VM any more", *notes),
     )
+
+
+def _started(definition: model.DomainDefinition) -> model.DomainDefinition:
+    """Return ``definition`` as written once the domain has started: its first start is no longer pending."""
+    return dataclasses.replace(definition, owner=dataclasses.replace(definition.owner, start_pending=False))
 
 
 # --- words ------------------------------------------------------------------------------
