@@ -165,9 +165,17 @@ class ResizeDisk(Step):
 
 @dataclass(frozen=True)
 class DeleteVolume(Step):
+    """Delete a volume; with ``domain``, only while that domain (of ``uuid``) is still kvmops' and off.
+
+    The guard matters since a pruned domain is undefined after its volumes are deleted:
+    its mark is their proof of ownership, so the domain's own checks come too late.
+    """
+
     kind: ClassVar[str] = "delete_volume"
     pool: str
     name: str
+    domain: str = ""
+    uuid: str = ""
 
     def describe(self) -> str:
         return f"delete volume {self.pool}/{self.name} (DATA LOSS)"

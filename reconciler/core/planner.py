@@ -704,7 +704,7 @@ class _VMPlanBuilder:
                 self.notes.append(f"volume {record.pool}/{record.name} is detached and kept (deletionPolicy Retain)")
                 continue
             if record.digest and not (self.active and not stopping):  # a generated seed: no data of anyone's
-                deletions.append(plans.DeleteVolume(record.pool, record.name))
+                deletions.append(plans.DeleteVolume(record.pool, record.name, spec.name, domain.uuid))
                 records.append(record)  # kept until the volume is gone: a crash in between must not orphan it
                 self.deleting.add((record.pool, record.name))
                 self.changes.append(FieldChange("cloudInit", _short_digest(record.digest), None, self._restart_or_live(),
@@ -720,7 +720,7 @@ class _VMPlanBuilder:
                     "deleted once the VM is stopped (deletionPolicy Delete)"
                 )
                 continue
-            deletions.append(plans.DeleteVolume(record.pool, record.name))
+            deletions.append(plans.DeleteVolume(record.pool, record.name, spec.name, domain.uuid))
             records.append(record)  # kept until the volume is gone: a crash in between must not orphan it
             self.deleting.add((record.pool, record.name))
             self.changes.append(FieldChange(
@@ -1236,7 +1236,7 @@ def _plan_prune(
         if (record.pool, record.name) in wanted:
             notes.append(f"volume {record.pool}/{record.name} is kept: a VM in the manifests uses it")
         elif record.created and record.deletion_policy is model.DeletionPolicy.DELETE:
-            steps.append(plans.DeleteVolume(record.pool, record.name))
+            steps.append(plans.DeleteVolume(record.pool, record.name, domain.name, domain.uuid))
             changes.append(FieldChange(
                 f"volume {record.pool}/{record.name}", format_bytes(volume.capacity), None, Impact.DATA_LOSS,
                 note="DATA LOSS: deleted with the VM (deletionPolicy Delete)",

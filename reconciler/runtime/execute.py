@@ -181,6 +181,12 @@ def _resize_disk(h: hv.Hypervisor, step: plans.ResizeDisk, _cancel) -> str | Non
 
 
 def _delete_volume(h: hv.Hypervisor, step: plans.DeleteVolume, _cancel) -> str | None:
+    if step.domain:
+        h.ensure_owned(step.domain, step.uuid or None)
+        if h.domain_power(step.domain)[0].active:
+            raise errors.OperationRefused(
+                f"domain {step.domain} is running again; not deleting its volume {step.pool}/{step.name}. Plan again"
+            )
     return None if h.delete_volume(step.pool, step.name) else "already gone"
 
 

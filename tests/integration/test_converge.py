@@ -32,3 +32,20 @@ def test_a_volume_that_appears_before_kvmops_announces_it_is_refused_not_claimed
     assert outcome.status == "failed" and "appeared after the plan was made" in outcome.error
     assert not hypervisor.domain_exists("web")
     assert hypervisor.volume_capacity("default", "web-root.qcow2") == 4096
+
+
+def test_a_prune_never_deletes_the_volume_of_a_domain_started_since_the_plan(hypervisor, manifest_dir):
+    """A prune deletes the volumes before it undefines the domain, so the deletion itself checks that the
+    domain is still ours and off: started meanwhile, the volume stays and so does the domain."""
+    path = factories.write(manifest_dir, "web.yaml", factories.vm(
+        "web", runStrategy="Halted", disks=[factories.disk("root", "default", "1GiB", deletionPolicy="Delete")],
+    ))
+    assert reconcile.apply(str(manifest_dir), hypervisor, settings=planner.Settings()).converged
+    path.unlink()
+    planned = reconcile.make_plan(str(manifest_dir), hypervisor, settings=planner.Settings(allow_empty=True))
+    (prune,) = planned.plan.changes
+    assert [s.kind for s in prune.steps] == ["delete_volume", "undefine_domain"]
+    hypervisor.start_domain("web")
+    (outcome,) = execute.execute(planned.plan, hypervisor).outcomes
+    assert outcome.status == "failed" and "running again" in outcome.error
+    assert hypervisor.volume_exists("default", "web-root.qcow2") and hypervisor.domain_exists("web")

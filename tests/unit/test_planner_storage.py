@@ -139,7 +139,7 @@ def test_removing_a_delete_disk_from_a_stopped_vm_deletes_its_volume_after_the_r
     spec = b.vm("web", disks=(ROOT,), run_strategy=HALTED)
     result, vm = vm_plan(spec, base, power=SHUTOFF)
     assert kinds(vm) == ["define_domain", "delete_volume", "define_domain"]
-    assert vm.steps[1] == plans.DeleteVolume(b.POOL, "web-scratch.qcow2")
+    assert vm.steps[1] == plans.DeleteVolume(b.POOL, "web-scratch.qcow2", "web", b.UUID)  # only while web is ours and off
     changes = {c.path: (c.old, c.new, c.impact) for c in vm.changes}
     assert changes[f"volume {b.POOL}/web-scratch.qcow2"] == ("1 GiB", None, Impact.DATA_LOSS)
     assert changes["disks[vdb]"] == (f"{b.POOL}/web-scratch.qcow2", None, Impact.LIVE)

@@ -555,7 +555,7 @@ def test_removing_cloud_init_from_a_stopped_vm_deletes_its_seed_without_a_data_l
     """The generated seed is not anyone's data: it is deleted with a plain change line, not DATA LOSS."""
     after = converged(seeded(runStrategy="Halted"))
     vm = resource(plan(valid(vm_doc(runStrategy="Halted")), after), "web")
-    assert steps_of(vm, plans.DeleteVolume) == [plans.DeleteVolume(POOL, "web-cidata.iso")]
+    assert [(d.pool, d.name, d.domain) for d in steps_of(vm, plans.DeleteVolume)] == [(POOL, "web-cidata.iso", "web")]
     assert changes(vm)["cloudInit"][1:] == (None, Impact.LIVE)
     assert Impact.DATA_LOSS not in {c.impact for c in vm.changes}
 
