@@ -547,24 +547,26 @@ class _VMPlanBuilder:
             steps.append(plans.SetAutostart(spec.name, spec.autostart))
         if steps:
             actions.append(Action.UPDATE)
-        written = definition
-        if self._should_start():
+        starting = self._should_start()
+        if stopping and not starting:
+            steps.append(plans.StopDomain(spec.name, self.timeout))
+        # Volumes go while the domain is off: after a stop, before a start.
+        steps.extend(deletions)
+        if self.deleting:  # the records of deleted volumes go only once the volumes are gone
+            final = self._without_records(definition, self.deleting)
+            xml = domxml.patch(domain.xml, final, volumes_by_path=self.actual.volumes_by_path()) if domain.xml else domxml.render(final)
+            steps.append(plans.DefineDomain(spec.name, domain.uuid, xml))
+        if starting:
             steps.append(plans.StartDomain(spec.name))
             actions.append(Action.START)
             if definition.owner.install_pending or definition.owner.start_pending:
-                written = _started(self._definition(owned_volumes, install=False))
-                steps.append(plans.DefineDomain(spec.name, written.uuid, domxml.render(written) if not domain.xml else
-                                                domxml.patch(domain.xml, written)))
+                after = self._without_records(_started(self._definition(owned_volumes, install=False)), self.deleting)
+                steps.append(plans.DefineDomain(spec.name, after.uuid, domxml.render(after) if not domain.xml else
+                                                domxml.patch(domain.xml, after)))
             if definition.owner.install_pending:
                 self.notes.append("the install kernel is used for this first boot only; later boots use the disks")
         elif stopping:
-            steps.append(plans.StopDomain(spec.name, self.timeout))
             actions.append(Action.STOP)
-        steps.extend(deletions)
-        if self.deleting:  # the records of deleted volumes go only once the volumes are gone
-            final = self._without_records(written, self.deleting)
-            xml = domxml.patch(domain.xml, final, volumes_by_path=self.actual.volumes_by_path()) if domain.xml else domxml.render(final)
-            steps.append(plans.DefineDomain(spec.name, domain.uuid, xml))
         if deletions and Action.UPDATE not in actions:
             actions.insert(0, Action.UPDATE)
         old_owner = observed.owner
@@ -590,10 +592,6 @@ class _VMPlanBuilder:
             self.notes.append("domain is paused; kvmops leaves paused domains alone (virsh resume to continue)")
         if domain.power.active:
             return False
-        owner = domain.definition.owner
-        if owner is not None and owner.start_pending and strategy is not model.RunStrategy.HALTED:
-            self.notes.append(f"runStrategy {strategy}: the VM's first start was interrupted, starting it")
-            return True
         reason = domain.shutoff_reason
         if strategy is model.RunStrategy.ALWAYS:
             self.notes.append(f"runStrategy Always: domain is off ({reason or 'unknown reason'}), starting it")
@@ -605,6 +603,10 @@ class _VMPlanBuilder:
             return True
         if strategy is model.RunStrategy.MANUAL and reason is model.ShutoffReason.FAILED:
             self.notes.append("runStrategy Manual: the domain's first start failed, starting it")
+            return True
+        owner = domain.definition.owner
+        if owner is not None and owner.start_pending and strategy is not model.RunStrategy.HALTED:
+            self.notes.append(f"runStrategy {strategy}: the VM's first start was interrupted, starting it")
             return True
         return False
 

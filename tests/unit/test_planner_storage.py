@@ -301,3 +301,13 @@ def test_a_vm_whose_first_start_was_interrupted_is_started_by_the_next_pass(stra
     without_debt = b.actual(b.domain(config, power=SHUTOFF), volumes=b.volumes_of(spec))
     (left_off,) = planner.plan_changes(b.desired(spec), without_debt).resources
     assert kinds(left_off) == []  # stopped on purpose: Manual leaves it off
+
+
+def test_a_removed_delete_disk_of_a_vm_that_is_off_is_deleted_before_the_vm_starts_again():
+    """An Always VM found off gets its removed Delete volume deleted while it is still off, then started:
+    the deletion checks the domain is off, so it must not come after the start."""
+    base = b.vm("web", disks=(ROOT, SCRATCH))
+    spec = b.vm("web", disks=(ROOT,))
+    _, vm = vm_plan(spec, base, power=SHUTOFF)
+    assert kinds(vm) == ["define_domain", "delete_volume", "define_domain", "start_domain"]
+    assert vm.actions == (Action.UPDATE, Action.START)
