@@ -368,11 +368,15 @@ def render_owner(owner: model.Ownership) -> ET.Element:
     if owner.bound_uuid:
         element.set("domain", owner.bound_name)
         element.set("uuid", owner.bound_uuid)
+    if owner.start_pending:
+        element.set("startPending", "true")
     for volume in owner.volumes:
         record = ET.SubElement(element, _VOLUME, pool=volume.pool, name=volume.name,
                                deletionPolicy=volume.deletion_policy, created="true" if volume.created else "false")
         if volume.digest:
             record.set("digest", volume.digest)
+        if volume.pending:
+            record.set("pending", "true")
     return element
 
 
@@ -416,6 +420,7 @@ def parse_owner(root: ET.Element) -> model.Ownership | None:
         volumes.append(model.OwnedVolume(
             pool=volume.get("pool", ""), name=volume.get("name", ""),
             deletion_policy=policy, created=volume.get("created") == "true", digest=volume.get("digest", ""),
+            pending=volume.get("pending") == "true",
         ))
     try:
         strategy = model.RunStrategy(owner.get("runStrategy", "Always"))
@@ -433,6 +438,7 @@ def parse_owner(root: ET.Element) -> model.Ownership | None:
         graphics_password_digest=owner.get("graphicsPasswordDigest", ""),
         install_pending=owner.get("installPending") == "true",
         bound_name=owner.get("domain", ""), bound_uuid=owner.get("uuid", ""),
+        start_pending=owner.get("startPending") == "true",
     )
 
 

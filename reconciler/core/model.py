@@ -289,6 +289,25 @@ class ImageSpec:
     tree: str = field(default="", compare=False)  # where ``path`` is, and must stay, when read
 
 
+IMAGE_PARTIAL_PREFIX = ".kvmops-partial-"
+IMAGE_COMPLETE_PREFIX = ".kvmops-complete-"
+
+
+def image_partial_volume(volume: str) -> str:
+    """Return the temporary volume an import of image volume ``volume`` uploads into."""
+    return IMAGE_PARTIAL_PREFIX + volume
+
+
+def image_complete_volume(volume: str) -> str:
+    """Return the empty marker volume whose presence records that image ``volume`` was copied completely.
+
+    An import creates it after the copy to the final name finished and deletes it before
+    (re)writing that name, so "marker and image exist" means "complete and verified",
+    while "the image exists" alone never does.
+    """
+    return IMAGE_COMPLETE_PREFIX + volume
+
+
 @dataclass(frozen=True)
 class DhcpHost:
     """A static DHCP lease."""
@@ -385,6 +404,10 @@ class OwnedVolume:
     deletion_policy: DeletionPolicy
     created: bool  # kvmops created it; only such volumes may ever be deleted
     digest: str = ""  # content digest of generated volumes (the cloud-init seed)
+    # Intent, written before the volume is created: kvmops is about to create it (so a
+    # volume found under this name was made by an interrupted kvmops and is not known to be
+    # complete). Cleared by the definition written once the volume is complete.
+    pending: bool = False
 
 
 @dataclass(frozen=True)
@@ -403,6 +426,7 @@ class Ownership:
     install_pending: bool = False  # direct kernel boot waits for the VM's first start
     bound_name: str = ""  # the domain the mark was written for: a copy on another domain (a clone) does not count
     bound_uuid: str = ""  # "" in marks written by kvmops before marks were bound (see MarkBinding.UNBOUND)
+    start_pending: bool = False  # Manual/RerunOnFailure: the start at creation has not happened yet
 
     def volume(self, pool: str, name: str) -> OwnedVolume | None:
         """Return the record of volume ``pool/name``, if this domain owns one."""

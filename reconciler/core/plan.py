@@ -168,9 +168,17 @@ class ResizeDisk(Step):
 
 @dataclass(frozen=True)
 class DeleteVolume(Step):
+    """Delete a volume; with ``domain``, only while that domain (of ``uuid``) is still kvmops' and off.
+
+    The guard matters since a pruned domain is undefined after its volumes are deleted:
+    its mark is their proof of ownership, so the domain's own checks come too late.
+    """
+
     kind: ClassVar[str] = "delete_volume"
     pool: str
     name: str
+    domain: str = ""
+    uuid: str = ""
 
     def describe(self) -> str:
         return f"delete volume {self.pool}/{self.name} (DATA LOSS)"
@@ -178,16 +186,22 @@ class DeleteVolume(Step):
 
 @dataclass(frozen=True)
 class DefineDomain(Step):
-    """Write a domain's persistent config: a new one (``create``: it must not exist yet) or ours with ``uuid``."""
+    """Write a domain's persistent config: a new one (``create``: it must not exist yet) or ours with ``uuid``.
+
+    ``creates`` names the volumes (pool, name) whose creation this definition announces
+    (their records are pending): none of them may exist yet when it is written.
+    """
 
     kind: ClassVar[str] = "define_domain"
     name: str
     uuid: str
     xml: str
     create: bool = False
+    creates: tuple[tuple[str, str], ...] = ()
 
     def describe(self) -> str:
-        return f"{'define' if self.create else 'redefine'} domain {self.name}"
+        announced = f", recording {', '.join(f'{p}/{v}' for p, v in self.creates)} as about to be created" if self.creates else ""
+        return f"{'define' if self.create else 'redefine'} domain {self.name}{announced}"
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,7 @@ def plan_changes(
         resources.append(_plan_network(spec, actual.networks.get(spec.name), actual, settings))
     for spec in desired.images.values():
         resources.append(_plan_image(spec, actual, desired))
+    resources.extend(_plan_import_leftovers(desired, actual))
     wanted = wanted_volumes(desired)
     for spec in desired.vms.values():
         resources.append(_plan_vm(spec, actual.domains.get(spec.name), actual, desired, settings, wanted))
@@ -404,14 +405,70 @@ def _plan_image(spec: model.ImageSpec, actual: model.ActualState, desired: model
                 "spec.pool", f"storage pool {spec.pool!r} {why}; declare it in a StoragePool manifest or create it"
             ),))
     requires = (f"StoragePool/{spec.pool}",) if spec.pool in desired.pools else ()
-    if (spec.pool, spec.volume) in actual.volumes:
-        return plans.ResourcePlan(**base, requires=requires)
     source = redaction.redact_url(spec.url) if spec.url else spec.path
-    return plans.ResourcePlan(
-        **base, actions=(Action.CREATE,), requires=requires,
-        changes=(FieldChange("volume", None, f"{spec.pool}/{spec.volume} from {source}", Impact.LIVE,
-                             note=f"verified against sha256 {spec.sha256[:12]}… before it becomes a volume"),),
-        steps=(plans.ImportImage(spec.pool, spec.volume, spec.url, spec.path, spec.sha256, spec.format, spec.tree),),
+    verified = f"verified against sha256 {spec.sha256[:12]}… before it becomes a volume"
+    import_step = plans.ImportImage(spec.pool, spec.volume, spec.url, spec.path, spec.sha256, spec.format, spec.tree)
+    if (spec.pool, spec.volume) not in actual.volumes:
+        return plans.ResourcePlan(
+            **base, actions=(Action.CREATE,), requires=requires,
+            changes=(FieldChange("volume", None, f"{spec.pool}/{spec.volume} from {source}", Impact.LIVE, note=verified),),
+            steps=(import_step,),
+        )
+    if (spec.pool, model.image_complete_volume(spec.volume)) not in actual.volumes:
+        # "The volume exists" is not "the image is complete": only the completion record,
+        # written after the copy finished, says that.  Without it the volume is what an
+        # interrupted import (kill -9, libvirtd restarted mid-copy) left, and the import
+        # replaces it (see _import_image for why replacing it is safe).
+        return plans.ResourcePlan(
+            **base, actions=(Action.UPDATE,), requires=requires,
+            changes=(FieldChange(
+                "volume", f"{spec.pool}/{spec.volume} (not known to be complete)", f"{spec.pool}/{spec.volume} from {source}",
+                Impact.LIVE, note=f"an interrupted import left it without its completion record; imported again, {verified}",
+            ),),
+            steps=(import_step,),
+        )
+    partial = model.image_partial_volume(spec.volume)
+    if (spec.pool, partial) in actual.volumes:
+        return plans.ResourcePlan(
+            **base, actions=(Action.UPDATE,), requires=requires,
+            changes=(_leftover_change(spec.pool, partial),), steps=(plans.DeleteVolume(spec.pool, partial),),
+        )
+    return plans.ResourcePlan(**base, requires=requires)
+
+
+def _plan_import_leftovers(desired: model.DesiredState, actual: model.ActualState) -> list[plans.ResourcePlan]:
+    """Return the removal of what interrupted imports left for images no manifest declares any more.
+
+    Only in the pools this manifest set declares or imports into: the temporary volume of
+    an import running right now belongs to whoever holds the host lock, which is this pass.
+    """
+    pools = set(desired.pools) | {image.pool for image in desired.images.values()}
+    declared = {(image.pool, image.volume) for image in desired.images.values()}
+    resources = []
+    for pool, name in sorted(actual.volumes):
+        if pool not in pools:
+            continue
+        if name.startswith(model.IMAGE_PARTIAL_PREFIX):
+            final = name[len(model.IMAGE_PARTIAL_PREFIX):]
+        elif name.startswith(model.IMAGE_COMPLETE_PREFIX):
+            final = name[len(model.IMAGE_COMPLETE_PREFIX):]
+            if (pool, final) in actual.volumes:
+                continue  # the record of a complete image, declared or kept
+        else:
+            continue
+        if (pool, final) in declared:
+            continue  # _plan_image takes care of it
+        resources.append(plans.ResourcePlan(
+            kind="Image", name=f"{pool}/{final}", actions=(Action.DELETE,), manifest=None,
+            changes=(_leftover_change(pool, name),), steps=(plans.DeleteVolume(pool, name),),
+        ))
+    return resources
+
+
+def _leftover_change(pool: str, name: str) -> FieldChange:
+    return FieldChange(
+        f"volume {pool}/{name}", "(leftover)", None, Impact.LIVE,
+        note="left by an interrupted image import, holds nothing else; removed",
     )
 
 
@@ -480,7 +537,7 @@ def desired_definition(
         raise ValueError(why)
     builder = _VMPlanBuilder(spec, domain, actual, virt_type, settings, wanted_volumes(desired), desired)
     _steps, owned, _deletions = builder._plan_volumes(stopping=False)
-    return builder._definition(owned, install=builder._install_now())
+    return _started(builder._definition(owned, install=builder._install_now()))  # it exists: no creation start owed
 
 
 class _VMPlanBuilder:
@@ -501,6 +558,8 @@ class _VMPlanBuilder:
         self.changes: list[FieldChange] = []
         self.notes: list[str] = []
         self.problems: list[model.Problem] = []
+        self.creating: set[tuple[str, str]] = set()  # volumes this plan creates (their records start pending)
+        self.deleting: set[tuple[str, str]] = set()  # volumes this plan deletes (their records go after them)
 
     def build(self, base: dict, requires: tuple[str, ...]) -> plans.ResourcePlan:
         spec, domain = self.spec, self.domain
@@ -516,16 +575,24 @@ class _VMPlanBuilder:
             actions.append(Action.CREATE)
             self._note_attached_media(None, definition)
             self._describe_creation(definition)
-            steps.append(plans.DefineDomain(spec.name, definition.uuid, domxml.render(definition), create=True))
+            if self.creating:  # intent before effect: the domain records the volumes before they exist
+                intent = self._with_intent(definition)
+                steps = [plans.DefineDomain(spec.name, definition.uuid, domxml.render(intent), create=True,
+                                            creates=self._absent(self.creating)),
+                         *storage_steps, plans.DefineDomain(spec.name, definition.uuid, domxml.render(definition))]
+            else:
+                steps.append(plans.DefineDomain(spec.name, definition.uuid, domxml.render(definition), create=True))
             if spec.autostart:
                 steps.append(plans.SetAutostart(spec.name, True))
             if spec.run_strategy is not model.RunStrategy.HALTED:
                 steps.append(plans.StartDomain(spec.name))
                 actions.append(Action.START)
-                if definition.owner.install_pending:
-                    # Booted once from the install media; from now on it boots from its disks.
-                    after = self._definition(owned_volumes, install=False)
+                if definition.owner.install_pending or definition.owner.start_pending:
+                    # Booted once (from the install media): from now on it boots from its disks,
+                    # and its first start is done.
+                    after = _started(self._definition(owned_volumes, install=False))
                     steps.append(plans.DefineDomain(spec.name, after.uuid, domxml.render(after)))
+                if definition.owner.install_pending:
                     self.notes.append("the install kernel is used for this first boot only; later boots use the disks")
             return plans.ResourcePlan(
                 **base, actions=tuple(actions), changes=tuple(self.changes), steps=tuple(steps),
@@ -535,7 +602,13 @@ class _VMPlanBuilder:
         observed = domain.definition
         self._note_attached_media(observed, definition)
         self._diff_definition(observed, definition)
-        if definition != observed:
+        intended = {(v.pool, v.name) for v in observed.owner.volumes if v.pending} if observed.owner is not None else set()
+        announce = self.creating - intended
+        if announce:  # intent before effect: record the new volumes before creating them
+            intent = self._with_intent(definition)
+            xml = domxml.patch(domain.xml, intent, volumes_by_path=self.actual.volumes_by_path()) if domain.xml else domxml.render(intent)
+            steps.insert(0, plans.DefineDomain(spec.name, domain.uuid, xml, creates=self._absent(announce)))
+        if definition != observed or announce:  # the second clears the pending records: the volumes are complete
             xml = (domxml.patch(domain.xml, definition, volumes_by_path=self.actual.volumes_by_path())
                    if domain.xml else domxml.render(definition))
             steps.append(plans.DefineDomain(spec.name, domain.uuid, xml))
@@ -549,18 +622,26 @@ class _VMPlanBuilder:
             steps.append(plans.SetAutostart(spec.name, spec.autostart))
         if steps:
             actions.append(Action.UPDATE)
-        if self._should_start():
+        starting = self._should_start()
+        if stopping and not starting:
+            steps.append(plans.StopDomain(spec.name, self.timeout))
+        # Volumes go while the domain is off: after a stop, before a start.
+        steps.extend(deletions)
+        if self.deleting:  # the records of deleted volumes go only once the volumes are gone
+            final = self._without_records(definition, self.deleting)
+            xml = domxml.patch(domain.xml, final, volumes_by_path=self.actual.volumes_by_path()) if domain.xml else domxml.render(final)
+            steps.append(plans.DefineDomain(spec.name, domain.uuid, xml))
+        if starting:
             steps.append(plans.StartDomain(spec.name))
             actions.append(Action.START)
-            if definition.owner.install_pending:
-                after = self._definition(owned_volumes, install=False)
+            if definition.owner.install_pending or definition.owner.start_pending:
+                after = self._without_records(_started(self._definition(owned_volumes, install=False)), self.deleting)
                 steps.append(plans.DefineDomain(spec.name, after.uuid, domxml.render(after) if not domain.xml else
                                                 domxml.patch(domain.xml, after)))
+            if definition.owner.install_pending:
                 self.notes.append("the install kernel is used for this first boot only; later boots use the disks")
         elif stopping:
-            steps.append(plans.StopDomain(spec.name, self.timeout))
             actions.append(Action.STOP)
-        steps.extend(deletions)
         if deletions and Action.UPDATE not in actions:
             actions.insert(0, Action.UPDATE)
         old_owner = observed.owner
@@ -598,6 +679,10 @@ class _VMPlanBuilder:
         if strategy is model.RunStrategy.MANUAL and reason is model.ShutoffReason.FAILED:
             self.notes.append("runStrategy Manual: the domain's first start failed, starting it")
             return True
+        owner = domain.definition.owner
+        if owner is not None and owner.start_pending and strategy is not model.RunStrategy.HALTED:
+            self.notes.append(f"runStrategy {strategy}: the VM's first start was interrupted, starting it")
+            return True
         return False
 
     def _should_stop(self) -> bool:
@@ -621,12 +706,22 @@ class _VMPlanBuilder:
             volume = actual.volumes.get((disk.pool, disk.volume))
             recorded = owner.volume(disk.pool, disk.volume) if owner is not None else None
             path = f"disks[{disk.name}]"
+            if volume is not None and recorded is not None and recorded.pending:
+                if (disk.pool, disk.volume) in live_volumes:
+                    # The guest was started on it since (by hand): it holds the guest's data now,
+                    # so it is kept as it is, and its record completed.
+                    self.notes.append(f"volume {disk.pool}/{disk.volume} was created by an interrupted apply and is "
+                                      "in use by the running guest: kept as it is")
+                else:
+                    steps.append(self._redo_interrupted_creation(path, volume))
+                    volume = None
             if volume is None:
                 steps.append(self._new_volume(disk))
+                self.creating.add((disk.pool, disk.volume))
                 attached = domain is not None and any(
                     (d.pool, d.volume) == (disk.pool, disk.volume) for d in domain.definition.disks
                 )
-                if attached:
+                if attached and not (recorded is not None and recorded.pending):  # pending: it never existed
                     self.changes.append(FieldChange(
                         f"{path}.volume", "(missing)", f"{disk.pool}/{disk.volume} {format_bytes(disk.size)}", Impact.REPLACE,
                         note="the volume has vanished from its pool; a new, empty one is created",
@@ -660,10 +755,11 @@ class _VMPlanBuilder:
         if seed is not None:
             recorded = owner.volume(seed.pool, seed.volume) if owner is not None else None
             present = (seed.pool, seed.volume) in actual.volumes
-            if present and (recorded is None or recorded.digest != seed.digest):
+            if present and (recorded is None or recorded.digest != seed.digest or recorded.pending):
                 self._may_rewrite_seed(seed, recorded)
-            if not present or recorded is None or recorded.digest != seed.digest:
+            if not present or recorded is None or recorded.digest != seed.digest or recorded.pending:
                 steps.append(plans.WriteSeed(seed.pool, seed.volume, seed.files, seed.digest))
+                self.creating.add((seed.pool, seed.volume))
                 if domain is not None and present and recorded is not None:
                     self.changes.append(FieldChange(
                         "cloudInit", _short_digest(recorded.digest), _short_digest(seed.digest), self._restart_or_live(),
@@ -680,6 +776,10 @@ class _VMPlanBuilder:
                 continue
             volume = actual.volumes.get((record.pool, record.name))
             if volume is None:
+                self.changes.append(FieldChange(
+                    f"volume {record.pool}/{record.name}", "(record)", None, Impact.LIVE,
+                    note="the volume no longer exists; its record is dropped from the domain's metadata",
+                ))
                 continue
             if (record.pool, record.name) in self.claimed:
                 self.notes.append(f"volume {record.pool}/{record.name} is detached and kept: another VM in the manifests uses it")
@@ -697,7 +797,9 @@ class _VMPlanBuilder:
                 self.notes.append(f"volume {record.pool}/{record.name} is detached and kept (deletionPolicy Retain)")
                 continue
             if record.digest and not (self.active and not stopping):  # a generated seed: no data of anyone's
-                deletions.append(plans.DeleteVolume(record.pool, record.name))
+                deletions.append(plans.DeleteVolume(record.pool, record.name, spec.name, domain.uuid))
+                records.append(record)  # kept until the volume is gone: a crash in between must not orphan it
+                self.deleting.add((record.pool, record.name))
                 self.changes.append(FieldChange("cloudInit", _short_digest(record.digest), None, self._restart_or_live(),
                                                 note="generated seed ISO removed"))
                 continue
@@ -711,7 +813,9 @@ class _VMPlanBuilder:
                     "deleted once the VM is stopped (deletionPolicy Delete)"
                 )
                 continue
-            deletions.append(plans.DeleteVolume(record.pool, record.name))
+            deletions.append(plans.DeleteVolume(record.pool, record.name, spec.name, domain.uuid))
+            records.append(record)  # kept until the volume is gone: a crash in between must not orphan it
+            self.deleting.add((record.pool, record.name))
             self.changes.append(FieldChange(
                 f"volume {record.pool}/{record.name}", format_bytes(volume.capacity), None, Impact.DATA_LOSS,
                 note="DATA LOSS: the volume is deleted (deletionPolicy Delete)",
@@ -754,6 +858,41 @@ class _VMPlanBuilder:
             return False
         return True
 
+    def _redo_interrupted_creation(self, path: str, volume: model.ObservedVolume) -> plans.Step:
+        """Return the step removing a volume an interrupted apply was creating, so it is created again.
+
+        The domain's record of it is still pending: kvmops wrote that record, having checked
+        that the name was free, before it created the volume, and clears it only once the
+        volume is complete and before the domain may start from it.  So the volume is
+        kvmops' own and holds nothing a guest wrote, but whether its creation (a copy of an
+        image, a seed upload) finished is unknown: "it exists" is not "it is complete".
+        """
+        self.changes.append(FieldChange(
+            f"{path}.volume", f"{volume.pool}/{volume.name} (incomplete)", f"{volume.pool}/{volume.name}", Impact.LIVE,
+            note="an interrupted apply was creating this volume (no guest has used it); it is created again",
+        ))
+        return plans.DeleteVolume(volume.pool, volume.name)
+
+    def _with_intent(self, definition: model.DomainDefinition) -> model.DomainDefinition:
+        """Return ``definition`` with the records of the volumes this plan creates marked pending."""
+        owner = definition.owner
+        volumes = tuple(
+            dataclasses.replace(v, created=True, pending=True) if (v.pool, v.name) in self.creating else v
+            for v in owner.volumes
+        )
+        return dataclasses.replace(definition, owner=dataclasses.replace(owner, volumes=volumes))
+
+    def _absent(self, volumes: set[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+        """Return the ``volumes`` that do not exist now: the executor checks they still do not."""
+        return tuple(sorted(v for v in volumes if v not in self.actual.volumes))
+
+    @staticmethod
+    def _without_records(definition: model.DomainDefinition, gone: set[tuple[str, str]]) -> model.DomainDefinition:
+        """Return ``definition`` without the records of the volumes in ``gone``."""
+        owner = definition.owner
+        volumes = tuple(v for v in owner.volumes if (v.pool, v.name) not in gone)
+        return dataclasses.replace(definition, owner=dataclasses.replace(owner, volumes=volumes))
+
     def _new_volume(self, disk: model.DiskSpec) -> plans.Step:
         """Return the step creating ``disk``'s volume: empty, an overlay on its image, or a copy of it."""
         if disk.image is None:
@@ -791,6 +930,20 @@ class _VMPlanBuilder:
             self.problems.append(self.spec.origin.problem("spec", f"cannot tell the directory of pool {ref.pool!r}"))
             return ref.path or ""
         return f"{directory}/{ref.path}"
+
+    def _first_start_pending(self) -> bool:
+        """Return whether the VM still owes the one start at creation of ``Manual`` and ``RerunOnFailure``.
+
+        Recorded in the mark from the first definition until the definition written right
+        after that start: a crash in between leaves a VM that the next pass still starts,
+        since its shut-off reason cannot tell "never started" from "stopped on purpose".
+        """
+        if self.spec.run_strategy not in (model.RunStrategy.MANUAL, model.RunStrategy.RERUN_ON_FAILURE):
+            return False
+        if self.domain is None:
+            return True
+        owner = self.domain.definition.owner if self.domain.definition is not None else None
+        return owner is not None and owner.start_pending and not self.active
 
     def _install_now(self) -> bool:
         """Return whether the domain boots its install media (kernel, initrd) next time."""
@@ -853,6 +1006,7 @@ class _VMPlanBuilder:
                 graphics_password_digest=self._password_digest(observed, uuid),
                 install_pending=install and spec.install is not None and spec.install.first_boot_only,
                 bound_name=spec.name, bound_uuid=uuid or "",
+                start_pending=self._first_start_pending(),
             ),
             firmware=spec.firmware,
             machine=machine,
@@ -1034,6 +1188,9 @@ class _VMPlanBuilder:
                     "(set)" if new.graphics_password_digest else "(none)", self._restart_or_live(),
                     note="the password itself is never shown",
                 ))
+        if old.start_pending and not new.start_pending:
+            self.changes.append(FieldChange("firstStart", "pending", "done", Impact.LIVE,
+                                            note="the VM has started since an interrupted apply recorded it"))
         if old.keep_nvram != new.keep_nvram:
             self.changes.append(FieldChange("keepNvram", _yes_no(old.keep_nvram), _yes_no(new.keep_nvram), Impact.LIVE))
         if old.shutdown_timeout != new.shutdown_timeout:
@@ -1255,7 +1412,7 @@ def _plan_prune(
         timeout = owner.shutdown_timeout if owner is not None and owner.shutdown_timeout is not None else settings.shutdown_timeout
         steps.append(plans.StopDomain(domain.name, timeout))
         actions.append(Action.STOP)
-    steps.append(plans.UndefineDomain(domain.name, domain.uuid, keep_nvram=owner.keep_nvram if owner is not None else False))
+    undefine = plans.UndefineDomain(domain.name, domain.uuid, keep_nvram=owner.keep_nvram if owner is not None else False)
     changes.append(FieldChange("domain", f"{domain.name} ({domain.power})", None, Impact.LIVE))
     for record in owner.volumes if owner is not None else ():
         volume = actual.volumes.get((record.pool, record.name))
@@ -1266,7 +1423,7 @@ def _plan_prune(
         elif (shared := _kept_for_users(actual, record, domain.name)) is not None:
             notes.append(shared)
         elif record.created and record.deletion_policy is model.DeletionPolicy.DELETE:
-            steps.append(plans.DeleteVolume(record.pool, record.name))
+            steps.append(plans.DeleteVolume(record.pool, record.name, domain.name, domain.uuid))
             changes.append(FieldChange(
                 f"volume {record.pool}/{record.name}", format_bytes(volume.capacity), None, Impact.DATA_LOSS,
                 note="DATA LOSS: deleted with the VM (deletionPolicy Delete)",
@@ -1274,6 +1431,9 @@ def _plan_prune(
         else:
             why = "deletionPolicy Retain" if record.created else "kvmops did not create it"
             notes.append(f"volume {record.pool}/{record.name} is kept ({why})")
+    # The domain goes last: its mark is the only record that these volumes are kvmops' to
+    # delete, so a crash before the undefine leaves the next pass able to finish.
+    steps.append(undefine)
     return plans.ResourcePlan(
         kind="VirtualMachine", name=domain.name, actions=tuple(actions), changes=tuple(changes),
         steps=tuple(steps), manifest=owner.manifest if owner is not None else None,
@@ -1309,6 +1469,11 @@ def _kept_for_users(actual: model.ActualState, record: model.OwnedVolume, domain
         return None
     how = "is detached and kept" if detached else "is kept"
     return f"volume {record.pool}/{record.name} {how}: also used by domain {', '.join(users)}"
+
+
+def _started(definition: model.DomainDefinition) -> model.DomainDefinition:
+    """Return ``definition`` as written once the domain has started: its first start is no longer pending."""
+    return dataclasses.replace(definition, owner=dataclasses.replace(definition.owner, start_pending=False))
 
 
 # --- words ------------------------------------------------------------------------------

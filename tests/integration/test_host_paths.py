@@ -53,11 +53,8 @@ def image_tree(tmp_path: Path) -> tuple[Path, str]:
 def test_an_image_file_inside_the_tree_is_downloaded_and_verified(image_tree, tmp_path):
     """The Image source is read from the tree at apply time, and checked against its sha256."""
     tree, digest = image_tree
-    verified = fetch.download(None, "images/disk.raw", digest, tree=str(tree), directory=str(tmp_path))
-    try:
-        assert verified.read_bytes() == b"\0" * 4096
-    finally:
-        verified.unlink()
+    with fetch.download(None, "images/disk.raw", digest, tree=str(tree), directory=str(tmp_path)) as verified:
+        assert verified.read() == b"\0" * 4096
 
 
 def test_an_image_file_swapped_for_a_symlink_out_of_the_tree_after_the_plan_is_not_read(image_tree, tmp_path):

@@ -25,8 +25,8 @@ def web(**fields) -> model.VMSpec:
 def applied_xml(spec: model.VMSpec, uuid: str = b.UUID) -> str:
     """Return the XML kvmops defines for ``spec`` on an empty host, with ``uuid``."""
     result = planner.plan_changes(b.desired(spec), b.actual())
-    (define,) = [s for r in result.resources for s in r.steps if isinstance(s, plans.DefineDomain)]
-    return define.xml.replace(define.uuid, uuid)
+    *_intent, define = [s for r in result.resources for s in r.steps if isinstance(s, plans.DefineDomain)]
+    return define.xml.replace(define.uuid, uuid)  # the last definition: volumes recorded as complete
 
 
 def cloned(xml: str, name: str, uuid: str = CLONE_UUID) -> str:
