@@ -449,7 +449,7 @@ def sweep_abandoned(root: Path = LAB_ROOT, name: str | None = None) -> list[str]
             owner = (directory / "owner").read_text(encoding="ascii").split()
         except FileNotFoundError:
             owner = []
-        if owner == ["cli"] and name is None:
+        if owner == ["cli"] and (name is None or "*" in name):
             continue  # started by hand: stopped by hand
         if len(owner) == 2 and _alive(int(owner[0]), owner[1]):
             continue
