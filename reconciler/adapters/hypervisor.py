@@ -10,16 +10,23 @@ libvirt said.
 Ownership is re-checked here at the moment of every mutation of an existing domain
 (:meth:`Hypervisor.ensure_owned`): a plan made a second ago is not proof that the domain
 is still ours.
+
+Every method that changes libvirt state is marked ``@_mutating``, which also carries the
+crash hook the crash tests use (``KVMOPS_TEST_CRASH_AT``, see :func:`_mutating`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import signal
 import stat
+import sys
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 from urllib.parse import urlparse
 
 import libvirt
@@ -81,6 +88,58 @@ _CLOSE_REASONS = {
 }
 _event_loop_lock = threading.Lock()
 _event_loop_thread: threading.Thread | None = None
+
+
+# -- the crash hook for tests ------------------------------------------------------------
+
+CRASH_AT_VARIABLE = "KVMOPS_TEST_CRASH_AT"
+_Method = TypeVar("_Method", bound=Callable)
+_mutating_calls = 0
+_mutating_calls_lock = threading.Lock()
+
+
+def _mutating(method: _Method) -> _Method:
+    """Mark a :class:`Hypervisor` method that changes libvirt state, for the crash hook.
+
+    The contract of ``KVMOPS_TEST_CRASH_AT`` (a test hook, read only from the
+    environment, never from a manifest or a flag): when it holds an integer ``N >= 1``,
+    the process counts the calls of the methods marked here (every call, including
+    ones that turn out to be no-ops, such as starting a running domain), and right
+    before the ``N``-th one it writes one line to stderr::
+
+        KVMOPS_TEST_CRASH_AT=N: SIGKILL before mutating call N: create_volume(pool, name)
+
+    and sends itself ``SIGKILL``: no ``finally``, no ``atexit``, exactly what a
+    ``kill -9`` at that instant leaves behind.  Calls 1 to ``N - 1`` have completed.
+    A run that makes fewer than ``N`` mutating calls finishes normally, so a test
+    enumerates every step boundary by raising ``N`` until the process exits on its
+    own.  The count is per process and shared by the executor's worker threads: run
+    ``apply --parallel 1`` for a deterministic order.  Unset, empty or not a positive
+    integer: no effect.
+    """
+    name = method.__name__
+
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        _count_mutating_call(name, args)
+        return method(self, *args, **kwargs)
+
+    return guarded  # type: ignore[return-value]
+
+
+def _count_mutating_call(name: str, args: tuple) -> None:
+    global _mutating_calls
+    setting = os.environ.get(CRASH_AT_VARIABLE, "")
+    if not setting.isdigit() or int(setting) < 1:
+        return
+    with _mutating_calls_lock:
+        _mutating_calls += 1
+        if _mutating_calls != int(setting):
+            return
+        subject = ", ".join(str(a) for a in args if isinstance(a, str) and not a.lstrip().startswith("<"))
+        sys.stderr.write(f"{CRASH_AT_VARIABLE}={setting}: SIGKILL before mutating call {setting}: {name}({subject})\n")
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def start_event_loop() -> None:
@@ -312,6 +371,7 @@ class Hypervisor:
                 continue
         return records
 
+    @_mutating
     def define_network(self, xml: str, name: str) -> None:
         """Define (or redefine) network ``name`` from ``xml``."""
         with translated(f"libvirt refused the definition of network {name}"):
@@ -332,6 +392,7 @@ class Hypervisor:
             xml = _persistent_network_xml(self._connection.networkLookupByName(name))
         return netxml.parse(xml).owner is not None
 
+    @_mutating
     def start_network(self, name: str) -> bool:
         """Start network ``name``; return False if it was already active."""
         with translated(f"cannot start network {name}"):
@@ -341,11 +402,13 @@ class Hypervisor:
             network.create()
             return True
 
+    @_mutating
     def set_network_autostart(self, name: str, autostart: bool) -> None:
         """Set whether network ``name`` starts with libvirtd."""
         with translated(f"cannot set autostart of network {name}"):
             self._connection.networkLookupByName(name).setAutostart(int(autostart))
 
+    @_mutating
     def update_dhcp_host(self, name: str, xml: str, *, add: bool) -> None:
         """Add or remove a static lease of running network ``name`` (its config is redefined separately)."""
         command = libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST if add else libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE
@@ -354,6 +417,7 @@ class Hypervisor:
                 command, libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST, -1, xml, libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE
             )
 
+    @_mutating
     def remove_network(self, name: str) -> None:
         """Stop (if running) and undefine network ``name``."""
         with translated(f"cannot remove network {name}"):
@@ -450,11 +514,13 @@ class Hypervisor:
 
     # -- domains ------------------------------------------------------------------------
 
+    @_mutating
     def define_domain(self, xml: str, name: str) -> None:
         """Define (or redefine) a domain's persistent configuration from ``xml``."""
         with translated(f"libvirt refused the definition of domain {name}"):
             self._connection.defineXML(xml)
 
+    @_mutating
     def start_domain(self, name: str) -> bool:
         """Start domain ``name``; return False if it was already running."""
         with translated(f"cannot start domain {name}"):
@@ -464,6 +530,7 @@ class Hypervisor:
             domain.create()
             return True
 
+    @_mutating
     def shutdown_domain(self, name: str) -> bool:
         """Ask the guest to power off (ACPI); return False if it was not running."""
         with translated(f"cannot shut down domain {name}"):
@@ -478,6 +545,7 @@ class Hypervisor:
                 raise exc
             return True
 
+    @_mutating
     def destroy_domain(self, name: str) -> bool:
         """Power domain ``name`` off at once; return False if it was not running."""
         with translated(f"cannot destroy domain {name}"):
@@ -492,6 +560,7 @@ class Hypervisor:
                 raise exc
             return True
 
+    @_mutating
     def undefine_domain(self, name: str, *, keep_nvram: bool = False) -> None:
         """Remove the persistent definition of ``name`` (managed save and snapshot metadata too).
 
@@ -512,6 +581,7 @@ class Hypervisor:
                     raise
                 domain.undefine()  # drivers without those flags (the test driver) have nothing to keep
 
+    @_mutating
     def set_owner(self, name: str, owner: model.Ownership) -> None:
         """Write kvmops' ownership mark into the persistent ``<metadata>`` of domain ``name``."""
         element = domxml.render_owner(owner)
@@ -523,16 +593,19 @@ class Hypervisor:
                 libvirt.VIR_DOMAIN_METADATA_ELEMENT, xml, domxml.PREFIX, domxml.NAMESPACE, libvirt.VIR_DOMAIN_AFFECT_CONFIG
             )
 
+    @_mutating
     def set_autostart(self, name: str, autostart: bool) -> None:
         """Set whether domain ``name`` starts with libvirtd."""
         with translated(f"cannot set autostart of domain {name}"):
             self._connection.lookupByName(name).setAutostart(int(autostart))
 
+    @_mutating
     def set_memory_live(self, name: str, memory_kib: int) -> None:
         """Move the running guest's balloon to ``memory_kib``."""
         with translated(f"cannot change the memory of running domain {name}"):
             self._connection.lookupByName(name).setMemoryFlags(memory_kib, libvirt.VIR_DOMAIN_AFFECT_LIVE)
 
+    @_mutating
     def block_resize(self, name: str, target: str, capacity: int) -> None:
         """Grow disk ``target`` of running domain ``name`` to ``capacity`` bytes."""
         with translated(f"cannot grow disk {target} of domain {name}"):
@@ -540,16 +613,19 @@ class Hypervisor:
 
     # -- storage ------------------------------------------------------------------------
 
+    @_mutating
     def define_pool(self, xml: str, name: str) -> None:
         """Define storage pool ``name`` from ``xml``."""
         with translated(f"libvirt refused the definition of pool {name}"):
             self._connection.storagePoolDefineXML(xml, 0)
 
+    @_mutating
     def build_pool(self, name: str) -> None:
         """Build pool ``name`` (for a dir pool: create its directory)."""
         with translated(f"cannot build pool {name}"):
             self._connection.storagePoolLookupByName(name).build(0)
 
+    @_mutating
     def start_pool(self, name: str) -> bool:
         """Start pool ``name``; return False if it was already active."""
         with translated(f"cannot start pool {name}"):
@@ -559,6 +635,7 @@ class Hypervisor:
             pool.create(0)
             return True
 
+    @_mutating
     def set_pool_autostart(self, name: str, autostart: bool) -> None:
         """Set whether pool ``name`` starts with libvirtd."""
         with translated(f"cannot set autostart of pool {name}"):
@@ -575,17 +652,20 @@ class Hypervisor:
             return False
         return True
 
+    @_mutating
     def create_volume(self, pool_name: str, xml: str, name: str) -> None:
         """Create volume ``name`` in pool ``pool_name`` from ``xml``."""
         with translated(f"cannot create volume {pool_name}/{name}"):
             self._connection.storagePoolLookupByName(pool_name).createXML(xml, 0)
 
+    @_mutating
     def clone_volume(self, pool_name: str, xml: str, name: str, source_pool: str, source: str) -> None:
         """Create volume ``name`` from ``xml`` as a full copy of ``source_pool/source``."""
         with translated(f"cannot copy {source_pool}/{source} to {pool_name}/{name}"):
             original = self._connection.storagePoolLookupByName(source_pool).storageVolLookupByName(source)
             self._connection.storagePoolLookupByName(pool_name).createXMLFrom(xml, original, 0)
 
+    @_mutating
     def upload_volume(self, pool_name: str, name: str, chunks, length: int) -> None:
         """Write ``length`` bytes from the iterable ``chunks`` into volume ``pool_name/name``.
 
@@ -608,6 +688,7 @@ class Hypervisor:
                 raise
             stream.finish()
 
+    @_mutating
     def refresh_pool(self, name: str) -> None:
         """Re-read pool ``name``'s directory (sizes, formats of volumes written by upload)."""
         with translated(f"cannot refresh pool {name}"):
@@ -618,12 +699,14 @@ class Hypervisor:
         with translated(f"cannot read volume {pool_name}/{name}"):
             return self._connection.storagePoolLookupByName(pool_name).storageVolLookupByName(name).info()[1]
 
+    @_mutating
     def resize_volume(self, pool_name: str, name: str, capacity: int) -> None:
         """Grow volume ``pool_name/name`` to ``capacity`` bytes (never shrinks)."""
         with translated(f"cannot grow volume {pool_name}/{name}"):
             volume = self._connection.storagePoolLookupByName(pool_name).storageVolLookupByName(name)
             volume.resize(capacity, 0)  # without VIR_STORAGE_VOL_RESIZE_SHRINK libvirt refuses to shrink
 
+    @_mutating
     def delete_volume(self, pool_name: str, name: str) -> bool:
         """Delete volume ``pool_name/name``; return False if it was already gone."""
         try:
