@@ -374,9 +374,24 @@ class CrashWorld:
         return subprocess.run(self.argv(*args), capture_output=True, text=True, timeout=COMMAND_TIMEOUT,
                               env=self.env(), cwd=REPO)
 
+    def apply_counting_calls(self) -> tuple[subprocess.CompletedProcess, int | None]:
+        """Run ``kvmops apply`` to completion; return it and how many mutating libvirt calls it made (hook only)."""
+        if not crash_hook_available():
+            return self.kvmops("apply", str(self.manifests), "--connect", self.host.uri), None
+        # the hook counts calls once N is set; N larger than any run never fires
+        counting = ("import atexit, runpy, sys; from reconciler.adapters import hypervisor as hv; "
+                    "atexit.register(lambda: print('MUTATING_CALLS', hv._mutating_calls, file=sys.stderr)); "
+                    "sys.argv[0] = 'kvmops'; runpy.run_module('reconciler', run_name='__main__')")
+        done = subprocess.run([sys.executable, "-c", counting, "--log-format", "json", "apply", str(self.manifests),
+                               "--connect", self.host.uri], capture_output=True, text=True,
+                              timeout=COMMAND_TIMEOUT, env=self.env(crash_at=10**9), cwd=REPO)
+        found = re.search(r"^MUTATING_CALLS (\d+)$", done.stderr, re.M)
+        return done, int(found.group(1)) if found else None
+
     def start_apply(self, crash_at: int | None = None) -> subprocess.Popen:
-        """Start ``kvmops apply`` of the manifests, in its own process group."""
-        return subprocess.Popen(self.argv("apply", str(self.manifests), "--connect", self.host.uri),
+        """Start ``kvmops apply`` of the manifests, in its own process group (one worker under the hook: a set order)."""
+        serial = ("--parallel", "1") if crash_at is not None else ()
+        return subprocess.Popen(self.argv("apply", str(self.manifests), "--connect", self.host.uri, *serial),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=self.env(crash_at), cwd=REPO, start_new_session=True)
 
@@ -568,6 +583,7 @@ class TrialResult:
     violations: dict[str, list[str]] = field(default_factory=dict)
     internal_errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    where: str = ""  # the call the hook stopped before
 
     @property
     def ok(self) -> bool:
@@ -575,7 +591,8 @@ class TrialResult:
 
     def describe(self) -> str:
         """Return one paragraph saying how to reproduce the trial and what broke."""
-        head = f"{self.kind} trial, seed {self.seed}, {self.point} ({'killed' if self.killed else 'not killed'})"
+        where = f", before {self.where}" if self.where else ""
+        head = f"{self.kind} trial, seed {self.seed}, {self.point} ({'killed' if self.killed else 'not killed'}{where})"
         lines = [f"  {name}: {detail}" for name, details in self.violations.items() for detail in details]
         lines += [f"  internal error: {detail}" for detail in self.internal_errors]
         return "\n".join([head, *lines])
@@ -615,6 +632,8 @@ def run_trial(world: CrashWorld, kind: str, point: KillPoint, seed: int) -> Tria
         result.internal_errors.append(f"the interrupted apply hung for {COMMAND_TIMEOUT:.0f}s")
     if point.how == "hook":
         result.killed = process.returncode == -signal.SIGKILL
+        found = re.search(r"SIGKILL before mutating call \d+: (.*)", err)
+        result.where = found.group(1) if found else ""
     result.internal_errors += _internal_errors(out + err)
     if world.host.libvirtd_pid is None:
         world.host.restart_libvirtd()
@@ -713,36 +732,37 @@ class Baseline:
     prune_seconds: float
     apply_passes: int
     prune_passes: int
+    apply_calls: int | None = None  # mutating libvirt calls of the first pass (known with the crash hook)
+    prune_calls: int | None = None
 
 
 def measure_baseline(world: CrashWorld) -> Baseline:
     """Run the set's apply and prune without killing (re-applying until exit 0); raise if that breaks an invariant."""
-    timings, passes = {}, {}
+    timings, passes, calls = {}, {}, {}
     for kind in ("apply", "prune"):
         prepare(world, kind)
         started = time.monotonic()
-        for attempt in range(1, REAPPLY_ATTEMPTS + 1):
+        result, calls[kind] = world.apply_counting_calls()
+        timings[kind] = time.monotonic() - started
+        passes[kind] = 1
+        while result.returncode != 0 and passes[kind] < REAPPLY_ATTEMPTS:
+            passes[kind] += 1
             result = world.kvmops("apply", str(world.manifests), "--connect", world.host.uri)
-            if attempt == 1:
-                timings[kind] = time.monotonic() - started
-            if result.returncode == 0:
-                break
-        else:
+        if result.returncode != 0:
             raise RuntimeError(f"uninterrupted {kind} fails: {_last_line(result.stdout + result.stderr)}")
-        passes[kind] = attempt
         problems = {name: found for name, inv in INVARIANTS.items() if (found := inv(world, kind == "apply"))}
         if problems:
             raise RuntimeError(f"uninterrupted {kind} breaks invariants: {problems}")
-    return Baseline(timings["apply"], timings["prune"], passes["apply"], passes["prune"])
+    return Baseline(timings["apply"], timings["prune"], passes["apply"], passes["prune"], calls["apply"], calls["prune"])
 
 
-def random_point(rng: random.Random, kind: str, victim: str, baseline: Baseline, *, hook: bool,
-                 max_call: int = 40) -> KillPoint:
+def random_point(rng: random.Random, kind: str, victim: str, baseline: Baseline, *, hook: bool) -> KillPoint:
     """Return a seeded kill point: a delay within the uninterrupted run, or (kvmops, with the hook) a call number."""
-    if victim == "kvmops" and hook and rng.random() < 0.5:
-        return KillPoint(victim, "hook", rng.randint(1, max_call))
+    calls = baseline.apply_calls if kind == "apply" else baseline.prune_calls
+    if victim == "kvmops" and hook and calls and rng.random() < 0.5:
+        return KillPoint(victim, "hook", rng.randint(1, calls))
     span = baseline.apply_seconds if kind == "apply" else baseline.prune_seconds
-    # skip the interpreter's start-up (~0.3 s), when nothing has happened yet
+    # skip most of the interpreter's start-up (~0.3 s), when nothing has happened yet
     return KillPoint(victim, "delay", round(rng.uniform(min(0.3, span / 2), span), 3))
 
 
