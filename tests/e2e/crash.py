@@ -510,9 +510,10 @@ def every_domain_marked(world: CrashWorld) -> list[str]:
             except libvirt.libvirtError:
                 found.append(f"domain {domain.name()} has no kvmops mark")
                 continue
-            bound = mark.get("uuid") or mark.get("domainUUID")
-            if bound is not None and bound != domain.UUIDString():
-                found.append(f"domain {domain.name()} carries a mark written for {bound}")
+            # a mark that names its domain (uuid=, domain=) must name this one; older marks name none
+            for attribute, actual in (("uuid", domain.UUIDString()), ("domain", domain.name())):
+                if mark.get(attribute) not in (None, actual):
+                    found.append(f"domain {domain.name()} carries a mark written for {attribute} {mark.get(attribute)}")
     finally:
         conn.close()
     return found
