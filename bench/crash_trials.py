@@ -102,6 +102,7 @@ def main() -> int:
     world = crash.CrashWorld(lab.hosts[0], name, image_size=args.image_mib * crash.MIB)
     started = time.monotonic()
     results: list[crash.TrialResult] = []
+    harness_errors: list[str] = []
     try:
         world.open(seed=args.seed)
         baseline = crash.measure_baseline(world)
@@ -113,7 +114,12 @@ def main() -> int:
         rng = random.Random(args.seed)
         trials = [parse_point(args.reproduce)] if args.reproduce else schedule(args.kills, rng, baseline, hook)
         for index, (kind, point) in enumerate(trials, 1):
-            result = crash.run_trial(world, kind, point, args.seed)
+            try:
+                result = crash.run_trial(world, kind, point, args.seed)
+            except Exception as exc:  # noqa: BLE001 (a broken trial is a finding; the others still run)
+                print(f"[{index}/{len(trials)}] {kind} {point.victim} {point.how} {point.at}: HARNESS ERROR {exc!r}")
+                harness_errors.append(f"{kind} {point}: {exc!r}")
+                continue
             results.append(result)
             verdict = "ok" if result.ok else "BROKEN: " + "; ".join(
                 f"{k}: {len(v)}" for k, v in result.violations.items()) + (" internal errors" if result.internal_errors else "")
@@ -127,12 +133,14 @@ def main() -> int:
     print(f"{len(results)} trials in {time.monotonic() - started:.0f}s, seed {args.seed}, "
           f"image {args.image_mib} MiB{'; lab cleanup forced: ' + '; '.join(forced) if forced else ''}")
     print(summarize(results))
+    if harness_errors:
+        print(f"\n{len(harness_errors)} trials could not be judged (harness errors):", *harness_errors, sep="\n  ")
     broken = [r for r in results if not r.ok]
     if broken:
         print("\nBroken trials (reproduce one with --reproduce 'KIND VICTIM HOW AT' --seed SEED):")
         for result in broken:
             print(f"[{result.kind} {result.point.victim} {result.point.how} {result.point.at}] " + result.describe())
-    return 1 if broken else 0
+    return 1 if broken or harness_errors else 0
 
 
 if __name__ == "__main__":

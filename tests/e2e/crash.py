@@ -683,11 +683,12 @@ def _kill_at(world: CrashWorld, process: subprocess.Popen, point: KillPoint) -> 
                 return False
             time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
     else:
-        happened = _event(world, point.at)
-        while not happened():
-            if process.poll() is not None:
-                return False
-            time.sleep(POLL)
+        with contextlib.closing(world.connection()) as conn:
+            happened = _event(world, point.at, conn)
+            while not happened():
+                if process.poll() is not None:
+                    return False
+                time.sleep(POLL)
     if process.poll() is not None:
         return False
     if point.victim == "kvmops":
@@ -698,8 +699,8 @@ def _kill_at(world: CrashWorld, process: subprocess.Popen, point: KillPoint) -> 
     return True
 
 
-def _event(world: CrashWorld, name: str) -> Callable[[], bool]:
-    """Return a predicate telling whether event ``name`` (see EVENTS) has happened."""
+def _event(world: CrashWorld, name: str, conn: libvirt.virConnect) -> Callable[[], bool]:
+    """Return a predicate telling whether event ``name`` (see EVENTS) has happened (``conn`` looks at libvirt)."""
     if name == "image-downloading":
         return lambda: any(world.tmpdir.glob("kvmops-image-*"))
     if name == "image-uploading":
@@ -709,7 +710,6 @@ def _event(world: CrashWorld, name: str) -> Callable[[], bool]:
     if name == "volume-created":
         return lambda: (world.pool_path / world.volume(Disk("c", "sys", "Delete"))).exists()
     if name == "domain-undefined":
-        conn = world.connection()
 
         def gone() -> bool:
             try:
