@@ -585,6 +585,7 @@ class TrialResult:
     internal_errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
     where: str = ""  # the call the hook stopped before
+    last_error: str = ""  # the last line of the last failed re-apply
 
     @property
     def ok(self) -> bool:
@@ -623,6 +624,25 @@ def run_trial(world: CrashWorld, kind: str, point: KillPoint, seed: int) -> Tria
     started = time.monotonic()
     prepare(world, kind)
     result = TrialResult(kind, point, seed)
+    _interrupted_apply(world, point, result)
+    if world.host.libvirtd_pid is None:
+        world.host.restart_libvirtd()
+    if not _apply_until_it_succeeds(world, result):
+        result.violations["converged"] = [f"apply still fails after {REAPPLY_ATTEMPTS} attempts: {result.last_error}"]
+    _check(result, world, with_vms=kind == "apply")
+    if kind == "apply" and not result.violations.get("converged"):
+        # What a kill left behind may only show when the VMs go: a Delete volume that the
+        # next pass no longer counts as its own is leaked by the prune, not by the apply.
+        world.write_manifests(with_vms=False)
+        if not _apply_until_it_succeeds(world, result, count=False):
+            result.violations["converged"] = [f"after a later prune: apply still fails: {result.last_error}"]
+        _check(result, world, with_vms=False, when="after a later prune: ")
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _interrupted_apply(world: CrashWorld, point: KillPoint, result: TrialResult) -> None:
+    """Run ``kvmops apply`` and kill it (or libvirtd) at ``point``; record what happened in ``result``."""
     process = world.start_apply(crash_at=point.at if point.how == "hook" else None)
     result.killed = _kill_at(world, process, point)
     try:
@@ -636,35 +656,23 @@ def run_trial(world: CrashWorld, kind: str, point: KillPoint, seed: int) -> Tria
         found = re.search(r"SIGKILL before mutating call \d+: (.*)", err)
         result.where = found.group(1) if found else ""
     result.internal_errors += _internal_errors(out + err)
-    if world.host.libvirtd_pid is None:
-        world.host.restart_libvirtd()
-    with_vms = kind == "apply"
-    last = None
+
+
+def _apply_until_it_succeeds(world: CrashWorld, result: TrialResult, *, count: bool = True) -> bool:
+    """Re-run ``kvmops apply`` until it exits 0 (at most REAPPLY_ATTEMPTS times); return whether it did."""
     for attempt in range(1, REAPPLY_ATTEMPTS + 1):
-        result.reapplies = attempt
-        last = world.kvmops("apply", str(world.manifests), "--connect", world.host.uri)
-        result.internal_errors += _internal_errors(last.stdout + last.stderr)
-        if last.returncode == 0:
-            break
-    else:
-        result.violations["converged"] = [
-            f"apply still fails after {REAPPLY_ATTEMPTS} attempts: {_last_line(last.stdout + last.stderr)}"]
-    _check(result, world, with_vms)
-    if with_vms and not result.violations.get("converged"):
-        # What a kill left behind may only show when the VMs go: a Delete volume that the
-        # next pass no longer counts as its own is leaked by the prune, not by the apply.
-        world.write_manifests(with_vms=False)
-        for _attempt in range(REAPPLY_ATTEMPTS):
-            last = world.kvmops("apply", str(world.manifests), "--connect", world.host.uri)
-            result.internal_errors += _internal_errors(last.stdout + last.stderr)
-            if last.returncode == 0:
-                break
-        _check(result, world, False, when="after a later prune: ")
-    result.seconds = time.monotonic() - started
-    return result
+        if count:
+            result.reapplies = attempt
+        done = world.kvmops("apply", str(world.manifests), "--connect", world.host.uri)
+        result.internal_errors += _internal_errors(done.stdout + done.stderr)
+        if done.returncode == 0:
+            return True
+        result.last_error = _last_line(done.stdout + done.stderr)
+    return False
 
 
-def _check(result: TrialResult, world: CrashWorld, with_vms: bool, when: str = "") -> None:
+def _check(result: TrialResult, world: CrashWorld, *, with_vms: bool, when: str = "") -> None:
+    """Add to ``result`` what each invariant finds wrong now (a finding already reported is not repeated)."""
     for name, invariant in INVARIANTS.items():
         known = result.violations.setdefault(name, [])
         known += [when + found for found in invariant(world, with_vms) if found not in known]
