@@ -126,6 +126,8 @@ def main() -> int:
             print(f"[{index}/{len(trials)}] {kind} {point.victim} {point.how} {point.at}: "
                   f"{'killed' if result.killed else 'not killed'}, {result.reapplies} re-apply, "
                   f"{result.seconds:.1f}s, {verdict}", flush=True)
+            if not result.ok:
+                print(result.describe().replace("\n", "\n    "), flush=True)
     finally:
         world.close()
         forced = lab.stop()

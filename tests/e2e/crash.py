@@ -565,8 +565,10 @@ def _prefix_equal(qcow2: Path, raw: Path, length: int) -> bool:
 
 
 def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:300] if lines else ""
+    """Return the line of kvmops' output that says why it failed (its last error), else its last line."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith(("✗", "kvmops: error")) or '"level": "error"' in line]
+    return (errors or lines or [""])[-1][:400]
 
 
 # --- trials -----------------------------------------------------------------------------
@@ -613,9 +615,9 @@ def prepare(world: CrashWorld, kind: str) -> None:
     world.reset()
     if kind == "prune":
         world.write_manifests(with_vms=True)
-        result = world.kvmops("apply", str(world.manifests), "--connect", world.host.uri)
-        if result.returncode != 0:
-            raise RuntimeError(f"the set does not converge before a prune trial: {_last_line(result.stdout + result.stderr)}")
+        scratch = TrialResult(kind, KillPoint("kvmops", "delay", 0.0), 0)
+        if not _apply_until_it_succeeds(world, scratch):
+            raise RuntimeError(f"the set does not converge before a prune trial: {scratch.last_error}")
     world.write_manifests(with_vms=kind == "apply")
 
 
