@@ -2,7 +2,10 @@
 
 :func:`download` copies an http(s) URL or a local file into a temporary file while
 computing its sha256, and hands back the verified file only when the digest is the one
-the manifest pins.  A failed or corrupt download never leaves anything behind.
+the manifest pins.  A failed or corrupt download never leaves anything behind, and
+neither does a ``kill -9``: the temporary file has no name (``O_TMPFILE``, or unlinked
+right after it was made where the filesystem lacks it), so it lives only as long as the
+process holds it open and the kernel frees it whenever that process ends.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from pathlib import Path
+from typing import BinaryIO
 
 from reconciler import errors
 
@@ -25,18 +28,19 @@ TIMEOUT = 60
 
 
 def download(url: str | None, path: str | None, sha256: str, *, progress: Callable[[int, int | None], None] | None = None,
-             directory: str | None = None) -> Path:
-    """Return a temporary file holding the verified image; the caller deletes it.
+             directory: str | None = None) -> BinaryIO:
+    """Return an anonymous temporary file holding the verified image, positioned at its start.
 
+    The file has no name in ``directory`` (default ``$TMPDIR``, else /var/tmp): closing it,
+    or the end of the process however it ends, frees its space.  The caller closes it.
     ``progress(done, total)`` is called at most twice a second.  Raises
     ``OperationRefused`` on a checksum mismatch and ``RetryableHypervisorError`` when the
     source cannot be read (a network error may pass).
     """
-    handle, name = tempfile.mkstemp(prefix="kvmops-image-", dir=directory or os.environ.get("TMPDIR") or "/var/tmp")
-    target = Path(name)
+    out = tempfile.TemporaryFile(prefix="kvmops-image-", dir=directory or os.environ.get("TMPDIR") or "/var/tmp")
     digest = hashlib.sha256()
     try:
-        with os.fdopen(handle, "wb") as out, _open(url, path) as (source, total):
+        with _open(url, path) as (source, total):
             done, reported = 0, 0.0
             while chunk := source.read(CHUNK):
                 digest.update(chunk)
@@ -57,10 +61,11 @@ def download(url: str | None, path: str | None, sha256: str, *, progress: Callab
                 f"checksum mismatch for {url or path}: got sha256 {actual}, the manifest pins {sha256}; "
                 "the download was discarded. Fix the sha256 in the Image manifest, or the source"
             )
-        return target
+        out.flush()
+        out.seek(0)
+        return out
     except BaseException:
-        with contextlib.suppress(OSError):
-            target.unlink()
+        out.close()
         raise
 
 
@@ -84,10 +89,15 @@ def _open(url: str | None, path: str | None):
         raise errors.OperationRefused(f"cannot read image {path}: {exc.strerror}") from exc
 
 
-def copy_chunks(path: Path):
-    """Yield the content of ``path`` in chunks (for a streamed upload)."""
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            yield chunk
+def copy_chunks(handle: BinaryIO):
+    """Yield the content of the open file ``handle`` from its start, in chunks (for a streamed upload)."""
+    handle.seek(0)
+    while chunk := handle.read(CHUNK):
+        yield chunk
+
+
+def size(handle: BinaryIO) -> int:
+    """Return the size in bytes of the open file ``handle``."""
+    return os.fstat(handle.fileno()).st_size
 
 

@@ -346,13 +346,16 @@ class Hypervisor:
             pools = self._connection.listAllStoragePools(0)
         result = []
         for pool in pools:
-            with translated("cannot read a storage pool"):
-                root = ET.fromstring(pool.XMLDesc(0))
-                result.append(model.ObservedPool(
-                    name=pool.name(), type=root.get("type", ""),
-                    path=(root.findtext("target/path") or "").rstrip("/") or None,
-                    active=bool(pool.isActive()), autostart=bool(pool.autostart()),
-                ))
+            try:
+                with translated("cannot read a storage pool"):
+                    root = ET.fromstring(pool.XMLDesc(0))
+                    result.append(model.ObservedPool(
+                        name=pool.name(), type=root.get("type", ""),
+                        path=(root.findtext("target/path") or "").rstrip("/") or None,
+                        active=bool(pool.isActive()), autostart=bool(pool.autostart()),
+                    ))
+            except errors.ObjectNotFound:
+                continue  # undefined between the listing and now: it is simply gone
         return result
 
     def list_networks(self) -> list[model.NetworkRecord]:

@@ -75,8 +75,19 @@ def build(manifests: model.ManifestSet, *, read_file: FileReader = _no_files) ->
     for spec in _claim_conflicts(vms.values(), problems):
         del vms[spec.name]
     unresolved = []
+    reserved = {(image.pool, image.volume): image.name for image in images.values()}
     for spec in list(vms.values()):
         for index, disk in enumerate(spec.disks):
+            if (disk.pool, disk.volume) in reserved:
+                # An image's content-addressed volume is kvmops' alone: that is what lets an
+                # interrupted import replace it.  (The schema already refuses the dot names of
+                # its import records.)
+                owner = reserved[(disk.pool, disk.volume)]
+                problems.append(spec.origin.problem(f"spec.disks[{index}].volume", (
+                    f"volume {disk.pool}/{disk.volume} is reserved for Image {owner!r}; to build on it, use `image: {owner}`"
+                )))
+                vms.pop(spec.name, None)
+                continue
             if disk.image is not None and disk.image not in images:
                 unresolved.append(spec.origin.problem(
                     f"spec.disks[{index}].image",

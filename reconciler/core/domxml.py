@@ -343,6 +343,8 @@ def render_owner(owner: model.Ownership) -> ET.Element:
                                deletionPolicy=volume.deletion_policy, created="true" if volume.created else "false")
         if volume.digest:
             record.set("digest", volume.digest)
+        if volume.pending:
+            record.set("pending", "true")
     return element
 
 
@@ -385,6 +387,7 @@ def parse_owner(root: ET.Element) -> model.Ownership | None:
         volumes.append(model.OwnedVolume(
             pool=volume.get("pool", ""), name=volume.get("name", ""),
             deletion_policy=policy, created=volume.get("created") == "true", digest=volume.get("digest", ""),
+            pending=volume.get("pending") == "true",
         ))
     try:
         strategy = model.RunStrategy(owner.get("runStrategy", "Always"))

@@ -257,6 +257,25 @@ class ImageSpec:
     origin: Origin = field(compare=False, hash=False, repr=False)
 
 
+IMAGE_PARTIAL_PREFIX = ".kvmops-partial-"
+IMAGE_COMPLETE_PREFIX = ".kvmops-complete-"
+
+
+def image_partial_volume(volume: str) -> str:
+    """Return the temporary volume an import of image volume ``volume`` uploads into."""
+    return IMAGE_PARTIAL_PREFIX + volume
+
+
+def image_complete_volume(volume: str) -> str:
+    """Return the empty marker volume whose presence records that image ``volume`` was copied completely.
+
+    An import creates it after the copy to the final name finished and deletes it before
+    (re)writing that name, so "marker and image exist" means "complete and verified",
+    while "the image exists" alone never does.
+    """
+    return IMAGE_COMPLETE_PREFIX + volume
+
+
 @dataclass(frozen=True)
 class DhcpHost:
     """A static DHCP lease."""
@@ -352,6 +371,10 @@ class OwnedVolume:
     deletion_policy: DeletionPolicy
     created: bool  # kvmops created it; only such volumes may ever be deleted
     digest: str = ""  # content digest of generated volumes (the cloud-init seed)
+    # Intent, written before the volume is created: kvmops is about to create it (so a
+    # volume found under this name was made by an interrupted kvmops and is not known to be
+    # complete). Cleared by the definition written once the volume is complete.
+    pending: bool = False
 
 
 @dataclass(frozen=True)

@@ -175,16 +175,22 @@ class DeleteVolume(Step):
 
 @dataclass(frozen=True)
 class DefineDomain(Step):
-    """Write a domain's persistent config: a new one (``create``: it must not exist yet) or ours with ``uuid``."""
+    """Write a domain's persistent config: a new one (``create``: it must not exist yet) or ours with ``uuid``.
+
+    ``creates`` names the volumes (pool, name) whose creation this definition announces
+    (their records are pending): none of them may exist yet when it is written.
+    """
 
     kind: ClassVar[str] = "define_domain"
     name: str
     uuid: str
     xml: str
     create: bool = False
+    creates: tuple[tuple[str, str], ...] = ()
 
     def describe(self) -> str:
-        return f"{'define' if self.create else 'redefine'} domain {self.name}"
+        announced = f", recording {', '.join(f'{p}/{v}' for p, v in self.creates)} as about to be created" if self.creates else ""
+        return f"{'define' if self.create else 'redefine'} domain {self.name}{announced}"
 
 
 @dataclass(frozen=True)

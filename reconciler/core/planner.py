@@ -55,6 +55,7 @@ def plan_changes(
         resources.append(_plan_network(spec, actual.networks.get(spec.name), actual, settings))
     for spec in desired.images.values():
         resources.append(_plan_image(spec, actual, desired))
+    resources.extend(_plan_import_leftovers(desired, actual))
     wanted = wanted_volumes(desired)
     for spec in desired.vms.values():
         resources.append(_plan_vm(spec, actual.domains.get(spec.name), actual, desired, settings, wanted))
@@ -338,14 +339,70 @@ def _plan_image(spec: model.ImageSpec, actual: model.ActualState, desired: model
                 "spec.pool", f"storage pool {spec.pool!r} {why}; declare it in a StoragePool manifest or create it"
             ),))
     requires = (f"StoragePool/{spec.pool}",) if spec.pool in desired.pools else ()
-    if (spec.pool, spec.volume) in actual.volumes:
-        return plans.ResourcePlan(**base, requires=requires)
     source = spec.url or spec.path
-    return plans.ResourcePlan(
-        **base, actions=(Action.CREATE,), requires=requires,
-        changes=(FieldChange("volume", None, f"{spec.pool}/{spec.volume} from {source}", Impact.LIVE,
-                             note=f"verified against sha256 {spec.sha256[:12]}… before it becomes a volume"),),
-        steps=(plans.ImportImage(spec.pool, spec.volume, spec.url, spec.path, spec.sha256, spec.format),),
+    verified = f"verified against sha256 {spec.sha256[:12]}… before it becomes a volume"
+    import_step = plans.ImportImage(spec.pool, spec.volume, spec.url, spec.path, spec.sha256, spec.format)
+    if (spec.pool, spec.volume) not in actual.volumes:
+        return plans.ResourcePlan(
+            **base, actions=(Action.CREATE,), requires=requires,
+            changes=(FieldChange("volume", None, f"{spec.pool}/{spec.volume} from {source}", Impact.LIVE, note=verified),),
+            steps=(import_step,),
+        )
+    if (spec.pool, model.image_complete_volume(spec.volume)) not in actual.volumes:
+        # "The volume exists" is not "the image is complete": only the completion record,
+        # written after the copy finished, says that.  Without it the volume is what an
+        # interrupted import (kill -9, libvirtd restarted mid-copy) left, and the import
+        # replaces it (see _import_image for why replacing it is safe).
+        return plans.ResourcePlan(
+            **base, actions=(Action.UPDATE,), requires=requires,
+            changes=(FieldChange(
+                "volume", f"{spec.pool}/{spec.volume} (not known to be complete)", f"{spec.pool}/{spec.volume} from {source}",
+                Impact.LIVE, note=f"an interrupted import left it without its completion record; imported again, {verified}",
+            ),),
+            steps=(import_step,),
+        )
+    partial = model.image_partial_volume(spec.volume)
+    if (spec.pool, partial) in actual.volumes:
+        return plans.ResourcePlan(
+            **base, actions=(Action.UPDATE,), requires=requires,
+            changes=(_leftover_change(spec.pool, partial),), steps=(plans.DeleteVolume(spec.pool, partial),),
+        )
+    return plans.ResourcePlan(**base, requires=requires)
+
+
+def _plan_import_leftovers(desired: model.DesiredState, actual: model.ActualState) -> list[plans.ResourcePlan]:
+    """Return the removal of what interrupted imports left for images no manifest declares any more.
+
+    Only in the pools this manifest set declares or imports into: the temporary volume of
+    an import running right now belongs to whoever holds the host lock, which is this pass.
+    """
+    pools = set(desired.pools) | {image.pool for image in desired.images.values()}
+    declared = {(image.pool, image.volume) for image in desired.images.values()}
+    resources = []
+    for pool, name in sorted(actual.volumes):
+        if pool not in pools:
+            continue
+        if name.startswith(model.IMAGE_PARTIAL_PREFIX):
+            final = name[len(model.IMAGE_PARTIAL_PREFIX):]
+        elif name.startswith(model.IMAGE_COMPLETE_PREFIX):
+            final = name[len(model.IMAGE_COMPLETE_PREFIX):]
+            if (pool, final) in actual.volumes:
+                continue  # the record of a complete image, declared or kept
+        else:
+            continue
+        if (pool, final) in declared:
+            continue  # _plan_image takes care of it
+        resources.append(plans.ResourcePlan(
+            kind="Image", name=f"{pool}/{final}", actions=(Action.DELETE,), manifest=None,
+            changes=(_leftover_change(pool, name),), steps=(plans.DeleteVolume(pool, name),),
+        ))
+    return resources
+
+
+def _leftover_change(pool: str, name: str) -> FieldChange:
+    return FieldChange(
+        f"volume {pool}/{name}", "(leftover)", None, Impact.LIVE,
+        note="left by an interrupted image import, holds nothing else; removed",
     )
 
 
@@ -428,6 +485,8 @@ class _VMPlanBuilder:
         self.changes: list[FieldChange] = []
         self.notes: list[str] = []
         self.problems: list[model.Problem] = []
+        self.creating: set[tuple[str, str]] = set()  # volumes this plan creates (their records start pending)
+        self.deleting: set[tuple[str, str]] = set()  # volumes this plan deletes (their records go after them)
 
     def build(self, base: dict, requires: tuple[str, ...]) -> plans.ResourcePlan:
         spec, domain = self.spec, self.domain
@@ -442,7 +501,13 @@ class _VMPlanBuilder:
         if domain is None:
             actions.append(Action.CREATE)
             self._describe_creation(definition)
-            steps.append(plans.DefineDomain(spec.name, definition.uuid, domxml.render(definition), create=True))
+            if self.creating:  # intent before effect: the domain records the volumes before they exist
+                intent = self._with_intent(definition)
+                steps = [plans.DefineDomain(spec.name, definition.uuid, domxml.render(intent), create=True,
+                                            creates=self._absent(self.creating)),
+                         *storage_steps, plans.DefineDomain(spec.name, definition.uuid, domxml.render(definition))]
+            else:
+                steps.append(plans.DefineDomain(spec.name, definition.uuid, domxml.render(definition), create=True))
             if spec.autostart:
                 steps.append(plans.SetAutostart(spec.name, True))
             if spec.run_strategy is not model.RunStrategy.HALTED:
@@ -460,7 +525,13 @@ class _VMPlanBuilder:
 
         observed = domain.definition
         self._diff_definition(observed, definition)
-        if definition != observed:
+        intended = {(v.pool, v.name) for v in observed.owner.volumes if v.pending} if observed.owner is not None else set()
+        announce = self.creating - intended
+        if announce:  # intent before effect: record the new volumes before creating them
+            intent = self._with_intent(definition)
+            xml = domxml.patch(domain.xml, intent, volumes_by_path=self.actual.volumes_by_path()) if domain.xml else domxml.render(intent)
+            steps.insert(0, plans.DefineDomain(spec.name, domain.uuid, xml, creates=self._absent(announce)))
+        if definition != observed or announce:  # the second clears the pending records: the volumes are complete
             xml = (domxml.patch(domain.xml, definition, volumes_by_path=self.actual.volumes_by_path())
                    if domain.xml else domxml.render(definition))
             steps.append(plans.DefineDomain(spec.name, domain.uuid, xml))
@@ -486,6 +557,10 @@ class _VMPlanBuilder:
             steps.append(plans.StopDomain(spec.name, self.timeout))
             actions.append(Action.STOP)
         steps.extend(deletions)
+        if self.deleting:  # the records of deleted volumes go only once the volumes are gone
+            final = self._without_records(definition, self.deleting)
+            xml = domxml.patch(domain.xml, final, volumes_by_path=self.actual.volumes_by_path()) if domain.xml else domxml.render(final)
+            steps.append(plans.DefineDomain(spec.name, domain.uuid, xml))
         if deletions and Action.UPDATE not in actions:
             actions.insert(0, Action.UPDATE)
         old_owner = observed.owner
@@ -546,12 +621,22 @@ class _VMPlanBuilder:
             volume = actual.volumes.get((disk.pool, disk.volume))
             recorded = owner.volume(disk.pool, disk.volume) if owner is not None else None
             path = f"disks[{disk.name}]"
+            if volume is not None and recorded is not None and recorded.pending:
+                if (disk.pool, disk.volume) in live_volumes:
+                    # The guest was started on it since (by hand): it holds the guest's data now,
+                    # so it is kept as it is, and its record completed.
+                    self.notes.append(f"volume {disk.pool}/{disk.volume} was created by an interrupted apply and is "
+                                      "in use by the running guest: kept as it is")
+                else:
+                    steps.append(self._redo_interrupted_creation(path, volume))
+                    volume = None
             if volume is None:
                 steps.append(self._new_volume(disk))
+                self.creating.add((disk.pool, disk.volume))
                 attached = domain is not None and any(
                     (d.pool, d.volume) == (disk.pool, disk.volume) for d in domain.definition.disks
                 )
-                if attached:
+                if attached and not (recorded is not None and recorded.pending):  # pending: it never existed
                     self.changes.append(FieldChange(
                         f"{path}.volume", "(missing)", f"{disk.pool}/{disk.volume} {format_bytes(disk.size)}", Impact.REPLACE,
                         note="the volume has vanished from its pool; a new, empty one is created",
@@ -580,8 +665,9 @@ class _VMPlanBuilder:
         if seed is not None:
             recorded = owner.volume(seed.pool, seed.volume) if owner is not None else None
             present = (seed.pool, seed.volume) in actual.volumes
-            if not present or recorded is None or recorded.digest != seed.digest:
+            if not present or recorded is None or recorded.digest != seed.digest or recorded.pending:
                 steps.append(plans.WriteSeed(seed.pool, seed.volume, seed.files, seed.digest))
+                self.creating.add((seed.pool, seed.volume))
                 if domain is not None and present and recorded is not None:
                     self.changes.append(FieldChange(
                         "cloudInit", _short_digest(recorded.digest), _short_digest(seed.digest), self._restart_or_live(),
@@ -598,6 +684,10 @@ class _VMPlanBuilder:
                 continue
             volume = actual.volumes.get((record.pool, record.name))
             if volume is None:
+                self.changes.append(FieldChange(
+                    f"volume {record.pool}/{record.name}", "(record)", None, Impact.LIVE,
+                    note="the volume no longer exists; its record is dropped from the domain's metadata",
+                ))
                 continue
             if (record.pool, record.name) in self.claimed:
                 self.notes.append(f"volume {record.pool}/{record.name} is detached and kept: another VM in the manifests uses it")
@@ -607,6 +697,8 @@ class _VMPlanBuilder:
                 continue
             if record.digest and not (self.active and not stopping):  # a generated seed: no data of anyone's
                 deletions.append(plans.DeleteVolume(record.pool, record.name))
+                records.append(record)  # kept until the volume is gone: a crash in between must not orphan it
+                self.deleting.add((record.pool, record.name))
                 self.changes.append(FieldChange("cloudInit", _short_digest(record.digest), None, self._restart_or_live(),
                                                 note="generated seed ISO removed"))
                 continue
@@ -621,11 +713,48 @@ class _VMPlanBuilder:
                 )
                 continue
             deletions.append(plans.DeleteVolume(record.pool, record.name))
+            records.append(record)  # kept until the volume is gone: a crash in between must not orphan it
+            self.deleting.add((record.pool, record.name))
             self.changes.append(FieldChange(
                 f"volume {record.pool}/{record.name}", format_bytes(volume.capacity), None, Impact.DATA_LOSS,
                 note="DATA LOSS: the volume is deleted (deletionPolicy Delete)",
             ))
         return steps, tuple(records), deletions
+
+    def _redo_interrupted_creation(self, path: str, volume: model.ObservedVolume) -> plans.Step:
+        """Return the step removing a volume an interrupted apply was creating, so it is created again.
+
+        The domain's record of it is still pending: kvmops wrote that record, having checked
+        that the name was free, before it created the volume, and clears it only once the
+        volume is complete and before the domain may start from it.  So the volume is
+        kvmops' own and holds nothing a guest wrote, but whether its creation (a copy of an
+        image, a seed upload) finished is unknown: "it exists" is not "it is complete".
+        """
+        self.changes.append(FieldChange(
+            f"{path}.volume", f"{volume.pool}/{volume.name} (incomplete)", f"{volume.pool}/{volume.name}", Impact.LIVE,
+            note="an interrupted apply was creating this volume (no guest has used it); it is created again",
+        ))
+        return plans.DeleteVolume(volume.pool, volume.name)
+
+    def _with_intent(self, definition: model.DomainDefinition) -> model.DomainDefinition:
+        """Return ``definition`` with the records of the volumes this plan creates marked pending."""
+        owner = definition.owner
+        volumes = tuple(
+            dataclasses.replace(v, created=True, pending=True) if (v.pool, v.name) in self.creating else v
+            for v in owner.volumes
+        )
+        return dataclasses.replace(definition, owner=dataclasses.replace(owner, volumes=volumes))
+
+    def _absent(self, volumes: set[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+        """Return the ``volumes`` that do not exist now: the executor checks they still do not."""
+        return tuple(sorted(v for v in volumes if v not in self.actual.volumes))
+
+    @staticmethod
+    def _without_records(definition: model.DomainDefinition, gone: set[tuple[str, str]]) -> model.DomainDefinition:
+        """Return ``definition`` without the records of the volumes in ``gone``."""
+        owner = definition.owner
+        volumes = tuple(v for v in owner.volumes if (v.pool, v.name) not in gone)
+        return dataclasses.replace(definition, owner=dataclasses.replace(owner, volumes=volumes))
 
     def _new_volume(self, disk: model.DiskSpec) -> plans.Step:
         """Return the step creating ``disk``'s volume: empty, an overlay on its image, or a copy of it."""
@@ -1072,7 +1201,7 @@ def _plan_prune(
         timeout = owner.shutdown_timeout if owner is not None and owner.shutdown_timeout is not None else settings.shutdown_timeout
         steps.append(plans.StopDomain(domain.name, timeout))
         actions.append(Action.STOP)
-    steps.append(plans.UndefineDomain(domain.name, domain.uuid, keep_nvram=owner.keep_nvram if owner is not None else False))
+    undefine = plans.UndefineDomain(domain.name, domain.uuid, keep_nvram=owner.keep_nvram if owner is not None else False)
     changes.append(FieldChange("domain", f"{domain.name} ({domain.power})", None, Impact.LIVE))
     for record in owner.volumes if owner is not None else ():
         volume = actual.volumes.get((record.pool, record.name))
@@ -1089,6 +1218,9 @@ def _plan_prune(
         else:
             why = "deletionPolicy Retain" if record.created else "kvmops did not create it"
             notes.append(f"volume {record.pool}/{record.name} is kept ({why})")
+    # The domain goes last: its mark is the only record that these volumes are kvmops' to
+    # delete, so a crash before the undefine leaves the next pass able to finish.
+    steps.append(undefine)
     return plans.ResourcePlan(
         kind="VirtualMachine", name=domain.name, actions=tuple(actions), changes=tuple(changes),
         steps=tuple(steps), manifest=owner.manifest if owner is not None else None,

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from reconciler import errors, logconfig
 from reconciler.adapters import hypervisor as hv
 from reconciler.core import plan as plans
-from reconciler.core import storagexml
+from reconciler.core import model, storagexml
 
 DEFAULT_WORKERS = 4
 STOP_POLL_SECONDS = 0.1
@@ -192,6 +192,14 @@ def _define_domain(h: hv.Hypervisor, step: plans.DefineDomain, _cancel) -> str |
             )
     else:
         h.ensure_owned(step.name, step.uuid)
+    for pool, volume in step.creates:
+        # The definition records these volumes as kvmops' (pending) before they exist: a
+        # volume already there now is someone else's and must not be claimed.
+        if h.volume_exists(pool, volume):
+            raise errors.OperationRefused(
+                f"volume {pool}/{volume} appeared after the plan was made; kvmops will not claim it as its own. "
+                "Plan again to use it as an existing volume"
+            )
     h.define_domain(step.xml, step.name)
 
 
@@ -246,7 +254,8 @@ def _clone_volume(h: hv.Hypervisor, step: plans.CloneVolume, _cancel) -> str | N
 
 
 def _import_image(h: hv.Hypervisor, step: plans.ImportImage, cancel: threading.Event) -> str | None:
-    if h.volume_exists(step.pool, step.name):
+    complete = model.image_complete_volume(step.name)
+    if h.volume_exists(step.pool, step.name) and h.volume_exists(step.pool, complete):
         return "already imported"
     source = step.url or step.path
 
@@ -256,23 +265,34 @@ def _import_image(h: hv.Hypervisor, step: plans.ImportImage, cancel: threading.E
 
     from reconciler.adapters import fetch  # urllib and ssl: only for the rare import
 
-    verified = fetch.download(step.url, step.path, step.sha256, progress=progress)
-    partial = f".kvmops-partial-{step.name}"
+    verified = fetch.download(step.url, step.path, step.sha256, progress=progress)  # nameless: a kill frees it
+    partial = model.image_partial_volume(step.name)
     try:
         if h.volume_exists(step.pool, partial):
             h.delete_volume(step.pool, partial)  # left over by an interrupted import
-        length = verified.stat().st_size
+        length = fetch.size(verified)
         h.create_volume(step.pool, storagexml.render_volume(partial, length, image_format="raw"), partial)
         h.upload_volume(step.pool, partial, fetch.copy_chunks(verified), length)
         h.refresh_pool(step.pool)
-        # Only a complete, verified upload becomes the image: the final name is a copy of it.
+        # From here on the final name is being (re)written: its completion record goes first.
+        if h.volume_exists(step.pool, complete):
+            h.delete_volume(step.pool, complete)
+        if h.volume_exists(step.pool, step.name):
+            # Replacing it is safe: the name carries the image's sha256 and is kvmops' own
+            # (validation refuses a disk volume of that name), and with no completion
+            # record it is what an interrupted copy left.  A complete copy would hold
+            # exactly the bytes about to be written, so overlays built on it read the same
+            # data, and a running guest keeps the old file open anyway.
+            h.delete_volume(step.pool, step.name)
+        # Only a complete, verified upload becomes the image: the final name is a copy of it,
+        # and the completion record is written only once that copy has finished.
         h.clone_volume(step.pool, storagexml.render_volume(step.name, 0, image_format=step.format), step.name,
                        step.pool, partial)
+        h.create_volume(step.pool, storagexml.render_volume(complete, 0, image_format="raw"), complete)
     finally:
         with contextlib.suppress(errors.KvmopsError):
             h.delete_volume(step.pool, partial)
-        with contextlib.suppress(OSError):
-            verified.unlink()
+        verified.close()
     return f"{length} bytes from {source}, sha256 verified"
 
 

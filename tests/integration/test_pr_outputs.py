@@ -406,7 +406,7 @@ def test_the_json_plan_gives_each_vm_its_actions_and_the_impact_of_each_change(s
     assert [s["kind"] for s in resources["web"]["steps"]] == ["define_domain", "set_memory_live"]
     assert impacts("app") == [("vcpus", "restart")]
     assert impacts("db") == [("disks[data].volume", "replace")]
-    assert [s["kind"] for s in resources["db"]["steps"]] == ["create_volume", "define_domain"]
+    assert [s["kind"] for s in resources["db"]["steps"]] == ["define_domain", "create_volume", "define_domain"]
     assert resources["cache"]["actions"] == ["create", "start"]
     assert {impact for _path, impact in impacts("cache")} == {"live"}
     assert resources["old"]["actions"] == ["delete", "stop"]

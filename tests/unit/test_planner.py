@@ -46,14 +46,16 @@ def web(**fields) -> model.VMSpec:
 
 
 def test_creation_plans_pool_then_volumes_then_domain_then_power():
-    """An empty host gets the pool built and started, the volumes created, the domain defined and started."""
+    """An empty host gets the pool built and started; the domain defined announcing its volumes, the volumes
+    created, the domain redefined with them complete, and started."""
     desired = b.desired(web(), pools=(b.pool(),))
     result = plan(desired, b.actual(pools=()))
     pool = resource(result, "vmstore", "StoragePool")
     vm = resource(result, "web")
     assert kinds(pool.steps) == ["define_pool", "build_pool", "start_pool", "set_pool_autostart"]
     assert pool.actions == (Action.CREATE,)
-    assert kinds(vm.steps) == ["create_volume", "create_volume", "define_domain", "set_autostart", "start_domain"]
+    assert kinds(vm.steps) == [
+        "define_domain", "create_volume", "create_volume", "define_domain", "set_autostart", "start_domain"]
     assert vm.actions == (Action.CREATE, Action.START)
     assert vm.requires == ("StoragePool/vmstore",)
     assert [r.key for r in result.resources] == ["StoragePool/vmstore", "VirtualMachine/web"]
@@ -61,10 +63,19 @@ def test_creation_plans_pool_then_volumes_then_domain_then_power():
 
 
 def test_creation_defines_a_new_domain_that_records_its_volumes_as_created():
-    """The first definition names the new domain's identity and marks each volume it creates as kvmops'."""
+    """The first definition names the new domain's identity and marks each volume it is about to create as
+    kvmops' (pending), before any exists; the second, after them, records them complete."""
     result = plan(b.desired(web()), b.actual())
-    (define,) = [s for s in resource(result, "web").steps if isinstance(s, plans.DefineDomain)]
-    assert define.create and define.uuid == planner.new_uuid("default", web())
+    steps = resource(result, "web").steps
+    intent, define = [s for s in steps if isinstance(s, plans.DefineDomain)]
+    assert steps.index(intent) < min(steps.index(s) for s in steps if isinstance(s, plans.CreateVolume))
+    assert steps.index(define) > max(steps.index(s) for s in steps if isinstance(s, plans.CreateVolume))
+    assert intent.create and not define.create and intent.uuid == define.uuid == planner.new_uuid("default", web())
+    assert intent.creates == ((b.POOL, "web-cache.qcow2"), (b.POOL, "web-root.qcow2"))
+    assert domxml.parse(intent.xml).owner.volumes == (
+        model.OwnedVolume(b.POOL, "web-root.qcow2", RETAIN, created=True, pending=True),
+        model.OwnedVolume(b.POOL, "web-cache.qcow2", DELETE, created=True, pending=True),
+    )
     parsed = domxml.parse(define.xml)
     assert parsed.owner.volumes == (
         model.OwnedVolume(b.POOL, "web-root.qcow2", RETAIN, created=True),
@@ -80,8 +91,8 @@ def test_creation_defines_a_new_domain_that_records_its_volumes_as_created():
 def test_creation_keeps_a_pinned_uuid():
     """A manifest that pins a UUID defines the domain with it."""
     result = plan(b.desired(web(uuid=b.UUID)), b.actual())
-    (define,) = [s for s in resource(result, "web").steps if isinstance(s, plans.DefineDomain)]
-    assert domxml.parse(define.xml).uuid == b.UUID
+    defines = [s for s in resource(result, "web").steps if isinstance(s, plans.DefineDomain)]
+    assert [domxml.parse(d.xml).uuid for d in defines] == [b.UUID, b.UUID]
 
 
 def test_existing_volume_is_attached_not_created_and_not_recorded_as_created():
@@ -91,8 +102,9 @@ def test_existing_volume_is_attached_not_created_and_not_recorded_as_created():
     result = plan(b.desired(spec), b.actual(volumes=(existing,)))
     vm = resource(result, "web")
     assert [s.name for s in vm.steps if isinstance(s, plans.CreateVolume)] == ["web-root.qcow2"]
-    (define,) = [s for s in vm.steps if isinstance(s, plans.DefineDomain)]
-    assert domxml.parse(define.xml).owner.volume(b.POOL, "web-cache.qcow2").created is False
+    for define in [s for s in vm.steps if isinstance(s, plans.DefineDomain)]:
+        assert domxml.parse(define.xml).owner.volume(b.POOL, "web-cache.qcow2").created is False
+        assert define.creates in ((), ((b.POOL, "web-root.qcow2"),))
 
 
 @pytest.mark.parametrize(
@@ -121,7 +133,7 @@ def test_what_the_planner_defines_is_what_it_later_reads_as_converged():
     """Feeding the defined XML back as the observed domain gives an empty plan: render and parse agree."""
     desired = b.desired(web())
     first = plan(desired, b.actual())
-    (define,) = [s for s in resource(first, "web").steps if isinstance(s, plans.DefineDomain)]
+    define = [s for s in resource(first, "web").steps if isinstance(s, plans.DefineDomain)][-1]
     config = dataclasses.replace(
         domxml.parse(define.xml), uuid=b.UUID,
         nics=tuple(dataclasses.replace(n, mac=b.mac(i)) for i, n in enumerate(domxml.parse(define.xml).nics)),
@@ -193,7 +205,7 @@ def orphan(name: str = "old", *, power: model.PowerState = RUNNING, records=()) 
     return b.domain(config, power=power)
 
 
-def test_prune_stops_undefines_and_deletes_only_created_delete_volumes():
+def test_prune_stops_deletes_only_created_delete_volumes_and_then_undefines():
     """An owned domain without a manifest goes, and only volumes kvmops created under Delete go with it."""
     records = (
         model.OwnedVolume(b.POOL, "old-scratch.qcow2", DELETE, created=True),
@@ -210,8 +222,8 @@ def test_prune_stops_undefines_and_deletes_only_created_delete_volumes():
     old = resource(result, "old")
     assert old.actions == (Action.DELETE, Action.STOP)
     assert [(s.kind, getattr(s, "name", None)) for s in old.steps] == [
-        ("stop_domain", "old"), ("undefine_domain", "old"), ("delete_volume", "old-scratch.qcow2"),
-    ]
+        ("stop_domain", "old"), ("delete_volume", "old-scratch.qcow2"), ("undefine_domain", "old"),
+    ]  # the domain's mark, the record that the volume is kvmops' to delete, goes last
     assert changes(old)[f"volume {b.POOL}/old-scratch.qcow2"] == ("1 GiB", None, Impact.DATA_LOSS)
     assert f"volume {b.POOL}/old-root.qcow2 is kept (deletionPolicy Retain)" in old.notes
     assert f"volume {b.POOL}/adopted.qcow2 is kept (kvmops did not create it)" in old.notes
@@ -305,8 +317,8 @@ def test_host_without_any_usable_type_is_a_problem():
 def test_global_virt_type_applies_when_the_manifest_sets_none():
     """A VM without virtType takes the global default from the settings."""
     result = plan(b.desired(web()), b.actual(), virt_type="qemu")
-    (define,) = [s for s in resource(result, "web").steps if isinstance(s, plans.DefineDomain)]
-    assert domxml.parse(define.xml).virt_type == "qemu"
+    for define in [s for s in resource(result, "web").steps if isinstance(s, plans.DefineDomain)]:
+        assert domxml.parse(define.xml).virt_type == "qemu"
 
 
 # --- pools --------------------------------------------------------------------------------

@@ -92,12 +92,45 @@ def test_shrink_message_suggests_a_size_that_is_enough():
 
 
 def test_vanished_volume_of_an_existing_disk_is_recreated_as_a_replace():
-    """A volume gone from its pool is created anew, and the plan says the disk is now empty."""
+    """A volume gone from its pool is created anew (announced first, recorded complete after), and the plan
+    says the disk is now empty."""
     base = b.vm("web", disks=(ROOT,))
     _, vm = vm_plan(base, base, volumes=())
-    assert kinds(vm) == ["create_volume"]
+    assert kinds(vm) == ["define_domain", "create_volume", "define_domain"]
     (change,) = vm.changes
     assert (change.path, change.old, change.impact) == ("disks[root].volume", "(missing)", Impact.REPLACE)
+
+
+def pending(spec: model.VMSpec, *names: str) -> model.DomainDefinition:
+    """Return the definition of ``spec`` as an interrupted apply left it: the records of ``names`` still pending."""
+    config = b.definition(spec)
+    volumes = tuple(dataclasses.replace(v, pending=True) if v.name in names else v for v in config.owner.volumes)
+    return dataclasses.replace(config, owner=dataclasses.replace(config.owner, volumes=volumes))
+
+
+def test_a_volume_announced_but_never_created_is_created_without_claiming_it_vanished():
+    """After a crash between announcing a volume and creating it, the next plan creates it (no second
+    announcement, no "vanished" replace) and then records it complete."""
+    spec = b.vm("web", disks=(ROOT, SCRATCH), run_strategy=HALTED)
+    actual = b.actual(b.domain(pending(spec, "web-scratch.qcow2"), power=SHUTOFF),
+                      volumes=(b.volume(b.POOL, "web-root.qcow2", 10 * b.GIB),))
+    (vm,) = planner.plan_changes(b.desired(spec), actual).resources
+    assert kinds(vm) == ["create_volume", "define_domain"]
+    assert not [c for c in vm.changes if c.impact in (Impact.REPLACE, Impact.DATA_LOSS)]
+    record = domxml.parse(vm.steps[-1].xml).owner.volume(b.POOL, "web-scratch.qcow2")
+    assert record == model.OwnedVolume(b.POOL, "web-scratch.qcow2", DELETE, created=True)
+
+
+def test_a_volume_an_interrupted_apply_was_creating_is_created_again_and_then_recorded_complete():
+    """A volume whose record is still pending may be incomplete (a copy cut short): it is kvmops' own, never
+    used by a guest, so the next plan deletes and creates it again, and says why."""
+    spec = b.vm("web", disks=(ROOT, SCRATCH), run_strategy=HALTED)
+    actual = b.actual(b.domain(pending(spec, "web-scratch.qcow2"), power=SHUTOFF), volumes=b.volumes_of(spec))
+    (vm,) = planner.plan_changes(b.desired(spec), actual).resources
+    assert kinds(vm) == ["delete_volume", "create_volume", "define_domain"]
+    (change,) = vm.changes
+    assert "interrupted apply" in change.note and change.impact is Impact.LIVE
+    assert not domxml.parse(vm.steps[-1].xml).owner.volume(b.POOL, "web-scratch.qcow2").pending
 
 
 def test_removing_a_delete_disk_from_a_stopped_vm_deletes_its_volume_after_the_redefinition():
@@ -105,13 +138,17 @@ def test_removing_a_delete_disk_from_a_stopped_vm_deletes_its_volume_after_the_r
     base = b.vm("web", disks=(ROOT, SCRATCH), run_strategy=HALTED)
     spec = b.vm("web", disks=(ROOT,), run_strategy=HALTED)
     result, vm = vm_plan(spec, base, power=SHUTOFF)
-    assert kinds(vm) == ["define_domain", "delete_volume"]
-    assert vm.steps[-1] == plans.DeleteVolume(b.POOL, "web-scratch.qcow2")
+    assert kinds(vm) == ["define_domain", "delete_volume", "define_domain"]
+    assert vm.steps[1] == plans.DeleteVolume(b.POOL, "web-scratch.qcow2")
     changes = {c.path: (c.old, c.new, c.impact) for c in vm.changes}
     assert changes[f"volume {b.POOL}/web-scratch.qcow2"] == ("1 GiB", None, Impact.DATA_LOSS)
     assert changes["disks[vdb]"] == (f"{b.POOL}/web-scratch.qcow2", None, Impact.LIVE)
-    (define,) = [s for s in vm.steps if isinstance(s, plans.DefineDomain)]
-    assert domxml.parse(define.xml).owner.volume(b.POOL, "web-scratch.qcow2") is None
+    detach, forget = [s for s in vm.steps if isinstance(s, plans.DefineDomain)]
+    # The record that the volume is kvmops' to delete stays until the volume is gone: a crash between
+    # the two steps must not leave a volume nobody knows to delete.
+    assert domxml.parse(detach.xml).disks == domxml.parse(forget.xml).disks
+    assert domxml.parse(detach.xml).owner.volume(b.POOL, "web-scratch.qcow2").created
+    assert domxml.parse(forget.xml).owner.volume(b.POOL, "web-scratch.qcow2") is None
 
 
 def test_removing_a_delete_disk_from_a_running_vm_defers_the_deletion():
@@ -136,7 +173,7 @@ def test_deferred_deletion_happens_once_the_vm_is_off():
     actual = b.actual(b.domain(config, power=SHUTOFF),
                       volumes=(*b.volumes_of(spec), b.volume(b.POOL, "web-scratch.qcow2", b.GIB)))
     (vm,) = planner.plan_changes(b.desired(spec), actual).resources
-    assert kinds(vm) == ["define_domain", "delete_volume"]
+    assert kinds(vm) == ["delete_volume", "define_domain"]
 
 
 def test_halting_a_vm_deletes_its_removed_delete_disk_after_the_stop():
@@ -144,7 +181,7 @@ def test_halting_a_vm_deletes_its_removed_delete_disk_after_the_stop():
     base = b.vm("web", disks=(ROOT, SCRATCH))
     spec = b.vm("web", disks=(ROOT,), run_strategy=HALTED)
     _, vm = vm_plan(spec, base, power=RUNNING)
-    assert kinds(vm) == ["define_domain", "stop_domain", "delete_volume"]
+    assert kinds(vm) == ["define_domain", "stop_domain", "delete_volume", "define_domain"]
     assert vm.actions == (Action.UPDATE, Action.STOP)
 
 
@@ -183,12 +220,15 @@ def test_deletion_policy_change_is_recorded_live_with_a_warning():
     assert "will be deleted" in change.note
 
 
-def test_adding_a_disk_creates_its_volume_before_the_redefinition():
-    """A new disk's volume exists before the domain that refers to it is defined."""
+def test_adding_a_disk_announces_its_volume_before_creating_it():
+    """A new disk's volume is recorded as kvmops' (pending) before it exists, and complete once it does."""
     base = b.vm("web", disks=(ROOT,))
     spec = b.vm("web", disks=(ROOT, b.disk("data", 5 * b.GIB, target="vdb")))
     _, vm = vm_plan(spec, base)
-    assert kinds(vm) == ["create_volume", "define_domain"]
+    assert kinds(vm) == ["define_domain", "create_volume", "define_domain"]
+    intent, final = (domxml.parse(s.xml).owner.volume(b.POOL, "web-data.qcow2") for s in vm.steps[::2])
+    assert (intent.created, intent.pending, final.created, final.pending) == (True, True, True, False)
+    assert vm.steps[0].creates == ((b.POOL, "web-data.qcow2"),)
     assert [(c.path, c.impact) for c in vm.changes] == [("disks[data]", Impact.RESTART)]
 
 
@@ -218,3 +258,16 @@ def test_moving_a_disk_to_another_vm_does_not_delete_it():
     deleted = [s for r in result.resources for s in r.steps if isinstance(s, plans.DeleteVolume)]
     assert deleted == []
     assert all(c.impact is not Impact.DATA_LOSS for r in result.resources for c in r.changes)
+
+
+def test_a_volume_an_interrupted_apply_created_is_kept_once_a_running_guest_uses_it():
+    """If the guest was started on a volume whose record is still pending, it holds the guest's data: it is
+    kept, never recreated, and its record completed."""
+    spec = b.vm("web", disks=(ROOT, SCRATCH))
+    actual = b.actual(b.domain(pending(spec, "web-scratch.qcow2"), power=RUNNING, live=b.definition(spec)),
+                      volumes=b.volumes_of(spec))
+    (vm,) = planner.plan_changes(b.desired(spec), actual).resources
+    assert kinds(vm) == ["define_domain"]
+    assert domxml.parse(vm.steps[0].xml).owner.volume(b.POOL, "web-scratch.qcow2") == model.OwnedVolume(
+        b.POOL, "web-scratch.qcow2", DELETE, created=True)
+    assert any("in use by the running guest" in n for n in vm.notes)

@@ -141,7 +141,7 @@ def test_json_lists_resources_with_steps_changes_and_problems():
     assert list(step)[:3] == ["kind", "name", "uuid"]
     assert (step["kind"], step["uuid"]) == ("define_domain", b.UUID) and step["xml"].startswith("<domain")
     old = next(r for r in data["resources"] if r["name"] == "old")
-    assert [s["kind"] for s in old["steps"]] == ["stop_domain", "undefine_domain", "delete_volume"]
+    assert [s["kind"] for s in old["steps"]] == ["stop_domain", "delete_volume", "undefine_domain"]
     assert data["foreign"] == ["win10"]
     assert data["prune"] == {"suspended": False, "reason": None, "kept": []}
     assert data["summary"]["actions"] == {"create": 0, "update": 2, "delete": 1, "start": 0, "stop": 2}

@@ -161,6 +161,7 @@ def applied(result: plans.Plan, before: model.Observation = EMPTY_HOST) -> model
                 add_volume(step.pool, step.name, step.capacity)
             case plans.ImportImage():
                 add_volume(step.pool, step.name, 2 * b.GIB)
+                add_volume(step.pool, model.image_complete_volume(step.name), 0)
             case plans.WriteSeed():
                 add_volume(step.pool, step.name, b.MIB)
             case plans.DeleteVolume():
@@ -379,14 +380,57 @@ def test_a_network_manifest_that_cannot_work_is_one_located_problem(spec, path, 
 
 
 def test_an_image_is_imported_only_while_its_volume_is_absent():
-    """A missing image volume plans one verified import; once the volume exists the Image plans nothing."""
+    """A missing image volume plans one verified import; once the volume and its completion record exist
+    the Image plans nothing."""
     state = valid(image_doc())
     first = resource(plan(state), "debian", "Image")
     assert first.actions == (Action.CREATE,)
     assert first.steps == (plans.ImportImage(POOL, IMAGE_VOLUME, "https://images.example.org/debian-12.qcow2", None,
                                              IMAGE_SHA, "qcow2"),)
-    present = resource(plan(state, with_volumes(EMPTY_HOST, volume(IMAGE_VOLUME))), "debian", "Image")
+    complete = volume(model.image_complete_volume(IMAGE_VOLUME), capacity=0)
+    present = resource(plan(state, with_volumes(EMPTY_HOST, volume(IMAGE_VOLUME), complete)), "debian", "Image")
     assert (present.steps, present.actions, present.problems) == ((), (), ())
+
+
+def test_an_image_volume_without_its_completion_record_is_imported_again_in_words():
+    """An image volume with no completion record is what an interrupted import left: the plan imports it
+    again and says so, instead of reading "up to date"."""
+    state = valid(image_doc())
+    result = resource(plan(state, with_volumes(EMPTY_HOST, volume(IMAGE_VOLUME))), "debian", "Image")
+    assert result.actions == (Action.UPDATE,)
+    assert kinds(result.steps) == ["import_image"]
+    (change,) = result.changes
+    assert "not known to be complete" in change.old and "interrupted import" in change.note
+
+
+@pytest.mark.parametrize("volume_name", [
+    pytest.param(IMAGE_VOLUME, id="an-image-volume"),
+    pytest.param(model.image_complete_volume(IMAGE_VOLUME), id="a-completion-record"),
+    pytest.param(model.image_partial_volume(IMAGE_VOLUME), id="an-import-scratch-volume"),
+])
+def test_a_disk_may_not_name_a_volume_reserved_for_image_imports(volume_name):
+    """An image's content-addressed volume and kvmops' import records are kvmops' alone (an interrupted import
+    replaces them), so a disk naming one is a problem on its field, not an attachment."""
+    state = build(image_doc(), vm_doc(disks=[factories.disk("root", POOL, "10GiB", volume=volume_name)]))
+    problem = only_problem(state)
+    assert problem.path == "spec.disks[0].volume" and ("reserved" in problem.message or "not valid" in problem.message)
+    assert "web" not in state.vms
+
+
+def test_a_leftover_temporary_import_volume_is_removed_whether_or_not_its_image_is_declared():
+    """A .kvmops-partial-* volume next to a complete image, or of an image no manifest declares any more,
+    is removed; one in a pool the manifests do not use is left alone."""
+    partial = model.image_partial_volume(IMAGE_VOLUME)
+    complete = volume(model.image_complete_volume(IMAGE_VOLUME), capacity=0)
+    declared = plan(valid(image_doc()), with_volumes(EMPTY_HOST, volume(IMAGE_VOLUME), complete, volume(partial)))
+    assert steps_of(resource(declared, "debian", "Image"), plans.DeleteVolume) == [plans.DeleteVolume(POOL, partial)]
+    stale = model.image_partial_volume("old-0123456789ab.qcow2")
+    swept = plan(valid(image_doc()), with_volumes(EMPTY_HOST, volume(IMAGE_VOLUME), complete, volume(stale)))
+    leftover = resource(swept, f"{POOL}/old-0123456789ab.qcow2", "Image")
+    assert leftover.steps == (plans.DeleteVolume(POOL, stale),)
+    assert "interrupted image import" in leftover.changes[0].note
+    unused = plan(valid(vm_doc()), with_volumes(EMPTY_HOST, volume(stale)))
+    assert not [r for r in unused.resources if r.kind == "Image"]
 
 
 def test_an_image_in_a_pool_the_host_lacks_is_a_problem():
@@ -445,7 +489,8 @@ def test_images_overlays_and_copies_once_applied_plan_nothing_more():
     state = valid(image_doc(), vm_doc(disks=[factories.disk("root", POOL, "20GiB", image="debian"),
                                              factories.disk("data", POOL, "4GiB", image="debian", clone="copy")]))
     after = converged(state)
-    assert {v.name for v in after.volumes} == {IMAGE_VOLUME, "web-root.qcow2", "web-data.qcow2"}
+    assert {v.name for v in after.volumes} == {
+        IMAGE_VOLUME, model.image_complete_volume(IMAGE_VOLUME), "web-root.qcow2", "web-data.qcow2"}
 
 
 # --- cloud-init seeds -------------------------------------------------------------------------
@@ -456,15 +501,17 @@ def seeded(user_data: str = USER_DATA, **spec: object) -> model.DesiredState:
 
 
 def test_a_new_vm_gets_its_seed_written_recorded_and_attached_as_a_cdrom():
-    """The seed ISO is written before the domain is defined, attached as a read-only SATA CD-ROM, and recorded with its digest."""
+    """The seed ISO is announced (pending) by the domain's first definition, written, then recorded complete
+    with its digest; it is attached as a read-only SATA CD-ROM."""
     state = seeded()
     seed = state.vms["web"].cloud_init
     vm = resource(plan(state), "web")
-    assert kinds(vm.steps) == ["create_volume", "write_seed", "define_domain", "start_domain"]
+    assert kinds(vm.steps) == ["define_domain", "create_volume", "write_seed", "define_domain", "start_domain"]
     (write,) = steps_of(vm, plans.WriteSeed)
     assert (write.pool, write.name, write.files, write.digest) == (POOL, "web-cidata.iso", seed.files, seed.digest)
-    defined = domxml.parse(steps_of(vm, plans.DefineDomain)[0].xml)
-    assert defined.cdroms == (model.DiskDevice("sda", "sata", POOL, "web-cidata.iso", device="cdrom"),)
+    intent, defined = (domxml.parse(s.xml) for s in steps_of(vm, plans.DefineDomain))
+    assert defined.cdroms == intent.cdroms == (model.DiskDevice("sda", "sata", POOL, "web-cidata.iso", device="cdrom"),)
+    assert intent.owner.volume(POOL, "web-cidata.iso").pending
     assert defined.owner.volume(POOL, "web-cidata.iso") == model.OwnedVolume(POOL, "web-cidata.iso", DELETE, True, seed.digest)
 
 
@@ -473,7 +520,7 @@ def test_a_seed_present_with_its_recorded_digest_is_left_alone_and_a_vanished_on
     state = seeded()
     after = converged(state)
     gone = dataclasses.replace(after, volumes=tuple(v for v in after.volumes if v.name != "web-cidata.iso"))
-    assert kinds(resource(plan(state, gone), "web").steps) == ["write_seed"]
+    assert kinds(resource(plan(state, gone), "web").steps) == ["define_domain", "write_seed", "define_domain"]
 
 
 @pytest.mark.parametrize(("power", "impact"), [(RUNNING, Impact.RESTART), (SHUTOFF, Impact.LIVE)])
@@ -532,9 +579,9 @@ def install_host() -> model.Observation:
 def test_first_boot_only_install_redefines_without_the_kernel_after_the_first_start():
     """The creation plan defines the domain with the install kernel, starts it, then redefines it without: same UUID, same MACs."""
     vm = resource(plan(install_state(first_boot_only=True), install_host()), "web")
-    assert kinds(vm.steps) == ["create_volume", "define_domain", "start_domain", "define_domain"]
-    first, second = steps_of(vm, plans.DefineDomain)
-    assert (first.create, second.create) == (True, False)
+    assert kinds(vm.steps) == ["define_domain", "create_volume", "define_domain", "start_domain", "define_domain"]
+    _intent, first, second = steps_of(vm, plans.DefineDomain)
+    assert (_intent.create, first.create, second.create) == (True, False, False)
     booting, after = domxml.parse(first.xml), domxml.parse(second.xml)
     assert (booting.kernel, booting.initrd, booting.cmdline) == (
         f"{POOL_PATH}/vmlinuz", f"{POOL_PATH}/d-i/initrd.gz", "console=ttyS0 priority=critical")
@@ -558,8 +605,8 @@ def test_after_the_install_boot_the_kernel_shows_only_as_a_pending_restart():
 def test_an_install_without_first_boot_only_boots_the_kernel_every_time():
     """Without firstBootOnly the kernel stays in the one definition, and stays there."""
     vm = resource(plan(install_state(), install_host()), "web")
-    assert kinds(vm.steps) == ["create_volume", "define_domain", "start_domain"]
-    assert domxml.parse(steps_of(vm, plans.DefineDomain)[0].xml).kernel == f"{POOL_PATH}/vmlinuz"
+    assert kinds(vm.steps) == ["define_domain", "create_volume", "define_domain", "start_domain"]
+    assert domxml.parse(steps_of(vm, plans.DefineDomain)[-1].xml).kernel == f"{POOL_PATH}/vmlinuz"
     after = converged(install_state(), install_host())
     assert domain_definition(after).kernel == f"{POOL_PATH}/vmlinuz"
 
@@ -751,8 +798,9 @@ def test_a_new_vm_with_a_vnc_password_shows_neither_password_nor_file_content():
     """The creation step carries the password for libvirt but its JSON and the plan text never do."""
     state, _ = vnc(PASSWORD)
     result = plan(state)
-    (define,) = steps_of(resource(result, "web"), plans.DefineDomain)
-    assert "passwd='***'" in define.to_dict()["xml"] and PASSWORD not in render.to_json(result)
+    for define in steps_of(resource(result, "web"), plans.DefineDomain):
+        assert "passwd='***'" in define.to_dict()["xml"]
+    assert PASSWORD not in render.to_json(result)
     assert "vnc on 127.0.0.1 with a password" in render.text(result)
 
 
