@@ -350,6 +350,10 @@ class CrashWorld:
             names |= {name for name in self.pool_files() if self._is_seed(name, "b")}
         return names
 
+    def image_records(self) -> set[str]:
+        """Return the names kvmops may keep beside the image volume: its completion record."""
+        return {f".kvmops-complete-{self.image_volume}"}
+
     def _is_seed(self, name: str, short: str) -> bool:
         return name.startswith(self.vm(short)) and name.endswith(".iso")
 
@@ -470,7 +474,7 @@ def no_volume_lost(world: CrashWorld, with_vms: bool) -> list[str]:
 
 def nothing_leaked(world: CrashWorld, with_vms: bool) -> list[str]:
     """No volume, partial, seed, NVRAM or temporary file is left that nothing declares."""
-    extra = world.pool_files() - world.expected_volumes(with_vms=with_vms)
+    extra = world.pool_files() - world.expected_volumes(with_vms=with_vms) - world.image_records()
     found = [f"volume {name} is left over" for name in sorted(extra) if not name.startswith(PARTIAL)]
     nvram = sorted(world.nvram_dir.iterdir()) if world.nvram_dir.exists() else []
     wanted_nvram = {f"{world.vm('c')}_VARS.fd"} if with_vms else set()
