@@ -656,6 +656,7 @@ def run_trial(world: CrashWorld, kind: str, point: KillPoint, seed: int) -> Tria
 
 def _interrupted_apply(world: CrashWorld, point: KillPoint, result: TrialResult) -> None:
     """Run ``kvmops apply`` and kill it (or libvirtd) at ``point``; record what happened in ``result``."""
+    world.server.sent = 0  # the count of the previous download is not this one's
     process = world.start_apply(crash_at=point.at if point.how == "hook" else None)
     result.killed = _kill_at(world, process, point)
     try:
@@ -697,6 +698,8 @@ def _kill_at(world: CrashWorld, process: subprocess.Popen, point: KillPoint) -> 
     """Wait for ``point`` while ``process`` runs, then kill its victim; return whether it did."""
     if point.how == "hook":
         return False  # kvmops kills itself
+    if point.how == "event" and point.at in LIFECYCLE_EVENTS:
+        return _kill_on_lifecycle_event(world, process, point)
     if point.how == "delay":
         deadline = time.monotonic() + point.at
         while time.monotonic() < deadline:
@@ -704,24 +707,63 @@ def _kill_at(world: CrashWorld, process: subprocess.Popen, point: KillPoint) -> 
                 return False
             time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
     else:
-        with contextlib.closing(world.connection()) as conn:
-            happened = _event(world, point.at, conn)
-            while not happened():
-                if process.poll() is not None:
-                    return False
-                time.sleep(POLL)
+        happened = _event(world, point.at)
+        while not happened():
+            if process.poll() is not None:
+                return False
+            time.sleep(POLL)
     if process.poll() is not None:
         return False
-    if point.victim == "kvmops":
+    _kill_victim(world, process, point.victim)
+    return True
+
+
+def _kill_victim(world: CrashWorld, process: subprocess.Popen, victim: str) -> None:
+    if victim == "kvmops":
         os.killpg(process.pid, signal.SIGKILL)
     else:
         world.host.kill_libvirtd()
         world.host.restart_libvirtd()
-    return True
 
 
-def _event(world: CrashWorld, name: str, conn: libvirt.virConnect) -> Callable[[], bool]:
-    """Return a predicate telling whether event ``name`` (see EVENTS) has happened (``conn`` looks at libvirt)."""
+# Events libvirt reports itself: the kill happens in libvirt's event callback, within a
+# millisecond, because the window they aim at (between two calls of kvmops) is that short.
+LIFECYCLE_EVENTS = {"domain-undefined": ("c", libvirt.VIR_DOMAIN_EVENT_UNDEFINED)}
+_event_loop_started = threading.Event()
+
+
+def _kill_on_lifecycle_event(world: CrashWorld, process: subprocess.Popen, point: KillPoint) -> bool:
+    if not _event_loop_started.is_set():
+        libvirt.virEventRegisterDefaultImpl()
+        threading.Thread(target=_run_event_loop, daemon=True).start()
+        _event_loop_started.set()
+    short, wanted = LIFECYCLE_EVENTS[point.at]
+    killed = threading.Event()
+
+    def on_event(_conn, domain, event, _detail, _opaque) -> None:
+        if domain.name() == world.vm(short) and event == wanted and not killed.is_set() and process.poll() is None:
+            _kill_victim(world, process, point.victim)
+            killed.set()
+
+    conn = world.connection()
+    callback = conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, on_event, None)
+    try:
+        while not killed.wait(0.01) and process.poll() is None:
+            pass
+        return killed.is_set()
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.domainEventDeregisterAny(callback)
+        conn.close()
+
+
+def _run_event_loop() -> None:
+    while True:
+        libvirt.virEventRunDefaultImpl()
+
+
+def _event(world: CrashWorld, name: str) -> Callable[[], bool]:
+    """Return a predicate telling whether event ``name`` (see EVENTS) has happened."""
     if name == "image-downloading":
         return lambda: world.server.sent >= len(world.image) // 4
     if name == "image-uploading":
@@ -730,16 +772,6 @@ def _event(world: CrashWorld, name: str, conn: libvirt.virConnect) -> Callable[[
         return lambda: (world.pool_path / world.image_volume).exists()
     if name == "volume-created":
         return lambda: (world.pool_path / world.volume(Disk("c", "sys", "Delete"))).exists()
-    if name == "domain-undefined":
-
-        def gone() -> bool:
-            try:
-                conn.lookupByName(world.vm("c"))
-                return False
-            except libvirt.libvirtError:
-                return True
-
-        return gone
     raise ValueError(f"unknown event {name!r}: one of {', '.join(EVENTS)}")
 
 

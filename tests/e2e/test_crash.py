@@ -82,19 +82,23 @@ def test_a_lab_host_is_a_libvirtd_of_its_own(world):
         conn.close()
 
 
-def test_a_killed_lab_libvirtd_restarts_and_finds_its_guests_running(world, baseline):
-    """kill -9 of a lab libvirtd leaves its guests running; restarted, it reports them running again."""
-    crash.prepare(world, "prune")  # the whole set, converged: three guests running
+def test_a_killed_lab_libvirtd_restarts_and_finds_its_guest_running(world):
+    """kill -9 of a lab libvirtd leaves its guest running; restarted, it reports the guest running again."""
+    name = world.vm("restart-probe")
+    conn = libvirt.open(world.host.uri)
+    conn.createXML(f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>32</memory>"
+                   "<os><type arch='x86_64'>hvm</type></os></domain>", 0)
+    conn.close()
     before = world.host.libvirtd_pid
     assert world.host.kill_libvirtd()
     world.host.restart_libvirtd()
     assert world.host.libvirtd_pid not in (None, before)
     conn = libvirt.open(world.host.uri)
     try:
-        running = sorted(d.name() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE))
+        assert conn.lookupByName(name).isActive() == 1
     finally:
+        conn.lookupByName(name).destroy()
         conn.close()
-    assert running == [world.vm("a"), world.vm("b"), world.vm("c")]
 
 
 def _processes_in(namespace: str) -> list[int]:
@@ -161,10 +165,10 @@ def test_a_kill_in_a_known_crash_window_loses_and_leaks_nothing(world, baseline,
 
 
 def test_kvmops_killed_at_seeded_points_of_apply_and_prune_loses_and_leaks_nothing(world, baseline):
-    """kill -9 of kvmops at four seeded points (two in an apply, two in a prune), then re-apply: every invariant holds."""
+    """kill -9 of kvmops at three seeded points (two in an apply, one in a prune), then re-apply: every invariant holds."""
     rng = random.Random(SEED)
     hook = crash.crash_hook_available()
-    trials = [(kind, crash.random_point(rng, kind, "kvmops", baseline, hook=hook)) for kind in ("apply", "prune") * 2]
+    trials = [(kind, crash.random_point(rng, kind, "kvmops", baseline, hook=hook)) for kind in ("apply", "prune", "apply")]
     assert_every_invariant_held([crash.run_trial(world, kind, point, SEED) for kind, point in trials])
 
 
