@@ -332,7 +332,10 @@ class LabHost:
 
     def _remove_guest_cgroups(self) -> list[str]:
         """Remove the cgroup directories of guests this host's libvirtd did not clean up."""
-        names = {path.stem for path in (self.directory / "etc" / "qemu").glob("*.xml")}
+        # every guest this host ever started has a log; a libvirtd killed while a guest
+        # stopped never removed that guest's cgroups
+        names = {path.stem for path in (self.directory / "log" / "qemu").glob("*.log")}
+        names |= {path.stem for path in (self.directory / "etc" / "qemu").glob("*.xml")}
         names |= {path.stem for path in (self.directory / "run" / "qemu").glob("*.xml")}
         forced = []
         for name in names:

@@ -140,6 +140,7 @@ def test_a_stopped_lab_leaves_nothing_behind():
         lab.stop()
     assert not [pid for pid in members if Path(f"/proc/{pid}").exists() and not labs._zombie(pid)]
     assert not _processes_in(mounts)
+    assert not list(Path("/sys/fs/cgroup").glob(f"*/machine/qemu-*-{name}-vm.libvirt-qemu"))
     assert not Path(f"/sys/class/net/{bridge}").exists()
     assert bridge not in subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
     assert not lab.directory.exists()
