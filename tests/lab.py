@@ -232,10 +232,14 @@ class LabHost:
             done = self._inside("virtlogd", "-d", "-p", VIRTLOGD_PID)
             if done.returncode != 0:
                 raise RuntimeError(f"lab host {self.name}: virtlogd did not start: {done.stderr.strip()}")
-        if self.libvirtd_pid is None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while self.libvirtd_pid is None:
             done = self._inside("libvirtd", "-d", "-p", LIBVIRTD_PID)
-            if done.returncode != 0:
+            if done.returncode == 0:
+                break
+            if time.monotonic() > deadline:  # (a dying libvirtd may hold its pid file a moment longer)
                 raise RuntimeError(f"lab host {self.name}: libvirtd did not start: {done.stderr.strip()}")
+            time.sleep(0.1)
         self.wait_until_answering()
 
     def wait_until_answering(self, timeout: float = START_TIMEOUT) -> None:
@@ -258,8 +262,10 @@ class LabHost:
         if pid is None:
             return False
         os.kill(pid, signal.SIGKILL)
+        # Gone, not just a zombie: a zombie leader may still have threads holding its files
+        # (the pid file's lock); the holder reaps it once the last thread is dead.
         deadline = time.monotonic() + 10
-        while not _zombie(pid) and time.monotonic() < deadline:
+        while _process_start(pid) is not None and time.monotonic() < deadline:
             time.sleep(0.005)
         return True
 
