@@ -110,7 +110,8 @@ def _process_start(pid: int) -> str | None:
 
 
 def _alive(pid: int | None, started: str | None) -> bool:
-    return pid is not None and started is not None and _process_start(pid) == started
+    """Return whether process ``pid``, started at ``started``, still runs (a zombie is dead: pid 1 may never reap it)."""
+    return pid is not None and started is not None and _process_start(pid) == started and not _zombie(pid)
 
 
 def _bind_to_parent() -> None:
