@@ -82,6 +82,14 @@ def summarize(results: list[crash.TrialResult]) -> str:
     return "\n".join(lines)
 
 
+def _tally(forced: list[str]) -> str:
+    """Return "12 cgroup, 1 bridge" for the lines :meth:`tests.lab.Lab.stop` returns."""
+    counts: dict[str, int] = defaultdict(int)
+    for line in forced:
+        counts[line.split()[0]] += 1
+    return ", ".join(f"{n} {what}" for what, n in sorted(counts.items()))
+
+
 def parse_point(text: str) -> tuple[str, crash.KillPoint]:
     """Return the trial ``"KIND VICTIM HOW AT"`` names (as printed for a broken trial)."""
     kind, victim, how, at = text.split()
@@ -133,7 +141,7 @@ def main() -> int:
         forced = lab.stop()
     print()
     print(f"{len(results)} trials in {time.monotonic() - started:.0f}s, seed {args.seed}, "
-          f"image {args.image_mib} MiB{'; lab cleanup forced: ' + '; '.join(forced) if forced else ''}")
+          f"image {args.image_mib} MiB; lab cleanup had to remove: {_tally(forced) or 'nothing'}")
     print(summarize(results))
     if harness_errors:
         print(f"\n{len(harness_errors)} trials could not be judged (harness errors):", *harness_errors, sep="\n  ")
