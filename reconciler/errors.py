@@ -15,6 +15,7 @@ work queue and the CLI's exit status are built on::
         ├── RetryableHypervisorError                                                  retryable
         │   └── ConnectionLost     libvirtd went away, or never answered
         └── TerminalHypervisorError                                                   terminal
+            ├── AuthenticationFailed   libvirtd refused our credentials
             ├── ObjectNotFound     a domain, pool or volume is not there
             ├── OperationUnsupported   the driver cannot do this at all
             └── OperationRefused   libvirt refused the request (bad XML, in use, ...)
@@ -75,6 +76,10 @@ class ConnectionLost(RetryableHypervisorError):
 
 class TerminalHypervisorError(HypervisorError):
     """libvirt refused in a way that trying again will not change."""
+
+
+class AuthenticationFailed(TerminalHypervisorError):
+    """libvirtd (or the transport to it) refused or cancelled the login: retrying will not fix credentials."""
 
 
 class ObjectNotFound(TerminalHypervisorError):

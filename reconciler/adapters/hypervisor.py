@@ -42,9 +42,14 @@ _QEMU_USER = "libvirt-qemu"  # Debian's; qemu.conf's user
 libvirt.registerErrorHandler(lambda _context, _error: None, None)
 
 _CONNECTION_CODES = {
-    libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN, libvirt.VIR_ERR_RPC,
-    libvirt.VIR_ERR_AUTH_FAILED, libvirt.VIR_ERR_OPERATION_TIMEOUT, libvirt.VIR_ERR_AUTH_UNAVAILABLE,
+    libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN, libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_OPERATION_TIMEOUT,
 }  # fmt: skip
+# A refused login is not a lost connection: the controller would retry it forever.
+_AUTH_CODES = {libvirt.VIR_ERR_AUTH_FAILED, libvirt.VIR_ERR_AUTH_CANCELLED, libvirt.VIR_ERR_AUTH_UNAVAILABLE}
+_AUTH_HINT = (
+    "check the credentials for this URI (SSH key or agent, SASL user and password, TLS certificates), "
+    "and that this user may use libvirtd (group libvirt, polkit rules)"
+)
 _RETRYABLE_CODES = {libvirt.VIR_ERR_OPERATION_TIMEOUT, libvirt.VIR_ERR_AGENT_UNRESPONSIVE, libvirt.VIR_ERR_RESOURCE_BUSY}
 _NOT_FOUND_CODES = {
     libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_STORAGE_POOL, libvirt.VIR_ERR_NO_STORAGE_VOL,
@@ -195,6 +200,8 @@ def translate(exc: libvirt.libvirtError, what: str, *, connected: bool = True) -
     code = exc.get_error_code()
     detail = (exc.get_error_message() or str(exc)).strip()
     message = redaction.redact_text(f"{what}: {detail}")  # ``what`` may name a URI with a password
+    if code in _AUTH_CODES:
+        return errors.AuthenticationFailed(f"{message}; {_AUTH_HINT}", code=code)
     if connection_broke(exc):
         if connected:
             message = redaction.redact_text(f"{what}: the connection to libvirtd was lost ({detail})")
@@ -237,7 +244,7 @@ class Hypervisor:
             connection = libvirt.openReadOnly(uri) if read_only else libvirt.open(uri)
         except libvirt.libvirtError as exc:
             error = translate(exc, f"cannot connect to {uri}", connected=False)
-            if isinstance(error, errors.HypervisorError) and uri.startswith("qemu"):
+            if isinstance(error, errors.ConnectionLost) and uri.startswith("qemu"):
                 hint = "is libvirtd running and may this user use it? (systemctl start libvirtd; or use --connect test:///default to try kvmops without a hypervisor)"
                 raise errors.ConnectionLost(f"{error}; {hint}", code=error.code) from exc
             raise error from exc
