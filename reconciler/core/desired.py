@@ -33,6 +33,8 @@ FileReader = Callable[[model.Document, str], bytes]
 FileChecker = Callable[[model.Document, str], str]
 
 
+_VNC_PASSWORD_LIMIT = 8  # bytes, as libvirt counts them
+
 def _no_files(document: model.Document, path: str) -> bytes:
     raise OSError(f"reading {path} is not possible here")
 
@@ -302,6 +304,14 @@ def _vm(document: model.Document, body: dict, read_file: FileReader) -> model.VM
             password = read_file(document, graphics["passwordFile"]).decode("utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             problems.append(origin.problem("spec.graphics.passwordFile", f"cannot read the password file: {exc}"))
+    if password is not None and graphics["type"] == "vnc" and len(password.encode()) > _VNC_PASSWORD_LIMIT:
+        # QEMU's VNC authentication uses an 8-byte DES key; libvirt refuses longer ones when defining.
+        size = len(password.encode())
+        unit = "characters" if password.isascii() else "bytes in UTF-8"
+        problems.append(origin.problem(
+            "spec.graphics.passwordFile",
+            f"a VNC password has at most {_VNC_PASSWORD_LIMIT} characters (this one has {size} {unit}); shorten it, or use graphics type spice",
+        ))
     install = None
     if "install" in spec:
         install = model.InstallSpec(

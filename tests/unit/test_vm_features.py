@@ -34,7 +34,7 @@ POOL, POOL_PATH = b.POOL, b.POOL_PATH
 RUNNING, SHUTOFF = model.PowerState.RUNNING, model.PowerState.SHUTOFF
 DELETE = model.DeletionPolicy.DELETE
 SECRET = "hunter2-never-in-a-plan"  # appears only inside cloud-init user data
-PASSWORD = "vnc-pa55word"  # appears only inside a VNC password file
+PASSWORD = "vnc-pa55"  # appears only inside a VNC password file
 IMAGE_SHA = "ab" * 32
 IMAGE_VOLUME = f"debian-{IMAGE_SHA[:12]}.qcow2"
 USER_DATA = f"#cloud-config\npassword: {SECRET}\nchpasswd: {{expire: false}}\n"
@@ -298,6 +298,8 @@ def test_a_seed_with_its_own_pool_needs_no_disk():
                  "cannot read the user-data file: 'utf-8' codec can't decode", id="user-data-file-not-utf8"),
     pytest.param({"graphics": {"type": "vnc", "passwordFile": "missing.pass"}}, {}, "spec.graphics.passwordFile",
                  "cannot read the password file: [Errno 2] No such file or directory: 'missing.pass'", id="password-file-unreadable"),
+    pytest.param({"graphics": {"type": "vnc", "passwordFile": "vnc.pass"}}, {"vnc.pass": b"nine-char\n"}, "spec.graphics.passwordFile",
+                 "a VNC password has at most 8 characters (this one has 9 characters)", id="vnc-password-too-long"),
     pytest.param({"cloudInit": {"userData": "#cloud-config\n", "pool": POOL},
                   "disks": [factories.disk("root", POOL, "1GiB", volume="web-cidata.iso")]}, {}, "spec.cloudInit",
                  "volume web-cidata.iso is also a disk of this VM", id="seed-volume-is-a-disk"),
@@ -309,6 +311,13 @@ def test_a_vm_manifest_whose_new_fields_cannot_be_built_is_left_out_with_one_loc
     assert (problem.file, problem.path) == ("manifests/vms/web.yaml", path)
     assert problem.message.startswith(message) and problem.line is not None
     assert "web" not in state.vms and not state.complete
+
+
+def test_a_spice_password_may_be_longer_than_eight_characters():
+    """Only VNC limits passwords to 8 characters (libvirt refuses more at definition); SPICE takes longer ones."""
+    files = {"spice.pass": b"a-long-spice-password\n"}
+    spec = valid(vm_doc(graphics={"type": "spice", "passwordFile": "spice.pass"}), files=files).vms["web"]
+    assert spec.graphics_password == "a-long-spice-password"
 
 
 def test_a_disk_starting_from_an_undeclared_image_is_a_problem():
@@ -779,10 +788,10 @@ def vnc(password: str) -> tuple[model.DesiredState, dict[str, bytes]]:
 
 def test_a_changed_vnc_password_is_detected_by_its_digest_and_redacted_in_step_json():
     """libvirt never shows the password back, so its digest tells the change; the step's JSON shows passwd='***'."""
-    before, _ = vnc("old-" + PASSWORD)
+    before, _ = vnc("0ld-pa55")
     after = converged(before)
     assert "passwd=" in host(after).domains["web"].xml  # written into the domain...
-    assert password.matches(domain_definition(after).owner.graphics_password_digest, "old-" + PASSWORD)
+    assert password.matches(domain_definition(after).owner.graphics_password_digest, "0ld-pa55")
     changed, _ = vnc(PASSWORD)
     result = plan(changed, after)
     vm = resource(result, "web")
