@@ -128,6 +128,13 @@ def _unbound(domain: model.ObservedDomain) -> bool:
     return owner is not None and not owner.bound_uuid
 
 
+mark_is_unbound = _unbound  # for status: such a domain is kept, never pruned
+UNBOUND_MARK_KEPT = (
+    "its kvmops mark was written by an older kvmops and names no domain, so it is never pruned on it; "
+    "`kvmops adopt` it (or declare it again and apply) to bind the mark, or remove it yourself (virsh undefine)"
+)
+
+
 def scope_of(domain: model.ObservedDomain) -> str:
     """Return the scope (manifest set) that owns ``domain``."""
     owner = domain.definition.owner if domain.definition is not None else None

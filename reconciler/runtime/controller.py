@@ -642,6 +642,8 @@ class Controller:
                     wanted = spec.run_strategy.desired_power
                 elif name in plan.kept:
                     wanted = "absent, but kept: pruning is suspended"
+                elif resource is None and domain is not None and planner.mark_is_unbound(domain):
+                    wanted = f"absent, but kept: {planner.UNBOUND_MARK_KEPT}"
                 else:
                     wanted = "absent (to be pruned)"
                 owner = domain.definition.owner if domain is not None and domain.definition is not None else None

@@ -104,7 +104,9 @@ def _row(hypervisor, domain: model.ObservedDomain, actual: model.ActualState, pl
         conditions.append({"type": "RestartRequired",
                            "message": "; ".join(f"{f}: {old} -> {new}" for f, old, new in pending)})
     if planned_at_all:
-        if planned is None:
+        if planned is None and planner.mark_is_unbound(domain):
+            conditions.append({"type": "Drifted", "message": f"no manifest declares it, but it is kept: {planner.UNBOUND_MARK_KEPT}"})
+        elif planned is None:
             conditions.append({"type": "Drifted", "message": "no manifest declares it: it would be pruned"})
         elif planned.problems:
             conditions.append({"type": "Error", "message": "; ".join(p.message for p in planned.problems)})
