@@ -765,8 +765,7 @@ def cmd_adopt(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> 
     def body(hypervisor: hv.Hypervisor) -> int:
         actual, domain = _observed(hypervisor, args.name)
         if domain.owned:
-            print(f"domain {args.name} is already managed by kvmops")
-            return EXIT_OK
+            return _adopt_owned(args, hypervisor, actual, domain)
         root = actual_state.resolve_paths(domxml.parse(hypervisor.domain_xml(args.name)), actual.volumes_by_path())
         volumes = tuple(
             model.OwnedVolume(d.pool, d.volume, model.DeletionPolicy.RETAIN, created=False)
@@ -793,6 +792,39 @@ def cmd_adopt(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> 
               f"they are never deleted. Run `kvmops plan` to see how its manifest differs.")
         return EXIT_OK
     return _with_hypervisor(args, shared, read_only=False, body=body)
+
+
+def _adopt_owned(args: argparse.Namespace, hypervisor: hv.Hypervisor, actual: model.ActualState,
+                 domain: model.ObservedDomain) -> int:
+    """Answer `adopt` for a domain kvmops already marks: bind a legacy mark, refuse another scope's."""
+    owner = domain.definition.owner if domain.definition is not None else None
+    if owner is not None and owner.scope != args.scope:
+        raise errors.OwnershipError(
+            f"domain {args.name} is managed by kvmops scope {owner.scope}, not {args.scope}; adopt never takes a VM "
+            f"from another manifest set (remove it from that set's manifests first, or use --scope {owner.scope})"
+        )
+    if owner is None or not planner.mark_is_unbound(domain):
+        print(f"domain {args.name} is already managed by kvmops")
+        return EXIT_OK
+    twins = sorted(
+        name for name, other in actual.domains.items()
+        if name != args.name and other.owned and planner.mark_is_unbound(other)
+        and other.definition.owner.manifest == owner.manifest and other.definition.owner.scope == owner.scope
+    )
+    if twins:
+        raise errors.OwnershipError(
+            f"domain {args.name} carries a legacy kvmops mark (written by an older kvmops, naming no domain) that "
+            f"{', '.join(twins)} also carries: one is a clone of the other, and adopt cannot tell which is the "
+            f"original; remove the clone's mark (or the clone) first, then adopt the original"
+        )
+    bound = dataclasses.replace(owner, bound_name=args.name, bound_uuid=domain.uuid)
+    with _host_lock(args, hypervisor.uri):
+        hypervisor.ensure_owned(args.name, domain.uuid)  # still the domain observed, still a mark that is not a copy
+        hypervisor.set_owner(args.name, bound)
+    print(f"domain {args.name} carried a kvmops mark written by an older kvmops, which named no domain; it is now bound "
+          f"to {args.name} (UUID {domain.uuid}), keeping its records, so kvmops manages it fully, including pruning it "
+          f"(and its Delete volumes) once no manifest declares it")
+    return EXIT_OK
 
 
 # --- demo -------------------------------------------------------------------------------
