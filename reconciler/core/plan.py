@@ -294,7 +294,11 @@ class ImportImage(Step):
 
 @dataclass(frozen=True)
 class WriteSeed(Step):
-    """(Re)write the cloud-init NoCloud seed ISO ``pool/name`` from ``files``."""
+    """(Re)write the cloud-init NoCloud seed ISO ``pool/name`` from ``files``, for domain ``domain``.
+
+    A volume already at that name is replaced only while ``domain`` (with ``uuid``) records
+    it as a volume kvmops created for it, and no other domain uses it.
+    """
 
     kind: ClassVar[str] = "write_seed"
     secret_fields: ClassVar[tuple[str, ...]] = ("files",)
@@ -302,6 +306,8 @@ class WriteSeed(Step):
     name: str
     files: tuple[tuple[str, bytes], ...] = dataclasses.field(repr=False)
     digest: str = ""
+    domain: str = ""
+    uuid: str = ""
 
     def describe(self) -> str:
         return f"write cloud-init seed {self.pool}/{self.name} ({self.digest[:19]})"

@@ -765,7 +765,8 @@ class _VMPlanBuilder:
             if present and (recorded is None or recorded.digest != seed.digest or recorded.pending):
                 self._may_rewrite_seed(seed, recorded)
             if not present or recorded is None or recorded.digest != seed.digest or recorded.pending:
-                steps.append(plans.WriteSeed(seed.pool, seed.volume, seed.files, seed.digest))
+                uuid = domain.uuid if domain is not None else (spec.uuid or new_uuid(self.scope, spec))
+                steps.append(plans.WriteSeed(seed.pool, seed.volume, seed.files, seed.digest, spec.name, uuid))
                 self.creating.add((seed.pool, seed.volume))
                 if domain is not None and present and recorded is not None:
                     self.changes.append(FieldChange(

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from reconciler import errors, logconfig
 from reconciler.adapters import hypervisor as hv
 from reconciler.core import plan as plans
-from reconciler.core import hostdirs, model, planner, storagexml
+from reconciler.core import domxml, hostdirs, model, planner, storagexml
 
 DEFAULT_WORKERS = 4
 STOP_POLL_SECONDS = 0.1
@@ -222,6 +222,20 @@ def _ensure_unshared(h: hv.Hypervisor, pool: str, name: str, verb: str, *, besid
         )
 
 
+def _ensure_own_created_volume(h: hv.Hypervisor, domain: str, uuid: str, pool: str, name: str, verb: str) -> None:
+    """Refuse to ``verb`` volume ``pool/name`` unless ``domain``'s own mark records it as created by kvmops."""
+    if domain:
+        h.ensure_owned(domain, uuid or None)
+        owner, _binding = domxml.mark_binding(domxml.parse_tree(h.domain_xml(domain)))
+        record = owner.volume(pool, name) if owner is not None else None
+        if record is not None and record.created:
+            return
+    raise errors.OwnershipError(
+        f"volume {pool}/{name} exists and kvmops did not create it for domain {domain or '(none)'}; kvmops will not "
+        f"{verb} it. Remove it (virsh vol-delete) if it is a leftover, or plan again"
+    )
+
+
 def _define_domain(h: hv.Hypervisor, step: plans.DefineDomain, _cancel) -> str | None:
     if step.create:
         if h.domain_exists(step.name):
@@ -339,6 +353,8 @@ def _write_seed(h: hv.Hypervisor, step: plans.WriteSeed, _cancel) -> str | None:
 
     image = seediso.build(step.files)
     if h.volume_exists(step.pool, step.name):
+        _ensure_own_created_volume(h, step.domain, step.uuid, step.pool, step.name, "rewrite")
+        _ensure_unshared(h, step.pool, step.name, "rewrite", besides=step.domain)
         h.delete_volume(step.pool, step.name)  # a running guest keeps the old one open until it stops
     h.create_volume(step.pool, storagexml.render_volume(step.name, len(image), image_format="raw"), step.name)
     h.upload_volume(step.pool, step.name, [image], len(image))

@@ -541,7 +541,8 @@ def test_changed_cloud_init_rewrites_the_seed_and_takes_effect_at_the_next_boot(
             d, power=SHUTOFF, live_xml=None, shutoff_reason=model.ShutoffReason.SHUTDOWN) for d in after.domains))
     old, new = seeded().vms["web"].cloud_init, seeded("#cloud-config\npackages: [nginx]\n").vms["web"].cloud_init
     vm = resource(plan(seeded("#cloud-config\npackages: [nginx]\n", runStrategy="Manual"), after), "web")
-    assert steps_of(vm, plans.WriteSeed) == [plans.WriteSeed(POOL, "web-cidata.iso", new.files, new.digest)]
+    uuid = next(d.uuid for d in after.domains if d.name == "web")
+    assert steps_of(vm, plans.WriteSeed) == [plans.WriteSeed(POOL, "web-cidata.iso", new.files, new.digest, "web", uuid)]
     assert changes(vm)["cloudInit"] == (old.digest[:19], new.digest[:19], impact)
     assert "cdrom" not in changes(vm)  # the seed CD-ROM is the same volume; only its content changed
 
