@@ -87,7 +87,10 @@ def status_rows(
             continue
         if scope and planner.scope_of(domain) != scope:
             continue
-        rows.append(_row(hypervisor, domain, actual, by_name.get(domain_name), plan is not None))
+        try:
+            rows.append(_row(hypervisor, domain, actual, by_name.get(domain_name), plan is not None))
+        except errors.ObjectNotFound:
+            continue  # undefined between the observation and its addresses: it is simply gone
     return rows
 
 
