@@ -172,6 +172,8 @@ class DeleteVolume(Step):
 
     The guard matters since a pruned domain is undefined after its volumes are deleted:
     its mark is their proof of ownership, so the domain's own checks come too late.
+    ``after`` names the other domains sharing the volume (pruned by the same plan) that must
+    be gone first.
     """
 
     kind: ClassVar[str] = "delete_volume"
@@ -179,6 +181,7 @@ class DeleteVolume(Step):
     name: str
     domain: str = ""
     uuid: str = ""
+    after: tuple[str, ...] = ()
 
     def describe(self) -> str:
         return f"delete volume {self.pool}/{self.name} (DATA LOSS)"
@@ -384,7 +387,7 @@ class ResourcePlan:
     manifest: str | None = None
     notes: tuple[str, ...] = ()
     problems: tuple[model.Problem, ...] = ()
-    requires: tuple[str, ...] = ()  # keys of resources (pools, networks, images) whose steps must succeed first
+    requires: tuple[str, ...] = ()  # keys of resources (pools, networks, images, VMs) whose steps must succeed first
 
     @property
     def key(self) -> str:

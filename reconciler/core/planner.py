@@ -84,7 +84,8 @@ def plan_changes(
         if not problems and settings.prune and not desired.vms and not settings.allow_empty:
             problems.append(model.Problem(desired.source or ".", None, "", suspended))  # the empty-set guard
     else:
-        resources.extend(_plan_prune(domain, actual, settings, wanted) for domain in owned_orphans)
+        pruned = {d.name: d for d in owned_orphans}
+        resources.extend(_plan_prune(domain, actual, settings, wanted, pruned) for domain in owned_orphans)
         resources.extend(_plan_network_prune(network, actual, desired) for network in orphan_networks)
 
     foreign = tuple(name for name, d in sorted(actual.domains.items()) if not d.owned)
@@ -1409,12 +1410,14 @@ def _prune_suspension(
 
 
 def _plan_prune(
-    domain: model.ObservedDomain, actual: model.ActualState, settings: Settings, wanted: set[tuple[str, str]]
+    domain: model.ObservedDomain, actual: model.ActualState, settings: Settings, wanted: set[tuple[str, str]],
+    pruned: dict[str, model.ObservedDomain] | None = None,
 ) -> plans.ResourcePlan:
     owner = domain.definition.owner if domain.definition is not None else None
     steps: list[plans.Step] = []
     changes: list[FieldChange] = []
     notes: list[str] = []
+    requires: list[str] = []
     actions = [Action.DELETE]
     if domain.power.active:
         timeout = owner.shutdown_timeout if owner is not None and owner.shutdown_timeout is not None else settings.shutdown_timeout
@@ -1426,8 +1429,22 @@ def _plan_prune(
         volume = actual.volumes.get((record.pool, record.name))
         if volume is None:
             continue
+        co_pruned = _pruned_together(actual, record, domain.name, pruned or {})
         if (record.pool, record.name) in wanted:
             notes.append(f"volume {record.pool}/{record.name} is kept: a VM in the manifests uses it")
+        elif co_pruned and max(co_pruned) > domain.name:
+            notes.append(f"volume {record.pool}/{record.name} is kept here: it is deleted with VM {max(co_pruned)} "
+                         "(also pruned by this plan, which records it with deletionPolicy Delete too) once this VM is gone")
+        elif co_pruned:
+            # Every other user is pruned by this plan and asks for the deletion too: the last
+            # of them by name deletes it, after the others' resources (their undefines) succeeded.
+            requires.extend(f"VirtualMachine/{name}" for name in sorted(co_pruned))
+            steps.append(plans.DeleteVolume(record.pool, record.name, domain.name, domain.uuid, tuple(sorted(co_pruned))))
+            changes.append(FieldChange(
+                f"volume {record.pool}/{record.name}", format_bytes(volume.capacity), None, Impact.DATA_LOSS,
+                note=f"DATA LOSS: deleted with the VM (deletionPolicy Delete), after VM {', '.join(sorted(co_pruned))} "
+                     "(also pruned, sharing it) is gone",
+            ))
         elif (shared := _kept_for_users(actual, record, domain.name)) is not None:
             notes.append(shared)
         elif record.created and record.deletion_policy is model.DeletionPolicy.DELETE:
@@ -1445,8 +1462,34 @@ def _plan_prune(
     return plans.ResourcePlan(
         kind="VirtualMachine", name=domain.name, actions=tuple(actions), changes=tuple(changes),
         steps=tuple(steps), manifest=owner.manifest if owner is not None else None,
-        notes=("no manifest declares this VM any more", *notes),
+        notes=("no manifest declares this VM any more", *notes), requires=tuple(requires),
     )
+
+
+def _pruned_together(
+    actual: model.ActualState, record: model.OwnedVolume, domain: str, pruned: dict[str, model.ObservedDomain]
+) -> set[str]:
+    """Return the other VMs pruned with ``domain`` that use ``record``'s volume, if the volume may go with them.
+
+    Empty unless ``domain`` and every other user of the volume are pruned by this plan and
+    each records it as created by kvmops with deletionPolicy Delete; any other user keeps it.
+    """
+    def deletes(name: str, owned: model.OwnedVolume | None) -> bool:
+        return owned is not None and owned.created and owned.deletion_policy is model.DeletionPolicy.DELETE and name in pruned
+
+    if not deletes(domain, record):
+        return set()
+    keys = {(record.pool, record.name)}
+    volume = actual.volumes.get((record.pool, record.name))
+    if volume is not None and volume.path:
+        keys.add(("", posixpath.normpath(volume.path)))
+    users = {d.name for d in actual.domains.values() if d.name != domain and keys.intersection(d.storage)}
+    for name in users:
+        other = pruned.get(name)
+        owner = other.definition.owner if other is not None and other.definition is not None else None
+        if not deletes(name, owner.volume(record.pool, record.name) if owner is not None else None):
+            return set()
+    return users
 
 
 def volume_users(actual: model.ActualState, pool: str, name: str, *, besides: str) -> list[str]:

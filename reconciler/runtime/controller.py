@@ -558,6 +558,7 @@ class Controller:
             reason = reasons.get(resource.key, fallback)
             single = dataclasses.replace(plan, resources=(resource,))
             # Pools, networks and images are submitted first, so they start first; whatever needs one waits for it.
+            # So are the VMs a VM requires (the other users of a volume it deletes last).
             needs = [pool_work[key] for key in resource.requires if key in pool_work]
             try:
                 future = self._executor.submit(self._execute, single, resource, reason, reconcile_id, needs)
@@ -566,24 +567,30 @@ class Controller:
                     self._queue.done(resource.key)  # release the claim: nothing will run for it
                 raise
             dispatched.add(resource.key)
-            if resource.kind in execute.PREREQUISITE_KINDS:
-                pool_work[resource.key] = future
+            pool_work[resource.key] = future
             self._futures.add(future)
             future.add_done_callback(self._futures.discard)
 
     def _execute(self, single: plans.Plan, resource: plans.ResourcePlan, reason: str, reconcile_id: str,
-                 needs: list[Future]) -> None:
+                 needs: list[Future]) -> bool:
         subject = {execute.SUBJECTS.get(resource.kind, "resource"): resource.name}
         with structlog.contextvars.bound_contextvars(reconcile_id=reconcile_id, **subject):
-            for pool in needs:
+            unfinished = []
+            for need in needs:
                 with contextlib.suppress(Exception):
-                    pool.result()
+                    if need.result() is False:
+                        unfinished.append(need)
+            ok = False
             try:
-                with self._lock_keeper.held():
-                    report = execute.execute(single, self._hypervisor, workers=1, cancel=self._cancel)
-                outcome = report.outcomes[0] if report.outcomes else None
-                ok = outcome is not None and outcome.status == "converged"
-                error = None if ok else (outcome.error if outcome else "cancelled")
+                vm_needs = [k for k in resource.requires if k.startswith("VirtualMachine/")]
+                if unfinished and vm_needs:
+                    error = f"skipped: {', '.join(vm_needs)} did not converge first; the next pass tries again"
+                else:
+                    with self._lock_keeper.held():
+                        report = execute.execute(single, self._hypervisor, workers=1, cancel=self._cancel)
+                    outcome = report.outcomes[0] if report.outcomes else None
+                    ok = outcome is not None and outcome.status == "converged"
+                    error = None if ok else (outcome.error if outcome else "cancelled")
             except errors.KvmopsError as exc:
                 ok, error = False, str(exc)
             except Exception as exc:  # a worker must never die silently
@@ -605,6 +612,7 @@ class Controller:
                 self._note_execution(resource, ok, error)
             finally:
                 self._queue.done(resource.key)  # whatever happened above, the key must not stay in flight forever
+        return ok
 
     # -- status -------------------------------------------------------------------------
 

@@ -101,11 +101,21 @@ def execute(
             return _skip(resource, broken)
         return _run_resource(resource, hypervisor, cancel)
 
-    vms = [r for r in plan.changes if r.kind not in PREREQUISITE_KINDS]
-    if vms:
-        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(vms))), thread_name_prefix="kvmops-apply") as pool:
+    # VMs run in parallel, in waves: one that requires other VMs (the last user of a volume
+    # they share) runs once those have ended, and is skipped if any of them did not converge.
+    remaining = [r for r in plan.changes if r.kind not in PREREQUISITE_KINDS]
+    pending = {r.key for r in remaining}
+    while remaining:
+        wave = [r for r in remaining if not pending.intersection(k for k in r.requires if k != r.key)] or remaining
+        remaining = [r for r in remaining if r not in wave]
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(wave))), thread_name_prefix="kvmops-apply") as pool:
             # each task runs in a copy of the caller's context, so its log lines keep reconcile_id
-            outcomes.extend(pool.map(lambda r: contextvars.copy_context().run(run_vm, r), vms))
+            done = list(pool.map(lambda r: contextvars.copy_context().run(run_vm, r), wave))
+        outcomes.extend(done)
+        for resource, outcome in zip(wave, done):
+            pending.discard(resource.key)
+            if outcome.status != "converged":
+                broken.add(resource.key)
     return ApplyReport(tuple(outcomes), cancelled=cancel.is_set())
 
 
@@ -205,6 +215,12 @@ def _delete_volume(h: hv.Hypervisor, step: plans.DeleteVolume, _cancel) -> str |
             raise errors.OperationRefused(
                 f"domain {step.domain} is running again; not deleting its volume {step.pool}/{step.name}. Plan again"
             )
+    still = [name for name in step.after if h.domain_exists(name)]
+    if still:
+        raise errors.OperationRefused(
+            f"volume {step.pool}/{step.name} is shared with domain {', '.join(still)}, which is still defined; it is "
+            "deleted only once that domain is gone (the next pass finishes it)"
+        )
     _ensure_unshared(h, step.pool, step.name, "delete", besides=step.domain or "")
     return None if h.delete_volume(step.pool, step.name) else "already gone"
 

@@ -65,3 +65,64 @@ def test_a_domain_s_own_seed_passes_the_checks(world):
     outcome = run(world, seed("web-cidata.iso"))
     assert "virStorageVolUpload" in (outcome.error or ""), outcome  # the checks let it through; only the driver stops it
     assert world.volume_capacity("default", "web-cidata.iso") < 64 * MIB  # the old seed was replaced by the new ISO's size
+
+
+# --- a Delete volume two pruned VMs share ------------------------------------------------------
+
+PAIR_UUIDS = ("0d0d0d0d-0000-4000-8000-00000000000a", "0d0d0d0d-0000-4000-8000-00000000000b")
+
+
+@pytest.fixture
+def pair(tmp_path: Path, manifest_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    """pair-a and pair-b (owned, no manifest) both record shared.qcow2 as created with deletionPolicy Delete."""
+    from tests import factories
+
+    factories.write(manifest_dir, "keep.yaml", factories.vm("keep", memory="64MiB", runStrategy="Halted"))
+    domains = "".join(
+        c.owned_domain_xml(name, uuid, manifest=f"{name}.yaml", digest="sha256:0", volumes=(("shared.qcow2", "Delete", True),))
+        for name, uuid in zip(("pair-a", "pair-b"), PAIR_UUIDS)
+    )
+    directory = tmp_path / "host"
+    directory.mkdir()
+    uri = c.node_uri(directory, domains, volumes=c.volume_xml("shared.qcow2"))
+    with hv.Hypervisor.open(uri) as connection:
+        c.pin_connection(monkeypatch, connection)
+        yield connection, uri
+
+
+def test_a_delete_volume_two_pruned_vms_share_is_deleted_once_after_both_are_gone(pair, manifest_dir, capsys):
+    """One apply prunes both VMs and deletes their shared Delete volume once, after the first is gone; the plan says DATA LOSS."""
+    from reconciler import cli
+
+    hypervisor, uri = pair
+    status = cli.main(["apply", str(manifest_dir), "--connect", uri])
+    out, err = capsys.readouterr()
+    assert status == 0, out + err
+    assert "DATA LOSS" in out and "shared.qcow2" in out
+    assert {r.name for r in hypervisor.list_domains()} == {"keep"}
+    assert "shared.qcow2" not in {v.name for v in hypervisor.list_volumes("default")}
+    assert cli.main(["plan", str(manifest_dir), "--connect", uri, "--detailed-exitcode"]) == 0
+
+
+def test_a_shared_delete_volume_stays_while_a_domain_outside_the_prune_uses_it(pair, manifest_dir, capsys):
+    """With a foreign domain also using it, neither prune deletes the shared volume, and the plan names that user."""
+    from reconciler import cli
+
+    hypervisor, uri = pair
+    hypervisor.define_domain(c.foreign_domain_xml("sharer", SHARER_UUID, volume="shared.qcow2"), "sharer")
+    assert cli.main(["apply", str(manifest_dir), "--connect", uri]) == 0
+    out = capsys.readouterr().out
+    assert "sharer (foreign" in out and "DATA LOSS" not in out
+    assert "shared.qcow2" in {v.name for v in hypervisor.list_volumes("default")}
+
+
+def test_the_last_user_s_deletion_waits_until_the_other_pruned_vm_is_gone(pair):
+    """Run on its own (the controller runs resources separately), the deletion is refused while pair-a is still defined."""
+    hypervisor, _uri = pair
+    hypervisor.destroy_domain("pair-b")  # off, as its prune's stop leaves it
+    step = plans.DeleteVolume("default", "shared.qcow2", "pair-b", PAIR_UUIDS[1], after=("pair-a",))
+    plan = plans.Plan(uri=hypervisor.uri, resources=(
+        plans.ResourcePlan(kind="VirtualMachine", name="pair-b", actions=(plans.Action.DELETE,), steps=(step,)),))
+    (outcome,) = execute.execute(plan, hypervisor).outcomes
+    assert outcome.status == "failed" and "pair-a" in outcome.error, outcome
+    assert "shared.qcow2" in {v.name for v in hypervisor.list_volumes("default")}
