@@ -806,6 +806,29 @@ class Hypervisor:
         with translated(f"cannot set autostart of pool {name}"):
             self._connection.storagePoolLookupByName(name).setAutostart(int(autostart))
 
+    def volumes_backed_by(self, pool_name: str, name: str) -> list[str]:
+        """Return ``pool/volume`` of every volume, in any active pool, whose backing file is volume ``pool_name/name``.
+
+        Overlays of shut-off domains show their backing chain only here, not in the
+        domain's inactive XML.
+        """
+        with translated(f"cannot look up volume {pool_name}/{name}"):
+            path = self._connection.storagePoolLookupByName(pool_name).storageVolLookupByName(name).path()
+        found = []
+        for pool in self.list_pools():
+            if not pool.active:
+                continue
+            for volume in self.list_volumes(pool.name):
+                try:
+                    with translated(f"cannot read volume {pool.name}/{volume.name}"):
+                        xml = self._connection.storagePoolLookupByName(pool.name).storageVolLookupByName(volume.name).XMLDesc(0)
+                except errors.ObjectNotFound:
+                    continue  # deleted while we looked
+                backing = ET.fromstring(xml).findtext("backingStore/path")
+                if backing and os.path.normpath(backing) == os.path.normpath(path):
+                    found.append(f"{pool.name}/{volume.name}")
+        return found
+
     def volume_exists(self, pool_name: str, name: str) -> bool:
         """Return whether volume ``name`` exists in pool ``pool_name``."""
         try:

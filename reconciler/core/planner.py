@@ -422,7 +422,15 @@ def _plan_image(spec: model.ImageSpec, actual: model.ActualState, desired: model
             changes=(FieldChange("volume", None, f"{spec.pool}/{spec.volume} from {source}", Impact.LIVE, note=verified),),
             steps=(import_step,),
         )
-    if (spec.pool, model.image_complete_volume(spec.volume)) not in actual.volumes:
+    complete = model.image_complete_volume(spec.volume)
+    if (spec.pool, complete) not in actual.volumes and (users := _image_users(spec, actual, desired)):
+        return plans.ResourcePlan(**base, requires=requires, notes=(
+            f"image volume {spec.pool}/{spec.volume} has no completion record (imported by an older kvmops, or an "
+            f"interrupted import) and {', '.join(users)} uses it, so kvmops will not replace it. Check it (virsh "
+            f"vol-download {spec.pool} {spec.volume} FILE; sha256sum FILE: expect {spec.sha256}) and, if it matches, "
+            f"record it: virsh vol-create-as {spec.pool} {complete} 0 --format raw",
+        ))
+    if (spec.pool, complete) not in actual.volumes:
         # "The volume exists" is not "the image is complete": only the completion record,
         # written after the copy finished, says that.  Without it the volume is what an
         # interrupted import (kill -9, libvirtd restarted mid-copy) left, and the import
@@ -442,6 +450,16 @@ def _plan_image(spec: model.ImageSpec, actual: model.ActualState, desired: model
             changes=(_leftover_change(spec.pool, partial),), steps=(plans.DeleteVolume(spec.pool, partial),),
         )
     return plans.ResourcePlan(**base, requires=requires)
+
+
+def _image_users(spec: model.ImageSpec, actual: model.ActualState, desired: model.DesiredState) -> list[str]:
+    """Return, in words, the domains using image volume ``spec`` and the existing overlays declared on it."""
+    users = [f"domain {user}" for user in volume_users(actual, spec.pool, spec.volume, besides="")]
+    users += [
+        f"the overlay {disk.pool}/{disk.volume} of VM {vm.name}" for vm in desired.vms.values() for disk in vm.disks
+        if disk.image == spec.name and disk.clone == "overlay" and (disk.pool, disk.volume) in actual.volumes
+    ]
+    return users
 
 
 def _plan_import_leftovers(desired: model.DesiredState, actual: model.ActualState) -> list[plans.ResourcePlan]:

@@ -323,8 +323,10 @@ def _clone_volume(h: hv.Hypervisor, step: plans.CloneVolume, _cancel) -> str | N
 
 def _import_image(h: hv.Hypervisor, step: plans.ImportImage, cancel: threading.Event) -> str | None:
     complete = model.image_complete_volume(step.name)
-    if h.volume_exists(step.pool, step.name) and h.volume_exists(step.pool, complete):
-        return "already imported"
+    if h.volume_exists(step.pool, step.name):
+        if h.volume_exists(step.pool, complete):
+            return "already imported"
+        _ensure_image_unused(h, step.pool, step.name)  # before the download: it would be replaced
     source = step.url or step.path
 
     def progress(done: int, total: int | None) -> None:
@@ -346,6 +348,7 @@ def _import_image(h: hv.Hypervisor, step: plans.ImportImage, cancel: threading.E
         if h.volume_exists(step.pool, complete):
             h.delete_volume(step.pool, complete)
         if h.volume_exists(step.pool, step.name):
+            _ensure_image_unused(h, step.pool, step.name)
             # Replacing it is safe: the name carries the image's sha256 and is kvmops' own
             # (validation refuses a disk volume of that name), and with no completion
             # record it is what an interrupted copy left.  A complete copy would hold
@@ -362,6 +365,18 @@ def _import_image(h: hv.Hypervisor, step: plans.ImportImage, cancel: threading.E
             h.delete_volume(step.pool, partial)
         verified.close()
     return f"{length} bytes from {source}, sha256 verified"
+
+
+def _ensure_image_unused(h: hv.Hypervisor, pool: str, name: str) -> None:
+    """Refuse to replace image volume ``pool/name`` while any domain or overlay volume uses it."""
+    users = [f"domain {domain} ({'running' if running else 'shut off'})" for domain, running, _owner in h.volume_users(pool, name)]
+    users += [f"overlay {overlay}" for overlay in h.volumes_backed_by(pool, name)]
+    if users:
+        raise errors.OwnershipError(
+            f"image volume {pool}/{name} has no completion record but is used by {', '.join(users)}; kvmops will not "
+            f"replace it. Check it (virsh vol-download {pool} {name} FILE; sha256sum FILE) and, if it matches, record it: "
+            f"virsh vol-create-as {pool} {model.image_complete_volume(name)} 0 --format raw"
+        )
 
 
 def _write_seed(h: hv.Hypervisor, step: plans.WriteSeed, _cancel) -> str | None:

@@ -126,3 +126,22 @@ def test_the_last_user_s_deletion_waits_until_the_other_pruned_vm_is_gone(pair):
     (outcome,) = execute.execute(plan, hypervisor).outcomes
     assert outcome.status == "failed" and "pair-a" in outcome.error, outcome
     assert "shared.qcow2" in {v.name for v in hypervisor.list_volumes("default")}
+
+
+# --- an image volume without its completion record ---------------------------------------------
+
+
+def test_an_image_volume_an_overlay_is_built_on_is_never_replaced_by_a_new_import(world, tmp_path):
+    """An image without its completion record (older kvmops) under an overlay: the import refuses before downloading."""
+    image = "debian-0123456789ab.qcow2"
+    world.create_volume("default", f"<volume><name>{image}</name><capacity unit='MiB'>64</capacity></volume>", image)
+    path = next(v.path for v in world.list_volumes("default") if v.name == image)
+    overlay = (f"<volume><name>web-root.qcow2</name><capacity unit='MiB'>64</capacity>"
+               f"<backingStore><path>{path}</path><format type='qcow2'/></backingStore></volume>")
+    world.create_volume("default", overlay, "web-root.qcow2")
+    (tmp_path / "image.qcow2").write_bytes(b"not the image")
+    step = plans.ImportImage("default", image, None, "image.qcow2", "0" * 64, "qcow2", tree=str(tmp_path))
+    outcome = run(world, step)
+    assert outcome.status == "failed" and "overlay default/web-root.qcow2" in outcome.error, outcome
+    assert "vol-create-as" in outcome.error
+    assert image in {v.name for v in world.list_volumes("default")}

@@ -412,6 +412,17 @@ def test_an_image_volume_without_its_completion_record_is_imported_again_in_word
     assert "not known to be complete" in change.old and "interrupted import" in change.note
 
 
+def test_an_image_volume_without_its_completion_record_that_an_overlay_uses_is_never_replaced():
+    """An image imported by an older kvmops has no completion record; while a VM's overlay is built on it,
+    the plan replaces nothing and says how to check and record it."""
+    state = valid(image_doc(), vm_doc(disks=[factories.disk("root", POOL, "20GiB", image="debian")]))
+    host = with_volumes(EMPTY_HOST, volume(IMAGE_VOLUME), volume("web-root.qcow2"))
+    result = resource(plan(state, host), "debian", "Image")
+    assert (result.steps, result.problems) == ((), ())
+    (note,) = result.notes
+    assert "will not replace it" in note and "web-root.qcow2" in note and "vol-create-as" in note
+
+
 @pytest.mark.parametrize("volume_name", [
     pytest.param(IMAGE_VOLUME, id="an-image-volume"),
     pytest.param(model.image_complete_volume(IMAGE_VOLUME), id="a-completion-record"),
