@@ -188,6 +188,9 @@ class FileRef:
     pool: str
     volume: str | None = None
     path: str | None = None  # relative to the pool's directory
+    # ``path`` and the pool's directory after symlinks on this machine, when the shell resolved them
+    host_path: str = field(default="", compare=False)
+    host_directory: str = field(default="", compare=False)
 
     def __str__(self) -> str:
         return f"{self.pool}/{self.volume}" if self.volume is not None else f"{self.pool}:{self.path}"

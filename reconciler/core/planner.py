@@ -949,13 +949,20 @@ class _VMPlanBuilder:
             return name
         return f"{directory}/{name}"
 
-    def _file_path(self, ref: model.FileRef) -> str:
+    def _file_path(self, ref: model.FileRef, field: str = "spec") -> str:
         if ref.volume is not None:
             return self._volume_path(ref.pool, ref.volume)
         directory = self._pool_directory(ref.pool)
         if directory is None:
             self.problems.append(self.spec.origin.problem("spec", f"cannot tell the directory of pool {ref.pool!r}"))
             return ref.path or ""
+        if (ref.host_path and host_is_local(self.actual.host.uri)
+                and not ref.host_path.startswith(ref.host_directory.rstrip("/") + "/")):
+            self.problems.append(self.spec.origin.problem(f"{field}.path", (
+                f"{ref.path} in pool {ref.pool} leads to {ref.host_path}, outside the pool's directory "
+                f"({ref.host_directory}); libvirt would hand that host file to the guest. Put the file itself in the "
+                "pool directory, not a symlink to elsewhere"
+            )))
         return f"{directory}/{ref.path}"
 
     def _first_start_pending(self) -> bool:
@@ -995,8 +1002,8 @@ class _VMPlanBuilder:
             cpu_mode, cpu_model = observed.cpu_mode, observed.cpu_model
         kernel = initrd = cmdline = None
         if install and spec.install is not None:
-            kernel = self._file_path(spec.install.kernel)
-            initrd = self._file_path(spec.install.initrd) if spec.install.initrd is not None else None
+            kernel = self._file_path(spec.install.kernel, "spec.install.kernel")
+            initrd = self._file_path(spec.install.initrd, "spec.install.initrd") if spec.install.initrd is not None else None
             cmdline = spec.install.cmdline or None
         used = {d.target for d in spec.disks}
         spare = (f"sd{domxml.device_letters(i)}" for i in range(64) if f"sd{domxml.device_letters(i)}" not in used)
@@ -1008,7 +1015,7 @@ class _VMPlanBuilder:
             cdroms.append(model.DiskDevice(target=target, bus="sata", pool=ref.pool, volume=ref.volume, device="cdrom",
                                            relabel=False)
                           if ref.volume is not None else
-                          model.DiskDevice(target=target, bus="sata", path=self._file_path(ref), device="cdrom",
+                          model.DiskDevice(target=target, bus="sata", path=self._file_path(ref, "spec.cdrom"), device="cdrom",
                                            relabel=False))
         if spec.cloud_init is not None:
             seed = spec.cloud_init

@@ -472,6 +472,8 @@ class Controller:
                     self._reasons.setdefault(key, set()).add(reasons[key])
                 self._queue.retry_later(key)  # back off: an error that persists must not spin
             return
+        if planner.host_is_local(self.settings.uri):
+            desired = reconcile.with_host_file_paths(desired, actual)
         with reconcile.gc_paused():
             plan = planner.plan_changes(desired, actual, settings=self.settings.planner)
         self._record(desired, actual, plan)

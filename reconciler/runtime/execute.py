@@ -268,7 +268,33 @@ def _define_domain(h: hv.Hypervisor, step: plans.DefineDomain, _cancel) -> str |
                 f"volume {pool}/{volume} appeared after the plan was made; kvmops will not claim it as its own. "
                 "Plan again to use it as an existing volume"
             )
+    _ensure_media_inside_pools(h, step)
     h.define_domain(step.xml, step.name)
+
+
+def _ensure_media_inside_pools(h: hv.Hypervisor, step: plans.DefineDomain) -> None:
+    """Refuse a CD-ROM, kernel or initrd file in a pool directory that leads (symlinks) out of it.
+
+    libvirt, as root, hands QEMU whatever the path resolves to.  Only where libvirt runs
+    on this machine do this machine's symlinks say anything.
+    """
+    if not planner.host_is_local(h.uri):
+        return
+    root = ET.fromstring(step.xml)
+    files = [d.get("file") for d in root.iterfind("devices/disk[@device='cdrom']/source")]
+    files += [root.findtext("os/kernel"), root.findtext("os/initrd")]
+    directories = [p.path for p in h.list_pools() if p.path]
+    for path in filter(None, files):
+        for directory in directories:
+            if not os.path.normpath(path).startswith(os.path.normpath(directory) + "/"):
+                continue
+            real, inside = os.path.realpath(path), os.path.realpath(directory)
+            if not real.startswith(inside.rstrip("/") + "/"):
+                raise errors.OwnershipError(
+                    f"{path} in the directory of a storage pool leads to {real}, outside that pool ({directory}); "
+                    "kvmops will not hand that host file to the guest. Put the file itself in the pool directory"
+                )
+            break
 
 
 def _set_autostart(h: hv.Hypervisor, step: plans.SetAutostart, _cancel) -> str | None:

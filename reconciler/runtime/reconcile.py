@@ -115,12 +115,40 @@ def with_host_pool_paths(desired: model.DesiredState) -> model.DesiredState:
     return dataclasses.replace(desired, pools=MappingProxyType(pools))
 
 
+def with_host_file_paths(desired: model.DesiredState, actual: model.ActualState) -> model.DesiredState:
+    """Return ``desired`` with the CD-ROM and install files named inside pools resolved on this machine.
+
+    A symlink in a pool directory may point at any host file, which libvirt (root) would
+    hand to QEMU; the planner refuses one that leads out of its pool, for a local libvirt.
+    """
+    def resolved(ref: model.FileRef | None) -> model.FileRef | None:
+        if ref is None or ref.path is None:
+            return ref
+        pool = actual.pools.get(ref.pool)
+        directory = pool.path if pool is not None and pool.path else (
+            desired.pools[ref.pool].path if ref.pool in desired.pools else None)
+        if not directory:
+            return ref
+        return dataclasses.replace(ref, host_path=os.path.realpath(os.path.join(directory, ref.path)),
+                                   host_directory=os.path.realpath(directory))
+
+    vms = {}
+    for name, vm in desired.vms.items():
+        install = vm.install
+        if install is not None:
+            install = dataclasses.replace(install, kernel=resolved(install.kernel), initrd=resolved(install.initrd))
+        vms[name] = dataclasses.replace(vm, cdrom=resolved(vm.cdrom), install=install)
+    return dataclasses.replace(desired, vms=MappingProxyType(vms))
+
+
 def make_plan(path: str, hypervisor: hv.Hypervisor, *, settings: planner.Settings, revision: str = "") -> PlanResult:
     """Return the plan converging ``hypervisor`` on the manifests under ``path``."""
     settings = salted(settings)
     with gc_paused():
         desired = load_desired(path, revision=revision)
         actual = observe.observe(hypervisor)
+        if planner.host_is_local(hypervisor.uri):
+            desired = with_host_file_paths(desired, actual)
         return PlanResult(desired, actual, planner.plan_changes(desired, actual, settings=settings))
 
 

@@ -66,3 +66,41 @@ def test_an_image_file_swapped_for_a_symlink_out_of_the_tree_after_the_plan_is_n
         fetch.download(None, "images/disk.raw", hashlib.sha256(b"secret").hexdigest(), tree=str(tree),
                        directory=str(tmp_path))
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("kvmops-image-")] == []
+
+
+def _cdrom_world(tmp_path: Path, manifest_dir: Path, iso: str) -> Path:
+    """A pool directory holding ``iso`` (made by the caller) and a VM booting it as a CD-ROM."""
+    directory = tmp_path / "isos"
+    directory.mkdir()
+    factories.write(manifest_dir, "pool.yaml", factories.pool("isos", str(directory)))
+    factories.write(manifest_dir, "vm.yaml", factories.vm("installer", cdrom={"pool": "isos", "path": iso}))
+    return directory
+
+
+def test_a_cdrom_symlink_in_a_pool_leading_out_of_it_is_a_located_problem(tmp_path, manifest_dir, capsys):
+    """A CD-ROM path inside a pool that is a symlink to a host file elsewhere is refused at plan time, at its field."""
+    from reconciler import cli
+
+    directory = _cdrom_world(tmp_path, manifest_dir, "install.iso")
+    (directory / "install.iso").symlink_to("/etc/hostname")
+    status = cli.main(["plan", str(manifest_dir), "--connect", node_uri(tmp_path)])
+    out, err = capsys.readouterr()
+    assert status == 1, out + err
+    assert "vm.yaml:" in out + err and "spec.cdrom.path" in out + err and "/etc/hostname" in out + err
+
+
+def test_a_cdrom_swapped_for_a_symlink_out_of_its_pool_after_the_plan_is_not_defined(tmp_path, manifest_dir):
+    """The plan saw an ordinary ISO; by apply time it is a symlink to /etc/hostname, so the domain is not defined."""
+    directory = _cdrom_world(tmp_path, manifest_dir, "install.iso")
+    (directory / "install.iso").write_bytes(b"iso")
+    with hv.Hypervisor.open(node_uri(tmp_path)) as hypervisor:
+        planned = reconcile.make_plan(str(manifest_dir), hypervisor, settings=planner.Settings(prune=False))
+        assert planned.plan.problems == ()
+        (directory / "install.iso").unlink()
+        (directory / "install.iso").symlink_to("/etc/hostname")
+
+        report = execute.execute(planned.plan, hypervisor)
+
+        assert not report.ok
+        assert "leads to /etc/hostname, outside that pool" in report.failures[0].error
+        assert "installer" not in {record.name for record in hypervisor.list_domains()}
