@@ -10,11 +10,14 @@ working tree and a hostile archive cannot write outside its directory.
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import subprocess
 import tarfile
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from reconciler import errors
 from reconciler.core import redaction
@@ -22,9 +25,50 @@ from reconciler.core import redaction
 GIT_TIMEOUT = 120
 
 
-def run(*args: str, cwd: str | os.PathLike | None = None, timeout: float = GIT_TIMEOUT) -> bytes:
-    """Run ``git args`` and return its stdout; raise ``SourceError`` with git's own words on failure."""
-    environment = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
+@dataclass(frozen=True)
+class Remote:
+    """A repository URL without credentials, and the credentials git gets for it through its environment only.
+
+    Credentials never go into argv (``/proc/PID/cmdline`` is world-readable) nor into the
+    clone's ``config``: git reads an ``http.extraHeader`` from ``GIT_CONFIG_*`` variables.
+    """
+
+    url: str
+    username: str = field(default="", repr=False)
+    secret: str = field(default="", repr=False)
+
+    @classmethod
+    def parse(cls, url: str, *, token: str = "") -> Remote:
+        """Split an http(s) URL's userinfo off; ``token`` (from a file) replaces its password."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not (parts.username or token):
+            return cls(url)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = host + (f":{parts.port}" if parts.port else "")
+        public = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        username, secret = unquote(parts.username or ""), token or unquote(parts.password or "")
+        if not secret and username:  # https://TOKEN@host: the token is the user name
+            username, secret = "kvmops", username
+        return cls(public, username or "kvmops", secret)
+
+    def environment(self) -> dict[str, str]:
+        """Return the variables giving git this remote's credentials, for this one command."""
+        if not self.secret:
+            return {}
+        basic = base64.b64encode(f"{self.username}:{self.secret}".encode()).decode()
+        return {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.extraHeader",
+                "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}"}
+
+
+def run(*args: str, cwd: str | os.PathLike | None = None, timeout: float = GIT_TIMEOUT,
+        remote: Remote | None = None) -> bytes:
+    """Run ``git args`` and return its stdout; raise ``SourceError`` with git's own words on failure.
+
+    ``remote``'s credentials reach git through the environment, never ``args``.
+    """
+    environment = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", **(remote.environment() if remote else {})}
     if cwd is not None and not Path(cwd).is_dir():
         raise errors.SourceError(f"{cwd}: no such directory")
     try:
@@ -133,13 +177,18 @@ def describe(path: str | os.PathLike) -> str:
     return commit + ("-dirty" if changed else "")
 
 
-def clone(url: str, branch: str, destination: Path) -> None:
-    """Clone ``branch`` of ``url`` into ``destination`` without a working tree."""
+def clone(remote: Remote, branch: str, destination: Path) -> None:
+    """Clone ``branch`` of ``remote`` into ``destination`` without a working tree (its config: the URL without credentials)."""
     destination.parent.mkdir(parents=True, exist_ok=True)
-    run("clone", "--bare", "--single-branch", "--branch", branch, "--", url, str(destination))
+    run("clone", "--bare", "--single-branch", "--branch", branch, "--", remote.url, str(destination), remote=remote)
 
 
-def fetch(repository: Path, branch: str) -> str:
-    """Fetch ``branch`` from origin into ``repository``; return the commit it points at."""
-    run("fetch", "--quiet", "--force", "origin", f"+refs/heads/{branch}:refs/heads/{branch}", cwd=repository)
+def fetch(repository: Path, branch: str, remote: Remote) -> str:
+    """Fetch ``branch`` from ``remote`` into ``repository``; return the commit it points at.
+
+    The clone's ``origin`` is set to the URL without credentials first: clones made by
+    older kvmops kept the URL as given, token included.
+    """
+    run("config", "remote.origin.url", remote.url, cwd=repository)
+    run("fetch", "--quiet", "--force", "origin", f"+refs/heads/{branch}:refs/heads/{branch}", cwd=repository, remote=remote)
     return resolve(repository, f"refs/heads/{branch}")

@@ -46,10 +46,13 @@ def controller_settings(flags: Mapping[str, object], config: Mapping[str, object
         if flags.get(flag) is not None:
             git_config[key] = flags[flag]
     git = None
-    if git_config.get("url"):
+    if flags.get("git"):
+        git_config.pop("urlFile", None)  # the command line wins
+    if git_config.get("url") or git_config.get("urlFile"):
         git = gitsource.GitSettings(
-            url=str(git_config["url"]), branch=str(git_config.get("branch") or "main"),
+            url=str(git_config.get("url") or ""), branch=str(git_config.get("branch") or "main"),
             path=str(git_config.get("path") or ""), interval=float(git_config.get("interval") or 60),
+            url_file=str(git_config.get("urlFile") or ""), token_file=str(git_config.get("tokenFile") or ""),
         )
     path = pick("path", "manifests")
     if git is not None and path:

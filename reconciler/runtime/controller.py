@@ -199,7 +199,7 @@ class Controller:
             log.info("listener_started", address=self._server.address)
         log.info("controller_started", manifests=self.settings.path or None, uri=redaction.redact_url(self.settings.uri),
                  resync_interval=self.settings.resync_interval,
-                 git=redaction.redact_url(self.settings.git.url) if self.settings.git else None)
+                 git=self.settings.git.shown() if self.settings.git else None)
         if self._source is not None:
             self._source_thread = threading.Thread(target=self._follow_git, name="kvmops-git", daemon=True)
             self._source_thread.start()

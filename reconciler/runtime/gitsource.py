@@ -25,10 +25,27 @@ from reconciler.runtime import reconcile
 class GitSettings:
     """Where the manifests come from when the controller follows git."""
 
-    url: str
+    url: str = ""  # may hold credentials (https://user:TOKEN@host/...): never stored, never in argv
     branch: str = "main"
     path: str = ""  # subdirectory of the repository holding the manifests
     interval: float = 60.0  # seconds between fetches
+    url_file: str = ""  # file holding the URL instead of ``url``; read at every fetch
+    token_file: str = ""  # file holding an http(s) token (the password for the URL's user); read at every fetch
+
+    def remote(self) -> git.Remote:
+        """Return the repository without credentials, with the credentials git gets through its environment."""
+        try:
+            url = Path(self.url_file).read_text(encoding="utf-8").strip() if self.url_file else self.url
+            token = Path(self.token_file).read_text(encoding="utf-8").strip() if self.token_file else ""
+        except (OSError, UnicodeDecodeError) as exc:
+            raise errors.SourceError(f"cannot read the git URL or token file: {exc}") from exc
+        if not url:
+            raise errors.SourceError(f"{self.url_file or 'the git URL'} is empty")
+        return git.Remote.parse(url, token=token)
+
+    def shown(self) -> str:
+        """Return the URL as it may be shown: credentials redacted (or the file it comes from)."""
+        return redaction.redact_url(self.url) if self.url else f"(from {self.url_file})"
 
 
 @dataclass(frozen=True)
@@ -56,7 +73,7 @@ class GitSource:
     @property
     def root(self) -> Path:
         """Return this source's directory under the state directory."""
-        key = hashlib.sha256(f"{self.settings.url}#{self.settings.branch}".encode()).hexdigest()[:16]
+        key = hashlib.sha256(f"{self.settings.url or self.settings.url_file}#{self.settings.branch}".encode()).hexdigest()[:16]
         return self.state_dir / "git" / key
 
     def poll(self) -> str | None:
@@ -67,10 +84,11 @@ class GitSource:
         """
         with self._lock:
             repository = self.root / "repository.git"
+            remote = self.settings.remote()
             if not (repository / "HEAD").exists():
                 shutil.rmtree(repository, ignore_errors=True)
-                git.clone(self.settings.url, self.settings.branch, repository)
-            commit = git.fetch(repository, self.settings.branch)
+                git.clone(remote, self.settings.branch, repository)
+            commit = git.fetch(repository, self.settings.branch, remote)
             self.fetched = commit
             self.last_error = None
             if commit == self.applied or (self.rejected is not None and self.rejected.commit == commit):
@@ -106,6 +124,6 @@ class GitSource:
                     "error": self.rejected.error or None,
                 }
             return {
-                "url": redaction.redact_url(self.settings.url), "branch": self.settings.branch, "path": self.settings.path,
+                "url": self.settings.shown(), "branch": self.settings.branch, "path": self.settings.path,
                 "applied": self.applied, "fetched": self.fetched, "rejected": rejected, "error": self.last_error,
             }
