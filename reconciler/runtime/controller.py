@@ -543,10 +543,8 @@ class Controller:
         that key to its execution, and the others to the pass's backoff.
         """
         fallback = reasons.get(workqueue.EVERYTHING, "retry")
-        prerequisites = [r for r in plan.changes if r.kind in execute.PREREQUISITE_KINDS]
-        others = [r for r in plan.changes if r.kind not in execute.PREREQUISITE_KINDS]
-        pool_work: dict[str, Future] = {}
-        for resource in prerequisites + others:
+        work: dict[str, Future] = {}
+        for resource in (r for phase in execute.phases(plan) for r in phase):
             if resource.key in keys:
                 claimed = True
             elif full:
@@ -557,8 +555,8 @@ class Controller:
                 continue
             reason = reasons.get(resource.key, fallback)
             single = dataclasses.replace(plan, resources=(resource,))
-            # Pools, networks and images are submitted first, so they start first; whatever needs one waits for it.
-            needs = [pool_work[key] for key in resource.requires if key in pool_work]
+            # Submitted in the executor's phases, so what is required starts first; whatever needs it waits for it.
+            needs = [(key, work[key]) for key in resource.requires if key in work]
             try:
                 future = self._executor.submit(self._execute, single, resource, reason, reconcile_id, needs)
             except BaseException:
@@ -566,24 +564,36 @@ class Controller:
                     self._queue.done(resource.key)  # release the claim: nothing will run for it
                 raise
             dispatched.add(resource.key)
-            if resource.kind in execute.PREREQUISITE_KINDS:
-                pool_work[resource.key] = future
+            work[resource.key] = future
             self._futures.add(future)
             future.add_done_callback(self._futures.discard)
 
     def _execute(self, single: plans.Plan, resource: plans.ResourcePlan, reason: str, reconcile_id: str,
-                 needs: list[Future]) -> None:
+                 needs: list[tuple[str, Future]]) -> bool:
+        """Run one resource of a pass once what it requires has run; return whether it converged.
+
+        A resource whose requirement did not converge is skipped, as the executor skips it
+        (a network is not removed while a VM that failed to go away may still use it).
+        """
         subject = {execute.SUBJECTS.get(resource.kind, "resource"): resource.name}
         with structlog.contextvars.bound_contextvars(reconcile_id=reconcile_id, **subject):
-            for pool in needs:
-                with contextlib.suppress(Exception):
-                    pool.result()
+            blocked = []
+            for key, needed in needs:
+                try:
+                    if needed.result() is False:
+                        blocked.append(key)
+                except Exception:  # noqa: BLE001 - its own worker logged it; here it only means "not ready"
+                    blocked.append(key)
             try:
-                with self._lock_keeper.held():
-                    report = execute.execute(single, self._hypervisor, workers=1, cancel=self._cancel)
-                outcome = report.outcomes[0] if report.outcomes else None
-                ok = outcome is not None and outcome.status == "converged"
-                error = None if ok else (outcome.error if outcome else "cancelled")
+                if blocked:
+                    ok, error = False, f"skipped: {', '.join(blocked)} is not ready"
+                    log.warning("resource_skipped", reason=error)
+                else:
+                    with self._lock_keeper.held():
+                        report = execute.execute(single, self._hypervisor, workers=1, cancel=self._cancel)
+                    outcome = report.outcomes[0] if report.outcomes else None
+                    ok = outcome is not None and outcome.status == "converged"
+                    error = None if ok else (outcome.error if outcome else "cancelled")
             except errors.KvmopsError as exc:
                 ok, error = False, str(exc)
             except Exception as exc:  # a worker must never die silently
@@ -605,6 +615,7 @@ class Controller:
                 self._note_execution(resource, ok, error)
             finally:
                 self._queue.done(resource.key)  # whatever happened above, the key must not stay in flight forever
+        return ok
 
     # -- status -------------------------------------------------------------------------
 
