@@ -29,6 +29,7 @@ from reconciler.adapters import hypervisor as hv
 from reconciler.core import actual as actual_state
 from reconciler.core import desired as desired_state
 from reconciler.core import domxml, model, planner, quantity, redaction, render, snapshot, validation
+from reconciler.core import plan as plans
 from reconciler.adapters import manifests as manifest_files
 from reconciler.runtime import doctor, execute, hostlock, inspect, observe, reconcile, review
 
@@ -571,11 +572,16 @@ def _not_converged(result: reconcile.ApplyResult) -> list[str]:
     for resource in result.after.changes:
         if resource.key in failed_keys:
             continue  # its failure is its reason
-        what = "; ".join(
-            f"{c.path} {c.old if c.old is not None else '(none)'} -> {c.new if c.new is not None else '(none)'}"
-            for c in resource.changes
-        ) or "; ".join(step.describe() for step in resource.steps)
-        lines.append(f"  {resource.kind} {resource.name} still differs after this apply: {what}")
+        if resource.changes and not {plans.Action.CREATE, plans.Action.DELETE} & set(resource.actions):
+            shown = [f"{c.path} {c.old if c.old is not None else '(none)'} -> {c.new if c.new is not None else '(none)'}"
+                     for c in resource.changes[:5]]
+            if len(resource.changes) > 5:
+                shown.append(f"and {len(resource.changes) - 5} more")
+            what = "still differs after this apply: " + "; ".join(shown)
+        else:
+            verbs = ", ".join(a.value for a in resource.actions) or "; ".join(s.describe() for s in resource.steps)
+            what = f"still to {verbs} after this apply"
+        lines.append(f"  {resource.kind} {resource.name}: {what}")
     if result.after.problems:
         lines.extend(f"  {problem}" for problem in result.after.problems)
     why = []

@@ -19,8 +19,8 @@ def test_a_pass_whose_steps_all_succeeded_but_that_did_not_converge_names_what_s
     text = cli.report_text(result)
     assert "Not converged" in text
     assert "Fix the errors above" not in text
-    assert "VirtualMachine web still differs after this apply" in text
-    assert "vcpus" in text and "kvmops plan" in text
+    assert "VirtualMachine web: still to create, start after this apply" in text
+    assert "kvmops plan" in text
 
 
 def test_problems_found_after_the_apply_are_printed_in_the_report(hypervisor, manifest_dir):
@@ -45,3 +45,13 @@ def test_a_failed_step_is_named_in_the_closing_line(hypervisor, manifest_dir):
     closing = text.strip().splitlines()[-1]
     assert "VirtualMachine web failed: libvirt said no" in text
     assert closing.startswith("Not converged") and "web" in closing
+
+
+def test_a_resource_that_still_differs_is_reported_with_its_changes(hypervisor, manifest_dir):
+    """An existing VM a fresh plan still finds different is named with the field, old and new value."""
+    factories.write(manifest_dir, "web.yaml", factories.vm("web", vcpus=1))
+    assert reconcile.apply(str(manifest_dir), hypervisor, settings=planner.Settings()).converged
+    factories.write(manifest_dir, "web.yaml", factories.vm("web", vcpus=2))
+    planned = reconcile.make_plan(str(manifest_dir), hypervisor, settings=planner.Settings())
+    text = cli.report_text(reconcile.ApplyResult(planned, execute.ApplyReport(()), after=planned.plan))
+    assert "VirtualMachine web: still differs after this apply: vcpus 1 -> 2" in text
