@@ -996,16 +996,16 @@ class _VMPlanBuilder:
         cdroms = []
         if spec.cdrom is not None:
             ref = spec.cdrom
-            if ref.volume is None and (found := self.actual.volumes_by_path().get(self._file_path(ref))) is not None:
+            path = self._file_path(ref) if ref.volume is None else None
+            if path is not None and (found := self.actual.volumes_by_path().get(path)) is not None:
                 # A file at the top of a dir pool is one of its volumes, and is read back as one.
-                ref = model.FileRef(found[0], volume=found[1])
+                ref, path = model.FileRef(found[0], volume=found[1]), None
             target = next(spare)
             # kvmops did not create it: libvirt must not chown it (it never gives read-only media back)
             cdroms.append(model.DiskDevice(target=target, bus="sata", pool=ref.pool, volume=ref.volume, device="cdrom",
                                            relabel=False)
                           if ref.volume is not None else
-                          model.DiskDevice(target=target, bus="sata", path=self._file_path(ref), device="cdrom",
-                                           relabel=False))
+                          model.DiskDevice(target=target, bus="sata", path=path, device="cdrom", relabel=False))
         if spec.cloud_init is not None:
             seed = spec.cloud_init
             cdroms.append(model.DiskDevice(target=next(spare), bus="sata", pool=seed.pool, volume=seed.volume, device="cdrom"))
