@@ -29,6 +29,7 @@ from reconciler.adapters import hypervisor as hv
 from reconciler.core import actual as actual_state
 from reconciler.core import desired as desired_state
 from reconciler.core import domxml, model, planner, quantity, redaction, render, snapshot, validation
+from reconciler.core import plan as plans
 from reconciler.adapters import manifests as manifest_files
 from reconciler.runtime import doctor, execute, hostlock, inspect, observe, reconcile, review
 
@@ -557,17 +558,46 @@ def report_text(result: reconcile.ApplyResult) -> str:
     elif result.converged:
         lines.append("Converged: a fresh plan shows no changes.")
     else:
-        remaining = len(result.after.changes)
-        problems = len(result.after.problems)
-        why = []
-        if remaining:
-            why.append(f"{remaining} resource(s) still differ")
-        if problems:
-            why.append(f"{problems} problem(s) remain")
-        if report.failures:
-            why.append(f"{len(report.failures)} resource(s) failed")
-        lines.append("Not converged: " + "; ".join(why) + ". Fix the errors above and apply again.")
+        lines.extend(_not_converged(result))
     return "\n".join(lines) + "\n"
+
+
+def _not_converged(result: reconcile.ApplyResult) -> list[str]:
+    """Return why an apply did not converge, naming every resource and reason: never a bare "see above"."""
+    lines = []
+    failures = result.report.failures
+    failed_keys = {f"{o.kind}/{o.name}" for o in failures}
+    for outcome in failures:
+        lines.append(f"  {outcome.kind} {outcome.name} {outcome.status}: {outcome.error or 'no error was given'}")
+    for resource in result.after.changes:
+        if resource.key in failed_keys:
+            continue  # its failure is its reason
+        if resource.changes and not {plans.Action.CREATE, plans.Action.DELETE} & set(resource.actions):
+            shown = [f"{c.path} {c.old if c.old is not None else '(none)'} -> {c.new if c.new is not None else '(none)'}"
+                     for c in resource.changes[:5]]
+            if len(resource.changes) > 5:
+                shown.append(f"and {len(resource.changes) - 5} more")
+            what = "still differs after this apply: " + "; ".join(shown)
+        else:
+            verbs = ", ".join(a.value for a in resource.actions) or "; ".join(s.describe() for s in resource.steps)
+            what = f"still to {verbs} after this apply"
+        lines.append(f"  {resource.kind} {resource.name}: {what}")
+    if result.after.problems:
+        lines.extend(f"  {problem}" for problem in result.after.problems)
+    why = []
+    if failures:
+        why.append(f"{len(failures)} resource(s) failed ({', '.join(o.name for o in failures)})")
+    differ = [r for r in result.after.changes if r.key not in failed_keys]
+    if differ:
+        why.append(f"{len(differ)} resource(s) still differ ({', '.join(r.name for r in differ)})")
+    if result.after.problems:
+        why.append(f"{len(result.after.problems)} problem(s) remain")
+    if differ and not failures and not result.after.problems:
+        advice = ("Every step succeeded, yet a fresh plan still has changes: something changed the host meanwhile, "
+                  "or kvmops cannot converge this resource (please report it). `kvmops plan` shows what is left.")
+    else:
+        advice = "Fix what is listed here and apply again; `kvmops plan` shows what is left."
+    return [*lines, "Not converged: " + "; ".join(why or ["the host still differs"]) + ". " + advice]
 
 
 # --- run --------------------------------------------------------------------------------

@@ -577,6 +577,10 @@ def _parse_disk(element: ET.Element) -> model.DiskDevice:
 def _parse_nic(element: ET.Element) -> model.NicDevice:
     kind = element.get("type", "")
     source = element.find("source")
+    if source is not None and source.get("network") and kind != "network":
+        # A running NIC of a bridge- or direct-mode network shows the type libvirt resolved
+        # (bridge, direct) but still names its network: it is that network's NIC.
+        kind = "network"
     mac = element.find("mac")
     model_element = element.find("model")
     return model.NicDevice(

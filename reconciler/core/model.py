@@ -601,6 +601,7 @@ class HostInfo:
     virt_types: tuple[str, ...]  # domain types libvirt's capabilities list, e.g. ("kvm", "qemu")
     test_driver: bool = False
     kvm_unusable_reason: str | None = None  # set when "kvm" is listed but cannot run guests
+    offline: bool = False  # no real host behind it (`kvmops diff`): what only a host decides stays undecided
 
 
 @dataclass(frozen=True)

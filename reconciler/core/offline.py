@@ -27,7 +27,7 @@ OFFLINE_VIRT_TYPES = ("kvm", "qemu")
 
 def converged_host(desired: model.DesiredState, *, uri: str, scope: str = "default") -> model.ActualState:
     """Return the host an apply of ``desired`` would leave, as planning input."""
-    host = model.HostInfo(uri=uri, virt_types=OFFLINE_VIRT_TYPES)
+    host = model.HostInfo(uri=uri, virt_types=OFFLINE_VIRT_TYPES, offline=True)
     domains = {}
     volumes = {}
     for spec in desired.vms.values():

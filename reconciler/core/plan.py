@@ -418,6 +418,7 @@ class Plan:
     snapshot: str | None = None  # set when planned against a saved snapshot, not the live host
     elsewhere: tuple[str, ...] = ()  # domains owned by other kvmops scopes: never touched here
     warnings: tuple[str, ...] = ()  # about the host, not a resource: copied or unbound kvmops marks
+    declared: tuple[tuple[str, int], ...] = ()  # (kind, how many the manifests declare), for the header
 
     @property
     def changes(self) -> tuple[ResourcePlan, ...]:

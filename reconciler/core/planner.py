@@ -33,6 +33,7 @@ from reconciler.core.plan import Action, FieldChange, Impact
 from reconciler.core.quantity import MIB, format_bytes, round_up
 
 KIB = 1024
+UNDECIDED_VIRT_TYPE = "auto (decided on the host)"  # what virtType auto is, planned without a host
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ def plan_changes(
     else:
         pruned = {d.name: d for d in owned_orphans}
         resources.extend(_plan_prune(domain, actual, settings, wanted, pruned) for domain in owned_orphans)
-        resources.extend(_plan_network_prune(network, actual, desired) for network in orphan_networks)
+        resources.extend(_plan_network_prune(network, actual, desired, set(pruned)) for network in orphan_networks)
 
     foreign = tuple(name for name, d in sorted(actual.domains.items()) if not d.owned)
     return plans.Plan(
@@ -98,6 +99,8 @@ def plan_changes(
         kept=kept,
         elsewhere=elsewhere,
         warnings=mark_warnings(actual, desired, settings),
+        declared=(("VirtualMachine", len(desired.vms)), ("StoragePool", len(desired.pools)),
+                  ("Network", len(desired.networks)), ("Image", len(desired.images))),
     )
 
 
@@ -217,9 +220,12 @@ def resolve_virt_type(requested: str, host: model.HostInfo) -> tuple[str | None,
 
     ``auto`` means kvm where libvirt offers it and it can run guests, else qemu (TCG).
     libvirt's test driver emulates every type, so ``auto`` is ``test`` there and an
-    explicit type is kept as written.
+    explicit type is kept as written.  Without a host (``kvmops diff``) ``auto`` stays
+    :data:`UNDECIDED_VIRT_TYPE`: saying kvm there would be a guess.
     """
     offered = host.virt_types
+    if host.offline and requested == "auto":
+        return UNDECIDED_VIRT_TYPE, None  # kvm or qemu depends on the host's /dev/kvm: not known offline
     if host.test_driver:
         return ("test" if requested == "auto" else requested), None
     if requested == "auto":
@@ -382,21 +388,34 @@ def _orphan_networks(actual: model.ActualState, desired: model.DesiredState, set
 
 
 def _plan_network_prune(
-    network: model.ObservedNetwork, actual: model.ActualState, desired: model.DesiredState
+    network: model.ObservedNetwork, actual: model.ActualState, desired: model.DesiredState, pruned: set[str],
 ) -> plans.ResourcePlan:
+    """Return the removal of an owned network no manifest declares, or why it is kept.
+
+    Domains this same plan prunes do not keep it: its removal requires their prunes (the
+    executor runs it after them, and skips it if one fails), so VMs and the network they
+    use go in one pass.
+    """
     base = dict(kind="Network", name=network.name, manifest=network.definition.owner.manifest or None)
-    users = sorted(
+    attached = sorted(
         name for name, domain in actual.domains.items()
         if any(n.kind == "network" and n.source == network.name for n in domain.nics)
-    ) + sorted(spec.name for spec in desired.vms.values() if any(n.source == network.name for n in spec.nics))
+    )
+    users = [name for name in attached if name not in pruned] + sorted(
+        spec.name for spec in desired.vms.values() if any(n.source == network.name for n in spec.nics)
+    )
     if users:
         return plans.ResourcePlan(**base, notes=(
             f"no manifest declares this network any more, but {', '.join(sorted(set(users)))} still use it: kept",
         ))
+    going = [name for name in attached if name in pruned]
+    notes = ["no manifest declares this network any more"]
+    if going:
+        notes.append(f"removed after {', '.join(going)}, which this plan removes")
     return plans.ResourcePlan(
         **base, actions=(Action.DELETE,), steps=(plans.RemoveNetwork(network.name),),
         changes=(FieldChange("network", network.name, None, Impact.LIVE),),
-        notes=("no manifest declares this network any more",),
+        notes=tuple(notes), requires=tuple(f"VirtualMachine/{name}" for name in going),
     )
 
 
@@ -1010,13 +1029,16 @@ class _VMPlanBuilder:
         cdroms = []
         if spec.cdrom is not None:
             ref = spec.cdrom
+            path = self._file_path(ref, "spec.cdrom") if ref.volume is None else None
+            if path is not None and (found := self.actual.volumes_by_path().get(path)) is not None:
+                # A file at the top of a dir pool is one of its volumes, and is read back as one.
+                ref, path = model.FileRef(found[0], volume=found[1]), None
             target = next(spare)
             # kvmops did not create it: libvirt must not chown it (it never gives read-only media back)
             cdroms.append(model.DiskDevice(target=target, bus="sata", pool=ref.pool, volume=ref.volume, device="cdrom",
                                            relabel=False)
                           if ref.volume is not None else
-                          model.DiskDevice(target=target, bus="sata", path=self._file_path(ref, "spec.cdrom"), device="cdrom",
-                                           relabel=False))
+                          model.DiskDevice(target=target, bus="sata", path=path, device="cdrom", relabel=False))
         if spec.cloud_init is not None:
             seed = spec.cloud_init
             cdroms.append(model.DiskDevice(target=next(spare), bus="sata", pool=seed.pool, volume=seed.volume, device="cdrom"))
@@ -1472,6 +1494,13 @@ def _plan_prune(
             ))
         elif (shared := _kept_for_users(actual, record, domain.name)) is not None:
             notes.append(shared)
+        elif record.created and record.deletion_policy is model.DeletionPolicy.DELETE and record.digest:
+            # The cloud-init seed: generated from the manifest, no data of anyone's.
+            steps.append(plans.DeleteVolume(record.pool, record.name, domain.name, domain.uuid))
+            changes.append(FieldChange(
+                f"volume {record.pool}/{record.name}", "cloud-init seed", None, Impact.LIVE,
+                note="generated seed ISO removed with the VM (not data)",
+            ))
         elif record.created and record.deletion_policy is model.DeletionPolicy.DELETE:
             steps.append(plans.DeleteVolume(record.pool, record.name, domain.name, domain.uuid))
             changes.append(FieldChange(
@@ -1481,6 +1510,15 @@ def _plan_prune(
         else:
             why = "deletionPolicy Retain" if record.created else "kvmops did not create it"
             notes.append(f"volume {record.pool}/{record.name} is kept ({why})")
+    if domain.definition is not None and domain.definition.firmware == "efi":
+        nvram = _nvram_path(domain)
+        if undefine.keep_nvram:
+            notes.append(f"UEFI NVRAM {nvram} is kept (keepNvram)")
+        else:
+            changes.append(FieldChange(
+                "nvram", nvram, None, Impact.LIVE,
+                note="the UEFI NVRAM (EFI variables: boot entries) is deleted with the domain; keepNvram: true keeps it",
+            ))
     # The domain goes last: its mark is the only record that these volumes are kvmops' to
     # delete, so a crash before the undefine leaves the next pass able to finish.
     steps.append(undefine)
@@ -1515,6 +1553,18 @@ def _pruned_together(
         if not deletes(name, owner.volume(record.pool, record.name) if owner is not None else None):
             return set()
     return users
+
+
+def _nvram_path(domain: model.ObservedDomain) -> str:
+    """Return where ``domain`` keeps its UEFI variables, as its XML says, or in words."""
+    if domain.xml:
+        try:
+            path = domxml.parse_tree(domain.xml).findtext("os/nvram")
+        except domxml.DomainXMLError:
+            path = None
+        if path and path.strip():
+            return path.strip()
+    return "(libvirt's NVRAM file of the domain)"
 
 
 def volume_users(actual: model.ActualState, pool: str, name: str, *, besides: str) -> list[str]:

@@ -32,12 +32,10 @@ def text(plan: Plan, *, colour: bool = False, source: str | None = None, title: 
     """Return ``plan`` as text for a terminal or a log."""
     paint = _Paint(colour)
     lines: list[str] = []
-    vms = sum(1 for r in plan.resources if r.kind == "VirtualMachine" and Action.DELETE not in r.actions)
-    pools = sum(1 for r in plan.resources if r.kind == "StoragePool")
     header = title or f"kvmops plan for {redaction.redact_url(plan.uri)}"
     if source and not title:
         header += f" from {source}"
-    lines.append(paint(header, "bold") + f" ({_count(vms, 'VM')}, {_count(pools, 'pool')})")
+    lines.append(paint(header, "bold") + f" ({declared_counts(plan)})")
     if plan.snapshot:
         lines.append(paint(plan.snapshot, "!"))
     lines.append("")
@@ -82,6 +80,26 @@ def text(plan: Plan, *, colour: bool = False, source: str | None = None, title: 
         lines.append("")
     lines.append(summary(plan))
     return "\n".join(lines) + "\n"
+
+
+_KIND_NOUNS = (("VirtualMachine", "VM"), ("StoragePool", "pool"), ("Network", "network"), ("Image", "image"))
+
+
+def declared_counts(plan: Plan) -> str:
+    """Return how many resources of each kind the manifests declare, e.g. ``2 VMs, 1 network``.
+
+    What is only being removed or kept (a pruned VM or network, an import's leftover) is
+    not declared, so not counted; a kind with none is left out, except VMs.  A plan built
+    without those counts falls back on its resources that are not being removed.
+    """
+    counts = dict(plan.declared)
+    resources = [r for r in plan.resources if Action.DELETE not in r.actions]
+    parts = []
+    for kind, noun in _KIND_NOUNS:
+        number = counts[kind] if kind in counts else sum(1 for r in resources if r.kind == kind)
+        if number or kind == "VirtualMachine":
+            parts.append(_count(number, noun))
+    return ", ".join(parts)
 
 
 def summary(plan: Plan) -> str:

@@ -545,10 +545,8 @@ class Controller:
         that key to its execution, and the others to the pass's backoff.
         """
         fallback = reasons.get(workqueue.EVERYTHING, "retry")
-        prerequisites = [r for r in plan.changes if r.kind in execute.PREREQUISITE_KINDS]
-        others = [r for r in plan.changes if r.kind not in execute.PREREQUISITE_KINDS]
-        pool_work: dict[str, Future] = {}
-        for resource in prerequisites + others:
+        work: dict[str, Future] = {}
+        for resource in (r for phase in execute.phases(plan) for r in phase):
             if resource.key in keys:
                 claimed = True
             elif full:
@@ -559,9 +557,8 @@ class Controller:
                 continue
             reason = reasons.get(resource.key, fallback)
             single = dataclasses.replace(plan, resources=(resource,))
-            # Pools, networks and images are submitted first, so they start first; whatever needs one waits for it.
-            # So are the VMs a VM requires (the other users of a volume it deletes last).
-            needs = [pool_work[key] for key in resource.requires if key in pool_work]
+            # Submitted in the executor's phases, so what is required starts first; whatever needs it waits for it.
+            needs = [(key, work[key]) for key in resource.requires if key in work]
             try:
                 future = self._executor.submit(self._execute, single, resource, reason, reconcile_id, needs)
             except BaseException:
@@ -569,24 +566,30 @@ class Controller:
                     self._queue.done(resource.key)  # release the claim: nothing will run for it
                 raise
             dispatched.add(resource.key)
-            pool_work[resource.key] = future
+            work[resource.key] = future
             self._futures.add(future)
             future.add_done_callback(self._futures.discard)
 
     def _execute(self, single: plans.Plan, resource: plans.ResourcePlan, reason: str, reconcile_id: str,
-                 needs: list[Future]) -> bool:
+                 needs: list[tuple[str, Future]]) -> bool:
+        """Run one resource of a pass once what it requires has run; return whether it converged.
+
+        A resource whose requirement did not converge is skipped, as the executor skips it
+        (a network is not removed while a VM that failed to go away may still use it).
+        """
         subject = {execute.SUBJECTS.get(resource.kind, "resource"): resource.name}
         with structlog.contextvars.bound_contextvars(reconcile_id=reconcile_id, **subject):
-            unfinished = []
-            for need in needs:
-                with contextlib.suppress(Exception):
-                    if need.result() is False:
-                        unfinished.append(need)
-            ok = False
+            blocked = []
+            for key, needed in needs:
+                try:
+                    if needed.result() is False:
+                        blocked.append(key)
+                except Exception:  # noqa: BLE001 - its own worker logged it; here it only means "not ready"
+                    blocked.append(key)
             try:
-                vm_needs = [k for k in resource.requires if k.startswith("VirtualMachine/")]
-                if unfinished and vm_needs:
-                    error = f"skipped: {', '.join(vm_needs)} did not converge first; the next pass tries again"
+                if blocked:
+                    ok, error = False, f"skipped: {', '.join(blocked)} is not ready"
+                    log.warning("resource_skipped", reason=error)
                 else:
                     with self._lock_keeper.held():
                         report = execute.execute(single, self._hypervisor, workers=1, cancel=self._cancel)

@@ -9,7 +9,8 @@ a volume about to be created is not someone else's.
 
 Pools go first, one at a time; then VMs run concurrently on a bounded pool of threads,
 because starting and stopping QEMU dominates and independent VMs need not wait for each
-other.  A VM whose pool failed is skipped.  ``cancel`` stops the work between steps,
+other; then what requires a VM (a network removed after the VMs that used it), one at a
+time.  A resource whose requirement failed (a VM whose pool failed) is skipped.  ``cancel`` stops the work between steps,
 never inside one, so no domain is left half-defined.
 """
 
@@ -89,34 +90,54 @@ def execute(
     cancel = cancel or threading.Event()
     outcomes: list[ResourceOutcome] = []
     broken = {r.key for r in plan.resources if r.problems}
-    for resource in plan.changes:
-        if resource.kind in PREREQUISITE_KINDS:
-            outcome = _run_resource(resource, hypervisor, cancel) if not _blocked(resource, broken) else _skip(resource, broken)
-            outcomes.append(outcome)
-            if outcome.status != "converged":
-                broken.add(resource.key)
+    first, vms, last = phases(plan)
 
-    def run_vm(resource: plans.ResourcePlan) -> ResourceOutcome:
+    def run_one(resource: plans.ResourcePlan) -> ResourceOutcome:
         if _blocked(resource, broken):
             return _skip(resource, broken)
         return _run_resource(resource, hypervisor, cancel)
 
+    def run_in_turn(resources: tuple[plans.ResourcePlan, ...]) -> None:
+        for resource in resources:
+            outcome = run_one(resource)
+            outcomes.append(outcome)
+            if outcome.status != "converged":
+                broken.add(resource.key)
+
+    run_in_turn(first)
     # VMs run in parallel, in waves: one that requires other VMs (the last user of a volume
     # they share) runs once those have ended, and is skipped if any of them did not converge.
-    remaining = [r for r in plan.changes if r.kind not in PREREQUISITE_KINDS]
+    remaining = list(vms)
     pending = {r.key for r in remaining}
     while remaining:
         wave = [r for r in remaining if not pending.intersection(k for k in r.requires if k != r.key)] or remaining
         remaining = [r for r in remaining if r not in wave]
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(wave))), thread_name_prefix="kvmops-apply") as pool:
             # each task runs in a copy of the caller's context, so its log lines keep reconcile_id
-            done = list(pool.map(lambda r: contextvars.copy_context().run(run_vm, r), wave))
+            done = list(pool.map(lambda r: contextvars.copy_context().run(run_one, r), wave))
         outcomes.extend(done)
         for resource, outcome in zip(wave, done):
             pending.discard(resource.key)
             if outcome.status != "converged":
                 broken.add(resource.key)
+    run_in_turn(last)
     return ApplyReport(tuple(outcomes), cancelled=cancel.is_set())
+
+
+def phases(plan: plans.Plan) -> tuple[tuple[plans.ResourcePlan, ...], ...]:
+    """Return the changed resources of ``plan`` in the order they run, as three phases.
+
+    Pools, networks and images first, one at a time (VMs require them); then the VMs,
+    side by side; last, one at a time, whatever requires a VM of this plan: a network
+    removed once the VMs that used it are gone.  The plan's ``requires`` decide; a
+    resource whose requirement failed is skipped.
+    """
+    vms = tuple(r for r in plan.changes if r.kind not in PREREQUISITE_KINDS)
+    vm_keys = {r.key for r in vms}
+    others = [r for r in plan.changes if r.kind in PREREQUISITE_KINDS]
+    last = tuple(r for r in others if vm_keys.intersection(r.requires))
+    first = tuple(r for r in others if not vm_keys.intersection(r.requires))
+    return first, vms, last
 
 
 def _blocked(resource: plans.ResourcePlan, broken: set[str]) -> list[str]:

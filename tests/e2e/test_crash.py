@@ -154,8 +154,6 @@ def test_an_uninterrupted_apply_and_prune_keep_every_invariant(baseline):
     assert baseline.apply_passes == 1
 
 
-@pytest.mark.xfail(strict=True, reason="a VM and its Network pruned together need two passes: the network is "
-                                       "kept because the plan still sees the VM using it (reported to the lead)")
 def test_an_uninterrupted_prune_converges_in_one_pass(baseline):
     """Pruning VMs together with the network they use converges in one apply."""
     assert baseline.prune_passes == 1

@@ -49,3 +49,30 @@ def test_a_prune_never_deletes_the_volume_of_a_domain_started_since_the_plan(hyp
     (outcome,) = execute.execute(planned.plan, hypervisor).outcomes
     assert outcome.status == "failed" and "running again" in outcome.error
     assert hypervisor.volume_exists("default", "web-root.qcow2") and hypervisor.domain_exists("web")
+
+
+def test_a_cdrom_at_the_top_of_its_pool_directory_converges(hypervisor, manifest_dir, tmp_path):
+    """`cdrom: {pool, path: file.iso}` names a file that is also a pool volume: one apply converges, and stays so."""
+    hypervisor.create_volume("default", storagexml.render_volume("file.iso", 4096), "file.iso")
+    factories.write(manifest_dir, "web.yaml", factories.vm("web", cdrom={"pool": "default", "path": "file.iso"}))
+    result = reconcile.apply(str(manifest_dir), hypervisor, settings=planner.Settings())
+    assert result.converged, [(r.key, r.changes) for r in result.after.changes]
+    assert not reconcile.make_plan(str(manifest_dir), hypervisor, settings=planner.Settings()).plan.has_changes
+
+
+def test_vms_and_the_network_they_use_are_removed_in_one_apply(hypervisor, manifest_dir):
+    """Removing the manifests of VMs and of their network converges in one pass: the network goes after the VMs."""
+    network = {"apiVersion": "kvmops/v1", "kind": "Network", "metadata": {"name": "lab"},
+               "spec": {"mode": "isolated", "ipv4": {"address": "192.168.150.1", "prefix": 24}}}
+    factories.write(manifest_dir, "lab.yaml", network)
+    for name in ("web", "db"):
+        factories.write(manifest_dir, f"{name}.yaml", factories.vm(name, networks=[{"network": "lab"}]))
+    factories.write(manifest_dir, "keep.yaml", factories.vm("keep"))
+    assert reconcile.apply(str(manifest_dir), hypervisor, settings=planner.Settings()).converged
+    for name in ("lab", "web", "db"):
+        (manifest_dir / f"{name}.yaml").unlink()
+    result = reconcile.apply(str(manifest_dir), hypervisor, settings=planner.Settings())
+    assert result.converged, [(o.kind, o.name, o.status, o.error) for o in result.report.outcomes]
+    assert [o.kind for o in result.report.outcomes][-1] == "Network"
+    assert not hypervisor.domain_exists("web") and not hypervisor.domain_exists("db")
+    assert "lab" not in {n.name for n in hypervisor.list_networks()}

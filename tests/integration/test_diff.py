@@ -103,6 +103,17 @@ def test_an_added_vm_is_planned_as_a_create_and_start(repo, capsys):
     assert out.endswith("Plan: 1 to create, 1 to start. 1 unchanged.\n")
 
 
+def test_an_added_vm_with_virt_type_auto_shows_auto_as_undecided_not_as_kvm(repo, capsys):
+    """Offline, nobody knows whether the host can run kvm: virtType auto is shown as decided on the host."""
+    repo.vm("db.yaml", "db", disks=[])
+
+    status, out, _err = diff(repo, "--base", "main", capsys=capsys)
+
+    assert status == 0
+    assert "virtType     auto (decided on the host)\n" in out
+    assert "virtType     kvm" not in out
+
+
 def test_a_removed_vm_is_planned_as_a_delete_and_its_delete_volume_as_data_loss(repo, capsys):
     """A VM whose manifest is deleted is stopped and removed, and its Delete volume is called DATA LOSS."""
     repo.vm("db.yaml", "db", disks=[factories.disk("scratch", "default", "2GiB", deletionPolicy="Delete")])
@@ -244,7 +255,7 @@ def test_head_compares_two_commits_and_ignores_the_working_tree(repo, capsys):
     status, out, _err = diff(repo, "--base", first, "--head", second, capsys=capsys)
 
     assert status == 0
-    assert out.startswith(f"kvmops diff {first[:12]} → {second[:12]} (1 VM, 0 pools)\n")
+    assert out.startswith(f"kvmops diff {first[:12]} → {second[:12]} (1 VM)\n")
     assert "      ~ vcpus  1 -> 2  (restart)\n" in out
     assert "-> 8" not in out
 
@@ -253,12 +264,12 @@ def test_head_compares_two_commits_and_ignores_the_working_tree(repo, capsys):
 
 
 def test_the_text_output_names_both_revisions_in_its_title(repo, capsys):
-    """The text diff opens with 'kvmops diff main (<commit>) → working tree' and the VM and pool counts."""
+    """The text diff opens with 'kvmops diff main (<commit>) → working tree' and the counts of what is declared."""
     commit = repo.git("rev-parse", "HEAD")
 
     _status, out, _err = diff(repo, "--base", "main", capsys=capsys)
 
-    assert out.splitlines()[0] == f"kvmops diff main ({commit[:12]}) → working tree (1 VM, 0 pools)"
+    assert out.splitlines()[0] == f"kvmops diff main ({commit[:12]}) → working tree (1 VM)"
 
 
 def test_the_json_output_is_a_versioned_plan_whose_uri_names_the_base(repo, capsys):
