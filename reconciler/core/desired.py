@@ -218,6 +218,15 @@ def _file_ref(value: dict | None) -> model.FileRef | None:
     return model.FileRef(pool=value["pool"], volume=value.get("volume"), path=value.get("path"))
 
 
+def _cdrom_ref(value: dict | None) -> model.FileRef | None:
+    """Return the media of a ``cdrom`` entry: pool "" with an absolute path for a file outside pools."""
+    if value is None or value.get("empty"):
+        return None
+    if "pool" not in value:
+        return model.FileRef(pool="", path=value["path"])
+    return model.FileRef(pool=value["pool"], volume=value.get("volume"), path=value.get("path"))
+
+
 def _vm(document: model.Document, body: dict, read_file: FileReader) -> model.VMSpec:
     origin = document.origin
     problems: list[model.Problem] = []
@@ -257,10 +266,18 @@ def _vm(document: model.Document, body: dict, read_file: FileReader) -> model.VM
         if disk["name"] in seen_disks:
             problems.append(origin.problem(f"{path}.name", f"disk name {disk['name']!r} is used twice in this VM (first at spec.disks[{seen_disks[disk['name']]}])"))
         seen_disks.setdefault(disk["name"], index)
-        volume = disk.get("volume", f"{name}-{disk['name']}.qcow2")
-        if (disk["pool"], volume) in seen_volumes:
-            problems.append(origin.problem(f"{path}.volume", f"volume {disk['pool']}/{volume} is attached twice in this VM"))
-        seen_volumes.add((disk["pool"], volume))
+        if "path" in disk:
+            why = hostdirs.refused_attached_file(disk["path"])
+            if why is not None:
+                problems.append(origin.problem(f"{path}.path", f"{why}; kvmops attaches only files outside system directories"))
+            if ("", disk["path"]) in seen_volumes:
+                problems.append(origin.problem(f"{path}.path", f"{disk['path']} is attached twice in this VM"))
+            seen_volumes.add(("", disk["path"]))
+        else:
+            volume = disk.get("volume", f"{name}-{disk['name']}.qcow2")
+            if (disk["pool"], volume) in seen_volumes:
+                problems.append(origin.problem(f"{path}.volume", f"volume {disk['pool']}/{volume} is attached twice in this VM"))
+            seen_volumes.add((disk["pool"], volume))
         prefix = BUS_PREFIX[disk["bus"]]
         position = per_prefix.get(prefix, 0)
         per_prefix[prefix] = position + 1
@@ -270,6 +287,12 @@ def _vm(document: model.Document, body: dict, read_file: FileReader) -> model.VM
         if target in seen_targets:
             problems.append(origin.problem(f"{path}.target", f"target {target} is used twice in this VM"))
         seen_targets.add(target)
+        if "path" in disk:
+            disks.append(model.DiskSpec(
+                name=disk["name"], pool="", volume="", size=0, bus=disk["bus"], target=target,
+                deletion_policy=model.DeletionPolicy.RETAIN, path=disk["path"], format=disk.get("format", "qcow2"),
+            ))
+            continue
         disks.append(model.DiskSpec(
             name=disk["name"],
             pool=disk["pool"],
@@ -277,9 +300,9 @@ def _vm(document: model.Document, body: dict, read_file: FileReader) -> model.VM
             size=size(f"{path}.size", disk["size"], bare_unit=quantity.GIB, low=MIN_DISK, high=MAX_DISK, align=quantity.MIB),
             bus=disk["bus"],
             target=target,
-            deletion_policy=model.DeletionPolicy(disk["deletionPolicy"]),
+            deletion_policy=model.DeletionPolicy(disk.get("deletionPolicy", "Retain")),
             image=disk.get("image"),
-            clone=disk["clone"],
+            clone=disk.get("clone", "overlay"),
         ))
 
     nics = []
@@ -313,6 +336,22 @@ def _vm(document: model.Document, body: dict, read_file: FileReader) -> model.VM
         cloud_init = _cloud_init(document, name, spec["cloudInit"], disks, read_file, problems)
         if cloud_init is not None and cloud_init.volume in {d.volume for d in disks if d.pool == cloud_init.pool}:
             problems.append(origin.problem("spec.cloudInit", f"volume {cloud_init.volume} is also a disk of this VM"))
+    cdrom = spec.get("cdrom")
+    if cdrom is not None and "path" in cdrom:
+        absolute = cdrom["path"].startswith("/")
+        if "pool" in cdrom and absolute:
+            problems.append(origin.problem("spec.cdrom.path", "with pool, path is relative to the pool's directory; "
+                                           "for a file outside any pool, remove pool"))
+        elif "pool" not in cdrom and not absolute:
+            problems.append(origin.problem("spec.cdrom.path", "without pool, path must be absolute (/dir/file.iso)"))
+        elif "pool" not in cdrom and (why := hostdirs.refused_attached_file(cdrom["path"])) is not None:
+            problems.append(origin.problem("spec.cdrom.path", f"{why}; kvmops attaches only files outside system directories"))
+    if cdrom is not None and "pool" in cdrom and "volume" not in cdrom and "path" not in cdrom:
+        problems.append(origin.problem("spec.cdrom", "with pool, give volume or path"))
+    if cdrom is not None and "target" in cdrom and cdrom["target"] in seen_targets:
+        problems.append(origin.problem("spec.cdrom.target", f"target {cdrom['target']} is also a disk's"))
+    if cdrom is not None and "target" in cdrom and not cdrom["target"].startswith(BUS_PREFIX[cdrom.get("bus", "sata")]):
+        problems.append(origin.problem("spec.cdrom.target", f"target {cdrom['target']} does not fit bus {cdrom.get('bus', 'sata')}"))
     if "cpu" in spec and spec["cpu"]["mode"] != "custom" and "model" in spec["cpu"]:
         problems.append(origin.problem("spec.cpu.model", "a model is only used with mode: custom"))
 
@@ -341,7 +380,10 @@ def _vm(document: model.Document, body: dict, read_file: FileReader) -> model.VM
         cpu_mode=spec["cpu"]["mode"] if "cpu" in spec else None,
         cpu_model=spec["cpu"].get("model") if "cpu" in spec else None,
         boot=tuple(spec["boot"]),
-        cdrom=_file_ref(spec.get("cdrom")),
+        cdrom=_cdrom_ref(cdrom),
+        cdrom_empty=bool(cdrom is not None and cdrom.get("empty")),
+        cdrom_bus=cdrom.get("bus", "sata") if cdrom is not None else "sata",
+        cdrom_target=cdrom.get("target") if cdrom is not None else None,
         install=install,
         cloud_init=cloud_init,
         guest_agent=spec["guestAgent"],
@@ -392,7 +434,8 @@ def _claim_conflicts(vms: Iterable[model.VMSpec], problems: list[model.Problem])
     claims: dict[tuple[str, str], list[tuple[model.VMSpec, str]]] = {}
     for spec in vms:
         for index, disk in enumerate(spec.disks):
-            claims.setdefault(("volume", f"{disk.pool}/{disk.volume}"), []).append((spec, f"spec.disks[{index}]"))
+            claim = ("file", disk.path) if disk.path is not None else ("volume", f"{disk.pool}/{disk.volume}")
+            claims.setdefault(claim, []).append((spec, f"spec.disks[{index}]"))
         for index, nic in enumerate(spec.nics):
             if nic.mac:
                 claims.setdefault(("MAC", nic.mac), []).append((spec, f"spec.networks[{index}].mac"))

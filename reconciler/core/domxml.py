@@ -381,11 +381,15 @@ def render_owner(owner: model.Ownership) -> ET.Element:
 
 
 def _render_disk(disk: model.DiskDevice) -> ET.Element:
-    image_format = "qcow2" if disk.device == "disk" else "raw"
+    image_format = disk.format or ("qcow2" if disk.device == "disk" else "raw")
     if disk.pool is not None:
         element = ET.Element("disk", type="volume", device=disk.device)
         ET.SubElement(element, "driver", name="qemu", type=image_format)
         ET.SubElement(element, "source", pool=disk.pool, volume=disk.volume or "")
+    elif disk.path and disk.path.startswith("/dev/"):
+        element = ET.Element("disk", type="block", device=disk.device)
+        ET.SubElement(element, "driver", name="qemu", type=disk.format or "raw")
+        ET.SubElement(element, "source", dev=disk.path)
     else:
         element = ET.Element("disk", type="file", device=disk.device)
         ET.SubElement(element, "driver", name="qemu", type=image_format)
