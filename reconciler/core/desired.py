@@ -17,6 +17,7 @@ import hashlib
 import ipaddress
 import json
 import posixpath
+import re
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 
@@ -458,12 +459,15 @@ def manifest_for(
     *,
     autostart: bool,
     capacities: Mapping[tuple[str, str], int],
+    paths: Mapping[tuple[str, str], str] | None = None,
 ) -> tuple[dict, list[str]]:
     """Return the VirtualMachine manifest describing an existing domain, and what it could not say.
 
     The inverse of :func:`build` for ``kvmops import``: applied to the same domain after
     ``kvmops adopt``, the manifest plans no change.  Power is left to people
-    (``runStrategy: Manual``); UUID, MACs and device names are pinned.
+    (``runStrategy: Manual``); UUID, MACs and device names are pinned.  ``paths`` gives the
+    file of each pool volume: a CD-ROM is written as that file (``path:``), attached as it
+    is found, rather than as media kvmops attaches (and would stop libvirt relabelling).
     """
     warnings: list[str] = []
     spec: dict = {"vcpus": definition.vcpus, "memory": _mib_text(definition.memory)}
@@ -478,23 +482,24 @@ def manifest_for(
         spec["firmware"] = "uefi"
     if definition.cpu_mode:
         spec["cpu"] = {"mode": definition.cpu_mode, **({"model": definition.cpu_model} if definition.cpu_model else {})}
+    warnings.extend(inexpressible(definition))
     disks = []
     per_prefix: dict[str, int] = {}
     for disk in definition.disks:
-        if disk.pool is None:
-            warnings.append(f"disk {disk.target} ({disk.path}) is not a volume of any storage pool: it is left out; "
-                            "define a pool for its directory and import again")
+        if disk.bus not in BUS_PREFIX or (disk.pool is None and not disk.path):
             continue
-        entry: dict = {"name": disk.target, "pool": disk.pool, "volume": disk.volume}
-        capacity = capacities.get((disk.pool, disk.volume))
-        if capacity is None:
-            warnings.append(f"the size of {disk.pool}/{disk.volume} is unknown; size 1GiB was written, check it")
-        entry["size"] = _size_text(capacity or quantity.GIB)
-        if disk.bus not in BUS_PREFIX:
-            warnings.append(f"disk {disk.target} is on bus {disk.bus}, which kvmops does not manage; written as virtio")
-        bus = disk.bus if disk.bus in BUS_PREFIX else "virtio"
-        entry["bus"] = bus
-        prefix = BUS_PREFIX[bus]
+        if disk.pool is None:
+            entry: dict = {"name": _disk_name(disk.target, disks), "path": disk.path}
+            if disk.format in ("qcow2", "raw") and disk.format != "qcow2":
+                entry["format"] = disk.format
+        else:
+            entry = {"name": _disk_name(disk.target, disks), "pool": disk.pool, "volume": disk.volume}
+            capacity = capacities.get((disk.pool, disk.volume))
+            if capacity is None:
+                warnings.append(f"the size of {disk.pool}/{disk.volume} is unknown; size 1GiB was written, check it")
+            entry["size"] = _size_text(capacity or quantity.GIB)
+        entry["bus"] = disk.bus
+        prefix = BUS_PREFIX[disk.bus]
         position = per_prefix.get(prefix, 0)
         per_prefix[prefix] = position + 1
         if disk.target != prefix + domxml.device_letters(position):
@@ -504,8 +509,7 @@ def manifest_for(
         spec["disks"] = disks
     networks = []
     for nic in definition.nics:
-        if nic.kind not in ("network", "bridge"):
-            warnings.append(f"interface {nic.mac} is of type {nic.kind}, which kvmops does not manage: left out")
+        if nic.kind not in ("network", "bridge") or (nic.model is not None and nic.model not in NIC_MODELS):
             continue
         entry = {nic.kind: nic.source}
         if nic.mac:
@@ -516,31 +520,117 @@ def manifest_for(
     if networks:
         spec["networks"] = networks
     spec["console"] = "serial" if definition.console else "none"
-    if definition.graphics == "none":
+    if definition.graphics not in ("none", "vnc", "spice"):
+        spec["graphics"] = "none"
+    elif definition.graphics == "none":
         spec["graphics"] = "none"
     elif definition.graphics_listen and definition.graphics_listen != domxml.GRAPHICS_LISTEN:
         spec["graphics"] = {"type": definition.graphics, "listen": definition.graphics_listen}
     else:
         spec["graphics"] = definition.graphics
-    if definition.graphics not in ("none", "vnc", "spice"):
-        warnings.append(f"graphics {definition.graphics} is not managed by kvmops")
-        spec["graphics"] = "none"
-    if definition.boot and definition.boot != ("hd",):
+    if definition.boot != ("hd",):
         spec["boot"] = list(definition.boot)
-    if definition.kernel:
-        warnings.append("the domain boots a kernel directly; add install.kernel with the pool that holds it")
-    if definition.cdroms:
-        ref = next((d for d in definition.cdroms if d.pool is not None), None)
-        if ref is not None:
-            spec["cdrom"] = {"pool": ref.pool, "volume": ref.volume}
-        if len(definition.cdroms) > 1 or ref is None:
-            warnings.append("CD-ROMs that are not pool volumes (or more than one) are left out")
+    if len(definition.cdroms) == 1:
+        cdrom = definition.cdroms[0]
+        if cdrom.pool is not None and (paths or {}).get((cdrom.pool, cdrom.volume)):
+            entry = {"path": paths[(cdrom.pool, cdrom.volume)]}
+        elif cdrom.pool is not None:
+            entry = {"pool": cdrom.pool, "volume": cdrom.volume}
+        elif cdrom.path:
+            entry = {"path": cdrom.path}
+        else:
+            entry = {"empty": True}
+        if cdrom.bus != "sata":
+            entry["bus"] = cdrom.bus
+        used = {d.target for d in definition.disks}
+        first_spare = next(f"sd{domxml.device_letters(i)}" for i in range(64) if f"sd{domxml.device_letters(i)}" not in used)
+        if cdrom.target != first_spare:
+            entry["target"] = cdrom.target
+        spec["cdrom"] = entry
     if definition.guest_agent:
         spec["guestAgent"] = True
     spec["autostart"] = autostart
     spec["runStrategy"] = "Manual"
     document = {"apiVersion": "kvmops/v1", "kind": "VirtualMachine", "metadata": {"name": definition.name}, "spec": spec}
     return document, warnings
+
+
+NIC_MODELS = ("virtio", "e1000", "e1000e", "rtl8139", "pcnet", "ne2k_pci", "vmxnet3", "virtio-transitional",
+              "virtio-non-transitional")
+CDROM_BUSES = ("sata", "scsi", "ide")
+_DEVICE_NAME = re.compile(r"(vd|sd|hd)[a-z]{1,2}")
+_ABSOLUTE_PATH = re.compile(r"/(?!(.*/)?\.\.?(/|$))(?!.*//)[^\x00-\x1f\x7f<>&\"']*[^/\x00-\x1f\x7f<>&\"']")
+
+
+def inexpressible(definition: model.DomainDefinition) -> list[str]:
+    """Return what of ``definition`` a manifest cannot say, one clause per element.
+
+    ``kvmops import`` leaves these out (a note each) and ``kvmops adopt`` refuses a domain
+    that has any: adopting it would make the next plan remove or rewrite them, a change
+    nobody wrote.  Empty for whatever a manifest can express exactly.
+    """
+    found = []
+    if definition.cpu_mode is not None and definition.cpu_mode not in ("host-passthrough", "host-model", "maximum", "custom"):
+        found.append(f"<cpu mode={definition.cpu_mode!r}>")
+    elif definition.cpu_model is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", definition.cpu_model):
+        found.append(f"<cpu><model>{definition.cpu_model}</model>")
+    if definition.machine is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", definition.machine):
+        found.append(f"<os><type machine={definition.machine!r}>")
+    if definition.kernel or definition.initrd or definition.cmdline:
+        found.append(f"<os><kernel> {definition.kernel or ''}: direct kernel boot from a file outside any pool "
+                     "(manifests name install media by pool: install.kernel)")
+    for disk in definition.disks:
+        where = f"<disk> {disk.target or '?'} ({disk.source})"
+        if disk.bus not in BUS_PREFIX:
+            found.append(f"{where}: bus {disk.bus!r} (manifests know virtio, sata, scsi, ide)")
+        elif not _DEVICE_NAME.fullmatch(disk.target or "") or not disk.target.startswith(BUS_PREFIX[disk.bus]):
+            found.append(f"{where}: target {disk.target!r} does not fit bus {disk.bus}")
+        elif disk.pool is None and not disk.path:
+            found.append(f"{where}: a disk without a source")
+        elif disk.pool is None and (not _ABSOLUTE_PATH.fullmatch(disk.path)
+                                    or (why := hostdirs.refused_attached_file(disk.path)) is not None):
+            found.append(f"{where}: {why if _ABSOLUTE_PATH.fullmatch(disk.path) else 'not an absolute, normalised path'}")
+        elif disk.pool is None and disk.format not in ("qcow2", "raw"):
+            found.append(f"{where}: image format {disk.format!r} (manifests know qcow2 and raw)")
+        elif disk.pool is not None and disk.format not in (None, "qcow2"):
+            found.append(f"{where}: a {disk.format} pool volume (manifests attach pool volumes as qcow2)")
+    if len(definition.cdroms) > 1:
+        found.append(f"{len(definition.cdroms)} CD-ROM drives ({', '.join(d.target for d in definition.cdroms)}): a "
+                     "manifest has one")
+    for cdrom in definition.cdroms[:1]:
+        where = f"<disk device='cdrom'> {cdrom.target or '?'} ({cdrom.source})"
+        if cdrom.bus not in CDROM_BUSES:
+            found.append(f"{where}: bus {cdrom.bus!r} (manifests know sata, scsi, ide)")
+        elif not re.fullmatch(r"(sd|hd)[a-z]{1,2}", cdrom.target or "") or not cdrom.target.startswith(BUS_PREFIX[cdrom.bus]):
+            found.append(f"{where}: target {cdrom.target!r} does not fit bus {cdrom.bus}")
+        elif cdrom.target in {d.target for d in definition.disks}:
+            found.append(f"{where}: target {cdrom.target} is also a disk's")
+        elif cdrom.pool is None and cdrom.path and (not _ABSOLUTE_PATH.fullmatch(cdrom.path)
+                                                    or hostdirs.refused_attached_file(cdrom.path) is not None):
+            found.append(f"{where}: {hostdirs.refused_attached_file(cdrom.path) or 'not an absolute, normalised path'}")
+    for nic in definition.nics:
+        where = f"<interface> {nic.mac or '?'}"
+        if nic.kind not in ("network", "bridge"):
+            found.append(f"{where}: type {nic.kind!r} (manifests know network and bridge)")
+        elif nic.model is None:
+            found.append(f"{where}: no model (QEMU's default; manifests name one)")
+        elif nic.model not in NIC_MODELS:
+            found.append(f"{where}: model {nic.model!r} (manifests know {', '.join(NIC_MODELS)})")
+    if definition.graphics not in ("none", "vnc", "spice"):
+        found.append(f"<graphics type={definition.graphics!r}> (manifests know vnc and spice)")
+    if any(device not in ("hd", "cdrom", "network", "fd") for device in definition.boot) or len(set(definition.boot)) != len(definition.boot):
+        found.append(f"<os><boot> order {', '.join(definition.boot)}")
+    return found
+
+
+def _disk_name(target: str, taken: list[dict]) -> str:
+    name = target if re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?", target or "") else "disk"
+    names = {d["name"] for d in taken}
+    candidate, suffix = name, 1
+    while candidate in names:
+        suffix += 1
+        candidate = f"{name}-{suffix}"
+    return candidate
 
 
 def _mib_text(kib: int) -> str | int:
