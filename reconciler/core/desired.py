@@ -216,7 +216,7 @@ def _pool(document: model.Document, body: dict) -> model.PoolSpec:
 def _file_ref(value: dict | None) -> model.FileRef | None:
     if value is None:
         return None
-    return model.FileRef(pool=value["pool"], volume=value.get("volume"), path=value.get("path"))
+    return model.FileRef(pool=value.get("pool", ""), volume=value.get("volume"), path=value.get("path"))
 
 
 def _cdrom_ref(value: dict | None) -> model.FileRef | None:
@@ -337,6 +337,18 @@ def _vm(document: model.Document, body: dict, read_file: FileReader) -> model.VM
         cloud_init = _cloud_init(document, name, spec["cloudInit"], disks, read_file, problems)
         if cloud_init is not None and cloud_init.volume in {d.volume for d in disks if d.pool == cloud_init.pool}:
             problems.append(origin.problem("spec.cloudInit", f"volume {cloud_init.volume} is also a disk of this VM"))
+    for part in ("kernel", "initrd"):
+        ref = spec.get("install", {}).get(part)
+        field = f"spec.install.{part}.path"
+        if ref is None or "path" not in ref:
+            continue
+        if "pool" in ref and ref["path"].startswith("/"):
+            problems.append(origin.problem(field, "with pool, path is relative to the pool's directory; for a file "
+                                           "outside any pool, remove pool"))
+        elif "pool" not in ref and not ref["path"].startswith("/"):
+            problems.append(origin.problem(field, "without pool, path must be absolute (/dir/vmlinuz)"))
+        elif "pool" not in ref and (why := hostdirs.refused_attached_file(ref["path"])) is not None:
+            problems.append(origin.problem(field, f"{why}; kvmops boots only files outside system directories"))
     cdrom = spec.get("cdrom")
     if cdrom is not None and "path" in cdrom:
         absolute = cdrom["path"].startswith("/")
@@ -530,6 +542,12 @@ def manifest_for(
         spec["graphics"] = definition.graphics
     if definition.boot != ("hd",):
         spec["boot"] = list(definition.boot)
+    if definition.kernel:
+        spec["install"] = {"kernel": {"path": definition.kernel}}
+        if definition.initrd:
+            spec["install"]["initrd"] = {"path": definition.initrd}
+        spec["install"]["cmdline"] = definition.cmdline or ""
+        spec["install"]["firstBootOnly"] = False
     if len(definition.cdroms) == 1:
         cdrom = definition.cdroms[0]
         if cdrom.pool is not None and (paths or {}).get((cdrom.pool, cdrom.volume)):
@@ -576,9 +594,11 @@ def inexpressible(definition: model.DomainDefinition) -> list[str]:
         found.append(f"<cpu><model>{definition.cpu_model}</model>")
     if definition.machine is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", definition.machine):
         found.append(f"<os><type machine={definition.machine!r}>")
-    if definition.kernel or definition.initrd or definition.cmdline:
-        found.append(f"<os><kernel> {definition.kernel or ''}: direct kernel boot from a file outside any pool "
-                     "(manifests name install media by pool: install.kernel)")
+    if (definition.initrd or definition.cmdline) and not definition.kernel:
+        found.append("<os><initrd> or <cmdline> without a <kernel>")
+    for part, path in (("kernel", definition.kernel), ("initrd", definition.initrd)):
+        if path and (not _ABSOLUTE_PATH.fullmatch(path) or hostdirs.refused_attached_file(path) is not None):
+            found.append(f"<os><{part}> {path}: {hostdirs.refused_attached_file(path) or 'not an absolute, normalised path'}")
     for disk in definition.disks:
         where = f"<disk> {disk.target or '?'} ({disk.source})"
         if disk.bus not in BUS_PREFIX:

@@ -176,10 +176,10 @@ def vm_pools(spec: model.VMSpec) -> list[tuple[str, str]]:
     used = [(f"spec.disks[{i}].pool", disk.pool) for i, disk in enumerate(spec.disks) if disk.path is None]
     if spec.cdrom is not None and spec.cdrom.pool:
         used.append(("spec.cdrom.pool", spec.cdrom.pool))
-    if spec.install is not None:
+    if spec.install is not None and spec.install.kernel.pool:
         used.append(("spec.install.kernel.pool", spec.install.kernel.pool))
-        if spec.install.initrd is not None:
-            used.append(("spec.install.initrd.pool", spec.install.initrd.pool))
+    if spec.install is not None and spec.install.initrd is not None and spec.install.initrd.pool:
+        used.append(("spec.install.initrd.pool", spec.install.initrd.pool))
     if spec.cloud_init is not None:
         used.append(("spec.cloudInit.pool", spec.cloud_init.pool))
     return used
@@ -950,6 +950,8 @@ class _VMPlanBuilder:
         return f"{directory}/{name}"
 
     def _file_path(self, ref: model.FileRef) -> str:
+        if not ref.pool:
+            return ref.path or ""  # any existing file, by its absolute path
         if ref.volume is not None:
             return self._volume_path(ref.pool, ref.volume)
         directory = self._pool_directory(ref.pool)
