@@ -547,6 +547,7 @@ class _VMPlanBuilder:
         self.spec: model.VMSpec = spec
         self.domain: model.ObservedDomain | None = domain
         self.actual: model.ActualState = actual
+        self.by_path: dict[str, tuple[str, str]] = actual.volumes_by_path()  # (pool, volume) of each volume's file
         self.virt_type: str = virt_type
         self.timeout = spec.shutdown_timeout if spec.shutdown_timeout is not None else settings.shutdown_timeout
         self.active = domain is not None and domain.power.active
@@ -707,15 +708,15 @@ class _VMPlanBuilder:
             if disk.path is not None:
                 # Attached as-is: nothing to create or grow.  A file that is a pool's volume keeps
                 # its record (an adopted domain's says "not created": never deleted).
-                resolved = actual.volumes_by_path().get(disk.path)
+                resolved = self.by_path.get(disk.path)
                 if resolved is not None:
                     attached_volumes.add(resolved)
                     recorded = owner.volume(*resolved) if owner is not None else None
                     records.append(recorded if recorded is not None else
                                    model.OwnedVolume(*resolved, model.DeletionPolicy.RETAIN, created=False))
                 if domain is None or not any(self._attaches(disk, d) for d in domain.definition.disks):
-                    self.notes.append(f"attaches existing file {disk.path} as disk {disk.name}, which kvmops did not "
-                                      "create: used as-is, never created, resized, written by kvmops or deleted")
+                    self.notes.append(f"attaches existing file {disk.path} as-is as disk {disk.name}: kvmops did not "
+                                      "create it and never resizes, writes or deletes it")
                 continue
             volume = actual.volumes.get((disk.pool, disk.volume))
             recorded = owner.volume(disk.pool, disk.volume) if owner is not None else None
@@ -840,11 +841,11 @@ class _VMPlanBuilder:
         """Return whether observed ``device`` is the file a ``path:`` disk names (as itself or as a pool volume)."""
         if device.pool is None:
             return device.path == disk.path
-        return self.actual.volumes_by_path().get(disk.path) == (device.pool, device.volume)
+        return self.by_path.get(disk.path) == (device.pool, device.volume)
 
     def _path_device(self, disk: model.DiskSpec) -> model.DiskDevice:
         """Return the device of a ``path:`` disk, named as a pool volume when the file is one (as observed disks are)."""
-        resolved = self.actual.volumes_by_path().get(disk.path)
+        resolved = self.by_path.get(disk.path)
         if resolved is not None:
             return model.DiskDevice(target=disk.target, bus=disk.bus, pool=resolved[0], volume=resolved[1], format=disk.format)
         return model.DiskDevice(target=disk.target, bus=disk.bus, path=disk.path, format=disk.format)
@@ -1061,7 +1062,7 @@ class _VMPlanBuilder:
             return model.DiskDevice(target=target, bus=bus, pool=ref.pool, volume=ref.volume, device="cdrom", relabel=False)
         if ref.pool:
             return model.DiskDevice(target=target, bus=bus, path=self._file_path(ref), device="cdrom", relabel=False)
-        resolved = self.actual.volumes_by_path().get(ref.path)
+        resolved = self.by_path.get(ref.path)
         device = (model.DiskDevice(target=target, bus=bus, pool=resolved[0], volume=resolved[1], device="cdrom", relabel=False)
                   if resolved is not None else
                   model.DiskDevice(target=target, bus=bus, path=ref.path, device="cdrom", relabel=False))

@@ -1247,7 +1247,7 @@ def test_a_new_path_cd_rom_is_attached_as_is_without_relabelling_and_the_plan_sa
     assert [(d.path, d.target) for d in definition.disks] == [("/dev/vg0/app", "vda")]
     text = render.text(result)
     assert "attaches existing file /var/lib/isos/rescue.iso" in text
-    assert "attaches existing file /dev/vg0/app as disk root" in text
+    assert "attaches existing file /dev/vg0/app as-is as disk root" in text
 
 
 VM_WITH_PATHS = """
