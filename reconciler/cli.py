@@ -772,7 +772,9 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(f"kvmops: warning: {args.name} is already managed by kvmops{declared}: its manifest exists, and a second "
               f"one declaring it would be a duplicate; no adopt is needed. Use this output only to rebuild a lost "
               f"manifest.", file=sys.stderr)
-    document, warnings = desired_state.manifest_for(definition, autostart=domain.autostart, capacities=capacities)
+    paths = {key: volume.path for key, volume in actual.volumes.items() if volume.path}
+    document, warnings = desired_state.manifest_for(definition, autostart=domain.autostart, capacities=capacities,
+                                                    paths=paths)
     header = f"# Imported from {redaction.redact_url(args.connect)} by kvmops import {args.name}.\n"
     header += "".join(f"# NOTE: {warning}\n" for warning in warnings)
     header += f"# Next: kvmops adopt {args.name} --manifests <dir holding this file>, then kvmops plan.\n"
@@ -797,6 +799,13 @@ def cmd_adopt(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> 
         if domain.owned:
             return _adopt_owned(args, hypervisor, actual, domain)
         root = actual_state.resolve_paths(domxml.parse(hypervisor.domain_xml(args.name)), actual.volumes_by_path())
+        missing = desired_state.inexpressible(root)
+        if missing:
+            raise errors.ManifestError(
+                f"domain {args.name} is not adopted: a manifest cannot express " + "; ".join(missing)
+                + ". Adopting it would make the next plan remove or rewrite these, which nobody asked for; change "
+                "them with virsh edit (or leave the domain unmanaged)"
+            )
         volumes = tuple(
             model.OwnedVolume(d.pool, d.volume, model.DeletionPolicy.RETAIN, created=False)
             for d in root.disks if d.pool is not None

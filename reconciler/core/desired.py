@@ -17,6 +17,7 @@ import hashlib
 import ipaddress
 import json
 import posixpath
+import re
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 
@@ -217,6 +218,15 @@ def _pool(document: model.Document, body: dict) -> model.PoolSpec:
 def _file_ref(value: dict | None) -> model.FileRef | None:
     if value is None:
         return None
+    return model.FileRef(pool=value.get("pool", ""), volume=value.get("volume"), path=value.get("path"))
+
+
+def _cdrom_ref(value: dict | None) -> model.FileRef | None:
+    """Return the media of a ``cdrom`` entry: pool "" with an absolute path for a file outside pools."""
+    if value is None or value.get("empty"):
+        return None
+    if "pool" not in value:
+        return model.FileRef(pool="", path=value["path"])
     return model.FileRef(pool=value["pool"], volume=value.get("volume"), path=value.get("path"))
 
 
@@ -259,10 +269,18 @@ def _vm(document: model.Document, body: dict, read_file: FileReader) -> model.VM
         if disk["name"] in seen_disks:
             problems.append(origin.problem(f"{path}.name", f"disk name {disk['name']!r} is used twice in this VM (first at spec.disks[{seen_disks[disk['name']]}])"))
         seen_disks.setdefault(disk["name"], index)
-        volume = disk.get("volume", f"{name}-{disk['name']}.qcow2")
-        if (disk["pool"], volume) in seen_volumes:
-            problems.append(origin.problem(f"{path}.volume", f"volume {disk['pool']}/{volume} is attached twice in this VM"))
-        seen_volumes.add((disk["pool"], volume))
+        if "path" in disk:
+            why = hostdirs.refused_attached_file(disk["path"])
+            if why is not None:
+                problems.append(origin.problem(f"{path}.path", f"{why}; kvmops attaches only files outside system directories"))
+            if ("", disk["path"]) in seen_volumes:
+                problems.append(origin.problem(f"{path}.path", f"{disk['path']} is attached twice in this VM"))
+            seen_volumes.add(("", disk["path"]))
+        else:
+            volume = disk.get("volume", f"{name}-{disk['name']}.qcow2")
+            if (disk["pool"], volume) in seen_volumes:
+                problems.append(origin.problem(f"{path}.volume", f"volume {disk['pool']}/{volume} is attached twice in this VM"))
+            seen_volumes.add((disk["pool"], volume))
         prefix = BUS_PREFIX[disk["bus"]]
         position = per_prefix.get(prefix, 0)
         per_prefix[prefix] = position + 1
@@ -272,6 +290,12 @@ def _vm(document: model.Document, body: dict, read_file: FileReader) -> model.VM
         if target in seen_targets:
             problems.append(origin.problem(f"{path}.target", f"target {target} is used twice in this VM"))
         seen_targets.add(target)
+        if "path" in disk:
+            disks.append(model.DiskSpec(
+                name=disk["name"], pool="", volume="", size=0, bus=disk["bus"], target=target,
+                deletion_policy=model.DeletionPolicy.RETAIN, path=disk["path"], format=disk.get("format", "qcow2"),
+            ))
+            continue
         disks.append(model.DiskSpec(
             name=disk["name"],
             pool=disk["pool"],
@@ -279,9 +303,9 @@ def _vm(document: model.Document, body: dict, read_file: FileReader) -> model.VM
             size=size(f"{path}.size", disk["size"], bare_unit=quantity.GIB, low=MIN_DISK, high=MAX_DISK, align=quantity.MIB),
             bus=disk["bus"],
             target=target,
-            deletion_policy=model.DeletionPolicy(disk["deletionPolicy"]),
+            deletion_policy=model.DeletionPolicy(disk.get("deletionPolicy", "Retain")),
             image=disk.get("image"),
-            clone=disk["clone"],
+            clone=disk.get("clone", "overlay"),
         ))
 
     nics = []
@@ -323,6 +347,34 @@ def _vm(document: model.Document, body: dict, read_file: FileReader) -> model.VM
         cloud_init = _cloud_init(document, name, spec["cloudInit"], disks, read_file, problems)
         if cloud_init is not None and cloud_init.volume in {d.volume for d in disks if d.pool == cloud_init.pool}:
             problems.append(origin.problem("spec.cloudInit", f"volume {cloud_init.volume} is also a disk of this VM"))
+    for part in ("kernel", "initrd"):
+        ref = spec.get("install", {}).get(part)
+        field = f"spec.install.{part}.path"
+        if ref is None or "path" not in ref:
+            continue
+        if "pool" in ref and ref["path"].startswith("/"):
+            problems.append(origin.problem(field, "with pool, path is relative to the pool's directory; for a file "
+                                           "outside any pool, remove pool"))
+        elif "pool" not in ref and not ref["path"].startswith("/"):
+            problems.append(origin.problem(field, "without pool, path must be absolute (/dir/vmlinuz)"))
+        elif "pool" not in ref and (why := hostdirs.refused_attached_file(ref["path"])) is not None:
+            problems.append(origin.problem(field, f"{why}; kvmops boots only files outside system directories"))
+    cdrom = spec.get("cdrom")
+    if cdrom is not None and "path" in cdrom:
+        absolute = cdrom["path"].startswith("/")
+        if "pool" in cdrom and absolute:
+            problems.append(origin.problem("spec.cdrom.path", "with pool, path is relative to the pool's directory; "
+                                           "for a file outside any pool, remove pool"))
+        elif "pool" not in cdrom and not absolute:
+            problems.append(origin.problem("spec.cdrom.path", "without pool, path must be absolute (/dir/file.iso)"))
+        elif "pool" not in cdrom and (why := hostdirs.refused_attached_file(cdrom["path"])) is not None:
+            problems.append(origin.problem("spec.cdrom.path", f"{why}; kvmops attaches only files outside system directories"))
+    if cdrom is not None and "pool" in cdrom and "volume" not in cdrom and "path" not in cdrom:
+        problems.append(origin.problem("spec.cdrom", "with pool, give volume or path"))
+    if cdrom is not None and "target" in cdrom and cdrom["target"] in seen_targets:
+        problems.append(origin.problem("spec.cdrom.target", f"target {cdrom['target']} is also a disk's"))
+    if cdrom is not None and "target" in cdrom and not cdrom["target"].startswith(BUS_PREFIX[cdrom.get("bus", "sata")]):
+        problems.append(origin.problem("spec.cdrom.target", f"target {cdrom['target']} does not fit bus {cdrom.get('bus', 'sata')}"))
     if "cpu" in spec and spec["cpu"]["mode"] != "custom" and "model" in spec["cpu"]:
         problems.append(origin.problem("spec.cpu.model", "a model is only used with mode: custom"))
 
@@ -351,7 +403,10 @@ def _vm(document: model.Document, body: dict, read_file: FileReader) -> model.VM
         cpu_mode=spec["cpu"]["mode"] if "cpu" in spec else None,
         cpu_model=spec["cpu"].get("model") if "cpu" in spec else None,
         boot=tuple(spec["boot"]),
-        cdrom=_file_ref(spec.get("cdrom")),
+        cdrom=_cdrom_ref(cdrom),
+        cdrom_empty=bool(cdrom is not None and cdrom.get("empty")),
+        cdrom_bus=cdrom.get("bus", "sata") if cdrom is not None else "sata",
+        cdrom_target=cdrom.get("target") if cdrom is not None else None,
         install=install,
         cloud_init=cloud_init,
         guest_agent=spec["guestAgent"],
@@ -402,7 +457,8 @@ def _claim_conflicts(vms: Iterable[model.VMSpec], problems: list[model.Problem])
     claims: dict[tuple[str, str], list[tuple[model.VMSpec, str]]] = {}
     for spec in vms:
         for index, disk in enumerate(spec.disks):
-            claims.setdefault(("volume", f"{disk.pool}/{disk.volume}"), []).append((spec, f"spec.disks[{index}]"))
+            claim = ("file", disk.path) if disk.path is not None else ("volume", f"{disk.pool}/{disk.volume}")
+            claims.setdefault(claim, []).append((spec, f"spec.disks[{index}]"))
         for index, nic in enumerate(spec.nics):
             if nic.mac:
                 claims.setdefault(("MAC", nic.mac), []).append((spec, f"spec.networks[{index}].mac"))
@@ -425,12 +481,15 @@ def manifest_for(
     *,
     autostart: bool,
     capacities: Mapping[tuple[str, str], int],
+    paths: Mapping[tuple[str, str], str] | None = None,
 ) -> tuple[dict, list[str]]:
     """Return the VirtualMachine manifest describing an existing domain, and what it could not say.
 
     The inverse of :func:`build` for ``kvmops import``: applied to the same domain after
     ``kvmops adopt``, the manifest plans no change.  Power is left to people
-    (``runStrategy: Manual``); UUID, MACs and device names are pinned.
+    (``runStrategy: Manual``); UUID, MACs and device names are pinned.  ``paths`` gives the
+    file of each pool volume: a CD-ROM is written as that file (``path:``), attached as it
+    is found, rather than as media kvmops attaches (and would stop libvirt relabelling).
     """
     warnings: list[str] = []
     spec: dict = {"vcpus": definition.vcpus, "memory": _mib_text(definition.memory)}
@@ -445,23 +504,24 @@ def manifest_for(
         spec["firmware"] = "uefi"
     if definition.cpu_mode:
         spec["cpu"] = {"mode": definition.cpu_mode, **({"model": definition.cpu_model} if definition.cpu_model else {})}
+    warnings.extend(inexpressible(definition))
     disks = []
     per_prefix: dict[str, int] = {}
     for disk in definition.disks:
-        if disk.pool is None:
-            warnings.append(f"disk {disk.target} ({disk.path}) is not a volume of any storage pool: it is left out; "
-                            "define a pool for its directory and import again")
+        if disk.bus not in BUS_PREFIX or (disk.pool is None and not disk.path):
             continue
-        entry: dict = {"name": disk.target, "pool": disk.pool, "volume": disk.volume}
-        capacity = capacities.get((disk.pool, disk.volume))
-        if capacity is None:
-            warnings.append(f"the size of {disk.pool}/{disk.volume} is unknown; size 1GiB was written, check it")
-        entry["size"] = _size_text(capacity or quantity.GIB)
-        if disk.bus not in BUS_PREFIX:
-            warnings.append(f"disk {disk.target} is on bus {disk.bus}, which kvmops does not manage; written as virtio")
-        bus = disk.bus if disk.bus in BUS_PREFIX else "virtio"
-        entry["bus"] = bus
-        prefix = BUS_PREFIX[bus]
+        if disk.pool is None:
+            entry: dict = {"name": _disk_name(disk.target, disks), "path": disk.path}
+            if disk.format in ("qcow2", "raw") and disk.format != "qcow2":
+                entry["format"] = disk.format
+        else:
+            entry = {"name": _disk_name(disk.target, disks), "pool": disk.pool, "volume": disk.volume}
+            capacity = capacities.get((disk.pool, disk.volume))
+            if capacity is None:
+                warnings.append(f"the size of {disk.pool}/{disk.volume} is unknown; size 1GiB was written, check it")
+            entry["size"] = _size_text(capacity or quantity.GIB)
+        entry["bus"] = disk.bus
+        prefix = BUS_PREFIX[disk.bus]
         position = per_prefix.get(prefix, 0)
         per_prefix[prefix] = position + 1
         if disk.target != prefix + domxml.device_letters(position):
@@ -471,8 +531,7 @@ def manifest_for(
         spec["disks"] = disks
     networks = []
     for nic in definition.nics:
-        if nic.kind not in ("network", "bridge"):
-            warnings.append(f"interface {nic.mac} is of type {nic.kind}, which kvmops does not manage: left out")
+        if nic.kind not in ("network", "bridge") or (nic.model is not None and nic.model not in NIC_MODELS):
             continue
         entry = {nic.kind: nic.source}
         if nic.mac:
@@ -483,31 +542,125 @@ def manifest_for(
     if networks:
         spec["networks"] = networks
     spec["console"] = "serial" if definition.console else "none"
-    if definition.graphics == "none":
+    if definition.graphics not in ("none", "vnc", "spice"):
+        spec["graphics"] = "none"
+    elif definition.graphics == "none":
         spec["graphics"] = "none"
     elif definition.graphics_listen and definition.graphics_listen != domxml.GRAPHICS_LISTEN:
         spec["graphics"] = {"type": definition.graphics, "listen": definition.graphics_listen}
     else:
         spec["graphics"] = definition.graphics
-    if definition.graphics not in ("none", "vnc", "spice"):
-        warnings.append(f"graphics {definition.graphics} is not managed by kvmops")
-        spec["graphics"] = "none"
-    if definition.boot and definition.boot != ("hd",):
+    if definition.boot != ("hd",):
         spec["boot"] = list(definition.boot)
     if definition.kernel:
-        warnings.append("the domain boots a kernel directly; add install.kernel with the pool that holds it")
-    if definition.cdroms:
-        ref = next((d for d in definition.cdroms if d.pool is not None), None)
-        if ref is not None:
-            spec["cdrom"] = {"pool": ref.pool, "volume": ref.volume}
-        if len(definition.cdroms) > 1 or ref is None:
-            warnings.append("CD-ROMs that are not pool volumes (or more than one) are left out")
+        spec["install"] = {"kernel": {"path": definition.kernel}}
+        if definition.initrd:
+            spec["install"]["initrd"] = {"path": definition.initrd}
+        spec["install"]["cmdline"] = definition.cmdline or ""
+        spec["install"]["firstBootOnly"] = False
+    if len(definition.cdroms) == 1:
+        cdrom = definition.cdroms[0]
+        if cdrom.pool is not None and (paths or {}).get((cdrom.pool, cdrom.volume)):
+            entry = {"path": paths[(cdrom.pool, cdrom.volume)]}
+        elif cdrom.pool is not None:
+            entry = {"pool": cdrom.pool, "volume": cdrom.volume}
+        elif cdrom.path:
+            entry = {"path": cdrom.path}
+        else:
+            entry = {"empty": True}
+        if cdrom.bus != "sata":
+            entry["bus"] = cdrom.bus
+        used = {d.target for d in definition.disks}
+        first_spare = next(f"sd{domxml.device_letters(i)}" for i in range(64) if f"sd{domxml.device_letters(i)}" not in used)
+        if cdrom.target != first_spare:
+            entry["target"] = cdrom.target
+        spec["cdrom"] = entry
     if definition.guest_agent:
         spec["guestAgent"] = True
     spec["autostart"] = autostart
     spec["runStrategy"] = "Manual"
     document = {"apiVersion": "kvmops/v1", "kind": "VirtualMachine", "metadata": {"name": definition.name}, "spec": spec}
     return document, warnings
+
+
+NIC_MODELS = ("virtio", "e1000", "e1000e", "rtl8139", "pcnet", "ne2k_pci", "vmxnet3", "virtio-transitional",
+              "virtio-non-transitional")
+CDROM_BUSES = ("sata", "scsi", "ide")
+_DEVICE_NAME = re.compile(r"(vd|sd|hd)[a-z]{1,2}")
+_ABSOLUTE_PATH = re.compile(r"/(?!(.*/)?\.\.?(/|$))(?!.*//)[^\x00-\x1f\x7f<>&\"']*[^/\x00-\x1f\x7f<>&\"']")
+
+
+def inexpressible(definition: model.DomainDefinition) -> list[str]:
+    """Return what of ``definition`` a manifest cannot say, one clause per element.
+
+    ``kvmops import`` leaves these out (a note each) and ``kvmops adopt`` refuses a domain
+    that has any: adopting it would make the next plan remove or rewrite them, a change
+    nobody wrote.  Empty for whatever a manifest can express exactly.
+    """
+    found = []
+    if definition.cpu_mode is not None and definition.cpu_mode not in ("host-passthrough", "host-model", "maximum", "custom"):
+        found.append(f"<cpu mode={definition.cpu_mode!r}>")
+    elif definition.cpu_model is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", definition.cpu_model):
+        found.append(f"<cpu><model>{definition.cpu_model}</model>")
+    if definition.machine is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", definition.machine):
+        found.append(f"<os><type machine={definition.machine!r}>")
+    if (definition.initrd or definition.cmdline) and not definition.kernel:
+        found.append("<os><initrd> or <cmdline> without a <kernel>")
+    for part, path in (("kernel", definition.kernel), ("initrd", definition.initrd)):
+        if path and (not _ABSOLUTE_PATH.fullmatch(path) or hostdirs.refused_attached_file(path) is not None):
+            found.append(f"<os><{part}> {path}: {hostdirs.refused_attached_file(path) or 'not an absolute, normalised path'}")
+    for disk in definition.disks:
+        where = f"<disk> {disk.target or '?'} ({disk.source})"
+        if disk.bus not in BUS_PREFIX:
+            found.append(f"{where}: bus {disk.bus!r} (manifests know virtio, sata, scsi, ide)")
+        elif not _DEVICE_NAME.fullmatch(disk.target or "") or not disk.target.startswith(BUS_PREFIX[disk.bus]):
+            found.append(f"{where}: target {disk.target!r} does not fit bus {disk.bus}")
+        elif disk.pool is None and not disk.path:
+            found.append(f"{where}: a disk without a source")
+        elif disk.pool is None and (not _ABSOLUTE_PATH.fullmatch(disk.path)
+                                    or (why := hostdirs.refused_attached_file(disk.path)) is not None):
+            found.append(f"{where}: {why if _ABSOLUTE_PATH.fullmatch(disk.path) else 'not an absolute, normalised path'}")
+        elif disk.pool is None and disk.format not in ("qcow2", "raw"):
+            found.append(f"{where}: image format {disk.format!r} (manifests know qcow2 and raw)")
+        elif disk.pool is not None and disk.format not in (None, "qcow2"):
+            found.append(f"{where}: a {disk.format} pool volume (manifests attach pool volumes as qcow2)")
+    if len(definition.cdroms) > 1:
+        found.append(f"{len(definition.cdroms)} CD-ROM drives ({', '.join(d.target for d in definition.cdroms)}): a "
+                     "manifest has one")
+    for cdrom in definition.cdroms[:1]:
+        where = f"<disk device='cdrom'> {cdrom.target or '?'} ({cdrom.source})"
+        if cdrom.bus not in CDROM_BUSES:
+            found.append(f"{where}: bus {cdrom.bus!r} (manifests know sata, scsi, ide)")
+        elif not re.fullmatch(r"(sd|hd)[a-z]{1,2}", cdrom.target or "") or not cdrom.target.startswith(BUS_PREFIX[cdrom.bus]):
+            found.append(f"{where}: target {cdrom.target!r} does not fit bus {cdrom.bus}")
+        elif cdrom.target in {d.target for d in definition.disks}:
+            found.append(f"{where}: target {cdrom.target} is also a disk's")
+        elif cdrom.pool is None and cdrom.path and (not _ABSOLUTE_PATH.fullmatch(cdrom.path)
+                                                    or hostdirs.refused_attached_file(cdrom.path) is not None):
+            found.append(f"{where}: {hostdirs.refused_attached_file(cdrom.path) or 'not an absolute, normalised path'}")
+    for nic in definition.nics:
+        where = f"<interface> {nic.mac or '?'}"
+        if nic.kind not in ("network", "bridge"):
+            found.append(f"{where}: type {nic.kind!r} (manifests know network and bridge)")
+        elif nic.model is None:
+            found.append(f"{where}: no model (QEMU's default; manifests name one)")
+        elif nic.model not in NIC_MODELS:
+            found.append(f"{where}: model {nic.model!r} (manifests know {', '.join(NIC_MODELS)})")
+    if definition.graphics not in ("none", "vnc", "spice"):
+        found.append(f"<graphics type={definition.graphics!r}> (manifests know vnc and spice)")
+    if any(device not in ("hd", "cdrom", "network", "fd") for device in definition.boot) or len(set(definition.boot)) != len(definition.boot):
+        found.append(f"<os><boot> order {', '.join(definition.boot)}")
+    return found
+
+
+def _disk_name(target: str, taken: list[dict]) -> str:
+    name = target if re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?", target or "") else "disk"
+    names = {d["name"] for d in taken}
+    candidate, suffix = name, 1
+    while candidate in names:
+        suffix += 1
+        candidate = f"{name}-{suffix}"
+    return candidate
 
 
 def _mib_text(kib: int) -> str | int:

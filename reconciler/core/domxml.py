@@ -381,11 +381,15 @@ def render_owner(owner: model.Ownership) -> ET.Element:
 
 
 def _render_disk(disk: model.DiskDevice) -> ET.Element:
-    image_format = "qcow2" if disk.device == "disk" else "raw"
+    image_format = disk.format or ("qcow2" if disk.device == "disk" else "raw")
     if disk.pool is not None:
         element = ET.Element("disk", type="volume", device=disk.device)
         ET.SubElement(element, "driver", name="qemu", type=image_format)
         ET.SubElement(element, "source", pool=disk.pool, volume=disk.volume or "")
+    elif disk.path and disk.path.startswith("/dev/"):
+        element = ET.Element("disk", type="block", device=disk.device)
+        ET.SubElement(element, "driver", name="qemu", type=disk.format or "raw")
+        ET.SubElement(element, "source", dev=disk.path)
     else:
         element = ET.Element("disk", type="file", device=disk.device)
         ET.SubElement(element, "driver", name="qemu", type=image_format)
@@ -556,6 +560,8 @@ def _kib(element: ET.Element | None) -> int:
 
 def _parse_disk(element: ET.Element) -> model.DiskDevice:
     target = element.find("target")
+    driver = element.find("driver")
+    image_format = driver.get("type") if driver is not None else None
     source = element.find("source")
     source = source if source is not None else ET.Element("source")
     if element.get("type") == "volume":
@@ -563,13 +569,14 @@ def _parse_disk(element: ET.Element) -> model.DiskDevice:
             target=target.get("dev", "") if target is not None else "",
             bus=target.get("bus", "") if target is not None else "",
             pool=source.get("pool"), volume=source.get("volume"), device=element.get("device", "disk"),
-            relabel=_relabels(source),
+            format=image_format, relabel=_relabels(source),
         )
     return model.DiskDevice(
         target=target.get("dev", "") if target is not None else "",
         bus=target.get("bus", "") if target is not None else "",
         path=source.get("file") or source.get("dev") or source.get("name"),
         device=element.get("device", "disk"),
+        format=image_format,
         relabel=_relabels(source),
     )
 

@@ -71,3 +71,33 @@ def system_directory(path: str) -> str | None:
     if len(parts) > 3 and parts[1] == "home" and any(part.startswith(".") for part in parts[3:]):
         return "a user's hidden directory (keys, shell start-up files)"
     return None
+
+
+# Block devices a disk may name under /dev (which is otherwise refused): whole disks,
+# partitions, LVM volumes, device-mapper and md devices, and their stable by-* links.
+_BLOCK_DEVICE = re.compile(
+    r"/dev/(?:(?:sd|vd|xvd|hd)[a-z]+\d*|nvme\d+n\d+(?:p\d+)?|md\d+(?:p\d+)?|dm-\d+|zd\d+(?:p\d+)?|sr\d+|loop\d+"
+    r"|mapper/[^/]+|md/[^/]+|disk/by-[a-z]+/[^/]+|zvol/.+|[A-Za-z0-9][A-Za-z0-9_.+-]*/[A-Za-z0-9][A-Za-z0-9_.+-]*)"
+)
+
+
+def refused_attached_file(path: str) -> str | None:
+    """Return why ``path`` may not be attached as a disk or CD-ROM file, or None when it may.
+
+    ``path`` must already be absolute and normalised (:func:`normalise`).  The file is
+    only read by QEMU (written, for a disk), never created or changed by kvmops; still, a
+    manifest must not hand a guest the host's configuration, keys or libvirt's state: a
+    file in a system tree is refused.  Under ``/dev`` only block devices (disks,
+    partitions, LVM, device-mapper, md) may be named.
+    """
+    if path != normalise(path):
+        return f"{path} is not normalised (write {normalise(path)})"
+    if path.startswith("/dev/"):
+        return None if _BLOCK_DEVICE.fullmatch(path) else f"{path} is not a block device path ({SYSTEM_TREES['/dev']})"
+    directory = posixpath.dirname(path)
+    if directory == "/":
+        return f"{path} is in the root directory"
+    why = system_directory(directory)
+    if why is not None and directory not in SYSTEM_DIRECTORIES:
+        return f"{path} is in a system directory ({why})"
+    return None

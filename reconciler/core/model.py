@@ -193,6 +193,8 @@ class FileRef:
     host_directory: str = field(default="", compare=False)
 
     def __str__(self) -> str:
+        if not self.pool:
+            return self.path or "(empty)"
         return f"{self.pool}/{self.volume}" if self.volume is not None else f"{self.pool}:{self.path}"
 
 
@@ -209,6 +211,10 @@ class DiskSpec:
     deletion_policy: DeletionPolicy
     image: str | None = None  # name of an Image resource the disk starts from
     clone: str = "overlay"  # "overlay" (qcow2 backing file) or "copy"
+    # An existing file or block device attached as-is (pool, volume and size are then
+    # empty): kvmops never creates, resizes, writes or deletes it.
+    path: str | None = None
+    format: str = "qcow2"
 
 
 @dataclass(frozen=True)
@@ -267,7 +273,10 @@ class VMSpec:
     cpu_mode: str | None = None  # None: libvirt's default, not managed
     cpu_model: str | None = None
     boot: tuple[str, ...] = ("hd",)
-    cdrom: FileRef | None = None
+    cdrom: FileRef | None = None  # pool "" with an absolute path: any existing file, attached as-is
+    cdrom_empty: bool = False  # a CD-ROM drive without media
+    cdrom_bus: str = "sata"
+    cdrom_target: str | None = None  # None: the first sdX no disk uses
     install: InstallSpec | None = None
     cloud_init: CloudInitSpec | None = None
     guest_agent: bool = False
@@ -473,6 +482,7 @@ class DiskDevice:
     volume: str | None = None
     path: str | None = None
     device: str = "disk"
+    format: str | None = field(default=None, compare=False)  # image format to render; None: qcow2 disk, raw CD-ROM
     relabel: bool = True  # False: libvirt must not chown it (media kvmops did not create; libvirt never restores read-only ones)
 
     @property

@@ -32,7 +32,8 @@ def converged_host(desired: model.DesiredState, *, uri: str, scope: str = "defau
     volumes = {}
     for spec in desired.vms.values():
         virt_type, _ = planner.resolve_virt_type(spec.virt_type or "auto", host)
-        records = tuple(model.OwnedVolume(d.pool, d.volume, d.deletion_policy, created=True) for d in spec.disks)
+        records = tuple(model.OwnedVolume(d.pool, d.volume, d.deletion_policy, created=True) for d in spec.disks
+                        if d.path is None)
         uuid = spec.uuid or _stand_in_uuid(spec.name)
         definition = model.DomainDefinition(
             name=spec.name,
@@ -41,7 +42,8 @@ def converged_host(desired: model.DesiredState, *, uri: str, scope: str = "defau
             vcpus=spec.vcpus,
             memory=spec.memory,
             max_memory=spec.max_memory,
-            disks=tuple(model.DiskDevice(target=d.target, bus=d.bus, pool=d.pool, volume=d.volume) for d in spec.disks),
+            disks=tuple(model.DiskDevice(target=d.target, bus=d.bus, pool=d.pool, volume=d.volume) if d.path is None
+                        else model.DiskDevice(target=d.target, bus=d.bus, path=d.path) for d in spec.disks),
             nics=tuple(
                 model.NicDevice(kind=n.kind, source=n.source, model=n.model, mac=n.mac or _stand_in_mac(spec.name, i))
                 for i, n in enumerate(spec.nics)
@@ -65,7 +67,7 @@ def converged_host(desired: model.DesiredState, *, uri: str, scope: str = "defau
             shutoff_reason=None if running else model.ShutoffReason.SHUTDOWN,
             autostart=spec.autostart,
         )
-        for disk in spec.disks:
+        for disk in (d for d in spec.disks if d.path is None):
             volumes[(disk.pool, disk.volume)] = model.ObservedVolume(disk.pool, disk.volume, disk.size, 0, "")
     pools = {
         spec.name: model.ObservedPool(spec.name, spec.type, spec.path, active=True, autostart=spec.autostart)
@@ -88,7 +90,7 @@ def _stand_in_pools(desired: model.DesiredState) -> dict[str, model.ObservedPool
     """Return stand-ins for the pools a diff cannot see: those the disks use but no manifest declares."""
     return {
         disk.pool: model.ObservedPool(disk.pool, "dir", None, active=True, autostart=True)
-        for spec in desired.vms.values() for disk in spec.disks if disk.pool not in desired.pools
+        for spec in desired.vms.values() for disk in spec.disks if disk.path is None and disk.pool not in desired.pools
     }
 
 

@@ -147,7 +147,7 @@ def scope_of(domain: model.ObservedDomain) -> str:
 
 def wanted_volumes(desired: model.DesiredState) -> set[tuple[str, str]]:
     """Return every (pool, volume) the manifests use (disks, images): such a volume is never deleted."""
-    volumes = {(disk.pool, disk.volume) for spec in desired.vms.values() for disk in spec.disks}
+    volumes = {(disk.pool, disk.volume) for spec in desired.vms.values() for disk in spec.disks if disk.path is None}
     volumes |= {(image.pool, image.volume) for image in desired.images.values()}
     return volumes
 
@@ -184,13 +184,13 @@ def pool_problems(
 
 def vm_pools(spec: model.VMSpec) -> list[tuple[str, str]]:
     """Return (field path, pool name) for every pool a VM uses: disks, CD-ROM, install media, seed."""
-    used = [(f"spec.disks[{i}].pool", disk.pool) for i, disk in enumerate(spec.disks)]
-    if spec.cdrom is not None:
+    used = [(f"spec.disks[{i}].pool", disk.pool) for i, disk in enumerate(spec.disks) if disk.path is None]
+    if spec.cdrom is not None and spec.cdrom.pool:
         used.append(("spec.cdrom.pool", spec.cdrom.pool))
-    if spec.install is not None:
+    if spec.install is not None and spec.install.kernel.pool:
         used.append(("spec.install.kernel.pool", spec.install.kernel.pool))
-        if spec.install.initrd is not None:
-            used.append(("spec.install.initrd.pool", spec.install.initrd.pool))
+    if spec.install is not None and spec.install.initrd is not None and spec.install.initrd.pool:
+        used.append(("spec.install.initrd.pool", spec.install.initrd.pool))
     if spec.cloud_init is not None:
         used.append(("spec.cloudInit.pool", spec.cloud_init.pool))
     return used
@@ -592,6 +592,7 @@ class _VMPlanBuilder:
         self.spec: model.VMSpec = spec
         self.domain: model.ObservedDomain | None = domain
         self.actual: model.ActualState = actual
+        self.by_path: dict[str, tuple[str, str]] = actual.volumes_by_path()  # (pool, volume) of each volume's file
         self.virt_type: str = virt_type
         self.timeout = spec.shutdown_timeout if spec.shutdown_timeout is not None else settings.shutdown_timeout
         self.active = domain is not None and domain.power.active
@@ -747,7 +748,21 @@ class _VMPlanBuilder:
         live_volumes = {(d.pool, d.volume) for d in domain.live.disks} if (self.active and domain.live) else set()
         steps: list[plans.Step] = []
         records: list[model.OwnedVolume] = []
+        attached_volumes: set[tuple[str, str]] = set()
         for disk in spec.disks:
+            if disk.path is not None:
+                # Attached as-is: nothing to create or grow.  A file that is a pool's volume keeps
+                # its record (an adopted domain's says "not created": never deleted).
+                resolved = self.by_path.get(disk.path)
+                if resolved is not None:
+                    attached_volumes.add(resolved)
+                    recorded = owner.volume(*resolved) if owner is not None else None
+                    records.append(recorded if recorded is not None else
+                                   model.OwnedVolume(*resolved, model.DeletionPolicy.RETAIN, created=False))
+                if domain is None or not any(self._attaches(disk, d) for d in domain.definition.disks):
+                    self.notes.append(f"attaches existing file {disk.path} as-is as disk {disk.name}: kvmops did not "
+                                      "create it and never resizes, writes or deletes it")
+                continue
             volume = actual.volumes.get((disk.pool, disk.volume))
             recorded = owner.volume(disk.pool, disk.volume) if owner is not None else None
             path = f"disks[{disk.name}]"
@@ -814,7 +829,7 @@ class _VMPlanBuilder:
             records.append(model.OwnedVolume(seed.pool, seed.volume, model.DeletionPolicy.DELETE, True, seed.digest))
 
         deletions: list[plans.Step] = []
-        wanted = {(d.pool, d.volume) for d in spec.disks}
+        wanted = {(d.pool, d.volume) for d in spec.disks if d.path is None} | attached_volumes
         if seed is not None:
             wanted.add((seed.pool, seed.volume))
         for record in owner.volumes if owner is not None else ():
@@ -867,6 +882,19 @@ class _VMPlanBuilder:
                 note="DATA LOSS: the volume is deleted (deletionPolicy Delete)",
             ))
         return steps, tuple(records), deletions
+
+    def _attaches(self, disk: model.DiskSpec, device: model.DiskDevice) -> bool:
+        """Return whether observed ``device`` is the file a ``path:`` disk names (as itself or as a pool volume)."""
+        if device.pool is None:
+            return device.path == disk.path
+        return self.by_path.get(disk.path) == (device.pool, device.volume)
+
+    def _path_device(self, disk: model.DiskSpec) -> model.DiskDevice:
+        """Return the device of a ``path:`` disk, named as a pool volume when the file is one (as observed disks are)."""
+        resolved = self.by_path.get(disk.path)
+        if resolved is not None:
+            return model.DiskDevice(target=disk.target, bus=disk.bus, pool=resolved[0], volume=resolved[1], format=disk.format)
+        return model.DiskDevice(target=disk.target, bus=disk.bus, path=disk.path, format=disk.format)
 
     def _may_rewrite_seed(self, seed: model.CloudInitSpec, recorded: model.OwnedVolume | None) -> None:
         """Add a problem unless the existing seed volume is this VM's own and no other domain uses it."""
@@ -969,6 +997,8 @@ class _VMPlanBuilder:
         return f"{directory}/{name}"
 
     def _file_path(self, ref: model.FileRef, field: str = "spec") -> str:
+        if not ref.pool:
+            return ref.path or ""  # any existing file, by its absolute path
         if ref.volume is not None:
             return self._volume_path(ref.pool, ref.volume)
         directory = self._pool_directory(ref.pool)
@@ -1024,21 +1054,11 @@ class _VMPlanBuilder:
             kernel = self._file_path(spec.install.kernel, "spec.install.kernel")
             initrd = self._file_path(spec.install.initrd, "spec.install.initrd") if spec.install.initrd is not None else None
             cmdline = spec.install.cmdline or None
-        used = {d.target for d in spec.disks}
+        used = {d.target for d in spec.disks} | ({spec.cdrom_target} if spec.cdrom_target else set())
         spare = (f"sd{domxml.device_letters(i)}" for i in range(64) if f"sd{domxml.device_letters(i)}" not in used)
         cdroms = []
-        if spec.cdrom is not None:
-            ref = spec.cdrom
-            path = self._file_path(ref, "spec.cdrom") if ref.volume is None else None
-            if path is not None and (found := self.actual.volumes_by_path().get(path)) is not None:
-                # A file at the top of a dir pool is one of its volumes, and is read back as one.
-                ref, path = model.FileRef(found[0], volume=found[1]), None
-            target = next(spare)
-            # kvmops did not create it: libvirt must not chown it (it never gives read-only media back)
-            cdroms.append(model.DiskDevice(target=target, bus="sata", pool=ref.pool, volume=ref.volume, device="cdrom",
-                                           relabel=False)
-                          if ref.volume is not None else
-                          model.DiskDevice(target=target, bus="sata", path=path, device="cdrom", relabel=False))
+        if spec.cdrom is not None or spec.cdrom_empty:
+            cdroms.append(self._cdrom_device(spec.cdrom_target or next(spare), observed))
         if spec.cloud_init is not None:
             seed = spec.cloud_init
             cdroms.append(model.DiskDevice(target=next(spare), bus="sata", pool=seed.pool, volume=seed.volume, device="cdrom"))
@@ -1050,7 +1070,8 @@ class _VMPlanBuilder:
             vcpus=spec.vcpus,
             memory=spec.memory,
             max_memory=spec.max_memory,
-            disks=tuple(model.DiskDevice(target=d.target, bus=d.bus, pool=d.pool, volume=d.volume) for d in spec.disks),
+            disks=tuple(model.DiskDevice(target=d.target, bus=d.bus, pool=d.pool, volume=d.volume) if d.path is None
+                        else self._path_device(d) for d in spec.disks),
             nics=self._nics(observed, uuid),
             console=spec.console,
             graphics=spec.graphics,
@@ -1077,6 +1098,34 @@ class _VMPlanBuilder:
             graphics_listen=spec.graphics_listen if spec.graphics != "none" else None,
             graphics_password=spec.graphics_password,
         )
+
+    def _cdrom_device(self, target: str, observed: model.DomainDefinition | None) -> model.DiskDevice:
+        """Return the CD-ROM drive of the manifest: media of a pool, any existing file, or none.
+
+        kvmops did not create the media, so libvirt must not chown it (it never gives
+        read-only media back): ``relabel`` is off for media kvmops attaches.  A drive found
+        as it is (an adopted domain's ``path:`` CD-ROM, same file, same target) keeps the
+        relabelling it had: adopting writes what is there and changes nothing.
+        """
+        spec, ref = self.spec, self.spec.cdrom
+        bus = spec.cdrom_bus
+        if ref is None:
+            return model.DiskDevice(target=target, bus=bus, device="cdrom")
+        if ref.pool and ref.volume is not None:
+            return model.DiskDevice(target=target, bus=bus, pool=ref.pool, volume=ref.volume, device="cdrom", relabel=False)
+        if ref.pool:
+            path = self._file_path(ref, "spec.cdrom")
+            if (found := self.actual.volumes_by_path().get(path)) is not None:
+                # A file at the top of a dir pool is one of its volumes, and is read back as one.
+                return model.DiskDevice(target=target, bus=bus, pool=found[0], volume=found[1], device="cdrom", relabel=False)
+            return model.DiskDevice(target=target, bus=bus, path=path, device="cdrom", relabel=False)
+        resolved = self.by_path.get(ref.path)
+        device = (model.DiskDevice(target=target, bus=bus, pool=resolved[0], volume=resolved[1], device="cdrom", relabel=False)
+                  if resolved is not None else
+                  model.DiskDevice(target=target, bus=bus, path=ref.path, device="cdrom", relabel=False))
+        found = next((d for d in (observed.cdroms if observed is not None else ())
+                      if dataclasses.replace(d, relabel=False) == device), None)
+        return found if found is not None else device
 
     def _password_digest(self, observed: model.DomainDefinition | None, uuid: str | None) -> str:
         """Return the graphics password digest for the mark: the observed one while it still matches.
@@ -1147,6 +1196,11 @@ class _VMPlanBuilder:
                 add(FieldChange(path, before, after, restart))
         if old.graphics != new.graphics:
             add(FieldChange("graphics", old.graphics, new.graphics, restart))
+        if [d.source for d in old.cdroms] == [d.source for d in new.cdroms]:
+            placed_before = ", ".join(f"{d.target} ({d.bus})" for d in old.cdroms)
+            placed_after = ", ".join(f"{d.target} ({d.bus})" for d in new.cdroms)
+            if placed_before != placed_after:
+                add(FieldChange("cdrom.target", placed_before, placed_after, restart))
         relabelled = {d.source for d in old.cdroms if d.relabel}
         for cdrom in new.cdroms:
             if not cdrom.relabel and cdrom.source in relabelled:
@@ -1168,16 +1222,16 @@ class _VMPlanBuilder:
         return without_seed(old.cdroms) == without_seed(new.cdroms)
 
     def _diff_disks(self, old: tuple[model.DiskDevice, ...], new: tuple[model.DiskDevice, ...], restart: Impact) -> None:
-        names = {(d.pool, d.volume): d.name for d in self.spec.disks}
-        old_by_source = {(d.pool, d.volume) if d.pool else ("", d.path): d for d in old}
-        new_by_source = {(d.pool, d.volume): d for d in new}
+        names = {(d.pool, d.volume) if d.path is None else _device_key(self._path_device(d)): d.name for d in self.spec.disks}
+        old_by_source = {_device_key(d): d for d in old}
+        new_by_source = {_device_key(d): d for d in new}
         old_by_target = {d.target: d for d in old}
         for key, disk in new_by_source.items():
             path = f"disks[{names[key]}]"
             previous = old_by_source.get(key)
             if previous is None:
                 displaced = old_by_target.get(disk.target)
-                if displaced is not None and (displaced.pool, displaced.volume) not in new_by_source:
+                if displaced is not None and _device_key(displaced) not in new_by_source:
                     self.changes.append(FieldChange(
                         f"{path}.volume", displaced.source, disk.source, Impact.REPLACE,
                         note=f"{disk.target} now points at another volume; the old one is detached, not deleted",
@@ -1274,7 +1328,8 @@ class _VMPlanBuilder:
         for disk in spec.disks:
             add(FieldChange(
                 f"disks[{disk.name}]", None,
-                f"{disk.pool}/{disk.volume} {format_bytes(disk.size)} as {disk.target} ({disk.bus}), {disk.deletion_policy}",
+                f"{disk.pool}/{disk.volume} {format_bytes(disk.size)} as {disk.target} ({disk.bus}), {disk.deletion_policy}"
+                if disk.path is None else f"existing file {disk.path} as {disk.target} ({disk.bus}), attached as-is",
                 Impact.LIVE,
             ))
         for index, nic in enumerate(definition.nics):
@@ -1288,7 +1343,7 @@ class _VMPlanBuilder:
             ("cpu", _cpu_text(definition) if spec.cpu_mode else None),
             ("boot", ", ".join(spec.boot) if spec.boot != ("hd",) else None),
             ("install", _install_text(definition)),
-            ("cdrom", str(spec.cdrom) if spec.cdrom else None),
+            ("cdrom", str(spec.cdrom) if spec.cdrom else ("empty drive" if spec.cdrom_empty else None)),
             ("cloudInit", f"seed {spec.cloud_init.pool}/{spec.cloud_init.volume} ({_short_digest(spec.cloud_init.digest)})"
              if spec.cloud_init else None),
             ("guestAgent", "true" if spec.guest_agent else None),
@@ -1319,6 +1374,11 @@ class _VMPlanBuilder:
         pending = [f"{name} {old} -> {new}" for name, old, new in restart_pending(domain.live, domain.definition)]
         if pending:
             self.notes.append("restart pending (changed earlier, takes effect at next boot): " + "; ".join(pending))
+
+
+def _device_key(device: model.DiskDevice) -> tuple[str, str]:
+    """Return what identifies a disk: its pool volume, or its file."""
+    return (device.pool, device.volume or "") if device.pool is not None else ("", device.path or "")
 
 
 def password_salt(entropy: bytes, uuid: str) -> bytes:

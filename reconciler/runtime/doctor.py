@@ -107,9 +107,9 @@ def manifest_checks(desired: model.DesiredState, hypervisor: hv.Hypervisor, actu
     needed: dict[str, int] = {}
     for spec in desired.vms.values():
         for disk in spec.disks:
-            if (disk.pool, disk.volume) not in actual.volumes:
+            if disk.path is None and (disk.pool, disk.volume) not in actual.volumes:
                 needed[disk.pool] = needed.get(disk.pool, 0) + disk.size
-    pools = sorted({d.pool for s in desired.vms.values() for d in s.disks} | set(desired.pools))
+    pools = sorted({d.pool for s in desired.vms.values() for d in s.disks if d.path is None} | set(desired.pools))
     for name in pools:
         pool = actual.pools.get(name)
         if pool is None and name in desired.pools:

@@ -1181,3 +1181,120 @@ def valid_text(text: str) -> model.DesiredState:
     state = desired.build(b.manifest_set({"vms/app.yaml": text}))
     assert [str(p) for p in state.problems] == []
     return state
+
+
+# --- adopting virt-install domains exactly (issue 9) -----------------------------------------------
+
+CORPUS = Path(__file__).resolve().parents[1] / "e2e" / "corpus"
+
+
+def corpus_domain(variant: str, name: str = "app") -> str:
+    """Return a domain of the virt-install corpus with its placeholders filled in for a unit test."""
+    xml = (CORPUS / f"{variant}.xml").read_text(encoding="utf-8").split("-->\n", 1)[1]
+    xml = xml.replace("@NAME@", name).replace("@DIR@", "/var/lib/vms").replace("@NET@", "default")
+    return xml.replace("@POOLDIR@", "/srv/pool").replace("@POOL@", "vmstore")
+
+
+def adopted_plan(xml: str, volumes: tuple[model.ObservedVolume, ...] = (), pools: tuple = ()) -> tuple[plans.Plan, dict]:
+    """Import ``xml``, adopt it with the mark the planner would write, and return the next plan and the manifest."""
+    by_path = model.volumes_by_path(volumes)
+    observed = actual_state.resolve_paths(domxml.parse(xml), by_path)
+    assert desired.inexpressible(observed) == []
+    document, _warnings = desired.manifest_for(
+        observed, autostart=False, capacities={(v.pool, v.name): v.capacity for v in volumes},
+        paths={(v.pool, v.name): v.path for v in volumes})
+    state = valid_text(yaml.safe_dump(document, sort_keys=False))
+    observation = model.Observation(b.host(), (record(xml, power=SHUTOFF),), pools, volumes)
+    planned = planner.desired_definition(state.vms["app"], None, host(observation), state, planner.Settings())
+    marked = xml.replace("</metadata>", ET.tostring(domxml.render_owner(planned.owner), encoding="unicode") + "</metadata>")
+    adopted = dataclasses.replace(observation, domains=(record(marked, power=SHUTOFF),))
+    return plan(state, adopted), document
+
+
+def test_an_adopted_domain_whose_disk_is_a_file_outside_any_pool_keeps_it_and_plans_nothing():
+    """virt-install's --disk path=... is imported as a path: disk, and adopting it plans no detach."""
+    result, document = adopted_plan(corpus_domain("import-path-debian"))
+    assert document["spec"]["disks"] == [{"name": "vda", "path": "/var/lib/vms/root.qcow2", "bus": "virtio"}]
+    assert not result.has_changes, render.text(result)
+
+
+def test_an_adopted_domain_keeps_its_empty_cd_rom_drive_and_its_install_media():
+    """An ejected install CD-ROM stays an empty drive; a full one stays attached as it is; the boot order is kept."""
+    installed, document = adopted_plan(corpus_domain("cdrom-installed-empty-drive"))
+    assert document["spec"]["cdrom"] == {"empty": True}
+    assert not installed.has_changes, render.text(installed)
+    installing, document = adopted_plan(corpus_domain("cdrom-install-step"))
+    assert (document["spec"]["cdrom"], document["spec"]["boot"]) == ({"path": "/var/lib/vms/install.iso"}, ["cdrom", "hd"])
+    assert not installing.has_changes, render.text(installing)
+
+
+def test_an_adopted_domain_with_a_per_device_boot_order_gets_no_os_boot_element():
+    """virt-install's boot.order= leaves <os> without <boot>: imported as boot: [], it plans nothing."""
+    result, document = adopted_plan(corpus_domain("boot-order-devices"))
+    assert document["spec"]["boot"] == []
+    assert not result.has_changes, render.text(result)
+
+
+@pytest.mark.parametrize("variant", ["cpu-mode-maximum", "nic-pcnet-pc", "win10-installed", "win2k19-uefi-no-tpm",
+                                     "machine-pc-ide", "disks-sata-scsi-raw", "direct-kernel-boot", "vnc-listen-any"])
+def test_every_value_import_writes_for_virt_install_domains_validates_and_plans_nothing(variant):
+    """cpu mode maximum, pcnet, Windows profiles, IDE, raw files and kernel files: all import, validate, adopt exactly."""
+    result, _document = adopted_plan(corpus_domain(variant))
+    assert not result.has_changes, render.text(result)
+
+
+def test_a_cd_rom_in_a_pool_is_imported_as_the_file_it_is_and_stays_relabelled_as_before():
+    """Adopting writes what is there: a pool file CD-ROM is kept as a path:, libvirt's relabelling unchanged."""
+    volumes = (model.ObservedVolume("vmstore", "root.qcow2", b.GIB, 0, "/srv/pool/root.qcow2"),
+               model.ObservedVolume("vmstore", "install.iso", 2048, 2048, "/srv/pool/install.iso"))
+    result, document = adopted_plan(corpus_domain("pool-cdrom-install"), volumes, (b.observed_pool("vmstore", "/srv/pool"),))
+    assert document["spec"]["cdrom"] == {"path": "/srv/pool/install.iso"}
+    assert not result.has_changes, render.text(result)
+
+
+def test_adopt_refuses_what_a_manifest_cannot_express_naming_the_element():
+    """A user-mode NIC cannot be written in a manifest: inexpressible names it, so adopt refuses instead of dropping it."""
+    found = desired.inexpressible(domxml.parse(corpus_domain("nic-user")))
+    assert len(found) == 1 and "<interface>" in found[0] and "'user'" in found[0]
+
+
+def test_a_new_path_cd_rom_is_attached_as_is_without_relabelling_and_the_plan_says_so():
+    """A CD-ROM given by absolute path is attached with relabel off and the plan says it attaches the existing file as-is."""
+    state = valid_text(VM_WITH_PATHS)
+    result = plan(state)
+    vm = result.resources[0]
+    definition = domxml.parse(next(s.xml for s in vm.steps if isinstance(s, plans.DefineDomain)))
+    assert [(d.path, d.relabel) for d in definition.cdroms] == [("/var/lib/isos/rescue.iso", False)]
+    assert [(d.path, d.target) for d in definition.disks] == [("/dev/vg0/app", "vda")]
+    text = render.text(result)
+    assert "attaches existing file /var/lib/isos/rescue.iso" in text
+    assert "attaches existing file /dev/vg0/app as-is as disk root" in text
+
+
+VM_WITH_PATHS = """
+apiVersion: kvmops/v1
+kind: VirtualMachine
+metadata: {name: app}
+spec:
+  memory: 512
+  disks:
+    - {name: root, path: /dev/vg0/app, format: raw}
+  cdrom: {path: /var/lib/isos/rescue.iso}
+"""
+
+
+@pytest.mark.parametrize(("field", "entry", "says"), [
+    ("spec.disks[0].path", "disks: [{name: root, path: /etc/shadow}]", "system directory"),
+    ("spec.disks[0].path", "disks: [{name: root, path: /root/.ssh/id}]", "system directory"),
+    ("spec.disks[0]", "disks: [{name: root, path: /var/lib/vms/a.qcow2, size: 10}]", "either"),
+    ("spec.disks[0].path", "disks: [{name: root, path: /var/lib/../etc/x}]", "absolute"),
+    ("spec.cdrom.path", "cdrom: {path: relative/file.iso}", "absolute"),
+    ("spec.cdrom.path", "cdrom: {path: /proc/kcore}", "system directory"),
+    ("spec.install.kernel.path", "install: {kernel: {path: /boot/vmlinuz}}", "system directory"),
+])
+def test_a_path_in_a_system_directory_or_not_absolute_is_refused(field, entry, says):
+    """path: must be absolute, normalised and outside system directories; never with pool and size."""
+    text = f"apiVersion: kvmops/v1\nkind: VirtualMachine\nmetadata: {{name: app}}\nspec:\n  memory: 512\n  {entry}\n"
+    state = desired.build(b.manifest_set({"vms/app.yaml": text}))
+    problems = [str(p) for p in state.problems]
+    assert any(field in p and says in p for p in problems), problems
