@@ -590,7 +590,7 @@ class _VMPlanBuilder:
                 if definition.owner.install_pending or definition.owner.start_pending:
                     # Booted once (from the install media): from now on it boots from its disks,
                     # and its first start is done.
-                    after = _started(self._definition(owned_volumes, install=False))
+                    after = _started(self._definition(owned_volumes, install=self._install_always()))
                     steps.append(plans.DefineDomain(spec.name, after.uuid, domxml.render(after)))
                 if definition.owner.install_pending:
                     self.notes.append("the install kernel is used for this first boot only; later boots use the disks")
@@ -635,7 +635,8 @@ class _VMPlanBuilder:
             steps.append(plans.StartDomain(spec.name))
             actions.append(Action.START)
             if definition.owner.install_pending or definition.owner.start_pending:
-                after = self._without_records(_started(self._definition(owned_volumes, install=False)), self.deleting)
+                after = self._without_records(_started(self._definition(owned_volumes, install=self._install_always())),
+                                              self.deleting)
                 steps.append(plans.DefineDomain(spec.name, after.uuid, domxml.render(after) if not domain.xml else
                                                 domxml.patch(domain.xml, after)))
             if definition.owner.install_pending:
@@ -944,6 +945,10 @@ class _VMPlanBuilder:
             return True
         owner = self.domain.definition.owner if self.domain.definition is not None else None
         return owner is not None and owner.start_pending and not self.active
+
+    def _install_always(self) -> bool:
+        """Return whether the install media stays in the definition after the first boot (``firstBootOnly: false``)."""
+        return self.spec.install is not None and not self.spec.install.first_boot_only
 
     def _install_now(self) -> bool:
         """Return whether the domain boots its install media (kernel, initrd) next time."""

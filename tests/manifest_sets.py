@@ -1,0 +1,154 @@
+"""A manifest set that sets every field of every kind, for the invariant tests.
+
+:func:`write_every_field` writes one tree in which each property of every JSON Schema in
+``schemas/`` is set by at least one document (``tests/unit/test_manifest_sets.py`` checks
+that with :func:`schema_paths` and :func:`set_paths`), so an invariant checked over it
+(an empty diff between identical revisions, an empty plan after apply, offline ==
+observed) covers every field a manifest can hold.  A field added to a schema fails that
+test until a document here sets it.
+
+``prefix`` starts every libvirt object name (VMs, networks, pools, volumes, bridges), so
+the set can be applied on a shared libvirtd; ``pool_dir`` is the directory of its
+storage pool.  ``with_downloads=False`` leaves out the Image fed from a URL (it needs an
+image server).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from tests import factories
+
+SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
+KINDS = ("virtualmachine", "network", "storagepool", "image")
+IMAGE_BYTES = b"\0" * (1 << 20)  # a 1 MiB blank raw disk
+
+
+def write_every_field(directory: Path, *, prefix: str, pool_dir: Path, with_downloads: bool = True,
+                      url: str = "https://images.invalid/base.qcow2", url_sha256: str = "0" * 64) -> list[dict]:
+    """Write the set under ``directory``; return its documents."""
+    for sub in ("images", "virtualmachines"):
+        (directory / sub).mkdir(parents=True, exist_ok=True)
+    (directory / "images" / "base.raw").write_bytes(IMAGE_BYTES)
+    (directory / "virtualmachines" / "user-data.cfg").write_text("#cloud-config\npackages: [nginx]\n", encoding="utf-8")
+    (directory / "virtualmachines" / "vnc.pass").write_text("s3cret-vnc\n", encoding="utf-8")
+    for name in ("install/vmlinuz", "install/initrd.img", "iso/tools.iso"):
+        (pool_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (pool_dir / name).write_bytes(b"\0" * 4096)
+    pool, net, lan = f"{prefix}-store", f"{prefix}-net", f"{prefix}-lan"
+    documents = [
+        factories.pool(pool, str(pool_dir), type="dir", autostart=True),
+        _network(net, {
+            "mode": "nat", "bridge": f"{prefix[:8]}br0",
+            "ipv4": {"address": "192.168.231.1", "prefix": 24, "dhcp": {
+                "start": "192.168.231.100", "end": "192.168.231.199",
+                "hosts": [{"mac": "52:54:00:aa:00:01", "ip": "192.168.231.10", "name": "pinned"}],
+            }},
+            "autostart": True,
+        }),
+        _network(f"{prefix}-iso", {"mode": "isolated", "ipv4": {"address": "10.231.0.1", "prefix": 24},
+                                   "autostart": False}),
+        _image(f"{prefix}-base", {"pool": pool, "source": {"path": "base.raw"},
+                                  "sha256": hashlib.sha256(IMAGE_BYTES).hexdigest(), "format": "raw"}),
+        factories.vm(f"{prefix}-full", memory="128MiB", vcpus=2, maxMemory="256MiB", virtType="qemu",
+                     uuid="6f1c3a52-0d3b-4e52-9a53-1b2c3d4e5f60", machine="q35", firmware="bios",
+                     cpu={"mode": "custom", "model": "qemu64"},
+                     disks=[factories.disk("root", pool, "16MiB", bus="virtio", deletionPolicy="Delete",
+                                           image=f"{prefix}-base", clone="copy", target="vdb"),
+                            factories.disk("data", pool, "8MiB", volume=f"{prefix}-full-data.qcow2", bus="sata",
+                                           deletionPolicy="Retain")],
+                     networks=[{"network": net, "mac": "52:54:00:aa:00:02", "model": "e1000"}],
+                     cdrom={"pool": pool, "path": "iso/tools.iso"},
+                     boot=["cdrom", "hd"],
+                     install={"kernel": {"pool": pool, "path": "install/vmlinuz"},
+                              "initrd": {"pool": pool, "path": "install/initrd.img"},
+                              "cmdline": "console=ttyS0", "firstBootOnly": True},
+                     console="serial",
+                     graphics={"type": "vnc", "listen": "127.0.0.1", "passwordFile": "vnc.pass"},
+                     autostart=True, runStrategy="Halted", shutdownTimeout=5, guestAgent=True),
+        factories.vm(f"{prefix}-seeded", memory="96MiB", virtType="qemu", firmware="uefi", keepNvram=True,
+                     cpu={"mode": "host-model"},
+                     disks=[factories.disk("root", pool, "16MiB", image=f"{prefix}-base", clone="overlay")],
+                     networks=[{"network": f"{prefix}-iso", "model": "virtio"}],
+                     cloudInit={"userDataFile": "user-data.cfg",
+                                "metaData": {"instanceId": f"{prefix}-seeded-1", "hostname": "seeded"},
+                                "networkConfig": {"version": 2},
+                                "sshAuthorizedKeys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample ops@example"],
+                                "pool": pool},
+                     graphics="vnc", runStrategy="Manual"),
+        factories.vm(f"{prefix}-inline", memory=96, virtType="qemu", machine="pc",
+                     cpu={"mode": "host-passthrough"},
+                     disks=[factories.disk("root", pool, 16, bus="scsi"), factories.disk("old", pool, "8MiB", bus="ide")],
+                     networks=[{"network": net, "model": "rtl8139"}, {"network": f"{prefix}-iso", "model": "e1000e"}],
+                     cdrom={"pool": pool, "volume": f"{prefix}-store-media.iso"},
+                     install={"kernel": {"pool": pool, "volume": f"{prefix}-kernel"},
+                              "initrd": {"pool": pool, "volume": f"{prefix}-initrd"}},
+                     cloudInit={"userData": "#cloud-config\n{}\n"},
+                     console="none", graphics="none", runStrategy="RerunOnFailure"),
+    ]
+    documents.append(_network(lan, {"mode": "bridge", "bridge": f"{prefix[:8]}lan0", "autostart": False}))
+    documents.append(factories.vm(f"{prefix}-bridged", memory="64MiB", virtType="qemu", runStrategy="Halted",
+                                  networks=[{"bridge": f"{prefix[:8]}lan0"}]))
+    if with_downloads:
+        documents.append(_image(f"{prefix}-remote", {"pool": pool, "source": {"url": url}, "sha256": url_sha256,
+                                                     "format": "qcow2"}))
+    for index, document in enumerate(documents):
+        document.setdefault("metadata", {})["labels"] = {"set": "every-field", "index": str(index)}
+        factories.write(directory, f"{document['kind'].lower()}s/{document['metadata']['name']}.yaml", document)
+    return documents
+
+
+def _network(name: str, spec: dict) -> dict:
+    return {"apiVersion": "kvmops/v1", "kind": "Network", "metadata": {"name": name}, "spec": spec}
+
+
+def _image(name: str, spec: dict) -> dict:
+    return {"apiVersion": "kvmops/v1", "kind": "Image", "metadata": {"name": name}, "spec": spec}
+
+
+def schema_paths(kind: str) -> set[str]:
+    """Return every property path (``spec.cpu.mode``, ``spec.disks[].pool``) the schema of ``kind`` allows."""
+    schema = json.loads((SCHEMAS / f"{kind}.schema.json").read_text(encoding="utf-8"))
+    definitions = schema.get("$defs", {})
+    metadata = json.loads((SCHEMAS / "metadata.schema.json").read_text(encoding="utf-8"))
+
+    def resolve(node: dict) -> dict:
+        while "$ref" in node:
+            ref = node["$ref"]
+            node = metadata if "metadata.schema" in ref else definitions[ref.split("/")[-1]]
+        return node
+
+    paths: set[str] = set()
+
+    def walk(node: dict, prefix: str) -> None:
+        node = resolve(node)
+        for alternative in node.get("oneOf", []) + node.get("anyOf", []):
+            walk(alternative, prefix)
+        for key, child in node.get("properties", {}).items():
+            path = f"{prefix}{key}"
+            paths.add(path)
+            walk(child, f"{path}.")
+            if "items" in resolve(child):
+                walk(resolve(child)["items"], f"{path}[].")
+    walk(schema, "")
+    return {p for p in paths if p.startswith("spec.")}
+
+
+def set_paths(documents: list[dict], kind: str) -> set[str]:
+    """Return every property path some document of ``kind`` sets."""
+    paths: set[str] = set()
+
+    def walk(value: object, prefix: str) -> None:
+        if isinstance(value, dict):
+            for key, child in value.items():
+                paths.add(f"{prefix}{key}")
+                walk(child, f"{prefix}{key}.")
+        elif isinstance(value, list):
+            for item in value:
+                walk(item, f"{prefix[:-1]}[].")
+    for document in documents:
+        if document["kind"].lower() == kind:
+            walk(document["spec"], "spec.")
+    return paths
