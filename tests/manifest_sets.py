@@ -15,6 +15,7 @@ image server).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -27,8 +28,15 @@ IMAGE_BYTES = b"\0" * (1 << 20)  # a 1 MiB blank raw disk
 
 
 def write_every_field(directory: Path, *, prefix: str, pool_dir: Path, with_downloads: bool = True,
-                      url: str = "https://images.invalid/base.qcow2", url_sha256: str = "0" * 64) -> list[dict]:
-    """Write the set under ``directory``; return its documents."""
+                      url: str = "https://images.invalid/base.qcow2", url_sha256: str = "0" * 64,
+                      media_pool: str | None = None, with_uploads: bool = True) -> list[dict]:
+    """Write the set under ``directory``; return its documents.
+
+    The install kernel, initrd and CD-ROM given as volumes are :func:`media_volumes` of
+    ``media_pool`` (default: the set's own pool), which must exist before an apply.
+    ``with_uploads=False`` leaves out what needs a volume upload (Images and cloud-init
+    seeds), which libvirt's test driver cannot do.
+    """
     for sub in ("images", "virtualmachines"):
         (directory / sub).mkdir(parents=True, exist_ok=True)
     (directory / "images" / "base.raw").write_bytes(IMAGE_BYTES)
@@ -38,6 +46,8 @@ def write_every_field(directory: Path, *, prefix: str, pool_dir: Path, with_down
         (pool_dir / name).parent.mkdir(parents=True, exist_ok=True)
         (pool_dir / name).write_bytes(b"\0" * 4096)
     pool, net, lan = f"{prefix}-store", f"{prefix}-net", f"{prefix}-lan"
+    media = media_pool or pool
+    iso, kernel, initrd = media_volumes(prefix)
     documents = [
         factories.pool(pool, str(pool_dir), type="dir", autostart=True),
         _network(net, {
@@ -82,9 +92,8 @@ def write_every_field(directory: Path, *, prefix: str, pool_dir: Path, with_down
                      cpu={"mode": "host-passthrough"},
                      disks=[factories.disk("root", pool, 16, bus="scsi"), factories.disk("old", pool, "8MiB", bus="ide")],
                      networks=[{"network": net, "model": "rtl8139"}, {"network": f"{prefix}-iso", "model": "e1000e"}],
-                     cdrom={"pool": pool, "volume": f"{prefix}-store-media.iso"},
-                     install={"kernel": {"pool": pool, "volume": f"{prefix}-kernel"},
-                              "initrd": {"pool": pool, "volume": f"{prefix}-initrd"}},
+                     cdrom={"pool": media, "volume": iso},
+                     install={"kernel": {"pool": media, "volume": kernel}, "initrd": {"pool": media, "volume": initrd}},
                      cloudInit={"userData": "#cloud-config\n{}\n"},
                      console="none", graphics="none", runStrategy="RerunOnFailure"),
     ]
@@ -94,10 +103,22 @@ def write_every_field(directory: Path, *, prefix: str, pool_dir: Path, with_down
     if with_downloads:
         documents.append(_image(f"{prefix}-remote", {"pool": pool, "source": {"url": url}, "sha256": url_sha256,
                                                      "format": "qcow2"}))
+    if not with_uploads:
+        documents = [d for d in documents if d["kind"] != "Image"]
+        for document in documents:
+            document["spec"].pop("cloudInit", None)
+            for disk in document["spec"].get("disks", []):
+                disk.pop("image", None)
+                disk.pop("clone", None)
     for index, document in enumerate(documents):
         document.setdefault("metadata", {})["labels"] = {"set": "every-field", "index": str(index)}
         factories.write(directory, f"{document['kind'].lower()}s/{document['metadata']['name']}.yaml", document)
     return documents
+
+
+def media_volumes(prefix: str) -> tuple[str, str, str]:
+    """Return the names of the CD-ROM, kernel and initrd volumes the set uses (it does not create them)."""
+    return f"{prefix}-media.iso", f"{prefix}-kernel", f"{prefix}-initrd"
 
 
 def _network(name: str, spec: dict) -> dict:
@@ -152,3 +173,25 @@ def set_paths(documents: list[dict], kind: str) -> set[str]:
         if document["kind"].lower() == kind:
             walk(document["spec"], "spec.")
     return paths
+
+
+def comparable(state) -> dict:
+    """Return what an apply decides about a host, resource by resource, from an ActualState.
+
+    Domains: the persistent definition (mark included), power and autostart; pools: type,
+    path, active, autostart; networks: the definition and whether it runs; volumes: which
+    exist.  Left out is what libvirt or the guest decides (addresses, capacities of
+    imported images and seeds, the live definition).
+    """
+    def unsalted(definition):
+        # A graphics password digest is salted per apply: whether there is one is what compares.
+        if definition is None or definition.owner is None or not definition.owner.graphics_password_digest:
+            return definition
+        return dataclasses.replace(definition, owner=dataclasses.replace(
+            definition.owner, graphics_password_digest="(salted digest)"))
+    return {
+        "domains": {name: (unsalted(d.definition), d.power, d.autostart) for name, d in state.domains.items() if d.owned},
+        "pools": dict(state.pools),
+        "networks": {name: (n.definition, n.active, n.autostart) for name, n in state.networks.items() if n.owned},
+        "volumes": sorted(state.volumes),
+    }

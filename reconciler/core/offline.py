@@ -28,6 +28,7 @@ OFFLINE_VIRT_TYPES = ("kvm", "qemu")
 
 def converged_host(
     desired: model.DesiredState, *, uri: str, scope: str = "default", settings: planner.Settings | None = None,
+    start: model.Observation | None = None,
 ) -> model.ActualState:
     """Return the host an apply of ``desired`` would leave, as planning input.
 
@@ -35,13 +36,17 @@ def converged_host(
     plans ``desired`` against an empty host (the very code ``apply`` runs), and
     :func:`applied` carries the plan's steps out on raw records, which are then read
     back as ``kvmops state export`` reads a real host (:func:`reconciler.core.actual.interpret`).
+    ``start`` is the host before the apply: by default an empty one offering kvm and qemu,
+    with stand-ins for the pools and networks the manifests use but do not declare.
     """
     settings = dataclasses.replace(settings or planner.Settings(), scope=scope, prune=False)
-    host = model.HostInfo(uri=uri, virt_types=OFFLINE_VIRT_TYPES)
-    empty = model.Observation(host=host, domains=(), pools=tuple(_stand_in_pools(desired).values()), volumes=(),
-                              networks=tuple(_stand_in_networks(desired)))
-    plan = planner.plan_changes(desired, actual.interpret(empty), settings=settings)
-    return actual.interpret(applied(empty, plan))
+    if start is None:
+        start = model.Observation(
+            host=model.HostInfo(uri=uri, virt_types=OFFLINE_VIRT_TYPES), domains=(), volumes=(),
+            pools=tuple(_stand_in_pools(desired).values()), networks=tuple(_stand_in_networks(desired)),
+        )
+    plan = planner.plan_changes(desired, actual.interpret(start), settings=settings)
+    return actual.interpret(applied(start, plan))
 
 
 def applied(observation: model.Observation, plan: plans.Plan) -> model.Observation:

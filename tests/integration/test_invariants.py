@@ -19,8 +19,13 @@ from pathlib import Path
 import pytest
 
 from reconciler import cli
+from reconciler.adapters import hypervisor as hv
+from reconciler.core import offline, planner
+from reconciler.runtime import observe, reconcile
 from tests import manifest_sets
+from tests.integration.conftest import node_uri, volume_xml
 from tests.integration.test_diff import UNREACHABLE, Repo
+from tests.manifest_sets import comparable
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -64,3 +69,50 @@ def test_diff_of_an_unchanged_tree_setting_every_field_is_empty(tmp_path, capsys
     )
 
     assert result == {"status": 0, "changed": []}
+
+
+# --- apply, then look: libvirt's test driver ---------------------------------------------------
+
+
+def every_field_host(tmp_path: Path):
+    """Return (URI, manifest directory) of a test-driver host prepared for the every-field set."""
+    iso, kernel, initrd = manifest_sets.media_volumes("kvmops-inv")
+    uri = node_uri(tmp_path, volumes="".join(volume_xml(name, 1) for name in (iso, kernel, initrd)))
+    pool_dir = tmp_path / "pool"
+    pool_dir.mkdir()
+    directory = tmp_path / "manifests"
+    manifest_sets.write_every_field(directory, prefix="kvmops-inv", pool_dir=pool_dir, with_downloads=False, with_uploads=False,
+                                    media_pool="default")
+    return uri, directory
+
+
+def test_apply_of_every_field_then_plan_is_empty_and_equals_the_offline_host(tmp_path):
+    """After an apply of the every-field set on the test driver the next plan is empty, and the host is,
+    resource by resource, what the offline converged host of ``kvmops diff`` says it would be."""
+    uri, directory = every_field_host(tmp_path)
+    settings = planner.Settings()
+    with hv.Hypervisor.open(uri) as hypervisor:
+        before = observe.collect(hypervisor)
+        result = reconcile.apply(str(directory), hypervisor, settings=settings)
+        assert result.converged, result.report
+        again = reconcile.make_plan(str(directory), hypervisor, settings=settings)
+        assert again.plan.problems == ()
+        assert [r.name for r in again.plan.resources if r.actions or r.changes or r.steps] == []
+        offline_host = offline.converged_host(again.desired, uri=uri, settings=settings, start=before)
+        observed = comparable(again.actual)
+        expected = comparable(offline_host)
+    for name, (definition, power, autostart) in expected["domains"].items():
+        seen = observed["domains"][name]
+        assert differing(seen[0].owner, definition.owner) == {}, name
+        assert differing(seen[0], definition) == {} and seen[1:] == (power, autostart), name
+    for kind in ("domains", "pools", "networks"):
+        names = set(expected[kind])
+        assert {k: v for k, v in observed[kind].items() if k in names} == expected[kind], kind
+    assert set(expected["volumes"]) <= set(observed["volumes"])
+
+
+def differing(seen, expected) -> dict:
+    """Return {field: (seen, expected)} for the fields of two frozen dataclasses that differ."""
+    import dataclasses
+    return {f.name: (getattr(seen, f.name), getattr(expected, f.name)) for f in dataclasses.fields(expected)
+            if getattr(seen, f.name) != getattr(expected, f.name)}
