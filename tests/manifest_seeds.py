@@ -54,7 +54,7 @@ spec:
   format: raw
 """,
     "vms/user-data": "#cloud-config\npackages: [nginx]\n",
-    "vms/vnc.pass": "not-a-real-password\n",
+    "vms/vnc.pass": "notreal1\n",
     "vms/disk.raw": "\0" * 512,
 }
 HOSTILE_LINKS = {"vms/escape": "/etc/hostname", "vms/up": ".."}  # symlinks out of the tree, for path mutations

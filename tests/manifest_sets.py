@@ -29,36 +29,47 @@ IMAGE_BYTES = b"\0" * (1 << 20)  # a 1 MiB blank raw disk
 
 def write_every_field(directory: Path, *, prefix: str, pool_dir: Path, with_downloads: bool = True,
                       url: str = "https://images.invalid/base.qcow2", url_sha256: str = "0" * 64,
-                      media_pool: str | None = None, with_uploads: bool = True) -> list[dict]:
+                      media_pool: str | None = None, with_uploads: bool = True,
+                      boot_installs: bool = True) -> list[dict]:
     """Write the set under ``directory``; return its documents.
 
     The install kernel, initrd and CD-ROM given as volumes are :func:`media_volumes` of
     ``media_pool`` (default: the set's own pool), which must exist before an apply.
     ``with_uploads=False`` leaves out what needs a volume upload (Images and cloud-init
-    seeds), which libvirt's test driver cannot do.
+    seeds), which libvirt's test driver cannot do.  ``boot_installs=False`` keeps the VM
+    whose install kernel is a blank stand-in off (a real QEMU cannot boot it).
+    Names of bridges and subnets derive from ``prefix``, so sets of several prefixes can
+    run side by side on one libvirtd.
     """
     for sub in ("images", "virtualmachines"):
         (directory / sub).mkdir(parents=True, exist_ok=True)
     (directory / "images" / "base.raw").write_bytes(IMAGE_BYTES)
     (directory / "virtualmachines" / "user-data.cfg").write_text("#cloud-config\npackages: [nginx]\n", encoding="utf-8")
-    (directory / "virtualmachines" / "vnc.pass").write_text("s3cret-vnc\n", encoding="utf-8")
+    (directory / "virtualmachines" / "vnc.pass").write_text("s3cr3tvn\n", encoding="utf-8")
     for name in ("install/vmlinuz", "install/initrd.img", "iso/tools.iso"):
         (pool_dir / name).parent.mkdir(parents=True, exist_ok=True)
         (pool_dir / name).write_bytes(b"\0" * 4096)
     pool, net, lan = f"{prefix}-store", f"{prefix}-net", f"{prefix}-lan"
     media = media_pool or pool
     iso, kernel, initrd = media_volumes(prefix)
+    if media_pool is None:  # files in the pool's directory are its volumes once the pool starts
+        pool_dir.mkdir(parents=True, exist_ok=True)
+        for name in (iso, kernel, initrd):
+            (pool_dir / name).write_bytes(b"\0" * 4096)
+    tag = hashlib.sha256(prefix.encode()).hexdigest()
+    octet = 16 + int(tag[:4], 16) % 200
+    bridge, lan_bridge = f"kv{tag[:6]}n0", f"kv{tag[:6]}l0"
     documents = [
         factories.pool(pool, str(pool_dir), type="dir", autostart=True),
         _network(net, {
-            "mode": "nat", "bridge": f"{prefix[:8]}br0",
-            "ipv4": {"address": "192.168.231.1", "prefix": 24, "dhcp": {
-                "start": "192.168.231.100", "end": "192.168.231.199",
-                "hosts": [{"mac": "52:54:00:aa:00:01", "ip": "192.168.231.10", "name": "pinned"}],
+            "mode": "nat", "bridge": bridge,
+            "ipv4": {"address": f"10.231.{octet}.1", "prefix": 24, "dhcp": {
+                "start": f"10.231.{octet}.100", "end": f"10.231.{octet}.199",
+                "hosts": [{"mac": "52:54:00:aa:00:01", "ip": f"10.231.{octet}.10", "name": "pinned"}],
             }},
             "autostart": True,
         }),
-        _network(f"{prefix}-iso", {"mode": "isolated", "ipv4": {"address": "10.231.0.1", "prefix": 24},
+        _network(f"{prefix}-iso", {"mode": "isolated", "ipv4": {"address": f"10.232.{octet}.1", "prefix": 24},
                                    "autostart": False}),
         _image(f"{prefix}-base", {"pool": pool, "source": {"path": "base.raw"},
                                   "sha256": hashlib.sha256(IMAGE_BYTES).hexdigest(), "format": "raw"}),
@@ -95,11 +106,11 @@ def write_every_field(directory: Path, *, prefix: str, pool_dir: Path, with_down
                      cdrom={"pool": media, "volume": iso},
                      install={"kernel": {"pool": media, "volume": kernel}, "initrd": {"pool": media, "volume": initrd}},
                      cloudInit={"userData": "#cloud-config\n{}\n"},
-                     console="none", graphics="none", runStrategy="RerunOnFailure"),
+                     console="none", graphics="none", runStrategy="RerunOnFailure" if boot_installs else "Halted"),
     ]
-    documents.append(_network(lan, {"mode": "bridge", "bridge": f"{prefix[:8]}lan0", "autostart": False}))
+    documents.append(_network(lan, {"mode": "bridge", "bridge": lan_bridge, "autostart": False}))
     documents.append(factories.vm(f"{prefix}-bridged", memory="64MiB", virtType="qemu", runStrategy="Halted",
-                                  networks=[{"bridge": f"{prefix[:8]}lan0"}]))
+                                  networks=[{"bridge": lan_bridge}]))
     if with_downloads:
         documents.append(_image(f"{prefix}-remote", {"pool": pool, "source": {"url": url}, "sha256": url_sha256,
                                                      "format": "qcow2"}))
@@ -175,13 +186,14 @@ def set_paths(documents: list[dict], kind: str) -> set[str]:
     return paths
 
 
-def comparable(state) -> dict:
+def comparable(state, prefix: str = "") -> dict:
     """Return what an apply decides about a host, resource by resource, from an ActualState.
 
     Domains: the persistent definition (mark included), power and autostart; pools: type,
     path, active, autostart; networks: the definition and whether it runs; volumes: which
     exist.  Left out is what libvirt or the guest decides (addresses, capacities of
-    imported images and seeds, the live definition).
+    imported images and seeds, the live definition), and every object whose name does
+    not start with ``prefix``.
     """
     def unsalted(definition):
         # A graphics password digest is salted per apply: whether there is one is what compares.
@@ -190,8 +202,39 @@ def comparable(state) -> dict:
         return dataclasses.replace(definition, owner=dataclasses.replace(
             definition.owner, graphics_password_digest="(salted digest)"))
     return {
-        "domains": {name: (unsalted(d.definition), d.power, d.autostart) for name, d in state.domains.items() if d.owned},
-        "pools": dict(state.pools),
-        "networks": {name: (n.definition, n.active, n.autostart) for name, n in state.networks.items() if n.owned},
-        "volumes": sorted(state.volumes),
+        "domains": {name: (unsalted(d.definition), d.power, d.autostart) for name, d in state.domains.items()
+                    if d.owned and name.startswith(prefix)},
+        "pools": {name: pool for name, pool in state.pools.items() if name.startswith(prefix)},
+        "networks": {name: (n.definition, n.active, n.autostart) for name, n in state.networks.items()
+                     if n.owned and name.startswith(prefix)},
+        "volumes": sorted(key for key in state.volumes if key[0].startswith(prefix)),
     }
+
+
+def differences(observed, expected, *, prefix: str = "") -> dict:
+    """Return {resource: {field: (observed, expected)}} where two actual states disagree (see :func:`comparable`).
+
+    Every resource of ``expected`` is looked up in ``observed``; volumes only have to exist.
+    """
+    seen, wanted = comparable(observed, prefix), comparable(expected, prefix)
+    found: dict = {}
+    for kind in ("domains", "pools", "networks"):
+        for name, value in wanted[kind].items():
+            other = seen[kind].get(name)
+            if other is None:
+                found[f"{kind}/{name}"] = "missing"
+            elif other != value:
+                found[f"{kind}/{name}"] = _fields_apart(other, value)
+    missing = sorted(set(wanted["volumes"]) - set(seen["volumes"]))
+    if missing:
+        found["volumes"] = missing
+    return found
+
+
+def _fields_apart(seen: object, wanted: object) -> dict:
+    if isinstance(seen, tuple) and isinstance(wanted, tuple):
+        return {str(i): _fields_apart(a, b) for i, (a, b) in enumerate(zip(seen, wanted)) if a != b}
+    if dataclasses.is_dataclass(seen) and dataclasses.is_dataclass(wanted):
+        return {f.name: _fields_apart(getattr(seen, f.name), getattr(wanted, f.name))
+                for f in dataclasses.fields(wanted) if getattr(seen, f.name) != getattr(wanted, f.name)}
+    return {"observed": seen, "expected": wanted}

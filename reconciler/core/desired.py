@@ -33,6 +33,9 @@ FileReader = Callable[[model.Document, str], bytes]
 FileChecker = Callable[[model.Document, str], str]
 
 
+VNC_PASSWORD_LIMIT = 8  # the VNC protocol's DES challenge uses 8 bytes; libvirt refuses more
+
+
 def _no_files(document: model.Document, path: str) -> bytes:
     raise OSError(f"reading {path} is not possible here")
 
@@ -302,6 +305,12 @@ def _vm(document: model.Document, body: dict, read_file: FileReader) -> model.VM
             password = read_file(document, graphics["passwordFile"]).decode("utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             problems.append(origin.problem("spec.graphics.passwordFile", f"cannot read the password file: {exc}"))
+        else:
+            if graphics["type"] == "vnc" and len(password) > VNC_PASSWORD_LIMIT:
+                problems.append(origin.problem("spec.graphics.passwordFile", (
+                    f"the VNC password in {graphics['passwordFile']} is {len(password)} characters long; VNC allows at "
+                    f"most {VNC_PASSWORD_LIMIT} (libvirt refuses longer ones). Shorten it, or use graphics type spice"
+                )))
     install = None
     if "install" in spec:
         install = model.InstallSpec(

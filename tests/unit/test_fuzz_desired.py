@@ -76,7 +76,8 @@ def mutated_documents(draw) -> list[model.Document]:
 
 def build(documents) -> model.DesiredState:
     return desired.build(model.ManifestSet("manifests", tuple(documents), (), len(documents)),
-                         read_file=lambda _document, path: f"content of {path}".encode())
+                         read_file=lambda _document, path: b"pa55w0rd" if path.endswith(".pass")  # VNC: 8 at most
+                         else f"content of {path}".encode())
 
 
 BASE = build(SEED_DOCUMENTS)

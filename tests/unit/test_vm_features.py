@@ -34,7 +34,8 @@ POOL, POOL_PATH = b.POOL, b.POOL_PATH
 RUNNING, SHUTOFF = model.PowerState.RUNNING, model.PowerState.SHUTOFF
 DELETE = model.DeletionPolicy.DELETE
 SECRET = "hunter2-never-in-a-plan"  # appears only inside cloud-init user data
-PASSWORD = "vnc-pa55word"  # appears only inside a VNC password file
+PASSWORD = "vnc-pa55"  # appears only inside a VNC password file
+OLD_PASSWORD = "0ld-pa55"
 IMAGE_SHA = "ab" * 32
 IMAGE_VOLUME = f"debian-{IMAGE_SHA[:12]}.qcow2"
 USER_DATA = f"#cloud-config\npassword: {SECRET}\nchpasswd: {{expire: false}}\n"
@@ -298,6 +299,9 @@ def test_a_seed_with_its_own_pool_needs_no_disk():
                  "cannot read the user-data file: 'utf-8' codec can't decode", id="user-data-file-not-utf8"),
     pytest.param({"graphics": {"type": "vnc", "passwordFile": "missing.pass"}}, {}, "spec.graphics.passwordFile",
                  "cannot read the password file: [Errno 2] No such file or directory: 'missing.pass'", id="password-file-unreadable"),
+    pytest.param({"graphics": {"type": "vnc", "passwordFile": "long.pass"}}, {"long.pass": b"123456789\n"},
+                 "spec.graphics.passwordFile", "the VNC password in long.pass is 9 characters long; VNC allows at most 8",
+                 id="vnc-password-too-long"),
     pytest.param({"cloudInit": {"userData": "#cloud-config\n", "pool": POOL},
                   "disks": [factories.disk("root", POOL, "1GiB", volume="web-cidata.iso")]}, {}, "spec.cloudInit",
                  "volume web-cidata.iso is also a disk of this VM", id="seed-volume-is-a-disk"),
@@ -779,10 +783,10 @@ def vnc(password: str) -> tuple[model.DesiredState, dict[str, bytes]]:
 
 def test_a_changed_vnc_password_is_detected_by_its_digest_and_redacted_in_step_json():
     """libvirt never shows the password back, so its digest tells the change; the step's JSON shows passwd='***'."""
-    before, _ = vnc("old-" + PASSWORD)
+    before, _ = vnc(OLD_PASSWORD)
     after = converged(before)
     assert "passwd=" in host(after).domains["web"].xml  # written into the domain...
-    assert password.matches(domain_definition(after).owner.graphics_password_digest, "old-" + PASSWORD)
+    assert password.matches(domain_definition(after).owner.graphics_password_digest, OLD_PASSWORD)
     changed, _ = vnc(PASSWORD)
     result = plan(changed, after)
     vm = resource(result, "web")
