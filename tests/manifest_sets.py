@@ -20,6 +20,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from reconciler.core import fields, model
 from tests import factories
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
@@ -224,11 +225,34 @@ def differences(observed, expected, *, prefix: str = "") -> dict:
             if other is None:
                 found[f"{kind}/{name}"] = "missing"
             elif other != value:
-                found[f"{kind}/{name}"] = _fields_apart(other, value)
+                apart = _fields_apart(_settled(other, value), value)
+                if apart:
+                    found[f"{kind}/{name}"] = apart
     missing = sorted(set(wanted["volumes"]) - set(seen["volumes"]))
     if missing:
         found["volumes"] = missing
     return found
+
+
+def _settled(seen: tuple, wanted: tuple) -> tuple:
+    """Return ``seen`` with what libvirt chose where ``wanted`` leaves the choice to it replaced by ``wanted``'s value.
+
+    A domain's machine and CPU model when the manifest names none (or an alias such as
+    ``q35``), as the field declarations say; a network's generated bridge and UUID.
+    """
+    definition, wanted_definition = seen[0], wanted[0]
+    if isinstance(definition, model.DomainDefinition) and isinstance(wanted_definition, model.DomainDefinition):
+        for declared in fields.DOMAIN_FIELDS:
+            if declared.satisfied_by(definition, wanted_definition):
+                definition = dataclasses.replace(
+                    definition, **{name: getattr(wanted_definition, name) for name in declared.attrs})
+    elif isinstance(definition, model.NetworkDefinition) and isinstance(wanted_definition, model.NetworkDefinition):
+        definition = dataclasses.replace(
+            definition, bridge=definition.bridge if wanted_definition.bridge else None,
+            uuid=definition.uuid if wanted_definition.uuid else None)
+    else:
+        return seen
+    return (definition, *seen[1:])
 
 
 def _fields_apart(seen: object, wanted: object) -> dict:

@@ -36,6 +36,9 @@ class DomainField:
     live one waits for a reboot (RestartRequired).  A change's impact is ``restart`` on a
     running domain (``live`` on one that is off), except for memory, which the balloon
     moves live (the planner's ``_diff_definition`` knows that one rule).
+    ``libvirt_default`` marks a field a manifest may leave unset, and then libvirt
+    chooses (and kvmops keeps what it chose); ``agrees(observed, wanted)`` accepts what
+    libvirt writes for a wanted value (the machine ``q35`` becomes ``pc-q35-7.2``).
     """
 
     label: str
@@ -44,11 +47,21 @@ class DomainField:
     attrs: tuple[str, ...]
     show: Callable[[model.DomainDefinition], str | None]
     pending: bool = True
+    libvirt_default: bool = False
+    agrees: Callable[[model.DomainDefinition, model.DomainDefinition], bool] | None = None
     hidden_when: Callable[[model.DomainDefinition, model.DomainDefinition], bool] | None = None
 
     def text(self, definition: model.DomainDefinition) -> str | None:
         """Return what a plan prints for this field of ``definition``."""
         return self.show(definition)
+
+    def satisfied_by(self, observed: model.DomainDefinition, wanted: model.DomainDefinition) -> bool:
+        """Return whether libvirt's ``observed`` value is what ``wanted`` asks for (a default when it asks none)."""
+        if self.libvirt_default and all(getattr(wanted, name) is None for name in self.attrs):
+            return True
+        if self.agrees is not None and self.agrees(observed, wanted):
+            return True
+        return all(getattr(observed, name) == getattr(wanted, name) for name in self.attrs)
 
     def differs(self, old: model.DomainDefinition, new: model.DomainDefinition) -> bool:
         """Return whether ``old`` and ``new`` differ in this field (unless a change of another field says it all)."""
@@ -83,6 +96,19 @@ def install_text(definition: model.DomainDefinition) -> str | None:
     return ", ".join(parts)
 
 
+_MACHINE_FAMILIES = {"q35": "pc-q35-", "pc": "pc-i440fx-"}
+
+
+def machine_matches(wanted: str, actual: str | None) -> bool:
+    """Return whether machine type ``actual`` (as libvirt writes it) satisfies ``wanted``."""
+    if actual is None:
+        return False
+    if wanted == actual:
+        return True
+    family = _MACHINE_FAMILIES.get(wanted)
+    return family is not None and actual.startswith(family)
+
+
 def _graphics_off(old: model.DomainDefinition, new: model.DomainDefinition) -> bool:
     return "none" in (old.graphics, new.graphics)  # switching graphics on or off says it all
 
@@ -96,8 +122,10 @@ DOMAIN_FIELDS: tuple[DomainField, ...] = (
     DomainField("console", "spec.console", "/domain/devices/serial[@type='pty'] + console", ("console",),
                 lambda d: "serial" if d.console else "none"),
     DomainField("firmware", "spec.firmware", "/domain/os/@firmware", ("firmware",), lambda d: d.firmware),
-    DomainField("machine", "spec.machine", "/domain/os/type/@machine", ("machine",), lambda d: d.machine),
-    DomainField("cpu", "spec.cpu", "/domain/cpu/@mode, /domain/cpu/model", ("cpu_mode", "cpu_model"), cpu_text),
+    DomainField("machine", "spec.machine", "/domain/os/type/@machine", ("machine",), lambda d: d.machine,
+                libvirt_default=True, agrees=lambda seen, wanted: machine_matches(wanted.machine or "", seen.machine)),
+    DomainField("cpu", "spec.cpu", "/domain/cpu/@mode, /domain/cpu/model", ("cpu_mode", "cpu_model"), cpu_text,
+                libvirt_default=True),
     DomainField("boot", "spec.boot", "/domain/os/boot/@dev", ("boot",), lambda d: ", ".join(d.boot)),
     DomainField("install", "spec.install", "/domain/os/kernel, initrd, cmdline", ("kernel", "initrd", "cmdline"),
                 install_text),

@@ -966,7 +966,7 @@ class _VMPlanBuilder:
         spec, domain = self.spec, self.domain
         observed = domain.definition if domain is not None else None
         machine = spec.machine
-        if observed is not None and (machine is None or _machine_matches(machine, observed.machine)):
+        if observed is not None and (machine is None or fields.machine_matches(machine, observed.machine)):
             machine = observed.machine  # unmanaged, or an alias (q35) of what libvirt wrote (pc-q35-7.2)
         cpu_mode, cpu_model = spec.cpu_mode, spec.cpu_model
         if cpu_mode is None and observed is not None:
@@ -1283,19 +1283,6 @@ def new_mac(seed: str, taken: set[str]) -> str:
         if mac not in taken:
             return mac
     raise ValueError("no free MAC address found")  # 1000 collisions in 2**24: not this universe
-
-
-_MACHINE_FAMILIES = {"q35": "pc-q35-", "pc": "pc-i440fx-"}
-
-
-def _machine_matches(wanted: str, actual: str | None) -> bool:
-    """Return whether machine type ``actual`` (as libvirt writes it) satisfies ``wanted``."""
-    if actual is None:
-        return False
-    if wanted == actual:
-        return True
-    family = _MACHINE_FAMILIES.get(wanted)
-    return family is not None and actual.startswith(family)
 
 
 def restart_pending(live: model.DomainDefinition, config: model.DomainDefinition) -> list[tuple[str, str, str]]:
