@@ -99,3 +99,19 @@ def test_apply_of_every_field_then_plan_is_empty_and_equals_the_offline_host(tmp
         assert [r.name for r in again.plan.resources if r.actions or r.changes or r.steps] == []
         offline_host = offline.converged_host(again.desired, uri=uri, settings=settings, start=before)
     assert manifest_sets.differences(again.actual, offline_host) == {}
+
+
+def test_apply_of_the_example_manifests_then_plan_is_empty_and_equals_the_offline_host(tmp_path):
+    """The examples in manifests/ apply on the test driver, plan empty afterwards, and match the offline host."""
+    directory = tmp_path / "manifests"
+    shutil.copytree(REPO / "manifests", directory)
+    settings = planner.Settings()
+    with hv.Hypervisor.open(node_uri(tmp_path)) as hypervisor:
+        before = observe.collect(hypervisor)
+        result = reconcile.apply(str(directory), hypervisor, settings=settings)
+        assert result.converged, result.report
+        again = reconcile.make_plan(str(directory), hypervisor, settings=settings)
+        assert again.plan.problems == ()
+        assert [r.name for r in again.plan.resources if r.actions or r.changes or r.steps] == []
+        offline_host = offline.converged_host(again.desired, uri=hypervisor.uri, settings=settings, start=before)
+    assert manifest_sets.differences(again.actual, offline_host) == {}
