@@ -180,7 +180,7 @@ def write_image(host, source) -> str:
     digest = hashlib.sha256(source.read_bytes()).hexdigest()
     factories.write(host.manifests, "images/base.yaml", {
         "apiVersion": "kvmops/v1", "kind": "Image", "metadata": {"name": "base"},
-        "spec": {"pool": host.pool, "source": {"path": str(source)}, "sha256": digest, "format": "raw"},
+        "spec": {"pool": host.pool, "source": {"path": source.name}, "sha256": digest, "format": "raw"},
     })
     return f"base-{digest[:12]}.raw"
 
