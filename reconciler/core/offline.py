@@ -2,11 +2,11 @@
 
 ``kvmops diff --base REF`` compares two revisions of the manifests on a CI runner with no
 libvirt.  It plans the head revision against :func:`converged_host` of the base revision:
-the actual state an ``apply`` of the base would have produced (every VM owned, defined
-from its manifest, running unless ``Halted``, every volume created by kvmops at its
-declared size).  So a diff goes through the same planner, with the same impacts, as a
-plan against a real host; only what a real host adds (drift, foreign domains, generated
-MACs and UUIDs) is absent.
+the actual state an ``apply`` of the base would have produced, computed by planning the
+base against an empty host and carrying that plan out (:func:`applied`).  So the host a
+diff starts from comes from the same code as ``apply``, and the diff goes through the
+same planner, with the same impacts, as a plan against a real host; only what a real
+host adds (drift, foreign domains, what libvirt chooses by itself) is absent.
 
 :func:`annotate_moves` then says what a reviewer wants to know and the planner cannot: a
 VM that disappeared and reappeared under another name is a rename (which kvmops carries
@@ -27,7 +27,7 @@ OFFLINE_VIRT_TYPES = ("kvm", "qemu")
 
 
 def converged_host(
-    desired: model.DesiredState, *, uri: str, scope: str = "default", settings: planner.Settings | None = None,
+    desired: model.DesiredState, *, uri: str, scope: str | None = None, settings: planner.Settings | None = None,
     start: model.Observation | None = None,
 ) -> model.ActualState:
     """Return the host an apply of ``desired`` would leave, as planning input.
@@ -38,8 +38,10 @@ def converged_host(
     back as ``kvmops state export`` reads a real host (:func:`reconciler.core.actual.interpret`).
     ``start`` is the host before the apply: by default an empty one offering kvm and qemu,
     with stand-ins for the pools and networks the manifests use but do not declare.
+    ``scope`` (default: that of ``settings``) names the manifest set; nothing is pruned.
     """
-    settings = dataclasses.replace(settings or planner.Settings(), scope=scope, prune=False)
+    settings = settings or planner.Settings()
+    settings = dataclasses.replace(settings, scope=scope or settings.scope, prune=False)
     if start is None:
         start = model.Observation(
             host=model.HostInfo(uri=uri, virt_types=OFFLINE_VIRT_TYPES), domains=(), volumes=(),
