@@ -34,7 +34,8 @@ FileReader = Callable[[model.Document, str], bytes]
 FileChecker = Callable[[model.Document, str], str]
 
 
-_VNC_PASSWORD_LIMIT = 8  # bytes, as libvirt counts them
+VNC_PASSWORD_LIMIT = 8  # bytes, as libvirt counts them: the VNC protocol's DES challenge uses 8
+_VNC_PASSWORD_LIMIT = VNC_PASSWORD_LIMIT
 
 def _no_files(document: model.Document, path: str) -> bytes:
     raise OSError(f"reading {path} is not possible here")

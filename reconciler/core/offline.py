@@ -2,11 +2,11 @@
 
 ``kvmops diff --base REF`` compares two revisions of the manifests on a CI runner with no
 libvirt.  It plans the head revision against :func:`converged_host` of the base revision:
-the actual state an ``apply`` of the base would have produced (every VM owned, defined
-from its manifest, running unless ``Halted``, every volume created by kvmops at its
-declared size).  So a diff goes through the same planner, with the same impacts, as a
-plan against a real host; only what a real host adds (drift, foreign domains, generated
-MACs and UUIDs) is absent.
+the actual state an ``apply`` of the base would have produced, computed by planning the
+base against an empty host and carrying that plan out (:func:`applied`).  So the host a
+diff starts from comes from the same code as ``apply``, and the diff goes through the
+same planner, with the same impacts, as a plan against a real host; only what a real
+host adds (drift, foreign domains, what libvirt chooses by itself) is absent.
 
 :func:`annotate_moves` then says what a reviewer wants to know and the planner cannot: a
 VM that disappeared and reappeared under another name is a rename (which kvmops carries
@@ -16,81 +16,146 @@ out as a delete and a create).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import xml.etree.ElementTree as ET
 from types import MappingProxyType
+from xml.sax.saxutils import escape
 
-from reconciler.core import model, password, planner
+from reconciler.core import actual, model, planner
 from reconciler.core import plan as plans
 
 OFFLINE_VIRT_TYPES = ("kvm", "qemu")
 
 
-def converged_host(desired: model.DesiredState, *, uri: str, scope: str = "default") -> model.ActualState:
-    """Return the host an apply of ``desired`` would leave, as planning input."""
-    host = model.HostInfo(uri=uri, virt_types=OFFLINE_VIRT_TYPES, offline=True)
-    domains = {}
-    volumes = {}
-    for spec in desired.vms.values():
-        virt_type, _ = planner.resolve_virt_type(spec.virt_type or "auto", host)
-        records = tuple(model.OwnedVolume(d.pool, d.volume, d.deletion_policy, created=True) for d in spec.disks
-                        if d.path is None)
-        uuid = spec.uuid or _stand_in_uuid(spec.name)
-        definition = model.DomainDefinition(
-            name=spec.name,
-            uuid=uuid,
-            virt_type=virt_type or "kvm",
-            vcpus=spec.vcpus,
-            memory=spec.memory,
-            max_memory=spec.max_memory,
-            disks=tuple(model.DiskDevice(target=d.target, bus=d.bus, pool=d.pool, volume=d.volume) if d.path is None
-                        else model.DiskDevice(target=d.target, bus=d.bus, path=d.path) for d in spec.disks),
-            nics=tuple(
-                model.NicDevice(kind=n.kind, source=n.source, model=n.model, mac=n.mac or _stand_in_mac(spec.name, i))
-                for i, n in enumerate(spec.nics)
-            ),
-            console=spec.console,
-            graphics=spec.graphics,
-            owner=model.Ownership(spec.manifest, spec.digest, spec.run_strategy, records, scope=scope,
-                                  shutdown_timeout=spec.shutdown_timeout, bound_name=spec.name, bound_uuid=uuid,
-                                  graphics_password_digest=password.digest(
-                                      spec.graphics_password, planner.password_salt(b"", uuid),
-                                  ) if spec.graphics_password is not None else ""),
+def converged_host(
+    desired: model.DesiredState, *, uri: str, scope: str | None = None, settings: planner.Settings | None = None,
+    start: model.Observation | None = None,
+) -> model.ActualState:
+    """Return the host an apply of ``desired`` would leave, as planning input.
+
+    Nothing here knows what a VM, network, pool or image becomes on a host: the planner
+    plans ``desired`` against an empty host (the very code ``apply`` runs), and
+    :func:`applied` carries the plan's steps out on raw records, which are then read
+    back as ``kvmops state export`` reads a real host (:func:`reconciler.core.actual.interpret`).
+    ``start`` is the host before the apply: by default an empty one offering kvm and qemu,
+    with stand-ins for the pools and networks the manifests use but do not declare.
+    ``scope`` (default: that of ``settings``) names the manifest set; nothing is pruned.
+    """
+    settings = settings or planner.Settings()
+    settings = dataclasses.replace(settings, scope=scope or settings.scope, prune=False)
+    if start is None:
+        start = model.Observation(
+            host=model.HostInfo(uri=uri, virt_types=OFFLINE_VIRT_TYPES, offline=True), domains=(), volumes=(),
+            pools=tuple(_stand_in_pools(desired).values()), networks=tuple(_stand_in_networks(desired)),
         )
-        running = spec.run_strategy is not model.RunStrategy.HALTED
-        domains[spec.name] = model.ObservedDomain(
-            name=spec.name,
-            uuid=uuid,
-            owned=True,
-            definition=definition,
-            live=definition if running else None,
-            power=model.PowerState.RUNNING if running else model.PowerState.SHUTOFF,
-            shutoff_reason=None if running else model.ShutoffReason.SHUTDOWN,
-            autostart=spec.autostart,
-        )
-        for disk in (d for d in spec.disks if d.path is None):
-            volumes[(disk.pool, disk.volume)] = model.ObservedVolume(disk.pool, disk.volume, disk.size, 0, "")
-    pools = {
-        spec.name: model.ObservedPool(spec.name, spec.type, spec.path, active=True, autostart=spec.autostart)
-        for spec in desired.pools.values()
-    }
-    pools.update(_stand_in_pools(desired))
-    return model.ActualState(
-        host=host, domains=MappingProxyType(domains), pools=MappingProxyType(pools), volumes=MappingProxyType(volumes),
+    plan = planner.plan_changes(desired, actual.interpret(start), settings=settings)
+    return actual.interpret(applied(start, plan))
+
+
+def applied(observation: model.Observation, plan: plans.Plan) -> model.Observation:
+    """Return ``observation`` as it would be after every step of ``plan`` succeeded.
+
+    A pure stand-in for the executor, at the level of what libvirt would then report: a
+    defined domain's XML is the XML the step hands to libvirt, a started one's live XML
+    its definition at that moment.  Only what libvirt adds by itself (addresses,
+    defaults, the bridge of a network) is absent.
+    """
+    domains = {d.name: d for d in observation.domains}
+    pools = {p.name: p for p in observation.pools}
+    volumes = {(v.pool, v.name): v for v in observation.volumes}
+    networks = {n.name: n for n in observation.networks}
+
+    def add_volume(pool: str, name: str, capacity: int) -> None:
+        directory = pools[pool].path if pool in pools and pools[pool].path else f"/{pool}"
+        volumes[(pool, name)] = model.ObservedVolume(pool, name, capacity, 0, f"{directory}/{name}")
+
+    for resource in plan.resources:
+        for step in resource.steps:
+            if isinstance(step, plans.DefinePool):
+                root = ET.fromstring(step.xml)
+                pools[step.name] = model.ObservedPool(step.name, root.get("type", "dir"), root.findtext("target/path"),
+                                                      active=False, autostart=False)
+            elif isinstance(step, plans.StartPool):
+                pools[step.name] = dataclasses.replace(pools[step.name], active=True)
+            elif isinstance(step, plans.SetPoolAutostart):
+                pools[step.name] = dataclasses.replace(pools[step.name], autostart=step.autostart)
+            elif isinstance(step, (plans.CreateVolume, plans.CloneVolume)):
+                add_volume(step.pool, step.name, step.capacity)
+            elif isinstance(step, (plans.ResizeVolume, plans.ResizeDisk)):
+                key = (step.pool, step.volume if isinstance(step, plans.ResizeDisk) else step.name)
+                volumes[key] = dataclasses.replace(volumes[key], capacity=step.capacity)
+            elif isinstance(step, plans.ImportImage):
+                add_volume(step.pool, step.name, 0)
+                add_volume(step.pool, model.image_complete_volume(step.name), 0)
+            elif isinstance(step, plans.WriteSeed):
+                add_volume(step.pool, step.name, 0)
+            elif isinstance(step, plans.DeleteVolume):
+                volumes.pop((step.pool, step.name), None)
+            elif isinstance(step, plans.DefineDomain):
+                old = domains.get(step.name)
+                domains[step.name] = (
+                    dataclasses.replace(old, inactive_xml=step.xml) if old is not None else model.DomainRecord(
+                        step.name, step.uuid, step.xml, model.PowerState.SHUTOFF, model.ShutoffReason.SHUTDOWN,
+                        autostart=False, persistent=True,
+                    )
+                )
+            elif isinstance(step, plans.SetAutostart):
+                domains[step.name] = dataclasses.replace(domains[step.name], autostart=step.autostart)
+            elif isinstance(step, plans.StartDomain):
+                old = domains[step.name]
+                domains[step.name] = dataclasses.replace(old, power=model.PowerState.RUNNING, shutoff_reason=None,
+                                                         live_xml=old.inactive_xml)
+            elif isinstance(step, plans.StopDomain):
+                domains[step.name] = dataclasses.replace(domains[step.name], power=model.PowerState.SHUTOFF,
+                                                         shutoff_reason=model.ShutoffReason.SHUTDOWN, live_xml=None)
+            elif isinstance(step, plans.UndefineDomain):
+                domains.pop(step.name, None)
+            elif isinstance(step, plans.DefineNetwork):
+                old_network = networks.get(step.name)
+                networks[step.name] = (dataclasses.replace(old_network, xml=step.xml) if old_network is not None
+                                       else model.NetworkRecord(step.name, step.xml, active=False, autostart=False))
+            elif isinstance(step, plans.StartNetwork):
+                networks[step.name] = dataclasses.replace(networks[step.name], active=True)
+            elif isinstance(step, plans.SetNetworkAutostart):
+                networks[step.name] = dataclasses.replace(networks[step.name], autostart=step.autostart)
+            elif isinstance(step, plans.RemoveNetwork):
+                networks.pop(step.name, None)
+            # SetMemoryLive and UpdateDhcpHost change only the running state, which
+            # observation does not compare (the definition already holds the result).
+    return dataclasses.replace(
+        observation, domains=tuple(domains.values()), pools=tuple(pools.values()),
+        volumes=tuple(volumes.values()), networks=tuple(networks.values()),
     )
 
 
-def with_host_pools(actual: model.ActualState, desired: model.DesiredState) -> model.ActualState:
-    """Return ``actual`` plus stand-ins for undeclared pools the head revision uses (they live on the host)."""
+def with_host_stand_ins(state: model.ActualState, desired: model.DesiredState) -> model.ActualState:
+    """Return ``state`` plus stand-ins for the undeclared pools and networks ``desired`` uses (they live on the host)."""
     pools = _stand_in_pools(desired)
-    pools.update(actual.pools)
-    return dataclasses.replace(actual, pools=MappingProxyType(pools))
+    pools.update(state.pools)
+    networks = {record.name: actual.network(record) for record in _stand_in_networks(desired)}
+    networks.update(state.networks)
+    return dataclasses.replace(state, pools=MappingProxyType(pools), networks=MappingProxyType(networks))
+
+
+def _stand_in_networks(desired: model.DesiredState) -> list[model.NetworkRecord]:
+    """Return stand-ins for the networks NICs use but no manifest declares: the host's own (``default``)."""
+    used = {nic.source for spec in desired.vms.values() for nic in spec.nics if nic.kind == "network"}
+    return [
+        model.NetworkRecord(name, f"<network><name>{escape(name)}</name></network>", active=True, autostart=True)
+        for name in sorted(used) if name not in desired.networks
+    ]
 
 
 def _stand_in_pools(desired: model.DesiredState) -> dict[str, model.ObservedPool]:
-    """Return stand-ins for the pools a diff cannot see: those the disks use but no manifest declares."""
+    """Return stand-ins for the pools a diff cannot see: those VMs and images use but no manifest declares.
+
+    Such a pool lives on the host; its directory is unknown, so a stand-in one (``/NAME``)
+    names the files in it, the same in both revisions.
+    """
+    used = {pool for spec in desired.vms.values() for _, pool in planner.vm_pools(spec)}
+    used |= {image.pool for image in desired.images.values()}
     return {
-        disk.pool: model.ObservedPool(disk.pool, "dir", None, active=True, autostart=True)
-        for spec in desired.vms.values() for disk in spec.disks if disk.path is None and disk.pool not in desired.pools
+        pool: model.ObservedPool(pool, "dir", f"/{pool}", active=True, autostart=True)
+        for pool in sorted(used) if pool not in desired.pools
     }
 
 
@@ -128,13 +193,3 @@ def _same_machine(old: model.VMSpec, new: model.VMSpec) -> bool:
         return (spec.vcpus, spec.memory, spec.max_memory, spec.virt_type, disks, spec.nics, spec.console,
                 spec.graphics, spec.run_strategy)
     return shape(old) == shape(new)
-
-
-def _stand_in_mac(name: str, index: int) -> str:
-    digest = hashlib.sha256(f"{name}/{index}".encode()).digest()
-    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
-
-
-def _stand_in_uuid(name: str) -> str:
-    digest = hashlib.sha256(name.encode()).hexdigest()
-    return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-from reconciler.core import domxml, hostdirs, model, netxml, password, redaction, storagexml
+from reconciler.core import domxml, fields, hostdirs, model, netxml, password, redaction, storagexml
 from reconciler.core import plan as plans
 from reconciler.core.plan import Action, FieldChange, Impact
 from reconciler.core.quantity import MIB, format_bytes, round_up
@@ -636,7 +636,7 @@ class _VMPlanBuilder:
                 if definition.owner.install_pending or definition.owner.start_pending:
                     # Booted once (from the install media): from now on it boots from its disks,
                     # and its first start is done.
-                    after = _started(self._definition(owned_volumes, install=False))
+                    after = _started(self._definition(owned_volumes, install=self._install_always()))
                     steps.append(plans.DefineDomain(spec.name, after.uuid, domxml.render(after)))
                 if definition.owner.install_pending:
                     self.notes.append("the install kernel is used for this first boot only; later boots use the disks")
@@ -681,7 +681,8 @@ class _VMPlanBuilder:
             steps.append(plans.StartDomain(spec.name))
             actions.append(Action.START)
             if definition.owner.install_pending or definition.owner.start_pending:
-                after = self._without_records(_started(self._definition(owned_volumes, install=False)), self.deleting)
+                after = self._without_records(_started(self._definition(owned_volumes, install=self._install_always())),
+                                              self.deleting)
                 steps.append(plans.DefineDomain(spec.name, after.uuid, domxml.render(after) if not domain.xml else
                                                 domxml.patch(domain.xml, after)))
             if definition.owner.install_pending:
@@ -1028,6 +1029,10 @@ class _VMPlanBuilder:
         owner = self.domain.definition.owner if self.domain.definition is not None else None
         return owner is not None and owner.start_pending and not self.active
 
+    def _install_always(self) -> bool:
+        """Return whether the install media stays in the definition after the first boot (``firstBootOnly: false``)."""
+        return self.spec.install is not None and not self.spec.install.first_boot_only
+
     def _install_now(self) -> bool:
         """Return whether the domain boots its install media (kernel, initrd) next time."""
         install = self.spec.install
@@ -1044,7 +1049,7 @@ class _VMPlanBuilder:
         spec, domain = self.spec, self.domain
         observed = domain.definition if domain is not None else None
         machine = spec.machine
-        if observed is not None and (machine is None or _machine_matches(machine, observed.machine)):
+        if observed is not None and (machine is None or fields.machine_matches(machine, observed.machine)):
             machine = observed.machine  # unmanaged, or an alias (q35) of what libvirt wrote (pc-q35-7.2)
         cpu_mode, cpu_model = spec.cpu_mode, spec.cpu_model
         if cpu_mode is None and observed is not None:
@@ -1165,37 +1170,25 @@ class _VMPlanBuilder:
     def _diff_definition(self, old: model.DomainDefinition, new: model.DomainDefinition) -> None:
         restart = self._restart_or_live()
         add = self.changes.append
-        if old.virt_type != new.virt_type:
-            add(FieldChange("virtType", old.virt_type, new.virt_type, restart))
-        if old.vcpus != new.vcpus:
-            add(FieldChange("vcpus", str(old.vcpus), str(new.vcpus), restart))
-        if old.max_memory != new.max_memory:
-            add(FieldChange("maxMemory", _kib(old.max_memory), _kib(new.max_memory), restart,
-                            note="" if self.spec.max_memory != self.spec.memory or not self.active
-                            else "follows memory (maxMemory is not set)"))
-        if old.memory != new.memory:
-            live = self.active and self.domain.live is not None and new.memory <= self.domain.live.max_memory
-            impact = Impact.LIVE if (live or not self.active) else Impact.RESTART
-            note = "balloon" if live else ""
-            add(FieldChange("memory", _kib(old.memory), _kib(new.memory), impact, note=note))
-        if old.console != new.console:
-            add(FieldChange("console", "serial" if old.console else "none", "serial" if new.console else "none", restart))
-        for path, before, after in (
-            ("firmware", old.firmware, new.firmware),
-            ("machine", old.machine, new.machine),
-            ("cpu", _cpu_text(old), _cpu_text(new)),
-            ("boot", ", ".join(old.boot), ", ".join(new.boot)),
-            ("install", _install_text(old), _install_text(new)),
-            ("cdrom", ", ".join(d.source for d in old.cdroms) or None, ", ".join(d.source for d in new.cdroms) or None),
-            ("guestAgent", _yes_no(old.guest_agent), _yes_no(new.guest_agent)),
-            ("graphics.listen", old.graphics_listen, new.graphics_listen),
-        ):
-            if path == "graphics.listen" and "none" in (old.graphics, new.graphics):
-                continue  # switching graphics on or off says it all
-            if before != after and not (path == "cdrom" and self._cdrom_change_is_the_seed(old, new)):
-                add(FieldChange(path, before, after, restart))
-        if old.graphics != new.graphics:
-            add(FieldChange("graphics", old.graphics, new.graphics, restart))
+        for declared in fields.DOMAIN_FIELDS:
+            if not declared.differs(old, new):
+                continue
+            before, after = declared.text(old), declared.text(new)
+            if declared.label == "maxMemory":
+                add(FieldChange("maxMemory", before, after, restart,
+                                note="" if self.spec.max_memory != self.spec.memory or not self.active
+                                else "follows memory (maxMemory is not set)"))
+            elif declared.label == "memory":
+                live = self.active and self.domain.live is not None and new.memory <= self.domain.live.max_memory
+                add(FieldChange("memory", before, after, Impact.LIVE if (live or not self.active) else Impact.RESTART,
+                                note="balloon" if live else ""))
+            else:
+                add(FieldChange(declared.label, before, after, restart))
+        if not self._cdrom_change_is_the_seed(old, new):
+            before = ", ".join(d.source for d in old.cdroms) or None
+            after = ", ".join(d.source for d in new.cdroms) or None
+            if before != after:
+                add(FieldChange("cdrom", before, after, restart))
         if [d.source for d in old.cdroms] == [d.source for d in new.cdroms]:
             placed_before = ", ".join(f"{d.target} ({d.bus})" for d in old.cdroms)
             placed_after = ", ".join(f"{d.target} ({d.bus})" for d in new.cdroms)
@@ -1340,9 +1333,9 @@ class _VMPlanBuilder:
         optional = (
             ("firmware", definition.firmware if definition.firmware != "bios" else None),
             ("machine", spec.machine),
-            ("cpu", _cpu_text(definition) if spec.cpu_mode else None),
+            ("cpu", fields.cpu_text(definition) if spec.cpu_mode else None),
             ("boot", ", ".join(spec.boot) if spec.boot != ("hd",) else None),
-            ("install", _install_text(definition)),
+            ("install", fields.install_text(definition)),
             ("cdrom", str(spec.cdrom) if spec.cdrom else ("empty drive" if spec.cdrom_empty else None)),
             ("cloudInit", f"seed {spec.cloud_init.pool}/{spec.cloud_init.volume} ({_short_digest(spec.cloud_init.digest)})"
              if spec.cloud_init else None),
@@ -1408,59 +1401,26 @@ def new_mac(seed: str, taken: set[str]) -> str:
     raise ValueError("no free MAC address found")  # 1000 collisions in 2**24: not this universe
 
 
-_MACHINE_FAMILIES = {"q35": "pc-q35-", "pc": "pc-i440fx-"}
-
-
-def _machine_matches(wanted: str, actual: str | None) -> bool:
-    """Return whether machine type ``actual`` (as libvirt writes it) satisfies ``wanted``."""
-    if actual is None:
-        return False
-    if wanted == actual:
-        return True
-    family = _MACHINE_FAMILIES.get(wanted)
-    return family is not None and actual.startswith(family)
-
-
 def restart_pending(live: model.DomainDefinition, config: model.DomainDefinition) -> list[tuple[str, str, str]]:
     """Return (field, running value, configured value) for fields that differ until a reboot.
 
-    Memory is left out: the balloon moves it live, and the guest may lag behind.
+    The declared fields (:data:`reconciler.core.fields.DOMAIN_FIELDS`) and the device
+    collections; memory is left out: the balloon moves it live, and the guest may lag behind.
     """
-    pending = []
-    if live.virt_type != config.virt_type:
-        pending.append(("virtType", live.virt_type, config.virt_type))
-    if live.vcpus != config.vcpus:
-        pending.append(("vcpus", str(live.vcpus), str(config.vcpus)))
-    if live.max_memory != config.max_memory:
-        pending.append(("maxMemory", _kib(live.max_memory), _kib(config.max_memory)))
-
     def disks(d: model.DomainDefinition) -> list[str]:
         return [f"{x.target}={x.source}" for x in d.disks]
 
     def nics(d: model.DomainDefinition) -> list[str]:
         return [_nic_text(x) for x in d.nics]
 
-    if disks(live) != disks(config):
-        pending.append(("disks", ", ".join(disks(live)) or "none", ", ".join(disks(config)) or "none"))
-    if nics(live) != nics(config):
-        pending.append(("networks", ", ".join(nics(live)) or "none", ", ".join(nics(config)) or "none"))
-    if live.console != config.console:
-        pending.append(("console", _yes_no(live.console), _yes_no(config.console)))
-    if live.graphics != config.graphics:
-        pending.append(("graphics", live.graphics, config.graphics))
-    for field_name, before, after in (
-        ("machine", live.machine, config.machine),
-        # libvirt expands host-model into a custom CPU in the live XML: only the other modes compare
-        ("cpu", _cpu_text(live), _cpu_text(config)) if config.cpu_mode != "host-model" else ("cpu", None, None),
+    pending = fields.restart_pending(live, config)
+    for label, before, after in (
+        ("disks", ", ".join(disks(live)) or "none", ", ".join(disks(config)) or "none"),
+        ("networks", ", ".join(nics(live)) or "none", ", ".join(nics(config)) or "none"),
         ("cdrom", ", ".join(d.source for d in live.cdroms) or "none", ", ".join(d.source for d in config.cdroms) or "none"),
-        ("graphics.listen", live.graphics_listen, config.graphics_listen),
-        ("firmware", live.firmware, config.firmware),
-        ("boot", ", ".join(live.boot), ", ".join(config.boot)),
-        ("install", _install_text(live) or "none", _install_text(config) or "none"),
-        ("guestAgent", _yes_no(live.guest_agent), _yes_no(config.guest_agent)),
     ):
         if before != after:
-            pending.append((field_name, before, after))
+            pending.append((label, before, after))
     return pending
 
 
@@ -1679,23 +1639,6 @@ def _yes_no(value: bool) -> str:
 
 def _short_digest(digest: str) -> str:
     return digest[:19] if digest else "(none)"
-
-
-def _cpu_text(definition: model.DomainDefinition) -> str | None:
-    if definition.cpu_mode is None:
-        return None
-    return f"{definition.cpu_mode} {definition.cpu_model}" if definition.cpu_model else definition.cpu_mode
-
-
-def _install_text(definition: model.DomainDefinition) -> str | None:
-    if definition.kernel is None:
-        return None
-    parts = [f"kernel {definition.kernel}"]
-    if definition.initrd:
-        parts.append(f"initrd {definition.initrd}")
-    if definition.cmdline:
-        parts.append(f"cmdline {definition.cmdline!r}")
-    return ", ".join(parts)
 
 
 def _nic_text(nic: model.NicDevice) -> str:

@@ -14,10 +14,10 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
+import importlib.resources
 import json
 import re
 from collections.abc import Iterable
-from pathlib import Path
 
 import jsonschema
 import referencing
@@ -36,10 +36,14 @@ SHARED_SCHEMA_FILES = ("metadata.schema.json", "config.schema.json")
 CONFIG_SCHEMA = "config.schema.json"
 
 
-def schema_directory() -> Path:
-    """Return the directory holding the schemas: inside an installed wheel, or the checkout."""
-    package = Path(__file__).resolve().parents[1]
-    for candidate in (package / "schemas", package.parent / "schemas"):
+def schema_directory() -> importlib.resources.abc.Traversable:
+    """Return the schemas as package data: inside an installed wheel, or next to the package in a checkout.
+
+    They are part of the program, read once like its code (``importlib.resources``), not
+    input from the world: the core does no I/O of its own.
+    """
+    package = importlib.resources.files("reconciler")
+    for candidate in (package / "schemas", package / ".." / "schemas"):
         if (candidate / SCHEMA_FILES["VirtualMachine"]).is_file():
             return candidate
     raise FileNotFoundError(f"kvmops schemas not found next to {package}")

@@ -57,8 +57,8 @@ def diff(path: str, base_ref: str, head_ref: str | None, *, settings: planner.Se
             head = reconcile.load_desired(str(head_dir))
             head_label = _label(head_ref, head_commit)
         base_label = _label(base_ref, base_commit)
-        host = offline.with_host_pools(
-            offline.converged_host(base, uri=f"git {base_label}", scope=settings.scope), head
+        host = offline.with_host_stand_ins(
+            offline.converged_host(base, uri=f"git {base_label}", scope=settings.scope, settings=settings), head
         )
         plan = offline.annotate_moves(planner.plan_changes(head, host, settings=settings), base, head)
         labels = {str(base_dir): f"{base_ref}:{subpath}"}

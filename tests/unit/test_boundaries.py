@@ -19,7 +19,9 @@ ONLY_IN = {
     "yaml": {"reconciler/adapters/manifests.py"},
     "watchdog": {"reconciler/adapters/watcher.py"},
 }
-FORBIDDEN_IN_CORE = {"structlog", "libvirt", "yaml", "watchdog", "os", "subprocess", "threading"}
+FORBIDDEN_IN_CORE = {
+    "structlog", "libvirt", "yaml", "watchdog", "os", "subprocess", "threading", "time", "pathlib", "logging", "socket",
+}
 
 
 @functools.cache
@@ -78,6 +80,15 @@ def test_core_imports_only_the_core_from_the_package():
     offenders = {
         relative(p): sorted(m for m in imported_modules(p) if m.startswith("reconciler.") and not m.startswith("reconciler.core"))
         for p in modules(PACKAGE / "core")
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_adapters_never_import_the_runtime_or_the_cli():
+    """An adapter wraps one library; what runs a pass (runtime) and the CLI sit above it, never below."""
+    offenders = {
+        relative(p): sorted(m for m in imported_modules(p) if m.startswith(("reconciler.runtime", "reconciler.cli")))
+        for p in modules(PACKAGE / "adapters")
     }
     assert {k: v for k, v in offenders.items() if v} == {}
 

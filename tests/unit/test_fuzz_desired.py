@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reconciler.adapters import manifests
-from reconciler.core import desired, model, planner, render
+from reconciler.core import desired, model, offline, planner, render
 from tests import manifest_seeds
 from tests.unit import builders as b
 
@@ -102,3 +102,15 @@ def test_any_document_body_gets_located_problems_or_a_plan(documents):
         assert problem.file.startswith("manifests/") and problem.message, problem
     render.text(plan)
     json.loads(render.to_json(plan))
+
+
+@settings(max_examples=int(os.environ.get("KVMOPS_FUZZ_EXAMPLES", "300")) // 3, derandomize=True, deadline=None,
+          database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(documents=mutated_documents())
+def test_a_diff_between_identical_revisions_of_any_manifest_set_is_empty(documents):
+    """Whatever the manifests hold, planning them against the offline host of themselves changes nothing."""
+    state = build(documents)
+    host = offline.with_host_stand_ins(offline.converged_host(state, uri="git base"), state)
+    plan = planner.plan_changes(state, host, settings=planner.Settings(prune=True))
+    assert [(r.kind, r.name, [str(c) for c in r.changes], [s.kind for s in r.steps]) for r in plan.resources
+            if not r.problems and (r.actions or r.changes or r.steps)] == []

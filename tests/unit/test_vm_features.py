@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from reconciler.core import actual as actual_state
-from reconciler.core import desired, domxml, model, netxml, password, planner, render, seediso
+from reconciler.core import desired, domxml, model, netxml, offline, password, planner, render, seediso
 from reconciler.core import plan as plans
 from reconciler.core.plan import Action, Impact
 from tests import factories
@@ -35,6 +35,7 @@ RUNNING, SHUTOFF = model.PowerState.RUNNING, model.PowerState.SHUTOFF
 DELETE = model.DeletionPolicy.DELETE
 SECRET = "hunter2-never-in-a-plan"  # appears only inside cloud-init user data
 PASSWORD = "vnc-pa55"  # appears only inside a VNC password file
+OLD_PASSWORD = "0ld-pa55"
 IMAGE_SHA = "ab" * 32
 IMAGE_VOLUME = f"debian-{IMAGE_SHA[:12]}.qcow2"
 USER_DATA = f"#cloud-config\npassword: {SECRET}\nchpasswd: {{expire: false}}\n"
@@ -141,61 +142,9 @@ def changes(result: plans.ResourcePlan) -> dict[str, tuple[str | None, str | Non
 
 
 def applied(result: plans.Plan, before: model.Observation = EMPTY_HOST) -> model.Observation:
-    """Return the host ``before`` after libvirt carried out every step of ``result``.
-
-    Volumes get the capacity asked for (images 2 GiB, seeds 1 MiB); a started domain's
-    live XML is its persistent XML at the moment it started, as with QEMU.
-    """
+    """Return the host ``before`` after libvirt carried out every step of ``result`` (see :func:`offline.applied`)."""
     assert not result.problems, [str(p) for p in result.problems]
-    domains = {r.name: r for r in before.domains}
-    pools = {p.name: p for p in before.pools}
-    volumes = {(v.pool, v.name): v for v in before.volumes}
-    networks = {n.name: n for n in before.networks}
-
-    def add_volume(pool: str, name: str, capacity: int) -> None:
-        volumes[(pool, name)] = model.ObservedVolume(pool, name, capacity, 0, f"{pools[pool].path}/{name}")
-
-    for step in (s for r in result.resources for s in r.steps):
-        match step:
-            case plans.CreateVolume() | plans.CloneVolume():
-                add_volume(step.pool, step.name, step.capacity)
-            case plans.ImportImage():
-                add_volume(step.pool, step.name, 2 * b.GIB)
-                add_volume(step.pool, model.image_complete_volume(step.name), 0)
-            case plans.WriteSeed():
-                add_volume(step.pool, step.name, b.MIB)
-            case plans.DeleteVolume():
-                del volumes[(step.pool, step.name)]
-            case plans.DefineDomain():
-                old = domains.get(step.name)
-                domains[step.name] = dataclasses.replace(old, inactive_xml=step.xml) if old else model.DomainRecord(
-                    step.name, step.uuid, step.xml, SHUTOFF, model.ShutoffReason.UNKNOWN, False, True)
-            case plans.StartDomain():
-                old = domains[step.name]
-                domains[step.name] = dataclasses.replace(old, power=RUNNING, shutoff_reason=None, live_xml=old.inactive_xml)
-            case plans.StopDomain():
-                domains[step.name] = dataclasses.replace(domains[step.name], power=SHUTOFF, live_xml=None,
-                                                         shutoff_reason=model.ShutoffReason.SHUTDOWN)
-            case plans.SetAutostart():
-                domains[step.name] = dataclasses.replace(domains[step.name], autostart=step.autostart)
-            case plans.UndefineDomain():
-                del domains[step.name]
-            case plans.DefineNetwork():
-                old = networks.get(step.name)
-                networks[step.name] = model.NetworkRecord(step.name, step.xml, old.active if old else False,
-                                                          old.autostart if old else False)
-            case plans.StartNetwork():
-                networks[step.name] = dataclasses.replace(networks[step.name], active=True)
-            case plans.SetNetworkAutostart():
-                networks[step.name] = dataclasses.replace(networks[step.name], autostart=step.autostart)
-            case plans.RemoveNetwork():
-                del networks[step.name]
-            case plans.UpdateDhcpHost():
-                pass  # the redefinition before it already holds the hosts
-            case _:
-                raise AssertionError(f"no simulation for {step.kind}")
-    return dataclasses.replace(before, domains=tuple(domains.values()), volumes=tuple(volumes.values()),
-                               networks=tuple(networks.values()))
+    return offline.applied(before, result)
 
 
 def converged(state: model.DesiredState, before: model.Observation = EMPTY_HOST) -> model.Observation:
@@ -632,6 +581,13 @@ def test_an_install_without_first_boot_only_boots_the_kernel_every_time():
     assert domain_definition(after).kernel == f"{POOL_PATH}/vmlinuz"
 
 
+@pytest.mark.parametrize("strategy", ["Manual", "RerunOnFailure"])
+def test_an_install_without_first_boot_only_stays_after_the_start_at_creation(strategy):
+    """A VM started once at creation keeps booting its install kernel when firstBootOnly is false, and plans empty."""
+    after = converged(install_state(runStrategy=strategy), install_host())
+    assert domain_definition(after).kernel == f"{POOL_PATH}/vmlinuz"
+
+
 def test_a_halted_first_boot_only_vm_keeps_its_install_kernel_until_it_first_runs():
     """A VM created off keeps the install kernel pending; once it is seen running, the kernel is removed."""
     halted = install_state(first_boot_only=True, runStrategy="Halted")
@@ -800,10 +756,10 @@ def vnc(password: str) -> tuple[model.DesiredState, dict[str, bytes]]:
 
 def test_a_changed_vnc_password_is_detected_by_its_digest_and_redacted_in_step_json():
     """libvirt never shows the password back, so its digest tells the change; the step's JSON shows passwd='***'."""
-    before, _ = vnc("0ld-pa55")
+    before, _ = vnc(OLD_PASSWORD)
     after = converged(before)
     assert "passwd=" in host(after).domains["web"].xml  # written into the domain...
-    assert password.matches(domain_definition(after).owner.graphics_password_digest, "0ld-pa55")
+    assert password.matches(domain_definition(after).owner.graphics_password_digest, OLD_PASSWORD)
     changed, _ = vnc(PASSWORD)
     result = plan(changed, after)
     vm = resource(result, "web")
