@@ -100,7 +100,7 @@ def bridge_name(prefix: str, suffix: str = "0") -> str:
     return f"kv{hashlib.sha256(prefix.encode()).hexdigest()[:8]}-{suffix}"[:15]
 
 
-def _process_start(pid: int) -> str | None:
+def process_start(pid: int) -> str | None:
     """Return the start time of process ``pid`` (clock ticks since boot), or None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
@@ -111,7 +111,7 @@ def _process_start(pid: int) -> str | None:
 
 def _alive(pid: int | None, started: str | None) -> bool:
     """Return whether process ``pid``, started at ``started``, still runs (a zombie is dead: pid 1 may never reap it)."""
-    return pid is not None and started is not None and _process_start(pid) == started and not _zombie(pid)
+    return pid is not None and started is not None and process_start(pid) == started and not _zombie(pid)
 
 
 def _bind_to_parent() -> None:
@@ -177,7 +177,7 @@ class LabHost:
                 raise RuntimeError(f"lab host {self.name}: namespace holder failed, see {self.directory}/holder.log")
             time.sleep(0.02)
         holder = self._child_of(process.pid)
-        self.holder_pid, self.holder_started = holder, _process_start(holder)
+        self.holder_pid, self.holder_started = holder, process_start(holder)
 
     @staticmethod
     def _child_of(pid: int) -> int:
@@ -266,7 +266,7 @@ class LabHost:
         # Gone, not just a zombie: a zombie leader may still have threads holding its files
         # (the pid file's lock); the holder reaps it once the last thread is dead.
         deadline = time.monotonic() + 10
-        while _process_start(pid) is not None and time.monotonic() < deadline:
+        while process_start(pid) is not None and time.monotonic() < deadline:
             time.sleep(0.005)
         return True
 
@@ -309,7 +309,7 @@ class LabHost:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.holder_pid, signal.SIGKILL)  # PID 1 of the namespace: the kernel kills the rest
         deadline = time.monotonic() + 15
-        while any(_process_start(pid) is not None and not _zombie(pid) for pid in members):
+        while any(process_start(pid) is not None and not _zombie(pid) for pid in members):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"lab host {self.name}: processes {members} survive their namespace")
             time.sleep(0.05)
@@ -412,7 +412,7 @@ class Lab:
         self.shared.mkdir(exist_ok=True)
         os.chmod(self.shared, 0o755)
         (self.directory / "owner").write_text(
-            f"{os.getpid()} {_process_start(os.getpid())}\n" if bound else "cli\n", encoding="ascii")
+            f"{os.getpid()} {process_start(os.getpid())}\n" if bound else "cli\n", encoding="ascii")
         try:
             for index in range(1, hosts + 1):
                 host = LabHost(f"{self.name}-h{index}", self.directory / f"h{index}", str(uuid.uuid4()))

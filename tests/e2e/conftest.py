@@ -44,6 +44,8 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from tests.lab import process_start
+
 SYSTEM_URI = os.environ.get("KVMOPS_E2E_URI", "qemu:///system")
 PREFIX = os.environ.get("KVMOPS_TEST_PREFIX", "kvmops-e2e")
 WORK_ROOT = Path(os.environ.get("KVMOPS_E2E_WORKDIR", "/var/tmp"))
@@ -172,18 +174,10 @@ _TOKEN = re.compile(r"^" + re.escape(PREFIX) + r"-([0-9a-f]{6})(?:-|$)")
 _session_prefixes: set[str] = set()
 
 
-def _process_start(pid: int) -> str | None:
-    """Return the start time of process ``pid`` (clock ticks since boot), or None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
 
 def _claim(workdir: Path) -> None:
     """Record in ``workdir`` that this process owns the objects of its prefix."""
-    (workdir / OWNER_FILE).write_text(f"{os.getpid()} {_process_start(os.getpid())}\n", encoding="ascii")
+    (workdir / OWNER_FILE).write_text(f"{os.getpid()} {process_start(os.getpid())}\n", encoding="ascii")
 
 
 def _abandoned(prefix: str) -> bool:
@@ -191,7 +185,7 @@ def _abandoned(prefix: str) -> bool:
     workdir = WORK_ROOT / prefix
     try:
         pid, started = (workdir / OWNER_FILE).read_text(encoding="ascii").split()
-        return _process_start(int(pid)) != started
+        return process_start(int(pid)) != started
     except FileNotFoundError:
         # No owner file: abandoned unless the directory is young (a session with an older
         # conftest may be setting it up right now).

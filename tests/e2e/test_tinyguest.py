@@ -29,6 +29,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from tests.lab import process_start
 from tests.e2e import tinyguest
 
 pytestmark = pytest.mark.e2e
@@ -44,19 +45,12 @@ _TOKEN = re.compile(r"^" + re.escape(PREFIX) + r"([0-9a-f]{6})(?:-|$)")
 # -- ownership and cleanup --------------------------------------------------------------
 
 
-def _process_start(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
 
 def _alive(workdir: Path) -> bool:
     """Return whether the test process that wrote ``workdir/owner`` still runs."""
     try:
         pid, started = (workdir / "owner").read_text(encoding="ascii").split()
-        return _process_start(int(pid)) == started
+        return process_start(int(pid)) == started
     except (OSError, ValueError):
         return False
 
@@ -117,7 +111,7 @@ def lab(system_connection):
     workdir = WORK_ROOT / f"{PREFIX}{token}"
     workdir.mkdir(parents=True)
     os.chmod(workdir, 0o755)
-    (workdir / "owner").write_text(f"{os.getpid()} {_process_start(os.getpid())}\n", encoding="ascii")
+    (workdir / "owner").write_text(f"{os.getpid()} {process_start(os.getpid())}\n", encoding="ascii")
     try:
         yield Lab(system_connection, prefix, workdir)
     finally:
