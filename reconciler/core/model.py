@@ -283,6 +283,47 @@ class VMSpec:
     graphics_listen: str = "127.0.0.1"
     graphics_password: str | None = field(default=None, compare=False, repr=False)
     graphics_password_digest: str = ""
+    placement: Placement | None = None  # None: no Host manifests, or the VM may run anywhere
+    labels: tuple[tuple[str, str], ...] = ()  # metadata.labels, sorted: what anti-affinity and selectors match
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a VM may run in a fleet: ``spec.placement``.
+
+    ``host`` pins the VM to one Host; ``host_selector`` admits every Host whose labels
+    include all its pairs. ``spread_by`` names a Host label whose values the VMs sharing
+    this VM's ``anti_affinity`` label value are spread over; ``anti_affinity`` names a VM
+    label: VMs with the same value of it avoid sharing a host.
+    """
+
+    host: str | None = None
+    host_selector: tuple[tuple[str, str], ...] = ()
+    spread_by: str | None = None
+    anti_affinity: str | None = None
+
+
+@dataclass(frozen=True)
+class HostCapacity:
+    """What a Host offers to VMs; ``*_overcommit`` multiply it (1.0: none)."""
+
+    vcpus: int | None = None
+    memory: int | None = None  # KiB
+    cpu_overcommit: float = 1.0
+    memory_overcommit: float = 1.0
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """A Host manifest: one hypervisor of the fleet, reached at ``uri``."""
+
+    name: str
+    uri: str
+    labels: tuple[tuple[str, str], ...]
+    capacity: HostCapacity
+    schedulable: bool
+    manifest: str
+    origin: Origin = field(compare=False, hash=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -299,6 +340,7 @@ class ImageSpec:
     manifest: str
     origin: Origin = field(compare=False, hash=False, repr=False)
     tree: str = field(default="", compare=False)  # where ``path`` is, and must stay, when read
+    hosts: tuple[tuple[str, str], ...] | None = None  # Host label selector; None: the hosts whose VMs use it
 
 
 IMAGE_PARTIAL_PREFIX = ".kvmops-partial-"
@@ -362,6 +404,7 @@ class NetworkSpec:
     autostart: bool
     manifest: str
     origin: Origin = field(compare=False, hash=False, repr=False)
+    hosts: tuple[tuple[str, str], ...] | None = None  # Host label selector; None: the hosts whose VMs use it
 
     @property
     def name(self) -> str:
@@ -379,6 +422,8 @@ class PoolSpec:
     manifest: str
     origin: Origin = field(compare=False, hash=False, repr=False)
     host_path: str = field(default="", compare=False)  # ``path`` after symlinks on the local host, when known
+    shared: bool = False  # the same storage is seen by every host (NFS): live migration needs no copy
+    hosts: tuple[tuple[str, str], ...] | None = None  # Host label selector; None: the hosts whose VMs use it
 
 
 @dataclass(frozen=True)
@@ -397,6 +442,7 @@ class DesiredState:
     files: int = 0
     source: str = ""  # the manifest root, for problems about the set as a whole
     revision: str = ""  # git revision of the manifests, recorded in domains changed from it
+    hosts: Mapping[str, HostSpec] = field(default_factory=dict)  # empty: a single host, chosen by --connect
 
     @property
     def complete(self) -> bool:
@@ -439,6 +485,8 @@ class Ownership:
     bound_name: str = ""  # the domain the mark was written for: a copy on another domain (a clone) does not count
     bound_uuid: str = ""  # "" in marks written by kvmops before marks were bound (see MarkBinding.UNBOUND)
     start_pending: bool = False  # Manual/RerunOnFailure: the start at creation has not happened yet
+    fleet: str = ""  # the fleet (manifest set) that placed it, "" outside a fleet: a VM marked on two hosts is split brain
+    host: str = ""  # the Host the fleet placed it on, "" outside a fleet
 
     def volume(self, pool: str, name: str) -> OwnedVolume | None:
         """Return the record of volume ``pool/name``, if this domain owns one."""

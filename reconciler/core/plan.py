@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from reconciler.core import model, quantity, redaction
@@ -30,11 +30,12 @@ class Action(model.StrEnum):
     DELETE = "delete"
     START = "start"
     STOP = "stop"
+    MIGRATE = "migrate"
 
     @property
     def glyph(self) -> str:
         """Return the one-character mark used in text plans."""
-        return {"create": "+", "update": "~", "delete": "-", "start": ">", "stop": "■"}[self.value]
+        return {"create": "+", "update": "~", "delete": "-", "start": ">", "stop": "■", "migrate": "→"}[self.value]
 
 
 class Impact(model.StrEnum):
@@ -259,6 +260,36 @@ class UndefineDomain(Step):
 
     def describe(self) -> str:
         return f"undefine domain {self.name}" + (" (keeping its NVRAM)" if self.keep_nvram else "")
+
+
+class MigrationMode(model.StrEnum):
+    """How a VM moves between hosts, from cheapest to most disruptive."""
+
+    LIVE = "live"  # peer-to-peer live migration, disks on shared storage: nothing copied
+    LIVE_COPY_STORAGE = "live-copy-storage"  # live, disks copied to the destination (VIR_MIGRATE_NON_SHARED_DISK)
+    OFFLINE = "offline"  # the VM is stopped, moved and started again: impact ``restart``
+
+
+@dataclass(frozen=True)
+class MigrateDomain(Step):
+    """Move domain ``name`` (``uuid``) from host ``source`` to host ``destination``.
+
+    ``destination_uri`` is the URI the *source* libvirtd dials (peer-to-peer), which may
+    differ from the URI kvmops itself uses for the destination. ``xml`` is the definition
+    to persist on the destination (the source's, with the mark naming the new host).
+    """
+
+    kind: ClassVar[str] = "migrate_domain"
+    name: str
+    uuid: str
+    source: str
+    destination: str
+    destination_uri: str
+    mode: MigrationMode
+    xml: str = field(default="", repr=False)
+
+    def describe(self) -> str:
+        return f"migrate {self.name} from {self.source} to {self.destination} ({self.mode.value})"
 
 
 @dataclass(frozen=True)

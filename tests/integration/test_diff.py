@@ -284,7 +284,7 @@ def test_the_json_output_is_a_versioned_plan_whose_uri_names_the_base(repo, caps
     assert document["format_version"] == "1"
     assert document["uri"] == f"git main ({commit[:12]})"
     assert document["has_changes"] is True
-    assert document["summary"]["actions"] == {"create": 1, "update": 0, "delete": 0, "start": 1, "stop": 0}
+    assert document["summary"]["actions"] == {"create": 1, "update": 0, "delete": 0, "start": 1, "stop": 0, "migrate": 0}
     assert document["summary"]["unchanged"] == 1
     assert document["foreign"] == []
     assert document["snapshot"] is None

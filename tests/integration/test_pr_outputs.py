@@ -382,7 +382,7 @@ def test_the_json_plan_counts_every_action_and_impact_of_the_scenario(scenario, 
     assert document["uri"] == PLACEHOLDER_URI
     assert document["has_changes"] is True
     assert document["snapshot"] is None
-    assert document["summary"]["actions"] == {"create": 1, "update": 3, "delete": 1, "start": 1, "stop": 1}
+    assert document["summary"]["actions"] == {"create": 1, "update": 3, "delete": 1, "start": 1, "stop": 1, "migrate": 0}
     assert document["summary"]["impacts"] == {"live": 11, "restart": 1, "replace": 1, "data-loss": 1}
     assert document["summary"]["unchanged"] == 1
     assert document["summary"]["problems"] == 0

@@ -144,7 +144,7 @@ def test_json_lists_resources_with_steps_changes_and_problems():
     assert [s["kind"] for s in old["steps"]] == ["stop_domain", "delete_volume", "undefine_domain"]
     assert data["foreign"] == ["win10"]
     assert data["prune"] == {"suspended": False, "reason": None, "kept": []}
-    assert data["summary"]["actions"] == {"create": 0, "update": 2, "delete": 1, "start": 0, "stop": 2}
+    assert data["summary"]["actions"] == {"create": 0, "update": 2, "delete": 1, "start": 0, "stop": 2, "migrate": 0}
     assert data["summary"]["impacts"] == {"live": 2, "restart": 1, "replace": 0, "data-loss": 1}
     assert data["has_changes"] is True
 
