@@ -370,6 +370,10 @@ def render_owner(owner: model.Ownership) -> ET.Element:
         element.set("uuid", owner.bound_uuid)
     if owner.start_pending:
         element.set("startPending", "true")
+    if owner.fleet:  # only in a fleet: single-host marks stay as they were
+        element.set("fleet", owner.fleet)
+    if owner.host:
+        element.set("host", owner.host)
     for volume in owner.volumes:
         record = ET.SubElement(element, _VOLUME, pool=volume.pool, name=volume.name,
                                deletionPolicy=volume.deletion_policy, created="true" if volume.created else "false")
@@ -443,6 +447,7 @@ def parse_owner(root: ET.Element) -> model.Ownership | None:
         install_pending=owner.get("installPending") == "true",
         bound_name=owner.get("domain", ""), bound_uuid=owner.get("uuid", ""),
         start_pending=owner.get("startPending") == "true",
+        fleet=owner.get("fleet", ""), host=owner.get("host", ""),
     )
 
 

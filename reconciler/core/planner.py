@@ -47,6 +47,11 @@ class Settings:
     scope: str = "default"  # the manifest set's name: only its own domains are pruned
     no_prune_reason: str = "pruning is disabled (--no-prune)"
     password_salt: bytes = b""  # entropy for new graphics password digests (the shell passes random bytes)
+    # In a fleet (core.fleet): the fleet and Host written in the marks, and the domains this
+    # host's plan holds as they are, neither changed nor pruned (migrating away, split brain).
+    fleet: str = ""
+    host: str = ""
+    held: frozenset[str] = frozenset()
 
 
 def plan_changes(
@@ -72,10 +77,11 @@ def plan_changes(
     owned_orphans = [
         d for name, d in sorted(actual.domains.items())
         if d.owned and name not in desired.vms and scope_of(d) == settings.scope and not _unbound(d)
+        and name not in settings.held
     ]
     elsewhere = tuple(
         f"{name} (scope {scope_of(d)})" for name, d in sorted(actual.domains.items())
-        if d.owned and name not in desired.vms and scope_of(d) != settings.scope
+        if d.owned and name not in desired.vms and scope_of(d) != settings.scope and name not in settings.held
     )
     orphan_networks = _orphan_networks(actual, desired, settings)
     suspended = _prune_suspension(desired, problems, [*owned_orphans, *orphan_networks], settings)
@@ -598,6 +604,7 @@ class _VMPlanBuilder:
         self.active = domain is not None and domain.power.active
         self.claimed: set[tuple[str, str]] = claimed  # volumes some VM in the manifests attaches
         self.scope = settings.scope
+        self.fleet, self.host = settings.fleet, settings.host
         self.password_salt = settings.password_salt
         self.desired: model.DesiredState = desired
         self.revision: str = desired.revision
@@ -1089,6 +1096,7 @@ class _VMPlanBuilder:
                 install_pending=install and spec.install is not None and spec.install.first_boot_only,
                 bound_name=spec.name, bound_uuid=uuid or "",
                 start_pending=self._first_start_pending(),
+                fleet=self.fleet, host=self.host,
             ),
             firmware=spec.firmware,
             machine=machine,
@@ -1274,6 +1282,12 @@ class _VMPlanBuilder:
             ))
         if old.manifest != new.manifest:
             self.changes.append(FieldChange("manifest", old.manifest, new.manifest, Impact.LIVE))
+        if (old.fleet, old.host) != (new.fleet, new.host):
+            self.changes.append(FieldChange(
+                "metadata.host", f"{old.host} (fleet {old.fleet})" if old.fleet else "(no fleet)",
+                f"{new.host} (fleet {new.fleet})" if new.fleet else "(no fleet)", Impact.LIVE,
+                note="the mark records the fleet and Host that placed it: a copy found on another host is split brain",
+            ))
         if old.run_strategy != new.run_strategy:
             self.changes.append(FieldChange("runStrategy", old.run_strategy, new.run_strategy, Impact.LIVE))
         if old.graphics_password_digest != new.graphics_password_digest:
