@@ -406,6 +406,24 @@ def _render_disk(disk: model.DiskDevice) -> ET.Element:
     return element
 
 
+def remark(xml: str, owner: model.Ownership) -> str:
+    """Return the persistent ``xml`` of a domain with its kvmops mark replaced by ``owner``, nothing else changed.
+
+    What a migration persists on the destination: the source's definition, its mark
+    naming the new host.
+    """
+    root = parse_tree(xml)
+    metadata = root.find("metadata")
+    if metadata is None:
+        metadata = ET.Element("metadata")
+        root.insert(_index_after(root, ("uuid", "name")), metadata)
+    for element in metadata.findall(_OWNER):
+        metadata.remove(element)
+    metadata.append(render_owner(owner))
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode")
+
+
 def parse_tree(xml: str) -> ET.Element:
     """Return the root element of ``xml``, or raise :class:`DomainXMLError`."""
     try:
