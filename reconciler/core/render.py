@@ -357,11 +357,11 @@ def _html(text: object) -> str:
 # --- fleets: one section per host, migrations, a fleet summary --------------------------
 
 
-def fleet_text(plan: fleet.FleetPlan, *, colour: bool = False, source: str | None = None) -> str:
+def fleet_text(plan: fleet.FleetPlan, *, colour: bool = False, source: str | None = None, title: str | None = None) -> str:
     """Return a fleet plan as text: a section per host (its plan as :func:`text` prints it),
     then the unreachable hosts, migrations, split brain and fleet problems, then the summary line."""
     paint = _Paint(colour)
-    header = f"kvmops fleet plan for fleet {plan.fleet}" + (f" from {source}" if source else "")
+    header = title or f"kvmops fleet plan for fleet {plan.fleet}" + (f" from {source}" if source else "")
     lines = [paint(header, "bold"), ""]
     for host in plan.hosts:
         if host.plan is None:
