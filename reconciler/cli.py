@@ -347,6 +347,8 @@ def cmd_validate(args: argparse.Namespace, shared: hv.Hypervisor | None = None) 
             print(redaction.redact_text(str(problem)))  # a problem may quote a URL from the manifest
         counts = (f"{desired.files} file(s), {len(desired.vms)} VirtualMachine(s), {len(desired.pools)} StoragePool(s), "
                   f"{len(desired.networks)} Network(s), {len(desired.images)} Image(s)")
+        if desired.hosts:  # only in a fleet: single-host output stays as it was
+            counts += f", {len(desired.hosts)} Host(s)"
         if problems:
             print(f"{len(problems)} problem(s) found in {args.path} ({counts} valid)")
         else:
