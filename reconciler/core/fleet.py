@@ -183,6 +183,11 @@ def plan_fleet(
         local_vms = [vm for vm in assigned if vm not in incoming]
         subset = host_share(desired, host, local_vms, uses=[*incoming, *departing, *(held & set(desired.vms))])
         plan = planner.plan_changes(subset, actual, settings=dataclasses.replace(host_settings, host=name, held=held))
+        evacuated = {move.vm: move for move in placed.moves if move.destination == name and move.source in dead}
+        if evacuated:
+            plan = dataclasses.replace(plan, resources=tuple(
+                dataclasses.replace(r, notes=(*r.notes, _evacuation_note(evacuated[r.name], desired)))
+                if r.kind == "VirtualMachine" and r.name in evacuated else r for r in plan.resources))
         host_plans.append(HostPlan(host=name, uri=host.uri, plan=plan, vms=assigned, schedulable=host.schedulable))
     for move in sorted(migrating.values(), key=lambda m: m.vm):
         if only_host is not None and only_host not in (move.source, move.destination):
@@ -241,6 +246,15 @@ def _split_brain_problem(desired: model.DesiredState, brain: SplitBrain, fleet: 
     if spec is not None:
         return spec.origin.problem("metadata.name", message)
     return model.Problem(source or ".", None, "", message)
+
+
+def _evacuation_note(move: placement.Move, desired: model.DesiredState) -> str:
+    spec = desired.vms[move.vm]
+    local = [disk.name for disk in spec.disks
+             if disk.path is not None or not (disk.pool in desired.pools and desired.pools[disk.pool].shared)]
+    disks = (f"its local disks ({', '.join(local)}) start new and empty here" if local
+             else "its disks are on shared storage and are used as they are")
+    return f"evacuated from {move.source}, declared dead: defined anew here; {disks}"
 
 
 def migration_mode(spec: model.VMSpec, domain: model.ObservedDomain, pools: Mapping[str, model.PoolSpec]) -> plans.MigrationMode:

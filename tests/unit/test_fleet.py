@@ -173,6 +173,8 @@ def test_evacuating_a_dead_host_recreates_its_vms_elsewhere_and_refuses_live_hos
     observed = {"a": fleet.HostUnreachable("a", "down"), "b": host_state(state=state)}
     result = fleet.plan_fleet(state, observed, evacuate={"a"})
     assert any(isinstance(s, plans.DefineDomain) for s in steps(result.host("b").plan, "web"))
+    (web,) = [r for r in result.host("b").plan.resources if r.name == "web"]
+    assert web.notes[-1] == "evacuated from a, declared dead: defined anew here; its local disks (root) start new and empty here"
     refused = fleet.plan_fleet(state, observed, evacuate={"b"})
     assert [p.message for p in refused.problems] == [
         "host b answers: evacuate is for dead hosts only; use `kvmops drain b` to move its VMs off"]
