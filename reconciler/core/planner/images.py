@@ -9,6 +9,7 @@ from reconciler.core.planner.sharing import volume_users
 
 
 def plan_image(spec: model.ImageSpec, actual: model.ActualState, desired: model.DesiredState) -> plans.ResourcePlan:
+    """Return the plan of Image ``spec``: import it, import again what an interrupted import left, or nothing."""
     base = dict(kind="Image", name=spec.name, manifest=spec.manifest)
     if spec.pool not in desired.pools:
         pool = actual.pools.get(spec.pool)

@@ -34,6 +34,7 @@ def network_problems(
 def plan_network(
     spec: model.NetworkSpec, observed: model.ObservedNetwork | None, actual: model.ActualState, settings: Settings
 ) -> plans.ResourcePlan:
+    """Return the plan of Network ``spec``: create it, or update an owned one of this scope (DHCP hosts live)."""
     base = dict(kind="Network", name=spec.name, manifest=spec.manifest)
     wanted = dataclasses.replace(spec.definition, owner=dataclasses.replace(spec.definition.owner, scope=settings.scope))
     if observed is None:
@@ -106,6 +107,7 @@ def _network_fields(definition: model.NetworkDefinition) -> list[tuple[str, str 
 
 
 def orphan_networks(actual: model.ActualState, desired: model.DesiredState, settings: Settings) -> list[model.ObservedNetwork]:
+    """Return the owned networks of this scope that no manifest declares any more."""
     return [
         network for name, network in sorted(actual.networks.items())
         if network.owned and name not in desired.networks and network.definition.owner is not None

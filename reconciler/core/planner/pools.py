@@ -72,6 +72,7 @@ def refused_pool_path(spec: model.PoolSpec, uri: str) -> str | None:
 
 
 def plan_pool(spec: model.PoolSpec, observed: model.ObservedPool | None, uri: str) -> plans.ResourcePlan:
+    """Return the plan of StoragePool ``spec``: define, build and start it; an existing pool is never changed."""
     base = dict(kind="StoragePool", name=spec.name, manifest=spec.manifest)
     if observed is None and (refusal := refused_pool_path(spec, uri)) is not None:
         return plans.ResourcePlan(**base, problems=(spec.origin.problem("spec.path", (

@@ -15,6 +15,7 @@ from reconciler.core.quantity import format_bytes
 def prune_suspension(
     desired: model.DesiredState, problems: list[model.Problem], orphans: list, settings: Settings
 ) -> str | None:
+    """Return why no orphan may be pruned in this pass (broken manifests, --no-prune, an empty set), or None."""
     if not orphans:
         return None
     if problems:
@@ -36,6 +37,7 @@ def plan_prune(
     domain: model.ObservedDomain, actual: model.ActualState, settings: Settings, wanted: set[tuple[str, str]],
     pruned: dict[str, model.ObservedDomain] | None = None,
 ) -> plans.ResourcePlan:
+    """Return the removal of owned ``domain``, no longer declared: stopped, Delete volumes gone, undefined last."""
     owner = domain.definition.owner if domain.definition is not None else None
     steps: list[plans.Step] = []
     changes: list[FieldChange] = []

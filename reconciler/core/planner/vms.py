@@ -30,6 +30,7 @@ def plan_vm(
     settings: Settings,
     wanted: set[tuple[str, str]],
 ) -> plans.ResourcePlan:
+    """Return the plan of VM ``spec``, or its problems: a domain not ours (or another scope's) is never touched."""
     base = dict(kind="VirtualMachine", name=spec.name, manifest=spec.manifest)
     problems = []
     if domain is not None and domain.copied_mark is not None:
