@@ -247,6 +247,7 @@ class LabHost:
         """Return once libvirtd accepts connections; raise after ``timeout`` seconds."""
         import libvirt
 
+        libvirt.registerErrorHandler(lambda _c, _e: None, None)  # each refused attempt is expected, not news
         deadline = time.monotonic() + timeout
         while True:
             try:
