@@ -1106,8 +1106,8 @@ def _report_job(domain: libvirt.virDomain, finished: threading.Event, progress: 
             stats = domain.jobStats(0)
         except libvirt.libvirtError:
             continue  # between phases, or already gone from here
-        if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
-            continue
+        if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE or not stats.get("data_total"):
+            continue  # no job, or one that has not started moving data yet
         with contextlib.suppress(Exception):
             progress(int(stats.get("data_processed", 0)), int(stats["data_total"]) if "data_total" in stats else None)
 
