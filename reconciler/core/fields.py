@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from reconciler.core import domainparts, model, quantity
-from reconciler.core.xmlproperty import WriteContext, XMLCodec, XMLGroup, XMLList, XMLProperty
+from reconciler.core.xmlproperty import WriteContext, XMLCodec, XMLFlag, XMLGroup, XMLList, XMLProperty
 
 
 @dataclass(frozen=True)
@@ -175,6 +175,8 @@ FIELDS: tuple[DomainField, ...] = (
                 ("kernel", "initrd", "cmdline"), install_text),
     DomainField("guestAgent", "spec.guestAgent", domainparts.GUEST_AGENT, ("guest_agent",),
                 lambda d: yes_no(d.guest_agent)),
+    DomainField("hugepages", "spec.hugepages", XMLFlag("memoryBacking/hugepages"), ("hugepages",),
+                lambda d: yes_no(d.hugepages)),
     DomainField("graphics", "spec.graphics", domainparts.Graphics(), ("graphics",), lambda d: d.graphics),
     DomainField("graphics.listen", "spec.graphics.listen", domainparts.GraphicsListen(), ("graphics_listen",),
                 lambda d: d.graphics_listen, hidden_when=_graphics_off),

@@ -1100,6 +1100,7 @@ class _VMPlanBuilder:
             cmdline=cmdline,
             cdroms=tuple(cdroms),
             guest_agent=spec.guest_agent,
+            hugepages=spec.hugepages,
             graphics_listen=spec.graphics_listen if spec.graphics != "none" else None,
             graphics_password=spec.graphics_password,
         )
@@ -1340,6 +1341,7 @@ class _VMPlanBuilder:
             ("cloudInit", f"seed {spec.cloud_init.pool}/{spec.cloud_init.volume} ({_short_digest(spec.cloud_init.digest)})"
              if spec.cloud_init else None),
             ("guestAgent", "true" if spec.guest_agent else None),
+            ("hugepages", "true" if spec.hugepages else None),
         )
         for path, value in optional:
             if value:

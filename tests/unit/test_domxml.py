@@ -280,3 +280,16 @@ def test_a_single_host_mark_has_no_fleet_attributes():
     """Outside a fleet the mark is what it always was: no fleet or host attribute."""
     mark = ET.fromstring(domxml.render(WEB)).find(f"metadata/{{{domxml.NAMESPACE}}}owner")
     assert "fleet" not in mark.attrib and "host" not in mark.attrib
+
+
+def test_hugepages_live_in_memory_backing_and_leave_its_other_settings_alone():
+    """hugepages is <memoryBacking><hugepages/>, placed where libvirt puts it; removing it keeps <access> and the rest."""
+    huge = dataclasses.replace(WEB, hugepages=True)
+    root = ET.fromstring(domxml.render(huge))
+    assert root.find("memoryBacking/hugepages") is not None
+    assert [c.tag for c in root][[c.tag for c in root].index("currentMemory") + 1] == "memoryBacking"
+    shared = domxml.render(huge).replace("<hugepages />", "<hugepages />\n<access mode='shared'/>")
+    patched = ET.fromstring(domxml.patch(shared, WEB))
+    assert patched.find("memoryBacking/hugepages") is None and patched.find("memoryBacking/access") is not None
+    assert ET.fromstring(domxml.patch(domxml.render(huge), WEB)).find("memoryBacking") is None
+    assert domxml.parse(domxml.patch(domxml.render(WEB), huge)) == huge

@@ -18,6 +18,7 @@ OTHER_VALUES = {
     "firmware": "efi", "machine": "pc-q35-7.2", "cpu_mode": "custom", "cpu_model": "qemu64", "boot": ("cdrom", "hd"),
     "kernel": "/var/lib/kvmops/vmlinuz", "initrd": "/var/lib/kvmops/initrd", "cmdline": "console=ttyS0",
     "guest_agent": True, "graphics_listen": "0.0.0.0", "graphics": "spice",
+    "hugepages": True,
 }
 
 
