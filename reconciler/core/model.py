@@ -280,6 +280,7 @@ class VMSpec:
     install: InstallSpec | None = None
     cloud_init: CloudInitSpec | None = None
     guest_agent: bool = False
+    hugepages: bool = False
     graphics_listen: str = "127.0.0.1"
     graphics_password: str | None = field(default=None, compare=False, repr=False)
     graphics_password_digest: str = ""
@@ -580,6 +581,7 @@ class DomainDefinition:
     cmdline: str | None = None
     cdroms: tuple[DiskDevice, ...] = ()
     guest_agent: bool = False
+    hugepages: bool = False
     graphics_listen: str | None = None
     graphics_password: str | None = field(default=None, compare=False, repr=False)
 
