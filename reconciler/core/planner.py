@@ -29,6 +29,7 @@ from urllib.parse import urlparse
 
 from reconciler.core import domxml, fields, hostdirs, model, netxml, password, redaction, storagexml
 from reconciler.core import plan as plans
+from reconciler.core import policy as policies
 from reconciler.core.plan import Action, FieldChange, Impact
 from reconciler.core.quantity import MIB, format_bytes, round_up
 
@@ -47,6 +48,8 @@ class Settings:
     scope: str = "default"  # the manifest set's name: only its own domains are pruned
     no_prune_reason: str = "pruning is disabled (--no-prune)"
     password_salt: bytes = b""  # entropy for new graphics password digests (the shell passes random bytes)
+    policy: policies.Policy | None = None  # the host's policy (configuration file); None: none is set
+    allow_mass_prune: bool = False  # a prune larger than the policy's maxPrunePerPass goes ahead (--allow-mass-prune)
 
 
 def plan_changes(
@@ -67,27 +70,35 @@ def plan_changes(
     for spec in desired.vms.values():
         resources.append(_plan_vm(spec, actual.domains.get(spec.name), actual, desired, settings, wanted))
 
-    for resource in resources:
-        problems.extend(resource.problems)
     owned_orphans = [
         d for name, d in sorted(actual.domains.items())
         if d.owned and name not in desired.vms and scope_of(d) == settings.scope and not _unbound(d)
     ]
+    rules = settings.policy.for_scope(settings.scope) if settings.policy is not None else None
+    if rules is not None:
+        resources = _obey_policy(resources, desired, actual, settings, rules, owned_orphans)
+    for resource in resources:
+        problems.extend(resource.problems)
     elsewhere = tuple(
         f"{name} (scope {scope_of(d)})" for name, d in sorted(actual.domains.items())
         if d.owned and name not in desired.vms and scope_of(d) != settings.scope
     )
     orphan_networks = _orphan_networks(actual, desired, settings)
     suspended = _prune_suspension(desired, problems, [*owned_orphans, *orphan_networks], settings)
+    if suspended and not problems and settings.prune and not desired.vms and not settings.allow_empty:
+        problems.append(model.Problem(desired.source or ".", None, "", suspended))  # the empty-set guard
+    prunes: list[plans.ResourcePlan] = []
+    if not suspended:
+        pruned = {d.name: d for d in owned_orphans}
+        prunes = [_plan_prune(domain, actual, settings, wanted, pruned) for domain in owned_orphans]
+        prunes.extend(_plan_network_prune(network, actual, desired, set(pruned)) for network in orphan_networks)
+    if rules is not None and prunes:
+        suspended = _policy_prune_hold(prunes, desired, actual, settings, rules, problems)
     kept: tuple[str, ...] = ()
     if suspended:
         kept = tuple(d.name for d in owned_orphans) + tuple(f"network {n.name}" for n in orphan_networks)
-        if not problems and settings.prune and not desired.vms and not settings.allow_empty:
-            problems.append(model.Problem(desired.source or ".", None, "", suspended))  # the empty-set guard
     else:
-        pruned = {d.name: d for d in owned_orphans}
-        resources.extend(_plan_prune(domain, actual, settings, wanted, pruned) for domain in owned_orphans)
-        resources.extend(_plan_network_prune(network, actual, desired, set(pruned)) for network in orphan_networks)
+        resources.extend(prunes)
 
     foreign = tuple(name for name, d in sorted(actual.domains.items()) if not d.owned)
     return plans.Plan(
@@ -1454,6 +1465,55 @@ def _resolve_macs(wanted: tuple[model.NicSpec, ...], observed: tuple[model.NicDe
 
 
 # --- prune ------------------------------------------------------------------------------
+
+
+def _obey_policy(
+    resources: list[plans.ResourcePlan], desired: model.DesiredState, actual: model.ActualState, settings: Settings,
+    rules: policies.Rules, orphans: list[model.ObservedDomain],
+) -> list[plans.ResourcePlan]:
+    """Return ``resources`` with each one that breaks the host policy blocked: no steps, its problems said.
+
+    The scope's domains no manifest declares hold quota unless this pass may remove them.
+    """
+    removable = {d.name for d in orphans} if settings.prune else set()
+    staying = [d for name, d in sorted(actual.domains.items())
+               if d.owned and name not in desired.vms and scope_of(d) == settings.scope and name not in removable]
+    refused = policies.resource_problems(desired, actual, rules, scope=settings.scope, staying=staying,
+                                         local=host_is_local(actual.host.uri))
+    result = []
+    for resource in resources:
+        problems = list(refused.get(resource.key, ()))
+        spec = {"VirtualMachine": desired.vms, "StoragePool": desired.pools, "Network": desired.networks,
+                "Image": desired.images}.get(resource.kind, {}).get(resource.name)
+        if not problems and spec is not None and (lost := policies.data_loss_problem(resource, rules, spec.origin)):
+            problems.append(lost)
+        if problems:
+            resource = plans.ResourcePlan(kind=resource.kind, name=resource.name, manifest=resource.manifest,
+                                          problems=(*problems, *resource.problems))
+        result.append(resource)
+    return result
+
+
+def _policy_prune_hold(
+    prunes: list[plans.ResourcePlan], desired: model.DesiredState, actual: model.ActualState, settings: Settings,
+    rules: policies.Rules, problems: list[model.Problem],
+) -> str | None:
+    """Return why the host policy holds every prune of this pass (too many VMs, or a volume deleted), or None.
+
+    The reasons are added to ``problems``: a held prune is work left undone.
+    """
+    vms = [r.name for r in prunes if r.kind == "VirtualMachine"]
+    scope_vms = sum(1 for d in actual.domains.values() if d.owned and scope_of(d) == settings.scope)
+    held = policies.prune_hold(vms, scope_vms, rules, scope=settings.scope, allow_mass_prune=settings.allow_mass_prune)
+    if held:
+        problems.append(model.Problem(desired.source or ".", None, "", held))
+        return held
+    lost = [p for r in prunes if (p := policies.data_loss_problem(r, rules, policies.pruned_file(r, desired)))]
+    if lost:
+        problems.extend(lost)
+        return (f"the host policy allows no data loss, and removing {len(lost)} VM(s) would delete volumes: no domain "
+                "is removed in this pass")
+    return None
 
 
 def _prune_suspension(
