@@ -35,7 +35,7 @@ from reconciler.core import model
 from reconciler.core import plan as plans
 from reconciler.core.quantity import GIB, KIB, MIB, format_bytes, parse_bytes
 
-ADVICE = "ask the host's administrator, who sets the policy in kvmops' configuration file"
+ADVICE = "ask the host's administrator"
 
 
 # --- the policy as data -------------------------------------------------------------------

@@ -184,7 +184,7 @@ def test_a_pool_manifest_outside_the_allowed_directories_is_refused_at_its_path(
     (pool_problem,) = blocked(result, "other", "StoragePool")
     assert pool_problem == ("manifests/pools/other.yaml:6: spec.path: policy.allowedPoolPaths: pool other is at "
                             "/srv/team-b/pool, and the host policy allows pools only under /srv/team-a; ask the host's "
-                            "administrator, who sets the policy in kvmops' configuration file")
+                            "administrator")
     (vm_problem,) = blocked(result, "web")
     assert ": spec.disks[0].pool: policy.allowedPoolPaths: pool other is at /srv/team-b/pool" in vm_problem
 
@@ -245,9 +245,9 @@ def test_nics_attach_only_to_allowed_networks_and_bridges():
     found = blocked(plan(state, observation, policy=rules(allowedNetworks=["team-a-*"], allowedBridges=["br0"])), "web")
     assert [p.split(": ", 2)[1:] for p in found] == [
         ["spec.networks[1].network", "policy.allowedNetworks: network team-b-lab is not one the host policy allows "
-         "(team-a-*); ask the host's administrator, who sets the policy in kvmops' configuration file"],
+         "(team-a-*); ask the host's administrator"],
         ["spec.networks[3].bridge", "policy.allowedBridges: host bridge br1 is not one the host policy allows (br0); "
-         "ask the host's administrator, who sets the policy in kvmops' configuration file"],
+         "ask the host's administrator"],
     ]
 
 
