@@ -21,6 +21,7 @@ from reconciler.runtime import configuration
 from reconciler.runtime.controller import Controller
 from tests import factories
 from tests.integration.conftest import SHARED_URI
+from tests.integration.test_diff import Repo
 from tests.integration.test_controller_inprocess import (  # noqa: F401 (fixtures)
     RunningController, converged, get, host, manifests, vm_name, wait_until, write_manifest,
 )
@@ -141,6 +142,32 @@ def test_plan_against_a_snapshot_obeys_the_policy(world, tmp_path, capsys):
     out, _ = capsys.readouterr()
     # web (1 vCPU), orphan (1, kept by --no-prune) and big (8)
     assert "policy.quota.vcpus: scope default would use 10 of 4 vCPUs (big asks for 8)" in out
+
+
+def test_diff_obeys_the_policy_so_a_pull_request_sees_a_violation_before_the_merge(tmp_path, monkeypatch, capsys):
+    """A VM too large, and a prune larger than maxPrunePerPass, fail the diff naming the rules: no hypervisor involved."""
+    monkeypatch.setenv("KVMOPS_CONNECT", "qemu+unix:///system?socket=/nonexistent")
+    repo = Repo(tmp_path / "repo")
+    for name in ("web", "db"):
+        repo.vm(f"{name}.yaml", name, disks=[])
+    repo.commit("two VMs")
+    repo.remove("db.yaml")
+    repo.remove("web.yaml")
+    repo.vm("big.yaml", "big", vcpus=8, disks=[])
+    config = config_file(tmp_path, policy={"limits": {"maxVcpus": 4}, "maxPrunePerPass": 1})
+
+    status = run("diff", str(repo.manifests), "--base", "main", "--config", config, "--output", "markdown")
+    out, _ = capsys.readouterr()
+
+    assert status == 1
+    assert "policy.limits.maxVcpus: 8 vCPUs, more than the 4" in out
+    status = run("diff", str(repo.manifests), "--base", "main", "--config", config.replace("config.yaml", "none.yaml"))
+    assert status == 1 and "configuration file not found" in capsys.readouterr().err
+    repo.vm("big.yaml", "big", vcpus=2, disks=[])
+    assert run("diff", str(repo.manifests), "--base", "main", "--config", config) == 1
+    assert "policy.maxPrunePerPass: this pass would remove 2 VMs of scope default (db, web)" in capsys.readouterr().out
+    assert run("diff", str(repo.manifests), "--base", "main", "--config", config, "--allow-mass-prune") == 0
+    capsys.readouterr()
 
 
 def test_an_invalid_policy_is_one_error_line_and_nothing_is_planned(world, tmp_path, capsys):
