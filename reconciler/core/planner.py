@@ -76,7 +76,9 @@ def plan_changes(
     ]
     rules = settings.policy.for_scope(settings.scope) if settings.policy is not None else None
     if rules is not None:
-        resources = _obey_policy(resources, desired, actual, settings, rules, owned_orphans)
+        resources = policies.obeyed(resources, desired, actual, rules, scope=settings.scope,
+                                    removable={d.name for d in owned_orphans} if settings.prune else set(),
+                                    local=host_is_local(actual.host.uri))
     for resource in resources:
         problems.extend(resource.problems)
     elsewhere = tuple(
@@ -93,7 +95,9 @@ def plan_changes(
         prunes = [_plan_prune(domain, actual, settings, wanted, pruned) for domain in owned_orphans]
         prunes.extend(_plan_network_prune(network, actual, desired, set(pruned)) for network in orphan_networks)
     if rules is not None and prunes:
-        suspended = _policy_prune_hold(prunes, desired, actual, settings, rules, problems)
+        suspended, held = policies.held_prunes(prunes, desired, actual, rules, scope=settings.scope,
+                                               allow_mass_prune=settings.allow_mass_prune)
+        problems.extend(held)
     kept: tuple[str, ...] = ()
     if suspended:
         kept = tuple(d.name for d in owned_orphans) + tuple(f"network {n.name}" for n in orphan_networks)
@@ -1465,55 +1469,6 @@ def _resolve_macs(wanted: tuple[model.NicSpec, ...], observed: tuple[model.NicDe
 
 
 # --- prune ------------------------------------------------------------------------------
-
-
-def _obey_policy(
-    resources: list[plans.ResourcePlan], desired: model.DesiredState, actual: model.ActualState, settings: Settings,
-    rules: policies.Rules, orphans: list[model.ObservedDomain],
-) -> list[plans.ResourcePlan]:
-    """Return ``resources`` with each one that breaks the host policy blocked: no steps, its problems said.
-
-    The scope's domains no manifest declares hold quota unless this pass may remove them.
-    """
-    removable = {d.name for d in orphans} if settings.prune else set()
-    staying = [d for name, d in sorted(actual.domains.items())
-               if d.owned and name not in desired.vms and scope_of(d) == settings.scope and name not in removable]
-    refused = policies.resource_problems(desired, actual, rules, scope=settings.scope, staying=staying,
-                                         local=host_is_local(actual.host.uri))
-    result = []
-    for resource in resources:
-        problems = list(refused.get(resource.key, ()))
-        spec = {"VirtualMachine": desired.vms, "StoragePool": desired.pools, "Network": desired.networks,
-                "Image": desired.images}.get(resource.kind, {}).get(resource.name)
-        if not problems and spec is not None and (lost := policies.data_loss_problem(resource, rules, spec.origin)):
-            problems.append(lost)
-        if problems:
-            resource = plans.ResourcePlan(kind=resource.kind, name=resource.name, manifest=resource.manifest,
-                                          problems=(*problems, *resource.problems))
-        result.append(resource)
-    return result
-
-
-def _policy_prune_hold(
-    prunes: list[plans.ResourcePlan], desired: model.DesiredState, actual: model.ActualState, settings: Settings,
-    rules: policies.Rules, problems: list[model.Problem],
-) -> str | None:
-    """Return why the host policy holds every prune of this pass (too many VMs, or a volume deleted), or None.
-
-    The reasons are added to ``problems``: a held prune is work left undone.
-    """
-    vms = [r.name for r in prunes if r.kind == "VirtualMachine"]
-    scope_vms = sum(1 for d in actual.domains.values() if d.owned and scope_of(d) == settings.scope)
-    held = policies.prune_hold(vms, scope_vms, rules, scope=settings.scope, allow_mass_prune=settings.allow_mass_prune)
-    if held:
-        problems.append(model.Problem(desired.source or ".", None, "", held))
-        return held
-    lost = [p for r in prunes if (p := policies.data_loss_problem(r, rules, policies.pruned_file(r, desired)))]
-    if lost:
-        problems.extend(lost)
-        return (f"the host policy allows no data loss, and removing {len(lost)} VM(s) would delete volumes: no domain "
-                "is removed in this pass")
-    return None
 
 
 def _prune_suspension(

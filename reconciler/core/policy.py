@@ -16,6 +16,8 @@ The planner asks three questions, each answered with located problems:
 * :func:`data_loss_problem`: does a planned resource delete a volume the policy protects;
 * :func:`prune_hold`: is a prune larger than ``maxPrunePerPass``.
 
+:func:`obeyed` and :func:`held_prunes` are how the planner applies the answers (a
+resource that breaks a rule is blocked; a held prune suspends every prune of the pass);
 :func:`violations` asks all three of a finished plan.  Every problem's message starts with
 the rule's name (``policy.quota.vcpus: scope team-a would use 34 of 32 vCPUs``).  Pure:
 no I/O; paths the shell resolved on this machine (pool directories, image files) arrive
@@ -648,6 +650,51 @@ def prune_hold(
     )
 
 
+def obeyed(
+    resources: Sequence[plans.ResourcePlan], desired: model.DesiredState, actual: model.ActualState, rules: Rules, *,
+    scope: str, removable: set[str], local: bool,
+) -> list[plans.ResourcePlan]:
+    """Return planned ``resources`` with each one that breaks ``rules`` blocked: no steps, its problems said.
+
+    ``removable`` names the scope's undeclared domains this pass may prune (they hold no
+    quota); the scope's other undeclared domains stay and hold theirs.
+    """
+    staying = [d for name, d in sorted(actual.domains.items())
+               if d.owned and name not in desired.vms and _scope(d) == scope and name not in removable]
+    refused = resource_problems(desired, actual, rules, scope=scope, staying=staying, local=local)
+    result = []
+    for resource in resources:
+        problems = list(refused.get(resource.key, ()))
+        spec = _declared(resource, desired)
+        if not problems and spec is not None and (lost := data_loss_problem(resource, rules, spec.origin)):
+            problems.append(lost)
+        if problems:
+            resource = plans.ResourcePlan(kind=resource.kind, name=resource.name, manifest=resource.manifest,
+                                          problems=(*problems, *resource.problems))
+        result.append(resource)
+    return result
+
+
+def held_prunes(
+    prunes: Sequence[plans.ResourcePlan], desired: model.DesiredState, actual: model.ActualState, rules: Rules, *,
+    scope: str, allow_mass_prune: bool = False,
+) -> tuple[str | None, list[model.Problem]]:
+    """Return why ``rules`` hold every prune of a pass (too many VMs, or a volume deleted) and the problems saying so.
+
+    (None, []) when the prunes may go.  A held prune is work left undone, hence problems.
+    """
+    vms = [r.name for r in prunes if r.kind == "VirtualMachine"]
+    scope_vms = sum(1 for d in actual.domains.values() if d.owned and _scope(d) == scope)
+    held = prune_hold(vms, scope_vms, rules, scope=scope, allow_mass_prune=allow_mass_prune)
+    if held:
+        return held, [model.Problem(desired.source or ".", None, "", held)]
+    lost = [p for r in prunes if (p := data_loss_problem(r, rules, pruned_file(r, desired)))]
+    if lost:
+        return (f"the host policy allows no data loss, and removing {len(lost)} VM(s) would delete volumes: no domain "
+                "is removed in this pass"), lost
+    return None, []
+
+
 def violations(
     desired: model.DesiredState, actual: model.ActualState, plan: plans.Plan, rules: Rules, *, scope: str,
     local: bool = True, allow_mass_prune: bool = False,
@@ -678,9 +725,14 @@ def _scope(domain: model.ObservedDomain) -> str:
     return owner.scope if owner is not None else "default"
 
 
-def _origin_of(resource: plans.ResourcePlan, desired: model.DesiredState) -> model.Origin | str:
-    spec = {"VirtualMachine": desired.vms, "StoragePool": desired.pools, "Network": desired.networks,
+def _declared(resource: plans.ResourcePlan, desired: model.DesiredState):
+    """Return the spec declaring ``resource``, or None (a prune, a leftover)."""
+    return {"VirtualMachine": desired.vms, "StoragePool": desired.pools, "Network": desired.networks,
             "Image": desired.images}.get(resource.kind, {}).get(resource.name)
+
+
+def _origin_of(resource: plans.ResourcePlan, desired: model.DesiredState) -> model.Origin | str:
+    spec = _declared(resource, desired)
     return spec.origin if spec is not None else pruned_file(resource, desired)
 
 
