@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from urllib.parse import unquote, urlsplit
 
-from reconciler.core import model
+from reconciler.core import model, redaction
 from reconciler.core import plan as plans
 from reconciler.core.quantity import GIB, KIB, MIB, format_bytes, parse_bytes
 
@@ -399,7 +399,8 @@ def _image_problems(
         allowed = _listing(rules.image_sources) or "none"
         if spec.url is not None and not url_allowed(spec.url, urls):
             problems.append(spec.origin.problem("spec.source.url", (
-                f"policy.imageSources: {spec.url} is not below a source the host policy allows ({allowed}); {ADVICE}"
+                f"policy.imageSources: {redaction.redact_url(spec.url)} is not below a source the host policy allows "
+                f"({allowed}); {ADVICE}"
             )))
         if spec.path is not None:
             file = spec.host_path or (posixpath.join(spec.tree, spec.path) if spec.tree.startswith("/") else "")

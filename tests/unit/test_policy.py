@@ -287,6 +287,12 @@ def test_an_image_file_is_judged_by_where_it_is_on_this_machine():
         assert (not plan(moved, policy=policy).problems) is ok, where
 
 
+def test_a_refused_image_url_is_quoted_without_its_credentials():
+    token = image_doc(source={"url": "https://kvmops:s3cret-token@images.example.org/debian-12.qcow2"})
+    (problem,) = blocked(plan(valid(token), policy=rules(imageSources=["https://cloud.debian.org/images/"])), "debian", "Image")
+    assert "s3cret-token" not in problem and "images.example.org/debian-12.qcow2" in problem
+
+
 def test_the_pool_of_an_image_is_judged_like_any_pool_used():
     (problem,) = blocked(plan(valid(image_doc()), pooled("/srv/other"), policy=rules(allowedPoolPaths=["/srv/team-a"])),
                          "debian", "Image")
