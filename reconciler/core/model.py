@@ -342,6 +342,7 @@ class ImageSpec:
     origin: Origin = field(compare=False, hash=False, repr=False)
     tree: str = field(default="", compare=False)  # where ``path`` is, and must stay, when read
     hosts: tuple[tuple[str, str], ...] | None = None  # Host label selector; None: the hosts whose VMs use it
+    host_path: str = field(default="", compare=False)  # the file ``path`` names, as this machine resolves it
 
 
 IMAGE_PARTIAL_PREFIX = ".kvmops-partial-"
