@@ -321,7 +321,7 @@ def _cleanup(
             notes.append(f"{where}, left by the move to {host}, is deleted once {domain.name} runs on {host}")
         else:
             steps += [plans.DeleteMovedVolume(left.pool, left.name, domain.name, domain.uuid, host,
-                                              running=domain.power.active), forget]
+                                              running=domain.power.active, source=source), forget]
             changes.append(FieldChange(where, "left behind", None, Impact.LIVE, note=(
                 f"the copy {domain.name} left when it moved to {host}, which has its own (deletionPolicy Delete)")))
     if not steps and not notes:
@@ -523,7 +523,7 @@ def _migration(
     cleanups: list[plans.Step] = []
     for pool, volume in deleted:
         cleanups.append(plans.DeleteMovedVolume(pool, volume, move.vm, domain.uuid, move.destination,
-                                                running=domain.power.active))
+                                                running=domain.power.active, source=move.source))
         cleanups.append(plans.ForgetMovedVolume(pool, volume, move.vm, domain.uuid, move.source, move.destination))
         changes.append(FieldChange(f"volume {pool}/{volume} on {move.source}", "left behind", None, Impact.LIVE, note=(
             f"deleted once the VM {'runs' if domain.power.active else 'is'} on {move.destination} with its own copy "

@@ -335,6 +335,7 @@ class DeleteMovedVolume(Step):
     uuid: str
     destination: str
     running: bool = False  # and only while the domain runs there (it moved live, or was restarted there)
+    source: str = ""  # the host this runs on, the one the destination's mark names as holding the copy
 
     def describe(self) -> str:
         return f"delete volume {self.pool}/{self.name} left behind by {self.domain} (now on {self.destination})"

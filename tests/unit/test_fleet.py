@@ -136,7 +136,7 @@ def test_a_moved_vm_leaves_its_local_volumes_behind_only_as_their_deletion_polic
     (migration,) = fleet.plan_fleet(state, observed).migrations
     assert [type(s).__name__ for s in migration.steps] == ["MigrateDomain", "DeleteMovedVolume", "ForgetMovedVolume"]
     assert migration.steps[1] == plans.DeleteMovedVolume("vmstore", "web-root.qcow2", "web", builders.UUID, "b",
-                                                         running=True)
+                                                         running=True, source="a")
     assert migration.steps[2] == plans.ForgetMovedVolume("vmstore", "web-root.qcow2", "web", builders.UUID, "a", "b")
     assert "volume vmstore/web-keep.qcow2 on a is left behind after the move (deletionPolicy Retain): never deleted " \
            "by kvmops; remove it yourself when you no longer need it" in migration.notes
@@ -359,7 +359,7 @@ def test_a_copy_a_finished_move_left_is_deleted_on_its_old_host_by_the_next_pass
     result = fleet.plan_fleet(state, {"a": leftover(state, "web-root.qcow2"),
                                       "b": host_state(moved(state, "web", LEFT), state=state)})
     assert steps(result.host("a").plan, "web") == [
-        plans.DeleteMovedVolume("vmstore", "web-root.qcow2", "web", builders.UUID, "b", running=True),
+        plans.DeleteMovedVolume("vmstore", "web-root.qcow2", "web", builders.UUID, "b", running=True, source="a"),
         plans.ForgetMovedVolume("vmstore", "web-root.qcow2", "web", builders.UUID, "a", "b"),
     ]
     assert steps(result.host("b").plan, "web") == []  # the destination keeps its record until the deletion is done
