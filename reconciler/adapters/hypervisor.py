@@ -986,6 +986,8 @@ class Hypervisor:
             params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = list(copy_disks)
         if xml:
             params[libvirt.VIR_MIGRATE_PARAM_PERSIST_XML] = xml
+            if mode is MigrationMode.OFFLINE:  # libvirt 9 ignores PERSIST_XML offline: the definition is DEST_XML
+                params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = xml
         stream = migration_stream_uri(destination_uri)
         if stream and mode is not MigrationMode.OFFLINE:
             params[libvirt.VIR_MIGRATE_PARAM_URI] = stream
