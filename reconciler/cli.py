@@ -15,7 +15,6 @@ import dataclasses
 import datetime
 import json
 import os
-import re
 import signal
 import sys
 import threading
@@ -26,12 +25,9 @@ import reconciler
 from reconciler import errors, logconfig
 from reconciler.adapters import git
 from reconciler.adapters import hypervisor as hv
-from reconciler.core import actual as actual_state
-from reconciler.core import desired as desired_state
-from reconciler.core import domxml, model, planner, quantity, redaction, render, snapshot, validation
-from reconciler.core import plan as plans
-from reconciler.adapters import manifests as manifest_files
-from reconciler.runtime import doctor, execute, hostlock, inspect, observe, reconcile, review
+from reconciler.core import planner, redaction, render, snapshot, validation
+from reconciler.runtime import adoption, doctor, execute, hostlock, inspect, observe, reconcile, review
+from reconciler.runtime.report import report_text, status_table
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -327,13 +323,7 @@ def cmd_validate(args: argparse.Namespace, shared: hv.Hypervisor | None = None) 
     problems = list(desired.problems)
     if args.connect or shared is not None:
         def check_pools(hypervisor: hv.Hypervisor) -> int:
-            pools = {pool.name: pool for pool in hypervisor.list_pools()}
-            for spec in desired.pools.values():
-                refusal = planner.refused_pool_path(spec, hypervisor.uri) if spec.name not in pools else None
-                if refusal is not None:
-                    problems.append(spec.origin.problem("spec.path", f"{refusal}; kvmops never makes one a storage pool"))
-            for spec in desired.vms.values():
-                problems.extend(planner.pool_problems(spec, desired.pools, pools, hypervisor.uri))
+            problems.extend(reconcile.pool_problems_on_host(desired, hypervisor))
             return EXIT_OK
         _with_hypervisor(args, shared, read_only=True, body=check_pools)
     if getattr(args, "output", "text") == "json":
@@ -521,85 +511,6 @@ def _host_lock(args: argparse.Namespace, uri: str):
     return hostlock.hold(state_dir, uri, wait=getattr(args, "lock_timeout", 0.0), on_wait=waiting)
 
 
-def report_text(result: reconcile.ApplyResult) -> str:
-    """Return what an apply did, resource by resource, and whether it converged."""
-    lines = [""]
-    planned = {r.key: r for r in result.planned.plan.resources}
-    not_run_total = 0
-    for outcome in result.report.outcomes:
-        mark = {"converged": "✓", "failed": "✗", "skipped": "-"}[outcome.status]
-        lines.append(f"{mark} {outcome.kind} {outcome.name}: {outcome.status}")
-        for step in outcome.steps:
-            detail = f" ({step.detail})" if step.detail and step.ok else ""
-            status = "done" if step.ok else "FAILED"
-            lines.append(f"    {status}: {step.description}{detail} [{step.duration_ms} ms]")
-            if not step.ok:
-                lines.append(f"      {step.detail}")
-        if outcome.status == "skipped" and outcome.error:
-            lines.append(f"    {outcome.error}")
-        resource = planned.get(f"{outcome.kind}/{outcome.name}")
-        if resource is not None and outcome.status != "converged":
-            for step in resource.steps[len(outcome.steps):]:  # the executor stops a resource at its first failure
-                lines.append(f"    not run: {step.describe()}")
-                not_run_total += 1
-    report = result.report
-    succeeded = sum(1 for o in report.outcomes if o.status == "converged")
-    done = sum(1 for o in report.outcomes for s in o.steps if s.ok)
-    lines.append("")
-    lines.append(f"Apply finished: {succeeded} of {len(report.outcomes)} resource(s) changed successfully "
-                 f"({done} step(s) done, {not_run_total} not run).")
-    if result.unverified is not None:
-        lines.append(f"The connection to libvirtd was lost, so the result could not be checked: {result.unverified}")
-        lines.append("Steps marked done were carried out; a FAILED step may or may not have taken effect; steps "
-                     "not run were not attempted. Once libvirtd answers, `kvmops plan` shows what is left, and "
-                     "`kvmops apply` finishes it.")
-    elif result.after is None:
-        lines.append("Cancelled: remaining steps were not run; apply again to converge.")
-    elif result.converged:
-        lines.append("Converged: a fresh plan shows no changes.")
-    else:
-        lines.extend(_not_converged(result))
-    return "\n".join(lines) + "\n"
-
-
-def _not_converged(result: reconcile.ApplyResult) -> list[str]:
-    """Return why an apply did not converge, naming every resource and reason: never a bare "see above"."""
-    lines = []
-    failures = result.report.failures
-    failed_keys = {f"{o.kind}/{o.name}" for o in failures}
-    for outcome in failures:
-        lines.append(f"  {outcome.kind} {outcome.name} {outcome.status}: {outcome.error or 'no error was given'}")
-    for resource in result.after.changes:
-        if resource.key in failed_keys:
-            continue  # its failure is its reason
-        if resource.changes and not {plans.Action.CREATE, plans.Action.DELETE} & set(resource.actions):
-            shown = [f"{c.path} {c.old if c.old is not None else '(none)'} -> {c.new if c.new is not None else '(none)'}"
-                     for c in resource.changes[:5]]
-            if len(resource.changes) > 5:
-                shown.append(f"and {len(resource.changes) - 5} more")
-            what = "still differs after this apply: " + "; ".join(shown)
-        else:
-            verbs = ", ".join(a.value for a in resource.actions) or "; ".join(s.describe() for s in resource.steps)
-            what = f"still to {verbs} after this apply"
-        lines.append(f"  {resource.kind} {resource.name}: {what}")
-    if result.after.problems:
-        lines.extend(f"  {problem}" for problem in result.after.problems)
-    why = []
-    if failures:
-        why.append(f"{len(failures)} resource(s) failed ({', '.join(o.name for o in failures)})")
-    differ = [r for r in result.after.changes if r.key not in failed_keys]
-    if differ:
-        why.append(f"{len(differ)} resource(s) still differ ({', '.join(r.name for r in differ)})")
-    if result.after.problems:
-        why.append(f"{len(result.after.problems)} problem(s) remain")
-    if differ and not failures and not result.after.problems:
-        advice = ("Every step succeeded, yet a fresh plan still has changes: something changed the host meanwhile, "
-                  "or kvmops cannot converge this resource (please report it). `kvmops plan` shows what is left.")
-    else:
-        advice = "Fix what is listed here and apply again; `kvmops plan` shows what is left."
-    return [*lines, "Not converged: " + "; ".join(why or ["the host still differs"]) + ". " + advice]
-
-
 # --- run --------------------------------------------------------------------------------
 
 
@@ -644,45 +555,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no domains managed by kvmops on {redaction.redact_url(args.connect)}")
         return EXIT_OK
-    scopes = len({row["scope"] for row in rows}) > 1
-    columns = ("NAME", *(("SCOPE",) if scopes else ()), "STATE", "DESIRED", "CONDITIONS", "ADDRESSES", "VCPUS",
-               "MEMORY", "REVISION")
-    table = [list(columns)]
-    for row in rows:
-        table.append([
-            row["name"], *((row["scope"],) if scopes else ()), row["state"], row["desired"] or "-",
-            ",".join(c["type"] for c in row["conditions"]) or "-",
-            ",".join(f"{a['ip']} ({a['source']})" for a in row["addresses"]) or "-",
-            str(row["vcpus"]), f"{row['memory_mib']} MiB", short_revision(row["revision"]),
-        ])
-    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
-    for line in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
-    details = [(row, c) for row in rows for c in row["conditions"] if c["type"] != "Ready"]
-    if details or args.name:
-        print()
-    for row, condition in details:
-        print(f"{row['name']}: {condition['type']}: {condition['message']}")
-    if args.name:
-        row = rows[0]
-        print(f"manifest: {row['manifest'] or '-'}   scope: {row['scope']}   uuid: {row['uuid']}")
-        print("macs: " + (", ".join(row["macs"]) or "-"))
-        for disk in row["disks"]:
-            size = format_size(disk["capacity_bytes"])
-            print(f"disk {disk['target']}: {disk['source']} {size}")
+    sys.stdout.write(status_table(rows, detailed=bool(args.name)))
     return EXIT_OK
-
-
-def short_revision(revision: str | None) -> str:
-    """Return a git revision for a table: a full commit id cut to 12 digits, with its ``-dirty`` kept."""
-    if not revision:
-        return "-"
-    return re.sub(r"^([0-9a-f]{12})[0-9a-f]{28}\b", r"\1", revision)
-
-
-def format_size(capacity: int | None) -> str:
-    """Return a capacity for people, or '-' when unknown."""
-    return quantity.format_bytes(capacity) if capacity is not None else "-"
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
@@ -695,19 +569,10 @@ def cmd_wait(args: argparse.Namespace) -> int:
 _SSH_OPTIONS_WITH_VALUES = set("BbcDEeFIiJLlmOopQRSWw")
 
 
-def _observed(hypervisor: hv.Hypervisor, name: str) -> tuple[model.ActualState, model.ObservedDomain]:
-    """Return the host's state and its domain ``name``; raise ``ObjectNotFound`` when there is none."""
-    actual = observe.observe(hypervisor)
-    domain = actual.domains.get(name)
-    if domain is None:
-        raise errors.ObjectNotFound(f"no domain named {name} on {hypervisor.uri}")
-    return actual, domain
-
-
 def cmd_ssh(args: argparse.Namespace) -> int:
     """Replace this process with ``ssh`` to the VM's first address."""
     with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
-        _actual, domain = _observed(hypervisor, args.name)
+        _actual, domain = observe.observe_domain(hypervisor, args.name)
         found = inspect.addresses(hypervisor, domain)
     if not found:
         state = "is not running" if not domain.power.active else "has no address yet (no DHCP lease, guest agent or ARP entry)"
@@ -763,28 +628,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     """Write a manifest for an existing domain, ready for `kvmops adopt NAME --manifests`."""
     with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
-        actual, domain = _observed(hypervisor, args.name)
-        definition = actual_state.resolve_paths(domxml.parse(hypervisor.domain_xml(args.name)), actual.volumes_by_path())
-    capacities = {key: volume.capacity for key, volume in actual.volumes.items()}
-    owner = domain.definition.owner if domain.owned and domain.definition is not None else None
-    if domain.owned:
-        declared = f" (declared in {owner.manifest}, scope {owner.scope})" if owner is not None and owner.manifest else ""
-        print(f"kvmops: warning: {args.name} is already managed by kvmops{declared}: its manifest exists, and a second "
-              f"one declaring it would be a duplicate; no adopt is needed. Use this output only to rebuild a lost "
-              f"manifest.", file=sys.stderr)
-    paths = {key: volume.path for key, volume in actual.volumes.items() if volume.path}
-    document, warnings = desired_state.manifest_for(definition, autostart=domain.autostart, capacities=capacities,
-                                                    paths=paths)
-    header = f"# Imported from {redaction.redact_url(args.connect)} by kvmops import {args.name}.\n"
-    header += "".join(f"# NOTE: {warning}\n" for warning in warnings)
-    header += f"# Next: kvmops adopt {args.name} --manifests <dir holding this file>, then kvmops plan.\n"
-    text = manifest_files.dump([document], header=header)
+        imported = adoption.import_manifest(hypervisor, args.name, redaction.redact_url(args.connect))
+    if imported.already_managed:
+        print(f"kvmops: warning: {imported.already_managed}", file=sys.stderr)
     if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
+        Path(args.output).write_text(imported.text, encoding="utf-8")
         print(f"manifest for {args.name} written to {args.output}", file=sys.stderr)
     else:
-        sys.stdout.write(text)
-    for warning in warnings:
+        sys.stdout.write(imported.text)
+    for warning in imported.warnings:
         print(f"kvmops: note: {warning}", file=sys.stderr)
     return EXIT_OK
 
@@ -795,75 +647,10 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_adopt(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> int:
     """Mark a foreign domain as kvmops' own, without changing anything else in it."""
     def body(hypervisor: hv.Hypervisor) -> int:
-        actual, domain = _observed(hypervisor, args.name)
-        if domain.owned:
-            return _adopt_owned(args, hypervisor, actual, domain)
-        root = actual_state.resolve_paths(domxml.parse(hypervisor.domain_xml(args.name)), actual.volumes_by_path())
-        missing = desired_state.inexpressible(root)
-        if missing:
-            raise errors.ManifestError(
-                f"domain {args.name} is not adopted: a manifest cannot express " + "; ".join(missing)
-                + ". Adopting it would make the next plan remove or rewrite these, which nobody asked for; change "
-                "them with virsh edit (or leave the domain unmanaged)"
-            )
-        volumes = tuple(
-            model.OwnedVolume(d.pool, d.volume, model.DeletionPolicy.RETAIN, created=False)
-            for d in root.disks if d.pool is not None
-        )
-        owner = model.Ownership(manifest="", digest="", run_strategy=model.RunStrategy.MANUAL, volumes=volumes,
-                                scope=args.scope, bound_name=args.name, bound_uuid=domain.uuid)
-        if args.manifests:
-            desired = reconcile.load_desired(args.manifests)
-            spec = desired.vms.get(args.name)
-            if spec is None:
-                problems = "; ".join(str(p) for p in desired.problems[:3])
-                raise errors.ManifestError(
-                    f"{args.manifests} declares no VirtualMachine {args.name}" + (f" ({problems})" if problems else "")
-                )
-            marked = dataclasses.replace(domain, owned=True, definition=dataclasses.replace(root, owner=owner))
-            try:
-                owner = planner.desired_definition(spec, marked, actual, desired, planner.Settings(scope=args.scope)).owner
-            except ValueError as exc:
-                raise errors.PlanningError(str(exc)) from exc
-        with _host_lock(args, hypervisor.uri):
-            hypervisor.set_owner(args.name, owner)
-        print(f"domain {args.name} is now managed by kvmops; its volumes are recorded as not created by kvmops, so "
-              f"they are never deleted. Run `kvmops plan` to see how its manifest differs.")
+        print(adoption.adopt(hypervisor, args.name, scope=args.scope, manifests=args.manifests,
+                             host_lock=lambda: _host_lock(args, hypervisor.uri)))
         return EXIT_OK
     return _with_hypervisor(args, shared, read_only=False, body=body)
-
-
-def _adopt_owned(args: argparse.Namespace, hypervisor: hv.Hypervisor, actual: model.ActualState,
-                 domain: model.ObservedDomain) -> int:
-    """Answer `adopt` for a domain kvmops already marks: bind a legacy mark, refuse another scope's."""
-    owner = domain.definition.owner if domain.definition is not None else None
-    if owner is not None and owner.scope != args.scope:
-        raise errors.OwnershipError(
-            f"domain {args.name} is managed by kvmops scope {owner.scope}, not {args.scope}; adopt never takes a VM "
-            f"from another manifest set (remove it from that set's manifests first, or use --scope {owner.scope})"
-        )
-    if owner is None or not planner.mark_is_unbound(domain):
-        print(f"domain {args.name} is already managed by kvmops")
-        return EXIT_OK
-    twins = sorted(
-        name for name, other in actual.domains.items()
-        if name != args.name and other.owned and planner.mark_is_unbound(other)
-        and other.definition.owner.manifest == owner.manifest and other.definition.owner.scope == owner.scope
-    )
-    if twins:
-        raise errors.OwnershipError(
-            f"domain {args.name} carries a legacy kvmops mark (written by an older kvmops, naming no domain) that "
-            f"{', '.join(twins)} also carries: one is a clone of the other, and adopt cannot tell which is the "
-            f"original; remove the clone's mark (or the clone) first, then adopt the original"
-        )
-    bound = dataclasses.replace(owner, bound_name=args.name, bound_uuid=domain.uuid)
-    with _host_lock(args, hypervisor.uri):
-        hypervisor.ensure_owned(args.name, domain.uuid)  # still the domain observed, still a mark that is not a copy
-        hypervisor.set_owner(args.name, bound)
-    print(f"domain {args.name} carried a kvmops mark written by an older kvmops, which named no domain; it is now bound "
-          f"to {args.name} (UUID {domain.uuid}), keeping its records, so kvmops manages it fully, including pruning it "
-          f"(and its Delete volumes) once no manifest declares it")
-    return EXIT_OK
 
 
 # --- demo -------------------------------------------------------------------------------

@@ -175,3 +175,16 @@ def apply(
     with gc_paused():
         after = planner.plan_changes(planned.desired, actual, settings=settings)
     return ApplyResult(planned, report, after)
+
+
+def pool_problems_on_host(desired: model.DesiredState, hypervisor: hv.Hypervisor) -> list[model.Problem]:
+    """Return what ``validate --connect`` adds: pools the host refuses or lacks, for the pools and VMs declared."""
+    problems = []
+    pools = {pool.name: pool for pool in hypervisor.list_pools()}
+    for spec in desired.pools.values():
+        refusal = planner.refused_pool_path(spec, hypervisor.uri) if spec.name not in pools else None
+        if refusal is not None:
+            problems.append(spec.origin.problem("spec.path", f"{refusal}; kvmops never makes one a storage pool"))
+    for spec in desired.vms.values():
+        problems.extend(planner.pool_problems(spec, desired.pools, pools, hypervisor.uri))
+    return problems
