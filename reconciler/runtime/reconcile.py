@@ -134,6 +134,9 @@ def with_host_file_paths(desired: model.DesiredState, actual: model.ActualState)
 
     vms = {}
     for name, vm in desired.vms.items():
+        if vm.cdrom is None and vm.install is None:
+            vms[name] = vm  # nothing to resolve: a spec is copied only when it names files
+            continue
         install = vm.install
         if install is not None:
             install = dataclasses.replace(install, kernel=resolved(install.kernel), initrd=resolved(install.initrd))

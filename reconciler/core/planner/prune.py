@@ -124,7 +124,8 @@ def _pruned_together(
     volume = actual.volumes.get((record.pool, record.name))
     if volume is not None and volume.path:
         keys.add(("", posixpath.normpath(volume.path)))
-    users = {d.name for d in actual.domains.values() if d.name != domain and keys.intersection(d.storage)}
+    using = actual.storage_users()
+    users = {d.name for key in keys for d in using.get(key, ()) if d.name != domain}
     for name in users:
         other = pruned.get(name)
         owner = other.definition.owner if other is not None and other.definition is not None else None
