@@ -25,7 +25,11 @@ What is measured
 
 Targets
     * the whole fleet (50 x 200): a no-op plan under 5 s (concurrent, warm) on this 2-core machine;
-    * linear: per-VM cost of the largest fleet at most 1.25x that of the smallest.
+    * linear: per-VM CPU time of the largest fleet at most 1.25x that of the smallest (CPU time,
+      because other processes on a shared machine inflate wall time, not the work done).
+
+    Until the fleet planner (``core/fleet.py``) exists, the fleet's plan is these per-host plans;
+    once it does, :meth:`Fleet.concurrent` is the place to call it instead.
 
 Usage (from the repository root)::
 
