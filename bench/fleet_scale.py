@@ -2,38 +2,39 @@
 
 What is measured
     Each host is libvirt's in-process test driver, its own ``test:///<node.xml>``
-    connection (pool ``default`` and network ``default``, as in plan_scale.py), with its
-    own manifest directory of VMs (1 vCPU, 64 MiB, one disk, one NIC, named
-    ``kvmops-bench-fleet-hNN-vNNNN``), converged once.  Then the fleet's no-op plan is
-    timed: one ``reconcile.make_plan`` per host - read and validate its manifests,
-    observe its connection, plan - the code path each host of a fleet plan takes:
+    connection (pool ``default`` and network ``default``, as in plan_scale.py).  One
+    repository holds a Host manifest per host (``spec.uri`` its test-driver URI) and the
+    VMs (1 vCPU, 64 MiB, one disk, one NIC, named ``kvmops-bench-fleet-hNN-vNNNN``), each
+    pinned to its host (``placement.host``).  The fleet is converged once (a fleet plan,
+    each host's plan executed on its connection), then its no-op plan is timed, the way a
+    fleet pass runs: read and validate the repository once, observe every host on a thread
+    pool, then :func:`reconciler.core.fleet.plan_fleet` (placement, then each host's plan):
 
-      sequential    the hosts one after the other; the sum of the per-host times
-      concurrent    the hosts on a thread pool of ``--workers`` (bounded concurrency, as
-                    the fleet runtime observes hosts), wall-clock time of the whole fleet
-      cold          concurrent, after forgetting what earlier passes parsed (the YAML,
+      1 thread      the hosts observed one after the other
+      threads       observed on a pool of ``--workers`` threads (bounded concurrency)
+      cold          threads, after forgetting what earlier passes parsed (the YAML,
                     validation and domain-XML memos): what a fresh ``kvmops plan``
                     process pays; warm is what the controller pays every pass
 
-    Every timing is the median of ``--reps`` repetitions.  Two fleet sizes are timed
-    (``--fleets``, default 5x200 and 50x200) so that the growth with the VM count shows:
-    "growth/linear" 1.00x means the cost grows exactly as the VM count.
+    ``--per-host`` times the other way: a manifest directory and one
+    ``reconcile.make_plan`` per host (no Host manifests), on the same pool.
+
+    Wall and CPU seconds are printed (medians of ``--reps``): the machine is shared, and
+    other load inflates wall time but not the CPU time this process spends.  Two fleet
+    sizes are timed (``--fleets``, default 5x200 and 50x200) so that the growth with the
+    VM count shows: "growth/linear" 1.00x means the cost grows exactly as the VM count.
 
     The test driver answers in-process, so there is no network round trip: threads
     overlap only libvirt's own calls (which release the GIL); with real hosts they also
     overlap the latency of every remote call, which is what the pool is for.
 
 Targets
-    * the whole fleet (50 x 200): a no-op plan under 5 s (concurrent, warm) on this 2-core machine;
-    * linear: per-VM CPU time of the largest fleet at most 1.25x that of the smallest (CPU time,
-      because other processes on a shared machine inflate wall time, not the work done).
-
-    Until the fleet planner (``core/fleet.py``) exists, the fleet's plan is these per-host plans;
-    once it does, :meth:`Fleet.concurrent` is the place to call it instead.
+    * the whole fleet (50 x 200): a no-op plan under 5 s (threads, warm) on this 2-core machine;
+    * linear: per-VM CPU time of the largest fleet at most 1.25x that of the smallest.
 
 Usage (from the repository root)::
 
-    .venv/bin/python bench/fleet_scale.py [--fleets 5x200 50x200] [--workers 8] [--reps 3]
+    .venv/bin/python bench/fleet_scale.py [--fleets 5x200 50x200] [--workers 8] [--reps 3] [--per-host]
 
 This is a benchmark: it prints numbers and exits 0 whether or not the targets are met
 (1 only when a converge fails or a "no-op" plan is not empty).
@@ -58,8 +59,8 @@ import structlog  # noqa: E402
 
 from reconciler.adapters import hypervisor as hv  # noqa: E402
 from reconciler.adapters import manifests  # noqa: E402
-from reconciler.core import actual, planner, validation  # noqa: E402
-from reconciler.runtime import reconcile  # noqa: E402
+from reconciler.core import actual, fleet, planner, validation  # noqa: E402
+from reconciler.runtime import execute, observe, reconcile  # noqa: E402
 
 PREFIX = "kvmops-bench-fleet-"
 TARGET_SECONDS = 5.0
@@ -102,43 +103,39 @@ spec:
 """
 
 
-class Host:
-    """One simulated hypervisor: a test-driver connection and the manifests of its VMs."""
+HOST_MANIFEST = """\
+---
+apiVersion: kvmops/v1
+kind: Host
+metadata:
+  name: {name}
+  labels:
+    rack: r{rack}
+spec:
+  uri: {uri}
+  capacity:
+    vcpus: 1024
+    memory: 1TiB
+"""
 
-    def __init__(self, index: int, vms: int, workdir: Path) -> None:
+PLACED = "  placement:\n    host: {host}\n"
+
+
+class Host:
+    """One simulated hypervisor: its own test-driver connection (the driver keeps its state in it)."""
+
+    def __init__(self, index: int, workdir: Path) -> None:
         self.name = f"h{index:02d}"
-        self.vms = vms
-        self.path = str(workdir / "manifests")
-        directory = workdir / "manifests" / "vms"
-        directory.mkdir(parents=True)
-        for number in range(vms):
-            name = f"{PREFIX}{self.name}-v{number:04d}"
-            (directory / f"{name}.yaml").write_text(VM_MANIFEST.format(name=name), encoding="utf-8")
+        workdir.mkdir(parents=True)
         node = workdir / "node.xml"
         node.write_text(NODE_XML, encoding="utf-8")
-        self.hypervisor = hv.Hypervisor.open(f"test://{node}")
-        self.settings = planner.Settings()
-
-    def converge(self) -> None:
-        result = reconcile.apply(self.path, self.hypervisor, settings=self.settings)
-        if not result.converged:
-            failures = [f"{o.name}: {o.error}" for o in result.report.failures][:3]
-            raise SystemExit(f"host {self.name}: converge failed: {failures}")
+        self.uri = f"test://{node}"
+        self.hypervisor: hv.Hypervisor | None = hv.Hypervisor.open(self.uri)
 
     def close(self) -> None:
         if self.hypervisor is not None:
             self.hypervisor.close()
             self.hypervisor = None
-
-    def plan(self) -> float:
-        """Plan this host once; return the seconds it took.  Exits when the plan is not empty."""
-        started = time.perf_counter()
-        result = reconcile.make_plan(self.path, self.hypervisor, settings=self.settings)
-        seconds = time.perf_counter() - started
-        if result.plan.has_changes or result.plan.problems or len(result.actual.domains) != self.vms:
-            changed = [r.name for r in result.plan.changes][:3]
-            raise SystemExit(f"host {self.name}: the no-op plan is not empty: {changed} {result.plan.problems[:3]}")
-        return seconds
 
 
 def forget_parsed() -> None:
@@ -148,44 +145,121 @@ def forget_parsed() -> None:
     actual._READ.clear()
 
 
-class Fleet:
-    """``hosts`` simulated hosts with ``vms`` VMs each."""
+def write_vms(directory: Path, names: list[str], host: str | None) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        text = VM_MANIFEST.format(name=name) + (PLACED.format(host=host) if host else "")
+        (directory / f"{name}.yaml").write_text(text, encoding="utf-8")
 
-    def __init__(self, hosts: int, vms: int, workdir: Path) -> None:
+
+class Fleet:
+    """``hosts`` simulated hosts with ``vms`` VMs each, planned the fleet's way or host by host.
+
+    ``fleet`` mode: one repository with a Host manifest per host and every VM pinned to its
+    host (``placement.host``); a pass reads it once, observes every host on a thread pool
+    and calls :func:`reconciler.core.fleet.plan_fleet`.  ``per-host`` mode: a manifest
+    directory per host and one ``reconcile.make_plan`` per host, on the same thread pool.
+    """
+
+    def __init__(self, hosts: int, vms: int, workdir: Path, mode: str) -> None:
         self.label = f"{hosts}x{vms}"
         self.count = hosts * vms
-        self.hosts = [Host(index, vms, workdir / f"h{index:02d}") for index in range(hosts)]
+        self.mode = mode
+        self.settings = planner.Settings()
+        self.hosts = [Host(index, workdir / f"h{index:02d}") for index in range(hosts)]
+        names = {h.name: [f"{PREFIX}{h.name}-v{n:04d}" for n in range(vms)] for h in self.hosts}
+        if mode == "fleet":
+            self.path = str(workdir / "manifests")
+            (workdir / "manifests" / "hosts").mkdir(parents=True)
+            (workdir / "manifests" / "hosts" / "hosts.yaml").write_text("".join(
+                HOST_MANIFEST.format(name=h.name, rack=index % 5, uri=h.uri) for index, h in enumerate(self.hosts)
+            ), encoding="utf-8")
+            for host in self.hosts:
+                write_vms(workdir / "manifests" / "vms", names[host.name], host.name)
+        else:
+            self.paths = {h.name: str(workdir / f"manifests-{h.name}") for h in self.hosts}
+            for host in self.hosts:
+                write_vms(Path(self.paths[host.name]) / "vms", names[host.name], None)
         self.timings: dict[str, list[float]] = {"sequential": [], "concurrent": [], "cold": []}
         self.cpu: dict[str, list[float]] = {key: [] for key in self.timings}  # CPU seconds of this process
-        self.slowest_host: list[float] = []
+        self.stages: dict[str, list[float]] = {}
+
+    # --- the fleet's way ---------------------------------------------------------------
+
+    def fleet_plan(self, workers: int) -> fleet.FleetPlan:
+        with reconcile.gc_paused():
+            started = time.perf_counter()
+            desired = reconcile.load_desired(self.path)
+            read = time.perf_counter()
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                observed = dict(zip([h.name for h in self.hosts],
+                                    pool.map(lambda h: observe.observe(h.hypervisor), self.hosts)))
+            looked = time.perf_counter()
+            result = fleet.plan_fleet(desired, observed, self.settings)
+            done = time.perf_counter()
+        for stage, seconds in (("read+validate", read - started), ("observe (threads)", looked - read),
+                               ("plan_fleet", done - looked)):
+            self.stages.setdefault(stage, []).append(seconds)
+        return result
+
+    def _check_fleet(self, result: fleet.FleetPlan) -> None:
+        changed = [(h.host, r.name) for h in result.hosts if h.plan is not None for r in h.plan.changes]
+        problems = [*result.problems, *(p for h in result.hosts if h.plan is not None for p in h.plan.problems)]
+        placed = sum(len(h.vms) for h in result.hosts)
+        if changed or problems or result.unreachable or placed != self.count:
+            raise SystemExit(f"{self.label}: the no-op fleet plan is not empty: {changed[:3]} {problems[:3]} "
+                             f"unreachable {[h.host for h in result.unreachable]}, {placed} VMs placed")
+
+    # --- host by host ------------------------------------------------------------------
+
+    def host_plan(self, host: Host) -> float:
+        started = time.perf_counter()
+        result = reconcile.make_plan(self.paths[host.name], host.hypervisor, settings=self.settings)
+        if result.plan.has_changes or result.plan.problems:
+            raise SystemExit(f"host {host.name}: the no-op plan is not empty: {[r.name for r in result.plan.changes][:3]}")
+        return time.perf_counter() - started
+
+    # --- both --------------------------------------------------------------------------
 
     def converge(self, workers: int) -> float:
         started = time.perf_counter()
+        by_name = {h.name: h for h in self.hosts}
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(Host.converge, self.hosts))
+            if self.mode == "fleet":
+                planned = self.fleet_plan(workers)
+                reports = list(pool.map(lambda hp: execute.execute(hp.plan, by_name[hp.host].hypervisor),
+                                        [hp for hp in planned.hosts if hp.plan is not None and hp.plan.has_changes]))
+                failures = [f"{o.name}: {o.error}" for report in reports for o in report.failures]
+            else:
+                results = list(pool.map(
+                    lambda h: reconcile.apply(self.paths[h.name], h.hypervisor, settings=self.settings), self.hosts))
+                failures = [f"{o.name}: {o.error}" for r in results for o in r.report.failures]
+        if failures:
+            raise SystemExit(f"{self.label}: converge failed: {failures[:3]}")
+        self.stages.clear()
         return time.perf_counter() - started
 
-    def concurrent(self, workers: int) -> tuple[float, list[float]]:
+    def plan(self, workers: int) -> float:
+        """Plan the whole fleet once on ``workers`` threads; return the wall-clock seconds."""
         started = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            per_host = list(pool.map(Host.plan, self.hosts))
-        return time.perf_counter() - started, per_host
+        if self.mode == "fleet":
+            self._check_fleet(self.fleet_plan(workers))
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                list(pool.map(self.host_plan, self.hosts))
+        return time.perf_counter() - started
 
     def measure(self, reps: int, workers: int) -> None:
-        for host in self.hosts:
-            host.plan()  # warm-up: schema compilation, imports
+        self.plan(workers)  # warm-up: schema compilation, imports, the memos of what the converge read
+        self.stages.clear()
         for _ in range(reps):
-            cpu = time.process_time()
-            self.timings["sequential"].append(sum(host.plan() for host in self.hosts))
-            self.cpu["sequential"].append(time.process_time() - cpu)
-            cpu = time.process_time()
-            wall, per_host = self.concurrent(workers)
-            self.cpu["concurrent"].append(time.process_time() - cpu)
-            self.timings["concurrent"].append(wall)
-            self.slowest_host.append(max(per_host))
+            for key, threads in (("sequential", 1), ("concurrent", workers)):
+                cpu = time.process_time()
+                self.timings[key].append(self.plan(threads))
+                self.cpu[key].append(time.process_time() - cpu)
             forget_parsed()
             cpu = time.process_time()
-            self.timings["cold"].append(self.concurrent(workers)[0])
+            self.timings["cold"].append(self.plan(workers))
             self.cpu["cold"].append(time.process_time() - cpu)
 
     def close(self) -> None:
@@ -202,42 +276,50 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fleets", nargs="+", default=["5x200", "50x200"], type=str,
                         help="fleet sizes as HOSTSxVMS (default: 5x200 50x200)")
-    parser.add_argument("--workers", type=int, default=8, help="hosts planned at once (default: 8)")
+    parser.add_argument("--workers", type=int, default=8, help="hosts observed at once (default: 8)")
     parser.add_argument("--reps", type=int, default=3, help="timed repetitions (default: 3)")
+    parser.add_argument("--per-host", action="store_true",
+                        help="plan host by host (a manifest directory and a make_plan each) instead of plan_fleet")
     args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+    mode = "per-host" if args.per_host else "fleet"
 
     fleets: list[Fleet] = []
     with tempfile.TemporaryDirectory(prefix=PREFIX) as tmp:
         try:
             for text in sorted(set(args.fleets), key=lambda t: parse_fleet(t)[0] * parse_fleet(t)[1]):
                 hosts, vms = parse_fleet(text)
-                fleet = Fleet(hosts, vms, Path(tmp, text))
-                fleets.append(fleet)
-                print(f"{fleet.label}: converging {fleet.count} VMs on {hosts} test-driver hosts...", flush=True)
-                seconds = fleet.converge(args.workers)
-                print(f"{fleet.label}: converged in {seconds:.1f} s; timing {args.reps} no-op fleet plans...", flush=True)
-                fleet.measure(args.reps, args.workers)
-                fleet.close()  # the test driver's state goes with its connection: nothing is left behind
+                sized = Fleet(hosts, vms, Path(tmp, text), mode)
+                fleets.append(sized)
+                print(f"{sized.label}: converging {sized.count} VMs on {hosts} test-driver hosts ({mode})...", flush=True)
+                seconds = sized.converge(args.workers)
+                print(f"{sized.label}: converged in {seconds:.1f} s; timing {args.reps} no-op plans...", flush=True)
+                sized.measure(args.reps, args.workers)
+                sized.close()  # the test driver's state goes with its connection: nothing is left behind
 
             print()
-            print(f"No-op plan of a fleet of test-driver hosts (python {sys.version.split()[0]}, "
+            how = "plan_fleet over one repository" if mode == "fleet" else "one make_plan per host"
+            print(f"No-op plan of a fleet of test-driver hosts, {how} (python {sys.version.split()[0]}, "
                   f"{args.workers} workers, median of {args.reps})")
-            print(f"{'fleet':>8} {'VMs':>6} {'sequential s':>13} {'concurrent s':>13} {'cold s':>8} "
-                  f"{'slowest host s':>15} {'ms/VM':>7}")
-            for fleet in fleets:
-                median: Callable[[str], float] = lambda key, f=fleet: statistics.median(f.timings[key])
-                print(f"{fleet.label:>8} {fleet.count:>6} {median('sequential'):13.2f} {median('concurrent'):13.2f} "
-                      f"{median('cold'):8.2f} {statistics.median(fleet.slowest_host):15.2f} "
-                      f"{median('concurrent') * 1000 / fleet.count:7.3f}")
+            header = f"{'fleet':>8} {'VMs':>6} {'1 thread s':>11} {'threads s':>10} {'cold s':>8} {'ms/VM':>7}"
+            print(header)
+            for sized in fleets:
+                median: Callable[[str], float] = lambda key, f=sized: statistics.median(f.timings[key])
+                print(f"{sized.label:>8} {sized.count:>6} {median('sequential'):11.2f} {median('concurrent'):10.2f} "
+                      f"{median('cold'):8.2f} {median('concurrent') * 1000 / sized.count:7.3f}")
             print("CPU seconds this process spent (all threads), which other load on the machine does not inflate:")
-            for fleet in fleets:
-                cpu: Callable[[str], float] = lambda key, f=fleet: statistics.median(f.cpu[key])
-                print(f"{fleet.label:>8} {fleet.count:>6} {cpu('sequential'):13.2f} {cpu('concurrent'):13.2f} "
-                      f"{cpu('cold'):8.2f} {'':>15} {cpu('concurrent') * 1000 / fleet.count:7.3f}")
+            for sized in fleets:
+                cpu: Callable[[str], float] = lambda key, f=sized: statistics.median(f.cpu[key])
+                print(f"{sized.label:>8} {sized.count:>6} {cpu('sequential'):11.2f} {cpu('concurrent'):10.2f} "
+                      f"{cpu('cold'):8.2f} {cpu('concurrent') * 1000 / sized.count:7.3f}")
+            if mode == "fleet":
+                print("Stages of the fleet pass, median wall seconds over every timed pass (warm and cold together):")
+                for sized in fleets:
+                    print(f"{sized.label:>8} " + "  ".join(
+                        f"{stage} {statistics.median(values):.2f}" for stage, values in sized.stages.items()))
             load = os.getloadavg()[0]
-            print(f"(load average {load:.1f} on {os.cpu_count()} CPUs when done: wall times above "
-                  f"{os.cpu_count()} mean other processes shared the machine)")
+            print(f"(load average {load:.1f} on {os.cpu_count()} CPUs when done: above {os.cpu_count()}, "
+                  "other processes shared the machine and inflated the wall times)")
 
             print()
             print("Targets")
@@ -256,8 +338,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  growth/linear of CPU time, {key} ({largest.label} vs {smallest.label}): {growth:.2f}x "
                           f"(target <= {TARGET_GROWTH:.2f}x): {verdict}")
         finally:
-            for fleet in fleets:
-                fleet.close()
+            for sized in fleets:
+                sized.close()
     return 0
 
 
