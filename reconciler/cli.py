@@ -195,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="calm needed after a manifest change before a pass (default: 0.3)")
     run.add_argument("--listen", default=None, metavar="HOST:PORT",
                      help="serve /healthz, /status and /metrics here (e.g. 127.0.0.1:9474)")
+    run.add_argument("--listen-token-file", default=None, metavar="FILE",
+                     help="/status and /metrics require 'Authorization: Bearer' with the token in FILE")
+    run.add_argument("--listen-insecure", action="store_true", default=None,
+                     help="allow a --listen address beyond loopback without a token")
     run.add_argument("--state-dir", default=None, help="directory of the host lock")
     run.add_argument("--no-prune", action="store_true", default=None, help="never remove domains whose manifest is gone")
     run.add_argument("--allow-empty", action="store_true", default=None,

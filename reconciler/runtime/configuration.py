@@ -66,6 +66,9 @@ def controller_settings(flags: Mapping[str, object], config: Mapping[str, object
     state_dir = pick("state_dir", "stateDir")
     allow_empty = bool(flags.get("allow_empty")) or bool(config.get("allowEmpty"))
     prune = False if flags.get("no_prune") else bool(config.get("prune", True))
+    listen = config.get("listen") or ""
+    listen_config = listen if isinstance(listen, Mapping) else {"address": listen}  # the short form is the address
+    listen_address = flags.get("listen") or listen_config.get("address") or ""
     return controller.ControllerSettings(
         path=str(path) if path and git is None else "",
         git=git,
@@ -82,6 +85,8 @@ def controller_settings(flags: Mapping[str, object], config: Mapping[str, object
         quiet_period=float(pick("quiet_period", "quietPeriod")),
         workers=int(pick("parallel", "parallel")),
         termination_grace=float(pick("termination_grace", "terminationGracePeriod")),
-        listen=str(pick("listen", "listen") or ""),
+        listen=str(listen_address),
+        listen_token_file=str(flags.get("listen_token_file") or listen_config.get("tokenFile") or ""),
+        listen_insecure=bool(flags.get("listen_insecure")) or bool(listen_config.get("insecure")),
         state_dir=Path(state_dir) if state_dir else hostlock.default_state_dir(),
     )

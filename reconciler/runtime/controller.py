@@ -62,6 +62,8 @@ class ControllerSettings:
     workers: int = execute.DEFAULT_WORKERS
     termination_grace: float = 30.0
     listen: str = ""
+    listen_token_file: str = ""  # /status and /metrics need this file's bearer token
+    listen_insecure: bool = False  # serve beyond loopback without a token
     state_dir: Path = field(default_factory=hostlock.default_state_dir)
     reconnect_max_delay: float = 5.0
     git: gitsource.GitSettings | None = None  # follow a branch instead of watching ``path``
@@ -192,9 +194,12 @@ class Controller:
         """Run until :meth:`request_stop`; return the exit status (0 after a clean stop)."""
         hv.start_event_loop()
         if self.settings.listen:
-            self._server = StatusServer(self.settings.listen, {
-                "/healthz": self._healthz, "/status": self._status_route, "/metrics": self._metrics_route,
-            })
+            self._server = StatusServer(
+                self.settings.listen,
+                {"/healthz": self._healthz, "/status": self._status_route, "/metrics": self._metrics_route},
+                public={"/healthz": self._healthz_public},
+                token_file=self.settings.listen_token_file, insecure=self.settings.listen_insecure,
+            )
             self._server.start()
             log.info("listener_started", address=self._server.address)
         log.info("controller_started", manifests=self.settings.path or None, uri=redaction.redact_url(self.settings.uri),
@@ -751,6 +756,11 @@ class Controller:
         healthy, why = self.health()
         return (200 if healthy else 503), "text/plain; charset=utf-8", redaction.redact_text(why) + "\n"
 
+    def _healthz_public(self) -> tuple[int, str, str]:
+        # without the token a probe learns up or down, not why: reasons name VMs, commits and errors
+        healthy, _why = self.health()
+        return (200, "text/plain; charset=utf-8", "ok\n") if healthy else (503, "text/plain; charset=utf-8", "unavailable\n")
+
     def _status_route(self) -> tuple[int, str, str]:
         # errors quoted from git or libvirt may carry a URL: the whole document is redacted, not field by field
         return 200, "application/json", json.dumps(redaction.redact_value(self.status_document()), indent=2) + "\n"
@@ -769,7 +779,7 @@ class Controller:
         except errors.KvmopsError as exc:
             log.error("reload_failed", error=str(exc), kept="previous configuration")
             return
-        kept = [name for name in ("uri", "listen", "workers", "state_dir")
+        kept = [name for name in ("uri", "listen", "listen_token_file", "listen_insecure", "workers", "state_dir")
                 if getattr(settings, name) != getattr(self.settings, name)]
         if kept:
             log.warning("reload_needs_restart", settings=kept)
