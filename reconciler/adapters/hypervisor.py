@@ -132,13 +132,14 @@ def _mutating(method: _Method) -> _Method:
 
     @functools.wraps(method)
     def guarded(self, *args, **kwargs):
-        _count_mutating_call(name, args)
+        count_mutating_call(name, args)
         return method(self, *args, **kwargs)
 
     return guarded  # type: ignore[return-value]
 
 
-def _count_mutating_call(name: str, args: tuple) -> None:
+def count_mutating_call(name: str, args: tuple) -> None:
+    """Count one mutating operation for the crash hook (see :func:`_mutating`): also the trash's file operations."""
     global _mutating_calls
     setting = os.environ.get(CRASH_AT_VARIABLE, "")
     if not setting.isdigit() or int(setting) < 1:
