@@ -14,16 +14,17 @@ the shell reads and writes the files (``adapters/trash.py``) and says what time 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import re
-import dataclasses
 from dataclasses import dataclass
 
 TRASH_DIRECTORY = ".kvmops-trash"  # inside the pool's directory: a rename never crosses a filesystem
 RECORD_NAME = "entry.json"
 PURGING_SUFFIX = ".purging"  # an entry renamed so is being purged: its purge is decided, only unfinished
 RECORD_FORMAT = 1
+POOL_TYPES = ("dir", "fs", "netfs")  # pools whose volumes are files at the top of one directory
 DEFAULT_RETENTION = 24 * 3600
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
