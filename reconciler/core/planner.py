@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-from reconciler.core import domxml, fields, hostdirs, model, netxml, password, redaction, storagexml
+from reconciler.core import disposal, domxml, fields, hostdirs, model, netxml, password, redaction, storagexml, trash
 from reconciler.core import plan as plans
 from reconciler.core.plan import Action, FieldChange, Impact
 from reconciler.core.quantity import MIB, format_bytes, round_up
@@ -47,6 +47,8 @@ class Settings:
     scope: str = "default"  # the manifest set's name: only its own domains are pruned
     no_prune_reason: str = "pruning is disabled (--no-prune)"
     password_salt: bytes = b""  # entropy for new graphics password digests (the shell passes random bytes)
+    trash_retention: int = trash.DEFAULT_RETENTION  # seconds a deleted volume stays restorable; 0: deleted at once
+    now: int = 0  # epoch seconds, from the shell: when volumes moved to the trash count as deleted
 
 
 def plan_changes(
@@ -88,6 +90,11 @@ def plan_changes(
         pruned = {d.name: d for d in owned_orphans}
         resources.extend(_plan_prune(domain, actual, settings, wanted, pruned) for domain in owned_orphans)
         resources.extend(_plan_network_prune(network, actual, desired, set(pruned)) for network in orphan_networks)
+    held = suspended or (None if settings.prune else settings.no_prune_reason)
+    resources.extend(disposal.plan_trash(
+        actual, retention=settings.trash_retention, now=settings.now, scope=settings.scope, held=held,
+        claimed={claim.key for claim in disposal.claims_in_use(actual, desired, settings.scope).values()},
+    ))
 
     foreign = tuple(name for name, d in sorted(actual.domains.items()) if not d.owned)
     return plans.Plan(
@@ -598,6 +605,7 @@ class _VMPlanBuilder:
         self.active = domain is not None and domain.power.active
         self.claimed: set[tuple[str, str]] = claimed  # volumes some VM in the manifests attaches
         self.scope = settings.scope
+        self.settings = settings
         self.password_salt = settings.password_salt
         self.desired: model.DesiredState = desired
         self.revision: str = desired.revision
@@ -606,6 +614,7 @@ class _VMPlanBuilder:
         self.problems: list[model.Problem] = []
         self.creating: set[tuple[str, str]] = set()  # volumes this plan creates (their records start pending)
         self.deleting: set[tuple[str, str]] = set()  # volumes this plan deletes (their records go after them)
+        self.restored: list = []  # claims of volumes restored from the trash that this VM records as created again
 
     def build(self, base: dict, requires: tuple[str, ...]) -> plans.ResourcePlan:
         spec, domain = self.spec, self.domain
@@ -614,6 +623,7 @@ class _VMPlanBuilder:
         definition = self._definition(owned_volumes, install=self._install_now())
         if self.problems:  # a refused change (a shrink) leaves the whole VM as it is
             return plans.ResourcePlan(**base, problems=tuple(self.problems), notes=tuple(self.notes))
+        claims = self._claim_removals()  # after the definition that records the restored volumes as created
         steps: list[plans.Step] = list(storage_steps)
         actions: list[Action] = []
 
@@ -628,6 +638,7 @@ class _VMPlanBuilder:
                          *storage_steps, plans.DefineDomain(spec.name, definition.uuid, domxml.render(definition))]
             else:
                 steps.append(plans.DefineDomain(spec.name, definition.uuid, domxml.render(definition), create=True))
+            steps.extend(claims)
             if spec.autostart:
                 steps.append(plans.SetAutostart(spec.name, True))
             if spec.run_strategy is not model.RunStrategy.HALTED:
@@ -673,6 +684,9 @@ class _VMPlanBuilder:
             steps.append(plans.StopDomain(spec.name, self.timeout))
         # Volumes go while the domain is off: after a stop, before a start.
         steps.extend(deletions)
+        steps.extend(claims)
+        if claims and Action.UPDATE not in actions:
+            actions.insert(0, Action.UPDATE)
         if self.deleting:  # the records of deleted volumes go only once the volumes are gone
             final = self._without_records(definition, self.deleting)
             xml = domxml.patch(domain.xml, final, volumes_by_path=self.actual.volumes_by_path()) if domain.xml else domxml.render(final)
@@ -702,6 +716,18 @@ class _VMPlanBuilder:
             **base, actions=tuple(actions), changes=tuple(self.changes), steps=tuple(steps),
             notes=tuple(self.notes), problems=tuple(self.problems), requires=requires,
         )
+
+    def _claim_removals(self) -> list[plans.Step]:
+        """Return the removal of the trash's claims of the restored volumes this VM records as created again."""
+        steps = []
+        for claim in self.restored:
+            step, change = disposal.consume_claim(claim, self.actual)
+            steps.append(step)
+            self.changes.append(change)
+            self.notes.append(f"volume {claim.pool}/{claim.volume} was restored from the trash (deleted "
+                              f"{trash.format_instant(claim.deleted_at)} from this VM): kvmops records it as the volume "
+                              "it created, as before")
+        return steps
 
     # -- power --
 
@@ -790,7 +816,11 @@ class _VMPlanBuilder:
                 created = True
             else:
                 created = recorded.created if recorded is not None else False
-                if recorded is None:
+                claim = disposal.claim_for(actual, disk.pool, disk.volume, scope=self.scope, vm=spec.name)
+                if claim is not None and (recorded is None or recorded.created):
+                    created = True  # restored from the trash: still the volume kvmops created for this VM
+                    self.restored.append(claim)
+                elif recorded is None:
                     self.notes.append(
                         f"attaches existing volume {disk.pool}/{disk.volume}, which kvmops did not create: used as-is, "
                         "never resized or deleted"
@@ -875,12 +905,16 @@ class _VMPlanBuilder:
                     "deleted once the VM is stopped (deletionPolicy Delete)"
                 )
                 continue
-            deletions.append(plans.DeleteVolume(record.pool, record.name, spec.name, domain.uuid))
+            removal, loss = disposal.removal(
+                volume, actual, retention=self.settings.trash_retention, now=self.settings.now, scope=self.scope,
+                domain=spec.name, uuid=domain.uuid, reason=f"disk removed from VM {spec.name}",
+            )
+            deletions.append(removal)
             records.append(record)  # kept until the volume is gone: a crash in between must not orphan it
             self.deleting.add((record.pool, record.name))
             self.changes.append(FieldChange(
                 f"volume {record.pool}/{record.name}", format_bytes(volume.capacity), None, Impact.DATA_LOSS,
-                note="DATA LOSS: the volume is deleted (deletionPolicy Delete)",
+                note="DATA LOSS: the volume is removed (deletionPolicy Delete)", loss=loss,
             ))
         return steps, tuple(records), deletions
 
@@ -1506,11 +1540,15 @@ def _plan_prune(
             # Every other user is pruned by this plan and asks for the deletion too: the last
             # of them by name deletes it, after the others' resources (their undefines) succeeded.
             requires.extend(f"VirtualMachine/{name}" for name in sorted(co_pruned))
-            steps.append(plans.DeleteVolume(record.pool, record.name, domain.name, domain.uuid, tuple(sorted(co_pruned))))
+            removal, loss = disposal.removal(
+                volume, actual, retention=settings.trash_retention, now=settings.now, scope=settings.scope,
+                domain=domain.name, uuid=domain.uuid, reason=f"pruned with VM {domain.name}", after=tuple(sorted(co_pruned)),
+            )
+            steps.append(removal)
             changes.append(FieldChange(
                 f"volume {record.pool}/{record.name}", format_bytes(volume.capacity), None, Impact.DATA_LOSS,
-                note=f"DATA LOSS: deleted with the VM (deletionPolicy Delete), after VM {', '.join(sorted(co_pruned))} "
-                     "(also pruned, sharing it) is gone",
+                note=f"DATA LOSS: removed with the VM (deletionPolicy Delete), after VM {', '.join(sorted(co_pruned))} "
+                     "(also pruned, sharing it) is gone", loss=loss,
             ))
         elif (shared := _kept_for_users(actual, record, domain.name)) is not None:
             notes.append(shared)
@@ -1522,10 +1560,14 @@ def _plan_prune(
                 note="generated seed ISO removed with the VM (not data)",
             ))
         elif record.created and record.deletion_policy is model.DeletionPolicy.DELETE:
-            steps.append(plans.DeleteVolume(record.pool, record.name, domain.name, domain.uuid))
+            removal, loss = disposal.removal(
+                volume, actual, retention=settings.trash_retention, now=settings.now, scope=settings.scope,
+                domain=domain.name, uuid=domain.uuid, reason=f"pruned with VM {domain.name}",
+            )
+            steps.append(removal)
             changes.append(FieldChange(
                 f"volume {record.pool}/{record.name}", format_bytes(volume.capacity), None, Impact.DATA_LOSS,
-                note="DATA LOSS: deleted with the VM (deletionPolicy Delete)",
+                note="DATA LOSS: removed with the VM (deletionPolicy Delete)", loss=loss,
             ))
         else:
             why = "deletionPolicy Retain" if record.created else "kvmops did not create it"

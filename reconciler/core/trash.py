@@ -49,8 +49,10 @@ def parse_retention(value: object) -> int:
 
 
 def format_retention(seconds: int) -> str:
-    """Return ``seconds`` in the largest unit that divides it: ``24h``, ``90m``, ``7d``."""
-    for unit in ("w", "d", "h", "m"):
+    """Return ``seconds`` in the largest unit that divides it, days from two on: ``24h``, ``90m``, ``7d``."""
+    if seconds >= 2 * _UNITS["d"] and seconds % _UNITS["d"] == 0:
+        return f"{seconds // _UNITS['d']}d"
+    for unit in ("h", "m"):
         if seconds and seconds % _UNITS[unit] == 0:
             return f"{seconds // _UNITS[unit]}{unit}"
     return f"{seconds}s"

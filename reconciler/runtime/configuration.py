@@ -15,7 +15,7 @@ from pathlib import Path
 from reconciler import errors
 from reconciler.adapters import hypervisor as hv
 from reconciler.adapters import manifests
-from reconciler.core import planner, validation
+from reconciler.core import planner, trash, validation
 from reconciler.runtime import controller, gitsource, hostlock
 
 
@@ -31,6 +31,13 @@ def read(path: str | None) -> dict:
     if problems:
         raise errors.ManifestError("invalid configuration: " + "; ".join(str(p) for p in problems), tuple(problems))
     return body
+
+
+def trash_retention(config: Mapping[str, object]) -> int:
+    """Return ``policy.trashRetention`` of ``config`` in seconds (24h when unset; 0: volumes are deleted at once)."""
+    policy = config.get("policy")
+    value = policy.get("trashRetention") if isinstance(policy, Mapping) else None
+    return trash.DEFAULT_RETENTION if value is None else trash.parse_retention(value)
 
 
 def controller_settings(flags: Mapping[str, object], config: Mapping[str, object]) -> controller.ControllerSettings:
@@ -80,6 +87,7 @@ def controller_settings(flags: Mapping[str, object], config: Mapping[str, object
             shutdown_timeout=float(pick("shutdown_timeout", "shutdownTimeout")),
             scope=str(pick("scope", "scope") or "default"),
             password_salt=secrets.token_bytes(16),  # random per controller run; mixed with each domain's UUID
+            trash_retention=trash_retention(config),
         ),
         resync_interval=float(pick("resync_interval", "resyncInterval")),
         quiet_period=float(pick("quiet_period", "quietPeriod")),

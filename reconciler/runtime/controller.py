@@ -480,7 +480,7 @@ class Controller:
         if planner.host_is_local(self.settings.uri):
             desired = reconcile.with_host_file_paths(desired, actual)
         with reconcile.gc_paused():
-            plan = planner.plan_changes(desired, actual, settings=self.settings.planner)
+            plan = planner.plan_changes(desired, actual, settings=reconcile.timed(self.settings.planner))
         self._record(desired, actual, plan)
         self._dispatch(plan, set(keys), full, reasons, reconcile_id, dispatched)
         for key in keys:

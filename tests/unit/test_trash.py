@@ -33,9 +33,9 @@ def test_anything_else_is_not_a_retention(value):
         trash.parse_retention(value)
 
 
-@pytest.mark.parametrize(("seconds", "shown"), [(DAY, "1d"), (3600, "1h"), (5400, "90m"), (45, "45s"), (0, "0s"),
-                                                (14 * DAY, "2w")])
-def test_a_retention_is_shown_in_the_largest_unit_that_divides_it(seconds, shown):
+@pytest.mark.parametrize(("seconds", "shown"), [(DAY, "24h"), (3600, "1h"), (5400, "90m"), (45, "45s"), (0, "0s"),
+                                                (14 * DAY, "14d"), (2 * DAY, "2d"), (36 * 3600, "36h")])
+def test_a_retention_is_shown_in_the_largest_unit_that_divides_it_days_from_two_on(seconds, shown):
     assert trash.format_retention(seconds) == shown
 
 
