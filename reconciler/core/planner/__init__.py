@@ -98,7 +98,10 @@ def plan_changes(
         kept = tuple(d.name for d in owned_orphans) + tuple(f"network {n.name}" for n in orphaned_networks)
     else:
         resources.extend(prunes)
+    # Purging is final, so it waits whenever pruning would: a broken manifest, pruning turned off.
     held = suspended or (None if settings.prune else settings.no_prune_reason)
+    if held is None and problems:
+        held = f"{len(problems)} problem(s) in the manifests"
     if held is None and rules is not None and not rules.allow_data_loss:
         held = "the host policy does not allow data loss (policy.allowDataLoss: false)"
     resources.extend(disposal.plan_trash(
