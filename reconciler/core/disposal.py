@@ -27,12 +27,23 @@ def removal(
         return plans.DeleteVolume(volume.pool, volume.name, domain, uuid, after), f"deleted at once: {why_not}"
     step = plans.MoveVolumeToTrash(
         pool=volume.pool, name=volume.name, path=volume.path, pool_path=pool.path or "",
-        entry=trash.entry_name(volume.name, now), deleted_at=now, scope=scope, capacity=volume.capacity,
+        entry=_free_entry_name(actual, volume, now), deleted_at=now, scope=scope, capacity=volume.capacity,
         reason=reason, domain=domain, uuid=uuid, after=after,
     )
     if actual.host.offline:
         return step, f"moved to the trash, final {trash.format_retention(retention)} after the apply"
     return step, f"moved to the trash, final after {trash.format_instant(trash.final_at(now, retention))}"
+
+
+def _free_entry_name(actual: model.ActualState, volume: model.ObservedVolume, now: int) -> str:
+    """Return the entry name for ``volume`` deleted ``now``, with a suffix if that second already has one."""
+    taken = {e.entry for e in actual.trash if e.pool == volume.pool}
+    base = name = trash.entry_name(volume.name, now)
+    number = 1
+    while name in taken:
+        number += 1
+        name = f"{base}.{number}"
+    return name
 
 
 def _no_trash(volume: model.ObservedVolume, pool: model.ObservedPool | None, host: model.HostInfo, retention: int) -> str:

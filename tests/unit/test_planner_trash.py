@@ -57,6 +57,14 @@ def test_a_pruned_vms_delete_volume_moves_to_its_pools_trash_recorded_as_deleted
     assert [s.kind for s in prune_of(result).steps][-1] == "undefine_domain"  # the mark, the proof, goes last
 
 
+def test_a_second_deletion_of_the_same_volume_within_one_second_gets_an_entry_of_its_own():
+    state = dataclasses.replace(pruned_world(), trash=(entry(deleted_at=NOW, entry=trash.entry_name("web-data.qcow2", NOW)),))
+
+    (move,) = [s for s in prune_of(plan(state)).steps if isinstance(s, plans.MoveVolumeToTrash)]
+
+    assert move.entry == "20261205T230000Z-web-data.qcow2.2"
+
+
 def test_the_data_loss_line_says_when_the_move_becomes_final():
     text = render.text(plan(pruned_world()))
 
