@@ -249,3 +249,28 @@ def test_a_restore_killed_at_any_step_leaves_the_volume_restorable_or_restored(p
     assert entry.holds_volume  # the file is still in the trash: nothing lost, restore again
     bin_.restore(entry, DELETED + 120)
     assert (pool / "web-data.qcow2").read_bytes() == content
+
+
+# -- the command, where there is no trash ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [["trash", "list"], ["trash", "restore", "web-data.qcow2"]])
+def test_trash_commands_on_a_host_without_files_say_why_in_one_line(argv, capsys):
+    """The test driver keeps no files: list and restore exit 1 naming the reason, no traceback."""
+    from reconciler import cli
+
+    status = cli.main([*argv, "--connect", "test:///default"])
+
+    _out, err = capsys.readouterr()
+    assert status == 1
+    assert err.strip().count("\n") == 0 and "no trash on test:///default: the test driver keeps no files" in err
+    assert "Traceback" not in err
+
+
+def test_the_trash_of_a_remote_host_is_not_available_and_says_why():
+    from reconciler.adapters import hypervisor
+
+    assert hypervisor.trash_unavailable("qemu:///system") == ""
+    assert hypervisor.trash_unavailable("qemu+unix:///system?socket=/run/x") == ""
+    assert "another machine (qemu+ssh://hv2/system)" in hypervisor.trash_unavailable("qemu+ssh://hv2/system")
+    assert "test driver" in hypervisor.trash_unavailable("test:///default")
