@@ -102,6 +102,7 @@ class VMPlanBuilder(VMStorage, VMDefinition, VMDiff):
         self.claimed: set[tuple[str, str]] = claimed  # volumes some VM in the manifests attaches
         self.scope = settings.scope
         self.settings = settings
+        self.fleet, self.host = settings.fleet, settings.host
         self.password_salt = settings.password_salt
         self.desired: model.DesiredState = desired
         self.revision: str = desired.revision
