@@ -262,3 +262,13 @@ def test_a_claim_nobody_takes_up_within_the_retention_is_dropped_leaving_the_vol
 
     assert drop.steps == (plans.PurgeTrashEntry(b.POOL, b.POOL_PATH, claim.entry, holds_volume=False),)
     assert drop.changes[0].impact is Impact.LIVE and "never deleted" in drop.changes[0].note
+
+
+def test_a_trash_that_could_not_be_read_is_a_warning_saying_purges_may_be_missing():
+    state, other = converged_with()
+    state = dataclasses.replace(state, trash_unreadable=("/srv/vms/.kvmops-trash: cannot read the trash: Permission denied",))
+
+    result = plan(state, other)
+
+    assert result.warnings == ("/srv/vms/.kvmops-trash: cannot read the trash: Permission denied; purges due there, if "
+                               "any, are not in this plan",)

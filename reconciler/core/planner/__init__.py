@@ -119,7 +119,9 @@ def plan_changes(
         prune_suspended=suspended,
         kept=kept,
         elsewhere=elsewhere,
-        warnings=mark_warnings(actual, desired, settings),
+        warnings=mark_warnings(actual, desired, settings) + tuple(
+            f"{why}; purges due there, if any, are not in this plan" for why in actual.trash_unreadable
+        ),
         declared=(("VirtualMachine", len(desired.vms)), ("StoragePool", len(desired.pools)),
                   ("Network", len(desired.networks)), ("Image", len(desired.images))),
     )
