@@ -26,6 +26,8 @@ def interpret(observation: model.Observation) -> model.ActualState:
         pools=MappingProxyType({pool.name: pool for pool in observation.pools}),
         volumes=MappingProxyType({(volume.pool, volume.name): volume for volume in observation.volumes}),
         networks=MappingProxyType({record.name: network(record) for record in observation.networks}),
+        trash=observation.trash,
+        trash_unreadable=observation.trash_unreadable,
     )
 
 

@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from reconciler.core.trash import TrashEntry
+
 
 class StrEnum(str, enum.Enum):
     """An enum whose members are strings, printed and formatted as their value.
@@ -664,6 +666,7 @@ class HostInfo:
     test_driver: bool = False
     kvm_unusable_reason: str | None = None  # set when "kvm" is listed but cannot run guests
     offline: bool = False  # no real host behind it (`kvmops diff`): what only a host decides stays undecided
+    trash_unavailable: str = ""  # why deleted volumes cannot be kept in a trash on this host ("": they can)
 
 
 @dataclass(frozen=True)
@@ -694,6 +697,8 @@ class Observation:
     pools: tuple[ObservedPool, ...]
     volumes: tuple[ObservedVolume, ...]
     networks: tuple[NetworkRecord, ...] = ()
+    trash: tuple[TrashEntry, ...] = ()  # the entries of the pools' trash directories (core/trash.py)
+    trash_unreadable: tuple[str, ...] = ()  # what in a trash could not be read, one sentence each
 
 
 @dataclass(frozen=True)
@@ -705,6 +710,8 @@ class ActualState:
     pools: Mapping[str, ObservedPool]
     volumes: Mapping[tuple[str, str], ObservedVolume]  # (pool, name) -> volume
     networks: Mapping[str, ObservedNetwork] = field(default_factory=dict)
+    trash: tuple[TrashEntry, ...] = ()
+    trash_unreadable: tuple[str, ...] = ()
 
     def volumes_by_path(self) -> Mapping[str, tuple[str, str]]:
         """Return (pool, volume) by the volume's file path (built once per state)."""
