@@ -3,9 +3,9 @@
 The module that reads manifests (and, for ``kvmops import``, writes one).  The simple VM
 fields, whose manifest value maps to the domain definition one to one, are read and
 written through their declarations (:data:`reconciler.core.fields.SIMPLE_FIELDS`); what
-needs more is coded here.  It validates every document (:mod:`reconciler.core.validation`), converts units, derives what a manifest
-leaves implicit (volume names, disk target devices) and runs the checks that span
-fields or documents: a name declared twice, a volume or MAC claimed by two VMs,
+needs more is coded here.  It validates every document (:mod:`reconciler.core.validation`),
+converts units, derives what a manifest leaves implicit (volume names, disk target
+devices) and runs the checks that span fields or documents: a name declared twice, a volume or MAC claimed by two VMs,
 ``maxMemory`` below ``memory``.
 
 A resource with any problem is left out of the desired state, and the problem is kept:
