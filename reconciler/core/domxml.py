@@ -370,6 +370,10 @@ def render_owner(owner: model.Ownership) -> ET.Element:
         element.set("uuid", owner.bound_uuid)
     if owner.start_pending:
         element.set("startPending", "true")
+    if owner.fleet:  # only in a fleet: single-host marks stay as they were
+        element.set("fleet", owner.fleet)
+    if owner.host:
+        element.set("host", owner.host)
     for volume in owner.volumes:
         record = ET.SubElement(element, _VOLUME, pool=volume.pool, name=volume.name,
                                deletionPolicy=volume.deletion_policy, created="true" if volume.created else "false")
@@ -400,6 +404,24 @@ def _render_disk(disk: model.DiskDevice) -> ET.Element:
     if disk.device == "cdrom":
         ET.SubElement(element, "readonly")
     return element
+
+
+def remark(xml: str, owner: model.Ownership) -> str:
+    """Return the persistent ``xml`` of a domain with its kvmops mark replaced by ``owner``, nothing else changed.
+
+    What a migration persists on the destination: the source's definition, its mark
+    naming the new host.
+    """
+    root = parse_tree(xml)
+    metadata = root.find("metadata")
+    if metadata is None:
+        metadata = ET.Element("metadata")
+        root.insert(_index_after(root, ("uuid", "name")), metadata)
+    for element in metadata.findall(_OWNER):
+        metadata.remove(element)
+    metadata.append(render_owner(owner))
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode")
 
 
 def parse_tree(xml: str) -> ET.Element:
@@ -443,6 +465,7 @@ def parse_owner(root: ET.Element) -> model.Ownership | None:
         install_pending=owner.get("installPending") == "true",
         bound_name=owner.get("domain", ""), bound_uuid=owner.get("uuid", ""),
         start_pending=owner.get("startPending") == "true",
+        fleet=owner.get("fleet", ""), host=owner.get("host", ""),
     )
 
 

@@ -68,10 +68,11 @@ def plan_changes(
     owned_orphans = [
         d for name, d in sorted(actual.domains.items())
         if d.owned and name not in desired.vms and scope_of(d) == settings.scope and not mark_is_unbound(d)
+        and name not in settings.held
     ]
     elsewhere = tuple(
         f"{name} (scope {scope_of(d)})" for name, d in sorted(actual.domains.items())
-        if d.owned and name not in desired.vms and scope_of(d) != settings.scope
+        if d.owned and name not in desired.vms and scope_of(d) != settings.scope and name not in settings.held
     )
     orphaned_networks = orphan_networks(actual, desired, settings)
     suspended = prune_suspension(desired, problems, [*owned_orphans, *orphaned_networks], settings)

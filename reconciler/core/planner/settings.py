@@ -16,3 +16,8 @@ class Settings:
     scope: str = "default"  # the manifest set's name: only its own domains are pruned
     no_prune_reason: str = "pruning is disabled (--no-prune)"
     password_salt: bytes = b""  # entropy for new graphics password digests (the shell passes random bytes)
+    # In a fleet (core.fleet): the fleet and Host written in the marks, and the domains this
+    # host's plan holds as they are, neither changed nor pruned (migrating away, split brain).
+    fleet: str = ""
+    host: str = ""
+    held: frozenset[str] = frozenset()
