@@ -26,6 +26,7 @@ from reconciler import errors, logconfig
 from reconciler.adapters import git
 from reconciler.adapters import hypervisor as hv
 from reconciler.core import actual, fleet, model, planner, redaction, render, snapshot, validation
+from reconciler.core import policy as policies
 from reconciler.runtime import adoption, doctor, execute, fleet_reconcile, hostlock, inspect, observe, reconcile, review
 from reconciler.runtime.report import fleet_report_text, report_text, status_table
 
@@ -87,7 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--shutdown-timeout", type=float, default=60.0, metavar="SECONDS",
                              help="seconds a guest gets to power off before it is destroyed (default: 60)")
         command.add_argument("--no-color", action="store_true", help="no colours in text output")
-        scope_option(command)
+        scope_option(command, default=None)  # None: the configuration file's scope, else 'default'
+        policy_options(command)
+
+    def policy_options(command: argparse.ArgumentParser, *, mass_prune: bool = True) -> None:
+        command.add_argument("--config", metavar="FILE", default=os.environ.get("KVMOPS_CONFIG"),
+                             help="the host's configuration file, whose policy: the plan obeys, and whose scope: is the "
+                                  "default (default: $KVMOPS_CONFIG)")
+        if mass_prune:
+            command.add_argument("--allow-mass-prune", action="store_true",
+                                 help="remove more VMs in one pass than the policy's maxPrunePerPass allows")
 
     def scope_option(command: argparse.ArgumentParser, default: str | None = DEFAULT_SCOPE) -> None:
         command.add_argument("--scope", default=os.environ.get("KVMOPS_SCOPE") or default, metavar="NAME",
@@ -124,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--shutdown-timeout", type=float, default=60.0, metavar="SECONDS")
     diff.add_argument("--no-color", action="store_true")
     diff.add_argument("--host", metavar="NAME", default=None, help="in a fleet, only this Host's changes")
-    scope_option(diff)
+    scope_option(diff, default=None)
+    policy_options(diff)
     diff.set_defaults(handler=cmd_diff)
 
     state = commands.add_parser("state", help="snapshots of a host, for planning where libvirt is out of reach")
@@ -176,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="manifests to check the host against (with Hosts in them: every Host of the fleet)")
     connect_option(doctor, required_default=False)
     fleet_options(doctor)
+    scope_option(doctor, default=None)
+    policy_options(doctor, mass_prune=False)
     doctor.set_defaults(handler=cmd_doctor)
 
     importer = commands.add_parser("import", help="write a manifest for an existing (foreign) domain")
@@ -244,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="serve /healthz, /status and /metrics here (e.g. 127.0.0.1:9474)")
     run.add_argument("--state-dir", default=None, help="directory of the host lock")
     run.add_argument("--no-prune", action="store_true", default=None, help="never remove domains whose manifest is gone")
+    run.add_argument("--allow-mass-prune", action="store_true", default=None,
+                     help="remove more VMs in one pass than the policy's maxPrunePerPass allows, for as long as it runs")
     run.add_argument("--allow-empty", action="store_true", default=None,
                      help="allow pruning every managed domain when the manifests declare no VM")
     run.add_argument("--virt-type", choices=("auto", "kvm", "qemu"), default=os.environ.get("KVMOPS_VIRT_TYPE"))
@@ -343,14 +358,31 @@ def _error(message: str) -> None:
 
 def _settings(args: argparse.Namespace) -> planner.Settings:
     single_file = Path(args.path).is_file()
+    scope, policy = _host_configuration(args)
     return planner.Settings(
         prune=not args.no_prune and not single_file, allow_empty=args.allow_empty,
-        virt_type=args.virt_type, shutdown_timeout=args.shutdown_timeout, scope=args.scope,
+        virt_type=args.virt_type, shutdown_timeout=args.shutdown_timeout, scope=scope,
         no_prune_reason=(
             f"pruning is off because {args.path} is a single file: it cannot say which other VMs are gone"
             if single_file and not args.no_prune else "pruning is disabled (--no-prune)"
         ),
+        policy=policy, allow_mass_prune=bool(getattr(args, "allow_mass_prune", False)),
     )
+
+
+def _host_configuration(args: argparse.Namespace) -> tuple[str, policies.Policy | None]:
+    """Return the scope and the host policy a one-shot command works under: ``--scope`` over the configuration file.
+
+    Without ``--config`` (or ``$KVMOPS_CONFIG``) there is no policy, and the scope is ``default``.
+    """
+    path = getattr(args, "config", None)
+    if not path:
+        return getattr(args, "scope", None) or DEFAULT_SCOPE, None
+    # imported here: the configuration module brings the controller, no business of a command without --config
+    from reconciler.runtime import configuration
+
+    config = configuration.read(path)
+    return getattr(args, "scope", None) or str(config.get("scope") or DEFAULT_SCOPE), configuration.policy(config, path)
 
 
 def _colour(args: argparse.Namespace) -> bool:
@@ -495,9 +527,10 @@ def _read_snapshot(path: str) -> snapshot.Snapshot:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     """Compare two revisions of the manifests and print the plan between them."""
+    scope, policy = _host_configuration(args)
     settings = planner.Settings(
         prune=not args.no_prune, allow_empty=args.allow_empty, virt_type=args.virt_type,
-        shutdown_timeout=args.shutdown_timeout, scope=args.scope,
+        shutdown_timeout=args.shutdown_timeout, scope=scope, policy=policy, allow_mass_prune=args.allow_mass_prune,
     )
     result = review.diff(args.path, args.base, args.head, settings=settings)
     title = f"kvmops diff {result.base_label} → {result.head_label}"
@@ -740,9 +773,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             return _fleet_doctor(args, desired)
     _refuse_fleet_options(args)
     args.connect = args.connect or default_uri()
+    scope, policy = _host_configuration(args)
     checks = doctor.host_checks() if doctor.is_local(args.connect) else []
     found, hypervisor = doctor.libvirt_checks(args.connect)
     checks += found
+    checks.append(doctor.policy_check(policy, scope))
     if hypervisor is not None:
         with hypervisor:
             if args.path:

@@ -11,9 +11,11 @@ each host's libvirt showed (or why it could not be reached), it
   of the desired state: the VMs assigned to it, and the pools, networks and images they use
   or whose ``hosts`` selector admits it. A VM migrating away is held on its source (never
   pruned there) and not created on its destination: the migration moves it;
-* writes each move as a migration :class:`~reconciler.core.plan.ResourcePlan` (action
-  ``migrate``, one :class:`~reconciler.core.plan.MigrateDomain` step): live when every disk
-  is on a ``shared`` pool, live with a storage copy when the VM runs on local disks,
+* writes each move as a migration :class:`~reconciler.core.plan.ResourcePlan` in the plan
+  of the host the VM leaves (action ``migrate``: a :class:`~reconciler.core.plan.MigrateDomain`
+  step, then a :class:`~reconciler.core.plan.DeleteMovedVolume` for each local volume kvmops
+  created with ``deletionPolicy: Delete``; others stay on the source): live when every
+  disk is on a ``shared`` pool, live with a storage copy when the VM runs on local disks,
   offline (impact ``restart``) when it is shut off;
 * reports an unreachable host in its own section: nothing is planned there, its VMs are
   Unknown and stay assigned to it (never placed elsewhere, unless a person declared it
@@ -72,23 +74,29 @@ class SplitBrain:
 class FleetPlan:
     """Everything one pass over a fleet would do, per host, and between hosts.
 
-    ``migrations`` are ResourcePlans of kind VirtualMachine with the single action
-    ``migrate``; their ``requires`` name the destination's prerequisites as
-    ``HOST:Kind/name``. ``problems`` are the fleet's (manifests, placement, split brain);
-    each host plan carries those of its own resources.
+    A migration is a resource of the plan of the host the VM leaves (where the executor
+    runs it), of kind VirtualMachine with the single action ``migrate``; its ``requires``
+    name the destination's prerequisites as ``HOST:Kind/name``. ``problems`` are the
+    fleet's (manifests, placement, split brain); each host plan carries those of its own
+    resources.
     """
 
     fleet: str
     hosts: tuple[HostPlan, ...]
-    migrations: tuple[plans.ResourcePlan, ...] = ()
     problems: tuple[model.Problem, ...] = ()
     split_brain: tuple[SplitBrain, ...] = ()
     unknown: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)  # VM -> unreachable hosts it may be on
 
     @property
+    def migrations(self) -> tuple[plans.ResourcePlan, ...]:
+        """Return every migration, from the plans of the hosts the VMs leave, by VM name."""
+        found = [r for h in self.hosts if h.plan is not None for r in h.plan.resources if Action.MIGRATE in r.actions]
+        return tuple(sorted(found, key=lambda r: r.name))
+
+    @property
     def has_changes(self) -> bool:
         """Return whether applying this plan would change anything."""
-        return bool(self.migrations) or any(h.plan is not None and h.plan.has_changes for h in self.hosts)
+        return any(h.plan is not None and h.plan.has_changes for h in self.hosts)
 
     @property
     def unreachable(self) -> tuple[HostPlan, ...]:
@@ -165,7 +173,9 @@ def plan_fleet(
             "found on two hosts, no domain is removed on any host"
         ))
     host_plans = []
-    migrations = []
+    leaving: dict[str, list[plans.ResourcePlan]] = {}
+    for move in sorted(migrating.values(), key=lambda m: m.vm):
+        leaving.setdefault(move.source, []).append(_migration(desired, move, reachable[move.source], hosts, fleet))
     for name, host in hosts.items():
         if only_host is not None and name != only_host:
             continue
@@ -183,19 +193,19 @@ def plan_fleet(
         local_vms = [vm for vm in assigned if vm not in incoming]
         subset = host_share(desired, host, local_vms, uses=[*incoming, *departing, *(held & set(desired.vms))])
         plan = planner.plan_changes(subset, actual, settings=dataclasses.replace(host_settings, host=name, held=held))
+        if leaving.get(name):
+            plan = dataclasses.replace(
+                plan, resources=(*plan.resources, *leaving[name]),
+                problems=(*plan.problems, *(p for migration in leaving[name] for p in migration.problems)),
+            )
         evacuated = {move.vm: move for move in placed.moves if move.destination == name and move.source in dead}
         if evacuated:
             plan = dataclasses.replace(plan, resources=tuple(
                 dataclasses.replace(r, notes=(*r.notes, _evacuation_note(evacuated[r.name], desired)))
                 if r.kind == "VirtualMachine" and r.name in evacuated else r for r in plan.resources))
         host_plans.append(HostPlan(host=name, uri=host.uri, plan=plan, vms=assigned, schedulable=host.schedulable))
-    for move in sorted(migrating.values(), key=lambda m: m.vm):
-        if only_host is not None and only_host not in (move.source, move.destination):
-            continue
-        migrations.append(_migration(desired, move, reachable[move.source], hosts, fleet))
-    problems.extend(problem for migration in migrations for problem in migration.problems)
     return FleetPlan(
-        fleet=fleet, hosts=tuple(host_plans), migrations=tuple(migrations), problems=tuple(problems),
+        fleet=fleet, hosts=tuple(host_plans), problems=tuple(problems),
         split_brain=split, unknown=placed.unknown,
     )
 
@@ -292,8 +302,7 @@ def _migration(
         impact, how = Impact.LIVE, "live migration with a copy of the local disks (the guest keeps running)"
         local = sorted({disk.pool or disk.path or "" for disk in spec.disks
                         if disk.path is not None or not (disk.pool in desired.pools and desired.pools[disk.pool].shared)})
-        notes.append(f"disks copied to {move.destination}: {', '.join(local)}; the copies on {move.source} are "
-                     "removed only after the VM runs there, and only as their deletionPolicy allows")
+        notes.append(f"disks copied to {move.destination}: {', '.join(local)}")
     else:
         impact, how = Impact.RESTART, "offline: the VM is shut off; its definition and disks move, it is not started"
     destination = hosts[move.destination]
@@ -303,13 +312,27 @@ def _migration(
     requires += [f"{move.destination}:Image/{disk.image}" for disk in spec.disks if disk.image is not None]
     if problems:
         return plans.ResourcePlan(kind="VirtualMachine", name=move.vm, manifest=spec.manifest, problems=tuple(problems))
+    changes = [FieldChange("host", move.source, move.destination, impact, note=how)]
+    cleanups: list[plans.Step] = []
+    if mode is not plans.MigrationMode.LIVE:
+        for disk in spec.disks:
+            if disk.path is not None or (disk.pool in desired.pools and desired.pools[disk.pool].shared):
+                continue
+            record = owner.volume(disk.pool, disk.volume)
+            where = f"volume {disk.pool}/{disk.volume} on {move.source}"
+            if record is not None and record.created and record.deletion_policy is model.DeletionPolicy.DELETE:
+                cleanups.append(plans.DeleteMovedVolume(disk.pool, disk.volume, move.vm, domain.uuid, move.destination))
+                changes.append(FieldChange(where, "left behind", None, Impact.LIVE, note=(
+                    f"deleted once the VM is on {move.destination} with its own copy (deletionPolicy Delete)")))
+            else:
+                why = "deletionPolicy Retain" if record is not None and record.created else "kvmops did not create it"
+                notes.append(f"{where} is kept after the move ({why}); remove it yourself when you no longer need it")
     return plans.ResourcePlan(
-        kind="VirtualMachine", name=move.vm, actions=(Action.MIGRATE,),
-        changes=(FieldChange("host", move.source, move.destination, impact, note=how),),
+        kind="VirtualMachine", name=move.vm, actions=(Action.MIGRATE,), changes=tuple(changes),
         steps=(plans.MigrateDomain(
             name=move.vm, uuid=domain.uuid, source=move.source, destination=move.destination,
             destination_uri=destination.uri, mode=mode, xml=xml,
-        ),),
+        ), *cleanups),
         manifest=spec.manifest, notes=tuple(notes), requires=tuple(dict.fromkeys(requires)),
     )
 

@@ -358,8 +358,9 @@ def _html(text: object) -> str:
 
 
 def fleet_text(plan: fleet.FleetPlan, *, colour: bool = False, source: str | None = None, title: str | None = None) -> str:
-    """Return a fleet plan as text: a section per host (its plan as :func:`text` prints it),
-    then the unreachable hosts, migrations, split brain and fleet problems, then the summary line."""
+    """Return a fleet plan as text: a section per host (its plan as :func:`text` prints it,
+    with the migrations of the VMs leaving it), then the unreachable hosts, the VMs of
+    unknown whereabouts and the fleet's problems, then the summary line."""
     paint = _Paint(colour)
     header = title or f"kvmops fleet plan for fleet {plan.fleet}" + (f" from {source}" if source else "")
     lines = [paint(header, "bold"), ""]
@@ -379,11 +380,6 @@ def fleet_text(plan: fleet.FleetPlan, *, colour: bool = False, source: str | Non
     for vm, hosts in elsewhere.items():
         lines.append(f"Unknown: VM {vm} may run on any of the unreachable hosts {', '.join(hosts)}; it is not created")
     if elsewhere:
-        lines.append("")
-    if plan.migrations:
-        lines.append(paint(f"Migrations ({len(plan.migrations)})", "bold"))
-        for resource in plan.migrations:
-            lines.extend(_resource_lines(resource, paint))
         lines.append("")
     if plan.problems:
         lines.append(paint(f"Fleet problems ({len(plan.problems)}): pruning is suspended on every host", "!"))
@@ -415,7 +411,11 @@ def fleet_to_data(plan: fleet.FleetPlan) -> dict:
              "plan": to_data(host.plan) if host.plan is not None else None}
             for host in plan.hosts
         ],
-        "migrations": [_resource_data(r) for r in plan.migrations],
+        "migrations": [
+            {"vm": r.name, "source": r.steps[0].source, "destination": r.steps[0].destination,
+             "mode": r.steps[0].mode.value, "impact": r.changes[0].impact.value}
+            for r in plan.migrations if r.steps
+        ],
         "split_brain": [{"vm": brain.vm, "hosts": list(brain.hosts)} for brain in plan.split_brain],
         "unknown": {vm: list(hosts) for vm, hosts in plan.unknown.items()},
         "problems": [problem_data(p) for p in plan.problems],
@@ -443,13 +443,11 @@ def fleet_markdown(plan: fleet.FleetPlan, *, title: str | None = None) -> str:
         lines += "\n>\n".join(callouts).split("\n") + [""]
     if plan.migrations:
         lines += ["| | VM | From | To | Mode | Impact |", "|---|---|---|---|---|---|"]
-        for resource in plan.migrations:
+        for resource in (r for r in plan.migrations if r.steps):
             step = resource.steps[0]
             lines.append(f"| → | {_code(resource.name)} | {_code(step.source)} | {_code(step.destination)} "
                          f"| {step.mode.value} | {_worst_impact(resource)} |")
         lines.append("")
-        for resource in plan.migrations:
-            lines += _markdown_details(resource)
     if plan.problems:
         lines += [f"#### :x: Fleet problems ({len(plan.problems)})", ""]
         lines += [f"- {_code(f'{p.file}:{p.line}' if p.line else p.file)} {_code(p.path) if p.path else ''} {_md(p.message)}"

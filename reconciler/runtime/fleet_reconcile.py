@@ -201,6 +201,11 @@ class FleetApplyResult:
         )
 
 
+def is_migration(resource: plans.ResourcePlan) -> bool:
+    """Return whether ``resource`` moves a VM to another host (it runs between the hosts' own changes and removals)."""
+    return plans.Action.MIGRATE in resource.actions
+
+
 def is_removal(resource: plans.ResourcePlan) -> bool:
     """Return whether ``resource`` removes something (a prune): such work waits until the migrations ran."""
     return plans.Action.DELETE in resource.actions
@@ -239,10 +244,10 @@ def apply(
         with ThreadPoolExecutor(max_workers=max(1, min(host_workers, len(parts))), thread_name_prefix="kvmops-host") as pool:
             return dict(pool.map(run, sorted(parts)))
 
-    first = run_hosts(lambda r: not is_removal(r))
+    first = run_hosts(lambda r: not is_removal(r) and not is_migration(r))
     moved = _run_migrations(planned.plan, hypervisors, first, workers=host_workers, cancel=cancel,
                             only_from=migrations_from)
-    last = run_hosts(is_removal)
+    last = run_hosts(lambda r: is_removal(r) and not is_migration(r))
     reports = {name: execute.ApplyReport(
         (*first.get(name, execute.ApplyReport(())).outcomes, *last.get(name, execute.ApplyReport(())).outcomes),
         cancelled=cancel.is_set(),
@@ -290,11 +295,7 @@ def _source(migration: plans.ResourcePlan) -> str:
 
 
 def restricted(plan: fleet.FleetPlan, host: str | None) -> fleet.FleetPlan:
-    """Return ``plan`` with only host ``host``'s section and the migrations from or to it (all of it for None)."""
+    """Return ``plan`` with only host ``host``'s section (the migrations off it included; all of it for None)."""
     if host is None:
         return plan
-    return dataclasses.replace(
-        plan, hosts=tuple(h for h in plan.hosts if h.host == host),
-        migrations=tuple(m for m in plan.migrations
-                         if any(isinstance(s, plans.MigrateDomain) and host in (s.source, s.destination) for s in m.steps)),
-    )
+    return dataclasses.replace(plan, hosts=tuple(h for h in plan.hosts if h.host == host))

@@ -195,7 +195,6 @@ def _fleet_verdict(result: fleet_reconcile.FleetApplyResult) -> str:
     if failed:
         why.append(f"{len(failed)} resource(s) failed or were skipped ({', '.join(failed)})")
     differ = [f"{h.host}: {r.name}" for h in result.after.hosts if h.plan is not None for r in h.plan.changes]
-    differ += [f"migration of {r.name}" for r in result.after.migrations]
     if differ:
         why.append(f"{len(differ)} resource(s) still differ ({', '.join(differ)})")
     problems = len(result.after.problems) + sum(len(h.plan.problems) for h in result.after.hosts if h.plan is not None)

@@ -47,4 +47,4 @@ def test_cordoning_a_host_migrates_its_vm_in_the_pull_request_comment(fleet_repo
 
     status, out, _err = diff(fleet_repo, "--base", "main", "-o", "json", capsys=capsys)
     data = json.loads(out)
-    assert data["kind"] == "fleet" and [m["name"] for m in data["migrations"]] == ["web-1"]
+    assert data["kind"] == "fleet" and [m["vm"] for m in data["migrations"]] == ["web-1"]

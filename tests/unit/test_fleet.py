@@ -117,10 +117,25 @@ def test_a_vm_whose_placement_changed_migrates_live_copying_its_local_disks():
     assert "b:StoragePool/vmstore" in migration.requires
     owner = domxml.parse_owner(domxml.parse_tree(step.xml))
     assert (owner.fleet, owner.host, owner.digest) == ("default", "b", state.vms["web"].digest)
-    assert steps(result.host("a").plan, "web") == []  # never pruned on the source
+    assert "VirtualMachine/web" in [r.key for r in result.host("a").plan.changes]  # the move, in the source's plan
+    assert steps(result.host("a").plan, "web") == [step]  # never pruned on the source: migrated
     assert steps(result.host("b").plan, "web") == []  # never created on the destination
     assert "StoragePool/vmstore" in [r.key for r in result.host("b").plan.resources]  # what it needs is made first
     assert result.summary() == "Fleet default: 2 hosts; VMs per host: a 0, b 1; 1 migration"
+
+
+def test_a_moved_vm_leaves_its_local_volumes_behind_only_as_their_deletion_policy_allows():
+    text = vm_yaml("web", where="{host: b}").replace("size: 1GiB}", "size: 1GiB, deletionPolicy: Delete}")
+    text = text.replace("  disks: [", "  disks: [{name: keep, pool: vmstore, size: 1GiB}, {name: shared, pool: nfs, size: 1GiB, "
+                                      "deletionPolicy: Delete}, ")
+    state = manifests(text)
+    observed = {"a": host_state(running_on("a", state.vms["web"]), state=state, pools=("vmstore", "nfs")),
+                "b": host_state(state=state)}
+    (migration,) = fleet.plan_fleet(state, observed).migrations
+    assert [type(s).__name__ for s in migration.steps] == ["MigrateDomain", "DeleteMovedVolume"]
+    assert migration.steps[1] == plans.DeleteMovedVolume("vmstore", "web-root.qcow2", "web", builders.UUID, "b")
+    assert "volume vmstore/web-keep.qcow2 on a is kept after the move (deletionPolicy Retain); remove it yourself " \
+           "when you no longer need it" in migration.notes
 
 
 def test_a_vm_on_shared_storage_migrates_live_and_a_stopped_one_offline():

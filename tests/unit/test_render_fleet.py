@@ -16,18 +16,19 @@ def moving_fleet(*, b_down: bool = False) -> fleet.FleetPlan:
     return fleet.plan_fleet(state, {"a": a, "b": b})
 
 
-def test_text_groups_the_plan_per_host_then_migrations_then_the_fleet_summary():
+def test_text_groups_the_plan_per_host_with_migrations_in_the_source_host_then_the_fleet_summary():
     output = render.fleet_text(moving_fleet(), source="manifests")
     lines = output.splitlines()
     assert lines[0] == "kvmops fleet plan for fleet default from manifests"
-    host_a, host_b, migrations = (lines.index(line) for line in (
-        "Host a (qemu+ssh://a/system) (1 VM, 2 pools)", "Host b (qemu+ssh://b/system) (0 VMs, 2 pools)", "Migrations (1)"))
-    assert host_a < host_b < migrations
-    assert "  + VirtualMachine db  (vms/1.yaml)  create, start" in lines[host_a:host_b]
-    assert lines[migrations + 1:migrations + 3] == [
-        "  → VirtualMachine web  (vms/0.yaml)  migrate",
-        "      ~ host  a -> b  (live)  live migration with a copy of the local disks (the guest keeps running)",
-    ]
+    host_a, host_b = (lines.index(line) for line in (
+        "Host a (qemu+ssh://a/system) (1 VM, 2 pools)", "Host b (qemu+ssh://b/system) (0 VMs, 2 pools)"))
+    assert host_a < host_b
+    section_a = lines[host_a:host_b]
+    assert "  + VirtualMachine db  (vms/1.yaml)  create, start" in section_a
+    migration = section_a.index("  → VirtualMachine web  (vms/0.yaml)  migrate")
+    assert section_a[migration + 1] == (
+        "      ~ host  a -> b  (live)  live migration with a copy of the local disks (the guest keeps running)")
+    assert "Plan: 1 to create, 1 to start, 1 to migrate. 2 unchanged." in section_a
     assert lines[-1] == "Fleet default: 2 hosts; VMs per host: a 1, b 1; 1 migration"
 
 
@@ -46,8 +47,9 @@ def test_json_has_a_plan_per_host_migrations_and_the_summary():
     a, b = data["hosts"]
     assert a["plan"]["resources"] and (b["plan"], b["unreachable"]) == (None, "cannot connect: No route to host")
     moving = json.loads(render.fleet_to_json(moving_fleet()))
-    (migration,) = moving["migrations"]
-    assert migration["actions"] == ["migrate"]
+    assert moving["migrations"] == [
+        {"vm": "web", "source": "a", "destination": "b", "mode": "live-copy-storage", "impact": "live"}]
+    (migration,) = [r for r in moving["hosts"][0]["plan"]["resources"] if r["actions"] == ["migrate"]]
     assert migration["steps"][0]["kind"] == "migrate_domain" and migration["steps"][0]["mode"] == "live-copy-storage"
 
 

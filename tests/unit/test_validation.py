@@ -36,8 +36,8 @@ def problems_of(text: str) -> list[str]:
         pytest.param(
             "  memory: 1GiB\n  colour: red\n",
             [f"{FILE}:7: spec.colour: unknown field 'colour'; allowed: autostart, boot, cdrom, cloudInit, console, cpu, "
-             "disks, firmware, graphics, guestAgent, install, keepNvram, machine, maxMemory, memory, networks, placement, "
-             "runStrategy, shutdownTimeout, uuid, vcpus, virtType"],
+             "disks, firmware, graphics, guestAgent, hugepages, install, keepNvram, machine, maxMemory, memory, networks, "
+             "placement, runStrategy, shutdownTimeout, uuid, vcpus, virtType"],
             id="unknown-field-lists-allowed",
         ),
         pytest.param(
@@ -238,6 +238,7 @@ def test_defaults_come_from_the_schemas():
             "autostart": False,
             "runStrategy": "Always",
             "guestAgent": False,
+            "hugepages": False,
         },
     }
 

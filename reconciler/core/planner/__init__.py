@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from reconciler.core import model
 from reconciler.core import plan as plans
+from reconciler.core import policy as policies
 from reconciler.core.planner.domain_definition import new_mac, new_uuid, password_salt
 from reconciler.core.planner.domain_diff import restart_pending
 from reconciler.core.planner.host import UNDECIDED_VIRT_TYPE, host_is_local, resolve_virt_type
@@ -63,28 +64,41 @@ def plan_changes(
     for spec in desired.vms.values():
         resources.append(plan_vm(spec, actual.domains.get(spec.name), actual, desired, settings, wanted))
 
-    for resource in resources:
-        problems.extend(resource.problems)
     owned_orphans = [
         d for name, d in sorted(actual.domains.items())
         if d.owned and name not in desired.vms and scope_of(d) == settings.scope and not mark_is_unbound(d)
         and name not in settings.held
     ]
+    rules = settings.policy.for_scope(settings.scope) if settings.policy is not None else None
+    if rules is not None:
+        resources = policies.obeyed(resources, desired, actual, rules, scope=settings.scope,
+                                    removable={d.name for d in owned_orphans} if settings.prune else set(),
+                                    local=host_is_local(actual.host.uri))
+    for resource in resources:
+        problems.extend(resource.problems)
     elsewhere = tuple(
         f"{name} (scope {scope_of(d)})" for name, d in sorted(actual.domains.items())
         if d.owned and name not in desired.vms and scope_of(d) != settings.scope and name not in settings.held
     )
     orphaned_networks = orphan_networks(actual, desired, settings)
     suspended = prune_suspension(desired, problems, [*owned_orphans, *orphaned_networks], settings)
+    if suspended and not problems and settings.prune and not desired.vms and not settings.allow_empty:
+        problems.append(model.Problem(desired.source or ".", None, "", suspended))  # the empty-set guard
+    prunes: list[plans.ResourcePlan] = []
+    if not suspended:
+        pruned = {d.name: d for d in owned_orphans}
+        prunes = [plan_prune(domain, actual, settings, wanted, pruned) for domain in owned_orphans]
+        prunes.extend(plan_network_prune(network, actual, desired, set(pruned)) for network in orphaned_networks)
+    if rules is not None and prunes:
+        # The host policy judges the prunes as a whole: too many VMs, or a volume deleted, holds them all.
+        suspended, held = policies.held_prunes(prunes, desired, actual, rules, scope=settings.scope,
+                                               allow_mass_prune=settings.allow_mass_prune)
+        problems.extend(held)
     kept: tuple[str, ...] = ()
     if suspended:
         kept = tuple(d.name for d in owned_orphans) + tuple(f"network {n.name}" for n in orphaned_networks)
-        if not problems and settings.prune and not desired.vms and not settings.allow_empty:
-            problems.append(model.Problem(desired.source or ".", None, "", suspended))  # the empty-set guard
     else:
-        pruned = {d.name: d for d in owned_orphans}
-        resources.extend(plan_prune(domain, actual, settings, wanted, pruned) for domain in owned_orphans)
-        resources.extend(plan_network_prune(network, actual, desired, set(pruned)) for network in orphaned_networks)
+        resources.extend(prunes)
 
     foreign = tuple(name for name, d in sorted(actual.domains.items()) if not d.owned)
     return plans.Plan(

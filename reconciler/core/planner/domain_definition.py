@@ -99,6 +99,7 @@ class VMDefinition:
             cmdline=cmdline,
             cdroms=tuple(cdroms),
             guest_agent=spec.guest_agent,
+            hugepages=spec.hugepages,
             graphics_listen=spec.graphics_listen if spec.graphics != "none" else None,
             graphics_password=spec.graphics_password,
         )

@@ -198,6 +198,7 @@ class VMDiff:
             ("cloudInit", f"seed {spec.cloud_init.pool}/{spec.cloud_init.volume} ({short_digest(spec.cloud_init.digest)})"
              if spec.cloud_init else None),
             ("guestAgent", "true" if spec.guest_agent else None),
+            ("hugepages", "true" if spec.hugepages else None),
         )
         for path, value in optional:
             if value:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from reconciler.core import policy as policies
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -16,6 +18,8 @@ class Settings:
     scope: str = "default"  # the manifest set's name: only its own domains are pruned
     no_prune_reason: str = "pruning is disabled (--no-prune)"
     password_salt: bytes = b""  # entropy for new graphics password digests (the shell passes random bytes)
+    policy: policies.Policy | None = None  # the host's policy (configuration file); None: none is set
+    allow_mass_prune: bool = False  # a prune larger than the policy's maxPrunePerPass goes ahead (--allow-mass-prune)
     # In a fleet (core.fleet): the fleet and Host written in the marks, and the domains this
     # host's plan holds as they are, neither changed nor pruned (migrating away, split brain).
     fleet: str = ""
