@@ -14,7 +14,9 @@ without an operating system, 64 MiB, an 8 MiB qcow2 disk: QEMU really starts), t
 removing every VM (an apply of the manifests without VMs, ``--allow-empty``) between
 them. Each time covers the whole pass: connect, observe, plan, execute, observe and
 plan again. Prints one line per measurement and a JSON summary last (medians, and the
-ratio fleet / sequential: the target is at most 0.5). Removes the lab whatever happens.
+ratio fleet / sequential: the target is at most 0.5), and how busy the machine's CPUs were
+meanwhile: starting QEMU is CPU work, so on a machine whose cores are already busy the
+hosts' parallelism cannot show. Removes the lab whatever happens.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import yaml  # noqa: E402
 
+from reconciler import logconfig  # noqa: E402
 from reconciler.core import planner  # noqa: E402
 from reconciler.runtime import fleet_reconcile, reconcile  # noqa: E402
 from tests import lab as labs  # noqa: E402
@@ -53,6 +56,13 @@ def write_manifests(directory: Path, lab: labs.Lab, prefix: str, vms: int, *, wi
     (directory / "fleet.yaml").write_text(yaml.safe_dump_all(documents, sort_keys=False), encoding="utf-8")
 
 
+def cpu_busy() -> tuple[int, int]:
+    """Return the machine's (busy, total) CPU jiffies so far, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
 def converge(directory: Path, *, only_host: str | None = None, allow_empty: bool = False) -> tuple[float, bool]:
     """Apply the fleet at ``directory`` (one host, or all side by side); return (seconds, converged)."""
     started = time.monotonic()
@@ -73,6 +83,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--name", default="kvmops-bench-fleet", help="the lab's name prefix (default: %(default)s)")
     args = parser.parse_args()
+    logconfig.configure(format="console", level="warning")
     prefix = f"{args.name}-{uuid.uuid4().hex[:6]}"
     lab = labs.Lab(prefix).start(args.hosts)
     sequential, parallel = [], []
@@ -91,20 +102,25 @@ def main() -> int:
         clean()
         for run in range(1, args.runs + 1):
             per_host = []
+            busy, total = cpu_busy()
             for host in hosts:
                 seconds, ok = converge(directory, only_host=host)
                 if not ok:
                     raise SystemExit(f"run {run}: {host} alone did not converge")
                 per_host.append(seconds)
             sequential.append(sum(per_host))
-            print(f"run {run}: sequential {sum(per_host):.2f} s ({', '.join(f'{h} {s:.2f}' for h, s in zip(hosts, per_host))})",
-                  flush=True)
+            busy_after, total_after = cpu_busy()
+            print(f"run {run}: sequential {sum(per_host):.2f} s ({', '.join(f'{h} {s:.2f}' for h, s in zip(hosts, per_host))}), "
+                  f"machine CPU busy {100 * (busy_after - busy) / max(1, total_after - total):.0f}%", flush=True)
             clean()
+            busy, total = cpu_busy()
             seconds, ok = converge(directory)
+            busy_after, total_after = cpu_busy()
             if not ok:
                 raise SystemExit(f"run {run}: the fleet apply did not converge")
             parallel.append(seconds)
-            print(f"run {run}: fleet {seconds:.2f} s, ratio {seconds / sum(per_host):.2f}", flush=True)
+            print(f"run {run}: fleet {seconds:.2f} s, ratio {seconds / sum(per_host):.2f}, "
+                  f"machine CPU busy {100 * (busy_after - busy) / max(1, total_after - total):.0f}%", flush=True)
             clean()
     finally:
         lab.stop()
