@@ -15,8 +15,9 @@ import pytest
 from reconciler.core import planner
 from reconciler.runtime.controller import ControllerSettings
 from reconciler.runtime.controller.fleet_loop import FleetController
+from tests import factories
 from tests.integration.test_controller_inprocess import wait_until
-from tests.integration.test_fleet_cli import Fleet, fleet  # noqa: F401 (the fixture)
+from tests.integration.test_fleet_cli import Fleet, fleet, web  # noqa: F401 (the fixture)
 
 
 def controller(world: Fleet, tmp_path: Path, **options) -> FleetController:
@@ -84,3 +85,21 @@ def test_a_vm_destroyed_by_hand_is_started_again(fleet, running):  # noqa: F811
     assert not next(r for r in hypervisor.list_domains() if r.name == "web-1").power.active
 
     assert wait_until(lambda: next(r for r in hypervisor.list_domains() if r.name == "web-1").power.active, 20)
+
+
+def test_a_host_that_comes_up_later_is_connected_on_its_own_and_converged(fleet, running, tmp_path):  # noqa: F811
+    fleet.write_hosts(dead=True)
+    factories.write(fleet.manifests, "pinned.yaml", web("db", host="h4"))
+    runner = running()
+    assert wait_until(lambda: placed(fleet) == ["web-1", "web-2", "web-3", "web-4"], 20)
+    assert status(runner)["hosts"]["h4"]["connected"] is False
+    assert status(runner)["hosts"]["h4"]["vms"] == [{"name": "db", "state": "Unknown", "pending": []}]
+
+    dead = Path(fleet.dead_uri[len("test://"):])
+    dead.parent.mkdir()
+    dead.write_text((Path(fleet.uris["h1"][len("test://"):])).read_text())  # h4's libvirt now answers
+
+    assert wait_until(lambda: status(runner)["hosts"]["h4"]["connected"], 20)
+    assert wait_until(lambda: status(runner)["hosts"]["h4"]["vms"] == [
+        {"name": "db", "state": "running", "pending": []}], 20), status(runner)["hosts"]["h4"]
+    assert status(runner)["converged"] is True
