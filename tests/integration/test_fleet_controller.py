@@ -92,6 +92,7 @@ def test_a_host_that_comes_up_later_is_connected_on_its_own_and_converged(fleet,
     factories.write(fleet.manifests, "pinned.yaml", web("db", host="h4"))
     runner = running()
     assert wait_until(lambda: placed(fleet) == ["web-1", "web-2", "web-3", "web-4"], 20)
+    assert wait_until(lambda: "h4" in status(runner)["hosts"], 10)
     assert status(runner)["hosts"]["h4"]["connected"] is False
     assert status(runner)["hosts"]["h4"]["vms"] == [{"name": "db", "state": "Unknown", "pending": []}]
 

@@ -26,6 +26,7 @@ import contextlib
 import json
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from reconciler import errors, logconfig
@@ -181,8 +182,12 @@ class FleetController:
     def _reconnect_due(self) -> None:
         with self._links_lock:
             due = [link for link in self._links.values() if not link.connected and time.monotonic() >= link.next_attempt]
-        for link in due:
-            self._connect(link)
+        if len(due) == 1:
+            self._connect(due[0])
+        elif due:  # a host that hangs on connect (ssh) must not hold up the others
+            with ThreadPoolExecutor(max_workers=min(len(due), fleet_reconcile.DEFAULT_HOST_WORKERS),
+                                    thread_name_prefix="kvmops-connect") as pool:
+                list(pool.map(self._connect, due))
 
     def _connect(self, link: HostLink) -> None:
         try:
