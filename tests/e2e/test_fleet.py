@@ -12,6 +12,7 @@ defined and run, not what they run. (Migrations themselves: tests/e2e/test_migra
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -216,10 +217,51 @@ def test_a_host_label_change_moves_the_vm_that_selected_it(lab_fleet):
     world.labels["h3"]["role"] = "db"
     world.write_hosts()
     plan = world.kvmops("plan", str(world.manifests))
-    assert f"host  h1 -> h3" in plan.stdout, plan.stdout[-3000:]
+    assert re.search(r"~ host +h1 -> h3 ", plan.stdout), plan.stdout[-3000:]
     moved = world.kvmops("apply", str(world.manifests))
 
     assert moved.returncode == 0, moved.stdout[-4000:] + moved.stderr[-2000:]
     assert f"{world.prefix}-db" in world.domains()["h3"]
     assert f"{world.prefix}-db" not in world.domains()["h1"]
     assert world.kvmops("plan", str(world.manifests), "--detailed-exitcode").returncode == 0
+
+
+def test_evacuating_a_dead_host_defines_its_vm_elsewhere_on_the_shared_disk_and_its_return_is_split_brain(lab_fleet):
+    world = lab_fleet
+    shared = world.lab.shared / "pool"
+    shared.mkdir(exist_ok=True)
+    os.chmod(shared, 0o755)
+    name = f"{world.prefix}-nfs"
+    (world.manifests / "shared.yaml").write_text(yaml.safe_dump_all([
+        {"apiVersion": "kvmops/v1", "kind": "StoragePool", "metadata": {"name": f"{world.prefix}-shared"},
+         # on every host from the start: a host that defines the pool in the evacuation's own apply cannot see the
+         # volume in the plan, and the executor refuses to claim it (plan again and it is used as it is)
+         "spec": {"path": str(shared), "shared": True, "hosts": {"lab": world.prefix}}},
+        {"apiVersion": "kvmops/v1", "kind": "VirtualMachine", "metadata": {"name": name},
+         "spec": {"memory": "64MiB", "virtType": "qemu", "runStrategy": "Halted",
+                  "disks": [{"name": "root", "pool": f"{world.prefix}-shared", "size": "8MiB"}],
+                  "placement": {"hostSelector": {"lab": world.prefix}, "spreadBy": "rack"}}},
+    ], sort_keys=False), encoding="utf-8")
+    created = world.kvmops("apply", str(world.manifests))
+    assert created.returncode == 0, created.stdout[-3000:] + created.stderr[-2000:]
+    home = next(host for host, vms in world.domains().items() if name in vms)
+    lab_host = world.lab_host(home)
+    lab_host.kill_libvirtd()
+    try:
+        refused = world.kvmops("evacuate", home, str(world.manifests))
+        assert refused.returncode == 1 and "--host-is-dead" in refused.stderr
+        local = world.kvmops("evacuate", home, str(world.manifests), "--host-is-dead")
+        assert local.returncode == 1 and "refused, nothing planned" in local.stderr  # its other VMs have local disks
+
+        (world.manifests / "vms.yaml").write_text("", encoding="utf-8")  # leave only the VM on shared storage
+        for leftover in ("db.yaml",):
+            (world.manifests / leftover).unlink(missing_ok=True)
+        evacuated = world.kvmops("evacuate", home, str(world.manifests), "--host-is-dead", "--apply", "--no-prune")
+        assert "evacuated from" in evacuated.stdout, evacuated.stdout[-3000:] + evacuated.stderr[-2000:]
+        now = world.domains()
+        assert sum(name in vms for vms in now.values()) == 1 and name not in now.get(home, set()), evacuated.stdout[-5000:]
+    finally:
+        lab_host.restart_libvirtd()
+    back = world.kvmops("plan", str(world.manifests), "--no-prune")
+    assert back.returncode == 1
+    assert "split brain" in back.stdout + back.stderr
