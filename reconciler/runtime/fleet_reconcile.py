@@ -245,7 +245,7 @@ def apply(
             return dict(pool.map(run, sorted(parts)))
 
     first = run_hosts(lambda r: not is_removal(r) and not is_migration(r))
-    moved = _run_migrations(planned.plan, hypervisors, first, workers=host_workers, cancel=cancel,
+    moved = run_migrations(planned.plan, hypervisors, first, workers=host_workers, cancel=cancel,
                             only_from=migrations_from)
     last = run_hosts(lambda r: is_removal(r) and not is_migration(r))
     reports = {name: execute.ApplyReport(
@@ -259,7 +259,7 @@ def apply(
     return FleetApplyResult(planned, reports, moved, after)
 
 
-def _run_migrations(
+def run_migrations(
     plan: fleet.FleetPlan, hypervisors: Mapping[str, hv.Hypervisor], first: Mapping[str, execute.ApplyReport],
     *, workers: int, cancel: threading.Event, only_from: str | None,
 ) -> execute.ApplyReport:
