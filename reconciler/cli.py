@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -25,9 +26,10 @@ import reconciler
 from reconciler import errors, logconfig
 from reconciler.adapters import git
 from reconciler.adapters import hypervisor as hv
-from reconciler.core import actual, fleet, model, planner, redaction, render, snapshot, validation
+from reconciler.core import actual, fleet, model, planner, quantity, redaction, render, snapshot, trash, validation
 from reconciler.core import policy as policies
-from reconciler.runtime import adoption, doctor, execute, fleet_reconcile, hostlock, inspect, observe, reconcile, review
+from reconciler.runtime import (adoption, doctor, execute, fleet_reconcile, hostlock, inspect, observe, reconcile, recovery,
+                                review)
 from reconciler.runtime.report import fleet_report_text, report_text, status_table
 
 EXIT_OK = 0
@@ -148,6 +150,23 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", "-o", metavar="FILE", default=None, help="write to FILE instead of stdout")
     export.set_defaults(handler=cmd_state_export)
 
+    bin_ = commands.add_parser("trash", help="volumes deleted by a pass, kept for policy.trashRetention: list, restore")
+    bin_commands = bin_.add_subparsers(dest="trash_command", required=True, metavar="ACTION", parser_class=_Parser)
+    listed = bin_commands.add_parser("list", help="list what the pools' trash holds and until when")
+    connect_option(listed)
+    listed.add_argument("--output", "-o", choices=("table", "json"), default="table")
+    listed.add_argument("--config", metavar="FILE", default=os.environ.get("KVMOPS_CONFIG"),
+                        help="the host's configuration file, for policy.trashRetention (default: $KVMOPS_CONFIG; 24h)")
+    listed.set_defaults(handler=cmd_trash_list)
+    restore = bin_commands.add_parser("restore", help="move a deleted volume back into its pool")
+    restore.add_argument("volume", metavar="VOLUME")
+    restore.add_argument("--pool", default=None, help="the pool whose trash holds it (needed when several do)")
+    restore.add_argument("--lock-timeout", type=float, default=60.0, metavar="SECONDS",
+                         help="wait this long for another kvmops acting on the host (default: 60)")
+    restore.add_argument("--state-dir", default=None, help="directory of the host lock")
+    connect_option(restore)
+    restore.set_defaults(handler=cmd_trash_restore)
+
     schema = commands.add_parser("schema", help="print the JSON Schema of a manifest kind (for editors)")
     schema.add_argument("kind", metavar="KIND", nargs="?", default=None,
                         help=f"one of {', '.join(validation.SCHEMA_FILES)} or config; all when omitted")
@@ -255,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="calm needed after a manifest change before a pass (default: 0.3)")
     run.add_argument("--listen", default=None, metavar="HOST:PORT",
                      help="serve /healthz, /status and /metrics here (e.g. 127.0.0.1:9474)")
+    run.add_argument("--listen-token-file", default=None, metavar="FILE",
+                     help="/status and /metrics require 'Authorization: Bearer' with the token in FILE")
+    run.add_argument("--listen-insecure", action="store_true", default=None,
+                     help="allow a --listen address beyond loopback without a token")
     run.add_argument("--state-dir", default=None, help="directory of the host lock")
     run.add_argument("--no-prune", action="store_true", default=None, help="never remove domains whose manifest is gone")
     run.add_argument("--allow-mass-prune", action="store_true", default=None,
@@ -367,6 +390,7 @@ def _settings(args: argparse.Namespace) -> planner.Settings:
             if single_file and not args.no_prune else "pruning is disabled (--no-prune)"
         ),
         policy=policy, allow_mass_prune=bool(getattr(args, "allow_mass_prune", False)),
+        trash_retention=_trash_retention(args),
     )
 
 
@@ -383,6 +407,16 @@ def _host_configuration(args: argparse.Namespace) -> tuple[str, policies.Policy 
 
     config = configuration.read(path)
     return getattr(args, "scope", None) or str(config.get("scope") or DEFAULT_SCOPE), configuration.policy(config, path)
+
+
+def _trash_retention(args: argparse.Namespace) -> int:
+    """Return ``policy.trashRetention`` of the configuration file (``--config``), or the default: 24h."""
+    path = getattr(args, "config", None)
+    if not path:
+        return trash.DEFAULT_RETENTION
+    from reconciler.runtime import configuration  # as in _host_configuration
+
+    return configuration.trash_retention(configuration.read(path))
 
 
 def _colour(args: argparse.Namespace) -> bool:
@@ -531,6 +565,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     settings = planner.Settings(
         prune=not args.no_prune, allow_empty=args.allow_empty, virt_type=args.virt_type,
         shutdown_timeout=args.shutdown_timeout, scope=scope, policy=policy, allow_mass_prune=args.allow_mass_prune,
+        trash_retention=_trash_retention(args),
     )
     result = review.diff(args.path, args.base, args.head, settings=settings)
     title = f"kvmops diff {result.base_label} → {result.head_label}"
@@ -686,6 +721,46 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: runner.request_stop())
     signal.signal(signal.SIGHUP, lambda *_: runner.request_reload())
     return runner.run()
+
+
+# --- trash ------------------------------------------------------------------------------
+
+
+def cmd_trash_list(args: argparse.Namespace) -> int:
+    """Print every trash entry of the host's pools: volume, VM, when deleted, until when restorable."""
+    retention = _trash_retention(args)
+    with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
+        found = recovery.listing(hypervisor)
+    rows = recovery.rows(found, int(time.time()), retention)
+    if args.output == "json":
+        print(json.dumps({"entries": rows, "unreadable": list(found.unreadable)}, indent=2))
+        return EXIT_OK
+    for why in found.unreadable:
+        print(f"warning: {why}", file=sys.stderr)
+    if not rows:
+        print(f"the trash is empty on {redaction.redact_url(args.connect)}")
+        return EXIT_OK
+    columns = ("POOL", "VOLUME", "VM", "SCOPE", "SIZE", "DELETED", "STATE")
+    table = [list(columns)] + [[row[c.lower()] or "-" for c in columns] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    for line in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+    return EXIT_OK
+
+
+def cmd_trash_restore(args: argparse.Namespace) -> int:
+    """Move a volume from its pool's trash back into the pool, under the host lock."""
+    with hv.Hypervisor.open(args.connect) as hypervisor, _host_lock(args, hypervisor.uri):
+        restored = recovery.restore(hypervisor, args.volume, args.pool)
+    entry = restored.entry
+    print(f"restored volume {entry.pool}/{entry.volume} ({quantity.format_bytes(entry.capacity)}, deleted "
+          f"{trash.format_instant(entry.deleted_at)} from VM {entry.vm or '-'}, scope {entry.scope}) to {restored.path}")
+    if restored.others:
+        print(f"{restored.others} older deletion(s) of {entry.volume} stay in the trash (kvmops trash list)")
+    if entry.vm:
+        print(f"declare the disk again in VM {entry.vm} (pool: {entry.pool}, volume: {entry.volume}) in scope "
+              f"{entry.scope} and apply: kvmops reattaches it and treats it as the volume it created, as before")
+    return EXIT_OK
 
 
 # --- status -----------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from urllib.parse import urlparse
 import libvirt
 
 from reconciler import errors
-from reconciler.core import domxml, model, netxml, redaction, storagexml
+from reconciler.core import domxml, model, netxml, redaction, storagexml, trash
 from reconciler.core.plan import MigrationMode
 
 DEFAULT_URI = "qemu:///system"
@@ -135,13 +135,14 @@ def _mutating(method: _Method) -> _Method:
 
     @functools.wraps(method)
     def guarded(self, *args, **kwargs):
-        _count_mutating_call(name, args)
+        count_mutating_call(name, args)
         return method(self, *args, **kwargs)
 
     return guarded  # type: ignore[return-value]
 
 
-def _count_mutating_call(name: str, args: tuple) -> None:
+def count_mutating_call(name: str, args: tuple) -> None:
+    """Count one mutating operation for the crash hook (see :func:`_mutating`): also the trash's file operations."""
     global _mutating_calls
     setting = os.environ.get(CRASH_AT_VARIABLE, "")
     if not setting.isdigit() or int(setting) < 1:
@@ -333,7 +334,8 @@ class Hypervisor:
         reason = None
         if "kvm" in types and not test_driver and _is_local(self.uri):
             reason = local_kvm_problem()
-        return model.HostInfo(uri=self.uri, virt_types=tuple(types), test_driver=test_driver, kvm_unusable_reason=reason)
+        return model.HostInfo(uri=self.uri, virt_types=tuple(types), test_driver=test_driver, kvm_unusable_reason=reason,
+                              trash_unavailable=trash_unavailable(self.uri))
 
     def list_domains(self) -> list[model.DomainRecord]:
         """Return every domain with its inactive XML and power state."""
@@ -572,7 +574,9 @@ class Hypervisor:
         for volume in volumes:
             try:
                 with translated(f"cannot read a volume of pool {pool_name}"):
-                    _type, capacity, allocation = volume.info()
+                    kind, capacity, allocation = volume.info()
+                    if kind == libvirt.VIR_STORAGE_VOL_DIR and volume.name() == trash.TRASH_DIRECTORY:
+                        continue  # kvmops' trash: libvirt lists the directory, never what is inside it
                     result.append(model.ObservedVolume(pool_name, volume.name(), capacity, allocation, volume.path()))
             except errors.ObjectNotFound:
                 continue  # deleted while we looked
@@ -842,6 +846,17 @@ class Hypervisor:
                 raise
             return False
         return True
+
+    def volume_path(self, pool_name: str, name: str) -> str:
+        """Return the file of volume ``pool_name/name``."""
+        with translated(f"cannot look up volume {pool_name}/{name}"):
+            return self._connection.storagePoolLookupByName(pool_name).storageVolLookupByName(name).path()
+
+    def pool_directory(self, name: str) -> str | None:
+        """Return the target directory of pool ``name`` (without a trailing slash), or None if it has none."""
+        with translated(f"cannot read pool {name}"):
+            root = ET.fromstring(self._connection.storagePoolLookupByName(name).XMLDesc(0))
+        return (root.findtext("target/path") or "").rstrip("/") or None
 
     @_mutating
     def create_volume(self, pool_name: str, xml: str, name: str) -> None:
@@ -1178,6 +1193,20 @@ def _process_start_time(arguments: tuple[str, ...], pids: list[str] | None = Non
 
 def _is_local(uri: str) -> bool:
     return not urlparse(uri).hostname
+
+
+def trash_unavailable(uri: str) -> str:
+    """Return why kvmops cannot keep deleted volumes in a trash on the host of ``uri`` ("" when it can).
+
+    The trash is a directory in each pool's directory, moved into with ``rename``: only
+    where libvirt's files are this machine's files.
+    """
+    if uri.startswith("test:"):
+        return "the test driver keeps no files, so it has no trash"
+    if not _is_local(uri):
+        return (f"libvirt runs on another machine ({redaction.redact_url(uri)}) whose files kvmops cannot move, so it "
+                "has no trash there")
+    return ""
 
 
 def local_kvm_problem() -> str | None:

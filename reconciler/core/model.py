@@ -19,6 +19,9 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from reconciler.core.trash import TrashEntry
 
 
 class StrEnum(str, enum.Enum):
@@ -663,6 +666,7 @@ class HostInfo:
     test_driver: bool = False
     kvm_unusable_reason: str | None = None  # set when "kvm" is listed but cannot run guests
     offline: bool = False  # no real host behind it (`kvmops diff`): what only a host decides stays undecided
+    trash_unavailable: str = ""  # why deleted volumes cannot be kept in a trash on this host ("": they can)
 
 
 @dataclass(frozen=True)
@@ -693,6 +697,8 @@ class Observation:
     pools: tuple[ObservedPool, ...]
     volumes: tuple[ObservedVolume, ...]
     networks: tuple[NetworkRecord, ...] = ()
+    trash: tuple[TrashEntry, ...] = ()  # the entries of the pools' trash directories (core/trash.py)
+    trash_unreadable: tuple[str, ...] = ()  # what in a trash could not be read, one sentence each
 
 
 @dataclass(frozen=True)
@@ -704,10 +710,40 @@ class ActualState:
     pools: Mapping[str, ObservedPool]
     volumes: Mapping[tuple[str, str], ObservedVolume]  # (pool, name) -> volume
     networks: Mapping[str, ObservedNetwork] = field(default_factory=dict)
+    trash: tuple[TrashEntry, ...] = ()
+    trash_unreadable: tuple[str, ...] = ()
 
-    def volumes_by_path(self) -> dict[str, tuple[str, str]]:
-        """Return (pool, volume) by the volume's file path."""
-        return volumes_by_path(self.volumes.values())
+    def volumes_by_path(self) -> Mapping[str, tuple[str, str]]:
+        """Return (pool, volume) by the volume's file path (built once per state)."""
+        return self._index("volumes_by_path", lambda: MappingProxyType(volumes_by_path(self.volumes.values())))
+
+    def storage_users(self) -> Mapping[tuple[str, str], tuple[ObservedDomain, ...]]:
+        """Return, for each (pool, volume) or ("", file path) any domain uses, those domains by name.
+
+        Built once per state: the planner asks it per volume, and scanning every domain
+        each time made a plan grow with the square of the domain count.
+        """
+        def build() -> Mapping[tuple[str, str], tuple[ObservedDomain, ...]]:
+            users: dict[tuple[str, str], list[ObservedDomain]] = {}
+            for domain in sorted(self.domains.values(), key=lambda d: d.name):
+                for key in domain.storage:
+                    users.setdefault(key, []).append(domain)
+            return MappingProxyType({key: tuple(domains) for key, domains in users.items()})
+        return self._index("storage_users", build)
+
+    def macs_in_use(self) -> frozenset[str]:
+        """Return the MAC of every NIC of every domain, foreign ones too (built once per state)."""
+        return self._index("macs_in_use", lambda: frozenset(n.mac for d in self.domains.values() for n in d.nics if n.mac))
+
+    def _index(self, name: str, build):
+        # A state never changes, so an index of it is built on first use and kept with it.
+        # Two threads may both build it: the results are equal, either may stay.
+        key = "_index_" + name
+        found = self.__dict__.get(key)
+        if found is None:
+            found = build()
+            object.__setattr__(self, key, found)
+        return found
 
 
 def volumes_by_path(volumes: Iterable[ObservedVolume]) -> dict[str, tuple[str, str]]:

@@ -56,6 +56,7 @@ class FieldChange:
     new: str | None
     impact: Impact
     note: str = ""
+    loss: str = ""  # for a data-loss change, how the data goes: "moved to the trash, final after ...", "deleted at once: ..."
 
 
 # --- steps: one libvirt operation each --------------------------------------------------
@@ -186,6 +187,53 @@ class DeleteVolume(Step):
 
     def describe(self) -> str:
         return f"delete volume {self.pool}/{self.name} (DATA LOSS)"
+
+
+@dataclass(frozen=True)
+class MoveVolumeToTrash(Step):
+    """Move a volume's file into its pool's trash (``<pool_path>/.kvmops-trash/<entry>/``) instead of deleting it.
+
+    The same guards as :class:`DeleteVolume` (``domain`` still kvmops' and off, ``after``
+    gone, no other user); the record written next to the file is made of the other
+    fields, all chosen by the planner.  libvirt then forgets the volume (pool refresh).
+    """
+
+    kind: ClassVar[str] = "move_volume_to_trash"
+    pool: str
+    name: str
+    path: str  # the volume's file, at the top of the pool's directory
+    pool_path: str
+    entry: str  # the entry's directory name in the trash
+    deleted_at: int  # epoch seconds: the plan's time; the entry is final trashRetention after it
+    scope: str
+    capacity: int
+    reason: str
+    domain: str = ""
+    uuid: str = ""
+    after: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        return f"move volume {self.pool}/{self.name} to the trash ({self.entry})"
+
+
+@dataclass(frozen=True)
+class PurgeTrashEntry(Step):
+    """Remove an entry of a pool's trash: with ``holds_volume``, the deleted volume in it, for good.
+
+    ``holds_volume`` is what the plan saw; the executor does nothing if it no longer
+    holds (a volume restored since, or one moved in since).
+    """
+
+    kind: ClassVar[str] = "purge_trash_entry"
+    pool: str
+    pool_path: str
+    directory: str  # the entry's directory name (``.purging`` once its purge began)
+    holds_volume: bool
+
+    def describe(self) -> str:
+        if self.holds_volume:
+            return f"purge trash entry {self.pool}/{self.directory} (DATA LOSS, final)"
+        return f"remove trash record {self.pool}/{self.directory}"
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ def to_data(snapshot: Snapshot) -> dict:
         "hostname": snapshot.hostname,
         "host": {
             "uri": redaction.redact_url(host.uri), "virt_types": list(host.virt_types), "test_driver": host.test_driver,
-            "kvm_unusable_reason": host.kvm_unusable_reason,
+            "kvm_unusable_reason": host.kvm_unusable_reason, "trash_unavailable": host.trash_unavailable,
         },
         "domains": domains,
         "pools": [dataclasses.asdict(pool) for pool in observation.pools],
@@ -100,6 +100,7 @@ def from_data(data: object) -> Snapshot:
             host=model.HostInfo(
                 uri=host["uri"], virt_types=tuple(host["virt_types"]), test_driver=bool(host.get("test_driver")),
                 kvm_unusable_reason=host.get("kvm_unusable_reason"),
+                trash_unavailable=str(host.get("trash_unavailable") or ""),
             ),
             domains=tuple(records),
             pools=tuple(model.ObservedPool(**pool) for pool in data["pools"]),

@@ -39,13 +39,14 @@ from dataclasses import dataclass
 
 from reconciler import errors, logconfig
 from reconciler.adapters import hypervisor as hv
+from reconciler.adapters.trash import PoolTrash
 from reconciler.core import plan as plans
-from reconciler.core import domxml, hostdirs, model, planner, storagexml
+from reconciler.core import domxml, hostdirs, model, planner, storagexml, trash
 
 DEFAULT_WORKERS = 4
 STOP_POLL_SECONDS = 0.1
 PREREQUISITE_KINDS = ("StoragePool", "Network", "Image")  # in this order, before any VM
-SUBJECTS = {"VirtualMachine": "vm", "StoragePool": "pool", "Network": "network", "Image": "image"}
+SUBJECTS = {"VirtualMachine": "vm", "StoragePool": "pool", "Network": "network", "Image": "image", "Trash": "trash"}
 
 log = logconfig.get_logger("kvmops.execute")
 
@@ -253,6 +254,39 @@ def _resize_disk(h: hv.Hypervisor, step: plans.ResizeDisk, _cancel) -> str | Non
 def _delete_volume(h: hv.Hypervisor, step: plans.DeleteVolume, _cancel) -> str | None:
     if not h.volume_exists(step.pool, step.name):
         return "already gone"
+    _ensure_deletable(h, step)
+    return None if h.delete_volume(step.pool, step.name) else "already gone"
+
+
+def _move_volume_to_trash(h: hv.Hypervisor, step: plans.MoveVolumeToTrash, _cancel) -> str | None:
+    if not h.volume_exists(step.pool, step.name):
+        return "already gone"
+    if not os.path.lexists(step.path):
+        # moved by a pass that died before its refresh: libvirt still lists the file it no longer has
+        h.refresh_pool(step.pool)
+        return "already gone (in the trash)"
+    _ensure_deletable(h, step)
+    if h.pool_directory(step.pool) != step.pool_path or h.volume_path(step.pool, step.name) != step.path:
+        raise errors.OperationRefused(
+            f"pool {step.pool} or its volume {step.name} moved since the plan was made (planned: {step.path}); plan again"
+        )
+    record = trash.TrashEntry(
+        pool=step.pool, volume=step.name, entry=step.entry, scope=step.scope, vm=step.domain, vm_uuid=step.uuid,
+        deleted_at=step.deleted_at, capacity=step.capacity, reason=step.reason,
+    )
+    PoolTrash(step.pool, step.pool_path).move_in(step.path, record)
+    h.refresh_pool(step.pool)  # libvirt forgets the volume: it is no volume any more, only a file in the trash
+    return None
+
+
+def _purge_trash_entry(h: hv.Hypervisor, step: plans.PurgeTrashEntry, _cancel) -> str | None:
+    if h.pool_directory(step.pool) != step.pool_path:
+        raise errors.OperationRefused(f"pool {step.pool} is no longer at {step.pool_path}; plan again")
+    return PoolTrash(step.pool, step.pool_path).purge(step.directory, expect_volume=step.holds_volume)
+
+
+def _ensure_deletable(h: hv.Hypervisor, step: plans.DeleteVolume | plans.MoveVolumeToTrash) -> None:
+    """Refuse unless the volume's domain is still kvmops' and off, the domains sharing it are gone, no one else uses it."""
     if step.domain:
         h.ensure_owned(step.domain, step.uuid or None)
         if h.domain_power(step.domain)[0].active:
@@ -266,7 +300,6 @@ def _delete_volume(h: hv.Hypervisor, step: plans.DeleteVolume, _cancel) -> str |
             "deleted only once that domain is gone (the next pass finishes it)"
         )
     _ensure_unshared(h, step.pool, step.name, "delete", besides=step.domain or "")
-    return None if h.delete_volume(step.pool, step.name) else "already gone"
 
 
 def _ensure_unshared(h: hv.Hypervisor, pool: str, name: str, verb: str, *, besides: str = "") -> None:
@@ -650,6 +683,8 @@ _RUNNERS: dict[type, Callable] = {
     plans.ResizeVolume: _resize_volume,
     plans.ResizeDisk: _resize_disk,
     plans.DeleteVolume: _delete_volume,
+    plans.MoveVolumeToTrash: _move_volume_to_trash,
+    plans.PurgeTrashEntry: _purge_trash_entry,
     plans.DefineDomain: _define_domain,
     plans.SetAutostart: _set_autostart,
     plans.SetMemoryLive: _set_memory_live,
@@ -674,6 +709,8 @@ _EVENTS: dict[type, str] = {
     plans.ResizeVolume: "volume_grown",
     plans.ResizeDisk: "disk_grown",
     plans.DeleteVolume: "volume_deleted",
+    plans.MoveVolumeToTrash: "volume_moved_to_trash",
+    plans.PurgeTrashEntry: "trash_entry_purged",
     plans.DefineDomain: "domain_defined",
     plans.SetAutostart: "autostart_set",
     plans.SetMemoryLive: "memory_set_live",

@@ -131,7 +131,7 @@ def plan_from(
     only_host: str | None = None,
 ) -> FleetPlanResult:
     """Return the fleet plan of ``desired`` against ``observed`` (live, or a fleet snapshot)."""
-    settings = reconcile.salted(settings)
+    settings = reconcile.timed(reconcile.salted(settings))
     with reconcile.gc_paused():
         for host in sorted(evacuate):
             refuse_unsafe_evacuation(desired, observed, settings, host)

@@ -13,7 +13,8 @@ import dataclasses
 
 from reconciler import errors
 from reconciler.adapters import hypervisor as hv
-from reconciler.core import actual, model
+from reconciler.adapters.trash import PoolTrash
+from reconciler.core import actual, model, trash
 
 
 def collect(hypervisor: hv.Hypervisor) -> model.Observation:
@@ -39,7 +40,23 @@ def collect(hypervisor: hv.Hypervisor) -> model.Observation:
         except errors.ObjectNotFound:
             continue  # the pool went away while we looked
     networks = tuple(hypervisor.list_networks())
-    return model.Observation(host=host, domains=tuple(records), pools=pools, volumes=tuple(volumes), networks=networks)
+    entries, unreadable = collect_trash(host, pools)
+    return model.Observation(host=host, domains=tuple(records), pools=pools, volumes=tuple(volumes), networks=networks,
+                             trash=entries, trash_unreadable=unreadable)
+
+
+def collect_trash(host: model.HostInfo, pools: tuple[model.ObservedPool, ...]) -> tuple[tuple, tuple[str, ...]]:
+    """Return the entries of every active directory pool's trash on this machine, and what could not be read."""
+    entries: list = []
+    unreadable: list[str] = []
+    if host.trash_unavailable:
+        return (), ()
+    for pool in pools:
+        if pool.active and pool.path and pool.type in trash.POOL_TYPES:
+            found, broken = PoolTrash(pool.name, pool.path).entries()
+            entries.extend(found)
+            unreadable.extend(broken)
+    return tuple(entries), tuple(unreadable)
 
 
 def observe(hypervisor: hv.Hypervisor) -> model.ActualState:

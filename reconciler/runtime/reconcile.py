@@ -13,6 +13,7 @@ import gc
 import os
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -98,6 +99,15 @@ def gc_paused() -> Iterator[None]:
         gc.enable()
 
 
+def timed(settings: planner.Settings) -> planner.Settings:
+    """Return ``settings`` with the clock's time (epoch seconds) as the plan's now, unless it has one.
+
+    The core has no clock: volumes moved to the trash count as deleted at this time, and
+    trash entries are purged once ``trashRetention`` has passed since theirs.
+    """
+    return settings if settings.now else dataclasses.replace(settings, now=int(time.time()))
+
+
 def salted(settings: planner.Settings) -> planner.Settings:
     """Return ``settings`` with fresh random entropy for new password digests, unless it has some."""
     return settings if settings.password_salt else dataclasses.replace(settings, password_salt=secrets.token_bytes(16))
@@ -151,6 +161,9 @@ def with_host_file_paths(desired: model.DesiredState, actual: model.ActualState)
 
     vms = {}
     for name, vm in desired.vms.items():
+        if vm.cdrom is None and vm.install is None:
+            vms[name] = vm  # nothing to resolve: a spec is copied only when it names files
+            continue
         install = vm.install
         if install is not None:
             install = dataclasses.replace(install, kernel=resolved(install.kernel), initrd=resolved(install.initrd))
@@ -161,7 +174,7 @@ def with_host_file_paths(desired: model.DesiredState, actual: model.ActualState)
 def make_plan(path: str, hypervisor: hv.Hypervisor, *, settings: planner.Settings, revision: str = "",
               desired: model.DesiredState | None = None) -> PlanResult:
     """Return the plan converging ``hypervisor`` on the manifests under ``path`` (or ``desired``, already loaded)."""
-    settings = salted(settings)
+    settings = timed(salted(settings))
     with gc_paused():
         desired = desired if desired is not None else load_desired(path, revision=revision)
         actual = observe.observe(hypervisor)
@@ -179,7 +192,12 @@ def apply(
     cancel: threading.Event | None = None,
     planned: PlanResult | None = None,
 ) -> ApplyResult:
-    """Plan (unless ``planned`` is given), execute, then plan again to verify convergence."""
+    """Plan (unless ``planned`` is given), execute, then plan again to verify convergence.
+
+    The second plan is made at the first one's time: the trash entries this apply made are
+    not due then, whatever the retention (with 1s, a pass a second later purges them).
+    """
+    settings = timed(settings)
     planned = planned or make_plan(path, hypervisor, settings=settings)
     report = execute.execute(planned.plan, hypervisor, workers=workers, cancel=cancel)
     if report.cancelled:

@@ -65,6 +65,7 @@ class Controller:
     process: subprocess.Popen
     log_path: Path
     address: str = ""
+    token: str | None = None  # the listener's bearer token, when it was started with one
     exit_seconds: float | None = field(default=None, repr=False)
 
     # -- the log (JSON lines on stderr) --
@@ -125,21 +126,23 @@ class Controller:
 
     # -- HTTP --
 
-    def get(self, path: str) -> tuple[int, str]:
-        """Return (status, body) of GET ``path`` on the controller's listener."""
+    def get(self, path: str, token: str | None = None) -> tuple[int, str]:
+        """Return (status, body) of GET ``path`` on the controller's listener (with ``token`` as a bearer token)."""
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
         try:
-            with urllib.request.urlopen(f"http://{self.address}{path}", timeout=5) as response:
+            with urllib.request.urlopen(urllib.request.Request(f"http://{self.address}{path}", headers=headers),
+                                        timeout=5) as response:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as error:
             return error.code, error.read().decode()
 
     def healthz(self) -> int:
         """Return the HTTP status of ``/healthz``."""
-        return self.get("/healthz")[0]
+        return self.get("/healthz", self.token)[0]
 
     def status(self) -> dict:
         """Return the ``/status`` document."""
-        code, body = self.get("/status")
+        code, body = self.get("/status", self.token)
         assert code == 200, body
         return json.loads(body)
 
@@ -147,7 +150,7 @@ class Controller:
         """Return the value of one ``/metrics`` series (0 when absent)."""
         rendered = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
         series = f"{name}{{{rendered}}}" if labels else name
-        for line in self.get("/metrics")[1].splitlines():
+        for line in self.get("/metrics", self.token)[1].splitlines():
             key, _, value = line.rpartition(" ")
             if key == series:
                 return float(value)
@@ -179,7 +182,7 @@ def run_controller(host):
     """
     started: list[Controller] = []
 
-    def start(*flags: str, env: dict[str, str] | None = None) -> Controller:
+    def start(*flags: str, env: dict[str, str] | None = None, token: str | None = None) -> Controller:
         log_path = host.workdir / f"controller-{len(started)}.log"
         argv = [
             sys.executable, "-m", "reconciler", "--log-format", "json", "run", str(host.manifests),
@@ -191,7 +194,7 @@ def run_controller(host):
         with open(log_path, "wb") as log:
             process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                        env=environment, cwd=REPOSITORY)
-        controller = Controller(process, log_path)
+        controller = Controller(process, log_path, token=token)
         started.append(controller)
         controller.address = controller.wait_for("listener_started", timeout=30)["address"]
         controller.wait_for("reconcile_finished", timeout=30)
@@ -685,3 +688,53 @@ def test_sigterm_while_waiting_for_the_host_lock_exits_zero_promptly(host, run_c
         status = controller.terminate(timeout=8)
     assert status == 0
     assert controller.exit_seconds < 5, f"exit took {controller.exit_seconds:.1f}s"
+
+
+# --- who may read the listener ---------------------------------------------------------------
+
+
+def test_with_a_token_file_status_and_metrics_need_the_bearer_token_and_healthz_says_only_ok(host, run_controller):
+    """On all addresses with listen.tokenFile: 401 and a Bearer challenge without the token, the views with it,
+    /healthz 'ok' for anyone, and the token in no log line."""
+    token = "e2e-" + host.prefix + "-listener-token"
+    token_file = host.workdir / "listen-token"
+    token_file.write_text(token + "\n", encoding="utf-8")
+    token_file.chmod(0o600)
+    write_vm(host, "web", runStrategy="Halted")
+    controller = run_controller("--listen", "0.0.0.0:0", "--listen-token-file", str(token_file), token=token)
+    web = host.name("web")
+    assert host.wait(lambda: is_defined_and_off(host, web), 15)
+    port = controller.address.rpartition(":")[2]
+    controller.address = f"127.0.0.1:{port}"
+
+    assert controller.get("/status")[0] == 401
+    assert controller.get("/metrics", "not-" + token)[0] == 401
+    try:
+        urllib.request.urlopen(f"http://{controller.address}/status", timeout=5)
+        raise AssertionError("/status answered without a token")
+    except urllib.error.HTTPError as refused:
+        assert refused.headers["WWW-Authenticate"] == 'Bearer realm="kvmops"'
+    assert web in controller.status()["vms"]
+    assert controller.metric("kvmops_connected") == 1
+    assert host.wait(lambda: controller.get("/healthz") == (200, "ok\n"), 15), controller.get("/healthz", token)
+    assert token not in controller.log_text()
+    assert controller.crashes() == []
+
+
+def test_the_controller_refuses_to_listen_on_all_addresses_without_a_token(host):
+    """kvmops run --listen 0.0.0.0:PORT with neither a token file nor --listen-insecure exits 1 with one line,
+    having defined nothing."""
+    write_vm(host, "web", runStrategy="Halted")
+    argv = [sys.executable, "-m", "reconciler", "--log-format", "json", "run", str(host.manifests),
+            "--scope", host.prefix, "--connect", host.uri, "--listen", "0.0.0.0:0",
+            "--state-dir", str(state_dir(host))]
+    environment = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+    environment.update(host.env)
+
+    finished = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=environment, cwd=REPOSITORY)
+
+    assert finished.returncode == 1, finished.stderr
+    refusals = [line for line in finished.stderr.splitlines() if "refusing to listen on 0.0.0.0:0" in line]
+    assert len(refusals) == 1 and "listen.tokenFile" in refusals[0], finished.stderr
+    assert "Traceback" not in finished.stderr
+    assert host.domain(host.name("web")) is None

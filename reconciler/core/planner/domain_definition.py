@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import uuid as uuids
+from collections.abc import Container
 
 from reconciler.core import domxml, fields, model, password
 
@@ -154,13 +155,13 @@ class VMDefinition:
         nics = _resolve_macs(self.spec.nics, observed.nics if observed is not None else ())
         if all(nic.mac for nic in nics):
             return nics
-        taken = {n.mac for d in self.actual.domains.values() for n in d.nics if n.mac}
-        taken |= {n.mac for n in nics if n.mac}
+        in_use = self.actual.macs_in_use()  # indexed once per state, not copied per VM
+        own = {n.mac for n in nics if n.mac}
         resolved = []
         for index, nic in enumerate(nics):
             if nic.mac is None:
-                nic = dataclasses.replace(nic, mac=new_mac(f"{uuid}/{index}", taken))
-                taken.add(nic.mac)
+                nic = dataclasses.replace(nic, mac=new_mac(f"{uuid}/{index}", in_use, own))
+                own.add(nic.mac)
             resolved.append(nic)
         return tuple(resolved)
 
@@ -182,12 +183,12 @@ def new_uuid(scope: str, spec: model.VMSpec) -> str:
     return str(uuids.uuid5(_UUID_NAMESPACE, f"{scope}/{spec.name}/{spec.digest}"))
 
 
-def new_mac(seed: str, taken: set[str]) -> str:
-    """Return a MAC in QEMU's 52:54:00 range derived from ``seed``, avoiding ``taken`` ones."""
+def new_mac(seed: str, *taken: Container[str]) -> str:
+    """Return a MAC in QEMU's 52:54:00 range derived from ``seed``, in none of ``taken``."""
     for attempt in range(1000):
         digest = hashlib.sha256(f"{seed}/{attempt}".encode()).digest()
         mac = "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
-        if mac not in taken:
+        if not any(mac in macs for macs in taken):
             return mac
     raise ValueError("no free MAC address found")  # 1000 collisions in 2**24: not this universe
 

@@ -25,9 +25,11 @@ def volume_users(actual: model.ActualState, pool: str, name: str, *, besides: st
     volume = actual.volumes.get((pool, name))
     if volume is not None and volume.path:
         keys.add(("", posixpath.normpath(volume.path)))
+    using = actual.storage_users()
+    found = {other.name: other for key in keys for other in using.get(key, ())}
     users = []
-    for other in sorted(actual.domains.values(), key=lambda d: d.name):
-        if other.name != besides and keys.intersection(other.storage):
+    for other in (found[name] for name in sorted(found)):
+        if other.name != besides:
             if not other.owned:
                 whose = "foreign"
             else:

@@ -130,9 +130,12 @@ class Controller(ControllerStatus):
         """Run until :meth:`request_stop`; return the exit status (0 after a clean stop)."""
         hv.start_event_loop()
         if self.settings.listen:
-            self._server = StatusServer(self.settings.listen, {
-                "/healthz": self._healthz, "/status": self._status_route, "/metrics": self._metrics_route,
-            })
+            self._server = StatusServer(
+                self.settings.listen,
+                {"/healthz": self._healthz, "/status": self._status_route, "/metrics": self._metrics_route},
+                public={"/healthz": self._healthz_public},
+                token_file=self.settings.listen_token_file, insecure=self.settings.listen_insecure,
+            )
             self._server.start()
             log.info("listener_started", address=self._server.address)
         log.info("controller_started", manifests=self.settings.path or None, uri=redaction.redact_url(self.settings.uri),
@@ -360,7 +363,7 @@ class Controller(ControllerStatus):
         if planner.host_is_local(self.settings.uri):
             desired = reconcile.with_host_file_paths(desired, actual)
         with reconcile.gc_paused():
-            plan = planner.plan_changes(desired, actual, settings=self.settings.planner)
+            plan = planner.plan_changes(desired, actual, settings=reconcile.timed(self.settings.planner))
         self._record(desired, actual, plan)
         self._dispatch(plan, set(keys), full, reasons, reconcile_id, dispatched)
         for key in keys:
@@ -486,7 +489,7 @@ class Controller(ControllerStatus):
         except errors.KvmopsError as exc:
             log.error("reload_failed", error=str(exc), kept="previous configuration")
             return
-        kept = [name for name in ("uri", "listen", "workers", "state_dir")
+        kept = [name for name in ("uri", "listen", "listen_token_file", "listen_insecure", "workers", "state_dir")
                 if getattr(settings, name) != getattr(self.settings, name)]
         if kept:
             log.warning("reload_needs_restart", settings=kept)
