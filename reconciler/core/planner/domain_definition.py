@@ -89,6 +89,8 @@ class VMDefinition:
                 bound_name=spec.name, bound_uuid=uuid or "",
                 start_pending=self._first_start_pending(),
                 fleet=self.fleet, host=self.host,
+                # owed deletions on the host the VM came from: only the fleet's cleanup drops them
+                left_behind=observed.owner.left_behind if observed is not None and observed.owner is not None else (),
             ),
             firmware=spec.firmware,
             machine=machine,
