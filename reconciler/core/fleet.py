@@ -120,6 +120,29 @@ class FleetPlan:
         return f"Fleet {self.fleet}: " + "; ".join(parts)
 
 
+def why_unknown(vms: Collection[str], hosts: Collection[str]) -> str:
+    """Return why ``vms`` are neither created nor moved while ``hosts`` do not answer, and what a person can do.
+
+    A VM found on no reachable host, whose placement admits an unreachable one, may run
+    there: an earlier apply may have put it there, and kvmops keeps no record of past
+    placements (the marks on the hosts are the record, and that host cannot be read) to
+    tell it from a VM that is new. Creating it elsewhere could run it twice on the same
+    disks, so it waits, and the plan says how to end the wait.
+    """
+    names, where = ", ".join(sorted(vms)), ", ".join(sorted(hosts))
+    one = len(vms) == 1
+    host = "that host" if len(hosts) == 1 else "those hosts"
+    return (
+        f"{names} {'is' if one else 'are'} on no reachable host and {'its' if one else 'their'} placement admits "
+        f"{where}, which does not answer: an earlier apply may have put {'it' if one else 'them'} there, and kvmops "
+        f"keeps no record of past placements to tell that from a new VM, so {'it is' if one else 'they are'} not "
+        f"created elsewhere (that could run a VM twice). A new VM waits until {host} answer{'s' if len(hosts) == 1 else ''}; "
+        f"to create it now, pin it to a reachable Host (spec.placement.host, or a hostSelector {where} does not match); "
+        f"if {host} {'is' if len(hosts) == 1 else 'are'} dead for good: kvmops evacuate "
+        f"{where if len(hosts) == 1 else 'HOST'} --host-is-dead"
+    )
+
+
 def plan_fleet(
     desired: model.DesiredState,
     observed: Mapping[str, model.ActualState | HostUnreachable],
