@@ -225,7 +225,7 @@ def host_share(
     images |= {disk.image for spec in users for disk in spec.disks if disk.image is not None}
     images &= set(desired.images)
     pools = {name for name, spec in desired.pools.items() if placement.selects(spec.hosts, host)}
-    pools |= {pool for spec in users for _, pool in planner.vm_pools(spec)}
+    pools |= {pool for spec in users for _, pool in spec.pools_by_field()}
     pools |= {desired.images[name].pool for name in images}
     networks = {name for name, spec in desired.networks.items() if placement.selects(spec.hosts, host)}
     networks |= {nic.source for spec in users for nic in spec.nics if nic.kind == "network"}
@@ -515,7 +515,7 @@ def _migration(
                      f"{', '.join(f'{p}/{v}' if p else v for p, v in moved.media)}; {move.destination} must have them "
                      "(checked before the move)")
     destination = hosts[move.destination]
-    requires = [f"{move.destination}:StoragePool/{pool}" for _, pool in planner.vm_pools(spec) if pool in desired.pools]
+    requires = [f"{move.destination}:StoragePool/{pool}" for _, pool in spec.pools_by_field() if pool in desired.pools]
     requires += [f"{move.destination}:Network/{nic.source}" for nic in spec.nics
                  if nic.kind == "network" and nic.source in desired.networks]
     requires += [f"{move.destination}:Image/{disk.image}" for disk in spec.disks if disk.image is not None]

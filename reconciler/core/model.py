@@ -290,6 +290,19 @@ class VMSpec:
     placement: Placement | None = None  # None: no Host manifests, or the VM may run anywhere
     labels: tuple[tuple[str, str], ...] = ()  # metadata.labels, sorted: what anti-affinity and selectors match
 
+    def pools_by_field(self) -> list[tuple[str, str]]:
+        """Return (field path, pool name) for every pool the VM uses: disks, CD-ROM, install media, seed."""
+        used = [(f"spec.disks[{i}].pool", disk.pool) for i, disk in enumerate(self.disks) if disk.path is None]
+        if self.cdrom is not None and self.cdrom.pool:
+            used.append(("spec.cdrom.pool", self.cdrom.pool))
+        if self.install is not None and self.install.kernel.pool:
+            used.append(("spec.install.kernel.pool", self.install.kernel.pool))
+        if self.install is not None and self.install.initrd is not None and self.install.initrd.pool:
+            used.append(("spec.install.initrd.pool", self.install.initrd.pool))
+        if self.cloud_init is not None:
+            used.append(("spec.cloudInit.pool", self.cloud_init.pool))
+        return used
+
 
 @dataclass(frozen=True)
 class Placement:
