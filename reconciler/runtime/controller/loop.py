@@ -2,6 +2,9 @@
 
 Wake-ups only say *something may have changed*; each pass re-reads the manifests and
 libvirt and plans from scratch, with the same planner and executor as ``kvmops apply``.
+A pass woken only by some VMs' own events looks again at those VMs alone, in the last
+pass's observation of the host (:func:`reconciler.runtime.observe.refresh`): listing a
+busy host's domains waits behind every start and destroy on it.
 They come from:
 
 * the manifest directory (watchdog), after a short quiet period so that an editor's
