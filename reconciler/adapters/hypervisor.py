@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import functools
 import os
+import posixpath
 import re
 import signal
 import stat
@@ -29,7 +30,8 @@ import threading
 import time
 import uuid as uuids
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from xml.sax.saxutils import escape
 from typing import TypeVar
 from urllib.parse import urlparse
 
@@ -1010,6 +1012,7 @@ class Hypervisor:
         xml: str | None = None,
         progress: Callable[[int, int | None], None] | None = None,
         shared_storage_proven: bool = False,
+        copy_disks: Sequence[str] = (),
     ) -> float:
         """Move domain ``name`` (``uuid``) to the libvirtd at ``destination_uri``; return libvirt's seconds.
 
@@ -1033,6 +1036,9 @@ class Hypervisor:
         local socket (a lab on this machine) goes through 127.0.0.1; elsewhere libvirt asks
         the destination (its hostname, or qemu.conf's ``migration_host``).
 
+        ``copy_disks`` restricts ``LIVE_COPY_STORAGE`` to those disk targets
+        (``VIR_MIGRATE_PARAM_MIGRATE_DISKS``); the others must be on shared storage.
+
         ``progress(processed_bytes, total_bytes)`` is called about every second from
         another thread while libvirt works.  Refuses unless the domain here still has
         ``uuid``.  libvirt errors become :mod:`reconciler.errors`: a destination libvirtd
@@ -1053,11 +1059,15 @@ class Hypervisor:
             flags |= libvirt.VIR_MIGRATE_LIVE
         if mode is MigrationMode.LIVE_COPY_STORAGE:
             flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
-        if mode is MigrationMode.LIVE and shared_storage_proven:
+        if mode is not MigrationMode.OFFLINE and shared_storage_proven:
             flags |= libvirt.VIR_MIGRATE_UNSAFE
         params: dict = {}
+        if mode is MigrationMode.LIVE_COPY_STORAGE and copy_disks:
+            params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = list(copy_disks)
         if xml:
             params[libvirt.VIR_MIGRATE_PARAM_PERSIST_XML] = xml
+            if mode is MigrationMode.OFFLINE:  # libvirt 9 ignores PERSIST_XML offline: the definition is DEST_XML
+                params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = xml
         stream = migration_stream_uri(destination_uri)
         if stream and mode is not MigrationMode.OFFLINE:
             params[libvirt.VIR_MIGRATE_PARAM_URI] = stream
@@ -1121,6 +1131,48 @@ class Hypervisor:
             self.delete_volume(pool, probe)
             with contextlib.suppress(errors.KvmopsError):
                 other.refresh_pool(pool)
+
+    @contextlib.contextmanager
+    def _directory_pool(self, directory: str) -> Iterator[libvirt.virStoragePool]:
+        """Yield a transient dir pool (kvmops' own, never built) over ``directory``: how libvirt shows a host's files."""
+        name = f"kvmops-file-probe-{uuids.uuid4().hex[:12]}"
+        xml = f"<pool type='dir'><name>{name}</name><target><path>{escape(directory)}</path></target></pool>"
+        with translated(f"cannot look into directory {directory} on {self.uri}"):
+            pool = self._connection.storagePoolCreateXML(xml, 0)
+        try:
+            yield pool
+        finally:
+            with contextlib.suppress(libvirt.libvirtError):
+                pool.destroy()
+
+    def has_file(self, path: str) -> bool:
+        """Return whether this host has a file (or block device) at ``path``."""
+        directory = posixpath.dirname(path) or "/"
+        try:
+            with self._directory_pool(directory) as pool:
+                with translated(f"cannot list directory {directory} on {self.uri}"):
+                    return any(volume.path() == path for volume in pool.listAllVolumes(0))
+        except (errors.ObjectNotFound, errors.OperationRefused):
+            return False  # no such directory there
+
+    def shares_file_with(self, path: str, other: Hypervisor) -> bool:
+        """Return whether ``other`` sees the very file ``path`` of this host (shared storage), proven, not assumed.
+
+        A probe file created next to it here must appear in the same directory on ``other``;
+        it is removed afterwards.  A path ``other`` lacks is not shared.
+        """
+        if not other.has_file(path):
+            return False
+        directory = posixpath.dirname(path) or "/"
+        probe = f"kvmops-shared-probe-{uuids.uuid4().hex[:12]}"
+        with self._directory_pool(directory) as pool:
+            with translated(f"cannot create a probe file in {directory} on {self.uri}"):
+                volume = pool.createXML(storagexml.render_volume(probe, 0, image_format="raw"), 0)
+            try:
+                return other.has_file(posixpath.join(directory, probe))
+            finally:
+                with contextlib.suppress(libvirt.libvirtError):
+                    volume.delete(0)
 
     @_mutating
     def send_volume(self, pool: str, name: str, destination: Hypervisor) -> int:

@@ -474,6 +474,21 @@ class OwnedVolume:
 
 
 @dataclass(frozen=True)
+class LeftBehind:
+    """A copy of volume ``pool/name`` that a move left on host ``host``: kvmops deletes it there, then this record.
+
+    Written into the destination's definition by the migration itself (libvirt persists
+    it in the same job that moves the domain), so a VM found on its new host with such a
+    record proves that the volume on ``host`` is the copy it left, created by kvmops
+    under ``deletionPolicy: Delete``.
+    """
+
+    host: str
+    pool: str
+    name: str
+
+
+@dataclass(frozen=True)
 class Ownership:
     """kvmops' mark in a domain's ``<metadata>``: proof of ownership and what was applied."""
 
@@ -492,6 +507,7 @@ class Ownership:
     start_pending: bool = False  # Manual/RerunOnFailure: the start at creation has not happened yet
     fleet: str = ""  # the fleet (manifest set) that placed it, "" outside a fleet: a VM marked on two hosts is split brain
     host: str = ""  # the Host the fleet placed it on, "" outside a fleet
+    left_behind: tuple[LeftBehind, ...] = ()  # copies a move left on the host it came from, not yet deleted there
 
     def volume(self, pool: str, name: str) -> OwnedVolume | None:
         """Return the record of volume ``pool/name``, if this domain owns one."""

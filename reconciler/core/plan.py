@@ -325,6 +325,25 @@ class MigrateDomain(Step):
     ``destination_uri`` is the URI the *source* libvirtd dials (peer-to-peer), which may
     differ from the URI kvmops itself uses for the destination. ``xml`` is the definition
     to persist on the destination (the source's, with the mark naming the new host).
+
+    Every storage the domain uses is named by exactly one of:
+
+    * ``copies``: targets of the writable disks libvirt copies during a live move
+      (``VIR_MIGRATE_NON_SHARED_DISK`` restricted to them); empty with
+      ``live-copy-storage`` means every writable disk;
+    * ``sends``: volumes kvmops streams to the destination's pool of the same name before
+      the move: read-only media it created (the cloud-init seed), which libvirt never
+      copies, and, offline, every local volume;
+    * ``shared_files``: files outside any pool the guest writes; the destination must see
+      the very same file (proven with a probe), since kvmops never writes a file it did
+      not create;
+    * ``media``: read-only media kvmops did not create, as ``(pool, volume)`` or
+      ``("", path)``: the destination must already have them;
+    * anything else is in a pool both hosts share (proven before the move).
+
+    ``stop_first``: the guest runs but cannot move live, so it is shut down first
+    (gracefully, forcibly after ``shutdown_timeout`` seconds) and moved offline;
+    ``start_after``: it is started on the destination once there.
     """
 
     kind: ClassVar[str] = "migrate_domain"
@@ -335,9 +354,17 @@ class MigrateDomain(Step):
     destination_uri: str
     mode: MigrationMode
     xml: str = field(default="", repr=False)
+    copies: tuple[str, ...] = ()
+    sends: tuple[tuple[str, str], ...] = ()
+    shared_files: tuple[str, ...] = ()
+    media: tuple[tuple[str, str], ...] = ()
+    stop_first: bool = False
+    start_after: bool = False
+    shutdown_timeout: float = 0.0
 
     def describe(self) -> str:
-        return f"migrate {self.name} from {self.source} to {self.destination} ({self.mode.value})"
+        how = "stopped, moved offline, started again" if self.stop_first else self.mode.value
+        return f"migrate {self.name} from {self.source} to {self.destination} ({how})"
 
 
 @dataclass(frozen=True)
@@ -345,7 +372,7 @@ class DeleteMovedVolume(Step):
     """Delete, on the host a domain left, volume ``pool/name`` it used there; runs after its :class:`MigrateDomain`.
 
     Only once the domain (``uuid``) is gone from this host and defined, with kvmops' mark,
-    on ``destination``; only if ``destination`` has its own copy of the volume and does
+    on ``destination`` (running there, when ``running``); only if ``destination`` has its own copy of the volume and does
     not see this very file (a shared pool: the guest's disk now, never deleted).
     """
 
@@ -355,9 +382,29 @@ class DeleteMovedVolume(Step):
     domain: str
     uuid: str
     destination: str
+    running: bool = False  # and only while the domain runs there (it moved live, or was restarted there)
+    source: str = ""  # the host this runs on, the one the destination's mark names as holding the copy
 
     def describe(self) -> str:
         return f"delete volume {self.pool}/{self.name} left behind by {self.domain} (now on {self.destination})"
+
+
+@dataclass(frozen=True)
+class ForgetMovedVolume(Step):
+    """Drop, from the mark of domain ``domain`` (``uuid``) on host ``destination``, the record that volume
+    ``pool/name`` was left on ``source``: it is gone there, or it is kept (``deletionPolicy: Retain``, a shared pool).
+    """
+
+    kind: ClassVar[str] = "forget_moved_volume"
+    pool: str
+    name: str
+    domain: str
+    uuid: str
+    source: str
+    destination: str
+
+    def describe(self) -> str:
+        return f"forget {self.domain}'s copy of {self.pool}/{self.name} on {self.source} (its mark on {self.destination})"
 
 
 @dataclass(frozen=True)

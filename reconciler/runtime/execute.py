@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import os
 import threading
 import xml.etree.ElementTree as ET
@@ -534,7 +535,7 @@ def _peer(hosts: Mapping[str, hv.Hypervisor], name: str) -> hv.Hypervisor:
 
 
 def _migrate_domain(source: hv.Hypervisor, hosts: Mapping[str, hv.Hypervisor], step: plans.MigrateDomain,
-                    _cancel: threading.Event) -> str | None:
+                    cancel: threading.Event) -> str | None:
     if step.source in hosts and hosts[step.source].uri != source.uri:
         raise errors.PlanningError(
             f"the migration of {step.name} leaves host {step.source}, but runs in the plan of {source.uri}"
@@ -551,63 +552,120 @@ def _migrate_domain(source: hv.Hypervisor, hosts: Mapping[str, hv.Hypervisor], s
     power = source.domain_power(step.name)[0]
     if live and not power.active:
         raise errors.OperationRefused(f"domain {step.name} is not running; a live migration needs it running. Plan again")
-    if not live and power is not model.PowerState.SHUTOFF:
+    if not live and not step.stop_first and power is not model.PowerState.SHUTOFF:
         raise errors.OperationRefused(
             f"domain {step.name} is {power.value}; an offline migration moves a shut-off domain only. Plan again"
         )
+    proven = _check_storage(source, destination, step)
+    # Every check is done: only now may the guest stop.
+    stopped = ""
+    if step.stop_first and power is not model.PowerState.SHUTOFF:
+        stopped = _stop_domain(source, plans.StopDomain(step.name, step.shutdown_timeout), cancel) or ""
+    sent: list[tuple[str, str]] = []
+    try:
+        for pool, volume in step.sends:  # libvirt copies no read-only disk, and no storage offline
+            source.send_volume(pool, volume, destination)
+            sent.append((pool, volume))
+
+        def progress(done: int, total: int | None) -> None:
+            share = f"{done * 100 // total}%" if total else f"{done // (1024 * 1024)} MiB"
+            log.info("migration_progress", vm=step.name, destination=step.destination, done_bytes=done,
+                     total_bytes=total, progress=share)
+
+        seconds = source.migrate(step.name, step.uuid, step.destination_uri, step.mode, xml=step.xml or None,
+                                 progress=progress, shared_storage_proven=proven, copy_disks=step.copies)
+    except errors.KvmopsError:
+        if destination.domain_name_by_uuid(step.uuid) is None:  # our copies, unused: nothing refers to them
+            for pool, volume in sent:
+                with contextlib.suppress(errors.KvmopsError):
+                    destination.delete_volume(pool, volume)
+            if stopped and source.domain_name_by_uuid(step.uuid) == step.name:
+                with contextlib.suppress(errors.KvmopsError):  # it stopped for the move only: it runs again here
+                    source.start_domain(step.name)
+        raise
+    _verify_moved(source, destination, step)
+    started = ""
+    if step.start_after:
+        started = "; started there" if destination.start_domain(step.name) else "; already running there"
+    copies = f", {len(sent)} volume(s) copied by kvmops" if sent else ""
+    if live:
+        return f"{step.mode.value} migration by libvirt in {seconds * 1000:.0f} ms{copies}; runs on {step.destination}"
+    return (f"{'stopped (' + stopped + '), ' if stopped else ''}offline migration by libvirt in {seconds * 1000:.0f} ms"
+            f"{copies}; defined on {step.destination}{started}")
+
+
+def _check_storage(source: hv.Hypervisor, destination: hv.Hypervisor, step: plans.MigrateDomain) -> bool:
+    """Refuse the move unless each storage of the domain goes where the plan says; return whether every writable
+    disk libvirt does not copy was just proven shared (a pool, or the very file, seen by both hosts)."""
     disks = _writable_disks(source.domain_xml(step.name))
-    pools = sorted({pool for pool, _volume in disks if pool})
-    shared = {pool: source.shares_pool_with(pool, destination) for pool in pools}
-    if step.mode is plans.MigrationMode.LIVE:
-        unshared = [pool for pool in pools if not shared[pool]]
-        if unshared:
+    copy_all = step.mode is plans.MigrationMode.LIVE_COPY_STORAGE and not step.copies
+    copied = {target for target, _pool, _volume, _path in disks} if copy_all else set(step.copies)
+    sent = set(step.sends)
+    shared: dict[str, bool] = {}
+
+    def pool_shared(pool: str) -> bool:
+        if pool not in shared:
+            shared[pool] = source.shares_pool_with(pool, destination)
+        return shared[pool]
+
+    proven = True
+    for target, pool, volume, path in disks:
+        moves = target in copied or (pool, volume) in sent
+        if path is not None:
+            if moves:
+                raise errors.OperationRefused(
+                    f"disk {target} of {step.name} is the file {path}, outside any pool: kvmops never writes a file it "
+                    "did not create, so it is not copied. Plan again"
+                )
+            if path not in step.shared_files or not source.shares_file_with(path, destination):
+                raise errors.OperationRefused(
+                    f"disk {target} of {step.name} is the file {path}, outside any pool, and {step.destination} does "
+                    f"not see that very file (a probe file created next to it on {step.source} does not appear there, "
+                    "or the path is missing): kvmops cannot copy a file it did not create. Put it on storage both "
+                    "hosts share, or move the VM yourself"
+                )
+            continue
+        if not pool:
+            raise errors.OperationRefused(f"disk {target} of {step.name} has no file kvmops can name; not migrating it")
+        if moves and pool_shared(pool):
             raise errors.OperationRefused(
-                f"pool {', '.join(unshared)} is not shared between {step.source} and {step.destination} (a file "
-                f"created in it on {step.source} does not appear on {step.destination}); a live migration without "
-                "storage copy would leave the guest without its disks. Plan again"
+                f"pool {pool} is shared with {step.destination}: copying {pool}/{volume} onto itself would destroy "
+                "it. Plan again"
             )
-    volumes = [(pool, volume) for pool, volume in disks if pool and not shared[pool]]
-    if step.mode is plans.MigrationMode.LIVE_COPY_STORAGE:
-        overlap = [pool for pool in pools if shared[pool]]
-        if overlap:
+        if not moves and not pool_shared(pool):
             raise errors.OperationRefused(
-                f"pool {', '.join(overlap)} is shared with {step.destination}: copying its volumes onto themselves "
-                "would destroy them; the move must be live without storage copy. Plan again"
+                f"pool {pool} is not shared between {step.source} and {step.destination} (a file created in it on "
+                f"{step.source} does not appear on {step.destination}) and the plan does not copy {pool}/{volume}: "
+                "the guest would lose that disk. Plan again"
             )
-    for pool, volume in volumes:
+    for pool, volume in (*step.sends, *((p, v) for t, p, v, _ in disks if t in copied and p)):
+        if pool_shared(pool):
+            raise errors.OperationRefused(
+                f"pool {pool} is shared with {step.destination}: copying {pool}/{volume} onto itself would destroy "
+                "it. Plan again"
+            )
         if destination.volume_exists(pool, volume):
             raise errors.OwnershipError(
                 f"volume {pool}/{volume} already exists on {step.destination}; kvmops will not overwrite it with "
-                f"{step.name}'s disk. Remove it there if it is a leftover, or plan again"
+                f"{step.name}'s copy. Remove it there if it is a leftover, or plan again"
             )
-    copied: list[tuple[str, str]] = []
-    if step.mode is plans.MigrationMode.OFFLINE:
-        for pool, volume in volumes:  # libvirt moves no storage offline
-            source.send_volume(pool, volume, destination)
-            copied.append((pool, volume))
-
-    def progress(done: int, total: int | None) -> None:
-        share = f"{done * 100 // total}%" if total else f"{done // (1024 * 1024)} MiB"
-        log.info("migration_progress", vm=step.name, destination=step.destination, done_bytes=done, total_bytes=total,
-                 progress=share)
-
-    try:
-        seconds = source.migrate(step.name, step.uuid, step.destination_uri, step.mode, xml=step.xml or None,
-                                 progress=progress, shared_storage_proven=all(pool for pool, _ in disks))
-    except errors.KvmopsError:
-        if destination.domain_name_by_uuid(step.uuid) is None:  # our copies, unused: nothing refers to them
-            for pool, volume in copied:
-                with contextlib.suppress(errors.KvmopsError):
-                    destination.delete_volume(pool, volume)
-        raise
-    _verify_moved(source, destination, step)
-    copies = f", {len(volumes)} volume(s) copied" if volumes else ""
-    return f"{step.mode.value} migration by libvirt in {seconds * 1000:.0f} ms{copies}; runs on {step.destination}" if live \
-        else f"offline migration by libvirt in {seconds * 1000:.0f} ms{copies}; defined on {step.destination}"
+    for pool, name in step.media:
+        if pool and "/" not in name:
+            present = destination.volume_exists(pool, name)
+        else:
+            directory = next((p.path for p in destination.list_pools() if p.name == pool), None) if pool else ""
+            present = directory is not None and destination.has_file(f"{directory}/{name}" if pool else name)
+        if not present:
+            where = f"{pool}/{name}" if pool else name
+            raise errors.OperationRefused(
+                f"{step.destination} has no {where}, read-only media of {step.name} that kvmops did not create and "
+                f"does not copy; put it there (the same file), then plan again"
+            )
+    return proven
 
 
-def _writable_disks(xml: str) -> list[tuple[str | None, str | None]]:
-    """Return (pool, volume) of every disk of the domain that QEMU writes: (None, None) for a file outside any pool."""
+def _writable_disks(xml: str) -> list[tuple[str, str | None, str | None, str | None]]:
+    """Return (target, pool, volume, path) of every disk of the domain that QEMU writes; path for a file outside pools."""
     root = domxml.parse_tree(xml)
     disks = []
     for element in root.iterfind("devices/disk"):
@@ -616,7 +674,12 @@ def _writable_disks(xml: str) -> list[tuple[str | None, str | None]]:
         source = element.find("source")
         if source is None:
             continue
-        disks.append((source.get("pool"), source.get("volume")) if source.get("pool") else (None, None))
+        target = element.find("target")
+        dev = target.get("dev", "") if target is not None else ""
+        if source.get("pool"):
+            disks.append((dev, source.get("pool"), source.get("volume"), None))
+        else:
+            disks.append((dev, None, None, source.get("file") or source.get("dev") or ""))
     return disks
 
 
@@ -655,6 +718,17 @@ def _delete_moved_volume(source: hv.Hypervisor, hosts: Mapping[str, hv.Hyperviso
             "here may be its only copy, not deleted. Plan again"
         )
     destination.ensure_owned(step.domain, step.uuid)
+    if step.running and not destination.domain_power(step.domain)[0].active:
+        raise errors.OperationRefused(
+            f"{step.domain} does not run on {step.destination}; its old copy {step.pool}/{step.name} here is deleted "
+            "only once it does (the next pass finishes it)"
+        )
+    owner, _binding = domxml.mark_binding(domxml.parse_tree(destination.domain_xml(step.domain)))
+    if owner is None or model.LeftBehind(step.source or _host_of(hosts, source), step.pool, step.name) not in owner.left_behind:
+        raise errors.OwnershipError(
+            f"the mark of {step.domain} on {step.destination} does not record {step.pool}/{step.name} as the copy it "
+            "left here; kvmops cannot prove this volume is that copy, not deleted"
+        )
     if not destination.volume_exists(step.pool, step.name):
         raise errors.OperationRefused(
             f"{step.destination} has no volume {step.pool}/{step.name}: the one here may be {step.domain}'s only copy; "
@@ -669,9 +743,28 @@ def _delete_moved_volume(source: hv.Hypervisor, hosts: Mapping[str, hv.Hyperviso
     return None if source.delete_volume(step.pool, step.name) else "already gone"
 
 
+def _host_of(hosts: Mapping[str, hv.Hypervisor], hypervisor: hv.Hypervisor) -> str:
+    """Return the name under which ``hosts`` knows ``hypervisor``."""
+    return next((name for name, h in hosts.items() if h is hypervisor or h.uri == hypervisor.uri), "")
+
+
+def _forget_moved_volume(source: hv.Hypervisor, hosts: Mapping[str, hv.Hypervisor], step: plans.ForgetMovedVolume,
+                         _cancel: threading.Event) -> str | None:
+    destination = _peer(hosts, step.destination)
+    destination.ensure_owned(step.domain, step.uuid)
+    owner, _binding = domxml.mark_binding(domxml.parse_tree(destination.domain_xml(step.domain)))
+    left = model.LeftBehind(step.source, step.pool, step.name)
+    if owner is None or left not in owner.left_behind:
+        return "already forgotten"
+    destination.set_owner(step.domain, dataclasses.replace(
+        owner, left_behind=tuple(record for record in owner.left_behind if record != left)))
+    return None
+
+
 _FLEET_RUNNERS: dict[type, Callable] = {
     plans.MigrateDomain: _migrate_domain,
     plans.DeleteMovedVolume: _delete_moved_volume,
+    plans.ForgetMovedVolume: _forget_moved_volume,
 }
 
 _RUNNERS: dict[type, Callable] = {
@@ -727,4 +820,5 @@ _EVENTS: dict[type, str] = {
     plans.RemoveNetwork: "network_removed",
     plans.MigrateDomain: "domain_migrated",
     plans.DeleteMovedVolume: "moved_volume_deleted",
+    plans.ForgetMovedVolume: "moved_volume_forgotten",
 }
