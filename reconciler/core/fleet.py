@@ -539,3 +539,22 @@ def _migration(
         ), *cleanups),
         manifest=spec.manifest, notes=tuple(notes), requires=tuple(dict.fromkeys(requires)),
     )
+
+
+def evacuation_refusals(desired: model.DesiredState, vms: Collection[str]) -> tuple[str, ...]:
+    """Return why each of ``vms`` (on a host declared dead) cannot be started elsewhere: a disk not on a shared pool.
+
+    Its only copy is on the dead host; defining it anew elsewhere would start it on new,
+    empty disks, which is not moving it. Empty: every one of them can be evacuated.
+    """
+    refusals = []
+    for name in sorted(vms):
+        spec = desired.vms.get(name)
+        if spec is None:
+            continue
+        local = [disk.name for disk in spec.disks
+                 if disk.path is not None or not (disk.pool in desired.pools and desired.pools[disk.pool].shared)]
+        if local:
+            refusals.append(f"VM {name} has disks that are not on a shared pool ({', '.join(local)}): their only copy "
+                            "is on the dead host")
+    return tuple(refusals)
