@@ -18,9 +18,10 @@ crash hook the crash tests use (``KVMOPS_TEST_CRASH_AT``, see :func:`_mutating`)
 from __future__ import annotations
 
 import contextlib
-import posixpath
+import dataclasses
 import functools
 import os
+import posixpath
 import re
 import signal
 import stat
@@ -363,6 +364,25 @@ class Hypervisor:
         shutoff_reason = _SHUTOFF_REASONS.get(reason, model.ShutoffReason.OTHER) if state == libvirt.VIR_DOMAIN_SHUTOFF else None
         return model.DomainRecord(name, uuid, xml, power, shutoff_reason, autostart, persistent)
 
+    def domain_record(self, name: str) -> model.DomainRecord | None:
+        """Return domain ``name`` as a whole-host observation records it (live XML too when it runs), or None.
+
+        Touches that domain only (``lookupByName``): unlike :meth:`list_domains`, which
+        waits for every domain's lock, it is not held up by other domains being started
+        or destroyed.
+        """
+        try:
+            with translated(f"cannot look up domain {name}"):
+                domain = self._connection.lookupByName(name)
+            record = self._record(domain)
+            if record.power.active and record.persistent:
+                with translated(f"cannot read domain {name}"):
+                    live = domain.XMLDesc(0) if domain.isActive() else None
+                record = dataclasses.replace(record, live_xml=live)
+        except errors.ObjectNotFound:
+            return None  # none, or undefined while we looked
+        return record
+
     def domain_xml(self, name: str) -> str:
         """Return the persistent configuration of domain ``name`` (its live one if transient)."""
         with translated(f"cannot read domain {name}"):
@@ -389,16 +409,28 @@ class Hypervisor:
         result = []
         for pool in pools:
             try:
-                with translated("cannot read a storage pool"):
-                    root = ET.fromstring(pool.XMLDesc(0))
-                    result.append(model.ObservedPool(
-                        name=pool.name(), type=root.get("type", ""),
-                        path=(root.findtext("target/path") or "").rstrip("/") or None,
-                        active=bool(pool.isActive()), autostart=bool(pool.autostart()),
-                    ))
+                result.append(self._pool_record(pool))
             except errors.ObjectNotFound:
                 continue  # undefined between the listing and now: it is simply gone
         return result
+
+    def pool_record(self, name: str) -> model.ObservedPool | None:
+        """Return storage pool ``name`` as :meth:`list_pools` would, or None when there is none."""
+        try:
+            with translated(f"cannot look up storage pool {name}"):
+                pool = self._connection.storagePoolLookupByName(name)
+            return self._pool_record(pool)
+        except errors.ObjectNotFound:
+            return None
+
+    def _pool_record(self, pool: libvirt.virStoragePool) -> model.ObservedPool:
+        with translated("cannot read a storage pool"):
+            root = ET.fromstring(pool.XMLDesc(0))
+            return model.ObservedPool(
+                name=pool.name(), type=root.get("type", ""),
+                path=(root.findtext("target/path") or "").rstrip("/") or None,
+                active=bool(pool.isActive()), autostart=bool(pool.autostart()),
+            )
 
     def list_networks(self) -> list[model.NetworkRecord]:
         """Return every libvirt network with its XML."""
@@ -587,6 +619,39 @@ class Hypervisor:
                     return []  # the pool stopped while we looked
                 raise
         return result
+
+    def volume_record(self, pool_name: str, name: str) -> model.ObservedVolume | None:
+        """Return volume ``name`` of pool ``pool_name`` as :meth:`list_volumes` would, or None when libvirt knows none.
+
+        One lookup: the pool is not refreshed or listed, so a file put in its directory
+        behind libvirt's back shows only in a whole-host observation.
+        """
+        try:
+            with translated(f"cannot look up volume {pool_name}/{name}"):
+                volume = self._connection.storagePoolLookupByName(pool_name).storageVolLookupByName(name)
+                _kind, capacity, allocation = volume.info()
+                return model.ObservedVolume(pool_name, name, capacity, allocation, volume.path())
+        except errors.ObjectNotFound:
+            return None
+        except errors.OperationRefused as exc:
+            if exc.code == libvirt.VIR_ERR_OPERATION_INVALID:  # the pool is not running
+                return None
+            raise
+
+    def volume_at(self, path: str) -> model.ObservedVolume | None:
+        """Return the pool volume whose file is ``path``, or None when no running pool has it."""
+        try:
+            with translated(f"cannot look up the volume at {path}"):
+                volume = self._connection.storageVolLookupByPath(path)
+                pool = volume.storagePoolLookupByVolume().name()
+                _kind, capacity, allocation = volume.info()
+                return model.ObservedVolume(pool, volume.name(), capacity, allocation, volume.path())
+        except errors.ObjectNotFound:
+            return None
+        except errors.OperationRefused as exc:
+            if exc.code == libvirt.VIR_ERR_OPERATION_INVALID:
+                return None
+            raise
 
     # -- ownership guard ----------------------------------------------------------------
 

@@ -36,13 +36,13 @@ from reconciler.core.planner.networks import network_problems, orphan_networks, 
 from reconciler.core.planner.pools import plan_pool, pool_problems, refused_pool_path
 from reconciler.core.planner.prune import plan_prune, prune_suspension
 from reconciler.core.planner.settings import Settings
-from reconciler.core.planner.sharing import volume_users, wanted_volumes
+from reconciler.core.planner.sharing import vm_volumes, volume_users, wanted_volumes
 from reconciler.core.planner.vms import desired_definition, plan_vm
 
 __all__ = [
     "Settings", "UNBOUND_MARK_KEPT", "UNDECIDED_VIRT_TYPE", "desired_definition", "host_is_local", "mark_is_unbound",
     "mark_warnings", "network_problems", "new_mac", "new_uuid", "password_salt", "plan_changes", "pool_problems",
-    "refused_pool_path", "resolve_virt_type", "restart_pending", "scope_of", "volume_users", "wanted_volumes",
+    "refused_pool_path", "resolve_virt_type", "restart_pending", "scope_of", "vm_volumes", "volume_users", "wanted_volumes",
 ]
 
 
