@@ -1012,7 +1012,7 @@ class Hypervisor:
             watcher = threading.Thread(target=_report_job, args=(domain, finished, progress), daemon=True,
                                        name=f"kvmops-migrate-{name}")
             watcher.start()
-        _count_mutating_call("migrate", (name, destination_uri))
+        count_mutating_call("migrate", (name, destination_uri))
         started = time.monotonic()
         try:
             domain.migrateToURI3(destination_uri, params, flags)
