@@ -26,10 +26,11 @@ import reconciler
 from reconciler import errors, logconfig
 from reconciler.adapters import git
 from reconciler.adapters import hypervisor as hv
-from reconciler.core import planner, quantity, redaction, render, snapshot, trash, validation
+from reconciler.core import actual, fleet, model, planner, quantity, redaction, render, snapshot, trash, validation
 from reconciler.core import policy as policies
-from reconciler.runtime import adoption, doctor, execute, hostlock, inspect, observe, reconcile, recovery, review
-from reconciler.runtime.report import report_text, status_table
+from reconciler.runtime import (adoption, doctor, execute, fleet_reconcile, hostlock, inspect, observe, reconcile, recovery,
+                                review)
+from reconciler.runtime.report import fleet_report_text, report_text, status_table
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -64,9 +65,22 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--connect", "-c", metavar="URI", default=default_uri() if required_default else None,
                              help="libvirt URI (default: $KVMOPS_CONNECT or qemu:///system)")
 
-    def planning_options(command: argparse.ArgumentParser, *, connect_default: bool = True) -> None:
-        command.add_argument("path", metavar="PATH", help="manifest directory (searched recursively) or file")
+    def fleet_options(command: argparse.ArgumentParser, *, host: bool = True) -> None:
+        if host:
+            command.add_argument("--host", metavar="NAME", default=None,
+                                 help="in a fleet (manifests with kind: Host), only this Host")
+        command.add_argument("--parallel-hosts", type=int, default=fleet_reconcile.DEFAULT_HOST_WORKERS, metavar="N",
+                             help=f"in a fleet, hosts worked on at once (default: {fleet_reconcile.DEFAULT_HOST_WORKERS})")
+
+    def planning_options(command: argparse.ArgumentParser, *, connect_default: bool = True, host: bool = True,
+                         path_optional: bool = False) -> None:
+        if path_optional:
+            command.add_argument("path", metavar="PATH", nargs="?", default=os.environ.get("KVMOPS_MANIFESTS") or "manifests",
+                                 help="manifest directory (default: $KVMOPS_MANIFESTS or manifests)")
+        else:
+            command.add_argument("path", metavar="PATH", help="manifest directory (searched recursively) or file")
         connect_option(command, required_default=connect_default)
+        fleet_options(command, host=host)
         command.add_argument("--no-prune", action="store_true", help="never remove domains whose manifest is gone")
         command.add_argument("--allow-empty", action="store_true",
                              help="allow pruning every managed domain when the manifests declare no VM")
@@ -121,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--virt-type", choices=("auto", "kvm", "qemu"), default=os.environ.get("KVMOPS_VIRT_TYPE", "auto"))
     diff.add_argument("--shutdown-timeout", type=float, default=60.0, metavar="SECONDS")
     diff.add_argument("--no-color", action="store_true")
+    diff.add_argument("--host", metavar="NAME", default=None, help="in a fleet, only this Host's changes")
     scope_option(diff, default=None)
     policy_options(diff)
     diff.set_defaults(handler=cmd_diff)
@@ -128,7 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     state = commands.add_parser("state", help="snapshots of a host, for planning where libvirt is out of reach")
     state_commands = state.add_subparsers(dest="state_command", required=True, metavar="ACTION", parser_class=_Parser)
     export = state_commands.add_parser("export", help="print a JSON snapshot of the host (for plan --state)")
-    connect_option(export)
+    connect_option(export, required_default=False)
+    export.add_argument("--manifests", metavar="PATH", default=os.environ.get("KVMOPS_MANIFESTS"),
+                        help="manifests declaring Hosts: export every Host into one fleet snapshot")
+    fleet_options(export)
     export.add_argument("--output", "-o", metavar="FILE", default=None, help="write to FILE instead of stdout")
     export.set_defaults(handler=cmd_state_export)
 
@@ -159,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     connect_option(status)
     status.add_argument("--output", "-o", choices=("table", "json"), default="table")
     status.add_argument("--manifests", metavar="PATH", default=os.environ.get("KVMOPS_MANIFESTS"),
-                        help="also compare with these manifests (conditions Drifted and Error)")
+                        help="also compare with these manifests (conditions Drifted and Error); with Hosts in them, "
+                             "every Host of the fleet")
+    fleet_options(status)
     scope_option(status, default=None)
     status.set_defaults(handler=cmd_status)
 
@@ -167,7 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     wait.add_argument("name", metavar="NAME")
     wait.add_argument("--for", dest="condition", choices=inspect.CONDITIONS, required=True)
     wait.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS")
-    connect_option(wait)
+    connect_option(wait, required_default=False)
+    wait.add_argument("--manifests", metavar="PATH", default=os.environ.get("KVMOPS_MANIFESTS"),
+                      help="manifests declaring Hosts: wait for the VM on whichever Host has it")
+    fleet_options(wait)
     wait.set_defaults(handler=cmd_wait)
 
     ssh = commands.add_parser("ssh", help="ssh to a VM at the address kvmops finds for it")
@@ -179,8 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     ssh.set_defaults(handler=cmd_ssh)
 
     doctor = commands.add_parser("doctor", help="check the host: KVM, libvirtd, qemu-img, pools, networks, space")
-    doctor.add_argument("path", metavar="PATH", nargs="?", default=None, help="manifests to check the host against")
-    connect_option(doctor)
+    doctor.add_argument("path", metavar="PATH", nargs="?", default=None,
+                        help="manifests to check the host against (with Hosts in them: every Host of the fleet)")
+    connect_option(doctor, required_default=False)
+    fleet_options(doctor)
     scope_option(doctor, default=None)
     policy_options(doctor, mass_prune=False)
     doctor.set_defaults(handler=cmd_doctor)
@@ -191,8 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("--output", "-o", metavar="FILE", default=None, help="write to FILE instead of stdout")
     importer.set_defaults(handler=cmd_import)
 
-    apply = commands.add_parser("apply", help="converge the host on the manifests")
-    planning_options(apply)
+    apply = commands.add_parser("apply", help="converge the host (or every Host of a fleet) on the manifests")
+    planning_options(apply, connect_default=False)
     apply.add_argument("--parallel", type=int, default=execute.DEFAULT_WORKERS, metavar="N",
                        help=f"VMs worked on at once (default: {execute.DEFAULT_WORKERS})")
     apply.set_defaults(handler=cmd_apply)
@@ -202,11 +227,38 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--state-dir", default=None, help="directory of the host lock (default: $KVMOPS_STATE_DIR, "
                        "/var/lib/kvmops for root, ~/.local/state/kvmops otherwise)")
 
+    drain = commands.add_parser("drain", help="in a fleet: plan a Host cordoned and its VMs moved off (--apply to do it)")
+    drain.add_argument("host_name", metavar="HOST")
+    planning_options(drain, connect_default=False, host=False, path_optional=True)
+    drain.add_argument("--apply", action="store_true", help="carry the plan out (migrate the VMs off the host)")
+    drain.add_argument("--output", "-o", choices=("text", "json", "markdown"), default="text")
+    drain.add_argument("--parallel", type=int, default=execute.DEFAULT_WORKERS, metavar="N",
+                       help=f"VMs worked on at once per host (default: {execute.DEFAULT_WORKERS})")
+    drain.add_argument("--lock-timeout", type=float, default=300.0, metavar="SECONDS")
+    drain.add_argument("--state-dir", default=None, help="directory of the host locks")
+    drain.set_defaults(handler=cmd_drain)
+
+    evacuate = commands.add_parser("evacuate", help="in a fleet: plan moving a dead Host's VMs elsewhere "
+                                                    "(only VMs whose disks are on shared pools)")
+    evacuate.add_argument("host_name", metavar="HOST")
+    planning_options(evacuate, connect_default=False, host=False, path_optional=True)
+    evacuate.add_argument("--host-is-dead", action="store_true",
+                          help="confirm the host is down for good (powered off or fenced): its VMs are defined "
+                               "anew elsewhere, so if it still ran them they would run twice")
+    evacuate.add_argument("--apply", action="store_true", help="carry the plan out")
+    evacuate.add_argument("--output", "-o", choices=("text", "json", "markdown"), default="text")
+    evacuate.add_argument("--parallel", type=int, default=execute.DEFAULT_WORKERS, metavar="N")
+    evacuate.add_argument("--lock-timeout", type=float, default=300.0, metavar="SECONDS")
+    evacuate.add_argument("--state-dir", default=None, help="directory of the host locks")
+    evacuate.set_defaults(handler=cmd_evacuate)
+
     run = commands.add_parser("run", help="keep the host converged: watch manifests and libvirt, repair drift")
     run.add_argument("path", metavar="PATH", nargs="?", default=None,
                      help="manifest directory (default: 'manifests' in the configuration file)")
     run.add_argument("--connect", "-c", metavar="URI", default=None,
                      help="libvirt URI (default: $KVMOPS_CONNECT, the configuration file, qemu:///system)")
+    run.add_argument("--host", metavar="NAME", default=None,
+                     help="in a fleet, run as this Host's agent: observe the fleet, change only this Host")
     run.add_argument("--git", metavar="URL", default=None,
                      help="follow a git repository instead of PATH (https, ssh, file://)")
     run.add_argument("--branch", default=None, help="branch to follow with --git (default: main)")
@@ -421,6 +473,12 @@ def cmd_plan(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> i
             f"--state {args.state} and --connect {redaction.redact_url(args.connect)} contradict each other: --state "
             "plans against a snapshot, --connect against a live host; give one of them"
         )
+    desired = None
+    if shared is None:
+        desired = _load(args.path)
+        if desired.hosts:
+            return _fleet_plan(args, desired)
+        _refuse_fleet_options(args)
     if not args.connect:
         args.connect = default_uri()
     if getattr(args, "state", None):
@@ -429,7 +487,7 @@ def cmd_plan(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> i
         return _plan_status(result.plan, args)
 
     def body(hypervisor: hv.Hypervisor) -> int:
-        result = reconcile.make_plan(args.path, hypervisor, settings=_settings(args))
+        result = reconcile.make_plan(args.path, hypervisor, settings=_settings(args), desired=desired)
         _print_plan(result.plan, args)
         return _plan_status(result.plan, args)
     return _with_hypervisor(args, shared, read_only=True, body=body)
@@ -475,13 +533,18 @@ def _print_fleet_plan(plan, args: argparse.Namespace, *, title: str | None = Non
     sys.stdout.flush()
     if problems or plan.unreachable:
         return EXIT_ERROR
-    return EXIT_CHANGES if args.detailed_exitcode and plan.has_changes else EXIT_OK
+    return EXIT_CHANGES if getattr(args, "detailed_exitcode", False) and plan.has_changes else EXIT_OK
 
 
 def _read_snapshot(path: str) -> snapshot.Snapshot:
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
-        return snapshot.from_data(json.loads(text))
+        data = json.loads(text)
+        if snapshot.is_fleet(data):
+            raise errors.KvmopsError(
+                f"{path}: a fleet snapshot (every Host of a fleet), but the manifests declare no Host; plan the fleet's "
+                "manifests against it, or export this host alone with `kvmops state export --connect URI`")
+        return snapshot.from_data(data)
     except OSError as exc:
         raise errors.KvmopsError(f"{path}: cannot read the snapshot: {exc.strerror}") from exc
     except json.JSONDecodeError as exc:
@@ -507,7 +570,11 @@ def cmd_diff(args: argparse.Namespace) -> int:
     result = review.diff(args.path, args.base, args.head, settings=settings)
     title = f"kvmops diff {result.base_label} → {result.head_label}"
     if result.fleet is not None:
-        return _print_fleet_plan(result.fleet, args, title=title)
+        if args.host is not None:
+            _check_host(args.host, result.head)
+        return _print_fleet_plan(fleet_reconcile.restricted(result.fleet, args.host), args, title=title)
+    if args.host is not None:
+        raise errors.KvmopsError(f"--host {args.host}: the manifests declare no Host, so there is only the one host")
     plan = result.plan
     if result.base.problems:
         note = (f"the base revision {result.base_label} has {len(result.base.problems)} problem(s) of its own; it was "
@@ -520,7 +587,13 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_state_export(args: argparse.Namespace) -> int:
-    """Write a JSON snapshot of the host."""
+    """Write a JSON snapshot of the host, or of every Host of a fleet (``--manifests`` declaring Hosts)."""
+    if args.manifests:
+        desired = _load(args.manifests)
+        if desired.hosts:
+            return _fleet_state_export(args, desired)
+    _refuse_fleet_options(args)
+    args.connect = args.connect or default_uri()
     with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
         taken = snapshot.Snapshot(
             observe.collect(hypervisor), hostname=hypervisor.hostname(),
@@ -553,10 +626,19 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> int:
     """Print the plan, carry it out, print what was done; exit 0 only when converged."""
+    desired = None
+    if shared is None:
+        desired = _load(args.path, revision=git.describe(args.path))
+        if desired.hosts:
+            return _fleet_apply(args, desired)
+        _refuse_fleet_options(args)
+    args.connect = args.connect or default_uri()
+
     def body(hypervisor: hv.Hypervisor) -> int:
         settings = _settings(args)
         with _host_lock(args, hypervisor.uri):
-            planned = reconcile.make_plan(args.path, hypervisor, settings=settings, revision=git.describe(args.path))
+            planned = reconcile.make_plan(args.path, hypervisor, settings=settings, revision=git.describe(args.path),
+                                          desired=desired)
             _print_plan(planned.plan, args)
             if not planned.plan.has_changes:
                 return EXIT_ERROR if planned.plan.problems else EXIT_OK
@@ -620,6 +702,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     def reload() -> controller.ControllerSettings:
         return configuration.controller_settings(flags, configuration.read(args.config))
 
+    from reconciler.runtime.controller import fleet_loop
+
+    if settings.path and fleet_loop.is_fleet(settings.path):
+        if args.connect:
+            raise errors.KvmopsError("--connect: the manifests declare Hosts, each reached at its own spec.uri; drop "
+                                     "--connect (--host NAME runs as one Host's agent)")
+        fleet_runner = fleet_loop.FleetController(settings, host=args.host)
+        signal.signal(signal.SIGTERM, lambda *_: fleet_runner.request_stop())
+        signal.signal(signal.SIGINT, lambda *_: fleet_runner.request_stop())
+        signal.signal(signal.SIGHUP, lambda *_: fleet_runner.request_reload())
+        return fleet_runner.run()
+    if args.host:
+        raise errors.KvmopsError(f"--host {args.host}: the manifests declare no Host (with --git, fleets are not "
+                                 "followed yet); --host makes kvmops run one Host's agent in a fleet")
     runner = controller.Controller(settings, reload=reload if args.config else None)
     signal.signal(signal.SIGTERM, lambda *_: runner.request_stop())
     signal.signal(signal.SIGINT, lambda *_: runner.request_stop())
@@ -672,6 +768,11 @@ def cmd_trash_restore(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print every domain kvmops manages (in ``--scope``, or all scopes) with its conditions and addresses."""
+    if args.manifests:
+        desired = _load(args.manifests)
+        if desired.hosts:
+            return _fleet_status(args, desired)
+    _refuse_fleet_options(args)
     with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
         plan = None
         if args.manifests:
@@ -692,6 +793,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_wait(args: argparse.Namespace) -> int:
     """Block until the VM has an address, runs, or is stopped; print what was seen."""
+    if args.manifests:
+        desired = _load(args.manifests)
+        if desired.hosts:
+            return _fleet_wait(args, desired)
+    _refuse_fleet_options(args)
+    args.connect = args.connect or default_uri()
     with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
         print(inspect.wait(hypervisor, args.name, args.condition, timeout=args.timeout))
     return EXIT_OK
@@ -735,6 +842,12 @@ def cmd_ssh(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     """Check the host; print one line per finding with what to fix; exit 1 on any failure."""
+    if args.path:
+        desired = _load(args.path)
+        if desired.hosts:
+            return _fleet_doctor(args, desired)
+    _refuse_fleet_options(args)
+    args.connect = args.connect or default_uri()
     scope, policy = _host_configuration(args)
     checks = doctor.host_checks() if doctor.is_local(args.connect) else []
     found, hypervisor = doctor.libvirt_checks(args.connect)
@@ -747,15 +860,19 @@ def cmd_doctor(args: argparse.Namespace) -> int:
                 for problem in desired.problems:
                     checks.append(doctor.Check("manifests", False, str(problem)))
                 checks += doctor.manifest_checks(desired, hypervisor, observe.observe(hypervisor))
-    marks = {True: "ok  ", False: "FAIL", None: "warn"}
-    for check in checks:
-        print(f"[{marks[check.ok]}] {check.name}: {check.detail}")
-        if check.fix and check.ok is not True:
-            print(f"       fix: {check.fix}")
+    _print_checks(checks)
     failed = sum(1 for c in checks if c.ok is False)
     warned = sum(1 for c in checks if c.ok is None)
     print(f"\n{len(checks)} checks: {failed} failed, {warned} warnings")
     return EXIT_ERROR if failed else EXIT_OK
+
+
+def _print_checks(checks: list[doctor.Check], indent: str = "") -> None:
+    marks = {True: "ok  ", False: "FAIL", None: "warn"}
+    for check in checks:
+        print(f"{indent}[{marks[check.ok]}] {check.name}: {check.detail}")
+        if check.fix and check.ok is not True:
+            print(f"{indent}       fix: {check.fix}")
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -814,6 +931,289 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 return EXIT_ERROR
     print("\nDemo complete: the second plan is empty, so applying again would change nothing.")
     return EXIT_OK
+
+
+# --- fleet: manifests with kind: Host -------------------------------------------------
+
+
+def _load(path: str, *, revision: str = "") -> model.DesiredState:
+    with reconcile.gc_paused():
+        return reconcile.load_desired(path, revision=revision)
+
+
+def _refuse_fleet_options(args: argparse.Namespace) -> None:
+    """Refuse ``--host`` where the manifests declare no Host: there is only the one host."""
+    if getattr(args, "host", None):
+        raise errors.KvmopsError(
+            f"--host {args.host}: no Host manifests here, so there is only the one --connect host; --host picks one "
+            "Host of a fleet (give the manifests declaring the Hosts)"
+        )
+
+
+def _check_host(name: str | None, desired: model.DesiredState) -> None:
+    if name is not None and name not in desired.hosts:
+        raise errors.KvmopsError(f"no Host named {name!r} in the manifests (Hosts: {', '.join(sorted(desired.hosts))})")
+
+
+def _check_fleet_args(args: argparse.Namespace, desired: model.DesiredState) -> None:
+    """Refuse what contradicts a fleet: ``--connect`` (each Host has its URI) and an unknown ``--host``."""
+    if getattr(args, "connect", None):
+        raise errors.KvmopsError(
+            f"--connect {redaction.redact_url(args.connect)}: the manifests declare Hosts, each reached at its own "
+            "spec.uri; drop --connect (--host NAME restricts the command to one Host)"
+        )
+    _check_host(getattr(args, "host", None), desired)
+
+
+def _connections(args: argparse.Namespace, desired: model.DesiredState, *, read_only: bool):
+    return fleet_reconcile.connect(desired, read_only=read_only, workers=max(1, getattr(args, "parallel_hosts", 8)))
+
+
+def _fleet_plan(args: argparse.Namespace, desired: model.DesiredState, *, evacuate=frozenset(),
+                title: str | None = None) -> int:
+    """Print the fleet plan (live, or against a fleet snapshot with ``--state``); return the exit status."""
+    _check_fleet_args(args, desired)
+    settings = _settings(args)
+    only = getattr(args, "host", None)
+    if getattr(args, "state", None):
+        taken = _read_fleet_snapshot(args.state)
+        observed: dict[str, object] = {name: actual.interpret(s.observation) for name, s in taken.hosts.items()}
+        observed.update({name: fleet.HostUnreachable(name, error) for name, error in taken.unreachable.items()})
+        result = fleet_reconcile.plan_from(desired, observed, settings=settings, evacuate=evacuate, only_host=only)
+        plan = dataclasses.replace(result.plan, hosts=tuple(
+            dataclasses.replace(h, plan=dataclasses.replace(h.plan, snapshot=taken.describe(h.host)))
+            if h.plan is not None else h for h in result.plan.hosts))
+        return _print_fleet_plan(plan, args, title=title)
+    with _connections(args, desired, read_only=True) as connections:
+        result = fleet_reconcile.make_plan(desired, connections, settings=settings, evacuate=evacuate, only_host=only,
+                                           workers=args.parallel_hosts)
+    return _print_fleet_plan(result.plan, args, title=title)
+
+
+def _fleet_apply(args: argparse.Namespace, desired: model.DesiredState, *, evacuate=frozenset(),
+                 title: str | None = None) -> int:
+    """Print the fleet plan, carry it out on every reachable Host, print what was done; exit 0 only when converged."""
+    _check_fleet_args(args, desired)
+    settings = _settings(args)
+    with _connections(args, desired, read_only=False) as connections:
+        with _fleet_host_locks(args, connections):
+            planned = fleet_reconcile.make_plan(desired, connections, settings=settings, evacuate=evacuate,
+                                                only_host=getattr(args, "host", None), workers=args.parallel_hosts)
+            status = _print_fleet_plan(planned.plan, args, title=title)
+            if not planned.plan.has_changes:
+                return status
+            print("Applying...", flush=True)
+            cancel = threading.Event()
+            with _cancel_on_signals(cancel):
+                result = fleet_reconcile.apply(planned, connections, workers=args.parallel,
+                                               host_workers=args.parallel_hosts, cancel=cancel)
+    sys.stdout.write(redaction.redact_text(fleet_report_text(result)))
+    return EXIT_OK if result.converged else EXIT_ERROR
+
+
+@contextlib.contextmanager
+def _fleet_host_locks(args: argparse.Namespace, connections: fleet_reconcile.FleetConnections):
+    """Hold the host lock of every connected Host, taken in URI order so two fleet applies never deadlock."""
+    with contextlib.ExitStack() as stack:
+        for uri in sorted(h.uri for h in connections.hypervisors.values()):
+            stack.enter_context(_host_lock(args, uri))
+        yield
+
+
+def _read_fleet_snapshot(path: str) -> snapshot.FleetSnapshot:
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        data = json.loads(text)
+    except OSError as exc:
+        raise errors.KvmopsError(f"{path}: cannot read the snapshot: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise errors.KvmopsError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}), so not a kvmops snapshot") from exc
+    if not snapshot.is_fleet(data):
+        raise errors.KvmopsError(
+            f"{path}: a snapshot of one host, but the manifests declare Hosts; export the fleet with "
+            "`kvmops state export --manifests PATH`")
+    try:
+        return snapshot.fleet_from_data(data)
+    except snapshot.SnapshotError as exc:
+        raise errors.KvmopsError(f"{path}: {exc}") from exc
+
+
+def _fleet_state_export(args: argparse.Namespace, desired: model.DesiredState) -> int:
+    """Write one JSON file holding every Host's observation (or, with ``--host``, that Host's alone)."""
+    _check_fleet_args(args, desired)
+    if args.host is not None:
+        desired = dataclasses.replace(desired, hosts={args.host: desired.hosts[args.host]})
+    taken_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    with _connections(args, desired, read_only=True) as connections:
+        unreachable = dict(connections.unreachable)
+        hosts = {}
+        for name, hypervisor in sorted(connections.hypervisors.items()):
+            try:
+                hosts[name] = snapshot.Snapshot(observe.collect(hypervisor), hostname=hypervisor.hostname(), taken_at=taken_at)
+            except errors.KvmopsError as exc:
+                unreachable[name] = str(exc)
+    text = json.dumps(snapshot.fleet_to_data(snapshot.FleetSnapshot(hosts, unreachable, taken_at)), indent=2) + "\n"
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"snapshot of {len(hosts)} host(s) written to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    for name, error in sorted(unreachable.items()):
+        _error(f"host {name} unreachable, not in the snapshot: {error}")
+    return EXIT_ERROR if unreachable else EXIT_OK
+
+
+def _fleet_status(args: argparse.Namespace, desired: model.DesiredState) -> int:
+    """Print every managed VM of the fleet, grouped per Host, then the fleet in one line."""
+    args.connect = None  # the default URI means nothing in a fleet
+    _check_fleet_args(args, desired)
+    settings = planner.Settings(scope=args.scope or DEFAULT_SCOPE)
+    sections = []
+    with _connections(args, desired, read_only=True) as connections:
+        planned = fleet_reconcile.make_plan(desired, connections, settings=settings, workers=args.parallel_hosts)
+        for host in planned.plan.hosts:
+            if args.host is not None and host.host != args.host:
+                continue
+            hypervisor = connections.hypervisors.get(host.host)
+            if host.unreachable is not None or hypervisor is None:
+                sections.append((host, None, host.unreachable or connections.unreachable.get(host.host, "not connected")))
+                continue
+            try:
+                rows = inspect.status_rows(hypervisor, name=args.name, scope=args.scope, plan=host.plan)
+            except errors.KvmopsError as exc:
+                sections.append((host, None, str(exc)))
+                continue
+            sections.append((host, [{**row, "host": host.host} for row in rows], None))
+    if args.name and not any(rows for _, rows, _ in sections if rows):
+        raise errors.ObjectNotFound(f"no domain named {args.name} is managed by kvmops on any reachable Host")
+    unreachable = [host.host for host, _, error in sections if error is not None]
+    if args.output == "json":
+        print(json.dumps({"fleet": planned.plan.fleet, "hosts": [
+            {"host": host.host, "uri": redaction.redact_url(host.uri), "schedulable": host.schedulable,
+             "unreachable": error, "unknown": list(host.unknown), "vms": rows or []}
+            for host, rows, error in sections]}, indent=2))
+        return EXIT_ERROR if unreachable else EXIT_OK
+    for host, rows, error in sections:
+        cordoned = ", cordoned" if not host.schedulable else ""
+        print(f"Host {host.host} ({redaction.redact_url(host.uri)}{cordoned})")
+        if error is not None:
+            print(f"  UNREACHABLE: {error}")
+            if host.unknown or host.vms:
+                print(f"  Unknown: {', '.join(host.unknown or host.vms)}")
+        elif not rows:
+            print("  no domains managed by kvmops")
+        else:
+            sys.stdout.write("".join(f"  {line}\n" if line else "\n"
+                                     for line in status_table(rows, detailed=bool(args.name)).rstrip("\n").split("\n")))
+        print()
+    managed = sum(len(rows or []) for _, rows, _ in sections)
+    line = f"Fleet {planned.plan.fleet}: {len(sections)} host(s), {managed} managed VM(s)"
+    if unreachable:
+        line += f"; unreachable: {', '.join(unreachable)}"
+    print(line)
+    return EXIT_ERROR if unreachable else EXIT_OK
+
+
+def _fleet_wait(args: argparse.Namespace, desired: model.DesiredState) -> int:
+    """Wait for the VM on whichever Host has it (``--host``: on that one)."""
+    _check_fleet_args(args, desired)
+    if args.host is not None:
+        desired = dataclasses.replace(desired, hosts={args.host: desired.hosts[args.host]})
+    with _connections(args, desired, read_only=True) as connections:
+        having = [name for name, h in sorted(connections.hypervisors.items()) if h.domain_exists(args.name)]
+        if not having:
+            unreachable = f" (unreachable: {', '.join(sorted(connections.unreachable))})" if connections.unreachable else ""
+            raise errors.ObjectNotFound(f"no domain named {args.name} on any reachable Host{unreachable}; "
+                                        "`kvmops status --manifests PATH` lists the VMs")
+        if len(having) > 1:
+            raise errors.KvmopsError(f"{args.name} is defined on {', '.join(having)}: give --host NAME")
+        print(f"{having[0]}: " + inspect.wait(connections.hypervisors[having[0]], args.name, args.condition,
+                                                timeout=args.timeout))
+    return EXIT_OK
+
+
+def _fleet_doctor(args: argparse.Namespace, desired: model.DesiredState) -> int:
+    """Check every Host (``--host``: one) against its share of the manifests, grouped per Host."""
+    _check_fleet_args(args, desired)
+    for problem in desired.problems:
+        print(f"[FAIL] manifests: {problem}")
+    failed = len(desired.problems)
+    warned = total = 0
+    observed: dict[str, object] = {}
+    checks_by_host: dict[str, list[doctor.Check]] = {}
+    opened: dict[str, hv.Hypervisor] = {}
+    try:
+        for name, spec in sorted(desired.hosts.items()):
+            if args.host is not None and name != args.host:
+                continue
+            checks = doctor.host_checks() if doctor.is_local(spec.uri) and not spec.uri.startswith("test:") else []
+            found, hypervisor = doctor.libvirt_checks(spec.uri)
+            checks_by_host[name] = checks + found
+            if hypervisor is not None:
+                opened[name] = hypervisor
+                try:
+                    observed[name] = observe.observe(hypervisor)
+                except errors.KvmopsError as exc:
+                    checks_by_host[name].append(doctor.Check("libvirtd", False, str(exc)))
+        if opened:
+            plan = fleet.plan_fleet(desired, observed, _settings_for_checks(args))
+            for host in plan.hosts:
+                if host.host in opened and host.host in observed:
+                    share = fleet.host_share(desired, desired.hosts[host.host], host.vms)
+                    checks_by_host[host.host] += doctor.manifest_checks(share, opened[host.host], observed[host.host])
+    finally:
+        for hypervisor in opened.values():
+            hypervisor.close()
+    for name, checks in checks_by_host.items():
+        print(f"Host {name} ({redaction.redact_url(desired.hosts[name].uri)})")
+        _print_checks(checks, indent="  ")
+        print()
+        failed += sum(1 for c in checks if c.ok is False)
+        warned += sum(1 for c in checks if c.ok is None)
+        total += len(checks)
+    print(f"{len(checks_by_host)} host(s), {total + len(desired.problems)} checks: {failed} failed, {warned} warnings")
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+def _settings_for_checks(args: argparse.Namespace) -> planner.Settings:
+    return planner.Settings(scope=getattr(args, "scope", None) or DEFAULT_SCOPE)
+
+
+def _drain_or_evacuate_desired(args: argparse.Namespace, verb: str) -> model.DesiredState:
+    desired = _load(args.path, revision=git.describe(args.path) if args.apply else "")
+    if not desired.hosts:
+        raise errors.KvmopsError(f"{verb} {args.host_name}: {args.path} declares no Host; {verb} moves VMs between "
+                                 "the Hosts of a fleet")
+    _check_host(args.host_name, desired)
+    return desired
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    """Plan (``--apply``: carry out) the fleet with HOST cordoned: its VMs move to the other Hosts."""
+    desired = _drain_or_evacuate_desired(args, "drain")
+    cordoned = dataclasses.replace(desired, hosts={
+        **desired.hosts, args.host_name: dataclasses.replace(desired.hosts[args.host_name], schedulable=False)})
+    title = f"kvmops drain {args.host_name}: cordoned, its VMs move to the other Hosts"
+    args.host = None
+    status = _fleet_apply(args, cordoned, title=title) if args.apply else _fleet_plan(args, cordoned, title=title)
+    print(f"kvmops: note: the cordon holds for this command only: set spec.schedulable: false in Host "
+          f"{args.host_name}'s manifest to keep new VMs off it (VMs that moved stay where they are)", file=sys.stderr)
+    return status
+
+
+def cmd_evacuate(args: argparse.Namespace) -> int:
+    """Plan (``--apply``: carry out) moving a dead Host's VMs elsewhere, if their disks are on shared pools."""
+    if not args.host_is_dead:
+        raise errors.KvmopsError(
+            f"evacuate {args.host_name} defines its VMs anew on other Hosts without asking it: if it still runs "
+            "them, they run twice and write the same disks. Make sure it is down for good (powered off, fenced), "
+            f"then say --host-is-dead; for a host that answers, use `kvmops drain {args.host_name}`"
+        )
+    desired = _drain_or_evacuate_desired(args, "evacuate")
+    title = f"kvmops evacuate {args.host_name} (declared dead): its VMs are defined anew on the other Hosts"
+    args.host = None
+    return _fleet_apply(args, desired, evacuate={args.host_name}, title=title) if args.apply else \
+        _fleet_plan(args, desired, evacuate={args.host_name}, title=title)
 
 
 if __name__ == "__main__":

@@ -580,3 +580,22 @@ def _left_copy_change(pool: str, volume: str, source: str, destination: str, *, 
     return FieldChange(what, "left behind", None, Impact.LIVE, note=(
         f"the source's copy is removed once the VM {'runs' if running else 'is'} on {destination}; {lives} lives on "
         f"at {destination}, so this is no data loss and it is deleted at once, not moved to the trash"))
+
+
+def evacuation_refusals(desired: model.DesiredState, vms: Collection[str]) -> tuple[str, ...]:
+    """Return why each of ``vms`` (on a host declared dead) cannot be started elsewhere: a disk not on a shared pool.
+
+    Its only copy is on the dead host; defining it anew elsewhere would start it on new,
+    empty disks, which is not moving it. Empty: every one of them can be evacuated.
+    """
+    refusals = []
+    for name in sorted(vms):
+        spec = desired.vms.get(name)
+        if spec is None:
+            continue
+        local = [disk.name for disk in spec.disks
+                 if disk.path is not None or not (disk.pool in desired.pools and desired.pools[disk.pool].shared)]
+        if local:
+            refusals.append(f"VM {name} has disks that are not on a shared pool ({', '.join(local)}): their only copy "
+                            "is on the dead host")
+    return tuple(refusals)

@@ -171,11 +171,12 @@ def with_host_file_paths(desired: model.DesiredState, actual: model.ActualState)
     return dataclasses.replace(desired, vms=MappingProxyType(vms))
 
 
-def make_plan(path: str, hypervisor: hv.Hypervisor, *, settings: planner.Settings, revision: str = "") -> PlanResult:
-    """Return the plan converging ``hypervisor`` on the manifests under ``path``."""
+def make_plan(path: str, hypervisor: hv.Hypervisor, *, settings: planner.Settings, revision: str = "",
+              desired: model.DesiredState | None = None) -> PlanResult:
+    """Return the plan converging ``hypervisor`` on the manifests under ``path`` (or ``desired``, already loaded)."""
     settings = timed(salted(settings))
     with gc_paused():
-        desired = load_desired(path, revision=revision)
+        desired = desired if desired is not None else load_desired(path, revision=revision)
         actual = observe.observe(hypervisor)
         if planner.host_is_local(hypervisor.uri):
             desired = with_host_file_paths(desired, actual)

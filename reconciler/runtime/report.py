@@ -11,7 +11,7 @@ import re
 
 from reconciler.core import plan as plans
 from reconciler.core import quantity
-from reconciler.runtime import reconcile
+from reconciler.runtime import fleet_reconcile, reconcile
 
 
 def report_text(result: reconcile.ApplyResult) -> str:
@@ -139,3 +139,69 @@ def short_revision(revision: str | None) -> str:
 def format_size(capacity: int | None) -> str:
     """Return a capacity for people, or '-' when unknown."""
     return quantity.format_bytes(capacity) if capacity is not None else "-"
+
+
+def fleet_report_text(result: fleet_reconcile.FleetApplyResult) -> str:
+    """Return what a fleet apply did: a section per host (as :func:`report_text` words one host),
+    the migrations, the hosts that could not be reached, and whether the fleet converged."""
+    planned = result.planned
+    after = {h.host: h for h in result.after.hosts} if result.after is not None else {}
+    lines: list[str] = []
+    for host in planned.plan.hosts:
+        report = result.reports.get(host.host)
+        if report is None:
+            continue
+        actual = planned.observed.get(host.host)
+        later = after.get(host.host)
+        unverified = None
+        if later is not None and later.unreachable is not None:
+            unverified = later.unreachable
+        host_result = reconcile.ApplyResult(
+            reconcile.PlanResult(planned.desired, actual, host.plan), report,
+            later.plan if later is not None else None, unverified=unverified,
+        )
+        lines.append(f"Host {host.host}:")
+        lines.extend("  " + line if line else line for line in report_text(host_result).rstrip("\n").split("\n")[1:])
+        lines.append("")
+    if result.migrations.outcomes:
+        lines.append("Migrations:")
+        for outcome in result.migrations.outcomes:
+            mark = {"converged": "✓", "failed": "✗", "skipped": "-"}[outcome.status]
+            lines.append(f"  {mark} {outcome.kind} {outcome.name}: {outcome.status}")
+            for step in outcome.steps:
+                status = "done" if step.ok else "FAILED"
+                detail = f" ({step.detail})" if step.detail and step.ok else ""
+                lines.append(f"      {status}: {step.description}{detail} [{step.duration_ms} ms]")
+                if not step.ok:
+                    lines.append(f"        {step.detail}")
+            if outcome.status != "converged" and outcome.error and not outcome.steps:
+                lines.append(f"      {outcome.error}")
+        lines.append("")
+    for host in planned.plan.unreachable:
+        lines.append(f"Host {host.host}: UNREACHABLE, nothing was done there: {host.unreachable}")
+        lines.append("")
+    lines.append(_fleet_verdict(result))
+    return "\n".join(lines) + "\n"
+
+
+def _fleet_verdict(result: fleet_reconcile.FleetApplyResult) -> str:
+    if result.after is None:
+        return "Cancelled: remaining steps were not run; apply again to converge."
+    if result.converged:
+        return f"Fleet converged: a fresh plan shows no changes on any host. {result.after.summary()}"
+    why = []
+    failed = [f"{host}: {o.name}" for host, report in result.reports.items() for o in report.failures]
+    failed += [f"migration of {o.name}" for o in result.migrations.failures]
+    if failed:
+        why.append(f"{len(failed)} resource(s) failed or were skipped ({', '.join(failed)})")
+    differ = [f"{h.host}: {r.name}" for h in result.after.hosts if h.plan is not None for r in h.plan.changes]
+    if differ:
+        why.append(f"{len(differ)} resource(s) still differ ({', '.join(differ)})")
+    problems = len(result.after.problems) + sum(len(h.plan.problems) for h in result.after.hosts if h.plan is not None)
+    if problems:
+        why.append(f"{problems} problem(s) remain")
+    if result.after.unreachable:
+        why.append(f"unreachable: {', '.join(h.host for h in result.after.unreachable)} (its pruning is suspended; "
+                   "apply again once it answers)")
+    return ("Fleet not converged: " + "; ".join(why or ["the fleet still differs"]) + ". `kvmops plan` shows what is left. "
+            + result.after.summary())
