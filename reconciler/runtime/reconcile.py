@@ -2,7 +2,8 @@
 
 Shared by the CLI's ``plan``/``apply`` and by the controller, so that a pass is the same
 whoever starts it.  Every pass re-reads the manifests and re-observes libvirt: nothing
-is cached between passes (level-triggered, as controller-runtime puts it).
+is cached between passes (level-triggered, as controller-runtime puts it), except that a
+controller pass woken by some VMs' events re-observes only those VMs.
 """
 
 from __future__ import annotations
