@@ -162,6 +162,22 @@ def test_an_unreachable_host_is_an_error_in_its_own_section_and_the_others_conve
     assert "Unknown: db" in out
 
 
+@pytest.mark.parametrize("breakage", ["a typo in its URI", "its URI given to another Host too"])
+def test_a_vm_on_a_host_whose_manifest_broke_is_never_created_on_another(fleet, capsys, breakage):
+    """Without its manifest kvmops cannot see that Host: a VM found on no other Host may run there, so it is not placed."""
+    run(capsys, "apply", str(fleet.manifests))
+    before = fleet.domains()
+    documents = [host_doc(name, uri, rack="a" if name != "h3" else "b", room="lab") for name, uri in fleet.uris.items()]
+    documents[2]["spec"]["uri"] = "qemu:///no such uri" if breakage == "a typo in its URI" else fleet.uris["h2"]
+    factories.write(fleet.manifests, "hosts.yaml", *documents)
+
+    status, out, _err = run(capsys, "apply", str(fleet.manifests))
+
+    assert status == 1
+    assert fleet.domains() == before  # h3's VMs were not defined anew on h1 or h2 (nor h2's removed)
+    assert "a Host manifest did not load" in out
+
+
 def test_status_lists_the_vms_per_host_and_names_an_unreachable_one(fleet, capsys):
     run(capsys, "apply", str(fleet.manifests))
     fleet.write_hosts(dead=True)
