@@ -22,6 +22,7 @@ import posixpath
 import re
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
+from urllib.parse import urlsplit
 
 from reconciler.core import domxml, fields, hostdirs, model, quantity, validation
 
@@ -176,6 +177,12 @@ def _selector(value: Mapping[str, str] | None) -> tuple[tuple[str, str], ...] | 
 
 def _host(document: model.Document, body: dict) -> model.HostSpec:
     spec = body["spec"]
+    try:
+        urlsplit(spec["uri"]).port  # what kvmops reads of a URI (is it local?) must not fail later
+    except ValueError as exc:
+        raise _Invalid([document.origin.problem("spec.uri", (  # not quoted: it may carry a password
+            f"not a URI kvmops can read ({exc}); write it as libvirt documents it, e.g. qemu+tcp://[fe80::1]/system"
+        ))]) from exc
     capacity = spec.get("capacity", {})
     memory = None
     if "memory" in capacity:

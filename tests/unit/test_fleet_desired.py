@@ -135,3 +135,13 @@ def test_a_host_manifest_that_does_not_load_makes_the_hosts_incomplete():
     assert not build({"hosts.yaml": HOSTS.replace("kvm2/system", "kvm1/system")}).hosts_complete
     assert not build({"hosts.yaml": HOSTS.replace("memory: 16GiB", "memory: lots")}).hosts_complete
     assert not build({"hosts.yaml": HOSTS + "---\n" + HOSTS.split("---\n")[0]}).hosts_complete
+
+
+def test_a_host_uri_python_cannot_parse_is_a_located_problem_without_its_password():
+    """A broken IPv6 address would otherwise pass and make `doctor` fail with an internal error."""
+    state = build({"hosts.yaml": HOSTS.replace("qemu+ssh://root@kvm2/system", "qemu+tcp://root:pw@[::1/system")})
+    assert messages(state) == [
+        "manifests/hosts.yaml:15: spec.uri: not a URI kvmops can read (Invalid IPv6 URL); write it as libvirt "
+        "documents it, e.g. qemu+tcp://[fe80::1]/system"
+    ]
+    assert sorted(state.hosts) == ["kvm1"]
