@@ -869,10 +869,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def _print_checks(checks: list[doctor.Check], indent: str = "") -> None:
     marks = {True: "ok  ", False: "FAIL", None: "warn"}
-    for check in checks:
-        print(f"{indent}[{marks[check.ok]}] {check.name}: {check.detail}")
+    for check in checks:  # a detail may quote a URI, password and all (libvirt's own messages do)
+        print(f"{indent}[{marks[check.ok]}] {check.name}: {redaction.redact_text(check.detail)}")
         if check.fix and check.ok is not True:
-            print(f"{indent}       fix: {check.fix}")
+            print(f"{indent}       fix: {redaction.redact_text(check.fix)}")
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -1136,7 +1136,7 @@ def _fleet_doctor(args: argparse.Namespace, desired: model.DesiredState) -> int:
     """Check every Host (``--host``: one) against its share of the manifests, grouped per Host."""
     _check_fleet_args(args, desired)
     for problem in desired.problems:
-        print(f"[FAIL] manifests: {problem}")
+        print(f"[FAIL] manifests: {redaction.redact_text(str(problem))}")
     failed = len(desired.problems)
     warned = total = 0
     observed: dict[str, object] = {}

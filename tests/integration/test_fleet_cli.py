@@ -292,6 +292,18 @@ def test_doctor_checks_every_host_and_fails_for_the_unreachable_one(fleet, capsy
     assert out.splitlines()[-1].startswith("4 host(s), ")
 
 
+def test_doctor_shows_no_password_of_a_host_uri(fleet, capsys):
+    """Every check's detail is redacted: a libvirt that answers quotes its URI, secrets and all."""
+    documents = [host_doc(name, uri, room="lab") for name, uri in fleet.uris.items()]
+    documents[0]["spec"]["uri"] = "test:///default?password=s3cretpw"
+    factories.write(fleet.manifests, "hosts.yaml", *documents)
+
+    _status, out, err = run(capsys, "doctor", str(fleet.manifests), "--host", "h1")
+
+    assert "libvirtd: test:///default?password=*** answers" in out
+    assert "s3cretpw" not in out + err
+
+
 def test_wait_finds_the_vm_on_its_host(fleet, capsys):
     run(capsys, "apply", str(fleet.manifests))
     where = next(name for name, vms in fleet.domains().items() if "web-1" in vms)
