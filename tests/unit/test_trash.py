@@ -41,16 +41,6 @@ def test_a_retention_beyond_a_century_is_refused_so_every_deadline_can_be_shown(
     assert trash.format_instant(trash.final_at(2**32, trash.MAX_RETENTION)).endswith(" UTC")
 
 
-def test_a_configuration_with_such_a_retention_is_refused_with_its_line(tmp_path):
-    from reconciler import errors
-    from reconciler.runtime import configuration
-
-    path = tmp_path / "config.yaml"
-    path.write_text("policy:\n  trashRetention: 1000000w\n")
-    with pytest.raises(errors.ManifestError, match=r"config.yaml:2: policy.trashRetention: .*at most 100 years"):
-        configuration.read(str(path))
-
-
 @pytest.mark.parametrize(("seconds", "shown"), [(DAY, "24h"), (3600, "1h"), (5400, "90m"), (45, "45s"), (0, "0s"),
                                                 (14 * DAY, "14d"), (2 * DAY, "2d"), (36 * 3600, "36h")])
 def test_a_retention_is_shown_in_the_largest_unit_that_divides_it_days_from_two_on(seconds, shown):
