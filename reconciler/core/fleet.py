@@ -178,9 +178,17 @@ def plan_fleet(
         problems.append(_split_brain_problem(desired, brain, fleet, reachable, source=desired.source))
     split_names = {brain.vm for brain in split}
     located = {vm: next(iter(on)) for vm, on in found.items() if len(on) == 1 and vm in desired.vms}
+    unplaced = set(split_names)
+    if not desired.hosts_complete:
+        for name in sorted(set(desired.vms) - set(located) - split_names):
+            unplaced.add(name)
+            problems.append(desired.vms[name].origin.problem("metadata.name", (
+                "not placed: a Host manifest did not load (see the problems), and this VM, found on no Host kvmops "
+                "sees, may run on that Host: created elsewhere it would run twice. Fix the Host manifest first"
+            )))
     placed = placement.place(
         dataclasses.replace(desired, vms=MappingProxyType(
-            {name: spec for name, spec in desired.vms.items() if name not in split_names})),
+            {name: spec for name, spec in desired.vms.items() if name not in unplaced})),
         located, unreachable=frozenset(unreachable) - dead, evacuate=dead,
     )
     problems.extend(placed.problems)
