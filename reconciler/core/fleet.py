@@ -223,7 +223,8 @@ def plan_fleet(
         departing = [move.vm for move in migrating.values() if move.source == name]
         held = frozenset(departing) | frozenset(vm for vm in split_names if name in found.get(vm, ()))
         local_vms = [vm for vm in assigned if vm not in incoming]
-        subset = host_share(desired, host, local_vms, uses=[*incoming, *departing, *(held & set(desired.vms))])
+        subset = host_share(desired, host, local_vms, uses=[*incoming, *departing, *(held & set(desired.vms))],
+                            present=[network.name for network in actual.networks.values() if network.owned])
         seen, borrowed = with_shared_volumes(subset, name, actual, reachable)
         plan = planner.plan_changes(subset, seen, settings=dataclasses.replace(host_settings, host=name, held=held))
         if borrowed:
@@ -252,10 +253,16 @@ def plan_fleet(
 
 def host_share(
     desired: model.DesiredState, host: model.HostSpec, vms: Collection[str], *, uses: Collection[str] = (),
+    present: Collection[str] = (),
 ) -> model.DesiredState:
     """Return the part of ``desired`` that ``host`` runs: the VMs ``vms``, and the pools,
     networks and images they (and the VMs ``uses``, arriving or leaving) use or whose
-    ``hosts`` selector admits the host. The fleet's problems stay with the fleet."""
+    ``hosts`` selector admits the host. The fleet's problems stay with the fleet.
+
+    A declared network without a ``hosts`` selector that kvmops already runs on the host
+    (``present``) stays in the share when no VM there uses it any more: VMs leaving a host
+    (a drain) must not take its network with them in a second pass, and may come back. It
+    goes when its manifest goes, or when a selector excludes the host."""
     users = [desired.vms[vm] for vm in (*vms, *uses) if vm in desired.vms]
     images = {name for name, spec in desired.images.items() if placement.selects(spec.hosts, host)}
     images |= {disk.image for spec in users for disk in spec.disks if disk.image is not None}
@@ -265,6 +272,7 @@ def host_share(
     pools |= {desired.images[name].pool for name in images}
     networks = {name for name, spec in desired.networks.items() if placement.selects(spec.hosts, host)}
     networks |= {nic.source for spec in users for nic in spec.nics if nic.kind == "network"}
+    networks |= {name for name in present if name in desired.networks and desired.networks[name].hosts is None}
     return dataclasses.replace(
         desired,
         vms=MappingProxyType({name: desired.vms[name] for name in sorted(vms)}),

@@ -517,3 +517,23 @@ def test_a_kept_nvram_is_left_behind_and_said_so():
     assert migration.steps[0].nvram
     assert not [s for s in migration.steps if isinstance(s, plans.DeleteMovedVolume) and (s.pool, s.name) == model.NVRAM]
     assert any("UEFI NVRAM on a is left behind after the move (keepNvram)" in note for note in migration.notes)
+
+
+def test_a_network_the_vms_left_stays_on_their_old_host_until_its_manifest_goes():
+    state = manifests(vm_yaml("web", where="{host: b}", network=True))
+    lan = state.networks["lan"]
+    network = model.ObservedNetwork(
+        "lan", True, dataclasses.replace(lan.definition, owner=model.NetworkOwnership(lan.manifest, "digest")),
+        active=True, autostart=True)
+    pools = ("vmstore", "everywhere")
+    web = running_on("b", state.vms["web"])
+    after = {"a": dataclasses.replace(host_state(state=state, pools=pools), networks={"lan": network}),
+             "b": dataclasses.replace(host_state(web, state=state, pools=pools), networks={"lan": network})}
+    result = fleet.plan_fleet(state, after)
+    host_a = next(h for h in result.hosts if h.host == "a")
+    assert [r.key for r in host_a.plan.changes if r.kind == "Network"] == []
+
+    gone = dataclasses.replace(state, networks={})
+    result = fleet.plan_fleet(gone, after)
+    host_a = next(h for h in result.hosts if h.host == "a")
+    assert [r.key for r in host_a.plan.changes if r.kind == "Network"] == ["Network/lan"]
