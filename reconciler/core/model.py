@@ -464,6 +464,16 @@ class DesiredState:
     # False when a Host manifest (or a file that may hold one) did not load: a VM found on no
     # Host kvmops sees may run on that one, so a fleet must not place it anew
     hosts_complete: bool = True
+    declares_hosts: bool = False  # some document is of kind Host, valid or not
+
+    @property
+    def is_fleet(self) -> bool:
+        """Return whether these manifests drive a fleet: they declare a Host, even one that did not validate.
+
+        A set whose every Host is broken is still a fleet with problems: falling back to
+        ``--connect`` would create the fleet's VMs on whatever host that names.
+        """
+        return bool(self.hosts) or self.declares_hosts
 
     @property
     def complete(self) -> bool:
