@@ -109,6 +109,10 @@ def machine_matches(wanted: str, actual: str | None) -> bool:
     return family is not None and actual.startswith(family)
 
 
+# The order libvirt writes into a domain that names none, neither in <os> nor on a device.
+LIBVIRT_BOOT = ("hd",)
+
+
 def _graphics_off(old: model.DomainDefinition, new: model.DomainDefinition) -> bool:
     return "none" in (old.graphics, new.graphics)  # switching graphics on or off says it all
 
@@ -126,7 +130,8 @@ DOMAIN_FIELDS: tuple[DomainField, ...] = (
                 libvirt_default=True, agrees=lambda seen, wanted: machine_matches(wanted.machine or "", seen.machine)),
     DomainField("cpu", "spec.cpu", "/domain/cpu/@mode, /domain/cpu/model", ("cpu_mode", "cpu_model"), cpu_text,
                 libvirt_default=True),
-    DomainField("boot", "spec.boot", "/domain/os/boot/@dev", ("boot",), lambda d: ", ".join(d.boot)),
+    DomainField("boot", "spec.boot", "/domain/os/boot/@dev", ("boot",), lambda d: ", ".join(d.boot) or None,
+                agrees=lambda seen, wanted: not wanted.boot and seen.boot == LIBVIRT_BOOT),
     DomainField("install", "spec.install", "/domain/os/kernel, initrd, cmdline", ("kernel", "initrd", "cmdline"),
                 install_text),
     DomainField("guestAgent", "spec.guestAgent", "/domain/devices/channel[target/@name='org.qemu.guest_agent.0']",
