@@ -15,7 +15,6 @@ import dataclasses
 import datetime
 import json
 import os
-import re
 import signal
 import sys
 import threading
@@ -26,12 +25,10 @@ import reconciler
 from reconciler import errors, logconfig
 from reconciler.adapters import git
 from reconciler.adapters import hypervisor as hv
-from reconciler.core import actual as actual_state
-from reconciler.core import desired as desired_state
-from reconciler.core import domxml, model, planner, quantity, redaction, render, snapshot, validation
-from reconciler.core import plan as plans
-from reconciler.adapters import manifests as manifest_files
-from reconciler.runtime import doctor, execute, hostlock, inspect, observe, reconcile, review
+from reconciler.core import planner, redaction, render, snapshot, validation
+from reconciler.core import policy as policies
+from reconciler.runtime import adoption, doctor, execute, hostlock, inspect, observe, reconcile, review
+from reconciler.runtime.report import report_text, status_table
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -78,7 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--shutdown-timeout", type=float, default=60.0, metavar="SECONDS",
                              help="seconds a guest gets to power off before it is destroyed (default: 60)")
         command.add_argument("--no-color", action="store_true", help="no colours in text output")
-        scope_option(command)
+        scope_option(command, default=None)  # None: the configuration file's scope, else 'default'
+        policy_options(command)
+
+    def policy_options(command: argparse.ArgumentParser, *, mass_prune: bool = True) -> None:
+        command.add_argument("--config", metavar="FILE", default=os.environ.get("KVMOPS_CONFIG"),
+                             help="the host's configuration file, whose policy: the plan obeys, and whose scope: is the "
+                                  "default (default: $KVMOPS_CONFIG)")
+        if mass_prune:
+            command.add_argument("--allow-mass-prune", action="store_true",
+                                 help="remove more VMs in one pass than the policy's maxPrunePerPass allows")
 
     def scope_option(command: argparse.ArgumentParser, default: str | None = DEFAULT_SCOPE) -> None:
         command.add_argument("--scope", default=os.environ.get("KVMOPS_SCOPE") or default, metavar="NAME",
@@ -114,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--virt-type", choices=("auto", "kvm", "qemu"), default=os.environ.get("KVMOPS_VIRT_TYPE", "auto"))
     diff.add_argument("--shutdown-timeout", type=float, default=60.0, metavar="SECONDS")
     diff.add_argument("--no-color", action="store_true")
-    scope_option(diff)
+    scope_option(diff, default=None)
+    policy_options(diff)
     diff.set_defaults(handler=cmd_diff)
 
     state = commands.add_parser("state", help="snapshots of a host, for planning where libvirt is out of reach")
@@ -156,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = commands.add_parser("doctor", help="check the host: KVM, libvirtd, qemu-img, pools, networks, space")
     doctor.add_argument("path", metavar="PATH", nargs="?", default=None, help="manifests to check the host against")
     connect_option(doctor)
+    scope_option(doctor, default=None)
+    policy_options(doctor, mass_prune=False)
     doctor.set_defaults(handler=cmd_doctor)
 
     importer = commands.add_parser("import", help="write a manifest for an existing (foreign) domain")
@@ -197,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="serve /healthz, /status and /metrics here (e.g. 127.0.0.1:9474)")
     run.add_argument("--state-dir", default=None, help="directory of the host lock")
     run.add_argument("--no-prune", action="store_true", default=None, help="never remove domains whose manifest is gone")
+    run.add_argument("--allow-mass-prune", action="store_true", default=None,
+                     help="remove more VMs in one pass than the policy's maxPrunePerPass allows, for as long as it runs")
     run.add_argument("--allow-empty", action="store_true", default=None,
                      help="allow pruning every managed domain when the manifests declare no VM")
     run.add_argument("--virt-type", choices=("auto", "kvm", "qemu"), default=os.environ.get("KVMOPS_VIRT_TYPE"))
@@ -296,14 +307,31 @@ def _error(message: str) -> None:
 
 def _settings(args: argparse.Namespace) -> planner.Settings:
     single_file = Path(args.path).is_file()
+    scope, policy = _host_configuration(args)
     return planner.Settings(
         prune=not args.no_prune and not single_file, allow_empty=args.allow_empty,
-        virt_type=args.virt_type, shutdown_timeout=args.shutdown_timeout, scope=args.scope,
+        virt_type=args.virt_type, shutdown_timeout=args.shutdown_timeout, scope=scope,
         no_prune_reason=(
             f"pruning is off because {args.path} is a single file: it cannot say which other VMs are gone"
             if single_file and not args.no_prune else "pruning is disabled (--no-prune)"
         ),
+        policy=policy, allow_mass_prune=bool(getattr(args, "allow_mass_prune", False)),
     )
+
+
+def _host_configuration(args: argparse.Namespace) -> tuple[str, policies.Policy | None]:
+    """Return the scope and the host policy a one-shot command works under: ``--scope`` over the configuration file.
+
+    Without ``--config`` (or ``$KVMOPS_CONFIG``) there is no policy, and the scope is ``default``.
+    """
+    path = getattr(args, "config", None)
+    if not path:
+        return getattr(args, "scope", None) or DEFAULT_SCOPE, None
+    # imported here: the configuration module brings the controller, no business of a command without --config
+    from reconciler.runtime import configuration
+
+    config = configuration.read(path)
+    return getattr(args, "scope", None) or str(config.get("scope") or DEFAULT_SCOPE), configuration.policy(config, path)
 
 
 def _colour(args: argparse.Namespace) -> bool:
@@ -327,13 +355,7 @@ def cmd_validate(args: argparse.Namespace, shared: hv.Hypervisor | None = None) 
     problems = list(desired.problems)
     if args.connect or shared is not None:
         def check_pools(hypervisor: hv.Hypervisor) -> int:
-            pools = {pool.name: pool for pool in hypervisor.list_pools()}
-            for spec in desired.pools.values():
-                refusal = planner.refused_pool_path(spec, hypervisor.uri) if spec.name not in pools else None
-                if refusal is not None:
-                    problems.append(spec.origin.problem("spec.path", f"{refusal}; kvmops never makes one a storage pool"))
-            for spec in desired.vms.values():
-                problems.extend(planner.pool_problems(spec, desired.pools, pools, hypervisor.uri))
+            problems.extend(reconcile.pool_problems_on_host(desired, hypervisor))
             return EXIT_OK
         _with_hypervisor(args, shared, read_only=True, body=check_pools)
     if getattr(args, "output", "text") == "json":
@@ -421,9 +443,10 @@ def _read_snapshot(path: str) -> snapshot.Snapshot:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     """Compare two revisions of the manifests and print the plan between them."""
+    scope, policy = _host_configuration(args)
     settings = planner.Settings(
         prune=not args.no_prune, allow_empty=args.allow_empty, virt_type=args.virt_type,
-        shutdown_timeout=args.shutdown_timeout, scope=args.scope,
+        shutdown_timeout=args.shutdown_timeout, scope=scope, policy=policy, allow_mass_prune=args.allow_mass_prune,
     )
     result = review.diff(args.path, args.base, args.head, settings=settings)
     title = f"kvmops diff {result.base_label} → {result.head_label}"
@@ -521,85 +544,6 @@ def _host_lock(args: argparse.Namespace, uri: str):
     return hostlock.hold(state_dir, uri, wait=getattr(args, "lock_timeout", 0.0), on_wait=waiting)
 
 
-def report_text(result: reconcile.ApplyResult) -> str:
-    """Return what an apply did, resource by resource, and whether it converged."""
-    lines = [""]
-    planned = {r.key: r for r in result.planned.plan.resources}
-    not_run_total = 0
-    for outcome in result.report.outcomes:
-        mark = {"converged": "✓", "failed": "✗", "skipped": "-"}[outcome.status]
-        lines.append(f"{mark} {outcome.kind} {outcome.name}: {outcome.status}")
-        for step in outcome.steps:
-            detail = f" ({step.detail})" if step.detail and step.ok else ""
-            status = "done" if step.ok else "FAILED"
-            lines.append(f"    {status}: {step.description}{detail} [{step.duration_ms} ms]")
-            if not step.ok:
-                lines.append(f"      {step.detail}")
-        if outcome.status == "skipped" and outcome.error:
-            lines.append(f"    {outcome.error}")
-        resource = planned.get(f"{outcome.kind}/{outcome.name}")
-        if resource is not None and outcome.status != "converged":
-            for step in resource.steps[len(outcome.steps):]:  # the executor stops a resource at its first failure
-                lines.append(f"    not run: {step.describe()}")
-                not_run_total += 1
-    report = result.report
-    succeeded = sum(1 for o in report.outcomes if o.status == "converged")
-    done = sum(1 for o in report.outcomes for s in o.steps if s.ok)
-    lines.append("")
-    lines.append(f"Apply finished: {succeeded} of {len(report.outcomes)} resource(s) changed successfully "
-                 f"({done} step(s) done, {not_run_total} not run).")
-    if result.unverified is not None:
-        lines.append(f"The connection to libvirtd was lost, so the result could not be checked: {result.unverified}")
-        lines.append("Steps marked done were carried out; a FAILED step may or may not have taken effect; steps "
-                     "not run were not attempted. Once libvirtd answers, `kvmops plan` shows what is left, and "
-                     "`kvmops apply` finishes it.")
-    elif result.after is None:
-        lines.append("Cancelled: remaining steps were not run; apply again to converge.")
-    elif result.converged:
-        lines.append("Converged: a fresh plan shows no changes.")
-    else:
-        lines.extend(_not_converged(result))
-    return "\n".join(lines) + "\n"
-
-
-def _not_converged(result: reconcile.ApplyResult) -> list[str]:
-    """Return why an apply did not converge, naming every resource and reason: never a bare "see above"."""
-    lines = []
-    failures = result.report.failures
-    failed_keys = {f"{o.kind}/{o.name}" for o in failures}
-    for outcome in failures:
-        lines.append(f"  {outcome.kind} {outcome.name} {outcome.status}: {outcome.error or 'no error was given'}")
-    for resource in result.after.changes:
-        if resource.key in failed_keys:
-            continue  # its failure is its reason
-        if resource.changes and not {plans.Action.CREATE, plans.Action.DELETE} & set(resource.actions):
-            shown = [f"{c.path} {c.old if c.old is not None else '(none)'} -> {c.new if c.new is not None else '(none)'}"
-                     for c in resource.changes[:5]]
-            if len(resource.changes) > 5:
-                shown.append(f"and {len(resource.changes) - 5} more")
-            what = "still differs after this apply: " + "; ".join(shown)
-        else:
-            verbs = ", ".join(a.value for a in resource.actions) or "; ".join(s.describe() for s in resource.steps)
-            what = f"still to {verbs} after this apply"
-        lines.append(f"  {resource.kind} {resource.name}: {what}")
-    if result.after.problems:
-        lines.extend(f"  {problem}" for problem in result.after.problems)
-    why = []
-    if failures:
-        why.append(f"{len(failures)} resource(s) failed ({', '.join(o.name for o in failures)})")
-    differ = [r for r in result.after.changes if r.key not in failed_keys]
-    if differ:
-        why.append(f"{len(differ)} resource(s) still differ ({', '.join(r.name for r in differ)})")
-    if result.after.problems:
-        why.append(f"{len(result.after.problems)} problem(s) remain")
-    if differ and not failures and not result.after.problems:
-        advice = ("Every step succeeded, yet a fresh plan still has changes: something changed the host meanwhile, "
-                  "or kvmops cannot converge this resource (please report it). `kvmops plan` shows what is left.")
-    else:
-        advice = "Fix what is listed here and apply again; `kvmops plan` shows what is left."
-    return [*lines, "Not converged: " + "; ".join(why or ["the host still differs"]) + ". " + advice]
-
-
 # --- run --------------------------------------------------------------------------------
 
 
@@ -644,45 +588,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no domains managed by kvmops on {redaction.redact_url(args.connect)}")
         return EXIT_OK
-    scopes = len({row["scope"] for row in rows}) > 1
-    columns = ("NAME", *(("SCOPE",) if scopes else ()), "STATE", "DESIRED", "CONDITIONS", "ADDRESSES", "VCPUS",
-               "MEMORY", "REVISION")
-    table = [list(columns)]
-    for row in rows:
-        table.append([
-            row["name"], *((row["scope"],) if scopes else ()), row["state"], row["desired"] or "-",
-            ",".join(c["type"] for c in row["conditions"]) or "-",
-            ",".join(f"{a['ip']} ({a['source']})" for a in row["addresses"]) or "-",
-            str(row["vcpus"]), f"{row['memory_mib']} MiB", short_revision(row["revision"]),
-        ])
-    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
-    for line in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
-    details = [(row, c) for row in rows for c in row["conditions"] if c["type"] != "Ready"]
-    if details or args.name:
-        print()
-    for row, condition in details:
-        print(f"{row['name']}: {condition['type']}: {condition['message']}")
-    if args.name:
-        row = rows[0]
-        print(f"manifest: {row['manifest'] or '-'}   scope: {row['scope']}   uuid: {row['uuid']}")
-        print("macs: " + (", ".join(row["macs"]) or "-"))
-        for disk in row["disks"]:
-            size = format_size(disk["capacity_bytes"])
-            print(f"disk {disk['target']}: {disk['source']} {size}")
+    sys.stdout.write(status_table(rows, detailed=bool(args.name)))
     return EXIT_OK
-
-
-def short_revision(revision: str | None) -> str:
-    """Return a git revision for a table: a full commit id cut to 12 digits, with its ``-dirty`` kept."""
-    if not revision:
-        return "-"
-    return re.sub(r"^([0-9a-f]{12})[0-9a-f]{28}\b", r"\1", revision)
-
-
-def format_size(capacity: int | None) -> str:
-    """Return a capacity for people, or '-' when unknown."""
-    return quantity.format_bytes(capacity) if capacity is not None else "-"
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
@@ -695,19 +602,10 @@ def cmd_wait(args: argparse.Namespace) -> int:
 _SSH_OPTIONS_WITH_VALUES = set("BbcDEeFIiJLlmOopQRSWw")
 
 
-def _observed(hypervisor: hv.Hypervisor, name: str) -> tuple[model.ActualState, model.ObservedDomain]:
-    """Return the host's state and its domain ``name``; raise ``ObjectNotFound`` when there is none."""
-    actual = observe.observe(hypervisor)
-    domain = actual.domains.get(name)
-    if domain is None:
-        raise errors.ObjectNotFound(f"no domain named {name} on {hypervisor.uri}")
-    return actual, domain
-
-
 def cmd_ssh(args: argparse.Namespace) -> int:
     """Replace this process with ``ssh`` to the VM's first address."""
     with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
-        _actual, domain = _observed(hypervisor, args.name)
+        _actual, domain = observe.observe_domain(hypervisor, args.name)
         found = inspect.addresses(hypervisor, domain)
     if not found:
         state = "is not running" if not domain.power.active else "has no address yet (no DHCP lease, guest agent or ARP entry)"
@@ -739,9 +637,11 @@ def cmd_ssh(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     """Check the host; print one line per finding with what to fix; exit 1 on any failure."""
+    scope, policy = _host_configuration(args)
     checks = doctor.host_checks() if doctor.is_local(args.connect) else []
     found, hypervisor = doctor.libvirt_checks(args.connect)
     checks += found
+    checks.append(doctor.policy_check(policy, scope))
     if hypervisor is not None:
         with hypervisor:
             if args.path:
@@ -763,28 +663,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     """Write a manifest for an existing domain, ready for `kvmops adopt NAME --manifests`."""
     with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
-        actual, domain = _observed(hypervisor, args.name)
-        definition = actual_state.resolve_paths(domxml.parse(hypervisor.domain_xml(args.name)), actual.volumes_by_path())
-    capacities = {key: volume.capacity for key, volume in actual.volumes.items()}
-    owner = domain.definition.owner if domain.owned and domain.definition is not None else None
-    if domain.owned:
-        declared = f" (declared in {owner.manifest}, scope {owner.scope})" if owner is not None and owner.manifest else ""
-        print(f"kvmops: warning: {args.name} is already managed by kvmops{declared}: its manifest exists, and a second "
-              f"one declaring it would be a duplicate; no adopt is needed. Use this output only to rebuild a lost "
-              f"manifest.", file=sys.stderr)
-    paths = {key: volume.path for key, volume in actual.volumes.items() if volume.path}
-    document, warnings = desired_state.manifest_for(definition, autostart=domain.autostart, capacities=capacities,
-                                                    paths=paths)
-    header = f"# Imported from {redaction.redact_url(args.connect)} by kvmops import {args.name}.\n"
-    header += "".join(f"# NOTE: {warning}\n" for warning in warnings)
-    header += f"# Next: kvmops adopt {args.name} --manifests <dir holding this file>, then kvmops plan.\n"
-    text = manifest_files.dump([document], header=header)
+        imported = adoption.import_manifest(hypervisor, args.name, redaction.redact_url(args.connect))
+    if imported.already_managed:
+        print(f"kvmops: warning: {imported.already_managed}", file=sys.stderr)
     if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
+        Path(args.output).write_text(imported.text, encoding="utf-8")
         print(f"manifest for {args.name} written to {args.output}", file=sys.stderr)
     else:
-        sys.stdout.write(text)
-    for warning in warnings:
+        sys.stdout.write(imported.text)
+    for warning in imported.warnings:
         print(f"kvmops: note: {warning}", file=sys.stderr)
     return EXIT_OK
 
@@ -795,75 +682,10 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_adopt(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> int:
     """Mark a foreign domain as kvmops' own, without changing anything else in it."""
     def body(hypervisor: hv.Hypervisor) -> int:
-        actual, domain = _observed(hypervisor, args.name)
-        if domain.owned:
-            return _adopt_owned(args, hypervisor, actual, domain)
-        root = actual_state.resolve_paths(domxml.parse(hypervisor.domain_xml(args.name)), actual.volumes_by_path())
-        missing = desired_state.inexpressible(root)
-        if missing:
-            raise errors.ManifestError(
-                f"domain {args.name} is not adopted: a manifest cannot express " + "; ".join(missing)
-                + ". Adopting it would make the next plan remove or rewrite these, which nobody asked for; change "
-                "them with virsh edit (or leave the domain unmanaged)"
-            )
-        volumes = tuple(
-            model.OwnedVolume(d.pool, d.volume, model.DeletionPolicy.RETAIN, created=False)
-            for d in root.disks if d.pool is not None
-        )
-        owner = model.Ownership(manifest="", digest="", run_strategy=model.RunStrategy.MANUAL, volumes=volumes,
-                                scope=args.scope, bound_name=args.name, bound_uuid=domain.uuid)
-        if args.manifests:
-            desired = reconcile.load_desired(args.manifests)
-            spec = desired.vms.get(args.name)
-            if spec is None:
-                problems = "; ".join(str(p) for p in desired.problems[:3])
-                raise errors.ManifestError(
-                    f"{args.manifests} declares no VirtualMachine {args.name}" + (f" ({problems})" if problems else "")
-                )
-            marked = dataclasses.replace(domain, owned=True, definition=dataclasses.replace(root, owner=owner))
-            try:
-                owner = planner.desired_definition(spec, marked, actual, desired, planner.Settings(scope=args.scope)).owner
-            except ValueError as exc:
-                raise errors.PlanningError(str(exc)) from exc
-        with _host_lock(args, hypervisor.uri):
-            hypervisor.set_owner(args.name, owner)
-        print(f"domain {args.name} is now managed by kvmops; its volumes are recorded as not created by kvmops, so "
-              f"they are never deleted. Run `kvmops plan` to see how its manifest differs.")
+        print(adoption.adopt(hypervisor, args.name, scope=args.scope, manifests=args.manifests,
+                             host_lock=lambda: _host_lock(args, hypervisor.uri)))
         return EXIT_OK
     return _with_hypervisor(args, shared, read_only=False, body=body)
-
-
-def _adopt_owned(args: argparse.Namespace, hypervisor: hv.Hypervisor, actual: model.ActualState,
-                 domain: model.ObservedDomain) -> int:
-    """Answer `adopt` for a domain kvmops already marks: bind a legacy mark, refuse another scope's."""
-    owner = domain.definition.owner if domain.definition is not None else None
-    if owner is not None and owner.scope != args.scope:
-        raise errors.OwnershipError(
-            f"domain {args.name} is managed by kvmops scope {owner.scope}, not {args.scope}; adopt never takes a VM "
-            f"from another manifest set (remove it from that set's manifests first, or use --scope {owner.scope})"
-        )
-    if owner is None or not planner.mark_is_unbound(domain):
-        print(f"domain {args.name} is already managed by kvmops")
-        return EXIT_OK
-    twins = sorted(
-        name for name, other in actual.domains.items()
-        if name != args.name and other.owned and planner.mark_is_unbound(other)
-        and other.definition.owner.manifest == owner.manifest and other.definition.owner.scope == owner.scope
-    )
-    if twins:
-        raise errors.OwnershipError(
-            f"domain {args.name} carries a legacy kvmops mark (written by an older kvmops, naming no domain) that "
-            f"{', '.join(twins)} also carries: one is a clone of the other, and adopt cannot tell which is the "
-            f"original; remove the clone's mark (or the clone) first, then adopt the original"
-        )
-    bound = dataclasses.replace(owner, bound_name=args.name, bound_uuid=domain.uuid)
-    with _host_lock(args, hypervisor.uri):
-        hypervisor.ensure_owned(args.name, domain.uuid)  # still the domain observed, still a mark that is not a copy
-        hypervisor.set_owner(args.name, bound)
-    print(f"domain {args.name} carried a kvmops mark written by an older kvmops, which named no domain; it is now bound "
-          f"to {args.name} (UUID {domain.uuid}), keeping its records, so kvmops manages it fully, including pruning it "
-          f"(and its Delete volumes) once no manifest declares it")
-    return EXIT_OK
 
 
 # --- demo -------------------------------------------------------------------------------

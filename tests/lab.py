@@ -35,8 +35,8 @@ can, so that they never collide with the machine's ``virbr*``.
 
 Usage (``scripts/lab`` runs this module as root)::
 
-    scripts/lab start [--name kvmops-lab] [--hosts 3]     # prints each host's URI
-    scripts/lab status|stop [--name kvmops-lab]
+    scripts/lab start [--name kvmops-lab] [--hosts 3]     # prints each host's URI and Host manifest
+    scripts/lab status|stop [--name kvmops-lab]           # status: the same; stop: removes every trace
     scripts/lab kill|restart --host kvmops-lab-h1 [--name kvmops-lab]
     scripts/lab sweep                                     # labs whose owner is gone
 """
@@ -247,6 +247,7 @@ class LabHost:
         """Return once libvirtd accepts connections; raise after ``timeout`` seconds."""
         import libvirt
 
+        libvirt.registerErrorHandler(lambda _c, _e: None, None)  # each refused attempt is expected, not news
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -511,7 +512,30 @@ def main(argv: list[str] | None = None) -> int:
     for host in lab.hosts:
         state = f"libvirtd pid {host.libvirtd_pid}" if host.alive and host.libvirtd_pid else "libvirtd down"
         print(f"{host.name}\t{host.uri}\t{state if host.alive else 'namespace gone'}")
+    print(f"\n# Host manifests for this lab: paste into a file of your manifest directory (e.g. hosts.yaml).\n"
+          f"# Shared storage: a StoragePool with shared: true and path {lab.shared}/<pool>.")
+    print(host_manifests(lab), end="")
     return 0
+
+
+def host_manifests(lab: Lab) -> str:
+    """Return one kvmops ``Host`` manifest per host of ``lab``, as multi-document YAML ready to paste.
+
+    Each host gets a label ``rack: r<N>`` (to try ``spreadBy: rack``) and ``lab: <name>``.
+    """
+    documents = []
+    for index, host in enumerate(lab.hosts, 1):
+        documents.append(
+            "---\n"
+            "apiVersion: kvmops/v1\n"
+            "kind: Host\n"
+            "metadata:\n"
+            f"  name: {host.name}\n"
+            f"  labels: {{lab: {lab.name}, rack: r{index}}}\n"
+            "spec:\n"
+            f"  uri: {host.uri}\n"
+        )
+    return "".join(documents)
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ def write_every_field(directory: Path, *, prefix: str, pool_dir: Path, with_down
                               "cmdline": "console=ttyS0", "firstBootOnly": True},
                      console="serial",
                      graphics={"type": "vnc", "listen": "127.0.0.1", "passwordFile": "vnc.pass"},
-                     autostart=True, runStrategy="Halted", shutdownTimeout=5, guestAgent=True),
+                     autostart=True, runStrategy="Halted", shutdownTimeout=5, guestAgent=True, hugepages=True),
         factories.vm(f"{prefix}-seeded", memory="96MiB", virtType="qemu", firmware="uefi", keepNvram=True,
                      cpu={"mode": "host-model"},
                      disks=[factories.disk("root", pool, "16MiB", image=f"{prefix}-base", clone="overlay")],

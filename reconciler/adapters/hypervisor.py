@@ -25,6 +25,8 @@ import signal
 import stat
 import sys
 import threading
+import time
+import uuid as uuids
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -34,7 +36,8 @@ import libvirt
 
 from reconciler import errors
 from reconciler.adapters import hostbridge
-from reconciler.core import domxml, model, netxml, redaction
+from reconciler.core import domxml, model, netxml, redaction, storagexml
+from reconciler.core.plan import MigrationMode
 
 DEFAULT_URI = "qemu:///system"
 _QEMU_USER = "libvirt-qemu"  # Debian's; qemu.conf's user
@@ -962,6 +965,221 @@ class Hypervisor:
                 return False
             raise
         return True
+
+
+    # -- moving domains between hosts ----------------------------------------------------
+
+    def domain_name_by_uuid(self, uuid: str) -> str | None:
+        """Return the name of the domain with ``uuid`` on this host, or None when there is none."""
+        try:
+            with translated(f"cannot look up the domain with UUID {uuid} on {self.uri}"):
+                return self._connection.lookupByUUIDString(uuid).name()
+        except errors.ObjectNotFound:
+            return None
+
+    def migrate(
+        self,
+        name: str,
+        uuid: str,
+        destination_uri: str,
+        mode: MigrationMode,
+        *,
+        xml: str | None = None,
+        progress: Callable[[int, int | None], None] | None = None,
+        shared_storage_proven: bool = False,
+    ) -> float:
+        """Move domain ``name`` (``uuid``) to the libvirtd at ``destination_uri``; return libvirt's seconds.
+
+        Peer to peer (``virDomainMigrateToURI3``): this host's libvirtd dials
+        ``destination_uri`` itself, so that URI must make sense *from the source host*.
+        The destination keeps the definition (``xml`` when given, else the source's) and
+        the source forgets it, in the same libvirt job:
+
+        * ``LIVE``: the running guest moves, its disks stay where they are (shared storage);
+        * ``LIVE_COPY_STORAGE``: the running guest moves and QEMU copies its disks over NBD
+          (``VIR_MIGRATE_NON_SHARED_DISK``); libvirt creates the destination volumes, with
+          the source's size and format, in the destination pool with the same directory;
+        * ``OFFLINE``: a shut-off domain's definition moves (``VIR_MIGRATE_OFFLINE``); its
+          storage must already be visible on the destination (libvirt copies none).
+
+        libvirt refuses a live migration whose disks are on a file system it does not know
+        to be shared (NFS, GFS2, CephFS...) with "Migration without shared storage is
+        unsafe"; ``shared_storage_proven`` (every writable disk is in a pool the caller
+        just proved the destination sees, see :meth:`shares_pool_with`) lets it through
+        (``VIR_MIGRATE_UNSAFE``).  The migration stream of a destination reached over a
+        local socket (a lab on this machine) goes through 127.0.0.1; elsewhere libvirt asks
+        the destination (its hostname, or qemu.conf's ``migration_host``).
+
+        ``progress(processed_bytes, total_bytes)`` is called about every second from
+        another thread while libvirt works.  Refuses unless the domain here still has
+        ``uuid``.  libvirt errors become :mod:`reconciler.errors`: a destination libvirtd
+        that cannot be reached is retryable, a refusal is terminal.
+        """
+        what = f"cannot migrate domain {name} to {destination_uri}"
+        with translated(what):
+            domain = self._connection.lookupByName(name)
+            if domain.UUIDString() != uuid:
+                raise errors.OwnershipError(
+                    f"domain {name} was replaced since the plan was made (UUID {domain.UUIDString()}, planned {uuid}); "
+                    "not migrating it. Plan again"
+                )
+        flags = libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+        if mode is MigrationMode.OFFLINE:
+            flags |= libvirt.VIR_MIGRATE_OFFLINE
+        else:
+            flags |= libvirt.VIR_MIGRATE_LIVE
+        if mode is MigrationMode.LIVE_COPY_STORAGE:
+            flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
+        if mode is MigrationMode.LIVE and shared_storage_proven:
+            flags |= libvirt.VIR_MIGRATE_UNSAFE
+        params: dict = {}
+        if xml:
+            params[libvirt.VIR_MIGRATE_PARAM_PERSIST_XML] = xml
+        stream = migration_stream_uri(destination_uri)
+        if stream and mode is not MigrationMode.OFFLINE:
+            params[libvirt.VIR_MIGRATE_PARAM_URI] = stream
+        finished = threading.Event()
+        watcher = None
+        if progress is not None and mode is not MigrationMode.OFFLINE:
+            watcher = threading.Thread(target=_report_job, args=(domain, finished, progress), daemon=True,
+                                       name=f"kvmops-migrate-{name}")
+            watcher.start()
+        _count_mutating_call("migrate", (name, destination_uri))
+        started = time.monotonic()
+        try:
+            domain.migrateToURI3(destination_uri, params, flags)
+        except libvirt.libvirtError as exc:
+            raise self._migration_error(exc, what, destination_uri) from exc
+        finally:
+            finished.set()
+            if watcher is not None:
+                watcher.join(timeout=5)
+        return time.monotonic() - started
+
+    def _migration_error(self, exc: libvirt.libvirtError, what: str, destination_uri: str) -> errors.HypervisorError:
+        """Translate a failed migration; the error may come from the source libvirtd's own link to the destination."""
+        code = exc.get_error_code()
+        detail = (exc.get_error_message() or str(exc)).strip()
+        if code == libvirt.VIR_ERR_MIGRATE_UNSAFE:
+            return errors.OperationRefused(redaction.redact_text(
+                f"{what}: libvirt refuses: {detail}. libvirt does not recognise the file system of the domain's disks "
+                "as shared; declare the pool shared: true only where both hosts see the same files (kvmops proves "
+                "it before migrating), or move the VM with storage copy"), code=code)
+        if code == libvirt.VIR_ERR_OPERATION_TIMEOUT or (connection_broke(exc) and self.alive):
+            # our own connection works: the source libvirtd could not reach the destination (or lost it)
+            return errors.RetryableHypervisorError(redaction.redact_text(
+                f"{what}: the source libvirtd could not reach or lost the destination ({detail}); the URI must work "
+                "from the source host, and the destination's libvirtd must be running"), code=code)
+        return translate(exc, what)
+
+    def shares_pool_with(self, pool: str, other: Hypervisor) -> bool:
+        """Return whether ``other`` sees the very files of pool ``pool`` (shared storage), proven, not assumed.
+
+        A probe volume created here must appear, at the same path, in ``other``'s pool of
+        the same name; it is removed afterwards.  A pool ``other`` does not have is not shared.
+        """
+        probe = f"kvmops-shared-probe-{uuids.uuid4().hex[:12]}"
+        self.create_volume(pool, storagexml.render_volume(probe, 0, image_format="raw"), probe)
+        try:
+            with translated(f"cannot read volume {pool}/{probe}"):
+                here = self._connection.storagePoolLookupByName(pool).storageVolLookupByName(probe).path()
+            try:
+                other.refresh_pool(pool)
+                with translated(f"cannot look up volume {pool}/{probe} on {other.uri}"):
+                    there = other._connection.storagePoolLookupByName(pool).storageVolLookupByName(probe).path()
+            except errors.ObjectNotFound:
+                return False
+            except errors.OperationRefused as exc:
+                if exc.code == libvirt.VIR_ERR_OPERATION_INVALID:  # the pool is not active there
+                    return False
+                raise
+            return there == here
+        finally:
+            self.delete_volume(pool, probe)
+            with contextlib.suppress(errors.KvmopsError):
+                other.refresh_pool(pool)
+
+    @_mutating
+    def send_volume(self, pool: str, name: str, destination: Hypervisor) -> int:
+        """Copy volume ``pool/name`` to a new volume of the same name, size and format in ``destination``'s pool ``pool``.
+
+        Streams the file through kvmops (sparse: holes are sent as holes); the copy is
+        deleted again if anything fails, and a volume already there is never overwritten.
+        Return the bytes of data sent.
+        """
+        with translated(f"cannot read volume {pool}/{name}"):
+            volume = self._connection.storagePoolLookupByName(pool).storageVolLookupByName(name)
+            root = ET.fromstring(volume.XMLDesc(0))
+            capacity = volume.info()[1]
+        image_format = root.find("target/format")
+        fmt = image_format.get("type", "raw") if image_format is not None else "raw"
+        if destination.volume_exists(pool, name):
+            raise errors.OwnershipError(
+                f"volume {pool}/{name} already exists on {destination.uri}; kvmops will not overwrite it with the copy"
+            )
+        destination.create_volume(pool, storagexml.render_volume(name, capacity, image_format=fmt), name)
+        sent = 0
+        try:
+            with translated(f"cannot copy volume {pool}/{name} to {destination.uri}"):
+                target = destination._connection.storagePoolLookupByName(pool).storageVolLookupByName(name)
+                download = self._connection.newStream(0)
+                upload = destination._connection.newStream(0)
+                volume.download(download, 0, 0, libvirt.VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM)
+                target.upload(upload, 0, 0, libvirt.VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM)
+                try:
+                    while True:
+                        data = download.recvFlags(_COPY_CHUNK, libvirt.VIR_STREAM_RECV_STOP_AT_HOLE)
+                        if data == -3:  # a hole: libvirt says how long, the destination gets one too
+                            upload.sendHole(download.recvHole(0), 0)
+                            continue
+                        if not isinstance(data, bytes) or not data:
+                            break
+                        view = memoryview(data)
+                        while view:
+                            view = view[upload.send(bytes(view)):]
+                        sent += len(data)
+                except BaseException:
+                    for stream in (download, upload):
+                        with contextlib.suppress(libvirt.libvirtError):
+                            stream.abort()
+                    raise
+                download.finish()
+                upload.finish()
+        except BaseException:
+            with contextlib.suppress(errors.KvmopsError):
+                destination.delete_volume(pool, name)
+            raise
+        return sent
+
+
+_COPY_CHUNK = 4 * 1024 * 1024
+_JOB_POLL_SECONDS = 1.0
+
+
+def _report_job(domain: libvirt.virDomain, finished: threading.Event, progress: Callable[[int, int | None], None]) -> None:
+    """Call ``progress`` with the migration job's processed and total bytes until ``finished``."""
+    while not finished.wait(_JOB_POLL_SECONDS):
+        try:
+            stats = domain.jobStats(0)
+        except libvirt.libvirtError:
+            continue  # between phases, or already gone from here
+        if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE or not stats.get("data_total"):
+            continue  # no job, or one that has not started moving data yet
+        with contextlib.suppress(Exception):
+            progress(int(stats.get("data_processed", 0)), int(stats["data_total"]) if "data_total" in stats else None)
+
+
+def migration_stream_uri(destination_uri: str) -> str | None:
+    """Return the address of the migration stream for ``destination_uri``, or None to let libvirt choose.
+
+    A destination reached over a local socket runs on this very machine (a lab host),
+    where its hostname resolves nowhere: its stream is at 127.0.0.1.  libvirt refuses a
+    loopback ``migration_host`` in qemu.conf, so it must be said here.
+    """
+    parsed = urlparse(destination_uri)
+    if parsed.scheme.startswith("qemu") and not parsed.hostname and "socket=" in (parsed.query or ""):
+        return "tcp://127.0.0.1"
+    return None
 
 
 def _persistent_network_xml(network: libvirt.virNetwork) -> str:

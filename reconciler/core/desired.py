@@ -411,6 +411,7 @@ def _vm(document: model.Document, body: dict, read_file: FileReader) -> model.VM
         install=install,
         cloud_init=cloud_init,
         guest_agent=spec["guestAgent"],
+        hugepages=spec["hugepages"],
         graphics_listen=graphics.get("listen", "127.0.0.1"),
         graphics_password=password,
         graphics_password_digest=_secret_digest(password) if password else "",
@@ -578,6 +579,8 @@ def manifest_for(
         spec["cdrom"] = entry
     if definition.guest_agent:
         spec["guestAgent"] = True
+    if definition.hugepages:
+        spec["hugepages"] = True
     spec["autostart"] = autostart
     spec["runStrategy"] = "Manual"
     document = {"apiVersion": "kvmops/v1", "kind": "VirtualMachine", "metadata": {"name": definition.name}, "spec": spec}

@@ -2,25 +2,36 @@
 
 A :class:`DomainField` names a field of :class:`~reconciler.core.model.DomainDefinition`
 (or a few attributes shown as one, such as ``cpu`` for ``cpu_mode`` and ``cpu_model``)
-together with the manifest path it comes from, its place in the domain XML, the label
-and text a plan shows for it, and whether libvirt only applies it at the next boot.
-The planner's diff (:func:`reconciler.core.planner` ``_diff_definition``), the "restart
-pending" comparison of the running and the persistent definitions, and the coverage test
-in ``tests/unit/test_fields.py`` all read :data:`DOMAIN_FIELDS`; the offline host of
-``kvmops diff`` is made by the planner itself (:mod:`reconciler.core.offline`), so it
-needs no list of its own.  ``docs/adding-a-field.md`` shows how to add one.
+together with the manifest path it comes from, where and how the domain XML keeps it
+(an :mod:`~reconciler.core.xmlproperty` codec, the way virtinst declares an XML property
+per line), the label and text a plan shows for it, and whether libvirt only applies it
+at the next boot.  :data:`FIELDS` is the one list of them:
 
-Device collections (disks, CD-ROMs, NICs) are matched by identity (target, source, MAC)
-rather than compared as values; they are listed in :data:`DEVICE_COLLECTIONS` with the
-code that handles them, and the identity and bookkeeping fields in :data:`NOT_COMPARED`.
+- render, patch and parse in :mod:`reconciler.core.domxml` loop over it and hold no
+  per-field code;
+- the planner's diff (:class:`reconciler.core.planner.domain_diff.VMDiff` ``_diff_definition``) and the
+  "restart pending" comparison of the running and the persistent definitions read its
+  compared part, :data:`DOMAIN_FIELDS`;
+- the coverage tests in ``tests/unit/test_fields.py`` check that it covers every
+  attribute of the definition exactly once.
+
+The offline host of ``kvmops diff`` is made by the planner itself
+(:mod:`reconciler.core.offline`), so it needs no list of its own.
+``docs/adding-a-field.md`` shows how to add a field.
+
+Device collections (disks, CD-ROMs, NICs) are declared here with their XML codecs too,
+but matched by identity (target, source, MAC) rather than compared as values; they and
+the identity and bookkeeping fields say in ``planned_by`` what handles them instead.
 """
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from reconciler.core import model, quantity
+from reconciler.core import domainparts, model, quantity
+from reconciler.core.xmlproperty import WriteContext, XMLCodec, XMLFlag, XMLGroup, XMLList, XMLProperty
 
 
 @dataclass(frozen=True)
@@ -28,32 +39,49 @@ class DomainField:
     """One managed field: where it comes from, where it goes, how a plan shows it.
 
     ``label`` is the plan's name for it (the manifest's camelCase), ``schema`` its path in
-    the VirtualMachine manifest, ``xml`` where libvirt keeps it (an XPath-like note for
-    readers; render, patch and parse in :mod:`reconciler.core.domxml` write and read it),
-    ``attrs`` the :class:`~reconciler.core.model.DomainDefinition` attributes it covers,
-    and ``show`` the text a plan prints for a definition's value (None: not set).
+    the VirtualMachine manifest (None: kvmops' own bookkeeping), ``xml`` how the domain
+    XML keeps it (render, patch and parse in :mod:`reconciler.core.domxml` call its
+    ``write`` and ``read`` with the field's values), ``attrs`` the
+    :class:`~reconciler.core.model.DomainDefinition` attributes it covers, in the order
+    its codec takes them, and ``show`` the text a plan prints for a definition's value
+    (a text of None: not set).  A field without ``show`` is not compared as a value:
+    ``planned_by`` says what handles it instead (the disks' own diff, the mark's).
     ``pending`` says whether a running domain whose persistent value differs from its
     live one waits for a reboot (RestartRequired).  A change's impact is ``restart`` on a
     running domain (``live`` on one that is off), except for memory, which the balloon
-    moves live (the planner's ``_diff_definition`` knows that one rule).
+    moves live (``VMDiff._diff_definition`` knows that one rule).
     ``libvirt_default`` marks a field a manifest may leave unset, and then libvirt
     chooses (and kvmops keeps what it chose); ``agrees(observed, wanted)`` accepts what
     libvirt writes for a wanted value (the machine ``q35`` becomes ``pc-q35-7.2``).
     """
 
     label: str
-    schema: str
-    xml: str
+    schema: str | None
+    xml: XMLCodec
     attrs: tuple[str, ...]
-    show: Callable[[model.DomainDefinition], str | None]
+    show: Callable[[model.DomainDefinition], str | None] | None = None
+    planned_by: str = ""
     pending: bool = True
     libvirt_default: bool = False
     agrees: Callable[[model.DomainDefinition, model.DomainDefinition], bool] | None = None
     hidden_when: Callable[[model.DomainDefinition, model.DomainDefinition], bool] | None = None
 
+    @property
+    def compared(self) -> bool:
+        """Return whether a plan compares this field as a value (device lists and identity are not)."""
+        return self.show is not None
+
+    def write_xml(self, root: ET.Element, definition: model.DomainDefinition, context: WriteContext) -> None:
+        """Write this field of ``definition`` into the domain XML ``root``, changing nothing else."""
+        self.xml.write(root, tuple(getattr(definition, name) for name in self.attrs), context)
+
+    def read_xml(self, root: ET.Element) -> dict[str, object]:
+        """Return this field's attributes as the domain XML ``root`` keeps them."""
+        return dict(zip(self.attrs, self.xml.read(root), strict=True))
+
     def text(self, definition: model.DomainDefinition) -> str | None:
         """Return what a plan prints for this field of ``definition``."""
-        return self.show(definition)
+        return self.show(definition) if self.show is not None else None
 
     def satisfied_by(self, observed: model.DomainDefinition, wanted: model.DomainDefinition) -> bool:
         """Return whether libvirt's ``observed`` value is what ``wanted`` asks for (a default when it asks none)."""
@@ -117,49 +145,62 @@ def _graphics_off(old: model.DomainDefinition, new: model.DomainDefinition) -> b
     return "none" in (old.graphics, new.graphics)  # switching graphics on or off says it all
 
 
-DOMAIN_FIELDS: tuple[DomainField, ...] = (
-    DomainField("virtType", "spec.virtType", "/domain/@type", ("virt_type",), lambda d: d.virt_type),
-    DomainField("vcpus", "spec.vcpus", "/domain/vcpu", ("vcpus",), lambda d: str(d.vcpus)),
-    DomainField("maxMemory", "spec.maxMemory", "/domain/memory", ("max_memory",), lambda d: kib_text(d.max_memory)),
-    DomainField("memory", "spec.memory", "/domain/currentMemory", ("memory",), lambda d: kib_text(d.memory),
+# Every managed field, in the order a plan lists changes.  domxml writes them in this
+# order too: an element a write creates lands where libvirt puts it whatever the order,
+# but graphics.listen and the password need the device graphics made, and CD-ROMs follow
+# the disks.
+FIELDS: tuple[DomainField, ...] = (
+    DomainField("name", None, XMLProperty("name", missing=""), ("name",), planned_by="the domain's identity"),
+    DomainField("uuid", "spec.uuid", XMLProperty("uuid", from_text=lambda text: text or None, keep_unset=True),
+                ("uuid",), planned_by="the domain's identity: a UUID never changes without a replacement"),
+    DomainField("owner", None, domainparts.OwnerMark(), ("owner",),
+                planned_by="kvmops' mark, diffed by VMDiff._diff_owner"),
+    DomainField("virtType", "spec.virtType", XMLProperty("", "type", missing=""), ("virt_type",), lambda d: d.virt_type),
+    DomainField("vcpus", "spec.vcpus", XMLProperty("vcpu", read_element=domainparts.current_vcpus, missing=1,
+                                                    dropped=("current",)),
+                ("vcpus",), lambda d: str(d.vcpus)),
+    DomainField("maxMemory", "spec.maxMemory", XMLProperty("memory", read_element=domainparts.kib, missing=0,
+                                                            attributes=(("unit", "KiB"),)),
+                ("max_memory",), lambda d: kib_text(d.max_memory)),
+    DomainField("memory", "spec.memory", XMLProperty("currentMemory", read_element=domainparts.kib, missing=0,
+                                                      missing_from="memory", attributes=(("unit", "KiB"),)),
+                ("memory",), lambda d: kib_text(d.memory),
                 pending=False),  # the balloon moves it live, and the guest may lag behind
-    DomainField("console", "spec.console", "/domain/devices/serial[@type='pty'] + console", ("console",),
+    DomainField("console", "spec.console", domainparts.CONSOLE, ("console",),
                 lambda d: "serial" if d.console else "none"),
-    DomainField("firmware", "spec.firmware", "/domain/os/@firmware", ("firmware",), lambda d: d.firmware),
-    DomainField("machine", "spec.machine", "/domain/os/type/@machine", ("machine",), lambda d: d.machine,
+    DomainField("firmware", "spec.firmware", domainparts.Firmware(), ("firmware",), lambda d: d.firmware),
+    DomainField("machine", "spec.machine", XMLProperty("os/type", "machine", keep_unset=True), ("machine",),
+                lambda d: d.machine,
                 libvirt_default=True, agrees=lambda seen, wanted: machine_matches(wanted.machine or "", seen.machine)),
-    DomainField("cpu", "spec.cpu", "/domain/cpu/@mode, /domain/cpu/model", ("cpu_mode", "cpu_model"), cpu_text,
-                libvirt_default=True),
-    DomainField("boot", "spec.boot", "/domain/os/boot/@dev", ("boot",), lambda d: ", ".join(d.boot) or None,
+    DomainField("cpu", "spec.cpu", domainparts.CPU(), ("cpu_mode", "cpu_model"), cpu_text, libvirt_default=True),
+    DomainField("boot", "spec.boot", XMLList("os/boot", "dev"), ("boot",), lambda d: ", ".join(d.boot) or None,
                 agrees=lambda seen, wanted: not wanted.boot and seen.boot == LIBVIRT_BOOT),
-    DomainField("install", "spec.install", "/domain/os/kernel, initrd, cmdline", ("kernel", "initrd", "cmdline"),
-                install_text),
-    DomainField("guestAgent", "spec.guestAgent", "/domain/devices/channel[target/@name='org.qemu.guest_agent.0']",
-                ("guest_agent",), lambda d: yes_no(d.guest_agent)),
-    DomainField("graphics.listen", "spec.graphics.listen", "/domain/devices/graphics/@listen", ("graphics_listen",),
+    DomainField("install", "spec.install",
+                XMLGroup((XMLProperty("os/kernel"), XMLProperty("os/initrd"), XMLProperty("os/cmdline"))),
+                ("kernel", "initrd", "cmdline"), install_text),
+    DomainField("guestAgent", "spec.guestAgent", domainparts.GUEST_AGENT, ("guest_agent",),
+                lambda d: yes_no(d.guest_agent)),
+    DomainField("hugepages", "spec.hugepages", XMLFlag("memoryBacking/hugepages"), ("hugepages",),
+                lambda d: yes_no(d.hugepages)),
+    DomainField("graphics", "spec.graphics", domainparts.Graphics(), ("graphics",), lambda d: d.graphics),
+    DomainField("graphics.listen", "spec.graphics.listen", domainparts.GraphicsListen(), ("graphics_listen",),
                 lambda d: d.graphics_listen, hidden_when=_graphics_off),
-    DomainField("graphics", "spec.graphics", "/domain/devices/graphics/@type", ("graphics",), lambda d: d.graphics),
+    DomainField("graphics.password", "spec.graphics.passwordFile", domainparts.GraphicsPassword(), ("graphics_password",),
+                planned_by="a secret: compared through the mark's digest, never shown"),
+    DomainField("disks", "spec.disks", domainparts.Disks("disk"), ("disks",),
+                planned_by="VMDiff._diff_disks (by target and source)"),
+    DomainField("cdroms", "spec.cdrom", domainparts.Disks("cdrom"), ("cdroms",),
+                planned_by="VMDiff._diff_definition 'cdrom' line, the cloud-init seed excepted"),
+    DomainField("nics", "spec.networks", domainparts.Nics(), ("nics",), planned_by="VMDiff._diff_nics (by MAC)"),
 )
 
-# Collections of devices, matched by identity, each with the code that plans it.
-DEVICE_COLLECTIONS: dict[str, str] = {
-    "disks": "planner._diff_disks (by target and source)",
-    "cdroms": "planner._diff_definition 'cdrom' line, the seed excepted",
-    "nics": "planner._diff_nics (by MAC)",
-}
-
-# Identity and bookkeeping: never a change to show (the mark has its own diff, _diff_owner).
-NOT_COMPARED: dict[str, str] = {
-    "name": "the domain's identity",
-    "uuid": "the domain's identity: a UUID never changes without a replacement",
-    "owner": "kvmops' mark, diffed by planner._diff_owner",
-    "graphics_password": "a secret: compared through the mark's digest, never shown",
-}
+# The fields a plan compares as values, and the restart-pending check too.
+DOMAIN_FIELDS: tuple[DomainField, ...] = tuple(f for f in FIELDS if f.compared)
 
 
 def by_label(label: str) -> DomainField:
     """Return the declaration whose plan label is ``label``."""
-    return next(f for f in DOMAIN_FIELDS if f.label == label)
+    return next(f for f in FIELDS if f.label == label)
 
 
 def restart_pending(live: model.DomainDefinition, config: model.DomainDefinition) -> list[tuple[str, str, str]]:

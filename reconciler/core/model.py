@@ -288,6 +288,7 @@ class VMSpec:
     install: InstallSpec | None = None
     cloud_init: CloudInitSpec | None = None
     guest_agent: bool = False
+    hugepages: bool = False
     graphics_listen: str = "127.0.0.1"
     graphics_password: str | None = field(default=None, compare=False, repr=False)
     graphics_password_digest: str = ""
@@ -349,6 +350,7 @@ class ImageSpec:
     origin: Origin = field(compare=False, hash=False, repr=False)
     tree: str = field(default="", compare=False)  # where ``path`` is, and must stay, when read
     hosts: tuple[tuple[str, str], ...] | None = None  # Host label selector; None: the hosts whose VMs use it
+    host_path: str = field(default="", compare=False)  # the file ``path`` names, as this machine resolves it
 
 
 IMAGE_PARTIAL_PREFIX = ".kvmops-partial-"
@@ -588,6 +590,7 @@ class DomainDefinition:
     cmdline: str | None = None
     cdroms: tuple[DiskDevice, ...] = ()
     guest_agent: bool = False
+    hugepages: bool = False
     graphics_listen: str | None = None
     graphics_password: str | None = field(default=None, compare=False, repr=False)
 

@@ -293,6 +293,26 @@ class MigrateDomain(Step):
 
 
 @dataclass(frozen=True)
+class DeleteMovedVolume(Step):
+    """Delete, on the host a domain left, volume ``pool/name`` it used there; runs after its :class:`MigrateDomain`.
+
+    Only once the domain (``uuid``) is gone from this host and defined, with kvmops' mark,
+    on ``destination``; only if ``destination`` has its own copy of the volume and does
+    not see this very file (a shared pool: the guest's disk now, never deleted).
+    """
+
+    kind: ClassVar[str] = "delete_moved_volume"
+    pool: str
+    name: str
+    domain: str
+    uuid: str
+    destination: str
+
+    def describe(self) -> str:
+        return f"delete volume {self.pool}/{self.name} left behind by {self.domain} (now on {self.destination})"
+
+
+@dataclass(frozen=True)
 class CloneVolume(Step):
     """Create volume ``name`` as a full copy of ``source`` (a base image), then grow it to ``capacity``."""
 

@@ -16,6 +16,7 @@ from reconciler import errors
 from reconciler.adapters import hypervisor as hv
 from reconciler.adapters import manifests
 from reconciler.core import planner, validation
+from reconciler.core import policy as policies
 from reconciler.runtime import controller, gitsource, hostlock
 
 
@@ -31,6 +32,12 @@ def read(path: str | None) -> dict:
     if problems:
         raise errors.ManifestError("invalid configuration: " + "; ".join(str(p) for p in problems), tuple(problems))
     return body
+
+
+def policy(config: Mapping[str, object], path: str | None = None) -> policies.Policy | None:
+    """Return the host policy of configuration ``config`` (read from ``path``), or None when it sets none."""
+    block = config.get("policy")
+    return policies.from_config(block, source=path or "") if isinstance(block, Mapping) else None
 
 
 def controller_settings(flags: Mapping[str, object], config: Mapping[str, object]) -> controller.ControllerSettings:
@@ -77,6 +84,8 @@ def controller_settings(flags: Mapping[str, object], config: Mapping[str, object
             shutdown_timeout=float(pick("shutdown_timeout", "shutdownTimeout")),
             scope=str(pick("scope", "scope") or "default"),
             password_salt=secrets.token_bytes(16),  # random per controller run; mixed with each domain's UUID
+            policy=policy(config, str(flags.get("config") or "") or None),
+            allow_mass_prune=bool(flags.get("allow_mass_prune")),
         ),
         resync_interval=float(pick("resync_interval", "resyncInterval")),
         quiet_period=float(pick("quiet_period", "quietPeriod")),

@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 from reconciler import errors
 from reconciler.adapters import hypervisor as hv
 from reconciler.core import model
+from reconciler.core import policy as policies
 from reconciler.core.quantity import format_bytes_approx
 
 
@@ -155,6 +156,23 @@ def manifest_checks(desired: model.DesiredState, hypervisor: hv.Hypervisor, actu
         if not host_bridge_exists(bridge):
             checks.append(_missing_bridge(f"bridge {bridge}", bridge))
     return checks
+
+
+def policy_check(policy: policies.Policy | None, scope: str) -> Check:
+    """Return what the host policy lets scope ``scope`` do: nothing is bounded without one."""
+    if policy is None:
+        return Check(
+            "policy", None,
+            "no policy is set: the manifests may use any pool directory, network, bridge and image source, ask for any "
+            "size, and remove any number of VMs in one pass (only the fixed confinement rules hold)",
+            "if several teams or repositories share this host, add a policy: block to the configuration file "
+            "(--config or $KVMOPS_CONFIG); see the README, Host policy",
+        )
+    rules = policy.for_scope(scope)
+    own = " (its own rules under policy.scopes)" if scope in dict(policy.scopes) else ""
+    where = f" of {policy.source}" if policy.source else ""
+    said = "; ".join(rules.describe()) or "no rule set (everything is allowed)"
+    return Check("policy", True, f"scope {scope} obeys the policy{where}{own}: {said}")
 
 
 def _future_pool_check(spec: model.PoolSpec, want: int, *, local: bool) -> Check:

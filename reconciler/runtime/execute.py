@@ -12,6 +12,17 @@ because starting and stopping QEMU dominates and independent VMs need not wait f
 other; then what requires a VM (a network removed after the VMs that used it), one at a
 time.  A resource whose requirement failed (a VM whose pool failed) is skipped.  ``cancel`` stops the work between steps,
 never inside one, so no domain is left half-defined.
+
+Moving a VM between hosts takes two connections.  A plan runs against one host's
+hypervisor, as always; ``hosts`` maps the other hosts' names (those that steps name, e.g.
+:class:`~reconciler.core.plan.MigrateDomain`'s ``destination``) to their hypervisors.  A
+migration belongs to the plan of the host the VM leaves: its :class:`MigrateDomain` runs
+on that plan's hypervisor (the source) and its :class:`DeleteMovedVolume` steps, after it,
+delete what the VM left there.  Before a migration the executor checks the source domain
+is still kvmops' with the planned UUID and that the destination has no domain of that name
+or UUID; after it, that the domain runs (or, offline, is defined) on the destination with
+the same UUID and kvmops' mark, and is gone from the source.  A failed check fails the
+step, so no later step (no volume deletion) runs.
 """
 
 from __future__ import annotations
@@ -22,7 +33,7 @@ import os
 import threading
 import xml.etree.ElementTree as ET
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -85,8 +96,14 @@ def execute(
     *,
     workers: int = DEFAULT_WORKERS,
     cancel: threading.Event | None = None,
+    hosts: Mapping[str, hv.Hypervisor] | None = None,
 ) -> ApplyReport:
-    """Run every step of ``plan``; return what happened to each resource."""
+    """Run every step of ``plan`` on ``hypervisor``; return what happened to each resource.
+
+    ``hosts``: the hypervisors of other hosts, by name, for steps that reach another host
+    (migrations); without it such steps fail with a clear error.
+    """
+    hosts = hosts or {}
     cancel = cancel or threading.Event()
     outcomes: list[ResourceOutcome] = []
     broken = {r.key for r in plan.resources if r.problems}
@@ -95,7 +112,7 @@ def execute(
     def run_one(resource: plans.ResourcePlan) -> ResourceOutcome:
         if _blocked(resource, broken):
             return _skip(resource, broken)
-        return _run_resource(resource, hypervisor, cancel)
+        return _run_resource(resource, hypervisor, cancel, hosts)
 
     def run_in_turn(resources: tuple[plans.ResourcePlan, ...]) -> None:
         for resource in resources:
@@ -150,7 +167,10 @@ def _skip(resource: plans.ResourcePlan, broken: set[str]) -> ResourceOutcome:
     return ResourceOutcome(resource.kind, resource.name, "skipped", error=message)
 
 
-def _run_resource(resource: plans.ResourcePlan, hypervisor: hv.Hypervisor, cancel: threading.Event) -> ResourceOutcome:
+def _run_resource(
+    resource: plans.ResourcePlan, hypervisor: hv.Hypervisor, cancel: threading.Event,
+    hosts: Mapping[str, hv.Hypervisor] | None = None,
+) -> ResourceOutcome:
     subject = {SUBJECTS.get(resource.kind, "resource"): resource.name}
     done: list[StepOutcome] = []
     for step in resource.steps:
@@ -158,7 +178,10 @@ def _run_resource(resource: plans.ResourcePlan, hypervisor: hv.Hypervisor, cance
             return ResourceOutcome(resource.kind, resource.name, "skipped", tuple(done), error="cancelled before " + step.describe())
         started = time.monotonic()
         try:
-            detail = _RUNNERS[type(step)](hypervisor, step, cancel) or ""
+            if type(step) in _FLEET_RUNNERS:
+                detail = _FLEET_RUNNERS[type(step)](hypervisor, hosts or {}, step, cancel) or ""
+            else:
+                detail = _RUNNERS[type(step)](hypervisor, step, cancel) or ""
         except errors.KvmopsError as exc:
             duration = _ms(started)
             done.append(StepOutcome(step.describe(), False, str(exc), duration))
@@ -467,6 +490,157 @@ def _remove_network(h: hv.Hypervisor, step: plans.RemoveNetwork, _cancel) -> str
     h.remove_network(step.name)
 
 
+# --- steps that reach another host: (hypervisor, hosts, step, cancel) -> detail ----------
+
+
+def _peer(hosts: Mapping[str, hv.Hypervisor], name: str) -> hv.Hypervisor:
+    try:
+        return hosts[name]
+    except KeyError:
+        raise errors.PlanningError(f"this step needs host {name}, and the executor was given no connection to it") from None
+
+
+def _migrate_domain(source: hv.Hypervisor, hosts: Mapping[str, hv.Hypervisor], step: plans.MigrateDomain,
+                    _cancel: threading.Event) -> str | None:
+    if step.source in hosts and hosts[step.source].uri != source.uri:
+        raise errors.PlanningError(
+            f"the migration of {step.name} leaves host {step.source}, but runs in the plan of {source.uri}"
+        )
+    destination = _peer(hosts, step.destination)
+    source.ensure_owned(step.name, step.uuid, bound=True)
+    there = destination.domain_name_by_uuid(step.uuid)
+    if there is not None or destination.domain_exists(step.name):
+        raise errors.OwnershipError(
+            f"host {step.destination} already has a domain {there or step.name} (UUID {step.uuid} or name "
+            f"{step.name}); not migrating {step.name} there, a VM must never run twice. Plan again"
+        )
+    live = step.mode is not plans.MigrationMode.OFFLINE
+    power = source.domain_power(step.name)[0]
+    if live and not power.active:
+        raise errors.OperationRefused(f"domain {step.name} is not running; a live migration needs it running. Plan again")
+    if not live and power is not model.PowerState.SHUTOFF:
+        raise errors.OperationRefused(
+            f"domain {step.name} is {power.value}; an offline migration moves a shut-off domain only. Plan again"
+        )
+    disks = _writable_disks(source.domain_xml(step.name))
+    pools = sorted({pool for pool, _volume in disks if pool})
+    shared = {pool: source.shares_pool_with(pool, destination) for pool in pools}
+    if step.mode is plans.MigrationMode.LIVE:
+        unshared = [pool for pool in pools if not shared[pool]]
+        if unshared:
+            raise errors.OperationRefused(
+                f"pool {', '.join(unshared)} is not shared between {step.source} and {step.destination} (a file "
+                f"created in it on {step.source} does not appear on {step.destination}); a live migration without "
+                "storage copy would leave the guest without its disks. Plan again"
+            )
+    volumes = [(pool, volume) for pool, volume in disks if pool and not shared[pool]]
+    if step.mode is plans.MigrationMode.LIVE_COPY_STORAGE:
+        overlap = [pool for pool in pools if shared[pool]]
+        if overlap:
+            raise errors.OperationRefused(
+                f"pool {', '.join(overlap)} is shared with {step.destination}: copying its volumes onto themselves "
+                "would destroy them; the move must be live without storage copy. Plan again"
+            )
+    for pool, volume in volumes:
+        if destination.volume_exists(pool, volume):
+            raise errors.OwnershipError(
+                f"volume {pool}/{volume} already exists on {step.destination}; kvmops will not overwrite it with "
+                f"{step.name}'s disk. Remove it there if it is a leftover, or plan again"
+            )
+    copied: list[tuple[str, str]] = []
+    if step.mode is plans.MigrationMode.OFFLINE:
+        for pool, volume in volumes:  # libvirt moves no storage offline
+            source.send_volume(pool, volume, destination)
+            copied.append((pool, volume))
+
+    def progress(done: int, total: int | None) -> None:
+        share = f"{done * 100 // total}%" if total else f"{done // (1024 * 1024)} MiB"
+        log.info("migration_progress", vm=step.name, destination=step.destination, done_bytes=done, total_bytes=total,
+                 progress=share)
+
+    try:
+        seconds = source.migrate(step.name, step.uuid, step.destination_uri, step.mode, xml=step.xml or None,
+                                 progress=progress, shared_storage_proven=all(pool for pool, _ in disks))
+    except errors.KvmopsError:
+        if destination.domain_name_by_uuid(step.uuid) is None:  # our copies, unused: nothing refers to them
+            for pool, volume in copied:
+                with contextlib.suppress(errors.KvmopsError):
+                    destination.delete_volume(pool, volume)
+        raise
+    _verify_moved(source, destination, step)
+    copies = f", {len(volumes)} volume(s) copied" if volumes else ""
+    return f"{step.mode.value} migration by libvirt in {seconds * 1000:.0f} ms{copies}; runs on {step.destination}" if live \
+        else f"offline migration by libvirt in {seconds * 1000:.0f} ms{copies}; defined on {step.destination}"
+
+
+def _writable_disks(xml: str) -> list[tuple[str | None, str | None]]:
+    """Return (pool, volume) of every disk of the domain that QEMU writes: (None, None) for a file outside any pool."""
+    root = domxml.parse_tree(xml)
+    disks = []
+    for element in root.iterfind("devices/disk"):
+        if element.get("device", "disk") not in ("disk", "lun") or element.find("readonly") is not None:
+            continue
+        source = element.find("source")
+        if source is None:
+            continue
+        disks.append((source.get("pool"), source.get("volume")) if source.get("pool") else (None, None))
+    return disks
+
+
+def _verify_moved(source: hv.Hypervisor, destination: hv.Hypervisor, step: plans.MigrateDomain) -> None:
+    """Raise unless domain ``step.uuid`` is on the destination (running, when live), kvmops', and gone from the source."""
+    there = destination.domain_name_by_uuid(step.uuid)
+    if there != step.name:
+        raise errors.OperationRefused(
+            f"libvirt reported the migration of {step.name} done, but {step.destination} has "
+            f"{'no domain with its UUID' if there is None else 'it under the name ' + there}; check both hosts"
+        )
+    destination.ensure_owned(step.name, step.uuid)
+    if step.mode is not plans.MigrationMode.OFFLINE and not destination.domain_power(step.name)[0].active:
+        raise errors.OperationRefused(f"{step.name} was migrated to {step.destination} but does not run there; check it")
+    left = source.domain_name_by_uuid(step.uuid)
+    if left is not None:
+        raise errors.OperationRefused(
+            f"{step.name} runs on {step.destination} but is still defined on {step.source} (as {left}); it must not "
+            f"start there: undefine it on {step.source} (virsh undefine {left}) once you have checked it"
+        )
+
+
+def _delete_moved_volume(source: hv.Hypervisor, hosts: Mapping[str, hv.Hypervisor], step: plans.DeleteMovedVolume,
+                         _cancel: threading.Event) -> str | None:
+    destination = _peer(hosts, step.destination)
+    if not source.volume_exists(step.pool, step.name):
+        return "already gone"
+    if source.domain_name_by_uuid(step.uuid) is not None:
+        raise errors.OperationRefused(
+            f"domain {step.domain} (UUID {step.uuid}) is still defined here; not deleting its volume "
+            f"{step.pool}/{step.name}. Plan again"
+        )
+    if destination.domain_name_by_uuid(step.uuid) != step.domain:
+        raise errors.OperationRefused(
+            f"domain {step.domain} (UUID {step.uuid}) is not on {step.destination}; its volume {step.pool}/{step.name} "
+            "here may be its only copy, not deleted. Plan again"
+        )
+    destination.ensure_owned(step.domain, step.uuid)
+    if not destination.volume_exists(step.pool, step.name):
+        raise errors.OperationRefused(
+            f"{step.destination} has no volume {step.pool}/{step.name}: the one here may be {step.domain}'s only copy; "
+            "not deleted"
+        )
+    if source.shares_pool_with(step.pool, destination):
+        raise errors.OperationRefused(
+            f"pool {step.pool} is shared with {step.destination}: {step.pool}/{step.name} is {step.domain}'s disk "
+            "there too; not deleted"
+        )
+    _ensure_unshared(source, step.pool, step.name, "delete")
+    return None if source.delete_volume(step.pool, step.name) else "already gone"
+
+
+_FLEET_RUNNERS: dict[type, Callable] = {
+    plans.MigrateDomain: _migrate_domain,
+    plans.DeleteMovedVolume: _delete_moved_volume,
+}
+
 _RUNNERS: dict[type, Callable] = {
     plans.DefinePool: _define_pool,
     plans.BuildPool: _build_pool,
@@ -514,4 +688,6 @@ _EVENTS: dict[type, str] = {
     plans.SetNetworkAutostart: "network_autostart_set",
     plans.UpdateDhcpHost: "dhcp_host_updated",
     plans.RemoveNetwork: "network_removed",
+    plans.MigrateDomain: "domain_migrated",
+    plans.DeleteMovedVolume: "moved_volume_deleted",
 }

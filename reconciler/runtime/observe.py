@@ -45,3 +45,12 @@ def collect(hypervisor: hv.Hypervisor) -> model.Observation:
 def observe(hypervisor: hv.Hypervisor) -> model.ActualState:
     """Return what ``hypervisor`` has now."""
     return actual.interpret(collect(hypervisor))
+
+
+def observe_domain(hypervisor: hv.Hypervisor, name: str) -> tuple[model.ActualState, model.ObservedDomain]:
+    """Return the host's state and its domain ``name``; raise ``ObjectNotFound`` when there is none."""
+    actual = observe(hypervisor)
+    domain = actual.domains.get(name)
+    if domain is None:
+        raise errors.ObjectNotFound(f"no domain named {name} on {hypervisor.uri}")
+    return actual, domain

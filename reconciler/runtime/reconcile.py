@@ -64,6 +64,7 @@ def load_desired(path: str, *, revision: str = "") -> model.DesiredState:
     loaded = manifests.load(path)
     files = manifests.TreeFiles(loaded.tree)
     desired = with_host_pool_paths(desired_state.build(loaded, read_file=files.read, check_file=files.check))
+    desired = with_host_image_paths(desired)
     return dataclasses.replace(desired, revision=revision) if revision else desired
 
 
@@ -114,6 +115,22 @@ def with_host_pool_paths(desired: model.DesiredState) -> model.DesiredState:
         return desired
     pools = {name: dataclasses.replace(spec, host_path=os.path.realpath(spec.path)) for name, spec in desired.pools.items()}
     return dataclasses.replace(desired, pools=MappingProxyType(pools))
+
+
+def with_host_image_paths(desired: model.DesiredState) -> model.DesiredState:
+    """Return ``desired`` with each image file (``source.path``) as this machine resolves it.
+
+    The host policy's ``imageSources`` directories are judged on where the file really is,
+    symlinks followed, and the manifest tree may be given as a relative path.
+    """
+    if not any(image.path for image in desired.images.values()):
+        return desired
+    images = {
+        name: dataclasses.replace(image, host_path=os.path.realpath(os.path.join(image.tree, image.path)))
+        if image.path else image
+        for name, image in desired.images.items()
+    }
+    return dataclasses.replace(desired, images=MappingProxyType(images))
 
 
 def with_host_file_paths(desired: model.DesiredState, actual: model.ActualState) -> model.DesiredState:
@@ -202,3 +219,16 @@ def apply(
     with gc_paused():
         after = planner.plan_changes(planned.desired, actual, settings=settings)
     return ApplyResult(planned, report, after)
+
+
+def pool_problems_on_host(desired: model.DesiredState, hypervisor: hv.Hypervisor) -> list[model.Problem]:
+    """Return what ``validate --connect`` adds: pools the host refuses or lacks, for the pools and VMs declared."""
+    problems = []
+    pools = {pool.name: pool for pool in hypervisor.list_pools()}
+    for spec in desired.pools.values():
+        refusal = planner.refused_pool_path(spec, hypervisor.uri) if spec.name not in pools else None
+        if refusal is not None:
+            problems.append(spec.origin.problem("spec.path", f"{refusal}; kvmops never makes one a storage pool"))
+    for spec in desired.vms.values():
+        problems.extend(planner.pool_problems(spec, desired.pools, pools, hypervisor.uri))
+    return problems

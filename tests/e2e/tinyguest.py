@@ -134,6 +134,8 @@ MODULES = (*ACPI_MODULES, "virtio_pci", "virtio_net")
 CMDLINE = "console=ttyS0 quiet cryptomgr.notests mitigations=off no_timer_check tsc=reliable i8042.noaux 8250.nr_uarts=1"
 
 READY = re.compile(r"TINYGUEST READY ip=(\S+)")
+UPTIME = re.compile(r"TINYGUEST UPTIME ([0-9.]+)")  # with HEARTBEAT on the command line, every second
+HEARTBEAT = "tinyguest.heartbeat"
 POWEROFF_MARKER = "TINYGUEST POWEROFF"
 
 DEFAULT_CACHE = Path("/var/tmp/kvmops-e2e-cache")
@@ -665,6 +667,12 @@ if [ -e /sys/class/net/eth0 ]; then
 else
     echo "TINYGUEST READY ip=none"
 fi
+# tinyguest.heartbeat on the command line: print the uptime every second, so that a test
+# can tell a guest that kept running (a live migration) from one that booted again.
+case " $(cat /proc/cmdline) " in
+*" tinyguest.heartbeat "*)
+    while true; do read up idle </proc/uptime; echo "TINYGUEST UPTIME $up"; sleep 1; done ;;
+esac
 while true; do sleep 3600; done
 """
 

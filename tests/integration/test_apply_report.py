@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from reconciler import cli
 from reconciler.core import model, planner
-from reconciler.runtime import execute, reconcile
+from reconciler.runtime import execute, reconcile, report
 from tests import factories
 
 
@@ -16,7 +15,7 @@ def test_a_pass_whose_steps_all_succeeded_but_that_did_not_converge_names_what_s
     planned = reconcile.make_plan(str(manifest_dir), hypervisor, settings=planner.Settings())
     nothing_done = execute.ApplyReport(())
     result = reconcile.ApplyResult(planned, nothing_done, after=planned.plan)
-    text = cli.report_text(result)
+    text = report.report_text(result)
     assert "Not converged" in text
     assert "Fix the errors above" not in text
     assert "VirtualMachine web: still to create, start after this apply" in text
@@ -29,7 +28,7 @@ def test_problems_found_after_the_apply_are_printed_in_the_report(hypervisor, ma
     planned = reconcile.make_plan(str(manifest_dir), hypervisor, settings=planner.Settings())
     problem = model.Problem("manifests/web.yaml", 4, "spec.vcpus", "something only seen afterwards")
     after = dataclasses.replace(planned.plan, resources=(), problems=(problem,))
-    text = cli.report_text(reconcile.ApplyResult(planned, execute.ApplyReport(()), after=after))
+    text = report.report_text(reconcile.ApplyResult(planned, execute.ApplyReport(()), after=after))
     assert "Not converged" in text
     assert str(problem) in text
 
@@ -41,7 +40,7 @@ def test_a_failed_step_is_named_in_the_closing_line(hypervisor, manifest_dir):
     failed = execute.ResourceOutcome("VirtualMachine", "web", "failed",
                                      (execute.StepOutcome("define domain web", False, "libvirt said no"),),
                                      error="libvirt said no")
-    text = cli.report_text(reconcile.ApplyResult(planned, execute.ApplyReport((failed,)), after=planned.plan))
+    text = report.report_text(reconcile.ApplyResult(planned, execute.ApplyReport((failed,)), after=planned.plan))
     closing = text.strip().splitlines()[-1]
     assert "VirtualMachine web failed: libvirt said no" in text
     assert closing.startswith("Not converged") and "web" in closing
@@ -53,5 +52,5 @@ def test_a_resource_that_still_differs_is_reported_with_its_changes(hypervisor, 
     assert reconcile.apply(str(manifest_dir), hypervisor, settings=planner.Settings()).converged
     factories.write(manifest_dir, "web.yaml", factories.vm("web", vcpus=2))
     planned = reconcile.make_plan(str(manifest_dir), hypervisor, settings=planner.Settings())
-    text = cli.report_text(reconcile.ApplyResult(planned, execute.ApplyReport(()), after=planned.plan))
+    text = report.report_text(reconcile.ApplyResult(planned, execute.ApplyReport(()), after=planned.plan))
     assert "VirtualMachine web: still differs after this apply: vcpus 1 -> 2" in text

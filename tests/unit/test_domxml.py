@@ -265,3 +265,31 @@ def test_volume_xml_is_a_sparse_qcow2_of_the_exact_capacity():
     assert (root.find("capacity").get("unit"), root.findtext("capacity")) == ("bytes", str(20 * builders.GIB))
     assert root.findtext("allocation") == "0"
     assert root.find("target/format").get("type") == "qcow2"
+
+
+def test_a_fleet_placed_vm_carries_its_fleet_and_host_in_the_mark():
+    """The mark records the fleet and the host that placed the VM, and reads them back."""
+    placed = dataclasses.replace(WEB, owner=dataclasses.replace(WEB.owner, fleet="prod", host="kvm-2"))
+    mark = ET.fromstring(domxml.render(placed)).find(f"metadata/{{{domxml.NAMESPACE}}}owner")
+    assert (mark.get("fleet"), mark.get("host")) == ("prod", "kvm-2")
+    assert domxml.parse(domxml.render(placed)) == placed
+    assert domxml.parse(domxml.patch(golden("web-libvirt-expanded.xml"), placed)).owner == placed.owner
+
+
+def test_a_single_host_mark_has_no_fleet_attributes():
+    """Outside a fleet the mark is what it always was: no fleet or host attribute."""
+    mark = ET.fromstring(domxml.render(WEB)).find(f"metadata/{{{domxml.NAMESPACE}}}owner")
+    assert "fleet" not in mark.attrib and "host" not in mark.attrib
+
+
+def test_hugepages_live_in_memory_backing_and_leave_its_other_settings_alone():
+    """hugepages is <memoryBacking><hugepages/>, placed where libvirt puts it; removing it keeps <access> and the rest."""
+    huge = dataclasses.replace(WEB, hugepages=True)
+    root = ET.fromstring(domxml.render(huge))
+    assert root.find("memoryBacking/hugepages") is not None
+    assert [c.tag for c in root][[c.tag for c in root].index("currentMemory") + 1] == "memoryBacking"
+    shared = domxml.render(huge).replace("<hugepages />", "<hugepages />\n<access mode='shared'/>")
+    patched = ET.fromstring(domxml.patch(shared, WEB))
+    assert patched.find("memoryBacking/hugepages") is None and patched.find("memoryBacking/access") is not None
+    assert ET.fromstring(domxml.patch(domxml.render(huge), WEB)).find("memoryBacking") is None
+    assert domxml.parse(domxml.patch(domxml.render(WEB), huge)) == huge

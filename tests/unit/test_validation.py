@@ -35,7 +35,7 @@ def problems_of(text: str) -> list[str]:
         pytest.param(
             "  memory: 1GiB\n  colour: red\n",
             [f"{FILE}:7: spec.colour: unknown field 'colour'; allowed: autostart, boot, cdrom, cloudInit, console, cpu, "
-             "disks, firmware, graphics, guestAgent, install, keepNvram, machine, maxMemory, memory, networks, "
+             "disks, firmware, graphics, guestAgent, hugepages, install, keepNvram, machine, maxMemory, memory, networks, "
              "runStrategy, shutdownTimeout, uuid, vcpus, virtType"],
             id="unknown-field-lists-allowed",
         ),
@@ -237,6 +237,7 @@ def test_defaults_come_from_the_schemas():
             "autostart": False,
             "runStrategy": "Always",
             "guestAgent": False,
+            "hugepages": False,
         },
     }
 

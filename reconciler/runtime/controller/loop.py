@@ -19,107 +19,44 @@ thread pool while the main loop keeps planning.
 Threads: the main loop (planning, timers, signals), libvirt's event loop, watchdog's
 observer, the executor pool and the optional HTTP listener.  Only the main loop plans;
 executor threads only run steps.
+
+The controller's parts: :mod:`.settings` (what it is told), :mod:`.hostlock_keeper`,
+:mod:`.git_follower`, :mod:`.debounce` and :mod:`.timers` (when it wakes), and
+:mod:`.status` (what it records and serves); this module is the main loop and its passes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
-import json
-import random
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 
 from reconciler import errors, logconfig
+from reconciler.adapters import git as gitcli
 from reconciler.adapters import hypervisor as hv
 from reconciler.adapters import systemd, watcher
 from reconciler.adapters.statusserver import StatusServer
-from reconciler.core import model, planner, redaction
 from reconciler.core import plan as plans
-from reconciler.adapters import git as gitcli
-from reconciler.runtime import execute, gitsource, hostlock, metrics, observe, reconcile, workqueue
+from reconciler.core import model, planner, redaction
+from reconciler.runtime import execute, gitsource, metrics, observe, reconcile, workqueue
+from reconciler.runtime.controller.debounce import Debouncer
+from reconciler.runtime.controller.git_follower import GitFollower
+from reconciler.runtime.controller.hostlock_keeper import HostLockKeeper
+from reconciler.runtime.controller.settings import ControllerSettings
+from reconciler.runtime.controller.status import ControllerStatus, now
+from reconciler.runtime.controller.timers import LoopTimers, next_resync
 
 log = logconfig.get_logger("kvmops.controller")
 
-@dataclass(frozen=True)
-class ControllerSettings:
-    """Everything ``kvmops run`` is told: by flags, a config file, or both."""
 
-    path: str
-    uri: str
-    planner: planner.Settings = planner.Settings()
-    resync_interval: float = 60.0
-    quiet_period: float = 0.3
-    max_quiet_wait: float = 2.0  # a change storm still gets a pass at least this often
-    workers: int = execute.DEFAULT_WORKERS
-    termination_grace: float = 30.0
-    listen: str = ""
-    state_dir: Path = field(default_factory=hostlock.default_state_dir)
-    reconnect_max_delay: float = 5.0
-    git: gitsource.GitSettings | None = None  # follow a branch instead of watching ``path``
-
-
-class _HostLockKeeper:
-    """Hold the host lock while any execution runs; release it when the last one ends.
-
-    Waiting for the lock (a ``kvmops apply`` holds it) ends when ``cancel`` is set, so a
-    SIGTERM is never stuck behind someone else's apply.
-    """
-
-    def __init__(self, state_dir: Path, uri: str, cancel: threading.Event) -> None:
-        self._state_dir, self._uri, self._cancel = state_dir, uri, cancel
-        self._acquiring = threading.Lock()  # one thread waits for the flock; the others queue here
-        self._count_lock = threading.Lock()
-        self._holders = 0
-        self._context: contextlib.AbstractContextManager | None = None
-
-    @contextlib.contextmanager
-    def held(self):
-        with self._acquiring:
-            with self._count_lock:
-                shared = self._holders > 0
-                if shared:
-                    self._holders += 1
-            if not shared:
-                context = hostlock.hold(
-                    self._state_dir, self._uri, wait=float("inf"), cancel=self._cancel,
-                    on_wait=lambda holder: log.warning("host_lock_waiting", holder=holder or "unknown"),
-                )
-                context.__enter__()
-                with self._count_lock:
-                    self._context = context
-                    self._holders += 1
-        try:
-            yield
-        finally:
-            with self._count_lock:
-                self._holders -= 1
-                context = self._context if self._holders == 0 else None
-                if context is not None:
-                    self._context = None
-            if context is not None:
-                context.__exit__(None, None, None)
-
-
-@dataclass
-class _Timers:
-    """The main loop's clocks (``time.monotonic()``), carried from one turn to the next."""
-
-    next_resync: float
-    next_watchdog: float
-    next_connect: float = 0.0
-    reconnect_delay: float = 0.5
-
-
-class Controller:
+class Controller(ControllerStatus):
     """Converge ``settings.uri`` on the manifests at ``settings.path`` until stopped."""
 
     def __init__(
@@ -144,11 +81,9 @@ class Controller:
         self._disconnect_reason: str | None = None
         self._executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="kvmops-worker")
         self._futures: set[Future] = set()
-        self._lock_keeper = _HostLockKeeper(settings.state_dir, settings.uri, self._cancel)
+        self._lock_keeper = HostLockKeeper(settings.state_dir, settings.uri, self._cancel)
         self._watcher: watcher.ManifestWatcher | None = None
-        self._debounce_lock = threading.Lock()
-        self._debounce_timer: threading.Timer | None = None
-        self._burst_started: float | None = None
+        self._debouncer = Debouncer(self._manifests_settled)
         self._server: StatusServer | None = None
         self._status_lock = threading.Lock()
         self._vm_status: dict[str, dict] = {}
@@ -161,7 +96,10 @@ class Controller:
         self._ready = False
         self._interesting: frozenset[str] | None = None  # domain names a pass cares about; None: all
         self._source = gitsource.GitSource(settings.git, settings.state_dir) if settings.git else None
-        self._source_thread: threading.Thread | None = None
+        self._git_follower = GitFollower(
+            self._source, self._stop, wake=lambda: self._wake(workqueue.EVERYTHING, "git"),
+            survive=self._survive, recovered=self._recovered, metrics=self.metrics,
+        ) if self._source is not None else None
         self._directory_revision: str | None = None
         # Unexpected exceptions, by where they happened (pass, loop, git, events): shown on /status and /healthz
         # until that part runs cleanly again.  None of them stops the controller.
@@ -200,12 +138,11 @@ class Controller:
         log.info("controller_started", manifests=self.settings.path or None, uri=redaction.redact_url(self.settings.uri),
                  resync_interval=self.settings.resync_interval,
                  git=self.settings.git.shown() if self.settings.git else None)
-        if self._source is not None:
-            self._source_thread = threading.Thread(target=self._follow_git, name="kvmops-git", daemon=True)
-            self._source_thread.start()
+        if self._git_follower is not None:
+            self._git_follower.start()
         else:
             self._wake(workqueue.EVERYTHING, "start")
-        timers = _Timers(next_resync=self._next_resync(), next_watchdog=time.monotonic())
+        timers = LoopTimers(next_resync=self._next_resync(), next_watchdog=time.monotonic())
         try:
             while not self._stop.is_set():
                 try:
@@ -221,7 +158,7 @@ class Controller:
             self._shutdown()
         return 0
 
-    def _turn(self, timers: _Timers) -> None:
+    def _turn(self, timers: LoopTimers) -> None:
         """Run one turn of the main loop: timers, reload, connection, then one pass over the ready keys."""
         now = time.monotonic()
         if self._notifier.watchdog_interval and now >= timers.next_watchdog:
@@ -271,8 +208,7 @@ class Controller:
             self._notifier.ready(waiting[:200])
 
     def _next_resync(self) -> float:
-        interval = self.settings.resync_interval
-        return time.monotonic() + interval + random.uniform(0, interval * 0.1)
+        return next_resync(self.settings.resync_interval)
 
     def _wake(self, key: str, source: str) -> None:
         with self._reasons_lock:
@@ -348,45 +284,6 @@ class Controller:
             self._directory_revision = gitcli.describe(self.settings.path)
         return self._directory_revision
 
-    def _follow_git(self) -> None:
-        """Fetch the branch on its interval; wake a full pass when a good commit arrives."""
-        source = self._source
-        announced: dict[str, str | None] = {"error": None, "rejection": None}
-        while not self._stop.is_set():
-            try:
-                self._poll_git(source, announced)
-            except Exception as exc:  # the thread must outlive a bug: the next interval tries again
-                self._survive("git", exc, retry_in=source.settings.interval)
-            else:
-                self._recovered("git")
-            self._stop.wait(source.settings.interval)
-
-    def _poll_git(self, source: gitsource.GitSource, announced: dict[str, str | None]) -> None:
-        """Fetch once; log what changed since the last fetch (``announced`` remembers what was said)."""
-        try:
-            commit = source.poll()
-        except errors.SourceError as exc:
-            source.last_error = str(exc)
-            if str(exc) != announced["error"]:
-                log.error("git_fetch_failed", url=redaction.redact_url(source.settings.url), error=str(exc), retrying=True)
-                announced["error"] = str(exc)
-            self.metrics.inc("kvmops_errors_total", kind="git")
-            return
-        announced["error"] = None
-        if commit is not None:
-            log.info("git_revision_applied", commit=commit, branch=source.settings.branch)
-            self._wake(workqueue.EVERYTHING, "git")
-        rejected = source.rejected
-        if rejected is not None and rejected.commit != announced["rejection"]:
-            announced["rejection"] = rejected.commit
-            for problem in rejected.problems:
-                log.error("git_revision_rejected", commit=rejected.commit, file=problem.file,
-                          line=problem.line, field=problem.path, error=problem.message)
-            if rejected.error:
-                log.error("git_revision_rejected", commit=rejected.commit, error=rejected.error)
-            log.warning("git_revision_kept", commit=source.applied,
-                        reason=f"commit {rejected.commit[:12]} does not validate")
-
     def _ensure_watcher(self) -> None:
         if self._source is not None:
             return  # the git source decides when the manifests change
@@ -400,21 +297,9 @@ class Controller:
             self._watcher.start()
 
     def _on_manifest_change(self, path: str) -> None:
-        with self._debounce_lock:
-            now = time.monotonic()
-            if self._burst_started is None:
-                self._burst_started = now
-            if self._debounce_timer is not None:
-                self._debounce_timer.cancel()
-            delay = max(0.0, min(self.settings.quiet_period, self._burst_started + self.settings.max_quiet_wait - now))
-            self._debounce_timer = threading.Timer(delay, self._manifests_settled)
-            self._debounce_timer.daemon = True
-            self._debounce_timer.start()
+        self._debouncer.changed(self.settings.quiet_period, self.settings.max_quiet_wait)
 
     def _manifests_settled(self) -> None:
-        with self._debounce_lock:
-            self._burst_started = None
-            self._debounce_timer = None
         self._wake(workqueue.EVERYTHING, "manifests")
 
     # -- one pass -----------------------------------------------------------------------
@@ -431,7 +316,7 @@ class Controller:
             except Exception as exc:
                 message = self._survive("pass", exc, reconcile_id=reconcile_id)
                 self.metrics.inc("kvmops_reconcile_passes_total", result="error")
-                self._last_pass = {"reconcile_id": reconcile_id, "finished_at": _now(),
+                self._last_pass = {"reconcile_id": reconcile_id, "finished_at": now(),
                                    "duration_ms": round((time.monotonic() - started) * 1000), "error": message}
                 self._last_pass_ok = False
                 for key in keys:
@@ -487,7 +372,7 @@ class Controller:
         self.metrics.inc("kvmops_reconcile_passes_total", result="ok" if not plan.problems else "problems")
         self.metrics.observe("kvmops_reconcile_duration_seconds", duration)
         self._last_pass = {
-            "reconcile_id": reconcile_id, "finished_at": _now(), "duration_ms": round(duration * 1000),
+            "reconcile_id": reconcile_id, "finished_at": now(), "duration_ms": round(duration * 1000),
             "trigger": sorted(set(reasons.values())), "changes": len(plan.changes), "problems": len(plan.problems),
         }
         self._last_pass_ok = not plan.problems
@@ -499,39 +384,11 @@ class Controller:
         else:
             self._notifier.status(self._summary())
 
-    def _survive(self, where: str, exc: Exception, *, reconcile_id: str | None = None,
-                 retry_in: float | None = None) -> str:
-        """Record an unexpected exception in ``where``: one event, a metric, /status and /healthz; return its message.
-
-        The traceback is logged the first time a message is seen in ``where``; a repeat says how many times.
-        """
-        message = f"internal error: {type(exc).__name__}: {exc}"
-        with self._status_lock:
-            previous = self._internal_errors.get(where)
-            repeats = previous["count"] + 1 if previous is not None and previous["error"] == message else 1
-            self._internal_errors[where] = {"error": message, "since": previous["since"] if repeats > 1 else _now(),
-                                            "count": repeats, "reconcile_id": reconcile_id}
-        self.metrics.inc("kvmops_errors_total", kind="internal")
-        log.error("internal_error", where=where, error=message, occurrences=repeats,
-                  **({"reconcile_id": reconcile_id} if reconcile_id else {}),
-                  **({"retry_in_s": round(retry_in, 2)} if retry_in is not None else {}),
-                  **({"exc_info": exc} if repeats == 1 else {}))
-        return message
-
-    def _recovered(self, where: str) -> None:
-        """Forget the internal error of ``where``: it just ran cleanly."""
-        if where not in self._internal_errors:
-            return
-        with self._status_lock:
-            gone = self._internal_errors.pop(where, None)
-        if gone is not None:
-            log.info("internal_error_cleared", where=where, occurrences=gone["count"])
-
     def _pass_failed(self, keys: list[str], started: float, kind: str, message: str) -> None:
         self.metrics.inc("kvmops_reconcile_passes_total", result="error")
         self.metrics.inc("kvmops_errors_total", kind=kind)
         log.error("reconcile_failed", error=message, kind=kind)
-        self._last_pass = {"finished_at": _now(), "duration_ms": round((time.monotonic() - started) * 1000), "error": message}
+        self._last_pass = {"finished_at": now(), "duration_ms": round((time.monotonic() - started) * 1000), "error": message}
         self._last_pass_ok = False
         for key in keys:
             self._queue.done(key)
@@ -618,146 +475,6 @@ class Controller:
             finally:
                 self._queue.done(resource.key)  # whatever happened above, the key must not stay in flight forever
         return ok
-
-    # -- status -------------------------------------------------------------------------
-
-    def _record(self, desired: model.DesiredState, actual: model.ActualState, plan: plans.Plan) -> None:
-        previous = {str(p) for p in self._problems}
-        current = {str(p) for p in plan.problems}
-        for problem in plan.problems:
-            if str(problem) not in previous:
-                log.error("manifest_problem", file=problem.file, line=problem.line, field=problem.path, error=problem.message)
-        if previous and not current:
-            log.info("manifest_problems_resolved")
-        if plan.prune_suspended != self._prune_suspended:
-            if plan.prune_suspended:
-                log.warning("pruning_suspended", reason=plan.prune_suspended, kept=list(plan.kept))
-            else:
-                log.info("pruning_resumed")
-        scope = self.settings.planner.scope
-        mine = {name: d for name, d in actual.domains.items() if d.owned and planner.scope_of(d) == scope}
-        self._interesting = frozenset(desired.vms) | frozenset(mine)
-        by_key = {r.key: r for r in plan.resources}
-        with self._status_lock:
-            self._problems = list(plan.problems)
-            self._foreign = plan.foreign
-            self._prune_suspended = plan.prune_suspended
-            vms: dict[str, dict] = {}
-            for name in sorted(set(desired.vms) | set(mine)):
-                spec = desired.vms.get(name)
-                domain = actual.domains.get(name)
-                resource = by_key.get(f"VirtualMachine/{name}")
-                previous_vm = self._vm_status.get(name, {})
-                pending = []
-                if domain is not None and domain.live is not None and domain.definition is not None:
-                    pending = [f"{f}: {old} -> {new}" for f, old, new in planner.restart_pending(domain.live, domain.definition)]
-                if spec is not None:
-                    wanted = spec.run_strategy.desired_power
-                elif name in plan.kept:
-                    wanted = "absent, but kept: pruning is suspended"
-                elif resource is None and domain is not None and planner.mark_is_unbound(domain):
-                    wanted = f"absent, but kept: {planner.UNBOUND_MARK_KEPT}"
-                else:
-                    wanted = "absent (to be pruned)"
-                owner = domain.definition.owner if domain is not None and domain.definition is not None else None
-                vms[name] = {
-                    "manifest": spec.manifest if spec else None,
-                    "revision": owner.revision if owner is not None else None,
-                    "desired": wanted,
-                    "actual": domain.power.value if domain else "absent",
-                    "uuid": domain.uuid if domain else None,
-                    "pending_actions": [a.value for a in resource.actions] if resource else [],
-                    "problems": [str(p) for p in resource.problems] if resource else [],
-                    "restart_pending": pending,
-                    "last_reconcile": previous_vm.get("last_reconcile"),
-                    # A VM with nothing left to do is not failing, however its last execution ended
-                    # (a start that succeeded while the connection dropped, a step another kvmops finished).
-                    "last_error": previous_vm.get("last_error") if resource is not None and resource.changed else None,
-                }
-            self._vm_status = vms
-            states: dict[str, float] = {}
-            for domain in mine.values():
-                states[domain.power.value] = states.get(domain.power.value, 0) + 1
-        self.metrics.replace("kvmops_managed_vms", states, "state")
-        self.metrics.set("kvmops_manifest_problems", len(plan.problems))
-
-    def _note_execution(self, resource: plans.ResourcePlan, ok: bool, error: str | None) -> None:
-        if resource.kind != "VirtualMachine":
-            return
-        with self._status_lock:
-            entry = self._vm_status.setdefault(resource.name, {})
-            entry["last_reconcile"] = _now()
-            entry["last_error"] = None if ok else error
-            if ok:
-                entry["pending_actions"] = []
-
-    def status_document(self) -> dict:
-        """Return the controller's state, as served on ``/status``."""
-        with self._status_lock:
-            return {
-                "uri": redaction.redact_url(self.settings.uri),
-                "manifests": self.settings.path,
-                "connected": self._connected,
-                "disconnect_reason": None if self._connected else self._disconnect_reason,
-                "ready": self._ready,
-                "passes": self._passes,
-                "last_pass": dict(self._last_pass),
-                "prune_suspended": self._prune_suspended,
-                "problems": [str(p) for p in self._problems],
-                "foreign": list(self._foreign),
-                "git": self._source.status() if self._source is not None else None,
-                "internal_errors": {where: dict(entry) for where, entry in self._internal_errors.items()},
-                "vms": {name: dict(entry) for name, entry in self._vm_status.items()},
-            }
-
-    def health(self) -> tuple[bool, str]:
-        """Return (healthy, why): connected, no internal error outstanding, the last pass succeeded, no VM failing."""
-        if self._source is not None and self._source.last_error and self._source.applied is None:
-            return False, f"git: {self._source.last_error}"
-        if not self._connected:
-            return False, f"not connected to libvirtd: {self._disconnect_reason or 'connecting'}"
-        with self._status_lock:
-            internal = sorted(self._internal_errors.items())
-        if internal:
-            where, entry = internal[0]
-            return False, f"{where}: {entry['error']} ({entry['count']} time(s) since {entry['since']}; retrying)"
-        if not self._ready:
-            return False, "first pass not finished"
-        if not self._last_pass_ok:
-            return False, self._last_pass.get("error") or f"{len(self._problems)} manifest problem(s)"
-        with self._status_lock:
-            failing = [name for name, vm in self._vm_status.items() if vm.get("last_error")]
-        if failing:
-            return False, f"failing: {', '.join(failing)}"
-        if self._source is not None and self._source.rejected is not None:
-            return False, f"git commit {self._source.rejected.commit[:12]} does not validate; {self._source.applied or 'nothing'} stays applied"
-        return True, "ok"
-
-    def _summary(self) -> str:
-        with self._status_lock:
-            total = len(self._vm_status)
-            failing = sum(1 for vm in self._vm_status.values() if vm.get("last_error"))
-            problems = len(self._problems)
-        parts = [f"{total} VM(s)"]
-        if failing:
-            parts.append(f"{failing} failing")
-        if problems:
-            parts.append(f"{problems} manifest problem(s), pruning suspended")
-        if not self._connected:
-            parts.append("libvirtd unreachable")
-        return ", ".join(parts)
-
-    def _healthz(self) -> tuple[int, str, str]:
-        healthy, why = self.health()
-        return (200 if healthy else 503), "text/plain; charset=utf-8", redaction.redact_text(why) + "\n"
-
-    def _status_route(self) -> tuple[int, str, str]:
-        # errors quoted from git or libvirt may carry a URL: the whole document is redacted, not field by field
-        return 200, "application/json", json.dumps(redaction.redact_value(self.status_document()), indent=2) + "\n"
-
-    def _metrics_route(self) -> tuple[int, str, str]:
-        return 200, "text/plain; version=0.0.4; charset=utf-8", self.metrics.render()
-
     # -- reload and shutdown ------------------------------------------------------------
 
     def _reload(self) -> None:
@@ -782,9 +499,7 @@ class Controller:
         log.info("controller_stopping", in_flight=len(self._futures))
         self._cancel.set()
         self._queue.close()
-        with self._debounce_lock:
-            if self._debounce_timer is not None:
-                self._debounce_timer.cancel()
+        self._debouncer.cancel()
         deadline = time.monotonic() + self.settings.termination_grace
         for future in list(self._futures):
             remaining = deadline - time.monotonic()
@@ -801,7 +516,3 @@ class Controller:
         if self._hypervisor is not None:
             self._hypervisor.close()
         log.info("controller_stopped", unfinished=unfinished)
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")

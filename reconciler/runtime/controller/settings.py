@@ -1,0 +1,27 @@
+"""What ``kvmops run`` is told: :class:`ControllerSettings`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reconciler.core import planner
+from reconciler.runtime import execute, gitsource, hostlock
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    """Everything ``kvmops run`` is told: by flags, a config file, or both."""
+
+    path: str
+    uri: str
+    planner: planner.Settings = planner.Settings()
+    resync_interval: float = 60.0
+    quiet_period: float = 0.3
+    max_quiet_wait: float = 2.0  # a change storm still gets a pass at least this often
+    workers: int = execute.DEFAULT_WORKERS
+    termination_grace: float = 30.0
+    listen: str = ""
+    state_dir: Path = field(default_factory=hostlock.default_state_dir)
+    reconnect_max_delay: float = 5.0
+    git: gitsource.GitSettings | None = None  # follow a branch instead of watching ``path``

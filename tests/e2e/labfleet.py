@@ -1,0 +1,142 @@
+"""Two lab hosts with a shared and a local pool, and the tiny guest on them: what the migration tests and bench/migrate.py share.
+
+Each host logs the guest's serial console to its own ``/var/log/libvirt/qemu`` (a
+directory private to the host's namespace), so the source's and the destination's logs
+never mix.  Two pools exist on both hosts: ``shared`` (one directory both hosts see,
+standing for NFS) and ``local`` (``/var/lib/libvirt/images/...``: the same path on both
+hosts, different files, as on real machines).  Guests boot with the heartbeat
+(:data:`tests.e2e.tinyguest.HEARTBEAT`): their uptime, every second, on the console.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from reconciler.adapters import hypervisor as hv
+from reconciler.core import model, storagexml
+from reconciler.core import plan as plans
+from reconciler.runtime import execute
+from tests import lab as labs
+from tests.e2e import tinyguest
+
+DISK_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class Fleet:
+    """Two lab hosts, a connection to each, and the names of their two pools."""
+
+    lab: labs.Lab
+    hosts: dict[str, hv.Hypervisor]
+    prefix: str
+
+    @property
+    def shared(self) -> str:
+        return f"{self.prefix}-shared"
+
+    @property
+    def local(self) -> str:
+        return f"{self.prefix}-local"
+
+    def lab_host(self, host: str) -> labs.LabHost:
+        return self.lab.hosts[int(host[1:]) - 1]
+
+    def serial_log(self, host: str, name: str) -> Path:
+        """Return where ``host``'s virtlogd writes the serial console of ``name`` (seen from outside)."""
+        return self.lab_host(host).directory / "log" / "qemu" / f"{name}-serial.log"
+
+    def file_of(self, host: str, pool: str, volume: str) -> Path:
+        """Return the file of volume ``pool/volume`` on ``host``, seen from outside the host's namespace."""
+        path = next(v.path for v in self.hosts[host].list_volumes(pool) if v.name == volume)
+        if path.startswith("/var/lib/libvirt/"):
+            return self.lab_host(host).directory / "lib" / path[len("/var/lib/libvirt/"):]
+        return Path(path)
+
+
+@contextlib.contextmanager
+def two_hosts(name: str) -> Iterator[Fleet]:
+    """Yield lab ``name`` of two hosts with a shared and a local pool on each; removed, lab and all, afterwards."""
+    lab = labs.Lab(name).start(2)
+    connections: dict[str, hv.Hypervisor] = {}
+    try:
+        connections = {f"h{i}": hv.Hypervisor.open(host.uri) for i, host in enumerate(lab.hosts, 1)}
+        world = Fleet(lab, connections, name)
+        (lab.shared / "pool").mkdir()
+        os.chmod(lab.shared / "pool", 0o755)
+        for host in lab.hosts:
+            (host.directory / "log" / "qemu").mkdir(parents=True, exist_ok=True)  # the guests' serial logs
+        for connection in connections.values():
+            for pool, path in ((world.shared, lab.shared / "pool"), (world.local, f"/var/lib/libvirt/images/{world.local}")):
+                connection.define_pool(
+                    f"<pool type='dir'><name>{pool}</name><target><path>{path}</path></target></pool>", pool)
+                connection.build_pool(pool)
+                connection.start_pool(pool)
+        yield world
+    finally:
+        for connection in connections.values():
+            connection.close()
+        lab.stop()
+
+
+def tiny_vm(fleet: Fleet, guest: tinyguest.Guest, host: str, name: str, pool: str, *, start: bool = True) -> tuple[str, str]:
+    """Define (and start) the tiny guest ``name`` on ``host`` with a disk in ``pool``, marked as kvmops'; return (UUID, MAC)."""
+    h = fleet.hosts[host]
+    volume = f"{name}-root.qcow2"
+    h.create_volume(pool, storagexml.render_volume(volume, DISK_BYTES), volume)
+    mac = "52:54:00:%02x:%02x:%02x" % tuple(uuid.uuid4().bytes[:3])
+    heartbeat = tinyguest.Guest(guest.kernel, guest.initrd, f"{guest.cmdline} {tinyguest.HEARTBEAT}")
+    xml = tinyguest.domain_xml(name, heartbeat, network=None, serial_log=Path(f"/var/log/libvirt/qemu/{name}-serial.log"))
+    xml = xml.replace("<devices>", f"""<devices>
+    <disk type='volume' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source pool='{pool}' volume='{volume}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <interface type='user'>
+      <mac address='{mac}'/>
+      <model type='virtio'/>
+    </interface>""", 1)
+    h.define_domain(xml, name)
+    domain_uuid = next(d.uuid for d in h.list_domains() if d.name == name)
+    h.set_owner(name, model.Ownership(
+        manifest=f"vms/{name}.yaml", digest="test", run_strategy=model.RunStrategy.ALWAYS,
+        volumes=(model.OwnedVolume(pool, volume, model.DeletionPolicy.DELETE, created=True),),
+        bound_name=name, bound_uuid=domain_uuid,
+    ))
+    if start:
+        h.start_domain(name)
+        tinyguest.wait_for_ready(fleet.serial_log(host, name), timeout=120)
+    return domain_uuid, mac
+
+
+def uptimes(log: Path) -> list[float]:
+    """Return every uptime the guest printed into ``log``."""
+    try:
+        return [float(u) for u in tinyguest.UPTIME.findall(log.read_text(errors="replace"))]
+    except FileNotFoundError:
+        return []
+
+
+def wait_for_uptime(log: Path, at_least: float, timeout: float = 60) -> float:
+    """Return the first uptime in ``log`` of at least ``at_least`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [u for u in uptimes(log) if u >= at_least]
+        if found:
+            return found[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no uptime of at least {at_least} s in {log}; it ends with {log.read_text(errors='replace')[-500:]!r}")
+
+
+def move(fleet: Fleet, name: str, domain_uuid: str, mode: plans.MigrationMode, *steps: plans.Step,
+         xml: str = "", source: str = "h1", destination: str = "h2") -> execute.ApplyReport:
+    """Run a migration resource from ``source`` to ``destination``, as a fleet plan hands it to the executor."""
+    migrate = plans.MigrateDomain(name, domain_uuid, source, destination, fleet.hosts[destination].uri, mode, xml)
+    resource = plans.ResourcePlan("VirtualMachine", name, (plans.Action.MIGRATE,), steps=(migrate, *steps))
+    return execute.execute(plans.Plan(fleet.hosts[source].uri, (resource,)), fleet.hosts[source], hosts=fleet.hosts)

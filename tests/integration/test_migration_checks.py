@@ -1,0 +1,120 @@
+"""The executor's checks around a move between hosts, on two test-driver hosts (no migration happens).
+
+The test driver cannot migrate; what it can show is that every check that must pass
+*before* libvirt is asked refuses, leaving both hosts as they were.  The moves themselves
+are proven on a lab of real libvirtd daemons (tests/e2e/test_migration.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from reconciler.adapters import hypervisor as hv
+from reconciler.core import plan as plans
+from reconciler.runtime import execute
+from tests.integration.conftest import node_uri, owned_domain_xml, volume_xml
+
+UUID = "7b1c2d3e-0000-4000-8000-0000000000a1"
+OTHER_UUID = "7b1c2d3e-0000-4000-8000-0000000000a2"
+
+
+@pytest.fixture
+def two_hosts(tmp_path: Path):
+    """Return test-driver hosts h1 (with kvmops' VM ``app``, shut off) and h2 (empty), each with its own state."""
+    (tmp_path / "h1").mkdir()
+    (tmp_path / "h2").mkdir()
+    h1 = hv.Hypervisor.open(node_uri(tmp_path / "h1", volumes=volume_xml("app-root")))
+    h2 = hv.Hypervisor.open(node_uri(tmp_path / "h2"))
+    h1.define_domain(owned_domain_xml("app", UUID, volumes=(("app-root", "Delete", True),)), "app")
+    try:
+        yield {"h1": h1, "h2": h2}
+    finally:
+        h1.close()
+        h2.close()
+
+
+def run(hosts: dict, *steps: plans.Step, given: dict | None = None) -> execute.ResourceOutcome:
+    resource = plans.ResourcePlan("VirtualMachine", "app", (plans.Action.MIGRATE,), steps=steps)
+    report = execute.execute(plans.Plan(hosts["h1"].uri, (resource,)), hosts["h1"], hosts=hosts if given is None else given)
+    return report.outcomes[0]
+
+
+def migrate(hosts: dict, mode: plans.MigrationMode = plans.MigrationMode.OFFLINE, uuid: str = UUID) -> plans.MigrateDomain:
+    return plans.MigrateDomain("app", uuid, "h1", "h2", hosts["h2"].uri, mode)
+
+
+def test_a_move_without_a_connection_to_the_destination_fails_and_names_the_host(two_hosts):
+    outcome = run(two_hosts, migrate(two_hosts), given={})
+
+    assert outcome.status == "failed"
+    assert "needs host h2" in outcome.error
+    assert two_hosts["h1"].domain_exists("app")
+
+
+def test_a_move_onto_a_host_with_a_domain_of_that_name_is_refused(two_hosts):
+    two_hosts["h2"].define_domain(owned_domain_xml("app", OTHER_UUID), "app")
+
+    outcome = run(two_hosts, migrate(two_hosts))
+
+    assert outcome.status == "failed"
+    assert "must never run twice" in outcome.error
+    assert two_hosts["h1"].domain_name_by_uuid(UUID) == "app"
+    assert two_hosts["h2"].domain_name_by_uuid(OTHER_UUID) == "app"
+
+
+def test_a_move_of_a_domain_replaced_since_the_plan_is_refused(two_hosts):
+    outcome = run(two_hosts, migrate(two_hosts, uuid=OTHER_UUID))
+
+    assert outcome.status == "failed"
+    assert "replaced since the plan was made" in outcome.error
+
+
+def test_a_live_move_of_a_shut_off_domain_is_refused(two_hosts):
+    outcome = run(two_hosts, migrate(two_hosts, plans.MigrationMode.LIVE))
+
+    assert outcome.status == "failed"
+    assert "needs it running" in outcome.error
+
+
+def test_an_offline_move_of_a_running_domain_is_refused(two_hosts):
+    two_hosts["h1"].start_domain("app")
+
+    outcome = run(two_hosts, migrate(two_hosts))
+
+    assert outcome.status == "failed"
+    assert "moves a shut-off domain only" in outcome.error
+    assert two_hosts["h1"].domain_power("app")[0].active
+
+
+def test_a_moved_volume_is_not_deleted_while_its_domain_is_still_on_the_source(two_hosts):
+    outcome = run(two_hosts, plans.DeleteMovedVolume("default", "app-root", "app", UUID, "h2"))
+
+    assert outcome.status == "failed"
+    assert "still defined here" in outcome.error
+    assert two_hosts["h1"].volume_exists("default", "app-root")
+
+
+def test_a_moved_volume_is_not_deleted_when_the_domain_is_on_no_host(two_hosts):
+    two_hosts["h1"].undefine_domain("app")
+
+    outcome = run(two_hosts, plans.DeleteMovedVolume("default", "app-root", "app", UUID, "h2"))
+
+    assert outcome.status == "failed"
+    assert "may be its only copy" in outcome.error
+    assert two_hosts["h1"].volume_exists("default", "app-root")
+
+
+def test_migration_steps_render_as_plan_json():
+    step = plans.DeleteMovedVolume("default", "app-root", "app", UUID, "h2")
+
+    assert step.to_dict() == {"kind": "delete_moved_volume", "pool": "default", "name": "app-root", "domain": "app",
+                              "uuid": UUID, "destination": "h2"}
+    assert "left behind by app (now on h2)" in step.describe()
+
+
+def test_a_local_socket_destination_gets_its_migration_stream_on_loopback():
+    assert hv.migration_stream_uri("qemu+unix:///system?socket=/var/tmp/lab/h2/run/libvirt-sock") == "tcp://127.0.0.1"
+    assert hv.migration_stream_uri("qemu+ssh://root@kvm2/system") is None
+    assert hv.migration_stream_uri("qemu:///system") is None
