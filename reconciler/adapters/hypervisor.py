@@ -466,7 +466,13 @@ class Hypervisor:
                         f"{bridge}, delete it (ip link delete {bridge}) and apply again",
                         code=exc.get_error_code(),
                     ) from exc
-            hostbridge.delete(bridge)
+            try:
+                hostbridge.delete(bridge)
+            except errors.OperationRefused as exc:
+                raise errors.OperationRefused(
+                    f"cannot start network {name}: its bridge {bridge} was left behind by an interrupted start, and "
+                    f"kvmops could not delete it ({exc}). Delete it as root (ip link delete {bridge}) and apply again"
+                ) from exc
             network.create()
             return f"removed bridge {bridge}, left behind by an interrupted start of this network"
 
@@ -481,7 +487,7 @@ class Hypervisor:
         network of this libvirtd uses it.
         """
         if urlparse(self.uri).hostname:
-            return f"on the remote host of {self.uri}, which kvmops cannot inspect"
+            return f"and libvirt runs on another machine ({redaction.redact_text(self.uri)}), whose bridges kvmops cannot see"
         xml = _persistent_network_xml(network)
         definition = netxml.parse(xml)
         if definition.owner is None or definition.bridge != bridge:
