@@ -369,6 +369,8 @@ def cmd_validate(args: argparse.Namespace, shared: hv.Hypervisor | None = None) 
             print(redaction.redact_text(str(problem)))  # a problem may quote a URL from the manifest
         counts = (f"{desired.files} file(s), {len(desired.vms)} VirtualMachine(s), {len(desired.pools)} StoragePool(s), "
                   f"{len(desired.networks)} Network(s), {len(desired.images)} Image(s)")
+        if desired.hosts:  # only in a fleet: single-host output stays as it was
+            counts += f", {len(desired.hosts)} Host(s)"
         if problems:
             print(f"{len(problems)} problem(s) found in {args.path} ({counts} valid)")
         else:
@@ -423,6 +425,26 @@ def _print_plan(plan, args: argparse.Namespace, *, title: str | None = None) -> 
     sys.stdout.flush()
 
 
+def _print_fleet_plan(plan, args: argparse.Namespace, *, title: str | None = None) -> int:
+    """Print a fleet plan (grouped per host) and return the exit status, as :func:`_print_plan` and :func:`_plan_status` do."""
+    output = getattr(args, "output", "text")
+    if output == "json":
+        text = render.fleet_to_json(plan)
+    elif output == "markdown":
+        text = render.fleet_markdown(plan, title=title)
+    else:
+        text = render.fleet_text(plan, colour=_colour(args), source=args.path, title=title)
+    sys.stdout.write(redaction.redact_text(text))
+    problems = [*plan.problems, *(p for h in plan.hosts if h.plan is not None for p in h.plan.problems)]
+    if output != "text":
+        for problem in problems:
+            print(redaction.redact_text(str(problem)), file=sys.stderr)
+    sys.stdout.flush()
+    if problems or plan.unreachable:
+        return EXIT_ERROR
+    return EXIT_CHANGES if args.detailed_exitcode and plan.has_changes else EXIT_OK
+
+
 def _read_snapshot(path: str) -> snapshot.Snapshot:
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
@@ -450,6 +472,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
     )
     result = review.diff(args.path, args.base, args.head, settings=settings)
     title = f"kvmops diff {result.base_label} → {result.head_label}"
+    if result.fleet is not None:
+        return _print_fleet_plan(result.fleet, args, title=title)
     plan = result.plan
     if result.base.problems:
         note = (f"the base revision {result.base_label} has {len(result.base.problems)} problem(s) of its own; it was "

@@ -77,7 +77,9 @@ def build(
     pools: dict[str, model.PoolSpec] = {}
     networks: dict[str, model.NetworkSpec] = {}
     images: dict[str, model.ImageSpec] = {}
-    collections = {model.VMSpec: vms, model.PoolSpec: pools, model.NetworkSpec: networks, model.ImageSpec: images}
+    hosts: dict[str, model.HostSpec] = {}
+    collections = {model.VMSpec: vms, model.PoolSpec: pools, model.NetworkSpec: networks, model.ImageSpec: images,
+                   model.HostSpec: hosts}
     for (kind, name), declared in candidates.items():
         if len(declared) > 1:
             places = ", ".join(f"{d.file}:{d.origin.line_of('metadata.name')}" for d, _ in declared)
@@ -92,6 +94,15 @@ def build(
     for spec in _claim_conflicts(vms.values(), problems):
         del vms[spec.name]
     unresolved = []
+    for host in _uri_conflicts(hosts.values(), problems):
+        del hosts[host.name]
+    for spec in list(vms.values()):
+        if spec.placement is not None and spec.placement.host is not None and spec.placement.host not in hosts:
+            known = f"the Hosts are {', '.join(sorted(hosts))}" if hosts else "no Host is declared"
+            unresolved.append(spec.origin.problem("spec.placement.host", (
+                f"no Host named {spec.placement.host!r} ({known}); add a Host manifest (kind: Host) or fix the name"
+            )))
+            del vms[spec.name]
     reserved = {(image.pool, image.volume): image.name for image in images.values()}
     for spec in list(vms.values()):
         for index, disk in enumerate(spec.disks):
@@ -121,6 +132,7 @@ def build(
         source=manifests.root,
         networks=MappingProxyType(dict(sorted(networks.items()))),
         images=MappingProxyType(dict(sorted(images.items()))),
+        hosts=MappingProxyType(dict(sorted(hosts.items()))),
     )
 
 
@@ -144,7 +156,52 @@ def _build_resource(document: model.Document, body: dict, read_file: FileReader,
         return _network(document, body)
     if kind == "Image":
         return _image(document, body, check_file, tree)
+    if kind == "Host":
+        return _host(document, body)
     return _vm(document, body, read_file)
+
+
+def _selector(value: Mapping[str, str] | None) -> tuple[tuple[str, str], ...] | None:
+    return None if value is None else tuple(sorted(value.items()))
+
+
+def _host(document: model.Document, body: dict) -> model.HostSpec:
+    spec = body["spec"]
+    capacity = spec.get("capacity", {})
+    memory = None
+    if "memory" in capacity:
+        try:
+            memory = quantity.parse_bytes(capacity["memory"], bare_unit=quantity.MIB) // quantity.KIB
+        except ValueError as exc:
+            raise _Invalid([document.origin.problem("spec.capacity.memory", str(exc))]) from exc
+    return model.HostSpec(
+        name=body["metadata"]["name"], uri=spec["uri"], labels=tuple(sorted(body["metadata"]["labels"].items())),
+        capacity=model.HostCapacity(
+            vcpus=capacity.get("vcpus"), memory=memory,
+            cpu_overcommit=float(capacity.get("cpuOvercommit", 1)),
+            memory_overcommit=float(capacity.get("memoryOvercommit", 1)),
+        ),
+        schedulable=spec["schedulable"], manifest=document.relpath, origin=document.origin,
+    )
+
+
+def _placement(origin: model.Origin, labels: Mapping[str, str], value: dict | None, problems: list) -> model.Placement | None:
+    if value is None:
+        return None
+    if "host" in value and "hostSelector" in value:
+        problems.append(origin.problem("spec.placement.hostSelector", (
+            "give either host (one Host) or hostSelector (Hosts by label), not both"
+        )))
+    anti_affinity = value.get("antiAffinity")
+    if anti_affinity is not None and anti_affinity not in labels:
+        problems.append(origin.problem("spec.placement.antiAffinity", (
+            f"this VM has no label {anti_affinity!r}; add it under metadata.labels (VMs with the same value avoid "
+            "sharing a host)"
+        )))
+    return model.Placement(
+        host=value.get("host"), host_selector=_selector(value.get("hostSelector")) or (),
+        spread_by=value.get("spreadBy"), anti_affinity=anti_affinity,
+    )
 
 
 def _image(document: model.Document, body: dict, check_file: FileChecker, tree: str) -> model.ImageSpec:
@@ -161,6 +218,7 @@ def _image(document: model.Document, body: dict, check_file: FileChecker, tree: 
         name=name, pool=spec["pool"], volume=f"{name}-{sha[:12]}.{spec['format']}",
         url=spec["source"].get("url"), path=path, sha256=sha, format=spec["format"],
         manifest=document.relpath, origin=document.origin, tree=tree if path is not None else "",
+        hosts=_selector(spec.get("hosts")),
     )
 
 
@@ -200,7 +258,7 @@ def _network(document: model.Document, body: dict) -> model.NetworkSpec:
             dhcp_start=dhcp.get("start"), dhcp_end=dhcp.get("end"), hosts=tuple(hosts),
             owner=model.NetworkOwnership(document.relpath, digest(body)),
         ),
-        autostart=spec["autostart"], manifest=document.relpath, origin=origin,
+        autostart=spec["autostart"], manifest=document.relpath, origin=origin, hosts=_selector(spec.get("hosts")),
     )
 
 
@@ -213,6 +271,8 @@ def _pool(document: model.Document, body: dict) -> model.PoolSpec:
         autostart=spec["autostart"],
         manifest=document.relpath,
         origin=document.origin,
+        shared=spec["shared"],
+        hosts=_selector(spec.get("hosts")),
     )
 
 
@@ -379,6 +439,8 @@ def _vm(document: model.Document, body: dict, read_file: FileReader) -> model.VM
     if "cpu" in spec and spec["cpu"]["mode"] != "custom" and "model" in spec["cpu"]:
         problems.append(origin.problem("spec.cpu.model", "a model is only used with mode: custom"))
 
+    labels = body["metadata"]["labels"]
+    placement = _placement(origin, labels, spec.get("placement"), problems)
     if problems:
         raise _Invalid(problems)
     return model.VMSpec(
@@ -415,6 +477,8 @@ def _vm(document: model.Document, body: dict, read_file: FileReader) -> model.VM
         graphics_listen=graphics.get("listen", "127.0.0.1"),
         graphics_password=password,
         graphics_password_digest=_secret_digest(password) if password else "",
+        placement=placement,
+        labels=tuple(sorted(labels.items())),
     )
 
 
@@ -475,6 +539,22 @@ def _claim_conflicts(vms: Iterable[model.VMSpec], problems: list[model.Problem])
             others = ", ".join(sorted(owners - {spec.name}))
             problems.append(spec.origin.problem(path, f"{what} {value} is also claimed by VM {others}; each VM needs its own"))
             conflicting.add(spec)
+    return conflicting
+
+
+def _uri_conflicts(hosts: Iterable[model.HostSpec], problems: list[model.Problem]) -> list[model.HostSpec]:
+    """Return the Hosts whose URI another Host has too; add the problems (one hypervisor, one Host)."""
+    by_uri: dict[str, list[model.HostSpec]] = {}
+    for host in hosts:
+        by_uri.setdefault(host.uri, []).append(host)
+    conflicting = []
+    for uri, holders in by_uri.items():
+        if len(holders) < 2:
+            continue
+        for host in holders:
+            others = ", ".join(sorted(h.name for h in holders if h is not host))
+            problems.append(host.origin.problem("spec.uri", f"URI {uri} is also Host {others}'s; each Host needs its own"))
+            conflicting.append(host)
     return conflicting
 
 

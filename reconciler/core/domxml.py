@@ -29,6 +29,7 @@ from reconciler.core.domainparts import (  # noqa: F401  (re-exported: the domai
     NAMESPACE,
     PREFIX,
     DomainXMLError,
+    OwnerMark,
     parse_disk,
     parse_nic,
     parse_owner,
@@ -75,6 +76,18 @@ def patch(xml: str, definition: model.DomainDefinition, *, volumes_by_path: dict
 def _write(root: ET.Element, definition: model.DomainDefinition, context: WriteContext) -> str:
     for declared in fields.FIELDS:
         declared.write_xml(root, definition, context)
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode")
+
+
+def remark(xml: str, owner: model.Ownership) -> str:
+    """Return the persistent ``xml`` of a domain with its kvmops mark replaced by ``owner``, nothing else changed.
+
+    What a migration persists on the destination: the source's definition, its mark
+    naming the new host.
+    """
+    root = parse_tree(xml)
+    OwnerMark().write(root, (owner,), WriteContext())
     ET.indent(root)
     return ET.tostring(root, encoding="unicode")
 

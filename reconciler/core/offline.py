@@ -20,7 +20,7 @@ import xml.etree.ElementTree as ET
 from types import MappingProxyType
 from xml.sax.saxutils import escape
 
-from reconciler.core import actual, model, planner
+from reconciler.core import actual, fleet, model, planner
 from reconciler.core import plan as plans
 
 OFFLINE_VIRT_TYPES = ("kvm", "qemu")
@@ -49,6 +49,27 @@ def converged_host(
         )
     plan = planner.plan_changes(desired, actual.interpret(start), settings=settings)
     return actual.interpret(applied(start, plan))
+
+
+def converged_fleet(
+    desired: model.DesiredState, *, uri: str, settings: planner.Settings | None = None,
+) -> dict[str, model.ActualState]:
+    """Return each Host an apply of the fleet ``desired`` would leave, by name, as planning input.
+
+    As :func:`converged_host` does for one host: the fleet is planned against empty hosts
+    (placement decides where each VM goes, the very code ``apply`` runs) and each host's
+    plan is carried out on its own records. ``uri`` labels the hosts (``URI host NAME``).
+    """
+    settings = dataclasses.replace(settings or planner.Settings(), prune=False)
+    starts = {
+        name: model.Observation(
+            host=model.HostInfo(uri=f"{uri} host {name}", virt_types=OFFLINE_VIRT_TYPES, offline=True), domains=(),
+            volumes=(), pools=tuple(_stand_in_pools(desired).values()), networks=tuple(_stand_in_networks(desired)),
+        )
+        for name in desired.hosts
+    }
+    planned = fleet.plan_fleet(desired, {name: actual.interpret(start) for name, start in starts.items()}, settings)
+    return {host.host: actual.interpret(applied(starts[host.host], host.plan)) for host in planned.hosts}
 
 
 def applied(observation: model.Observation, plan: plans.Plan) -> model.Observation:

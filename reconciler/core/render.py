@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 
-from reconciler.core import model, redaction
+from reconciler.core import fleet, model, redaction
 from reconciler.core.plan import Action, FieldChange, Impact, Plan, ResourcePlan
 
 JSON_FORMAT_VERSION = "1"
 
-_COLOURS = {"+": "32", "~": "33", "-": "31", ">": "36", "■": "35", "!": "31;1", "dim": "2", "bold": "1"}
+_COLOURS = {"+": "32", "~": "33", "-": "31", ">": "36", "■": "35", "→": "34", "!": "31;1", "dim": "2", "bold": "1"}
 
 
 class _Paint:
@@ -228,7 +228,11 @@ def markdown(plan: Plan, *, title: str | None = None) -> str:
     calls out data loss and replacements first, summarises every changed resource in a
     table, then folds each resource's field changes into a ``<details>`` block.
     """
-    lines = [MARKDOWN_MARKER, f"### {_md(title or f'kvmops plan for {redaction.redact_url(plan.uri)}')}", ""]
+    return "\n".join([MARKDOWN_MARKER, *_markdown_lines(plan, title=title)]).rstrip() + "\n"
+
+
+def _markdown_lines(plan: Plan, *, title: str | None, level: str = "###") -> list[str]:
+    lines = [f"{level} {_md(title or f'kvmops plan for {redaction.redact_url(plan.uri)}')}", ""]
     if plan.snapshot:
         lines += [f"_{_md(plan.snapshot)}_", ""]
     callouts: list[str] = []
@@ -276,7 +280,7 @@ def markdown(plan: Plan, *, title: str | None = None) -> str:
     if plan.elsewhere:
         lines += [f"Ignored domains of other kvmops scopes: {', '.join(_code(n) for n in plan.elsewhere)}", ""]
     lines += [f"> :warning: {_md(warning)}" for warning in plan.warnings]
-    return "\n".join(lines).rstrip() + "\n"
+    return lines
 
 
 def _warning_text(resource: ResourcePlan, change: FieldChange) -> str:
@@ -348,3 +352,114 @@ def _code(text: object) -> str:
 
 def _html(text: object) -> str:
     return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# --- fleets: one section per host, migrations, a fleet summary --------------------------
+
+
+def fleet_text(plan: fleet.FleetPlan, *, colour: bool = False, source: str | None = None, title: str | None = None) -> str:
+    """Return a fleet plan as text: a section per host (its plan as :func:`text` prints it,
+    with the migrations of the VMs leaving it), then the unreachable hosts, the VMs of
+    unknown whereabouts and the fleet's problems, then the summary line."""
+    paint = _Paint(colour)
+    header = title or f"kvmops fleet plan for fleet {plan.fleet}" + (f" from {source}" if source else "")
+    lines = [paint(header, "bold"), ""]
+    for host in plan.hosts:
+        if host.plan is None:
+            continue
+        cordoned = ", cordoned" if not host.schedulable else ""
+        lines.append(text(host.plan, colour=colour, title=f"Host {host.host} ({redaction.redact_url(host.uri)}{cordoned})"))
+    for host in plan.unreachable:
+        lines.append(paint(f"Host {host.host} ({redaction.redact_url(host.uri)}): UNREACHABLE", "!") + f": {host.unreachable}")
+        lines.append("  nothing is planned there and its pruning is suspended; its VMs are never placed elsewhere "
+                     f"(kvmops evacuate {host.host} --host-is-dead moves them)")
+        if host.unknown:
+            lines.append(f"  Unknown: {', '.join(host.unknown)}")
+        lines.append("")
+    elsewhere = {vm: hosts for vm, hosts in plan.unknown.items() if len(hosts) > 1}
+    for vm, hosts in elsewhere.items():
+        lines.append(f"Unknown: VM {vm} may run on any of the unreachable hosts {', '.join(hosts)}; it is not created")
+    if elsewhere:
+        lines.append("")
+    if plan.problems:
+        lines.append(paint(f"Fleet problems ({len(plan.problems)}): pruning is suspended on every host", "!"))
+        lines.extend(f"  {problem}" for problem in plan.problems)
+        lines.append("")
+    lines.append(paint(plan.summary(), "bold"))
+    return "\n".join(lines) + "\n"
+
+
+def fleet_to_data(plan: fleet.FleetPlan) -> dict:
+    """Return a fleet plan as JSON-ready data (layout version :data:`JSON_FORMAT_VERSION`, ``kind: fleet``)."""
+    return {
+        "format_version": JSON_FORMAT_VERSION,
+        "kind": "fleet",
+        "fleet": plan.fleet,
+        "has_changes": plan.has_changes,
+        "summary": {
+            "text": plan.summary(),
+            "hosts": len(plan.hosts),
+            "vms": {host.host: len(host.vms) for host in plan.hosts},
+            "migrations": len(plan.migrations),
+            "unreachable": [host.host for host in plan.unreachable],
+            "split_brain": len(plan.split_brain),
+            "problems": len(plan.problems),
+        },
+        "hosts": [
+            {"host": host.host, "uri": redaction.redact_url(host.uri), "schedulable": host.schedulable,
+             "vms": list(host.vms), "unreachable": host.unreachable, "unknown": list(host.unknown),
+             "plan": to_data(host.plan) if host.plan is not None else None}
+            for host in plan.hosts
+        ],
+        "migrations": [
+            {"vm": r.name, "source": r.steps[0].source, "destination": r.steps[0].destination,
+             "mode": r.steps[0].mode.value, "impact": r.changes[0].impact.value}
+            for r in plan.migrations if r.steps
+        ],
+        "split_brain": [{"vm": brain.vm, "hosts": list(brain.hosts)} for brain in plan.split_brain],
+        "unknown": {vm: list(hosts) for vm, hosts in plan.unknown.items()},
+        "problems": [problem_data(p) for p in plan.problems],
+    }
+
+
+def fleet_to_json(plan: fleet.FleetPlan) -> str:
+    """Return a fleet plan as indented JSON text."""
+    return json.dumps(fleet_to_data(plan), indent=2, ensure_ascii=False) + "\n"
+
+
+def fleet_markdown(plan: fleet.FleetPlan, *, title: str | None = None) -> str:
+    """Return a fleet plan as a pull-request comment: the fleet's callouts and migrations, then a section per host."""
+    lines = [MARKDOWN_MARKER, f"## {_md(title or f'kvmops fleet plan for fleet {plan.fleet}')}", "",
+             f"**{_md(plan.summary())}**", ""]
+    callouts = []
+    for host in plan.unreachable:
+        unknown = f" Unknown: {', '.join(_code(vm) for vm in host.unknown)}." if host.unknown else ""
+        callouts.append(f"> :x: **Host {_code(host.host)} is unreachable** ({_md(host.unreachable)}): nothing is planned "
+                        f"there and its pruning is suspended.{unknown}")
+    for brain in plan.split_brain:
+        callouts.append(f"> :x: **Split brain**: VM {_code(brain.vm)} is marked on {', '.join(_code(h) for h in brain.hosts)}; "
+                        "neither copy is touched")
+    if callouts:
+        lines += "\n>\n".join(callouts).split("\n") + [""]
+    if plan.migrations:
+        lines += ["| | VM | From | To | Mode | Impact |", "|---|---|---|---|---|---|"]
+        for resource in (r for r in plan.migrations if r.steps):
+            step = resource.steps[0]
+            lines.append(f"| → | {_code(resource.name)} | {_code(step.source)} | {_code(step.destination)} "
+                         f"| {step.mode.value} | {_worst_impact(resource)} |")
+        lines.append("")
+    if plan.problems:
+        lines += [f"#### :x: Fleet problems ({len(plan.problems)})", ""]
+        lines += [f"- {_code(f'{p.file}:{p.line}' if p.line else p.file)} {_code(p.path) if p.path else ''} {_md(p.message)}"
+                  for p in plan.problems]
+        lines.append("")
+    for host in plan.hosts:
+        if host.plan is None:
+            continue
+        cordoned = ", cordoned" if not host.schedulable else ""
+        title = f"Host {host.host} ({redaction.redact_url(host.uri)}{cordoned}): {_count(len(host.vms), 'VM')}"
+        section = _markdown_lines(host.plan, title=title)
+        while section and not section[-1]:
+            section.pop()
+        lines += [*section, ""]
+    return "\n".join(lines).rstrip() + "\n"

@@ -31,6 +31,7 @@ SCHEMA_FILES = {
     "StoragePool": "storagepool.schema.json",
     "Network": "network.schema.json",
     "Image": "image.schema.json",
+    "Host": "host.schema.json",
 }
 SHARED_SCHEMA_FILES = ("metadata.schema.json", "config.schema.json")
 CONFIG_SCHEMA = "config.schema.json"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from reconciler import errors
 from reconciler.adapters import git
-from reconciler.core import actual, model, offline, planner, snapshot
+from reconciler.core import actual, fleet, model, offline, planner, snapshot
 from reconciler.core import plan as plans
 from reconciler.runtime import reconcile
 
@@ -30,6 +30,7 @@ class Review:
     plan: plans.Plan
     base_label: str
     head_label: str
+    fleet: fleet.FleetPlan | None = None  # with Host manifests in head: the plan per host, migrations included
 
 
 def diff(path: str, base_ref: str, head_ref: str | None, *, settings: planner.Settings) -> Review:
@@ -61,13 +62,36 @@ def diff(path: str, base_ref: str, head_ref: str | None, *, settings: planner.Se
             offline.converged_host(base, uri=f"git {base_label}", scope=settings.scope, settings=settings), head
         )
         plan = offline.annotate_moves(planner.plan_changes(head, host, settings=settings), base, head)
+        fleet_plan = _fleet_diff(base, head, base_label, settings) if head.hosts else None
         labels = {str(base_dir): f"{base_ref}:{subpath}"}
         if head_ref is not None:
             labels[str(head_dir)] = f"{head_ref}:{subpath}"
     base = dataclasses.replace(base, problems=reconcile.relabel(base.problems, labels))
     head = dataclasses.replace(head, problems=reconcile.relabel(head.problems, labels))
     plan = dataclasses.replace(plan, problems=reconcile.relabel(plan.problems, labels))
-    return Review(base, head, plan, base_label, head_label)
+    if fleet_plan is not None:
+        fleet_plan = dataclasses.replace(
+            fleet_plan, problems=reconcile.relabel(fleet_plan.problems, labels),
+            hosts=tuple(dataclasses.replace(h, plan=dataclasses.replace(h.plan, problems=reconcile.relabel(h.plan.problems, labels)))
+                        if h.plan is not None else h for h in fleet_plan.hosts),
+        )
+    return Review(base, head, plan, base_label, head_label, fleet_plan)
+
+
+def _fleet_diff(base: model.DesiredState, head: model.DesiredState, base_label: str,
+                settings: planner.Settings) -> fleet.FleetPlan:
+    """Return the fleet plan of ``head`` against the hosts an apply of ``base`` leaves.
+
+    A Host new in ``head`` starts empty; a base without Hosts ran nowhere yet in the
+    fleet's eyes, so every VM is new to it.
+    """
+    hosts = offline.converged_fleet(base, uri=f"git {base_label}", settings=settings) if base.hosts else {}
+    empty = dataclasses.replace(base, vms={}, pools={}, networks={}, images={}, hosts={})
+    for name in head.hosts:
+        if name not in hosts:
+            hosts[name] = offline.converged_host(empty, uri=f"git {base_label} host {name}", settings=settings)
+    observed = {name: offline.with_host_stand_ins(state, head) for name, state in hosts.items() if name in head.hosts}
+    return fleet.plan_fleet(head, observed, settings)
 
 
 def _label(ref: str, commit: str) -> str:

@@ -13,6 +13,7 @@ from tests.unit import builders
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "manifests"
 CLOUD_EXAMPLES = REPO / "examples" / "cloud-images"  # images and cloud-init: they need a real libvirtd
+FLEET_EXAMPLES = REPO / "examples" / "fleet"  # Hosts and placement: a fleet of three hypervisors
 FILE = "manifests/vms/web.yaml"
 
 
@@ -36,7 +37,7 @@ def problems_of(text: str) -> list[str]:
             "  memory: 1GiB\n  colour: red\n",
             [f"{FILE}:7: spec.colour: unknown field 'colour'; allowed: autostart, boot, cdrom, cloudInit, console, cpu, "
              "disks, firmware, graphics, guestAgent, hugepages, install, keepNvram, machine, maxMemory, memory, networks, "
-             "runStrategy, shutdownTimeout, uuid, vcpus, virtType"],
+             "placement, runStrategy, shutdownTimeout, uuid, vcpus, virtType"],
             id="unknown-field-lists-allowed",
         ),
         pytest.param(
@@ -168,12 +169,12 @@ def test_problems_are_reported_in_file_order():
         ),
         pytest.param(
             "apiVersion: kvmops/v1\nkind: VirtualMashine\n",
-            f"{FILE}:2: kind: unknown kind 'VirtualMashine'; expected VirtualMachine or StoragePool or Network or Image",
+            f"{FILE}:2: kind: unknown kind 'VirtualMashine'; expected VirtualMachine or StoragePool or Network or Image or Host",
             id="unknown-kind",
         ),
         pytest.param(
             "apiVersion: kvmops/v1\nmetadata: {name: web}\n",
-            f"{FILE}:1: kind: missing 'kind'; expected VirtualMachine or StoragePool or Network or Image",
+            f"{FILE}:1: kind: missing 'kind'; expected VirtualMachine or StoragePool or Network or Image or Host",
             id="missing-kind",
         ),
         pytest.param(
@@ -200,7 +201,7 @@ def test_a_wrong_api_version_does_not_hide_the_other_problems_of_the_document():
 def test_kind_that_is_a_list_is_a_problem_not_a_crash():
     """``kind: [VirtualMachine]`` is reported as an unknown kind instead of raising TypeError."""
     assert problems_of("apiVersion: kvmops/v1\nkind: [VirtualMachine]\n") == [
-        f"{FILE}:2: kind: unknown kind ['VirtualMachine']; expected VirtualMachine or StoragePool or Network or Image"
+        f"{FILE}:2: kind: unknown kind ['VirtualMachine']; expected VirtualMachine or StoragePool or Network or Image or Host"
     ]
 
 
@@ -243,11 +244,11 @@ def test_defaults_come_from_the_schemas():
 
 
 def test_storage_pool_defaults_come_from_the_schemas():
-    """A StoragePool gets type dir and autostart true when it does not say."""
+    """A StoragePool gets type dir, autostart true and shared false when it does not say."""
     (document,) = builders.documents("apiVersion: kvmops/v1\nkind: StoragePool\nmetadata: {name: p}\nspec: {path: /srv/p}\n")
     body, problems = validation.validate(document)
     assert problems == []
-    assert body["spec"] == {"path": "/srv/p", "type": "dir", "autostart": True}
+    assert body["spec"] == {"path": "/srv/p", "type": "dir", "autostart": True, "shared": False}
 
 
 def test_defaults_do_not_overwrite_what_the_manifest_says():
@@ -283,9 +284,9 @@ def test_pool_path_starting_with_dotdot_is_refused():
 
 
 def example_documents() -> list[model.Document]:
-    """Return every document of the example manifests (manifests/ and examples/cloud-images/)."""
+    """Return every document of the example manifests (manifests/, examples/cloud-images/ and examples/fleet/)."""
     documents = []
-    for directory in (EXAMPLES, CLOUD_EXAMPLES):
+    for directory in (EXAMPLES, CLOUD_EXAMPLES, FLEET_EXAMPLES):
         loaded = manifests.load(directory)
         assert loaded.problems == ()
         documents.extend(loaded.documents)

@@ -67,6 +67,7 @@ def plan_changes(
     owned_orphans = [
         d for name, d in sorted(actual.domains.items())
         if d.owned and name not in desired.vms and scope_of(d) == settings.scope and not mark_is_unbound(d)
+        and name not in settings.held
     ]
     rules = settings.policy.for_scope(settings.scope) if settings.policy is not None else None
     if rules is not None:
@@ -77,7 +78,7 @@ def plan_changes(
         problems.extend(resource.problems)
     elsewhere = tuple(
         f"{name} (scope {scope_of(d)})" for name, d in sorted(actual.domains.items())
-        if d.owned and name not in desired.vms and scope_of(d) != settings.scope
+        if d.owned and name not in desired.vms and scope_of(d) != settings.scope and name not in settings.held
     )
     orphaned_networks = orphan_networks(actual, desired, settings)
     suspended = prune_suspension(desired, problems, [*owned_orphans, *orphaned_networks], settings)

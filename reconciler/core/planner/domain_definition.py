@@ -90,6 +90,7 @@ class VMDefinition:
                 install_pending=install and spec.install is not None and spec.install.first_boot_only,
                 bound_name=spec.name, bound_uuid=uuid or "",
                 start_pending=self._first_start_pending(),
+                fleet=self.fleet, host=self.host,
             ),
             firmware=spec.firmware,
             machine=machine,

@@ -126,6 +126,12 @@ class VMDiff:
             ))
         if old.manifest != new.manifest:
             self.changes.append(FieldChange("manifest", old.manifest, new.manifest, Impact.LIVE))
+        if (old.fleet, old.host) != (new.fleet, new.host):
+            self.changes.append(FieldChange(
+                "metadata.host", f"{old.host} (fleet {old.fleet})" if old.fleet else "(no fleet)",
+                f"{new.host} (fleet {new.fleet})" if new.fleet else "(no fleet)", Impact.LIVE,
+                note="the mark records the fleet and Host that placed it: a copy found on another host is split brain",
+            ))
         if old.run_strategy != new.run_strategy:
             self.changes.append(FieldChange("runStrategy", old.run_strategy, new.run_strategy, Impact.LIVE))
         if old.graphics_password_digest != new.graphics_password_digest:

@@ -20,3 +20,8 @@ class Settings:
     password_salt: bytes = b""  # entropy for new graphics password digests (the shell passes random bytes)
     policy: policies.Policy | None = None  # the host's policy (configuration file); None: none is set
     allow_mass_prune: bool = False  # a prune larger than the policy's maxPrunePerPass goes ahead (--allow-mass-prune)
+    # In a fleet (core.fleet): the fleet and Host written in the marks, and the domains this
+    # host's plan holds as they are, neither changed nor pruned (migrating away, split brain).
+    fleet: str = ""
+    host: str = ""
+    held: frozenset[str] = frozenset()

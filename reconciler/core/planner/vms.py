@@ -101,6 +101,7 @@ class VMPlanBuilder(VMStorage, VMDefinition, VMDiff):
         self.active = domain is not None and domain.power.active
         self.claimed: set[tuple[str, str]] = claimed  # volumes some VM in the manifests attaches
         self.scope = settings.scope
+        self.fleet, self.host = settings.fleet, settings.host
         self.password_salt = settings.password_salt
         self.desired: model.DesiredState = desired
         self.revision: str = desired.revision

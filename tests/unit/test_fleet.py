@@ -1,0 +1,257 @@
+"""Fleet plans: one plan per host on its share of the manifests, migrations, unreachable hosts, split brain."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from reconciler.core import desired, domxml, fleet, model, planner
+from reconciler.core import plan as plans
+from tests.unit import builders
+
+HOSTS = """\
+apiVersion: kvmops/v1
+kind: Host
+metadata: {name: a, labels: {zone: x}}
+spec: {uri: "qemu+ssh://a/system", capacity: {vcpus: 8, memory: 16GiB}}
+---
+apiVersion: kvmops/v1
+kind: Host
+metadata: {name: b, labels: {zone: y}}
+spec: {uri: "qemu+ssh://b/system", capacity: {vcpus: 8, memory: 16GiB}}
+"""
+POOLS = """\
+apiVersion: kvmops/v1
+kind: StoragePool
+metadata: {name: vmstore}
+spec: {path: /var/lib/kvmops/vmstore}
+---
+apiVersion: kvmops/v1
+kind: StoragePool
+metadata: {name: nfs}
+spec: {path: /srv/nfs, shared: true}
+---
+apiVersion: kvmops/v1
+kind: StoragePool
+metadata: {name: everywhere}
+spec: {path: /srv/everywhere, hosts: {}}
+"""
+NETWORK = """\
+apiVersion: kvmops/v1
+kind: Network
+metadata: {name: lan}
+spec: {mode: isolated}
+"""
+
+
+def vm_yaml(name: str, *, where: str = "", pool: str = "vmstore", network: bool = False, halted: bool = False) -> str:
+    spec = f"  memory: 1GiB\n  disks: [{{name: root, pool: {pool}, size: 1GiB}}]\n"
+    if network:
+        spec += "  networks: [{network: lan}]\n"
+    if where:
+        spec += f"  placement: {where}\n"
+    if halted:
+        spec += "  runStrategy: Halted\n"
+    return builders.vm_yaml(name, spec)
+
+
+def manifests(*vms: str) -> model.DesiredState:
+    files = {"hosts.yaml": HOSTS, "pools.yaml": POOLS, "networks.yaml": NETWORK}
+    files.update({f"vms/{i}.yaml": text for i, text in enumerate(vms)})
+    state = desired.build(builders.manifest_set(files))
+    assert state.problems == (), [str(p) for p in state.problems]
+    return state
+
+
+def running_on(host: str, spec: model.VMSpec, *, power=model.PowerState.RUNNING, uuid: str = builders.UUID,
+               fleet_name: str = "default") -> model.ObservedDomain:
+    """Return the domain an apply of ``spec`` on ``host`` leaves: its mark names the fleet and the host."""
+    definition = builders.definition(spec, uuid=uuid)
+    definition = dataclasses.replace(definition, owner=dataclasses.replace(definition.owner, fleet=fleet_name, host=host))
+    domain = builders.domain(definition, power=power)
+    return dataclasses.replace(domain, xml=domxml.render(definition))
+
+
+def host_state(*domains: model.ObservedDomain, state: model.DesiredState, pools: tuple[str, ...] = ("vmstore",)) -> model.ActualState:
+    specs = [state.vms[d.name] for d in domains if d.name in state.vms]
+    return builders.actual(*domains, pools=tuple(builders.observed_pool(p, state.pools[p].path) for p in pools),
+                           volumes=builders.volumes_of(*specs))
+
+
+def steps(plan: plans.Plan, name: str) -> list[plans.Step]:
+    return [step for r in plan.resources if r.name == name for step in r.steps]
+
+
+def test_each_host_plans_its_own_vms_and_what_they_use():
+    state = manifests(vm_yaml("web", where="{host: a}", network=True), vm_yaml("db", where="{host: b}"))
+    result = fleet.plan_fleet(state, {"a": builders.actual(pools=()), "b": builders.actual(pools=())})
+    a, b = result.host("a").plan, result.host("b").plan
+    assert [r.key for r in a.resources] == ["StoragePool/everywhere", "StoragePool/vmstore", "Network/lan",
+                                           "VirtualMachine/web"]
+    assert [r.key for r in b.resources] == ["StoragePool/everywhere", "StoragePool/vmstore", "VirtualMachine/db"]
+    define = [s for s in steps(a, "web") if isinstance(s, plans.DefineDomain)][-1]
+    owner = domxml.parse_owner(domxml.parse_tree(define.xml))
+    assert (owner.fleet, owner.host) == ("default", "a")
+    assert result.migrations == () and result.problems == ()
+    assert result.summary() == "Fleet default: 2 hosts; VMs per host: a 1, b 1; 0 migrations"
+
+
+def test_a_converged_fleet_plans_nothing():
+    state = manifests(vm_yaml("web", where="{host: a}"), vm_yaml("db", where="{host: b}"))
+    observed = {"a": host_state(running_on("a", state.vms["web"]), state=state, pools=("vmstore", "everywhere")),
+                "b": host_state(running_on("b", state.vms["db"]), state=state, pools=("vmstore", "everywhere"))}
+    result = fleet.plan_fleet(state, observed)
+    assert not result.has_changes, [r.key for h in result.hosts for r in h.plan.changes]
+
+
+def test_a_vm_whose_placement_changed_migrates_live_copying_its_local_disks():
+    state = manifests(vm_yaml("web", where="{host: b}"))
+    observed = {"a": host_state(running_on("a", state.vms["web"]), state=state),
+                "b": host_state(state=state)}
+    result = fleet.plan_fleet(state, observed)
+    (migration,) = result.migrations
+    assert (migration.key, migration.actions) == ("VirtualMachine/web", (plans.Action.MIGRATE,))
+    (step,) = migration.steps
+    assert (step.source, step.destination, step.destination_uri, step.mode) == (
+        "a", "b", "qemu+ssh://b/system", plans.MigrationMode.LIVE_COPY_STORAGE)
+    assert [(c.path, c.old, c.new, c.impact) for c in migration.changes] == [("host", "a", "b", plans.Impact.LIVE)]
+    assert "b:StoragePool/vmstore" in migration.requires
+    owner = domxml.parse_owner(domxml.parse_tree(step.xml))
+    assert (owner.fleet, owner.host, owner.digest) == ("default", "b", state.vms["web"].digest)
+    assert "VirtualMachine/web" in [r.key for r in result.host("a").plan.changes]  # the move, in the source's plan
+    assert steps(result.host("a").plan, "web") == [step]  # never pruned on the source: migrated
+    assert steps(result.host("b").plan, "web") == []  # never created on the destination
+    assert "StoragePool/vmstore" in [r.key for r in result.host("b").plan.resources]  # what it needs is made first
+    assert result.summary() == "Fleet default: 2 hosts; VMs per host: a 0, b 1; 1 migration"
+
+
+def test_a_moved_vm_leaves_its_local_volumes_behind_only_as_their_deletion_policy_allows():
+    text = vm_yaml("web", where="{host: b}").replace("size: 1GiB}", "size: 1GiB, deletionPolicy: Delete}")
+    text = text.replace("  disks: [", "  disks: [{name: keep, pool: vmstore, size: 1GiB}, {name: shared, pool: nfs, size: 1GiB, "
+                                      "deletionPolicy: Delete}, ")
+    state = manifests(text)
+    observed = {"a": host_state(running_on("a", state.vms["web"]), state=state, pools=("vmstore", "nfs")),
+                "b": host_state(state=state)}
+    (migration,) = fleet.plan_fleet(state, observed).migrations
+    assert [type(s).__name__ for s in migration.steps] == ["MigrateDomain", "DeleteMovedVolume"]
+    assert migration.steps[1] == plans.DeleteMovedVolume("vmstore", "web-root.qcow2", "web", builders.UUID, "b")
+    assert "volume vmstore/web-keep.qcow2 on a is kept after the move (deletionPolicy Retain); remove it yourself " \
+           "when you no longer need it" in migration.notes
+
+
+def test_a_vm_on_shared_storage_migrates_live_and_a_stopped_one_offline():
+    state = manifests(vm_yaml("shared", where="{host: b}", pool="nfs"), vm_yaml("stopped", where="{host: b}", halted=True))
+    observed = {"a": host_state(running_on("a", state.vms["shared"]),
+                                running_on("a", state.vms["stopped"], power=model.PowerState.SHUTOFF, uuid=builders.OTHER_UUID),
+                                state=state, pools=("nfs", "vmstore")),
+                "b": host_state(state=state)}
+    result = fleet.plan_fleet(state, observed)
+    modes = {m.name: (m.steps[0].mode, m.changes[0].impact) for m in result.migrations}
+    assert modes == {"shared": (plans.MigrationMode.LIVE, plans.Impact.LIVE),
+                     "stopped": (plans.MigrationMode.OFFLINE, plans.Impact.RESTART)}
+
+
+def test_cordoning_a_host_drains_its_vms_to_the_others():
+    state = manifests(vm_yaml("web"), vm_yaml("db"))
+    cordoned = dataclasses.replace(state, hosts={**state.hosts, "a": dataclasses.replace(state.hosts["a"], schedulable=False)})
+    observed = {"a": host_state(running_on("a", state.vms["web"]), running_on("a", state.vms["db"], uuid=builders.OTHER_UUID),
+                                state=state),
+                "b": host_state(state=state)}
+    result = fleet.plan_fleet(cordoned, observed)
+    assert [(m.name, m.steps[0].destination) for m in result.migrations] == [("db", "b"), ("web", "b")]
+    assert all("cordoned" in m.notes[0] for m in result.migrations)
+
+
+def test_an_unreachable_host_is_its_own_section_and_its_vms_stay_unknown():
+    state = manifests(vm_yaml("web"), vm_yaml("db", where="{host: b}"))
+    orphan = running_on("b", builders.vm("gone"), uuid=builders.OTHER_UUID)
+    observed = {"a": fleet.HostUnreachable("a", "cannot connect: No route to host"),
+                "b": host_state(running_on("b", state.vms["db"]), orphan, state=state)}
+    result = fleet.plan_fleet(state, observed)
+    a = result.host("a")
+    assert (a.plan, a.unreachable) == (None, "cannot connect: No route to host")
+    assert result.unknown == {"web": ("a",)} and a.unknown == ("web",) and a.vms == ("web",)
+    b = result.host("b").plan
+    assert steps(b, "web") == []  # never placed elsewhere while its host may run it
+    assert any(isinstance(s, plans.UndefineDomain) for s in steps(b, "gone"))  # the reachable host converges fully
+    assert result.problems == ()
+    assert result.summary().endswith("0 migrations; 1 unreachable (a)")
+
+
+def test_a_host_missing_from_the_observations_counts_as_unreachable():
+    state = manifests(vm_yaml("web", where="{host: a}"))
+    result = fleet.plan_fleet(state, {"b": host_state(state=state)})
+    assert result.host("a").unreachable == "not observed" and result.host("a").plan is None
+
+
+def test_evacuating_a_dead_host_recreates_its_vms_elsewhere_and_refuses_live_hosts():
+    state = manifests(vm_yaml("web"))
+    observed = {"a": fleet.HostUnreachable("a", "down"), "b": host_state(state=state)}
+    result = fleet.plan_fleet(state, observed, evacuate={"a"})
+    assert any(isinstance(s, plans.DefineDomain) for s in steps(result.host("b").plan, "web"))
+    (web,) = [r for r in result.host("b").plan.resources if r.name == "web"]
+    assert web.notes[-1] == "evacuated from a, declared dead: defined anew here; its local disks (root) start new and empty here"
+    refused = fleet.plan_fleet(state, observed, evacuate={"b"})
+    assert [p.message for p in refused.problems] == [
+        "host b answers: evacuate is for dead hosts only; use `kvmops drain b` to move its VMs off"]
+
+
+def test_a_vm_marked_on_two_hosts_is_split_brain_and_neither_copy_is_touched():
+    state = manifests(vm_yaml("web"))
+    spec = state.vms["web"]
+    stale = builders.vm("stale")
+    observed = {"a": host_state(running_on("a", spec), running_on("a", stale, uuid=builders.OTHER_UUID), state=state),
+                "b": host_state(running_on("b", spec, power=model.PowerState.SHUTOFF), state=state)}
+    result = fleet.plan_fleet(state, observed)
+    assert result.split_brain == (fleet.SplitBrain("web", ("a", "b")),)
+    (problem,) = result.problems
+    assert problem.file == "manifests/vms/0.yaml" and "VM web is marked by fleet default on 2 hosts (a, b)" in problem.message
+    for name in ("a", "b"):
+        assert steps(result.host(name).plan, "web") == []  # not started, not stopped, not pruned
+    assert steps(result.host("a").plan, "stale") == []  # and nothing is pruned anywhere while it lasts
+    assert "stale" in result.host("a").plan.kept
+    assert result.migrations == ()
+
+
+def test_only_host_plans_that_host_alone():
+    state = manifests(vm_yaml("web", where="{host: a}"), vm_yaml("db", where="{host: b}"))
+    result = fleet.plan_fleet(state, {"a": builders.actual(pools=()), "b": builders.actual(pools=())}, only_host="b")
+    assert [h.host for h in result.hosts] == ["b"]
+
+
+def test_vms_of_another_fleet_are_not_ours():
+    state = manifests(vm_yaml("web", where="{host: a}"))
+    other = running_on("b", state.vms["web"], fleet_name="other")
+    other = dataclasses.replace(other, definition=dataclasses.replace(
+        other.definition, owner=dataclasses.replace(other.definition.owner, scope="other")))
+    result = fleet.plan_fleet(state, {"a": builders.actual(pools=()), "b": host_state(other, state=state)})
+    assert result.split_brain == () and result.migrations == ()
+    assert any(isinstance(s, plans.DefineDomain) for s in steps(result.host("a").plan, "web"))
+
+
+def test_a_single_host_vm_gains_its_fleet_mark_as_a_visible_change():
+    state = manifests(vm_yaml("web", where="{host: a}"))
+    definition = builders.definition(state.vms["web"])
+    observed = {"a": host_state(dataclasses.replace(builders.domain(definition), xml=domxml.render(definition)),
+                                state=state),
+                "b": builders.actual(pools=())}
+    (resource,) = [r for r in fleet.plan_fleet(state, observed).host("a").plan.changes if r.name == "web"]
+    assert [(c.path, c.old, c.new) for c in resource.changes] == [("metadata.host", "(no fleet)", "a (fleet default)")]
+
+
+def test_settings_hold_keeps_a_domain_out_of_pruning():
+    spec = builders.vm("web")
+    actual = builders.actual(builders.domain(builders.definition(spec)))
+    plan = planner.plan_changes(builders.desired(builders.vm("other")), actual,
+                                settings=planner.Settings(held=frozenset({"web"})))
+    assert steps(plan, "web") == [] and "web" not in plan.kept
+
+
+def test_after_a_migration_the_next_fleet_plan_is_empty():
+    state = manifests(vm_yaml("web", where="{host: b}"))
+    before = {"a": host_state(running_on("a", state.vms["web"]), state=state), "b": host_state(state=state)}
+    (step,) = fleet.plan_fleet(state, before).migrations[0].steps
+    moved = builders.domain(domxml.parse(step.xml))
+    pools = ("vmstore", "everywhere")
+    after = {"a": host_state(state=state, pools=pools), "b": host_state(moved, state=state, pools=pools)}
+    result = fleet.plan_fleet(state, after)
+    assert not result.has_changes, [(r.key, r.changes) for h in result.hosts for r in h.plan.changes]
