@@ -40,4 +40,6 @@ HEALTHCHECK --interval=30s --timeout=5s CMD python -c "import urllib.request,sys
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["kvmops"]
 # 0.0.0.0 inside the container: publish it on the host's loopback only (-p 127.0.0.1:9474:9474).
-CMD ["run", "/manifests", "--listen", "0.0.0.0:9474"]
+# Other containers on the same Docker network still reach it: to keep /status and /metrics from
+# them, mount a token file and replace --listen-insecure by --listen-token-file /run/secrets/kvmops-listen.
+CMD ["run", "/manifests", "--listen", "0.0.0.0:9474", "--listen-insecure"]

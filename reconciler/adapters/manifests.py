@@ -24,7 +24,7 @@ import yaml
 
 from reconciler import errors
 from reconciler.adapters import manifest_tree
-from reconciler.core import model
+from reconciler.core import memo, model
 
 MAX_FILE_BYTES = 1024 * 1024
 MAX_NODES_PER_FILE = 50_000
@@ -172,8 +172,25 @@ def load_file(path: Path, base: Path, *, tree: manifest_tree.ManifestTree | None
     return parse_text(text, display, relpath)
 
 
+_PARSED: memo.Memo[tuple[tuple[model.Document, ...], tuple[model.Problem, ...]]] = memo.Memo()
+
+
 def parse_text(text: str, display: str, relpath: str) -> tuple[list[model.Document], list[model.Problem]]:
-    """Return the documents in YAML ``text``; ``display`` names the file in problems."""
+    """Return the documents in YAML ``text``; ``display`` names the file in problems.
+
+    Memoised by file and content: the controller re-reads every unchanged file each
+    pass, and parsing YAML is most of reading them.  The documents are frozen values.
+    """
+    key = (display, relpath, hashlib.blake2b(text.encode(), digest_size=16).digest())
+    found = _PARSED.get(key)
+    if found is None:
+        documents, problems = _parse_text(text, display, relpath)
+        found = (tuple(documents), tuple(problems))
+        _PARSED.put(key, found)
+    return list(found[0]), list(found[1])
+
+
+def _parse_text(text: str, display: str, relpath: str) -> tuple[list[model.Document], list[model.Problem]]:
     documents: list[model.Document] = []
     problems: list[model.Problem] = []
     converter = _Converter()

@@ -10,10 +10,11 @@ storage they use.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import posixpath
 from types import MappingProxyType
 
-from reconciler.core import domxml, model, netxml
+from reconciler.core import domxml, memo, model, netxml
 
 
 def interpret(observation: model.Observation) -> model.ActualState:
@@ -25,6 +26,8 @@ def interpret(observation: model.Observation) -> model.ActualState:
         pools=MappingProxyType({pool.name: pool for pool in observation.pools}),
         volumes=MappingProxyType({(volume.pool, volume.name): volume for volume in observation.volumes}),
         networks=MappingProxyType({record.name: network(record) for record in observation.networks}),
+        trash=observation.trash,
+        trash_unreadable=observation.trash_unreadable,
     )
 
 
@@ -41,8 +44,7 @@ def resolve_paths(definition: model.DomainDefinition, by_path: dict[str, tuple[s
                                cdroms=tuple(resolved(d) for d in definition.cdroms))
 
 
-_READ: dict[tuple[str, bool], tuple[str, object, tuple[model.DiskDevice, ...]]] = {}  # (xml, essence) -> what _read found
-_READ_LIMIT = 4096  # two entries per domain (persistent and live XML): room for 2,000 domains
+_READ: memo.Memo[tuple[str, object, tuple[model.DiskDevice, ...]]] = memo.Memo()  # what _read found, by XML digest
 
 
 def _read(xml: str, *, essence: bool = False) -> tuple[str, object, tuple[model.DiskDevice, ...]]:
@@ -52,10 +54,11 @@ def _read(xml: str, *, essence: bool = False) -> tuple[str, object, tuple[model.
 
     A mark written for another domain (a clone's copy) makes the domain foreign.
     Memoised: a pass reads the same unchanged XML of every domain that the last pass
-    read, and parsing is the larger part of observing a host.  ``essence`` parses a
-    live XML whether or not it carries the mark.
+    read, and parsing is the larger part of observing a host.  The memo is keyed by a
+    digest, so it does not keep every XML text alive.  ``essence`` parses a live XML
+    whether or not it carries the mark.
     """
-    key = (xml, essence)
+    key = (hashlib.blake2b(xml.encode(), digest_size=16).digest(), essence)
     found = _READ.get(key)
     if found is not None:
         return found
@@ -73,9 +76,7 @@ def _read(xml: str, *, essence: bool = False) -> tuple[str, object, tuple[model.
                 found = ("owned", domxml.parse(root), storage)
             except domxml.DomainXMLError as exc:
                 found = ("broken", str(exc), storage)
-    if len(_READ) >= _READ_LIMIT:
-        _READ.clear()
-    _READ[key] = found
+    _READ.put(key, found)
     return found
 
 

@@ -152,7 +152,7 @@ def plan_fleet(
     found = _ours(reachable, fleet)
     split = tuple(SplitBrain(vm, tuple(sorted(on))) for vm, on in sorted(found.items()) if len(on) > 1)
     for brain in split:
-        problems.append(_split_brain_problem(desired, brain, fleet, source=desired.source))
+        problems.append(_split_brain_problem(desired, brain, fleet, reachable, source=desired.source))
     split_names = {brain.vm for brain in split}
     located = {vm: next(iter(on)) for vm, on in found.items() if len(on) == 1 and vm in desired.vms}
     placed = placement.place(
@@ -174,8 +174,9 @@ def plan_fleet(
         ))
     host_plans = []
     leaving: dict[str, list[plans.ResourcePlan]] = {}
+    cleanups = _owed_cleanups(desired, reachable, found, fleet, hosts)
     for move in sorted(migrating.values(), key=lambda m: m.vm):
-        leaving.setdefault(move.source, []).append(_migration(desired, move, reachable[move.source], hosts, fleet))
+        leaving.setdefault(move.source, []).append(_migration(desired, move, reachable[move.source], hosts, fleet, settings))
     for name, host in hosts.items():
         if only_host is not None and name != only_host:
             continue
@@ -193,6 +194,9 @@ def plan_fleet(
         local_vms = [vm for vm in assigned if vm not in incoming]
         subset = host_share(desired, host, local_vms, uses=[*incoming, *departing, *(held & set(desired.vms))])
         plan = planner.plan_changes(subset, actual, settings=dataclasses.replace(host_settings, host=name, held=held))
+        owed = [cleanup for cleanup in cleanups if cleanup.source == name]
+        if owed:
+            plan = dataclasses.replace(plan, resources=(*plan.resources, *(c.resource for c in owed)))
         if leaving.get(name):
             plan = dataclasses.replace(
                 plan, resources=(*plan.resources, *leaving[name]),
@@ -221,7 +225,7 @@ def host_share(
     images |= {disk.image for spec in users for disk in spec.disks if disk.image is not None}
     images &= set(desired.images)
     pools = {name for name, spec in desired.pools.items() if placement.selects(spec.hosts, host)}
-    pools |= {pool for spec in users for _, pool in planner.vm_pools(spec)}
+    pools |= {pool for spec in users for _, pool in spec.pools_by_field()}
     pools |= {desired.images[name].pool for name in images}
     networks = {name for name, spec in desired.networks.items() if placement.selects(spec.hosts, host)}
     networks |= {nic.source for spec in users for nic in spec.nics if nic.kind == "network"}
@@ -246,12 +250,134 @@ def _ours(reachable: Mapping[str, model.ActualState], fleet: str) -> dict[str, s
     return found
 
 
-def _split_brain_problem(desired: model.DesiredState, brain: SplitBrain, fleet: str, *, source: str) -> model.Problem:
-    message = (
-        f"VM {brain.vm} is marked by fleet {fleet} on {len(brain.hosts)} hosts ({', '.join(brain.hosts)}): split brain "
-        "(a half-done migration, or a host that came back). Neither copy is started, stopped, changed, migrated or "
-        "pruned; keep the right one and remove the other yourself (virsh -c URI undefine), then plan again"
+@dataclass(frozen=True)
+class _OwedCleanup:
+    """The copies a finished move left on host ``source``, as a resource of that host's plan."""
+
+    source: str
+    resource: plans.ResourcePlan
+
+
+def _owed_cleanups(
+    desired: model.DesiredState, reachable: Mapping[str, model.ActualState], found: Mapping[str, set[str]],
+    fleet: str, hosts: Mapping[str, model.HostSpec],
+) -> list[_OwedCleanup]:
+    """Return the deletions earlier moves still owe, from what the hosts show now.
+
+    A VM of this fleet found on one host whose mark records a copy left on another
+    (:class:`~reconciler.core.model.LeftBehind`, persisted by the migration itself) owes
+    its deletion there: a crash between the move and the deletion, or a deletion that
+    waited for the VM to run. It is deleted only once the VM runs (or is meant to be off),
+    only under ``deletionPolicy: Delete`` (today's manifest), never in a shared pool, never
+    while a domain there uses it; then the record goes. An unreachable source keeps it.
+    """
+    owed: list[_OwedCleanup] = []
+    for host, actual in sorted(reachable.items()):
+        for domain in sorted(actual.domains.values(), key=lambda d: d.name):
+            owner = domain.definition.owner if domain.definition is not None else None
+            if (not domain.owned or owner is None or planner.scope_of(domain) != fleet or not owner.left_behind
+                    or len(found.get(domain.name, ())) != 1):
+                continue
+            spec = desired.vms.get(domain.name)
+            by_source: dict[str, list[model.LeftBehind]] = {}
+            for left in owner.left_behind:
+                if left.host != host and left.host in reachable and left.host in hosts:
+                    by_source.setdefault(left.host, []).append(left)
+            for source, lefts in sorted(by_source.items()):
+                resource = _cleanup(domain, spec, host, source, lefts, reachable[source], desired)
+                if resource is not None:
+                    owed.append(_OwedCleanup(source, resource))
+    return owed
+
+
+def _cleanup(
+    domain: model.ObservedDomain, spec: model.VMSpec | None, host: str, source: str, lefts: list[model.LeftBehind],
+    there: model.ActualState, desired: model.DesiredState,
+) -> plans.ResourcePlan | None:
+    steps: list[plans.Step] = []
+    changes: list[FieldChange] = []
+    notes: list[str] = []
+    wants_running = spec is not None and spec.run_strategy is model.RunStrategy.ALWAYS
+    for left in lefts:
+        where = f"volume {left.pool}/{left.name} on {source}"
+        forget = plans.ForgetMovedVolume(left.pool, left.name, domain.name, domain.uuid, source, host)
+        policy = _policy(spec, left, domain.definition.owner)
+        users = sorted(d.name for d in there.domains.values() if (left.pool, left.name) in d.storage)
+        if left.is_nvram:
+            where = f"the UEFI NVRAM on {source}"
+            keep = spec.keep_nvram if spec is not None else domain.definition.owner.keep_nvram
+            if keep:
+                steps.append(forget)
+                notes.append(f"{where}, left by the move to {host}, is kept (keepNvram); remove it yourself when you "
+                             "no longer need it")
+            elif wants_running and not domain.power.active:
+                notes.append(f"{where}, left by the move to {host}, is deleted once {domain.name} runs on {host}")
+            else:
+                steps += [plans.DeleteMovedVolume(left.pool, left.name, domain.name, domain.uuid, host,
+                                                  running=domain.power.active, source=source), forget]
+                changes.append(_left_copy_change(left.pool, left.name, source, host, running=domain.power.active))
+            continue
+        if (left.pool, left.name) not in there.volumes:
+            steps.append(forget)
+            changes.append(FieldChange(f"{where} (record)", "left behind", None, Impact.LIVE,
+                                       note=f"already gone; the record on {host} is dropped"))
+        elif left.pool in desired.pools and desired.pools[left.pool].shared:
+            steps.append(forget)
+            notes.append(f"{where} is in a shared pool: it is {domain.name}'s disk on {host} too, never deleted")
+        elif policy is not model.DeletionPolicy.DELETE:
+            steps.append(forget)
+            notes.append(f"{where}, left by the move to {host}, is kept (deletionPolicy {policy}); remove it yourself "
+                         "when you no longer need it")
+        elif users:
+            notes.append(f"{where}, left by the move to {host}, is used by domain {', '.join(users)} there: kept until "
+                         "no domain uses it")
+        elif wants_running and not domain.power.active:
+            notes.append(f"{where}, left by the move to {host}, is deleted once {domain.name} runs on {host}")
+        else:
+            steps += [plans.DeleteMovedVolume(left.pool, left.name, domain.name, domain.uuid, host,
+                                              running=domain.power.active, source=source), forget]
+            changes.append(_left_copy_change(left.pool, left.name, source, host, running=domain.power.active))
+    if not steps and not notes:
+        return None
+    return plans.ResourcePlan(
+        kind="VirtualMachine", name=domain.name, actions=(Action.UPDATE,) if steps else (), changes=tuple(changes),
+        steps=tuple(steps), manifest=spec.manifest if spec is not None else domain.definition.owner.manifest,
+        notes=tuple(notes),
     )
+
+
+def _policy(spec: model.VMSpec | None, left: model.LeftBehind, owner: model.Ownership) -> model.DeletionPolicy:
+    """Return the deletion policy of ``left``'s volume: today's manifest's, else the mark's record of it."""
+    if spec is not None:
+        if spec.cloud_init is not None and (spec.cloud_init.pool, spec.cloud_init.volume) == (left.pool, left.name):
+            return model.DeletionPolicy.DELETE
+        disk = next((d for d in spec.disks if d.path is None and (d.pool, d.volume) == (left.pool, left.name)), None)
+        if disk is not None:
+            return disk.deletion_policy
+    record = owner.volume(left.pool, left.name)
+    return record.deletion_policy if record is not None and record.created else model.DeletionPolicy.RETAIN
+
+
+def _split_brain_problem(desired: model.DesiredState, brain: SplitBrain, fleet: str,
+                         reachable: Mapping[str, model.ActualState], *, source: str) -> model.Problem:
+    incoming = [host for host in brain.hosts
+                if not reachable[host].domains[brain.vm].persistent
+                and reachable[host].domains[brain.vm].power is model.PowerState.PAUSED]
+    if len(incoming) == 1 and len(brain.hosts) == 2:
+        # libvirt's own job: the destination holds a paused, transient copy until the job ends
+        (other,) = [host for host in brain.hosts if host not in incoming]
+        message = (
+            f"VM {brain.vm} is being migrated from {other} to {incoming[0]} by libvirt (a paused, transient copy is "
+            f"on {incoming[0]}); nothing is done to either copy until libvirt finishes or abandons the job: plan again "
+            "in a moment"
+        )
+    else:
+        message = (
+            f"VM {brain.vm} is marked by fleet {fleet} on {len(brain.hosts)} hosts ({', '.join(brain.hosts)}): split "
+            "brain (a half-done migration, or a host that came back). Neither copy is started, stopped, changed, "
+            "migrated or pruned; keep the right one and remove the other yourself (virsh -c URI undefine), then plan "
+            "again"
+        )
     spec = desired.vms.get(brain.vm)
     if spec is not None:
         return spec.origin.problem("metadata.name", message)
@@ -267,71 +393,209 @@ def _evacuation_note(move: placement.Move, desired: model.DesiredState) -> str:
     return f"evacuated from {move.source}, declared dead: defined anew here; {disks}"
 
 
+@dataclass(frozen=True)
+class StorageMove:
+    """What becomes of each storage a VM uses when it moves: see :class:`~reconciler.core.plan.MigrateDomain`.
+
+    ``copies`` are disk targets libvirt copies live, ``sends`` volumes kvmops streams,
+    ``shared_files`` writable files outside pools the destination must see as they are,
+    ``media`` read-only media the destination must already have, ``shared`` the pools
+    both hosts see, ``left`` the local volumes the move leaves on the source.
+    """
+
+    copies: tuple[str, ...] = ()
+    sends: tuple[tuple[str, str], ...] = ()
+    shared_files: tuple[str, ...] = ()
+    media: tuple[tuple[str, str], ...] = ()
+    shared: tuple[str, ...] = ()
+    left: tuple[tuple[str, str], ...] = ()
+
+
+def storage_move(spec: model.VMSpec, definition: model.DomainDefinition | None, pools: Mapping[str, model.PoolSpec],
+                 *, live: bool) -> StorageMove:
+    """Return how every storage ``spec``'s domain uses goes along when it moves, live or offline.
+
+    A writable disk in a pool no manifest declares ``shared`` is local: libvirt copies it
+    live, kvmops streams it offline. The cloud-init seed (kvmops' own, read-only) is
+    streamed by kvmops: libvirt copies no read-only disk. CD-ROM and install media kvmops
+    did not create must already be on the destination; a ``path:`` disk must be the same
+    file there.
+    """
+    def is_shared(pool: str) -> bool:
+        return pool in pools and pools[pool].shared
+
+    copies, sends, shared_files, media, shared, left = [], [], [], [], set(), []
+    for disk in spec.disks:
+        if disk.path is not None:
+            shared_files.append(disk.path)
+        elif is_shared(disk.pool):
+            shared.add(disk.pool)
+        else:
+            (copies.append(disk.target) if live else sends.append((disk.pool, disk.volume)))
+            left.append((disk.pool, disk.volume))
+    seed = spec.cloud_init
+    if seed is not None:
+        if is_shared(seed.pool):
+            shared.add(seed.pool)
+        else:
+            sends.append((seed.pool, seed.volume))
+            left.append((seed.pool, seed.volume))
+    refs = [spec.cdrom] if spec.cdrom is not None else []
+    if spec.install is not None and definition is not None and definition.kernel:  # still booting from them
+        refs += [ref for ref in (spec.install.kernel, spec.install.initrd) if ref is not None]
+    for ref in refs:
+        if ref.pool and is_shared(ref.pool):
+            shared.add(ref.pool)
+        else:
+            media.append((ref.pool, ref.volume or ref.path or ""))
+    return StorageMove(tuple(copies), tuple(sends), tuple(shared_files), tuple(dict.fromkeys(media)),
+                       tuple(sorted(shared)), tuple(dict.fromkeys(left)))
+
+
+def live_impossible(definition: model.DomainDefinition | None) -> str | None:
+    """Return why a running domain cannot move live (so it is restarted on its new host), or None."""
+    if definition is not None and definition.cpu_mode == "host-passthrough":
+        return ("its CPU is the host's own (cpu mode host-passthrough): a running guest can only move live between "
+                "identical CPUs, which kvmops cannot prove")
+    return None
+
+
 def migration_mode(spec: model.VMSpec, domain: model.ObservedDomain, pools: Mapping[str, model.PoolSpec]) -> plans.MigrationMode:
-    """Return how ``spec``'s domain moves: live on shared storage, live with a copy, or offline when it is off."""
-    if not domain.power.active:
+    """Return how ``spec``'s domain moves: live on shared storage, live with a copy, or offline (off, or restarted)."""
+    if not domain.power.active or live_impossible(domain.definition) is not None:
         return plans.MigrationMode.OFFLINE
-    shared = all(disk.path is None and disk.pool in pools and pools[disk.pool].shared for disk in spec.disks)
-    return plans.MigrationMode.LIVE if shared else plans.MigrationMode.LIVE_COPY_STORAGE
+    moved = storage_move(spec, domain.definition, pools, live=True)
+    return plans.MigrationMode.LIVE_COPY_STORAGE if moved.copies else plans.MigrationMode.LIVE
 
 
 def _migration(
     desired: model.DesiredState, move: placement.Move, source: model.ActualState,
-    hosts: Mapping[str, model.HostSpec], fleet: str,
+    hosts: Mapping[str, model.HostSpec], fleet: str, settings: planner.Settings,
 ) -> plans.ResourcePlan:
     spec = desired.vms[move.vm]
     domain = source.domains[move.vm]
     mode = migration_mode(spec, domain, desired.pools)
+    restart = live_impossible(domain.definition) if domain.power.active else None
+    moved = storage_move(spec, domain.definition, desired.pools, live=mode is not plans.MigrationMode.OFFLINE)
     owner = domain.definition.owner if domain.definition is not None else None
     notes = [f"moves because {move.reason}"]
-    problems = []
-    xml = ""
     if owner is None or domain.definition is None:
-        problems.append(spec.origin.problem("metadata.name", (
-            f"domain {move.vm} on {move.source} carries kvmops' mark but its XML cannot be read ({domain.error}); "
-            "it is not migrated"
-        )))
-    else:
-        # The destination's next plan finds it current: same manifest, digest and a mark naming the new host.
-        xml = domxml.remark(domain.xml, dataclasses.replace(
-            owner, manifest=spec.manifest, digest=spec.digest, fleet=fleet, host=move.destination,
-        ))
-    if mode is plans.MigrationMode.LIVE:
-        impact, how = Impact.LIVE, "live migration, disks on shared storage: nothing copied"
+        return plans.ResourcePlan(kind="VirtualMachine", name=move.vm, manifest=spec.manifest, problems=(
+            spec.origin.problem("metadata.name", (
+                f"domain {move.vm} on {move.source} carries kvmops' mark but its XML cannot be read ({domain.error}); "
+                "it is not migrated"
+            )),))
+    deleted: list[tuple[str, str]] = []
+    for pool, volume in moved.left:
+        record = owner.volume(pool, volume)
+        where = f"volume {pool}/{volume} on {move.source}"
+        if record is not None and record.created and record.deletion_policy is model.DeletionPolicy.DELETE:
+            deleted.append((pool, volume))
+        else:
+            why = "deletionPolicy Retain" if record is not None and record.created else "kvmops did not create it"
+            notes.append(f"{where} is left behind after the move ({why}): never deleted by kvmops; remove it yourself "
+                         "when you no longer need it")
+    nvram = domain.definition.firmware == "efi"
+    if nvram and spec.keep_nvram:
+        notes.append(f"the UEFI NVRAM on {move.source} is left behind after the move (keepNvram): never deleted by "
+                     "kvmops; remove it yourself when you no longer need it")
+    elif nvram:
+        deleted.append(model.NVRAM)
+    # A copy an earlier move of this VM made on this destination and never finished (a kill):
+    # the source's mark proves it is kvmops', so this move replaces it.
+    copied_volumes = [(disk.pool, disk.volume) for disk in spec.disks if disk.target in moved.copies]
+    carried = {*moved.sends, *copied_volumes, *([model.NVRAM] if nvram else [])}
+    replaces = tuple(dict.fromkeys((sent.pool, sent.name) for sent in owner.sending
+                                   if sent.host == move.destination and (sent.pool, sent.name) in carried))
+    for pool, volume in replaces:
+        what = "the UEFI NVRAM" if (pool, volume) == model.NVRAM else f"volume {pool}/{volume}"
+        notes.append(f"{what} on {move.destination} is a copy an interrupted move of {move.vm} began (recorded in its "
+                     "mark here): replaced by this move's copy")
+    # The destination's next plan finds it current: same manifest, digest and a mark naming
+    # the new host, and the copies this move leaves (libvirt persists it in the same job):
+    # a crash before their deletion leaves that record, and the next pass finishes it.
+    left_behind = tuple(dict.fromkeys((*owner.left_behind,
+                                       *(model.LeftBehind(move.source, pool, volume) for pool, volume in deleted))))
+    xml = domxml.remark(domain.xml, dataclasses.replace(
+        owner, manifest=spec.manifest, digest=spec.digest, fleet=fleet, host=move.destination, left_behind=left_behind,
+        sending=(),
+    ))
+    if restart is not None:
+        impact, how = Impact.RESTART, (f"restarted: {restart}; it is shut down here, moved offline and started on "
+                                       f"{move.destination}")
+    elif mode is plans.MigrationMode.LIVE:
+        impact, how = Impact.LIVE, "live migration, disks on shared storage"
     elif mode is plans.MigrationMode.LIVE_COPY_STORAGE:
         impact, how = Impact.LIVE, "live migration with a copy of the local disks (the guest keeps running)"
-        local = sorted({disk.pool or disk.path or "" for disk in spec.disks
-                        if disk.path is not None or not (disk.pool in desired.pools and desired.pools[disk.pool].shared)})
-        notes.append(f"disks copied to {move.destination}: {', '.join(local)}")
     else:
         impact, how = Impact.RESTART, "offline: the VM is shut off; its definition and disks move, it is not started"
+    copied = [f"{pool}/{volume}" for disk in spec.disks if disk.target in moved.copies
+              for pool, volume in [(disk.pool, disk.volume)]]
+    if copied:
+        notes.append(f"copied by libvirt while the guest runs: {', '.join(copied)}")
+    sent = [f"{p}/{v}" for p, v in moved.sends] + (["the UEFI NVRAM (libvirt does not carry it)"] if nvram else [])
+    if sent:
+        notes.append(f"copied by kvmops before the move: {', '.join(sent)}")
+    if moved.shared:
+        notes.append(f"on shared storage, not copied: pool {', '.join(moved.shared)}")
+    if moved.shared_files:
+        notes.append(f"files outside any pool, not copied: {', '.join(moved.shared_files)}; {move.destination} must see "
+                     "the very same file (checked before the move, which is refused otherwise)")
+    if moved.media:
+        notes.append(f"read-only media kvmops did not create, not copied: "
+                     f"{', '.join(f'{p}/{v}' if p else v for p, v in moved.media)}; {move.destination} must have them "
+                     "(checked before the move)")
     destination = hosts[move.destination]
-    requires = [f"{move.destination}:StoragePool/{pool}" for _, pool in planner.vm_pools(spec) if pool in desired.pools]
+    requires = [f"{move.destination}:StoragePool/{pool}" for _, pool in spec.pools_by_field() if pool in desired.pools]
     requires += [f"{move.destination}:Network/{nic.source}" for nic in spec.nics
                  if nic.kind == "network" and nic.source in desired.networks]
     requires += [f"{move.destination}:Image/{disk.image}" for disk in spec.disks if disk.image is not None]
-    if problems:
-        return plans.ResourcePlan(kind="VirtualMachine", name=move.vm, manifest=spec.manifest, problems=tuple(problems))
     changes = [FieldChange("host", move.source, move.destination, impact, note=how)]
     cleanups: list[plans.Step] = []
-    if mode is not plans.MigrationMode.LIVE:
-        for disk in spec.disks:
-            if disk.path is not None or (disk.pool in desired.pools and desired.pools[disk.pool].shared):
-                continue
-            record = owner.volume(disk.pool, disk.volume)
-            where = f"volume {disk.pool}/{disk.volume} on {move.source}"
-            if record is not None and record.created and record.deletion_policy is model.DeletionPolicy.DELETE:
-                cleanups.append(plans.DeleteMovedVolume(disk.pool, disk.volume, move.vm, domain.uuid, move.destination))
-                changes.append(FieldChange(where, "left behind", None, Impact.LIVE, note=(
-                    f"deleted once the VM is on {move.destination} with its own copy (deletionPolicy Delete)")))
-            else:
-                why = "deletionPolicy Retain" if record is not None and record.created else "kvmops did not create it"
-                notes.append(f"{where} is kept after the move ({why}); remove it yourself when you no longer need it")
+    for pool, volume in deleted:
+        cleanups.append(plans.DeleteMovedVolume(pool, volume, move.vm, domain.uuid, move.destination,
+                                                running=domain.power.active, source=move.source))
+        cleanups.append(plans.ForgetMovedVolume(pool, volume, move.vm, domain.uuid, move.source, move.destination))
+        changes.append(_left_copy_change(pool, volume, move.source, move.destination, running=domain.power.active))
+    timeout = spec.shutdown_timeout if spec.shutdown_timeout is not None else settings.shutdown_timeout
     return plans.ResourcePlan(
         kind="VirtualMachine", name=move.vm, actions=(Action.MIGRATE,), changes=tuple(changes),
         steps=(plans.MigrateDomain(
             name=move.vm, uuid=domain.uuid, source=move.source, destination=move.destination,
-            destination_uri=destination.uri, mode=mode, xml=xml,
+            destination_uri=destination.uri, mode=mode, xml=xml, copies=moved.copies, sends=moved.sends,
+            shared_files=moved.shared_files, media=moved.media, stop_first=restart is not None,
+            start_after=restart is not None, shutdown_timeout=timeout if restart is not None else 0.0,
+            nvram=nvram, replaces=replaces,
         ), *cleanups),
         manifest=spec.manifest, notes=tuple(notes), requires=tuple(dict.fromkeys(requires)),
     )
+
+
+def _left_copy_change(pool: str, volume: str, source: str, destination: str, *, running: bool) -> FieldChange:
+    """Return the plan line of the copy a move leaves on ``source`` and then deletes: no DATA LOSS, the data moved."""
+    if (pool, volume) == model.NVRAM:
+        what, lives = f"UEFI NVRAM on {source}", "the VM's NVRAM (its boot entries)"
+    else:
+        what, lives = f"volume {pool}/{volume} on {source}", "the VM's disk"
+    return FieldChange(what, "left behind", None, Impact.LIVE, note=(
+        f"the source's copy is removed once the VM {'runs' if running else 'is'} on {destination}; {lives} lives on "
+        f"at {destination}, so this is no data loss and it is deleted at once, not moved to the trash"))
+
+
+def evacuation_refusals(desired: model.DesiredState, vms: Collection[str]) -> tuple[str, ...]:
+    """Return why each of ``vms`` (on a host declared dead) cannot be started elsewhere: a disk not on a shared pool.
+
+    Its only copy is on the dead host; defining it anew elsewhere would start it on new,
+    empty disks, which is not moving it. Empty: every one of them can be evacuated.
+    """
+    refusals = []
+    for name in sorted(vms):
+        spec = desired.vms.get(name)
+        if spec is None:
+            continue
+        local = [disk.name for disk in spec.disks
+                 if disk.path is not None or not (disk.pool in desired.pools and desired.pools[disk.pool].shared)]
+        if local:
+            refusals.append(f"VM {name} has disks that are not on a shared pool ({', '.join(local)}): their only copy "
+                            "is on the dead host")
+    return tuple(refusals)

@@ -19,6 +19,9 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from reconciler.core.trash import TrashEntry
 
 
 class StrEnum(str, enum.Enum):
@@ -295,6 +298,19 @@ class VMSpec:
     placement: Placement | None = None  # None: no Host manifests, or the VM may run anywhere
     labels: tuple[tuple[str, str], ...] = ()  # metadata.labels, sorted: what anti-affinity and selectors match
 
+    def pools_by_field(self) -> list[tuple[str, str]]:
+        """Return (field path, pool name) for every pool the VM uses: disks, CD-ROM, install media, seed."""
+        used = [(f"spec.disks[{i}].pool", disk.pool) for i, disk in enumerate(self.disks) if disk.path is None]
+        if self.cdrom is not None and self.cdrom.pool:
+            used.append(("spec.cdrom.pool", self.cdrom.pool))
+        if self.install is not None and self.install.kernel.pool:
+            used.append(("spec.install.kernel.pool", self.install.kernel.pool))
+        if self.install is not None and self.install.initrd is not None and self.install.initrd.pool:
+            used.append(("spec.install.initrd.pool", self.install.initrd.pool))
+        if self.cloud_init is not None:
+            used.append(("spec.cloudInit.pool", self.cloud_init.pool))
+        return used
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -479,6 +495,44 @@ class OwnedVolume:
 
 
 @dataclass(frozen=True)
+class LeftBehind:
+    """A copy of volume ``pool/name`` that a move left on host ``host``: kvmops deletes it there, then this record.
+
+    Written into the destination's definition by the migration itself (libvirt persists
+    it in the same job that moves the domain), so a VM found on its new host with such a
+    record proves that the volume on ``host`` is the copy it left, created by kvmops
+    under ``deletionPolicy: Delete``.
+    """
+
+    host: str
+    pool: str
+    name: str
+
+    @property
+    def is_nvram(self) -> bool:
+        """Return whether this is the domain's UEFI NVRAM file (:data:`NVRAM`), not a volume."""
+        return (self.pool, self.name) == NVRAM
+
+
+NVRAM = ("", "nvram")  # (pool, name) standing for a domain's UEFI NVRAM file, which is in no pool
+
+
+@dataclass(frozen=True)
+class Sending:
+    """kvmops is copying volume ``pool/name`` (or the :data:`NVRAM`) to host ``host`` for a move of this domain.
+
+    Written into the source's mark before the copy begins, gone with the source's
+    definition once the move is done: while it is there, a volume of that name on
+    ``host`` that no domain there uses is kvmops' copy, perhaps cut short by a kill, which
+    the next move may replace and a move no longer wanted removes.
+    """
+
+    host: str
+    pool: str
+    name: str
+
+
+@dataclass(frozen=True)
 class Ownership:
     """kvmops' mark in a domain's ``<metadata>``: proof of ownership and what was applied."""
 
@@ -497,6 +551,8 @@ class Ownership:
     start_pending: bool = False  # Manual/RerunOnFailure: the start at creation has not happened yet
     fleet: str = ""  # the fleet (manifest set) that placed it, "" outside a fleet: a VM marked on two hosts is split brain
     host: str = ""  # the Host the fleet placed it on, "" outside a fleet
+    left_behind: tuple[LeftBehind, ...] = ()  # copies a move left on the host it came from, not yet deleted there
+    sending: tuple[Sending, ...] = ()  # copies a move of this domain is making (or was, when cut short) on other hosts
 
     def volume(self, pool: str, name: str) -> OwnedVolume | None:
         """Return the record of volume ``pool/name``, if this domain owns one."""
@@ -671,6 +727,7 @@ class HostInfo:
     test_driver: bool = False
     kvm_unusable_reason: str | None = None  # set when "kvm" is listed but cannot run guests
     offline: bool = False  # no real host behind it (`kvmops diff`): what only a host decides stays undecided
+    trash_unavailable: str = ""  # why deleted volumes cannot be kept in a trash on this host ("": they can)
 
 
 @dataclass(frozen=True)
@@ -701,6 +758,8 @@ class Observation:
     pools: tuple[ObservedPool, ...]
     volumes: tuple[ObservedVolume, ...]
     networks: tuple[NetworkRecord, ...] = ()
+    trash: tuple[TrashEntry, ...] = ()  # the entries of the pools' trash directories (core/trash.py)
+    trash_unreadable: tuple[str, ...] = ()  # what in a trash could not be read, one sentence each
 
 
 @dataclass(frozen=True)
@@ -712,10 +771,40 @@ class ActualState:
     pools: Mapping[str, ObservedPool]
     volumes: Mapping[tuple[str, str], ObservedVolume]  # (pool, name) -> volume
     networks: Mapping[str, ObservedNetwork] = field(default_factory=dict)
+    trash: tuple[TrashEntry, ...] = ()
+    trash_unreadable: tuple[str, ...] = ()
 
-    def volumes_by_path(self) -> dict[str, tuple[str, str]]:
-        """Return (pool, volume) by the volume's file path."""
-        return volumes_by_path(self.volumes.values())
+    def volumes_by_path(self) -> Mapping[str, tuple[str, str]]:
+        """Return (pool, volume) by the volume's file path (built once per state)."""
+        return self._index("volumes_by_path", lambda: MappingProxyType(volumes_by_path(self.volumes.values())))
+
+    def storage_users(self) -> Mapping[tuple[str, str], tuple[ObservedDomain, ...]]:
+        """Return, for each (pool, volume) or ("", file path) any domain uses, those domains by name.
+
+        Built once per state: the planner asks it per volume, and scanning every domain
+        each time made a plan grow with the square of the domain count.
+        """
+        def build() -> Mapping[tuple[str, str], tuple[ObservedDomain, ...]]:
+            users: dict[tuple[str, str], list[ObservedDomain]] = {}
+            for domain in sorted(self.domains.values(), key=lambda d: d.name):
+                for key in domain.storage:
+                    users.setdefault(key, []).append(domain)
+            return MappingProxyType({key: tuple(domains) for key, domains in users.items()})
+        return self._index("storage_users", build)
+
+    def macs_in_use(self) -> frozenset[str]:
+        """Return the MAC of every NIC of every domain, foreign ones too (built once per state)."""
+        return self._index("macs_in_use", lambda: frozenset(n.mac for d in self.domains.values() for n in d.nics if n.mac))
+
+    def _index(self, name: str, build):
+        # A state never changes, so an index of it is built on first use and kept with it.
+        # Two threads may both build it: the results are equal, either may stay.
+        key = "_index_" + name
+        found = self.__dict__.get(key)
+        if found is None:
+            found = build()
+            object.__setattr__(self, key, found)
+        return found
 
 
 def volumes_by_path(volumes: Iterable[ObservedVolume]) -> dict[str, tuple[str, str]]:

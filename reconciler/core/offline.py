@@ -109,7 +109,7 @@ def applied(observation: model.Observation, plan: plans.Plan) -> model.Observati
                 add_volume(step.pool, model.image_complete_volume(step.name), 0)
             elif isinstance(step, plans.WriteSeed):
                 add_volume(step.pool, step.name, 0)
-            elif isinstance(step, plans.DeleteVolume):
+            elif isinstance(step, (plans.DeleteVolume, plans.MoveVolumeToTrash)):
                 volumes.pop((step.pool, step.name), None)
             elif isinstance(step, plans.DefineDomain):
                 old = domains.get(step.name)
@@ -141,7 +141,8 @@ def applied(observation: model.Observation, plan: plans.Plan) -> model.Observati
             elif isinstance(step, plans.RemoveNetwork):
                 networks.pop(step.name, None)
             # SetMemoryLive and UpdateDhcpHost change only the running state, which
-            # observation does not compare (the definition already holds the result).
+            # observation does not compare (the definition already holds the result);
+            # PurgeTrashEntry only what is in a trash, which no libvirt object shows.
     return dataclasses.replace(
         observation, domains=tuple(domains.values()), pools=tuple(pools.values()),
         volumes=tuple(volumes.values()), networks=tuple(networks.values()),
@@ -172,7 +173,7 @@ def _stand_in_pools(desired: model.DesiredState) -> dict[str, model.ObservedPool
     Such a pool lives on the host; its directory is unknown, so a stand-in one (``/NAME``)
     names the files in it, the same in both revisions.
     """
-    used = {pool for spec in desired.vms.values() for _, pool in planner.vm_pools(spec)}
+    used = {pool for spec in desired.vms.values() for _, pool in spec.pools_by_field()}
     used |= {image.pool for image in desired.images.values()}
     return {
         pool: model.ObservedPool(pool, "dir", f"/{pool}", active=True, autostart=True)

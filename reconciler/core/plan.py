@@ -56,6 +56,7 @@ class FieldChange:
     new: str | None
     impact: Impact
     note: str = ""
+    loss: str = ""  # for a data-loss change, how the data goes: "moved to the trash, final after ...", "deleted at once: ..."
 
 
 # --- steps: one libvirt operation each --------------------------------------------------
@@ -189,6 +190,53 @@ class DeleteVolume(Step):
 
 
 @dataclass(frozen=True)
+class MoveVolumeToTrash(Step):
+    """Move a volume's file into its pool's trash (``<pool_path>/.kvmops-trash/<entry>/``) instead of deleting it.
+
+    The same guards as :class:`DeleteVolume` (``domain`` still kvmops' and off, ``after``
+    gone, no other user); the record written next to the file is made of the other
+    fields, all chosen by the planner.  libvirt then forgets the volume (pool refresh).
+    """
+
+    kind: ClassVar[str] = "move_volume_to_trash"
+    pool: str
+    name: str
+    path: str  # the volume's file, at the top of the pool's directory
+    pool_path: str
+    entry: str  # the entry's directory name in the trash
+    deleted_at: int  # epoch seconds: the plan's time; the entry is final trashRetention after it
+    scope: str
+    capacity: int
+    reason: str
+    domain: str = ""
+    uuid: str = ""
+    after: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        return f"move volume {self.pool}/{self.name} to the trash ({self.entry})"
+
+
+@dataclass(frozen=True)
+class PurgeTrashEntry(Step):
+    """Remove an entry of a pool's trash: with ``holds_volume``, the deleted volume in it, for good.
+
+    ``holds_volume`` is what the plan saw; the executor does nothing if it no longer
+    holds (a volume restored since, or one moved in since).
+    """
+
+    kind: ClassVar[str] = "purge_trash_entry"
+    pool: str
+    pool_path: str
+    directory: str  # the entry's directory name (``.purging`` once its purge began)
+    holds_volume: bool
+
+    def describe(self) -> str:
+        if self.holds_volume:
+            return f"purge trash entry {self.pool}/{self.directory} (DATA LOSS, final)"
+        return f"remove trash record {self.pool}/{self.directory}"
+
+
+@dataclass(frozen=True)
 class DefineDomain(Step):
     """Write a domain's persistent config: a new one (``create``: it must not exist yet) or ours with ``uuid``.
 
@@ -277,6 +325,37 @@ class MigrateDomain(Step):
     ``destination_uri`` is the URI the *source* libvirtd dials (peer-to-peer), which may
     differ from the URI kvmops itself uses for the destination. ``xml`` is the definition
     to persist on the destination (the source's, with the mark naming the new host).
+
+    Every storage the domain uses is named by exactly one of:
+
+    * ``copies``: targets of the writable disks libvirt copies during a live move
+      (``VIR_MIGRATE_NON_SHARED_DISK`` restricted to them); empty with
+      ``live-copy-storage`` means every writable disk;
+    * ``sends``: volumes kvmops streams to the destination's pool of the same name before
+      the move: read-only media it created (the cloud-init seed), which libvirt never
+      copies, and, offline, every local volume;
+    * ``shared_files``: files outside any pool the guest writes; the destination must see
+      the very same file (proven with a probe), since kvmops never writes a file it did
+      not create;
+    * ``media``: read-only media kvmops did not create, as ``(pool, volume)`` or
+      ``("", path)``: the destination must already have them;
+    * anything else is in a pool both hosts share (proven before the move).
+
+    ``nvram``: the domain boots UEFI; kvmops copies its NVRAM file (EFI variables: boot
+    entries), which libvirt 9 carries neither offline nor as a file, to the same path on
+    the destination before the move.
+
+    ``replaces``: copies (``(pool, volume)``, or :data:`~reconciler.core.model.NVRAM`) a
+    move cut short left on the destination, as the source's mark records
+    (:class:`~reconciler.core.model.Sending`): the executor deletes them there and copies
+    again, once it has checked that record and that no domain there uses them.
+
+    Before any copy, the executor records each one in the source's mark (``sending``),
+    so a kill in the middle leaves a partial copy the next pass can prove is kvmops'.
+
+    ``stop_first``: the guest runs but cannot move live, so it is shut down first
+    (gracefully, forcibly after ``shutdown_timeout`` seconds) and moved offline;
+    ``start_after``: it is started on the destination once there.
     """
 
     kind: ClassVar[str] = "migrate_domain"
@@ -287,17 +366,31 @@ class MigrateDomain(Step):
     destination_uri: str
     mode: MigrationMode
     xml: str = field(default="", repr=False)
+    copies: tuple[str, ...] = ()
+    sends: tuple[tuple[str, str], ...] = ()
+    shared_files: tuple[str, ...] = ()
+    media: tuple[tuple[str, str], ...] = ()
+    stop_first: bool = False
+    start_after: bool = False
+    shutdown_timeout: float = 0.0
+    nvram: bool = False
+    replaces: tuple[tuple[str, str], ...] = ()
 
     def describe(self) -> str:
-        return f"migrate {self.name} from {self.source} to {self.destination} ({self.mode.value})"
+        how = "stopped, moved offline, started again" if self.stop_first else self.mode.value
+        return f"migrate {self.name} from {self.source} to {self.destination} ({how})"
 
 
 @dataclass(frozen=True)
 class DeleteMovedVolume(Step):
     """Delete, on the host a domain left, volume ``pool/name`` it used there; runs after its :class:`MigrateDomain`.
 
+    ``(pool, name)`` :data:`~reconciler.core.model.NVRAM` is the domain's UEFI NVRAM file.
+    Deleted at once, never moved to a trash: the VM's data lives on at the destination
+    (this is no DATA LOSS; see docs/design.md).
+
     Only once the domain (``uuid``) is gone from this host and defined, with kvmops' mark,
-    on ``destination``; only if ``destination`` has its own copy of the volume and does
+    on ``destination`` (running there, when ``running``); only if ``destination`` has its own copy of the volume and does
     not see this very file (a shared pool: the guest's disk now, never deleted).
     """
 
@@ -307,9 +400,31 @@ class DeleteMovedVolume(Step):
     domain: str
     uuid: str
     destination: str
+    running: bool = False  # and only while the domain runs there (it moved live, or was restarted there)
+    source: str = ""  # the host this runs on, the one the destination's mark names as holding the copy
 
     def describe(self) -> str:
+        if (self.pool, self.name) == model.NVRAM:
+            return f"delete the UEFI NVRAM left behind by {self.domain} (now on {self.destination})"
         return f"delete volume {self.pool}/{self.name} left behind by {self.domain} (now on {self.destination})"
+
+
+@dataclass(frozen=True)
+class ForgetMovedVolume(Step):
+    """Drop, from the mark of domain ``domain`` (``uuid``) on host ``destination``, the record that volume
+    ``pool/name`` was left on ``source``: it is gone there, or it is kept (``deletionPolicy: Retain``, a shared pool).
+    """
+
+    kind: ClassVar[str] = "forget_moved_volume"
+    pool: str
+    name: str
+    domain: str
+    uuid: str
+    source: str
+    destination: str
+
+    def describe(self) -> str:
+        return f"forget {self.domain}'s copy of {self.pool}/{self.name} on {self.source} (its mark on {self.destination})"
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,8 @@ def text(plan: Plan, *, colour: bool = False, source: str | None = None, title: 
 
     data_loss = [(r, c) for r in plan.resources for c in r.changes if c.impact is Impact.DATA_LOSS]
     for resource, change in data_loss:
-        lines.append(paint("DATA LOSS: ", "!") + f"{resource.kind} {resource.name}: {change.path} is destroyed")
+        how = change.loss or "is destroyed"
+        lines.append(paint("DATA LOSS: ", "!") + f"{resource.kind} {resource.name}: {change.path} {how}")
     if data_loss:
         lines.append("")
     lines.append(summary(plan))
@@ -205,7 +206,8 @@ def _resource_data(resource: ResourcePlan) -> dict:
         "manifest": resource.manifest,
         "actions": [a.value for a in resource.actions],
         "changes": [
-            {"path": c.path, "old": c.old, "new": c.new, "impact": c.impact.value, "note": c.note}
+            {"path": c.path, "old": c.old, "new": c.new, "impact": c.impact.value, "note": c.note,
+             **({"loss": c.loss} if c.loss else {})}
             for c in resource.changes
         ],
         "steps": [step.to_dict() for step in resource.steps],
@@ -285,11 +287,14 @@ def _markdown_lines(plan: Plan, *, title: str | None, level: str = "###") -> lis
 
 def _warning_text(resource: ResourcePlan, change: FieldChange) -> str:
     subject = f"{resource.kind} {_code(resource.name)}"
+    if change.impact is Impact.DATA_LOSS and change.path.startswith("trash entry "):
+        return f"**Data loss**: {_code(change.path.removeprefix('trash entry '))} ({_md(change.old)}): {_md(change.loss)}"
     if change.impact is Impact.DATA_LOSS:
         what = change.path.removeprefix("volume ")
         size = f" ({_md(change.old)})" if change.old else ""
         removed = " is removed and" if Action.DELETE in resource.actions else ":"
-        return f"**Data loss**: {subject}{removed} volume {_code(what)}{size} is deleted (deletionPolicy Delete)"
+        how = f"is {_md(change.loss)}" if change.loss else "is deleted"
+        return f"**Data loss**: {subject}{removed} volume {_code(what)}{size} {how} (deletionPolicy Delete)"
     return (f"**Replacement**: {subject}: {_code(change.path)} changes from {_code(change.old)} to {_code(change.new)}, "
             "a new, empty volume; the old one is detached, not deleted")
 

@@ -23,7 +23,7 @@ import jsonschema
 import referencing
 import referencing.jsonschema
 
-from reconciler.core import model
+from reconciler.core import memo, model
 
 API_VERSION = "kvmops/v1"
 SCHEMA_FILES = {
@@ -110,8 +110,7 @@ def validate_config(document: model.Document) -> tuple[dict | None, list[model.P
     return with_defaults(body, schema, schema), []
 
 
-_VALID_BODIES: dict[str, dict] = {}  # fingerprint -> body with defaults, of documents that validated
-_CACHE_LIMIT = 4096
+_VALID_BODIES: memo.Memo[dict] = memo.Memo()  # body with defaults of documents that validated, by fingerprint
 
 
 def validate(document: model.Document) -> tuple[dict | None, list[model.Problem]]:
@@ -127,9 +126,7 @@ def validate(document: model.Document) -> tuple[dict | None, list[model.Problem]
         return cached, []
     body, problems = _validate(document)
     if body is not None and document.fingerprint:
-        if len(_VALID_BODIES) >= _CACHE_LIMIT:
-            _VALID_BODIES.clear()
-        _VALID_BODIES[document.fingerprint] = body
+        _VALID_BODIES.put(document.fingerprint, body)
     return body, problems
 
 

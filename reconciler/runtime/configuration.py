@@ -15,7 +15,7 @@ from pathlib import Path
 from reconciler import errors
 from reconciler.adapters import hypervisor as hv
 from reconciler.adapters import manifests
-from reconciler.core import planner, validation
+from reconciler.core import planner, trash, validation
 from reconciler.core import policy as policies
 from reconciler.runtime import controller, gitsource, hostlock
 
@@ -32,6 +32,13 @@ def read(path: str | None) -> dict:
     if problems:
         raise errors.ManifestError("invalid configuration: " + "; ".join(str(p) for p in problems), tuple(problems))
     return body
+
+
+def trash_retention(config: Mapping[str, object]) -> int:
+    """Return ``policy.trashRetention`` of ``config`` in seconds (24h when unset; 0: volumes are deleted at once)."""
+    policy = config.get("policy")
+    value = policy.get("trashRetention") if isinstance(policy, Mapping) else None
+    return trash.DEFAULT_RETENTION if value is None else trash.parse_retention(value)
 
 
 def policy(config: Mapping[str, object], path: str | None = None) -> policies.Policy | None:
@@ -73,6 +80,9 @@ def controller_settings(flags: Mapping[str, object], config: Mapping[str, object
     state_dir = pick("state_dir", "stateDir")
     allow_empty = bool(flags.get("allow_empty")) or bool(config.get("allowEmpty"))
     prune = False if flags.get("no_prune") else bool(config.get("prune", True))
+    listen = config.get("listen") or ""
+    listen_config = listen if isinstance(listen, Mapping) else {"address": listen}  # the short form is the address
+    listen_address = flags.get("listen") or listen_config.get("address") or ""
     return controller.ControllerSettings(
         path=str(path) if path and git is None else "",
         git=git,
@@ -84,6 +94,7 @@ def controller_settings(flags: Mapping[str, object], config: Mapping[str, object
             shutdown_timeout=float(pick("shutdown_timeout", "shutdownTimeout")),
             scope=str(pick("scope", "scope") or "default"),
             password_salt=secrets.token_bytes(16),  # random per controller run; mixed with each domain's UUID
+            trash_retention=trash_retention(config),
             policy=policy(config, str(flags.get("config") or "") or None),
             allow_mass_prune=bool(flags.get("allow_mass_prune")),
         ),
@@ -91,6 +102,8 @@ def controller_settings(flags: Mapping[str, object], config: Mapping[str, object
         quiet_period=float(pick("quiet_period", "quietPeriod")),
         workers=int(pick("parallel", "parallel")),
         termination_grace=float(pick("termination_grace", "terminationGracePeriod")),
-        listen=str(pick("listen", "listen") or ""),
+        listen=str(listen_address),
+        listen_token_file=str(flags.get("listen_token_file") or listen_config.get("tokenFile") or ""),
+        listen_insecure=bool(flags.get("listen_insecure")) or bool(listen_config.get("insecure")),
         state_dir=Path(state_dir) if state_dir else hostlock.default_state_dir(),
     )

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import os
 import threading
 import xml.etree.ElementTree as ET
@@ -39,13 +40,14 @@ from dataclasses import dataclass
 
 from reconciler import errors, logconfig
 from reconciler.adapters import hypervisor as hv
+from reconciler.adapters.trash import PoolTrash
 from reconciler.core import plan as plans
-from reconciler.core import domxml, hostdirs, model, planner, storagexml
+from reconciler.core import domxml, hostdirs, model, planner, storagexml, trash
 
 DEFAULT_WORKERS = 4
 STOP_POLL_SECONDS = 0.1
 PREREQUISITE_KINDS = ("StoragePool", "Network", "Image")  # in this order, before any VM
-SUBJECTS = {"VirtualMachine": "vm", "StoragePool": "pool", "Network": "network", "Image": "image"}
+SUBJECTS = {"VirtualMachine": "vm", "StoragePool": "pool", "Network": "network", "Image": "image", "Trash": "trash"}
 
 log = logconfig.get_logger("kvmops.execute")
 
@@ -253,6 +255,39 @@ def _resize_disk(h: hv.Hypervisor, step: plans.ResizeDisk, _cancel) -> str | Non
 def _delete_volume(h: hv.Hypervisor, step: plans.DeleteVolume, _cancel) -> str | None:
     if not h.volume_exists(step.pool, step.name):
         return "already gone"
+    _ensure_deletable(h, step)
+    return None if h.delete_volume(step.pool, step.name) else "already gone"
+
+
+def _move_volume_to_trash(h: hv.Hypervisor, step: plans.MoveVolumeToTrash, _cancel) -> str | None:
+    if not h.volume_exists(step.pool, step.name):
+        return "already gone"
+    if not os.path.lexists(step.path):
+        # moved by a pass that died before its refresh: libvirt still lists the file it no longer has
+        h.refresh_pool(step.pool)
+        return "already gone (in the trash)"
+    _ensure_deletable(h, step)
+    if h.pool_directory(step.pool) != step.pool_path or h.volume_path(step.pool, step.name) != step.path:
+        raise errors.OperationRefused(
+            f"pool {step.pool} or its volume {step.name} moved since the plan was made (planned: {step.path}); plan again"
+        )
+    record = trash.TrashEntry(
+        pool=step.pool, volume=step.name, entry=step.entry, scope=step.scope, vm=step.domain, vm_uuid=step.uuid,
+        deleted_at=step.deleted_at, capacity=step.capacity, reason=step.reason,
+    )
+    PoolTrash(step.pool, step.pool_path).move_in(step.path, record)
+    h.refresh_pool(step.pool)  # libvirt forgets the volume: it is no volume any more, only a file in the trash
+    return None
+
+
+def _purge_trash_entry(h: hv.Hypervisor, step: plans.PurgeTrashEntry, _cancel) -> str | None:
+    if h.pool_directory(step.pool) != step.pool_path:
+        raise errors.OperationRefused(f"pool {step.pool} is no longer at {step.pool_path}; plan again")
+    return PoolTrash(step.pool, step.pool_path).purge(step.directory, expect_volume=step.holds_volume)
+
+
+def _ensure_deletable(h: hv.Hypervisor, step: plans.DeleteVolume | plans.MoveVolumeToTrash) -> None:
+    """Refuse unless the volume's domain is still kvmops' and off, the domains sharing it are gone, no one else uses it."""
     if step.domain:
         h.ensure_owned(step.domain, step.uuid or None)
         if h.domain_power(step.domain)[0].active:
@@ -266,7 +301,6 @@ def _delete_volume(h: hv.Hypervisor, step: plans.DeleteVolume, _cancel) -> str |
             "deleted only once that domain is gone (the next pass finishes it)"
         )
     _ensure_unshared(h, step.pool, step.name, "delete", besides=step.domain or "")
-    return None if h.delete_volume(step.pool, step.name) else "already gone"
 
 
 def _ensure_unshared(h: hv.Hypervisor, pool: str, name: str, verb: str, *, besides: str = "") -> None:
@@ -501,7 +535,7 @@ def _peer(hosts: Mapping[str, hv.Hypervisor], name: str) -> hv.Hypervisor:
 
 
 def _migrate_domain(source: hv.Hypervisor, hosts: Mapping[str, hv.Hypervisor], step: plans.MigrateDomain,
-                    _cancel: threading.Event) -> str | None:
+                    cancel: threading.Event) -> str | None:
     if step.source in hosts and hosts[step.source].uri != source.uri:
         raise errors.PlanningError(
             f"the migration of {step.name} leaves host {step.source}, but runs in the plan of {source.uri}"
@@ -518,63 +552,200 @@ def _migrate_domain(source: hv.Hypervisor, hosts: Mapping[str, hv.Hypervisor], s
     power = source.domain_power(step.name)[0]
     if live and not power.active:
         raise errors.OperationRefused(f"domain {step.name} is not running; a live migration needs it running. Plan again")
-    if not live and power is not model.PowerState.SHUTOFF:
+    if not live and not step.stop_first and power is not model.PowerState.SHUTOFF:
         raise errors.OperationRefused(
             f"domain {step.name} is {power.value}; an offline migration moves a shut-off domain only. Plan again"
         )
-    disks = _writable_disks(source.domain_xml(step.name))
-    pools = sorted({pool for pool, _volume in disks if pool})
-    shared = {pool: source.shares_pool_with(pool, destination) for pool in pools}
-    if step.mode is plans.MigrationMode.LIVE:
-        unshared = [pool for pool in pools if not shared[pool]]
-        if unshared:
-            raise errors.OperationRefused(
-                f"pool {', '.join(unshared)} is not shared between {step.source} and {step.destination} (a file "
-                f"created in it on {step.source} does not appear on {step.destination}); a live migration without "
-                "storage copy would leave the guest without its disks. Plan again"
-            )
-    volumes = [(pool, volume) for pool, volume in disks if pool and not shared[pool]]
-    if step.mode is plans.MigrationMode.LIVE_COPY_STORAGE:
-        overlap = [pool for pool in pools if shared[pool]]
-        if overlap:
-            raise errors.OperationRefused(
-                f"pool {', '.join(overlap)} is shared with {step.destination}: copying its volumes onto themselves "
-                "would destroy them; the move must be live without storage copy. Plan again"
-            )
-    for pool, volume in volumes:
-        if destination.volume_exists(pool, volume):
-            raise errors.OwnershipError(
-                f"volume {pool}/{volume} already exists on {step.destination}; kvmops will not overwrite it with "
-                f"{step.name}'s disk. Remove it there if it is a leftover, or plan again"
-            )
-    copied: list[tuple[str, str]] = []
-    if step.mode is plans.MigrationMode.OFFLINE:
-        for pool, volume in volumes:  # libvirt moves no storage offline
-            source.send_volume(pool, volume, destination)
-            copied.append((pool, volume))
-
-    def progress(done: int, total: int | None) -> None:
-        share = f"{done * 100 // total}%" if total else f"{done // (1024 * 1024)} MiB"
-        log.info("migration_progress", vm=step.name, destination=step.destination, done_bytes=done, total_bytes=total,
-                 progress=share)
-
+    proven, replaced = _check_storage(source, destination, step)
+    nvram = _check_nvram(source, destination, step) if step.nvram else None
+    if nvram is not None and nvram[1] and destination.has_file(nvram[0]):
+        replaced.append(model.NVRAM)  # proven a partial copy by _check_nvram
+    # Every check is done: only now may the guest stop.
+    stopped = ""
+    if step.stop_first and power is not model.PowerState.SHUTOFF:
+        stopped = _stop_domain(source, plans.StopDomain(step.name, step.shutdown_timeout), cancel) or ""
+    carried = [*step.sends, *_copied_volumes(source, step)]
+    if nvram is not None and nvram[1]:
+        carried.append(model.NVRAM)
+    intent = _record_sending(source, step, carried)
+    sent: list[tuple[str, str]] = []
     try:
+        for pool, volume in replaced:  # what a move cut short left there, proven ours by the record
+            if (pool, volume) == model.NVRAM:
+                destination.delete_file(nvram[0])
+            else:
+                destination.delete_volume(pool, volume)
+        for pool, volume in step.sends:  # libvirt copies no read-only disk, and no storage offline
+            source.send_volume(pool, volume, destination)
+            sent.append((pool, volume))
+        if nvram is not None and nvram[1]:  # libvirt carries no NVRAM file: the boot entries would be lost
+            source.send_file(nvram[0], destination)
+            sent.append(model.NVRAM)
+
+        def progress(done: int, total: int | None) -> None:
+            share = f"{done * 100 // total}%" if total else f"{done // (1024 * 1024)} MiB"
+            log.info("migration_progress", vm=step.name, destination=step.destination, done_bytes=done,
+                     total_bytes=total, progress=share)
+
         seconds = source.migrate(step.name, step.uuid, step.destination_uri, step.mode, xml=step.xml or None,
-                                 progress=progress, shared_storage_proven=all(pool for pool, _ in disks))
+                                 progress=progress, shared_storage_proven=proven, copy_disks=step.copies)
     except errors.KvmopsError:
         if destination.domain_name_by_uuid(step.uuid) is None:  # our copies, unused: nothing refers to them
-            for pool, volume in copied:
-                with contextlib.suppress(errors.KvmopsError):
-                    destination.delete_volume(pool, volume)
+            with contextlib.suppress(errors.KvmopsError):
+                for pool, volume in carried:
+                    if (pool, volume) == model.NVRAM:
+                        if model.NVRAM in sent:
+                            destination.delete_file(nvram[0])
+                    elif (pool, volume) in sent or destination.volume_exists(pool, volume):
+                        destination.delete_volume(pool, volume)  # sent by kvmops, or created by libvirt for a copy
+                if intent is not None and source.domain_name_by_uuid(step.uuid) == step.name:
+                    source.set_owner(step.name, intent)  # the copies are gone: so is the record of them
+            if stopped and source.domain_name_by_uuid(step.uuid) == step.name:
+                with contextlib.suppress(errors.KvmopsError):  # it stopped for the move only: it runs again here
+                    source.start_domain(step.name)
         raise
     _verify_moved(source, destination, step)
-    copies = f", {len(volumes)} volume(s) copied" if volumes else ""
-    return f"{step.mode.value} migration by libvirt in {seconds * 1000:.0f} ms{copies}; runs on {step.destination}" if live \
-        else f"offline migration by libvirt in {seconds * 1000:.0f} ms{copies}; defined on {step.destination}"
+    started = ""
+    if step.start_after:
+        started = "; started there" if destination.start_domain(step.name) else "; already running there"
+    volumes = [item for item in sent if item != model.NVRAM]
+    copies = f", {len(volumes)} volume(s) copied by kvmops" if volumes else ""
+    if model.NVRAM in sent:
+        copies += ", its UEFI NVRAM copied by kvmops"
+    if live:
+        return f"{step.mode.value} migration by libvirt in {seconds * 1000:.0f} ms{copies}; runs on {step.destination}"
+    return (f"{'stopped (' + stopped + '), ' if stopped else ''}offline migration by libvirt in {seconds * 1000:.0f} ms"
+            f"{copies}; defined on {step.destination}{started}")
 
 
-def _writable_disks(xml: str) -> list[tuple[str | None, str | None]]:
-    """Return (pool, volume) of every disk of the domain that QEMU writes: (None, None) for a file outside any pool."""
+def _check_storage(source: hv.Hypervisor, destination: hv.Hypervisor,
+                   step: plans.MigrateDomain) -> tuple[bool, list[tuple[str, str]]]:
+    """Refuse the move unless each storage of the domain goes where the plan says; return whether every writable
+    disk libvirt does not copy was just proven shared (a pool, or the very file, seen by both hosts), and the
+    destination volumes an earlier, interrupted move of this domain left, which this one replaces."""
+    disks = _writable_disks(source.domain_xml(step.name))
+    copy_all = step.mode is plans.MigrationMode.LIVE_COPY_STORAGE and not step.copies
+    copied = {target for target, _pool, _volume, _path in disks} if copy_all else set(step.copies)
+    sent = set(step.sends)
+    shared: dict[str, bool] = {}
+
+    def pool_shared(pool: str) -> bool:
+        if pool not in shared:
+            shared[pool] = source.shares_pool_with(pool, destination)
+        return shared[pool]
+
+    proven = True
+    replaced: list[tuple[str, str]] = []
+    for target, pool, volume, path in disks:
+        moves = target in copied or (pool, volume) in sent
+        if path is not None:
+            if moves:
+                raise errors.OperationRefused(
+                    f"disk {target} of {step.name} is the file {path}, outside any pool: kvmops never writes a file it "
+                    "did not create, so it is not copied. Plan again"
+                )
+            if path not in step.shared_files or not source.shares_file_with(path, destination):
+                raise errors.OperationRefused(
+                    f"disk {target} of {step.name} is the file {path}, outside any pool, and {step.destination} does "
+                    f"not see that very file (a probe file created next to it on {step.source} does not appear there, "
+                    "or the path is missing): kvmops cannot copy a file it did not create. Put it on storage both "
+                    "hosts share, or move the VM yourself"
+                )
+            continue
+        if not pool:
+            raise errors.OperationRefused(f"disk {target} of {step.name} has no file kvmops can name; not migrating it")
+        if moves and pool_shared(pool):
+            raise errors.OperationRefused(
+                f"pool {pool} is shared with {step.destination}: copying {pool}/{volume} onto itself would destroy "
+                "it. Plan again"
+            )
+        if not moves and not pool_shared(pool):
+            raise errors.OperationRefused(
+                f"pool {pool} is not shared between {step.source} and {step.destination} (a file created in it on "
+                f"{step.source} does not appear on {step.destination}) and the plan does not copy {pool}/{volume}: "
+                "the guest would lose that disk. Plan again"
+            )
+    for pool, volume in (*step.sends, *((p, v) for t, p, v, _ in disks if t in copied and p)):
+        if pool_shared(pool):
+            raise errors.OperationRefused(
+                f"pool {pool} is shared with {step.destination}: copying {pool}/{volume} onto itself would destroy "
+                "it. Plan again"
+            )
+        if destination.volume_exists(pool, volume):
+            if (pool, volume) in replaced:
+                continue
+            if _partial_copy(source, destination, step, pool, volume):
+                _ensure_unshared(destination, pool, volume, "replace")
+                replaced.append((pool, volume))
+                continue
+            raise errors.OwnershipError(
+                f"volume {pool}/{volume} already exists on {step.destination}; kvmops will not overwrite it with "
+                f"{step.name}'s copy. Remove it there if it is a leftover, or plan again"
+            )
+    for pool, name in step.media:
+        if pool and "/" not in name:
+            present = destination.volume_exists(pool, name)
+        else:
+            directory = next((p.path for p in destination.list_pools() if p.name == pool), None) if pool else ""
+            present = directory is not None and destination.has_file(f"{directory}/{name}" if pool else name)
+        if not present:
+            where = f"{pool}/{name}" if pool else name
+            raise errors.OperationRefused(
+                f"{step.destination} has no {where}, read-only media of {step.name} that kvmops did not create and "
+                f"does not copy; put it there (the same file), then plan again"
+            )
+    return proven, replaced
+
+
+def _partial_copy(source: hv.Hypervisor, destination: hv.Hypervisor, step: plans.MigrateDomain, pool: str,
+                  name: str) -> bool:
+    """Return whether ``pool/name`` on the destination is a copy an interrupted move of this domain began:
+    the plan says it replaces it, and the source's mark still records sending it there."""
+    if (pool, name) not in step.replaces:
+        return False
+    owner, _binding = domxml.mark_binding(domxml.parse_tree(source.domain_xml(step.name)))
+    return owner is not None and model.Sending(step.destination, pool, name) in owner.sending
+
+
+def _check_nvram(source: hv.Hypervisor, destination: hv.Hypervisor, step: plans.MigrateDomain) -> tuple[str, bool] | None:
+    """Return the path of the domain's UEFI NVRAM and whether there is one to copy (a domain never started has
+    none yet); refuse when the destination has that file already, unless it is a copy an interrupted move began."""
+    path = source.nvram_path(step.name)
+    if path is None:
+        return None
+    present = source.has_file(path)
+    if present and destination.has_file(path) and not _partial_copy(source, destination, step, *model.NVRAM):
+        raise errors.OwnershipError(
+            f"{step.destination} has {path} already, the UEFI NVRAM file of {step.name}'s name; kvmops will not "
+            f"overwrite it with {step.name}'s. Remove it there if it is a leftover, or plan again"
+        )
+    return path, present
+
+
+def _copied_volumes(source: hv.Hypervisor, step: plans.MigrateDomain) -> list[tuple[str, str]]:
+    """Return the volumes libvirt copies (and creates on the destination) in a live move with storage copy."""
+    if step.mode is not plans.MigrationMode.LIVE_COPY_STORAGE:
+        return []
+    return [(pool, volume) for target, pool, volume, _path in _writable_disks(source.domain_xml(step.name))
+            if pool and volume and (not step.copies or target in step.copies)]
+
+
+def _record_sending(source: hv.Hypervisor, step: plans.MigrateDomain,
+                    carried: list[tuple[str, str]]) -> model.Ownership | None:
+    """Record in the source's mark, before any copy, each copy this move makes on the destination; return the mark
+    as it was (to put back if the move fails and its copies are removed), or None when nothing is copied."""
+    if not carried:
+        return None
+    owner, _binding = domxml.mark_binding(domxml.parse_tree(source.domain_xml(step.name)))
+    records = tuple(model.Sending(step.destination, pool, name) for pool, name in carried)
+    wanted = tuple(dict.fromkeys((*owner.sending, *records)))
+    if wanted != owner.sending:
+        source.set_owner(step.name, dataclasses.replace(owner, sending=wanted))
+    return dataclasses.replace(owner, sending=tuple(r for r in owner.sending if r not in records))
+
+
+def _writable_disks(xml: str) -> list[tuple[str, str | None, str | None, str | None]]:
+    """Return (target, pool, volume, path) of every disk of the domain that QEMU writes; path for a file outside pools."""
     root = domxml.parse_tree(xml)
     disks = []
     for element in root.iterfind("devices/disk"):
@@ -583,7 +754,12 @@ def _writable_disks(xml: str) -> list[tuple[str | None, str | None]]:
         source = element.find("source")
         if source is None:
             continue
-        disks.append((source.get("pool"), source.get("volume")) if source.get("pool") else (None, None))
+        target = element.find("target")
+        dev = target.get("dev", "") if target is not None else ""
+        if source.get("pool"):
+            disks.append((dev, source.get("pool"), source.get("volume"), None))
+        else:
+            disks.append((dev, None, None, source.get("file") or source.get("dev") or ""))
     return disks
 
 
@@ -609,7 +785,8 @@ def _verify_moved(source: hv.Hypervisor, destination: hv.Hypervisor, step: plans
 def _delete_moved_volume(source: hv.Hypervisor, hosts: Mapping[str, hv.Hypervisor], step: plans.DeleteMovedVolume,
                          _cancel: threading.Event) -> str | None:
     destination = _peer(hosts, step.destination)
-    if not source.volume_exists(step.pool, step.name):
+    nvram = (step.pool, step.name) == model.NVRAM
+    if not nvram and not source.volume_exists(step.pool, step.name):
         return "already gone"
     if source.domain_name_by_uuid(step.uuid) is not None:
         raise errors.OperationRefused(
@@ -622,6 +799,26 @@ def _delete_moved_volume(source: hv.Hypervisor, hosts: Mapping[str, hv.Hyperviso
             "here may be its only copy, not deleted. Plan again"
         )
     destination.ensure_owned(step.domain, step.uuid)
+    if step.running and not destination.domain_power(step.domain)[0].active:
+        raise errors.OperationRefused(
+            f"{step.domain} does not run on {step.destination}; its old copy {step.pool}/{step.name} here is deleted "
+            "only once it does (the next pass finishes it)"
+        )
+    owner, _binding = domxml.mark_binding(domxml.parse_tree(destination.domain_xml(step.domain)))
+    if owner is None or model.LeftBehind(step.source or _host_of(hosts, source), step.pool, step.name) not in owner.left_behind:
+        raise errors.OwnershipError(
+            f"the mark of {step.domain} on {step.destination} does not record {step.pool}/{step.name} as the copy it "
+            "left here; kvmops cannot prove this volume is that copy, not deleted"
+        )
+    if nvram:
+        # the copy went to the very path the destination uses, so that path names the file left here
+        path = destination.nvram_path(step.domain)
+        if path is None or not destination.has_file(path):
+            raise errors.OperationRefused(
+                f"{step.destination} has no UEFI NVRAM file for {step.domain}: the one here may hold its only boot "
+                "entries; not deleted"
+            )
+        return None if source.delete_file(path) else "already gone"
     if not destination.volume_exists(step.pool, step.name):
         raise errors.OperationRefused(
             f"{step.destination} has no volume {step.pool}/{step.name}: the one here may be {step.domain}'s only copy; "
@@ -636,9 +833,28 @@ def _delete_moved_volume(source: hv.Hypervisor, hosts: Mapping[str, hv.Hyperviso
     return None if source.delete_volume(step.pool, step.name) else "already gone"
 
 
+def _host_of(hosts: Mapping[str, hv.Hypervisor], hypervisor: hv.Hypervisor) -> str:
+    """Return the name under which ``hosts`` knows ``hypervisor``."""
+    return next((name for name, h in hosts.items() if h is hypervisor or h.uri == hypervisor.uri), "")
+
+
+def _forget_moved_volume(source: hv.Hypervisor, hosts: Mapping[str, hv.Hypervisor], step: plans.ForgetMovedVolume,
+                         _cancel: threading.Event) -> str | None:
+    destination = _peer(hosts, step.destination)
+    destination.ensure_owned(step.domain, step.uuid)
+    owner, _binding = domxml.mark_binding(domxml.parse_tree(destination.domain_xml(step.domain)))
+    left = model.LeftBehind(step.source, step.pool, step.name)
+    if owner is None or left not in owner.left_behind:
+        return "already forgotten"
+    destination.set_owner(step.domain, dataclasses.replace(
+        owner, left_behind=tuple(record for record in owner.left_behind if record != left)))
+    return None
+
+
 _FLEET_RUNNERS: dict[type, Callable] = {
     plans.MigrateDomain: _migrate_domain,
     plans.DeleteMovedVolume: _delete_moved_volume,
+    plans.ForgetMovedVolume: _forget_moved_volume,
 }
 
 _RUNNERS: dict[type, Callable] = {
@@ -650,6 +866,8 @@ _RUNNERS: dict[type, Callable] = {
     plans.ResizeVolume: _resize_volume,
     plans.ResizeDisk: _resize_disk,
     plans.DeleteVolume: _delete_volume,
+    plans.MoveVolumeToTrash: _move_volume_to_trash,
+    plans.PurgeTrashEntry: _purge_trash_entry,
     plans.DefineDomain: _define_domain,
     plans.SetAutostart: _set_autostart,
     plans.SetMemoryLive: _set_memory_live,
@@ -674,6 +892,8 @@ _EVENTS: dict[type, str] = {
     plans.ResizeVolume: "volume_grown",
     plans.ResizeDisk: "disk_grown",
     plans.DeleteVolume: "volume_deleted",
+    plans.MoveVolumeToTrash: "volume_moved_to_trash",
+    plans.PurgeTrashEntry: "trash_entry_purged",
     plans.DefineDomain: "domain_defined",
     plans.SetAutostart: "autostart_set",
     plans.SetMemoryLive: "memory_set_live",
@@ -690,4 +910,5 @@ _EVENTS: dict[type, str] = {
     plans.RemoveNetwork: "network_removed",
     plans.MigrateDomain: "domain_migrated",
     plans.DeleteMovedVolume: "moved_volume_deleted",
+    plans.ForgetMovedVolume: "moved_volume_forgotten",
 }

@@ -2,7 +2,8 @@
 
 Shared by the CLI's ``plan``/``apply`` and by the controller, so that a pass is the same
 whoever starts it.  Every pass re-reads the manifests and re-observes libvirt: nothing
-is cached between passes (level-triggered, as controller-runtime puts it).
+is cached between passes (level-triggered, as controller-runtime puts it), except that a
+controller pass woken by some VMs' events re-observes only those VMs.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import os
 import secrets
 import stat
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -24,7 +26,7 @@ from reconciler.adapters import manifests
 from reconciler.core import desired as desired_state
 from reconciler.core import model, planner
 from reconciler.core import plan as plans
-from reconciler.runtime import execute, observe
+from reconciler.runtime import cancellation, execute, observe
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,15 @@ def gc_paused() -> Iterator[None]:
         gc.enable()
 
 
+def timed(settings: planner.Settings) -> planner.Settings:
+    """Return ``settings`` with the clock's time (epoch seconds) as the plan's now, unless it has one.
+
+    The core has no clock: volumes moved to the trash count as deleted at this time, and
+    trash entries are purged once ``trashRetention`` has passed since theirs.
+    """
+    return settings if settings.now else dataclasses.replace(settings, now=int(time.time()))
+
+
 def salted(settings: planner.Settings) -> planner.Settings:
     """Return ``settings`` with fresh random entropy for new password digests, unless it has some."""
     return settings if settings.password_salt else dataclasses.replace(settings, password_salt=secrets.token_bytes(16))
@@ -162,6 +173,9 @@ def with_host_file_paths(desired: model.DesiredState, actual: model.ActualState)
 
     vms = {}
     for name, vm in desired.vms.items():
+        if vm.cdrom is None and vm.install is None and not (look and any(d.path for d in vm.disks)):
+            vms[name] = vm  # nothing to resolve: a spec is copied only when it names files
+            continue
         install = vm.install
         if install is not None:
             install = dataclasses.replace(install, kernel=resolved(install.kernel), initrd=resolved(install.initrd))
@@ -185,11 +199,12 @@ def host_file(path: str) -> str:
     return ""
 
 
-def make_plan(path: str, hypervisor: hv.Hypervisor, *, settings: planner.Settings, revision: str = "") -> PlanResult:
-    """Return the plan converging ``hypervisor`` on the manifests under ``path``."""
-    settings = salted(settings)
+def make_plan(path: str, hypervisor: hv.Hypervisor, *, settings: planner.Settings, revision: str = "",
+              desired: model.DesiredState | None = None) -> PlanResult:
+    """Return the plan converging ``hypervisor`` on the manifests under ``path`` (or ``desired``, already loaded)."""
+    settings = timed(salted(settings))
     with gc_paused():
-        desired = load_desired(path, revision=revision)
+        desired = desired if desired is not None else load_desired(path, revision=revision)
         actual = observe.observe(hypervisor)
         if planner.host_is_local(hypervisor.uri):
             desired = with_host_file_paths(desired, actual)
@@ -205,7 +220,12 @@ def apply(
     cancel: threading.Event | None = None,
     planned: PlanResult | None = None,
 ) -> ApplyResult:
-    """Plan (unless ``planned`` is given), execute, then plan again to verify convergence."""
+    """Plan (unless ``planned`` is given), execute, then plan again to verify convergence.
+
+    The second plan is made at the first one's time: the trash entries this apply made are
+    not due then, whatever the retention (with 1s, a pass a second later purges them).
+    """
+    settings = timed(settings)
     planned = planned or make_plan(path, hypervisor, settings=settings)
     report = execute.execute(planned.plan, hypervisor, workers=workers, cancel=cancel)
     if report.cancelled:
@@ -219,6 +239,32 @@ def apply(
     with gc_paused():
         after = planner.plan_changes(planned.desired, actual, settings=settings)
     return ApplyResult(planned, report, after)
+
+
+def plan_and_apply(
+    path: str,
+    hypervisor: hv.Hypervisor,
+    *,
+    settings: planner.Settings,
+    show_plan: Callable[[plans.Plan], None],
+    lock: contextlib.AbstractContextManager,
+    revision: str = "",
+    desired: model.DesiredState | None = None,
+    workers: int = execute.DEFAULT_WORKERS,
+) -> tuple[PlanResult, ApplyResult | None]:
+    """Plan, ``show_plan``, and carry the plan out when it has changes (``kvmops apply``).
+
+    The host ``lock`` is held from the observation to the last step; SIGINT and SIGTERM let
+    the steps in progress finish. The apply result is None when the plan had nothing to do.
+    """
+    with lock:
+        planned = make_plan(path, hypervisor, settings=settings, revision=revision, desired=desired)
+        show_plan(planned.plan)
+        if not planned.plan.has_changes:
+            return planned, None
+        cancel = threading.Event()
+        with cancellation.on_signals(cancel):
+            return planned, apply(path, hypervisor, settings=settings, workers=workers, planned=planned, cancel=cancel)
 
 
 def pool_problems_on_host(desired: model.DesiredState, hypervisor: hv.Hypervisor) -> list[model.Problem]:

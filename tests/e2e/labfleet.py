@@ -11,6 +11,7 @@ hosts, different files, as on real machines).  Guests boot with the heartbeat
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 import uuid
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.adapters import hypervisor as hv
-from reconciler.core import model, storagexml
+from reconciler.core import domxml, model, storagexml
 from reconciler.core import plan as plans
 from reconciler.runtime import execute
 from tests import lab as labs
@@ -84,11 +85,37 @@ def two_hosts(name: str) -> Iterator[Fleet]:
         lab.stop()
 
 
-def tiny_vm(fleet: Fleet, guest: tinyguest.Guest, host: str, name: str, pool: str, *, start: bool = True) -> tuple[str, str]:
-    """Define (and start) the tiny guest ``name`` on ``host`` with a disk in ``pool``, marked as kvmops'; return (UUID, MAC)."""
+def tiny_vm(fleet: Fleet, guest: tinyguest.Guest, host: str, name: str, pool: str, *, start: bool = True,
+            seed: bool = False, path_disk: str | None = None) -> tuple[str, str]:
+    """Define (and start) the tiny guest ``name`` on ``host`` with a disk in ``pool``, marked as kvmops'; return (UUID, MAC).
+
+    ``seed``: also a read-only CD-ROM ``NAME-cidata.iso`` in ``pool`` (kvmops' own, Delete), as a
+    cloud-init seed is; ``path_disk``: also a writable disk that is that file, outside any pool.
+    """
     h = fleet.hosts[host]
     volume = f"{name}-root.qcow2"
     h.create_volume(pool, storagexml.render_volume(volume, DISK_BYTES), volume)
+    records = [model.OwnedVolume(pool, volume, model.DeletionPolicy.DELETE, created=True)]
+    extra = ""
+    if seed:
+        iso = f"{name}-cidata.iso"
+        h.create_volume(pool, storagexml.render_volume(iso, 1024 * 1024, image_format="raw"), iso)
+        h.upload_volume(pool, iso, [b"seed" * 1024], 4096)
+        records.append(model.OwnedVolume(pool, iso, model.DeletionPolicy.DELETE, created=True, digest="seed"))
+        extra += f"""
+    <disk type='volume' device='cdrom'>
+      <driver name='qemu' type='raw'/>
+      <source pool='{pool}' volume='{iso}'/>
+      <target dev='sda' bus='sata'/>
+      <readonly/>
+    </disk>"""
+    if path_disk is not None:
+        extra += f"""
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='{path_disk}'/>
+      <target dev='vdb' bus='virtio'/>
+    </disk>"""
     mac = "52:54:00:%02x:%02x:%02x" % tuple(uuid.uuid4().bytes[:3])
     heartbeat = tinyguest.Guest(guest.kernel, guest.initrd, f"{guest.cmdline} {tinyguest.HEARTBEAT}")
     xml = tinyguest.domain_xml(name, heartbeat, network=None, serial_log=Path(f"/var/log/libvirt/qemu/{name}-serial.log"))
@@ -97,7 +124,7 @@ def tiny_vm(fleet: Fleet, guest: tinyguest.Guest, host: str, name: str, pool: st
       <driver name='qemu' type='qcow2'/>
       <source pool='{pool}' volume='{volume}'/>
       <target dev='vda' bus='virtio'/>
-    </disk>
+    </disk>{extra}
     <interface type='user'>
       <mac address='{mac}'/>
       <model type='virtio'/>
@@ -106,7 +133,7 @@ def tiny_vm(fleet: Fleet, guest: tinyguest.Guest, host: str, name: str, pool: st
     domain_uuid = next(d.uuid for d in h.list_domains() if d.name == name)
     h.set_owner(name, model.Ownership(
         manifest=f"vms/{name}.yaml", digest="test", run_strategy=model.RunStrategy.ALWAYS,
-        volumes=(model.OwnedVolume(pool, volume, model.DeletionPolicy.DELETE, created=True),),
+        volumes=tuple(records),
         bound_name=name, bound_uuid=domain_uuid,
     ))
     if start:
@@ -135,8 +162,25 @@ def wait_for_uptime(log: Path, at_least: float, timeout: float = 60) -> float:
 
 
 def move(fleet: Fleet, name: str, domain_uuid: str, mode: plans.MigrationMode, *steps: plans.Step,
-         xml: str = "", source: str = "h1", destination: str = "h2") -> execute.ApplyReport:
-    """Run a migration resource from ``source`` to ``destination``, as a fleet plan hands it to the executor."""
-    migrate = plans.MigrateDomain(name, domain_uuid, source, destination, fleet.hosts[destination].uri, mode, xml)
+         xml: str = "", source: str = "h1", destination: str = "h2", **fields) -> execute.ApplyReport:
+    """Run a migration resource from ``source`` to ``destination``, as a fleet plan hands it to the executor.
+
+    Without ``xml``, the destination's definition is the source's with its mark naming the
+    copies that ``steps`` delete as left on ``source`` (as the fleet planner writes it).
+    """
+    plan = migration(fleet, name, domain_uuid, mode, *steps, xml=xml, source=source, destination=destination, **fields)
+    return execute.execute(plan, fleet.hosts[source], hosts=fleet.hosts)
+
+
+def migration(fleet: Fleet, name: str, domain_uuid: str, mode: plans.MigrationMode, *steps: plans.Step,
+              xml: str = "", source: str = "h1", destination: str = "h2", **fields) -> plans.Plan:
+    """Return the plan of ``source`` holding that migration resource (see :func:`move`)."""
+    if not xml:
+        current = fleet.hosts[source].domain_xml(name)
+        owner = domxml.parse_owner(domxml.parse_tree(current))
+        left = tuple(model.LeftBehind(source, s.pool, s.name) for s in steps if isinstance(s, plans.DeleteMovedVolume))
+        xml = domxml.remark(current, dataclasses.replace(owner, host=destination, left_behind=left))
+    migrate = plans.MigrateDomain(name, domain_uuid, source, destination, fleet.hosts[destination].uri, mode, xml,
+                                  **fields)
     resource = plans.ResourcePlan("VirtualMachine", name, (plans.Action.MIGRATE,), steps=(migrate, *steps))
-    return execute.execute(plans.Plan(fleet.hosts[source].uri, (resource,)), fleet.hosts[source], hosts=fleet.hosts)
+    return plans.Plan(fleet.hosts[source].uri, (resource,))

@@ -58,6 +58,7 @@ class Controller:
     process: subprocess.Popen
     log_path: Path
     address: str = ""
+    token: str | None = None  # the listener's bearer token, when it was started with one
     exit_seconds: float | None = field(default=None, repr=False)
 
     # -- the log (JSON lines on stderr) --
@@ -118,21 +119,23 @@ class Controller:
 
     # -- HTTP --
 
-    def get(self, path: str) -> tuple[int, str]:
-        """Return (status, body) of GET ``path`` on the controller's listener."""
+    def get(self, path: str, token: str | None = None) -> tuple[int, str]:
+        """Return (status, body) of GET ``path`` on the controller's listener (with ``token`` as a bearer token)."""
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
         try:
-            with urllib.request.urlopen(f"http://{self.address}{path}", timeout=5) as response:
+            with urllib.request.urlopen(urllib.request.Request(f"http://{self.address}{path}", headers=headers),
+                                        timeout=5) as response:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as error:
             return error.code, error.read().decode()
 
     def healthz(self) -> int:
         """Return the HTTP status of ``/healthz``."""
-        return self.get("/healthz")[0]
+        return self.get("/healthz", self.token)[0]
 
     def status(self) -> dict:
         """Return the ``/status`` document."""
-        code, body = self.get("/status")
+        code, body = self.get("/status", self.token)
         assert code == 200, body
         return json.loads(body)
 
@@ -140,7 +143,7 @@ class Controller:
         """Return the value of one ``/metrics`` series (0 when absent)."""
         rendered = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
         series = f"{name}{{{rendered}}}" if labels else name
-        for line in self.get("/metrics")[1].splitlines():
+        for line in self.get("/metrics", self.token)[1].splitlines():
             key, _, value = line.rpartition(" ")
             if key == series:
                 return float(value)
@@ -186,7 +189,7 @@ def controllers(host):
     """Yield ``start`` for controllers of ``host``; stop them all and print their logs at the end."""
     started: list[Controller] = []
 
-    def start(*flags: str, env: dict[str, str] | None = None) -> Controller:
+    def start(*flags: str, env: dict[str, str] | None = None, token: str | None = None) -> Controller:
         log_path = host.workdir / f"controller-{len(started)}.log"
         argv = [
             sys.executable, "-m", "reconciler", "--log-format", "json", "run", str(host.manifests),
@@ -198,7 +201,7 @@ def controllers(host):
         with open(log_path, "wb") as log:
             process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                        env=environment, cwd=REPOSITORY)
-        controller = Controller(process, log_path)
+        controller = Controller(process, log_path, token=token)
         started.append(controller)
         controller.address = controller.wait_for("listener_started", timeout=30)["address"]
         controller.wait_for("reconcile_finished", timeout=30)
@@ -364,6 +367,78 @@ def test_a_destroyed_always_vm_is_running_again_within_two_seconds(host, run_con
     assert controller.metric("kvmops_drift_repairs_total") == repairs + 1
     assert controller.passes(since=mark, trigger="resync") == []
     assert controller.crashes() == []
+
+
+OTHER_XML = """<domain type='qemu'><name>{name}</name><memory unit='MiB'>32</memory><vcpu>1</vcpu>
+<os><type arch='x86_64' machine='pc'>hvm</type></os><devices><memballoon model='none'/></devices></domain>"""
+
+
+@contextlib.contextmanager
+def churning(host, count: int, threads: int = 2):
+    """Keep ``count`` transient guests nobody manages being destroyed and created again, in turn, on their own connections.
+
+    Yields the counter of finished creates and destroys.  Every guest is destroyed at the end.
+    """
+    names = [host.name(f"other-{i:02d}") for i in range(count)]
+    stop = threading.Event()
+    done = [0]
+
+    def work(mine: list[str]) -> None:
+        connection = libvirt.open(host.uri)
+        try:
+            while not stop.is_set():
+                for name in mine:
+                    with contextlib.suppress(libvirt.libvirtError):
+                        connection.lookupByName(name).destroy()
+                        done[0] += 1
+                    with contextlib.suppress(libvirt.libvirtError):
+                        connection.createXML(OTHER_XML.format(name=name), 0)
+                        done[0] += 1
+                    if stop.is_set():
+                        break
+        finally:
+            connection.close()
+
+    workers = [threading.Thread(target=work, args=(names[i::threads],), daemon=True) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    try:
+        yield done
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(60)
+        for name in names:
+            domain = host.domain(name)
+            with contextlib.suppress(libvirt.libvirtError):
+                if domain is not None:
+                    domain.destroy()
+
+
+def test_a_destroyed_vm_is_repaired_by_a_pass_that_looks_at_it_alone_while_other_guests_churn(host, run_controller):
+    """While other guests are destroyed and created all the time, ``virsh destroy`` of a managed VM is repaired by a pass observing that VM only, not the host."""
+    write_vm(host, "web", runStrategy="Always")
+    controller = run_controller()
+    web = host.name("web")
+    wait_started(host, controller, web)
+
+    with churning(host, 8) as done:
+        assert host.wait(lambda: done[0] >= 8, 60), "the other guests never started"
+        mark = controller.mark()
+        host.domain(web).destroy()
+        destroyed = time.monotonic()
+        assert host.wait(lambda: running(host, web), 30), controller.log_text()
+        back_after = time.monotonic() - destroyed
+        churned = done[0]
+
+    repair = controller.wait_for("drift_repaired", since=mark, vm=web)
+    assert (repair["trigger"], repair["actions"]) == ("libvirt", ["start"]), repair
+    repairing = [p for p in controller.passes(since=mark, trigger="libvirt") if p["changes"]][0]
+    assert repairing["observed"] == "vms", repairing
+    assert churned > 8, f"the other guests stood still ({churned} creates and destroys)"
+    assert controller.passes(since=mark, trigger="resync") == []
+    assert controller.crashes() == []
+    print(f"running again {back_after:.2f}s after the destroy; repair pass {repairing}; {churned} creates and destroys")
 
 
 def test_a_halted_vm_started_by_hand_is_stopped_again_gracefully_then_forcefully(host, run_controller):
@@ -664,3 +739,53 @@ def test_sigterm_while_waiting_for_the_host_lock_exits_zero_promptly(host, run_c
         status = controller.terminate(timeout=8)
     assert status == 0
     assert controller.exit_seconds < 5, f"exit took {controller.exit_seconds:.1f}s"
+
+
+# --- who may read the listener ---------------------------------------------------------------
+
+
+def test_with_a_token_file_status_and_metrics_need_the_bearer_token_and_healthz_says_only_ok(host, run_controller):
+    """On all addresses with listen.tokenFile: 401 and a Bearer challenge without the token, the views with it,
+    /healthz 'ok' for anyone, and the token in no log line."""
+    token = "e2e-" + host.prefix + "-listener-token"
+    token_file = host.workdir / "listen-token"
+    token_file.write_text(token + "\n", encoding="utf-8")
+    token_file.chmod(0o600)
+    write_vm(host, "web", runStrategy="Halted")
+    controller = run_controller("--listen", "0.0.0.0:0", "--listen-token-file", str(token_file), token=token)
+    web = host.name("web")
+    assert host.wait(lambda: is_defined_and_off(host, web), 15)
+    port = controller.address.rpartition(":")[2]
+    controller.address = f"127.0.0.1:{port}"
+
+    assert controller.get("/status")[0] == 401
+    assert controller.get("/metrics", "not-" + token)[0] == 401
+    try:
+        urllib.request.urlopen(f"http://{controller.address}/status", timeout=5)
+        raise AssertionError("/status answered without a token")
+    except urllib.error.HTTPError as refused:
+        assert refused.headers["WWW-Authenticate"] == 'Bearer realm="kvmops"'
+    assert web in controller.status()["vms"]
+    assert controller.metric("kvmops_connected") == 1
+    assert host.wait(lambda: controller.get("/healthz") == (200, "ok\n"), 15), controller.get("/healthz", token)
+    assert token not in controller.log_text()
+    assert controller.crashes() == []
+
+
+def test_the_controller_refuses_to_listen_on_all_addresses_without_a_token(host):
+    """kvmops run --listen 0.0.0.0:PORT with neither a token file nor --listen-insecure exits 1 with one line,
+    having defined nothing."""
+    write_vm(host, "web", runStrategy="Halted")
+    argv = [sys.executable, "-m", "reconciler", "--log-format", "json", "run", str(host.manifests),
+            "--scope", host.prefix, "--connect", host.uri, "--listen", "0.0.0.0:0",
+            "--state-dir", str(state_dir(host))]
+    environment = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+    environment.update(host.env)
+
+    finished = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=environment, cwd=REPOSITORY)
+
+    assert finished.returncode == 1, finished.stderr
+    refusals = [line for line in finished.stderr.splitlines() if "refusing to listen on 0.0.0.0:0" in line]
+    assert len(refusals) == 1 and "listen.tokenFile" in refusals[0], finished.stderr
+    assert "Traceback" not in finished.stderr
+    assert host.domain(host.name("web")) is None

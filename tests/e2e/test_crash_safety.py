@@ -69,13 +69,24 @@ def crashed_at(host, step: int, *args: str, prune: bool = False) -> bool:
 
 
 def pool_files(host) -> set[str]:
-    """Return the names of the volumes in the test's pool (after a refresh); none while it is not there."""
+    """Return the names of the volumes in the test's pool (after a refresh), the trash directory aside."""
     try:
         pool = host.connection.storagePoolLookupByName(host.pool)
         pool.refresh(0)
     except libvirt.libvirtError:
         return set()
-    return set(pool.listVolumes())
+    return set(pool.listVolumes()) - {".kvmops-trash"}
+
+
+def trashed(host, volume: str) -> int:
+    """Return how many copies of ``volume`` the pool's trash holds; fail on an entry holding nothing (a leak of
+    records) or a file without its record (a leak of data nobody can restore)."""
+    directory = host.pool_path / ".kvmops-trash"
+    entries = [e for e in directory.iterdir() if not e.name.startswith(".")] if directory.exists() else []
+    for entry in entries:
+        files = {p.name for p in entry.iterdir()}
+        assert "entry.json" in files and files - {"entry.json"}, f"trash entry {entry.name} holds {sorted(files)}"
+    return sum(1 for entry in entries if (entry / volume).exists())
 
 
 def prune_everything(host) -> None:
@@ -113,6 +124,7 @@ def test_a_crash_at_any_step_of_creating_a_vm_leaks_no_volume(host, strategy):
         prune_everything(host)
         assert host.domain(name) is None, step
         assert pool_files(host) == {f"{name}-root.qcow2"}, f"crash before mutating call {step}: a volume leaked or was lost"
+        assert trashed(host, f"{name}-scratch.qcow2") == crashes, f"crash before mutating call {step}: not in the trash"
         forget_retained(host, f"{name}-root.qcow2")
     assert crashes >= 3, "each volume and the domain are a boundary"
     plan_is_empty(host)  # after the run that was not killed
@@ -166,9 +178,11 @@ def test_a_crash_at_any_step_of_pruning_a_vm_leaks_no_volume(host):
             prune_everything(host)
             assert host.domain(name) is None, step
             assert pool_files(host) == {f"{name}-root.qcow2"}, f"crash before mutating call {step}: a volume leaked or was lost"
+            # each round's scratch volume, moved by the crashed run or by the next: once, with its record
+            assert trashed(host, f"{name}-scratch.qcow2") == crashes, f"crash before mutating call {step}"
         finally:
             (host.workdir / "vm.yaml").rename(host.manifests / "vms" / "vm.yaml")
-    assert crashes >= 3, "stop, undefine and the volume deletion are each a boundary"
+    assert crashes >= 5, "stop, the trash record, the move, the pool's refresh and undefine are each a boundary"
     assert host.domain(name) is None and pool_files(host) == {f"{name}-root.qcow2"}
 
 

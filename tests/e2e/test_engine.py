@@ -72,6 +72,11 @@ def volume_file(host, vm_suffix: str, disk_name: str) -> Path:
     return host.pool_path / f"{host.name(vm_suffix)}-{disk_name}.qcow2"
 
 
+def in_trash(host, volume: str) -> list[Path]:
+    """Return the files of the pool's trash holding ``volume`` (``.kvmops-trash/<entry>/<volume>``)."""
+    return sorted((host.pool_path / ".kvmops-trash").glob(f"*/{volume}"))
+
+
 def qcow2(path: Path) -> dict:
     """Return ``qemu-img info`` of ``path`` (``-U``: the image may be open by a running QEMU)."""
     done = subprocess.run(["qemu-img", "info", "-U", "--output", "json", str(path)],
@@ -414,9 +419,11 @@ def test_a_delete_volume_detached_from_a_running_vm_is_deleted_only_once_the_vm_
 
     host.domain(name).destroy()
     plan = apply_ok(host)  # runStrategy Always: starts it again, then deletes the detached volume
-    assert f"DATA LOSS: VirtualMachine {name}: volume {host.pool}/{scratch.name} is destroyed" in plan.stdout, output(plan)
+    assert (f"DATA LOSS: VirtualMachine {name}: volume {host.pool}/{scratch.name} moved to the trash, final after"
+            in plan.stdout), output(plan)
     assert host.is_running(name)
     assert not scratch.exists()
+    assert in_trash(host, scratch.name)
     assert qcow2(root)["virtual-size"] == 64 * MIB
     assert "restart pending" not in plan_is_empty(host).stdout
 
@@ -445,7 +452,7 @@ def test_a_removed_manifest_is_pruned_keeping_retain_volumes_and_deleting_delete
     assert f"■ stop {gone}" in block
     assert re.search(rf"- volume {re.escape(host.pool)}/{re.escape(scratch.name)}\s+32 MiB\s+\(data-loss\)", block), block
     assert f"volume {host.pool}/{root.name} is kept (deletionPolicy Retain)" in block
-    assert f"DATA LOSS: VirtualMachine {gone}: volume {host.pool}/{scratch.name} is destroyed" in plan.stdout
+    assert f"DATA LOSS: VirtualMachine {gone}: volume {host.pool}/{scratch.name} moved to the trash, final after" in plan.stdout
 
     planned, report = apply_pruning_own_objects(host)
     assert [r.name for r in planned.changes] == [gone], planned.changes
@@ -454,7 +461,8 @@ def test_a_removed_manifest_is_pruned_keeping_retain_volumes_and_deleting_delete
     assert host.domain(gone) is None
     assert qcow2(root)["virtual-size"] == 64 * MIB  # Retain: the data outlives the VM
     assert not scratch.exists()
-    assert host.volume_capacity(scratch.name) is None
+    assert host.volume_capacity(scratch.name) is None  # no volume of the pool any more: a file in its trash
+    assert in_trash(host, scratch.name)
     assert host.domain(host.name("keep")) is not None
     plan_is_empty(host)
 

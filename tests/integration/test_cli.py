@@ -143,7 +143,8 @@ def test_plan_text_shows_creates_updates_and_deletes_with_old_new_values_and_imp
     assert re.search(r"^  - VirtualMachine orphan  \(orphan\.yaml\)  delete, stop$", out, re.M)
     assert re.search(r"^      ~ vcpus +1 -> 2  \(restart\)$", out, re.M)
     assert re.search(r"^      - volume default/orphan-scratch\.qcow2 +64 MiB  \(data-loss\)  DATA LOSS", out, re.M)
-    assert "DATA LOSS: VirtualMachine orphan: volume default/orphan-scratch.qcow2 is destroyed" in out
+    assert ("DATA LOSS: VirtualMachine orphan: volume default/orphan-scratch.qcow2 deleted at once: the test driver "
+            "keeps no files, so it has no trash") in out
     assert "note: volume default/orphan-keep.qcow2 is kept (deletionPolicy Retain)" in out
     assert out.rstrip().endswith(
         "Plan: 1 to create, 1 to update, 1 to delete, 1 to start, 1 to stop. Impact: 1 restart, 1 data-loss."
@@ -235,7 +236,8 @@ def test_removed_manifest_prunes_domain_but_keeps_retained_volume(world, capsys)
 
     assert status == 0, out + err
     assert "(data-loss)" in out
-    assert "DATA LOSS: VirtualMachine orphan: volume default/orphan-scratch.qcow2 is destroyed" in out
+    assert ("DATA LOSS: VirtualMachine orphan: volume default/orphan-scratch.qcow2 deleted at once: the test driver "
+            "keeps no files, so it has no trash") in out
     assert "done: undefine domain orphan" in out
     assert world.domains() == {"web", "legacy"}
     assert world.volumes() == {"web-root.qcow2", "orphan-keep.qcow2", "legacy-disk.qcow2"}

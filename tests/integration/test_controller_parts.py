@@ -311,7 +311,7 @@ def test_metrics_histogram_buckets_are_cumulative_and_inf_equals_count():
 NO_FLAGS = {
     "path": None, "connect": None, "state_dir": None, "allow_empty": None, "no_prune": None, "virt_type": None,
     "shutdown_timeout": None, "resync_interval": None, "quiet_period": None, "parallel": None,
-    "termination_grace": None, "listen": None,
+    "termination_grace": None, "listen": None, "listen_token_file": None, "listen_insecure": None,
 }
 
 
@@ -439,7 +439,7 @@ def test_an_invalid_configuration_file_names_each_field_and_its_line(tmp_path):
 
     message = str(raised.value)
     assert f"{path}:3: resyncInterval: 0 is too small" in message
-    assert f"{path}:4: listen: 'nowhere' is not valid: write HOST:PORT" in message
+    assert f"{path}:4: listen: write HOST:PORT, e.g. 127.0.0.1:9474, or a mapping of 'address'" in message
     assert f"{path}:5: parralel: unknown field 'parralel' (did you mean 'parallel'?)" in message
     assert [(p.line, p.path) for p in raised.value.problems] == [(3, "resyncInterval"), (4, "listen"), (5, "parralel")]
 

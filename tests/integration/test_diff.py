@@ -125,7 +125,7 @@ def test_a_removed_vm_is_planned_as_a_delete_and_its_delete_volume_as_data_loss(
     assert status == 0
     assert "  - VirtualMachine db  (db.yaml)  delete, stop\n" in out
     assert "      note: no manifest declares this VM any more\n" in out
-    assert "DATA LOSS: VirtualMachine db: volume default/db-scratch.qcow2 is destroyed\n" in out
+    assert "DATA LOSS: VirtualMachine db: volume default/db-scratch.qcow2 moved to the trash, final 24h after the apply\n" in out
     assert out.endswith("Plan: 1 to delete, 1 to stop. Impact: 1 data-loss. 1 unchanged.\n")
 
 

@@ -107,10 +107,10 @@ def test_a_moved_volume_is_not_deleted_when_the_domain_is_on_no_host(two_hosts):
 
 
 def test_migration_steps_render_as_plan_json():
-    step = plans.DeleteMovedVolume("default", "app-root", "app", UUID, "h2")
+    step = plans.DeleteMovedVolume("default", "app-root", "app", UUID, "h2", running=True, source="h1")
 
     assert step.to_dict() == {"kind": "delete_moved_volume", "pool": "default", "name": "app-root", "domain": "app",
-                              "uuid": UUID, "destination": "h2"}
+                              "uuid": UUID, "destination": "h2", "running": True, "source": "h1"}
     assert "left behind by app (now on h2)" in step.describe()
 
 
@@ -118,3 +118,45 @@ def test_a_local_socket_destination_gets_its_migration_stream_on_loopback():
     assert hv.migration_stream_uri("qemu+unix:///system?socket=/var/tmp/lab/h2/run/libvirt-sock") == "tcp://127.0.0.1"
     assert hv.migration_stream_uri("qemu+ssh://root@kvm2/system") is None
     assert hv.migration_stream_uri("qemu:///system") is None
+
+
+def test_a_restart_move_whose_checks_fail_leaves_the_guest_running(two_hosts):
+    two_hosts["h1"].start_domain("app")
+    step = plans.MigrateDomain("app", UUID, "h1", "h2", two_hosts["h2"].uri, plans.MigrationMode.OFFLINE,
+                               sends=(("default", "app-root"),), media=(("default", "rescue.iso"),), stop_first=True, start_after=True, shutdown_timeout=5)
+
+    outcome = run(two_hosts, step)
+
+    assert outcome.status == "failed"
+    assert "h2 has no default/rescue.iso" in outcome.error
+    assert two_hosts["h1"].domain_power("app")[0].active  # checked before the guest was stopped
+
+
+def test_a_moved_volume_the_destination_mark_does_not_record_as_left_here_is_not_deleted(two_hosts):
+    xml = two_hosts["h1"].domain_xml("app")
+    two_hosts["h1"].undefine_domain("app")
+    two_hosts["h2"].define_domain(xml, "app")  # moved, but its mark names no copy left on h1
+
+    outcome = run(two_hosts, plans.DeleteMovedVolume("default", "app-root", "app", UUID, "h2", source="h1"))
+
+    assert outcome.status == "failed"
+    assert "cannot prove this volume is that copy" in outcome.error
+    assert two_hosts["h1"].volume_exists("default", "app-root")
+
+
+def test_forgetting_a_moved_volume_drops_only_that_record_from_the_destination_mark(two_hosts):
+    from reconciler.core import domxml, model
+
+    xml = two_hosts["h1"].domain_xml("app")
+    two_hosts["h1"].undefine_domain("app")
+    owner = domxml.parse_owner(domxml.parse_tree(xml))
+    left = (model.LeftBehind("h1", "default", "app-root"), model.LeftBehind("h1", "default", "app-seed"))
+    two_hosts["h2"].define_domain(domxml.remark(xml, owner.__class__(**{**owner.__dict__, "left_behind": left})), "app")
+
+    outcome = run(two_hosts, plans.ForgetMovedVolume("default", "app-root", "app", UUID, "h1", "h2"))
+
+    assert outcome.status == "converged", outcome.error
+    after = domxml.parse_owner(domxml.parse_tree(two_hosts["h2"].domain_xml("app")))
+    assert after.left_behind == (model.LeftBehind("h1", "default", "app-seed"),)
+    assert run(two_hosts, plans.ForgetMovedVolume("default", "app-root", "app", UUID, "h1", "h2")).steps[0].detail == \
+        "already forgotten"

@@ -196,7 +196,7 @@ def test_schema_config_documents_the_policy(capsys):
     assert run("schema", "config") == 0
     schema = json.loads(capsys.readouterr().out)
     assert {"allowedPoolPaths", "allowedNetworks", "allowedBridges", "imageSources", "limits", "quota",
-            "maxPrunePerPass", "allowDataLoss", "scopes"} == set(schema["properties"]["policy"]["properties"])
+            "maxPrunePerPass", "allowDataLoss", "scopes", "trashRetention"} == set(schema["properties"]["policy"]["properties"])
 
 
 # --- the controller obeys it, and SIGHUP reloads it ------------------------------------------------------------

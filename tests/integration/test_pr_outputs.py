@@ -343,7 +343,7 @@ def test_the_markdown_folds_each_changed_resource_into_a_details_block(scenario,
             assert lines[index + 1] == ""
     assert "| `memory` | 512 MiB | 768 MiB | live | balloon |" in lines
     assert "| `vcpus` | 1 | 2 | restart |  |" in lines
-    assert "| `volume default/old-scratch.qcow2` | 512 MiB |  | **data-loss** | DATA LOSS: deleted with the VM " \
+    assert "| `volume default/old-scratch.qcow2` | 512 MiB |  | **data-loss** | DATA LOSS: removed with the VM " \
            "(deletionPolicy Delete) |" in lines
     assert "- volume default/old-root.qcow2 is kept (deletionPolicy Retain)" in lines
     assert "Ignored foreign domains (not managed by kvmops): `legacy`" in lines

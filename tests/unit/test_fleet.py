@@ -65,7 +65,9 @@ def manifests(*vms: str) -> model.DesiredState:
 def running_on(host: str, spec: model.VMSpec, *, power=model.PowerState.RUNNING, uuid: str = builders.UUID,
                fleet_name: str = "default") -> model.ObservedDomain:
     """Return the domain an apply of ``spec`` on ``host`` leaves: its mark names the fleet and the host."""
-    definition = builders.definition(spec, uuid=uuid)
+    seed = spec.cloud_init
+    definition = builders.definition(spec, uuid=uuid, extra_volumes=() if seed is None else (
+        model.OwnedVolume(seed.pool, seed.volume, model.DeletionPolicy.DELETE, True, seed.digest),))
     definition = dataclasses.replace(definition, owner=dataclasses.replace(definition.owner, fleet=fleet_name, host=host))
     domain = builders.domain(definition, power=power)
     return dataclasses.replace(domain, xml=domxml.render(definition))
@@ -132,10 +134,15 @@ def test_a_moved_vm_leaves_its_local_volumes_behind_only_as_their_deletion_polic
     observed = {"a": host_state(running_on("a", state.vms["web"]), state=state, pools=("vmstore", "nfs")),
                 "b": host_state(state=state)}
     (migration,) = fleet.plan_fleet(state, observed).migrations
-    assert [type(s).__name__ for s in migration.steps] == ["MigrateDomain", "DeleteMovedVolume"]
-    assert migration.steps[1] == plans.DeleteMovedVolume("vmstore", "web-root.qcow2", "web", builders.UUID, "b")
-    assert "volume vmstore/web-keep.qcow2 on a is kept after the move (deletionPolicy Retain); remove it yourself " \
-           "when you no longer need it" in migration.notes
+    assert [type(s).__name__ for s in migration.steps] == ["MigrateDomain", "DeleteMovedVolume", "ForgetMovedVolume"]
+    assert migration.steps[1] == plans.DeleteMovedVolume("vmstore", "web-root.qcow2", "web", builders.UUID, "b",
+                                                         running=True, source="a")
+    assert migration.steps[2] == plans.ForgetMovedVolume("vmstore", "web-root.qcow2", "web", builders.UUID, "a", "b")
+    assert "volume vmstore/web-keep.qcow2 on a is left behind after the move (deletionPolicy Retain): never deleted " \
+           "by kvmops; remove it yourself when you no longer need it" in migration.notes
+    # the destination's definition records the copy it leaves, before anything is deleted
+    owner = domxml.parse_owner(domxml.parse_tree(migration.steps[0].xml))
+    assert owner.left_behind == (model.LeftBehind("a", "vmstore", "web-root.qcow2"),)
 
 
 def test_a_vm_on_shared_storage_migrates_live_and_a_stopped_one_offline():
@@ -255,3 +262,196 @@ def test_after_a_migration_the_next_fleet_plan_is_empty():
     after = {"a": host_state(state=state, pools=pools), "b": host_state(moved, state=state, pools=pools)}
     result = fleet.plan_fleet(state, after)
     assert not result.has_changes, [(r.key, r.changes) for h in result.hosts for r in h.plan.changes]
+
+
+def every_storage(name: str) -> str:
+    """Return a VM (to move to b) with a local disk, a shared disk, a file outside pools, a seed and a CD-ROM."""
+    return builders.vm_yaml(name, (
+        "  memory: 1GiB\n"
+        "  placement: {host: b}\n"
+        "  disks:\n"
+        "    - {name: root, pool: vmstore, size: 1GiB, deletionPolicy: Delete}\n"
+        "    - {name: data, pool: nfs, size: 1GiB, deletionPolicy: Delete}\n"
+        "    - {name: archive, path: /srv/archive.img}\n"
+        "  cdrom: {pool: vmstore, volume: rescue.iso}\n"
+        "  cloudInit: {userData: '#cloud-config', metaData: {instanceId: x}}\n"
+    ))
+
+
+def test_a_move_names_what_becomes_of_every_storage_the_vm_uses():
+    state = manifests(every_storage("web"))
+    spec = state.vms["web"]
+    observed = {"a": host_state(running_on("a", spec), state=state, pools=("vmstore", "nfs")), "b": host_state(state=state)}
+    (migration,) = fleet.plan_fleet(state, observed).migrations
+    step = migration.steps[0]
+    root, data, _archive = spec.disks
+    assert step.mode is plans.MigrationMode.LIVE_COPY_STORAGE
+    assert step.copies == (root.target,)  # only the local disk: the shared one is the same file there
+    assert step.sends == (("vmstore", "web-cidata.iso"),)  # read-only: libvirt does not copy it, kvmops does
+    assert step.shared_files == ("/srv/archive.img",)
+    assert step.media == (("vmstore", "rescue.iso"),)
+    assert not step.stop_first
+    assert "copied by libvirt while the guest runs: vmstore/web-root.qcow2" in migration.notes
+    assert "copied by kvmops before the move: vmstore/web-cidata.iso" in migration.notes
+    assert "on shared storage, not copied: pool nfs" in migration.notes
+    assert any("/srv/archive.img; b must see the very same file" in n for n in migration.notes)
+    assert any("rescue.iso; b must have them" in n for n in migration.notes)
+    # the seed and the local disk are kvmops' own (Delete): recorded as left on a, deleted there after the move
+    deleted = [(s.pool, s.name) for s in migration.steps if isinstance(s, plans.DeleteMovedVolume)]
+    assert deleted == [("vmstore", "web-root.qcow2"), ("vmstore", "web-cidata.iso")]
+    owner = domxml.parse_owner(domxml.parse_tree(step.xml))
+    assert {(left.host, left.pool, left.name) for left in owner.left_behind} == set(
+        [("a", "vmstore", "web-root.qcow2"), ("a", "vmstore", "web-cidata.iso")])
+    assert ("vmstore", data.volume) not in deleted and ("nfs", data.volume) not in deleted
+
+
+def test_a_shut_off_vm_moves_offline_with_kvmops_streaming_its_local_volumes():
+    state = manifests(every_storage("web").replace("  memory: 1GiB\n", "  memory: 1GiB\n  runStrategy: Halted\n"))
+    observed = {"a": host_state(running_on("a", state.vms["web"], power=model.PowerState.SHUTOFF), state=state,
+                                pools=("vmstore", "nfs")), "b": host_state(state=state)}
+    (migration,) = fleet.plan_fleet(state, observed).migrations
+    step = migration.steps[0]
+    assert (step.mode, step.copies, step.stop_first, step.start_after) == (plans.MigrationMode.OFFLINE, (), False, False)
+    assert step.sends == (("vmstore", "web-root.qcow2"), ("vmstore", "web-cidata.iso"))
+    assert not [s for s in migration.steps if isinstance(s, plans.DeleteMovedVolume) and s.running]
+
+
+def test_a_running_vm_that_cannot_move_live_is_restarted_on_its_new_host():
+    state = manifests(vm_yaml("web", where="{host: b}").replace("  memory: 1GiB\n", "  memory: 1GiB\n  shutdownTimeout: 45\n"))
+    domain = running_on("a", state.vms["web"])
+    passthrough = dataclasses.replace(domain.definition, cpu_mode="host-passthrough")
+    domain = dataclasses.replace(domain, definition=passthrough, xml=domxml.render(passthrough))
+    observed = {"a": host_state(domain, state=state), "b": host_state(state=state)}
+    (migration,) = fleet.plan_fleet(state, observed).migrations
+    step = migration.steps[0]
+    assert (step.mode, step.stop_first, step.start_after, step.shutdown_timeout) == (
+        plans.MigrationMode.OFFLINE, True, True, 45.0)
+    assert step.sends == (("vmstore", "web-root.qcow2"),) and step.copies == ()
+    (change,) = migration.changes
+    assert change.impact is plans.Impact.RESTART and "host-passthrough" in change.note
+    assert step.describe() == "migrate web from a to b (stopped, moved offline, started again)"
+
+
+def moved(state: model.DesiredState, vm: str, *left: model.LeftBehind, power=model.PowerState.RUNNING) -> model.ObservedDomain:
+    """Return ``vm`` on host b after a move from a that recorded ``left``."""
+    domain = running_on("b", state.vms[vm], power=power)
+    definition = dataclasses.replace(domain.definition, owner=dataclasses.replace(domain.definition.owner, left_behind=left))
+    return dataclasses.replace(domain, definition=definition, xml=domxml.render(definition))
+
+
+def leftover(state: model.DesiredState, *names: str, users: tuple[model.ObservedDomain, ...] = ()) -> model.ActualState:
+    actual = host_state(*users, state=state)
+    volumes = dict(actual.volumes)
+    for name in names:
+        volumes[("vmstore", name)] = builders.volume("vmstore", name, 1 << 30)
+    return dataclasses.replace(actual, volumes=volumes)
+
+
+LEFT = model.LeftBehind("a", "vmstore", "web-root.qcow2")
+
+
+def delete_yaml(name: str, policy: str = "Delete", **kw) -> str:
+    return vm_yaml(name, where="{host: b}", **kw).replace("size: 1GiB}", f"size: 1GiB, deletionPolicy: {policy}}}")
+
+
+def test_a_copy_a_finished_move_left_is_deleted_on_its_old_host_by_the_next_pass():
+    state = manifests(delete_yaml("web"))
+    result = fleet.plan_fleet(state, {"a": leftover(state, "web-root.qcow2"),
+                                      "b": host_state(moved(state, "web", LEFT), state=state)})
+    assert steps(result.host("a").plan, "web") == [
+        plans.DeleteMovedVolume("vmstore", "web-root.qcow2", "web", builders.UUID, "b", running=True, source="a"),
+        plans.ForgetMovedVolume("vmstore", "web-root.qcow2", "web", builders.UUID, "a", "b"),
+    ]
+    assert steps(result.host("b").plan, "web") == []  # the destination keeps its record until the deletion is done
+    assert result.migrations == ()
+
+
+def test_a_record_of_a_copy_already_gone_is_only_dropped():
+    state = manifests(delete_yaml("web"))
+    result = fleet.plan_fleet(state, {"a": leftover(state), "b": host_state(moved(state, "web", LEFT), state=state)})
+    assert steps(result.host("a").plan, "web") == [
+        plans.ForgetMovedVolume("vmstore", "web-root.qcow2", "web", builders.UUID, "a", "b")]
+
+
+def test_a_left_copy_is_kept_under_retain_while_used_or_until_the_vm_runs():
+    retained = manifests(delete_yaml("web", "Retain"))
+    result = fleet.plan_fleet(retained, {"a": leftover(retained, "web-root.qcow2"),
+                                         "b": host_state(moved(retained, "web", LEFT), state=retained)})
+    (resource,) = [r for r in result.host("a").plan.resources if r.name == "web"]
+    assert [type(s).__name__ for s in resource.steps] == ["ForgetMovedVolume"]
+    assert "is kept (deletionPolicy Retain)" in resource.notes[0]
+
+    state = manifests(delete_yaml("web"))
+    stopped = fleet.plan_fleet(state, {"a": leftover(state, "web-root.qcow2"),
+                                       "b": host_state(moved(state, "web", LEFT, power=model.PowerState.SHUTOFF),
+                                                       state=state)})
+    (resource,) = [r for r in stopped.host("a").plan.resources if r.name == "web"]
+    assert resource.steps == () and "deleted once web runs on b" in resource.notes[0]
+
+    user = builders.foreign("other")
+    user = dataclasses.replace(user, storage=(("vmstore", "web-root.qcow2"),))
+    used = fleet.plan_fleet(state, {"a": leftover(state, "web-root.qcow2", users=(user,)),
+                                    "b": host_state(moved(state, "web", LEFT), state=state)})
+    (resource,) = [r for r in used.host("a").plan.resources if r.name == "web"]
+    assert resource.steps == () and "used by domain other" in resource.notes[0]
+
+
+def test_a_copy_left_in_a_pool_now_shared_is_never_deleted():
+    state = manifests(delete_yaml("web"))
+    shared = dataclasses.replace(state, pools={**state.pools, "vmstore": dataclasses.replace(state.pools["vmstore"],
+                                                                                            shared=True)})
+    result = fleet.plan_fleet(shared, {"a": leftover(state, "web-root.qcow2"),
+                                       "b": host_state(moved(state, "web", LEFT), state=state)})
+    assert [type(s).__name__ for s in steps(result.host("a").plan, "web")] == ["ForgetMovedVolume"]
+
+
+def test_a_destination_plan_keeps_the_record_of_a_left_copy_when_it_redefines_the_vm():
+    state = manifests(delete_yaml("web"))
+    changed = manifests(delete_yaml("web").replace("memory: 1GiB", "memory: 2GiB"))
+    result = fleet.plan_fleet(changed, {"a": builders.actual(pools=()),
+                                        "b": host_state(moved(state, "web", LEFT), state=state)})
+    defines = [s for s in steps(result.host("b").plan, "web") if isinstance(s, plans.DefineDomain)]
+    assert defines and all(domxml.parse_owner(domxml.parse_tree(d.xml)).left_behind == (LEFT,) for d in defines)
+
+
+def test_a_vm_in_the_middle_of_a_libvirt_migration_is_never_touched_on_either_host():
+    state = manifests(vm_yaml("web", where="{host: b}"))
+    incoming = dataclasses.replace(running_on("a", state.vms["web"], power=model.PowerState.PAUSED), persistent=False)
+    result = fleet.plan_fleet(state, {"a": host_state(running_on("a", state.vms["web"]), state=state),
+                                      "b": host_state(incoming, state=state)})
+    assert result.split_brain == (fleet.SplitBrain("web", ("a", "b")),)
+    (problem,) = result.problems
+    assert "is being migrated from a to b by libvirt" in problem.message
+    assert steps(result.host("a").plan, "web") == [] and steps(result.host("b").plan, "web") == []
+    assert result.migrations == ()
+
+
+def test_a_uefi_vm_carries_its_nvram_and_a_copy_an_interrupted_move_began_is_replaced():
+    state = manifests(vm_yaml("web", where="{host: b}", halted=True))
+    domain = running_on("a", state.vms["web"], power=model.PowerState.SHUTOFF)
+    sending = (model.Sending("b", "vmstore", "web-root.qcow2"), model.Sending("b", *model.NVRAM),
+               model.Sending("c", "vmstore", "web-root.qcow2"))
+    definition = dataclasses.replace(domain.definition, firmware="efi",
+                                     owner=dataclasses.replace(domain.definition.owner, sending=sending))
+    domain = dataclasses.replace(domain, definition=definition, xml=domxml.render(definition))
+    (migration,) = fleet.plan_fleet(state, {"a": host_state(domain, state=state), "b": host_state(state=state)}).migrations
+    step = migration.steps[0]
+    assert step.nvram and step.replaces == (("vmstore", "web-root.qcow2"), model.NVRAM)
+    owner = domxml.parse_owner(domxml.parse_tree(step.xml))
+    assert owner.sending == () and model.LeftBehind("a", *model.NVRAM) in owner.left_behind
+    assert plans.DeleteMovedVolume(*model.NVRAM, "web", builders.UUID, "b", source="a") in migration.steps
+    nvram_line = next(c for c in migration.changes if c.path == "UEFI NVRAM on a")
+    assert nvram_line.impact is plans.Impact.LIVE and "lives on at b, so this is no data loss" in nvram_line.note
+    assert any("replaced by this move's copy" in note for note in migration.notes)
+
+
+def test_a_kept_nvram_is_left_behind_and_said_so():
+    state = manifests(vm_yaml("web", where="{host: b}", halted=True).replace("  memory: 1GiB\n",
+                                                                              "  memory: 1GiB\n  firmware: uefi\n  keepNvram: true\n"))
+    domain = running_on("a", state.vms["web"], power=model.PowerState.SHUTOFF)
+    definition = dataclasses.replace(domain.definition, firmware="efi")
+    domain = dataclasses.replace(domain, definition=definition, xml=domxml.render(definition))
+    (migration,) = fleet.plan_fleet(state, {"a": host_state(domain, state=state), "b": host_state(state=state)}).migrations
+    assert migration.steps[0].nvram
+    assert not [s for s in migration.steps if isinstance(s, plans.DeleteMovedVolume) and (s.pool, s.name) == model.NVRAM]
+    assert any("UEFI NVRAM on a is left behind after the move (keepNvram)" in note for note in migration.notes)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from reconciler.core import model
@@ -75,3 +77,30 @@ def test_a_problem_is_one_line_whatever_its_parts_hold(text):
     assert shown.splitlines() == [shown]
     assert "\x1b" not in shown and "\x00" not in shown
     assert shown.startswith("m/") and ":3: spec." in shown
+
+
+def test_the_storage_users_of_a_state_name_every_domain_using_a_volume_in_name_order():
+    """Each volume or file any domain uses, foreign ones too, maps to those domains sorted by name."""
+    shared = ("default", "shared.qcow2")
+    zeta = dataclasses.replace(builders.foreign("zeta"), storage=(shared, ("", "/srv/iso/boot.iso")))
+    alpha = dataclasses.replace(builders.foreign("alpha"), storage=(shared,))
+    state = builders.actual(zeta, alpha)
+    assert [d.name for d in state.storage_users()[shared]] == ["alpha", "zeta"]
+    assert [d.name for d in state.storage_users()[("", "/srv/iso/boot.iso")]] == ["zeta"]
+    assert ("default", "other.qcow2") not in state.storage_users()
+
+
+def test_the_macs_in_use_of_a_state_include_foreign_domains():
+    """A new NIC's MAC must avoid every domain's, kvmops' or not."""
+    nic = model.NicDevice(kind="network", source="default", mac="52:54:00:aa:bb:cc", model="virtio")
+    state = builders.actual(dataclasses.replace(builders.foreign("other"), nics=(nic,)))
+    assert state.macs_in_use() == {"52:54:00:aa:bb:cc"}
+
+
+def test_the_indexes_of_a_state_are_built_once():
+    """The planner asks them per VM: a second call returns the very same index, and a changed state its own."""
+    state = builders.actual(dataclasses.replace(builders.foreign("a"), storage=(("default", "a.qcow2"),)))
+    assert state.storage_users() is state.storage_users()
+    assert state.volumes_by_path() is state.volumes_by_path()
+    changed = dataclasses.replace(state, domains={})
+    assert changed.storage_users() == {}

@@ -222,7 +222,7 @@ def test_prune_stops_deletes_only_created_delete_volumes_and_then_undefines():
     old = resource(result, "old")
     assert old.actions == (Action.DELETE, Action.STOP)
     assert [(s.kind, getattr(s, "name", None)) for s in old.steps] == [
-        ("stop_domain", "old"), ("delete_volume", "old-scratch.qcow2"), ("undefine_domain", "old"),
+        ("stop_domain", "old"), ("move_volume_to_trash", "old-scratch.qcow2"), ("undefine_domain", "old"),
     ]  # the domain's mark, the record that the volume is kvmops' to delete, goes last
     assert changes(old)[f"volume {b.POOL}/old-scratch.qcow2"] == ("1 GiB", None, Impact.DATA_LOSS)
     assert f"volume {b.POOL}/old-root.qcow2 is kept (deletionPolicy Retain)" in old.notes
@@ -508,7 +508,7 @@ def test_disk_reordering_moves_targets_but_keeps_each_volume():
         "disks[cache].target": ("vdb", "vda", Impact.RESTART),
         "disks[root].target": ("vda", "vdb", Impact.RESTART),
     }
-    assert all(step.kind not in ("create_volume", "delete_volume") for step in vm.steps)
+    assert all(step.kind not in ("create_volume", "delete_volume", "move_volume_to_trash") for step in vm.steps)
 
 
 def test_pointing_a_disk_at_another_volume_is_a_replace():
@@ -517,7 +517,7 @@ def test_pointing_a_disk_at_another_volume_is_a_replace():
     assert changes(vm)["disks[root].volume"] == (f"{b.POOL}/web-root.qcow2", f"{b.POOL}/web-root-v2.qcow2", Impact.REPLACE)
     assert [s.name for s in vm.steps if isinstance(s, plans.CreateVolume)] == ["web-root-v2.qcow2"]
     assert f"volume {b.POOL}/web-root.qcow2 is detached and kept (deletionPolicy Retain)" in vm.notes
-    assert "delete_volume" not in kinds(vm.steps)
+    assert "delete_volume" not in kinds(vm.steps) and "move_volume_to_trash" not in kinds(vm.steps)
 
 
 def test_restart_pending_is_a_note_not_a_change():

@@ -134,12 +134,13 @@ def test_a_volume_an_interrupted_apply_was_creating_is_created_again_and_then_re
 
 
 def test_removing_a_delete_disk_from_a_stopped_vm_deletes_its_volume_after_the_redefinition():
-    """The volume of a removed Delete disk goes, after the domain stops referring to it."""
+    """The volume of a removed Delete disk goes (to the trash), after the domain stops referring to it."""
     base = b.vm("web", disks=(ROOT, SCRATCH), run_strategy=HALTED)
     spec = b.vm("web", disks=(ROOT,), run_strategy=HALTED)
     result, vm = vm_plan(spec, base, power=SHUTOFF)
-    assert kinds(vm) == ["define_domain", "delete_volume", "define_domain"]
-    assert vm.steps[1] == plans.DeleteVolume(b.POOL, "web-scratch.qcow2", "web", b.UUID)  # only while web is ours and off
+    assert kinds(vm) == ["define_domain", "move_volume_to_trash", "define_domain"]
+    move = vm.steps[1]
+    assert (move.pool, move.name, move.domain, move.uuid) == (b.POOL, "web-scratch.qcow2", "web", b.UUID)  # only while web is ours and off
     changes = {c.path: (c.old, c.new, c.impact) for c in vm.changes}
     assert changes[f"volume {b.POOL}/web-scratch.qcow2"] == ("1 GiB", None, Impact.DATA_LOSS)
     assert changes["disks[vdb]"] == (f"{b.POOL}/web-scratch.qcow2", None, Impact.LIVE)
@@ -156,7 +157,7 @@ def test_removing_a_delete_disk_from_a_running_vm_defers_the_deletion():
     base = b.vm("web", disks=(ROOT, SCRATCH))
     spec = b.vm("web", disks=(ROOT,))
     _, vm = vm_plan(spec, base, power=RUNNING)
-    assert "delete_volume" not in kinds(vm)
+    assert "delete_volume" not in kinds(vm) and "move_volume_to_trash" not in kinds(vm)
     assert kinds(vm) == ["define_domain"]
     assert not [c for c in vm.changes if c.impact is Impact.DATA_LOSS]  # nothing is destroyed by this plan
     (pending,) = [n for n in vm.notes if n.startswith("DATA LOSS pending")]
@@ -173,7 +174,7 @@ def test_deferred_deletion_happens_once_the_vm_is_off():
     actual = b.actual(b.domain(config, power=SHUTOFF),
                       volumes=(*b.volumes_of(spec), b.volume(b.POOL, "web-scratch.qcow2", b.GIB)))
     (vm,) = planner.plan_changes(b.desired(spec), actual).resources
-    assert kinds(vm) == ["delete_volume", "define_domain"]
+    assert kinds(vm) == ["move_volume_to_trash", "define_domain"]
 
 
 def test_halting_a_vm_deletes_its_removed_delete_disk_after_the_stop():
@@ -181,7 +182,7 @@ def test_halting_a_vm_deletes_its_removed_delete_disk_after_the_stop():
     base = b.vm("web", disks=(ROOT, SCRATCH))
     spec = b.vm("web", disks=(ROOT,), run_strategy=HALTED)
     _, vm = vm_plan(spec, base, power=RUNNING)
-    assert kinds(vm) == ["define_domain", "stop_domain", "delete_volume", "define_domain"]
+    assert kinds(vm) == ["define_domain", "stop_domain", "move_volume_to_trash", "define_domain"]
     assert vm.actions == (Action.UPDATE, Action.STOP)
 
 
@@ -238,7 +239,7 @@ def test_pruning_never_deletes_a_volume_a_declared_vm_uses():
     renamed = b.vm("web2", disks=(dataclasses.replace(ROOT, volume="web-root.qcow2", deletion_policy=DELETE),))
     actual = b.actual(b.domain(b.definition(old)), volumes=b.volumes_of(old))
     result = planner.plan_changes(b.desired(renamed), actual)
-    deleted = [s for r in result.resources for s in r.steps if isinstance(s, plans.DeleteVolume)]
+    deleted = [s for r in result.resources for s in r.steps if isinstance(s, (plans.DeleteVolume, plans.MoveVolumeToTrash))]
     assert deleted == []
 
 
@@ -255,7 +256,7 @@ def test_moving_a_disk_to_another_vm_does_not_delete_it():
         volumes=b.volumes_of(a_before, c_before),
     )
     result = planner.plan_changes(b.desired(a_after, c_after), actual)
-    deleted = [s for r in result.resources for s in r.steps if isinstance(s, plans.DeleteVolume)]
+    deleted = [s for r in result.resources for s in r.steps if isinstance(s, (plans.DeleteVolume, plans.MoveVolumeToTrash))]
     assert deleted == []
     assert all(c.impact is not Impact.DATA_LOSS for r in result.resources for c in r.changes)
 
@@ -381,5 +382,5 @@ def test_a_removed_delete_disk_of_a_vm_that_is_off_is_deleted_before_the_vm_star
     base = b.vm("web", disks=(ROOT, SCRATCH))
     spec = b.vm("web", disks=(ROOT,))
     _, vm = vm_plan(spec, base, power=SHUTOFF)
-    assert kinds(vm) == ["define_domain", "delete_volume", "define_domain", "start_domain"]
+    assert kinds(vm) == ["define_domain", "move_volume_to_trash", "define_domain", "start_domain"]
     assert vm.actions == (Action.UPDATE, Action.START)

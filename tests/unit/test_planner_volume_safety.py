@@ -43,7 +43,10 @@ def vm_plan(result: plans.Plan, name: str = "web") -> plans.ResourcePlan:
     return found
 
 
-def steps(resource: plans.ResourcePlan, kind: type) -> list:
+REMOVALS = (plans.DeleteVolume, plans.MoveVolumeToTrash)  # a volume moved to the trash is gone from its pool too
+
+
+def steps(resource: plans.ResourcePlan, kind: type | tuple[type, ...]) -> list:
     return [s for s in resource.steps if isinstance(s, kind)]
 
 
@@ -62,7 +65,7 @@ def test_pruning_keeps_a_delete_volume_a_foreign_domain_uses_and_names_the_user(
     spec = web()
     state = with_foreign(b.actual(b.domain(b.definition(spec), power=SHUTOFF), volumes=b.volumes_of(spec)), foreign_user())
     prune = vm_plan(plan(b.desired(b.vm("other")), state))
-    assert steps(prune, plans.UndefineDomain) and not steps(prune, plans.DeleteVolume)
+    assert steps(prune, plans.UndefineDomain) and not steps(prune, REMOVALS)
     assert not [c for c in prune.changes if c.impact is plans.Impact.DATA_LOSS]
     assert "volume vmstore/web-root.qcow2 is kept: also used by domain foo (foreign, running)" in prune.notes
 
@@ -77,7 +80,7 @@ def test_pruning_keeps_a_delete_volume_a_vm_of_another_scope_uses():
         name: dataclasses.replace(d, storage=((b.POOL, "web-root.qcow2"),)) for name, d in state.domains.items()
     })
     prune = vm_plan(plan(b.desired(b.vm("other")), state))
-    assert not steps(prune, plans.DeleteVolume)
+    assert not steps(prune, REMOVALS)
     assert "volume vmstore/web-root.qcow2 is kept: also used by domain elsewhere (kvmops, scope team-b, shutoff)" in prune.notes
 
 
@@ -87,7 +90,7 @@ def test_a_detached_delete_volume_stays_recorded_while_another_domain_uses_it():
     state = with_foreign(b.actual(b.domain(b.definition(spec), power=SHUTOFF), volumes=b.volumes_of(spec)), foreign_user())
     smaller = web(b.disk("data", b.GIB, target="vdb"), run_strategy=model.RunStrategy.HALTED)
     result = vm_plan(plan(b.desired(smaller), state))
-    assert not steps(result, plans.DeleteVolume)
+    assert not steps(result, REMOVALS)
     assert "volume vmstore/web-root.qcow2 is detached and kept: also used by domain foo (foreign, running)" in result.notes
     (define,) = steps(result, plans.DefineDomain)
     assert domxml.parse(define.xml).owner.volume(b.POOL, "web-root.qcow2") is not None
@@ -221,7 +224,7 @@ def test_a_detached_volume_of_an_unbound_mark_waits_for_the_binding():
     state = b.actual(b.domain(config, power=SHUTOFF), volumes=b.volumes_of(spec))
     smaller = web(b.disk("data", b.GIB, target="vdb"), run_strategy=model.RunStrategy.HALTED)
     result = vm_plan(plan(b.desired(smaller), state))
-    assert not steps(result, plans.DeleteVolume)
+    assert not steps(result, REMOVALS)
     (define,) = steps(result, plans.DefineDomain)
     owner = domxml.parse(define.xml).owner
     assert owner.bound_uuid == b.UUID and owner.volume(b.POOL, "web-root.qcow2") is not None

@@ -59,8 +59,9 @@ def test_text_shows_old_and_new_values_with_their_impact():
 def test_text_calls_out_data_loss_in_words():
     """A deleted volume is labelled data-loss on its line and repeated in a DATA LOSS footer."""
     text = render.text(busy_plan())
-    assert f"- volume {b.POOL}/old-scratch.qcow2  1 GiB  (data-loss)  DATA LOSS: deleted with the VM" in text
-    assert f"DATA LOSS: VirtualMachine old: volume {b.POOL}/old-scratch.qcow2 is destroyed" in text
+    assert f"- volume {b.POOL}/old-scratch.qcow2  1 GiB  (data-loss)  DATA LOSS: removed with the VM" in text
+    assert (f"DATA LOSS: VirtualMachine old: volume {b.POOL}/old-scratch.qcow2 moved to the trash, final after "
+            "1970-01-02 00:00 UTC") in text  # the plan's clock (Settings.now) is 0 here
 
 
 def test_text_lists_foreign_domains_as_ignored():
@@ -141,7 +142,7 @@ def test_json_lists_resources_with_steps_changes_and_problems():
     assert list(step)[:3] == ["kind", "name", "uuid"]
     assert (step["kind"], step["uuid"]) == ("define_domain", b.UUID) and step["xml"].startswith("<domain")
     old = next(r for r in data["resources"] if r["name"] == "old")
-    assert [s["kind"] for s in old["steps"]] == ["stop_domain", "delete_volume", "undefine_domain"]
+    assert [s["kind"] for s in old["steps"]] == ["stop_domain", "move_volume_to_trash", "undefine_domain"]
     assert data["foreign"] == ["win10"]
     assert data["prune"] == {"suspended": False, "reason": None, "kept": []}
     assert data["summary"]["actions"] == {"create": 0, "update": 2, "delete": 1, "start": 0, "stop": 2, "migrate": 0}

@@ -24,7 +24,7 @@ The planner is split by what it plans: :mod:`.pools`, :mod:`.networks`, :mod:`.i
 
 from __future__ import annotations
 
-from reconciler.core import model
+from reconciler.core import disposal, model
 from reconciler.core import plan as plans
 from reconciler.core import policy as policies
 from reconciler.core.planner.domain_definition import new_mac, new_uuid, password_salt
@@ -33,16 +33,16 @@ from reconciler.core.planner.host import UNDECIDED_VIRT_TYPE, host_is_local, res
 from reconciler.core.planner.images import plan_image, plan_import_leftovers
 from reconciler.core.planner.marks import UNBOUND_MARK_KEPT, mark_is_unbound, mark_warnings, scope_of
 from reconciler.core.planner.networks import network_problems, orphan_networks, plan_network, plan_network_prune
-from reconciler.core.planner.pools import plan_pool, pool_problems, refused_pool_path, vm_pools
+from reconciler.core.planner.pools import plan_pool, pool_problems, refused_pool_path
 from reconciler.core.planner.prune import plan_prune, prune_suspension
 from reconciler.core.planner.settings import Settings
-from reconciler.core.planner.sharing import volume_users, wanted_volumes
+from reconciler.core.planner.sharing import vm_volumes, volume_users, wanted_volumes
 from reconciler.core.planner.vms import desired_definition, plan_vm
 
 __all__ = [
     "Settings", "UNBOUND_MARK_KEPT", "UNDECIDED_VIRT_TYPE", "desired_definition", "host_is_local", "mark_is_unbound",
     "mark_warnings", "network_problems", "new_mac", "new_uuid", "password_salt", "plan_changes", "pool_problems",
-    "refused_pool_path", "resolve_virt_type", "restart_pending", "scope_of", "vm_pools", "volume_users", "wanted_volumes",
+    "refused_pool_path", "resolve_virt_type", "restart_pending", "scope_of", "vm_volumes", "volume_users", "wanted_volumes",
 ]
 
 
@@ -99,6 +99,16 @@ def plan_changes(
         kept = tuple(d.name for d in owned_orphans) + tuple(f"network {n.name}" for n in orphaned_networks)
     else:
         resources.extend(prunes)
+    # Purging is final, so it waits whenever pruning would: a broken manifest, pruning turned off.
+    held = suspended or (None if settings.prune else settings.no_prune_reason)
+    if held is None and problems:
+        held = f"{len(problems)} problem(s) in the manifests"
+    if held is None and rules is not None and not rules.allow_data_loss:
+        held = "the host policy does not allow data loss (policy.allowDataLoss: false)"
+    resources.extend(disposal.plan_trash(
+        actual, retention=settings.trash_retention, now=settings.now, scope=settings.scope, held=held,
+        claimed={claim.key for claim in disposal.claims_in_use(actual, desired, settings.scope).values()},
+    ))
 
     foreign = tuple(name for name, d in sorted(actual.domains.items()) if not d.owned)
     return plans.Plan(
@@ -109,7 +119,9 @@ def plan_changes(
         prune_suspended=suspended,
         kept=kept,
         elsewhere=elsewhere,
-        warnings=mark_warnings(actual, desired, settings),
+        warnings=mark_warnings(actual, desired, settings) + tuple(
+            f"{why}; purges due there, if any, are not in this plan" for why in actual.trash_unreadable
+        ),
         declared=(("VirtualMachine", len(desired.vms)), ("StoragePool", len(desired.pools)),
                   ("Network", len(desired.networks)), ("Image", len(desired.images))),
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import uuid as uuids
+from collections.abc import Container
 
 from reconciler.core import domxml, fields, model, password
 
@@ -44,17 +45,13 @@ class VMDefinition:
         return owner is not None and owner.install_pending and not self.active
 
     def _definition(self, owned_volumes: tuple[model.OwnedVolume, ...], *, install: bool) -> model.DomainDefinition:
+        """Return the definition to write: the declared simple fields as the spec says them, the rest built here.
+
+        Where what libvirt wrote satisfies what the manifest asks (a field left to libvirt,
+        or an alias such as the machine ``q35`` of ``pc-q35-7.2``), the observed value is kept.
+        """
         spec, domain = self.spec, self.domain
         observed = domain.definition if domain is not None else None
-        machine = spec.machine
-        if observed is not None and (machine is None or fields.machine_matches(machine, observed.machine)):
-            machine = observed.machine  # unmanaged, or an alias (q35) of what libvirt wrote (pc-q35-7.2)
-        cpu_mode, cpu_model = spec.cpu_mode, spec.cpu_model
-        if cpu_mode is None and observed is not None:
-            cpu_mode, cpu_model = observed.cpu_mode, observed.cpu_model
-        boot = spec.boot
-        if not boot and observed is not None and observed.boot == fields.LIBVIRT_BOOT:
-            boot = observed.boot  # `boot: []` is no order, and libvirt writes what no order means
         kernel = initrd = cmdline = None
         if install and spec.install is not None:
             kernel = self._file_path(spec.install.kernel, "spec.install.kernel")
@@ -69,17 +66,15 @@ class VMDefinition:
             seed = spec.cloud_init
             cdroms.append(model.DiskDevice(target=next(spare), bus="sata", pool=seed.pool, volume=seed.volume, device="cdrom"))
         uuid = observed.uuid if observed is not None else (spec.uuid or new_uuid(self.scope, spec))
-        return model.DomainDefinition(
+        definition = model.DomainDefinition(
             name=spec.name,
             uuid=uuid,
             virt_type=self.virt_type,
-            vcpus=spec.vcpus,
             memory=spec.memory,
             max_memory=spec.max_memory,
             disks=tuple(model.DiskDevice(target=d.target, bus=d.bus, pool=d.pool, volume=d.volume) if d.path is None
                         else self._path_device(d) for d in spec.disks),
             nics=self._nics(observed, uuid),
-            console=spec.console,
             graphics=spec.graphics,
             owner=model.Ownership(
                 spec.manifest, spec.digest, spec.run_strategy, owned_volumes, scope=self.scope,
@@ -91,21 +86,24 @@ class VMDefinition:
                 bound_name=spec.name, bound_uuid=uuid or "",
                 start_pending=self._first_start_pending(),
                 fleet=self.fleet, host=self.host,
+                # owed deletions on the host the VM came from: only the fleet's cleanup drops them
+                left_behind=observed.owner.left_behind if observed is not None and observed.owner is not None else (),
+                sending=observed.owner.sending if observed is not None and observed.owner is not None else (),
             ),
-            firmware=spec.firmware,
-            machine=machine,
-            cpu_mode=cpu_mode,
-            cpu_model=cpu_model,
-            boot=boot,
             kernel=kernel,
             initrd=initrd,
             cmdline=cmdline,
             cdroms=tuple(cdroms),
-            guest_agent=spec.guest_agent,
-            hugepages=spec.hugepages,
             graphics_listen=spec.graphics_listen if spec.graphics != "none" else None,
             graphics_password=spec.graphics_password,
+            **{name: getattr(spec, name) for declared in fields.SIMPLE_FIELDS for name in declared.attrs},
         )
+        if observed is None:
+            return definition
+        return dataclasses.replace(definition, **{
+            name: getattr(observed, name)
+            for declared in fields.SIMPLE_FIELDS if declared.satisfied_by(observed, definition) for name in declared.attrs
+        })
 
     def _cdrom_device(self, target: str, observed: model.DomainDefinition | None) -> model.DiskDevice:
         """Return the CD-ROM drive of the manifest: media of a pool, any existing file, or none.
@@ -158,13 +156,13 @@ class VMDefinition:
         nics = _resolve_macs(self.spec.nics, observed.nics if observed is not None else ())
         if all(nic.mac for nic in nics):
             return nics
-        taken = {n.mac for d in self.actual.domains.values() for n in d.nics if n.mac}
-        taken |= {n.mac for n in nics if n.mac}
+        in_use = self.actual.macs_in_use()  # indexed once per state, not copied per VM
+        own = {n.mac for n in nics if n.mac}
         resolved = []
         for index, nic in enumerate(nics):
             if nic.mac is None:
-                nic = dataclasses.replace(nic, mac=new_mac(f"{uuid}/{index}", taken))
-                taken.add(nic.mac)
+                nic = dataclasses.replace(nic, mac=new_mac(f"{uuid}/{index}", in_use, own))
+                own.add(nic.mac)
             resolved.append(nic)
         return tuple(resolved)
 
@@ -186,12 +184,12 @@ def new_uuid(scope: str, spec: model.VMSpec) -> str:
     return str(uuids.uuid5(_UUID_NAMESPACE, f"{scope}/{spec.name}/{spec.digest}"))
 
 
-def new_mac(seed: str, taken: set[str]) -> str:
-    """Return a MAC in QEMU's 52:54:00 range derived from ``seed``, avoiding ``taken`` ones."""
+def new_mac(seed: str, *taken: Container[str]) -> str:
+    """Return a MAC in QEMU's 52:54:00 range derived from ``seed``, in none of ``taken``."""
     for attempt in range(1000):
         digest = hashlib.sha256(f"{seed}/{attempt}".encode()).digest()
         mac = "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
-        if mac not in taken:
+        if not any(mac in macs for macs in taken):
             return mac
     raise ValueError("no free MAC address found")  # 1000 collisions in 2**24: not this universe
 

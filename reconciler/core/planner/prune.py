@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import posixpath
 
-from reconciler.core import domxml, model
+from reconciler.core import disposal, domxml, model
 from reconciler.core import plan as plans
 from reconciler.core.plan import Action, FieldChange, Impact
 from reconciler.core.planner.settings import Settings
@@ -64,11 +64,15 @@ def plan_prune(
             # Every other user is pruned by this plan and asks for the deletion too: the last
             # of them by name deletes it, after the others' resources (their undefines) succeeded.
             requires.extend(f"VirtualMachine/{name}" for name in sorted(co_pruned))
-            steps.append(plans.DeleteVolume(record.pool, record.name, domain.name, domain.uuid, tuple(sorted(co_pruned))))
+            removal, loss = disposal.removal(
+                volume, actual, retention=settings.trash_retention, now=settings.now, scope=settings.scope,
+                domain=domain.name, uuid=domain.uuid, reason=f"pruned with VM {domain.name}", after=tuple(sorted(co_pruned)),
+            )
+            steps.append(removal)
             changes.append(FieldChange(
                 f"volume {record.pool}/{record.name}", format_bytes(volume.capacity), None, Impact.DATA_LOSS,
-                note=f"DATA LOSS: deleted with the VM (deletionPolicy Delete), after VM {', '.join(sorted(co_pruned))} "
-                     "(also pruned, sharing it) is gone",
+                note=f"DATA LOSS: removed with the VM (deletionPolicy Delete), after VM {', '.join(sorted(co_pruned))} "
+                     "(also pruned, sharing it) is gone", loss=loss,
             ))
         elif (shared := kept_for_users(actual, record, domain.name)) is not None:
             notes.append(shared)
@@ -80,10 +84,14 @@ def plan_prune(
                 note="generated seed ISO removed with the VM (not data)",
             ))
         elif record.created and record.deletion_policy is model.DeletionPolicy.DELETE:
-            steps.append(plans.DeleteVolume(record.pool, record.name, domain.name, domain.uuid))
+            removal, loss = disposal.removal(
+                volume, actual, retention=settings.trash_retention, now=settings.now, scope=settings.scope,
+                domain=domain.name, uuid=domain.uuid, reason=f"pruned with VM {domain.name}",
+            )
+            steps.append(removal)
             changes.append(FieldChange(
                 f"volume {record.pool}/{record.name}", format_bytes(volume.capacity), None, Impact.DATA_LOSS,
-                note="DATA LOSS: deleted with the VM (deletionPolicy Delete)",
+                note="DATA LOSS: removed with the VM (deletionPolicy Delete)", loss=loss,
             ))
         else:
             why = "deletionPolicy Retain" if record.created else "kvmops did not create it"
@@ -124,7 +132,8 @@ def _pruned_together(
     volume = actual.volumes.get((record.pool, record.name))
     if volume is not None and volume.path:
         keys.add(("", posixpath.normpath(volume.path)))
-    users = {d.name for d in actual.domains.values() if d.name != domain and keys.intersection(d.storage)}
+    using = actual.storage_users()
+    users = {d.name for key in keys for d in using.get(key, ()) if d.name != domain}
     for name in users:
         other = pruned.get(name)
         owner = other.definition.owner if other is not None and other.definition is not None else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from reconciler.core import policy as policies
+from reconciler.core import trash
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,8 @@ class Settings:
     password_salt: bytes = b""  # entropy for new graphics password digests (the shell passes random bytes)
     policy: policies.Policy | None = None  # the host's policy (configuration file); None: none is set
     allow_mass_prune: bool = False  # a prune larger than the policy's maxPrunePerPass goes ahead (--allow-mass-prune)
+    trash_retention: int = trash.DEFAULT_RETENTION  # seconds a deleted volume stays restorable; 0: deleted at once
+    now: int = 0  # epoch seconds, from the shell: when volumes moved to the trash count as deleted
     # In a fleet (core.fleet): the fleet and Host written in the marks, and the domains this
     # host's plan holds as they are, neither changed nor pruned (migrating away, split brain).
     fleet: str = ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Mapping
 
 from reconciler.core import model
 from reconciler.core.planner.marks import scope_of
@@ -12,6 +13,18 @@ def wanted_volumes(desired: model.DesiredState) -> set[tuple[str, str]]:
     """Return every (pool, volume) the manifests use (disks, images): such a volume is never deleted."""
     volumes = {(disk.pool, disk.volume) for spec in desired.vms.values() for disk in spec.disks if disk.path is None}
     volumes |= {(image.pool, image.volume) for image in desired.images.values()}
+    return volumes
+
+
+def vm_volumes(spec: model.VMSpec, images: Mapping[str, model.ImageSpec]) -> set[tuple[str, str]]:
+    """Return every (pool, volume) VM ``spec`` names: its disks, the images they start from, its media and seed."""
+    volumes = {(disk.pool, disk.volume) for disk in spec.disks if disk.path is None}
+    volumes |= {(images[disk.image].pool, images[disk.image].volume) for disk in spec.disks
+                if disk.image is not None and disk.image in images}
+    files = [spec.cdrom] + ([spec.install.kernel, spec.install.initrd] if spec.install is not None else [])
+    volumes |= {(ref.pool, ref.volume) for ref in files if ref is not None and ref.pool and ref.volume is not None}
+    if spec.cloud_init is not None:
+        volumes.add((spec.cloud_init.pool, spec.cloud_init.volume))
     return volumes
 
 
@@ -25,9 +38,11 @@ def volume_users(actual: model.ActualState, pool: str, name: str, *, besides: st
     volume = actual.volumes.get((pool, name))
     if volume is not None and volume.path:
         keys.add(("", posixpath.normpath(volume.path)))
+    using = actual.storage_users()
+    found = {other.name: other for key in keys for other in using.get(key, ())}
     users = []
-    for other in sorted(actual.domains.values(), key=lambda d: d.name):
-        if other.name != besides and keys.intersection(other.storage):
+    for other in (found[name] for name in sorted(found)):
+        if other.name != besides:
             if not other.owned:
                 whose = "foreign"
             else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from reconciler.core import model, storagexml
+from reconciler.core import disposal, model, storagexml
 from reconciler.core import plan as plans
 from reconciler.core.plan import FieldChange, Impact
 from reconciler.core.planner.domain_definition import new_uuid
@@ -71,7 +71,11 @@ class VMStorage:
                 created = True
             else:
                 created = recorded.created if recorded is not None else False
-                if recorded is None:
+                claim = disposal.claim_for(actual, disk.pool, disk.volume, scope=self.scope, vm=spec.name)
+                if claim is not None and (recorded is None or recorded.created):
+                    created = True  # restored from the trash: still the volume kvmops created for this VM
+                    self.restored.append(claim)
+                elif recorded is None:
                     self.notes.append(
                         f"attaches existing volume {disk.pool}/{disk.volume}, which kvmops did not create: used as-is, "
                         "never resized or deleted"
@@ -156,12 +160,16 @@ class VMStorage:
                     "deleted once the VM is stopped (deletionPolicy Delete)"
                 )
                 continue
-            deletions.append(plans.DeleteVolume(record.pool, record.name, spec.name, domain.uuid))
+            removal, loss = disposal.removal(
+                volume, actual, retention=self.settings.trash_retention, now=self.settings.now, scope=self.scope,
+                domain=spec.name, uuid=domain.uuid, reason=f"disk removed from VM {spec.name}",
+            )
+            deletions.append(removal)
             records.append(record)  # kept until the volume is gone: a crash in between must not orphan it
             self.deleting.add((record.pool, record.name))
             self.changes.append(FieldChange(
                 f"volume {record.pool}/{record.name}", format_bytes(volume.capacity), None, Impact.DATA_LOSS,
-                note="DATA LOSS: the volume is deleted (deletionPolicy Delete)",
+                note="DATA LOSS: the volume is removed (deletionPolicy Delete)", loss=loss,
             ))
         return steps, tuple(records), deletions
 

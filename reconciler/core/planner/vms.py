@@ -7,7 +7,7 @@ decisions and the order of the steps are here.
 
 from __future__ import annotations
 
-from reconciler.core import domxml, model
+from reconciler.core import disposal, domxml, model, trash
 from reconciler.core import plan as plans
 from reconciler.core.plan import Action, FieldChange, Impact
 from reconciler.core.planner.domain_definition import VMDefinition, started
@@ -15,7 +15,7 @@ from reconciler.core.planner.domain_diff import VMDiff
 from reconciler.core.planner.host import resolve_virt_type
 from reconciler.core.planner.marks import scope_of
 from reconciler.core.planner.networks import network_problems
-from reconciler.core.planner.pools import pool_problems, vm_pools
+from reconciler.core.planner.pools import pool_problems
 from reconciler.core.planner.settings import Settings
 from reconciler.core.planner.sharing import wanted_volumes
 from reconciler.core.planner.storage import VMStorage
@@ -56,7 +56,7 @@ def plan_vm(
         problems.append(spec.origin.problem("spec.virtType", why))
     problems.extend(pool_problems(spec, desired.pools, actual.pools, actual.host.uri))
     problems.extend(network_problems(spec, desired.networks, actual.networks, actual.host.uri))
-    requires = [f"StoragePool/{name}" for _, name in vm_pools(spec) if name in desired.pools]
+    requires = [f"StoragePool/{name}" for _, name in spec.pools_by_field() if name in desired.pools]
     requires += [f"Network/{n.source}" for n in spec.nics if n.kind == "network" and n.source in desired.networks]
     requires += [f"Image/{d.image}" for d in spec.disks if d.image is not None]
     if domain is not None and domain.definition is None:
@@ -101,6 +101,7 @@ class VMPlanBuilder(VMStorage, VMDefinition, VMDiff):
         self.active = domain is not None and domain.power.active
         self.claimed: set[tuple[str, str]] = claimed  # volumes some VM in the manifests attaches
         self.scope = settings.scope
+        self.settings = settings
         self.fleet, self.host = settings.fleet, settings.host
         self.password_salt = settings.password_salt
         self.desired: model.DesiredState = desired
@@ -110,6 +111,7 @@ class VMPlanBuilder(VMStorage, VMDefinition, VMDiff):
         self.problems: list[model.Problem] = []
         self.creating: set[tuple[str, str]] = set()  # volumes this plan creates (their records start pending)
         self.deleting: set[tuple[str, str]] = set()  # volumes this plan deletes (their records go after them)
+        self.restored: list[trash.TrashEntry] = []  # claims of restored volumes this VM records as created again
 
     def build(self, base: dict, requires: tuple[str, ...]) -> plans.ResourcePlan:
         spec, domain = self.spec, self.domain
@@ -118,6 +120,7 @@ class VMPlanBuilder(VMStorage, VMDefinition, VMDiff):
         definition = self._definition(owned_volumes, install=self._install_now())
         if self.problems:  # a refused change (a shrink) leaves the whole VM as it is
             return plans.ResourcePlan(**base, problems=tuple(self.problems), notes=tuple(self.notes))
+        claims = self._claim_removals()  # after the definition that records the restored volumes as created
         steps: list[plans.Step] = list(storage_steps)
         actions: list[Action] = []
 
@@ -132,6 +135,7 @@ class VMPlanBuilder(VMStorage, VMDefinition, VMDiff):
                          *storage_steps, plans.DefineDomain(spec.name, definition.uuid, domxml.render(definition))]
             else:
                 steps.append(plans.DefineDomain(spec.name, definition.uuid, domxml.render(definition), create=True))
+            steps.extend(claims)
             if spec.autostart:
                 steps.append(plans.SetAutostart(spec.name, True))
             if spec.run_strategy is not model.RunStrategy.HALTED:
@@ -177,6 +181,9 @@ class VMPlanBuilder(VMStorage, VMDefinition, VMDiff):
             steps.append(plans.StopDomain(spec.name, self.timeout))
         # Volumes go while the domain is off: after a stop, before a start.
         steps.extend(deletions)
+        steps.extend(claims)
+        if claims and Action.UPDATE not in actions:
+            actions.insert(0, Action.UPDATE)
         if self.deleting:  # the records of deleted volumes go only once the volumes are gone
             final = self._without_records(definition, self.deleting)
             xml = domxml.patch(domain.xml, final, volumes_by_path=self.actual.volumes_by_path()) if domain.xml else domxml.render(final)
@@ -208,6 +215,18 @@ class VMPlanBuilder(VMStorage, VMDefinition, VMDiff):
         )
 
     # -- power --
+
+    def _claim_removals(self) -> list[plans.Step]:
+        """Return the removal of the trash's claims of the restored volumes this VM records as created again."""
+        steps = []
+        for claim in self.restored:
+            step, change = disposal.consume_claim(claim, self.actual)
+            steps.append(step)
+            self.changes.append(change)
+            self.notes.append(f"volume {claim.pool}/{claim.volume} was restored from the trash (deleted "
+                              f"{trash.format_instant(claim.deleted_at)} from this VM): kvmops records it as the volume "
+                              "it created, as before")
+        return steps
 
     def _should_start(self) -> bool:
         domain, strategy = self.domain, self.spec.run_strategy

@@ -22,6 +22,8 @@ class ControllerSettings:
     workers: int = execute.DEFAULT_WORKERS
     termination_grace: float = 30.0
     listen: str = ""
+    listen_token_file: str = ""  # /status and /metrics need this file's bearer token
+    listen_insecure: bool = False  # serve beyond loopback without a token
     state_dir: Path = field(default_factory=hostlock.default_state_dir)
     reconnect_max_delay: float = 5.0
     git: gitsource.GitSettings | None = None  # follow a branch instead of watching ``path``

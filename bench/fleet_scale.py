@@ -1,0 +1,347 @@
+"""Benchmark: a no-op plan of a fleet of simulated hosts (default 50 hosts x 200 VMs = 10,000 VMs).
+
+What is measured
+    Each host is libvirt's in-process test driver, its own ``test:///<node.xml>``
+    connection (pool ``default`` and network ``default``, as in plan_scale.py).  One
+    repository holds a Host manifest per host (``spec.uri`` its test-driver URI) and the
+    VMs (1 vCPU, 64 MiB, one disk, one NIC, named ``kvmops-bench-fleet-hNN-vNNNN``), each
+    pinned to its host (``placement.host``).  The fleet is converged once (a fleet plan,
+    each host's plan executed on its connection), then its no-op plan is timed, the way a
+    fleet pass runs: read and validate the repository once, observe every host on a thread
+    pool, then :func:`reconciler.core.fleet.plan_fleet` (placement, then each host's plan):
+
+      1 thread      the hosts observed one after the other
+      threads       observed on a pool of ``--workers`` threads (bounded concurrency)
+      cold          threads, after forgetting what earlier passes parsed (the YAML,
+                    validation and domain-XML memos): what a fresh ``kvmops plan``
+                    process pays; warm is what the controller pays every pass
+
+    ``--per-host`` times the other way: a manifest directory and one
+    ``reconcile.make_plan`` per host (no Host manifests), on the same pool.
+
+    Wall and CPU seconds are printed (medians of ``--reps``): the machine is shared, and
+    other load inflates wall time but not the CPU time this process spends.  Two fleet
+    sizes are timed (``--fleets``, default 5x200 and 50x200) so that the growth with the
+    VM count shows: "growth/linear" 1.00x means the cost grows exactly as the VM count.
+
+    The test driver answers in-process, so there is no network round trip: threads
+    overlap only libvirt's own calls (which release the GIL); with real hosts they also
+    overlap the latency of every remote call, which is what the pool is for.
+
+Targets
+    * the whole fleet (50 x 200): a no-op plan under 5 s (threads, warm) on this 2-core machine;
+    * linear: per-VM CPU time of the largest fleet at most 1.25x that of the smallest.
+
+Usage (from the repository root)::
+
+    .venv/bin/python bench/fleet_scale.py [--fleets 5x200 50x200] [--workers 8] [--reps 3] [--per-host]
+
+This is a benchmark: it prints numbers and exits 0 whether or not the targets are met
+(1 only when a converge fails or a "no-op" plan is not empty).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import structlog  # noqa: E402
+
+from reconciler.adapters import hypervisor as hv  # noqa: E402
+from reconciler.adapters import manifests  # noqa: E402
+from reconciler.core import actual, fleet, planner, validation  # noqa: E402
+from reconciler.runtime import execute, observe, reconcile  # noqa: E402
+
+PREFIX = "kvmops-bench-fleet-"
+TARGET_SECONDS = 5.0
+TARGET_GROWTH = 1.25
+
+NODE_XML = """\
+<node>
+  <pool type='dir'>
+    <name>default</name>
+    <target><path>/var/lib/libvirt/images</path></target>
+  </pool>
+  <network>
+    <name>default</name>
+    <bridge name='virbr0'/>
+    <forward/>
+    <ip address='192.168.122.1' netmask='255.255.255.0'/>
+  </network>
+</node>
+"""
+
+VM_MANIFEST = """\
+apiVersion: kvmops/v1
+kind: VirtualMachine
+metadata:
+  name: {name}
+  labels:
+    app: bench
+spec:
+  vcpus: 1
+  memory: 64MiB
+  disks:
+    - name: root
+      pool: default
+      size: 1GiB
+  networks:
+    - network: default
+  console: serial
+  graphics: none
+  runStrategy: Always
+"""
+
+
+HOST_MANIFEST = """\
+---
+apiVersion: kvmops/v1
+kind: Host
+metadata:
+  name: {name}
+  labels:
+    rack: r{rack}
+spec:
+  uri: {uri}
+  capacity:
+    vcpus: 1024
+    memory: 1TiB
+"""
+
+PLACED = "  placement:\n    host: {host}\n"
+
+
+class Host:
+    """One simulated hypervisor: its own test-driver connection (the driver keeps its state in it)."""
+
+    def __init__(self, index: int, workdir: Path) -> None:
+        self.name = f"h{index:02d}"
+        workdir.mkdir(parents=True)
+        node = workdir / "node.xml"
+        node.write_text(NODE_XML, encoding="utf-8")
+        self.uri = f"test://{node}"
+        self.hypervisor: hv.Hypervisor | None = hv.Hypervisor.open(self.uri)
+
+    def close(self) -> None:
+        if self.hypervisor is not None:
+            self.hypervisor.close()
+            self.hypervisor = None
+
+
+def forget_parsed() -> None:
+    """Forget what earlier passes parsed, as a fresh process would have."""
+    manifests._PARSED.clear()
+    validation._VALID_BODIES.clear()
+    actual._READ.clear()
+
+
+def write_vms(directory: Path, names: list[str], host: str | None) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        text = VM_MANIFEST.format(name=name) + (PLACED.format(host=host) if host else "")
+        (directory / f"{name}.yaml").write_text(text, encoding="utf-8")
+
+
+class Fleet:
+    """``hosts`` simulated hosts with ``vms`` VMs each, planned the fleet's way or host by host.
+
+    ``fleet`` mode: one repository with a Host manifest per host and every VM pinned to its
+    host (``placement.host``); a pass reads it once, observes every host on a thread pool
+    and calls :func:`reconciler.core.fleet.plan_fleet`.  ``per-host`` mode: a manifest
+    directory per host and one ``reconcile.make_plan`` per host, on the same thread pool.
+    """
+
+    def __init__(self, hosts: int, vms: int, workdir: Path, mode: str) -> None:
+        self.label = f"{hosts}x{vms}"
+        self.count = hosts * vms
+        self.mode = mode
+        self.settings = planner.Settings()
+        self.hosts = [Host(index, workdir / f"h{index:02d}") for index in range(hosts)]
+        names = {h.name: [f"{PREFIX}{h.name}-v{n:04d}" for n in range(vms)] for h in self.hosts}
+        if mode == "fleet":
+            self.path = str(workdir / "manifests")
+            (workdir / "manifests" / "hosts").mkdir(parents=True)
+            (workdir / "manifests" / "hosts" / "hosts.yaml").write_text("".join(
+                HOST_MANIFEST.format(name=h.name, rack=index % 5, uri=h.uri) for index, h in enumerate(self.hosts)
+            ), encoding="utf-8")
+            for host in self.hosts:
+                write_vms(workdir / "manifests" / "vms", names[host.name], host.name)
+        else:
+            self.paths = {h.name: str(workdir / f"manifests-{h.name}") for h in self.hosts}
+            for host in self.hosts:
+                write_vms(Path(self.paths[host.name]) / "vms", names[host.name], None)
+        self.timings: dict[str, list[float]] = {"sequential": [], "concurrent": [], "cold": []}
+        self.cpu: dict[str, list[float]] = {key: [] for key in self.timings}  # CPU seconds of this process
+        self.stages: dict[str, list[float]] = {}
+
+    # --- the fleet's way ---------------------------------------------------------------
+
+    def fleet_plan(self, workers: int) -> fleet.FleetPlan:
+        with reconcile.gc_paused():
+            started = time.perf_counter()
+            desired = reconcile.load_desired(self.path)
+            read = time.perf_counter()
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                observed = dict(zip([h.name for h in self.hosts],
+                                    pool.map(lambda h: observe.observe(h.hypervisor), self.hosts)))
+            looked = time.perf_counter()
+            result = fleet.plan_fleet(desired, observed, self.settings)
+            done = time.perf_counter()
+        for stage, seconds in (("read+validate", read - started), ("observe (threads)", looked - read),
+                               ("plan_fleet", done - looked)):
+            self.stages.setdefault(stage, []).append(seconds)
+        return result
+
+    def _check_fleet(self, result: fleet.FleetPlan) -> None:
+        changed = [(h.host, r.name) for h in result.hosts if h.plan is not None for r in h.plan.changes]
+        problems = [*result.problems, *(p for h in result.hosts if h.plan is not None for p in h.plan.problems)]
+        placed = sum(len(h.vms) for h in result.hosts)
+        if changed or problems or result.unreachable or placed != self.count:
+            raise SystemExit(f"{self.label}: the no-op fleet plan is not empty: {changed[:3]} {problems[:3]} "
+                             f"unreachable {[h.host for h in result.unreachable]}, {placed} VMs placed")
+
+    # --- host by host ------------------------------------------------------------------
+
+    def host_plan(self, host: Host) -> float:
+        started = time.perf_counter()
+        result = reconcile.make_plan(self.paths[host.name], host.hypervisor, settings=self.settings)
+        if result.plan.has_changes or result.plan.problems:
+            raise SystemExit(f"host {host.name}: the no-op plan is not empty: {[r.name for r in result.plan.changes][:3]}")
+        return time.perf_counter() - started
+
+    # --- both --------------------------------------------------------------------------
+
+    def converge(self, workers: int) -> float:
+        started = time.perf_counter()
+        by_name = {h.name: h for h in self.hosts}
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            if self.mode == "fleet":
+                planned = self.fleet_plan(workers)
+                reports = list(pool.map(lambda hp: execute.execute(hp.plan, by_name[hp.host].hypervisor),
+                                        [hp for hp in planned.hosts if hp.plan is not None and hp.plan.has_changes]))
+                failures = [f"{o.name}: {o.error}" for report in reports for o in report.failures]
+            else:
+                results = list(pool.map(
+                    lambda h: reconcile.apply(self.paths[h.name], h.hypervisor, settings=self.settings), self.hosts))
+                failures = [f"{o.name}: {o.error}" for r in results for o in r.report.failures]
+        if failures:
+            raise SystemExit(f"{self.label}: converge failed: {failures[:3]}")
+        self.stages.clear()
+        return time.perf_counter() - started
+
+    def plan(self, workers: int) -> float:
+        """Plan the whole fleet once on ``workers`` threads; return the wall-clock seconds."""
+        started = time.perf_counter()
+        if self.mode == "fleet":
+            self._check_fleet(self.fleet_plan(workers))
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                list(pool.map(self.host_plan, self.hosts))
+        return time.perf_counter() - started
+
+    def measure(self, reps: int, workers: int) -> None:
+        self.plan(workers)  # warm-up: schema compilation, imports, the memos of what the converge read
+        self.stages.clear()
+        for _ in range(reps):
+            for key, threads in (("sequential", 1), ("concurrent", workers)):
+                cpu = time.process_time()
+                self.timings[key].append(self.plan(threads))
+                self.cpu[key].append(time.process_time() - cpu)
+            forget_parsed()
+            cpu = time.process_time()
+            self.timings["cold"].append(self.plan(workers))
+            self.cpu["cold"].append(time.process_time() - cpu)
+
+    def close(self) -> None:
+        for host in self.hosts:
+            host.close()
+
+
+def parse_fleet(text: str) -> tuple[int, int]:
+    hosts, _, vms = text.partition("x")
+    return int(hosts), int(vms)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fleets", nargs="+", default=["5x200", "50x200"], type=str,
+                        help="fleet sizes as HOSTSxVMS (default: 5x200 50x200)")
+    parser.add_argument("--workers", type=int, default=8, help="hosts observed at once (default: 8)")
+    parser.add_argument("--reps", type=int, default=3, help="timed repetitions (default: 3)")
+    parser.add_argument("--per-host", action="store_true",
+                        help="plan host by host (a manifest directory and a make_plan each) instead of plan_fleet")
+    args = parser.parse_args(argv)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+    mode = "per-host" if args.per_host else "fleet"
+
+    fleets: list[Fleet] = []
+    with tempfile.TemporaryDirectory(prefix=PREFIX) as tmp:
+        try:
+            for text in sorted(set(args.fleets), key=lambda t: parse_fleet(t)[0] * parse_fleet(t)[1]):
+                hosts, vms = parse_fleet(text)
+                sized = Fleet(hosts, vms, Path(tmp, text), mode)
+                fleets.append(sized)
+                print(f"{sized.label}: converging {sized.count} VMs on {hosts} test-driver hosts ({mode})...", flush=True)
+                seconds = sized.converge(args.workers)
+                print(f"{sized.label}: converged in {seconds:.1f} s; timing {args.reps} no-op plans...", flush=True)
+                sized.measure(args.reps, args.workers)
+                sized.close()  # the test driver's state goes with its connection: nothing is left behind
+
+            print()
+            how = "plan_fleet over one repository" if mode == "fleet" else "one make_plan per host"
+            print(f"No-op plan of a fleet of test-driver hosts, {how} (python {sys.version.split()[0]}, "
+                  f"{args.workers} workers, median of {args.reps})")
+            header = f"{'fleet':>8} {'VMs':>6} {'1 thread s':>11} {'threads s':>10} {'cold s':>8} {'ms/VM':>7}"
+            print(header)
+            for sized in fleets:
+                median: Callable[[str], float] = lambda key, f=sized: statistics.median(f.timings[key])
+                print(f"{sized.label:>8} {sized.count:>6} {median('sequential'):11.2f} {median('concurrent'):10.2f} "
+                      f"{median('cold'):8.2f} {median('concurrent') * 1000 / sized.count:7.3f}")
+            print("CPU seconds this process spent (all threads), which other load on the machine does not inflate:")
+            for sized in fleets:
+                cpu: Callable[[str], float] = lambda key, f=sized: statistics.median(f.cpu[key])
+                print(f"{sized.label:>8} {sized.count:>6} {cpu('sequential'):11.2f} {cpu('concurrent'):10.2f} "
+                      f"{cpu('cold'):8.2f} {cpu('concurrent') * 1000 / sized.count:7.3f}")
+            if mode == "fleet":
+                print("Stages of the fleet pass, median wall seconds over every timed pass (warm and cold together):")
+                for sized in fleets:
+                    print(f"{sized.label:>8} " + "  ".join(
+                        f"{stage} {statistics.median(values):.2f}" for stage, values in sized.stages.items()))
+            load = os.getloadavg()[0]
+            print(f"(load average {load:.1f} on {os.cpu_count()} CPUs when done: above {os.cpu_count()}, "
+                  "other processes shared the machine and inflated the wall times)")
+
+            print()
+            print("Targets")
+            largest = fleets[-1]
+            whole = statistics.median(largest.timings["concurrent"])
+            verdict = "MET" if whole < TARGET_SECONDS else "MISSED"
+            print(f"  {largest.label} ({largest.count} VMs) no-op fleet plan {whole:.2f} s "
+                  f"(target < {TARGET_SECONDS:.0f} s): {verdict}")
+            if len(fleets) > 1:
+                smallest = fleets[0]
+                for key in ("concurrent", "cold"):
+                    per_vm_small = statistics.median(smallest.cpu[key]) / smallest.count
+                    per_vm_large = statistics.median(largest.cpu[key]) / largest.count
+                    growth = per_vm_large / per_vm_small
+                    verdict = "MET" if growth <= TARGET_GROWTH else "MISSED"
+                    print(f"  growth/linear of CPU time, {key} ({largest.label} vs {smallest.label}): {growth:.2f}x "
+                          f"(target <= {TARGET_GROWTH:.2f}x): {verdict}")
+        finally:
+            for sized in fleets:
+                sized.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
