@@ -461,7 +461,11 @@ class CrashWorld:
             conn.close()
         keep = {self.foreign_volume, self.FOREIGN_FILE}
         for path in self.pool_path.iterdir():
-            if path.name not in keep:
+            if path.name in keep:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)  # the pool's .kvmops-trash
+            else:
                 path.unlink()
         for directory in (self.tmpdir, self.nvram_dir):
             if directory.exists():
