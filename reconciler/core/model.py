@@ -194,6 +194,8 @@ class FileRef:
     # ``path`` and the pool's directory after symlinks on this machine, when the shell resolved them
     host_path: str = field(default="", compare=False)
     host_directory: str = field(default="", compare=False)
+    # what the file is on the host (HOST_FILE_KINDS), when the shell looked; "" when it could not
+    host_file: str = field(default="", compare=False)
 
     def __str__(self) -> str:
         if not self.pool:
@@ -218,6 +220,12 @@ class DiskSpec:
     # empty): kvmops never creates, resizes, writes or deletes it.
     path: str | None = None
     format: str = "qcow2"
+    host_file: str = field(default="", compare=False)  # what ``path`` is on the host, as FileRef.host_file
+
+
+# What a file a VM names by path (a disk, CD-ROM, kernel or initrd) turned out to be on
+# the host, for the shell's ``host_file``: libvirt can attach only the first two.
+HOST_FILE_KINDS = ("file", "block device", "missing", "directory", "character device", "fifo", "socket")
 
 
 @dataclass(frozen=True)
