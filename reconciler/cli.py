@@ -5,32 +5,34 @@ failure is a :class:`~reconciler.errors.KvmopsError` printed as one line on stde
 Output meant for people or programs (plans, reports, JSON) goes to stdout; logs go to
 stderr.  Exit status: 0 success, 1 error or problems; ``plan --detailed-exitcode`` adds
 2 for "there are changes".
+
+Start-up is most of a one-shot command's time, and the test suites start hundreds of
+them: so this module imports only what builds the parser, and each command imports
+the runtime modules it uses (libvirt, jsonschema, the executor, the controller's
+threads and watchdog) when it runs.  tests/unit/test_cli_startup.py keeps it so.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import signal
 import sys
-import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import reconciler
-from reconciler import errors, logconfig
-from reconciler.adapters import git
-from reconciler.adapters import hypervisor as hv
-from reconciler.core import model, planner, redaction, render, validation
-from reconciler.runtime import (adoption, command_settings, doctor, drain, execute, fleet_reconcile, fleet_status, hostlock,
-                                inspect, reconcile, recovery, report, review, snapshots)
+from reconciler import defaults, errors, logconfig
+from reconciler.core import redaction, validation
+
+if TYPE_CHECKING:
+    from reconciler.adapters import hypervisor as hv
+    from reconciler.core import model, planner
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_CHANGES = 2
 DEMO_URI = "test:///default"
-DEFAULT_SCOPE = command_settings.DEFAULT_SCOPE
+DEFAULT_SCOPE = defaults.DEFAULT_SCOPE
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -44,7 +46,7 @@ class _Parser(argparse.ArgumentParser):
 
 def default_uri() -> str:
     """Return the libvirt URI used without ``--connect``: ``$KVMOPS_CONNECT`` or qemu:///system."""
-    return os.environ.get("KVMOPS_CONNECT") or hv.DEFAULT_URI
+    return os.environ.get("KVMOPS_CONNECT") or defaults.DEFAULT_URI
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         if host:
             command.add_argument("--host", metavar="NAME", default=None,
                                  help="in a fleet (manifests with kind: Host), only this Host")
-        command.add_argument("--parallel-hosts", type=int, default=fleet_reconcile.DEFAULT_HOST_WORKERS, metavar="N",
-                             help=f"in a fleet, hosts worked on at once (default: {fleet_reconcile.DEFAULT_HOST_WORKERS})")
+        command.add_argument("--parallel-hosts", type=int, default=defaults.DEFAULT_HOST_WORKERS, metavar="N",
+                             help=f"in a fleet, hosts worked on at once (default: {defaults.DEFAULT_HOST_WORKERS})")
 
     def planning_options(command: argparse.ArgumentParser, *, connect_default: bool = True, host: bool = True,
                          path_optional: bool = False) -> None:
@@ -179,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     wait = commands.add_parser("wait", help="wait until a VM has an IP address, runs, or is stopped")
     wait.add_argument("name", metavar="NAME")
-    wait.add_argument("--for", dest="condition", choices=inspect.CONDITIONS, required=True)
+    wait.add_argument("--for", dest="condition", choices=defaults.WAIT_CONDITIONS, required=True)
     wait.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS")
     connect_option(wait, required_default=False)
     wait.add_argument("--manifests", metavar="PATH", default=os.environ.get("KVMOPS_MANIFESTS"),
@@ -212,8 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     apply = commands.add_parser("apply", help="converge the host (or every Host of a fleet) on the manifests")
     planning_options(apply, connect_default=False)
-    apply.add_argument("--parallel", type=int, default=execute.DEFAULT_WORKERS, metavar="N",
-                       help=f"VMs worked on at once (default: {execute.DEFAULT_WORKERS})")
+    apply.add_argument("--parallel", type=int, default=defaults.DEFAULT_WORKERS, metavar="N",
+                       help=f"VMs worked on at once (default: {defaults.DEFAULT_WORKERS})")
     apply.set_defaults(handler=cmd_apply)
 
     apply.add_argument("--lock-timeout", type=float, default=300.0, metavar="SECONDS",
@@ -226,8 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     planning_options(drain, connect_default=False, host=False, path_optional=True)
     drain.add_argument("--apply", action="store_true", help="carry the plan out (migrate the VMs off the host)")
     drain.add_argument("--output", "-o", choices=("text", "json", "markdown"), default="text")
-    drain.add_argument("--parallel", type=int, default=execute.DEFAULT_WORKERS, metavar="N",
-                       help=f"VMs worked on at once per host (default: {execute.DEFAULT_WORKERS})")
+    drain.add_argument("--parallel", type=int, default=defaults.DEFAULT_WORKERS, metavar="N",
+                       help=f"VMs worked on at once per host (default: {defaults.DEFAULT_WORKERS})")
     drain.add_argument("--lock-timeout", type=float, default=300.0, metavar="SECONDS")
     drain.add_argument("--state-dir", default=None, help="directory of the host locks")
     drain.set_defaults(handler=cmd_drain)
@@ -241,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "anew elsewhere, so if it still ran them they would run twice")
     evacuate.add_argument("--apply", action="store_true", help="carry the plan out")
     evacuate.add_argument("--output", "-o", choices=("text", "json", "markdown"), default="text")
-    evacuate.add_argument("--parallel", type=int, default=execute.DEFAULT_WORKERS, metavar="N")
+    evacuate.add_argument("--parallel", type=int, default=defaults.DEFAULT_WORKERS, metavar="N")
     evacuate.add_argument("--lock-timeout", type=float, default=300.0, metavar="SECONDS")
     evacuate.add_argument("--state-dir", default=None, help="directory of the host locks")
     evacuate.set_defaults(handler=cmd_evacuate)
@@ -378,6 +380,8 @@ def _note(message: str) -> None:
 
 
 def _settings(args: argparse.Namespace) -> planner.Settings:
+    from reconciler.runtime import command_settings
+
     return command_settings.planning(
         args.path, no_prune=args.no_prune, allow_empty=args.allow_empty, virt_type=args.virt_type,
         shutdown_timeout=args.shutdown_timeout, scope=getattr(args, "scope", None), config=getattr(args, "config", None),
@@ -390,6 +394,8 @@ def _colour(args: argparse.Namespace) -> bool:
 
 def _with_hypervisor(args: argparse.Namespace, shared: hv.Hypervisor | None, *, read_only: bool,
                      body: Callable[[hv.Hypervisor], int]) -> int:
+    from reconciler.adapters import hypervisor as hv
+
     if shared is not None:
         return body(shared)
     with hv.Hypervisor.open(args.connect, read_only=read_only) as hypervisor:
@@ -398,6 +404,8 @@ def _with_hypervisor(args: argparse.Namespace, shared: hv.Hypervisor | None, *, 
 
 def _write(text: str, output: str | None, written: str) -> None:
     """Write ``text`` to the file ``output`` (saying ``written`` on stderr), or to stdout."""
+    from pathlib import Path
+
     if output:
         Path(output).write_text(text, encoding="utf-8")
         print(written, file=sys.stderr)
@@ -406,11 +414,15 @@ def _write(text: str, output: str | None, written: str) -> None:
 
 
 def _host_lock(args: argparse.Namespace, uri: str):
+    from reconciler.runtime import hostlock
+
     return hostlock.for_command(uri, state_dir=getattr(args, "state_dir", None), wait=getattr(args, "lock_timeout", 0.0),
                                 on_wait=_say_waiting)
 
 
 def _host_locks(args: argparse.Namespace):
+    from reconciler.runtime import hostlock
+
     return lambda uris: hostlock.for_hosts(uris, state_dir=getattr(args, "state_dir", None),
                                            wait=getattr(args, "lock_timeout", 0.0), on_wait=_say_waiting)
 
@@ -424,6 +436,11 @@ def _say_waiting(holder: str) -> None:
 
 def cmd_validate(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> int:
     """Check the manifests; print one line per problem; exit 0 when all are valid."""
+    import json
+
+    from reconciler.core import render
+    from reconciler.runtime import reconcile
+
     desired = reconcile.load_desired(args.path)
     problems = list(desired.problems)
     if args.connect or shared is not None:
@@ -456,6 +473,8 @@ def cmd_validate(args: argparse.Namespace, shared: hv.Hypervisor | None = None) 
 
 def cmd_plan(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> int:
     """Print the plan; exit per ``--detailed-exitcode``."""
+    from reconciler.runtime import reconcile
+
     if getattr(args, "state", None) and args.connect and shared is None:
         raise errors.KvmopsError(
             f"--state {args.state} and --connect {redaction.redact_url(args.connect)} contradict each other: --state "
@@ -470,6 +489,8 @@ def cmd_plan(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> i
     if not args.connect:
         args.connect = default_uri()
     if getattr(args, "state", None):
+        from reconciler.runtime import review, snapshots
+
         result = review.plan_from_snapshot(args.path, snapshots.read(args.state), settings=_settings(args))
         _print_plan(result.plan, args)
         return _plan_status(result.plan, args)
@@ -490,6 +511,8 @@ def _plan_status(plan, args: argparse.Namespace) -> int:
 
 
 def _print_plan(plan, args: argparse.Namespace, *, title: str | None = None) -> None:
+    from reconciler.runtime import report
+
     output = getattr(args, "output", "text")
     text = report.plan_text(plan, output=output, colour=_colour(args), source=args.path, title=title)
     sys.stdout.write(redaction.redact_text(text))  # a problem may quote a manifest's URL, token and all
@@ -501,6 +524,8 @@ def _print_plan(plan, args: argparse.Namespace, *, title: str | None = None) -> 
 
 def _print_fleet_plan(plan, args: argparse.Namespace, *, title: str | None = None) -> int:
     """Print a fleet plan (grouped per host) and return the exit status, as :func:`_print_plan` and :func:`_plan_status` do."""
+    from reconciler.runtime import report
+
     output = getattr(args, "output", "text")
     sys.stdout.write(redaction.redact_text(
         report.fleet_plan_text(plan, output=output, colour=_colour(args), source=args.path, title=title)))
@@ -519,6 +544,8 @@ def _print_fleet_plan(plan, args: argparse.Namespace, *, title: str | None = Non
 
 def cmd_diff(args: argparse.Namespace) -> int:
     """Compare two revisions of the manifests and print the plan between them."""
+    from reconciler.runtime import command_settings, fleet_reconcile, review
+
     settings = command_settings.planning(
         args.path, no_prune=args.no_prune, allow_empty=args.allow_empty, virt_type=args.virt_type,
         shutdown_timeout=args.shutdown_timeout, scope=args.scope, config=args.config,
@@ -538,6 +565,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 def cmd_state_export(args: argparse.Namespace) -> int:
     """Write a JSON snapshot of the host, or of every Host of a fleet (``--manifests`` declaring Hosts)."""
+    from reconciler.adapters import hypervisor as hv
+    from reconciler.runtime import snapshots
+
     if args.manifests:
         desired = _load(args.manifests)
         if desired.is_fleet:
@@ -559,6 +589,8 @@ def cmd_state_export(args: argparse.Namespace) -> int:
 
 def cmd_schema(args: argparse.Namespace) -> int:
     """Print one schema, or all of them as a JSON object keyed by kind."""
+    import json
+
     files = {**validation.SCHEMA_FILES, "config": validation.CONFIG_SCHEMA, "metadata": "metadata.schema.json"}
     if args.kind is None:
         print(json.dumps({kind: validation.schemas()[name] for kind, name in files.items()}, indent=2))
@@ -575,6 +607,9 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> int:
     """Print the plan, carry it out, print what was done; exit 0 only when converged."""
+    from reconciler.adapters import git
+    from reconciler.runtime import reconcile, report
+
     desired = None
     if shared is None:
         desired = _load(args.path, revision=git.describe(args.path))
@@ -606,6 +641,8 @@ def _show_plan_applied(plan, args: argparse.Namespace) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the controller until SIGTERM or SIGINT; SIGHUP re-reads the configuration file."""
+    import signal
+
     # imported here: the controller's threads, HTTP server and watchdog are no business of one-shot commands
     from reconciler.runtime import configuration, controller
 
@@ -642,6 +679,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_trash_list(args: argparse.Namespace) -> int:
     """Print every trash entry of the host's pools: volume, VM, when deleted, until when restorable."""
+    import json
+    import time
+
+    from reconciler.adapters import hypervisor as hv
+    from reconciler.runtime import command_settings, recovery, report
+
     retention = command_settings.trash_retention(args.config)
     with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
         found = recovery.listing(hypervisor)
@@ -660,6 +703,9 @@ def cmd_trash_list(args: argparse.Namespace) -> int:
 
 def cmd_trash_restore(args: argparse.Namespace) -> int:
     """Move a volume from its pool's trash back into the pool, under the host lock."""
+    from reconciler.adapters import hypervisor as hv
+    from reconciler.runtime import recovery, report
+
     with hv.Hypervisor.open(args.connect) as hypervisor, _host_lock(args, hypervisor.uri):
         restored = recovery.restore(hypervisor, args.volume, args.pool)
     sys.stdout.write(report.restored_text(restored))
@@ -671,6 +717,11 @@ def cmd_trash_restore(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print every domain kvmops manages (in ``--scope``, or all scopes) with its conditions and addresses."""
+    import json
+
+    from reconciler.adapters import hypervisor as hv
+    from reconciler.runtime import inspect, report
+
     if args.manifests:
         desired = _load(args.manifests)
         if desired.is_fleet:
@@ -692,6 +743,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _fleet_status(args: argparse.Namespace, desired: model.DesiredState) -> int:
+    import json
+
+    from reconciler.runtime import command_settings, fleet_status, report
+
     args.connect = None  # the default URI means nothing in a fleet
     _check_fleet_args(args, desired)
     status = fleet_status.gather(desired, settings=command_settings.scoped(args.scope), name=args.name,
@@ -705,6 +760,9 @@ def _fleet_status(args: argparse.Namespace, desired: model.DesiredState) -> int:
 
 def cmd_wait(args: argparse.Namespace) -> int:
     """Block until the VM has an address, runs, or is stopped; print what was seen."""
+    from reconciler.adapters import hypervisor as hv
+    from reconciler.runtime import inspect
+
     if args.manifests:
         desired = _load(args.manifests)
         if desired.is_fleet:
@@ -721,6 +779,9 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 def cmd_ssh(args: argparse.Namespace) -> int:
     """Replace this process with ``ssh`` to the VM's first address."""
+    from reconciler.adapters import hypervisor as hv
+    from reconciler.runtime import inspect
+
     with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
         address = inspect.ssh_address(hypervisor, args.name)
     print(f"kvmops: ssh to {args.name} at {address.ip} ({address.source})", file=sys.stderr, flush=True)
@@ -733,6 +794,8 @@ def cmd_ssh(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     """Check the host; print one line per finding with what to fix; exit 1 on any failure."""
+    from reconciler.runtime import command_settings, doctor, report
+
     if args.path:
         desired = _load(args.path)
         if desired.is_fleet:
@@ -753,6 +816,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     """Write a manifest for an existing domain, ready for `kvmops adopt NAME --manifests`."""
+    from reconciler.adapters import hypervisor as hv
+    from reconciler.runtime import adoption
+
     with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
         imported = adoption.import_manifest(hypervisor, args.name, redaction.redact_url(args.connect))
     if imported.already_managed:
@@ -765,6 +831,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_adopt(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> int:
     """Mark a foreign domain as kvmops' own, without changing anything else in it."""
+    from reconciler.runtime import adoption
+
     def body(hypervisor: hv.Hypervisor) -> int:
         print(adoption.adopt(hypervisor, args.name, scope=args.scope, manifests=args.manifests,
                              host_lock=lambda: _host_lock(args, hypervisor.uri)))
@@ -781,9 +849,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     The test driver keeps its state inside the process that opened it, so the four
     steps must share one connection to show a real second, empty plan.
     """
+    from reconciler.adapters import hypervisor as hv
+
     base = dict(path=args.path, connect=args.connect, no_prune=False, allow_empty=False,
                 virt_type="auto", shutdown_timeout=5.0, no_color=False, detailed_exitcode=True,
-                output="text", parallel=execute.DEFAULT_WORKERS, scope=DEFAULT_SCOPE)
+                output="text", parallel=defaults.DEFAULT_WORKERS, scope=DEFAULT_SCOPE)
     with hv.Hypervisor.open(args.connect) as hypervisor:
         steps = [
             ("validate", cmd_validate, {EXIT_OK}),
@@ -806,6 +876,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _load(path: str, *, revision: str = "") -> model.DesiredState:
+    from reconciler.runtime import reconcile
+
     with reconcile.gc_paused():
         return reconcile.load_desired(path, revision=revision)
 
@@ -821,6 +893,8 @@ def _refuse_fleet_options(args: argparse.Namespace) -> None:
 
 def _check_fleet_args(args: argparse.Namespace, desired: model.DesiredState) -> None:
     """Refuse what contradicts a fleet: ``--connect`` (each Host has its URI) and an unknown ``--host``."""
+    from reconciler.runtime import fleet_reconcile
+
     if getattr(args, "connect", None):
         raise errors.KvmopsError(
             f"--connect {redaction.redact_url(args.connect)}: the manifests declare Hosts, each reached at its own "
@@ -832,6 +906,8 @@ def _check_fleet_args(args: argparse.Namespace, desired: model.DesiredState) -> 
 def _fleet_plan(args: argparse.Namespace, desired: model.DesiredState, *, evacuate=frozenset(),
                 title: str | None = None) -> int:
     """Print the fleet plan (live, or against a fleet snapshot with ``--state``); return the exit status."""
+    from reconciler.runtime import fleet_reconcile, snapshots
+
     _check_fleet_args(args, desired)
     settings = _settings(args)
     only = getattr(args, "host", None)
@@ -847,6 +923,8 @@ def _fleet_plan(args: argparse.Namespace, desired: model.DesiredState, *, evacua
 def _fleet_apply(args: argparse.Namespace, desired: model.DesiredState, *, evacuate=frozenset(),
                  title: str | None = None) -> int:
     """Print the fleet plan, carry it out on every reachable Host, print what was done; exit 0 only when converged."""
+    from reconciler.runtime import fleet_reconcile, report
+
     _check_fleet_args(args, desired)
     shown: list[int] = []
 
@@ -866,6 +944,9 @@ def _fleet_apply(args: argparse.Namespace, desired: model.DesiredState, *, evacu
 
 def cmd_drain(args: argparse.Namespace) -> int:
     """Plan (``--apply``: carry out) the fleet with HOST cordoned: its VMs move to the other Hosts."""
+    from reconciler.adapters import git
+    from reconciler.runtime import drain
+
     desired = drain.load_fleet(args.path, args.host_name, "drain", revision=git.describe(args.path) if args.apply else "")
     args.host = None
     run = _fleet_apply if args.apply else _fleet_plan
@@ -876,6 +957,9 @@ def cmd_drain(args: argparse.Namespace) -> int:
 
 def cmd_evacuate(args: argparse.Namespace) -> int:
     """Plan (``--apply``: carry out) moving a dead Host's VMs elsewhere, if their disks are on shared pools."""
+    from reconciler.adapters import git
+    from reconciler.runtime import drain
+
     drain.refuse_unconfirmed_evacuation(args.host_name, confirmed=args.host_is_dead)
     desired = drain.load_fleet(args.path, args.host_name, "evacuate", revision=git.describe(args.path) if args.apply else "")
     args.host = None

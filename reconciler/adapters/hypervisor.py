@@ -31,18 +31,17 @@ import time
 import uuid as uuids
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
-from xml.sax.saxutils import escape
 from typing import TypeVar
 from urllib.parse import urlparse
 
 import libvirt
 
-from reconciler import errors
+from reconciler import defaults, errors
 from reconciler.adapters import hostbridge
 from reconciler.core import domxml, model, netxml, redaction, storagexml, trash
 from reconciler.core.plan import MigrationMode
 
-DEFAULT_URI = "qemu:///system"
+DEFAULT_URI = defaults.DEFAULT_URI
 _QEMU_USER = "libvirt-qemu"  # Debian's; qemu.conf's user
 
 # libvirt prints every error to stderr by default; kvmops reports them itself.
@@ -1222,6 +1221,10 @@ class Hypervisor:
         ``build`` creates the directory when it is missing.  A transient pool of kvmops'
         over the same directory that a killed process left active is destroyed first.
         """
+        # imported here: xml.sax.saxutils loads urllib.request, http.client and ssl, which every
+        # other command would pay for at start-up
+        from xml.sax.saxutils import escape
+
         name = f"{_PROBE_POOL_PREFIX}{uuids.uuid4().hex[:12]}"
         xml = f"<pool type='dir'><name>{name}</name><target><path>{escape(directory)}</path></target></pool>"
         with _directory_pools_lock:

@@ -6,7 +6,10 @@ types, bounds and defaults.  This module turns jsonschema's findings into one
 file (``unknown field 'memroy' (did you mean 'memory'?)``), and applies each schema's
 ``default`` values so that :mod:`reconciler.core.desired` never repeats them.
 
-Schemas are read once from the package; everything else is pure.
+Schemas are read once from the package; everything else is pure.  jsonschema (with
+its referencing and rpds stack) is imported, and the validators built, at the first
+document checked: a command that checks none (``kvmops --version``, ``status``) never
+pays for them, and one that checks thousands builds them once.
 """
 
 from __future__ import annotations
@@ -14,16 +17,18 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
-import importlib.resources
 import json
 import re
 from collections.abc import Iterable
-
-import jsonschema
-import referencing
-import referencing.jsonschema
+from typing import TYPE_CHECKING
 
 from reconciler.core import memo, model, trash
+
+if TYPE_CHECKING:
+    import importlib.resources.abc
+
+    import jsonschema
+    import referencing
 
 API_VERSION = "kvmops/v1"
 SCHEMA_FILES = {
@@ -43,6 +48,8 @@ def schema_directory() -> importlib.resources.abc.Traversable:
     They are part of the program, read once like its code (``importlib.resources``), not
     input from the world: the core does no I/O of its own.
     """
+    import importlib.resources
+
     package = importlib.resources.files("reconciler")
     for candidate in (package / "schemas", package / ".." / "schemas"):
         if (candidate / SCHEMA_FILES["VirtualMachine"]).is_file():
@@ -62,6 +69,9 @@ def schemas() -> dict[str, dict]:
 
 @functools.cache
 def _registry() -> referencing.Registry:
+    import referencing
+    import referencing.jsonschema
+
     # Without '$schema', jsonschema keeps kvmops' validator class (its ECMA 'pattern') when
     # it follows a $ref into another schema, instead of picking the stock one by '$schema'.
     resources = [
@@ -82,20 +92,26 @@ def _end_anchored(pattern: str) -> re.Pattern[str]:
 
 def _pattern(validator, pattern: str, instance: object, schema: dict):
     if validator.is_type(instance, "string") and not _end_anchored(pattern).search(instance):
+        import jsonschema
+
         yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
-_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _pattern})
+@functools.cache
+def _validator_class() -> type[jsonschema.Draft202012Validator]:
+    import jsonschema
+
+    return jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _pattern})
 
 
 @functools.cache
 def _validator(kind: str) -> jsonschema.Draft202012Validator:
-    return _Validator(schemas()[SCHEMA_FILES[kind]], registry=_registry())
+    return _validator_class()(schemas()[SCHEMA_FILES[kind]], registry=_registry())
 
 
 @functools.cache
 def _config_validator() -> jsonschema.Draft202012Validator:
-    return _Validator(schemas()[CONFIG_SCHEMA], registry=_registry())
+    return _validator_class()(schemas()[CONFIG_SCHEMA], registry=_registry())
 
 
 def validate_config(document: model.Document) -> tuple[dict | None, list[model.Problem]]:
@@ -253,6 +269,8 @@ def _explain(error: jsonschema.ValidationError) -> list[tuple[str, str]]:
 
 
 def _explain_alternatives(error: jsonschema.ValidationError, path: str) -> list[tuple[str, str]]:
+    import jsonschema
+
     hint = error.schema.get("x-oneof-hint")
     if hint:
         return [(path, hint)]

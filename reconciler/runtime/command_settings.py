@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from reconciler import defaults
 from reconciler.core import planner, trash
 from reconciler.core import policy as policies
 
-DEFAULT_SCOPE = "default"
+DEFAULT_SCOPE = defaults.DEFAULT_SCOPE
 
 
 def planning(path: str | None, *, no_prune: bool, allow_empty: bool, virt_type: str, shutdown_timeout: float,

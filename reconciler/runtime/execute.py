@@ -38,13 +38,13 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from reconciler import errors, logconfig
+from reconciler import defaults, errors, logconfig
 from reconciler.adapters import hypervisor as hv
 from reconciler.adapters.trash import PoolTrash
 from reconciler.core import plan as plans
 from reconciler.core import domxml, hostdirs, model, planner, storagexml, trash
 
-DEFAULT_WORKERS = 4
+DEFAULT_WORKERS = defaults.DEFAULT_WORKERS
 STOP_POLL_SECONDS = 0.1
 PREREQUISITE_KINDS = ("StoragePool", "Network", "Image")  # in this order, before any VM
 SUBJECTS = {"VirtualMachine": "vm", "StoragePool": "pool", "Network": "network", "Image": "image", "Trash": "trash"}

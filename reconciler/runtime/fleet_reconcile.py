@@ -28,13 +28,13 @@ from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from reconciler import errors, logconfig
+from reconciler import defaults, errors, logconfig
 from reconciler.adapters import hypervisor as hv
 from reconciler.core import actual, fleet, model, planner, snapshot
 from reconciler.core import plan as plans
 from reconciler.runtime import cancellation, execute, observe, reconcile
 
-DEFAULT_HOST_WORKERS = 8  # hosts connected to, observed and applied at once
+DEFAULT_HOST_WORKERS = defaults.DEFAULT_HOST_WORKERS
 
 log = logconfig.get_logger("kvmops.fleet")
 

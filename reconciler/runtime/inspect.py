@@ -12,7 +12,7 @@ import dataclasses
 import time
 from dataclasses import dataclass
 
-from reconciler import errors
+from reconciler import defaults, errors
 from reconciler.adapters import hypervisor as hv
 from reconciler.core import model, planner
 from reconciler.core import plan as plans
@@ -170,7 +170,7 @@ def _power_mismatch(domain: model.ObservedDomain, strategy: model.RunStrategy) -
     return ""
 
 
-CONDITIONS = ("ip", "running", "stopped")
+CONDITIONS = defaults.WAIT_CONDITIONS
 
 
 def wait(hypervisor: hv.Hypervisor, name: str, condition: str, *, timeout: float, interval: float = 0.5) -> str:

@@ -19,14 +19,18 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
-from reconciler import errors
-from reconciler.adapters import hypervisor as hv
+from reconciler import defaults, errors
 from reconciler.adapters import manifests
 from reconciler.core import desired as desired_state
 from reconciler.core import model, planner
 from reconciler.core import plan as plans
-from reconciler.runtime import cancellation, execute, observe
+from reconciler.runtime import cancellation
+
+if TYPE_CHECKING:  # imported where used: `validate` and `diff` never load libvirt, `plan` never the executor
+    from reconciler.adapters import hypervisor as hv
+    from reconciler.runtime import execute
 
 
 @dataclass(frozen=True)
@@ -202,6 +206,8 @@ def host_file(path: str) -> str:
 def make_plan(path: str, hypervisor: hv.Hypervisor, *, settings: planner.Settings, revision: str = "",
               desired: model.DesiredState | None = None) -> PlanResult:
     """Return the plan converging ``hypervisor`` on the manifests under ``path`` (or ``desired``, already loaded)."""
+    from reconciler.runtime import observe
+
     settings = timed(salted(settings))
     with gc_paused():
         desired = desired if desired is not None else load_desired(path, revision=revision)
@@ -216,7 +222,7 @@ def apply(
     hypervisor: hv.Hypervisor,
     *,
     settings: planner.Settings,
-    workers: int = execute.DEFAULT_WORKERS,
+    workers: int = defaults.DEFAULT_WORKERS,
     cancel: threading.Event | None = None,
     planned: PlanResult | None = None,
 ) -> ApplyResult:
@@ -225,6 +231,8 @@ def apply(
     The second plan is made at the first one's time: the trash entries this apply made are
     not due then, whatever the retention (with 1s, a pass a second later purges them).
     """
+    from reconciler.runtime import execute, observe
+
     settings = timed(settings)
     planned = planned or make_plan(path, hypervisor, settings=settings)
     report = execute.execute(planned.plan, hypervisor, workers=workers, cancel=cancel)
@@ -250,7 +258,7 @@ def plan_and_apply(
     lock: contextlib.AbstractContextManager,
     revision: str = "",
     desired: model.DesiredState | None = None,
-    workers: int = execute.DEFAULT_WORKERS,
+    workers: int = defaults.DEFAULT_WORKERS,
 ) -> tuple[PlanResult, ApplyResult | None]:
     """Plan, ``show_plan``, and carry the plan out when it has changes (``kvmops apply``).
 

@@ -9,10 +9,13 @@ resource still differing and why.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from reconciler.core import fleet, model, quantity, redaction, render, trash
 from reconciler.core import plan as plans
-from reconciler.runtime import doctor, fleet_reconcile, fleet_status, recovery, reconcile
+
+if TYPE_CHECKING:  # what the reports are of; `kvmops plan` loads none of them
+    from reconciler.runtime import doctor, fleet_reconcile, fleet_status, recovery, reconcile
 
 
 def plan_text(plan: plans.Plan, *, output: str, colour: bool, source: str, title: str | None = None) -> str:
@@ -168,6 +171,8 @@ def format_size(capacity: int | None) -> str:
 def fleet_report_text(result: fleet_reconcile.FleetApplyResult) -> str:
     """Return what a fleet apply did: a section per host (as :func:`report_text` words one host),
     the migrations, the hosts that could not be reached, and whether the fleet converged."""
+    from reconciler.runtime import reconcile
+
     planned = result.planned
     after = {h.host: h for h in result.after.hosts} if result.after is not None else {}
     lines: list[str] = []
