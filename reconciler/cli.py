@@ -702,21 +702,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     def reload() -> controller.ControllerSettings:
         return configuration.controller_settings(flags, configuration.read(args.config))
 
-    from reconciler.runtime.controller import fleet_loop
+    from reconciler.runtime.controller import fleet_loop, mode_switch
 
-    if settings.path and fleet_loop.is_fleet(settings.path):
-        if args.connect:
-            raise errors.KvmopsError("--connect: the manifests declare Hosts, each reached at its own spec.uri; drop "
-                                     "--connect (--host NAME runs as one Host's agent)")
-        fleet_runner = fleet_loop.FleetController(settings, host=args.host)
-        signal.signal(signal.SIGTERM, lambda *_: fleet_runner.request_stop())
-        signal.signal(signal.SIGINT, lambda *_: fleet_runner.request_stop())
-        signal.signal(signal.SIGHUP, lambda *_: fleet_runner.request_reload())
-        return fleet_runner.run()
-    if args.host:
-        raise errors.KvmopsError(f"--host {args.host}: the manifests declare no Host (with --git, fleets are not "
-                                 "followed yet); --host makes kvmops run one Host's agent in a fleet")
-    runner = controller.Controller(settings, reload=reload if args.config else None)
+    if settings.path and fleet_loop.is_fleet(settings.path) and args.connect:
+        raise errors.KvmopsError("--connect: the manifests declare Hosts, each reached at its own spec.uri; drop "
+                                 "--connect (--host NAME runs as one Host's agent)")
+    if args.host and settings.path and not fleet_loop.is_fleet(settings.path):
+        raise errors.KvmopsError(f"--host {args.host}: the manifests declare no Host; --host makes kvmops run one "
+                                 "Host's agent in a fleet")
+    runner = mode_switch.SwitchingController(settings, host=args.host, reload=reload if args.config else None)
     signal.signal(signal.SIGTERM, lambda *_: runner.request_stop())
     signal.signal(signal.SIGINT, lambda *_: runner.request_stop())
     signal.signal(signal.SIGHUP, lambda *_: runner.request_reload())

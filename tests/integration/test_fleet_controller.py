@@ -5,12 +5,14 @@ The Hosts and the routing of connections are those of :mod:`tests.integration.te
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import urllib.request
 from pathlib import Path
 
 import pytest
+import structlog
 
 from reconciler.core import planner
 from reconciler.runtime.controller import ControllerSettings
@@ -94,7 +96,7 @@ def test_a_host_that_comes_up_later_is_connected_on_its_own_and_converged(fleet,
     assert wait_until(lambda: placed(fleet) == ["web-1", "web-2", "web-3", "web-4"], 20)
     assert wait_until(lambda: "h4" in status(runner)["hosts"], 10)
     assert status(runner)["hosts"]["h4"]["connected"] is False
-    assert status(runner)["hosts"]["h4"]["vms"] == [{"name": "db", "state": "Unknown", "pending": []}]
+    assert status(runner)["hosts"]["h4"]["vms"] == [{"name": "db", "state": "Unknown", "pending": [], "last_error": None}]
 
     dead = Path(fleet.dead_uri[len("test://"):])
     dead.parent.mkdir()
@@ -102,5 +104,127 @@ def test_a_host_that_comes_up_later_is_connected_on_its_own_and_converged(fleet,
 
     assert wait_until(lambda: status(runner)["hosts"]["h4"]["connected"], 20)
     assert wait_until(lambda: status(runner)["hosts"]["h4"]["vms"] == [
-        {"name": "db", "state": "running", "pending": []}], 20), status(runner)["hosts"]["h4"]
+        {"name": "db", "state": "running", "pending": [], "last_error": None}], 20), status(runner)["hosts"]["h4"]
     assert status(runner)["converged"] is True
+
+
+def running_on(world: Fleet, host: str, vm: str) -> bool:
+    return any(r.name == vm and r.power.active for r in world.hypervisors[host].list_domains())
+
+
+def where(world: Fleet) -> dict[str, str]:
+    return {vm: host for host, vms in world.domains().items() for vm in vms}
+
+
+class SlowStart:
+    """Make ``start_domain`` of one VM on one host hang until :meth:`release` (a guest slow to boot)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, hypervisor, vm: str) -> None:
+        self.entered, self.released, self.vm = threading.Event(), threading.Event(), vm
+        original = hypervisor.start_domain
+
+        def start(name: str):
+            if name == vm:
+                self.entered.set()
+                self.released.wait(60)
+            return original(name)
+
+        monkeypatch.setattr(hypervisor, "start_domain", start)
+
+    def release(self) -> None:
+        self.released.set()
+
+
+def test_a_slow_vm_holds_up_neither_the_next_pass_nor_the_other_vms_of_its_host_nor_other_hosts(
+        fleet, running, monkeypatch):  # noqa: F811
+    runner = running()
+    assert wait_until(lambda: placed(fleet) == ["web-1", "web-2", "web-3", "web-4"], 20)
+    located = where(fleet)
+    slow_host = next(h for h in fleet.hypervisors if sum(1 for v in located.values() if v == h) == 2)
+    slow_vm, neighbour = sorted(vm for vm, h in located.items() if h == slow_host)
+    elsewhere = next(vm for vm, h in located.items() if h != slow_host)
+    slow = SlowStart(monkeypatch, fleet.hypervisors[slow_host], slow_vm)
+    fleet.hypervisors[slow_host].destroy_domain(slow_vm)
+    assert wait_until(slow.entered.is_set, 20)
+    passes = status(runner)["passes"]
+
+    fleet.hypervisors[slow_host].destroy_domain(neighbour)
+    fleet.hypervisors[located[elsewhere]].destroy_domain(elsewhere)
+
+    assert wait_until(lambda: running_on(fleet, slow_host, neighbour) and running_on(fleet, located[elsewhere], elsewhere), 20)
+    assert not running_on(fleet, slow_host, slow_vm)  # still booting, slowly
+    document = status(runner)
+    assert document["passes"] > passes
+    assert document["hosts"][slow_host]["in_flight"] == [f"VirtualMachine/{slow_vm}"]
+    slow.release()
+    assert wait_until(lambda: running_on(fleet, slow_host, slow_vm), 20)
+
+
+def test_an_unreachable_host_shows_its_vms_unknown_and_nothing_of_it_is_pruned_while_the_others_converge(
+        fleet, running):  # noqa: F811
+    runner = running()
+    assert wait_until(lambda: placed(fleet) == ["web-1", "web-2", "web-3", "web-4"], 20)
+    located = where(fleet)
+    lost = located["web-1"]
+    kept = next(vm for vm, h in located.items() if h != lost)
+    factories.write(fleet.manifests, "old.yaml", web("old", host=lost))
+    assert wait_until(lambda: running_on(fleet, lost, "old"), 20)
+    reachable_uri = fleet.uris[lost]
+    fleet.uris[lost] = fleet.dead_uri  # the controller can no longer reach it
+    fleet.write_hosts()
+    (fleet.manifests / "old.yaml").unlink()  # to be pruned, but its host is away
+    factories.write(fleet.manifests, "pinned.yaml", web("db", host=located[kept]))
+
+    assert wait_until(lambda: status(runner)["hosts"][lost]["connected"] is False, 20)
+    assert wait_until(lambda: running_on(fleet, located[kept], "db"), 20)
+    fleet.hypervisors[located[kept]].destroy_domain(kept)
+    assert wait_until(lambda: running_on(fleet, located[kept], kept), 20)  # the others converge
+    section = status(runner)["hosts"][lost]
+    assert section["prune_suspended"].startswith("host unreachable")
+    assert section["vms"] == [{"name": "web-1", "state": "Unknown", "pending": [], "last_error": None}]
+    assert running_on(fleet, lost, "old")  # nothing was pruned there
+    assert status(runner)["converged"] is False
+
+    fleet.uris[lost] = reachable_uri  # it is back
+    fleet.write_hosts()
+    assert wait_until(lambda: "old" not in fleet.domains()[lost], 20)
+    assert wait_until(lambda: status(runner)["converged"] is True, 20), status(runner)
+    assert running_on(fleet, lost, "web-1")
+
+
+def test_sigterm_lets_the_steps_in_progress_finish_and_exits_0(fleet, monkeypatch):  # noqa: F811
+    runner = controller(fleet, fleet.manifests.parent)
+    slow = SlowStart(monkeypatch, fleet.hypervisors["h1"], "db")
+    factories.write(fleet.manifests, "pinned.yaml", web("db", host="h1"))
+    exit_status: list[int] = []
+    thread = threading.Thread(target=lambda: exit_status.append(runner.run()), daemon=True)
+    thread.start()
+    assert wait_until(slow.entered.is_set, 20)
+
+    runner.request_stop()
+    thread.join(timeout=0.5)
+    assert thread.is_alive()  # the start in progress is waited for
+    slow.release()
+    thread.join(timeout=10)
+
+    assert exit_status == [0]
+    assert running_on(fleet, "h1", "db")
+
+
+def test_sighup_rereads_the_configuration_and_plans_the_whole_fleet(fleet, tmp_path):  # noqa: F811
+    first = controller(fleet, tmp_path)
+    reread = dataclasses.replace(first.settings, resync_interval=7, listen="127.0.0.1:1")
+    runner = FleetController(first.settings, reload=lambda: reread)
+    thread = threading.Thread(target=runner.run, daemon=True)
+    with structlog.testing.capture_logs() as events:
+        thread.start()
+        assert wait_until(lambda: runner.passes >= 1, 20)
+        runner.request_reload()
+        assert wait_until(lambda: any(e["event"] == "reconcile_finished" and "reload" in e["trigger"] for e in events), 20)
+        runner.request_stop()
+        thread.join(timeout=10)
+
+    names = [e["event"] for e in events]
+    assert "configuration_reloaded" in names
+    assert next(e for e in events if e["event"] == "reload_needs_restart")["settings"] == ["listen"]
+    assert runner.settings.resync_interval == 7 and runner.settings.listen == first.settings.listen
