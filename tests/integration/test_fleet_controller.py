@@ -13,13 +13,17 @@ from pathlib import Path
 
 import pytest
 import structlog
+import yaml
 
 from reconciler.core import planner
-from reconciler.runtime.controller import ControllerSettings
+from reconciler.runtime import gitsource
+from reconciler.runtime.controller import Controller, ControllerSettings
 from reconciler.runtime.controller.fleet_loop import FleetController
+from reconciler.runtime.controller.mode_switch import SwitchingController
 from tests import factories
 from tests.integration.test_controller_inprocess import wait_until
 from tests.integration.test_fleet_cli import Fleet, fleet, web  # noqa: F401 (the fixture)
+from tests.integration.test_git_source import upstream  # noqa: F401 (the fixture)
 
 
 def controller(world: Fleet, tmp_path: Path, **options) -> FleetController:
@@ -228,3 +232,86 @@ def test_sighup_rereads_the_configuration_and_plans_the_whole_fleet(fleet, tmp_p
     assert "configuration_reloaded" in names
     assert next(e for e in events if e["event"] == "reload_needs_restart")["settings"] == ["listen"]
     assert runner.settings.resync_interval == 7 and runner.settings.listen == first.settings.listen
+
+
+def plain(name: str) -> dict:
+    return factories.vm(name, disks=[factories.disk("root", "default", "16MiB", deletionPolicy="Delete")],
+                        networks=[{"network": "default"}])
+
+
+@pytest.fixture
+def switching(fleet, tmp_path):  # noqa: F811
+    started: list[tuple[SwitchingController, threading.Thread]] = []
+
+    def start(**changes) -> SwitchingController:
+        settings = dataclasses.replace(controller(fleet, tmp_path).settings, uri=fleet.uris["h1"], **changes)
+        runner = SwitchingController(settings)
+        thread = threading.Thread(target=runner.run, daemon=True)
+        thread.start()
+        started.append((runner, thread))
+        return runner
+
+    yield start
+    for runner, thread in started:
+        runner.request_stop()
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+
+
+def test_a_repository_that_gains_hosts_is_followed_as_a_fleet_and_one_that_loses_them_as_one_host(fleet, switching):  # noqa: F811
+    (fleet.manifests / "hosts.yaml").unlink()
+    factories.write(fleet.manifests, "vms.yaml", plain("solo"))
+    with structlog.testing.capture_logs() as events:
+        runner = switching()
+        assert wait_until(lambda: running_on(fleet, "h1", "solo"), 20)  # one host: the --connect default
+        assert isinstance(runner.current, Controller)
+
+        fleet.write_hosts()
+        factories.write(fleet.manifests, "pinned.yaml", web("db", host="h2"))
+        assert wait_until(lambda: running_on(fleet, "h2", "db"), 20)
+        assert isinstance(runner.current, FleetController)
+        assert 'host="h1"' in next(r for r in fleet.hypervisors["h1"].list_domains() if r.name == "solo").inactive_xml
+        assert wait_until(lambda: runner.listen_address is not None and status(runner.current)["converged"], 20)
+
+        (fleet.manifests / "hosts.yaml").unlink()
+        (fleet.manifests / "pinned.yaml").unlink()
+        assert wait_until(lambda: isinstance(runner.current, Controller) and runner.current.listen_address, 20)
+        assert wait_until(lambda: 'host="h1"' not in next(
+            r for r in fleet.hypervisors["h1"].list_domains() if r.name == "solo").inactive_xml, 20)
+
+    switched = [e for e in events if e["event"] == "controller_mode_switched"]
+    assert [(e["previous"], e["mode"]) for e in switched] == [("single", "fleet"), ("fleet", "single")]
+    assert running_on(fleet, "h1", "solo") and running_on(fleet, "h2", "db")  # a switch removes nothing
+
+
+def test_a_controller_told_to_drive_one_uri_refuses_a_repository_that_gains_hosts(fleet, switching):  # noqa: F811
+    (fleet.manifests / "hosts.yaml").unlink()
+    factories.write(fleet.manifests, "vms.yaml", plain("solo"))
+    runner = switching(uri_given=True)
+    assert wait_until(lambda: running_on(fleet, "h1", "solo"), 20)
+
+    fleet.write_hosts()
+    factories.write(fleet.manifests, "pinned.yaml", web("db", host="h2"))
+    assert wait_until(lambda: "--connect" in (runner.current.status_document()["last_pass"].get("error") or ""), 20)
+
+    assert isinstance(runner.current, Controller)
+    assert fleet.domains()["h2"] == set()
+    assert runner.current.health()[0] is False
+
+
+def test_a_fleet_is_followed_from_git(fleet, switching, upstream):  # noqa: F811
+    upstream.write("hosts.yaml", (fleet.manifests / "hosts.yaml").read_text())
+    upstream.write("vms.yaml", (fleet.manifests / "vms.yaml").read_text())
+    first = upstream.push("a fleet")
+    runner = switching(path="", git=gitsource.GitSettings(url=upstream.url, path="manifests", interval=0.2))
+
+    assert wait_until(lambda: placed(fleet) == ["web-1", "web-2", "web-3", "web-4"], 30)
+    assert isinstance(runner.current, FleetController)
+    assert wait_until(lambda: status(runner.current)["git"]["applied"] == first, 10)
+    for hypervisor in fleet.hypervisors.values():
+        for record in hypervisor.list_domains():
+            assert first in record.inactive_xml  # the commit is recorded in the mark
+
+    upstream.write("pinned.yaml", yaml.safe_dump(web("db", host="h1"), sort_keys=False))
+    upstream.push("one more")
+    assert wait_until(lambda: running_on(fleet, "h1", "db"), 20)
