@@ -10,14 +10,10 @@ stderr.  Exit status: 0 success, 1 error or problems; ``plan --detailed-exitcode
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
-import datetime
 import json
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,17 +22,15 @@ import reconciler
 from reconciler import errors, logconfig
 from reconciler.adapters import git
 from reconciler.adapters import hypervisor as hv
-from reconciler.core import actual, fleet, model, planner, quantity, redaction, render, snapshot, trash, validation
-from reconciler.core import policy as policies
-from reconciler.runtime import (adoption, doctor, execute, fleet_reconcile, hostlock, inspect, observe, reconcile, recovery,
-                                review)
-from reconciler.runtime.report import fleet_report_text, report_text, status_table
+from reconciler.core import model, planner, redaction, render, validation
+from reconciler.runtime import (adoption, command_settings, doctor, drain, execute, fleet_reconcile, fleet_status, hostlock,
+                                inspect, reconcile, recovery, report, review, snapshots)
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_CHANGES = 2
 DEMO_URI = "test:///default"
-DEFAULT_SCOPE = "default"
+DEFAULT_SCOPE = command_settings.DEFAULT_SCOPE
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -379,44 +373,15 @@ def _error(message: str) -> None:
     print(f"kvmops: error: {redaction.redact_text(message)}", file=sys.stderr)
 
 
+def _note(message: str) -> None:
+    print(f"kvmops: note: {message}", file=sys.stderr)
+
+
 def _settings(args: argparse.Namespace) -> planner.Settings:
-    single_file = Path(args.path).is_file()
-    scope, policy = _host_configuration(args)
-    return planner.Settings(
-        prune=not args.no_prune and not single_file, allow_empty=args.allow_empty,
-        virt_type=args.virt_type, shutdown_timeout=args.shutdown_timeout, scope=scope,
-        no_prune_reason=(
-            f"pruning is off because {args.path} is a single file: it cannot say which other VMs are gone"
-            if single_file and not args.no_prune else "pruning is disabled (--no-prune)"
-        ),
-        policy=policy, allow_mass_prune=bool(getattr(args, "allow_mass_prune", False)),
-        trash_retention=_trash_retention(args),
-    )
-
-
-def _host_configuration(args: argparse.Namespace) -> tuple[str, policies.Policy | None]:
-    """Return the scope and the host policy a one-shot command works under: ``--scope`` over the configuration file.
-
-    Without ``--config`` (or ``$KVMOPS_CONFIG``) there is no policy, and the scope is ``default``.
-    """
-    path = getattr(args, "config", None)
-    if not path:
-        return getattr(args, "scope", None) or DEFAULT_SCOPE, None
-    # imported here: the configuration module brings the controller, no business of a command without --config
-    from reconciler.runtime import configuration
-
-    config = configuration.read(path)
-    return getattr(args, "scope", None) or str(config.get("scope") or DEFAULT_SCOPE), configuration.policy(config, path)
-
-
-def _trash_retention(args: argparse.Namespace) -> int:
-    """Return ``policy.trashRetention`` of the configuration file (``--config``), or the default: 24h."""
-    path = getattr(args, "config", None)
-    if not path:
-        return trash.DEFAULT_RETENTION
-    from reconciler.runtime import configuration  # as in _host_configuration
-
-    return configuration.trash_retention(configuration.read(path))
+    return command_settings.planning(
+        args.path, no_prune=args.no_prune, allow_empty=args.allow_empty, virt_type=args.virt_type,
+        shutdown_timeout=args.shutdown_timeout, scope=getattr(args, "scope", None), config=getattr(args, "config", None),
+        allow_mass_prune=bool(getattr(args, "allow_mass_prune", False)))
 
 
 def _colour(args: argparse.Namespace) -> bool:
@@ -429,6 +394,29 @@ def _with_hypervisor(args: argparse.Namespace, shared: hv.Hypervisor | None, *, 
         return body(shared)
     with hv.Hypervisor.open(args.connect, read_only=read_only) as hypervisor:
         return body(hypervisor)
+
+
+def _write(text: str, output: str | None, written: str) -> None:
+    """Write ``text`` to the file ``output`` (saying ``written`` on stderr), or to stdout."""
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+        print(written, file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+
+
+def _host_lock(args: argparse.Namespace, uri: str):
+    return hostlock.for_command(uri, state_dir=getattr(args, "state_dir", None), wait=getattr(args, "lock_timeout", 0.0),
+                                on_wait=_say_waiting)
+
+
+def _host_locks(args: argparse.Namespace):
+    return lambda uris: hostlock.for_hosts(uris, state_dir=getattr(args, "state_dir", None),
+                                           wait=getattr(args, "lock_timeout", 0.0), on_wait=_say_waiting)
+
+
+def _say_waiting(holder: str) -> None:
+    print(f"waiting for the host lock: {holder or 'held by another kvmops'} ...", file=sys.stderr, flush=True)
 
 
 # --- validate ---------------------------------------------------------------------------
@@ -482,7 +470,7 @@ def cmd_plan(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> i
     if not args.connect:
         args.connect = default_uri()
     if getattr(args, "state", None):
-        result = review.plan_from_snapshot(args.path, _read_snapshot(args.state), settings=_settings(args))
+        result = review.plan_from_snapshot(args.path, snapshots.read(args.state), settings=_settings(args))
         _print_plan(result.plan, args)
         return _plan_status(result.plan, args)
 
@@ -503,12 +491,7 @@ def _plan_status(plan, args: argparse.Namespace) -> int:
 
 def _print_plan(plan, args: argparse.Namespace, *, title: str | None = None) -> None:
     output = getattr(args, "output", "text")
-    if output == "json":
-        text = render.to_json(plan)
-    elif output == "markdown":
-        text = render.markdown(plan, title=title)
-    else:
-        text = render.text(plan, colour=_colour(args), source=args.path, title=title)
+    text = report.plan_text(plan, output=output, colour=_colour(args), source=args.path, title=title)
     sys.stdout.write(redaction.redact_text(text))  # a problem may quote a manifest's URL, token and all
     if output != "text":
         for problem in plan.problems:
@@ -519,14 +502,9 @@ def _print_plan(plan, args: argparse.Namespace, *, title: str | None = None) -> 
 def _print_fleet_plan(plan, args: argparse.Namespace, *, title: str | None = None) -> int:
     """Print a fleet plan (grouped per host) and return the exit status, as :func:`_print_plan` and :func:`_plan_status` do."""
     output = getattr(args, "output", "text")
-    if output == "json":
-        text = render.fleet_to_json(plan)
-    elif output == "markdown":
-        text = render.fleet_markdown(plan, title=title)
-    else:
-        text = render.fleet_text(plan, colour=_colour(args), source=args.path, title=title)
-    sys.stdout.write(redaction.redact_text(text))
-    problems = [*plan.problems, *(p for h in plan.hosts if h.plan is not None for p in h.plan.problems)]
+    sys.stdout.write(redaction.redact_text(
+        report.fleet_plan_text(plan, output=output, colour=_colour(args), source=args.path, title=title)))
+    problems = report.fleet_plan_problems(plan)
     if output != "text":
         for problem in problems:
             print(redaction.redact_text(str(problem)), file=sys.stderr)
@@ -536,54 +514,26 @@ def _print_fleet_plan(plan, args: argparse.Namespace, *, title: str | None = Non
     return EXIT_CHANGES if getattr(args, "detailed_exitcode", False) and plan.has_changes else EXIT_OK
 
 
-def _read_snapshot(path: str) -> snapshot.Snapshot:
-    try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
-        data = json.loads(text)
-        if snapshot.is_fleet(data):
-            raise errors.KvmopsError(
-                f"{path}: a fleet snapshot (every Host of a fleet), but the manifests declare no Host; plan the fleet's "
-                "manifests against it, or export this host alone with `kvmops state export --connect URI`")
-        return snapshot.from_data(data)
-    except OSError as exc:
-        raise errors.KvmopsError(f"{path}: cannot read the snapshot: {exc.strerror}") from exc
-    except json.JSONDecodeError as exc:
-        raise errors.KvmopsError(
-            f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}), so not a kvmops snapshot; "
-            "export it again with `kvmops state export`"
-        ) from exc
-    except (ValueError, snapshot.SnapshotError) as exc:
-        raise errors.KvmopsError(f"{path}: {exc}") from exc
-
-
 # --- diff, state, schema ----------------------------------------------------------------
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
     """Compare two revisions of the manifests and print the plan between them."""
-    scope, policy = _host_configuration(args)
-    settings = planner.Settings(
-        prune=not args.no_prune, allow_empty=args.allow_empty, virt_type=args.virt_type,
-        shutdown_timeout=args.shutdown_timeout, scope=scope, policy=policy, allow_mass_prune=args.allow_mass_prune,
-        trash_retention=_trash_retention(args),
-    )
+    settings = command_settings.planning(
+        args.path, no_prune=args.no_prune, allow_empty=args.allow_empty, virt_type=args.virt_type,
+        shutdown_timeout=args.shutdown_timeout, scope=args.scope, config=args.config,
+        allow_mass_prune=args.allow_mass_prune, single_file_stops_pruning=False)
     result = review.diff(args.path, args.base, args.head, settings=settings)
     title = f"kvmops diff {result.base_label} → {result.head_label}"
     if result.fleet is not None:
-        if args.host is not None:
-            _check_host(args.host, result.head)
+        fleet_reconcile.require_host(args.host, result.head)
         return _print_fleet_plan(fleet_reconcile.restricted(result.fleet, args.host), args, title=title)
     if args.host is not None:
         raise errors.KvmopsError(f"--host {args.host}: the manifests declare no Host, so there is only the one host")
-    plan = result.plan
-    if result.base.problems:
-        note = (f"the base revision {result.base_label} has {len(result.base.problems)} problem(s) of its own; it was "
-                "compared for what it could express")
-        plan = dataclasses.replace(plan, snapshot=note)
-        for problem in result.base.problems:
-            print(f"kvmops: note: base: {problem}", file=sys.stderr)
-    _print_plan(plan, args, title=title)
-    return _plan_status(plan, args)
+    for problem in result.base.problems:
+        _note(f"base: {problem}")
+    _print_plan(result.plan_shown, args, title=title)
+    return _plan_status(result.plan_shown, args)
 
 
 def cmd_state_export(args: argparse.Namespace) -> int:
@@ -591,20 +541,19 @@ def cmd_state_export(args: argparse.Namespace) -> int:
     if args.manifests:
         desired = _load(args.manifests)
         if desired.hosts:
-            return _fleet_state_export(args, desired)
+            _check_fleet_args(args, desired)
+            taken = snapshots.take_fleet(desired, only_host=args.host, host_workers=args.parallel_hosts)
+            _write(snapshots.fleet_to_json(taken), args.output,
+                   f"snapshot of {len(taken.hosts)} host(s) written to {args.output}")
+            for name, error in sorted(taken.unreachable.items()):
+                _error(f"host {name} unreachable, not in the snapshot: {error}")
+            return EXIT_ERROR if taken.unreachable else EXIT_OK
     _refuse_fleet_options(args)
     args.connect = args.connect or default_uri()
     with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
-        taken = snapshot.Snapshot(
-            observe.collect(hypervisor), hostname=hypervisor.hostname(),
-            taken_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        )
-    text = json.dumps(snapshot.to_data(taken), indent=2) + "\n"
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-        print(f"snapshot of {taken.hostname} ({redaction.redact_url(args.connect)}) written to {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
+        taken = snapshots.take(hypervisor)
+    _write(snapshots.to_json(taken), args.output,
+           f"snapshot of {taken.hostname} ({redaction.redact_url(args.connect)}) written to {args.output}")
     return EXIT_OK
 
 
@@ -635,53 +584,21 @@ def cmd_apply(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> 
     args.connect = args.connect or default_uri()
 
     def body(hypervisor: hv.Hypervisor) -> int:
-        settings = _settings(args)
-        with _host_lock(args, hypervisor.uri):
-            planned = reconcile.make_plan(args.path, hypervisor, settings=settings, revision=git.describe(args.path),
-                                          desired=desired)
-            _print_plan(planned.plan, args)
-            if not planned.plan.has_changes:
-                return EXIT_ERROR if planned.plan.problems else EXIT_OK
-            print("Applying...", flush=True)
-            cancel = threading.Event()
-            with _cancel_on_signals(cancel):
-                result = reconcile.apply(args.path, hypervisor, settings=settings, workers=args.parallel,
-                                         planned=planned, cancel=cancel)
-        sys.stdout.write(redaction.redact_text(report_text(result)))
+        planned, result = reconcile.plan_and_apply(
+            args.path, hypervisor, settings=_settings(args), show_plan=lambda plan: _show_plan_applied(plan, args),
+            lock=_host_lock(args, hypervisor.uri), revision=git.describe(args.path), desired=desired,
+            workers=args.parallel)
+        if result is None:
+            return EXIT_ERROR if planned.plan.problems else EXIT_OK
+        sys.stdout.write(redaction.redact_text(report.report_text(result)))
         return EXIT_OK if result.converged else EXIT_ERROR
     return _with_hypervisor(args, shared, read_only=False, body=body)
 
 
-@contextlib.contextmanager
-def _cancel_on_signals(cancel: threading.Event):
-    """Turn SIGINT/SIGTERM into ``cancel``: steps in progress finish, no new one starts."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, _frame) -> None:
-        if not cancel.is_set():
-            print(f"\n{signal.Signals(signum).name}: finishing the steps in progress, starting no new ones",
-                  file=sys.stderr, flush=True)
-        cancel.set()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-def _host_lock(args: argparse.Namespace, uri: str):
-    if uri.startswith("test:"):
-        return contextlib.nullcontext()  # the test driver's host lives inside this process
-    state_dir = Path(args.state_dir) if getattr(args, "state_dir", None) else hostlock.default_state_dir()
-
-    def waiting(holder: str) -> None:
-        print(f"waiting for the host lock: {holder or 'held by another kvmops'} ...", file=sys.stderr, flush=True)
-
-    return hostlock.hold(state_dir, uri, wait=getattr(args, "lock_timeout", 0.0), on_wait=waiting)
+def _show_plan_applied(plan, args: argparse.Namespace) -> None:
+    _print_plan(plan, args)
+    if plan.has_changes:
+        print("Applying...", flush=True)
 
 
 # --- run --------------------------------------------------------------------------------
@@ -702,14 +619,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     def reload() -> controller.ControllerSettings:
         return configuration.controller_settings(flags, configuration.read(args.config))
 
-    from reconciler.runtime.controller import fleet_loop, mode_switch
+    from reconciler.runtime.controller import mode_switch
 
-    if settings.path and fleet_loop.is_fleet(settings.path) and args.connect:
-        raise errors.KvmopsError("--connect: the manifests declare Hosts, each reached at its own spec.uri; drop "
-                                 "--connect (--host NAME runs as one Host's agent)")
-    if args.host and settings.path and not fleet_loop.is_fleet(settings.path):
-        raise errors.KvmopsError(f"--host {args.host}: the manifests declare no Host; --host makes kvmops run one "
-                                 "Host's agent in a fleet")
     runner = mode_switch.SwitchingController(settings, host=args.host, reload=reload if args.config else None)
     signal.signal(signal.SIGTERM, lambda *_: runner.request_stop())
     signal.signal(signal.SIGINT, lambda *_: runner.request_stop())
@@ -722,7 +633,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_trash_list(args: argparse.Namespace) -> int:
     """Print every trash entry of the host's pools: volume, VM, when deleted, until when restorable."""
-    retention = _trash_retention(args)
+    retention = command_settings.trash_retention(args.config)
     with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
         found = recovery.listing(hypervisor)
     rows = recovery.rows(found, int(time.time()), retention)
@@ -734,11 +645,7 @@ def cmd_trash_list(args: argparse.Namespace) -> int:
     if not rows:
         print(f"the trash is empty on {redaction.redact_url(args.connect)}")
         return EXIT_OK
-    columns = ("POOL", "VOLUME", "VM", "SCOPE", "SIZE", "DELETED", "STATE")
-    table = [list(columns)] + [[row[c.lower()] or "-" for c in columns] for row in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
-    for line in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+    sys.stdout.write(report.trash_table(rows))
     return EXIT_OK
 
 
@@ -746,18 +653,11 @@ def cmd_trash_restore(args: argparse.Namespace) -> int:
     """Move a volume from its pool's trash back into the pool, under the host lock."""
     with hv.Hypervisor.open(args.connect) as hypervisor, _host_lock(args, hypervisor.uri):
         restored = recovery.restore(hypervisor, args.volume, args.pool)
-    entry = restored.entry
-    print(f"restored volume {entry.pool}/{entry.volume} ({quantity.format_bytes(entry.capacity)}, deleted "
-          f"{trash.format_instant(entry.deleted_at)} from VM {entry.vm or '-'}, scope {entry.scope}) to {restored.path}")
-    if restored.others:
-        print(f"{restored.others} older deletion(s) of {entry.volume} stay in the trash (kvmops trash list)")
-    if entry.vm:
-        print(f"declare the disk again in VM {entry.vm} (pool: {entry.pool}, volume: {entry.volume}) in scope "
-              f"{entry.scope} and apply: kvmops reattaches it and treats it as the volume it created, as before")
+    sys.stdout.write(report.restored_text(restored))
     return EXIT_OK
 
 
-# --- status -----------------------------------------------------------------------------
+# --- status, wait, ssh, doctor ----------------------------------------------------------
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -768,11 +668,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             return _fleet_status(args, desired)
     _refuse_fleet_options(args)
     with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
-        plan = None
-        if args.manifests:
-            plan = reconcile.make_plan(args.manifests, hypervisor,
-                                       settings=planner.Settings(scope=args.scope or DEFAULT_SCOPE)).plan
-        rows = inspect.status_rows(hypervisor, name=args.name, scope=args.scope, plan=plan)
+        rows = inspect.status_rows_on(hypervisor, manifests=args.manifests, name=args.name, scope=args.scope,
+                                      default_scope=DEFAULT_SCOPE)
     if args.name and not rows:
         raise errors.ObjectNotFound(f"no domain named {args.name} is managed by kvmops on {args.connect}")
     if args.output == "json":
@@ -781,8 +678,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no domains managed by kvmops on {redaction.redact_url(args.connect)}")
         return EXIT_OK
-    sys.stdout.write(status_table(rows, detailed=bool(args.name)))
+    sys.stdout.write(report.status_table(rows, detailed=bool(args.name)))
     return EXIT_OK
+
+
+def _fleet_status(args: argparse.Namespace, desired: model.DesiredState) -> int:
+    args.connect = None  # the default URI means nothing in a fleet
+    _check_fleet_args(args, desired)
+    status = fleet_status.gather(desired, settings=command_settings.scoped(args.scope), name=args.name,
+                                 scope=args.scope, only_host=args.host, host_workers=args.parallel_hosts)
+    if args.output == "json":
+        print(json.dumps(fleet_status.to_data(status), indent=2))
+    else:
+        sys.stdout.write(report.fleet_status_text(status, detailed=bool(args.name)))
+    return EXIT_ERROR if status.unreachable else EXIT_OK
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
@@ -790,7 +699,10 @@ def cmd_wait(args: argparse.Namespace) -> int:
     if args.manifests:
         desired = _load(args.manifests)
         if desired.hosts:
-            return _fleet_wait(args, desired)
+            _check_fleet_args(args, desired)
+            print(inspect.wait_in_fleet(desired, args.name, args.condition, timeout=args.timeout, only_host=args.host,
+                                        host_workers=args.parallel_hosts))
+            return EXIT_OK
     _refuse_fleet_options(args)
     args.connect = args.connect or default_uri()
     with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
@@ -798,37 +710,13 @@ def cmd_wait(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_SSH_OPTIONS_WITH_VALUES = set("BbcDEeFIiJLlmOopQRSWw")
-
-
 def cmd_ssh(args: argparse.Namespace) -> int:
     """Replace this process with ``ssh`` to the VM's first address."""
     with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
-        _actual, domain = observe.observe_domain(hypervisor, args.name)
-        found = inspect.addresses(hypervisor, domain)
-    if not found:
-        state = "is not running" if not domain.power.active else "has no address yet (no DHCP lease, guest agent or ARP entry)"
-        raise errors.KvmopsError(
-            f"{args.name} {state}; try `kvmops wait {args.name} --for ip` first"
-        )
-    address = next((a for a in found if a.family == "ipv4"), found[0])
-    extra = list(args.ssh_args)
-    options, command = [], []
-    index = 0
-    while index < len(extra) and extra[index].startswith("-"):
-        if extra[index] == "--":  # ssh's own end of options: the command follows
-            index += 1
-            break
-        options.append(extra[index])
-        if len(extra[index]) == 2 and extra[index][1] in _SSH_OPTIONS_WITH_VALUES and index + 1 < len(extra):
-            index += 1
-            options.append(extra[index])
-        index += 1
-    command = extra[index:]
-    argv = ["ssh", *options, *(["-l", args.user] if args.user else []), address.ip, *command]
+        address = inspect.ssh_address(hypervisor, args.name)
     print(f"kvmops: ssh to {args.name} at {address.ip} ({address.source})", file=sys.stderr, flush=True)
     try:
-        os.execvp("ssh", argv)
+        os.execvp("ssh", inspect.ssh_argv(address.ip, args.user, list(args.ssh_args)))
     except FileNotFoundError as exc:
         raise errors.KvmopsError("ssh is not installed (apt-get install openssh-client)") from exc
     return EXIT_ERROR  # not reached
@@ -839,34 +727,19 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     if args.path:
         desired = _load(args.path)
         if desired.hosts:
-            return _fleet_doctor(args, desired)
+            _check_fleet_args(args, desired)
+            found = doctor.fleet_checks(desired, only_host=args.host, settings=command_settings.scoped(args.scope))
+            sys.stdout.write(report.fleet_checks_text(found))
+            return EXIT_ERROR if found.failed else EXIT_OK
     _refuse_fleet_options(args)
     args.connect = args.connect or default_uri()
-    scope, policy = _host_configuration(args)
-    checks = doctor.host_checks() if doctor.is_local(args.connect) else []
-    found, hypervisor = doctor.libvirt_checks(args.connect)
-    checks += found
-    checks.append(doctor.policy_check(policy, scope))
-    if hypervisor is not None:
-        with hypervisor:
-            if args.path:
-                desired = reconcile.load_desired(args.path)
-                for problem in desired.problems:
-                    checks.append(doctor.Check("manifests", False, str(problem)))
-                checks += doctor.manifest_checks(desired, hypervisor, observe.observe(hypervisor))
-    _print_checks(checks)
-    failed = sum(1 for c in checks if c.ok is False)
-    warned = sum(1 for c in checks if c.ok is None)
-    print(f"\n{len(checks)} checks: {failed} failed, {warned} warnings")
-    return EXIT_ERROR if failed else EXIT_OK
+    scope, policy = command_settings.host_configuration(args.config, args.scope)
+    checks = doctor.checks_on(args.connect, manifests=args.path, scope=scope, policy=policy)
+    sys.stdout.write(report.checks_text(checks) + report.checks_summary(checks))
+    return EXIT_ERROR if any(c.ok is False for c in checks) else EXIT_OK
 
 
-def _print_checks(checks: list[doctor.Check], indent: str = "") -> None:
-    marks = {True: "ok  ", False: "FAIL", None: "warn"}
-    for check in checks:
-        print(f"{indent}[{marks[check.ok]}] {check.name}: {check.detail}")
-        if check.fix and check.ok is not True:
-            print(f"{indent}       fix: {check.fix}")
+# --- import, adopt ----------------------------------------------------------------------
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -875,17 +748,10 @@ def cmd_import(args: argparse.Namespace) -> int:
         imported = adoption.import_manifest(hypervisor, args.name, redaction.redact_url(args.connect))
     if imported.already_managed:
         print(f"kvmops: warning: {imported.already_managed}", file=sys.stderr)
-    if args.output:
-        Path(args.output).write_text(imported.text, encoding="utf-8")
-        print(f"manifest for {args.name} written to {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(imported.text)
+    _write(imported.text, args.output, f"manifest for {args.name} written to {args.output}")
     for warning in imported.warnings:
-        print(f"kvmops: note: {warning}", file=sys.stderr)
+        _note(warning)
     return EXIT_OK
-
-
-# --- adopt ------------------------------------------------------------------------------
 
 
 def cmd_adopt(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> int:
@@ -944,11 +810,6 @@ def _refuse_fleet_options(args: argparse.Namespace) -> None:
         )
 
 
-def _check_host(name: str | None, desired: model.DesiredState) -> None:
-    if name is not None and name not in desired.hosts:
-        raise errors.KvmopsError(f"no Host named {name!r} in the manifests (Hosts: {', '.join(sorted(desired.hosts))})")
-
-
 def _check_fleet_args(args: argparse.Namespace, desired: model.DesiredState) -> None:
     """Refuse what contradicts a fleet: ``--connect`` (each Host has its URI) and an unknown ``--host``."""
     if getattr(args, "connect", None):
@@ -956,11 +817,7 @@ def _check_fleet_args(args: argparse.Namespace, desired: model.DesiredState) -> 
             f"--connect {redaction.redact_url(args.connect)}: the manifests declare Hosts, each reached at its own "
             "spec.uri; drop --connect (--host NAME restricts the command to one Host)"
         )
-    _check_host(getattr(args, "host", None), desired)
-
-
-def _connections(args: argparse.Namespace, desired: model.DesiredState, *, read_only: bool):
-    return fleet_reconcile.connect(desired, read_only=read_only, workers=max(1, getattr(args, "parallel_hosts", 8)))
+    fleet_reconcile.require_host(getattr(args, "host", None), desired)
 
 
 def _fleet_plan(args: argparse.Namespace, desired: model.DesiredState, *, evacuate=frozenset(),
@@ -970,244 +827,51 @@ def _fleet_plan(args: argparse.Namespace, desired: model.DesiredState, *, evacua
     settings = _settings(args)
     only = getattr(args, "host", None)
     if getattr(args, "state", None):
-        taken = _read_fleet_snapshot(args.state)
-        observed: dict[str, object] = {name: actual.interpret(s.observation) for name, s in taken.hosts.items()}
-        observed.update({name: fleet.HostUnreachable(name, error) for name, error in taken.unreachable.items()})
-        result = fleet_reconcile.plan_from(desired, observed, settings=settings, evacuate=evacuate, only_host=only)
-        plan = dataclasses.replace(result.plan, hosts=tuple(
-            dataclasses.replace(h, plan=dataclasses.replace(h.plan, snapshot=taken.describe(h.host)))
-            if h.plan is not None else h for h in result.plan.hosts))
-        return _print_fleet_plan(plan, args, title=title)
-    with _connections(args, desired, read_only=True) as connections:
-        result = fleet_reconcile.make_plan(desired, connections, settings=settings, evacuate=evacuate, only_host=only,
-                                           workers=args.parallel_hosts)
-    return _print_fleet_plan(result.plan, args, title=title)
+        plan = fleet_reconcile.plan_from_snapshot(desired, snapshots.read_fleet(args.state), settings=settings,
+                                                  evacuate=evacuate, only_host=only)
+    else:
+        plan = fleet_reconcile.plan_live(desired, settings=settings, evacuate=evacuate, only_host=only,
+                                         host_workers=args.parallel_hosts).plan
+    return _print_fleet_plan(plan, args, title=title)
 
 
 def _fleet_apply(args: argparse.Namespace, desired: model.DesiredState, *, evacuate=frozenset(),
                  title: str | None = None) -> int:
     """Print the fleet plan, carry it out on every reachable Host, print what was done; exit 0 only when converged."""
     _check_fleet_args(args, desired)
-    settings = _settings(args)
-    with _connections(args, desired, read_only=False) as connections:
-        with _fleet_host_locks(args, connections):
-            planned = fleet_reconcile.make_plan(desired, connections, settings=settings, evacuate=evacuate,
-                                                only_host=getattr(args, "host", None), workers=args.parallel_hosts)
-            status = _print_fleet_plan(planned.plan, args, title=title)
-            if not planned.plan.has_changes:
-                return status
+    shown: list[int] = []
+
+    def show_plan(plan) -> None:
+        shown.append(_print_fleet_plan(plan, args, title=title))
+        if plan.has_changes:
             print("Applying...", flush=True)
-            cancel = threading.Event()
-            with _cancel_on_signals(cancel):
-                result = fleet_reconcile.apply(planned, connections, workers=args.parallel,
-                                               host_workers=args.parallel_hosts, cancel=cancel)
-    sys.stdout.write(redaction.redact_text(fleet_report_text(result)))
+
+    _planned, result = fleet_reconcile.plan_and_apply(
+        desired, settings=_settings(args), show_plan=show_plan, lock=_host_locks(args), evacuate=evacuate,
+        only_host=getattr(args, "host", None), workers=args.parallel, host_workers=args.parallel_hosts)
+    if result is None:
+        return shown[0]
+    sys.stdout.write(redaction.redact_text(report.fleet_report_text(result)))
     return EXIT_OK if result.converged else EXIT_ERROR
-
-
-@contextlib.contextmanager
-def _fleet_host_locks(args: argparse.Namespace, connections: fleet_reconcile.FleetConnections):
-    """Hold the host lock of every connected Host, taken in URI order so two fleet applies never deadlock."""
-    with contextlib.ExitStack() as stack:
-        for uri in sorted(h.uri for h in connections.hypervisors.values()):
-            stack.enter_context(_host_lock(args, uri))
-        yield
-
-
-def _read_fleet_snapshot(path: str) -> snapshot.FleetSnapshot:
-    try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
-        data = json.loads(text)
-    except OSError as exc:
-        raise errors.KvmopsError(f"{path}: cannot read the snapshot: {exc.strerror}") from exc
-    except json.JSONDecodeError as exc:
-        raise errors.KvmopsError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}), so not a kvmops snapshot") from exc
-    if not snapshot.is_fleet(data):
-        raise errors.KvmopsError(
-            f"{path}: a snapshot of one host, but the manifests declare Hosts; export the fleet with "
-            "`kvmops state export --manifests PATH`")
-    try:
-        return snapshot.fleet_from_data(data)
-    except snapshot.SnapshotError as exc:
-        raise errors.KvmopsError(f"{path}: {exc}") from exc
-
-
-def _fleet_state_export(args: argparse.Namespace, desired: model.DesiredState) -> int:
-    """Write one JSON file holding every Host's observation (or, with ``--host``, that Host's alone)."""
-    _check_fleet_args(args, desired)
-    if args.host is not None:
-        desired = dataclasses.replace(desired, hosts={args.host: desired.hosts[args.host]})
-    taken_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    with _connections(args, desired, read_only=True) as connections:
-        unreachable = dict(connections.unreachable)
-        hosts = {}
-        for name, hypervisor in sorted(connections.hypervisors.items()):
-            try:
-                hosts[name] = snapshot.Snapshot(observe.collect(hypervisor), hostname=hypervisor.hostname(), taken_at=taken_at)
-            except errors.KvmopsError as exc:
-                unreachable[name] = str(exc)
-    text = json.dumps(snapshot.fleet_to_data(snapshot.FleetSnapshot(hosts, unreachable, taken_at)), indent=2) + "\n"
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-        print(f"snapshot of {len(hosts)} host(s) written to {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
-    for name, error in sorted(unreachable.items()):
-        _error(f"host {name} unreachable, not in the snapshot: {error}")
-    return EXIT_ERROR if unreachable else EXIT_OK
-
-
-def _fleet_status(args: argparse.Namespace, desired: model.DesiredState) -> int:
-    """Print every managed VM of the fleet, grouped per Host, then the fleet in one line."""
-    args.connect = None  # the default URI means nothing in a fleet
-    _check_fleet_args(args, desired)
-    settings = planner.Settings(scope=args.scope or DEFAULT_SCOPE)
-    sections = []
-    with _connections(args, desired, read_only=True) as connections:
-        planned = fleet_reconcile.make_plan(desired, connections, settings=settings, workers=args.parallel_hosts)
-        for host in planned.plan.hosts:
-            if args.host is not None and host.host != args.host:
-                continue
-            hypervisor = connections.hypervisors.get(host.host)
-            if host.unreachable is not None or hypervisor is None:
-                sections.append((host, None, host.unreachable or connections.unreachable.get(host.host, "not connected")))
-                continue
-            try:
-                rows = inspect.status_rows(hypervisor, name=args.name, scope=args.scope, plan=host.plan)
-            except errors.KvmopsError as exc:
-                sections.append((host, None, str(exc)))
-                continue
-            sections.append((host, [{**row, "host": host.host} for row in rows], None))
-    if args.name and not any(rows for _, rows, _ in sections if rows):
-        raise errors.ObjectNotFound(f"no domain named {args.name} is managed by kvmops on any reachable Host")
-    unreachable = [host.host for host, _, error in sections if error is not None]
-    if args.output == "json":
-        print(json.dumps({"fleet": planned.plan.fleet, "hosts": [
-            {"host": host.host, "uri": redaction.redact_url(host.uri), "schedulable": host.schedulable,
-             "unreachable": error, "unknown": list(host.unknown), "vms": rows or []}
-            for host, rows, error in sections]}, indent=2))
-        return EXIT_ERROR if unreachable else EXIT_OK
-    for host, rows, error in sections:
-        cordoned = ", cordoned" if not host.schedulable else ""
-        print(f"Host {host.host} ({redaction.redact_url(host.uri)}{cordoned})")
-        if error is not None:
-            print(f"  UNREACHABLE: {error}")
-            if host.unknown or host.vms:
-                print(f"  Unknown: {', '.join(host.unknown or host.vms)}")
-        elif not rows:
-            print("  no domains managed by kvmops")
-        else:
-            sys.stdout.write("".join(f"  {line}\n" if line else "\n"
-                                     for line in status_table(rows, detailed=bool(args.name)).rstrip("\n").split("\n")))
-        print()
-    managed = sum(len(rows or []) for _, rows, _ in sections)
-    line = f"Fleet {planned.plan.fleet}: {len(sections)} host(s), {managed} managed VM(s)"
-    if unreachable:
-        line += f"; unreachable: {', '.join(unreachable)}"
-    print(line)
-    return EXIT_ERROR if unreachable else EXIT_OK
-
-
-def _fleet_wait(args: argparse.Namespace, desired: model.DesiredState) -> int:
-    """Wait for the VM on whichever Host has it (``--host``: on that one)."""
-    _check_fleet_args(args, desired)
-    if args.host is not None:
-        desired = dataclasses.replace(desired, hosts={args.host: desired.hosts[args.host]})
-    with _connections(args, desired, read_only=True) as connections:
-        having = [name for name, h in sorted(connections.hypervisors.items()) if h.domain_exists(args.name)]
-        if not having:
-            unreachable = f" (unreachable: {', '.join(sorted(connections.unreachable))})" if connections.unreachable else ""
-            raise errors.ObjectNotFound(f"no domain named {args.name} on any reachable Host{unreachable}; "
-                                        "`kvmops status --manifests PATH` lists the VMs")
-        if len(having) > 1:
-            raise errors.KvmopsError(f"{args.name} is defined on {', '.join(having)}: give --host NAME")
-        print(f"{having[0]}: " + inspect.wait(connections.hypervisors[having[0]], args.name, args.condition,
-                                                timeout=args.timeout))
-    return EXIT_OK
-
-
-def _fleet_doctor(args: argparse.Namespace, desired: model.DesiredState) -> int:
-    """Check every Host (``--host``: one) against its share of the manifests, grouped per Host."""
-    _check_fleet_args(args, desired)
-    for problem in desired.problems:
-        print(f"[FAIL] manifests: {problem}")
-    failed = len(desired.problems)
-    warned = total = 0
-    observed: dict[str, object] = {}
-    checks_by_host: dict[str, list[doctor.Check]] = {}
-    opened: dict[str, hv.Hypervisor] = {}
-    try:
-        for name, spec in sorted(desired.hosts.items()):
-            if args.host is not None and name != args.host:
-                continue
-            checks = doctor.host_checks() if doctor.is_local(spec.uri) and not spec.uri.startswith("test:") else []
-            found, hypervisor = doctor.libvirt_checks(spec.uri)
-            checks_by_host[name] = checks + found
-            if hypervisor is not None:
-                opened[name] = hypervisor
-                try:
-                    observed[name] = observe.observe(hypervisor)
-                except errors.KvmopsError as exc:
-                    checks_by_host[name].append(doctor.Check("libvirtd", False, str(exc)))
-        if opened:
-            plan = fleet.plan_fleet(desired, observed, _settings_for_checks(args))
-            for host in plan.hosts:
-                if host.host in opened and host.host in observed:
-                    share = fleet.host_share(desired, desired.hosts[host.host], host.vms)
-                    checks_by_host[host.host] += doctor.manifest_checks(share, opened[host.host], observed[host.host])
-    finally:
-        for hypervisor in opened.values():
-            hypervisor.close()
-    for name, checks in checks_by_host.items():
-        print(f"Host {name} ({redaction.redact_url(desired.hosts[name].uri)})")
-        _print_checks(checks, indent="  ")
-        print()
-        failed += sum(1 for c in checks if c.ok is False)
-        warned += sum(1 for c in checks if c.ok is None)
-        total += len(checks)
-    print(f"{len(checks_by_host)} host(s), {total + len(desired.problems)} checks: {failed} failed, {warned} warnings")
-    return EXIT_ERROR if failed else EXIT_OK
-
-
-def _settings_for_checks(args: argparse.Namespace) -> planner.Settings:
-    return planner.Settings(scope=getattr(args, "scope", None) or DEFAULT_SCOPE)
-
-
-def _drain_or_evacuate_desired(args: argparse.Namespace, verb: str) -> model.DesiredState:
-    desired = _load(args.path, revision=git.describe(args.path) if args.apply else "")
-    if not desired.hosts:
-        raise errors.KvmopsError(f"{verb} {args.host_name}: {args.path} declares no Host; {verb} moves VMs between "
-                                 "the Hosts of a fleet")
-    _check_host(args.host_name, desired)
-    return desired
 
 
 def cmd_drain(args: argparse.Namespace) -> int:
     """Plan (``--apply``: carry out) the fleet with HOST cordoned: its VMs move to the other Hosts."""
-    desired = _drain_or_evacuate_desired(args, "drain")
-    cordoned = dataclasses.replace(desired, hosts={
-        **desired.hosts, args.host_name: dataclasses.replace(desired.hosts[args.host_name], schedulable=False)})
-    title = f"kvmops drain {args.host_name}: cordoned, its VMs move to the other Hosts"
+    desired = drain.load_fleet(args.path, args.host_name, "drain", revision=git.describe(args.path) if args.apply else "")
     args.host = None
-    status = _fleet_apply(args, cordoned, title=title) if args.apply else _fleet_plan(args, cordoned, title=title)
-    print(f"kvmops: note: the cordon holds for this command only: set spec.schedulable: false in Host "
-          f"{args.host_name}'s manifest to keep new VMs off it (VMs that moved stay where they are)", file=sys.stderr)
+    run = _fleet_apply if args.apply else _fleet_plan
+    status = run(args, drain.cordoned(desired, args.host_name), title=drain.drain_title(args.host_name))
+    _note(drain.cordon_note(args.host_name))
     return status
 
 
 def cmd_evacuate(args: argparse.Namespace) -> int:
     """Plan (``--apply``: carry out) moving a dead Host's VMs elsewhere, if their disks are on shared pools."""
-    if not args.host_is_dead:
-        raise errors.KvmopsError(
-            f"evacuate {args.host_name} defines its VMs anew on other Hosts without asking it: if it still runs "
-            "them, they run twice and write the same disks. Make sure it is down for good (powered off, fenced), "
-            f"then say --host-is-dead; for a host that answers, use `kvmops drain {args.host_name}`"
-        )
-    desired = _drain_or_evacuate_desired(args, "evacuate")
-    title = f"kvmops evacuate {args.host_name} (declared dead): its VMs are defined anew on the other Hosts"
+    drain.refuse_unconfirmed_evacuation(args.host_name, confirmed=args.host_is_dead)
+    desired = drain.load_fleet(args.path, args.host_name, "evacuate", revision=git.describe(args.path) if args.apply else "")
     args.host = None
-    return _fleet_apply(args, desired, evacuate={args.host_name}, title=title) if args.apply else \
-        _fleet_plan(args, desired, evacuate={args.host_name}, title=title)
+    run = _fleet_apply if args.apply else _fleet_plan
+    return run(args, desired, evacuate={args.host_name}, title=drain.evacuate_title(args.host_name))
 
 
 if __name__ == "__main__":

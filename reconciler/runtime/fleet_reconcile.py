@@ -21,6 +21,7 @@ as before, and none of this runs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 from collections.abc import Callable, Collection, Mapping
@@ -29,9 +30,9 @@ from dataclasses import dataclass
 
 from reconciler import errors, logconfig
 from reconciler.adapters import hypervisor as hv
-from reconciler.core import fleet, model, planner
+from reconciler.core import actual, fleet, model, planner, snapshot
 from reconciler.core import plan as plans
-from reconciler.runtime import execute, observe, reconcile
+from reconciler.runtime import cancellation, execute, observe, reconcile
 
 DEFAULT_HOST_WORKERS = 8  # hosts connected to, observed and applied at once
 
@@ -156,6 +157,72 @@ def make_plan(
     with reconcile.gc_paused():
         observed = observe_all(connections, workers=workers)
     return plan_from(desired, observed, settings=settings, evacuate=evacuate, only_host=only_host)
+
+
+def plan_live(
+    desired: model.DesiredState,
+    *,
+    settings: planner.Settings,
+    evacuate: Collection[str] = frozenset(),
+    only_host: str | None = None,
+    host_workers: int = DEFAULT_HOST_WORKERS,
+) -> FleetPlanResult:
+    """Connect to every Host read-only, observe them and return the fleet plan (``kvmops plan`` in a fleet)."""
+    with connect(desired, read_only=True, workers=max(1, host_workers)) as connections:
+        return make_plan(desired, connections, settings=settings, evacuate=evacuate, only_host=only_host,
+                         workers=host_workers)
+
+
+def plan_from_snapshot(
+    desired: model.DesiredState,
+    taken: snapshot.FleetSnapshot,
+    *,
+    settings: planner.Settings,
+    evacuate: Collection[str] = frozenset(),
+    only_host: str | None = None,
+) -> fleet.FleetPlan:
+    """Return the fleet plan against a fleet snapshot, each host's section saying which snapshot it was planned on."""
+    observed: dict[str, object] = {name: actual.interpret(s.observation) for name, s in taken.hosts.items()}
+    observed.update({name: fleet.HostUnreachable(name, error) for name, error in taken.unreachable.items()})
+    result = plan_from(desired, observed, settings=settings, evacuate=evacuate, only_host=only_host)
+    return dataclasses.replace(result.plan, hosts=tuple(
+        dataclasses.replace(h, plan=dataclasses.replace(h.plan, snapshot=taken.describe(h.host)))
+        if h.plan is not None else h for h in result.plan.hosts))
+
+
+def plan_and_apply(
+    desired: model.DesiredState,
+    *,
+    settings: planner.Settings,
+    show_plan: Callable[[fleet.FleetPlan], None],
+    lock: Callable[[list[str]], contextlib.AbstractContextManager],
+    evacuate: Collection[str] = frozenset(),
+    only_host: str | None = None,
+    workers: int = execute.DEFAULT_WORKERS,
+    host_workers: int = DEFAULT_HOST_WORKERS,
+) -> tuple[FleetPlanResult, FleetApplyResult | None]:
+    """Plan the fleet, ``show_plan`` it, and carry it out when it has changes (``kvmops apply`` in a fleet).
+
+    The host lock of every connected Host (``lock(uris)``) is held from the observation to
+    the last step; SIGINT and SIGTERM let the steps in progress finish. The apply result
+    is None when the plan had nothing to do.
+    """
+    with connect(desired, read_only=False, workers=max(1, host_workers)) as connections:
+        with lock([h.uri for h in connections.hypervisors.values()]):
+            planned = make_plan(desired, connections, settings=settings, evacuate=evacuate, only_host=only_host,
+                                workers=host_workers)
+            show_plan(planned.plan)
+            if not planned.plan.has_changes:
+                return planned, None
+            cancel = threading.Event()
+            with cancellation.on_signals(cancel):
+                return planned, apply(planned, connections, workers=workers, host_workers=host_workers, cancel=cancel)
+
+
+def require_host(name: str | None, desired: model.DesiredState) -> None:
+    """Refuse a Host name (``--host``, ``drain HOST``) the manifests do not declare; None passes."""
+    if name is not None and name not in desired.hosts:
+        raise errors.KvmopsError(f"no Host named {name!r} in the manifests (Hosts: {', '.join(sorted(desired.hosts))})")
 
 
 def refuse_unsafe_evacuation(desired: model.DesiredState, observed: Mapping[str, object], settings: planner.Settings,

@@ -1,4 +1,5 @@
-"""What kvmops tells people in words: the report of an apply, and the status table.
+"""What kvmops tells people in words: plans in each output format, the report of an apply,
+the status table (of a host, or per Host of a fleet), doctor's checks and the trash.
 
 The apply report says what each resource did, what was not run, and whether the host
 converged; never a bare "see above": when the host did not converge, it names every
@@ -9,9 +10,32 @@ from __future__ import annotations
 
 import re
 
+from reconciler.core import fleet, model, quantity, redaction, render, trash
 from reconciler.core import plan as plans
-from reconciler.core import quantity
-from reconciler.runtime import fleet_reconcile, reconcile
+from reconciler.runtime import doctor, fleet_reconcile, fleet_status, recovery, reconcile
+
+
+def plan_text(plan: plans.Plan, *, output: str, colour: bool, source: str, title: str | None = None) -> str:
+    """Return ``plan`` as ``output`` says: ``text`` (for people), ``json`` or ``markdown`` (a pull-request comment)."""
+    if output == "json":
+        return render.to_json(plan)
+    if output == "markdown":
+        return render.markdown(plan, title=title)
+    return render.text(plan, colour=colour, source=source, title=title)
+
+
+def fleet_plan_text(plan: fleet.FleetPlan, *, output: str, colour: bool, source: str, title: str | None = None) -> str:
+    """Return a fleet plan (grouped per Host) as ``output`` says, as :func:`plan_text` does for one host."""
+    if output == "json":
+        return render.fleet_to_json(plan)
+    if output == "markdown":
+        return render.fleet_markdown(plan, title=title)
+    return render.fleet_text(plan, colour=colour, source=source, title=title)
+
+
+def fleet_plan_problems(plan: fleet.FleetPlan) -> list[model.Problem]:
+    """Return the fleet's problems and every Host's, in that order."""
+    return [*plan.problems, *(p for h in plan.hosts if h.plan is not None for p in h.plan.problems)]
 
 
 def report_text(result: reconcile.ApplyResult) -> str:
@@ -205,3 +229,78 @@ def _fleet_verdict(result: fleet_reconcile.FleetApplyResult) -> str:
                    "apply again once it answers)")
     return ("Fleet not converged: " + "; ".join(why or ["the fleet still differs"]) + ". `kvmops plan` shows what is left. "
             + result.after.summary())
+
+
+def fleet_status_text(status: fleet_status.FleetStatus, *, detailed: bool) -> str:
+    """Return ``kvmops status`` for a fleet: each Host's table (or why it has none), then the fleet in one line."""
+    lines = []
+    for section in status.hosts:
+        host = section.host
+        cordoned = ", cordoned" if not host.schedulable else ""
+        lines.append(f"Host {host.host} ({redaction.redact_url(host.uri)}{cordoned})\n")
+        if section.error is not None:
+            lines.append(f"  UNREACHABLE: {section.error}\n")
+            if host.unknown or host.vms:
+                lines.append(f"  Unknown: {', '.join(host.unknown or host.vms)}\n")
+        elif not section.rows:
+            lines.append("  no domains managed by kvmops\n")
+        else:
+            lines.append("".join(f"  {line}\n" if line else "\n"
+                                 for line in status_table(section.rows, detailed=detailed).rstrip("\n").split("\n")))
+        lines.append("\n")
+    line = f"Fleet {status.fleet}: {len(status.hosts)} host(s), {status.managed} managed VM(s)"
+    if status.unreachable:
+        line += f"; unreachable: {', '.join(status.unreachable)}"
+    return "".join(lines) + line + "\n"
+
+
+def checks_text(checks: list[doctor.Check], indent: str = "") -> str:
+    """Return doctor's findings, one line each, with what to fix under each one that is not ok."""
+    marks = {True: "ok  ", False: "FAIL", None: "warn"}
+    lines = []
+    for check in checks:
+        lines.append(f"{indent}[{marks[check.ok]}] {check.name}: {check.detail}\n")
+        if check.fix and check.ok is not True:
+            lines.append(f"{indent}       fix: {check.fix}\n")
+    return "".join(lines)
+
+
+def checks_summary(checks: list[doctor.Check]) -> str:
+    """Return doctor's last line on one host: how many checks, failed and warnings."""
+    failed = sum(1 for c in checks if c.ok is False)
+    warned = sum(1 for c in checks if c.ok is None)
+    return f"\n{len(checks)} checks: {failed} failed, {warned} warnings\n"
+
+
+def fleet_checks_text(found: doctor.FleetChecks) -> str:
+    """Return doctor's findings for a fleet: the manifests' problems, each Host's checks, then the totals."""
+    lines = [f"[FAIL] manifests: {problem}\n" for problem in found.problems]
+    for name, checks in found.by_host.items():
+        lines.append(f"Host {name} ({redaction.redact_url(found.uris[name])})\n")
+        lines.append(checks_text(checks, indent="  "))
+        lines.append("\n")
+    total = sum(len(checks) for checks in found.by_host.values()) + len(found.problems)
+    warned = sum(1 for checks in found.by_host.values() for c in checks if c.ok is None)
+    lines.append(f"{len(found.by_host)} host(s), {total} checks: {found.failed} failed, {warned} warnings\n")
+    return "".join(lines)
+
+
+def trash_table(rows: list[dict]) -> str:
+    """Return ``kvmops trash list``'s table of :func:`reconciler.runtime.recovery.rows`."""
+    columns = ("POOL", "VOLUME", "VM", "SCOPE", "SIZE", "DELETED", "STATE")
+    table = [list(columns)] + [[row[c.lower()] or "-" for c in columns] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    return "".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() + "\n" for line in table)
+
+
+def restored_text(restored: recovery.Restored) -> str:
+    """Return what ``kvmops trash restore`` did, and how to get the disk back into its VM."""
+    entry = restored.entry
+    lines = [f"restored volume {entry.pool}/{entry.volume} ({quantity.format_bytes(entry.capacity)}, deleted "
+             f"{trash.format_instant(entry.deleted_at)} from VM {entry.vm or '-'}, scope {entry.scope}) to {restored.path}"]
+    if restored.others:
+        lines.append(f"{restored.others} older deletion(s) of {entry.volume} stay in the trash (kvmops trash list)")
+    if entry.vm:
+        lines.append(f"declare the disk again in VM {entry.vm} (pool: {entry.pool}, volume: {entry.volume}) in scope "
+                     f"{entry.scope} and apply: kvmops reattaches it and treats it as the volume it created, as before")
+    return "".join(line + "\n" for line in lines)

@@ -88,6 +88,7 @@ class VMDefinition:
                 fleet=self.fleet, host=self.host,
                 # owed deletions on the host the VM came from: only the fleet's cleanup drops them
                 left_behind=observed.owner.left_behind if observed is not None and observed.owner is not None else (),
+                sending=observed.owner.sending if observed is not None and observed.owner is not None else (),
             ),
             kernel=kernel,
             initrd=initrd,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from reconciler import logconfig
+from reconciler import errors, logconfig
 from reconciler.adapters import systemd
 from reconciler.runtime.controller.fleet_loop import FleetController, is_fleet
 from reconciler.runtime.controller.loop import Controller
@@ -33,6 +33,17 @@ class SwitchingController:
     def __init__(self, settings: ControllerSettings, *, host: str | None = None,
                  reload: Callable[[], ControllerSettings] | None = None,
                  notifier: systemd.Notifier | None = None) -> None:
+        """Raise :class:`~reconciler.errors.KvmopsError` when the manifests contradict the flags already.
+
+        A repository declaring Hosts cannot be driven at one URI (``--connect``), and ``--host``
+        needs a repository declaring Hosts (known at start only for a directory).
+        """
+        if settings.path and is_fleet(settings.path) and settings.uri_given:
+            raise errors.KvmopsError("--connect: the manifests declare Hosts, each reached at its own spec.uri; drop "
+                                     "--connect (--host NAME runs as one Host's agent)")
+        if host is not None and settings.path and not is_fleet(settings.path):
+            raise errors.KvmopsError(f"--host {host}: the manifests declare no Host; --host makes kvmops run one "
+                                     "Host's agent in a fleet")
         self.settings = settings
         self.host = host
         self._reload = reload
