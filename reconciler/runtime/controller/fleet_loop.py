@@ -70,6 +70,12 @@ def host_key(host: str, key: str) -> str:
     return key if ":" in key.split("/", 1)[0] else f"{host}:{key}"
 
 
+def subject_of(key: str) -> str:
+    """Return what a ``HOST:Kind/name`` key works on: a VM whatever its host (it may move), else the key itself."""
+    resource = key.split(":", 1)[1] if ":" in key.split("/", 1)[0] else key
+    return resource if resource.startswith("VirtualMachine/") else key
+
+
 @dataclass
 class HostLink:
     """One Host's connection, its reconnection clock, why it is down, its worker pool and host lock."""
@@ -115,6 +121,15 @@ class FleetController(InternalErrors):
         self._futures: set[Future] = set()
         self._running: dict[str, Future] = {}  # executions in flight, by key
         self._migrations: dict[str, Future] = {}  # migrations in flight, by key on their source
+        # A VM is one subject whatever host its key names (a pool or network is one per host): one
+        # execution at a time per subject, and when the last one ended (time.monotonic()).
+        self._subjects_lock = threading.Lock()
+        self._busy: dict[str, str] = {}  # subject -> the key whose execution holds it
+        self._ended: dict[str, float] = {}
+        self._waiters: dict[str, set[str]] = {}  # key -> keys woken again when its execution ends
+        # VMs being created: name -> (host, when that work ended, or None while it runs). Placement counts
+        # them on that host until a look at the hosts taken after it ended.
+        self._arriving: dict[str, tuple[str, float | None]] = {}
         self._status_lock = threading.Lock()
         self._internal_errors: dict[str, dict] = {}
         self._errors: dict[str, str] = {}  # HOST:VirtualMachine/name -> last failed execution's error
@@ -444,7 +459,7 @@ class FleetController(InternalErrors):
         path = self._manifest_path()
         if path is None:
             log.info("reconcile_waiting", reason="no good git revision fetched yet")
-            self._release(keys)
+            self._release_all(keys)
             return
         try:
             with reconcile.gc_paused():
@@ -454,19 +469,20 @@ class FleetController(InternalErrors):
             self.metrics.inc("kvmops_reconcile_passes_total", result="error")
             log.error("reconcile_failed", error=str(exc), kind="manifests")
             self._failed(started, str(exc), reconcile_id)
-            self._release(keys)
+            self._release_all(keys)
             return
         if not desired.hosts and self.agent is None:
-            self._release(keys)
+            self._release_all(keys)
             self.request_switch("single", "the manifests declare no Host any more")
             return
         if self.agent is not None and self.agent not in desired.hosts:
             log.error("agent_host_missing", host=self.agent)
             self._failed(started, f"no Host named {self.agent} in the manifests", reconcile_id)
-            self._release(keys)
+            self._release_all(keys)
             return
         self._sync_links(desired)
         connections = self._connections()
+        observed_at = time.monotonic()
         with reconcile.gc_paused():
             observed = fleet_reconcile.observe_all(connections)
         for name, seen in observed.items():
@@ -475,9 +491,14 @@ class FleetController(InternalErrors):
                     link = self._links.get(name)
                 if link is not None:
                     self._lost(link, seen.error)
-        planned = fleet_reconcile.plan_from(desired, observed, settings=self.settings.planner, only_host=self.agent)
+        with self._subjects_lock:
+            for vm in [vm for vm, (_h, ended) in self._arriving.items() if ended is not None and ended < observed_at]:
+                del self._arriving[vm]
+            arriving = {vm: host for vm, (host, _ended) in self._arriving.items()}
+        planned = fleet_reconcile.plan_from(desired, observed, settings=self.settings.planner, only_host=self.agent,
+                                            arriving=arriving)
         self._interesting = self._names(desired, observed)
-        self._dispatch(planned, connections, set(keys), FULL in keys, reasons, reconcile_id, dispatched)
+        self._dispatch(planned, connections, set(keys), FULL in keys, reasons, reconcile_id, dispatched, observed_at)
         for key in keys:
             if key not in dispatched:
                 self._queue.forget(key)
@@ -488,7 +509,7 @@ class FleetController(InternalErrors):
         self.metrics.observe("kvmops_reconcile_duration_seconds", duration)
         self._record(planned, reasons, reconcile_id, duration)
 
-    def _release(self, keys: list[str]) -> None:
+    def _release_all(self, keys: list[str]) -> None:
         for key in keys:
             self._queue.done(key)
 
@@ -502,13 +523,16 @@ class FleetController(InternalErrors):
     # -- dispatch: central decisions, per-host execution -----------------------------------
 
     def _dispatch(self, planned: fleet_reconcile.FleetPlanResult, connections: fleet_reconcile.FleetConnections,
-                  keys: set[str], full: bool, reasons: dict[str, str], reconcile_id: str, dispatched: set[str]) -> None:
+                  keys: set[str], full: bool, reasons: dict[str, str], reconcile_id: str, dispatched: set[str],
+                  observed_at: float) -> None:
         """Start the changed resources this pass is for on their hosts' pools, in apply's order across hosts.
 
         A host's own changes in the executor's phases; then the migrations, each on its source's
         pool once the destination's resources it ``requires`` ran; then the removals, once every
         migration in flight has ended. A key is claimed before its work is submitted; a resource
-        whose key is in flight is marked dirty and looked at again when that work ends.
+        whose key is in flight is marked dirty and looked at again when that work ends. A resource
+        whose last execution ended after the hosts were observed is not run on this plan (it
+        saw that work half done): its key is queued again, for a pass that sees the outcome.
         """
         fallback = reasons.get(FULL, "retry")
         hypervisors = dict(connections.hypervisors)
@@ -518,24 +542,39 @@ class FleetController(InternalErrors):
         work: dict[str, Future] = {}
 
         def claim(key: str) -> bool:
-            return key in keys or (full and self._queue.claim(key))
+            if not (key in keys or (full and self._queue.claim(key))):
+                return False
+            subject = subject_of(key)
+            with self._subjects_lock:
+                holder = self._busy.get(subject)
+                if holder is not None:  # the VM is being worked on, or moved, from another host
+                    self._waiters.setdefault(holder, set()).add(key)
+                elif self._ended.get(subject, float("-inf")) < observed_at:
+                    self._busy[subject] = key
+                    return True
+            self._queue.done(key)
+            if holder is None:
+                self._wake(key, reasons.get(key, fallback))  # planned on a look that saw its last work half done
+            dispatched.add(key)  # handed on to a later pass: not this pass's to release
+            return False
 
         def needed(key: str) -> Future | None:
             return work.get(key) or self._running.get(key)
 
         def submit(host: str, plan: plans.Plan, resource: plans.ResourcePlan, key: str,
-                   needs: list[tuple[str, Future]], partner: str | None = None) -> Future | None:
+                   needs: list[tuple[str, Future]], destination: str | None = None) -> Future | None:
             reason = reasons.get(key, fallback)
             single = dataclasses.replace(plan, resources=(resource,))
             try:
                 future = links[host].executor.submit(self._execute, host, single, resource, key, reason, reconcile_id,
-                                                     needs, hypervisors, partner)
+                                                     needs, hypervisors, destination)
             except RuntimeError:  # the host left the manifests meanwhile: its pool takes nothing new
-                self._queue.done(key)
-                if partner is not None:
-                    self._queue.done(partner)
+                self._end(key)
                 return None
             dispatched.add(key)
+            if resource.kind == "VirtualMachine" and plans.Action.CREATE in resource.actions:
+                with self._subjects_lock:
+                    self._arriving[resource.name] = (host, None)
             work[key] = self._running[key] = future
             self._futures.add(future)
             future.add_done_callback(lambda done, key=key: self._finished(key, done))
@@ -553,14 +592,11 @@ class FleetController(InternalErrors):
             step = next(s for s in migration.steps if isinstance(s, plans.MigrateDomain))
             if (self.agent is not None and step.source != self.agent) or step.source not in host_plans:
                 continue
-            key, partner = host_key(step.source, migration.key), host_key(step.destination, migration.key)
+            key = host_key(step.source, migration.key)
             if not claim(key):
                 continue
-            if partner not in keys and not self._queue.claim(partner):
-                self._queue.done(key)  # the VM has work in flight on its destination: the move waits for it
-                continue
             needs = [(k, f) for k in migration.requires if (f := needed(k))]
-            future = submit(step.source, host_plans[step.source], migration, key, needs, partner)
+            future = submit(step.source, host_plans[step.source], migration, key, needs, step.destination)
             if future is not None:
                 self._migrations[key] = future
         for host, plan in sorted(host_plans.items()):
@@ -582,7 +618,7 @@ class FleetController(InternalErrors):
 
     def _execute(self, host: str, single: plans.Plan, resource: plans.ResourcePlan, key: str, reason: str,
                  reconcile_id: str, needs: list[tuple[str, Future]], hypervisors: dict[str, hv.Hypervisor],
-                 partner: str | None) -> bool:
+                 destination: str | None) -> bool:
         """Run one resource on ``host`` once what it needs has run; return whether it converged.
 
         Holds the host lock of ``host`` (and of a migration's destination, locks taken in URI order).
@@ -603,7 +639,7 @@ class FleetController(InternalErrors):
                 elif self._cancel.is_set():
                     ok, error = False, "cancelled"
                 else:
-                    with self._held(host, partner):
+                    with self._held(host, destination):
                         report = execute.execute(single, hypervisors[host], workers=1, cancel=self._cancel,
                                                  hosts=hypervisors)
                     outcome = report.outcomes[0] if report.outcomes else None
@@ -634,15 +670,28 @@ class FleetController(InternalErrors):
                         else:
                             self._errors[key] = error or "failed"
             finally:
-                self._queue.done(key)  # whatever happened above, the key must not stay in flight forever
-                if partner is not None:
-                    self._queue.done(partner)
+                self._end(key)  # whatever happened above, the key must not stay in flight forever
         return ok
 
+    def _end(self, key: str) -> None:
+        """End the execution of ``key``: its subject is free, and the keys that waited for it are woken."""
+        subject = subject_of(key)
+        with self._subjects_lock:
+            self._ended[subject] = time.monotonic()  # before done(): a pass claiming it next knows
+            if self._busy.get(subject) == key:
+                del self._busy[subject]
+            name = subject.partition("/")[2]
+            if subject.startswith("VirtualMachine/") and name in self._arriving:
+                self._arriving[name] = (self._arriving[name][0], self._ended[subject])
+            waiting = self._waiters.pop(key, set())
+        self._queue.done(key)
+        for waiter in sorted(waiting):
+            self._wake(waiter, "retry")
+
     @contextlib.contextmanager
-    def _held(self, host: str, partner: str | None):
-        """Hold the host lock of ``host`` and of the host of ``partner``'s key, in URI order (as a fleet apply takes them)."""
-        names = {host} | ({partner.split(":", 1)[0]} if partner else set())
+    def _held(self, host: str, destination: str | None):
+        """Hold the host lock of ``host`` (and of a migration's ``destination``), in URI order as a fleet apply does."""
+        names = {host} | ({destination} if destination else set())
         with self._links_lock:
             keepers = sorted((self._links[n].uri, self._links[n].keeper) for n in names if n in self._links)
         with contextlib.ExitStack() as stack:
