@@ -26,8 +26,9 @@ from tests.integration.test_fleet_cli import Fleet, fleet, web  # noqa: F401 (th
 from tests.integration.test_git_source import upstream  # noqa: F401 (the fixture)
 
 
-def controller(world: Fleet, tmp_path: Path, **options) -> FleetController:
-    settings = ControllerSettings(path=str(world.manifests), uri="", planner=planner.Settings(), resync_interval=5,
+def controller(world: Fleet, tmp_path: Path, resync_interval: float = 5, **options) -> FleetController:
+    settings = ControllerSettings(path=str(world.manifests), uri="", planner=planner.Settings(),
+                                  resync_interval=resync_interval,
                                   quiet_period=0.05, listen="127.0.0.1:0", state_dir=tmp_path / "state",
                                   reconnect_max_delay=0.5)
     return FleetController(settings, **options)
@@ -38,7 +39,7 @@ def running(fleet, tmp_path):  # noqa: F811 (the fixture)
     started: list[tuple[FleetController, threading.Thread]] = []
 
     def start(**options) -> FleetController:
-        runner = controller(fleet, tmp_path, **options)
+        runner = controller(fleet, tmp_path, **options)  # resync_interval=..., host=...
         thread = threading.Thread(target=runner.run, daemon=True)
         thread.start()
         started.append((runner, thread))
@@ -93,6 +94,29 @@ def test_a_vm_destroyed_by_hand_is_started_again(fleet, running):  # noqa: F811
     assert wait_until(lambda: next(r for r in hypervisor.list_domains() if r.name == "web-1").power.active, 20)
 
 
+def test_a_pass_woken_by_one_vms_event_looks_at_that_vm_and_lists_no_host(fleet, running, monkeypatch):  # noqa: F811
+    runner = running(resync_interval=600)
+    assert wait_until(lambda: placed(fleet) == ["web-1", "web-2", "web-3", "web-4"], 20)
+    located = where(fleet)
+    assert wait_until(lambda: all(running_on(fleet, h, vm) for vm, h in located.items()), 20)
+    assert wait_until(lambda: status(runner)["converged"], 20)
+    listings = []
+    for name, hypervisor in fleet.hypervisors.items():
+        original = hypervisor.list_domains
+        monkeypatch.setattr(hypervisor, "list_domains", lambda original=original, name=name: (
+            listings.append(name), original())[1])
+
+    fleet.hypervisors[located["web-2"]].destroy_domain("web-2")  # by hand: listed by the test, before the patch
+    assert wait_until(lambda: status(runner)["last_pass"].get("observed") == "vms", 20)
+    assert wait_until(lambda: any(r.name == "web-2" and r.power.active
+                                  for r in fleet.hypervisors[located["web-2"]].__class__.list_domains(
+                                      fleet.hypervisors[located["web-2"]])), 20)
+    assert wait_until(lambda: status(runner)["converged"], 20)
+
+    assert listings == []
+    assert status(runner)["last_pass"]["observed"] == "vms"
+
+
 def test_a_host_that_comes_up_later_is_connected_on_its_own_and_converged(fleet, running, tmp_path):  # noqa: F811
     fleet.write_hosts(dead=True)
     factories.write(fleet.manifests, "pinned.yaml", web("db", host="h4"))
@@ -144,6 +168,7 @@ def test_a_slow_vm_holds_up_neither_the_next_pass_nor_the_other_vms_of_its_host_
     runner = running()
     assert wait_until(lambda: placed(fleet) == ["web-1", "web-2", "web-3", "web-4"], 20)
     located = where(fleet)
+    assert wait_until(lambda: all(running_on(fleet, h, vm) for vm, h in located.items()), 20)
     slow_host = next(h for h in fleet.hypervisors if sum(1 for v in located.values() if v == h) == 2)
     slow_vm, neighbour = sorted(vm for vm, h in located.items() if h == slow_host)
     elsewhere = next(vm for vm, h in located.items() if h != slow_host)
@@ -169,6 +194,7 @@ def test_an_unreachable_host_shows_its_vms_unknown_and_nothing_of_it_is_pruned_w
     runner = running()
     assert wait_until(lambda: placed(fleet) == ["web-1", "web-2", "web-3", "web-4"], 20)
     located = where(fleet)
+    assert wait_until(lambda: all(running_on(fleet, h, vm) for vm, h in located.items()), 20)
     lost = located["web-1"]
     kept = next(vm for vm, h in located.items() if h != lost)
     factories.write(fleet.manifests, "old.yaml", web("old", host=lost))

@@ -46,9 +46,10 @@ from reconciler.adapters import git as gitcli
 from reconciler.adapters import hypervisor as hv
 from reconciler.adapters import systemd, watcher
 from reconciler.adapters.statusserver import StatusServer
+from reconciler.core import actual as actual_state
 from reconciler.core import fleet, model, planner, redaction
 from reconciler.core import plan as plans
-from reconciler.runtime import execute, fleet_reconcile, gitsource, metrics, reconcile, workqueue
+from reconciler.runtime import execute, fleet_reconcile, gitsource, metrics, observe, reconcile, workqueue
 from reconciler.runtime.controller.debounce import Debouncer
 from reconciler.runtime.controller.git_follower import GitFollower
 from reconciler.runtime.controller.hostlock_keeper import HostLockKeeper
@@ -130,6 +131,8 @@ class FleetController(InternalErrors):
         # VMs being created: name -> (host, when that work ended, or None while it runs). Placement counts
         # them on that host until a look at the hosts taken after it ended.
         self._arriving: dict[str, tuple[str, float | None]] = {}
+        # The last look at each Host: its connection then, the observation, and when that look began.
+        self._observations: dict[str, tuple[hv.Hypervisor, model.Observation, float]] = {}
         self._status_lock = threading.Lock()
         self._internal_errors: dict[str, dict] = {}
         self._errors: dict[str, str] = {}  # HOST:VirtualMachine/name -> last failed execution's error
@@ -482,9 +485,9 @@ class FleetController(InternalErrors):
             return
         self._sync_links(desired)
         connections = self._connections()
-        observed_at = time.monotonic()
+        woken = self._woken_vms(keys, reasons, connections)
         with reconcile.gc_paused():
-            observed = fleet_reconcile.observe_all(connections)
+            observed, observed_at = self._look(connections, desired, woken)
         for name, seen in observed.items():
             if isinstance(seen, fleet.HostUnreachable) and name in connections.hypervisors:
                 with self._links_lock:
@@ -498,7 +501,8 @@ class FleetController(InternalErrors):
         planned = fleet_reconcile.plan_from(desired, observed, settings=self.settings.planner, only_host=self.agent,
                                             arriving=arriving)
         self._interesting = self._names(desired, observed)
-        self._dispatch(planned, connections, set(keys), FULL in keys, reasons, reconcile_id, dispatched, observed_at)
+        self._dispatch(planned, connections, set(keys), FULL in keys, reasons, reconcile_id, dispatched, observed_at,
+                       targeted=woken is not None)
         for key in keys:
             if key not in dispatched:
                 self._queue.forget(key)
@@ -507,7 +511,69 @@ class FleetController(InternalErrors):
         duration = time.monotonic() - started
         self.metrics.inc("kvmops_reconcile_passes_total", result="problems" if planned.plan.problems else "ok")
         self.metrics.observe("kvmops_reconcile_duration_seconds", duration)
-        self._record(planned, reasons, reconcile_id, duration)
+        self._record(planned, reasons, reconcile_id, duration, "host" if woken is None else "vms")
+
+    def _woken_vms(self, keys: list[str], reasons: dict[str, str],
+                   connections: fleet_reconcile.FleetConnections) -> dict[str, list[str]] | None:
+        """Return, per Host, the VMs of a pass woken only by their own libvirt events; None: look at every Host whole.
+
+        As in the single-host controller (docs/controller.md): such a pass refreshes those VMs
+        in the last look at their Host, and takes the other Hosts as last seen. Anything else
+        (a manifest change, the resync, a reconnection, a retry, a Host never looked at, or
+        one whose connection changed) looks at every Host whole.
+        """
+        woken: dict[str, list[str]] = {}
+        for key in keys:
+            host, _, resource = key.partition(":")
+            if not resource.startswith("VirtualMachine/") or reasons.get(key) != "libvirt":
+                return None
+            woken.setdefault(host, []).append(resource.partition("/")[2])
+        for host, hypervisor in connections.hypervisors.items():
+            last = self._observations.get(host)
+            if last is None or last[0] is not hypervisor:
+                return None
+        return woken
+
+    def _look(self, connections: fleet_reconcile.FleetConnections, desired: model.DesiredState,
+              woken: dict[str, list[str]] | None) -> tuple[dict[str, object], float]:
+        """Return what every Host shows (or why it cannot be seen), and when the oldest of those looks began.
+
+        Hosts are looked at side by side. With ``woken``, a Host refreshes only its woken VMs
+        in its last look, and a Host without any is taken as last seen.
+        """
+        def look(name: str, hypervisor: hv.Hypervisor) -> tuple[str, object, float]:
+            began = time.monotonic()
+            try:
+                if woken is None:
+                    observation = observe.collect(hypervisor)
+                elif name in woken:
+                    names = woken[name]
+                    named = [planner.vm_volumes(desired.vms[vm], desired.images) for vm in names if vm in desired.vms]
+                    observation = observe.refresh(hypervisor, self._observations[name][1], names,
+                                                  volumes=set().union(*named))
+                else:
+                    _hypervisor, observation, began = self._observations[name]
+                    return name, actual_state.interpret(observation), began
+                self._observations[name] = (hypervisor, observation, began)
+                return name, actual_state.interpret(observation), began
+            except errors.KvmopsError as exc:
+                self._observations.pop(name, None)
+                log.info("host_unreachable", host=name, error=str(exc))
+                return name, fleet.HostUnreachable(name, str(exc)), began
+
+        began = time.monotonic()
+        observed: dict[str, object] = {name: fleet.HostUnreachable(name, error)
+                                       for name, error in connections.unreachable.items()}
+        items = sorted(connections.hypervisors.items())
+        if items:
+            with ThreadPoolExecutor(max_workers=min(len(items), fleet_reconcile.DEFAULT_HOST_WORKERS),
+                                    thread_name_prefix="kvmops-observe") as pool:
+                for name, seen, when in pool.map(lambda item: look(*item), items):
+                    observed[name] = seen
+                    began = min(began, when)
+        for name in [n for n in self._observations if n not in connections.hypervisors]:
+            del self._observations[name]
+        return dict(sorted(observed.items())), began
 
     def _release_all(self, keys: list[str]) -> None:
         for key in keys:
@@ -524,7 +590,7 @@ class FleetController(InternalErrors):
 
     def _dispatch(self, planned: fleet_reconcile.FleetPlanResult, connections: fleet_reconcile.FleetConnections,
                   keys: set[str], full: bool, reasons: dict[str, str], reconcile_id: str, dispatched: set[str],
-                  observed_at: float) -> None:
+                  observed_at: float, *, targeted: bool = False) -> None:
         """Start the changed resources this pass is for on their hosts' pools, in apply's order across hosts.
 
         A host's own changes in the executor's phases; then the migrations, each on its source's
@@ -532,7 +598,9 @@ class FleetController(InternalErrors):
         migration in flight has ended. A key is claimed before its work is submitted; a resource
         whose key is in flight is marked dirty and looked at again when that work ends. A resource
         whose last execution ended after the hosts were observed is not run on this plan (it
-        saw that work half done): its key is queued again, for a pass that sees the outcome.
+        saw that work half done): its key is queued again, for a pass that sees the outcome. A
+        targeted pass (it refreshed a few VMs, not every Host) neither removes nor moves
+        anything: the next full pass does.
         """
         fallback = reasons.get(FULL, "retry")
         hypervisors = dict(connections.hypervisors)
@@ -590,7 +658,7 @@ class FleetController(InternalErrors):
                     submit(host, plan, resource, key, needs)
         for migration in planned.plan.migrations:
             step = next(s for s in migration.steps if isinstance(s, plans.MigrateDomain))
-            if (self.agent is not None and step.source != self.agent) or step.source not in host_plans:
+            if targeted or (self.agent is not None and step.source != self.agent) or step.source not in host_plans:
                 continue
             key = host_key(step.source, migration.key)
             if not claim(key):
@@ -601,7 +669,7 @@ class FleetController(InternalErrors):
                 self._migrations[key] = future
         for host, plan in sorted(host_plans.items()):
             for resource in (r for phase in execute.phases(plan) for r in phase):
-                if not fleet_reconcile.is_removal(resource) or fleet_reconcile.is_migration(resource):
+                if targeted or not fleet_reconcile.is_removal(resource) or fleet_reconcile.is_migration(resource):
                     continue
                 key = host_key(host, resource.key)
                 if claim(key):
@@ -710,7 +778,7 @@ class FleetController(InternalErrors):
             self._notifier.status(f"error: {message}"[:200])
 
     def _record(self, planned: fleet_reconcile.FleetPlanResult, reasons: dict[str, str], reconcile_id: str,
-                duration: float) -> None:
+                duration: float, scope: str) -> None:
         plan, observed = planned.plan, planned.observed
         in_flight = self._queue.in_flight()
         with self._status_lock:
@@ -751,7 +819,7 @@ class FleetController(InternalErrors):
                 "migrations": [m.name for m in plan.migrations],
             }
             self._last_pass = {"reconcile_id": reconcile_id, "finished_at": now(), "duration_ms": round(duration * 1000),
-                               "trigger": trigger, "changes": changes, "problems": len(plan.problems)}
+                               "trigger": trigger, "changes": changes, "problems": len(plan.problems), "observed": scope}
         down = list(plan.unreachable)
         problems = len(plan.problems) + sum(len(h.plan.problems) for h in plan.hosts if h.plan is not None)
         if down:
@@ -763,7 +831,7 @@ class FleetController(InternalErrors):
         self.metrics.set("kvmops_connected", 0 if down else 1)
         self.metrics.set("kvmops_manifest_problems", len(plan.problems))
         log.info("reconcile_finished", duration_ms=round(duration * 1000), trigger=",".join(trigger), changes=changes,
-                 problems=problems, in_flight=len(in_flight), unreachable=[h.host for h in down] or None)
+                 problems=problems, in_flight=len(in_flight), unreachable=[h.host for h in down] or None, observed=scope)
         summary = plan.summary() + (f"; {problems} problem(s), pruning suspended" if problems else "")
         if not self._ready:
             self._ready = True
