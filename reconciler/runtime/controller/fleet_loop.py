@@ -319,8 +319,8 @@ class FleetController(InternalErrors):
                         HostLockKeeper(self.settings.state_dir, spec.uri, self._cancel))
                     self._links[name] = link
                     fresh.append(link)
-            for name in [n for n in self._links if n not in desired.hosts]:
-                self._retire(self._links.pop(name))
+            for name in [n for n in self._links if n not in desired.hosts and desired.hosts_complete]:
+                self._retire(self._links.pop(name))  # (a Host whose manifest broke keeps its connection meanwhile)
         self._reconnect_due()
         deadline = time.monotonic() + FIRST_CONNECT_WAIT
         for link in fresh:
@@ -474,7 +474,7 @@ class FleetController(InternalErrors):
             self._failed(started, str(exc), reconcile_id)
             self._release_all(keys)
             return
-        if not desired.hosts and self.agent is None:
+        if not desired.is_fleet and self.agent is None:
             self._release_all(keys)
             self.request_switch("single", "the manifests declare no Host any more")
             return
@@ -895,6 +895,6 @@ class FleetController(InternalErrors):
 def is_fleet(path: str) -> bool:
     """Return whether the manifests at ``path`` declare Hosts (so ``kvmops run`` drives a fleet)."""
     with contextlib.suppress(errors.KvmopsError):
-        return bool(reconcile.load_desired(path).hosts)
+        return reconcile.load_desired(path).is_fleet
     return False
 

@@ -372,7 +372,7 @@ class Controller(ControllerStatus):
         try:
             with reconcile.gc_paused():
                 desired = reconcile.load_desired(path, revision=self._revision(set(reasons.values())))
-                if desired.hosts:
+                if desired.is_fleet:
                     self._fleet_declared(keys, started, desired)
                     return
                 observing = time.monotonic()
@@ -432,13 +432,13 @@ class Controller(ControllerStatus):
         """The manifests now declare Hosts: switch to the fleet controller, or refuse when told to drive one URI."""
         if self.settings.uri_given:
             self._pass_failed(keys, started, "manifests", (
-                f"the manifests declare {len(desired.hosts)} Host(s), each reached at its own spec.uri, but this controller "
+                "the manifests declare Hosts, each reached at its own spec.uri, but this controller "
                 f"drives {redaction.redact_url(self.settings.uri)} (--connect): nothing is planned; restart kvmops run "
                 "without --connect, or with --host NAME as one Host's agent"))
             return
         for key in keys:
             self._queue.done(key)
-        self.request_switch("fleet", f"the manifests declare {len(desired.hosts)} Host(s)")
+        self.request_switch("fleet", "the manifests declare Hosts")
 
     def _woken_vms(self, keys: list[str], reasons: dict[str, str]) -> list[str] | None:
         """Return the VMs of a pass woken only by their own libvirt events, or None when it must observe the whole host.
