@@ -633,16 +633,19 @@ class FleetController(InternalErrors):
                    needs: list[tuple[str, Future]], destination: str | None = None) -> Future | None:
             reason = reasons.get(key, fallback)
             single = dataclasses.replace(plan, resources=(resource,))
+            if resource.kind == "VirtualMachine" and plans.Action.CREATE in resource.actions:
+                with self._subjects_lock:  # before it can end, so that its end is recorded
+                    self._arriving[resource.name] = (host, None)
             try:
                 future = links[host].executor.submit(self._execute, host, single, resource, key, reason, reconcile_id,
                                                      needs, hypervisors, destination)
             except RuntimeError:  # the host left the manifests meanwhile: its pool takes nothing new
                 self._end(key)
                 return None
+            except BaseException:
+                self._end(key)  # nothing will run for it: free its key and its subject
+                raise
             dispatched.add(key)
-            if resource.kind == "VirtualMachine" and plans.Action.CREATE in resource.actions:
-                with self._subjects_lock:
-                    self._arriving[resource.name] = (host, None)
             work[key] = self._running[key] = future
             self._futures.add(future)
             future.add_done_callback(lambda done, key=key: self._finished(key, done))
