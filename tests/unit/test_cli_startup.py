@@ -7,6 +7,7 @@ the CLI into the test process: it would reach libvirt (see test_boundaries.py).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -105,3 +106,37 @@ def test_validate_without_connect_never_loads_libvirt_or_the_controller(tmp_path
     assert {"jsonschema", "yaml"} <= loaded  # it did validate
     assert [m for m in ("libvirt", "watchdog", "asyncio", "http.server", "reconciler.runtime.execute",
                         "reconciler.runtime.controller") if m in loaded] == []
+
+
+def test_events_below_the_level_are_dropped_without_loading_structlog():
+    """At level warning, info and debug events load no structlog; the first warning loads it and is written."""
+    result = python("-c", (
+        "import io, json, sys\n"
+        "from reconciler import logconfig\n"
+        "stream = io.StringIO()\n"
+        "logconfig.configure(format='json', level='warning', stream=stream)\n"
+        "log = logconfig.get_logger('kvmops.test')\n"
+        "log.info('step_done', vm='web')\n"
+        "log.debug('detail')\n"
+        "print('structlog' in sys.modules)\n"
+        "log.warning('pool_missing', pool='vmstore')\n"
+        "print('structlog' in sys.modules)\n"
+        "print(stream.getvalue(), end='')\n"
+    ))
+    before, after, *events = result.stdout.splitlines()
+    assert (before, after) == ("False", "True")
+    assert [json.loads(e)["event"] for e in events] == ["pool_missing"]
+
+
+def test_a_one_shot_apply_at_the_default_level_never_loads_structlog(tmp_path):
+    """``kvmops apply`` logs its steps at info, below its default level: structlog (and asyncio) stay unloaded."""
+    loaded = loaded_by(
+        "import contextlib, io\n"
+        "from reconciler import cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        f"    status = cli.main(['apply', {str(REPO / 'manifests')!r}, '--connect', 'test:///default'])\n"
+        "assert status == 0, out.getvalue()\n"
+        "assert 'Converged' in out.getvalue(), out.getvalue()"
+    )
+    assert "reconciler.runtime.execute" in loaded  # it did apply
+    assert [m for m in ("structlog", "asyncio", "watchdog", "http.server") if m in loaded] == []
