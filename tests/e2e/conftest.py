@@ -320,3 +320,22 @@ def tiny_guest():
     from tests.e2e import tinyguest
 
     return tinyguest.build()
+
+
+@pytest.fixture(scope="session")
+def lab():
+    """Return the session's lab (:mod:`tests.lab`): three private libvirtd daemons, started once, shared by every
+    test that needs hypervisors of its own (fleets, migrations, drains).
+
+    Tests share it by name: each names its objects with a prefix of its own and removes them
+    afterwards (:func:`tests.e2e.labfleet.reset`), so the hosts are as fresh for the next test.
+    The lab is removed at the end of the session whatever happened, and an abandoned one
+    (a killed session) is swept by the next session or by ``scripts/lab sweep``.
+    """
+    from tests import lab as labs
+    from tests.e2e import labfleet
+
+    labfleet.require_lab("the lab tests")
+    labs.sweep_abandoned(labs.LAB_ROOT, f"{PREFIX}-lab-*")
+    with labfleet.started_lab(f"{PREFIX}-lab-{uuid.uuid4().hex[:6]}") as started:
+        yield started
