@@ -461,6 +461,9 @@ class DesiredState:
     source: str = ""  # the manifest root, for problems about the set as a whole
     revision: str = ""  # git revision of the manifests, recorded in domains changed from it
     hosts: Mapping[str, HostSpec] = field(default_factory=dict)  # empty: a single host, chosen by --connect
+    # False when a Host manifest (or a file that may hold one) did not load: a VM found on no
+    # Host kvmops sees may run on that one, so a fleet must not place it anew
+    hosts_complete: bool = True
 
     @property
     def complete(self) -> bool:

@@ -23,7 +23,7 @@ import jsonschema
 import referencing
 import referencing.jsonschema
 
-from reconciler.core import memo, model
+from reconciler.core import memo, model, trash
 
 API_VERSION = "kvmops/v1"
 SCHEMA_FILES = {
@@ -104,6 +104,12 @@ def validate_config(document: model.Document) -> tuple[dict | None, list[model.P
     if not isinstance(body, dict):
         return None, [document.origin.problem("", "the configuration must be a mapping of settings")]
     problems = _problems(_config_validator().iter_errors(body), document.origin)
+    retention = body.get("policy", {}).get("trashRetention") if not problems else None
+    if retention is not None:
+        try:
+            trash.parse_retention(retention)  # the schema checks its shape, not its size
+        except ValueError as exc:
+            problems.append(document.origin.problem("policy.trashRetention", str(exc)))
     if problems:
         return None, problems
     schema = schemas()[CONFIG_SCHEMA]

@@ -162,6 +162,22 @@ def test_an_unreachable_host_is_an_error_in_its_own_section_and_the_others_conve
     assert "Unknown: db" in out
 
 
+@pytest.mark.parametrize("breakage", ["a typo in its URI", "its URI given to another Host too"])
+def test_a_vm_on_a_host_whose_manifest_broke_is_never_created_on_another(fleet, capsys, breakage):
+    """Without its manifest kvmops cannot see that Host: a VM found on no other Host may run there, so it is not placed."""
+    run(capsys, "apply", str(fleet.manifests))
+    before = fleet.domains()
+    documents = [host_doc(name, uri, rack="a" if name != "h3" else "b", room="lab") for name, uri in fleet.uris.items()]
+    documents[2]["spec"]["uri"] = "qemu:///no such uri" if breakage == "a typo in its URI" else fleet.uris["h2"]
+    factories.write(fleet.manifests, "hosts.yaml", *documents)
+
+    status, out, _err = run(capsys, "apply", str(fleet.manifests))
+
+    assert status == 1
+    assert fleet.domains() == before  # h3's VMs were not defined anew on h1 or h2 (nor h2's removed)
+    assert "a Host manifest did not load" in out
+
+
 def test_status_lists_the_vms_per_host_and_names_an_unreachable_one(fleet, capsys):
     run(capsys, "apply", str(fleet.manifests))
     fleet.write_hosts(dead=True)
@@ -274,6 +290,18 @@ def test_doctor_checks_every_host_and_fails_for_the_unreachable_one(fleet, capsy
     assert [line.split(" ")[1] for line in out.splitlines() if line.startswith("Host ")] == ["h1", "h2", "h3", "h4"]
     assert "[FAIL] libvirtd" in out[out.index("Host h4"):]
     assert out.splitlines()[-1].startswith("4 host(s), ")
+
+
+def test_doctor_shows_no_password_of_a_host_uri(fleet, capsys):
+    """Every check's detail is redacted: a libvirt that answers quotes its URI, secrets and all."""
+    documents = [host_doc(name, uri, room="lab") for name, uri in fleet.uris.items()]
+    documents[0]["spec"]["uri"] = "test:///default?password=s3cretpw"
+    factories.write(fleet.manifests, "hosts.yaml", *documents)
+
+    _status, out, err = run(capsys, "doctor", str(fleet.manifests), "--host", "h1")
+
+    assert "libvirtd: test:///default?password=*** answers" in out
+    assert "s3cretpw" not in out + err
 
 
 def test_wait_finds_the_vm_on_its_host(fleet, capsys):
