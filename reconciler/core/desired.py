@@ -64,7 +64,9 @@ def build(
     problems = list(manifests.problems)
     hosts_complete = not manifests.problems  # a file that did not load may have declared Hosts
     candidates: dict[tuple[str, str], list[tuple[model.Document, object]]] = {}
+    declares_hosts = False
     for document in manifests.documents:
+        declares_hosts = declares_hosts or (isinstance(document.body, dict) and document.body.get("kind") == "Host")
         body, found = validation.validate(document)
         if found:
             problems.extend(found)
@@ -143,6 +145,7 @@ def build(
         images=MappingProxyType(dict(sorted(images.items()))),
         hosts=MappingProxyType(dict(sorted(hosts.items()))),
         hosts_complete=hosts_complete,
+        declares_hosts=declares_hosts or bool(hosts),
     )
 
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import libvirt
-import pytest
 
 from reconciler.adapters import hypervisor as hv
 from reconciler.core import domxml, model, storagexml
@@ -64,21 +63,8 @@ class Fleet:
         return Path(path)
 
 
-LAB_HOSTS = 3  # the most any test of the session needs (the fleet tests); the migration tests use h1 and h2
-
-
-def require_lab(what: str) -> None:
-    """Skip (or, with ``KVMOPS_E2E=required``, fail) the test when this machine cannot run a lab."""
-    missing = [tool for tool in ("unshare", "nsenter", "libvirtd", "virtlogd") if shutil.which(tool) is None]
-    if os.geteuid() != 0 or missing:
-        why = f"{what} need root and {', '.join(missing) or 'namespaces'}"
-        if os.environ.get("KVMOPS_E2E") == "required":
-            pytest.fail(why)
-        pytest.skip(why)
-
-
 @contextlib.contextmanager
-def started_lab(name: str, hosts: int = LAB_HOSTS) -> Iterator[labs.Lab]:
+def started_lab(name: str, hosts: int = 2) -> Iterator[labs.Lab]:
     """Yield lab ``name`` of ``hosts`` hosts, bound to this process; removed, lab and all, whatever happens.
 
     Whatever happens includes ``KeyboardInterrupt`` (the ``finally`` runs) and this process

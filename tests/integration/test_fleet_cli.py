@@ -313,3 +313,24 @@ def test_wait_finds_the_vm_on_its_host(fleet, capsys):
 
     assert status == 0
     assert out.strip() == f"{where}: web-1 is running"
+
+
+@pytest.mark.parametrize("broken", ["qemu+ssh://bad host/system", 42])
+def test_a_fleet_whose_every_host_is_broken_changes_no_host_at_all(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, broken: object):
+    local = hv.Hypervisor.open(node_uri(tmp_path))
+    try:
+        pin_hosts(monkeypatch, [local])
+        manifests = tmp_path / "manifests"
+        factories.write(manifests, "hosts.yaml", host_doc("h1", broken))  # type: ignore[arg-type]
+        factories.write(manifests, "vms.yaml", web("web-1"))
+
+        status = cli.main(["apply", str(manifests), "--connect", local.uri])
+
+        assert status == cli.EXIT_ERROR
+        assert "web-1" not in {record.name for record in local.list_domains()}
+        assert "declare Hosts" in capsys.readouterr().err
+        assert cli.main(["plan", str(manifests)]) == cli.EXIT_ERROR  # no host to plan on: the broken Host is the answer
+        assert "hosts.yaml:" in capsys.readouterr().out
+    finally:
+        local.close()

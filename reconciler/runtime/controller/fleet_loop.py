@@ -305,5 +305,5 @@ class FleetController:
 def is_fleet(path: str) -> bool:
     """Return whether the manifests at ``path`` declare Hosts (so ``kvmops run`` drives a fleet)."""
     with contextlib.suppress(errors.KvmopsError):
-        return bool(reconcile.load_desired(path).hosts)
+        return reconcile.load_desired(path).is_fleet
     return False
