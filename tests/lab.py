@@ -323,7 +323,7 @@ class LabHost:
                     domain.destroy()
 
             # concurrently: tearing a TCG guest down takes a while, and a host may have dozens
-            _each_at_once(destroy, connection.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE))
+            each_at_once(destroy, connection.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE))
             for network in connection.listAllNetworks(libvirt.VIR_CONNECT_LIST_NETWORKS_ACTIVE):
                 with contextlib.suppress(libvirt.libvirtError):
                     network.destroy()
@@ -387,7 +387,7 @@ class LabHost:
         return forced
 
 
-def _each_at_once(function, items) -> list:
+def each_at_once(function, items) -> list:
     """Return ``[function(item) for item in items]``, computed in threads at once (each waits on other processes)."""
     items = list(items)
     if len(items) < 2:
@@ -460,7 +460,7 @@ class Lab:
             for host, holder in zip(self.hosts, holders):
                 host.wait_for_holder(holder)
                 self.save()
-            _each_at_once(LabHost.start_daemons, self.hosts)
+            each_at_once(LabHost.start_daemons, self.hosts)
         except BaseException:
             try:
                 self.stop()
@@ -489,7 +489,7 @@ class Lab:
 
     def stop(self) -> list[str]:
         """Remove every host and the lab's directory; return what had to be forced."""
-        forced = [line for lines in _each_at_once(LabHost.stop, self.hosts) for line in lines]
+        forced = [line for lines in each_at_once(LabHost.stop, self.hosts) for line in lines]
         shutil.rmtree(self.directory, ignore_errors=True)
         return forced
 

@@ -28,6 +28,7 @@ from reconciler.core import plan as plans
 from reconciler.runtime import execute
 from tests import lab as labs
 from tests.e2e import tinyguest
+from tests.e2e.conftest import sweep
 
 DISK_BYTES = 64 * 1024 * 1024
 
@@ -83,9 +84,8 @@ def started_lab(name: str, hosts: int = 2) -> Iterator[labs.Lab]:
 
 def reset(lab: labs.Lab, prefix: str) -> None:
     """Remove from every host of ``lab`` what a test named ``prefix-...`` left: domains, pools and their volumes,
-    networks, and the files of its pools; a host whose libvirtd a test killed is started again first."""
-    from tests.e2e.conftest import sweep
-
+    networks, and the files of its pools; a host whose libvirtd a test killed is started again first.  Objects of
+    other prefixes are never touched."""
     def clean(host: labs.LabHost) -> None:
         if host.libvirtd_pid is None:
             host.start_daemons()
@@ -97,10 +97,9 @@ def reset(lab: labs.Lab, prefix: str) -> None:
         for leftover in (*(host.directory / "lib" / "images").glob(f"{prefix}-*"),
                          *(host.directory / "lib" / "qemu" / "nvram").glob(f"{prefix}-*")):
             _remove(leftover)
-        for log in (host.directory / "log" / "qemu").glob(f"{prefix}-*"):
-            _remove(log)
+        # (the guests' logs stay: names unique to the test, and what finds a guest's cgroup should its libvirtd die)
 
-    labs._each_at_once(clean, lab.hosts)
+    labs.each_at_once(clean, lab.hosts)
     for leftover in lab.shared.glob(f"{prefix}-*"):
         _remove(leftover)
 
