@@ -619,18 +619,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     def reload() -> controller.ControllerSettings:
         return configuration.controller_settings(flags, configuration.read(args.config))
 
-    from reconciler.runtime.controller import fleet_loop
+    from reconciler.runtime.controller import mode_switch
 
-    if settings.path and fleet_loop.is_fleet(settings.path):
-        if args.connect:
-            raise errors.KvmopsError("--connect: the manifests declare Hosts, each reached at its own spec.uri; drop "
-                                     "--connect (--host NAME runs as one Host's agent)")
-        runner = fleet_loop.FleetController(settings, host=args.host)
-    elif args.host:
-        raise errors.KvmopsError(f"--host {args.host}: the manifests declare no Host (with --git, fleets are not "
-                                 "followed yet); --host makes kvmops run one Host's agent in a fleet")
-    else:
-        runner = controller.Controller(settings, reload=reload if args.config else None)
+    runner = mode_switch.SwitchingController(settings, host=args.host, reload=reload if args.config else None)
     signal.signal(signal.SIGTERM, lambda *_: runner.request_stop())
     signal.signal(signal.SIGINT, lambda *_: runner.request_stop())
     signal.signal(signal.SIGHUP, lambda *_: runner.request_reload())

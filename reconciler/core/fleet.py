@@ -150,13 +150,17 @@ def plan_fleet(
     *,
     evacuate: Collection[str] = frozenset(),
     only_host: str | None = None,
+    arriving: Mapping[str, str] = MappingProxyType({}),
 ) -> FleetPlan:
     """Return the plan that converges every Host of ``desired`` on it.
 
     ``observed`` maps each Host's name to what its libvirt showed, or to why it could not
     be reached; a Host missing from it counts as unreachable. ``evacuate`` names hosts a
     person declared dead: their VMs may be placed elsewhere. ``only_host`` plans that host
-    alone (placement still sees the whole fleet).
+    alone (placement still sees the whole fleet). ``arriving`` maps VMs being created on a
+    Host right now (a controller's work in flight, not yet observed) to that Host: placement
+    counts them there, as if found, so what else it places does not depend on how far that
+    work had got when the hosts were looked at.
     """
     fleet = settings.scope
     hosts = dict(sorted(desired.hosts.items()))
@@ -178,6 +182,8 @@ def plan_fleet(
         problems.append(_split_brain_problem(desired, brain, fleet, reachable, source=desired.source))
     split_names = {brain.vm for brain in split}
     located = {vm: next(iter(on)) for vm, on in found.items() if len(on) == 1 and vm in desired.vms}
+    located.update({vm: host for vm, host in arriving.items()
+                    if vm in desired.vms and vm not in found and host in reachable})
     unplaced = set(split_names)
     if not desired.hosts_complete:
         for name in sorted(set(desired.vms) - set(located) - split_names):

@@ -15,6 +15,7 @@ import contextlib
 import json
 from pathlib import Path
 
+import libvirt
 import pytest
 
 from reconciler import cli
@@ -90,7 +91,16 @@ def pin_hosts(monkeypatch: pytest.MonkeyPatch, hypervisors) -> None:
             return getattr(self.enter_result, name)
 
         def close(self) -> None:
-            """Pinned connections stay open: the test owns them."""
+            """Pinned connections stay open (the test owns them); what was watched through this one is no longer."""
+            hypervisor = self.enter_result
+            watched, hypervisor._event_callbacks = hypervisor._event_callbacks, []
+            for callback_id in watched:
+                with contextlib.suppress(libvirt.libvirtError):
+                    hypervisor._connection.domainEventDeregisterAny(callback_id)
+            if hypervisor._close_callback:
+                with contextlib.suppress(libvirt.libvirtError):
+                    hypervisor._connection.unregisterCloseCallback()
+                hypervisor._close_callback = False
 
     def open_pinned(cls, uri: str, **options):
         if uri in pinned:

@@ -519,6 +519,17 @@ def test_a_kept_nvram_is_left_behind_and_said_so():
     assert any("UEFI NVRAM on a is left behind after the move (keepNvram)" in note for note in migration.notes)
 
 
+def test_a_vm_being_created_counts_on_its_host_so_placement_does_not_depend_on_how_far_that_got():
+    state = manifests(vm_yaml("w1"), vm_yaml("w2"))
+    empty = {"a": builders.actual(pools=()), "b": builders.actual(pools=())}
+    assert (fleet.plan_fleet(state, empty).host("a").vms, fleet.plan_fleet(state, empty).host("b").vms) == (("w1",), ("w2",))
+
+    result = fleet.plan_fleet(state, empty, arriving={"w2": "a"})
+
+    assert (result.host("a").vms, result.host("b").vms) == (("w2",), ("w1",))
+    assert [r.key for r in result.host("a").plan.changes if r.kind == "VirtualMachine"] == ["VirtualMachine/w2"]
+
+
 def test_a_network_the_vms_left_stays_on_their_old_host_until_its_manifest_goes():
     state = manifests(vm_yaml("web", where="{host: b}", network=True))
     lan = state.networks["lan"]
