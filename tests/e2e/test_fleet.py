@@ -33,13 +33,13 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 class LabFleet:
-    """A three-host lab, a connection to each host, and a manifest directory for it."""
+    """The first ``hosts`` hosts of a lab (all by default) as a fleet: Host manifests, a manifest directory, the CLI."""
 
-    def __init__(self, lab: labs.Lab, manifests: Path, prefix: str) -> None:
+    def __init__(self, lab: labs.Lab, manifests: Path, prefix: str, hosts: int | None = None) -> None:
         self.lab = lab
         self.manifests = manifests
         self.prefix = prefix
-        self.names = [f"h{i}" for i in range(1, len(lab.hosts) + 1)]
+        self.names = [f"h{i}" for i in range(1, (hosts or len(lab.hosts)) + 1)]
         self.labels = {name: {"rack": f"r{i}", "lab": prefix} for i, name in enumerate(self.names, 1)}
         self.state_dir = manifests.parent / "state"
 
