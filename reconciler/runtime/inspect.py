@@ -16,7 +16,7 @@ from reconciler import defaults, errors
 from reconciler.adapters import hypervisor as hv
 from reconciler.core import model, planner
 from reconciler.core import plan as plans
-from reconciler.runtime import fleet_reconcile, observe, reconcile
+from reconciler.runtime import observe
 
 ADDRESS_SOURCES = ("lease", "agent", "arp")
 @dataclass(frozen=True)
@@ -226,6 +226,8 @@ def wait_in_fleet(desired: model.DesiredState, name: str, condition: str, *, tim
 
     Refuses a VM no reachable Host has, and one several Hosts define (give the Host).
     """
+    from reconciler.runtime import fleet_reconcile  # here: `kvmops status` and `wait` on one host load no fleet
+
     if only_host is not None:
         desired = dataclasses.replace(desired, hosts={only_host: desired.hosts[only_host]})
     with fleet_reconcile.connect(desired, read_only=True, workers=max(1, host_workers)) as connections:
@@ -244,6 +246,8 @@ def status_rows_on(hypervisor: hv.Hypervisor, *, manifests: str | None, name: st
     """Return :func:`status_rows`, compared with ``manifests`` when given (so conditions say Drifted or Error)."""
     plan = None
     if manifests:
+        from reconciler.runtime import reconcile  # here: without manifests, no manifest is read
+
         plan = reconcile.make_plan(manifests, hypervisor, settings=planner.Settings(scope=scope or default_scope)).plan
     return status_rows(hypervisor, name=name, scope=scope, plan=plan)
 

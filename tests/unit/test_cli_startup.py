@@ -140,3 +140,17 @@ def test_a_one_shot_apply_at_the_default_level_never_loads_structlog(tmp_path):
     )
     assert "reconciler.runtime.execute" in loaded  # it did apply
     assert [m for m in ("structlog", "asyncio", "watchdog", "http.server") if m in loaded] == []
+
+
+def test_status_of_one_host_reads_no_manifest_and_loads_no_fleet():
+    """``kvmops status`` without ``--manifests`` needs libvirt alone: no PyYAML, jsonschema, executor or fleet."""
+    loaded = loaded_by(
+        "import contextlib, io\n"
+        "from reconciler import cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "    status = cli.main(['status', '--connect', 'test:///default'])\n"
+        "assert status == 0, out.getvalue()"
+    )
+    assert "libvirt" in loaded  # it did look
+    assert [m for m in ("yaml", "jsonschema", "structlog", "reconciler.runtime.execute", "reconciler.runtime.fleet_reconcile")
+            if m in loaded] == []
