@@ -557,16 +557,30 @@ def with_defaults(instance: object, schema: dict, root: dict) -> object:
         properties = schema.get("properties", {})
         for key, value in instance.items():
             sub = properties.get(key)
-            result[key] = with_defaults(value, sub, root) if sub is not None else copy.deepcopy(value)
+            result[key] = with_defaults(value, sub, root) if sub is not None else _copied(value)
         for key, sub in properties.items():
             sub = _resolve(sub, root)
             if key not in result and "default" in sub:
-                result[key] = copy.deepcopy(sub["default"])
+                result[key] = _copied(sub["default"])
         return result
     if isinstance(instance, list):
         items = schema.get("items")
-        return [with_defaults(item, items, root) if items else copy.deepcopy(item) for item in instance]
+        return [with_defaults(item, items, root) if items else _copied(item) for item in instance]
     return instance
+
+
+_IMMUTABLE = (str, int, float, bool, type(None))
+
+
+def _copied(value: object) -> object:
+    """Return a deep copy of ``value`` (copy.deepcopy's result, without its bookkeeping for plain data)."""
+    if type(value) in _IMMUTABLE:
+        return value
+    if type(value) is dict:
+        return {key: _copied(item) for key, item in value.items()}
+    if type(value) is list:
+        return [_copied(item) for item in value]
+    return copy.deepcopy(value)
 
 
 def _resolve(schema: dict, root: dict) -> dict:
