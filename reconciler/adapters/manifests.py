@@ -56,7 +56,7 @@ def discover(root: Path) -> list[Path]:
             if name.startswith((".", "#")) or not name.endswith(MANIFEST_SUFFIXES):
                 continue
             found.append(Path(directory, name))
-    return sorted(found)
+    return sorted(found, key=lambda path: path.parts)  # Path's own order, without its comparison's overhead
 
 
 def load(root: str | os.PathLike) -> model.ManifestSet:
@@ -148,7 +148,11 @@ def load_file(path: Path, base: Path, *, tree: manifest_tree.ManifestTree | None
     tree is a problem, like any file a manifest refers to.
     """
     display = str(path)
-    relpath = path.relative_to(base).as_posix() if path.is_relative_to(base) else path.name
+    parts, base_parts = path.parts, base.parts
+    if parts[:len(base_parts)] == base_parts:  # path.relative_to(base).as_posix(), without pathlib's parsing
+        relpath = "/".join(parts[len(base_parts):]) or "."
+    else:
+        relpath = path.name
     try:
         if tree is not None:
             raw = tree.read(relpath, limit=MAX_FILE_BYTES)
