@@ -9,8 +9,6 @@ pool, and the volumes of every active pool.  :func:`collect` does the libvirt ca
 
 from __future__ import annotations
 
-import dataclasses
-
 from reconciler import errors
 from reconciler.adapters import hypervisor as hv
 from reconciler.adapters.trash import PoolTrash
@@ -20,16 +18,9 @@ from reconciler.core import actual, model, trash
 def collect(hypervisor: hv.Hypervisor) -> model.Observation:
     """Return the raw facts of ``hypervisor`` now."""
     host = hypervisor.host_info()
-    records = []
-    for record in hypervisor.list_domains():
-        # Running domains, foreign ones too: disks plugged in live show only there, and a
-        # volume any domain uses is never deleted or resized.
-        if record.power.active and record.persistent:
-            try:
-                record = dataclasses.replace(record, live_xml=hypervisor.live_xml(record.name))
-            except errors.ObjectNotFound:
-                continue  # gone between the listing and now
-        records.append(record)
+    # The live XML of running domains, foreign ones too: disks plugged in live show only
+    # there, and a volume any domain uses is never deleted or resized.
+    records = hypervisor.list_domains(live=True)
     pools = tuple(hypervisor.list_pools())
     volumes = []
     for pool in pools:
