@@ -99,13 +99,14 @@ LIFECYCLE = {
 
 @dataclass(frozen=True)
 class Names:
-    """Every name one benchmark uses, all under ``kvmops-bench2-<bench>-``."""
+    """Every name one benchmark uses, all under ``<base><bench>-`` (``kvmops-bench2-<bench>-`` by default)."""
 
     bench: str
+    base: str = BASE_PREFIX
 
     @property
     def prefix(self) -> str:
-        return f"{BASE_PREFIX}{self.bench}-"
+        return f"{self.base}{self.bench}-"
 
     @property
     def pool(self) -> str:
@@ -135,7 +136,7 @@ class Names:
         return f"{self.prefix}vm-{index:02d}"
 
     def ours(self, name: str) -> bool:
-        return name.startswith(BASE_PREFIX) and name.startswith(self.prefix)
+        return name.startswith(self.prefix)
 
 
 def write_manifest(directory: Path, name: str, pool: str) -> None:
@@ -277,7 +278,7 @@ class Libvirt:
                     pool.destroy()
             with contextlib.suppress(libvirt.libvirtError):
                 pool.undefine()
-        if self.names.workdir.name.startswith(BASE_PREFIX):
+        if self.names.workdir.name.startswith(self.names.prefix):
             shutil.rmtree(self.names.workdir, ignore_errors=True)
 
     def create_pool(self) -> None:

@@ -10,14 +10,10 @@ stderr.  Exit status: 0 success, 1 error or problems; ``plan --detailed-exitcode
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
-import datetime
 import json
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,16 +22,15 @@ import reconciler
 from reconciler import errors, logconfig
 from reconciler.adapters import git
 from reconciler.adapters import hypervisor as hv
-from reconciler.core import planner, quantity, redaction, render, snapshot, trash, validation
-from reconciler.core import policy as policies
-from reconciler.runtime import adoption, doctor, execute, hostlock, inspect, observe, reconcile, recovery, review
-from reconciler.runtime.report import report_text, status_table
+from reconciler.core import model, planner, redaction, render, validation
+from reconciler.runtime import (adoption, command_settings, doctor, drain, execute, fleet_reconcile, fleet_status, hostlock,
+                                inspect, reconcile, recovery, report, review, snapshots)
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_CHANGES = 2
 DEMO_URI = "test:///default"
-DEFAULT_SCOPE = "default"
+DEFAULT_SCOPE = command_settings.DEFAULT_SCOPE
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -64,9 +59,22 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--connect", "-c", metavar="URI", default=default_uri() if required_default else None,
                              help="libvirt URI (default: $KVMOPS_CONNECT or qemu:///system)")
 
-    def planning_options(command: argparse.ArgumentParser, *, connect_default: bool = True) -> None:
-        command.add_argument("path", metavar="PATH", help="manifest directory (searched recursively) or file")
+    def fleet_options(command: argparse.ArgumentParser, *, host: bool = True) -> None:
+        if host:
+            command.add_argument("--host", metavar="NAME", default=None,
+                                 help="in a fleet (manifests with kind: Host), only this Host")
+        command.add_argument("--parallel-hosts", type=int, default=fleet_reconcile.DEFAULT_HOST_WORKERS, metavar="N",
+                             help=f"in a fleet, hosts worked on at once (default: {fleet_reconcile.DEFAULT_HOST_WORKERS})")
+
+    def planning_options(command: argparse.ArgumentParser, *, connect_default: bool = True, host: bool = True,
+                         path_optional: bool = False) -> None:
+        if path_optional:
+            command.add_argument("path", metavar="PATH", nargs="?", default=os.environ.get("KVMOPS_MANIFESTS") or "manifests",
+                                 help="manifest directory (default: $KVMOPS_MANIFESTS or manifests)")
+        else:
+            command.add_argument("path", metavar="PATH", help="manifest directory (searched recursively) or file")
         connect_option(command, required_default=connect_default)
+        fleet_options(command, host=host)
         command.add_argument("--no-prune", action="store_true", help="never remove domains whose manifest is gone")
         command.add_argument("--allow-empty", action="store_true",
                              help="allow pruning every managed domain when the manifests declare no VM")
@@ -121,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--virt-type", choices=("auto", "kvm", "qemu"), default=os.environ.get("KVMOPS_VIRT_TYPE", "auto"))
     diff.add_argument("--shutdown-timeout", type=float, default=60.0, metavar="SECONDS")
     diff.add_argument("--no-color", action="store_true")
+    diff.add_argument("--host", metavar="NAME", default=None, help="in a fleet, only this Host's changes")
     scope_option(diff, default=None)
     policy_options(diff)
     diff.set_defaults(handler=cmd_diff)
@@ -128,7 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     state = commands.add_parser("state", help="snapshots of a host, for planning where libvirt is out of reach")
     state_commands = state.add_subparsers(dest="state_command", required=True, metavar="ACTION", parser_class=_Parser)
     export = state_commands.add_parser("export", help="print a JSON snapshot of the host (for plan --state)")
-    connect_option(export)
+    connect_option(export, required_default=False)
+    export.add_argument("--manifests", metavar="PATH", default=os.environ.get("KVMOPS_MANIFESTS"),
+                        help="manifests declaring Hosts: export every Host into one fleet snapshot")
+    fleet_options(export)
     export.add_argument("--output", "-o", metavar="FILE", default=None, help="write to FILE instead of stdout")
     export.set_defaults(handler=cmd_state_export)
 
@@ -159,7 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     connect_option(status)
     status.add_argument("--output", "-o", choices=("table", "json"), default="table")
     status.add_argument("--manifests", metavar="PATH", default=os.environ.get("KVMOPS_MANIFESTS"),
-                        help="also compare with these manifests (conditions Drifted and Error)")
+                        help="also compare with these manifests (conditions Drifted and Error); with Hosts in them, "
+                             "every Host of the fleet")
+    fleet_options(status)
     scope_option(status, default=None)
     status.set_defaults(handler=cmd_status)
 
@@ -167,7 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     wait.add_argument("name", metavar="NAME")
     wait.add_argument("--for", dest="condition", choices=inspect.CONDITIONS, required=True)
     wait.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS")
-    connect_option(wait)
+    connect_option(wait, required_default=False)
+    wait.add_argument("--manifests", metavar="PATH", default=os.environ.get("KVMOPS_MANIFESTS"),
+                      help="manifests declaring Hosts: wait for the VM on whichever Host has it")
+    fleet_options(wait)
     wait.set_defaults(handler=cmd_wait)
 
     ssh = commands.add_parser("ssh", help="ssh to a VM at the address kvmops finds for it")
@@ -179,8 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     ssh.set_defaults(handler=cmd_ssh)
 
     doctor = commands.add_parser("doctor", help="check the host: KVM, libvirtd, qemu-img, pools, networks, space")
-    doctor.add_argument("path", metavar="PATH", nargs="?", default=None, help="manifests to check the host against")
-    connect_option(doctor)
+    doctor.add_argument("path", metavar="PATH", nargs="?", default=None,
+                        help="manifests to check the host against (with Hosts in them: every Host of the fleet)")
+    connect_option(doctor, required_default=False)
+    fleet_options(doctor)
     scope_option(doctor, default=None)
     policy_options(doctor, mass_prune=False)
     doctor.set_defaults(handler=cmd_doctor)
@@ -191,8 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("--output", "-o", metavar="FILE", default=None, help="write to FILE instead of stdout")
     importer.set_defaults(handler=cmd_import)
 
-    apply = commands.add_parser("apply", help="converge the host on the manifests")
-    planning_options(apply)
+    apply = commands.add_parser("apply", help="converge the host (or every Host of a fleet) on the manifests")
+    planning_options(apply, connect_default=False)
     apply.add_argument("--parallel", type=int, default=execute.DEFAULT_WORKERS, metavar="N",
                        help=f"VMs worked on at once (default: {execute.DEFAULT_WORKERS})")
     apply.set_defaults(handler=cmd_apply)
@@ -202,11 +221,38 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--state-dir", default=None, help="directory of the host lock (default: $KVMOPS_STATE_DIR, "
                        "/var/lib/kvmops for root, ~/.local/state/kvmops otherwise)")
 
+    drain = commands.add_parser("drain", help="in a fleet: plan a Host cordoned and its VMs moved off (--apply to do it)")
+    drain.add_argument("host_name", metavar="HOST")
+    planning_options(drain, connect_default=False, host=False, path_optional=True)
+    drain.add_argument("--apply", action="store_true", help="carry the plan out (migrate the VMs off the host)")
+    drain.add_argument("--output", "-o", choices=("text", "json", "markdown"), default="text")
+    drain.add_argument("--parallel", type=int, default=execute.DEFAULT_WORKERS, metavar="N",
+                       help=f"VMs worked on at once per host (default: {execute.DEFAULT_WORKERS})")
+    drain.add_argument("--lock-timeout", type=float, default=300.0, metavar="SECONDS")
+    drain.add_argument("--state-dir", default=None, help="directory of the host locks")
+    drain.set_defaults(handler=cmd_drain)
+
+    evacuate = commands.add_parser("evacuate", help="in a fleet: plan moving a dead Host's VMs elsewhere "
+                                                    "(only VMs whose disks are on shared pools)")
+    evacuate.add_argument("host_name", metavar="HOST")
+    planning_options(evacuate, connect_default=False, host=False, path_optional=True)
+    evacuate.add_argument("--host-is-dead", action="store_true",
+                          help="confirm the host is down for good (powered off or fenced): its VMs are defined "
+                               "anew elsewhere, so if it still ran them they would run twice")
+    evacuate.add_argument("--apply", action="store_true", help="carry the plan out")
+    evacuate.add_argument("--output", "-o", choices=("text", "json", "markdown"), default="text")
+    evacuate.add_argument("--parallel", type=int, default=execute.DEFAULT_WORKERS, metavar="N")
+    evacuate.add_argument("--lock-timeout", type=float, default=300.0, metavar="SECONDS")
+    evacuate.add_argument("--state-dir", default=None, help="directory of the host locks")
+    evacuate.set_defaults(handler=cmd_evacuate)
+
     run = commands.add_parser("run", help="keep the host converged: watch manifests and libvirt, repair drift")
     run.add_argument("path", metavar="PATH", nargs="?", default=None,
                      help="manifest directory (default: 'manifests' in the configuration file)")
     run.add_argument("--connect", "-c", metavar="URI", default=None,
                      help="libvirt URI (default: $KVMOPS_CONNECT, the configuration file, qemu:///system)")
+    run.add_argument("--host", metavar="NAME", default=None,
+                     help="in a fleet, run as this Host's agent: observe the fleet, change only this Host")
     run.add_argument("--git", metavar="URL", default=None,
                      help="follow a git repository instead of PATH (https, ssh, file://)")
     run.add_argument("--branch", default=None, help="branch to follow with --git (default: main)")
@@ -327,44 +373,15 @@ def _error(message: str) -> None:
     print(f"kvmops: error: {redaction.redact_text(message)}", file=sys.stderr)
 
 
+def _note(message: str) -> None:
+    print(f"kvmops: note: {message}", file=sys.stderr)
+
+
 def _settings(args: argparse.Namespace) -> planner.Settings:
-    single_file = Path(args.path).is_file()
-    scope, policy = _host_configuration(args)
-    return planner.Settings(
-        prune=not args.no_prune and not single_file, allow_empty=args.allow_empty,
-        virt_type=args.virt_type, shutdown_timeout=args.shutdown_timeout, scope=scope,
-        no_prune_reason=(
-            f"pruning is off because {args.path} is a single file: it cannot say which other VMs are gone"
-            if single_file and not args.no_prune else "pruning is disabled (--no-prune)"
-        ),
-        policy=policy, allow_mass_prune=bool(getattr(args, "allow_mass_prune", False)),
-        trash_retention=_trash_retention(args),
-    )
-
-
-def _host_configuration(args: argparse.Namespace) -> tuple[str, policies.Policy | None]:
-    """Return the scope and the host policy a one-shot command works under: ``--scope`` over the configuration file.
-
-    Without ``--config`` (or ``$KVMOPS_CONFIG``) there is no policy, and the scope is ``default``.
-    """
-    path = getattr(args, "config", None)
-    if not path:
-        return getattr(args, "scope", None) or DEFAULT_SCOPE, None
-    # imported here: the configuration module brings the controller, no business of a command without --config
-    from reconciler.runtime import configuration
-
-    config = configuration.read(path)
-    return getattr(args, "scope", None) or str(config.get("scope") or DEFAULT_SCOPE), configuration.policy(config, path)
-
-
-def _trash_retention(args: argparse.Namespace) -> int:
-    """Return ``policy.trashRetention`` of the configuration file (``--config``), or the default: 24h."""
-    path = getattr(args, "config", None)
-    if not path:
-        return trash.DEFAULT_RETENTION
-    from reconciler.runtime import configuration  # as in _host_configuration
-
-    return configuration.trash_retention(configuration.read(path))
+    return command_settings.planning(
+        args.path, no_prune=args.no_prune, allow_empty=args.allow_empty, virt_type=args.virt_type,
+        shutdown_timeout=args.shutdown_timeout, scope=getattr(args, "scope", None), config=getattr(args, "config", None),
+        allow_mass_prune=bool(getattr(args, "allow_mass_prune", False)))
 
 
 def _colour(args: argparse.Namespace) -> bool:
@@ -377,6 +394,29 @@ def _with_hypervisor(args: argparse.Namespace, shared: hv.Hypervisor | None, *, 
         return body(shared)
     with hv.Hypervisor.open(args.connect, read_only=read_only) as hypervisor:
         return body(hypervisor)
+
+
+def _write(text: str, output: str | None, written: str) -> None:
+    """Write ``text`` to the file ``output`` (saying ``written`` on stderr), or to stdout."""
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+        print(written, file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+
+
+def _host_lock(args: argparse.Namespace, uri: str):
+    return hostlock.for_command(uri, state_dir=getattr(args, "state_dir", None), wait=getattr(args, "lock_timeout", 0.0),
+                                on_wait=_say_waiting)
+
+
+def _host_locks(args: argparse.Namespace):
+    return lambda uris: hostlock.for_hosts(uris, state_dir=getattr(args, "state_dir", None),
+                                           wait=getattr(args, "lock_timeout", 0.0), on_wait=_say_waiting)
+
+
+def _say_waiting(holder: str) -> None:
+    print(f"waiting for the host lock: {holder or 'held by another kvmops'} ...", file=sys.stderr, flush=True)
 
 
 # --- validate ---------------------------------------------------------------------------
@@ -421,15 +461,21 @@ def cmd_plan(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> i
             f"--state {args.state} and --connect {redaction.redact_url(args.connect)} contradict each other: --state "
             "plans against a snapshot, --connect against a live host; give one of them"
         )
+    desired = None
+    if shared is None:
+        desired = _load(args.path)
+        if desired.hosts:
+            return _fleet_plan(args, desired)
+        _refuse_fleet_options(args)
     if not args.connect:
         args.connect = default_uri()
     if getattr(args, "state", None):
-        result = review.plan_from_snapshot(args.path, _read_snapshot(args.state), settings=_settings(args))
+        result = review.plan_from_snapshot(args.path, snapshots.read(args.state), settings=_settings(args))
         _print_plan(result.plan, args)
         return _plan_status(result.plan, args)
 
     def body(hypervisor: hv.Hypervisor) -> int:
-        result = reconcile.make_plan(args.path, hypervisor, settings=_settings(args))
+        result = reconcile.make_plan(args.path, hypervisor, settings=_settings(args), desired=desired)
         _print_plan(result.plan, args)
         return _plan_status(result.plan, args)
     return _with_hypervisor(args, shared, read_only=True, body=body)
@@ -445,12 +491,7 @@ def _plan_status(plan, args: argparse.Namespace) -> int:
 
 def _print_plan(plan, args: argparse.Namespace, *, title: str | None = None) -> None:
     output = getattr(args, "output", "text")
-    if output == "json":
-        text = render.to_json(plan)
-    elif output == "markdown":
-        text = render.markdown(plan, title=title)
-    else:
-        text = render.text(plan, colour=_colour(args), source=args.path, title=title)
+    text = report.plan_text(plan, output=output, colour=_colour(args), source=args.path, title=title)
     sys.stdout.write(redaction.redact_text(text))  # a problem may quote a manifest's URL, token and all
     if output != "text":
         for problem in plan.problems:
@@ -461,36 +502,16 @@ def _print_plan(plan, args: argparse.Namespace, *, title: str | None = None) -> 
 def _print_fleet_plan(plan, args: argparse.Namespace, *, title: str | None = None) -> int:
     """Print a fleet plan (grouped per host) and return the exit status, as :func:`_print_plan` and :func:`_plan_status` do."""
     output = getattr(args, "output", "text")
-    if output == "json":
-        text = render.fleet_to_json(plan)
-    elif output == "markdown":
-        text = render.fleet_markdown(plan, title=title)
-    else:
-        text = render.fleet_text(plan, colour=_colour(args), source=args.path, title=title)
-    sys.stdout.write(redaction.redact_text(text))
-    problems = [*plan.problems, *(p for h in plan.hosts if h.plan is not None for p in h.plan.problems)]
+    sys.stdout.write(redaction.redact_text(
+        report.fleet_plan_text(plan, output=output, colour=_colour(args), source=args.path, title=title)))
+    problems = report.fleet_plan_problems(plan)
     if output != "text":
         for problem in problems:
             print(redaction.redact_text(str(problem)), file=sys.stderr)
     sys.stdout.flush()
     if problems or plan.unreachable:
         return EXIT_ERROR
-    return EXIT_CHANGES if args.detailed_exitcode and plan.has_changes else EXIT_OK
-
-
-def _read_snapshot(path: str) -> snapshot.Snapshot:
-    try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
-        return snapshot.from_data(json.loads(text))
-    except OSError as exc:
-        raise errors.KvmopsError(f"{path}: cannot read the snapshot: {exc.strerror}") from exc
-    except json.JSONDecodeError as exc:
-        raise errors.KvmopsError(
-            f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}), so not a kvmops snapshot; "
-            "export it again with `kvmops state export`"
-        ) from exc
-    except (ValueError, snapshot.SnapshotError) as exc:
-        raise errors.KvmopsError(f"{path}: {exc}") from exc
+    return EXIT_CHANGES if getattr(args, "detailed_exitcode", False) and plan.has_changes else EXIT_OK
 
 
 # --- diff, state, schema ----------------------------------------------------------------
@@ -498,40 +519,41 @@ def _read_snapshot(path: str) -> snapshot.Snapshot:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     """Compare two revisions of the manifests and print the plan between them."""
-    scope, policy = _host_configuration(args)
-    settings = planner.Settings(
-        prune=not args.no_prune, allow_empty=args.allow_empty, virt_type=args.virt_type,
-        shutdown_timeout=args.shutdown_timeout, scope=scope, policy=policy, allow_mass_prune=args.allow_mass_prune,
-        trash_retention=_trash_retention(args),
-    )
+    settings = command_settings.planning(
+        args.path, no_prune=args.no_prune, allow_empty=args.allow_empty, virt_type=args.virt_type,
+        shutdown_timeout=args.shutdown_timeout, scope=args.scope, config=args.config,
+        allow_mass_prune=args.allow_mass_prune, single_file_stops_pruning=False)
     result = review.diff(args.path, args.base, args.head, settings=settings)
     title = f"kvmops diff {result.base_label} → {result.head_label}"
     if result.fleet is not None:
-        return _print_fleet_plan(result.fleet, args, title=title)
-    plan = result.plan
-    if result.base.problems:
-        note = (f"the base revision {result.base_label} has {len(result.base.problems)} problem(s) of its own; it was "
-                "compared for what it could express")
-        plan = dataclasses.replace(plan, snapshot=note)
-        for problem in result.base.problems:
-            print(f"kvmops: note: base: {problem}", file=sys.stderr)
-    _print_plan(plan, args, title=title)
-    return _plan_status(plan, args)
+        fleet_reconcile.require_host(args.host, result.head)
+        return _print_fleet_plan(fleet_reconcile.restricted(result.fleet, args.host), args, title=title)
+    if args.host is not None:
+        raise errors.KvmopsError(f"--host {args.host}: the manifests declare no Host, so there is only the one host")
+    for problem in result.base.problems:
+        _note(f"base: {problem}")
+    _print_plan(result.plan_shown, args, title=title)
+    return _plan_status(result.plan_shown, args)
 
 
 def cmd_state_export(args: argparse.Namespace) -> int:
-    """Write a JSON snapshot of the host."""
+    """Write a JSON snapshot of the host, or of every Host of a fleet (``--manifests`` declaring Hosts)."""
+    if args.manifests:
+        desired = _load(args.manifests)
+        if desired.hosts:
+            _check_fleet_args(args, desired)
+            taken = snapshots.take_fleet(desired, only_host=args.host, host_workers=args.parallel_hosts)
+            _write(snapshots.fleet_to_json(taken), args.output,
+                   f"snapshot of {len(taken.hosts)} host(s) written to {args.output}")
+            for name, error in sorted(taken.unreachable.items()):
+                _error(f"host {name} unreachable, not in the snapshot: {error}")
+            return EXIT_ERROR if taken.unreachable else EXIT_OK
+    _refuse_fleet_options(args)
+    args.connect = args.connect or default_uri()
     with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
-        taken = snapshot.Snapshot(
-            observe.collect(hypervisor), hostname=hypervisor.hostname(),
-            taken_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        )
-    text = json.dumps(snapshot.to_data(taken), indent=2) + "\n"
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-        print(f"snapshot of {taken.hostname} ({redaction.redact_url(args.connect)}) written to {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
+        taken = snapshots.take(hypervisor)
+    _write(snapshots.to_json(taken), args.output,
+           f"snapshot of {taken.hostname} ({redaction.redact_url(args.connect)}) written to {args.output}")
     return EXIT_OK
 
 
@@ -553,53 +575,30 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> int:
     """Print the plan, carry it out, print what was done; exit 0 only when converged."""
+    desired = None
+    if shared is None:
+        desired = _load(args.path, revision=git.describe(args.path))
+        if desired.hosts:
+            return _fleet_apply(args, desired)
+        _refuse_fleet_options(args)
+    args.connect = args.connect or default_uri()
+
     def body(hypervisor: hv.Hypervisor) -> int:
-        settings = _settings(args)
-        with _host_lock(args, hypervisor.uri):
-            planned = reconcile.make_plan(args.path, hypervisor, settings=settings, revision=git.describe(args.path))
-            _print_plan(planned.plan, args)
-            if not planned.plan.has_changes:
-                return EXIT_ERROR if planned.plan.problems else EXIT_OK
-            print("Applying...", flush=True)
-            cancel = threading.Event()
-            with _cancel_on_signals(cancel):
-                result = reconcile.apply(args.path, hypervisor, settings=settings, workers=args.parallel,
-                                         planned=planned, cancel=cancel)
-        sys.stdout.write(redaction.redact_text(report_text(result)))
+        planned, result = reconcile.plan_and_apply(
+            args.path, hypervisor, settings=_settings(args), show_plan=lambda plan: _show_plan_applied(plan, args),
+            lock=_host_lock(args, hypervisor.uri), revision=git.describe(args.path), desired=desired,
+            workers=args.parallel)
+        if result is None:
+            return EXIT_ERROR if planned.plan.problems else EXIT_OK
+        sys.stdout.write(redaction.redact_text(report.report_text(result)))
         return EXIT_OK if result.converged else EXIT_ERROR
     return _with_hypervisor(args, shared, read_only=False, body=body)
 
 
-@contextlib.contextmanager
-def _cancel_on_signals(cancel: threading.Event):
-    """Turn SIGINT/SIGTERM into ``cancel``: steps in progress finish, no new one starts."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, _frame) -> None:
-        if not cancel.is_set():
-            print(f"\n{signal.Signals(signum).name}: finishing the steps in progress, starting no new ones",
-                  file=sys.stderr, flush=True)
-        cancel.set()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-def _host_lock(args: argparse.Namespace, uri: str):
-    if uri.startswith("test:"):
-        return contextlib.nullcontext()  # the test driver's host lives inside this process
-    state_dir = Path(args.state_dir) if getattr(args, "state_dir", None) else hostlock.default_state_dir()
-
-    def waiting(holder: str) -> None:
-        print(f"waiting for the host lock: {holder or 'held by another kvmops'} ...", file=sys.stderr, flush=True)
-
-    return hostlock.hold(state_dir, uri, wait=getattr(args, "lock_timeout", 0.0), on_wait=waiting)
+def _show_plan_applied(plan, args: argparse.Namespace) -> None:
+    _print_plan(plan, args)
+    if plan.has_changes:
+        print("Applying...", flush=True)
 
 
 # --- run --------------------------------------------------------------------------------
@@ -620,7 +619,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     def reload() -> controller.ControllerSettings:
         return configuration.controller_settings(flags, configuration.read(args.config))
 
-    runner = controller.Controller(settings, reload=reload if args.config else None)
+    from reconciler.runtime.controller import fleet_loop
+
+    if settings.path and fleet_loop.is_fleet(settings.path):
+        if args.connect:
+            raise errors.KvmopsError("--connect: the manifests declare Hosts, each reached at its own spec.uri; drop "
+                                     "--connect (--host NAME runs as one Host's agent)")
+        runner = fleet_loop.FleetController(settings, host=args.host)
+    elif args.host:
+        raise errors.KvmopsError(f"--host {args.host}: the manifests declare no Host (with --git, fleets are not "
+                                 "followed yet); --host makes kvmops run one Host's agent in a fleet")
+    else:
+        runner = controller.Controller(settings, reload=reload if args.config else None)
     signal.signal(signal.SIGTERM, lambda *_: runner.request_stop())
     signal.signal(signal.SIGINT, lambda *_: runner.request_stop())
     signal.signal(signal.SIGHUP, lambda *_: runner.request_reload())
@@ -632,7 +642,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_trash_list(args: argparse.Namespace) -> int:
     """Print every trash entry of the host's pools: volume, VM, when deleted, until when restorable."""
-    retention = _trash_retention(args)
+    retention = command_settings.trash_retention(args.config)
     with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
         found = recovery.listing(hypervisor)
     rows = recovery.rows(found, int(time.time()), retention)
@@ -644,11 +654,7 @@ def cmd_trash_list(args: argparse.Namespace) -> int:
     if not rows:
         print(f"the trash is empty on {redaction.redact_url(args.connect)}")
         return EXIT_OK
-    columns = ("POOL", "VOLUME", "VM", "SCOPE", "SIZE", "DELETED", "STATE")
-    table = [list(columns)] + [[row[c.lower()] or "-" for c in columns] for row in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
-    for line in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+    sys.stdout.write(report.trash_table(rows))
     return EXIT_OK
 
 
@@ -656,28 +662,23 @@ def cmd_trash_restore(args: argparse.Namespace) -> int:
     """Move a volume from its pool's trash back into the pool, under the host lock."""
     with hv.Hypervisor.open(args.connect) as hypervisor, _host_lock(args, hypervisor.uri):
         restored = recovery.restore(hypervisor, args.volume, args.pool)
-    entry = restored.entry
-    print(f"restored volume {entry.pool}/{entry.volume} ({quantity.format_bytes(entry.capacity)}, deleted "
-          f"{trash.format_instant(entry.deleted_at)} from VM {entry.vm or '-'}, scope {entry.scope}) to {restored.path}")
-    if restored.others:
-        print(f"{restored.others} older deletion(s) of {entry.volume} stay in the trash (kvmops trash list)")
-    if entry.vm:
-        print(f"declare the disk again in VM {entry.vm} (pool: {entry.pool}, volume: {entry.volume}) in scope "
-              f"{entry.scope} and apply: kvmops reattaches it and treats it as the volume it created, as before")
+    sys.stdout.write(report.restored_text(restored))
     return EXIT_OK
 
 
-# --- status -----------------------------------------------------------------------------
+# --- status, wait, ssh, doctor ----------------------------------------------------------
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print every domain kvmops manages (in ``--scope``, or all scopes) with its conditions and addresses."""
+    if args.manifests:
+        desired = _load(args.manifests)
+        if desired.hosts:
+            return _fleet_status(args, desired)
+    _refuse_fleet_options(args)
     with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
-        plan = None
-        if args.manifests:
-            plan = reconcile.make_plan(args.manifests, hypervisor,
-                                       settings=planner.Settings(scope=args.scope or DEFAULT_SCOPE)).plan
-        rows = inspect.status_rows(hypervisor, name=args.name, scope=args.scope, plan=plan)
+        rows = inspect.status_rows_on(hypervisor, manifests=args.manifests, name=args.name, scope=args.scope,
+                                      default_scope=DEFAULT_SCOPE)
     if args.name and not rows:
         raise errors.ObjectNotFound(f"no domain named {args.name} is managed by kvmops on {args.connect}")
     if args.output == "json":
@@ -686,48 +687,45 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no domains managed by kvmops on {redaction.redact_url(args.connect)}")
         return EXIT_OK
-    sys.stdout.write(status_table(rows, detailed=bool(args.name)))
+    sys.stdout.write(report.status_table(rows, detailed=bool(args.name)))
     return EXIT_OK
+
+
+def _fleet_status(args: argparse.Namespace, desired: model.DesiredState) -> int:
+    args.connect = None  # the default URI means nothing in a fleet
+    _check_fleet_args(args, desired)
+    status = fleet_status.gather(desired, settings=command_settings.scoped(args.scope), name=args.name,
+                                 scope=args.scope, only_host=args.host, host_workers=args.parallel_hosts)
+    if args.output == "json":
+        print(json.dumps(fleet_status.to_data(status), indent=2))
+    else:
+        sys.stdout.write(report.fleet_status_text(status, detailed=bool(args.name)))
+    return EXIT_ERROR if status.unreachable else EXIT_OK
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
     """Block until the VM has an address, runs, or is stopped; print what was seen."""
+    if args.manifests:
+        desired = _load(args.manifests)
+        if desired.hosts:
+            _check_fleet_args(args, desired)
+            print(inspect.wait_in_fleet(desired, args.name, args.condition, timeout=args.timeout, only_host=args.host,
+                                        host_workers=args.parallel_hosts))
+            return EXIT_OK
+    _refuse_fleet_options(args)
+    args.connect = args.connect or default_uri()
     with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
         print(inspect.wait(hypervisor, args.name, args.condition, timeout=args.timeout))
     return EXIT_OK
 
 
-_SSH_OPTIONS_WITH_VALUES = set("BbcDEeFIiJLlmOopQRSWw")
-
-
 def cmd_ssh(args: argparse.Namespace) -> int:
     """Replace this process with ``ssh`` to the VM's first address."""
     with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
-        _actual, domain = observe.observe_domain(hypervisor, args.name)
-        found = inspect.addresses(hypervisor, domain)
-    if not found:
-        state = "is not running" if not domain.power.active else "has no address yet (no DHCP lease, guest agent or ARP entry)"
-        raise errors.KvmopsError(
-            f"{args.name} {state}; try `kvmops wait {args.name} --for ip` first"
-        )
-    address = next((a for a in found if a.family == "ipv4"), found[0])
-    extra = list(args.ssh_args)
-    options, command = [], []
-    index = 0
-    while index < len(extra) and extra[index].startswith("-"):
-        if extra[index] == "--":  # ssh's own end of options: the command follows
-            index += 1
-            break
-        options.append(extra[index])
-        if len(extra[index]) == 2 and extra[index][1] in _SSH_OPTIONS_WITH_VALUES and index + 1 < len(extra):
-            index += 1
-            options.append(extra[index])
-        index += 1
-    command = extra[index:]
-    argv = ["ssh", *options, *(["-l", args.user] if args.user else []), address.ip, *command]
+        address = inspect.ssh_address(hypervisor, args.name)
     print(f"kvmops: ssh to {args.name} at {address.ip} ({address.source})", file=sys.stderr, flush=True)
     try:
-        os.execvp("ssh", argv)
+        os.execvp("ssh", inspect.ssh_argv(address.ip, args.user, list(args.ssh_args)))
     except FileNotFoundError as exc:
         raise errors.KvmopsError("ssh is not installed (apt-get install openssh-client)") from exc
     return EXIT_ERROR  # not reached
@@ -735,27 +733,22 @@ def cmd_ssh(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     """Check the host; print one line per finding with what to fix; exit 1 on any failure."""
-    scope, policy = _host_configuration(args)
-    checks = doctor.host_checks() if doctor.is_local(args.connect) else []
-    found, hypervisor = doctor.libvirt_checks(args.connect)
-    checks += found
-    checks.append(doctor.policy_check(policy, scope))
-    if hypervisor is not None:
-        with hypervisor:
-            if args.path:
-                desired = reconcile.load_desired(args.path)
-                for problem in desired.problems:
-                    checks.append(doctor.Check("manifests", False, str(problem)))
-                checks += doctor.manifest_checks(desired, hypervisor, observe.observe(hypervisor))
-    marks = {True: "ok  ", False: "FAIL", None: "warn"}
-    for check in checks:
-        print(f"[{marks[check.ok]}] {check.name}: {check.detail}")
-        if check.fix and check.ok is not True:
-            print(f"       fix: {check.fix}")
-    failed = sum(1 for c in checks if c.ok is False)
-    warned = sum(1 for c in checks if c.ok is None)
-    print(f"\n{len(checks)} checks: {failed} failed, {warned} warnings")
-    return EXIT_ERROR if failed else EXIT_OK
+    if args.path:
+        desired = _load(args.path)
+        if desired.hosts:
+            _check_fleet_args(args, desired)
+            found = doctor.fleet_checks(desired, only_host=args.host, settings=command_settings.scoped(args.scope))
+            sys.stdout.write(report.fleet_checks_text(found))
+            return EXIT_ERROR if found.failed else EXIT_OK
+    _refuse_fleet_options(args)
+    args.connect = args.connect or default_uri()
+    scope, policy = command_settings.host_configuration(args.config, args.scope)
+    checks = doctor.checks_on(args.connect, manifests=args.path, scope=scope, policy=policy)
+    sys.stdout.write(report.checks_text(checks) + report.checks_summary(checks))
+    return EXIT_ERROR if any(c.ok is False for c in checks) else EXIT_OK
+
+
+# --- import, adopt ----------------------------------------------------------------------
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -764,17 +757,10 @@ def cmd_import(args: argparse.Namespace) -> int:
         imported = adoption.import_manifest(hypervisor, args.name, redaction.redact_url(args.connect))
     if imported.already_managed:
         print(f"kvmops: warning: {imported.already_managed}", file=sys.stderr)
-    if args.output:
-        Path(args.output).write_text(imported.text, encoding="utf-8")
-        print(f"manifest for {args.name} written to {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(imported.text)
+    _write(imported.text, args.output, f"manifest for {args.name} written to {args.output}")
     for warning in imported.warnings:
-        print(f"kvmops: note: {warning}", file=sys.stderr)
+        _note(warning)
     return EXIT_OK
-
-
-# --- adopt ------------------------------------------------------------------------------
 
 
 def cmd_adopt(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> int:
@@ -814,6 +800,87 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 return EXIT_ERROR
     print("\nDemo complete: the second plan is empty, so applying again would change nothing.")
     return EXIT_OK
+
+
+# --- fleet: manifests with kind: Host -------------------------------------------------
+
+
+def _load(path: str, *, revision: str = "") -> model.DesiredState:
+    with reconcile.gc_paused():
+        return reconcile.load_desired(path, revision=revision)
+
+
+def _refuse_fleet_options(args: argparse.Namespace) -> None:
+    """Refuse ``--host`` where the manifests declare no Host: there is only the one host."""
+    if getattr(args, "host", None):
+        raise errors.KvmopsError(
+            f"--host {args.host}: no Host manifests here, so there is only the one --connect host; --host picks one "
+            "Host of a fleet (give the manifests declaring the Hosts)"
+        )
+
+
+def _check_fleet_args(args: argparse.Namespace, desired: model.DesiredState) -> None:
+    """Refuse what contradicts a fleet: ``--connect`` (each Host has its URI) and an unknown ``--host``."""
+    if getattr(args, "connect", None):
+        raise errors.KvmopsError(
+            f"--connect {redaction.redact_url(args.connect)}: the manifests declare Hosts, each reached at its own "
+            "spec.uri; drop --connect (--host NAME restricts the command to one Host)"
+        )
+    fleet_reconcile.require_host(getattr(args, "host", None), desired)
+
+
+def _fleet_plan(args: argparse.Namespace, desired: model.DesiredState, *, evacuate=frozenset(),
+                title: str | None = None) -> int:
+    """Print the fleet plan (live, or against a fleet snapshot with ``--state``); return the exit status."""
+    _check_fleet_args(args, desired)
+    settings = _settings(args)
+    only = getattr(args, "host", None)
+    if getattr(args, "state", None):
+        plan = fleet_reconcile.plan_from_snapshot(desired, snapshots.read_fleet(args.state), settings=settings,
+                                                  evacuate=evacuate, only_host=only)
+    else:
+        plan = fleet_reconcile.plan_live(desired, settings=settings, evacuate=evacuate, only_host=only,
+                                         host_workers=args.parallel_hosts).plan
+    return _print_fleet_plan(plan, args, title=title)
+
+
+def _fleet_apply(args: argparse.Namespace, desired: model.DesiredState, *, evacuate=frozenset(),
+                 title: str | None = None) -> int:
+    """Print the fleet plan, carry it out on every reachable Host, print what was done; exit 0 only when converged."""
+    _check_fleet_args(args, desired)
+    shown: list[int] = []
+
+    def show_plan(plan) -> None:
+        shown.append(_print_fleet_plan(plan, args, title=title))
+        if plan.has_changes:
+            print("Applying...", flush=True)
+
+    _planned, result = fleet_reconcile.plan_and_apply(
+        desired, settings=_settings(args), show_plan=show_plan, lock=_host_locks(args), evacuate=evacuate,
+        only_host=getattr(args, "host", None), workers=args.parallel, host_workers=args.parallel_hosts)
+    if result is None:
+        return shown[0]
+    sys.stdout.write(redaction.redact_text(report.fleet_report_text(result)))
+    return EXIT_OK if result.converged else EXIT_ERROR
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    """Plan (``--apply``: carry out) the fleet with HOST cordoned: its VMs move to the other Hosts."""
+    desired = drain.load_fleet(args.path, args.host_name, "drain", revision=git.describe(args.path) if args.apply else "")
+    args.host = None
+    run = _fleet_apply if args.apply else _fleet_plan
+    status = run(args, drain.cordoned(desired, args.host_name), title=drain.drain_title(args.host_name))
+    _note(drain.cordon_note(args.host_name))
+    return status
+
+
+def cmd_evacuate(args: argparse.Namespace) -> int:
+    """Plan (``--apply``: carry out) moving a dead Host's VMs elsewhere, if their disks are on shared pools."""
+    drain.refuse_unconfirmed_evacuation(args.host_name, confirmed=args.host_is_dead)
+    desired = drain.load_fleet(args.path, args.host_name, "evacuate", revision=git.describe(args.path) if args.apply else "")
+    args.host = None
+    run = _fleet_apply if args.apply else _fleet_plan
+    return run(args, desired, evacuate={args.host_name}, title=drain.evacuate_title(args.host_name))
 
 
 if __name__ == "__main__":

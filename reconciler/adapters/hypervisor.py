@@ -18,9 +18,10 @@ crash hook the crash tests use (``KVMOPS_TEST_CRASH_AT``, see :func:`_mutating`)
 from __future__ import annotations
 
 import contextlib
-import posixpath
+import dataclasses
 import functools
 import os
+import posixpath
 import re
 import signal
 import stat
@@ -371,6 +372,21 @@ class Hypervisor:
                 live_xml = domain.XMLDesc(0) if domain.isActive() else None
         return model.DomainRecord(name, uuid, xml, power, shutoff_reason, autostart, persistent, live_xml=live_xml)
 
+    def domain_record(self, name: str) -> model.DomainRecord | None:
+        """Return domain ``name`` as a whole-host observation records it (live XML too when it runs), or None.
+
+        Touches that domain only (``lookupByName``): unlike :meth:`list_domains`, which
+        waits for every domain's lock, it is not held up by other domains being started
+        or destroyed.
+        """
+        try:
+            with translated(f"cannot look up domain {name}"):
+                domain = self._connection.lookupByName(name)
+            record = self._record(domain, live=True)
+        except errors.ObjectNotFound:
+            return None  # none, or undefined while we looked
+        return record
+
     def domain_xml(self, name: str) -> str:
         """Return the persistent configuration of domain ``name`` (its live one if transient)."""
         with translated(f"cannot read domain {name}"):
@@ -397,16 +413,28 @@ class Hypervisor:
         result = []
         for pool in pools:
             try:
-                with translated("cannot read a storage pool"):
-                    root = ET.fromstring(pool.XMLDesc(0))
-                    result.append(model.ObservedPool(
-                        name=pool.name(), type=root.get("type", ""),
-                        path=(root.findtext("target/path") or "").rstrip("/") or None,
-                        active=bool(pool.isActive()), autostart=bool(pool.autostart()),
-                    ))
+                result.append(self._pool_record(pool))
             except errors.ObjectNotFound:
                 continue  # undefined between the listing and now: it is simply gone
         return result
+
+    def pool_record(self, name: str) -> model.ObservedPool | None:
+        """Return storage pool ``name`` as :meth:`list_pools` would, or None when there is none."""
+        try:
+            with translated(f"cannot look up storage pool {name}"):
+                pool = self._connection.storagePoolLookupByName(name)
+            return self._pool_record(pool)
+        except errors.ObjectNotFound:
+            return None
+
+    def _pool_record(self, pool: libvirt.virStoragePool) -> model.ObservedPool:
+        with translated("cannot read a storage pool"):
+            root = ET.fromstring(pool.XMLDesc(0))
+            return model.ObservedPool(
+                name=pool.name(), type=root.get("type", ""),
+                path=(root.findtext("target/path") or "").rstrip("/") or None,
+                active=bool(pool.isActive()), autostart=bool(pool.autostart()),
+            )
 
     def list_networks(self) -> list[model.NetworkRecord]:
         """Return every libvirt network with its XML."""
@@ -595,6 +623,39 @@ class Hypervisor:
                     return []  # the pool stopped while we looked
                 raise
         return result
+
+    def volume_record(self, pool_name: str, name: str) -> model.ObservedVolume | None:
+        """Return volume ``name`` of pool ``pool_name`` as :meth:`list_volumes` would, or None when libvirt knows none.
+
+        One lookup: the pool is not refreshed or listed, so a file put in its directory
+        behind libvirt's back shows only in a whole-host observation.
+        """
+        try:
+            with translated(f"cannot look up volume {pool_name}/{name}"):
+                volume = self._connection.storagePoolLookupByName(pool_name).storageVolLookupByName(name)
+                _kind, capacity, allocation = volume.info()
+                return model.ObservedVolume(pool_name, name, capacity, allocation, volume.path())
+        except errors.ObjectNotFound:
+            return None
+        except errors.OperationRefused as exc:
+            if exc.code == libvirt.VIR_ERR_OPERATION_INVALID:  # the pool is not running
+                return None
+            raise
+
+    def volume_at(self, path: str) -> model.ObservedVolume | None:
+        """Return the pool volume whose file is ``path``, or None when no running pool has it."""
+        try:
+            with translated(f"cannot look up the volume at {path}"):
+                volume = self._connection.storageVolLookupByPath(path)
+                pool = volume.storagePoolLookupByVolume().name()
+                _kind, capacity, allocation = volume.info()
+                return model.ObservedVolume(pool, volume.name(), capacity, allocation, volume.path())
+        except errors.ObjectNotFound:
+            return None
+        except errors.OperationRefused as exc:
+            if exc.code == libvirt.VIR_ERR_OPERATION_INVALID:
+                return None
+            raise
 
     # -- ownership guard ----------------------------------------------------------------
 
@@ -1020,7 +1081,7 @@ class Hypervisor:
             watcher = threading.Thread(target=_report_job, args=(domain, finished, progress), daemon=True,
                                        name=f"kvmops-migrate-{name}")
             watcher.start()
-        _count_mutating_call("migrate", (name, destination_uri))
+        count_mutating_call("migrate", (name, destination_uri))
         started = time.monotonic()
         try:
             domain.migrateToURI3(destination_uri, params, flags)
@@ -1054,7 +1115,10 @@ class Hypervisor:
         A probe volume created here must appear, at the same path, in ``other``'s pool of
         the same name; it is removed afterwards.  A pool ``other`` does not have is not shared.
         """
-        probe = f"kvmops-shared-probe-{uuids.uuid4().hex[:12]}"
+        probe = f"{_SHARED_PROBE_PREFIX}{uuids.uuid4().hex[:12]}"
+        with _directory_pools_lock:
+            _own_probes.add(probe)
+        self._delete_abandoned_probes(pool)
         self.create_volume(pool, storagexml.render_volume(probe, 0, image_format="raw"), probe)
         try:
             with translated(f"cannot read volume {pool}/{probe}"):
@@ -1075,18 +1139,138 @@ class Hypervisor:
             with contextlib.suppress(errors.KvmopsError):
                 other.refresh_pool(pool)
 
+    def _delete_abandoned_probes(self, pool: str) -> None:
+        """Delete probe volumes in ``pool`` that a killed kvmops left: a minute old, never one of this process's own.
+
+        A probe lives for the milliseconds of one check; in a shared pool another host's
+        kvmops may be probing right now, and deleting its probe would make it call the pool
+        unshared (and copy a volume onto itself), hence the age.
+        """
+        with contextlib.suppress(libvirt.libvirtError):
+            for volume in self._connection.storagePoolLookupByName(pool).listAllVolumes(0):
+                with _directory_pools_lock:
+                    ours = volume.name() in _own_probes
+                if not volume.name().startswith(_SHARED_PROBE_PREFIX) or ours:
+                    continue
+                created = ET.fromstring(volume.XMLDesc(0)).findtext("target/timestamps/mtime") or ""
+                if created and time.time() - float(created) > _ABANDONED_PROBE_SECONDS:
+                    volume.delete(0)
+
     @contextlib.contextmanager
-    def _directory_pool(self, directory: str) -> Iterator[libvirt.virStoragePool]:
-        """Yield a transient dir pool (kvmops' own, never built) over ``directory``: how libvirt shows a host's files."""
-        name = f"kvmops-file-probe-{uuids.uuid4().hex[:12]}"
+    def _directory_pool(self, directory: str, *, build: bool = False) -> Iterator[libvirt.virStoragePool]:
+        """Yield a transient dir pool (kvmops' own) over ``directory``: how libvirt shows a host's files.
+
+        ``build`` creates the directory when it is missing.  A transient pool of kvmops'
+        over the same directory that a killed process left active is destroyed first.
+        """
+        name = f"{_PROBE_POOL_PREFIX}{uuids.uuid4().hex[:12]}"
         xml = f"<pool type='dir'><name>{name}</name><target><path>{escape(directory)}</path></target></pool>"
-        with translated(f"cannot look into directory {directory} on {self.uri}"):
-            pool = self._connection.storagePoolCreateXML(xml, 0)
+        with _directory_pools_lock:
+            lock = _directory_pool_locks.setdefault((self.uri, directory.rstrip("/")), threading.Lock())
+        with lock:  # one at a time per directory here: libvirt refuses two pools over one directory
+            self._destroy_abandoned_directory_pools(directory)
+            flags = libvirt.VIR_STORAGE_POOL_CREATE_WITH_BUILD if build else 0
+            with translated(f"cannot look into directory {directory} on {self.uri}"):
+                pool = self._connection.storagePoolCreateXML(xml, flags)
+            try:
+                yield pool
+            finally:
+                with contextlib.suppress(libvirt.libvirtError):
+                    pool.destroy()
+
+    def _destroy_abandoned_directory_pools(self, directory: str) -> None:
+        """Destroy transient pools of kvmops' over ``directory`` (a kill left them; libvirt refuses a second one).
+
+        Called under this process's lock of the directory, so none of them is this process's own.
+        """
+        with contextlib.suppress(libvirt.libvirtError):
+            for pool in self._connection.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_TRANSIENT):
+                if not pool.name().startswith(_PROBE_POOL_PREFIX):
+                    continue
+                path = (ET.fromstring(pool.XMLDesc(0)).findtext("target/path") or "").rstrip("/")
+                if path == directory.rstrip("/"):
+                    pool.destroy()
+
+    def nvram_path(self, name: str) -> str | None:
+        """Return the file holding domain ``name``'s UEFI variables (it may not exist yet), or None without UEFI.
+
+        The definition names it, or libvirt chooses it at the first start (libvirt 9 with
+        ``<os firmware='efi'>``): the running domain's XML names it then; a shut-off
+        domain's is where libvirt puts it, ``/var/lib/libvirt/qemu/nvram/NAME_VARS.fd``.
+        """
+        with translated(f"cannot read domain {name}"):
+            domain = self._connection.lookupByName(name)
+            roots = [ET.fromstring(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))]
+            if domain.isActive():
+                roots.append(ET.fromstring(domain.XMLDesc(0)))
+        for root in roots:
+            path = (root.findtext("os/nvram") or "").strip()
+            if path:
+                return path
+        uefi = any(r.find("os") is not None and (r.find("os").get("firmware") == "efi"
+                                                  or r.find("os/loader[@type='pflash']") is not None) for r in roots)
+        return posixpath.join(DEFAULT_NVRAM_DIRECTORY, f"{name}_VARS.fd") if uefi else None
+
+    @_mutating
+    def send_file(self, path: str, destination: Hypervisor) -> int:
+        """Copy this host's file ``path`` (a small one: an NVRAM) to the same path on ``destination``; return its bytes.
+
+        Through transient dir pools over its directory on both hosts (the directory is
+        created there if missing); a file already there is never overwritten, and the copy
+        is removed again if anything fails.
+        """
+        directory, base = posixpath.dirname(path) or "/", posixpath.basename(path)
+        with self._directory_pool(directory) as here:
+            with translated(f"cannot read {path} on {self.uri}"):
+                volume = here.storageVolLookupByName(base)
+                size = volume.info()[1]
+            with destination._directory_pool(directory, build=True) as there:
+                with contextlib.suppress(libvirt.libvirtError):
+                    there.storageVolLookupByName(base)
+                    raise errors.OwnershipError(
+                        f"{path} already exists on {destination.uri}; kvmops will not overwrite it with the copy")
+                with translated(f"cannot create {path} on {destination.uri}"):
+                    target = there.createXML(storagexml.render_volume(base, size, image_format="raw"), 0)
+                try:
+                    with translated(f"cannot copy {path} to {destination.uri}"):
+                        download = self._connection.newStream(0)
+                        upload = destination._connection.newStream(0)
+                        volume.download(download, 0, size, 0)
+                        target.upload(upload, 0, size, 0)
+                        data = b""
+                        while True:
+                            chunk = download.recv(_COPY_CHUNK)
+                            if not isinstance(chunk, bytes) or not chunk:
+                                break
+                            data += chunk
+                        download.finish()
+                        view = memoryview(data)
+                        while view:
+                            view = view[upload.send(bytes(view)):]
+                        upload.finish()
+                except BaseException:
+                    with contextlib.suppress(libvirt.libvirtError):
+                        target.delete(0)
+                    raise
+        return len(data)
+
+    @_mutating
+    def delete_file(self, path: str) -> bool:
+        """Delete this host's file ``path`` (an NVRAM kvmops copied or left); return False if it was not there."""
+        directory, base = posixpath.dirname(path) or "/", posixpath.basename(path)
         try:
-            yield pool
-        finally:
-            with contextlib.suppress(libvirt.libvirtError):
-                pool.destroy()
+            with self._directory_pool(directory) as pool:
+                with translated(f"cannot delete {path} on {self.uri}"):
+                    try:
+                        volume = pool.storageVolLookupByName(base)
+                    except libvirt.libvirtError as exc:
+                        if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+                            return False
+                        raise
+                    volume.delete(0)
+        except errors.ObjectNotFound:
+            return False  # no such directory
+        return True
 
     def has_file(self, path: str) -> bool:
         """Return whether this host has a file (or block device) at ``path``."""
@@ -1171,6 +1355,13 @@ class Hypervisor:
 
 
 _COPY_CHUNK = 4 * 1024 * 1024
+_PROBE_POOL_PREFIX = "kvmops-file-probe-"
+_SHARED_PROBE_PREFIX = "kvmops-shared-probe-"
+_ABANDONED_PROBE_SECONDS = 60
+_own_probes: set[str] = set()  # probe volumes this process made: never swept as abandoned
+_directory_pools_lock = threading.Lock()
+_directory_pool_locks: dict[tuple[str, str], threading.Lock] = {}
+DEFAULT_NVRAM_DIRECTORY = "/var/lib/libvirt/qemu/nvram"  # qemu.conf's nvram_dir for qemu:///system
 _JOB_POLL_SECONDS = 1.0
 
 

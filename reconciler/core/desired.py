@@ -1,9 +1,11 @@
 """Turn loaded manifest documents into the :class:`~reconciler.core.model.DesiredState`.
 
-The only module that knows the manifests' camelCase field names.  It validates every
-document (:mod:`reconciler.core.validation`), converts units, derives what a manifest
-leaves implicit (volume names, disk target devices) and runs the checks that span
-fields or documents: a name declared twice, a volume or MAC claimed by two VMs,
+The module that reads manifests (and, for ``kvmops import``, writes one).  The simple VM
+fields, whose manifest value maps to the domain definition one to one, are read and
+written through their declarations (:data:`reconciler.core.fields.SIMPLE_FIELDS`); what
+needs more is coded here.  It validates every document (:mod:`reconciler.core.validation`),
+converts units, derives what a manifest leaves implicit (volume names, disk target
+devices) and runs the checks that span fields or documents: a name declared twice, a volume or MAC claimed by two VMs,
 ``maxMemory`` below ``memory``.
 
 A resource with any problem is left out of the desired state, and the problem is kept:
@@ -21,7 +23,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 
-from reconciler.core import domxml, hostdirs, model, quantity, validation
+from reconciler.core import domxml, fields, hostdirs, model, quantity, validation
 
 MIN_MEMORY = 16 * quantity.MIB
 MAX_MEMORY = 16 * quantity.TIB
@@ -447,12 +449,10 @@ def _vm(document: model.Document, body: dict, read_file: FileReader) -> model.VM
         name=name,
         uuid=spec["uuid"].lower() if "uuid" in spec else None,
         virt_type=spec.get("virtType"),
-        vcpus=int(spec["vcpus"]),
         memory=memory // quantity.KIB,
         max_memory=max_memory // quantity.KIB,
         disks=tuple(disks),
         nics=tuple(nics),
-        console=spec["console"] == "serial",
         graphics=graphics["type"],
         autostart=spec["autostart"],
         run_strategy=model.RunStrategy(spec["runStrategy"]),
@@ -460,25 +460,19 @@ def _vm(document: model.Document, body: dict, read_file: FileReader) -> model.VM
         manifest=document.relpath,
         digest=digest(body),
         origin=origin,
-        machine=spec.get("machine"),
-        firmware="efi" if spec["firmware"] == "uefi" else "bios",
         keep_nvram=spec["keepNvram"],
-        cpu_mode=spec["cpu"]["mode"] if "cpu" in spec else None,
-        cpu_model=spec["cpu"].get("model") if "cpu" in spec else None,
-        boot=tuple(spec["boot"]),
         cdrom=_cdrom_ref(cdrom),
         cdrom_empty=bool(cdrom is not None and cdrom.get("empty")),
         cdrom_bus=cdrom.get("bus", "sata") if cdrom is not None else "sata",
         cdrom_target=cdrom.get("target") if cdrom is not None else None,
         install=install,
         cloud_init=cloud_init,
-        guest_agent=spec["guestAgent"],
-        hugepages=spec["hugepages"],
         graphics_listen=graphics.get("listen", "127.0.0.1"),
         graphics_password=password,
         graphics_password_digest=_secret_digest(password) if password else "",
         placement=placement,
         labels=tuple(sorted(labels.items())),
+        **{name: value for declared in fields.SIMPLE_FIELDS for name, value in declared.from_manifest(spec).items()},
     )
 
 
@@ -574,18 +568,12 @@ def manifest_for(
     is found, rather than as media kvmops attaches (and would stop libvirt relabelling).
     """
     warnings: list[str] = []
-    spec: dict = {"vcpus": definition.vcpus, "memory": _mib_text(definition.memory)}
+    spec: dict = {"memory": _mib_text(definition.memory)}
     if definition.max_memory != definition.memory:
         spec["maxMemory"] = _mib_text(definition.max_memory)
     spec["virtType"] = definition.virt_type if definition.virt_type in ("kvm", "qemu") else "auto"
     if definition.uuid:
         spec["uuid"] = definition.uuid
-    if definition.machine:
-        spec["machine"] = definition.machine
-    if definition.firmware == "efi":
-        spec["firmware"] = "uefi"
-    if definition.cpu_mode:
-        spec["cpu"] = {"mode": definition.cpu_mode, **({"model": definition.cpu_model} if definition.cpu_model else {})}
     warnings.extend(inexpressible(definition))
     disks = []
     per_prefix: dict[str, int] = {}
@@ -623,7 +611,6 @@ def manifest_for(
         networks.append(entry)
     if networks:
         spec["networks"] = networks
-    spec["console"] = "serial" if definition.console else "none"
     if definition.graphics not in ("none", "vnc", "spice"):
         spec["graphics"] = "none"
     elif definition.graphics == "none":
@@ -632,8 +619,6 @@ def manifest_for(
         spec["graphics"] = {"type": definition.graphics, "listen": definition.graphics_listen}
     else:
         spec["graphics"] = definition.graphics
-    if definition.boot != ("hd",):
-        spec["boot"] = list(definition.boot)
     if definition.kernel:
         spec["install"] = {"kernel": {"path": definition.kernel}}
         if definition.initrd:
@@ -657,14 +642,28 @@ def manifest_for(
         if cdrom.target != first_spare:
             entry["target"] = cdrom.target
         spec["cdrom"] = entry
-    if definition.guest_agent:
-        spec["guestAgent"] = True
-    if definition.hugepages:
-        spec["hugepages"] = True
+    for declared in fields.SIMPLE_FIELDS:
+        value = declared.to_manifest(definition)
+        if value is not None:
+            spec[declared.manifest_key] = value
+    spec = {key: spec[key] for key in sorted(spec, key=_import_position)}
     spec["autostart"] = autostart
     spec["runStrategy"] = "Manual"
     document = {"apiVersion": "kvmops/v1", "kind": "VirtualMachine", "metadata": {"name": definition.name}, "spec": spec}
     return document, warnings
+
+
+# The order import writes a manifest's keys in, older than the field table's; the keys of
+# other fields come after these, in the table's order (then autostart and runStrategy).
+_IMPORT_FIRST = ("vcpus", "memory", "maxMemory", "virtType", "uuid", "machine", "firmware", "cpu", "disks", "networks",
+                 "console", "graphics", "boot", "install", "cdrom")
+_TABLE_KEYS = tuple(declared.manifest_key for declared in fields.FIELDS if declared.schema)
+
+
+def _import_position(key: str) -> tuple[int, int]:
+    if key in _IMPORT_FIRST:
+        return (0, _IMPORT_FIRST.index(key))
+    return (1, _TABLE_KEYS.index(key))
 
 
 NIC_MODELS = ("virtio", "e1000", "e1000e", "rtl8139", "pcnet", "ne2k_pci", "vmxnet3", "virtio-transitional",

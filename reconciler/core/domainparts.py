@@ -41,6 +41,7 @@ ET.register_namespace("libosinfo", "http://libosinfo.org/xmlns/libvirt/domain/1.
 _OWNER = f"{{{NAMESPACE}}}owner"
 _VOLUME = f"{{{NAMESPACE}}}volume"
 _LEFT_BEHIND = f"{{{NAMESPACE}}}leftBehind"
+_SENDING = f"{{{NAMESPACE}}}sending"
 _KIB_PER_UNIT = {
     "b": 1 / 1024, "bytes": 1 / 1024, "k": 1, "kib": 1, "kb": 1000 / 1024,
     "m": 1024, "mib": 1024, "mb": 1e6 / 1024, "g": 1024**2, "gib": 1024**2, "gb": 1e9 / 1024,
@@ -108,6 +109,8 @@ def render_owner(owner: model.Ownership) -> ET.Element:
             record.set("pending", "true")
     for left in owner.left_behind:
         ET.SubElement(element, _LEFT_BEHIND, host=left.host, pool=left.pool, name=left.name)
+    for sending in owner.sending:
+        ET.SubElement(element, _SENDING, host=sending.host, pool=sending.pool, name=sending.name)
     return element
 
 
@@ -147,6 +150,8 @@ def parse_owner(root: ET.Element) -> model.Ownership | None:
         fleet=owner.get("fleet", ""), host=owner.get("host", ""),
         left_behind=tuple(model.LeftBehind(left.get("host", ""), left.get("pool", ""), left.get("name", ""))
                           for left in owner.findall(_LEFT_BEHIND)),
+        sending=tuple(model.Sending(sent.get("host", ""), sent.get("pool", ""), sent.get("name", ""))
+                      for sent in owner.findall(_SENDING)),
     )
 
 

@@ -12,8 +12,15 @@ at the next boot.  :data:`FIELDS` is the one list of them:
 - the planner's diff (:class:`reconciler.core.planner.domain_diff.VMDiff` ``_diff_definition``) and the
   "restart pending" comparison of the running and the persistent definitions read its
   compared part, :data:`DOMAIN_FIELDS`;
+- for the simple fields, whose manifest value maps to definition attributes one to one
+  (a :class:`ManifestValue`), the desired side loops over it too: the manifest's reader
+  (:func:`reconciler.core.desired.build`), ``kvmops import``
+  (:func:`reconciler.core.desired.manifest_for`) and the definition a plan writes
+  (:class:`reconciler.core.planner.domain_definition.VMDefinition`); the summary of a new
+  VM's plan shows every declared field (:data:`CREATION_ORDER`);
 - the coverage tests in ``tests/unit/test_fields.py`` check that it covers every
-  attribute of the definition exactly once.
+  attribute of the definition exactly once, and that a simple field goes from a
+  manifest to the plan and back through ``import`` with no other code.
 
 The offline host of ``kvmops diff`` is made by the planner itself
 (:mod:`reconciler.core.offline`), so it needs no list of its own.
@@ -22,16 +29,45 @@ The offline host of ``kvmops diff`` is made by the planner itself
 Device collections (disks, CD-ROMs, NICs) are declared here with their XML codecs too,
 but matched by identity (target, source, MAC) rather than compared as values; they and
 the identity and bookkeeping fields say in ``planned_by`` what handles them instead.
+Likewise a manifest field that is not simple (units and cross-checks, files, several
+fields in one manifest value) says in ``desired_by`` which code reads it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from reconciler.core import domainparts, model, quantity
 from reconciler.core.xmlproperty import WriteContext, XMLCodec, XMLFlag, XMLGroup, XMLList, XMLProperty
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+@dataclass(frozen=True)
+class ManifestValue:
+    """How a simple field's manifest value becomes its definition attributes, and back.
+
+    ``read`` turns the value at the field's manifest path into the field's attribute (a
+    tuple of its attributes, for a field of several); ``write`` turns the attributes back
+    into the value ``kvmops import`` writes, None for none.  A manifest without the value
+    (no schema default fills it in) means the definition's defaults, and a definition at
+    its defaults is written as nothing: the manifest need not say it.
+    """
+
+    read: Callable[[Any], Any] = _same
+    write: Callable[..., Any] = _same
+
+
+# What DomainDefinition's attributes are when a manifest does not say otherwise.
+DEFAULTS: Mapping[str, object] = {
+    f.name: f.default for f in dataclasses.fields(model.DomainDefinition) if f.default is not dataclasses.MISSING
+}
 
 
 @dataclass(frozen=True)
@@ -65,6 +101,9 @@ class DomainField:
     libvirt_default: bool = False
     agrees: Callable[[model.DomainDefinition, model.DomainDefinition], bool] | None = None
     hidden_when: Callable[[model.DomainDefinition, model.DomainDefinition], bool] | None = None
+    manifest: ManifestValue | None = None
+    desired_by: str = ""
+    created: Callable[[model.DomainDefinition], str | None] | None = None
 
     @property
     def compared(self) -> bool:
@@ -82,6 +121,36 @@ class DomainField:
     def text(self, definition: model.DomainDefinition) -> str | None:
         """Return what a plan prints for this field of ``definition``."""
         return self.show(definition) if self.show is not None else None
+
+    @property
+    def manifest_key(self) -> str:
+        """Return the key of a simple field's value under the manifest's ``spec``."""
+        return (self.schema or "").removeprefix("spec.")
+
+    def at_default(self, definition: model.DomainDefinition) -> bool:
+        """Return whether ``definition`` leaves this field as a manifest that does not mention it would."""
+        return all(name in DEFAULTS and getattr(definition, name) == DEFAULTS[name] for name in self.attrs)
+
+    def from_manifest(self, spec: Mapping[str, Any]) -> dict[str, object]:
+        """Return a simple field's attributes as the manifest's ``spec`` (defaults filled in) says them."""
+        assert self.manifest is not None, self.label
+        if self.manifest_key not in spec:
+            return {name: DEFAULTS[name] for name in self.attrs}
+        values = self.manifest.read(spec[self.manifest_key])
+        return dict(zip(self.attrs, values if len(self.attrs) > 1 else (values,), strict=True))
+
+    def to_manifest(self, definition: model.DomainDefinition) -> object | None:
+        """Return the manifest value saying this simple field of ``definition``; None: nothing to say."""
+        assert self.manifest is not None, self.label
+        if self.at_default(definition):
+            return None
+        return self.manifest.write(*(getattr(definition, name) for name in self.attrs))
+
+    def creation_text(self, definition: model.DomainDefinition) -> str | None:
+        """Return what the summary of a new VM's plan shows for this field of ``definition`` (None or "": nothing)."""
+        if self.created is not None:
+            return self.created(definition)
+        return None if self.at_default(definition) else self.text(definition)
 
     def satisfied_by(self, observed: model.DomainDefinition, wanted: model.DomainDefinition) -> bool:
         """Return whether libvirt's ``observed`` value is what ``wanted`` asks for (a default when it asks none)."""
@@ -124,6 +193,21 @@ def install_text(definition: model.DomainDefinition) -> str | None:
     return ", ".join(parts)
 
 
+def cpu_manifest(mode: str | None, cpu_model: str | None) -> dict | None:
+    """Return ``spec.cpu`` for a CPU mode and model (None: libvirt's default)."""
+    if not mode:
+        return None
+    return {"mode": mode, **({"model": cpu_model} if cpu_model else {})}
+
+
+def graphics_text(definition: model.DomainDefinition) -> str:
+    """Return the graphics of a new VM in one line: type, listen address, whether a password guards it."""
+    text = definition.graphics
+    if definition.graphics != "none":
+        text += f" on {definition.graphics_listen}"
+    return text + (" with a password" if definition.graphics_password is not None else "")
+
+
 _MACHINE_FAMILIES = {"q35": "pc-q35-", "pc": "pc-i440fx-"}
 
 
@@ -148,46 +232,76 @@ def _graphics_off(old: model.DomainDefinition, new: model.DomainDefinition) -> b
 FIELDS: tuple[DomainField, ...] = (
     DomainField("name", None, XMLProperty("name", missing=""), ("name",), planned_by="the domain's identity"),
     DomainField("uuid", "spec.uuid", XMLProperty("uuid", from_text=lambda text: text or None, keep_unset=True),
-                ("uuid",), planned_by="the domain's identity: a UUID never changes without a replacement"),
+                ("uuid",), planned_by="the domain's identity: a UUID never changes without a replacement",
+                desired_by="desired._vm, and the planner derives a new domain's"),
     DomainField("owner", None, domainparts.OwnerMark(), ("owner",),
                 planned_by="kvmops' mark, diffed by VMDiff._diff_owner"),
-    DomainField("virtType", "spec.virtType", XMLProperty("", "type", missing=""), ("virt_type",), lambda d: d.virt_type),
+    DomainField("virtType", "spec.virtType", XMLProperty("", "type", missing=""), ("virt_type",), lambda d: d.virt_type,
+                desired_by="the planner's resolve_virt_type (unset: the host's default)"),
     DomainField("vcpus", "spec.vcpus", XMLProperty("vcpu", read_element=domainparts.current_vcpus, missing=1,
                                                     dropped=("current",)),
-                ("vcpus",), lambda d: str(d.vcpus)),
+                ("vcpus",), lambda d: str(d.vcpus), manifest=ManifestValue(int)),
     DomainField("maxMemory", "spec.maxMemory", XMLProperty("memory", read_element=domainparts.kib, missing=0,
                                                             attributes=(("unit", "KiB"),)),
-                ("max_memory",), lambda d: kib_text(d.max_memory)),
+                ("max_memory",), lambda d: kib_text(d.max_memory),
+                desired_by="desired._vm: units and range, memory when unset, never below memory",
+                created=lambda d: kib_text(d.max_memory) if d.max_memory != d.memory else None),
     DomainField("memory", "spec.memory", XMLProperty("currentMemory", read_element=domainparts.kib, missing=0,
                                                       missing_from="memory", attributes=(("unit", "KiB"),)),
                 ("memory",), lambda d: kib_text(d.memory),
-                pending=False),  # the balloon moves it live, and the guest may lag behind
+                pending=False,  # the balloon moves it live, and the guest may lag behind
+                desired_by="desired._vm: units and range"),
     DomainField("console", "spec.console", domainparts.CONSOLE, ("console",),
-                lambda d: "serial" if d.console else "none"),
-    DomainField("firmware", "spec.firmware", domainparts.Firmware(), ("firmware",), lambda d: d.firmware),
+                lambda d: "serial" if d.console else "none",
+                manifest=ManifestValue(lambda value: value == "serial", lambda console: "serial" if console else "none")),
+    DomainField("firmware", "spec.firmware", domainparts.Firmware(), ("firmware",), lambda d: d.firmware,
+                manifest=ManifestValue(lambda value: "efi" if value == "uefi" else "bios",
+                                       lambda firmware: "uefi" if firmware == "efi" else None)),
     DomainField("machine", "spec.machine", XMLProperty("os/type", "machine", keep_unset=True), ("machine",),
                 lambda d: d.machine,
-                libvirt_default=True, agrees=lambda seen, wanted: machine_matches(wanted.machine or "", seen.machine)),
-    DomainField("cpu", "spec.cpu", domainparts.CPU(), ("cpu_mode", "cpu_model"), cpu_text, libvirt_default=True),
-    DomainField("boot", "spec.boot", XMLList("os/boot", "dev"), ("boot",), lambda d: ", ".join(d.boot)),
+                libvirt_default=True, agrees=lambda seen, wanted: machine_matches(wanted.machine or "", seen.machine),
+                manifest=ManifestValue(write=lambda machine: machine or None)),  # "" is inexpressible: import's note says so
+    DomainField("cpu", "spec.cpu", domainparts.CPU(), ("cpu_mode", "cpu_model"), cpu_text, libvirt_default=True,
+                manifest=ManifestValue(lambda cpu: (cpu["mode"], cpu.get("model")), cpu_manifest)),
+    DomainField("boot", "spec.boot", XMLList("os/boot", "dev"), ("boot",), lambda d: ", ".join(d.boot),
+                manifest=ManifestValue(tuple, list)),
     DomainField("install", "spec.install",
                 XMLGroup((XMLProperty("os/kernel"), XMLProperty("os/initrd"), XMLProperty("os/cmdline"))),
-                ("kernel", "initrd", "cmdline"), install_text),
+                ("kernel", "initrd", "cmdline"), install_text,
+                desired_by="desired._vm and VMDefinition._definition: files of pools, firstBootOnly"),
     DomainField("guestAgent", "spec.guestAgent", domainparts.GUEST_AGENT, ("guest_agent",),
-                lambda d: yes_no(d.guest_agent)),
+                lambda d: yes_no(d.guest_agent), manifest=ManifestValue()),
     DomainField("hugepages", "spec.hugepages", XMLFlag("memoryBacking/hugepages"), ("hugepages",),
-                lambda d: yes_no(d.hugepages)),
-    DomainField("graphics", "spec.graphics", domainparts.Graphics(), ("graphics",), lambda d: d.graphics),
+                lambda d: yes_no(d.hugepages), manifest=ManifestValue()),
+    DomainField("graphics", "spec.graphics", domainparts.Graphics(), ("graphics",), lambda d: d.graphics,
+                desired_by="desired._vm: a type, or an object with listen and passwordFile", created=graphics_text),
     DomainField("graphics.listen", "spec.graphics.listen", domainparts.GraphicsListen(), ("graphics_listen",),
-                lambda d: d.graphics_listen, hidden_when=_graphics_off),
+                lambda d: d.graphics_listen, hidden_when=_graphics_off,
+                desired_by="desired._vm, with graphics", created=lambda d: None),  # in the graphics line
     DomainField("graphics.password", "spec.graphics.passwordFile", domainparts.GraphicsPassword(), ("graphics_password",),
-                planned_by="a secret: compared through the mark's digest, never shown"),
+                planned_by="a secret: compared through the mark's digest, never shown",
+                desired_by="desired._vm: the file's content"),
     DomainField("disks", "spec.disks", domainparts.Disks("disk"), ("disks",),
-                planned_by="VMDiff._diff_disks (by target and source)"),
+                planned_by="VMDiff._diff_disks (by target and source)",
+                desired_by="desired._vm: volumes, files and targets"),
     DomainField("cdroms", "spec.cdrom", domainparts.Disks("cdrom"), ("cdroms",),
-                planned_by="VMDiff._diff_definition 'cdrom' line, the cloud-init seed excepted"),
-    DomainField("nics", "spec.networks", domainparts.Nics(), ("nics",), planned_by="VMDiff._diff_nics (by MAC)"),
+                planned_by="VMDiff._diff_definition 'cdrom' line, the cloud-init seed excepted",
+                desired_by="desired._vm and VMDefinition._definition: the drive, and the cloud-init seed"),
+    DomainField("nics", "spec.networks", domainparts.Nics(), ("nics",), planned_by="VMDiff._diff_nics (by MAC)",
+                desired_by="desired._vm: sources and MACs"),
 )
+
+# A new VM's plan lists what it sets in this order, older than the table's; a field not
+# named here comes after these, in the table's order (the devices' lines are VMDiff's).
+_CREATION_FIRST = ("virtType", "vcpus", "memory", "maxMemory", "disks", "nics", "console", "graphics", "firmware",
+                   "machine", "cpu", "boot", "install", "cdroms")
+CREATION_ORDER: tuple[DomainField, ...] = (
+    tuple(f for label in _CREATION_FIRST for f in FIELDS if f.label == label)
+    + tuple(f for f in FIELDS if f.label not in _CREATION_FIRST)
+)
+
+# The fields whose manifest value maps to the definition one to one: no code of their own on the desired side.
+SIMPLE_FIELDS: tuple[DomainField, ...] = tuple(f for f in FIELDS if f.manifest is not None)
 
 # The fields a plan compares as values, and the restart-pending check too.
 DOMAIN_FIELDS: tuple[DomainField, ...] = tuple(f for f in FIELDS if f.compared)

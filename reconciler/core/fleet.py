@@ -225,7 +225,7 @@ def host_share(
     images |= {disk.image for spec in users for disk in spec.disks if disk.image is not None}
     images &= set(desired.images)
     pools = {name for name, spec in desired.pools.items() if placement.selects(spec.hosts, host)}
-    pools |= {pool for spec in users for _, pool in planner.vm_pools(spec)}
+    pools |= {pool for spec in users for _, pool in spec.pools_by_field()}
     pools |= {desired.images[name].pool for name in images}
     networks = {name for name, spec in desired.networks.items() if placement.selects(spec.hosts, host)}
     networks |= {nic.source for spec in users for nic in spec.nics if nic.kind == "network"}
@@ -303,6 +303,20 @@ def _cleanup(
         forget = plans.ForgetMovedVolume(left.pool, left.name, domain.name, domain.uuid, source, host)
         policy = _policy(spec, left, domain.definition.owner)
         users = sorted(d.name for d in there.domains.values() if (left.pool, left.name) in d.storage)
+        if left.is_nvram:
+            where = f"the UEFI NVRAM on {source}"
+            keep = spec.keep_nvram if spec is not None else domain.definition.owner.keep_nvram
+            if keep:
+                steps.append(forget)
+                notes.append(f"{where}, left by the move to {host}, is kept (keepNvram); remove it yourself when you "
+                             "no longer need it")
+            elif wants_running and not domain.power.active:
+                notes.append(f"{where}, left by the move to {host}, is deleted once {domain.name} runs on {host}")
+            else:
+                steps += [plans.DeleteMovedVolume(left.pool, left.name, domain.name, domain.uuid, host,
+                                                  running=domain.power.active, source=source), forget]
+                changes.append(_left_copy_change(left.pool, left.name, source, host, running=domain.power.active))
+            continue
         if (left.pool, left.name) not in there.volumes:
             steps.append(forget)
             changes.append(FieldChange(f"{where} (record)", "left behind", None, Impact.LIVE,
@@ -322,8 +336,7 @@ def _cleanup(
         else:
             steps += [plans.DeleteMovedVolume(left.pool, left.name, domain.name, domain.uuid, host,
                                               running=domain.power.active, source=source), forget]
-            changes.append(FieldChange(where, "left behind", None, Impact.LIVE, note=(
-                f"the copy {domain.name} left when it moved to {host}, which has its own (deletionPolicy Delete)")))
+            changes.append(_left_copy_change(left.pool, left.name, source, host, running=domain.power.active))
     if not steps and not notes:
         return None
     return plans.ResourcePlan(
@@ -482,6 +495,22 @@ def _migration(
             why = "deletionPolicy Retain" if record is not None and record.created else "kvmops did not create it"
             notes.append(f"{where} is left behind after the move ({why}): never deleted by kvmops; remove it yourself "
                          "when you no longer need it")
+    nvram = domain.definition.firmware == "efi"
+    if nvram and spec.keep_nvram:
+        notes.append(f"the UEFI NVRAM on {move.source} is left behind after the move (keepNvram): never deleted by "
+                     "kvmops; remove it yourself when you no longer need it")
+    elif nvram:
+        deleted.append(model.NVRAM)
+    # A copy an earlier move of this VM made on this destination and never finished (a kill):
+    # the source's mark proves it is kvmops', so this move replaces it.
+    copied_volumes = [(disk.pool, disk.volume) for disk in spec.disks if disk.target in moved.copies]
+    carried = {*moved.sends, *copied_volumes, *([model.NVRAM] if nvram else [])}
+    replaces = tuple(dict.fromkeys((sent.pool, sent.name) for sent in owner.sending
+                                   if sent.host == move.destination and (sent.pool, sent.name) in carried))
+    for pool, volume in replaces:
+        what = "the UEFI NVRAM" if (pool, volume) == model.NVRAM else f"volume {pool}/{volume}"
+        notes.append(f"{what} on {move.destination} is a copy an interrupted move of {move.vm} began (recorded in its "
+                     "mark here): replaced by this move's copy")
     # The destination's next plan finds it current: same manifest, digest and a mark naming
     # the new host, and the copies this move leaves (libvirt persists it in the same job):
     # a crash before their deletion leaves that record, and the next pass finishes it.
@@ -489,6 +518,7 @@ def _migration(
                                        *(model.LeftBehind(move.source, pool, volume) for pool, volume in deleted))))
     xml = domxml.remark(domain.xml, dataclasses.replace(
         owner, manifest=spec.manifest, digest=spec.digest, fleet=fleet, host=move.destination, left_behind=left_behind,
+        sending=(),
     ))
     if restart is not None:
         impact, how = Impact.RESTART, (f"restarted: {restart}; it is shut down here, moved offline and started on "
@@ -503,8 +533,9 @@ def _migration(
               for pool, volume in [(disk.pool, disk.volume)]]
     if copied:
         notes.append(f"copied by libvirt while the guest runs: {', '.join(copied)}")
-    if moved.sends:
-        notes.append(f"copied by kvmops before the move: {', '.join(f'{p}/{v}' for p, v in moved.sends)}")
+    sent = [f"{p}/{v}" for p, v in moved.sends] + (["the UEFI NVRAM (libvirt does not carry it)"] if nvram else [])
+    if sent:
+        notes.append(f"copied by kvmops before the move: {', '.join(sent)}")
     if moved.shared:
         notes.append(f"on shared storage, not copied: pool {', '.join(moved.shared)}")
     if moved.shared_files:
@@ -515,7 +546,7 @@ def _migration(
                      f"{', '.join(f'{p}/{v}' if p else v for p, v in moved.media)}; {move.destination} must have them "
                      "(checked before the move)")
     destination = hosts[move.destination]
-    requires = [f"{move.destination}:StoragePool/{pool}" for _, pool in planner.vm_pools(spec) if pool in desired.pools]
+    requires = [f"{move.destination}:StoragePool/{pool}" for _, pool in spec.pools_by_field() if pool in desired.pools]
     requires += [f"{move.destination}:Network/{nic.source}" for nic in spec.nics
                  if nic.kind == "network" and nic.source in desired.networks]
     requires += [f"{move.destination}:Image/{disk.image}" for disk in spec.disks if disk.image is not None]
@@ -525,9 +556,7 @@ def _migration(
         cleanups.append(plans.DeleteMovedVolume(pool, volume, move.vm, domain.uuid, move.destination,
                                                 running=domain.power.active, source=move.source))
         cleanups.append(plans.ForgetMovedVolume(pool, volume, move.vm, domain.uuid, move.source, move.destination))
-        changes.append(FieldChange(f"volume {pool}/{volume} on {move.source}", "left behind", None, Impact.LIVE, note=(
-            f"deleted once the VM {'runs' if domain.power.active else 'is'} on {move.destination} with its own copy "
-            "(deletionPolicy Delete)")))
+        changes.append(_left_copy_change(pool, volume, move.source, move.destination, running=domain.power.active))
     timeout = spec.shutdown_timeout if spec.shutdown_timeout is not None else settings.shutdown_timeout
     return plans.ResourcePlan(
         kind="VirtualMachine", name=move.vm, actions=(Action.MIGRATE,), changes=tuple(changes),
@@ -536,6 +565,37 @@ def _migration(
             destination_uri=destination.uri, mode=mode, xml=xml, copies=moved.copies, sends=moved.sends,
             shared_files=moved.shared_files, media=moved.media, stop_first=restart is not None,
             start_after=restart is not None, shutdown_timeout=timeout if restart is not None else 0.0,
+            nvram=nvram, replaces=replaces,
         ), *cleanups),
         manifest=spec.manifest, notes=tuple(notes), requires=tuple(dict.fromkeys(requires)),
     )
+
+
+def _left_copy_change(pool: str, volume: str, source: str, destination: str, *, running: bool) -> FieldChange:
+    """Return the plan line of the copy a move leaves on ``source`` and then deletes: no DATA LOSS, the data moved."""
+    if (pool, volume) == model.NVRAM:
+        what, lives = f"UEFI NVRAM on {source}", "the VM's NVRAM (its boot entries)"
+    else:
+        what, lives = f"volume {pool}/{volume} on {source}", "the VM's disk"
+    return FieldChange(what, "left behind", None, Impact.LIVE, note=(
+        f"the source's copy is removed once the VM {'runs' if running else 'is'} on {destination}; {lives} lives on "
+        f"at {destination}, so this is no data loss and it is deleted at once, not moved to the trash"))
+
+
+def evacuation_refusals(desired: model.DesiredState, vms: Collection[str]) -> tuple[str, ...]:
+    """Return why each of ``vms`` (on a host declared dead) cannot be started elsewhere: a disk not on a shared pool.
+
+    Its only copy is on the dead host; defining it anew elsewhere would start it on new,
+    empty disks, which is not moving it. Empty: every one of them can be evacuated.
+    """
+    refusals = []
+    for name in sorted(vms):
+        spec = desired.vms.get(name)
+        if spec is None:
+            continue
+        local = [disk.name for disk in spec.disks
+                 if disk.path is not None or not (disk.pool in desired.pools and desired.pools[disk.pool].shared)]
+        if local:
+            refusals.append(f"VM {name} has disks that are not on a shared pool ({', '.join(local)}): their only copy "
+                            "is on the dead host")
+    return tuple(refusals)

@@ -290,6 +290,19 @@ class VMSpec:
     placement: Placement | None = None  # None: no Host manifests, or the VM may run anywhere
     labels: tuple[tuple[str, str], ...] = ()  # metadata.labels, sorted: what anti-affinity and selectors match
 
+    def pools_by_field(self) -> list[tuple[str, str]]:
+        """Return (field path, pool name) for every pool the VM uses: disks, CD-ROM, install media, seed."""
+        used = [(f"spec.disks[{i}].pool", disk.pool) for i, disk in enumerate(self.disks) if disk.path is None]
+        if self.cdrom is not None and self.cdrom.pool:
+            used.append(("spec.cdrom.pool", self.cdrom.pool))
+        if self.install is not None and self.install.kernel.pool:
+            used.append(("spec.install.kernel.pool", self.install.kernel.pool))
+        if self.install is not None and self.install.initrd is not None and self.install.initrd.pool:
+            used.append(("spec.install.initrd.pool", self.install.initrd.pool))
+        if self.cloud_init is not None:
+            used.append(("spec.cloudInit.pool", self.cloud_init.pool))
+        return used
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -487,6 +500,29 @@ class LeftBehind:
     pool: str
     name: str
 
+    @property
+    def is_nvram(self) -> bool:
+        """Return whether this is the domain's UEFI NVRAM file (:data:`NVRAM`), not a volume."""
+        return (self.pool, self.name) == NVRAM
+
+
+NVRAM = ("", "nvram")  # (pool, name) standing for a domain's UEFI NVRAM file, which is in no pool
+
+
+@dataclass(frozen=True)
+class Sending:
+    """kvmops is copying volume ``pool/name`` (or the :data:`NVRAM`) to host ``host`` for a move of this domain.
+
+    Written into the source's mark before the copy begins, gone with the source's
+    definition once the move is done: while it is there, a volume of that name on
+    ``host`` that no domain there uses is kvmops' copy, perhaps cut short by a kill, which
+    the next move may replace and a move no longer wanted removes.
+    """
+
+    host: str
+    pool: str
+    name: str
+
 
 @dataclass(frozen=True)
 class Ownership:
@@ -508,6 +544,7 @@ class Ownership:
     fleet: str = ""  # the fleet (manifest set) that placed it, "" outside a fleet: a VM marked on two hosts is split brain
     host: str = ""  # the Host the fleet placed it on, "" outside a fleet
     left_behind: tuple[LeftBehind, ...] = ()  # copies a move left on the host it came from, not yet deleted there
+    sending: tuple[Sending, ...] = ()  # copies a move of this domain is making (or was, when cut short) on other hosts
 
     def volume(self, pool: str, name: str) -> OwnedVolume | None:
         """Return the record of volume ``pool/name``, if this domain owns one."""

@@ -173,7 +173,7 @@ def _stand_in_pools(desired: model.DesiredState) -> dict[str, model.ObservedPool
     Such a pool lives on the host; its directory is unknown, so a stand-in one (``/NAME``)
     names the files in it, the same in both revisions.
     """
-    used = {pool for spec in desired.vms.values() for _, pool in planner.vm_pools(spec)}
+    used = {pool for spec in desired.vms.values() for _, pool in spec.pools_by_field()}
     used |= {image.pool for image in desired.images.values()}
     return {
         pool: model.ObservedPool(pool, "dir", f"/{pool}", active=True, autostart=True)

@@ -341,6 +341,18 @@ class MigrateDomain(Step):
       ``("", path)``: the destination must already have them;
     * anything else is in a pool both hosts share (proven before the move).
 
+    ``nvram``: the domain boots UEFI; kvmops copies its NVRAM file (EFI variables: boot
+    entries), which libvirt 9 carries neither offline nor as a file, to the same path on
+    the destination before the move.
+
+    ``replaces``: copies (``(pool, volume)``, or :data:`~reconciler.core.model.NVRAM`) a
+    move cut short left on the destination, as the source's mark records
+    (:class:`~reconciler.core.model.Sending`): the executor deletes them there and copies
+    again, once it has checked that record and that no domain there uses them.
+
+    Before any copy, the executor records each one in the source's mark (``sending``),
+    so a kill in the middle leaves a partial copy the next pass can prove is kvmops'.
+
     ``stop_first``: the guest runs but cannot move live, so it is shut down first
     (gracefully, forcibly after ``shutdown_timeout`` seconds) and moved offline;
     ``start_after``: it is started on the destination once there.
@@ -361,6 +373,8 @@ class MigrateDomain(Step):
     stop_first: bool = False
     start_after: bool = False
     shutdown_timeout: float = 0.0
+    nvram: bool = False
+    replaces: tuple[tuple[str, str], ...] = ()
 
     def describe(self) -> str:
         how = "stopped, moved offline, started again" if self.stop_first else self.mode.value
@@ -370,6 +384,10 @@ class MigrateDomain(Step):
 @dataclass(frozen=True)
 class DeleteMovedVolume(Step):
     """Delete, on the host a domain left, volume ``pool/name`` it used there; runs after its :class:`MigrateDomain`.
+
+    ``(pool, name)`` :data:`~reconciler.core.model.NVRAM` is the domain's UEFI NVRAM file.
+    Deleted at once, never moved to a trash: the VM's data lives on at the destination
+    (this is no DATA LOSS; see docs/design.md).
 
     Only once the domain (``uuid``) is gone from this host and defined, with kvmops' mark,
     on ``destination`` (running there, when ``running``); only if ``destination`` has its own copy of the volume and does
@@ -386,6 +404,8 @@ class DeleteMovedVolume(Step):
     source: str = ""  # the host this runs on, the one the destination's mark names as holding the copy
 
     def describe(self) -> str:
+        if (self.pool, self.name) == model.NVRAM:
+            return f"delete the UEFI NVRAM left behind by {self.domain} (now on {self.destination})"
         return f"delete volume {self.pool}/{self.name} left behind by {self.domain} (now on {self.destination})"
 
 

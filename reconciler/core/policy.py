@@ -436,7 +436,7 @@ def _vm_problems(
 ) -> list[model.Problem]:
     origin = spec.origin
     problems = []
-    for path, pool in _pools_used(spec):
+    for path, pool in spec.pools_by_field():
         why = _used_pool_refusal(pool, desired, actual, rules, local)
         if why:
             problems.append(origin.problem(path, why))
@@ -505,20 +505,6 @@ def _limit_problems(spec: model.VMSpec, limits: Limits) -> list[model.Problem]:
             "use host-model (or leave cpu out)"
         )))
     return problems
-
-
-def _pools_used(spec: model.VMSpec) -> list[tuple[str, str]]:
-    """Return (field path, pool) for every pool a VM uses: disks, CD-ROM, install media, seed."""
-    used = [(f"spec.disks[{i}].pool", disk.pool) for i, disk in enumerate(spec.disks) if disk.path is None]
-    if spec.cdrom is not None and spec.cdrom.pool:
-        used.append(("spec.cdrom.pool", spec.cdrom.pool))
-    if spec.install is not None and spec.install.kernel.pool:
-        used.append(("spec.install.kernel.pool", spec.install.kernel.pool))
-    if spec.install is not None and spec.install.initrd is not None and spec.install.initrd.pool:
-        used.append(("spec.install.initrd.pool", spec.install.initrd.pool))
-    if spec.cloud_init is not None:
-        used.append(("spec.cloudInit.pool", spec.cloud_init.pool))
-    return used
 
 
 def _files_attached(spec: model.VMSpec) -> list[tuple[str, str]]:

@@ -143,3 +143,52 @@ def _stub(name: str, storage: list[dict]) -> str:
 
 def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("'", "&apos;")
+
+
+FLEET_SNAPSHOT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class FleetSnapshot:
+    """One snapshot per Host of a fleet, and why each other Host could not be observed."""
+
+    hosts: dict[str, Snapshot]
+    unreachable: dict[str, str]  # host -> the error
+    taken_at: str  # ISO 8601, UTC
+
+    def describe(self, host: str) -> str:
+        """Return the line host ``host``'s plan made from this snapshot carries."""
+        return self.hosts[host].describe() if host in self.hosts else f"planned against a fleet snapshot taken {self.taken_at}"
+
+
+def is_fleet(data: object) -> bool:
+    """Return whether ``data`` is a fleet snapshot (``kvmops state export`` of manifests with Hosts)."""
+    return isinstance(data, dict) and "kvmops_fleet_snapshot" in data
+
+
+def fleet_to_data(taken: FleetSnapshot) -> dict:
+    """Return a fleet snapshot as JSON-ready data: every host's snapshot, as :func:`to_data` writes one."""
+    return {
+        "kvmops_fleet_snapshot": FLEET_SNAPSHOT_VERSION,
+        "taken_at": taken.taken_at,
+        "hosts": {name: to_data(taken.hosts[name]) for name in sorted(taken.hosts)},
+        "unreachable": dict(sorted(taken.unreachable.items())),
+    }
+
+
+def fleet_from_data(data: object) -> FleetSnapshot:
+    """Return the fleet snapshot in ``data``; raise :class:`SnapshotError` naming what is wrong."""
+    if not is_fleet(data):
+        raise SnapshotError("not a kvmops fleet snapshot (no 'kvmops_fleet_snapshot' field); "
+                            "create one with `kvmops state export --manifests DIR` on manifests declaring Hosts")
+    if data["kvmops_fleet_snapshot"] != FLEET_SNAPSHOT_VERSION:
+        raise SnapshotError(f"fleet snapshot format {data['kvmops_fleet_snapshot']!r} is not supported "
+                            f"(this kvmops reads {FLEET_SNAPSHOT_VERSION})")
+    try:
+        hosts = {str(name): from_data(entry) for name, entry in dict(data["hosts"]).items()}
+        unreachable = {str(name): str(error) for name, error in dict(data.get("unreachable") or {}).items()}
+        return FleetSnapshot(hosts, unreachable, taken_at=str(data["taken_at"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, SnapshotError):
+            raise SnapshotError(f"in the fleet snapshot: {exc}") from exc
+        raise SnapshotError(f"malformed kvmops fleet snapshot: {type(exc).__name__}: {exc}") from exc

@@ -13,14 +13,15 @@ import grp
 import os
 import shutil
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 from reconciler import errors
 from reconciler.adapters import hypervisor as hv
-from reconciler.core import model
+from reconciler.core import fleet, model, planner
 from reconciler.core import policy as policies
 from reconciler.core.quantity import format_bytes_approx
+from reconciler.runtime import observe, reconcile
 
 
 @dataclass(frozen=True)
@@ -210,3 +211,63 @@ def host_bridge_exists(name: str) -> bool:
 def is_local(uri: str) -> bool:
     """Return whether ``uri`` points at this machine."""
     return not urlparse(uri).hostname
+
+
+def checks_on(uri: str, *, manifests: str | None, scope: str, policy: policies.Policy | None) -> list[Check]:
+    """Return every check of ``kvmops doctor`` on one host: the machine (when local), libvirt, the policy, the manifests."""
+    checks = host_checks() if is_local(uri) else []
+    found, hypervisor = libvirt_checks(uri)
+    checks += found
+    checks.append(policy_check(policy, scope))
+    if hypervisor is not None:
+        with hypervisor:
+            if manifests:
+                desired = reconcile.load_desired(manifests)
+                for problem in desired.problems:
+                    checks.append(Check("manifests", False, str(problem)))
+                checks += manifest_checks(desired, hypervisor, observe.observe(hypervisor))
+    return checks
+
+
+@dataclass(frozen=True)
+class FleetChecks:
+    """``kvmops doctor`` on a fleet: the manifests' problems, and each Host's checks (in name order)."""
+
+    problems: tuple[model.Problem, ...]
+    by_host: dict[str, list[Check]] = field(default_factory=dict)
+    uris: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> int:
+        """Return how many findings failed, the manifests' problems included."""
+        return len(self.problems) + sum(1 for checks in self.by_host.values() for c in checks if c.ok is False)
+
+
+def fleet_checks(desired: model.DesiredState, *, only_host: str | None, settings: planner.Settings) -> FleetChecks:
+    """Check every Host (``only_host``: that one) against the share of the manifests the fleet plan gives it."""
+    observed: dict[str, object] = {}
+    by_host: dict[str, list[Check]] = {}
+    opened: dict[str, hv.Hypervisor] = {}
+    try:
+        for name, spec in sorted(desired.hosts.items()):
+            if only_host is not None and name != only_host:
+                continue
+            checks = host_checks() if is_local(spec.uri) and not spec.uri.startswith("test:") else []
+            found, hypervisor = libvirt_checks(spec.uri)
+            by_host[name] = checks + found
+            if hypervisor is not None:
+                opened[name] = hypervisor
+                try:
+                    observed[name] = observe.observe(hypervisor)
+                except errors.KvmopsError as exc:
+                    by_host[name].append(Check("libvirtd", False, str(exc)))
+        if opened:
+            plan = fleet.plan_fleet(desired, observed, settings)
+            for host in plan.hosts:
+                if host.host in opened and host.host in observed:
+                    share = fleet.host_share(desired, desired.hosts[host.host], host.vms)
+                    by_host[host.host] += manifest_checks(share, opened[host.host], observed[host.host])
+    finally:
+        for hypervisor in opened.values():
+            hypervisor.close()
+    return FleetChecks(tuple(desired.problems), by_host, {name: desired.hosts[name].uri for name in by_host})

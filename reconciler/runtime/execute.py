@@ -556,16 +556,31 @@ def _migrate_domain(source: hv.Hypervisor, hosts: Mapping[str, hv.Hypervisor], s
         raise errors.OperationRefused(
             f"domain {step.name} is {power.value}; an offline migration moves a shut-off domain only. Plan again"
         )
-    proven = _check_storage(source, destination, step)
+    proven, replaced = _check_storage(source, destination, step)
+    nvram = _check_nvram(source, destination, step) if step.nvram else None
+    if nvram is not None and nvram[1] and destination.has_file(nvram[0]):
+        replaced.append(model.NVRAM)  # proven a partial copy by _check_nvram
     # Every check is done: only now may the guest stop.
     stopped = ""
     if step.stop_first and power is not model.PowerState.SHUTOFF:
         stopped = _stop_domain(source, plans.StopDomain(step.name, step.shutdown_timeout), cancel) or ""
+    carried = [*step.sends, *_copied_volumes(source, step)]
+    if nvram is not None and nvram[1]:
+        carried.append(model.NVRAM)
+    intent = _record_sending(source, step, carried)
     sent: list[tuple[str, str]] = []
     try:
+        for pool, volume in replaced:  # what a move cut short left there, proven ours by the record
+            if (pool, volume) == model.NVRAM:
+                destination.delete_file(nvram[0])
+            else:
+                destination.delete_volume(pool, volume)
         for pool, volume in step.sends:  # libvirt copies no read-only disk, and no storage offline
             source.send_volume(pool, volume, destination)
             sent.append((pool, volume))
+        if nvram is not None and nvram[1]:  # libvirt carries no NVRAM file: the boot entries would be lost
+            source.send_file(nvram[0], destination)
+            sent.append(model.NVRAM)
 
         def progress(done: int, total: int | None) -> None:
             share = f"{done * 100 // total}%" if total else f"{done // (1024 * 1024)} MiB"
@@ -576,9 +591,15 @@ def _migrate_domain(source: hv.Hypervisor, hosts: Mapping[str, hv.Hypervisor], s
                                  progress=progress, shared_storage_proven=proven, copy_disks=step.copies)
     except errors.KvmopsError:
         if destination.domain_name_by_uuid(step.uuid) is None:  # our copies, unused: nothing refers to them
-            for pool, volume in sent:
-                with contextlib.suppress(errors.KvmopsError):
-                    destination.delete_volume(pool, volume)
+            with contextlib.suppress(errors.KvmopsError):
+                for pool, volume in carried:
+                    if (pool, volume) == model.NVRAM:
+                        if model.NVRAM in sent:
+                            destination.delete_file(nvram[0])
+                    elif (pool, volume) in sent or destination.volume_exists(pool, volume):
+                        destination.delete_volume(pool, volume)  # sent by kvmops, or created by libvirt for a copy
+                if intent is not None and source.domain_name_by_uuid(step.uuid) == step.name:
+                    source.set_owner(step.name, intent)  # the copies are gone: so is the record of them
             if stopped and source.domain_name_by_uuid(step.uuid) == step.name:
                 with contextlib.suppress(errors.KvmopsError):  # it stopped for the move only: it runs again here
                     source.start_domain(step.name)
@@ -587,16 +608,21 @@ def _migrate_domain(source: hv.Hypervisor, hosts: Mapping[str, hv.Hypervisor], s
     started = ""
     if step.start_after:
         started = "; started there" if destination.start_domain(step.name) else "; already running there"
-    copies = f", {len(sent)} volume(s) copied by kvmops" if sent else ""
+    volumes = [item for item in sent if item != model.NVRAM]
+    copies = f", {len(volumes)} volume(s) copied by kvmops" if volumes else ""
+    if model.NVRAM in sent:
+        copies += ", its UEFI NVRAM copied by kvmops"
     if live:
         return f"{step.mode.value} migration by libvirt in {seconds * 1000:.0f} ms{copies}; runs on {step.destination}"
     return (f"{'stopped (' + stopped + '), ' if stopped else ''}offline migration by libvirt in {seconds * 1000:.0f} ms"
             f"{copies}; defined on {step.destination}{started}")
 
 
-def _check_storage(source: hv.Hypervisor, destination: hv.Hypervisor, step: plans.MigrateDomain) -> bool:
+def _check_storage(source: hv.Hypervisor, destination: hv.Hypervisor,
+                   step: plans.MigrateDomain) -> tuple[bool, list[tuple[str, str]]]:
     """Refuse the move unless each storage of the domain goes where the plan says; return whether every writable
-    disk libvirt does not copy was just proven shared (a pool, or the very file, seen by both hosts)."""
+    disk libvirt does not copy was just proven shared (a pool, or the very file, seen by both hosts), and the
+    destination volumes an earlier, interrupted move of this domain left, which this one replaces."""
     disks = _writable_disks(source.domain_xml(step.name))
     copy_all = step.mode is plans.MigrationMode.LIVE_COPY_STORAGE and not step.copies
     copied = {target for target, _pool, _volume, _path in disks} if copy_all else set(step.copies)
@@ -609,6 +635,7 @@ def _check_storage(source: hv.Hypervisor, destination: hv.Hypervisor, step: plan
         return shared[pool]
 
     proven = True
+    replaced: list[tuple[str, str]] = []
     for target, pool, volume, path in disks:
         moves = target in copied or (pool, volume) in sent
         if path is not None:
@@ -645,6 +672,12 @@ def _check_storage(source: hv.Hypervisor, destination: hv.Hypervisor, step: plan
                 "it. Plan again"
             )
         if destination.volume_exists(pool, volume):
+            if (pool, volume) in replaced:
+                continue
+            if _partial_copy(source, destination, step, pool, volume):
+                _ensure_unshared(destination, pool, volume, "replace")
+                replaced.append((pool, volume))
+                continue
             raise errors.OwnershipError(
                 f"volume {pool}/{volume} already exists on {step.destination}; kvmops will not overwrite it with "
                 f"{step.name}'s copy. Remove it there if it is a leftover, or plan again"
@@ -661,7 +694,54 @@ def _check_storage(source: hv.Hypervisor, destination: hv.Hypervisor, step: plan
                 f"{step.destination} has no {where}, read-only media of {step.name} that kvmops did not create and "
                 f"does not copy; put it there (the same file), then plan again"
             )
-    return proven
+    return proven, replaced
+
+
+def _partial_copy(source: hv.Hypervisor, destination: hv.Hypervisor, step: plans.MigrateDomain, pool: str,
+                  name: str) -> bool:
+    """Return whether ``pool/name`` on the destination is a copy an interrupted move of this domain began:
+    the plan says it replaces it, and the source's mark still records sending it there."""
+    if (pool, name) not in step.replaces:
+        return False
+    owner, _binding = domxml.mark_binding(domxml.parse_tree(source.domain_xml(step.name)))
+    return owner is not None and model.Sending(step.destination, pool, name) in owner.sending
+
+
+def _check_nvram(source: hv.Hypervisor, destination: hv.Hypervisor, step: plans.MigrateDomain) -> tuple[str, bool] | None:
+    """Return the path of the domain's UEFI NVRAM and whether there is one to copy (a domain never started has
+    none yet); refuse when the destination has that file already, unless it is a copy an interrupted move began."""
+    path = source.nvram_path(step.name)
+    if path is None:
+        return None
+    present = source.has_file(path)
+    if present and destination.has_file(path) and not _partial_copy(source, destination, step, *model.NVRAM):
+        raise errors.OwnershipError(
+            f"{step.destination} has {path} already, the UEFI NVRAM file of {step.name}'s name; kvmops will not "
+            f"overwrite it with {step.name}'s. Remove it there if it is a leftover, or plan again"
+        )
+    return path, present
+
+
+def _copied_volumes(source: hv.Hypervisor, step: plans.MigrateDomain) -> list[tuple[str, str]]:
+    """Return the volumes libvirt copies (and creates on the destination) in a live move with storage copy."""
+    if step.mode is not plans.MigrationMode.LIVE_COPY_STORAGE:
+        return []
+    return [(pool, volume) for target, pool, volume, _path in _writable_disks(source.domain_xml(step.name))
+            if pool and volume and (not step.copies or target in step.copies)]
+
+
+def _record_sending(source: hv.Hypervisor, step: plans.MigrateDomain,
+                    carried: list[tuple[str, str]]) -> model.Ownership | None:
+    """Record in the source's mark, before any copy, each copy this move makes on the destination; return the mark
+    as it was (to put back if the move fails and its copies are removed), or None when nothing is copied."""
+    if not carried:
+        return None
+    owner, _binding = domxml.mark_binding(domxml.parse_tree(source.domain_xml(step.name)))
+    records = tuple(model.Sending(step.destination, pool, name) for pool, name in carried)
+    wanted = tuple(dict.fromkeys((*owner.sending, *records)))
+    if wanted != owner.sending:
+        source.set_owner(step.name, dataclasses.replace(owner, sending=wanted))
+    return dataclasses.replace(owner, sending=tuple(r for r in owner.sending if r not in records))
 
 
 def _writable_disks(xml: str) -> list[tuple[str, str | None, str | None, str | None]]:
@@ -705,7 +785,8 @@ def _verify_moved(source: hv.Hypervisor, destination: hv.Hypervisor, step: plans
 def _delete_moved_volume(source: hv.Hypervisor, hosts: Mapping[str, hv.Hypervisor], step: plans.DeleteMovedVolume,
                          _cancel: threading.Event) -> str | None:
     destination = _peer(hosts, step.destination)
-    if not source.volume_exists(step.pool, step.name):
+    nvram = (step.pool, step.name) == model.NVRAM
+    if not nvram and not source.volume_exists(step.pool, step.name):
         return "already gone"
     if source.domain_name_by_uuid(step.uuid) is not None:
         raise errors.OperationRefused(
@@ -729,6 +810,15 @@ def _delete_moved_volume(source: hv.Hypervisor, hosts: Mapping[str, hv.Hyperviso
             f"the mark of {step.domain} on {step.destination} does not record {step.pool}/{step.name} as the copy it "
             "left here; kvmops cannot prove this volume is that copy, not deleted"
         )
+    if nvram:
+        # the copy went to the very path the destination uses, so that path names the file left here
+        path = destination.nvram_path(step.domain)
+        if path is None or not destination.has_file(path):
+            raise errors.OperationRefused(
+                f"{step.destination} has no UEFI NVRAM file for {step.domain}: the one here may hold its only boot "
+                "entries; not deleted"
+            )
+        return None if source.delete_file(path) else "already gone"
     if not destination.volume_exists(step.pool, step.name):
         raise errors.OperationRefused(
             f"{step.destination} has no volume {step.pool}/{step.name}: the one here may be {step.domain}'s only copy; "

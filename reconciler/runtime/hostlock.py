@@ -89,3 +89,22 @@ def _read_holder(descriptor: int) -> str:
         return os.pread(descriptor, 512, 0).decode(errors="replace").strip()
     except OSError:
         return ""
+
+
+def for_command(uri: str, *, state_dir: str | None, wait: float, on_wait=None) -> contextlib.AbstractContextManager:
+    """Return the host lock a one-shot command holds while it changes ``uri`` (``--state-dir``, ``--lock-timeout``).
+
+    The test driver's host lives inside this process, so nothing else can act on it: no lock.
+    """
+    if uri.startswith("test:"):
+        return contextlib.nullcontext()
+    return hold(Path(state_dir) if state_dir else default_state_dir(), uri, wait=wait, on_wait=on_wait)
+
+
+@contextlib.contextmanager
+def for_hosts(uris, *, state_dir: str | None, wait: float, on_wait=None) -> Iterator[None]:
+    """Hold the host lock of every URI, taken in URI order so two fleet applies never deadlock."""
+    with contextlib.ExitStack() as stack:
+        for uri in sorted(uris):
+            stack.enter_context(for_command(uri, state_dir=state_dir, wait=wait, on_wait=on_wait))
+        yield

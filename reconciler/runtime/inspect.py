@@ -8,6 +8,7 @@ tried in that order), and, when the manifests are given, what a plan says about 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ from reconciler import errors
 from reconciler.adapters import hypervisor as hv
 from reconciler.core import model, planner
 from reconciler.core import plan as plans
-from reconciler.runtime import observe
+from reconciler.runtime import fleet_reconcile, observe, reconcile
 
 ADDRESS_SOURCES = ("lease", "agent", "arp")
 @dataclass(frozen=True)
@@ -217,3 +218,60 @@ def _refuse_hopeless_wait(hypervisor: hv.Hypervisor, name: str, domain: model.Ob
             f"{name} is shut off and its runStrategy is Halted, so nothing will start it; "
             f"set runStrategy: Always (and apply) or start it yourself (virsh start {name}) first"
         )
+
+
+def wait_in_fleet(desired: model.DesiredState, name: str, condition: str, *, timeout: float, only_host: str | None,
+                  host_workers: int) -> str:
+    """Wait as :func:`wait` does, on whichever Host has domain ``name`` (``only_host``: on that one); say which.
+
+    Refuses a VM no reachable Host has, and one several Hosts define (give the Host).
+    """
+    if only_host is not None:
+        desired = dataclasses.replace(desired, hosts={only_host: desired.hosts[only_host]})
+    with fleet_reconcile.connect(desired, read_only=True, workers=max(1, host_workers)) as connections:
+        having = [host for host, h in sorted(connections.hypervisors.items()) if h.domain_exists(name)]
+        if not having:
+            unreachable = f" (unreachable: {', '.join(sorted(connections.unreachable))})" if connections.unreachable else ""
+            raise errors.ObjectNotFound(f"no domain named {name} on any reachable Host{unreachable}; "
+                                        "`kvmops status --manifests PATH` lists the VMs")
+        if len(having) > 1:
+            raise errors.KvmopsError(f"{name} is defined on {', '.join(having)}: give --host NAME")
+        return f"{having[0]}: " + wait(connections.hypervisors[having[0]], name, condition, timeout=timeout)
+
+
+def status_rows_on(hypervisor: hv.Hypervisor, *, manifests: str | None, name: str | None, scope: str | None,
+                   default_scope: str) -> list[dict]:
+    """Return :func:`status_rows`, compared with ``manifests`` when given (so conditions say Drifted or Error)."""
+    plan = None
+    if manifests:
+        plan = reconcile.make_plan(manifests, hypervisor, settings=planner.Settings(scope=scope or default_scope)).plan
+    return status_rows(hypervisor, name=name, scope=scope, plan=plan)
+
+
+_SSH_OPTIONS_WITH_VALUES = set("BbcDEeFIiJLlmOopQRSWw")
+
+
+def ssh_address(hypervisor: hv.Hypervisor, name: str) -> Address:
+    """Return the address ``kvmops ssh`` connects to: the VM's first IPv4 address, else its first one."""
+    _actual, domain = observe.observe_domain(hypervisor, name)
+    found = addresses(hypervisor, domain)
+    if not found:
+        state = "is not running" if not domain.power.active else "has no address yet (no DHCP lease, guest agent or ARP entry)"
+        raise errors.KvmopsError(f"{name} {state}; try `kvmops wait {name} --for ip` first")
+    return next((a for a in found if a.family == "ipv4"), found[0])
+
+
+def ssh_argv(ip: str, user: str | None, extra: list[str]) -> list[str]:
+    """Return ssh's command line: ``extra``'s options (up to ``--`` or the first word), the user, ``ip``, the command."""
+    options = []
+    index = 0
+    while index < len(extra) and extra[index].startswith("-"):
+        if extra[index] == "--":  # ssh's own end of options: the command follows
+            index += 1
+            break
+        options.append(extra[index])
+        if len(extra[index]) == 2 and extra[index][1] in _SSH_OPTIONS_WITH_VALUES and index + 1 < len(extra):
+            index += 1
+            options.append(extra[index])
+        index += 1
+    return ["ssh", *options, *(["-l", user] if user else []), ip, *extra[index:]]

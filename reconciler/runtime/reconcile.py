@@ -2,7 +2,8 @@
 
 Shared by the CLI's ``plan``/``apply`` and by the controller, so that a pass is the same
 whoever starts it.  Every pass re-reads the manifests and re-observes libvirt: nothing
-is cached between passes (level-triggered, as controller-runtime puts it).
+is cached between passes (level-triggered, as controller-runtime puts it), except that a
+controller pass woken by some VMs' events re-observes only those VMs.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -24,7 +25,7 @@ from reconciler.adapters import manifests
 from reconciler.core import desired as desired_state
 from reconciler.core import model, planner
 from reconciler.core import plan as plans
-from reconciler.runtime import execute, observe
+from reconciler.runtime import cancellation, execute, observe
 
 
 @dataclass(frozen=True)
@@ -171,11 +172,12 @@ def with_host_file_paths(desired: model.DesiredState, actual: model.ActualState)
     return dataclasses.replace(desired, vms=MappingProxyType(vms))
 
 
-def make_plan(path: str, hypervisor: hv.Hypervisor, *, settings: planner.Settings, revision: str = "") -> PlanResult:
-    """Return the plan converging ``hypervisor`` on the manifests under ``path``."""
+def make_plan(path: str, hypervisor: hv.Hypervisor, *, settings: planner.Settings, revision: str = "",
+              desired: model.DesiredState | None = None) -> PlanResult:
+    """Return the plan converging ``hypervisor`` on the manifests under ``path`` (or ``desired``, already loaded)."""
     settings = timed(salted(settings))
     with gc_paused():
-        desired = load_desired(path, revision=revision)
+        desired = desired if desired is not None else load_desired(path, revision=revision)
         actual = observe.observe(hypervisor)
         if planner.host_is_local(hypervisor.uri):
             desired = with_host_file_paths(desired, actual)
@@ -210,6 +212,32 @@ def apply(
     with gc_paused():
         after = planner.plan_changes(planned.desired, actual, settings=settings)
     return ApplyResult(planned, report, after)
+
+
+def plan_and_apply(
+    path: str,
+    hypervisor: hv.Hypervisor,
+    *,
+    settings: planner.Settings,
+    show_plan: Callable[[plans.Plan], None],
+    lock: contextlib.AbstractContextManager,
+    revision: str = "",
+    desired: model.DesiredState | None = None,
+    workers: int = execute.DEFAULT_WORKERS,
+) -> tuple[PlanResult, ApplyResult | None]:
+    """Plan, ``show_plan``, and carry the plan out when it has changes (``kvmops apply``).
+
+    The host ``lock`` is held from the observation to the last step; SIGINT and SIGTERM let
+    the steps in progress finish. The apply result is None when the plan had nothing to do.
+    """
+    with lock:
+        planned = make_plan(path, hypervisor, settings=settings, revision=revision, desired=desired)
+        show_plan(planned.plan)
+        if not planned.plan.has_changes:
+            return planned, None
+        cancel = threading.Event()
+        with cancellation.on_signals(cancel):
+            return planned, apply(path, hypervisor, settings=settings, workers=workers, planned=planned, cancel=cancel)
 
 
 def pool_problems_on_host(desired: model.DesiredState, hypervisor: hv.Hypervisor) -> list[model.Problem]:

@@ -1,4 +1,5 @@
-"""What kvmops tells people in words: the report of an apply, and the status table.
+"""What kvmops tells people in words: plans in each output format, the report of an apply,
+the status table (of a host, or per Host of a fleet), doctor's checks and the trash.
 
 The apply report says what each resource did, what was not run, and whether the host
 converged; never a bare "see above": when the host did not converge, it names every
@@ -9,9 +10,32 @@ from __future__ import annotations
 
 import re
 
+from reconciler.core import fleet, model, quantity, redaction, render, trash
 from reconciler.core import plan as plans
-from reconciler.core import quantity
-from reconciler.runtime import reconcile
+from reconciler.runtime import doctor, fleet_reconcile, fleet_status, recovery, reconcile
+
+
+def plan_text(plan: plans.Plan, *, output: str, colour: bool, source: str, title: str | None = None) -> str:
+    """Return ``plan`` as ``output`` says: ``text`` (for people), ``json`` or ``markdown`` (a pull-request comment)."""
+    if output == "json":
+        return render.to_json(plan)
+    if output == "markdown":
+        return render.markdown(plan, title=title)
+    return render.text(plan, colour=colour, source=source, title=title)
+
+
+def fleet_plan_text(plan: fleet.FleetPlan, *, output: str, colour: bool, source: str, title: str | None = None) -> str:
+    """Return a fleet plan (grouped per Host) as ``output`` says, as :func:`plan_text` does for one host."""
+    if output == "json":
+        return render.fleet_to_json(plan)
+    if output == "markdown":
+        return render.fleet_markdown(plan, title=title)
+    return render.fleet_text(plan, colour=colour, source=source, title=title)
+
+
+def fleet_plan_problems(plan: fleet.FleetPlan) -> list[model.Problem]:
+    """Return the fleet's problems and every Host's, in that order."""
+    return [*plan.problems, *(p for h in plan.hosts if h.plan is not None for p in h.plan.problems)]
 
 
 def report_text(result: reconcile.ApplyResult) -> str:
@@ -139,3 +163,144 @@ def short_revision(revision: str | None) -> str:
 def format_size(capacity: int | None) -> str:
     """Return a capacity for people, or '-' when unknown."""
     return quantity.format_bytes(capacity) if capacity is not None else "-"
+
+
+def fleet_report_text(result: fleet_reconcile.FleetApplyResult) -> str:
+    """Return what a fleet apply did: a section per host (as :func:`report_text` words one host),
+    the migrations, the hosts that could not be reached, and whether the fleet converged."""
+    planned = result.planned
+    after = {h.host: h for h in result.after.hosts} if result.after is not None else {}
+    lines: list[str] = []
+    for host in planned.plan.hosts:
+        report = result.reports.get(host.host)
+        if report is None:
+            continue
+        actual = planned.observed.get(host.host)
+        later = after.get(host.host)
+        unverified = None
+        if later is not None and later.unreachable is not None:
+            unverified = later.unreachable
+        host_result = reconcile.ApplyResult(
+            reconcile.PlanResult(planned.desired, actual, host.plan), report,
+            later.plan if later is not None else None, unverified=unverified,
+        )
+        lines.append(f"Host {host.host}:")
+        lines.extend("  " + line if line else line for line in report_text(host_result).rstrip("\n").split("\n")[1:])
+        lines.append("")
+    if result.migrations.outcomes:
+        lines.append("Migrations:")
+        for outcome in result.migrations.outcomes:
+            mark = {"converged": "✓", "failed": "✗", "skipped": "-"}[outcome.status]
+            lines.append(f"  {mark} {outcome.kind} {outcome.name}: {outcome.status}")
+            for step in outcome.steps:
+                status = "done" if step.ok else "FAILED"
+                detail = f" ({step.detail})" if step.detail and step.ok else ""
+                lines.append(f"      {status}: {step.description}{detail} [{step.duration_ms} ms]")
+                if not step.ok:
+                    lines.append(f"        {step.detail}")
+            if outcome.status != "converged" and outcome.error and not outcome.steps:
+                lines.append(f"      {outcome.error}")
+        lines.append("")
+    for host in planned.plan.unreachable:
+        lines.append(f"Host {host.host}: UNREACHABLE, nothing was done there: {host.unreachable}")
+        lines.append("")
+    lines.append(_fleet_verdict(result))
+    return "\n".join(lines) + "\n"
+
+
+def _fleet_verdict(result: fleet_reconcile.FleetApplyResult) -> str:
+    if result.after is None:
+        return "Cancelled: remaining steps were not run; apply again to converge."
+    if result.converged:
+        return f"Fleet converged: a fresh plan shows no changes on any host. {result.after.summary()}"
+    why = []
+    failed = [f"{host}: {o.name}" for host, report in result.reports.items() for o in report.failures]
+    failed += [f"migration of {o.name}" for o in result.migrations.failures]
+    if failed:
+        why.append(f"{len(failed)} resource(s) failed or were skipped ({', '.join(failed)})")
+    differ = [f"{h.host}: {r.name}" for h in result.after.hosts if h.plan is not None for r in h.plan.changes]
+    if differ:
+        why.append(f"{len(differ)} resource(s) still differ ({', '.join(differ)})")
+    problems = len(result.after.problems) + sum(len(h.plan.problems) for h in result.after.hosts if h.plan is not None)
+    if problems:
+        why.append(f"{problems} problem(s) remain")
+    if result.after.unreachable:
+        why.append(f"unreachable: {', '.join(h.host for h in result.after.unreachable)} (its pruning is suspended; "
+                   "apply again once it answers)")
+    return ("Fleet not converged: " + "; ".join(why or ["the fleet still differs"]) + ". `kvmops plan` shows what is left. "
+            + result.after.summary())
+
+
+def fleet_status_text(status: fleet_status.FleetStatus, *, detailed: bool) -> str:
+    """Return ``kvmops status`` for a fleet: each Host's table (or why it has none), then the fleet in one line."""
+    lines = []
+    for section in status.hosts:
+        host = section.host
+        cordoned = ", cordoned" if not host.schedulable else ""
+        lines.append(f"Host {host.host} ({redaction.redact_url(host.uri)}{cordoned})\n")
+        if section.error is not None:
+            lines.append(f"  UNREACHABLE: {section.error}\n")
+            if host.unknown or host.vms:
+                lines.append(f"  Unknown: {', '.join(host.unknown or host.vms)}\n")
+        elif not section.rows:
+            lines.append("  no domains managed by kvmops\n")
+        else:
+            lines.append("".join(f"  {line}\n" if line else "\n"
+                                 for line in status_table(section.rows, detailed=detailed).rstrip("\n").split("\n")))
+        lines.append("\n")
+    line = f"Fleet {status.fleet}: {len(status.hosts)} host(s), {status.managed} managed VM(s)"
+    if status.unreachable:
+        line += f"; unreachable: {', '.join(status.unreachable)}"
+    return "".join(lines) + line + "\n"
+
+
+def checks_text(checks: list[doctor.Check], indent: str = "") -> str:
+    """Return doctor's findings, one line each, with what to fix under each one that is not ok."""
+    marks = {True: "ok  ", False: "FAIL", None: "warn"}
+    lines = []
+    for check in checks:
+        lines.append(f"{indent}[{marks[check.ok]}] {check.name}: {check.detail}\n")
+        if check.fix and check.ok is not True:
+            lines.append(f"{indent}       fix: {check.fix}\n")
+    return "".join(lines)
+
+
+def checks_summary(checks: list[doctor.Check]) -> str:
+    """Return doctor's last line on one host: how many checks, failed and warnings."""
+    failed = sum(1 for c in checks if c.ok is False)
+    warned = sum(1 for c in checks if c.ok is None)
+    return f"\n{len(checks)} checks: {failed} failed, {warned} warnings\n"
+
+
+def fleet_checks_text(found: doctor.FleetChecks) -> str:
+    """Return doctor's findings for a fleet: the manifests' problems, each Host's checks, then the totals."""
+    lines = [f"[FAIL] manifests: {problem}\n" for problem in found.problems]
+    for name, checks in found.by_host.items():
+        lines.append(f"Host {name} ({redaction.redact_url(found.uris[name])})\n")
+        lines.append(checks_text(checks, indent="  "))
+        lines.append("\n")
+    total = sum(len(checks) for checks in found.by_host.values()) + len(found.problems)
+    warned = sum(1 for checks in found.by_host.values() for c in checks if c.ok is None)
+    lines.append(f"{len(found.by_host)} host(s), {total} checks: {found.failed} failed, {warned} warnings\n")
+    return "".join(lines)
+
+
+def trash_table(rows: list[dict]) -> str:
+    """Return ``kvmops trash list``'s table of :func:`reconciler.runtime.recovery.rows`."""
+    columns = ("POOL", "VOLUME", "VM", "SCOPE", "SIZE", "DELETED", "STATE")
+    table = [list(columns)] + [[row[c.lower()] or "-" for c in columns] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    return "".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() + "\n" for line in table)
+
+
+def restored_text(restored: recovery.Restored) -> str:
+    """Return what ``kvmops trash restore`` did, and how to get the disk back into its VM."""
+    entry = restored.entry
+    lines = [f"restored volume {entry.pool}/{entry.volume} ({quantity.format_bytes(entry.capacity)}, deleted "
+             f"{trash.format_instant(entry.deleted_at)} from VM {entry.vm or '-'}, scope {entry.scope}) to {restored.path}"]
+    if restored.others:
+        lines.append(f"{restored.others} older deletion(s) of {entry.volume} stay in the trash (kvmops trash list)")
+    if entry.vm:
+        lines.append(f"declare the disk again in VM {entry.vm} (pool: {entry.pool}, volume: {entry.volume}) in scope "
+                     f"{entry.scope} and apply: kvmops reattaches it and treats it as the volume it created, as before")
+    return "".join(line + "\n" for line in lines)

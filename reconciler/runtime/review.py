@@ -32,6 +32,15 @@ class Review:
     head_label: str
     fleet: fleet.FleetPlan | None = None  # with Host manifests in head: the plan per host, migrations included
 
+    @property
+    def plan_shown(self) -> plans.Plan:
+        """Return the plan as ``kvmops diff`` shows it: noting, when the base has problems, that it was compared anyway."""
+        if not self.base.problems:
+            return self.plan
+        note = (f"the base revision {self.base_label} has {len(self.base.problems)} problem(s) of its own; it was "
+                "compared for what it could express")
+        return dataclasses.replace(self.plan, snapshot=note)
+
 
 def diff(path: str, base_ref: str, head_ref: str | None, *, settings: planner.Settings) -> Review:
     """Return the plan that turns the manifests at ``base_ref`` into those at ``head_ref`` (None: working tree)."""

@@ -51,6 +51,7 @@ from pathlib import Path
 import libvirt
 import yaml
 
+from reconciler.core.trash import TRASH_DIRECTORY
 from tests import lab as labs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -365,7 +366,19 @@ class CrashWorld:
         return name.startswith(self.vm(short)) and name.endswith(".iso")
 
     def pool_files(self) -> set[str]:
-        return {path.name for path in self.pool_path.iterdir()}
+        """Return the pool directory's entries, its trash aside: a volume in the trash is kept on purpose."""
+        return {path.name for path in self.pool_path.iterdir()} - {TRASH_DIRECTORY}
+
+    def trash_problems(self) -> list[str]:
+        """Return the trash entries that are not whole: each holds its record and the one volume it kept."""
+        trash = self.pool_path / TRASH_DIRECTORY
+        entries = sorted(trash.iterdir()) if trash.is_dir() else []
+        found = []
+        for entry in entries:
+            files = {path.name for path in entry.iterdir()} if entry.is_dir() else set()
+            if "entry.json" not in files or len(files - {"entry.json"}) != 1:
+                found.append(f"trash entry {entry.name} holds {sorted(files)}")
+        return found
 
     # --- commands ---------------------------------------------------------------------
 
@@ -483,6 +496,7 @@ def nothing_leaked(world: CrashWorld, with_vms: bool) -> list[str]:
     """No volume, partial, seed, NVRAM or temporary file is left that nothing declares."""
     extra = world.pool_files() - world.expected_volumes(with_vms=with_vms) - world.image_records()
     found = [f"volume {name} is left over" for name in sorted(extra) if not name.startswith(PARTIAL)]
+    found += world.trash_problems()
     nvram = sorted(world.nvram_dir.iterdir()) if world.nvram_dir.exists() else []
     wanted_nvram = {f"{world.vm('c')}_VARS.fd"} if with_vms else set()
     found += [f"NVRAM file {path.name} is left over" for path in nvram if path.name not in wanted_nvram]

@@ -393,6 +393,78 @@ def test_a_destroyed_always_vm_is_running_again_within_two_seconds(host, run_con
     assert controller.crashes() == []
 
 
+OTHER_XML = """<domain type='qemu'><name>{name}</name><memory unit='MiB'>32</memory><vcpu>1</vcpu>
+<os><type arch='x86_64' machine='pc'>hvm</type></os><devices><memballoon model='none'/></devices></domain>"""
+
+
+@contextlib.contextmanager
+def churning(host, count: int, threads: int = 2):
+    """Keep ``count`` transient guests nobody manages being destroyed and created again, in turn, on their own connections.
+
+    Yields the counter of finished creates and destroys.  Every guest is destroyed at the end.
+    """
+    names = [host.name(f"other-{i:02d}") for i in range(count)]
+    stop = threading.Event()
+    done = [0]
+
+    def work(mine: list[str]) -> None:
+        connection = libvirt.open(host.uri)
+        try:
+            while not stop.is_set():
+                for name in mine:
+                    with contextlib.suppress(libvirt.libvirtError):
+                        connection.lookupByName(name).destroy()
+                        done[0] += 1
+                    with contextlib.suppress(libvirt.libvirtError):
+                        connection.createXML(OTHER_XML.format(name=name), 0)
+                        done[0] += 1
+                    if stop.is_set():
+                        break
+        finally:
+            connection.close()
+
+    workers = [threading.Thread(target=work, args=(names[i::threads],), daemon=True) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    try:
+        yield done
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(60)
+        for name in names:
+            domain = host.domain(name)
+            with contextlib.suppress(libvirt.libvirtError):
+                if domain is not None:
+                    domain.destroy()
+
+
+def test_a_destroyed_vm_is_repaired_by_a_pass_that_looks_at_it_alone_while_other_guests_churn(host, run_controller):
+    """While other guests are destroyed and created all the time, ``virsh destroy`` of a managed VM is repaired by a pass observing that VM only, not the host."""
+    write_vm(host, "web", runStrategy="Always")
+    controller = run_controller()
+    web = host.name("web")
+    wait_started(host, controller, web)
+
+    with churning(host, 8) as done:
+        assert host.wait(lambda: done[0] >= 8, 60), "the other guests never started"
+        mark = controller.mark()
+        host.domain(web).destroy()
+        destroyed = time.monotonic()
+        assert host.wait(lambda: running(host, web), 30), controller.log_text()
+        back_after = time.monotonic() - destroyed
+        churned = done[0]
+
+    repair = controller.wait_for("drift_repaired", since=mark, vm=web)
+    assert (repair["trigger"], repair["actions"]) == ("libvirt", ["start"]), repair
+    repairing = [p for p in controller.passes(since=mark, trigger="libvirt") if p["changes"]][0]
+    assert repairing["observed"] == "vms", repairing
+    assert churned > 8, f"the other guests stood still ({churned} creates and destroys)"
+    assert controller.passes(since=mark, trigger="resync") == []
+    assert controller.crashes() == []
+    print(f"running again {back_after:.2f}s after the destroy; repair pass {repairing}; {churned} creates and destroys")
+
+
 def test_a_halted_vm_started_by_hand_is_stopped_again_gracefully_then_forcefully(host, run_controller):
     """A ``runStrategy: Halted`` VM started by hand is stopped again: an ACPI request, ``shutdownTimeout`` (1 s) of patience, then a destroy."""
     write_vm(host, "web", runStrategy="Halted")

@@ -360,3 +360,112 @@ def test_a_kill_in_the_middle_of_a_live_move_leaves_the_vm_on_exactly_one_host(f
     where = [n for n, h in fleet.hosts.items() if h.domain_name_by_uuid(domain_uuid) is not None]
     assert len(where) == 1, where  # libvirt finished (or abandoned) its job: one host has it
     assert fleet.hosts[where[0]].domain_power(name)[0] is model.PowerState.RUNNING
+
+
+UEFI_XML = """<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
+<os firmware='efi'><type arch='x86_64' machine='q35'>hvm</type></os><features><acpi/></features>
+<devices><graphics type='vnc'/></devices></domain>"""
+OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"
+
+
+def nvram_file(fleet, host: str, name: str):
+    return fleet.lab_host(host).directory / "lib" / "qemu" / "nvram" / f"{name}_VARS.fd"
+
+
+@pytest.mark.skipif(not os.path.exists(OVMF_VARS), reason="needs OVMF (apt-get install ovmf)")
+def test_a_uefi_vm_moved_offline_keeps_its_nvram_and_the_source_copy_goes_only_after_the_move(fleet):
+    name = f"{fleet.prefix}-uefi"
+    h1 = fleet.hosts["h1"]
+    h1.define_domain(UEFI_XML.format(name=name), name)
+    domain_uuid = next(d.uuid for d in h1.list_domains() if d.name == name)
+    h1.set_owner(name, model.Ownership(manifest=f"vms/{name}.yaml", digest="test", run_strategy=model.RunStrategy.HALTED,
+                                       bound_name=name, bound_uuid=domain_uuid))
+    # boot entries a guest wrote: known bytes at the end of the variable store
+    marked = bytearray(open(OVMF_VARS, "rb").read())
+    marked[-4096:] = b"kvmops boot entry " * 227 + b"\0" * (4096 - 18 * 227)
+    nvram_file(fleet, "h1", name).parent.mkdir(parents=True, exist_ok=True)
+    nvram_file(fleet, "h1", name).write_bytes(bytes(marked))
+    steps = (plans.DeleteMovedVolume(*model.NVRAM, name, domain_uuid, "h2", source="h1"),
+             plans.ForgetMovedVolume(*model.NVRAM, name, domain_uuid, "h1", "h2"))
+
+    report = move(fleet, name, domain_uuid, plans.MigrationMode.OFFLINE, *steps, nvram=True)
+
+    assert report.ok, report.failures
+    assert "its UEFI NVRAM copied by kvmops" in report.outcomes[0].steps[0].detail
+    assert fleet.hosts["h2"].domain_name_by_uuid(domain_uuid) == name
+    assert nvram_file(fleet, "h2", name).read_bytes() == bytes(marked)  # the boot entries moved with it
+    assert not nvram_file(fleet, "h1", name).exists()  # the source's copy, removed after the move
+    assert left_behind(fleet.hosts["h2"], name) == ()
+    assert domxml.parse_owner(domxml.parse_tree(fleet.hosts["h2"].domain_xml(name))).sending == ()
+    fleet.hosts["h2"].start_domain(name)  # OVMF starts from the moved variable store
+    assert fleet.hosts["h2"].domain_power(name)[0] is model.PowerState.RUNNING
+    fleet.hosts["h2"].destroy_domain(name)
+
+
+def next_move(fleet, name: str, domain_uuid: str, **fields) -> plans.Plan:
+    """Return the move as the fleet planner writes it for this VM on h1 now: what an interrupted move of it left
+    on h2 (the sending records in its mark) is replaced (see fleet._migration)."""
+    owner = domxml.parse_owner(domxml.parse_tree(fleet.hosts["h1"].domain_xml(name)))
+    replaces = tuple((s.pool, s.name) for s in owner.sending if s.host == "h2")
+    volumes = [(fleet.local, f"{name}-root.qcow2"), (fleet.local, f"{name}-cidata.iso")]
+    steps = [step for pool, volume in volumes for step in (
+        plans.DeleteMovedVolume(pool, volume, name, domain_uuid, "h2", source="h1"),
+        plans.ForgetMovedVolume(pool, volume, name, domain_uuid, "h1", "h2"))]
+    xml = domxml.remark(fleet.hosts["h1"].domain_xml(name), dataclasses.replace(
+        owner, host="h2", sending=(), left_behind=tuple(model.LeftBehind("h1", p, v) for p, v in volumes)))
+    return migration(fleet, name, domain_uuid, plans.MigrationMode.OFFLINE, *steps, xml=xml, sends=tuple(volumes),
+                     replaces=replaces, **fields)
+
+
+def test_a_kill_before_any_mutating_call_of_an_offline_move_with_copies_never_loses_or_doubles_the_vm(
+        fleet, tiny_guest):
+    import json
+    import time
+
+    from reconciler.core import fleet as fleets
+    from reconciler.runtime import observe
+
+    desired = model.DesiredState(vms={}, pools={}, hosts={n: _host(n, h.uri) for n, h in fleet.hosts.items()})
+    started, n = time.monotonic(), 0
+    while True:
+        n += 1
+        name = f"{fleet.prefix}-k{n}"
+        domain_uuid, _mac = tiny_vm(fleet, tiny_guest, "h1", name, fleet.local, start=False, seed=True)
+        volumes = [f"{name}-root.qcow2", f"{name}-cidata.iso"]
+        digests = {v: hashlib.sha256(fleet.file_of("h1", fleet.local, v).read_bytes()).hexdigest() for v in volumes}
+        code, out, err = run_move_process(fleet, name, next_move(fleet, name, domain_uuid), crash_at=n)
+        finished = code == 0
+        assert finished or code == -9, err
+        where = [h for h, c in fleet.hosts.items() if c.domain_name_by_uuid(domain_uuid) is not None]
+        assert len(where) == 1, f"kill before call {n}: {name} is on {where}"
+        if where == ["h1"]:
+            for volume in volumes:  # a copy cut short: the next move must replace it, not refuse it
+                if fleet.hosts["h2"].volume_exists(fleet.local, volume):
+                    fleet.file_of("h2", fleet.local, volume).write_bytes(b"partial")
+            report = execute.execute(next_move(fleet, name, domain_uuid), fleet.hosts["h1"], hosts=fleet.hosts)
+            assert report.ok, (n, err, report.failures)
+        # the next fleet pass finishes what the move owes on h1, then has nothing left to do
+        for _ in range(2):
+            result = fleets.plan_fleet(desired, {h: observe.observe(c) for h, c in fleet.hosts.items()})
+            owed = [r for r in result.host("h1").plan.resources if r.name == name]
+            if owed:
+                report = execute.execute(plans.Plan(fleet.hosts["h1"].uri, tuple(owed)), fleet.hosts["h1"],
+                                         hosts=fleet.hosts)
+                assert report.ok, (n, report.failures)
+        assert owed == [], f"kill before call {n}: still owed {owed}"
+        assert fleet.hosts["h1"].domain_name_by_uuid(domain_uuid) is None
+        assert fleet.hosts["h2"].domain_name_by_uuid(domain_uuid) == name
+        for volume in volumes:
+            assert not fleet.hosts["h1"].volume_exists(fleet.local, volume), f"kill before call {n}: {volume} on h1"
+            copy = hashlib.sha256(fleet.file_of("h2", fleet.local, volume).read_bytes()).hexdigest()
+            assert copy == digests[volume], f"kill before call {n}: {volume} on h2 is not the VM's data"
+        owner = domxml.parse_owner(domxml.parse_tree(fleet.hosts["h2"].domain_xml(name)))
+        assert (owner.left_behind, owner.sending) == ((), ()), n
+        leftovers = [v.name for v in fleet.hosts["h1"].list_volumes(fleet.local) if v.name in volumes]
+        assert leftovers == [], f"kill before call {n}: {leftovers}"
+        if finished:
+            calls = json.loads(out.strip().splitlines()[-1])["calls"]
+            assert n > calls
+            break
+    assert n > 5
+    print(f"offline move with copies: {n - 1} kill points in {time.monotonic() - started:.1f} s")

@@ -37,7 +37,7 @@ from reconciler.core import planner
 from reconciler.runtime import observe
 from reconciler.runtime.controller import Controller, ControllerSettings
 from tests import factories
-from tests.integration.conftest import SHARED_URI, Leftovers
+from tests.integration.conftest import SHARED_URI, Leftovers, foreign_domain_xml
 
 
 # Another process holding the host lock (as `kvmops apply` does) until its stdin closes.
@@ -221,6 +221,30 @@ def test_a_vm_destroyed_by_hand_is_running_again_within_two_seconds(start_contro
     assert wait_until(lambda: running.metric("kvmops_drift_repairs_total") > repairs_before, 2)
     assert running.metric("kvmops_wakeups_total", source="libvirt") >= 1
     assert running.metric("kvmops_wakeups_total", source="resync") == 0
+
+
+def test_a_pass_woken_by_a_vm_event_looks_at_that_vm_alone_and_the_resync_at_the_whole_host(
+    start_controller, manifests, vm_name, host
+):
+    """A destroyed VM is restarted by a pass that looks at it alone: a domain someone defined meanwhile is unknown to that pass, and known after the resync."""
+    name, stranger = vm_name("web"), vm_name("stranger")
+    write_manifest(manifests, "web.yaml", factories.vm(name))
+    running = start_controller(resync_interval=4)
+    assert wait_until(lambda: converged(running, name), 5)
+    last_pass = lambda: running.controller.status_document()["last_pass"]  # noqa: E731
+    assert wait_until(lambda: last_pass().get("trigger") == ["resync"], 6), last_pass()  # the next one is 4 s away
+
+    host.define_domain(foreign_domain_xml(stranger, str(uuid.uuid4())), stranger)  # its events wake nothing
+    assert host.destroy_domain(name)
+
+    assert wait_until(lambda: running.running(name), 2), f"{name} is still {running.power(name)}"
+    assert wait_until(lambda: converged(running, name) and last_pass().get("trigger") == ["libvirt"], 2), last_pass()
+    assert stranger not in running.controller.status_document()["foreign"]
+    assert last_pass()["observed"] == "vms"
+    assert running.controller.status_document()["vms"][name]["actual"] == "running"
+
+    assert wait_until(lambda: stranger in running.controller.status_document()["foreign"], 6), last_pass()
+    assert last_pass()["trigger"] == ["resync"] and last_pass()["observed"] == "host"
 
 
 def test_a_new_manifest_file_is_picked_up_through_the_watcher(start_controller, manifests, vm_name):

@@ -48,3 +48,18 @@ def test_cordoning_a_host_migrates_its_vm_in_the_pull_request_comment(fleet_repo
     status, out, _err = diff(fleet_repo, "--base", "main", "-o", "json", capsys=capsys)
     data = json.loads(out)
     assert data["kind"] == "fleet" and [m["vm"] for m in data["migrations"]] == ["web-1"]
+
+
+def test_host_restricts_a_fleet_diff_to_that_host(fleet_repo, capsys):
+    hosts = fleet_repo.manifests / "hosts" / "hosts.yaml"
+    hosts.write_text(hosts.read_text(encoding="utf-8").replace(
+        "capacity: {vcpus: 32, memory: 128GiB, cpuOvercommit: 4}\n",
+        "capacity: {vcpus: 32, memory: 128GiB, cpuOvercommit: 4}\n  schedulable: false\n"), encoding="utf-8")
+
+    status, out, _err = diff(fleet_repo, "--base", "main", "--host", "kvm1", capsys=capsys)
+
+    assert status == 0
+    assert "Host kvm1" in out and "Host kvm2" not in out and "Host kvm3" not in out
+
+    status, _out, err = diff(fleet_repo, "--base", "main", "--host", "kvm9", capsys=capsys)
+    assert status == 1 and "no Host named 'kvm9'" in err

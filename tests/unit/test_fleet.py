@@ -424,3 +424,34 @@ def test_a_vm_in_the_middle_of_a_libvirt_migration_is_never_touched_on_either_ho
     assert "is being migrated from a to b by libvirt" in problem.message
     assert steps(result.host("a").plan, "web") == [] and steps(result.host("b").plan, "web") == []
     assert result.migrations == ()
+
+
+def test_a_uefi_vm_carries_its_nvram_and_a_copy_an_interrupted_move_began_is_replaced():
+    state = manifests(vm_yaml("web", where="{host: b}", halted=True))
+    domain = running_on("a", state.vms["web"], power=model.PowerState.SHUTOFF)
+    sending = (model.Sending("b", "vmstore", "web-root.qcow2"), model.Sending("b", *model.NVRAM),
+               model.Sending("c", "vmstore", "web-root.qcow2"))
+    definition = dataclasses.replace(domain.definition, firmware="efi",
+                                     owner=dataclasses.replace(domain.definition.owner, sending=sending))
+    domain = dataclasses.replace(domain, definition=definition, xml=domxml.render(definition))
+    (migration,) = fleet.plan_fleet(state, {"a": host_state(domain, state=state), "b": host_state(state=state)}).migrations
+    step = migration.steps[0]
+    assert step.nvram and step.replaces == (("vmstore", "web-root.qcow2"), model.NVRAM)
+    owner = domxml.parse_owner(domxml.parse_tree(step.xml))
+    assert owner.sending == () and model.LeftBehind("a", *model.NVRAM) in owner.left_behind
+    assert plans.DeleteMovedVolume(*model.NVRAM, "web", builders.UUID, "b", source="a") in migration.steps
+    nvram_line = next(c for c in migration.changes if c.path == "UEFI NVRAM on a")
+    assert nvram_line.impact is plans.Impact.LIVE and "lives on at b, so this is no data loss" in nvram_line.note
+    assert any("replaced by this move's copy" in note for note in migration.notes)
+
+
+def test_a_kept_nvram_is_left_behind_and_said_so():
+    state = manifests(vm_yaml("web", where="{host: b}", halted=True).replace("  memory: 1GiB\n",
+                                                                              "  memory: 1GiB\n  firmware: uefi\n  keepNvram: true\n"))
+    domain = running_on("a", state.vms["web"], power=model.PowerState.SHUTOFF)
+    definition = dataclasses.replace(domain.definition, firmware="efi")
+    domain = dataclasses.replace(domain, definition=definition, xml=domxml.render(definition))
+    (migration,) = fleet.plan_fleet(state, {"a": host_state(domain, state=state), "b": host_state(state=state)}).migrations
+    assert migration.steps[0].nvram
+    assert not [s for s in migration.steps if isinstance(s, plans.DeleteMovedVolume) and (s.pool, s.name) == model.NVRAM]
+    assert any("UEFI NVRAM on a is left behind after the move (keepNvram)" in note for note in migration.notes)

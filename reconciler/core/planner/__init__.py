@@ -33,16 +33,16 @@ from reconciler.core.planner.host import UNDECIDED_VIRT_TYPE, host_is_local, res
 from reconciler.core.planner.images import plan_image, plan_import_leftovers
 from reconciler.core.planner.marks import UNBOUND_MARK_KEPT, mark_is_unbound, mark_warnings, scope_of
 from reconciler.core.planner.networks import network_problems, orphan_networks, plan_network, plan_network_prune
-from reconciler.core.planner.pools import plan_pool, pool_problems, refused_pool_path, vm_pools
+from reconciler.core.planner.pools import plan_pool, pool_problems, refused_pool_path
 from reconciler.core.planner.prune import plan_prune, prune_suspension
 from reconciler.core.planner.settings import Settings
-from reconciler.core.planner.sharing import volume_users, wanted_volumes
+from reconciler.core.planner.sharing import vm_volumes, volume_users, wanted_volumes
 from reconciler.core.planner.vms import desired_definition, plan_vm
 
 __all__ = [
     "Settings", "UNBOUND_MARK_KEPT", "UNDECIDED_VIRT_TYPE", "desired_definition", "host_is_local", "mark_is_unbound",
     "mark_warnings", "network_problems", "new_mac", "new_uuid", "password_salt", "plan_changes", "pool_problems",
-    "refused_pool_path", "resolve_virt_type", "restart_pending", "scope_of", "vm_pools", "volume_users", "wanted_volumes",
+    "refused_pool_path", "resolve_virt_type", "restart_pending", "scope_of", "vm_volumes", "volume_users", "wanted_volumes",
 ]
 
 

@@ -45,14 +45,13 @@ class VMDefinition:
         return owner is not None and owner.install_pending and not self.active
 
     def _definition(self, owned_volumes: tuple[model.OwnedVolume, ...], *, install: bool) -> model.DomainDefinition:
+        """Return the definition to write: the declared simple fields as the spec says them, the rest built here.
+
+        Where what libvirt wrote satisfies what the manifest asks (a field left to libvirt,
+        or an alias such as the machine ``q35`` of ``pc-q35-7.2``), the observed value is kept.
+        """
         spec, domain = self.spec, self.domain
         observed = domain.definition if domain is not None else None
-        machine = spec.machine
-        if observed is not None and (machine is None or fields.machine_matches(machine, observed.machine)):
-            machine = observed.machine  # unmanaged, or an alias (q35) of what libvirt wrote (pc-q35-7.2)
-        cpu_mode, cpu_model = spec.cpu_mode, spec.cpu_model
-        if cpu_mode is None and observed is not None:
-            cpu_mode, cpu_model = observed.cpu_mode, observed.cpu_model
         kernel = initrd = cmdline = None
         if install and spec.install is not None:
             kernel = self._file_path(spec.install.kernel, "spec.install.kernel")
@@ -67,17 +66,15 @@ class VMDefinition:
             seed = spec.cloud_init
             cdroms.append(model.DiskDevice(target=next(spare), bus="sata", pool=seed.pool, volume=seed.volume, device="cdrom"))
         uuid = observed.uuid if observed is not None else (spec.uuid or new_uuid(self.scope, spec))
-        return model.DomainDefinition(
+        definition = model.DomainDefinition(
             name=spec.name,
             uuid=uuid,
             virt_type=self.virt_type,
-            vcpus=spec.vcpus,
             memory=spec.memory,
             max_memory=spec.max_memory,
             disks=tuple(model.DiskDevice(target=d.target, bus=d.bus, pool=d.pool, volume=d.volume) if d.path is None
                         else self._path_device(d) for d in spec.disks),
             nics=self._nics(observed, uuid),
-            console=spec.console,
             graphics=spec.graphics,
             owner=model.Ownership(
                 spec.manifest, spec.digest, spec.run_strategy, owned_volumes, scope=self.scope,
@@ -91,21 +88,22 @@ class VMDefinition:
                 fleet=self.fleet, host=self.host,
                 # owed deletions on the host the VM came from: only the fleet's cleanup drops them
                 left_behind=observed.owner.left_behind if observed is not None and observed.owner is not None else (),
+                sending=observed.owner.sending if observed is not None and observed.owner is not None else (),
             ),
-            firmware=spec.firmware,
-            machine=machine,
-            cpu_mode=cpu_mode,
-            cpu_model=cpu_model,
-            boot=spec.boot,
             kernel=kernel,
             initrd=initrd,
             cmdline=cmdline,
             cdroms=tuple(cdroms),
-            guest_agent=spec.guest_agent,
-            hugepages=spec.hugepages,
             graphics_listen=spec.graphics_listen if spec.graphics != "none" else None,
             graphics_password=spec.graphics_password,
+            **{name: getattr(spec, name) for declared in fields.SIMPLE_FIELDS for name in declared.attrs},
         )
+        if observed is None:
+            return definition
+        return dataclasses.replace(definition, **{
+            name: getattr(observed, name)
+            for declared in fields.SIMPLE_FIELDS if declared.satisfied_by(observed, definition) for name in declared.attrs
+        })
 
     def _cdrom_device(self, target: str, observed: model.DomainDefinition | None) -> model.DiskDevice:
         """Return the CD-ROM drive of the manifest: media of a pool, any existing file, or none.

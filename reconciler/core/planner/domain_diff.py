@@ -1,15 +1,15 @@
 """The change lines of a VM's plan: the diff between the observed and the planned definition, and what a creation sets.
 
 :class:`VMDiff` is a part of :class:`~reconciler.core.planner.vms.VMPlanBuilder`; the
-scalar fields come from :data:`reconciler.core.fields.DOMAIN_FIELDS`, the devices and the
-mark are diffed here.
+scalar fields come from :data:`reconciler.core.fields.DOMAIN_FIELDS` (a new VM's summary
+from :data:`reconciler.core.fields.CREATION_ORDER`), the devices and the mark are diffed here.
 """
 
 from __future__ import annotations
 
 from reconciler.core import fields, model, password
 from reconciler.core.plan import FieldChange, Impact
-from reconciler.core.planner.words import kib, nic_text, seconds, short_digest, yes_no
+from reconciler.core.planner.words import nic_text, seconds, short_digest, yes_no
 from reconciler.core.quantity import format_bytes
 
 
@@ -169,42 +169,39 @@ class VMDiff:
                 ))
 
     def _describe_creation(self, definition: model.DomainDefinition) -> None:
-        spec = self.spec
-        add = self.changes.append
-        add(FieldChange("virtType", None, definition.virt_type, Impact.LIVE))
-        add(FieldChange("vcpus", None, str(spec.vcpus), Impact.LIVE))
-        add(FieldChange("memory", None, kib(spec.memory), Impact.LIVE))
-        if spec.max_memory != spec.memory:
-            add(FieldChange("maxMemory", None, kib(spec.max_memory), Impact.LIVE))
-        for disk in spec.disks:
-            add(FieldChange(
+        """Say what a new VM's domain has: each declared field's creation text, the devices one line each."""
+        devices = {"disks": self._created_disks, "nics": self._created_nics, "cdroms": self._created_media}
+        for declared in fields.CREATION_ORDER:
+            if declared.label in devices:
+                devices[declared.label](definition)
+            elif text := declared.creation_text(definition):
+                self.changes.append(FieldChange(declared.label, None, text, Impact.LIVE))
+        self.changes.append(FieldChange("autostart", None, yes_no(self.spec.autostart), Impact.LIVE))
+        self.changes.append(FieldChange("runStrategy", None, self.spec.run_strategy, Impact.LIVE))
+
+    def _created_disks(self, definition: model.DomainDefinition) -> None:
+        for disk in self.spec.disks:
+            self.changes.append(FieldChange(
                 f"disks[{disk.name}]", None,
                 f"{disk.pool}/{disk.volume} {format_bytes(disk.size)} as {disk.target} ({disk.bus}), {disk.deletion_policy}"
                 if disk.path is None else f"existing file {disk.path} as {disk.target} ({disk.bus}), attached as-is",
                 Impact.LIVE,
             ))
+
+    def _created_nics(self, definition: model.DomainDefinition) -> None:
         for index, nic in enumerate(definition.nics):
-            add(FieldChange(f"networks[{index}]", None, nic_text(nic), Impact.LIVE))
-        add(FieldChange("console", None, "serial" if spec.console else "none", Impact.LIVE))
-        add(FieldChange("graphics", None, spec.graphics + (f" on {spec.graphics_listen}" if spec.graphics != "none" else "")
-                        + (" with a password" if spec.graphics_password is not None else ""), Impact.LIVE))
-        optional = (
-            ("firmware", definition.firmware if definition.firmware != "bios" else None),
-            ("machine", spec.machine),
-            ("cpu", fields.cpu_text(definition) if spec.cpu_mode else None),
-            ("boot", ", ".join(spec.boot) if spec.boot != ("hd",) else None),
-            ("install", fields.install_text(definition)),
-            ("cdrom", str(spec.cdrom) if spec.cdrom else ("empty drive" if spec.cdrom_empty else None)),
-            ("cloudInit", f"seed {spec.cloud_init.pool}/{spec.cloud_init.volume} ({short_digest(spec.cloud_init.digest)})"
-             if spec.cloud_init else None),
-            ("guestAgent", "true" if spec.guest_agent else None),
-            ("hugepages", "true" if spec.hugepages else None),
-        )
-        for path, value in optional:
-            if value:
-                add(FieldChange(path, None, value, Impact.LIVE))
-        add(FieldChange("autostart", None, yes_no(spec.autostart), Impact.LIVE))
-        add(FieldChange("runStrategy", None, spec.run_strategy, Impact.LIVE))
+            self.changes.append(FieldChange(f"networks[{index}]", None, nic_text(nic), Impact.LIVE))
+
+    def _created_media(self, definition: model.DomainDefinition) -> None:
+        spec = self.spec
+        media = str(spec.cdrom) if spec.cdrom else ("empty drive" if spec.cdrom_empty else None)
+        if media:
+            self.changes.append(FieldChange("cdrom", None, media, Impact.LIVE))
+        if spec.cloud_init:
+            seed = spec.cloud_init
+            self.changes.append(FieldChange(
+                "cloudInit", None, f"seed {seed.pool}/{seed.volume} ({short_digest(seed.digest)})", Impact.LIVE,
+            ))
 
     def _note_attached_media(self, old: model.DomainDefinition | None, new: model.DomainDefinition) -> None:
         """Say in words that install media and a CD-ROM kvmops did not create are attached as they are."""

@@ -19,7 +19,7 @@ def pool_problems(
 ) -> list[model.Problem]:
     """Return a problem for each disk of ``spec`` whose pool is neither declared nor usable on the host."""
     problems = []
-    for path, name in vm_pools(spec):
+    for path, name in spec.pools_by_field():
         if name in declared:
             if name not in existing and refused_pool_path(declared[name], uri) is not None:
                 problems.append(spec.origin.problem(path, (
@@ -39,20 +39,6 @@ def pool_problems(
                 "StoragePool manifest so kvmops starts it"
             )))
     return problems
-
-
-def vm_pools(spec: model.VMSpec) -> list[tuple[str, str]]:
-    """Return (field path, pool name) for every pool a VM uses: disks, CD-ROM, install media, seed."""
-    used = [(f"spec.disks[{i}].pool", disk.pool) for i, disk in enumerate(spec.disks) if disk.path is None]
-    if spec.cdrom is not None and spec.cdrom.pool:
-        used.append(("spec.cdrom.pool", spec.cdrom.pool))
-    if spec.install is not None and spec.install.kernel.pool:
-        used.append(("spec.install.kernel.pool", spec.install.kernel.pool))
-    if spec.install is not None and spec.install.initrd is not None and spec.install.initrd.pool:
-        used.append(("spec.install.initrd.pool", spec.install.initrd.pool))
-    if spec.cloud_init is not None:
-        used.append(("spec.cloudInit.pool", spec.cloud_init.pool))
-    return used
 
 
 def refused_pool_path(spec: model.PoolSpec, uri: str) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Mapping
 
 from reconciler.core import model
 from reconciler.core.planner.marks import scope_of
@@ -12,6 +13,18 @@ def wanted_volumes(desired: model.DesiredState) -> set[tuple[str, str]]:
     """Return every (pool, volume) the manifests use (disks, images): such a volume is never deleted."""
     volumes = {(disk.pool, disk.volume) for spec in desired.vms.values() for disk in spec.disks if disk.path is None}
     volumes |= {(image.pool, image.volume) for image in desired.images.values()}
+    return volumes
+
+
+def vm_volumes(spec: model.VMSpec, images: Mapping[str, model.ImageSpec]) -> set[tuple[str, str]]:
+    """Return every (pool, volume) VM ``spec`` names: its disks, the images they start from, its media and seed."""
+    volumes = {(disk.pool, disk.volume) for disk in spec.disks if disk.path is None}
+    volumes |= {(images[disk.image].pool, images[disk.image].volume) for disk in spec.disks
+                if disk.image is not None and disk.image in images}
+    files = [spec.cdrom] + ([spec.install.kernel, spec.install.initrd] if spec.install is not None else [])
+    volumes |= {(ref.pool, ref.volume) for ref in files if ref is not None and ref.pool and ref.volume is not None}
+    if spec.cloud_init is not None:
+        volumes.add((spec.cloud_init.pool, spec.cloud_init.volume))
     return volumes
 
 

@@ -15,7 +15,7 @@ from reconciler.core.planner.domain_diff import VMDiff
 from reconciler.core.planner.host import resolve_virt_type
 from reconciler.core.planner.marks import scope_of
 from reconciler.core.planner.networks import network_problems
-from reconciler.core.planner.pools import pool_problems, vm_pools
+from reconciler.core.planner.pools import pool_problems
 from reconciler.core.planner.settings import Settings
 from reconciler.core.planner.sharing import wanted_volumes
 from reconciler.core.planner.storage import VMStorage
@@ -56,7 +56,7 @@ def plan_vm(
         problems.append(spec.origin.problem("spec.virtType", why))
     problems.extend(pool_problems(spec, desired.pools, actual.pools, actual.host.uri))
     problems.extend(network_problems(spec, desired.networks, actual.networks, actual.host.uri))
-    requires = [f"StoragePool/{name}" for _, name in vm_pools(spec) if name in desired.pools]
+    requires = [f"StoragePool/{name}" for _, name in spec.pools_by_field() if name in desired.pools]
     requires += [f"Network/{n.source}" for n in spec.nics if n.kind == "network" and n.source in desired.networks]
     requires += [f"Image/{d.image}" for d in spec.disks if d.image is not None]
     if domain is not None and domain.definition is None:

@@ -2,6 +2,9 @@
 
 Wake-ups only say *something may have changed*; each pass re-reads the manifests and
 libvirt and plans from scratch, with the same planner and executor as ``kvmops apply``.
+A pass woken only by some VMs' own events looks again at those VMs alone, in the last
+pass's observation of the host (:func:`reconciler.runtime.observe.refresh`): listing a
+busy host's domains waits behind every start and destroy on it.
 They come from:
 
 * the manifest directory (watchdog), after a short quiet period so that an editor's
@@ -44,6 +47,7 @@ from reconciler.adapters import hypervisor as hv
 from reconciler.adapters import systemd, watcher
 from reconciler.adapters.statusserver import StatusServer
 from reconciler.core import plan as plans
+from reconciler.core import actual as actual_state
 from reconciler.core import model, planner, redaction
 from reconciler.runtime import execute, gitsource, metrics, observe, reconcile, workqueue
 from reconciler.runtime.controller.debounce import Debouncer
@@ -95,6 +99,8 @@ class Controller(ControllerStatus):
         self._passes = 0
         self._ready = False
         self._interesting: frozenset[str] | None = None  # domain names a pass cares about; None: all
+        # What the last pass saw of the host: a pass woken only by domains' events refreshes those domains in it.
+        self._observation: model.Observation | None = None
         self._source = gitsource.GitSource(settings.git, settings.state_dir) if settings.git else None
         self._git_follower = GitFollower(
             self._source, self._stop, wake=lambda: self._wake(workqueue.EVERYTHING, "git"),
@@ -243,6 +249,7 @@ class Controller(ControllerStatus):
             self.metrics.set("kvmops_connected", 0)
             return False
         previous, self._hypervisor = self._hypervisor, hypervisor
+        self._observation = None  # what the old connection saw may have changed while nobody listened
         if previous is not None:
             previous.close()
         self._connected = True
@@ -338,6 +345,7 @@ class Controller(ControllerStatus):
                    dispatched: set[str]) -> None:
         """Read, observe, plan and dispatch one pass; add the keys handed to executions to ``dispatched``."""
         full = workqueue.EVERYTHING in keys
+        woken = self._woken_vms(keys, reasons)
         path = self._manifest_path()
         if path is None:
             log.info("reconcile_waiting", reason="no good git revision fetched yet")
@@ -347,7 +355,14 @@ class Controller(ControllerStatus):
         try:
             with reconcile.gc_paused():
                 desired = reconcile.load_desired(path, revision=self._revision(set(reasons.values())))
-                actual = observe.observe(self._hypervisor)
+                observing = time.monotonic()
+                if woken is None:
+                    observation = observe.collect(self._hypervisor)
+                else:
+                    named = (planner.vm_volumes(desired.vms[name], desired.images) for name in woken if name in desired.vms)
+                    observation = observe.refresh(self._hypervisor, self._observation, woken, volumes=set().union(*named))
+                observed_in = time.monotonic() - observing
+                actual = actual_state.interpret(observation)
         except errors.ManifestError as exc:
             self._pass_failed(keys, started, "manifests", str(exc))
             return
@@ -364,8 +379,11 @@ class Controller(ControllerStatus):
             desired = reconcile.with_host_file_paths(desired, actual)
         with reconcile.gc_paused():
             plan = planner.plan_changes(desired, actual, settings=reconcile.timed(self.settings.planner))
+        self._observation = observation
         self._record(desired, actual, plan)
-        self._dispatch(plan, set(keys), full, reasons, reconcile_id, dispatched)
+        # A targeted pass never prunes: it has not looked at the whole host.  The next full pass does.
+        self._dispatch(plan, set(keys), full, reasons, reconcile_id, dispatched,
+                       declared=frozenset(desired.vms) if woken is not None else None)
         for key in keys:
             if key not in dispatched:
                 self._queue.forget(key)
@@ -374,18 +392,35 @@ class Controller(ControllerStatus):
         self._passes += 1
         self.metrics.inc("kvmops_reconcile_passes_total", result="ok" if not plan.problems else "problems")
         self.metrics.observe("kvmops_reconcile_duration_seconds", duration)
+        scope = "host" if woken is None else "vms"
         self._last_pass = {
             "reconcile_id": reconcile_id, "finished_at": now(), "duration_ms": round(duration * 1000),
             "trigger": sorted(set(reasons.values())), "changes": len(plan.changes), "problems": len(plan.problems),
+            "observed": scope, "observe_ms": round(observed_in * 1000),
         }
         self._last_pass_ok = not plan.problems
         log.info("reconcile_finished", duration_ms=round(duration * 1000), trigger=",".join(sorted(set(reasons.values()))),
-                 changes=len(plan.changes), problems=len(plan.problems), in_flight=len(self._queue.in_flight()))
+                 changes=len(plan.changes), problems=len(plan.problems), in_flight=len(self._queue.in_flight()),
+                 observed=scope, observe_ms=round(observed_in * 1000))
         if not self._ready:
             self._ready = True
             self._notifier.ready(self._summary())
         else:
             self._notifier.status(self._summary())
+
+    def _woken_vms(self, keys: list[str], reasons: dict[str, str]) -> list[str] | None:
+        """Return the VMs of a pass woken only by their own libvirt events, or None when it must observe the whole host.
+
+        Such a pass refreshes those VMs in the last pass's observation instead of listing
+        every domain, which waits behind every start and destroy on a busy host.  Anything
+        else (a manifest change, the resync, a reconnection, a retry after a failure, any
+        other resource) looks at the whole host, as does the first pass.
+        """
+        if self._observation is None:
+            return None
+        if any(not key.startswith("VirtualMachine/") or reasons.get(key) != "libvirt" for key in keys):
+            return None
+        return [key.partition("/")[2] for key in keys]
 
     def _pass_failed(self, keys: list[str], started: float, kind: str, message: str) -> None:
         self.metrics.inc("kvmops_reconcile_passes_total", result="error")
@@ -398,16 +433,19 @@ class Controller(ControllerStatus):
         self._notifier.status(f"error: {message}"[:200])
 
     def _dispatch(self, plan: plans.Plan, keys: set[str], full: bool, reasons: dict[str, str], reconcile_id: str,
-                  dispatched: set[str]) -> None:
+                  dispatched: set[str], *, declared: frozenset[str] | None = None) -> None:
         """Start executing the changed resources this pass is for; add their keys to ``dispatched`` as they go.
 
         A key is added once its execution is submitted, so that a pass failing halfway leaves
-        that key to its execution, and the others to the pass's backoff.
+        that key to its execution, and the others to the pass's backoff.  With ``declared``
+        (a targeted pass), a VM not among those names is not pruned.
         """
         fallback = reasons.get(workqueue.EVERYTHING, "retry")
         work: dict[str, Future] = {}
         for resource in (r for phase in execute.phases(plan) for r in phase):
-            if resource.key in keys:
+            if declared is not None and resource.kind == "VirtualMachine" and resource.name not in declared:
+                claimed = False
+            elif resource.key in keys:
                 claimed = True
             elif full:
                 claimed = self._queue.claim(resource.key)

@@ -1,0 +1,137 @@
+"""Time converging a fleet of lab hosts at once, against the same hosts converged one after another.
+
+    sudo .venv/bin/python bench/fleet_apply.py [--hosts 3] [--vms 10] [--runs 2] [--name PREFIX]
+
+Starts a lab of ``--hosts`` private libvirtd daemons (:mod:`tests.lab`), writes Host
+manifests for them, a local pool and ``--vms`` VMs pinned to each host (TCG guests
+without an operating system, 64 MiB, an 8 MiB qcow2 disk: QEMU really starts), then,
+``--runs`` times:
+
+* ``sequential``: apply the fleet one host at a time (``--host h1``, then ``h2``, ...),
+  the floor of converging the hosts without parallelism across them;
+* ``fleet``: one fleet apply, hosts side by side (what ``kvmops apply`` does);
+
+removing every VM (an apply of the manifests without VMs, ``--allow-empty``) between
+them. Each time covers the whole pass: connect, observe, plan, execute, observe and
+plan again. Prints one line per measurement and a JSON summary last (medians, and the
+ratio fleet / sequential: the target is at most 0.5), and how busy the machine's CPUs were
+meanwhile: starting QEMU is CPU work, so on a machine whose cores are already busy the
+hosts' parallelism cannot show. Removes the lab whatever happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import yaml  # noqa: E402
+
+from reconciler import logconfig  # noqa: E402
+from reconciler.core import planner  # noqa: E402
+from reconciler.runtime import fleet_reconcile, reconcile  # noqa: E402
+from tests import lab as labs  # noqa: E402
+
+
+def write_manifests(directory: Path, lab: labs.Lab, prefix: str, vms: int, *, with_vms: bool = True) -> None:
+    names = [f"h{i}" for i in range(1, len(lab.hosts) + 1)]
+    documents = [{"apiVersion": "kvmops/v1", "kind": "Host", "metadata": {"name": name},
+                  "spec": {"uri": host.uri}} for name, host in zip(names, lab.hosts)]
+    pool = f"{prefix}-local"
+    documents.append({"apiVersion": "kvmops/v1", "kind": "StoragePool", "metadata": {"name": pool},
+                      "spec": {"path": f"/var/lib/libvirt/images/{pool}"}})
+    for name in names if with_vms else ():
+        for index in range(1, vms + 1):
+            documents.append({
+                "apiVersion": "kvmops/v1", "kind": "VirtualMachine", "metadata": {"name": f"{prefix}-{name}-vm{index:02d}"},
+                "spec": {"memory": "64MiB", "virtType": "qemu", "placement": {"host": name},
+                         "disks": [{"name": "root", "pool": pool, "size": "8MiB", "deletionPolicy": "Delete"}]},
+            })
+    (directory / "fleet.yaml").write_text(yaml.safe_dump_all(documents, sort_keys=False), encoding="utf-8")
+
+
+def cpu_busy() -> tuple[int, int]:
+    """Return the machine's (busy, total) CPU jiffies so far, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+def converge(directory: Path, *, only_host: str | None = None, allow_empty: bool = False) -> tuple[float, bool]:
+    """Apply the fleet at ``directory`` (one host, or all side by side); return (seconds, converged)."""
+    started = time.monotonic()
+    desired = reconcile.load_desired(str(directory))
+    settings = planner.Settings(allow_empty=allow_empty, virt_type="qemu", shutdown_timeout=5)
+    with fleet_reconcile.connect(desired, read_only=False) as connections:
+        planned = fleet_reconcile.make_plan(desired, connections, settings=settings, only_host=only_host)
+        if not planned.plan.has_changes:
+            return time.monotonic() - started, True
+        result = fleet_reconcile.apply(planned, connections)
+    return time.monotonic() - started, result.converged
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hosts", type=int, default=3)
+    parser.add_argument("--vms", type=int, default=10, help="VMs per host (default: %(default)s)")
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--name", default="kvmops-bench-fleet", help="the lab's name prefix (default: %(default)s)")
+    args = parser.parse_args()
+    logconfig.configure(format="console", level="warning")
+    prefix = f"{args.name}-{uuid.uuid4().hex[:6]}"
+    lab = labs.Lab(prefix).start(args.hosts)
+    sequential, parallel = [], []
+    try:
+        directory = lab.directory / "manifests"
+        directory.mkdir()
+        hosts = [f"h{i}" for i in range(1, args.hosts + 1)]
+
+        def clean() -> None:
+            write_manifests(directory, lab, prefix, args.vms, with_vms=False)
+            _seconds, ok = converge(directory, allow_empty=True)
+            if not ok:
+                raise SystemExit("removing the VMs did not converge")
+            write_manifests(directory, lab, prefix, args.vms)
+
+        clean()
+        for run in range(1, args.runs + 1):
+            per_host = []
+            busy, total = cpu_busy()
+            for host in hosts:
+                seconds, ok = converge(directory, only_host=host)
+                if not ok:
+                    raise SystemExit(f"run {run}: {host} alone did not converge")
+                per_host.append(seconds)
+            sequential.append(sum(per_host))
+            busy_after, total_after = cpu_busy()
+            print(f"run {run}: sequential {sum(per_host):.2f} s ({', '.join(f'{h} {s:.2f}' for h, s in zip(hosts, per_host))}), "
+                  f"machine CPU busy {100 * (busy_after - busy) / max(1, total_after - total):.0f}%", flush=True)
+            clean()
+            busy, total = cpu_busy()
+            seconds, ok = converge(directory)
+            busy_after, total_after = cpu_busy()
+            if not ok:
+                raise SystemExit(f"run {run}: the fleet apply did not converge")
+            parallel.append(seconds)
+            print(f"run {run}: fleet {seconds:.2f} s, ratio {seconds / sum(per_host):.2f}, "
+                  f"machine CPU busy {100 * (busy_after - busy) / max(1, total_after - total):.0f}%", flush=True)
+            clean()
+    finally:
+        lab.stop()
+    summary = {
+        "hosts": args.hosts, "vms_per_host": args.vms, "runs": args.runs,
+        "sequential_s": round(statistics.median(sequential), 2), "fleet_s": round(statistics.median(parallel), 2),
+        "ratio": round(statistics.median(parallel) / statistics.median(sequential), 2), "target_ratio": 0.5,
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

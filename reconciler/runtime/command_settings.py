@@ -1,0 +1,62 @@
+"""The settings a one-shot command plans under: its flags over the host's configuration file.
+
+``plan``, ``apply``, ``diff``, ``drain``, ``evacuate`` and ``doctor`` read ``--config`` (or
+``$KVMOPS_CONFIG``) for the scope and the policy; their flags win over the file. Without
+a configuration file there is no policy and the scope is ``default``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from reconciler.core import planner, trash
+from reconciler.core import policy as policies
+
+DEFAULT_SCOPE = "default"
+
+
+def planning(path: str | None, *, no_prune: bool, allow_empty: bool, virt_type: str, shutdown_timeout: float,
+             scope: str | None, config: str | None, allow_mass_prune: bool,
+             single_file_stops_pruning: bool = True) -> planner.Settings:
+    """Return the planner settings of a command planning the manifests at ``path``.
+
+    A single manifest file cannot say which other VMs are gone, so it plans no prune
+    (unless ``single_file_stops_pruning`` is off: ``diff`` compares whole revisions).
+    """
+    single_file = single_file_stops_pruning and Path(path).is_file()
+    scope, policy = host_configuration(config, scope)
+    return planner.Settings(
+        prune=not no_prune and not single_file, allow_empty=allow_empty,
+        virt_type=virt_type, shutdown_timeout=shutdown_timeout, scope=scope,
+        no_prune_reason=(
+            f"pruning is off because {path} is a single file: it cannot say which other VMs are gone"
+            if single_file and not no_prune else "pruning is disabled (--no-prune)"
+        ),
+        policy=policy, allow_mass_prune=allow_mass_prune,
+        trash_retention=trash_retention(config),
+    )
+
+
+def scoped(scope: str | None) -> planner.Settings:
+    """Return the settings of a command that only looks (``status``, ``doctor`` in a fleet): the scope alone."""
+    return planner.Settings(scope=scope or DEFAULT_SCOPE)
+
+
+def host_configuration(config: str | None, scope: str | None) -> tuple[str, policies.Policy | None]:
+    """Return the scope and the host policy a one-shot command works under: ``--scope`` over the configuration file."""
+    if not config:
+        return scope or DEFAULT_SCOPE, None
+    # imported here: the configuration module brings the controller, no business of a command without --config
+    from reconciler.runtime import configuration
+
+    read = configuration.read(config)
+    return scope or str(read.get("scope") or DEFAULT_SCOPE), configuration.policy(read, config)
+
+
+def trash_retention(config: str | None) -> int:
+    """Return ``policy.trashRetention`` of the configuration file, or the default: 24h."""
+    if not config:
+        return trash.DEFAULT_RETENTION
+    from reconciler.runtime import configuration  # as in host_configuration
+
+    return configuration.trash_retention(configuration.read(config))

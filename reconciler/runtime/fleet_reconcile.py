@@ -1,0 +1,368 @@
+"""One pass over a fleet: reach every Host, observe them side by side, plan, apply.
+
+The fleet's counterpart of :mod:`reconciler.runtime.reconcile`, used when the manifests
+declare ``kind: Host``; without any Host, kvmops drives the one ``--connect`` host exactly
+as before, and none of this runs.
+
+* :func:`connect` opens one libvirt connection per Host, several at once (bounded): a Host
+  that does not answer is recorded with its error, never raised, so one dead hypervisor
+  cannot stop the others.
+* :func:`observe_all` observes every connected Host at once (bounded); a Host whose
+  observation fails becomes :class:`~reconciler.core.fleet.HostUnreachable`.
+* :func:`make_plan` runs :func:`reconciler.core.fleet.plan_fleet` on that.
+* :func:`apply` carries the fleet plan out in three phases: every host's own changes
+  (pools, networks, images, VMs), hosts side by side; then the migrations, each on its
+  source host, once the destination's pools, networks and images it requires converged;
+  then every host's removals (prunes), hosts side by side, so a host is only cleaned up
+  after what moves off it has moved.  An unreachable host's section is an error and
+  nothing is done there; every other host converges.  Then it observes again and plans
+  again, to tell whether the fleet converged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+from collections.abc import Callable, Collection, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from reconciler import errors, logconfig
+from reconciler.adapters import hypervisor as hv
+from reconciler.core import actual, fleet, model, planner, snapshot
+from reconciler.core import plan as plans
+from reconciler.runtime import cancellation, execute, observe, reconcile
+
+DEFAULT_HOST_WORKERS = 8  # hosts connected to, observed and applied at once
+
+log = logconfig.get_logger("kvmops.fleet")
+
+@dataclass
+class FleetConnections:
+    """One open connection per reachable Host (``hypervisors``), and why each other Host was not reached.
+
+    A context manager: leaving it closes every connection.
+    """
+
+    hypervisors: dict[str, hv.Hypervisor]
+    unreachable: dict[str, str]
+    uris: dict[str, str]
+
+    def close(self) -> None:
+        """Close every connection."""
+        for hypervisor in self.hypervisors.values():
+            hypervisor.close()
+        self.hypervisors = {}
+
+    def __enter__(self) -> FleetConnections:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def connect(
+    desired: model.DesiredState,
+    *,
+    read_only: bool,
+    workers: int = DEFAULT_HOST_WORKERS,
+    opener: Callable[..., hv.Hypervisor] | None = None,
+) -> FleetConnections:
+    """Return connections to every Host of ``desired``, opened ``workers`` at a time.
+
+    ``opener`` (default :meth:`Hypervisor.open`) opens one URI; whatever it raises for a
+    Host makes that Host unreachable, with the error as its reason.
+    """
+    open_one = opener or hv.Hypervisor.open
+    hosts = sorted(desired.hosts.values(), key=lambda h: h.name)
+
+    def attempt(host: model.HostSpec) -> tuple[str, hv.Hypervisor | None, str]:
+        try:
+            return host.name, open_one(host.uri, read_only=read_only), ""
+        except errors.KvmopsError as exc:
+            log.info("host_unreachable", host=host.name, error=str(exc))
+            return host.name, None, str(exc)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(hosts) or 1)), thread_name_prefix="kvmops-connect") as pool:
+        results = list(pool.map(attempt, hosts))
+    return FleetConnections(
+        hypervisors={name: h for name, h, _ in results if h is not None},
+        unreachable={name: error for name, h, error in results if h is None},
+        uris={host.name: host.uri for host in hosts},
+    )
+
+
+def observe_all(connections: FleetConnections, *, workers: int = DEFAULT_HOST_WORKERS) -> dict[str, object]:
+    """Return what each Host shows now, or why it could not be seen, observed ``workers`` at a time."""
+    def look(item: tuple[str, hv.Hypervisor]) -> tuple[str, object]:
+        name, hypervisor = item
+        try:
+            return name, observe.observe(hypervisor)
+        except errors.KvmopsError as exc:
+            log.info("host_unreachable", host=name, error=str(exc))
+            return name, fleet.HostUnreachable(name, str(exc))
+
+    items = sorted(connections.hypervisors.items())
+    observed: dict[str, object] = {name: fleet.HostUnreachable(name, error) for name, error in connections.unreachable.items()}
+    if items:
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(items))), thread_name_prefix="kvmops-observe") as pool:
+            observed.update(pool.map(look, items))
+    return dict(sorted(observed.items()))
+
+
+@dataclass(frozen=True)
+class FleetPlanResult:
+    """A fleet plan and what it was made from."""
+
+    desired: model.DesiredState
+    observed: Mapping[str, object]  # host -> ActualState | HostUnreachable
+    plan: fleet.FleetPlan
+    settings: planner.Settings
+    evacuate: frozenset[str] = frozenset()
+    only_host: str | None = None
+
+
+def plan_from(
+    desired: model.DesiredState,
+    observed: Mapping[str, object],
+    *,
+    settings: planner.Settings,
+    evacuate: Collection[str] = frozenset(),
+    only_host: str | None = None,
+) -> FleetPlanResult:
+    """Return the fleet plan of ``desired`` against ``observed`` (live, or a fleet snapshot)."""
+    settings = reconcile.timed(reconcile.salted(settings))
+    with reconcile.gc_paused():
+        for host in sorted(evacuate):
+            refuse_unsafe_evacuation(desired, observed, settings, host)
+        plan = fleet.plan_fleet(desired, observed, settings, evacuate=frozenset(evacuate), only_host=only_host)
+    return FleetPlanResult(desired, observed, plan, settings, frozenset(evacuate), only_host)
+
+
+def make_plan(
+    desired: model.DesiredState,
+    connections: FleetConnections,
+    *,
+    settings: planner.Settings,
+    evacuate: Collection[str] = frozenset(),
+    only_host: str | None = None,
+    workers: int = DEFAULT_HOST_WORKERS,
+) -> FleetPlanResult:
+    """Observe every connected Host and return the plan converging the fleet on ``desired``.
+
+    Every Host is observed even with ``only_host``: where the other hosts' VMs are decides
+    placement, so planning one host alone would place them again.
+    """
+    with reconcile.gc_paused():
+        observed = observe_all(connections, workers=workers)
+    return plan_from(desired, observed, settings=settings, evacuate=evacuate, only_host=only_host)
+
+
+def plan_live(
+    desired: model.DesiredState,
+    *,
+    settings: planner.Settings,
+    evacuate: Collection[str] = frozenset(),
+    only_host: str | None = None,
+    host_workers: int = DEFAULT_HOST_WORKERS,
+) -> FleetPlanResult:
+    """Connect to every Host read-only, observe them and return the fleet plan (``kvmops plan`` in a fleet)."""
+    with connect(desired, read_only=True, workers=max(1, host_workers)) as connections:
+        return make_plan(desired, connections, settings=settings, evacuate=evacuate, only_host=only_host,
+                         workers=host_workers)
+
+
+def plan_from_snapshot(
+    desired: model.DesiredState,
+    taken: snapshot.FleetSnapshot,
+    *,
+    settings: planner.Settings,
+    evacuate: Collection[str] = frozenset(),
+    only_host: str | None = None,
+) -> fleet.FleetPlan:
+    """Return the fleet plan against a fleet snapshot, each host's section saying which snapshot it was planned on."""
+    observed: dict[str, object] = {name: actual.interpret(s.observation) for name, s in taken.hosts.items()}
+    observed.update({name: fleet.HostUnreachable(name, error) for name, error in taken.unreachable.items()})
+    result = plan_from(desired, observed, settings=settings, evacuate=evacuate, only_host=only_host)
+    return dataclasses.replace(result.plan, hosts=tuple(
+        dataclasses.replace(h, plan=dataclasses.replace(h.plan, snapshot=taken.describe(h.host)))
+        if h.plan is not None else h for h in result.plan.hosts))
+
+
+def plan_and_apply(
+    desired: model.DesiredState,
+    *,
+    settings: planner.Settings,
+    show_plan: Callable[[fleet.FleetPlan], None],
+    lock: Callable[[list[str]], contextlib.AbstractContextManager],
+    evacuate: Collection[str] = frozenset(),
+    only_host: str | None = None,
+    workers: int = execute.DEFAULT_WORKERS,
+    host_workers: int = DEFAULT_HOST_WORKERS,
+) -> tuple[FleetPlanResult, FleetApplyResult | None]:
+    """Plan the fleet, ``show_plan`` it, and carry it out when it has changes (``kvmops apply`` in a fleet).
+
+    The host lock of every connected Host (``lock(uris)``) is held from the observation to
+    the last step; SIGINT and SIGTERM let the steps in progress finish. The apply result
+    is None when the plan had nothing to do.
+    """
+    with connect(desired, read_only=False, workers=max(1, host_workers)) as connections:
+        with lock([h.uri for h in connections.hypervisors.values()]):
+            planned = make_plan(desired, connections, settings=settings, evacuate=evacuate, only_host=only_host,
+                                workers=host_workers)
+            show_plan(planned.plan)
+            if not planned.plan.has_changes:
+                return planned, None
+            cancel = threading.Event()
+            with cancellation.on_signals(cancel):
+                return planned, apply(planned, connections, workers=workers, host_workers=host_workers, cancel=cancel)
+
+
+def require_host(name: str | None, desired: model.DesiredState) -> None:
+    """Refuse a Host name (``--host``, ``drain HOST``) the manifests do not declare; None passes."""
+    if name is not None and name not in desired.hosts:
+        raise errors.KvmopsError(f"no Host named {name!r} in the manifests (Hosts: {', '.join(sorted(desired.hosts))})")
+
+
+def refuse_unsafe_evacuation(desired: model.DesiredState, observed: Mapping[str, object], settings: planner.Settings,
+                             host: str) -> None:
+    """Raise when a VM of ``host`` (declared dead, and unreachable) has a disk that is not on a shared pool.
+
+    A host that answers is left to the plan, which says to drain it instead.
+    """
+    if host not in desired.hosts or isinstance(observed.get(host), model.ActualState):
+        return
+    stranded = fleet.plan_fleet(desired, observed, settings, only_host=host).host(host).vms
+    refusals = fleet.evacuation_refusals(desired, stranded)
+    if refusals:
+        raise errors.KvmopsError(
+            f"evacuate {host}: refused, nothing planned: {'; '.join(refusals)}. Only VMs whose disks are all on "
+            "shared pools (shared: true) can start elsewhere from the same disks; bring the host back, or restore "
+            "those disks yourself"
+        )
+
+
+@dataclass(frozen=True)
+class FleetApplyResult:
+    """What a fleet apply planned, did on each host and between hosts, and what a fresh plan says afterwards."""
+
+    planned: FleetPlanResult
+    reports: Mapping[str, execute.ApplyReport]  # per reachable host that had changes: its own resources
+    migrations: execute.ApplyReport
+    after: fleet.FleetPlan | None  # None when cancelled
+    cancelled: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """Return whether every resource that was run converged."""
+        return not self.cancelled and self.migrations.ok and all(r.ok for r in self.reports.values())
+
+    @property
+    def converged(self) -> bool:
+        """Return whether everything succeeded, every host answered, and a fresh plan is empty and clean."""
+        after = self.after
+        return (
+            self.ok and after is not None and not after.has_changes and not after.problems and not after.unreachable
+            and not any(h.plan is not None and h.plan.problems for h in after.hosts)
+        )
+
+
+def is_migration(resource: plans.ResourcePlan) -> bool:
+    """Return whether ``resource`` moves a VM to another host (it runs between the hosts' own changes and removals)."""
+    return plans.Action.MIGRATE in resource.actions
+
+
+def is_removal(resource: plans.ResourcePlan) -> bool:
+    """Return whether ``resource`` removes something (a prune): such work waits until the migrations ran."""
+    return plans.Action.DELETE in resource.actions
+
+
+def apply(
+    planned: FleetPlanResult,
+    connections: FleetConnections,
+    *,
+    workers: int = execute.DEFAULT_WORKERS,
+    host_workers: int = DEFAULT_HOST_WORKERS,
+    cancel: threading.Event | None = None,
+    migrations_from: str | None = None,
+) -> FleetApplyResult:
+    """Carry out ``planned`` on the connected hosts, then plan again to verify convergence.
+
+    ``workers`` bounds the VMs worked on at once on one host, ``host_workers`` the hosts.
+    ``migrations_from`` runs only the migrations leaving that host (a host's agent runs
+    the moves off its own host, never another's).
+    """
+    cancel = cancel or threading.Event()
+    hypervisors = connections.hypervisors
+    host_plans = {h.host: h.plan for h in planned.plan.hosts if h.plan is not None and h.host in hypervisors}
+
+    def run_hosts(select: Callable[[plans.ResourcePlan], bool]) -> dict[str, execute.ApplyReport]:
+        parts = {name: dataclasses.replace(plan, resources=tuple(r for r in plan.resources if select(r)))
+                 for name, plan in host_plans.items()}
+        parts = {name: part for name, part in parts.items() if part.has_changes}
+
+        def run(name: str) -> tuple[str, execute.ApplyReport]:
+            log.info("host_apply_started", host=name, resources=len(parts[name].changes))
+            return name, execute.execute(parts[name], hypervisors[name], workers=workers, cancel=cancel, hosts=hypervisors)
+
+        if not parts:
+            return {}
+        with ThreadPoolExecutor(max_workers=max(1, min(host_workers, len(parts))), thread_name_prefix="kvmops-host") as pool:
+            return dict(pool.map(run, sorted(parts)))
+
+    first = run_hosts(lambda r: not is_removal(r) and not is_migration(r))
+    moved = run_migrations(planned.plan, hypervisors, first, workers=host_workers, cancel=cancel,
+                            only_from=migrations_from)
+    last = run_hosts(lambda r: is_removal(r) and not is_migration(r))
+    reports = {name: execute.ApplyReport(
+        (*first.get(name, execute.ApplyReport(())).outcomes, *last.get(name, execute.ApplyReport(())).outcomes),
+        cancelled=cancel.is_set(),
+    ) for name in sorted({*first, *last})}
+    if cancel.is_set():
+        return FleetApplyResult(planned, reports, moved, None, cancelled=True)
+    after = make_plan(planned.desired, connections, settings=planned.settings, evacuate=planned.evacuate,
+                      only_host=planned.only_host, workers=host_workers).plan
+    return FleetApplyResult(planned, reports, moved, after)
+
+
+def run_migrations(
+    plan: fleet.FleetPlan, hypervisors: Mapping[str, hv.Hypervisor], first: Mapping[str, execute.ApplyReport],
+    *, workers: int, cancel: threading.Event, only_from: str | None,
+) -> execute.ApplyReport:
+    """Run each migration on its source host, skipping one whose destination's prerequisites did not converge."""
+    broken = {f"{host}:{o.kind}/{o.name}" for host, report in first.items() for o in report.outcomes
+              if o.status != "converged"}
+    chosen = [m for m in plan.migrations if only_from is None or _source(m) == only_from]
+
+    def run(resource: plans.ResourcePlan) -> execute.ResourceOutcome:
+        source = _source(resource)
+        blocked = [key for key in resource.requires if key in broken]
+        if blocked:
+            return execute.ResourceOutcome(resource.kind, resource.name, "skipped",
+                                           error=f"skipped: {', '.join(blocked)} is not ready")
+        if source not in hypervisors:
+            return execute.ResourceOutcome(resource.kind, resource.name, "failed",
+                                           error=f"host {source} is not connected", retryable=True)
+        single = plans.Plan(hypervisors[source].uri, (resource,))
+        report = execute.execute(single, hypervisors[source], workers=1, cancel=cancel, hosts=hypervisors)
+        return report.outcomes[0] if report.outcomes else execute.ResourceOutcome(
+            resource.kind, resource.name, "skipped", error="cancelled")
+
+    if not chosen:
+        return execute.ApplyReport(())
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(chosen))), thread_name_prefix="kvmops-migrate") as pool:
+        outcomes = tuple(pool.map(run, chosen))
+    return execute.ApplyReport(outcomes, cancelled=cancel.is_set())
+
+
+def _source(migration: plans.ResourcePlan) -> str:
+    return next(step.source for step in migration.steps if isinstance(step, plans.MigrateDomain))
+
+
+
+def restricted(plan: fleet.FleetPlan, host: str | None) -> fleet.FleetPlan:
+    """Return ``plan`` with only host ``host``'s section (the migrations off it included; all of it for None)."""
+    if host is None:
+        return plan
+    return dataclasses.replace(plan, hosts=tuple(h for h in plan.hosts if h.host == host))

@@ -1,0 +1,287 @@
+"""Every command knows the fleet: plan, apply, status, state export, doctor, wait, drain and
+evacuate across several test-driver hosts, output per host, ``--host`` to pick one, and a Host
+that cannot be reached kept out of everything but its own error.
+
+Each Host is a ``test:///<dir>/node.xml`` of its own; the test driver gives every
+connection a private copy of its host, so the hosts are opened once and the CLI is routed
+to those connections (:func:`pin_hosts`), as ``pin_connection`` does for one host. The
+test driver cannot migrate (the moves themselves are proven on the lab), so drain is
+checked as far as its plan.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import pytest
+
+from reconciler import cli
+from reconciler.adapters import hypervisor as hv
+from tests import factories
+from tests.integration.conftest import node_uri
+
+HOSTS = ("h1", "h2", "h3")
+
+
+def host_doc(name: str, uri: str, **labels: str) -> dict:
+    return {"apiVersion": "kvmops/v1", "kind": "Host", "metadata": {"name": name, "labels": labels},
+            "spec": {"uri": uri, "capacity": {"vcpus": 8, "memory": "4GiB"}}}
+
+
+def web(name: str, **placement: object) -> dict:
+    document = factories.vm(name, disks=[factories.disk("root", "default", "16MiB", deletionPolicy="Delete")],
+                            networks=[{"network": "default"}])
+    document["metadata"]["labels"] = {"app": "web"}
+    if placement:
+        document["spec"]["placement"] = placement
+    return document
+
+
+class Fleet:
+    """Three test-driver Hosts (h1, h2, h3: room lab, rack a/a/b), their open connections, and a manifest directory.
+
+    ``write_hosts(dead=True)`` adds h4 (room attic), whose URI cannot be opened. The VMs
+    select room lab: a VM whose placement admits an unreachable host is Unknown (it may
+    run there), so it would be neither created nor placed.
+    """
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.manifests = tmp_path / "manifests"
+        self.uris = {}
+        for name in HOSTS:
+            (tmp_path / name).mkdir()
+            self.uris[name] = node_uri(tmp_path / name)
+        self.hypervisors = {name: hv.Hypervisor.open(uri) for name, uri in self.uris.items()}
+        self.dead_uri = f"test://{tmp_path}/nowhere/node.xml"  # no such file: the connection fails
+
+    def write_hosts(self, *, dead: bool = False) -> None:
+        documents = [host_doc(name, uri, rack="a" if name != "h3" else "b", room="lab") for name, uri in self.uris.items()]
+        if dead:
+            documents.append(host_doc("h4", self.dead_uri, rack="c", room="attic"))
+        factories.write(self.manifests, "hosts.yaml", *documents)
+
+    def domains(self) -> dict[str, set[str]]:
+        return {name: {r.name for r in h.list_domains()} for name, h in self.hypervisors.items()}
+
+    def close(self) -> None:
+        for h in self.hypervisors.values():
+            h.close()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    built = Fleet(tmp_path)
+    pin_hosts(monkeypatch, built.hypervisors.values())
+    built.write_hosts()
+    factories.write(built.manifests, "vms.yaml", *(web(f"web-{i}", hostSelector={"room": "lab"}, spreadBy="rack") for i in range(1, 5)))
+    yield built
+    built.close()
+
+
+def pin_hosts(monkeypatch: pytest.MonkeyPatch, hypervisors) -> None:
+    """Make every ``Hypervisor.open`` of one of ``hypervisors``' URIs return that open connection."""
+    pinned = {h.uri: h for h in hypervisors}
+    original = hv.Hypervisor.open.__func__
+
+    class Pinned(contextlib.nullcontext):
+        def __getattr__(self, name):
+            return getattr(self.enter_result, name)
+
+        def close(self) -> None:
+            """Pinned connections stay open: the test owns them."""
+
+    def open_pinned(cls, uri: str, **options):
+        if uri in pinned:
+            return Pinned(pinned[uri])
+        return original(cls, uri, **options)
+
+    monkeypatch.setattr(hv.Hypervisor, "open", classmethod(open_pinned))
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    status = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_a_fleet_plan_places_every_vm_and_groups_the_changes_per_host(fleet, capsys):
+    status, out, err = run(capsys, "plan", str(fleet.manifests), "--detailed-exitcode")
+
+    assert (status, err) == (2, "")
+    assert out.index("Host h1") < out.index("Host h2") < out.index("Host h3")
+    assert out.splitlines()[-1] == "Fleet default: 3 hosts; VMs per host: h1 1, h2 1, h3 2; 0 migrations"
+    assert fleet.domains() == {"h1": set(), "h2": set(), "h3": set()}  # a plan changes nothing
+
+
+def test_apply_converges_every_host_and_the_next_plan_is_empty(fleet, capsys):
+    status, out, _err = run(capsys, "apply", str(fleet.manifests))
+
+    assert status == 0, out
+    assert "Fleet converged" in out
+    placed = fleet.domains()
+    assert sorted(vm for vms in placed.values() for vm in vms) == ["web-1", "web-2", "web-3", "web-4"]
+    assert all(len(vms) >= 1 for vms in placed.values())
+    assert run(capsys, "plan", str(fleet.manifests), "--detailed-exitcode")[0] == 0
+
+
+def test_each_vm_carries_the_fleet_and_its_host_in_its_mark(fleet, capsys):
+    run(capsys, "apply", str(fleet.manifests))
+
+    for name, hypervisor in fleet.hypervisors.items():
+        for record in hypervisor.list_domains():
+            assert 'fleet="default"' in record.inactive_xml and f'host="{name}"' in record.inactive_xml
+
+
+def test_host_restricts_apply_to_that_host_and_places_nothing_twice(fleet, capsys):
+    status, out, _err = run(capsys, "apply", str(fleet.manifests), "--host", "h3")
+
+    assert status == 0, out
+    assert fleet.domains()["h1"] == fleet.domains()["h2"] == set()
+    on_h3 = fleet.domains()["h3"]
+    assert on_h3
+
+    run(capsys, "apply", str(fleet.manifests))
+    everywhere = [vm for vms in fleet.domains().values() for vm in vms]
+    assert sorted(everywhere) == ["web-1", "web-2", "web-3", "web-4"]  # what h3 got first stayed there
+    assert fleet.domains()["h3"] == on_h3
+
+
+def test_an_unreachable_host_is_an_error_in_its_own_section_and_the_others_converge(fleet, capsys):
+    fleet.write_hosts(dead=True)
+    factories.write(fleet.manifests, "pinned.yaml", web("db", host="h4"))
+
+    status, out, _err = run(capsys, "apply", str(fleet.manifests))
+
+    assert status == 1
+    assert "Host h4" in out and "UNREACHABLE" in out
+    assert "1 unreachable (h4)" in out
+    everywhere = sorted(vm for vms in fleet.domains().values() for vm in vms)
+    assert everywhere == ["web-1", "web-2", "web-3", "web-4"]  # db is Unknown: never created elsewhere
+    assert "Unknown: db" in out
+
+
+def test_status_lists_the_vms_per_host_and_names_an_unreachable_one(fleet, capsys):
+    run(capsys, "apply", str(fleet.manifests))
+    fleet.write_hosts(dead=True)
+
+    status, out, _err = run(capsys, "status", "--manifests", str(fleet.manifests))
+
+    assert status == 1
+    sections = out.split("\nHost ")
+    assert [s.split(" ")[0] for s in ["Host " + sections[0][5:], *sections[1:]]][:4] == ["Host", "h2", "h3", "h4"]
+    for name, vms in fleet.domains().items():
+        section = out[out.index(f"Host {name} "):]
+        for vm in vms:
+            assert vm in section.split("\n\n")[0]
+    assert "UNREACHABLE" in out[out.index("Host h4"):]
+    assert out.splitlines()[-1] == "Fleet default: 4 host(s), 4 managed VM(s); unreachable: h4"
+
+    status, out, _err = run(capsys, "status", "--manifests", str(fleet.manifests), "--host", "h3", "-o", "json")
+    data = json.loads(out)
+    assert status == 0 and [h["host"] for h in data["hosts"]] == ["h3"]
+    assert {vm["name"] for vm in data["hosts"][0]["vms"]} == fleet.domains()["h3"]
+
+
+def test_a_fleet_snapshot_holds_every_host_and_plans_like_the_live_fleet(fleet, capsys, tmp_path):
+    run(capsys, "apply", str(fleet.manifests))
+    snapshot = tmp_path / "fleet.json"
+
+    status, _out, err = run(capsys, "state", "export", "--manifests", str(fleet.manifests), "-o", str(snapshot))
+    assert status == 0, err
+    data = json.loads(snapshot.read_text())
+    assert sorted(data["hosts"]) == ["h1", "h2", "h3"]
+
+    factories.write(fleet.manifests, "more.yaml", web("web-5", hostSelector={"room": "lab"}, spreadBy="rack"))
+    status, from_snapshot, _ = run(capsys, "plan", str(fleet.manifests), "--state", str(snapshot), "--detailed-exitcode")
+    assert status == 2
+    assert "planned against a snapshot" in from_snapshot
+    _status, live, _ = run(capsys, "plan", str(fleet.manifests))
+    assert from_snapshot.splitlines()[-1] == live.splitlines()[-1]
+
+
+def test_a_single_host_snapshot_is_refused_for_a_fleet(fleet, capsys, tmp_path):
+    snapshot = tmp_path / "one.json"
+    run(capsys, "state", "export", "--connect", fleet.uris["h1"], "-o", str(snapshot))
+
+    status, _out, err = run(capsys, "plan", str(fleet.manifests), "--state", str(snapshot))
+
+    assert status == 1
+    assert "a snapshot of one host, but the manifests declare Hosts" in err
+
+
+def test_drain_plans_the_host_cordoned_and_changes_nothing(fleet, capsys):
+    run(capsys, "apply", str(fleet.manifests))
+    before = fleet.domains()
+    busy = next(name for name, vms in before.items() if vms)
+
+    status, out, err = run(capsys, "drain", busy, str(fleet.manifests))
+
+    assert status == 0, err
+    assert f"kvmops drain {busy}" in out
+    assert f"{len(before[busy])} migration" in out.splitlines()[-1]
+    assert "the cordon holds for this command only" in err
+    assert fleet.domains() == before
+
+
+def test_evacuate_refuses_vms_whose_disks_are_not_shared(fleet, capsys):
+    fleet.write_hosts(dead=True)
+    factories.write(fleet.manifests, "pinned.yaml", web("db", host="h4"))
+    (fleet.manifests / "pinned.yaml").write_text(
+        (fleet.manifests / "pinned.yaml").read_text().replace("host: h4", "hostSelector: {rack: c}"))
+
+    status, _out, err = run(capsys, "evacuate", "h4", str(fleet.manifests))
+    assert status == 1 and "--host-is-dead" in err
+
+    status, _out, err = run(capsys, "evacuate", "h4", str(fleet.manifests), "--host-is-dead")
+    assert status == 1
+    assert "refused, nothing planned: VM db has disks that are not on a shared pool (root)" in err
+
+
+def test_fleet_options_are_refused_where_they_mean_nothing(fleet, capsys, tmp_path):
+    status, _out, err = run(capsys, "plan", str(fleet.manifests), "--connect", fleet.uris["h1"])
+    assert status == 1 and "declare Hosts, each reached at its own spec.uri" in err
+
+    status, _out, err = run(capsys, "plan", str(fleet.manifests), "--host", "nope")
+    assert status == 1 and "no Host named 'nope'" in err
+
+    single = tmp_path / "single"
+    factories.write(single, "vm.yaml", web("solo"))
+    status, _out, err = run(capsys, "plan", str(single), "--connect", fleet.uris["h1"], "--host", "h1")
+    assert status == 1 and "no Host manifests here" in err
+
+
+def test_without_hosts_apply_drives_the_connect_host_as_before(fleet, capsys, tmp_path):
+    single = tmp_path / "single"
+    factories.write(single, "vm.yaml", web("solo"))
+
+    status, out, _err = run(capsys, "apply", str(single), "--connect", fleet.uris["h2"])
+
+    assert status == 0
+    assert "Fleet" not in out and "Converged: a fresh plan shows no changes." in out
+    assert fleet.domains() == {"h1": set(), "h2": {"solo"}, "h3": set()}
+    record = next(iter(fleet.hypervisors["h2"].list_domains()))
+    assert "fleet=" not in record.inactive_xml and "host=" not in record.inactive_xml
+
+
+def test_doctor_checks_every_host_and_fails_for_the_unreachable_one(fleet, capsys):
+    fleet.write_hosts(dead=True)
+
+    status, out, _err = run(capsys, "doctor", str(fleet.manifests))
+
+    assert status == 1
+    assert [line.split(" ")[1] for line in out.splitlines() if line.startswith("Host ")] == ["h1", "h2", "h3", "h4"]
+    assert "[FAIL] libvirtd" in out[out.index("Host h4"):]
+    assert out.splitlines()[-1].startswith("4 host(s), ")
+
+
+def test_wait_finds_the_vm_on_its_host(fleet, capsys):
+    run(capsys, "apply", str(fleet.manifests))
+    where = next(name for name, vms in fleet.domains().items() if "web-1" in vms)
+
+    status, out, _err = run(capsys, "wait", "web-1", "--for", "running", "--manifests", str(fleet.manifests),
+                            "--timeout", "5")
+
+    assert status == 0
+    assert out.strip() == f"{where}: web-1 is running"
