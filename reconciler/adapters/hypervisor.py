@@ -18,7 +18,6 @@ crash hook the crash tests use (``KVMOPS_TEST_CRASH_AT``, see :func:`_mutating`)
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import os
 import posixpath
