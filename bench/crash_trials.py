@@ -3,7 +3,8 @@
 The trials of tests/e2e/crash.py (the crash suite runs ten of them), on a private libvirtd
 of tests/lab.py, so the machine's libvirtd is never disturbed.  ``--kills N`` trials:
 
-* the four kill points aimed at the windows of known bugs (issue 8, items 4-6);
+* the five kill points aimed at the windows of known bugs (issue 8, items 4-6, and a
+  network's bridge, issue 9);
 * with the crash hook (``KVMOPS_TEST_CRASH_AT``), every step boundary: kvmops killed right
   before each mutating libvirt call of an apply, then of a prune, one trial each;
 * the rest at seeded random delays within an uninterrupted run, in turn: kvmops killed

@@ -442,7 +442,7 @@ def cmd_validate(args: argparse.Namespace, shared: hv.Hypervisor | None = None) 
             print(redaction.redact_text(str(problem)))  # a problem may quote a URL from the manifest
         counts = (f"{desired.files} file(s), {len(desired.vms)} VirtualMachine(s), {len(desired.pools)} StoragePool(s), "
                   f"{len(desired.networks)} Network(s), {len(desired.images)} Image(s)")
-        if desired.hosts:  # only in a fleet: single-host output stays as it was
+        if desired.is_fleet:  # only in a fleet: single-host output stays as it was
             counts += f", {len(desired.hosts)} Host(s)"
         if problems:
             print(f"{len(problems)} problem(s) found in {args.path} ({counts} valid)")
@@ -464,7 +464,7 @@ def cmd_plan(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> i
     desired = None
     if shared is None:
         desired = _load(args.path)
-        if desired.hosts:
+        if desired.is_fleet:
             return _fleet_plan(args, desired)
         _refuse_fleet_options(args)
     if not args.connect:
@@ -540,7 +540,7 @@ def cmd_state_export(args: argparse.Namespace) -> int:
     """Write a JSON snapshot of the host, or of every Host of a fleet (``--manifests`` declaring Hosts)."""
     if args.manifests:
         desired = _load(args.manifests)
-        if desired.hosts:
+        if desired.is_fleet:
             _check_fleet_args(args, desired)
             taken = snapshots.take_fleet(desired, only_host=args.host, host_workers=args.parallel_hosts)
             _write(snapshots.fleet_to_json(taken), args.output,
@@ -578,7 +578,7 @@ def cmd_apply(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> 
     desired = None
     if shared is None:
         desired = _load(args.path, revision=git.describe(args.path))
-        if desired.hosts:
+        if desired.is_fleet:
             return _fleet_apply(args, desired)
         _refuse_fleet_options(args)
     args.connect = args.connect or default_uri()
@@ -619,18 +619,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     def reload() -> controller.ControllerSettings:
         return configuration.controller_settings(flags, configuration.read(args.config))
 
-    from reconciler.runtime.controller import fleet_loop
+    from reconciler.runtime.controller import mode_switch
 
-    if settings.path and fleet_loop.is_fleet(settings.path):
-        if args.connect:
-            raise errors.KvmopsError("--connect: the manifests declare Hosts, each reached at its own spec.uri; drop "
-                                     "--connect (--host NAME runs as one Host's agent)")
-        runner = fleet_loop.FleetController(settings, host=args.host)
-    elif args.host:
-        raise errors.KvmopsError(f"--host {args.host}: the manifests declare no Host (with --git, fleets are not "
-                                 "followed yet); --host makes kvmops run one Host's agent in a fleet")
-    else:
-        runner = controller.Controller(settings, reload=reload if args.config else None)
+    runner = mode_switch.SwitchingController(settings, host=args.host, reload=reload if args.config else None)
     signal.signal(signal.SIGTERM, lambda *_: runner.request_stop())
     signal.signal(signal.SIGINT, lambda *_: runner.request_stop())
     signal.signal(signal.SIGHUP, lambda *_: runner.request_reload())
@@ -673,7 +664,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Print every domain kvmops manages (in ``--scope``, or all scopes) with its conditions and addresses."""
     if args.manifests:
         desired = _load(args.manifests)
-        if desired.hosts:
+        if desired.is_fleet:
             return _fleet_status(args, desired)
     _refuse_fleet_options(args)
     with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
@@ -707,7 +698,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
     """Block until the VM has an address, runs, or is stopped; print what was seen."""
     if args.manifests:
         desired = _load(args.manifests)
-        if desired.hosts:
+        if desired.is_fleet:
             _check_fleet_args(args, desired)
             print(inspect.wait_in_fleet(desired, args.name, args.condition, timeout=args.timeout, only_host=args.host,
                                         host_workers=args.parallel_hosts))
@@ -735,7 +726,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     """Check the host; print one line per finding with what to fix; exit 1 on any failure."""
     if args.path:
         desired = _load(args.path)
-        if desired.hosts:
+        if desired.is_fleet:
             _check_fleet_args(args, desired)
             found = doctor.fleet_checks(desired, only_host=args.host, settings=command_settings.scoped(args.scope))
             sys.stdout.write(report.fleet_checks_text(found))

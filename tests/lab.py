@@ -258,16 +258,25 @@ class LabHost:
                     raise RuntimeError(f"lab host {self.name}: libvirtd does not answer at {self.uri}") from None
                 time.sleep(0.05)
 
-    def kill_libvirtd(self) -> bool:
-        """SIGKILL libvirtd (guests, virtlogd and dnsmasq keep running); return whether it ran."""
+    def kill_libvirtd(self, signum: int = signal.SIGKILL) -> bool:
+        """Send libvirtd ``signum`` and wait until it is gone (guests, virtlogd and dnsmasq keep running).
+
+        SIGKILL is a crash; SIGTERM a clean stop (SIGKILL follows if it is not gone within
+        ten seconds).  Return whether libvirtd ran.
+        """
         pid = self.libvirtd_pid
         if pid is None:
             return False
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, signum)
         # Gone, not just a zombie: a zombie leader may still have threads holding its files
         # (the pid file's lock); the holder reaps it once the last thread is dead.
         deadline = time.monotonic() + 10
-        while process_start(pid) is not None and time.monotonic() < deadline:
+        while process_start(pid) is not None:
+            if time.monotonic() > deadline:
+                if signum == signal.SIGKILL:
+                    break
+                os.kill(pid, signal.SIGKILL)
+                signum, deadline = signal.SIGKILL, time.monotonic() + 10
             time.sleep(0.005)
         return True
 

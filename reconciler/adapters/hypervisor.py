@@ -37,6 +37,7 @@ from urllib.parse import urlparse
 import libvirt
 
 from reconciler import errors
+from reconciler.adapters import hostbridge
 from reconciler.core import domxml, model, netxml, redaction, storagexml, trash
 from reconciler.core.plan import MigrationMode
 
@@ -60,6 +61,7 @@ _NOT_FOUND_CODES = {
     libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_STORAGE_POOL, libvirt.VIR_ERR_NO_STORAGE_VOL,
     libvirt.VIR_ERR_NO_NETWORK,
 }  # fmt: skip
+_BRIDGE_EXISTS = re.compile(r"error creating bridge interface (\S+): File exists")
 _UNSUPPORTED_CODES = {libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED}
 _BROKEN_CONNECTION_WORDS = (
     "end of file while reading data", "client socket is closed", "cannot recv data", "cannot write data",
@@ -473,14 +475,75 @@ class Hypervisor:
         return netxml.parse(xml).owner is not None
 
     @_mutating
-    def start_network(self, name: str) -> bool:
-        """Start network ``name``; return False if it was already active."""
+    def start_network(self, name: str) -> str | None:
+        """Start network ``name``; return None when it started, else what happened instead or on the way.
+
+        "already active" when there was nothing to do.  A libvirtd killed while it started
+        the network leaves the network's bridge behind, and libvirt then refuses every
+        start ("error creating bridge interface B: File exists").  Such a bridge is removed
+        and the start tried again, only when it is provably that leftover (see
+        :meth:`_stale_bridge_problem`); otherwise the refusal says what was found and what
+        to do.  Returns then what was removed.
+        """
         with translated(f"cannot start network {name}"):
             network = self._connection.networkLookupByName(name)
             if network.isActive():
-                return False
+                return "already active"
+            try:
+                network.create()
+                return None
+            except libvirt.libvirtError as exc:
+                found = _BRIDGE_EXISTS.search(exc.get_error_message() or "")
+                if found is None:
+                    raise
+                bridge = found.group(1)
+                problem = self._stale_bridge_problem(network, bridge)
+                if problem is not None:
+                    raise errors.OperationRefused(
+                        f"cannot start network {name}: its bridge {bridge} already exists on the host, {problem}. "
+                        f"A libvirtd stopped while it started the network leaves its bridge behind: if nothing uses "
+                        f"{bridge}, delete it (ip link delete {bridge}) and apply again",
+                        code=exc.get_error_code(),
+                    ) from exc
+            try:
+                hostbridge.delete(bridge)
+            except errors.OperationRefused as exc:
+                raise errors.OperationRefused(
+                    f"cannot start network {name}: its bridge {bridge} was left behind by an interrupted start, and "
+                    f"kvmops could not delete it ({exc}). Delete it as root (ip link delete {bridge}) and apply again"
+                ) from exc
             network.create()
-            return True
+            return f"removed bridge {bridge}, left behind by an interrupted start of this network"
+
+    def _stale_bridge_problem(self, network: libvirt.virNetwork, bridge: str) -> str | None:
+        """Return why host bridge ``bridge`` may not be taken for the leftover of ``network``'s interrupted start, or None.
+
+        It is that leftover when: libvirt runs on this machine (its bridges are ours to
+        see); the network is kvmops' and names ``bridge``; the bridge carries the MAC
+        address libvirt gave the network's bridge (libvirt creates it with that address);
+        it is down (libvirt brings it up only after its addresses and firewall rules, right
+        before it starts the network's dnsmasq); nothing is attached to it; and no running
+        network of this libvirtd uses it.
+        """
+        if urlparse(self.uri).hostname:
+            return f"and libvirt runs on another machine ({redaction.redact_text(self.uri)}), whose bridges kvmops cannot see"
+        xml = _persistent_network_xml(network)
+        definition = netxml.parse(xml)
+        if definition.owner is None or definition.bridge != bridge:
+            return "and the network is not kvmops' own network of that bridge"
+        seen = hostbridge.find(bridge)
+        if seen is None:
+            return "but is not a bridge this machine shows"
+        if (netxml.bridge_mac(xml) or "").lower() != seen.mac:
+            return f"with MAC address {seen.mac}, not the network's: it was not made for this network"
+        if seen.up:
+            return "and is up (a dnsmasq of the network may still run)"
+        if seen.ports:
+            return f"with {', '.join(seen.ports)} attached"
+        for other in self._connection.listAllNetworks(libvirt.VIR_CONNECT_LIST_NETWORKS_ACTIVE):
+            if netxml.parse(other.XMLDesc(0)).bridge == bridge:
+                return f"used by the running network {other.name()}"
+        return None
 
     @_mutating
     def set_network_autostart(self, name: str, autostart: bool) -> None:

@@ -22,6 +22,7 @@ import posixpath
 import re
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
+from urllib.parse import urlsplit
 
 from reconciler.core import domxml, fields, hostdirs, model, quantity, validation
 
@@ -61,16 +62,22 @@ def build(
     symlinks only as far as they stay inside it.
     """
     problems = list(manifests.problems)
+    hosts_complete = not manifests.problems  # a file that did not load may have declared Hosts
     candidates: dict[tuple[str, str], list[tuple[model.Document, object]]] = {}
+    declares_hosts = False
     for document in manifests.documents:
+        declares_hosts = declares_hosts or (isinstance(document.body, dict) and document.body.get("kind") == "Host")
         body, found = validation.validate(document)
         if found:
             problems.extend(found)
+            kind = document.body.get("kind") if isinstance(document.body, dict) else None
+            hosts_complete = hosts_complete and isinstance(kind, str) and kind != "Host"
             continue
         try:
             resource = _build_resource(document, body, read_file, check_file, manifests.tree)
         except _Invalid as invalid:
             problems.extend(invalid.problems)
+            hosts_complete = hosts_complete and body["kind"] != "Host"
             continue
         key = (body["kind"], body["metadata"]["name"])
         candidates.setdefault(key, []).append((document, resource))
@@ -84,6 +91,7 @@ def build(
                    model.HostSpec: hosts}
     for (kind, name), declared in candidates.items():
         if len(declared) > 1:
+            hosts_complete = hosts_complete and kind != "Host"
             places = ", ".join(f"{d.file}:{d.origin.line_of('metadata.name')}" for d, _ in declared)
             for document, _ in declared:
                 problems.append(document.origin.problem(
@@ -98,6 +106,7 @@ def build(
     unresolved = []
     for host in _uri_conflicts(hosts.values(), problems):
         del hosts[host.name]
+        hosts_complete = False
     for spec in list(vms.values()):
         if spec.placement is not None and spec.placement.host is not None and spec.placement.host not in hosts:
             known = f"the Hosts are {', '.join(sorted(hosts))}" if hosts else "no Host is declared"
@@ -135,6 +144,8 @@ def build(
         networks=MappingProxyType(dict(sorted(networks.items()))),
         images=MappingProxyType(dict(sorted(images.items()))),
         hosts=MappingProxyType(dict(sorted(hosts.items()))),
+        hosts_complete=hosts_complete,
+        declares_hosts=declares_hosts or bool(hosts),
     )
 
 
@@ -169,6 +180,12 @@ def _selector(value: Mapping[str, str] | None) -> tuple[tuple[str, str], ...] | 
 
 def _host(document: model.Document, body: dict) -> model.HostSpec:
     spec = body["spec"]
+    try:
+        urlsplit(spec["uri"]).port  # what kvmops reads of a URI (is it local?) must not fail later
+    except ValueError as exc:
+        raise _Invalid([document.origin.problem("spec.uri", (  # not quoted: it may carry a password
+            f"not a URI kvmops can read ({exc}); write it as libvirt documents it, e.g. qemu+tcp://[fe80::1]/system"
+        ))]) from exc
     capacity = spec.get("capacity", {})
     memory = None
     if "memory" in capacity:

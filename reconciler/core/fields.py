@@ -221,6 +221,10 @@ def machine_matches(wanted: str, actual: str | None) -> bool:
     return family is not None and actual.startswith(family)
 
 
+# The order libvirt writes into a domain that names none, neither in <os> nor on a device.
+LIBVIRT_BOOT = ("hd",)
+
+
 def _graphics_off(old: model.DomainDefinition, new: model.DomainDefinition) -> bool:
     return "none" in (old.graphics, new.graphics)  # switching graphics on or off says it all
 
@@ -263,7 +267,8 @@ FIELDS: tuple[DomainField, ...] = (
                 manifest=ManifestValue(write=lambda machine: machine or None)),  # "" is inexpressible: import's note says so
     DomainField("cpu", "spec.cpu", domainparts.CPU(), ("cpu_mode", "cpu_model"), cpu_text, libvirt_default=True,
                 manifest=ManifestValue(lambda cpu: (cpu["mode"], cpu.get("model")), cpu_manifest)),
-    DomainField("boot", "spec.boot", XMLList("os/boot", "dev"), ("boot",), lambda d: ", ".join(d.boot),
+    DomainField("boot", "spec.boot", XMLList("os/boot", "dev"), ("boot",), lambda d: ", ".join(d.boot) or None,
+                agrees=lambda seen, wanted: not wanted.boot and seen.boot == LIBVIRT_BOOT,
                 manifest=ManifestValue(tuple, list)),
     DomainField("install", "spec.install",
                 XMLGroup((XMLProperty("os/kernel"), XMLProperty("os/initrd"), XMLProperty("os/cmdline"))),

@@ -120,6 +120,29 @@ class FleetPlan:
         return f"Fleet {self.fleet}: " + "; ".join(parts)
 
 
+def why_unknown(vms: Collection[str], hosts: Collection[str]) -> str:
+    """Return why ``vms`` are neither created nor moved while ``hosts`` do not answer, and what a person can do.
+
+    A VM found on no reachable host, whose placement admits an unreachable one, may run
+    there: an earlier apply may have put it there, and kvmops keeps no record of past
+    placements (the marks on the hosts are the record, and that host cannot be read) to
+    tell it from a VM that is new. Creating it elsewhere could run it twice on the same
+    disks, so it waits, and the plan says how to end the wait.
+    """
+    names, where = ", ".join(sorted(vms)), ", ".join(sorted(hosts))
+    one = len(vms) == 1
+    host = "that host" if len(hosts) == 1 else "those hosts"
+    return (
+        f"{names} {'is' if one else 'are'} on no reachable host and {'its' if one else 'their'} placement admits "
+        f"{where}, which does not answer: an earlier apply may have put {'it' if one else 'them'} there, and kvmops "
+        f"keeps no record of past placements to tell that from a new VM, so {'it is' if one else 'they are'} not "
+        f"created elsewhere (that could run a VM twice). A new VM waits until {host} answer{'s' if len(hosts) == 1 else ''}; "
+        f"to create it now, pin it to a reachable Host (spec.placement.host, or a hostSelector {where} does not match); "
+        f"if {host} {'is' if len(hosts) == 1 else 'are'} dead for good: kvmops evacuate "
+        f"{where if len(hosts) == 1 else 'HOST'} --host-is-dead"
+    )
+
+
 def plan_fleet(
     desired: model.DesiredState,
     observed: Mapping[str, model.ActualState | HostUnreachable],
@@ -127,13 +150,17 @@ def plan_fleet(
     *,
     evacuate: Collection[str] = frozenset(),
     only_host: str | None = None,
+    arriving: Mapping[str, str] = MappingProxyType({}),
 ) -> FleetPlan:
     """Return the plan that converges every Host of ``desired`` on it.
 
     ``observed`` maps each Host's name to what its libvirt showed, or to why it could not
     be reached; a Host missing from it counts as unreachable. ``evacuate`` names hosts a
     person declared dead: their VMs may be placed elsewhere. ``only_host`` plans that host
-    alone (placement still sees the whole fleet).
+    alone (placement still sees the whole fleet). ``arriving`` maps VMs being created on a
+    Host right now (a controller's work in flight, not yet observed) to that Host: placement
+    counts them there, as if found, so what else it places does not depend on how far that
+    work had got when the hosts were looked at.
     """
     fleet = settings.scope
     hosts = dict(sorted(desired.hosts.items()))
@@ -155,9 +182,19 @@ def plan_fleet(
         problems.append(_split_brain_problem(desired, brain, fleet, reachable, source=desired.source))
     split_names = {brain.vm for brain in split}
     located = {vm: next(iter(on)) for vm, on in found.items() if len(on) == 1 and vm in desired.vms}
+    located.update({vm: host for vm, host in arriving.items()
+                    if vm in desired.vms and vm not in found and host in reachable})
+    unplaced = set(split_names)
+    if not desired.hosts_complete:
+        for name in sorted(set(desired.vms) - set(located) - split_names):
+            unplaced.add(name)
+            problems.append(desired.vms[name].origin.problem("metadata.name", (
+                "not placed: a Host manifest did not load (see the problems), and this VM, found on no Host kvmops "
+                "sees, may run on that Host: created elsewhere it would run twice. Fix the Host manifest first"
+            )))
     placed = placement.place(
         dataclasses.replace(desired, vms=MappingProxyType(
-            {name: spec for name, spec in desired.vms.items() if name not in split_names})),
+            {name: spec for name, spec in desired.vms.items() if name not in unplaced})),
         located, unreachable=frozenset(unreachable) - dead, evacuate=dead,
     )
     problems.extend(placed.problems)
@@ -192,8 +229,12 @@ def plan_fleet(
         departing = [move.vm for move in migrating.values() if move.source == name]
         held = frozenset(departing) | frozenset(vm for vm in split_names if name in found.get(vm, ()))
         local_vms = [vm for vm in assigned if vm not in incoming]
-        subset = host_share(desired, host, local_vms, uses=[*incoming, *departing, *(vm for vm in held if vm in desired.vms)])
-        plan = planner.plan_changes(subset, actual, settings=dataclasses.replace(host_settings, host=name, held=held))
+        subset = host_share(desired, host, local_vms, uses=[*incoming, *departing, *(vm for vm in held if vm in desired.vms)],
+                            present=[network.name for network in actual.networks.values() if network.owned])
+        seen, borrowed = with_shared_volumes(subset, name, actual, reachable)
+        plan = planner.plan_changes(subset, seen, settings=dataclasses.replace(host_settings, host=name, held=held))
+        if borrowed:
+            plan = _note_borrowed(plan, subset, borrowed)
         owed = [cleanup for cleanup in cleanups if cleanup.source == name]
         if owed:
             plan = dataclasses.replace(plan, resources=(*plan.resources, *(c.resource for c in owed)))
@@ -204,8 +245,10 @@ def plan_fleet(
             )
         evacuated = {move.vm: move for move in placed.moves if move.destination == name and move.source in dead}
         if evacuated:
+            unseen = frozenset(pool for pool, spec in subset.pools.items()
+                               if _seen_from(spec, name, actual, reachable) == "")
             plan = dataclasses.replace(plan, resources=tuple(
-                dataclasses.replace(r, notes=(*r.notes, _evacuation_note(evacuated[r.name], desired)))
+                dataclasses.replace(r, notes=(*r.notes, _evacuation_note(evacuated[r.name], desired, unseen)))
                 if r.kind == "VirtualMachine" and r.name in evacuated else r for r in plan.resources))
         host_plans.append(HostPlan(host=name, uri=host.uri, plan=plan, vms=assigned, schedulable=host.schedulable))
     return FleetPlan(
@@ -216,10 +259,16 @@ def plan_fleet(
 
 def host_share(
     desired: model.DesiredState, host: model.HostSpec, vms: Collection[str], *, uses: Collection[str] = (),
+    present: Collection[str] = (),
 ) -> model.DesiredState:
     """Return the part of ``desired`` that ``host`` runs: the VMs ``vms``, and the pools,
     networks and images they (and the VMs ``uses``, arriving or leaving) use or whose
-    ``hosts`` selector admits the host. The fleet's problems stay with the fleet."""
+    ``hosts`` selector admits the host. The fleet's problems stay with the fleet.
+
+    A declared network without a ``hosts`` selector that kvmops already runs on the host
+    (``present``) stays in the share when no VM there uses it any more: VMs leaving a host
+    (a drain) must not take its network with them in a second pass, and may come back. It
+    goes when its manifest goes, or when a selector excludes the host."""
     users = [desired.vms[vm] for vm in (*vms, *uses) if vm in desired.vms]
     images = {name for name, spec in desired.images.items() if placement.selects(spec.hosts, host)}
     images |= {disk.image for spec in users for disk in spec.disks if disk.image is not None}
@@ -229,6 +278,7 @@ def host_share(
     pools |= {desired.images[name].pool for name in images}
     networks = {name for name, spec in desired.networks.items() if placement.selects(spec.hosts, host)}
     networks |= {nic.source for spec in users for nic in spec.nics if nic.kind == "network"}
+    networks |= {name for name in present if name in desired.networks and desired.networks[name].hosts is None}
     return dataclasses.replace(
         desired,
         vms=MappingProxyType({name: desired.vms[name] for name in sorted(vms)}),
@@ -238,6 +288,69 @@ def host_share(
         problems=(),
         hosts=MappingProxyType({host.name: host}),
     )
+
+
+def with_shared_volumes(
+    share: model.DesiredState, host: str, actual: model.ActualState, reachable: Mapping[str, model.ActualState],
+) -> tuple[model.ActualState, Mapping[tuple[str, str], str]]:
+    """Return ``actual`` seeing, in each ``shared`` pool of ``share`` not active on ``host``, the volumes
+    another reachable host where it is active sees, and which host each was seen from.
+
+    A shared pool is the same storage on every host (NFS): before kvmops starts it on a
+    host, that host cannot list it, yet its volumes are there. Planned blind, a VM coming
+    to the host (an evacuation) would have its existing disk created anew, which the
+    executor refuses (it never claims a volume it finds); seen through another host, the
+    disk is attached as it is and one apply converges. Only a pool defined alike on both
+    hosts (type and path as the manifest says) counts; the first such host by name answers.
+    """
+    volumes: dict[tuple[str, str], model.ObservedVolume] = {}
+    borrowed: dict[tuple[str, str], str] = {}
+    for pool, spec in sorted(share.pools.items()):
+        seen_from = _seen_from(spec, host, actual, reachable)
+        if not seen_from:
+            continue
+        for key, volume in sorted(reachable[seen_from].volumes.items()):
+            if key[0] == pool and key not in actual.volumes:
+                volumes[key] = volume
+                borrowed[key] = seen_from
+    if not volumes:
+        return actual, MappingProxyType({})
+    return (dataclasses.replace(actual, volumes=MappingProxyType({**actual.volumes, **volumes})),
+            MappingProxyType(borrowed))
+
+
+def _seen_from(spec: model.PoolSpec, host: str, actual: model.ActualState,
+               reachable: Mapping[str, model.ActualState]) -> str | None:
+    """Return the host whose view of shared pool ``spec`` stands for ``host``'s, which cannot list it yet.
+
+    None: ``host`` lists it itself (active), it is not shared, or ``host`` has another pool
+    of that name (the plan says so); "": no reachable host has it running as declared.
+    """
+    here = actual.pools.get(spec.name)
+    if not spec.shared or (here is not None and (here.active or (here.type, here.path) != (spec.type, spec.path))):
+        return None
+    return next((other for other, state in sorted(reachable.items()) if other != host
+                 and (there := state.pools.get(spec.name)) is not None and there.active
+                 and (there.type, there.path) == (spec.type, spec.path)), "")
+
+
+def _note_borrowed(plan: plans.Plan, share: model.DesiredState, borrowed: Mapping[tuple[str, str], str]) -> plans.Plan:
+    """Return ``plan`` with a note on each VM that uses a volume seen through another host."""
+    def note(resource: plans.ResourcePlan) -> plans.ResourcePlan:
+        spec = share.vms.get(resource.name) if resource.kind == "VirtualMachine" else None
+        if spec is None:
+            return resource
+        used = [(disk.pool, disk.volume) for disk in spec.disks if disk.path is None]
+        used += [(ref.pool, ref.volume) for ref in (spec.cdrom, *((spec.install.kernel, spec.install.initrd)
+                                                                   if spec.install is not None else ()))
+                 if ref is not None and ref.pool and ref.volume]
+        if spec.cloud_init is not None:
+            used.append((spec.cloud_init.pool, spec.cloud_init.volume))
+        notes = [f"volume {volume} exists on shared pool {pool} (seen from host {borrowed[(pool, volume)]}): used as it "
+                 f"is once {pool} runs here" for pool, volume in dict.fromkeys(used) if (pool, volume) in borrowed]
+        return dataclasses.replace(resource, notes=(*resource.notes, *notes)) if notes else resource
+
+    return dataclasses.replace(plan, resources=tuple(note(r) for r in plan.resources))
 
 
 def _ours(reachable: Mapping[str, model.ActualState], fleet: str) -> dict[str, set[str]]:
@@ -384,12 +497,17 @@ def _split_brain_problem(desired: model.DesiredState, brain: SplitBrain, fleet: 
     return model.Problem(source or ".", None, "", message)
 
 
-def _evacuation_note(move: placement.Move, desired: model.DesiredState) -> str:
+def _evacuation_note(move: placement.Move, desired: model.DesiredState, unseen: Collection[str] = ()) -> str:
     spec = desired.vms[move.vm]
     local = [disk.name for disk in spec.disks
              if disk.path is not None or not (disk.pool in desired.pools and desired.pools[disk.pool].shared)]
     disks = (f"its local disks ({', '.join(local)}) start new and empty here" if local
              else "its disks are on shared storage and are used as they are")
+    blind = sorted({disk.pool for disk in spec.disks if disk.path is None and disk.pool in unseen})
+    if blind:
+        disks += (f"; but shared pool {', '.join(blind)} runs on no reachable host, so its volumes cannot be seen "
+                  "before it starts here: a disk found there then is not claimed as new (that step fails), and the "
+                  "next apply attaches it as it is (declare the pool on every host, `hosts: {}`, to move in one apply)")
     return f"evacuated from {move.source}, declared dead: defined anew here; {disks}"
 
 

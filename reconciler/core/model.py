@@ -194,6 +194,8 @@ class FileRef:
     # ``path`` and the pool's directory after symlinks on this machine, when the shell resolved them
     host_path: str = field(default="", compare=False)
     host_directory: str = field(default="", compare=False)
+    # what the file is on the host (HOST_FILE_KINDS), when the shell looked; "" when it could not
+    host_file: str = field(default="", compare=False)
 
     def __str__(self) -> str:
         if not self.pool:
@@ -218,6 +220,12 @@ class DiskSpec:
     # empty): kvmops never creates, resizes, writes or deletes it.
     path: str | None = None
     format: str = "qcow2"
+    host_file: str = field(default="", compare=False)  # what ``path`` is on the host, as FileRef.host_file
+
+
+# What a file a VM names by path (a disk, CD-ROM, kernel or initrd) turned out to be on
+# the host, for the shell's ``host_file``: libvirt can attach only the first two.
+HOST_FILE_KINDS = ("file", "block device", "missing", "directory", "character device", "fifo", "socket")
 
 
 @dataclass(frozen=True)
@@ -461,6 +469,19 @@ class DesiredState:
     source: str = ""  # the manifest root, for problems about the set as a whole
     revision: str = ""  # git revision of the manifests, recorded in domains changed from it
     hosts: Mapping[str, HostSpec] = field(default_factory=dict)  # empty: a single host, chosen by --connect
+    # False when a Host manifest (or a file that may hold one) did not load: a VM found on no
+    # Host kvmops sees may run on that one, so a fleet must not place it anew
+    hosts_complete: bool = True
+    declares_hosts: bool = False  # some document is of kind Host, valid or not
+
+    @property
+    def is_fleet(self) -> bool:
+        """Return whether these manifests drive a fleet: they declare a Host, even one that did not validate.
+
+        A set whose every Host is broken is still a fleet with problems: falling back to
+        ``--connect`` would create the fleet's VMs on whatever host that names.
+        """
+        return bool(self.hosts) or self.declares_hosts
 
     @property
     def complete(self) -> bool:

@@ -10,7 +10,7 @@ the real value is kept only where it is used: to fetch, to clone, to connect.
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote
 
 MASK = "***"
 
@@ -22,6 +22,10 @@ SECRET_PARAMETERS = frozenset({
     "x_goog_signature", "x_goog_credential", "sas", "sv_token", "session_token", "credential", "credentials",
 })  # fmt: skip
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]+")
+_URL_PARTS = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*):(?://(?P<authority>[^/?#]*))?(?P<path>[^?#]*)"
+    r"(?:\?(?P<query>[^#]*))?(?P<fragment>#.*)?", re.DOTALL,
+)
 # Schemes whose bare userinfo (no ':') is a credential: a token given as the user name.
 _TOKEN_AS_USER_SCHEMES = frozenset({"http", "https", "ftp", "ftps"})
 
@@ -33,21 +37,23 @@ def _secret_parameter(name: str) -> bool:
 def redact_url(url: str) -> str:
     """Return ``url`` with its password (or token-as-user-name) and secret query values masked.
 
-    Anything that does not parse as a URL is returned as it is.
+    Only the secrets change: the rest is kept character for character. Anything that does
+    not look like ``scheme:...`` is returned as it is.
     """
-    try:
-        parts = urlsplit(url)
-    except ValueError:
+    # Split by hand, not with urlsplit: urlsplit raises on text libvirt would still quote
+    # back (``qemu+tcp://root:pw@[::1``), and urlunsplit turns ``test:///x`` into ``test:/x``.
+    parts = _URL_PARTS.fullmatch(url)
+    if parts is None:
         return url
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, host = netloc.rpartition("@")
+    authority = parts["authority"]
+    if authority is not None and "@" in authority:
+        userinfo, _, host = authority.rpartition("@")
         user, has_password, _password = userinfo.partition(":")
         if has_password:
-            netloc = f"{user}:{MASK}@{host}"
-        elif parts.scheme.lower() in _TOKEN_AS_USER_SCHEMES:
-            netloc = f"{MASK}@{host}"
-    query = parts.query
+            authority = f"{user}:{MASK}@{host}"
+        elif parts["scheme"].lower() in _TOKEN_AS_USER_SCHEMES:
+            authority = f"{MASK}@{host}"
+    query = parts["query"]
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
         if any(_secret_parameter(name) for name, _value in pairs):
@@ -55,9 +61,12 @@ def redact_url(url: str) -> str:
                 f"{quote(name, safe='')}={MASK if _secret_parameter(name) else quote(value, safe='/:,')}"
                 for name, value in pairs
             )
-    if netloc == parts.netloc and query == parts.query:
+    if authority == parts["authority"] and query == parts["query"]:
         return url
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return "".join((
+        parts["scheme"], ":", "" if authority is None else f"//{authority}", parts["path"],
+        "" if query is None else f"?{query}", parts["fragment"] or "",
+    ))
 
 
 def redact_text(text: str) -> str:

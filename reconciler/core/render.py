@@ -380,10 +380,12 @@ def fleet_text(plan: fleet.FleetPlan, *, colour: bool = False, source: str | Non
                      f"(kvmops evacuate {host.host} --host-is-dead moves them)")
         if host.unknown:
             lines.append(f"  Unknown: {', '.join(host.unknown)}")
+            lines.append(f"    {fleet.why_unknown(host.unknown, (host.host,))}")
         lines.append("")
     elsewhere = {vm: hosts for vm, hosts in plan.unknown.items() if len(hosts) > 1}
     for vm, hosts in elsewhere.items():
         lines.append(f"Unknown: VM {vm} may run on any of the unreachable hosts {', '.join(hosts)}; it is not created")
+        lines.append(f"  {fleet.why_unknown((vm,), hosts)}")
     if elsewhere:
         lines.append("")
     if plan.problems:
@@ -438,9 +440,14 @@ def fleet_markdown(plan: fleet.FleetPlan, *, title: str | None = None) -> str:
              f"**{_md(plan.summary())}**", ""]
     callouts = []
     for host in plan.unreachable:
-        unknown = f" Unknown: {', '.join(_code(vm) for vm in host.unknown)}." if host.unknown else ""
+        unknown = (f" Unknown: {', '.join(_code(vm) for vm in host.unknown)}: "
+                   f"{_md(fleet.why_unknown(host.unknown, (host.host,)))}." if host.unknown else "")
         callouts.append(f"> :x: **Host {_code(host.host)} is unreachable** ({_md(host.unreachable)}): nothing is planned "
                         f"there and its pruning is suspended.{unknown}")
+    for vm, hosts in plan.unknown.items():
+        if len(hosts) > 1:
+            callouts.append(f"> :warning: **Unknown**: VM {_code(vm)} may run on any of the unreachable hosts "
+                            f"{', '.join(_code(h) for h in hosts)}: {_md(fleet.why_unknown((vm,), hosts))}.")
     for brain in plan.split_brain:
         callouts.append(f"> :x: **Split brain**: VM {_code(brain.vm)} is marked on {', '.join(_code(h) for h in brain.hosts)}; "
                         "neither copy is touched")

@@ -26,6 +26,7 @@ PURGING_SUFFIX = ".purging"  # an entry renamed so is being purged: its purge is
 RECORD_FORMAT = 1
 POOL_TYPES = ("dir", "fs", "netfs")  # pools whose volumes are files at the top of one directory
 DEFAULT_RETENTION = 24 * 3600
+MAX_RETENTION = 100 * 365 * 86400  # deadlines stay dates (year 9999 is as far as they can be shown)
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _RETENTION = re.compile(r"^([0-9]+)(s|m|h|d|w)?$")
@@ -41,11 +42,15 @@ def parse_retention(value: object) -> int:
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a duration")
     if isinstance(value, int) and value >= 0:
-        return value
-    match = _RETENTION.match(value) if isinstance(value, str) else None
-    if match is None:
-        raise ValueError(f"{value!r} is not a duration such as 24h, 90m, 7d or 0")
-    return int(match.group(1)) * _UNITS[match.group(2) or "s"]
+        seconds = value
+    else:
+        match = _RETENTION.match(value) if isinstance(value, str) else None
+        if match is None:
+            raise ValueError(f"{value!r} is not a duration such as 24h, 90m, 7d or 0")
+        seconds = int(match.group(1)) * _UNITS[match.group(2) or "s"]
+    if seconds > MAX_RETENTION:
+        raise ValueError(f"{value!r} is too long: a retention is at most 100 years ({MAX_RETENTION // 86400}d)")
+    return seconds
 
 
 def format_retention(seconds: int) -> str:

@@ -29,7 +29,7 @@ try:  # jsonschema's own equality (True is not 1) and uniqueness, so that the ac
 except ImportError:  # a jsonschema without them: every document is validated by jsonschema alone
     _equal = _uniq = None
 
-from reconciler.core import memo, model
+from reconciler.core import memo, model, trash
 
 API_VERSION = "kvmops/v1"
 SCHEMA_FILES = {
@@ -110,6 +110,12 @@ def validate_config(document: model.Document) -> tuple[dict | None, list[model.P
     if not isinstance(body, dict):
         return None, [document.origin.problem("", "the configuration must be a mapping of settings")]
     problems = _problems(_config_validator().iter_errors(body), document.origin)
+    retention = body.get("policy", {}).get("trashRetention") if not problems else None
+    if retention is not None:
+        try:
+            trash.parse_retention(retention)  # the schema checks its shape, not its size
+        except ValueError as exc:
+            problems.append(document.origin.problem("policy.trashRetention", str(exc)))
     if problems:
         return None, problems
     schema = schemas()[CONFIG_SCHEMA]

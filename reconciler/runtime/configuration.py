@@ -87,6 +87,7 @@ def controller_settings(flags: Mapping[str, object], config: Mapping[str, object
         path=str(path) if path and git is None else "",
         git=git,
         uri=str(uri),
+        uri_given=bool(flags.get("connect")),  # on the command line: $KVMOPS_CONNECT is a default (the image sets it)
         planner=planner.Settings(
             prune=prune,
             allow_empty=allow_empty,

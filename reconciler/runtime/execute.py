@@ -507,7 +507,7 @@ def _define_network(h: hv.Hypervisor, step: plans.DefineNetwork, _cancel) -> str
 
 
 def _start_network(h: hv.Hypervisor, step: plans.StartNetwork, _cancel) -> str | None:
-    return None if h.start_network(step.name) else "already active"
+    return h.start_network(step.name)
 
 
 def _set_network_autostart(h: hv.Hypervisor, step: plans.SetNetworkAutostart, _cancel) -> str | None:

@@ -130,13 +130,18 @@ def plan_from(
     settings: planner.Settings,
     evacuate: Collection[str] = frozenset(),
     only_host: str | None = None,
+    arriving: Mapping[str, str] | None = None,
 ) -> FleetPlanResult:
-    """Return the fleet plan of ``desired`` against ``observed`` (live, or a fleet snapshot)."""
+    """Return the fleet plan of ``desired`` against ``observed`` (live, or a fleet snapshot).
+
+    ``arriving``: VMs whose creation on a Host is in progress (see :func:`fleet.plan_fleet`).
+    """
     settings = reconcile.timed(reconcile.salted(settings))
     with reconcile.gc_paused():
         for host in sorted(evacuate):
             refuse_unsafe_evacuation(desired, observed, settings, host)
-        plan = fleet.plan_fleet(desired, observed, settings, evacuate=frozenset(evacuate), only_host=only_host)
+        plan = fleet.plan_fleet(desired, observed, settings, evacuate=frozenset(evacuate), only_host=only_host,
+                                arriving=arriving or {})
     return FleetPlanResult(desired, observed, plan, settings, frozenset(evacuate), only_host)
 
 

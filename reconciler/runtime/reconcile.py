@@ -13,6 +13,7 @@ import dataclasses
 import gc
 import os
 import secrets
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -144,32 +145,58 @@ def with_host_image_paths(desired: model.DesiredState) -> model.DesiredState:
 
 
 def with_host_file_paths(desired: model.DesiredState, actual: model.ActualState) -> model.DesiredState:
-    """Return ``desired`` with the CD-ROM and install files named inside pools resolved on this machine.
+    """Return ``desired`` with the files its VMs name by path looked at on this machine (a local libvirt).
 
     A symlink in a pool directory may point at any host file, which libvirt (root) would
-    hand to QEMU; the planner refuses one that leads out of its pool, for a local libvirt.
+    hand to QEMU; the planner refuses one that leads out of its pool, so CD-ROM and install
+    files named inside pools get their resolved ``host_path``.  And every disk, CD-ROM,
+    kernel and initrd given by path gets ``host_file``, what that path is on the host
+    (:data:`~reconciler.core.model.HOST_FILE_KINDS`), so the plan says that a missing one is
+    missing before libvirt fails at define or start.  Not on the test driver, whose host
+    has no files.
     """
+    look = not actual.host.test_driver
+
     def resolved(ref: model.FileRef | None) -> model.FileRef | None:
         if ref is None or ref.path is None:
             return ref
+        if not ref.pool:
+            return dataclasses.replace(ref, host_file=host_file(ref.path)) if look else ref
         pool = actual.pools.get(ref.pool)
         directory = pool.path if pool is not None and pool.path else (
             desired.pools[ref.pool].path if ref.pool in desired.pools else None)
         if not directory:
             return ref
-        return dataclasses.replace(ref, host_path=os.path.realpath(os.path.join(directory, ref.path)),
-                                   host_directory=os.path.realpath(directory))
+        path = os.path.join(directory, ref.path)
+        return dataclasses.replace(ref, host_path=os.path.realpath(path), host_directory=os.path.realpath(directory),
+                                   host_file=host_file(path) if look else "")
 
     vms = {}
     for name, vm in desired.vms.items():
-        if vm.cdrom is None and vm.install is None:
+        if vm.cdrom is None and vm.install is None and not (look and any(d.path for d in vm.disks)):
             vms[name] = vm  # nothing to resolve: a spec is copied only when it names files
             continue
         install = vm.install
         if install is not None:
             install = dataclasses.replace(install, kernel=resolved(install.kernel), initrd=resolved(install.initrd))
-        vms[name] = dataclasses.replace(vm, cdrom=resolved(vm.cdrom), install=install)
+        disks = tuple(dataclasses.replace(d, host_file=host_file(d.path)) if look and d.path else d for d in vm.disks)
+        vms[name] = dataclasses.replace(vm, cdrom=resolved(vm.cdrom), install=install, disks=disks)
     return dataclasses.replace(desired, vms=MappingProxyType(vms))
+
+
+def host_file(path: str) -> str:
+    """Return what ``path`` is on this machine (one of ``model.HOST_FILE_KINDS``), or "" when it cannot be seen."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return "missing"
+    except OSError:
+        return ""  # not ours to see (permissions): libvirt, as root, may still reach it
+    for test, kind in ((stat.S_ISREG, "file"), (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "directory"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return kind
+    return ""
 
 
 def make_plan(path: str, hypervisor: hv.Hypervisor, *, settings: planner.Settings, revision: str = "",

@@ -259,9 +259,10 @@ def checks_text(checks: list[doctor.Check], indent: str = "") -> str:
     marks = {True: "ok  ", False: "FAIL", None: "warn"}
     lines = []
     for check in checks:
-        lines.append(f"{indent}[{marks[check.ok]}] {check.name}: {check.detail}\n")
+        # a detail may quote a URI, password and all (libvirt's own messages do)
+        lines.append(f"{indent}[{marks[check.ok]}] {check.name}: {redaction.redact_text(check.detail)}\n")
         if check.fix and check.ok is not True:
-            lines.append(f"{indent}       fix: {check.fix}\n")
+            lines.append(f"{indent}       fix: {redaction.redact_text(check.fix)}\n")
     return "".join(lines)
 
 
@@ -274,7 +275,7 @@ def checks_summary(checks: list[doctor.Check]) -> str:
 
 def fleet_checks_text(found: doctor.FleetChecks) -> str:
     """Return doctor's findings for a fleet: the manifests' problems, each Host's checks, then the totals."""
-    lines = [f"[FAIL] manifests: {problem}\n" for problem in found.problems]
+    lines = [f"[FAIL] manifests: {redaction.redact_text(str(problem))}\n" for problem in found.problems]
     for name, checks in found.by_host.items():
         lines.append(f"Host {name} ({redaction.redact_url(found.uris[name])})\n")
         lines.append(checks_text(checks, indent="  "))

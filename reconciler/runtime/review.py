@@ -71,7 +71,7 @@ def diff(path: str, base_ref: str, head_ref: str | None, *, settings: planner.Se
             offline.converged_host(base, uri=f"git {base_label}", scope=settings.scope, settings=settings), head
         )
         plan = offline.annotate_moves(planner.plan_changes(head, host, settings=settings), base, head)
-        fleet_plan = _fleet_diff(base, head, base_label, settings) if head.hosts else None
+        fleet_plan = _fleet_diff(base, head, base_label, settings) if head.is_fleet else None
         labels = {str(base_dir): f"{base_ref}:{subpath}"}
         if head_ref is not None:
             labels[str(head_dir)] = f"{head_ref}:{subpath}"

@@ -32,6 +32,14 @@ def apply_ok(host) -> subprocess.CompletedProcess:
     return result
 
 
+def apply_converged(host) -> subprocess.CompletedProcess:
+    """Apply and insist that it converged by its own check: exit 0, and the fresh observation and plan it makes
+    after its steps found nothing left ("Converged: ..."), or there was nothing to do ("No changes.")."""
+    result = apply_ok(host)
+    assert "Converged: a fresh plan shows no changes." in result.stdout or "No changes." in result.stdout, output(result)
+    return result
+
+
 def plan_is_empty(host) -> subprocess.CompletedProcess:
     """Plan the test's manifests and insist that nothing would change (exit 0, "No changes")."""
     result = kvmops(host, "plan", host.manifests, "--detailed-exitcode")

@@ -21,10 +21,11 @@ what the test is about, and then execute only the plan's steps for the test's ow
 When ``KVMOPS_E2E=required`` (set by ``scripts/test``) an unreachable libvirtd fails the
 tests instead of skipping them, so CI cannot go green without running them.
 
-Tests marked ``libvirtd_restart`` restart libvirtd itself, which disturbs everyone else using
-it; deselect them on a shared host with ``-m "not libvirtd_restart"``.  The session's
-connection (:class:`LibvirtConnection`) reopens itself after such a restart, so the tests
-that follow, and every sweep, keep working.
+No test stops, kills or restarts the machine's libvirtd: a test that needs a libvirtd to
+die uses the session's lab (the ``lab`` and ``lab_host`` fixtures): one private libvirtd
+of :mod:`tests.lab`, in namespaces of its own, started once for the session and removed,
+with everything it ran, at its end.  Its connection (:class:`LibvirtConnection`) reopens
+itself after a restart.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from tests import lab as labs
 from tests.lab import process_start
 
 SYSTEM_URI = os.environ.get("KVMOPS_E2E_URI", "qemu:///system")
@@ -52,12 +54,6 @@ WORK_ROOT = Path(os.environ.get("KVMOPS_E2E_WORKDIR", "/var/tmp"))
 
 pytestmark = pytest.mark.e2e
 libvirt.registerErrorHandler(lambda _context, _error: None, None)
-
-
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers", "libvirtd_restart: restarts libvirtd, disturbing everyone using it (deselect on shared hosts)"
-    )
 
 
 def pytest_collection_modifyitems(items):
@@ -320,3 +316,59 @@ def tiny_guest():
     from tests.e2e import tinyguest
 
     return tinyguest.build()
+
+
+# --- the lab: a libvirtd that tests may kill -------------------------------------------
+
+
+def start_lab_or_skip(name: str) -> labs.Lab:
+    """Start a one-host lab called ``name``; skip (fail when KVMOPS_E2E=required) without root or its tools."""
+    missing = [tool for tool in ("unshare", "nsenter", "libvirtd", "virtlogd") if shutil.which(tool) is None]
+    why = f"a lab libvirtd needs root and {', '.join(missing) or 'namespaces'}"
+    if os.geteuid() != 0 or missing:
+        if os.environ.get("KVMOPS_E2E") == "required":
+            pytest.fail(why)
+        pytest.skip(why)
+    labs.sweep_abandoned(labs.LAB_ROOT, f"{PREFIX}-lab-*")
+    return labs.Lab(name).start(1)
+
+
+@pytest.fixture(scope="session")
+def lab():
+    """Return the session's lab (:class:`tests.lab.Lab`, one host): a private libvirtd that tests may kill.
+
+    Started at its first use (a couple of seconds), shared by every test that needs a
+    libvirtd to die, removed with everything it ran at the end of the session.
+    """
+    started = start_lab_or_skip(f"{PREFIX}-lab-{uuid.uuid4().hex[:6]}")
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.fixture
+def lab_host(lab):
+    """Return a :class:`Host` on the session's lab libvirtd, whose objects and files are removed after the test."""
+    daemon = lab.hosts[0]
+    if daemon.libvirtd_pid is None:  # an earlier test killed it
+        daemon.restart_libvirtd()
+    prefix = f"{PREFIX}-{uuid.uuid4().hex[:6]}"
+    workdir = WORK_ROOT / prefix
+    manifests = workdir / "manifests"
+    manifests.mkdir(parents=True)
+    os.chmod(workdir, 0o755)
+    _claim(workdir)
+    connection = LibvirtConnection(daemon.uri, libvirt.open(daemon.uri))
+    env = {"KVMOPS_STATE_DIR": str(workdir / "state")}
+    try:
+        yield Host(connection, prefix, workdir, manifests, daemon.pools / prefix, uri=daemon.uri, env=env)
+    finally:
+        try:
+            if daemon.libvirtd_pid is None:
+                daemon.restart_libvirtd()
+            sweep(connection, prefix + "-")
+            with contextlib.suppress(libvirt.libvirtError):
+                connection.close()
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)

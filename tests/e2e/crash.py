@@ -45,6 +45,7 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,6 +98,7 @@ EVENTS = {
     "image-copying": "the image's final volume exists (being copied into)",
     "volume-created": "the Delete volume of VM c exists (before its domain is defined)",
     "domain-undefined": "domain c is gone (its volumes not yet deleted)",
+    "bridge-created": "the network's bridge exists (libvirt is still starting the network)",
 }
 
 
@@ -211,6 +213,11 @@ class CrashWorld:
     def network(self) -> str:
         return f"{self.prefix}-net"
 
+    @property
+    def bridge(self) -> str:
+        """Return the Linux bridge of the set's network."""
+        return labs.bridge_name(self.prefix.split("-lab-")[0], self.prefix[-4:])
+
     def vm(self, short: str) -> str:
         return f"{self.prefix}-{short}"
 
@@ -315,7 +322,7 @@ class CrashWorld:
                               runStrategy="Halted"))
         if with_vms:
             documents.append(_doc("Network", self.network, mode="isolated",
-                                  bridge=labs.bridge_name(self.prefix.split("-lab-")[0], self.prefix[-4:]),
+                                  bridge=self.bridge,
                                   ipv4={"address": str(self._subnet()[1]), "prefix": 24}))
             documents += [self._vm_document(short) for short in ("a", "b", "c")]
         for index, document in enumerate(documents):
@@ -428,9 +435,13 @@ class CrashWorld:
         conn = self.connection()
         try:
             domains = [d for d in conn.listAllDomains(0) if d.name() != self.foreign_domain]
-            for domain in domains:
+
+            def destroy(domain: libvirt.virDomain) -> None:
                 with contextlib.suppress(libvirt.libvirtError):
                     domain.destroy()
+
+            with ThreadPoolExecutor(max_workers=4) as workers:  # tearing a QEMU down takes a while: side by side
+                list(workers.map(destroy, domains))
             for domain in domains:
                 with contextlib.suppress(libvirt.libvirtError):
                     domain.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
@@ -450,7 +461,11 @@ class CrashWorld:
             conn.close()
         keep = {self.foreign_volume, self.FOREIGN_FILE}
         for path in self.pool_path.iterdir():
-            if path.name not in keep:
+            if path.name in keep:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)  # the pool's .kvmops-trash
+            else:
                 path.unlink()
         for directory in (self.tmpdir, self.nvram_dir):
             if directory.exists():
@@ -493,7 +508,7 @@ def no_volume_lost(world: CrashWorld, with_vms: bool) -> list[str]:
 
 
 def nothing_leaked(world: CrashWorld, with_vms: bool) -> list[str]:
-    """No volume, partial, seed, NVRAM or temporary file is left that nothing declares."""
+    """No volume, partial, seed, NVRAM or temporary file is left that nothing declares; no bridge of a pruned network."""
     extra = world.pool_files() - world.expected_volumes(with_vms=with_vms) - world.image_records()
     found = [f"volume {name} is left over" for name in sorted(extra) if not name.startswith(PARTIAL)]
     found += world.trash_problems()
@@ -510,6 +525,8 @@ def nothing_leaked(world: CrashWorld, with_vms: bool) -> list[str]:
             found += [f"network {n.name()} is left over" for n in conn.listAllNetworks(0)]
     finally:
         conn.close()
+    if not with_vms and Path(f"/sys/class/net/{world.bridge}").exists():
+        found.append(f"bridge {world.bridge} of the pruned network is left over")
     return found
 
 
@@ -786,6 +803,8 @@ def _event(world: CrashWorld, name: str) -> Callable[[], bool]:
         return lambda: (world.pool_path / world.image_volume).exists()
     if name == "volume-created":
         return lambda: (world.pool_path / world.volume(Disk("c", "sys", "Delete"))).exists()
+    if name == "bridge-created":
+        return lambda: Path(f"/sys/class/net/{world.bridge}").exists()
     raise ValueError(f"unknown event {name!r}: one of {', '.join(EVENTS)}")
 
 
@@ -835,10 +854,11 @@ def random_point(rng: random.Random, kind: str, victim: str, baseline: Baseline,
     return KillPoint(victim, "delay", round(rng.uniform(min(0.3, span / 2), 0.8 * span), 3))
 
 
-# Kill points aimed at the windows of known bugs (issue 8, items 4-6).
+# Kill points aimed at the windows of known bugs (issue 8, items 4-6; a network's bridge, issue 9).
 TARGETED = (
     ("apply", KillPoint("kvmops", "event", "image-downloading")),     # temp file left (item 6)
     ("apply", KillPoint("libvirtd", "event", "image-copying")),       # corrupt image accepted (item 4)
     ("apply", KillPoint("kvmops", "event", "volume-created")),        # Delete volume leaked (item 5)
     ("prune", KillPoint("kvmops", "event", "domain-undefined")),      # Delete volume orphaned (item 5)
+    ("apply", KillPoint("libvirtd", "event", "bridge-created")),      # the bridge blocks every start (issue 9)
 )

@@ -184,3 +184,47 @@ def migration(fleet: Fleet, name: str, domain_uuid: str, mode: plans.MigrationMo
                                   **fields)
     resource = plans.ResourcePlan("VirtualMachine", name, (plans.Action.MIGRATE,), steps=(migrate, *steps))
     return plans.Plan(fleet.hosts[source].uri, (resource,))
+
+
+def heartbeat(uri: str, name: str, timeout: float = 30) -> tuple[float, str]:
+    """Return (uptime, eth0's address) from the next heartbeat domain ``name`` prints on its console, read through ``uri``.
+
+    For a guest whose serial console is a pty (a kvmops VM's ``console: serial``): the
+    console is opened through libvirt (``virDomainOpenConsole``, taking it over from any
+    other reader), as ``virsh console`` does, so it works on whichever host runs the guest.
+    """
+    import threading
+
+    import libvirt
+
+    connection = libvirt.open(uri)
+    stream = connection.newStream(0)
+    received = bytearray()
+    found: list[tuple[float, str]] = []
+
+    def read() -> None:
+        with contextlib.suppress(libvirt.libvirtError):
+            while not found:
+                data = stream.recv(4096)
+                if not data:  # the console closed
+                    return
+                received.extend(data)
+                lines = received.decode(errors="replace").replace("\r", "").split("\n")
+                for line in lines[:-1]:  # whole lines only
+                    match = tinyguest.HEARTBEAT_LINE.search(line)
+                    if match:
+                        found.append((float(match.group(1)), match.group(2)))
+
+    try:
+        connection.lookupByName(name).openConsole(None, stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if not found:
+            raise AssertionError(f"no heartbeat from {name} on {uri} within {timeout:g} s; the console showed "
+                                 f"{bytes(received[-500:]).decode(errors='replace')!r}")
+        return found[0]
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            stream.abort()
+        connection.close()

@@ -3,7 +3,7 @@
 Each test starts the controller as a separate process, exactly as an operator would
 (``kvmops --log-format json run DIR --connect URI --listen 127.0.0.1:0 --resync-interval 600
 --state-dir DIR --shutdown-timeout 1``), changes the world behind its back (manifest files, ``virsh destroy``,
-a libvirtd restart, a held host lock, SIGTERM), and then looks at the world itself: domains
+a restart of the session's lab libvirtd, a held host lock, SIGTERM), and then looks at the world itself: domains
 through libvirt, ``/status``, ``/healthz`` and ``/metrics`` over HTTP, the JSON log lines on
 its stderr and the ``sd_notify`` datagrams it sends.  The resync interval is ten minutes, so
 everything a test sees within seconds was caused by a file event, a libvirt event or a
@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shlex
 import signal
 import socket
 import subprocess
@@ -48,12 +47,6 @@ pytestmark = pytest.mark.e2e
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 MIB = 1024 * 1024
-
-# How the libvirtd behind KVMOPS_E2E_URI is stopped and started again (libvirtd_restart tests).
-LIBVIRTD_PIDFILE = Path(os.environ.get("KVMOPS_E2E_LIBVIRTD_PIDFILE", "/run/libvirtd.pid"))
-LIBVIRTD_START = shlex.split(os.environ.get("KVMOPS_E2E_LIBVIRTD_START", "libvirtd -d"))
-
-
 
 # --- the controller process -------------------------------------------------------------
 
@@ -180,6 +173,20 @@ def run_controller(host):
     Every controller started is stopped afterwards (SIGTERM, then SIGKILL) and its log printed,
     so a failing test shows what the controller said.
     """
+    with controllers(host) as start:
+        yield start
+
+
+@pytest.fixture
+def run_lab_controller(lab_host):
+    """Return ``start`` as :func:`run_controller` does, for a controller of the session's lab libvirtd."""
+    with controllers(lab_host) as start:
+        yield start
+
+
+@contextlib.contextmanager
+def controllers(host):
+    """Yield ``start`` for controllers of ``host``; stop them all and print their logs at the end."""
     started: list[Controller] = []
 
     def start(*flags: str, env: dict[str, str] | None = None, token: str | None = None) -> Controller:
@@ -201,8 +208,14 @@ def run_controller(host):
         assert host.wait(lambda: controller.healthz() in (200, 503), 10)
         return controller
 
-    yield start
+    try:
+        yield start
+    finally:
+        stop_and_print(started)
 
+
+def stop_and_print(started: list[Controller]) -> None:
+    """Stop every controller (SIGTERM, then SIGKILL) and print its log."""
     for controller in started:
         if controller.process.poll() is None:
             controller.process.send_signal(signal.SIGTERM)
@@ -287,43 +300,6 @@ def qemu_pid(name: str) -> int | None:
         if any(arg.startswith(f"guest={name},".encode()) or arg == f"guest={name}".encode() for arg in argv):
             return int(entry.name)
     return None
-
-
-def libvirtd_pid() -> int | None:
-    """Return the pid of the running libvirtd the tests talk to (from its pid file), or None."""
-    try:
-        pid = int(LIBVIRTD_PIDFILE.read_text().strip())
-        return pid if Path(f"/proc/{pid}/comm").read_text().strip() == "libvirtd" else None
-    except (OSError, ValueError):
-        return None
-
-
-def stop_libvirtd() -> None:
-    """Stop libvirtd (SIGTERM to the pid in its pid file, never by name) and wait until it is gone."""
-    pid = libvirtd_pid()
-    assert pid is not None, f"no running libvirtd in {LIBVIRTD_PIDFILE}"
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    while Path(f"/proc/{pid}").exists():
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 15
-        time.sleep(0.02)
-
-
-def start_libvirtd(uri: str) -> None:
-    """Start libvirtd again (unless it runs) and wait until it answers on ``uri``."""
-    if libvirtd_pid() is None:
-        subprocess.run(LIBVIRTD_START, check=True, timeout=30)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            libvirt.open(uri).close()
-            return
-        except libvirt.libvirtError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 # --- manifests in, domains out ---------------------------------------------------------
@@ -490,11 +466,14 @@ def test_a_halted_vm_started_by_hand_is_stopped_again_gracefully_then_forcefully
 # --- libvirtd restarting under the controller -------------------------------------------
 
 
-@pytest.mark.libvirtd_restart
-def test_after_a_libvirtd_restart_the_controller_reconnects_and_repairs_what_changed_meanwhile(host, run_controller):
-    """When libvirtd restarts, the controller reports the loss (log, /healthz 503), reconnects, and repairs a manifest edit and a dead QEMU from the downtime."""
+def test_after_a_libvirtd_restart_the_controller_reconnects_and_repairs_what_changed_meanwhile(lab, lab_host, run_lab_controller):
+    """When libvirtd restarts, the controller reports the loss (log, /healthz 503), reconnects, and repairs a manifest edit and a dead QEMU from the downtime.
+
+    The libvirtd that restarts is the session's lab daemon, never the machine's.
+    """
+    host, daemon = lab_host, lab.hosts[0]
     write_vm(host, "web", runStrategy="Always")
-    controller = run_controller()
+    controller = run_lab_controller()
     web = host.name("web")
     wait_started(host, controller, web)
     assert host.wait(lambda: controller.healthz() == 200, 10)
@@ -505,14 +484,14 @@ def test_after_a_libvirtd_restart_the_controller_reconnects_and_repairs_what_cha
 
     healthz_while_down = None
     try:
-        stop_libvirtd()
+        assert daemon.kill_libvirtd(signal.SIGTERM)
         # Drift while nobody watches libvirt: a manifest edit, and the guest's QEMU dying.
         write_vm(host, "web", memory="96MiB")
         os.kill(old_qemu, signal.SIGKILL)
         controller.wait_for("libvirt_disconnected", since=mark, timeout=5)
         healthz_while_down = controller.get("/healthz")
     finally:
-        start_libvirtd(host.uri)  # whatever happened: others use this libvirtd too
+        daemon.restart_libvirtd()
 
     assert healthz_while_down[0] == 503 and "not connected to libvirtd" in healthz_while_down[1], healthz_while_down
     controller.wait_for("libvirt_reconnected", since=mark, timeout=20)

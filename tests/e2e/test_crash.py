@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import shutil
 import socket
 import subprocess
 import uuid
@@ -28,35 +27,21 @@ import pytest
 
 from tests import lab as labs
 from tests.e2e import crash
-from tests.e2e.conftest import PREFIX
+from tests.e2e.conftest import PREFIX, start_lab_or_skip
 
 pytestmark = pytest.mark.e2e
 
 SEED = int(os.environ.get("KVMOPS_CRASH_SEED", "8"))
 
 
-def _lab_or_skip(name: str) -> labs.Lab:
-    missing = [tool for tool in ("unshare", "nsenter", "libvirtd", "virtlogd") if shutil.which(tool) is None]
-    why = f"the crash suite needs root and {', '.join(missing) or 'namespaces'}"
-    if os.geteuid() != 0 or missing:
-        if os.environ.get("KVMOPS_E2E") == "required":
-            pytest.fail(why)
-        pytest.skip(why)
-    labs.sweep_abandoned(labs.LAB_ROOT, f"{PREFIX}-lab-*")
-    return labs.Lab(name).start(1)
-
-
 @pytest.fixture(scope="module")
-def world():
-    """Return a :class:`crash.CrashWorld` on a private libvirtd, removed (lab and all) afterwards."""
-    name = f"{PREFIX}-lab-{uuid.uuid4().hex[:6]}"
-    lab = _lab_or_skip(name)
-    world = crash.CrashWorld(lab.hosts[0], name)
+def world(lab):
+    """Return a :class:`crash.CrashWorld` on the session's lab libvirtd (removed with the lab)."""
+    world = crash.CrashWorld(lab.hosts[0], lab.name)
     try:
         yield world.open(seed=SEED)
     finally:
         world.close()
-        lab.stop()
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +103,7 @@ def _processes_in(namespace: str) -> list[int]:
 def test_a_stopped_lab_leaves_nothing_behind():
     """Stopping a lab whose libvirtd was killed with a guest and a network up leaves no process, mount, bridge or file."""
     name = f"{PREFIX}-lab-{uuid.uuid4().hex[:6]}"
-    lab = _lab_or_skip(name)
+    lab = start_lab_or_skip(name)
     host = lab.hosts[0]
     bridge = labs.bridge_name(PREFIX, name[-4:])
     try:

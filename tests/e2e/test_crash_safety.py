@@ -4,7 +4,9 @@ Each test enumerates the boundaries of one operation with the executor's test ho
 (``KVMOPS_TEST_CRASH_AT=N``: kvmops SIGKILLs itself right before its Nth mutating
 libvirt call; ``--parallel 1`` keeps the order fixed): for N = 1, 2, ... it runs the
 operation with the hook until a run no longer reaches call N, and after every crash
-runs kvmops again without it and checks the world, not the calls made:
+runs kvmops again without it and checks the world, not the calls made (that re-run's
+own verification, a fresh observation and plan after its steps, must find nothing left:
+``apply_converged``; a separate ``kvmops plan`` checks the end of each test):
 
 * creating a VM (pool, Delete and Retain disks, domain): the next apply converges, and
   removing the VM afterwards deletes every Delete volume and keeps the Retain one: a
@@ -27,7 +29,7 @@ import libvirt
 import pytest
 
 from tests import factories
-from tests.e2e.commands import apply_ok, kvmops, output, plan_is_empty
+from tests.e2e.commands import apply_converged, apply_ok, kvmops, output, plan_is_empty
 
 MIB = 1024 * 1024
 MAX_STEPS = 40  # far more mutating calls than any operation here makes
@@ -116,8 +118,7 @@ def test_a_crash_at_any_step_of_creating_a_vm_leaks_no_volume(host, strategy):
         if not crashed_at(host, step, "apply", host.manifests):
             break
         crashes += 1
-        apply_ok(host)
-        plan_is_empty(host)
+        apply_converged(host)
         assert host.is_running(name) == (strategy == "Manual"), f"crash before mutating call {step}"
         assert pool_files(host) == {f"{name}-root.qcow2", f"{name}-scratch.qcow2"}, step
         prune_everything(host)
@@ -126,6 +127,7 @@ def test_a_crash_at_any_step_of_creating_a_vm_leaks_no_volume(host, strategy):
         assert trashed(host, f"{name}-scratch.qcow2") == crashes, f"crash before mutating call {step}: not in the trash"
         forget_retained(host, f"{name}-root.qcow2")
     assert crashes >= 3, "each volume and the domain are a boundary"
+    plan_is_empty(host)  # after the run that was not killed
 
 
 def test_a_crash_at_any_step_of_adding_and_removing_a_disk_leaks_no_volume(host):
@@ -138,12 +140,10 @@ def test_a_crash_at_any_step_of_adding_and_removing_a_disk_leaks_no_volume(host)
         write_vm(host, extra=True)
         if not crashed_at(host, step, "apply", host.manifests):
             break
-        apply_ok(host)
-        plan_is_empty(host)
+        apply_converged(host)
         assert f"{name}-extra.qcow2" in pool_files(host), step
         write_vm(host)
-        apply_ok(host)
-        plan_is_empty(host)
+        apply_converged(host)
         assert f"{name}-extra.qcow2" not in pool_files(host), f"crash before mutating call {step}: the added volume leaked"
     apply_ok(host)  # the disk is gone from the manifests again
     for step in range(1, MAX_STEPS):
@@ -152,10 +152,10 @@ def test_a_crash_at_any_step_of_adding_and_removing_a_disk_leaks_no_volume(host)
         write_vm(host)
         if not crashed_at(host, step, "apply", host.manifests):
             break
-        apply_ok(host)
-        plan_is_empty(host)
+        apply_converged(host)
         assert f"{name}-extra.qcow2" not in pool_files(host), f"crash before mutating call {step}: the removed volume leaked"
         assert {f"{name}-root.qcow2", f"{name}-scratch.qcow2"} <= pool_files(host), step
+    plan_is_empty(host)
 
 
 def test_a_crash_at_any_step_of_pruning_a_vm_leaks_no_volume(host):
@@ -232,12 +232,12 @@ def test_a_crash_at_any_step_of_an_image_import_leaves_no_partial_volume_and_no_
             break
         crashes += 1
         assert list(downloads.iterdir()) == [], f"crash before mutating call {step}: the download was left behind"
-        apply_ok(host)
-        plan_is_empty(host)
+        apply_converged(host)
         assert not [n for n in pool_files(host) if n.startswith(".kvmops-partial-")], step
         assert final in pool_files(host), step
         assert volume_sha256(host, final) == expected, step
     assert crashes >= 5
+    plan_is_empty(host)
 
 
 def test_a_half_written_image_volume_is_replaced_not_accepted(host):

@@ -234,9 +234,7 @@ def test_evacuating_a_dead_host_defines_its_vm_elsewhere_on_the_shared_disk_and_
     name = f"{world.prefix}-nfs"
     (world.manifests / "shared.yaml").write_text(yaml.safe_dump_all([
         {"apiVersion": "kvmops/v1", "kind": "StoragePool", "metadata": {"name": f"{world.prefix}-shared"},
-         # on every host from the start: a host that defines the pool in the evacuation's own apply cannot see the
-         # volume in the plan, and the executor refuses to claim it (plan again and it is used as it is)
-         "spec": {"path": str(shared), "shared": True, "hosts": {"lab": world.prefix}}},
+         "spec": {"path": str(shared), "shared": True}},  # only on the hosts whose VMs use it
         {"apiVersion": "kvmops/v1", "kind": "VirtualMachine", "metadata": {"name": name},
          "spec": {"memory": "64MiB", "virtType": "qemu", "runStrategy": "Halted",
                   "disks": [{"name": "root", "pool": f"{world.prefix}-shared", "size": "8MiB"}],
@@ -256,10 +254,23 @@ def test_evacuating_a_dead_host_defines_its_vm_elsewhere_on_the_shared_disk_and_
         (world.manifests / "vms.yaml").write_text("", encoding="utf-8")  # leave only the VM on shared storage
         for leftover in ("db.yaml",):
             (world.manifests / leftover).unlink(missing_ok=True)
+        # the VM goes to the first other host by name, which has never had the shared pool; the last one runs it
+        # for a VM of its own, and shows the evacuated VM's disk in it
+        destination, last = sorted(host for host in world.names if host != home)
+        (world.manifests / "peer.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "kvmops/v1", "kind": "VirtualMachine", "metadata": {"name": f"{name}-peer"},
+            "spec": {"memory": "64MiB", "virtType": "qemu", "runStrategy": "Halted",
+                     "disks": [{"name": "root", "pool": f"{world.prefix}-shared", "size": "8MiB"}],
+                     "placement": {"host": last}}}, sort_keys=False), encoding="utf-8")
+        world.kvmops("apply", str(world.manifests), "--no-prune")  # exit 1: the dead host does not answer
+        assert f"{name}-peer" in world.domains()[last]
         evacuated = world.kvmops("evacuate", home, str(world.manifests), "--host-is-dead", "--apply", "--no-prune")
         assert "evacuated from" in evacuated.stdout, evacuated.stdout[-3000:] + evacuated.stderr[-2000:]
+        assert (f"volume {name}-root.qcow2 exists on shared pool {world.prefix}-shared (seen from host {last})"
+                in evacuated.stdout), evacuated.stdout[-5000:]
+        assert "will not claim" not in evacuated.stdout, evacuated.stdout[-5000:]  # one apply: the disk is attached
         now = world.domains()
-        assert sum(name in vms for vms in now.values()) == 1 and name not in now.get(home, set()), evacuated.stdout[-5000:]
+        assert name in now[destination] and sum(name in vms for vms in now.values()) == 1, evacuated.stdout[-5000:]
     finally:
         lab_host.restart_libvirtd()
     back = world.kvmops("plan", str(world.manifests), "--no-prune")

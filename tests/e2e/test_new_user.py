@@ -4,7 +4,8 @@
   a volume of that pool);
 * a VM on a ``mode: bridge`` Network (libvirt shows its NIC as ``type='bridge'`` while
   it runs);
-* VMs removed together with the network they use.
+* VMs removed together with the network they use;
+* a VM without a boot order (`boot: []`).
 """
 
 from __future__ import annotations
@@ -75,3 +76,33 @@ def test_vms_and_the_network_they_use_are_removed_by_one_apply(host):
     assert host.domain(host.name("a")) is None and host.domain(host.name("b")) is None
     assert network not in [n.name() for n in host.connection.listAllNetworks(0)]
     plan_is_empty(host)
+
+
+def test_a_vm_without_a_boot_order_converges_in_one_apply(host):
+    """`boot: []` writes no <os><boot>, and libvirt keeps its default (<boot dev='hd'/>): apply exits 0, then the plan is empty."""
+    factories.write(host.manifests, "vms/web.yaml", vm(host, "web", runStrategy="Halted", boot=[]))
+
+    apply_ok(host)
+    assert "<boot dev='hd'/>" in host.domain(host.name("web")).XMLDesc(0)
+    plan_is_empty(host)
+
+
+def test_a_disk_cdrom_or_kernel_path_missing_on_the_host_is_a_located_problem_of_the_plan(host):
+    """A `path:` that does not exist on the host, or is a directory, is a FILE:LINE problem of the plan (exit 1):
+    it says so before an apply would fail in libvirt, and the apply defines nothing."""
+    missing, directory = host.workdir / "missing.qcow2", host.workdir / "isos"
+    directory.mkdir()
+    factories.write(host.manifests, "vms/web.yaml", vm(
+        host, "web", runStrategy="Halted", disks=[{"name": "root", "path": str(missing)}],
+        cdrom={"path": str(directory)}, install={"kernel": {"path": str(host.workdir / "vmlinuz")}, "cmdline": ""}))
+
+    planned = kvmops(host, "plan", host.manifests)
+    applied = kvmops(host, "apply", host.manifests)
+
+    assert planned.returncode == 1, output(planned)
+    said = planned.stdout + planned.stderr
+    assert f"vms/web.yaml:" in said, output(planned)
+    assert f"spec.disks[0].path: {missing} does not exist on the host; create it or fix the path" in said, output(planned)
+    assert f"spec.cdrom.path: {directory} is a directory on the host, not a file or block device; fix the path" in said
+    assert f"spec.install.kernel.path: {host.workdir / 'vmlinuz'} does not exist on the host" in said, output(planned)
+    assert applied.returncode == 1 and host.domain(host.name("web")) is None, output(applied)

@@ -295,3 +295,25 @@ def test_a_mark_from_an_older_kvmops_is_bound_by_the_next_apply_and_never_pruned
                                                    libvirt.VIR_DOMAIN_AFFECT_CONFIG)
     assert f'uuid="{host.domain(host.name("web")).UUIDString()}"' in owner
     plan_is_empty(host)
+
+
+# --- a bridge on the host that kvmops did not make ----------------------------------
+
+
+def test_a_network_whose_bridge_name_is_taken_by_a_host_bridge_fails_clearly_and_leaves_that_bridge(host):
+    """A host bridge that kvmops' network did not leave behind (another MAC address) is never deleted: the
+    start fails with one line naming the bridge and what to do, and the bridge is still there."""
+    bridge = "kvo" + host.prefix[-6:]
+    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True, capture_output=True)
+    try:
+        factories.write(host.manifests, "networks/net.yaml", {
+            "apiVersion": "kvmops/v1", "kind": "Network", "metadata": {"name": host.name("net")},
+            "spec": {"mode": "isolated", "bridge": bridge}})
+        result = kvmops(host, "apply", host.manifests, "--allow-empty")
+
+        assert result.returncode == 1, output(result)
+        assert f"its bridge {bridge} already exists on the host, with MAC address" in result.stdout + result.stderr, output(result)
+        assert f"ip link delete {bridge}" in result.stdout + result.stderr, output(result)
+        assert os.path.isdir(f"/sys/class/net/{bridge}/bridge")
+    finally:
+        subprocess.run(["ip", "link", "delete", bridge], capture_output=True)

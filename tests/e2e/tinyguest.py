@@ -9,6 +9,8 @@ What the guest does, and what a test can rely on (see :func:`domain_xml` and
 
     serial console (ttyS0)  ->  "TINYGUEST READY ip=10.213.7.23"  once eth0 has a DHCP lease
                                 "TINYGUEST READY ip=none"         when the guest has no eth0
+    with HEARTBEAT on the       ->  "TINYGUEST UPTIME 12.34 ip=10.213.7.23/24" every second
+    kernel command line             (eth0's address now: ip=none without one)
     ACPI power button       ->  "TINYGUEST POWEROFF", then ``poweroff -f``: the domain stops
                                 by itself within a second or two, libvirt reason SHUTDOWN
 
@@ -135,6 +137,7 @@ CMDLINE = "console=ttyS0 quiet cryptomgr.notests mitigations=off no_timer_check 
 
 READY = re.compile(r"TINYGUEST READY ip=(\S+)")
 UPTIME = re.compile(r"TINYGUEST UPTIME ([0-9.]+)")  # with HEARTBEAT on the command line, every second
+HEARTBEAT_LINE = re.compile(r"TINYGUEST UPTIME ([0-9.]+) ip=(\S+)")  # the uptime and eth0's address (a.b.c.d/prefix)
 HEARTBEAT = "tinyguest.heartbeat"
 POWEROFF_MARKER = "TINYGUEST POWEROFF"
 
@@ -668,10 +671,16 @@ else
     echo "TINYGUEST READY ip=none"
 fi
 # tinyguest.heartbeat on the command line: print the uptime every second, so that a test
-# can tell a guest that kept running (a live migration) from one that booted again.
+# can tell a guest that kept running (a live migration) from one that booted again, and
+# eth0's address as the guest has it now (ip=none without one).
 case " $(cat /proc/cmdline) " in
 *" tinyguest.heartbeat "*)
-    while true; do read up idle </proc/uptime; echo "TINYGUEST UPTIME $up"; sleep 1; done ;;
+    while true; do
+        read up idle </proc/uptime
+        set -- $(ip -4 -o addr show dev eth0 2>/dev/null)
+        echo "TINYGUEST UPTIME $up ip=${4:-none}"
+        sleep 1
+    done ;;
 esac
 while true; do sleep 3600; done
 """

@@ -76,3 +76,11 @@ def test_vms_and_the_network_they_use_are_removed_in_one_apply(hypervisor, manif
     assert [o.kind for o in result.report.outcomes][-1] == "Network"
     assert not hypervisor.domain_exists("web") and not hypervisor.domain_exists("db")
     assert "lab" not in {n.name for n in hypervisor.list_networks()}
+
+
+def test_a_vm_without_a_boot_order_converges(hypervisor, manifest_dir):
+    """`boot: []` writes no <os><boot>; libvirt then keeps its default, <boot dev='hd'/>: apply then plan is empty."""
+    factories.write(manifest_dir, "web.yaml", factories.vm("web", boot=[]))
+    result = reconcile.apply(str(manifest_dir), hypervisor, settings=planner.Settings())
+    assert result.converged, [(r.key, r.changes) for r in result.after.changes]
+    assert not reconcile.make_plan(str(manifest_dir), hypervisor, settings=planner.Settings()).plan.has_changes

@@ -15,6 +15,7 @@ import contextlib
 import json
 from pathlib import Path
 
+import libvirt
 import pytest
 
 from reconciler import cli
@@ -90,7 +91,16 @@ def pin_hosts(monkeypatch: pytest.MonkeyPatch, hypervisors) -> None:
             return getattr(self.enter_result, name)
 
         def close(self) -> None:
-            """Pinned connections stay open: the test owns them."""
+            """Pinned connections stay open (the test owns them); what was watched through this one is no longer."""
+            hypervisor = self.enter_result
+            watched, hypervisor._event_callbacks = hypervisor._event_callbacks, []
+            for callback_id in watched:
+                with contextlib.suppress(libvirt.libvirtError):
+                    hypervisor._connection.domainEventDeregisterAny(callback_id)
+            if hypervisor._close_callback:
+                with contextlib.suppress(libvirt.libvirtError):
+                    hypervisor._connection.unregisterCloseCallback()
+                hypervisor._close_callback = False
 
     def open_pinned(cls, uri: str, **options):
         if uri in pinned:
@@ -160,6 +170,22 @@ def test_an_unreachable_host_is_an_error_in_its_own_section_and_the_others_conve
     everywhere = sorted(vm for vms in fleet.domains().values() for vm in vms)
     assert everywhere == ["web-1", "web-2", "web-3", "web-4"]  # db is Unknown: never created elsewhere
     assert "Unknown: db" in out
+
+
+@pytest.mark.parametrize("breakage", ["a typo in its URI", "its URI given to another Host too"])
+def test_a_vm_on_a_host_whose_manifest_broke_is_never_created_on_another(fleet, capsys, breakage):
+    """Without its manifest kvmops cannot see that Host: a VM found on no other Host may run there, so it is not placed."""
+    run(capsys, "apply", str(fleet.manifests))
+    before = fleet.domains()
+    documents = [host_doc(name, uri, rack="a" if name != "h3" else "b", room="lab") for name, uri in fleet.uris.items()]
+    documents[2]["spec"]["uri"] = "qemu:///no such uri" if breakage == "a typo in its URI" else fleet.uris["h2"]
+    factories.write(fleet.manifests, "hosts.yaml", *documents)
+
+    status, out, _err = run(capsys, "apply", str(fleet.manifests))
+
+    assert status == 1
+    assert fleet.domains() == before  # h3's VMs were not defined anew on h1 or h2 (nor h2's removed)
+    assert "a Host manifest did not load" in out
 
 
 def test_status_lists_the_vms_per_host_and_names_an_unreachable_one(fleet, capsys):
@@ -276,6 +302,18 @@ def test_doctor_checks_every_host_and_fails_for_the_unreachable_one(fleet, capsy
     assert out.splitlines()[-1].startswith("4 host(s), ")
 
 
+def test_doctor_shows_no_password_of_a_host_uri(fleet, capsys):
+    """Every check's detail is redacted: a libvirt that answers quotes its URI, secrets and all."""
+    documents = [host_doc(name, uri, room="lab") for name, uri in fleet.uris.items()]
+    documents[0]["spec"]["uri"] = "test:///default?password=s3cretpw"
+    factories.write(fleet.manifests, "hosts.yaml", *documents)
+
+    _status, out, err = run(capsys, "doctor", str(fleet.manifests), "--host", "h1")
+
+    assert "libvirtd: test:///default?password=*** answers" in out
+    assert "s3cretpw" not in out + err
+
+
 def test_wait_finds_the_vm_on_its_host(fleet, capsys):
     run(capsys, "apply", str(fleet.manifests))
     where = next(name for name, vms in fleet.domains().items() if "web-1" in vms)
@@ -285,3 +323,24 @@ def test_wait_finds_the_vm_on_its_host(fleet, capsys):
 
     assert status == 0
     assert out.strip() == f"{where}: web-1 is running"
+
+
+@pytest.mark.parametrize("broken", ["qemu+ssh://bad host/system", 42])
+def test_a_fleet_whose_every_host_is_broken_changes_no_host_at_all(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, broken: object):
+    local = hv.Hypervisor.open(node_uri(tmp_path))
+    try:
+        pin_hosts(monkeypatch, [local])
+        manifests = tmp_path / "manifests"
+        factories.write(manifests, "hosts.yaml", host_doc("h1", broken))  # type: ignore[arg-type]
+        factories.write(manifests, "vms.yaml", web("web-1"))
+
+        status = cli.main(["apply", str(manifests), "--connect", local.uri])
+
+        assert status == cli.EXIT_ERROR
+        assert "web-1" not in {record.name for record in local.list_domains()}
+        assert "declare Hosts" in capsys.readouterr().err
+        assert cli.main(["plan", str(manifests)]) == cli.EXIT_ERROR  # no host to plan on: the broken Host is the answer
+        assert "hosts.yaml:" in capsys.readouterr().out
+    finally:
+        local.close()

@@ -5,23 +5,30 @@ The Hosts and the routing of connections are those of :mod:`tests.integration.te
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import urllib.request
 from pathlib import Path
 
 import pytest
+import structlog
+import yaml
 
 from reconciler.core import planner
-from reconciler.runtime.controller import ControllerSettings
+from reconciler.runtime import gitsource
+from reconciler.runtime.controller import Controller, ControllerSettings
 from reconciler.runtime.controller.fleet_loop import FleetController
+from reconciler.runtime.controller.mode_switch import SwitchingController
 from tests import factories
 from tests.integration.test_controller_inprocess import wait_until
 from tests.integration.test_fleet_cli import Fleet, fleet, web  # noqa: F401 (the fixture)
+from tests.integration.test_git_source import upstream  # noqa: F401 (the fixture)
 
 
-def controller(world: Fleet, tmp_path: Path, **options) -> FleetController:
-    settings = ControllerSettings(path=str(world.manifests), uri="", planner=planner.Settings(), resync_interval=5,
+def controller(world: Fleet, tmp_path: Path, resync_interval: float = 5, **options) -> FleetController:
+    settings = ControllerSettings(path=str(world.manifests), uri="", planner=planner.Settings(),
+                                  resync_interval=resync_interval,
                                   quiet_period=0.05, listen="127.0.0.1:0", state_dir=tmp_path / "state",
                                   reconnect_max_delay=0.5)
     return FleetController(settings, **options)
@@ -32,7 +39,7 @@ def running(fleet, tmp_path):  # noqa: F811 (the fixture)
     started: list[tuple[FleetController, threading.Thread]] = []
 
     def start(**options) -> FleetController:
-        runner = controller(fleet, tmp_path, **options)
+        runner = controller(fleet, tmp_path, **options)  # resync_interval=..., host=...
         thread = threading.Thread(target=runner.run, daemon=True)
         thread.start()
         started.append((runner, thread))
@@ -87,6 +94,29 @@ def test_a_vm_destroyed_by_hand_is_started_again(fleet, running):  # noqa: F811
     assert wait_until(lambda: next(r for r in hypervisor.list_domains() if r.name == "web-1").power.active, 20)
 
 
+def test_a_pass_woken_by_one_vms_event_looks_at_that_vm_and_lists_no_host(fleet, running, monkeypatch):  # noqa: F811
+    runner = running(resync_interval=600)
+    assert wait_until(lambda: placed(fleet) == ["web-1", "web-2", "web-3", "web-4"], 20)
+    located = where(fleet)
+    assert wait_until(lambda: all(running_on(fleet, h, vm) for vm, h in located.items()), 20)
+    assert wait_until(lambda: status(runner)["converged"], 20)
+    listings = []
+    for name, hypervisor in fleet.hypervisors.items():
+        original = hypervisor.list_domains
+        monkeypatch.setattr(hypervisor, "list_domains", lambda original=original, name=name: (
+            listings.append(name), original())[1])
+
+    fleet.hypervisors[located["web-2"]].destroy_domain("web-2")  # by hand: listed by the test, before the patch
+    assert wait_until(lambda: status(runner)["last_pass"].get("observed") == "vms", 20)
+    assert wait_until(lambda: any(r.name == "web-2" and r.power.active
+                                  for r in fleet.hypervisors[located["web-2"]].__class__.list_domains(
+                                      fleet.hypervisors[located["web-2"]])), 20)
+    assert wait_until(lambda: status(runner)["converged"], 20)
+
+    assert listings == []
+    assert status(runner)["last_pass"]["observed"] == "vms"
+
+
 def test_a_host_that_comes_up_later_is_connected_on_its_own_and_converged(fleet, running, tmp_path):  # noqa: F811
     fleet.write_hosts(dead=True)
     factories.write(fleet.manifests, "pinned.yaml", web("db", host="h4"))
@@ -94,7 +124,7 @@ def test_a_host_that_comes_up_later_is_connected_on_its_own_and_converged(fleet,
     assert wait_until(lambda: placed(fleet) == ["web-1", "web-2", "web-3", "web-4"], 20)
     assert wait_until(lambda: "h4" in status(runner)["hosts"], 10)
     assert status(runner)["hosts"]["h4"]["connected"] is False
-    assert status(runner)["hosts"]["h4"]["vms"] == [{"name": "db", "state": "Unknown", "pending": []}]
+    assert status(runner)["hosts"]["h4"]["vms"] == [{"name": "db", "state": "Unknown", "pending": [], "last_error": None}]
 
     dead = Path(fleet.dead_uri[len("test://"):])
     dead.parent.mkdir()
@@ -102,5 +132,212 @@ def test_a_host_that_comes_up_later_is_connected_on_its_own_and_converged(fleet,
 
     assert wait_until(lambda: status(runner)["hosts"]["h4"]["connected"], 20)
     assert wait_until(lambda: status(runner)["hosts"]["h4"]["vms"] == [
-        {"name": "db", "state": "running", "pending": []}], 20), status(runner)["hosts"]["h4"]
+        {"name": "db", "state": "running", "pending": [], "last_error": None}], 20), status(runner)["hosts"]["h4"]
     assert status(runner)["converged"] is True
+
+
+def running_on(world: Fleet, host: str, vm: str) -> bool:
+    return any(r.name == vm and r.power.active for r in world.hypervisors[host].list_domains())
+
+
+def where(world: Fleet) -> dict[str, str]:
+    return {vm: host for host, vms in world.domains().items() for vm in vms}
+
+
+class SlowStart:
+    """Make ``start_domain`` of one VM on one host hang until :meth:`release` (a guest slow to boot)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, hypervisor, vm: str) -> None:
+        self.entered, self.released, self.vm = threading.Event(), threading.Event(), vm
+        original = hypervisor.start_domain
+
+        def start(name: str):
+            if name == vm:
+                self.entered.set()
+                self.released.wait(60)
+            return original(name)
+
+        monkeypatch.setattr(hypervisor, "start_domain", start)
+
+    def release(self) -> None:
+        self.released.set()
+
+
+def test_a_slow_vm_holds_up_neither_the_next_pass_nor_the_other_vms_of_its_host_nor_other_hosts(
+        fleet, running, monkeypatch):  # noqa: F811
+    runner = running()
+    assert wait_until(lambda: placed(fleet) == ["web-1", "web-2", "web-3", "web-4"], 20)
+    located = where(fleet)
+    assert wait_until(lambda: all(running_on(fleet, h, vm) for vm, h in located.items()), 20)
+    slow_host = next(h for h in fleet.hypervisors if sum(1 for v in located.values() if v == h) == 2)
+    slow_vm, neighbour = sorted(vm for vm, h in located.items() if h == slow_host)
+    elsewhere = next(vm for vm, h in located.items() if h != slow_host)
+    slow = SlowStart(monkeypatch, fleet.hypervisors[slow_host], slow_vm)
+    fleet.hypervisors[slow_host].destroy_domain(slow_vm)
+    assert wait_until(slow.entered.is_set, 20)
+    passes = status(runner)["passes"]
+
+    fleet.hypervisors[slow_host].destroy_domain(neighbour)
+    fleet.hypervisors[located[elsewhere]].destroy_domain(elsewhere)
+
+    assert wait_until(lambda: running_on(fleet, slow_host, neighbour) and running_on(fleet, located[elsewhere], elsewhere), 20)
+    assert not running_on(fleet, slow_host, slow_vm)  # still booting, slowly
+    assert status(runner)["passes"] > passes
+    assert wait_until(lambda: status(runner)["hosts"][slow_host]["in_flight"] == [f"VirtualMachine/{slow_vm}"], 10)
+    assert not running_on(fleet, slow_host, slow_vm)
+    slow.release()
+    assert wait_until(lambda: running_on(fleet, slow_host, slow_vm), 20)
+
+
+def test_an_unreachable_host_shows_its_vms_unknown_and_nothing_of_it_is_pruned_while_the_others_converge(
+        fleet, running):  # noqa: F811
+    runner = running()
+    assert wait_until(lambda: placed(fleet) == ["web-1", "web-2", "web-3", "web-4"], 20)
+    located = where(fleet)
+    assert wait_until(lambda: all(running_on(fleet, h, vm) for vm, h in located.items()), 20)
+    lost = located["web-1"]
+    kept = next(vm for vm, h in located.items() if h != lost)
+    factories.write(fleet.manifests, "old.yaml", web("old", host=lost))
+    assert wait_until(lambda: running_on(fleet, lost, "old"), 20)
+    reachable_uri = fleet.uris[lost]
+    fleet.uris[lost] = fleet.dead_uri  # the controller can no longer reach it
+    fleet.write_hosts()
+    (fleet.manifests / "old.yaml").unlink()  # to be pruned, but its host is away
+    factories.write(fleet.manifests, "pinned.yaml", web("db", host=located[kept]))
+
+    assert wait_until(lambda: status(runner)["hosts"][lost]["connected"] is False, 20)
+    assert wait_until(lambda: running_on(fleet, located[kept], "db"), 20)
+    fleet.hypervisors[located[kept]].destroy_domain(kept)
+    assert wait_until(lambda: running_on(fleet, located[kept], kept), 20)  # the others converge
+    section = status(runner)["hosts"][lost]
+    assert section["prune_suspended"].startswith("host unreachable")
+    assert section["vms"] == [{"name": "web-1", "state": "Unknown", "pending": [], "last_error": None}]
+    assert running_on(fleet, lost, "old")  # nothing was pruned there
+    assert status(runner)["converged"] is False
+
+    fleet.uris[lost] = reachable_uri  # it is back
+    fleet.write_hosts()
+    assert wait_until(lambda: "old" not in fleet.domains()[lost], 20)
+    assert wait_until(lambda: status(runner)["converged"] is True, 20), status(runner)
+    assert running_on(fleet, lost, "web-1")
+
+
+def test_sigterm_lets_the_steps_in_progress_finish_and_exits_0(fleet, monkeypatch):  # noqa: F811
+    runner = controller(fleet, fleet.manifests.parent)
+    slow = SlowStart(monkeypatch, fleet.hypervisors["h1"], "db")
+    factories.write(fleet.manifests, "pinned.yaml", web("db", host="h1"))
+    exit_status: list[int] = []
+    thread = threading.Thread(target=lambda: exit_status.append(runner.run()), daemon=True)
+    thread.start()
+    assert wait_until(slow.entered.is_set, 20)
+
+    runner.request_stop()
+    thread.join(timeout=0.5)
+    assert thread.is_alive()  # the start in progress is waited for
+    slow.release()
+    thread.join(timeout=10)
+
+    assert exit_status == [0]
+    assert running_on(fleet, "h1", "db")
+
+
+def test_sighup_rereads_the_configuration_and_plans_the_whole_fleet(fleet, tmp_path):  # noqa: F811
+    first = controller(fleet, tmp_path)
+    reread = dataclasses.replace(first.settings, resync_interval=7, listen="127.0.0.1:1")
+    runner = FleetController(first.settings, reload=lambda: reread)
+    thread = threading.Thread(target=runner.run, daemon=True)
+    with structlog.testing.capture_logs() as events:
+        thread.start()
+        assert wait_until(lambda: runner.passes >= 1, 20)
+        runner.request_reload()
+        assert wait_until(lambda: any(e["event"] == "reconcile_finished" and "reload" in e["trigger"] for e in events), 20)
+        runner.request_stop()
+        thread.join(timeout=10)
+
+    names = [e["event"] for e in events]
+    assert "configuration_reloaded" in names
+    assert next(e for e in events if e["event"] == "reload_needs_restart")["settings"] == ["listen"]
+    assert runner.settings.resync_interval == 7 and runner.settings.listen == first.settings.listen
+
+
+def plain(name: str) -> dict:
+    return factories.vm(name, disks=[factories.disk("root", "default", "16MiB", deletionPolicy="Delete")],
+                        networks=[{"network": "default"}])
+
+
+@pytest.fixture
+def switching(fleet, tmp_path):  # noqa: F811
+    started: list[tuple[SwitchingController, threading.Thread]] = []
+
+    def start(**changes) -> SwitchingController:
+        settings = dataclasses.replace(controller(fleet, tmp_path).settings, uri=fleet.uris["h1"], **changes)
+        runner = SwitchingController(settings)
+        thread = threading.Thread(target=runner.run, daemon=True)
+        thread.start()
+        started.append((runner, thread))
+        return runner
+
+    yield start
+    for runner, thread in started:
+        runner.request_stop()
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+
+
+def test_a_repository_that_gains_hosts_is_followed_as_a_fleet_and_one_that_loses_them_as_one_host(fleet, switching):  # noqa: F811
+    (fleet.manifests / "hosts.yaml").unlink()
+    factories.write(fleet.manifests, "vms.yaml", plain("solo"))
+    with structlog.testing.capture_logs() as events:
+        runner = switching()
+        assert wait_until(lambda: running_on(fleet, "h1", "solo"), 20)  # one host: the --connect default
+        assert isinstance(runner.current, Controller)
+
+        fleet.write_hosts()
+        factories.write(fleet.manifests, "pinned.yaml", web("db", host="h2"))
+        assert wait_until(lambda: running_on(fleet, "h2", "db"), 20)
+        assert isinstance(runner.current, FleetController)
+        assert 'host="h1"' in next(r for r in fleet.hypervisors["h1"].list_domains() if r.name == "solo").inactive_xml
+        assert wait_until(lambda: runner.listen_address is not None and status(runner.current)["converged"], 20)
+
+        (fleet.manifests / "hosts.yaml").unlink()
+        (fleet.manifests / "pinned.yaml").unlink()
+        assert wait_until(lambda: isinstance(runner.current, Controller) and runner.current.listen_address, 20)
+        assert wait_until(lambda: 'host="h1"' not in next(
+            r for r in fleet.hypervisors["h1"].list_domains() if r.name == "solo").inactive_xml, 20)
+
+    switched = [e for e in events if e["event"] == "controller_mode_switched"]
+    assert [(e["previous"], e["mode"]) for e in switched] == [("single", "fleet"), ("fleet", "single")]
+    assert running_on(fleet, "h1", "solo") and running_on(fleet, "h2", "db")  # a switch removes nothing
+
+
+def test_a_controller_told_to_drive_one_uri_refuses_a_repository_that_gains_hosts(fleet, switching):  # noqa: F811
+    (fleet.manifests / "hosts.yaml").unlink()
+    factories.write(fleet.manifests, "vms.yaml", plain("solo"))
+    runner = switching(uri_given=True)
+    assert wait_until(lambda: running_on(fleet, "h1", "solo"), 20)
+
+    fleet.write_hosts()
+    factories.write(fleet.manifests, "pinned.yaml", web("db", host="h2"))
+    assert wait_until(lambda: "--connect" in (runner.current.status_document()["last_pass"].get("error") or ""), 20)
+
+    assert isinstance(runner.current, Controller)
+    assert fleet.domains()["h2"] == set()
+    assert runner.current.health()[0] is False
+
+
+def test_a_fleet_is_followed_from_git(fleet, switching, upstream):  # noqa: F811
+    upstream.write("hosts.yaml", (fleet.manifests / "hosts.yaml").read_text())
+    upstream.write("vms.yaml", (fleet.manifests / "vms.yaml").read_text())
+    first = upstream.push("a fleet")
+    runner = switching(path="", git=gitsource.GitSettings(url=upstream.url, path="manifests", interval=0.2))
+
+    assert wait_until(lambda: placed(fleet) == ["web-1", "web-2", "web-3", "web-4"], 30)
+    assert isinstance(runner.current, FleetController)
+    assert wait_until(lambda: status(runner.current)["git"]["applied"] == first, 10)
+    for hypervisor in fleet.hypervisors.values():
+        for record in hypervisor.list_domains():
+            assert first in record.inactive_xml  # the commit is recorded in the mark
+
+    upstream.write("pinned.yaml", yaml.safe_dump(web("db", host="h1"), sort_keys=False))
+    upstream.push("one more")
+    assert wait_until(lambda: running_on(fleet, "h1", "db"), 20)

@@ -13,9 +13,10 @@ import json
 import threading
 from pathlib import Path
 
+import pytest
 import yaml
 
-from reconciler import cli
+from reconciler import cli, errors
 from reconciler.adapters import systemd
 from reconciler.runtime import configuration
 from reconciler.runtime.controller import Controller
@@ -233,3 +234,10 @@ def test_the_controller_obeys_the_policy_and_a_reload_changes_it(manifests, vm_n
     finally:
         running.stop()
     assert running.exit_status == [0]
+
+
+def test_a_configuration_with_a_trash_retention_beyond_a_century_is_refused_with_its_line(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("policy:\n  trashRetention: 1000000w\n")
+    with pytest.raises(errors.ManifestError, match=r"config.yaml:2: policy.trashRetention: .*at most 100 years"):
+        configuration.read(str(path))

@@ -202,6 +202,68 @@ def test_evacuating_a_dead_host_recreates_its_vms_elsewhere_and_refuses_live_hos
         "host b answers: evacuate is for dead hosts only; use `kvmops drain b` to move its VMs off"]
 
 
+def nfs_volume(name: str) -> model.ObservedVolume:
+    return model.ObservedVolume("nfs", name, 1 << 30, 1 << 20, f"/srv/nfs/{name}")
+
+
+def test_an_evacuated_vm_attaches_its_disk_on_a_shared_pool_not_yet_running_on_its_new_host():
+    # c is dead; b runs the shared pool; a has never had it: web lands on a, which sees the pool through b
+    three = HOSTS + """\
+---
+apiVersion: kvmops/v1
+kind: Host
+metadata: {name: c, labels: {zone: z}}
+spec: {uri: "qemu+ssh://c/system", capacity: {vcpus: 8, memory: 16GiB}}
+"""
+    files = {"hosts.yaml": three, "pools.yaml": POOLS, "vms/web.yaml": vm_yaml("web", pool="nfs"),
+             "vms/peer.yaml": vm_yaml("peer", where="{host: b}", pool="nfs")}
+    state = desired.build(builders.manifest_set(files))
+    nfs = builders.observed_pool("nfs", "/srv/nfs")
+    observed = {
+        "a": builders.actual(pools=()),
+        "b": builders.actual(running_on("b", state.vms["peer"]), pools=(nfs,),
+                             volumes=(nfs_volume("peer-root.qcow2"), nfs_volume("web-root.qcow2"))),
+        "c": fleet.HostUnreachable("c", "down"),
+    }
+    result = fleet.plan_fleet(state, observed, evacuate={"c"})
+
+    a = result.host("a").plan
+    assert [type(s).__name__ for s in steps(a, "nfs")] == ["DefinePool", "BuildPool", "StartPool", "SetPoolAutostart"]
+    web = steps(a, "web")
+    assert not any(isinstance(s, plans.CreateVolume) for s in web)  # the disk the VM ran on, not a new one
+    assert [s.creates for s in web if isinstance(s, plans.DefineDomain)] == [()]
+    (resource,) = [r for r in a.resources if r.name == "web"]
+    assert "volume web-root.qcow2 exists on shared pool nfs (seen from host b): used as it is once nfs runs here" in resource.notes
+    assert "evacuated from c" in resource.notes[-1]
+
+
+def test_a_shared_pool_seen_nowhere_else_or_defined_differently_lends_no_volumes():
+    state = manifests(vm_yaml("web", where="{host: a}", pool="nfs"))
+    elsewhere = builders.observed_pool("nfs", "/srv/other")  # the same name, another directory: not the same storage
+    for pools in ((), (elsewhere,), (builders.observed_pool("nfs", "/srv/nfs", active=False),)):
+        observed = {"a": builders.actual(pools=()),
+                    "b": builders.actual(pools=pools, volumes=(nfs_volume("web-root.qcow2"),))}
+        web = steps(fleet.plan_fleet(state, observed).host("a").plan, "web")
+        assert any(isinstance(s, plans.CreateVolume) for s in web), pools
+
+
+def test_an_evacuation_onto_a_shared_pool_no_reachable_host_runs_says_its_disk_is_attached_by_the_next_apply():
+    state = manifests(vm_yaml("web", pool="nfs"))
+    observed = {"a": fleet.HostUnreachable("a", "down"), "b": builders.actual(pools=())}
+    (web,) = [r for r in fleet.plan_fleet(state, observed, evacuate={"a"}).host("b").plan.resources if r.name == "web"]
+    assert "shared pool nfs runs on no reachable host" in web.notes[-1]
+    assert "the next apply attaches it as it is" in web.notes[-1]
+
+
+def test_a_local_pool_never_lends_its_volumes():
+    state = manifests(vm_yaml("web", where="{host: a}"))
+    observed = {"a": builders.actual(pools=()),
+                "b": builders.actual(pools=(builders.observed_pool("vmstore"),),
+                                     volumes=(builders.volume("vmstore", "web-root.qcow2", 1 << 30),))}
+    web = steps(fleet.plan_fleet(state, observed).host("a").plan, "web")
+    assert any(isinstance(s, plans.CreateVolume) for s in web)
+
+
 def test_a_vm_marked_on_two_hosts_is_split_brain_and_neither_copy_is_touched():
     state = manifests(vm_yaml("web"))
     spec = state.vms["web"]
@@ -455,3 +517,34 @@ def test_a_kept_nvram_is_left_behind_and_said_so():
     assert migration.steps[0].nvram
     assert not [s for s in migration.steps if isinstance(s, plans.DeleteMovedVolume) and (s.pool, s.name) == model.NVRAM]
     assert any("UEFI NVRAM on a is left behind after the move (keepNvram)" in note for note in migration.notes)
+
+
+def test_a_vm_being_created_counts_on_its_host_so_placement_does_not_depend_on_how_far_that_got():
+    state = manifests(vm_yaml("w1"), vm_yaml("w2"))
+    empty = {"a": builders.actual(pools=()), "b": builders.actual(pools=())}
+    assert (fleet.plan_fleet(state, empty).host("a").vms, fleet.plan_fleet(state, empty).host("b").vms) == (("w1",), ("w2",))
+
+    result = fleet.plan_fleet(state, empty, arriving={"w2": "a"})
+
+    assert (result.host("a").vms, result.host("b").vms) == (("w2",), ("w1",))
+    assert [r.key for r in result.host("a").plan.changes if r.kind == "VirtualMachine"] == ["VirtualMachine/w2"]
+
+
+def test_a_network_the_vms_left_stays_on_their_old_host_until_its_manifest_goes():
+    state = manifests(vm_yaml("web", where="{host: b}", network=True))
+    lan = state.networks["lan"]
+    network = model.ObservedNetwork(
+        "lan", True, dataclasses.replace(lan.definition, owner=model.NetworkOwnership(lan.manifest, "digest")),
+        active=True, autostart=True)
+    pools = ("vmstore", "everywhere")
+    web = running_on("b", state.vms["web"])
+    after = {"a": dataclasses.replace(host_state(state=state, pools=pools), networks={"lan": network}),
+             "b": dataclasses.replace(host_state(web, state=state, pools=pools), networks={"lan": network})}
+    result = fleet.plan_fleet(state, after)
+    host_a = next(h for h in result.hosts if h.host == "a")
+    assert [r.key for r in host_a.plan.changes if r.kind == "Network"] == []
+
+    gone = dataclasses.replace(state, networks={})
+    result = fleet.plan_fleet(gone, after)
+    host_a = next(h for h in result.hosts if h.host == "a")
+    assert [r.key for r in host_a.plan.changes if r.kind == "Network"] == ["Network/lan"]

@@ -124,3 +124,24 @@ def test_the_fleet_example_builds_without_problems():
     assert state.problems == (), [str(p) for p in state.problems]
     assert sorted(state.hosts) == ["kvm1", "kvm2", "kvm3"]
     assert state.pools["shared"].shared and state.vms["db"].placement == model.Placement(host="kvm1")
+
+
+def test_a_host_manifest_that_does_not_load_makes_the_hosts_incomplete():
+    """Only then may a VM found nowhere be on a Host kvmops cannot see; a broken VM manifest says nothing of Hosts."""
+    assert build({"hosts.yaml": HOSTS}).hosts_complete
+    assert build({"hosts.yaml": HOSTS, "vm.yaml": "apiVersion: kvmops/v1\nkind: VirtualMachine\nmetadata: {name: x}\n"
+                  "spec: {vcpus: lots}\n"}).hosts_complete
+    assert not build({"hosts.yaml": HOSTS.replace("qemu+ssh://root@kvm2/system", "qemu+ssh://root@kvm2/ sys")}).hosts_complete
+    assert not build({"hosts.yaml": HOSTS.replace("kvm2/system", "kvm1/system")}).hosts_complete
+    assert not build({"hosts.yaml": HOSTS.replace("memory: 16GiB", "memory: lots")}).hosts_complete
+    assert not build({"hosts.yaml": HOSTS + "---\n" + HOSTS.split("---\n")[0]}).hosts_complete
+
+
+def test_a_host_uri_python_cannot_parse_is_a_located_problem_without_its_password():
+    """A broken IPv6 address would otherwise pass and make `doctor` fail with an internal error."""
+    state = build({"hosts.yaml": HOSTS.replace("qemu+ssh://root@kvm2/system", "qemu+tcp://root:pw@[::1/system")})
+    assert messages(state) == [
+        "manifests/hosts.yaml:15: spec.uri: not a URI kvmops can read (Invalid IPv6 URL); write it as libvirt "
+        "documents it, e.g. qemu+tcp://[fe80::1]/system"
+    ]
+    assert sorted(state.hosts) == ["kvm1"]

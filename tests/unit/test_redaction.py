@@ -24,6 +24,26 @@ def test_a_credential_in_a_url_is_masked_and_the_rest_is_kept(url, shown):
     assert SECRET not in redaction.redact_text(f"fatal: unable to access '{url}/': Could not resolve host")
 
 
+@pytest.mark.parametrize("url, shown", [
+    (f"qemu+tcp://root:{SECRET}@[::1/system", "qemu+tcp://root:***@[::1/system"),
+    (f"qemu+ssh://root:{SECRET}@[fe80::1%eth0]:x/system", "qemu+ssh://root:***@[fe80::1%eth0]:x/system"),
+    (f"https://{SECRET}@[::1", "https://***@[::1"),
+])
+def test_a_credential_in_a_url_python_cannot_parse_is_masked_all_the_same(url, shown):
+    """A Host's spec.uri is whatever the manifest says: one urllib refuses (a broken IPv6 address) still hides its password."""
+    assert redaction.redact_url(url) == shown
+    assert SECRET not in redaction.redact_text(f"cannot connect to {url}: internal error: Unable to parse URI {url}")
+
+
+@pytest.mark.parametrize("url, shown", [
+    (f"test:///default?password={SECRET}", "test:///default?password=***"),
+    (f"qemu+unix:///system?socket=/run/l.sock&token={SECRET}", "qemu+unix:///system?socket=/run/l.sock&token=***"),
+])
+def test_a_uri_without_a_host_keeps_its_three_slashes_when_masked(url, shown):
+    """Masking changes the secret only: ``test:///default`` is not shown as ``test:/default``."""
+    assert redaction.redact_url(url) == shown
+
+
 @pytest.mark.parametrize("url", [
     "qemu:///system", "test:///default", "ssh://git@git.example.com/infra/vms.git",
     "https://cloud.debian.org/images/d.qcow2?arch=amd64", "file:///srv/repo.git", "not a url at all",

@@ -40,6 +40,21 @@ def test_text_puts_an_unreachable_host_in_its_own_section():
     assert "Fleet problems (1): pruning is suspended on every host" in output
 
 
+def test_a_vm_that_may_run_on_an_unreachable_host_says_why_it_waits_and_how_to_end_the_wait():
+    state = fleets.manifests(fleets.vm_yaml("web"), fleets.vm_yaml("db", where="{host: a}"))
+    down = fleet.plan_fleet(state, {"a": fleets.host_state(state=state), "b": fleet.HostUnreachable("b", "down")})
+    output = render.fleet_text(down)
+    assert "  Unknown: web\n    web is on no reachable host and its placement admits b, which does not answer" in output
+    assert "kvmops keeps no record of past placements" in output
+    assert "pin it to a reachable Host (spec.placement.host, or a hostSelector b does not match)" in output
+    assert "if that host is dead for good: kvmops evacuate b --host-is-dead" in output
+    both = fleet.plan_fleet(state, {"a": fleet.HostUnreachable("a", "down"), "b": fleet.HostUnreachable("b", "down")})
+    text = render.fleet_text(both)
+    assert "Unknown: VM web may run on any of the unreachable hosts a, b; it is not created\n  web is on no" in text
+    assert "if those hosts are dead for good" in text
+    assert ":warning: **Unknown**: VM `web` may run on any of the unreachable hosts `a`, `b`" in render.fleet_markdown(both)
+
+
 def test_json_has_a_plan_per_host_migrations_and_the_summary():
     data = json.loads(render.fleet_to_json(moving_fleet(b_down=True)))
     assert (data["kind"], data["fleet"], data["format_version"]) == ("fleet", "default", render.JSON_FORMAT_VERSION)

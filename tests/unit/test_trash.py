@@ -33,6 +33,14 @@ def test_anything_else_is_not_a_retention(value):
         trash.parse_retention(value)
 
 
+@pytest.mark.parametrize("value", ["1000000w", "99999999999999999999d", 10**12])
+def test_a_retention_beyond_a_century_is_refused_so_every_deadline_can_be_shown(value):
+    """A deadline past year 9999 cannot be written as a date: it would fail every plan that deletes a volume."""
+    with pytest.raises(ValueError, match="at most"):
+        trash.parse_retention(value)
+    assert trash.format_instant(trash.final_at(2**32, trash.MAX_RETENTION)).endswith(" UTC")
+
+
 @pytest.mark.parametrize(("seconds", "shown"), [(DAY, "24h"), (3600, "1h"), (5400, "90m"), (45, "45s"), (0, "0s"),
                                                 (14 * DAY, "14d"), (2 * DAY, "2d"), (36 * 3600, "36h")])
 def test_a_retention_is_shown_in_the_largest_unit_that_divides_it_days_from_two_on(seconds, shown):

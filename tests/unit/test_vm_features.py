@@ -1254,3 +1254,43 @@ def test_a_path_in_a_system_directory_or_not_absolute_is_refused(field, entry, s
     state = desired.build(b.manifest_set({"vms/app.yaml": text}))
     problems = [str(p) for p in state.problems]
     assert any(field in p and says in p for p in problems), problems
+
+
+# --- files named by path, as the shell found them on the host -------------------------------
+
+
+def with_host_files(state: model.DesiredState, kind: str) -> model.DesiredState:
+    """Return ``state`` as the shell hands it over on a local host where every path-named file is ``kind``."""
+    vms = {}
+    for name, spec in state.vms.items():
+        install = spec.install and dataclasses.replace(
+            spec.install, kernel=dataclasses.replace(spec.install.kernel, host_file=kind))
+        vms[name] = dataclasses.replace(
+            spec, disks=tuple(dataclasses.replace(d, host_file=kind) if d.path else d for d in spec.disks),
+            cdrom=spec.cdrom and dataclasses.replace(spec.cdrom, host_file=kind), install=install)
+    return dataclasses.replace(state, vms=vms)
+
+
+PATH_NAMED = vm_doc(disks=[{"name": "root", "path": "/srv/vm/root.qcow2"}], cdrom={"path": "/srv/iso/netinst.iso"},
+                    install={"kernel": {"pool": POOL, "path": "vmlinuz"}})
+
+
+@pytest.mark.parametrize(("kind", "says"), [
+    ("missing", "does not exist on the host; create it or fix the path"),
+    ("directory", "is a directory on the host, not a file or block device; fix the path"),
+])
+def test_a_file_named_by_path_that_the_host_lacks_is_a_located_problem_of_the_plan(kind, says):
+    """A disk, CD-ROM or kernel whose file the shell found missing (or not a file) is one problem each, at its field."""
+    result = plan(with_host_files(valid(PATH_NAMED), kind))
+
+    assert sorted((p.path, p.message) for p in resource(result, "web").problems) == [
+        ("spec.cdrom.path", f"/srv/iso/netinst.iso {says}"),
+        ("spec.disks[0].path", f"/srv/vm/root.qcow2 {says}"),
+        ("spec.install.kernel.path", f"vmlinuz in pool {POOL} {says}"),
+    ]
+
+
+@pytest.mark.parametrize("kind", ["file", "block device", ""])
+def test_a_file_named_by_path_that_exists_or_was_not_looked_at_is_no_problem(kind):
+    """Files that exist, and files nobody could look at (a remote host, `kvmops diff`), are not problems."""
+    assert resource(plan(with_host_files(valid(PATH_NAMED), kind)), "web").problems == ()

@@ -125,6 +125,7 @@ class VMDefinition:
                 # A file at the top of a dir pool is one of its volumes, and is read back as one.
                 return model.DiskDevice(target=target, bus=bus, pool=found[0], volume=found[1], device="cdrom", relabel=False)
             return model.DiskDevice(target=target, bus=bus, path=path, device="cdrom", relabel=False)
+        self._check_host_file(ref.host_file, ref.path or "", "spec.cdrom.path")
         resolved = self.by_path.get(ref.path)
         device = (model.DiskDevice(target=target, bus=bus, pool=resolved[0], volume=resolved[1], device="cdrom", relabel=False)
                   if resolved is not None else

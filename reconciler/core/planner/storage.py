@@ -181,6 +181,7 @@ class VMStorage:
 
     def _path_device(self, disk: model.DiskSpec) -> model.DiskDevice:
         """Return the device of a ``path:`` disk, named as a pool volume when the file is one (as observed disks are)."""
+        self._check_host_file(disk.host_file, disk.path or "", f"spec.disks[{self.spec.disks.index(disk)}].path")
         resolved = self.by_path.get(disk.path)
         if resolved is not None:
             return model.DiskDevice(target=disk.target, bus=disk.bus, pool=resolved[0], volume=resolved[1], format=disk.format)
@@ -286,11 +287,27 @@ class VMStorage:
             return name
         return f"{directory}/{name}"
 
+    def _check_host_file(self, kind: str, path: str, field: str) -> None:
+        """Add a problem at ``field`` when the shell found ``path`` missing, or not something libvirt attaches.
+
+        ``kind`` is what the shell saw on a local host (``model.HOST_FILE_KINDS``); "" when
+        it could not look (a remote host, ``kvmops diff``, the test driver): nothing is said.
+        """
+        if kind in ("", "file", "block device"):
+            return
+        why = ("does not exist on the host; create it or fix the path" if kind == "missing"
+               else f"is a {kind} on the host, not a file or block device; fix the path")
+        problem = self.spec.origin.problem(field, f"{path} {why}")
+        if problem not in self.problems:  # a definition is built more than once per plan
+            self.problems.append(problem)
+
     def _file_path(self, ref: model.FileRef, field: str = "spec") -> str:
         if not ref.pool:
+            self._check_host_file(ref.host_file, ref.path or "", f"{field}.path")
             return ref.path or ""  # any existing file, by its absolute path
         if ref.volume is not None:
             return self._volume_path(ref.pool, ref.volume)
+        self._check_host_file(ref.host_file, f"{ref.path} in pool {ref.pool}", f"{field}.path")
         directory = self._pool_directory(ref.pool)
         if directory is None:
             self.problems.append(self.spec.origin.problem("spec", f"cannot tell the directory of pool {ref.pool!r}"))

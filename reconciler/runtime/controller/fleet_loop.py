@@ -1,101 +1,186 @@
 """``kvmops run`` for a fleet: keep every Host converged, or (``--host NAME``) be one Host's agent.
 
-Chosen by :func:`reconciler.cli.cmd_run` when the manifests declare ``kind: Host`` at
-start; without any Host the single-host :class:`~.loop.Controller` runs, unchanged.
+:class:`~.mode_switch.SwitchingController` runs it while the manifests declare
+``kind: Host``, and the single-host :class:`~.loop.Controller` otherwise.
 
-Each Host has its own libvirt connection (:class:`HostLink`), its own event stream
-(lifecycle events and the connection's close wake a pass) and its own reconnection with
-exponential backoff: a Host that is down is retried on its own clock while the others
-go on converging. Every pass is a whole fleet pass through
-:mod:`reconciler.runtime.fleet_reconcile` (observe every connected Host, plan the fleet,
-apply), woken by a manifest change (after a quiet period), a libvirt event, a
-reconnection, or the periodic resync.
+Decisions are central, work is per host. Every pass reads the manifests, observes every
+connected Host side by side and plans the whole fleet (placement needs every host's VMs),
+then hands each changed resource to the worker pool of the host it runs on. Work is keyed
+``HOST:Kind/name`` in one :class:`~reconciler.runtime.workqueue.WorkQueue`, so each host's
+resources have their own keys, backoff and in-flight marks, and each host its own pool of
+``workers`` threads: a guest taking a minute to shut down, or a host whose calls hang,
+holds up neither the next pass nor any other host. The order of
+:func:`reconciler.runtime.fleet_reconcile.apply` holds across passes: a migration waits
+for its destination's pools, networks and images (``requires``), and a removal waits for
+every migration in flight. While a VM migrates, its keys on both hosts are in flight, so
+no other work starts for it on either side.
 
-As an agent (``--host NAME``) the controller makes the same decisions (it observes
-every Host it can reach and plans the whole fleet, so placement sees where every VM is)
-but changes only its own Host, and runs only the migrations that leave it: the agent of
-the source moves a VM, never the destination's.
+Each Host has its own connection (:class:`HostLink`): lifecycle events wake a pass for
+that VM; a connection that breaks (or a host whose observation fails) is reconnected on
+a thread of its own with exponential backoff (0.5 s, 1, 2 ... up to
+``reconnect_max_delay``), and once back a full pass resyncs the fleet. Meanwhile the host
+is unreachable in every plan: its VMs are Unknown, nothing is pruned or placed because of
+it, and the other hosts go on converging.
 
-``/status`` groups the VMs per Host, with each Host's connection state; ``/healthz`` is
-200 while the last pass converged its hosts.
+Wake-ups, signals, the git follower, ``/healthz`` and the graceful stop are those of the
+single-host controller (docs/controller.md). As an agent the controller makes the same
+decisions but changes only its own Host, and runs only the migrations that leave it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import structlog
 
 from reconciler import errors, logconfig
+from reconciler.adapters import git as gitcli
 from reconciler.adapters import hypervisor as hv
 from reconciler.adapters import systemd, watcher
 from reconciler.adapters.statusserver import StatusServer
-from reconciler.core import redaction
-from reconciler.runtime import fleet_reconcile, hostlock, metrics, reconcile
+from reconciler.core import actual as actual_state
+from reconciler.core import fleet, model, planner, redaction
+from reconciler.core import plan as plans
+from reconciler.runtime import execute, fleet_reconcile, gitsource, metrics, observe, reconcile, workqueue
 from reconciler.runtime.controller.debounce import Debouncer
+from reconciler.runtime.controller.git_follower import GitFollower
+from reconciler.runtime.controller.hostlock_keeper import HostLockKeeper
+from reconciler.runtime.controller.loop import finish_in_flight
 from reconciler.runtime.controller.settings import ControllerSettings
-from reconciler.runtime.controller.status import now
-from reconciler.runtime.controller.timers import next_resync
+from reconciler.runtime.controller.status import InternalErrors, now
+from reconciler.runtime.controller.timers import LoopTimers, next_resync
 
 log = logconfig.get_logger("kvmops.fleet_controller")
 
 FIRST_RECONNECT_DELAY = 0.5
+FIRST_CONNECT_WAIT = 10.0  # a pass waits this long for the first answer of a Host it has never tried
+FULL = workqueue.EVERYTHING
+DRIFT = ("libvirt", "reconnect", "resync")
+
+
+def host_key(host: str, key: str) -> str:
+    """Return the work-queue key of resource ``key`` (``Kind/name``) on ``host``; a key naming its host is kept."""
+    return key if ":" in key.split("/", 1)[0] else f"{host}:{key}"
+
+
+def subject_of(key: str) -> str:
+    """Return what a ``HOST:Kind/name`` key works on: a VM whatever its host (it may move), else the key itself."""
+    resource = key.split(":", 1)[1] if ":" in key.split("/", 1)[0] else key
+    return resource if resource.startswith("VirtualMachine/") else key
 
 
 @dataclass
 class HostLink:
-    """One Host's connection, its reconnection clock and why it is down."""
+    """One Host's connection, its reconnection clock, why it is down, its worker pool and host lock."""
 
     name: str
     uri: str
+    executor: ThreadPoolExecutor
+    keeper: HostLockKeeper
     hypervisor: hv.Hypervisor | None = None
     error: str = "not connected yet"
     next_attempt: float = 0.0
     delay: float = FIRST_RECONNECT_DELAY
-    closed: bool = False  # the connection reported its close: reconnect at the next turn
+    closed: bool = False  # the connection broke: reconnect when next_attempt comes
+    connecting: bool = False
+    tried: threading.Event = field(default_factory=threading.Event)  # set after the first attempt
+    retired: bool = False  # the Host left the manifests, or its URI changed
 
     @property
     def connected(self) -> bool:
         return self.hypervisor is not None and not self.closed
 
 
-class FleetController:
-    """Converge every Host of the fleet at ``settings.path`` (or only ``host``'s share) until stopped."""
+class FleetController(InternalErrors):
+    """Converge every Host of the fleet (or only ``host``'s share) until stopped, or until the Hosts are gone."""
 
     def __init__(self, settings: ControllerSettings, *, host: str | None = None,
-                 notifier: systemd.Notifier | None = None) -> None:
+                 notifier: systemd.Notifier | None = None,
+                 reload: Callable[[], ControllerSettings] | None = None,
+                 source: gitsource.GitSource | None = None) -> None:
         self.settings = settings
         self.agent = host
         self.metrics = metrics.Metrics()
         self._notifier = notifier or systemd.Notifier()
+        self._reload_settings = reload
+        self._queue = workqueue.WorkQueue()
+        self._reasons: dict[str, set[str]] = {}
+        self._reasons_lock = threading.Lock()
         self._stop = threading.Event()
         self._cancel = threading.Event()
-        self._wakeup = threading.Event()
+        self._reload_requested = threading.Event()
         self._links: dict[str, HostLink] = {}
         self._links_lock = threading.Lock()
+        self._futures: set[Future] = set()
+        self._running: dict[str, Future] = {}  # executions in flight, by key
+        self._migrations: dict[str, Future] = {}  # migrations in flight, by key on their source
+        # A VM is one subject whatever host its key names (a pool or network is one per host): one
+        # execution at a time per subject, and when the last one ended (time.monotonic()).
+        self._subjects_lock = threading.Lock()
+        self._busy: dict[str, str] = {}  # subject -> the key whose execution holds it
+        self._ended: dict[str, float] = {}
+        self._waiters: dict[str, set[str]] = {}  # key -> keys woken again when its execution ends
+        # VMs being created: name -> (host, when that work ended, or None while it runs). Placement counts
+        # them on that host until a look at the hosts taken after it ended.
+        self._arriving: dict[str, tuple[str, float | None]] = {}
+        # The last look at each Host: its connection then, the observation, and when that look began.
+        self._observations: dict[str, tuple[hv.Hypervisor, model.Observation, float]] = {}
         self._status_lock = threading.Lock()
+        self._internal_errors: dict[str, dict] = {}
+        self._errors: dict[str, str] = {}  # HOST:VirtualMachine/name -> last failed execution's error
         self._status: dict = {"fleet": settings.planner.scope, "agent": host, "passes": 0, "hosts": {}}
-        self._healthy = False
-        self._health_reason = "no pass yet"
-        self._debouncer = Debouncer(lambda: self._wake("manifests"))
+        self._last_pass: dict = {}
+        self._health: tuple[bool, str] = (False, "first pass not finished")
+        self._ready = False
+        self._interesting: frozenset[str] | None = None
+        self._debouncer = Debouncer(lambda: self._wake(FULL, "manifests"))
         self._watcher: watcher.ManifestWatcher | None = None
         self._server: StatusServer | None = None
+        self._directory_revision: str | None = None
+        self._loop_backoff = 0.0
+        if source is None and settings.git:
+            source = gitsource.GitSource(settings.git, settings.state_dir)
+        self._source = source
+        self._git_follower = GitFollower(
+            source, self._stop, wake=lambda: self._wake(FULL, "git"), survive=self._survive,
+            recovered=self._recovered, metrics=self.metrics,
+        ) if source is not None else None
+        self.switch_to: str | None = None  # "single" once the manifests declare no Host: run() returns to switch
         self.passes = 0
 
     # -- control from outside ---------------------------------------------------------
 
     def request_stop(self) -> None:
-        """Finish the steps in progress and return from :meth:`run`."""
+        """Start no new pass or step, finish the steps in progress and return from :meth:`run`."""
         self._stop.set()
         self._cancel.set()
-        self._wakeup.set()
+        self._queue.close()
 
     def request_reload(self) -> None:
-        """Plan again now (SIGHUP); the manifests are re-read by every pass anyway."""
-        self._wake("reload")
+        """Re-read the configuration before the next pass (SIGHUP), then plan the whole fleet."""
+        self._reload_requested.set()
+        self._wake(FULL, "reload")
+
+    def request_switch(self, mode: str, reason: str) -> None:
+        """Start no new pass, let the steps in progress finish, and return from :meth:`run` with ``switch_to`` set."""
+        if self.switch_to is None:
+            log.info("controller_switching", to=mode, reason=reason, in_flight=len(self._futures))
+        self.switch_to = mode
+        self._stop.set()
+        self._queue.close()
+
+    @property
+    def source(self) -> gitsource.GitSource | None:
+        """Return the git source followed, to hand over to the next controller when the mode switches."""
+        return self._source
 
     @property
     def listen_address(self) -> str | None:
@@ -105,116 +190,225 @@ class FleetController:
     def status_document(self) -> dict:
         """Return what ``/status`` serves: the fleet, per Host its connection and VMs."""
         with self._status_lock:
-            return redaction.redact_value(dict(self._status))
+            document = dict(self._status)
+            document["last_pass"] = dict(self._last_pass)
+            document["internal_errors"] = {where: dict(entry) for where, entry in self._internal_errors.items()}
+        document["git"] = self._source.status() if self._source is not None else None
+        document["manifests"] = self.settings.path or None
+        return redaction.redact_value(document)
+
+    def health(self) -> tuple[bool, str]:
+        """Return (healthy, why): the first reason, in the order of the single-host controller's, that applies."""
+        source = self._source
+        if source is not None and source.last_error and source.applied is None:
+            return False, f"git: {source.last_error}"
+        with self._status_lock:
+            internal = sorted(self._internal_errors.items())
+        if internal:
+            where, entry = internal[0]
+            return False, f"{where}: {entry['error']} ({entry['count']} time(s) since {entry['since']}; retrying)"
+        healthy, why = self._health
+        if healthy:
+            with self._status_lock:
+                failing = sorted(self._errors)
+            if failing:
+                return False, f"failing: {', '.join(failing)}"
+            if source is not None and source.rejected is not None:
+                return False, (f"git commit {source.rejected.commit[:12]} does not validate; "
+                               f"{source.applied or 'nothing'} stays applied")
+        return healthy, why
 
     # -- the loop -----------------------------------------------------------------------
 
     def run(self) -> int:
-        """Run until :meth:`request_stop`; return the exit status (0 after a clean stop)."""
+        """Run until :meth:`request_stop` (or a switch of mode); return the exit status (0 after a clean stop)."""
         hv.start_event_loop()
         if self.settings.listen:
-            self._server = StatusServer(self.settings.listen, {
-                "/healthz": lambda: ((200 if self._healthy else 503), "text/plain; charset=utf-8",
-                                     redaction.redact_text(self._health_reason) + "\n"),
-                "/status": lambda: (200, "application/json", json.dumps(self.status_document(), indent=2) + "\n"),
-                "/metrics": lambda: (200, "text/plain; version=0.0.4; charset=utf-8", self.metrics.render()),
-            })
+            self._server = StatusServer(
+                self.settings.listen,
+                {"/healthz": self._healthz, "/status": self._status_route,
+                 "/metrics": lambda: (200, "text/plain; version=0.0.4; charset=utf-8", self.metrics.render())},
+                public={"/healthz": self._healthz_public},
+                token_file=self.settings.listen_token_file, insecure=self.settings.listen_insecure,
+            )
             self._server.start()
-        log.info("fleet_controller_started", manifests=self.settings.path, agent=self.agent,
-                 resync_interval=self.settings.resync_interval)
-        self._notifier.ready("converging the fleet")
-        self._watcher = watcher.ManifestWatcher(self.settings.path, lambda _path: self._debouncer.changed(
-            self.settings.quiet_period, self.settings.max_quiet_wait))
-        self._watcher.start()
-        resync_at = next_resync(self.settings.resync_interval)
-        self._wakeup.set()
+            log.info("listener_started", address=self._server.address)
+        log.info("fleet_controller_started", manifests=self.settings.path or None, agent=self.agent,
+                 resync_interval=self.settings.resync_interval,
+                 git=self.settings.git.shown() if self.settings.git else None)
+        if self._git_follower is not None:
+            self._git_follower.start()
+        else:
+            self._watcher = watcher.ManifestWatcher(self.settings.path, lambda _path: self._debouncer.changed(
+                self.settings.quiet_period, self.settings.max_quiet_wait))
+            self._watcher.start()
+        if self._source is None or self._source.applied is not None:
+            self._wake(FULL, "start")
+        timers = LoopTimers(next_resync=next_resync(self.settings.resync_interval), next_watchdog=time.monotonic())
         try:
             while not self._stop.is_set():
-                self._reconnect_due()
-                timeout = max(0.0, min(resync_at - time.monotonic(), self._next_reconnect_in(), 1.0))
-                if self._notifier.watchdog_interval:
-                    self._notifier.watchdog()
-                    timeout = min(timeout, self._notifier.watchdog_interval)
-                if not self._wakeup.wait(timeout):
-                    if time.monotonic() < resync_at:
-                        continue
-                if self._stop.is_set():
-                    break
-                if time.monotonic() >= resync_at:
-                    resync_at = next_resync(self.settings.resync_interval)
-                self._wakeup.clear()
                 try:
-                    self._pass()
-                except Exception as exc:  # nothing a pass meets may end the controller
-                    log.error("fleet_pass_failed", error=f"{type(exc).__name__}: {exc}")
-                    self._healthy, self._health_reason = False, f"pass failed: {exc}"
-                    self._stop.wait(1.0)
+                    self._turn(timers)
+                except Exception as exc:  # nothing a pass meets may end the controller: back off and go on
+                    self._loop_backoff = min(max(self._loop_backoff * 2, 0.5), 30.0)
+                    self._survive("loop", exc, retry_in=self._loop_backoff)
+                    self._stop.wait(self._loop_backoff)
+                else:
+                    self._loop_backoff = 0.0
+                    self._recovered("loop")
         finally:
             self._shutdown()
         return 0
 
-    def _wake(self, source: str) -> None:
+    def _turn(self, timers: LoopTimers) -> None:
+        """Run one turn: watchdog, reload, reconnections due, then one pass over the ready keys."""
+        current = time.monotonic()
+        if self._notifier.watchdog_interval and current >= timers.next_watchdog:
+            self._notifier.watchdog()
+            timers.next_watchdog = current + self._notifier.watchdog_interval
+        if self._reload_requested.is_set():
+            self._reload_requested.clear()
+            self._reload()
+        self._reconnect_due()
+        timeout = max(0.0, min(timers.next_resync - current, self._next_reconnect_in(), 1.0))
+        if self._notifier.watchdog_interval:
+            timeout = min(timeout, max(0.0, timers.next_watchdog - current))
+        keys = self._queue.take(timeout=timeout)
+        if self._stop.is_set():
+            for key in keys:
+                self._queue.done(key)
+            return
+        if self._reload_requested.is_set():  # a SIGHUP's pass must see the new settings
+            self._reload_requested.clear()
+            self._reload()
+        if time.monotonic() >= timers.next_resync:
+            timers.next_resync = next_resync(self.settings.resync_interval)
+            self._wake(FULL, "resync")
+        if keys:
+            self._pass(keys)
+
+    def _wake(self, key: str, source: str) -> None:
+        with self._reasons_lock:
+            self._reasons.setdefault(key, set()).add(source)
         self.metrics.inc("kvmops_wakeups_total", source=source)
-        self._wakeup.set()
+        self._queue.add(key)
+
+    def _take_reason(self, key: str) -> str:
+        """Return why ``key`` was woken: drift (libvirt, reconnect, resync) wins over a manifest change."""
+        with self._reasons_lock:
+            sources = self._reasons.pop(key, {"retry"})
+        return next((source for source in DRIFT if source in sources), sorted(sources)[0])
 
     # -- connections, one per Host -------------------------------------------------------
 
-    def _sync_links(self, desired) -> None:
-        """Follow the Hosts the manifests declare: new ones are connected, removed ones closed."""
+    def _sync_links(self, desired: model.DesiredState) -> None:
+        """Follow the Hosts the manifests declare: new ones are connected, removed ones closed.
+
+        A pass waits up to FIRST_CONNECT_WAIT for the first answer of Hosts never tried, so
+        that the first plan sees the fleet rather than a fleet of unreachable hosts.
+        """
+        fresh: list[HostLink] = []
         with self._links_lock:
             for name, spec in desired.hosts.items():
                 link = self._links.get(name)
                 if link is None or link.uri != spec.uri:
-                    if link is not None and link.hypervisor is not None:
-                        link.hypervisor.close()
-                    self._links[name] = HostLink(name, spec.uri)
-            for name in [n for n in self._links if n not in desired.hosts]:
-                link = self._links.pop(name)
-                if link.hypervisor is not None:
-                    link.hypervisor.close()
+                    if link is not None:
+                        self._retire(link)
+                    link = HostLink(name, spec.uri, ThreadPoolExecutor(
+                        max_workers=self.settings.workers, thread_name_prefix=f"kvmops-{name}"),
+                        HostLockKeeper(self.settings.state_dir, spec.uri, self._cancel))
+                    self._links[name] = link
+                    fresh.append(link)
+            for name in [n for n in self._links if n not in desired.hosts and desired.hosts_complete]:
+                self._retire(self._links.pop(name))  # (a Host whose manifest broke keeps its connection meanwhile)
         self._reconnect_due()
+        deadline = time.monotonic() + FIRST_CONNECT_WAIT
+        for link in fresh:
+            link.tried.wait(max(0.0, deadline - time.monotonic()))
+
+    def _retire(self, link: HostLink) -> None:
+        link.retired = True
+        link.executor.shutdown(wait=False)  # its executions in flight finish; nothing new starts there
+        if link.hypervisor is not None:
+            with contextlib.suppress(Exception):
+                link.hypervisor.close()
 
     def _next_reconnect_in(self) -> float:
         with self._links_lock:
-            waiting = [link.next_attempt for link in self._links.values() if not link.connected]
+            waiting = [link.next_attempt for link in self._links.values() if not link.connected and not link.connecting]
         return max(0.0, min(waiting) - time.monotonic()) if waiting else 60.0
 
     def _reconnect_due(self) -> None:
+        """Start a connection attempt, on a thread of its own, for every Host down whose backoff has passed."""
         with self._links_lock:
-            due = [link for link in self._links.values() if not link.connected and time.monotonic() >= link.next_attempt]
-        if len(due) == 1:
-            self._connect(due[0])
-        elif due:  # a host that hangs on connect (ssh) must not hold up the others
-            with ThreadPoolExecutor(max_workers=min(len(due), fleet_reconcile.DEFAULT_HOST_WORKERS),
-                                    thread_name_prefix="kvmops-connect") as pool:
-                list(pool.map(self._connect, due))
+            due = [link for link in self._links.values()
+                   if not link.connected and not link.connecting and time.monotonic() >= link.next_attempt]
+            for link in due:
+                link.connecting = True
+        for link in due:
+            threading.Thread(target=self._connect, args=(link,), name=f"kvmops-connect-{link.name}", daemon=True).start()
 
     def _connect(self, link: HostLink) -> None:
+        """Open ``link``'s connection (a host that hangs holds up only this thread); wake a full pass once it is up."""
         try:
             hypervisor = hv.Hypervisor.open(link.uri)
             hypervisor.keep_alive()
             hypervisor.watch_close(lambda reason, link=link: self._on_closed(link, reason))
-            hypervisor.watch_lifecycle(lambda vm, _event, link=link: self._wake("libvirt"))
-        except errors.KvmopsError as exc:
-            if link.error != str(exc):
-                log.error("host_unreachable", host=link.name, error=str(exc), retry_in=link.delay)
-            link.error = str(exc)
-            link.next_attempt = time.monotonic() + link.delay
-            link.delay = min(link.delay * 2, self.settings.reconnect_max_delay)
+            hypervisor.watch_lifecycle(lambda vm, _event, link=link: self._on_domain_event(link, vm))
+        except Exception as exc:  # noqa: BLE001 - whatever a host does, it is that host's error, and we retry
+            message = str(exc) if isinstance(exc, errors.KvmopsError) else f"{type(exc).__name__}: {exc}"
+            with self._links_lock:
+                if link.error != message:
+                    log.error("host_unreachable", host=link.name, error=message, retry_in=link.delay)
+                link.error = message
+                link.next_attempt = time.monotonic() + link.delay
+                link.delay = min(link.delay * 2, self.settings.reconnect_max_delay)
+                link.connecting = False
+            self.metrics.set("kvmops_connected", 0)
+            link.tried.set()
             return
-        if link.hypervisor is not None:
-            link.hypervisor.close()
-        was_down = link.error != "not connected yet"
-        link.hypervisor, link.closed, link.error, link.delay = hypervisor, False, "", FIRST_RECONNECT_DELAY
+        with self._links_lock:
+            if link.retired:
+                hypervisor.close()
+                link.connecting = False
+                link.tried.set()
+                return
+            previous = link.hypervisor
+            was_down = link.error != "not connected yet"
+            link.hypervisor, link.closed, link.error, link.delay = hypervisor, False, "", FIRST_RECONNECT_DELAY
+            link.connecting = False
+        if previous is not None:
+            with contextlib.suppress(Exception):
+                previous.close()
         log.info("host_connected", host=link.name, reconnected=was_down)
-        self._wake("reconnect")
+        link.tried.set()
+        self._wake(FULL, "reconnect" if was_down else "start")
 
     def _on_closed(self, link: HostLink, reason: str) -> None:
-        link.closed = True
-        link.error = f"connection closed: {reason}"
-        link.next_attempt = time.monotonic() + link.delay
-        log.error("host_disconnected", host=link.name, reason=reason)
-        self._wake("disconnect")
+        self._lost(link, f"connection closed: {reason}")
+
+    def _lost(self, link: HostLink, why: str) -> None:
+        """Mark ``link`` down (its connection broke, or its observation failed): reconnect after its backoff."""
+        with self._links_lock:
+            if link.closed or link.hypervisor is None:
+                return
+            link.closed = True
+            link.error = why
+            link.next_attempt = time.monotonic() + link.delay
+        self.metrics.set("kvmops_connected", 0)
+        log.error("host_disconnected", host=link.name, reason=why, retrying=True)
+        self._wake(FULL, "libvirt")  # /status shows its VMs Unknown, and the others are planned without it
+
+    def _on_domain_event(self, link: HostLink, name: str) -> None:
+        try:
+            interesting = self._interesting
+            if interesting is not None and name not in interesting:
+                return  # neither declared nor ours: nothing a pass would do about it
+            self._wake(host_key(link.name, f"VirtualMachine/{name}"), "libvirt")
+        except Exception as exc:  # on libvirt's event thread: an escaping exception would only reach stderr
+            self._survive("events", exc)
+        else:
+            self._recovered("events")
 
     def _connections(self) -> fleet_reconcile.FleetConnections:
         with self._links_lock:
@@ -224,86 +418,486 @@ class FleetController:
                 uris={n: l.uri for n, l in self._links.items()},
             )
 
-    # -- passes -----------------------------------------------------------------------
+    # -- manifest sources ---------------------------------------------------------------
 
-    def _pass(self) -> None:
+    def _manifest_path(self) -> str | None:
+        if self._source is not None:
+            return str(self._source.manifests) if self._source.manifests else None
+        return self.settings.path
+
+    def _revision(self, reasons: set[str]) -> str:
+        if self._source is not None:
+            return self._source.applied or ""
+        if self._directory_revision is None or reasons - {"libvirt", "retry"}:
+            self._directory_revision = gitcli.describe(self.settings.path)
+        return self._directory_revision
+
+    # -- one pass -----------------------------------------------------------------------
+
+    def _pass(self, keys: list[str]) -> None:
+        """Plan the fleet and dispatch the work of ``keys``; an unexpected exception fails this pass only."""
+        reconcile_id = uuid.uuid4().hex[:12]
+        reasons = {key: self._take_reason(key) for key in keys}
         started = time.monotonic()
-        desired = reconcile.load_desired(self.settings.path)
-        if not desired.hosts:
-            self._healthy, self._health_reason = False, "the manifests no longer declare any Host; restart kvmops run"
-            log.error("fleet_without_hosts", manifests=self.settings.path)
+        dispatched: set[str] = set()
+        with structlog.contextvars.bound_contextvars(reconcile_id=reconcile_id):
+            try:
+                self._reconcile(keys, reasons, reconcile_id, started, dispatched)
+            except Exception as exc:
+                message = self._survive("pass", exc, reconcile_id=reconcile_id)
+                self.metrics.inc("kvmops_reconcile_passes_total", result="error")
+                self._failed(started, message, reconcile_id)
+                for key in keys:
+                    if key in dispatched:
+                        continue  # its execution is running and will say how it ends
+                    with self._reasons_lock:
+                        self._reasons.setdefault(key, set()).add(reasons[key])
+                    self._queue.retry_later(key)
+                    self._queue.done(key)
+            else:
+                self._recovered("pass")
+
+    def _reconcile(self, keys: list[str], reasons: dict[str, str], reconcile_id: str, started: float,
+                   dispatched: set[str]) -> None:
+        path = self._manifest_path()
+        if path is None:
+            log.info("reconcile_waiting", reason="no good git revision fetched yet")
+            self._release_all(keys)
+            return
+        try:
+            with reconcile.gc_paused():
+                desired = reconcile.load_desired(path, revision=self._revision(set(reasons.values())))
+        except errors.ManifestError as exc:
+            self.metrics.inc("kvmops_errors_total", kind="manifests")
+            self.metrics.inc("kvmops_reconcile_passes_total", result="error")
+            log.error("reconcile_failed", error=str(exc), kind="manifests")
+            self._failed(started, str(exc), reconcile_id)
+            self._release_all(keys)
+            return
+        if not desired.is_fleet and self.agent is None:
+            self._release_all(keys)
+            self.request_switch("single", "the manifests declare no Host any more")
             return
         if self.agent is not None and self.agent not in desired.hosts:
-            self._healthy, self._health_reason = False, f"no Host named {self.agent} in the manifests"
             log.error("agent_host_missing", host=self.agent)
+            self._failed(started, f"no Host named {self.agent} in the manifests", reconcile_id)
+            self._release_all(keys)
             return
         self._sync_links(desired)
         connections = self._connections()
-        planned = fleet_reconcile.make_plan(desired, connections, settings=self.settings.planner, only_host=self.agent)
-        result = None
-        if planned.plan.has_changes:
-            mine = {h.host for h in planned.plan.hosts if h.plan is not None and h.host in connections.hypervisors}
-            with self._locks(connections, mine):
-                result = fleet_reconcile.apply(planned, connections, workers=self.settings.workers,
-                                               cancel=self._cancel, migrations_from=self.agent)
+        woken = self._woken_vms(keys, reasons, connections)
+        with reconcile.gc_paused():
+            observed, observed_at = self._look(connections, desired, woken)
+        for name, seen in observed.items():
+            if isinstance(seen, fleet.HostUnreachable) and name in connections.hypervisors:
+                with self._links_lock:
+                    link = self._links.get(name)
+                if link is not None:
+                    self._lost(link, seen.error)
+        with self._subjects_lock:
+            for vm in [vm for vm, (_h, ended) in self._arriving.items() if ended is not None and ended < observed_at]:
+                del self._arriving[vm]
+            arriving = {vm: host for vm, (host, _ended) in self._arriving.items()}
+        planned = fleet_reconcile.plan_from(desired, observed, settings=self.settings.planner, only_host=self.agent,
+                                            arriving=arriving)
+        self._interesting = self._names(desired, observed)
+        self._dispatch(planned, connections, set(keys), FULL in keys, reasons, reconcile_id, dispatched, observed_at,
+                       targeted=woken is not None)
+        for key in keys:
+            if key not in dispatched:
+                self._queue.forget(key)
+                self._queue.done(key)
         self.passes += 1
-        self._record(planned, result, started)
+        duration = time.monotonic() - started
+        self.metrics.inc("kvmops_reconcile_passes_total", result="problems" if planned.plan.problems else "ok")
+        self.metrics.observe("kvmops_reconcile_duration_seconds", duration)
+        self._record(planned, reasons, reconcile_id, duration, "host" if woken is None else "vms")
+
+    def _woken_vms(self, keys: list[str], reasons: dict[str, str],
+                   connections: fleet_reconcile.FleetConnections) -> dict[str, list[str]] | None:
+        """Return, per Host, the VMs of a pass woken only by their own libvirt events; None: look at every Host whole.
+
+        As in the single-host controller (docs/controller.md): such a pass refreshes those VMs
+        in the last look at their Host, and takes the other Hosts as last seen. Anything else
+        (a manifest change, the resync, a reconnection, a retry, a Host never looked at, or
+        one whose connection changed) looks at every Host whole.
+        """
+        woken: dict[str, list[str]] = {}
+        for key in keys:
+            host, _, resource = key.partition(":")
+            if not resource.startswith("VirtualMachine/") or reasons.get(key) != "libvirt":
+                return None
+            woken.setdefault(host, []).append(resource.partition("/")[2])
+        for host, hypervisor in connections.hypervisors.items():
+            last = self._observations.get(host)
+            if last is None or last[0] is not hypervisor:
+                return None
+        return woken
+
+    def _look(self, connections: fleet_reconcile.FleetConnections, desired: model.DesiredState,
+              woken: dict[str, list[str]] | None) -> tuple[dict[str, object], float]:
+        """Return what every Host shows (or why it cannot be seen), and when the oldest of those looks began.
+
+        Hosts are looked at side by side. With ``woken``, a Host refreshes only its woken VMs
+        in its last look, and a Host without any is taken as last seen.
+        """
+        def look(name: str, hypervisor: hv.Hypervisor) -> tuple[str, object, float]:
+            began = time.monotonic()
+            try:
+                if woken is None:
+                    observation = observe.collect(hypervisor)
+                elif name in woken:
+                    names = woken[name]
+                    named = [planner.vm_volumes(desired.vms[vm], desired.images) for vm in names if vm in desired.vms]
+                    observation = observe.refresh(hypervisor, self._observations[name][1], names,
+                                                  volumes=set().union(*named))
+                else:
+                    _hypervisor, observation, began = self._observations[name]
+                    return name, actual_state.interpret(observation), began
+                self._observations[name] = (hypervisor, observation, began)
+                return name, actual_state.interpret(observation), began
+            except errors.KvmopsError as exc:
+                self._observations.pop(name, None)
+                log.info("host_unreachable", host=name, error=str(exc))
+                return name, fleet.HostUnreachable(name, str(exc)), began
+
+        began = time.monotonic()
+        observed: dict[str, object] = {name: fleet.HostUnreachable(name, error)
+                                       for name, error in connections.unreachable.items()}
+        items = sorted(connections.hypervisors.items())
+        if items:
+            with ThreadPoolExecutor(max_workers=min(len(items), fleet_reconcile.DEFAULT_HOST_WORKERS),
+                                    thread_name_prefix="kvmops-observe") as pool:
+                for name, seen, when in pool.map(lambda item: look(*item), items):
+                    observed[name] = seen
+                    began = min(began, when)
+        for name in [n for n in self._observations if n not in connections.hypervisors]:
+            del self._observations[name]
+        return dict(sorted(observed.items())), began
+
+    def _release_all(self, keys: list[str]) -> None:
+        for key in keys:
+            self._queue.done(key)
+
+    def _names(self, desired: model.DesiredState, observed) -> frozenset[str]:
+        """Return the domain names whose events matter: declared, or marked by this fleet on some host."""
+        scope = self.settings.planner.scope
+        ours = {name for seen in observed.values() if isinstance(seen, model.ActualState)
+                for name, domain in seen.domains.items() if domain.owned and planner.scope_of(domain) == scope}
+        return frozenset(desired.vms) | frozenset(ours)
+
+    # -- dispatch: central decisions, per-host execution -----------------------------------
+
+    def _dispatch(self, planned: fleet_reconcile.FleetPlanResult, connections: fleet_reconcile.FleetConnections,
+                  keys: set[str], full: bool, reasons: dict[str, str], reconcile_id: str, dispatched: set[str],
+                  observed_at: float, *, targeted: bool = False) -> None:
+        """Start the changed resources this pass is for on their hosts' pools, in apply's order across hosts.
+
+        A host's own changes in the executor's phases; then the migrations, each on its source's
+        pool once the destination's resources it ``requires`` ran; then the removals, once every
+        migration in flight has ended. A key is claimed before its work is submitted; a resource
+        whose key is in flight is marked dirty and looked at again when that work ends. A resource
+        whose last execution ended after the hosts were observed is not run on this plan (it
+        saw that work half done): its key is queued again, for a pass that sees the outcome. A
+        targeted pass (it refreshed a few VMs, not every Host) neither removes nor moves
+        anything: the next full pass does.
+        """
+        fallback = reasons.get(FULL, "retry")
+        hypervisors = dict(connections.hypervisors)
+        with self._links_lock:
+            links = {name: link for name, link in self._links.items() if name in hypervisors}
+        host_plans = {h.host: h.plan for h in planned.plan.hosts if h.plan is not None and h.host in links}
+        work: dict[str, Future] = {}
+
+        def claim(key: str) -> bool:
+            if not (key in keys or (full and self._queue.claim(key))):
+                return False
+            subject = subject_of(key)
+            with self._subjects_lock:
+                holder = self._busy.get(subject)
+                if holder is not None:  # the VM is being worked on, or moved, from another host
+                    self._waiters.setdefault(holder, set()).add(key)
+                elif self._ended.get(subject, float("-inf")) < observed_at:
+                    self._busy[subject] = key
+                    return True
+            self._queue.done(key)
+            if holder is None:
+                self._wake(key, reasons.get(key, fallback))  # planned on a look that saw its last work half done
+            dispatched.add(key)  # handed on to a later pass: not this pass's to release
+            return False
+
+        def needed(key: str) -> Future | None:
+            return work.get(key) or self._running.get(key)
+
+        def submit(host: str, plan: plans.Plan, resource: plans.ResourcePlan, key: str,
+                   needs: list[tuple[str, Future]], destination: str | None = None) -> Future | None:
+            reason = reasons.get(key, fallback)
+            single = dataclasses.replace(plan, resources=(resource,))
+            if resource.kind == "VirtualMachine" and plans.Action.CREATE in resource.actions:
+                with self._subjects_lock:  # before it can end, so that its end is recorded
+                    self._arriving[resource.name] = (host, None)
+            try:
+                future = links[host].executor.submit(self._execute, host, single, resource, key, reason, reconcile_id,
+                                                     needs, hypervisors, destination)
+            except RuntimeError:  # the host left the manifests meanwhile: its pool takes nothing new
+                self._end(key)
+                return None
+            except BaseException:
+                self._end(key)  # nothing will run for it: free its key and its subject
+                raise
+            dispatched.add(key)
+            work[key] = self._running[key] = future
+            self._futures.add(future)
+            future.add_done_callback(lambda done, key=key: self._finished(key, done))
+            return future
+
+        for host, plan in sorted(host_plans.items()):
+            for resource in (r for phase in execute.phases(plan) for r in phase):
+                if fleet_reconcile.is_migration(resource) or fleet_reconcile.is_removal(resource):
+                    continue
+                key = host_key(host, resource.key)
+                if claim(key):
+                    needs = [(k, f) for k in (host_key(host, r) for r in resource.requires) if (f := needed(k))]
+                    submit(host, plan, resource, key, needs)
+        for migration in planned.plan.migrations:
+            step = next(s for s in migration.steps if isinstance(s, plans.MigrateDomain))
+            if targeted or (self.agent is not None and step.source != self.agent) or step.source not in host_plans:
+                continue
+            key = host_key(step.source, migration.key)
+            if not claim(key):
+                continue
+            needs = [(k, f) for k in migration.requires if (f := needed(k))]
+            future = submit(step.source, host_plans[step.source], migration, key, needs, step.destination)
+            if future is not None:
+                self._migrations[key] = future
+        for host, plan in sorted(host_plans.items()):
+            for resource in (r for phase in execute.phases(plan) for r in phase):
+                if targeted or not fleet_reconcile.is_removal(resource) or fleet_reconcile.is_migration(resource):
+                    continue
+                key = host_key(host, resource.key)
+                if claim(key):
+                    needs = [(k, f) for k in (host_key(host, r) for r in resource.requires) if (f := needed(k))]
+                    needs += [(k, f) for k, f in list(self._migrations.items()) if not f.done()]
+                    submit(host, plan, resource, key, needs)
+
+    def _finished(self, key: str, future: Future) -> None:
+        self._futures.discard(future)
+        if self._running.get(key) is future:
+            del self._running[key]
+        if self._migrations.get(key) is future:
+            del self._migrations[key]
+
+    def _execute(self, host: str, single: plans.Plan, resource: plans.ResourcePlan, key: str, reason: str,
+                 reconcile_id: str, needs: list[tuple[str, Future]], hypervisors: dict[str, hv.Hypervisor],
+                 destination: str | None) -> bool:
+        """Run one resource on ``host`` once what it needs has run; return whether it converged.
+
+        Holds the host lock of ``host`` (and of a migration's destination, locks taken in URI order).
+        """
+        subject = {execute.SUBJECTS.get(resource.kind, "resource"): resource.name}
+        with structlog.contextvars.bound_contextvars(reconcile_id=reconcile_id, host=host, **subject):
+            try:
+                blocked = []
+                for needed_key, needed in needs:
+                    try:
+                        if needed.result() is False:
+                            blocked.append(needed_key)
+                    except Exception:  # noqa: BLE001 - its own worker logged it; here it only means "not ready"
+                        blocked.append(needed_key)
+                if blocked:
+                    ok, error = False, f"skipped: {', '.join(blocked)} is not ready"
+                    log.warning("resource_skipped", reason=error)
+                elif self._cancel.is_set():
+                    ok, error = False, "cancelled"
+                else:
+                    with self._held(host, destination):
+                        report = execute.execute(single, hypervisors[host], workers=1, cancel=self._cancel,
+                                                 hosts=hypervisors)
+                    outcome = report.outcomes[0] if report.outcomes else None
+                    ok = outcome is not None and outcome.status == "converged"
+                    error = None if ok else (outcome.error if outcome else "cancelled")
+            except errors.KvmopsError as exc:
+                ok, error = False, str(exc)
+            except Exception as exc:  # a worker must never die silently
+                ok, error = False, f"internal error: {type(exc).__name__}: {exc}"
+                self.metrics.inc("kvmops_errors_total", kind="internal")
+                log.exception("execution_crashed")
+            try:
+                for action in resource.actions:
+                    self.metrics.inc("kvmops_actions_total", action=action.value, result="ok" if ok else "error")
+                if ok:
+                    self._queue.forget(key)
+                    if reason in DRIFT:
+                        self.metrics.inc("kvmops_drift_repairs_total")
+                        log.info("drift_repaired", actions=[a.value for a in resource.actions], trigger=reason)
+                elif not self._cancel.is_set():
+                    self.metrics.inc("kvmops_errors_total", kind="execution")
+                    delay = self._queue.retry_later(key)
+                    log.warning("retry_scheduled", error=error, delay_s=round(delay, 2), failures=self._queue.failures(key))
+                if resource.kind == "VirtualMachine":
+                    with self._status_lock:
+                        if ok:
+                            self._errors.pop(key, None)
+                        else:
+                            self._errors[key] = error or "failed"
+            finally:
+                self._end(key)  # whatever happened above, the key must not stay in flight forever
+        return ok
+
+    def _end(self, key: str) -> None:
+        """End the execution of ``key``: its subject is free, and the keys that waited for it are woken."""
+        subject = subject_of(key)
+        with self._subjects_lock:
+            self._ended[subject] = time.monotonic()  # before done(): a pass claiming it next knows
+            if self._busy.get(subject) == key:
+                del self._busy[subject]
+            name = subject.partition("/")[2]
+            if subject.startswith("VirtualMachine/") and name in self._arriving:
+                self._arriving[name] = (self._arriving[name][0], self._ended[subject])
+            waiting = self._waiters.pop(key, set())
+        self._queue.done(key)
+        for waiter in sorted(waiting):
+            self._wake(waiter, "retry")
 
     @contextlib.contextmanager
-    def _locks(self, connections: fleet_reconcile.FleetConnections, hosts: set[str]):
+    def _held(self, host: str, destination: str | None):
+        """Hold the host lock of ``host`` (and of a migration's ``destination``), in URI order as a fleet apply does."""
+        names = {host} | ({destination} if destination else set())
+        with self._links_lock:
+            keepers = sorted((self._links[n].uri, self._links[n].keeper) for n in names if n in self._links)
         with contextlib.ExitStack() as stack:
-            for uri in sorted(connections.hypervisors[h].uri for h in hosts):
-                if not uri.startswith("test:"):
-                    stack.enter_context(hostlock.hold(self.settings.state_dir, uri, wait=self.settings.termination_grace))
+            for _uri, keeper in keepers:
+                stack.enter_context(keeper.held())
             yield
 
-    def _record(self, planned: fleet_reconcile.FleetPlanResult, result, started: float) -> None:
-        after = result.after if result is not None and result.after is not None else planned.plan
-        observed = planned.observed
+    # -- what it records and serves --------------------------------------------------------
+
+    def _failed(self, started: float, message: str, reconcile_id: str) -> None:
+        with self._status_lock:
+            self._last_pass = {"reconcile_id": reconcile_id, "finished_at": now(),
+                               "duration_ms": round((time.monotonic() - started) * 1000), "error": message}
+        self._health = (False, message)
+        with contextlib.suppress(Exception):  # the notifier may be what failed
+            self._notifier.status(f"error: {message}"[:200])
+
+    def _record(self, planned: fleet_reconcile.FleetPlanResult, reasons: dict[str, str], reconcile_id: str,
+                duration: float, scope: str) -> None:
+        plan, observed = planned.plan, planned.observed
+        in_flight = self._queue.in_flight()
+        with self._status_lock:
+            for key in [k for k in self._errors if k.split(":", 1)[0] in {h.host for h in plan.hosts}]:
+                host, resource_key = key.split(":", 1)
+                section = next(h for h in plan.hosts if h.host == host)
+                if section.plan is not None and not any(r.key == resource_key and r.changed for r in section.plan.resources):
+                    del self._errors[key]  # nothing left to do for it: whatever failed was resolved
+            errors_now = dict(self._errors)
         hosts = {}
-        for host in after.hosts:
-            actual = observed.get(host.host)
-            domains = getattr(actual, "domains", {})
+        for section in plan.hosts:
+            actual = observed.get(section.host)
+            domains = actual.domains if isinstance(actual, model.ActualState) else {}
             vms = []
-            for vm in host.vms:
+            for vm in section.vms:
                 domain = domains.get(vm)
-                pending = [] if host.plan is None else [
-                    a.value for r in host.plan.changes if r.name == vm for a in r.actions]
+                pending = [] if section.plan is None else [
+                    a.value for r in section.plan.changes if r.name == vm and r.kind == "VirtualMachine" for a in r.actions]
                 vms.append({"name": vm, "state": domain.power.value if domain is not None else
-                            ("Unknown" if host.unreachable else "absent"), "pending": pending})
-            hosts[host.host] = {"uri": host.uri, "connected": host.unreachable is None, "error": host.unreachable,
-                                "schedulable": host.schedulable, "vms": vms,
-                                "problems": [str(p) for p in (host.plan.problems if host.plan else ())]}
-        converged = (result.converged if result is not None else
-                     not planned.plan.has_changes and not planned.plan.unreachable and not planned.plan.problems)
+                            ("Unknown" if section.unreachable else "absent"), "pending": pending,
+                            "last_error": errors_now.get(host_key(section.host, f"VirtualMachine/{vm}"))})
+            hosts[section.host] = {
+                "uri": section.uri, "connected": section.unreachable is None, "error": section.unreachable,
+                "schedulable": section.schedulable,
+                "prune_suspended": (f"host unreachable: {section.unreachable}" if section.plan is None
+                                    else section.plan.prune_suspended),
+                "in_flight": sorted(k.split(":", 1)[1] for k in in_flight if k.startswith(f"{section.host}:")),
+                "vms": vms, "problems": [str(p) for p in (section.plan.problems if section.plan else ())],
+            }
+        converged = (not plan.has_changes and not plan.unreachable and not plan.problems and not in_flight
+                     and not any(h.plan is not None and h.plan.problems for h in plan.hosts))
+        trigger = sorted(set(reasons.values()))
+        changes = sum(len(h.plan.changes) for h in plan.hosts if h.plan is not None)
         with self._status_lock:
             self._status = {
-                "fleet": after.fleet, "agent": self.agent, "passes": self.passes, "last_pass": now(),
-                "last_pass_seconds": round(time.monotonic() - started, 3), "converged": converged,
-                "summary": after.summary(), "problems": [str(p) for p in after.problems], "hosts": hosts,
-                "migrations": [m.name for m in after.migrations],
+                "fleet": plan.fleet, "agent": self.agent, "passes": self.passes, "converged": converged,
+                "summary": plan.summary(), "problems": [str(p) for p in plan.problems], "hosts": hosts,
+                "migrations": [m.name for m in plan.migrations],
             }
-        self._healthy = converged
-        self._health_reason = "converged" if converged else after.summary()
-        log.info("fleet_pass_done", converged=converged, summary=after.summary(),
-                 duration_ms=round((time.monotonic() - started) * 1000))
+            self._last_pass = {"reconcile_id": reconcile_id, "finished_at": now(), "duration_ms": round(duration * 1000),
+                               "trigger": trigger, "changes": changes, "problems": len(plan.problems), "observed": scope}
+        down = list(plan.unreachable)
+        problems = len(plan.problems) + sum(len(h.plan.problems) for h in plan.hosts if h.plan is not None)
+        if down:
+            self._health = (False, f"host {down[0].host} unreachable: {down[0].unreachable}")
+        elif problems:
+            self._health = (False, f"{problems} problem(s) in the fleet; pruning suspended")
+        else:
+            self._health = (True, "ok")
+        self.metrics.set("kvmops_connected", 0 if down else 1)
+        self.metrics.set("kvmops_manifest_problems", len(plan.problems))
+        log.info("reconcile_finished", duration_ms=round(duration * 1000), trigger=",".join(trigger), changes=changes,
+                 problems=problems, in_flight=len(in_flight), unreachable=[h.host for h in down] or None, observed=scope)
+        summary = plan.summary() + (f"; {problems} problem(s), pruning suspended" if problems else "")
+        if not self._ready:
+            self._ready = True
+            self._notifier.ready(summary[:200])
+        else:
+            self._notifier.status(summary[:200])
+
+    def _healthz(self) -> tuple[int, str, str]:
+        healthy, why = self.health()
+        return (200 if healthy else 503), "text/plain; charset=utf-8", redaction.redact_text(why) + "\n"
+
+    def _healthz_public(self) -> tuple[int, str, str]:
+        # without the token a probe learns up or down, not why: reasons name hosts, VMs, commits and errors
+        healthy, _why = self.health()
+        return (200, "text/plain; charset=utf-8", "ok\n") if healthy else (503, "text/plain; charset=utf-8", "unavailable\n")
+
+    def _status_route(self) -> tuple[int, str, str]:
+        return 200, "application/json", json.dumps(self.status_document(), indent=2) + "\n"
+
+    # -- reload and shutdown ------------------------------------------------------------
+
+    def _reload(self) -> None:
+        if self._reload_settings is None:
+            log.info("reload_ignored", reason="no configuration file")
+            return
+        try:
+            settings = self._reload_settings()
+        except errors.KvmopsError as exc:
+            log.error("reload_failed", error=str(exc), kept="previous configuration")
+            return
+        kept = [name for name in ("uri", "listen", "listen_token_file", "listen_insecure", "workers", "state_dir")
+                if getattr(settings, name) != getattr(self.settings, name)]
+        if kept:
+            log.warning("reload_needs_restart", settings=kept)
+            settings = dataclasses.replace(settings, **{name: getattr(self.settings, name) for name in kept})
+        self.settings = settings
+        log.info("configuration_reloaded", manifests=settings.path or None, resync_interval=settings.resync_interval)
 
     def _shutdown(self) -> None:
+        switching = self.switch_to is not None and not self._cancel.is_set()
+        if not switching:
+            self._notifier.stopping()
+            self._cancel.set()
+        log.info("controller_stopping", in_flight=len(self._futures), switching_to=self.switch_to)
+        self._queue.close()
         self._debouncer.cancel()
+        unfinished = finish_in_flight(self._futures, self._cancel, self.settings.termination_grace)
         if self._watcher is not None:
             self._watcher.stop()
         if self._server is not None:
             self._server.stop()
         with self._links_lock:
             for link in self._links.values():
-                if link.hypervisor is not None:
-                    link.hypervisor.close()
+                self._retire(link)
             self._links.clear()
-        log.info("fleet_controller_stopped")
+        if self._git_follower is not None:
+            self._git_follower.join(timeout=self.settings.termination_grace)
+        log.info("controller_stopped", unfinished=unfinished)
 
 
 def is_fleet(path: str) -> bool:
     """Return whether the manifests at ``path`` declare Hosts (so ``kvmops run`` drives a fleet)."""
     with contextlib.suppress(errors.KvmopsError):
-        return bool(reconcile.load_desired(path).hosts)
+        return reconcile.load_desired(path).is_fleet
     return False
+

@@ -43,6 +43,11 @@ class GitFollower:
         self._thread = threading.Thread(target=self._follow, name="kvmops-git", daemon=True)
         self._thread.start()
 
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the thread to end (after ``stop`` was set), so the next follower never fetches beside it."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
     def _follow(self) -> None:
         """Fetch the branch on its interval; wake a full pass when a good commit arrives."""
         source = self._source

@@ -69,6 +69,7 @@ class Controller(ControllerStatus):
         *,
         notifier: systemd.Notifier | None = None,
         reload: Callable[[], ControllerSettings] | None = None,
+        source: gitsource.GitSource | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics.Metrics()
@@ -101,7 +102,10 @@ class Controller(ControllerStatus):
         self._interesting: frozenset[str] | None = None  # domain names a pass cares about; None: all
         # What the last pass saw of the host: a pass woken only by domains' events refreshes those domains in it.
         self._observation: model.Observation | None = None
-        self._source = gitsource.GitSource(settings.git, settings.state_dir) if settings.git else None
+        if source is None and settings.git:
+            source = gitsource.GitSource(settings.git, settings.state_dir)
+        self._source = source  # handed over by the fleet controller when the mode switches, already fetched
+        self.switch_to: str | None = None  # "fleet" once the manifests declare Hosts: run() returns to switch
         self._git_follower = GitFollower(
             self._source, self._stop, wake=lambda: self._wake(workqueue.EVERYTHING, "git"),
             survive=self._survive, recovered=self._recovered, metrics=self.metrics,
@@ -120,10 +124,23 @@ class Controller(ControllerStatus):
         self._cancel.set()
         self._queue.close()
 
+    def request_switch(self, mode: str, reason: str) -> None:
+        """Start no new pass, let the steps in progress finish, and return from :meth:`run` with ``switch_to`` set."""
+        if self.switch_to is None:
+            log.info("controller_switching", to=mode, reason=reason, in_flight=len(self._futures))
+        self.switch_to = mode
+        self._stop.set()
+        self._queue.close()
+
     def request_reload(self) -> None:
         """Re-read the configuration before the next pass (SIGHUP)."""
         self._reload_requested.set()
         self._wake(workqueue.EVERYTHING, "reload")
+
+    @property
+    def source(self) -> gitsource.GitSource | None:
+        """Return the git source followed, to hand over to the next controller when the mode switches."""
+        return self._source
 
     @property
     def listen_address(self) -> str | None:
@@ -149,7 +166,7 @@ class Controller(ControllerStatus):
                  git=self.settings.git.shown() if self.settings.git else None)
         if self._git_follower is not None:
             self._git_follower.start()
-        else:
+        if self._source is None or self._source.applied is not None:
             self._wake(workqueue.EVERYTHING, "start")
         timers = LoopTimers(next_resync=self._next_resync(), next_watchdog=time.monotonic())
         try:
@@ -355,6 +372,9 @@ class Controller(ControllerStatus):
         try:
             with reconcile.gc_paused():
                 desired = reconcile.load_desired(path, revision=self._revision(set(reasons.values())))
+                if desired.is_fleet:
+                    self._fleet_declared(keys, started, desired)
+                    return
                 observing = time.monotonic()
                 if woken is None:
                     observation = observe.collect(self._hypervisor)
@@ -407,6 +427,18 @@ class Controller(ControllerStatus):
             self._notifier.ready(self._summary())
         else:
             self._notifier.status(self._summary())
+
+    def _fleet_declared(self, keys: list[str], started: float, desired: model.DesiredState) -> None:
+        """The manifests now declare Hosts: switch to the fleet controller, or refuse when told to drive one URI."""
+        if self.settings.uri_given:
+            self._pass_failed(keys, started, "manifests", (
+                "the manifests declare Hosts, each reached at its own spec.uri, but this controller "
+                f"drives {redaction.redact_url(self.settings.uri)} (--connect): nothing is planned; restart kvmops run "
+                "without --connect, or with --host NAME as one Host's agent"))
+            return
+        for key in keys:
+            self._queue.done(key)
+        self.request_switch("fleet", "the manifests declare Hosts")
 
     def _woken_vms(self, keys: list[str], reasons: dict[str, str]) -> list[str] | None:
         """Return the VMs of a pass woken only by their own libvirt events, or None when it must observe the whole host.
@@ -536,19 +568,14 @@ class Controller(ControllerStatus):
         log.info("configuration_reloaded", manifests=settings.path, resync_interval=settings.resync_interval)
 
     def _shutdown(self) -> None:
-        self._notifier.stopping()
-        log.info("controller_stopping", in_flight=len(self._futures))
-        self._cancel.set()
+        switching = self.switch_to is not None and not self._cancel.is_set()
+        if not switching:
+            self._notifier.stopping()
+            self._cancel.set()
+        log.info("controller_stopping", in_flight=len(self._futures), switching_to=self.switch_to)
         self._queue.close()
         self._debouncer.cancel()
-        deadline = time.monotonic() + self.settings.termination_grace
-        for future in list(self._futures):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            with contextlib.suppress(Exception):
-                future.result(timeout=remaining)
-        unfinished = sum(1 for f in self._futures if not f.done())
+        unfinished = finish_in_flight(self._futures, self._cancel, self.settings.termination_grace)
         self._executor.shutdown(wait=False, cancel_futures=True)
         if self._watcher is not None:
             self._watcher.stop()
@@ -556,4 +583,25 @@ class Controller(ControllerStatus):
             self._server.stop()
         if self._hypervisor is not None:
             self._hypervisor.close()
+        if self._git_follower is not None:
+            self._git_follower.join(timeout=self.settings.termination_grace)
         log.info("controller_stopped", unfinished=unfinished)
+
+
+def finish_in_flight(futures: set[Future], cancel: threading.Event, grace: float) -> int:
+    """Wait for ``futures``; return how many are still running.
+
+    While ``cancel`` is set (a stop), wait at most ``grace`` seconds; otherwise (a switch of
+    mode) wait until they end, or until ``cancel`` is set and then ``grace`` more seconds.
+    """
+    deadline = time.monotonic() + grace if cancel.is_set() else None
+    for future in list(futures):
+        while not future.done():
+            if deadline is None and cancel.is_set():
+                deadline = time.monotonic() + grace  # a SIGTERM during a switch
+            remaining = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+            if remaining <= 0:
+                break
+            with contextlib.suppress(Exception):
+                future.result(timeout=remaining)
+    return sum(1 for f in futures if not f.done())

@@ -15,6 +15,7 @@ class ControllerSettings:
 
     path: str
     uri: str
+    uri_given: bool = False  # uri was asked for on the command line (--connect): kept to, even in a fleet repository
     planner: planner.Settings = planner.Settings()
     resync_interval: float = 60.0
     quiet_period: float = 0.3

@@ -16,8 +16,12 @@ from reconciler.core import plan as plans
 log = logconfig.get_logger("kvmops.controller")
 
 
-class ControllerStatus:
-    """Records each pass's outcome and internal errors, and serves them."""
+class InternalErrors:
+    """Records unexpected exceptions by where they happened, until that part runs cleanly again.
+
+    A part of both controllers: it needs ``_status_lock``, ``_internal_errors`` (a dict)
+    and ``metrics``.
+    """
 
     def _survive(self, where: str, exc: Exception, *, reconcile_id: str | None = None,
                  retry_in: float | None = None) -> str:
@@ -46,6 +50,10 @@ class ControllerStatus:
             gone = self._internal_errors.pop(where, None)
         if gone is not None:
             log.info("internal_error_cleared", where=where, occurrences=gone["count"])
+
+
+class ControllerStatus(InternalErrors):
+    """Records each pass's outcome and internal errors, and serves them."""
 
     def _record(self, desired: model.DesiredState, actual: model.ActualState, plan: plans.Plan) -> None:
         previous = {str(p) for p in self._problems}

@@ -1,0 +1,124 @@
+"""``kvmops run`` drives a two-host lab: one host's libvirtd is killed and restarted while it runs.
+
+While the host is down its VMs are Unknown in ``/status`` and the other host still
+converges; once libvirtd is back the controller reconnects on its own and converges that
+host too, creating what was declared for it meanwhile. SIGTERM then ends it with 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+
+import pytest
+import yaml
+
+from reconciler.adapters import hypervisor as hv
+from tests import lab as labs
+from tests.e2e.conftest import PREFIX
+from tests.e2e.test_fleet import REPOSITORY, LabFleet
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def two_host_fleet(tmp_path):
+    missing = [tool for tool in ("unshare", "nsenter", "libvirtd", "virtlogd") if not any(
+        os.access(os.path.join(d, tool), os.X_OK) for d in os.environ.get("PATH", "").split(os.pathsep))]
+    if os.geteuid() != 0 or missing:
+        pytest.skip(f"the fleet tests need root and {', '.join(missing) or 'namespaces'}")
+    labs.sweep_abandoned(labs.LAB_ROOT, f"{PREFIX}-fctl-*")
+    prefix = f"{PREFIX}-fctl-{uuid.uuid4().hex[:6]}"
+    lab = labs.Lab(prefix).start(2)
+    try:
+        manifests = tmp_path / "manifests"
+        manifests.mkdir()
+        world = LabFleet(lab, manifests, prefix)
+        world.write_hosts()
+        (manifests / "pool.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "kvmops/v1", "kind": "StoragePool", "metadata": {"name": world.pool},
+            "spec": {"path": f"/var/lib/libvirt/images/{world.pool}"}}), encoding="utf-8")
+        yield world
+    finally:
+        lab.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def status(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as response:
+        return json.loads(response.read())
+
+
+def eventually(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return True
+        except Exception:  # noqa: BLE001 - not up yet
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def running(world: LabFleet, host: str, vm: str) -> bool:
+    with hv.Hypervisor.open(world.lab_host(host).uri, read_only=True) as hypervisor:
+        return any(r.name == vm and r.power.active for r in hypervisor.list_domains())
+
+
+def test_the_controller_reconnects_to_a_restarted_libvirtd_and_converges_that_host(two_host_fleet):
+    world = two_host_fleet
+    first, second = world.vm(1), world.vm(2)
+    world.write_vms([first], file="h1.yaml", host="h1")
+    world.write_vms([second], file="h2.yaml", host="h2")
+    port = free_port()
+    controller = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "run", str(world.manifests), "--listen", f"127.0.0.1:{port}",
+         "--resync-interval", "300", "--state-dir", str(world.state_dir)],
+        cwd=REPOSITORY, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "NO_COLOR": "1"})
+    try:
+        assert eventually(lambda: running(world, "h1", first) and running(world, "h2", second), 120)
+
+        down = world.lab_host("h2")
+        down.kill_libvirtd()
+        late = world.vm(3)
+        world.write_vms([second, late], file="h2.yaml", host="h2")  # declared while h2 is away
+        world.write_vms([first, world.vm(4)], file="h1.yaml", host="h1")
+
+        assert eventually(lambda: status(port)["hosts"]["h2"]["connected"] is False, 60)
+        assert eventually(lambda: running(world, "h1", world.vm(4)), 120)  # the other host converges
+        section = status(port)["hosts"]["h2"]
+        assert {vm["name"]: vm["state"] for vm in section["vms"]} == {second: "Unknown", late: "Unknown"}
+        assert section["prune_suspended"].startswith("host unreachable")
+
+        down.restart_libvirtd()
+
+        assert eventually(lambda: running(world, "h2", late), 120)
+        assert eventually(lambda: status(port)["converged"] is True, 60), status(port)
+        assert running(world, "h2", second)
+        assert sorted(vm for vms in world.domains().values() for vm in vms) == [world.vm(i) for i in range(1, 5)]
+    finally:
+        controller.send_signal(signal.SIGTERM)
+        try:
+            _out, err = controller.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            controller.kill()
+            _out, err = controller.communicate()
+        print(err[-6000:])  # shown when the test fails
+    assert controller.returncode == 0, err[-3000:]
+    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert any(e["event"] == "host_connected" and e.get("host") == "h2" and e.get("reconnected") for e in events)
+    assert any(e["event"] == "host_disconnected" and e.get("host") == "h2" for e in events)
