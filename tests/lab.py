@@ -56,6 +56,7 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,6 +149,14 @@ class LabHost:
 
     def create(self, *, bound: bool) -> None:
         """Write a fresh configuration and start the holder of the namespaces."""
+        self.wait_for_holder(self.spawn(bound=bound))
+
+    def spawn(self, *, bound: bool) -> subprocess.Popen:
+        """Write a fresh configuration and launch the holder of the namespaces; return it, not yet ready.
+
+        With ``bound``, call it from the thread that lives as long as the lab should: the kernel
+        kills the holder when the *thread* that launched it ends (``PR_SET_PDEATHSIG``).
+        """
         for inside, outside in MASKED.items():
             (self.directory / outside).mkdir(parents=True, exist_ok=True)
         etc = self.directory / "etc"
@@ -171,6 +180,10 @@ class LabHost:
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                                    preexec_fn=_bind_to_parent if bound else None)
         log.close()
+        return process
+
+    def wait_for_holder(self, process: subprocess.Popen) -> None:
+        """Return once the holder ``process`` (from :meth:`spawn`) has mounted and named the host; record its pid."""
         deadline = time.monotonic() + START_TIMEOUT
         while not (self.directory / "ready").exists():
             if process.poll() is not None or time.monotonic() > deadline:
@@ -305,9 +318,12 @@ class LabHost:
         libvirt.registerErrorHandler(lambda _c, _e: None, None)
         connection = libvirt.open(self.uri)
         try:
-            for domain in connection.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+            def destroy(domain) -> None:
                 with contextlib.suppress(libvirt.libvirtError):
                     domain.destroy()
+
+            # concurrently: tearing a TCG guest down takes a while, and a host may have dozens
+            each_at_once(destroy, connection.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE))
             for network in connection.listAllNetworks(libvirt.VIR_CONNECT_LIST_NETWORKS_ACTIVE):
                 with contextlib.suppress(libvirt.libvirtError):
                     network.destroy()
@@ -371,6 +387,15 @@ class LabHost:
         return forced
 
 
+def each_at_once(function, items) -> list:
+    """Return ``[function(item) for item in items]``, computed in threads at once (each waits on other processes)."""
+    items = list(items)
+    if len(items) < 2:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(max_workers=len(items)) as pool:
+        return list(pool.map(function, items))
+
+
 def _zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
@@ -423,15 +448,26 @@ class Lab:
         os.chmod(self.shared, 0o755)
         (self.directory / "owner").write_text(
             f"{os.getpid()} {process_start(os.getpid())}\n" if bound else "cli\n", encoding="ascii")
+        holders: list[subprocess.Popen] = []
         try:
+            # Holders are launched from this thread (a bound holder dies with the thread that
+            # launched it) and recorded before anything runs in them, so that a stop or a
+            # sweep finds them; then every host's daemons start at once.
             for index in range(1, hosts + 1):
                 host = LabHost(f"{self.name}-h{index}", self.directory / f"h{index}", str(uuid.uuid4()))
                 self.hosts.append(host)
-                host.create(bound=bound)
+                holders.append(host.spawn(bound=bound))
+            for host, holder in zip(self.hosts, holders):
+                host.wait_for_holder(holder)
                 self.save()
-                host.start_daemons()
+            each_at_once(LabHost.start_daemons, self.hosts)
         except BaseException:
-            self.stop()
+            try:
+                self.stop()
+            finally:
+                for holder in holders:  # any not yet recorded: unshare's --kill-child takes the holder along
+                    with contextlib.suppress(OSError):
+                        holder.kill()
             raise
         return self
 
@@ -453,9 +489,7 @@ class Lab:
 
     def stop(self) -> list[str]:
         """Remove every host and the lab's directory; return what had to be forced."""
-        forced = []
-        for host in self.hosts:
-            forced += host.stop()
+        forced = [line for lines in each_at_once(LabHost.stop, self.hosts) for line in lines]
         shutil.rmtree(self.directory, ignore_errors=True)
         return forced
 

@@ -321,8 +321,8 @@ def tiny_guest():
 # --- the lab: a libvirtd that tests may kill -------------------------------------------
 
 
-def start_lab_or_skip(name: str) -> labs.Lab:
-    """Start a one-host lab called ``name``; skip (fail when KVMOPS_E2E=required) without root or its tools."""
+def start_lab_or_skip(name: str, hosts: int = 1) -> labs.Lab:
+    """Start a lab of ``hosts`` hosts called ``name``; skip (fail when KVMOPS_E2E=required) without root or its tools."""
     missing = [tool for tool in ("unshare", "nsenter", "libvirtd", "virtlogd") if shutil.which(tool) is None]
     why = f"a lab libvirtd needs root and {', '.join(missing) or 'namespaces'}"
     if os.geteuid() != 0 or missing:
@@ -330,18 +330,29 @@ def start_lab_or_skip(name: str) -> labs.Lab:
             pytest.fail(why)
         pytest.skip(why)
     labs.sweep_abandoned(labs.LAB_ROOT, f"{PREFIX}-lab-*")
-    return labs.Lab(name).start(1)
+    return labs.Lab(name).start(hosts)
+
+
+LAB_HOSTS = 3  # the most any test needs: a fleet (the crash suite kills h1; migrations use h1 and h2)
 
 
 @pytest.fixture(scope="session")
 def lab():
-    """Return the session's lab (:class:`tests.lab.Lab`, one host): a private libvirtd that tests may kill.
+    """Return the session's lab (:class:`tests.lab.Lab`): three private libvirtd daemons that tests may kill.
 
-    Started at its first use (a couple of seconds), shared by every test that needs a
-    libvirtd to die, removed with everything it ran at the end of the session.
+    Started at its first use (its hosts at once, a couple of seconds), shared by every test
+    that needs a libvirtd of its own: one to kill (:func:`lab_host`, on h1), a fleet, a
+    migration's two hosts.  Tests share it by name: each names its objects with a prefix of
+    its own and removes them from every host afterwards (:func:`lab_host`,
+    :func:`tests.e2e.labfleet.reset`), so the hosts are as fresh for the next test.  The lab
+    is removed with everything it ran at the end of the session, whatever happened (also on
+    KeyboardInterrupt); one a killed session abandoned goes with the next session's first
+    lab, or with ``scripts/lab sweep``.
     """
-    started = start_lab_or_skip(f"{PREFIX}-lab-{uuid.uuid4().hex[:6]}")
+    started = start_lab_or_skip(f"{PREFIX}-lab-{uuid.uuid4().hex[:6]}", LAB_HOSTS)
     try:
+        for host in started.hosts:
+            (host.directory / "log" / "qemu").mkdir(parents=True, exist_ok=True)  # the guests' serial logs
         yield started
     finally:
         started.stop()

@@ -13,11 +13,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import libvirt
 
 from reconciler.adapters import hypervisor as hv
 from reconciler.core import domxml, model, storagexml
@@ -25,6 +28,7 @@ from reconciler.core import plan as plans
 from reconciler.runtime import execute
 from tests import lab as labs
 from tests.e2e import tinyguest
+from tests.e2e.conftest import sweep
 
 DISK_BYTES = 64 * 1024 * 1024
 
@@ -61,19 +65,65 @@ class Fleet:
 
 
 @contextlib.contextmanager
-def two_hosts(name: str) -> Iterator[Fleet]:
-    """Yield lab ``name`` of two hosts with a shared and a local pool on each; removed, lab and all, afterwards."""
-    lab = labs.Lab(name).start(2)
-    connections: dict[str, hv.Hypervisor] = {}
+def started_lab(name: str, hosts: int = 2) -> Iterator[labs.Lab]:
+    """Yield lab ``name`` of ``hosts`` hosts, bound to this process; removed, lab and all, whatever happens.
+
+    Whatever happens includes ``KeyboardInterrupt`` (the ``finally`` runs) and this process
+    being killed: the hosts' namespaces die with it (``bound``), and ``scripts/lab sweep``
+    (or the next session's :func:`tests.lab.sweep_abandoned`) removes what a namespace
+    cannot hold.
+    """
+    lab = labs.Lab(name).start(hosts)
     try:
-        connections = {f"h{i}": hv.Hypervisor.open(host.uri) for i, host in enumerate(lab.hosts, 1)}
-        world = Fleet(lab, connections, name)
-        (lab.shared / "pool").mkdir()
-        os.chmod(lab.shared / "pool", 0o755)
         for host in lab.hosts:
             (host.directory / "log" / "qemu").mkdir(parents=True, exist_ok=True)  # the guests' serial logs
+        yield lab
+    finally:
+        lab.stop()
+
+
+def reset(lab: labs.Lab, prefix: str) -> None:
+    """Remove from every host of ``lab`` what a test named ``prefix-...`` left: domains, pools and their volumes,
+    networks, and the files of its pools; a host whose libvirtd a test killed is started again first.  Objects of
+    other prefixes are never touched."""
+    def clean(host: labs.LabHost) -> None:
+        if host.libvirtd_pid is None:
+            host.start_daemons()
+        connection = libvirt.open(host.uri)
+        try:
+            sweep(connection, prefix + "-")
+        finally:
+            connection.close()
+        for leftover in (*(host.directory / "lib" / "images").glob(f"{prefix}-*"),
+                         *(host.directory / "lib" / "qemu" / "nvram").glob(f"{prefix}-*")):
+            _remove(leftover)
+        # (the guests' logs stay: names unique to the test, and what finds a guest's cgroup should its libvirtd die)
+
+    labs.each_at_once(clean, lab.hosts)
+    for leftover in lab.shared.glob(f"{prefix}-*"):
+        _remove(leftover)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def on_lab(lab: labs.Lab, prefix: str, hosts: int = 2) -> Iterator[Fleet]:
+    """Yield a :class:`Fleet` of ``lab``'s first ``hosts`` hosts whose pools and objects are named ``prefix-...``;
+    afterwards every object of that prefix is removed from the lab (:func:`reset`), whatever happened."""
+    connections: dict[str, hv.Hypervisor] = {}
+    try:
+        connections = {f"h{i}": hv.Hypervisor.open(host.uri) for i, host in enumerate(lab.hosts[:hosts], 1)}
+        world = Fleet(lab, connections, prefix)
+        shared = lab.shared / f"{prefix}-pool"
+        shared.mkdir()
+        os.chmod(shared, 0o755)
         for connection in connections.values():
-            for pool, path in ((world.shared, lab.shared / "pool"), (world.local, f"/var/lib/libvirt/images/{world.local}")):
+            for pool, path in ((world.shared, shared), (world.local, f"/var/lib/libvirt/images/{world.local}")):
                 connection.define_pool(
                     f"<pool type='dir'><name>{pool}</name><target><path>{path}</path></target></pool>", pool)
                 connection.build_pool(pool)
@@ -81,13 +131,24 @@ def two_hosts(name: str) -> Iterator[Fleet]:
         yield world
     finally:
         for connection in connections.values():
-            connection.close()
-        lab.stop()
+            with contextlib.suppress(Exception):
+                connection.close()
+        reset(lab, prefix)
+
+
+@contextlib.contextmanager
+def two_hosts(name: str) -> Iterator[Fleet]:
+    """Yield lab ``name`` of two hosts with a shared and a local pool on each; removed, lab and all, afterwards."""
+    with started_lab(name, 2) as lab, on_lab(lab, name) as world:
+        yield world
 
 
 def tiny_vm(fleet: Fleet, guest: tinyguest.Guest, host: str, name: str, pool: str, *, start: bool = True,
-            seed: bool = False, path_disk: str | None = None) -> tuple[str, str]:
+            boot: bool = True, seed: bool = False, path_disk: str | None = None) -> tuple[str, str]:
     """Define (and start) the tiny guest ``name`` on ``host`` with a disk in ``pool``, marked as kvmops'; return (UUID, MAC).
+
+    ``start`` and ``boot``: return once the guest has booted (READY on its console);
+    ``start`` alone: return once it runs, booting still (for what QEMU alone decides).
 
     ``seed``: also a read-only CD-ROM ``NAME-cidata.iso`` in ``pool`` (kvmops' own, Delete), as a
     cloud-init seed is; ``path_disk``: also a writable disk that is that file, outside any pool.
@@ -138,7 +199,8 @@ def tiny_vm(fleet: Fleet, guest: tinyguest.Guest, host: str, name: str, pool: st
     ))
     if start:
         h.start_domain(name)
-        tinyguest.wait_for_ready(fleet.serial_log(host, name), timeout=120)
+        if boot:
+            tinyguest.wait_for_ready(fleet.serial_log(host, name), timeout=120)
     return domain_uuid, mac
 
 
@@ -148,6 +210,17 @@ def uptimes(log: Path) -> list[float]:
         return [float(u) for u in tinyguest.UPTIME.findall(log.read_text(errors="replace"))]
     except FileNotFoundError:
         return []
+
+
+def past_any_reboot(log: Path, margin: float = 2.0) -> float:
+    """Return an uptime the guest printed into ``log`` that a guest booted again could not print first.
+
+    The guest's first heartbeat comes a boot's time after it started; once it has printed
+    ``margin`` seconds more than that, a guest that booted again would print a smaller
+    uptime first.  (Waiting for a fixed uptime instead costs seconds for nothing.)
+    """
+    wait_for_uptime(log, 0)
+    return wait_for_uptime(log, uptimes(log)[0] + margin)
 
 
 def wait_for_uptime(log: Path, at_least: float, timeout: float = 60) -> float:

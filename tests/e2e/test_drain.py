@@ -48,7 +48,7 @@ import yaml
 from reconciler.adapters import hypervisor as hv
 from reconciler.core import model
 from tests import lab as labs
-from tests.e2e.conftest import PREFIX
+from tests.e2e import labfleet
 from tests.e2e.labfleet import heartbeat
 
 pytestmark = pytest.mark.e2e
@@ -119,17 +119,10 @@ class DrainLab:
         return found
 
 
-@pytest.fixture(scope="module")
-def drain_lab(tmp_path_factory):
-    missing = [tool for tool in ("unshare", "nsenter", "libvirtd", "virtlogd") if shutil.which(tool) is None]
-    if os.geteuid() != 0 or missing:
-        why = f"the drain test needs root and {', '.join(missing) or 'namespaces'}"
-        if os.environ.get("KVMOPS_E2E") == "required":
-            pytest.fail(why)
-        pytest.skip(why)
-    labs.sweep_abandoned(labs.LAB_ROOT, f"{PREFIX}-drain-*")
-    prefix = f"{PREFIX}-drain-{uuid.uuid4().hex[:6]}"
-    lab = labs.Lab(prefix).start(3)
+@pytest.fixture
+def drain_lab(lab, tmp_path_factory):
+    """Return the session's three-host lab with Host manifests for this test; what it made is removed afterwards."""
+    prefix = f"{lab.name}-d{uuid.uuid4().hex[:4]}"
     try:
         manifests = tmp_path_factory.mktemp("drain") / "manifests"
         manifests.mkdir()
@@ -140,13 +133,13 @@ def drain_lab(tmp_path_factory):
             "spec": {"uri": world.uri(name)}} for i, name in enumerate(world.names, 1)))
         yield world
     finally:
-        lab.stop()
+        labfleet.reset(lab, prefix)
 
 
 def test_a_drained_hosts_guest_moves_live_keeps_its_address_and_is_not_rebooted(drain_lab, tiny_guest):
     world = drain_lab
     prefix = world.prefix
-    shared = world.lab.shared / "pool"
+    shared = world.lab.shared / f"{prefix}-pool"
     shared.mkdir(mode=0o755)
     for source in (tiny_guest.kernel, tiny_guest.initrd):  # files of the pool's directory: its volumes once it starts
         shutil.copyfile(source, shared / source.name)
@@ -189,7 +182,7 @@ def test_a_drained_hosts_guest_moves_live_keeps_its_address_and_is_not_rebooted(
     deadline = time.monotonic() + 120
     while (seen := heartbeat(world.uri(home), name, timeout=60))[1] == "none" or seen[0] < 10:
         assert time.monotonic() < deadline, f"the guest has no address after {seen[0]} s of uptime"
-        time.sleep(1)
+        # (no sleep: each heartbeat() waits for the guest's next line, printed every second)
     assert seen[1] == f"{address}/24"  # the DHCP server's static entry for its MAC
     assert answers_ping(address)
 

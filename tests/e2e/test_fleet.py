@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -26,7 +25,7 @@ import yaml
 
 from reconciler.adapters import hypervisor as hv
 from tests import lab as labs
-from tests.e2e.conftest import PREFIX
+from tests.e2e import labfleet
 
 pytestmark = pytest.mark.e2e
 
@@ -34,13 +33,13 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 class LabFleet:
-    """A three-host lab, a connection to each host, and a manifest directory for it."""
+    """The first ``hosts`` hosts of a lab (all by default) as a fleet: Host manifests, a manifest directory, the CLI."""
 
-    def __init__(self, lab: labs.Lab, manifests: Path, prefix: str) -> None:
+    def __init__(self, lab: labs.Lab, manifests: Path, prefix: str, hosts: int | None = None) -> None:
         self.lab = lab
         self.manifests = manifests
         self.prefix = prefix
-        self.names = [f"h{i}" for i in range(1, len(lab.hosts) + 1)]
+        self.names = [f"h{i}" for i in range(1, (hosts or len(lab.hosts)) + 1)]
         self.labels = {name: {"rack": f"r{i}", "lab": prefix} for i, name in enumerate(self.names, 1)}
         self.state_dir = manifests.parent / "state"
 
@@ -69,6 +68,9 @@ class LabFleet:
         return f"{self.prefix}-vm{index:02d}"
 
     def kvmops(self, *argv: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        """Run kvmops; a guest it stops or prunes gets 1 s to power off (they boot nothing: ACPI goes unheard)."""
+        if argv[0] in ("plan", "apply", "drain", "evacuate"):
+            argv = (*argv, "--shutdown-timeout", "1")
         return subprocess.run([sys.executable, "-m", "reconciler", *argv], capture_output=True, text=True,
                               timeout=timeout, cwd=REPOSITORY,
                               env={**os.environ, "KVMOPS_STATE_DIR": str(self.state_dir), "NO_COLOR": "1"})
@@ -86,17 +88,10 @@ class LabFleet:
 
 
 @pytest.fixture(scope="module")
-def lab_fleet(tmp_path_factory):
-    """Return a three-host lab with Host manifests and a local pool declared; removed, lab and all, afterwards."""
-    missing = [tool for tool in ("unshare", "nsenter", "libvirtd", "virtlogd") if shutil.which(tool) is None]
-    if os.geteuid() != 0 or missing:
-        why = f"the fleet tests need root and {', '.join(missing) or 'namespaces'}"
-        if os.environ.get("KVMOPS_E2E") == "required":
-            pytest.fail(why)
-        pytest.skip(why)
-    labs.sweep_abandoned(labs.LAB_ROOT, f"{PREFIX}-fleet-*")
-    prefix = f"{PREFIX}-fleet-{uuid.uuid4().hex[:6]}"
-    lab = labs.Lab(prefix).start(3)
+def lab_fleet(lab, tmp_path_factory):
+    """Return the session's three-host lab with Host manifests and a local pool declared, for this module's tests,
+    which build on each other; everything they made is removed from the lab afterwards."""
+    prefix = f"{lab.name}-f{uuid.uuid4().hex[:4]}"
     try:
         manifests = tmp_path_factory.mktemp("fleet") / "manifests"
         manifests.mkdir()
@@ -107,7 +102,7 @@ def lab_fleet(tmp_path_factory):
             "spec": {"path": f"/var/lib/libvirt/images/{world.pool}"}}), encoding="utf-8")
         yield world
     finally:
-        lab.stop()
+        labfleet.reset(lab, prefix)
 
 
 def planned_creations(plan_text: str, host: str) -> set[str]:
@@ -228,7 +223,7 @@ def test_a_host_label_change_moves_the_vm_that_selected_it(lab_fleet):
 
 def test_evacuating_a_dead_host_defines_its_vm_elsewhere_on_the_shared_disk_and_its_return_is_split_brain(lab_fleet):
     world = lab_fleet
-    shared = world.lab.shared / "pool"
+    shared = world.lab.shared / f"{world.prefix}-pool"
     shared.mkdir(exist_ok=True)
     os.chmod(shared, 0o755)
     name = f"{world.prefix}-nfs"

@@ -21,33 +21,27 @@ import pytest
 import yaml
 
 from reconciler.adapters import hypervisor as hv
-from tests import lab as labs
-from tests.e2e.conftest import PREFIX
+from tests.e2e import labfleet
 from tests.e2e.test_fleet import REPOSITORY, LabFleet
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def two_host_fleet(tmp_path):
-    missing = [tool for tool in ("unshare", "nsenter", "libvirtd", "virtlogd") if not any(
-        os.access(os.path.join(d, tool), os.X_OK) for d in os.environ.get("PATH", "").split(os.pathsep))]
-    if os.geteuid() != 0 or missing:
-        pytest.skip(f"the fleet tests need root and {', '.join(missing) or 'namespaces'}")
-    labs.sweep_abandoned(labs.LAB_ROOT, f"{PREFIX}-fctl-*")
-    prefix = f"{PREFIX}-fctl-{uuid.uuid4().hex[:6]}"
-    lab = labs.Lab(prefix).start(2)
+def two_host_fleet(lab, tmp_path):
+    """Return h1 and h2 of the session's lab as a fleet for this test; what it made is removed afterwards."""
+    prefix = f"{lab.name}-c{uuid.uuid4().hex[:4]}"
     try:
         manifests = tmp_path / "manifests"
         manifests.mkdir()
-        world = LabFleet(lab, manifests, prefix)
+        world = LabFleet(lab, manifests, prefix, hosts=2)
         world.write_hosts()
         (manifests / "pool.yaml").write_text(yaml.safe_dump({
             "apiVersion": "kvmops/v1", "kind": "StoragePool", "metadata": {"name": world.pool},
             "spec": {"path": f"/var/lib/libvirt/images/{world.pool}"}}), encoding="utf-8")
         yield world
     finally:
-        lab.stop()
+        labfleet.reset(lab, prefix)
 
 
 def free_port() -> int:
