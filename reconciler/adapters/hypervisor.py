@@ -18,7 +18,6 @@ crash hook the crash tests use (``KVMOPS_TEST_CRASH_AT``, see :func:`_mutating`)
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import os
 import posixpath
@@ -341,19 +340,23 @@ class Hypervisor:
         return model.HostInfo(uri=self.uri, virt_types=tuple(types), test_driver=test_driver, kvm_unusable_reason=reason,
                               trash_unavailable=trash_unavailable(self.uri))
 
-    def list_domains(self) -> list[model.DomainRecord]:
-        """Return every domain with its inactive XML and power state."""
+    def list_domains(self, *, live: bool = False) -> list[model.DomainRecord]:
+        """Return every domain with its inactive XML and power state.
+
+        With ``live``, a running persistent domain's record also holds its live XML, read
+        through the same handle (a second lookup by name per domain cost more than the read).
+        """
         with translated(f"cannot list domains on {self.uri}"):
             domains = self._connection.listAllDomains(0)
         records = []
         for domain in domains:
             try:
-                records.append(self._record(domain))
+                records.append(self._record(domain, live=live))
             except errors.ObjectNotFound:
                 continue  # undefined between the listing and now: it is simply gone
         return records
 
-    def _record(self, domain: libvirt.virDomain) -> model.DomainRecord:
+    def _record(self, domain: libvirt.virDomain, *, live: bool = False) -> model.DomainRecord:
         name = domain.name()
         with translated(f"cannot read domain {name}"):
             persistent = bool(domain.isPersistent())
@@ -363,7 +366,11 @@ class Hypervisor:
             uuid = domain.UUIDString()
         power = _POWER.get(state, model.PowerState.TRANSITIONAL)
         shutoff_reason = _SHUTOFF_REASONS.get(reason, model.ShutoffReason.OTHER) if state == libvirt.VIR_DOMAIN_SHUTOFF else None
-        return model.DomainRecord(name, uuid, xml, power, shutoff_reason, autostart, persistent)
+        live_xml = None
+        if live and persistent and power.active:
+            with translated(f"cannot read domain {name}"):
+                live_xml = domain.XMLDesc(0) if domain.isActive() else None
+        return model.DomainRecord(name, uuid, xml, power, shutoff_reason, autostart, persistent, live_xml=live_xml)
 
     def domain_record(self, name: str) -> model.DomainRecord | None:
         """Return domain ``name`` as a whole-host observation records it (live XML too when it runs), or None.
@@ -375,11 +382,7 @@ class Hypervisor:
         try:
             with translated(f"cannot look up domain {name}"):
                 domain = self._connection.lookupByName(name)
-            record = self._record(domain)
-            if record.power.active and record.persistent:
-                with translated(f"cannot read domain {name}"):
-                    live = domain.XMLDesc(0) if domain.isActive() else None
-                record = dataclasses.replace(record, live_xml=live)
+            record = self._record(domain, live=True)
         except errors.ObjectNotFound:
             return None  # none, or undefined while we looked
         return record

@@ -26,6 +26,7 @@ class ManifestTree:
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = os.path.realpath(root)
+        self._directories: dict[str, str] = {}  # directory as named -> as resolved, for this tree's lifetime (a pass)
 
     def contains(self, path: str) -> bool:
         """Return whether the resolved, absolute ``path`` is the tree or inside it."""
@@ -40,7 +41,7 @@ class ManifestTree:
         """
         if os.path.isabs(relpath):
             raise OSError(f"{relpath} is an absolute path; give a path relative to the manifest, {NOT_INSIDE_HINT}")
-        resolved = os.path.realpath(os.path.join(self.root, relpath))
+        resolved = self._resolve(os.path.join(self.root, relpath))
         if not self.contains(resolved):
             raise OSError(f"{relpath} leads to {resolved}, outside the manifest tree {self.root}; {NOT_INSIDE_HINT}")
         # Race safety: realpath() above named a file inside the tree, but any component of
@@ -70,6 +71,22 @@ class ManifestTree:
         except BaseException:
             os.close(descriptor)
             raise
+
+    def _resolve(self, path: str) -> str:
+        """Return ``os.path.realpath(path)``, each directory resolved once: a pass opens thousands of files in a few."""
+        directory, name = os.path.split(path)
+        if name in ("", ".", ".."):
+            return os.path.realpath(path)
+        real = self._directories.get(directory)
+        if real is None:
+            real = self._directories[directory] = os.path.realpath(directory)
+        candidate = os.path.join(real, name)
+        try:
+            if not stat.S_ISLNK(os.lstat(candidate).st_mode):
+                return candidate
+        except OSError:
+            pass  # missing or unreadable: realpath says what it leads to, open() then says why it fails
+        return os.path.realpath(path)
 
     def read(self, relpath: str, *, limit: int) -> bytes:
         """Return the content of ``relpath`` (see :meth:`open`); refuse files over ``limit`` bytes."""

@@ -33,6 +33,7 @@ MANIFEST_SUFFIXES = (".yaml", ".yml")
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_STR_TAG = "tag:yaml.org,2002:str"
 _STANDARD_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
 
 
@@ -55,7 +56,7 @@ def discover(root: Path) -> list[Path]:
             if name.startswith((".", "#")) or not name.endswith(MANIFEST_SUFFIXES):
                 continue
             found.append(Path(directory, name))
-    return sorted(found)
+    return sorted(found, key=lambda path: path.parts)  # Path's own order, without its comparison's overhead
 
 
 def load(root: str | os.PathLike) -> model.ManifestSet:
@@ -147,7 +148,11 @@ def load_file(path: Path, base: Path, *, tree: manifest_tree.ManifestTree | None
     tree is a problem, like any file a manifest refers to.
     """
     display = str(path)
-    relpath = path.relative_to(base).as_posix() if path.is_relative_to(base) else path.name
+    parts, base_parts = path.parts, base.parts
+    if parts[:len(base_parts)] == base_parts:  # path.relative_to(base).as_posix(), without pathlib's parsing
+        relpath = "/".join(parts[len(base_parts):]) or "."
+    else:
+        relpath = path.name
     try:
         if tree is not None:
             raw = tree.read(relpath, limit=MAX_FILE_BYTES)
@@ -293,15 +298,16 @@ class _Converter:
             self.in_progress.discard(id(node))
 
     def _scalar(self, node: yaml.ScalarNode, path: str) -> object:
+        if node.tag == _STR_TAG:
+            return node.value  # what SafeConstructor makes of it, without its machinery: most scalars are text
         line = node.start_mark.line + 1
-        tag = _short_tag(node.tag)
         try:
             value = self.constructor.construct_object(node, deep=True)
         # PyYAML's constructors trust the resolver: an explicit tag on text it does not fit
         # ("!!timestamp 1GiB", "!!bool zz") fails with whatever the constructor trips over
         # (AttributeError, KeyError, ValueError...), so any exception here is the value's fault.
         except Exception as exc:  # noqa: BLE001
-            raise _Refused(line, path, _unbuildable(node, tag, exc)) from exc
+            raise _Refused(line, path, _unbuildable(node, _short_tag(node.tag), exc)) from exc
         if isinstance(value, float) and value != value:
             raise _Refused(line, path, f"{node.value!r} is not a number (NaN); write a number or a size such as 2GiB")
         if isinstance(value, float) and value in (float("inf"), float("-inf")):

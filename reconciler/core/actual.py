@@ -38,8 +38,8 @@ def resolve_paths(definition: model.DomainDefinition, by_path: dict[str, tuple[s
             pool, volume = by_path[disk.path]
             return dataclasses.replace(disk, pool=pool, volume=volume, path=None)
         return disk
-    if not by_path:
-        return definition
+    if not by_path or not any(d.pool is None and d.path in by_path for d in (*definition.disks, *definition.cdroms)):
+        return definition  # nothing to resolve: copying the definition cost more than reading it
     return dataclasses.replace(definition, disks=tuple(resolved(d) for d in definition.disks),
                                cdroms=tuple(resolved(d) for d in definition.cdroms))
 

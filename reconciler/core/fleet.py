@@ -229,7 +229,7 @@ def plan_fleet(
         departing = [move.vm for move in migrating.values() if move.source == name]
         held = frozenset(departing) | frozenset(vm for vm in split_names if name in found.get(vm, ()))
         local_vms = [vm for vm in assigned if vm not in incoming]
-        subset = host_share(desired, host, local_vms, uses=[*incoming, *departing, *(held & set(desired.vms))],
+        subset = host_share(desired, host, local_vms, uses=[*incoming, *departing, *(vm for vm in held if vm in desired.vms)],
                             present=[network.name for network in actual.networks.values() if network.owned])
         seen, borrowed = with_shared_volumes(subset, name, actual, reachable)
         plan = planner.plan_changes(subset, seen, settings=dataclasses.replace(host_settings, host=name, held=held))

@@ -25,6 +25,7 @@ manifest, never a silent omission.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -58,7 +59,16 @@ class Placements:
 
     def on(self, host: str) -> tuple[str, ...]:
         """Return the VMs assigned to ``host``, by name."""
-        return tuple(sorted(vm for vm, where in self.assignments.items() if where == host))
+        return self._by_host.get(host, ())
+
+    @functools.cached_property
+    def _by_host(self) -> dict[str, tuple[str, ...]]:
+        # Built once: a fleet asks for every host's VMs, and scanning every assignment per
+        # host made a pass grow as hosts x VMs.
+        by_host: dict[str, list[str]] = {}
+        for vm, where in self.assignments.items():
+            by_host.setdefault(where, []).append(vm)
+        return {host: tuple(sorted(vms)) for host, vms in by_host.items()}
 
 
 def admits(placement: model.Placement | None, host: model.HostSpec) -> bool:

@@ -21,16 +21,9 @@ from reconciler.core import actual, domxml, model, trash
 def collect(hypervisor: hv.Hypervisor) -> model.Observation:
     """Return the raw facts of ``hypervisor`` now."""
     host = hypervisor.host_info()
-    records = []
-    for record in hypervisor.list_domains():
-        # Running domains, foreign ones too: disks plugged in live show only there, and a
-        # volume any domain uses is never deleted or resized.
-        if record.power.active and record.persistent:
-            try:
-                record = dataclasses.replace(record, live_xml=hypervisor.live_xml(record.name))
-            except errors.ObjectNotFound:
-                continue  # gone between the listing and now
-        records.append(record)
+    # The live XML of running domains, foreign ones too: disks plugged in live show only
+    # there, and a volume any domain uses is never deleted or resized.
+    records = hypervisor.list_domains(live=True)
     pools = tuple(hypervisor.list_pools())
     volumes = []
     for pool in pools:

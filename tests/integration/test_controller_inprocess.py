@@ -263,6 +263,57 @@ def test_a_new_manifest_file_is_picked_up_through_the_watcher(start_controller, 
     assert running.metric("kvmops_wakeups_total", source="resync") == 0
 
 
+def test_work_planned_on_a_look_taken_while_its_vm_was_being_created_is_planned_again_on_a_fresh_look(
+    start_controller, manifests, vm_name, monkeypatch
+):
+    """A full pass that looked at the host while a VM was half created, and hands out work after that creation
+    ended, does not run the plan it made (create the VM again, which the executor refuses: it "appeared after
+    the plan was made"); that VM's key is queued again, and a pass that sees the created VM finds nothing to do."""
+    name = vm_name("web")
+    key = f"VirtualMachine/{name}"
+    write_manifest(manifests, "web.yaml", factories.vm(name))
+    defining, created = threading.Event(), threading.Event()
+    define_domain = hv.Hypervisor.define_domain
+
+    def slow_define(self: hv.Hypervisor, xml: str, domain: str) -> None:
+        if domain == name and not created.is_set():
+            defining.set()
+            assert created.wait(10), "the pass that looks mid-creation never came"
+        define_domain(self, xml, domain)
+
+    collect = observe.collect
+    looks_mid_creation: list[tuple[object, int]] = []
+    controllers: list[RunningController] = []
+
+    def look_then_let_the_creation_end(hypervisor: hv.Hypervisor):
+        observation = collect(hypervisor)
+        if defining.is_set() and not created.is_set():
+            # This look saw the VM absent: let its creation end before the pass hands out its work.
+            looks_mid_creation.append((observation, controllers[0].controller.status_document()["passes"]))
+            created.set()
+            assert wait_until(lambda: key not in controllers[0].controller._queue.in_flight(), 10)
+        return observation
+
+    monkeypatch.setattr(hv.Hypervisor, "define_domain", slow_define)
+    monkeypatch.setattr(observe, "collect", look_then_let_the_creation_end)
+    running = start_controller()
+    controllers.append(running)
+    assert defining.wait(5), "the first pass never started creating the VM"
+
+    write_manifest(manifests, "web.yaml", factories.vm(name))  # a full pass, while the VM is being created
+
+    assert wait_until(lambda: looks_mid_creation, 5), "no pass looked at the host mid-creation"
+    observation, passes_before = looks_mid_creation[0]
+    assert name not in {d.name for d in observation.domains}
+    assert wait_until(lambda: running.controller.status_document()["passes"] >= passes_before + 2
+                      and not running.controller._queue.in_flight(), 5)
+    assert converged(running, name), f"{name} is {running.power(name)}"
+    assert running.metric("kvmops_errors_total", kind="execution") == 0
+    assert running.metric("kvmops_actions_total", action="create", result="error") == 0
+    assert running.metric("kvmops_actions_total", action="create", result="ok") == 1
+    assert running.controller.status_document()["vms"][name]["last_error"] is None
+
+
 def test_an_invalid_manifest_is_reported_and_healthz_answers_503_until_it_is_fixed(start_controller, manifests, vm_name):
     """A broken manifest shows in /status problems with /healthz at 503; fixing it clears both and converges its VM."""
     good, fixed = vm_name("web"), vm_name("db")

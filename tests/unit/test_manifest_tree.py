@@ -82,15 +82,15 @@ def _capture(result: list[BaseException], tree: Path) -> None:
 
 def swap_after_check(monkeypatch: pytest.MonkeyPatch, swap) -> None:
     """Run ``swap`` right after the tree resolves a path: an attacker winning the race."""
-    real = os.path.realpath
+    real = manifest_tree.ManifestTree._resolve
 
-    def realpath_then_swap(path, *args, **kwargs):
-        resolved = real(path, *args, **kwargs)
+    def resolve_then_swap(self, path):
+        resolved = real(self, path)
         if path.endswith("user-data"):
             swap()
         return resolved
 
-    monkeypatch.setattr(manifest_tree.os.path, "realpath", realpath_then_swap)
+    monkeypatch.setattr(manifest_tree.ManifestTree, "_resolve", resolve_then_swap)
 
 
 def test_a_file_swapped_for_a_symlink_after_the_check_is_not_followed(tree, monkeypatch):

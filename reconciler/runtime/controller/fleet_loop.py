@@ -56,6 +56,7 @@ from reconciler.runtime.controller.hostlock_keeper import HostLockKeeper
 from reconciler.runtime.controller.loop import finish_in_flight
 from reconciler.runtime.controller.settings import ControllerSettings
 from reconciler.runtime.controller.status import InternalErrors, now
+from reconciler.runtime.controller.subjects import SubjectLedger
 from reconciler.runtime.controller.timers import LoopTimers, next_resync
 
 log = logconfig.get_logger("kvmops.fleet_controller")
@@ -123,13 +124,11 @@ class FleetController(InternalErrors):
         self._running: dict[str, Future] = {}  # executions in flight, by key
         self._migrations: dict[str, Future] = {}  # migrations in flight, by key on their source
         # A VM is one subject whatever host its key names (a pool or network is one per host): one
-        # execution at a time per subject, and when the last one ended (time.monotonic()).
-        self._subjects_lock = threading.Lock()
-        self._busy: dict[str, str] = {}  # subject -> the key whose execution holds it
-        self._ended: dict[str, float] = {}
-        self._waiters: dict[str, set[str]] = {}  # key -> keys woken again when its execution ends
+        # execution at a time per subject, and none on a plan from a look older than its last one's end.
+        self._subjects = SubjectLedger(self._queue, self._wake, subject_of=subject_of)
         # VMs being created: name -> (host, when that work ended, or None while it runs). Placement counts
         # them on that host until a look at the hosts taken after it ended.
+        self._arriving_lock = threading.Lock()
         self._arriving: dict[str, tuple[str, float | None]] = {}
         # The last look at each Host: its connection then, the observation, and when that look began.
         self._observations: dict[str, tuple[hv.Hypervisor, model.Observation, float]] = {}
@@ -494,7 +493,7 @@ class FleetController(InternalErrors):
                     link = self._links.get(name)
                 if link is not None:
                     self._lost(link, seen.error)
-        with self._subjects_lock:
+        with self._arriving_lock:
             for vm in [vm for vm, (_h, ended) in self._arriving.items() if ended is not None and ended < observed_at]:
                 del self._arriving[vm]
             arriving = {vm: host for vm, (host, _ended) in self._arriving.items()}
@@ -612,18 +611,9 @@ class FleetController(InternalErrors):
         def claim(key: str) -> bool:
             if not (key in keys or (full and self._queue.claim(key))):
                 return False
-            subject = subject_of(key)
-            with self._subjects_lock:
-                holder = self._busy.get(subject)
-                if holder is not None:  # the VM is being worked on, or moved, from another host
-                    self._waiters.setdefault(holder, set()).add(key)
-                elif self._ended.get(subject, float("-inf")) < observed_at:
-                    self._busy[subject] = key
-                    return True
-            self._queue.done(key)
-            if holder is None:
-                self._wake(key, reasons.get(key, fallback))  # planned on a look that saw its last work half done
-            dispatched.add(key)  # handed on to a later pass: not this pass's to release
+            if self._subjects.start(key, observed_at, reasons.get(key, fallback)):
+                return True
+            dispatched.add(key)  # handed on (to the work holding its VM, or to a pass that sees it): not ours to release
             return False
 
         def needed(key: str) -> Future | None:
@@ -634,7 +624,7 @@ class FleetController(InternalErrors):
             reason = reasons.get(key, fallback)
             single = dataclasses.replace(plan, resources=(resource,))
             if resource.kind == "VirtualMachine" and plans.Action.CREATE in resource.actions:
-                with self._subjects_lock:  # before it can end, so that its end is recorded
+                with self._arriving_lock:  # before it can end, so that its end is recorded
                     self._arriving[resource.name] = (host, None)
             try:
                 future = links[host].executor.submit(self._execute, host, single, resource, key, reason, reconcile_id,
@@ -747,17 +737,11 @@ class FleetController(InternalErrors):
     def _end(self, key: str) -> None:
         """End the execution of ``key``: its subject is free, and the keys that waited for it are woken."""
         subject = subject_of(key)
-        with self._subjects_lock:
-            self._ended[subject] = time.monotonic()  # before done(): a pass claiming it next knows
-            if self._busy.get(subject) == key:
-                del self._busy[subject]
-            name = subject.partition("/")[2]
+        name = subject.partition("/")[2]
+        with self._arriving_lock:  # its steps are over: a look begun from now on sees the VM where it arrived
             if subject.startswith("VirtualMachine/") and name in self._arriving:
-                self._arriving[name] = (self._arriving[name][0], self._ended[subject])
-            waiting = self._waiters.pop(key, set())
-        self._queue.done(key)
-        for waiter in sorted(waiting):
-            self._wake(waiter, "retry")
+                self._arriving[name] = (self._arriving[name][0], time.monotonic())
+        self._subjects.end(key)
 
     @contextlib.contextmanager
     def _held(self, host: str, destination: str | None):

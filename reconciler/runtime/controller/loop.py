@@ -24,8 +24,9 @@ observer, the executor pool and the optional HTTP listener.  Only the main loop 
 executor threads only run steps.
 
 The controller's parts: :mod:`.settings` (what it is told), :mod:`.hostlock_keeper`,
-:mod:`.git_follower`, :mod:`.debounce` and :mod:`.timers` (when it wakes), and
-:mod:`.status` (what it records and serves); this module is the main loop and its passes.
+:mod:`.git_follower`, :mod:`.debounce` and :mod:`.timers` (when it wakes), :mod:`.subjects`
+(whether work may run on a pass's plan), and :mod:`.status` (what it records and serves);
+this module is the main loop and its passes.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from reconciler.runtime.controller.git_follower import GitFollower
 from reconciler.runtime.controller.hostlock_keeper import HostLockKeeper
 from reconciler.runtime.controller.settings import ControllerSettings
 from reconciler.runtime.controller.status import ControllerStatus, now
+from reconciler.runtime.controller.subjects import SubjectLedger
 from reconciler.runtime.controller.timers import LoopTimers, next_resync
 
 log = logconfig.get_logger("kvmops.controller")
@@ -78,6 +80,8 @@ class Controller(ControllerStatus):
         self._queue = workqueue.WorkQueue()
         self._reasons: dict[str, set[str]] = {}
         self._reasons_lock = threading.Lock()
+        # No work runs on a plan from a look begun before that resource's last execution ended.
+        self._subjects = SubjectLedger(self._queue, self._wake)
         self._stop = threading.Event()
         self._cancel = threading.Event()
         self._reload_requested = threading.Event()
@@ -402,7 +406,7 @@ class Controller(ControllerStatus):
         self._observation = observation
         self._record(desired, actual, plan)
         # A targeted pass never prunes: it has not looked at the whole host.  The next full pass does.
-        self._dispatch(plan, set(keys), full, reasons, reconcile_id, dispatched,
+        self._dispatch(plan, set(keys), full, reasons, reconcile_id, dispatched, observing,
                        declared=frozenset(desired.vms) if woken is not None else None)
         for key in keys:
             if key not in dispatched:
@@ -465,11 +469,14 @@ class Controller(ControllerStatus):
         self._notifier.status(f"error: {message}"[:200])
 
     def _dispatch(self, plan: plans.Plan, keys: set[str], full: bool, reasons: dict[str, str], reconcile_id: str,
-                  dispatched: set[str], *, declared: frozenset[str] | None = None) -> None:
+                  dispatched: set[str], looked_at: float, *, declared: frozenset[str] | None = None) -> None:
         """Start executing the changed resources this pass is for; add their keys to ``dispatched`` as they go.
 
         A key is added once its execution is submitted, so that a pass failing halfway leaves
-        that key to its execution, and the others to the pass's backoff.  With ``declared``
+        that key to its execution, and the others to the pass's backoff.  A resource whose
+        last execution ended after the look at libvirt began (at ``looked_at``) is not run on
+        this plan, which saw that work half done: its key is queued again (and added to
+        ``dispatched``, being handed on), for a pass that sees the outcome.  With ``declared``
         (a targeted pass), a VM not among those names is not pruned.
         """
         fallback = reasons.get(workqueue.EVERYTHING, "retry")
@@ -486,14 +493,16 @@ class Controller(ControllerStatus):
             if not claimed:
                 continue
             reason = reasons.get(resource.key, fallback)
+            if not self._subjects.start(resource.key, looked_at, reason):
+                dispatched.add(resource.key)
+                continue
             single = dataclasses.replace(plan, resources=(resource,))
             # Submitted in the executor's phases, so what is required starts first; whatever needs it waits for it.
             needs = [(key, work[key]) for key in resource.requires if key in work]
             try:
                 future = self._executor.submit(self._execute, single, resource, reason, reconcile_id, needs)
             except BaseException:
-                if resource.key not in keys:
-                    self._queue.done(resource.key)  # release the claim: nothing will run for it
+                self._subjects.end(resource.key)  # release the claim: nothing will run for it
                 raise
             dispatched.add(resource.key)
             work[resource.key] = future
@@ -546,7 +555,7 @@ class Controller(ControllerStatus):
                     log.warning("retry_scheduled", error=error, delay_s=round(delay, 2), failures=self._queue.failures(resource.key))
                 self._note_execution(resource, ok, error)
             finally:
-                self._queue.done(resource.key)  # whatever happened above, the key must not stay in flight forever
+                self._subjects.end(resource.key)  # whatever happened above, the key must not stay in flight forever
         return ok
     # -- reload and shutdown ------------------------------------------------------------
 
