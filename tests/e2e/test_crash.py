@@ -26,7 +26,7 @@ import libvirt
 import pytest
 
 from tests import lab as labs
-from tests.e2e import crash
+from tests.e2e import crash, labfleet
 from tests.e2e.conftest import PREFIX, start_lab_or_skip
 
 pytestmark = pytest.mark.e2e
@@ -36,12 +36,19 @@ SEED = int(os.environ.get("KVMOPS_CRASH_SEED", "8"))
 
 @pytest.fixture(scope="module")
 def world(lab):
-    """Return a :class:`crash.CrashWorld` on the session's lab libvirtd (removed with the lab)."""
+    """Return a :class:`crash.CrashWorld` on the session's lab libvirtd; what it made is removed after the module.
+
+    The lab outlives this module: a VM of the trials left marked in the default scope would
+    be a managed domain to every later test on that host (a fleet apply there would refuse
+    to prune it as an empty manifest set, and rightly)."""
     world = crash.CrashWorld(lab.hosts[0], lab.name)
     try:
         yield world.open(seed=SEED)
     finally:
-        world.close()
+        try:
+            world.close()
+        finally:
+            labfleet.reset(lab, world.prefix)
 
 
 @pytest.fixture(scope="module")
