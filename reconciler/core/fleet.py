@@ -230,7 +230,10 @@ def plan_fleet(
         held = frozenset(departing) | frozenset(vm for vm in split_names if name in found.get(vm, ()))
         local_vms = [vm for vm in assigned if vm not in incoming]
         subset = host_share(desired, host, local_vms, uses=[*incoming, *departing, *(vm for vm in held if vm in desired.vms)],
-                            present=[network.name for network in actual.networks.values() if network.owned])
+                            present=[network.name for network in actual.networks.values()
+                                     if network.owned and network.definition is not None
+                                     and network.definition.owner is not None
+                                     and network.definition.owner.scope == settings.scope])
         seen, borrowed = with_shared_volumes(subset, name, actual, reachable)
         plan = planner.plan_changes(subset, seen, settings=dataclasses.replace(host_settings, host=name, held=held))
         if borrowed:

@@ -548,3 +548,17 @@ def test_a_network_the_vms_left_stays_on_their_old_host_until_its_manifest_goes(
     result = fleet.plan_fleet(gone, after)
     host_a = next(h for h in result.hosts if h.host == "a")
     assert [r.key for r in host_a.plan.changes if r.kind == "Network"] == ["Network/lan"]
+
+
+def test_a_network_of_another_scope_on_a_host_is_not_pulled_into_its_share():
+    state = manifests(vm_yaml("web", where="{host: b}", network=True))
+    lan = state.networks["lan"]
+    theirs = model.ObservedNetwork(
+        "lan", True, dataclasses.replace(lan.definition, owner=model.NetworkOwnership("x.yaml", "digest", scope="team-b")),
+        active=True, autostart=True)
+    pools = ("vmstore", "everywhere")
+    observed = {"a": dataclasses.replace(host_state(state=state, pools=pools), networks={"lan": theirs}),
+                "b": host_state(running_on("b", state.vms["web"]), state=state, pools=pools)}
+    host_a = next(h for h in fleet.plan_fleet(state, observed).hosts if h.host == "a")
+    assert [r.key for r in host_a.plan.resources if r.kind == "Network"] == []
+    assert host_a.plan.problems == ()
