@@ -421,33 +421,31 @@ def _cleanup(
         users = sorted(d.name for d in there.domains.values() if (left.pool, left.name) in d.storage)
         if left.is_nvram:
             where = f"the UEFI NVRAM on {source}"
-            keep = spec.keep_nvram if spec is not None else domain.definition.owner.keep_nvram
-            if keep:
+            if spec.keep_nvram if spec is not None else domain.definition.owner.keep_nvram:
                 steps.append(forget)
                 notes.append(f"{where}, left by the move to {host}, is kept (keepNvram); remove it yourself when you "
                              "no longer need it")
-            elif wants_running and not domain.power.active:
-                notes.append(f"{where}, left by the move to {host}, is deleted once {domain.name} runs on {host}")
-            else:
-                steps += [plans.DeleteMovedVolume(left.pool, left.name, domain.name, domain.uuid, host,
-                                                  running=domain.power.active, source=source), forget]
-                changes.append(_left_copy_change(left.pool, left.name, source, host, running=domain.power.active))
-            continue
-        if (left.pool, left.name) not in there.volumes:
+                continue
+        elif (left.pool, left.name) not in there.volumes:
             steps.append(forget)
             changes.append(FieldChange(f"{where} (record)", "left behind", None, Impact.LIVE,
                                        note=f"already gone; the record on {host} is dropped"))
+            continue
         elif left.pool in desired.pools and desired.pools[left.pool].shared:
             steps.append(forget)
             notes.append(f"{where} is in a shared pool: it is {domain.name}'s disk on {host} too, never deleted")
+            continue
         elif policy is not model.DeletionPolicy.DELETE:
             steps.append(forget)
             notes.append(f"{where}, left by the move to {host}, is kept (deletionPolicy {policy}); remove it yourself "
                          "when you no longer need it")
+            continue
         elif users:
             notes.append(f"{where}, left by the move to {host}, is used by domain {', '.join(users)} there: kept until "
                          "no domain uses it")
-        elif wants_running and not domain.power.active:
+            continue
+        # What is left is a copy kvmops may delete: once the VM runs where it went, if it should run.
+        if wants_running and not domain.power.active:
             notes.append(f"{where}, left by the move to {host}, is deleted once {domain.name} runs on {host}")
         else:
             steps += [plans.DeleteMovedVolume(left.pool, left.name, domain.name, domain.uuid, host,

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import threading
 import time
 import uuid
@@ -55,7 +54,7 @@ from reconciler.runtime.controller.git_follower import GitFollower
 from reconciler.runtime.controller.hostlock_keeper import HostLockKeeper
 from reconciler.runtime.controller.loop import finish_in_flight
 from reconciler.runtime.controller.settings import ControllerSettings
-from reconciler.runtime.controller.status import InternalErrors, now
+from reconciler.runtime.controller.status import InternalErrors, StatusRoutes, now
 from reconciler.runtime.controller.subjects import SubjectLedger
 from reconciler.runtime.controller.timers import LoopTimers, next_resync
 
@@ -100,7 +99,7 @@ class HostLink:
         return self.hypervisor is not None and not self.closed
 
 
-class FleetController(InternalErrors):
+class FleetController(InternalErrors, StatusRoutes):
     """Converge every Host of the fleet (or only ``host``'s share) until stopped, or until the Hosts are gone."""
 
     def __init__(self, settings: ControllerSettings, *, host: str | None = None,
@@ -226,7 +225,7 @@ class FleetController(InternalErrors):
             self._server = StatusServer(
                 self.settings.listen,
                 {"/healthz": self._healthz, "/status": self._status_route,
-                 "/metrics": lambda: (200, "text/plain; version=0.0.4; charset=utf-8", self.metrics.render())},
+                 "/metrics": self._metrics_route},
                 public={"/healthz": self._healthz_public},
                 token_file=self.settings.listen_token_file, insecure=self.settings.listen_insecure,
             )
@@ -825,18 +824,6 @@ class FleetController(InternalErrors):
             self._notifier.ready(summary[:200])
         else:
             self._notifier.status(summary[:200])
-
-    def _healthz(self) -> tuple[int, str, str]:
-        healthy, why = self.health()
-        return (200 if healthy else 503), "text/plain; charset=utf-8", redaction.redact_text(why) + "\n"
-
-    def _healthz_public(self) -> tuple[int, str, str]:
-        # without the token a probe learns up or down, not why: reasons name hosts, VMs, commits and errors
-        healthy, _why = self.health()
-        return (200, "text/plain; charset=utf-8", "ok\n") if healthy else (503, "text/plain; charset=utf-8", "unavailable\n")
-
-    def _status_route(self) -> tuple[int, str, str]:
-        return 200, "application/json", json.dumps(self.status_document(), indent=2) + "\n"
 
     # -- reload and shutdown ------------------------------------------------------------
 

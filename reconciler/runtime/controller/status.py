@@ -52,7 +52,30 @@ class InternalErrors:
             log.info("internal_error_cleared", where=where, occurrences=gone["count"])
 
 
-class ControllerStatus(InternalErrors):
+class StatusRoutes:
+    """The HTTP routes of both controllers: /healthz (with and without the token), /status, /metrics.
+
+    A part of both controllers: it needs ``health()``, ``status_document()`` and ``metrics``.
+    """
+
+    def _healthz(self) -> tuple[int, str, str]:
+        healthy, why = self.health()
+        return (200 if healthy else 503), "text/plain; charset=utf-8", redaction.redact_text(why) + "\n"
+
+    def _healthz_public(self) -> tuple[int, str, str]:
+        # without the token a probe learns up or down, not why: reasons name hosts, VMs, commits and errors
+        healthy, _why = self.health()
+        return (200, "text/plain; charset=utf-8", "ok\n") if healthy else (503, "text/plain; charset=utf-8", "unavailable\n")
+
+    def _status_route(self) -> tuple[int, str, str]:
+        # errors quoted from git or libvirt may carry a URL: the whole document is redacted, not field by field
+        return 200, "application/json", json.dumps(redaction.redact_value(self.status_document()), indent=2) + "\n"
+
+    def _metrics_route(self) -> tuple[int, str, str]:
+        return 200, "text/plain; version=0.0.4; charset=utf-8", self.metrics.render()
+
+
+class ControllerStatus(InternalErrors, StatusRoutes):
     """Records each pass's outcome and internal errors, and serves them."""
 
     def _record(self, desired: model.DesiredState, actual: model.ActualState, plan: plans.Plan) -> None:
@@ -181,21 +204,6 @@ class ControllerStatus(InternalErrors):
             parts.append("libvirtd unreachable")
         return ", ".join(parts)
 
-    def _healthz(self) -> tuple[int, str, str]:
-        healthy, why = self.health()
-        return (200 if healthy else 503), "text/plain; charset=utf-8", redaction.redact_text(why) + "\n"
-
-    def _healthz_public(self) -> tuple[int, str, str]:
-        # without the token a probe learns up or down, not why: reasons name VMs, commits and errors
-        healthy, _why = self.health()
-        return (200, "text/plain; charset=utf-8", "ok\n") if healthy else (503, "text/plain; charset=utf-8", "unavailable\n")
-
-    def _status_route(self) -> tuple[int, str, str]:
-        # errors quoted from git or libvirt may carry a URL: the whole document is redacted, not field by field
-        return 200, "application/json", json.dumps(redaction.redact_value(self.status_document()), indent=2) + "\n"
-
-    def _metrics_route(self) -> tuple[int, str, str]:
-        return 200, "text/plain; version=0.0.4; charset=utf-8", self.metrics.render()
 
 
 def now() -> str:
