@@ -69,46 +69,11 @@ from reconciler.core import actual, fleet, planner, validation  # noqa: E402
 from reconciler.core import snapshot  # noqa: E402
 from reconciler.runtime import execute, observe, reconcile, snapshots  # noqa: E402
 
+from plan_scale import NODE_XML, VM_MANIFEST  # noqa: E402  (one host of the fleet is one host of plan_scale)
+
 PREFIX = "kvmops-bench-fleet-"
 TARGET_SECONDS = 5.0
 TARGET_GROWTH = 1.25
-
-NODE_XML = """\
-<node>
-  <pool type='dir'>
-    <name>default</name>
-    <target><path>/var/lib/libvirt/images</path></target>
-  </pool>
-  <network>
-    <name>default</name>
-    <bridge name='virbr0'/>
-    <forward/>
-    <ip address='192.168.122.1' netmask='255.255.255.0'/>
-  </network>
-</node>
-"""
-
-VM_MANIFEST = """\
-apiVersion: kvmops/v1
-kind: VirtualMachine
-metadata:
-  name: {name}
-  labels:
-    app: bench
-spec:
-  vcpus: 1
-  memory: 64MiB
-  disks:
-    - name: root
-      pool: default
-      size: 1GiB
-  networks:
-    - network: default
-  console: serial
-  graphics: none
-  runStrategy: Always
-"""
-
 
 HOST_MANIFEST = """\
 ---
