@@ -64,7 +64,9 @@ class PoolTrash:
         found: list[trash.TrashEntry] = []
         unreadable: list[str] = []
         try:
-            directory = self._open_trash(create=False)
+            # Shared: a move, purge or restore of another pass, maybe in another scope, holds the
+            # lock exclusively until it is done; seen half done, its entry would look cut short.
+            directory = self._open_trash(create=False, lock=fcntl.LOCK_SH)
         except FileNotFoundError:
             return found, unreadable
         except OSError as exc:
@@ -118,7 +120,7 @@ class PoolTrash:
             )
         pool_fd = _open_directory(self.pool_path)
         try:
-            trash_fd = self._open_trash(create=True, lock=True)
+            trash_fd = self._open_trash(create=True, lock=fcntl.LOCK_EX)
             try:
                 entry_fd = self._new_or_interrupted_entry(trash_fd, entry)
                 try:
@@ -171,7 +173,7 @@ class PoolTrash:
         volume does nothing if the volume has left it since (restored), and one planned
         for a record alone does nothing if a volume is in it now.
         """
-        trash_fd = self._open_trash(create=False, lock=True)
+        trash_fd = self._open_trash(create=False, lock=fcntl.LOCK_EX)
         try:
             name = entry_name
             if not entry_name.endswith(trash.PURGING_SUFFIX):
@@ -216,7 +218,7 @@ class PoolTrash:
         """
         pool_fd = _open_directory(self.pool_path)
         try:
-            trash_fd = self._open_trash(create=False, lock=True)
+            trash_fd = self._open_trash(create=False, lock=fcntl.LOCK_EX)
             try:
                 entry_fd = _open_directory(entry.entry, trash_fd)
                 try:
@@ -250,12 +252,14 @@ class PoolTrash:
 
     # -- the directory itself ---------------------------------------------------------------
 
-    def _open_trash(self, *, create: bool, lock: bool = False) -> int:
+    def _open_trash(self, *, create: bool, lock: int = 0) -> int:
         """Return a descriptor of the trash directory (made if ``create``); refuse a symlink or another user's.
 
-        With ``lock`` the descriptor holds an exclusive ``flock`` until it is closed: moves,
-        purges and restores in one trash happen one at a time (the controller runs VMs'
-        steps side by side), so a purge never sees a move half done.
+        With ``lock`` (``fcntl.LOCK_EX`` or ``LOCK_SH``) the descriptor holds that ``flock``
+        until it is closed: moves, purges and restores in one trash happen one at a time
+        (the controller runs VMs' steps side by side; other scopes' passes share the pool's
+        directory), taking it exclusively, so a purge never sees a move half done; listing
+        the entries takes it shared, so an observation never does either.
         """
         pool_fd = _open_directory(self.pool_path)
         try:
@@ -281,7 +285,7 @@ class PoolTrash:
                 f"{self.path} belongs to uid {owner}, not to kvmops' user (uid {os.geteuid()}); kvmops will not use it"
             )
         if lock:
-            fcntl.flock(directory, fcntl.LOCK_EX)
+            fcntl.flock(directory, lock)
         return directory
 
 

@@ -15,6 +15,7 @@ import contextlib
 import json
 import re
 import subprocess
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -59,8 +60,13 @@ def lay_out_files(host, variants) -> dict[str, str]:
 
 
 def instantiate(template: str, variant: str, name: str, values: dict[str, str]) -> str:
-    """Return the variant's XML for this host: its own name, network, pool and files."""
+    """Return the variant's XML for this host: its own name, UUID, network, pool and files.
+
+    The corpus keeps the UUIDs virt-install drew; libvirtd refuses a second domain with one of
+    them, so each run (and any other session on the same libvirtd) gets fresh ones.
+    """
     xml = template.replace("@NAME@", name)
+    xml = re.sub(r"<uuid>[^<]*</uuid>", lambda _: f"<uuid>{uuid.uuid4()}</uuid>", xml)
     for file in FILES:
         xml = xml.replace(f"/{file}", f"/{variant}-{file}").replace(f"vol={file}", f"vol={variant}-{file}")
         xml = xml.replace(f"volume=\"{file}\"", f"volume=\"{variant}-{file}\"")

@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -249,6 +251,43 @@ def test_a_restore_killed_at_any_step_leaves_the_volume_restorable_or_restored(p
     assert entry.holds_volume  # the file is still in the trash: nothing lost, restore again
     bin_.restore(entry, DELETED + 120)
     assert (pool / "web-data.qcow2").read_bytes() == content
+
+
+@pytest.mark.parametrize("paused_at", ["write_trash_record", "move_volume_to_trash"])
+def test_a_listing_during_another_process_s_move_waits_and_sees_the_move_done(pool, tmp_path, paused_at):
+    """Another pass (another scope's apply, on the same pool) moving a volume in, paused right before the record
+    is written or right before the file moves: a listing meanwhile sees no entry half made (it would look like
+    a move cut short, for this pass to remove), but waits and lists the entry whole."""
+    ready, go = tmp_path / "paused", tmp_path / "go"
+    code = f"""
+        import pathlib, time
+        from reconciler.adapters import hypervisor
+        from reconciler.adapters.trash import PoolTrash
+        from tests.integration.test_trash_directory import record
+        def pause(name, args):
+            if name == {paused_at!r}:
+                pathlib.Path({str(ready)!r}).touch()
+                while not pathlib.Path({str(go)!r}).exists():
+                    time.sleep(0.01)
+        hypervisor.count_mutating_call = pause
+        PoolTrash("vmstore", {str(pool)!r}).move_in({str(pool / "web-data.qcow2")!r}, record())
+    """
+    mover = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd=REPOSITORY)
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists() and mover.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ready.exists(), "the move never reached its pause"
+        with ThreadPoolExecutor(max_workers=1) as listing:
+            listed = listing.submit(PoolTrash("vmstore", str(pool)).entries)
+            time.sleep(0.5)
+            assert not listed.done(), f"listed a move half done: {listed.result()}"
+            go.touch()
+            assert listed.result(timeout=30) == ([record()], [])
+        assert mover.wait(timeout=30) == 0
+    finally:
+        go.touch()
+        mover.wait(timeout=30)
 
 
 # -- the command, where there is no trash ----------------------------------------------------------
