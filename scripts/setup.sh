@@ -69,7 +69,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   say "creating $VENV with $("$PYTHON" -c 'import sys; print(sys.executable, sys.version.split()[0])')"
   "$PYTHON" -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c 'import reconciler, libvirt, pytest' 2>/dev/null || [ pyproject.toml -nt "$VENV/.installed" ]; then
+if ! "$VENV/bin/python" -c 'import reconciler, libvirt, pytest, xdist' 2>/dev/null || [ pyproject.toml -nt "$VENV/.installed" ]; then
   say "installing kvmops into $VENV"
   # (grep drops pip's noise about optional local package indexes some machines configure)
   "$VENV/bin/python" -m pip install -q -e '.[test]' 2> >(grep -v '^WARNING: Location' >&2)

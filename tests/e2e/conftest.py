@@ -14,6 +14,10 @@ whose owner is still alive belongs to a concurrent session and is never touched.
 test also gets a private ``KVMOPS_STATE_DIR`` (the host lock of ``kvmops apply``), since
 its objects are its own and it need not queue behind unrelated runs.
 
+``scripts/test`` runs the suite in pytest-xdist workers, a test file per worker at a time
+(``--dist loadfile``): each worker is a session of its own to all of this (its own pid in
+the owner files, its own lab), and the other workers are concurrent sessions like any other.
+
 Beware: ``kvmops apply`` prunes *every* domain carrying kvmops' mark that its manifests do
 not declare, whoever created it.  On a shared host, pass ``--no-prune`` unless pruning is
 what the test is about, and then execute only the plan's steps for the test's own prefix.
@@ -340,7 +344,8 @@ LAB_HOSTS = 3  # the most any test needs: a fleet (the crash suite kills h1; mig
 def lab():
     """Return the session's lab (:class:`tests.lab.Lab`): three private libvirtd daemons that tests may kill.
 
-    Started at its first use (its hosts at once, a couple of seconds), shared by every test
+    Started at its first use (its hosts at once, about a second), once per session, so
+    once per xdist worker that runs a test needing it, and shared by every test there
     that needs a libvirtd of its own: one to kill (:func:`lab_host`, on h1), a fleet, a
     migration's two hosts.  Tests share it by name: each names its objects with a prefix of
     its own and removes them from every host afterwards (:func:`lab_host`,

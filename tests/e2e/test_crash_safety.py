@@ -1,5 +1,10 @@
 """Kill -9 at every step boundary on a real libvirtd: the next pass finishes, nothing leaks, nothing is lost.
 
+The libvirtd is the session's lab host (``lab_host``), not the machine's: what a kill leaves
+until the next pass (a trash entry without its record, which any scope's pass may remove; a
+partial volume) would be in the plan of every other test and session on the machine's
+libvirtd meanwhile.
+
 Each test enumerates the boundaries of one operation with the executor's test hook
 (``KVMOPS_TEST_CRASH_AT=N``: kvmops SIGKILLs itself right before its Nth mutating
 libvirt call; ``--parallel 1`` keeps the order fixed): for N = 1, 2, ... it runs the
@@ -16,8 +21,8 @@ own verification, a fresh observation and plan after its steps, must find nothin
 * importing an image: the next apply leaves the verified image (its bytes match the
   manifest's sha256), no ``.kvmops-partial-*`` volume and no temporary download file;
   a final volume that an interrupted copy left half-written (what a libvirtd killed
-  mid-copy leaves; the shared libvirtd here is never killed, so the test writes that
-  state itself) is replaced, never accepted.
+  mid-copy leaves; libvirtd is not killed here, so the test writes that state itself) is
+  replaced, never accepted.
 """
 
 from __future__ import annotations
@@ -35,6 +40,12 @@ MIB = 1024 * 1024
 MAX_STEPS = 40  # far more mutating calls than any operation here makes
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def host(lab_host):
+    """Return this test's host on the session's lab libvirtd (see the module's docstring)."""
+    return lab_host
 
 
 def write_pool(host) -> None:
