@@ -248,6 +248,17 @@ def build_parser() -> argparse.ArgumentParser:
     evacuate.add_argument("--state-dir", default=None, help="directory of the host locks")
     evacuate.set_defaults(handler=cmd_evacuate)
 
+    forget = commands.add_parser("forget-host", help="in a fleet: remove a Host whose manifest is gone from the "
+                                                     "fleet's marks, for good (--apply to do it)")
+    forget.add_argument("host_name", metavar="HOST")
+    planning_options(forget, connect_default=False, host=False, path_optional=True)
+    forget.add_argument("--apply", action="store_true", help="rewrite the marks (nothing else changes)")
+    forget.add_argument("--output", "-o", choices=("text", "json", "markdown"), default="text")
+    forget.add_argument("--parallel", type=int, default=defaults.DEFAULT_WORKERS, metavar="N")
+    forget.add_argument("--lock-timeout", type=float, default=300.0, metavar="SECONDS")
+    forget.add_argument("--state-dir", default=None, help="directory of the host locks")
+    forget.set_defaults(handler=cmd_forget_host)
+
     run = commands.add_parser("run", help="keep the host converged: watch manifests and libvirt, repair drift")
     run.add_argument("path", metavar="PATH", nargs="?", default=None,
                      help="manifest directory (default: 'manifests' in the configuration file)")
@@ -956,6 +967,27 @@ def cmd_evacuate(args: argparse.Namespace) -> int:
     args.host = None
     run = _fleet_apply if args.apply else _fleet_plan
     return run(args, desired, evacuate={args.host_name}, title=drain.evacuate_title(args.host_name))
+
+
+def cmd_forget_host(args: argparse.Namespace) -> int:
+    """Plan (``--apply``: carry out) removing HOST, declared by no Host manifest any more, from every mark of the fleet."""
+    from reconciler.runtime import forget_host
+
+    desired = forget_host.load_fleet(args.path, args.host_name)
+    _check_fleet_args(args, desired)
+    title = f"kvmops forget-host {args.host_name}: the fleet's marks stop naming it"
+    if not args.apply:
+        return _print_fleet_plan(forget_host.plan(desired, args.host_name, settings=_settings(args),
+                                                  host_workers=args.parallel_hosts), args, title=title)
+    shown: list[int] = []
+    result = forget_host.apply(
+        desired, args.host_name, settings=_settings(args), lock=_host_locks(args), workers=args.parallel,
+        host_workers=args.parallel_hosts,
+        show_plan=lambda plan: shown.append(_print_fleet_plan(plan, args, title=title)))
+    if result is None:
+        return shown[0]
+    sys.stdout.write(redaction.redact_text(forget_host.report_text(result, args.host_name)))
+    return EXIT_OK if result.done else EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -428,6 +428,24 @@ class ForgetMovedVolume(Step):
 
 
 @dataclass(frozen=True)
+class RecordRoster(Step):
+    """Write ``hosts``, the fleet's Host names, into the mark of domain ``domain`` (``uuid``), changing nothing else.
+
+    Only the mark's ``hosts`` changes (libvirt's metadata call on the persistent definition,
+    no redefinition, no restart); the rest of the mark is read back at that moment, not
+    taken from the plan.
+    """
+
+    kind: ClassVar[str] = "record_roster"
+    domain: str
+    uuid: str
+    hosts: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"record the fleet's Hosts ({', '.join(self.hosts)}) in {self.domain}'s mark"
+
+
+@dataclass(frozen=True)
 class CloneVolume(Step):
     """Create volume ``name`` as a full copy of ``source`` (a base image), then grow it to ``capacity``."""
 

@@ -851,6 +851,17 @@ def _forget_moved_volume(source: hv.Hypervisor, hosts: Mapping[str, hv.Hyperviso
     return None
 
 
+def _record_roster(h: hv.Hypervisor, step: plans.RecordRoster, _cancel) -> str | None:
+    if not h.domain_exists(step.domain):
+        return "gone"
+    h.ensure_owned(step.domain, step.uuid)
+    owner, _binding = domxml.mark_binding(domxml.parse_tree(h.domain_xml(step.domain)))
+    if owner is None or owner.roster == step.hosts:
+        return "already recorded"
+    h.set_owner(step.domain, dataclasses.replace(owner, roster=step.hosts))
+    return None
+
+
 _FLEET_RUNNERS: dict[type, Callable] = {
     plans.MigrateDomain: _migrate_domain,
     plans.DeleteMovedVolume: _delete_moved_volume,
@@ -882,6 +893,7 @@ _RUNNERS: dict[type, Callable] = {
     plans.SetNetworkAutostart: _set_network_autostart,
     plans.UpdateDhcpHost: _update_dhcp_host,
     plans.RemoveNetwork: _remove_network,
+    plans.RecordRoster: _record_roster,
 }
 _EVENTS: dict[type, str] = {
     plans.DefinePool: "pool_defined",
@@ -911,4 +923,5 @@ _EVENTS: dict[type, str] = {
     plans.MigrateDomain: "domain_migrated",
     plans.DeleteMovedVolume: "moved_volume_deleted",
     plans.ForgetMovedVolume: "moved_volume_forgotten",
+    plans.RecordRoster: "roster_recorded",
 }

@@ -367,7 +367,9 @@ def _source(migration: plans.ResourcePlan) -> str:
 
 
 def restricted(plan: fleet.FleetPlan, host: str | None) -> fleet.FleetPlan:
-    """Return ``plan`` with only host ``host``'s section (the migrations off it included; all of it for None)."""
+    """Return ``plan`` with only host ``host``'s section (the migrations off it included; all of it for None).
+
+    Missing hosts stay: they hold back VMs and pruning on every host, this one too."""
     if host is None:
         return plan
-    return dataclasses.replace(plan, hosts=tuple(h for h in plan.hosts if h.host == host))
+    return dataclasses.replace(plan, hosts=tuple(h for h in plan.hosts if h.host == host or h.missing))
