@@ -1,6 +1,6 @@
 """Time converging a fleet of lab hosts at once, against the same hosts converged one after another.
 
-    sudo .venv/bin/python bench/fleet_apply.py [--hosts 3] [--vms 10] [--runs 2] [--name PREFIX]
+    sudo .venv/bin/python bench/fleet_apply.py [--hosts 3] [--vms 10] [--runs 2] [--run-strategy Always|Halted]
 
 Starts a lab of ``--hosts`` private libvirtd daemons (:mod:`tests.lab`), writes Host
 manifests for them, a local pool and ``--vms`` VMs pinned to each host (TCG guests
@@ -15,8 +15,12 @@ removing every VM (an apply of the manifests without VMs, ``--allow-empty``) bet
 them. Each time covers the whole pass: connect, observe, plan, execute, observe and
 plan again. Prints one line per measurement and a JSON summary last (medians, and the
 ratio fleet / sequential: the target is at most 0.5), and how busy the machine's CPUs were
-meanwhile: starting QEMU is CPU work, so on a machine whose cores are already busy the
-hosts' parallelism cannot show. Removes the lab whatever happens.
+meanwhile, with the CPU seconds each kind of process spent (QEMU, libvirtd, this process
+where kvmops runs, everything else) and the wall time the machine's cores could not beat:
+starting QEMU is CPU work, so when one host's apply already keeps every core busy the
+hosts' parallelism cannot show. ``--run-strategy Halted`` defines the VMs and creates their
+volumes without starting QEMU, which shows the parallelism of kvmops' and libvirtd's own
+work. Removes the lab whatever happens.
 """
 
 from __future__ import annotations
