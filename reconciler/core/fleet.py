@@ -406,25 +406,24 @@ def plan_forget(
             host_plans.append(HostPlan(host=name, uri=spec.uri, plan=None, unreachable=why, schedulable=spec.schedulable))
             continue
         actual = reachable[name]
-        steps, counted = [], 0
+        steps = []
         for domain in sorted(actual.domains.values(), key=lambda d: d.name):
             owner = domain.definition.owner if domain.definition is not None else None
             if (problems or not domain.owned or owner is None or not domain.persistent
                     or planner.scope_of(domain) != fleet or host not in owner.roster):
                 continue
             steps.append(plans.RecordRoster(domain.name, domain.uuid, tuple(n for n in owner.roster if n != host)))
-            counted += 1
         resources = ()
         if steps:
             resources = (plans.ResourcePlan(
                 kind="Host", name=name, actions=(Action.UPDATE,), manifest=spec.manifest, steps=tuple(steps),
                 changes=(FieldChange("metadata.hosts", host, None, Impact.LIVE, note=(
-                    f"forget host {host} in the marks of {counted} VM{'s' if counted != 1 else ''} (no restart)")),),
+                    f"forget host {host} in the marks of {len(steps)} VM{'s' if len(steps) != 1 else ''} (no restart)")),),
             ),)
+        ours = tuple(sorted(d.name for d in actual.domains.values() if d.owned and planner.scope_of(d) == fleet))
         host_plans.append(HostPlan(
-            host=name, uri=spec.uri, schedulable=spec.schedulable,
-            plan=plans.Plan(uri=spec.uri, resources=resources), vms=tuple(sorted(
-                d.name for d in actual.domains.values() if d.owned and planner.scope_of(d) == fleet)),
+            host=name, uri=spec.uri, schedulable=spec.schedulable, vms=ours,
+            plan=plans.Plan(uri=spec.uri, resources=resources, declared=(("VirtualMachine", len(ours)),)),
         ))
     notes = []
     if not problems:
