@@ -364,6 +364,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         level=args.log_level or ("info" if args.command == "run" else "warning"))
     try:
         return args.handler(args)
+    except errors.ManifestError as exc:
+        for line in [str(problem) for problem in exc.problems] or [str(exc)]:  # one located line per problem
+            _error(line)
+        return EXIT_ERROR
     except errors.KvmopsError as exc:
         _error(str(exc))
         return EXIT_ERROR
