@@ -116,7 +116,8 @@ def render_owner(owner: model.Ownership) -> ET.Element:
 
 def parse_owner(root: ET.Element) -> model.Ownership | None:
     """Return kvmops' ownership record in the domain ``root``, or None for a foreign domain."""
-    owner = root.find(f"metadata/{_OWNER}")
+    owner = find(root, "metadata")
+    owner = owner.find(_OWNER) if owner is not None else None
     if owner is None:
         return None
     volumes = []
