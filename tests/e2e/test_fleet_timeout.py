@@ -22,6 +22,9 @@ import pytest
 import yaml
 
 from reconciler.adapters import hypervisor as hv
+from reconciler.core import fleet as fleets
+from reconciler.core import model
+from reconciler.runtime import deadlines, fleet_reconcile, reconcile
 
 from tests.e2e import labfleet
 from tests.e2e.test_fleet import REPOSITORY, LabFleet
@@ -173,3 +176,30 @@ def threads(pid: int) -> int:
 def domains_on(world: LabFleet, host: str) -> set[str]:
     with hv.Hypervisor.open(world.lab_host(host).uri, read_only=True) as hypervisor:
         return {r.name for r in hypervisor.list_domains() if r.name.startswith(world.prefix)}
+
+
+def test_a_host_that_stops_answering_once_connected_is_abandoned_at_its_observation_deadline(fleet):
+    """The other way to hang: connected in time, then nothing (SIGSTOP between connecting and observing)."""
+    world = fleet
+    desired = reconcile.load_desired(str(world.manifests))
+    stopped = world.lab_host("h2")
+    with fleet_reconcile.connect(desired, read_only=True, timeout=TIMEOUT) as connections:
+        assert sorted(connections.hypervisors) == ["h1", "h2", "h3"]
+        assert stopped.pause_libvirtd()
+        try:
+            started = time.monotonic()
+            observed = fleet_reconcile.observe_all(connections)
+            took = time.monotonic() - started
+            again = fleet_reconcile.observe_all(connections)  # the stuck Host is not looked at twice
+        finally:
+            stopped.resume_libvirtd()
+        assert took < TIMEOUT + 5
+        assert isinstance(observed["h2"], fleets.HostUnreachable)
+        assert f"host h2 did not answer within {TIMEOUT} s while being observed" in observed["h2"].error
+        assert all(isinstance(observed[name], model.ActualState) for name in ("h1", "h3"))
+        assert "h2" in connections.abandoned and "h2" not in connections.hypervisors
+        assert again["h2"] == observed["h2"]
+    deadline = time.monotonic() + 30
+    while "h2" in deadlines.outstanding() and time.monotonic() < deadline:  # once it runs, the abandoned look ends
+        time.sleep(0.1)
+    assert "h2" not in deadlines.outstanding()
