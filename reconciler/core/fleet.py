@@ -211,7 +211,7 @@ def plan_fleet(
         ))
     host_plans = []
     leaving: dict[str, list[plans.ResourcePlan]] = {}
-    cleanups = _owed_cleanups(desired, reachable, found, fleet, hosts)
+    cleanups = _owed_cleanups(desired, reachable, found, fleet, hosts, moving=frozenset(migrating))
     for move in sorted(migrating.values(), key=lambda m: m.vm):
         leaving.setdefault(move.source, []).append(_migration(desired, move, reachable[move.source], hosts, fleet, settings))
     for name, host in hosts.items():
@@ -376,7 +376,7 @@ class _OwedCleanup:
 
 def _owed_cleanups(
     desired: model.DesiredState, reachable: Mapping[str, model.ActualState], found: Mapping[str, set[str]],
-    fleet: str, hosts: Mapping[str, model.HostSpec],
+    fleet: str, hosts: Mapping[str, model.HostSpec], *, moving: Collection[str] = frozenset(),
 ) -> list[_OwedCleanup]:
     """Return the deletions earlier moves still owe, from what the hosts show now.
 
@@ -386,15 +386,29 @@ def _owed_cleanups(
     waited for the VM to run. It is deleted only once the VM runs (or is meant to be off),
     only under ``deletionPolicy: Delete`` (today's manifest), never in a shared pool, never
     while a domain there uses it; then the record goes. An unreachable source keeps it.
+
+    Likewise a partial copy a move cut short began on another host (its
+    :class:`~reconciler.core.model.Sending` record), when no move of that VM is planned
+    (one to that host replaces the copy; one elsewhere carries the record along): the VM
+    kept its own disks, so the copy is deleted whatever its deletion policy, then the
+    record goes.
     """
     owed: list[_OwedCleanup] = []
     for host, actual in sorted(reachable.items()):
         for domain in sorted(actual.domains.values(), key=lambda d: d.name):
             owner = domain.definition.owner if domain.definition is not None else None
-            if (not domain.owned or owner is None or planner.scope_of(domain) != fleet or not owner.left_behind
-                    or len(found.get(domain.name, ())) != 1):
+            if (not domain.owned or owner is None or planner.scope_of(domain) != fleet
+                    or not (owner.left_behind or owner.sending) or len(found.get(domain.name, ())) != 1):
                 continue
             spec = desired.vms.get(domain.name)
+            if domain.name not in moving:
+                partial: dict[str, list[model.Sending]] = {}
+                for sent in owner.sending:
+                    if sent.host != host and sent.host in reachable and sent.host in hosts:
+                        partial.setdefault(sent.host, []).append(sent)
+                for copy_host, sents in sorted(partial.items()):
+                    owed.append(_OwedCleanup(copy_host, _abandoned_copies(
+                        domain, spec, host, copy_host, sents, reachable[copy_host], desired)))
             by_source: dict[str, list[model.LeftBehind]] = {}
             for left in owner.left_behind:
                 if left.host != host and left.host in reachable and left.host in hosts:
@@ -453,6 +467,42 @@ def _cleanup(
             changes.append(_left_copy_change(left.pool, left.name, source, host, running=domain.power.active))
     if not steps and not notes:
         return None
+    return plans.ResourcePlan(
+        kind="VirtualMachine", name=domain.name, actions=(Action.UPDATE,) if steps else (), changes=tuple(changes),
+        steps=tuple(steps), manifest=spec.manifest if spec is not None else domain.definition.owner.manifest,
+        notes=tuple(notes),
+    )
+
+
+def _abandoned_copies(
+    domain: model.ObservedDomain, spec: model.VMSpec | None, host: str, copy_host: str, sents: list[model.Sending],
+    there: model.ActualState, desired: model.DesiredState,
+) -> plans.ResourcePlan:
+    """Return the resource, on ``copy_host``, deleting the partial copies a move of ``domain`` (on ``host``) began there."""
+    steps: list[plans.Step] = []
+    changes: list[FieldChange] = []
+    notes: list[str] = []
+    for sent in sents:
+        forget = plans.ForgetMovedVolume(sent.pool, sent.name, domain.name, domain.uuid, copy_host, host, abandoned=True)
+        nvram = (sent.pool, sent.name) == model.NVRAM
+        where = f"the UEFI NVRAM on {copy_host}" if nvram else f"volume {sent.pool}/{sent.name} on {copy_host}"
+        users = sorted(d.name for d in there.domains.values() if (sent.pool, sent.name) in d.storage)
+        if not nvram and (sent.pool, sent.name) not in there.volumes:
+            steps.append(forget)
+            changes.append(FieldChange(f"{where} (record)", "partial copy", None, Impact.LIVE,
+                                       note=f"already gone; the record on {host} is dropped"))
+        elif not nvram and sent.pool in desired.pools and desired.pools[sent.pool].shared:
+            steps.append(forget)
+            notes.append(f"{where} is in a shared pool: it is {domain.name}'s disk on {host} too, never deleted")
+        elif users:
+            notes.append(f"{where}, a partial copy a move of {domain.name} began, is used by domain "
+                         f"{', '.join(users)} there: kept until no domain uses it")
+        else:
+            steps += [plans.DeleteMovedVolume(sent.pool, sent.name, domain.name, domain.uuid, host, source=copy_host,
+                                              abandoned=True), forget]
+            changes.append(FieldChange(where, "partial copy", None, Impact.LIVE, note=(
+                f"a move of {domain.name} to {copy_host} began this copy and was cut short; {domain.name} kept its own "
+                f"on {host}, so this is no data loss")))
     return plans.ResourcePlan(
         kind="VirtualMachine", name=domain.name, actions=(Action.UPDATE,) if steps else (), changes=tuple(changes),
         steps=tuple(steps), manifest=spec.manifest if spec is not None else domain.definition.owner.manifest,
@@ -637,7 +687,8 @@ def _migration(
                                        *(model.LeftBehind(move.source, pool, volume) for pool, volume in deleted))))
     xml = domxml.remark(domain.xml, dataclasses.replace(
         owner, manifest=spec.manifest, digest=spec.digest, fleet=fleet, host=move.destination, left_behind=left_behind,
-        sending=(),
+        # a partial copy an earlier move began on a third host stays recorded, so the next pass can remove it
+        sending=tuple(sent for sent in owner.sending if sent.host not in (move.destination, move.source)),
     ))
     if restart is not None:
         impact, how = Impact.RESTART, (f"restarted: {restart}; it is shut down here, moved offline and started on "

@@ -500,7 +500,8 @@ def test_a_uefi_vm_carries_its_nvram_and_a_copy_an_interrupted_move_began_is_rep
     step = migration.steps[0]
     assert step.nvram and step.replaces == (("vmstore", "web-root.qcow2"), model.NVRAM)
     owner = domxml.parse_owner(domxml.parse_tree(step.xml))
-    assert owner.sending == () and model.LeftBehind("a", *model.NVRAM) in owner.left_behind
+    assert owner.sending == (model.Sending("c", "vmstore", "web-root.qcow2"),)  # a copy on a third host: removed later
+    assert model.LeftBehind("a", *model.NVRAM) in owner.left_behind
     assert plans.DeleteMovedVolume(*model.NVRAM, "web", builders.UUID, "b", source="a") in migration.steps
     nvram_line = next(c for c in migration.changes if c.path == "UEFI NVRAM on a")
     assert nvram_line.impact is plans.Impact.LIVE and "lives on at b, so this is no data loss" in nvram_line.note
@@ -562,3 +563,51 @@ def test_a_network_of_another_scope_on_a_host_is_not_pulled_into_its_share():
     host_a = next(h for h in fleet.plan_fleet(state, observed).hosts if h.host == "a")
     assert [r.key for r in host_a.plan.resources if r.kind == "Network"] == []
     assert host_a.plan.problems == ()
+
+
+def interrupted(state: model.DesiredState, vm: str, *sending: model.Sending) -> model.ObservedDomain:
+    """Return ``vm`` on host a, its mark recording copies a move to another host began (``sending``)."""
+    domain = running_on("a", state.vms[vm])
+    definition = dataclasses.replace(domain.definition, owner=dataclasses.replace(domain.definition.owner, sending=sending))
+    return dataclasses.replace(domain, definition=definition, xml=domxml.render(definition))
+
+
+PARTIAL = model.Sending("b", "vmstore", "web-root.qcow2")
+
+
+def test_a_partial_copy_a_move_no_longer_wanted_began_is_deleted_whatever_the_deletion_policy():
+    state = manifests(delete_yaml("web", "Retain").replace("{host: b}", "{host: a}"))
+    result = fleet.plan_fleet(state, {"a": host_state(interrupted(state, "web", PARTIAL), state=state),
+                                      "b": leftover(state, "web-root.qcow2")})
+    assert steps(result.host("b").plan, "web") == [
+        plans.DeleteMovedVolume("vmstore", "web-root.qcow2", "web", builders.UUID, "a", source="b", abandoned=True),
+        plans.ForgetMovedVolume("vmstore", "web-root.qcow2", "web", builders.UUID, "b", "a", abandoned=True),
+    ]
+    (change,) = next(r for r in result.host("b").plan.resources if r.name == "web").changes
+    assert change.impact is plans.Impact.LIVE and "so this is no data loss" in change.note
+    assert steps(result.host("a").plan, "web") == [] and result.migrations == ()
+
+
+def test_a_partial_copy_already_gone_only_drops_its_record_and_one_in_use_is_kept():
+    state = manifests(delete_yaml("web").replace("{host: b}", "{host: a}"))
+    gone = fleet.plan_fleet(state, {"a": host_state(interrupted(state, "web", PARTIAL), state=state),
+                                    "b": leftover(state)})
+    assert steps(gone.host("b").plan, "web") == [
+        plans.ForgetMovedVolume("vmstore", "web-root.qcow2", "web", builders.UUID, "b", "a", abandoned=True)]
+
+    other = dataclasses.replace(builders.domain(builders.definition(state.vms["web"], uuid=builders.OTHER_UUID)), name="other",
+                                storage=(("vmstore", "web-root.qcow2"),), owned=False, definition=None)
+    used = fleet.plan_fleet(state, {"a": host_state(interrupted(state, "web", PARTIAL), state=state),
+                                    "b": leftover(state, "web-root.qcow2", users=(other,))})
+    (resource,) = [r for r in used.host("b").plan.resources if r.name == "web"]
+    assert resource.steps == () and "is used by domain other there: kept" in resource.notes[0]
+
+
+def test_a_vm_moving_elsewhere_carries_the_record_of_a_partial_copy_on_a_third_host():
+    state = manifests(delete_yaml("web").replace("{host: b}", "{hostSelector: {zone: y}}"))
+    third = model.Sending("c", "vmstore", "web-root.qcow2")
+    result = fleet.plan_fleet(state, {"a": host_state(interrupted(state, "web", third), state=state),
+                                      "b": host_state(state=state)})
+    (migration,) = result.migrations
+    owner = domxml.parse_owner(domxml.parse_tree(migration.steps[0].xml))
+    assert owner.sending == (third,)
