@@ -1,6 +1,6 @@
 """Time converging a fleet of lab hosts at once, against the same hosts converged one after another.
 
-    sudo .venv/bin/python bench/fleet_apply.py [--hosts 3] [--vms 10] [--runs 2] [--name PREFIX]
+    sudo .venv/bin/python bench/fleet_apply.py [--hosts 3] [--vms 10] [--runs 2] [--run-strategy Always|Halted]
 
 Starts a lab of ``--hosts`` private libvirtd daemons (:mod:`tests.lab`), writes Host
 manifests for them, a local pool and ``--vms`` VMs pinned to each host (TCG guests
@@ -15,14 +15,19 @@ removing every VM (an apply of the manifests without VMs, ``--allow-empty``) bet
 them. Each time covers the whole pass: connect, observe, plan, execute, observe and
 plan again. Prints one line per measurement and a JSON summary last (medians, and the
 ratio fleet / sequential: the target is at most 0.5), and how busy the machine's CPUs were
-meanwhile: starting QEMU is CPU work, so on a machine whose cores are already busy the
-hosts' parallelism cannot show. Removes the lab whatever happens.
+meanwhile, with the CPU seconds each kind of process spent (QEMU, libvirtd, this process
+where kvmops runs, everything else) and the wall time the machine's cores could not beat:
+starting QEMU is CPU work, so when one host's apply already keeps every core busy the
+hosts' parallelism cannot show. ``--run-strategy Halted`` defines the VMs and creates their
+volumes without starting QEMU, which shows the parallelism of kvmops' and libvirtd's own
+work. Removes the lab whatever happens.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -39,7 +44,8 @@ from reconciler.runtime import fleet_reconcile, reconcile  # noqa: E402
 from tests import lab as labs  # noqa: E402
 
 
-def write_manifests(directory: Path, lab: labs.Lab, prefix: str, vms: int, *, with_vms: bool = True) -> None:
+def write_manifests(directory: Path, lab: labs.Lab, prefix: str, vms: int, *, with_vms: bool = True,
+                    run_strategy: str = "Always") -> None:
     names = [f"h{i}" for i in range(1, len(lab.hosts) + 1)]
     documents = [{"apiVersion": "kvmops/v1", "kind": "Host", "metadata": {"name": name},
                   "spec": {"uri": host.uri}} for name, host in zip(names, lab.hosts)]
@@ -50,7 +56,7 @@ def write_manifests(directory: Path, lab: labs.Lab, prefix: str, vms: int, *, wi
         for index in range(1, vms + 1):
             documents.append({
                 "apiVersion": "kvmops/v1", "kind": "VirtualMachine", "metadata": {"name": f"{prefix}-{name}-vm{index:02d}"},
-                "spec": {"memory": "64MiB", "virtType": "qemu", "placement": {"host": name},
+                "spec": {"memory": "64MiB", "virtType": "qemu", "placement": {"host": name}, "runStrategy": run_strategy,
                          "disks": [{"name": "root", "pool": pool, "size": "8MiB", "deletionPolicy": "Delete"}]},
             })
     (directory / "fleet.yaml").write_text(yaml.safe_dump_all(documents, sort_keys=False), encoding="utf-8")
@@ -61,6 +67,49 @@ def cpu_busy() -> tuple[int, int]:
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = fields[3] + fields[4]
     return sum(fields) - idle, sum(fields)
+
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_process() -> dict[int, tuple[str, float]]:
+    """Return each live process's (command, CPU seconds so far), from /proc."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        command, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        found[int(entry.name)] = (command, (int(rest[11]) + int(rest[12])) / TICKS)
+    return found
+
+
+def cpu_spent(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """Return CPU seconds spent between two :func:`cpu_by_process` readings: QEMU, libvirtd, this process, other.
+
+    Processes that ended meanwhile are not counted (the bench's own kvmops work runs in
+    this process, and the guests stay up until the reading after).
+    """
+    spent = {"qemu": 0.0, "libvirtd": 0.0, "kvmops": 0.0, "other": 0.0}
+    for pid, (command, seconds) in after.items():
+        earlier = before.get(pid)
+        used = seconds - (earlier[1] if earlier and earlier[0] == command else 0.0)
+        kind = ("kvmops" if pid == os.getpid() else "qemu" if command.startswith("qemu-system")
+                else "libvirtd" if command == "libvirtd" else "other")
+        spent[kind] += used
+    return spent
+
+
+def describe_cpu(spent: dict[str, float], seconds: float) -> str:
+    """Return the CPU a run used, and the floor the machine's cores put under its wall time."""
+    total = sum(spent.values())
+    cores = os.cpu_count() or 1
+    parts = ", ".join(f"{kind} {value:.1f}" for kind, value in spent.items())
+    return (f"CPU-s {total:.1f} ({parts}); {cores} cores cannot do that in under {total / cores:.2f} s, "
+            f"{100 * total / cores / max(seconds, 1e-9):.0f}% of this run's wall time")
 
 
 def converge(directory: Path, *, only_host: str | None = None, allow_empty: bool = False) -> tuple[float, bool]:
@@ -82,6 +131,9 @@ def main() -> int:
     parser.add_argument("--vms", type=int, default=10, help="VMs per host (default: %(default)s)")
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--name", default="kvmops-bench-fleet", help="the lab's name prefix (default: %(default)s)")
+    parser.add_argument("--run-strategy", default="Always", choices=("Always", "Halted"),
+                        help="Always: QEMU starts every guest (CPU work); Halted: VMs and volumes are only defined, "
+                             "what kvmops and libvirtd do without QEMU (default: %(default)s)")
     args = parser.parse_args()
     logconfig.configure(format="console", level="warning")
     prefix = f"{args.name}-{uuid.uuid4().hex[:6]}"
@@ -97,12 +149,13 @@ def main() -> int:
             _seconds, ok = converge(directory, allow_empty=True)
             if not ok:
                 raise SystemExit("removing the VMs did not converge")
-            write_manifests(directory, lab, prefix, args.vms)
+            write_manifests(directory, lab, prefix, args.vms, run_strategy=args.run_strategy)
 
         clean()
         for run in range(1, args.runs + 1):
             per_host = []
             busy, total = cpu_busy()
+            processes = cpu_by_process()
             for host in hosts:
                 seconds, ok = converge(directory, only_host=host)
                 if not ok:
@@ -111,21 +164,25 @@ def main() -> int:
             sequential.append(sum(per_host))
             busy_after, total_after = cpu_busy()
             print(f"run {run}: sequential {sum(per_host):.2f} s ({', '.join(f'{h} {s:.2f}' for h, s in zip(hosts, per_host))}), "
-                  f"machine CPU busy {100 * (busy_after - busy) / max(1, total_after - total):.0f}%", flush=True)
+                  f"machine CPU busy {100 * (busy_after - busy) / max(1, total_after - total):.0f}%; "
+                  f"{describe_cpu(cpu_spent(processes, cpu_by_process()), sum(per_host))}", flush=True)
             clean()
             busy, total = cpu_busy()
+            processes = cpu_by_process()
             seconds, ok = converge(directory)
             busy_after, total_after = cpu_busy()
+            spent = cpu_spent(processes, cpu_by_process())
             if not ok:
                 raise SystemExit(f"run {run}: the fleet apply did not converge")
             parallel.append(seconds)
             print(f"run {run}: fleet {seconds:.2f} s, ratio {seconds / sum(per_host):.2f}, "
-                  f"machine CPU busy {100 * (busy_after - busy) / max(1, total_after - total):.0f}%", flush=True)
+                  f"machine CPU busy {100 * (busy_after - busy) / max(1, total_after - total):.0f}%; "
+                  f"{describe_cpu(spent, seconds)}", flush=True)
             clean()
     finally:
         lab.stop()
     summary = {
-        "hosts": args.hosts, "vms_per_host": args.vms, "runs": args.runs,
+        "hosts": args.hosts, "vms_per_host": args.vms, "runs": args.runs, "run_strategy": args.run_strategy,
         "sequential_s": round(statistics.median(sequential), 2), "fleet_s": round(statistics.median(parallel), 2),
         "ratio": round(statistics.median(parallel) / statistics.median(sequential), 2), "target_ratio": 0.5,
     }

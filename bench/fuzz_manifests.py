@@ -5,7 +5,9 @@ What is measured
     values of other types, huge and non-finite numbers, deleted, duplicated and
     re-indented lines, truncation, aliases, unicode, deep nesting, paths out of the
     tree, bytes that are not UTF-8), answered by ``kvmops validate`` and ``kvmops plan``
-    on libvirt's test driver, in-process.  An answer is acceptable when it is exit 0
+    on libvirt's test driver, in-process.  The seed trees include a fleet (Hosts on
+    test-driver URIs, placement, shared pools, hosts selectors) and policy configuration
+    files (``plan --config``), which are mutated too.  An answer is acceptable when it is exit 0
     (valid) or exit 1 with problem lines that each name a file; anything else is a
     failure: an exception or "internal error", a traceback, another exit status, or no
     answer within the time bound (a hang).

@@ -44,6 +44,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
 
 
+def _positive_seconds(text: str) -> float:
+    """Return ``text`` as a number of seconds above 0 (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 (excluded) and 3600 seconds")
+    return value
+
+
+def _host_timeout(args: argparse.Namespace) -> float:
+    """Return the seconds a Host gets in a fleet: ``--host-timeout`` over the configuration file's hostTimeout."""
+    from reconciler.runtime import command_settings
+
+    return command_settings.host_timeout(getattr(args, "config", None), getattr(args, "host_timeout", None))
+
+
 def default_uri() -> str:
     """Return the libvirt URI used without ``--connect``: ``$KVMOPS_CONNECT`` or qemu:///system."""
     return os.environ.get("KVMOPS_CONNECT") or defaults.DEFAULT_URI
@@ -67,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="in a fleet (manifests with kind: Host), only this Host")
         command.add_argument("--parallel-hosts", type=int, default=defaults.DEFAULT_HOST_WORKERS, metavar="N",
                              help=f"in a fleet, hosts worked on at once (default: {defaults.DEFAULT_HOST_WORKERS})")
+        command.add_argument("--host-timeout", type=_positive_seconds, default=None, metavar="SECONDS",
+                             help="in a fleet, seconds a Host gets to be connected to, and to be observed, before it "
+                                  "counts as unreachable (default: hostTimeout of --config, else "
+                                  f"{defaults.DEFAULT_HOST_TIMEOUT:g})")
 
     def planning_options(command: argparse.ArgumentParser, *, connect_default: bool = True, host: bool = True,
                          path_optional: bool = False) -> None:
@@ -248,6 +270,17 @@ def build_parser() -> argparse.ArgumentParser:
     evacuate.add_argument("--state-dir", default=None, help="directory of the host locks")
     evacuate.set_defaults(handler=cmd_evacuate)
 
+    forget = commands.add_parser("forget-host", help="in a fleet: remove a Host whose manifest is gone from the "
+                                                     "fleet's marks, for good (--apply to do it)")
+    forget.add_argument("host_name", metavar="HOST")
+    planning_options(forget, connect_default=False, host=False, path_optional=True)
+    forget.add_argument("--apply", action="store_true", help="rewrite the marks (nothing else changes)")
+    forget.add_argument("--output", "-o", choices=("text", "json", "markdown"), default="text")
+    forget.add_argument("--parallel", type=int, default=defaults.DEFAULT_WORKERS, metavar="N")
+    forget.add_argument("--lock-timeout", type=float, default=300.0, metavar="SECONDS")
+    forget.add_argument("--state-dir", default=None, help="directory of the host locks")
+    forget.set_defaults(handler=cmd_forget_host)
+
     run = commands.add_parser("run", help="keep the host converged: watch manifests and libvirt, repair drift")
     run.add_argument("path", metavar="PATH", nargs="?", default=None,
                      help="manifest directory (default: 'manifests' in the configuration file)")
@@ -287,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     scope_option(run, default=None)
     run.add_argument("--termination-grace", type=float, default=None, metavar="SECONDS",
                      help="on SIGTERM, wait this long for the steps in progress (default: 30)")
+    run.add_argument("--host-timeout", type=_positive_seconds, default=None, metavar="SECONDS",
+                     help="in a fleet, seconds a Host gets to be connected to, and to be observed, before it counts "
+                          f"as unreachable for that pass (default: {defaults.DEFAULT_HOST_TIMEOUT:g})")
     run.set_defaults(handler=cmd_run)
 
     adopt = commands.add_parser("adopt", help="mark an existing domain as managed by kvmops")
@@ -339,6 +375,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         level=args.log_level or ("info" if args.command == "run" else "warning"))
     try:
         return args.handler(args)
+    except errors.ManifestError as exc:
+        for line in [str(problem) for problem in exc.problems] or [str(exc)]:  # one located line per problem
+            _error(line)
+        return EXIT_ERROR
     except errors.KvmopsError as exc:
         _error(str(exc))
         return EXIT_ERROR
@@ -572,7 +612,8 @@ def cmd_state_export(args: argparse.Namespace) -> int:
         desired = _load(args.manifests)
         if desired.is_fleet:
             _check_fleet_args(args, desired)
-            taken = snapshots.take_fleet(desired, only_host=args.host, host_workers=args.parallel_hosts)
+            taken = snapshots.take_fleet(desired, only_host=args.host, host_workers=args.parallel_hosts,
+                                         host_timeout=_host_timeout(args))
             _write(snapshots.fleet_to_json(taken), args.output,
                    f"snapshot of {len(taken.hosts)} host(s) written to {args.output}")
             for name, error in sorted(taken.unreachable.items()):
@@ -741,7 +782,8 @@ def _fleet_status(args: argparse.Namespace, desired: model.DesiredState) -> int:
     args.connect = None  # the default URI means nothing in a fleet
     _check_fleet_args(args, desired)
     status = fleet_status.gather(desired, settings=command_settings.scoped(args.scope), name=args.name,
-                                 scope=args.scope, only_host=args.host, host_workers=args.parallel_hosts)
+                                 scope=args.scope, only_host=args.host, host_workers=args.parallel_hosts,
+                                 host_timeout=_host_timeout(args))
     if args.output == "json":
         print(json.dumps(fleet_status.to_data(status), indent=2))
     else:
@@ -759,7 +801,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
         if desired.is_fleet:
             _check_fleet_args(args, desired)
             print(inspect.wait_in_fleet(desired, args.name, args.condition, timeout=args.timeout, only_host=args.host,
-                                        host_workers=args.parallel_hosts))
+                                        host_workers=args.parallel_hosts, host_timeout=_host_timeout(args)))
             return EXIT_OK
     _refuse_fleet_options(args)
     args.connect = args.connect or default_uri()
@@ -907,7 +949,7 @@ def _fleet_plan(args: argparse.Namespace, desired: model.DesiredState, *, evacua
                                                   evacuate=evacuate, only_host=only)
     else:
         plan = fleet_reconcile.plan_live(desired, settings=settings, evacuate=evacuate, only_host=only,
-                                         host_workers=args.parallel_hosts).plan
+                                         host_workers=args.parallel_hosts, host_timeout=_host_timeout(args)).plan
     return _print_fleet_plan(plan, args, title=title)
 
 
@@ -926,7 +968,8 @@ def _fleet_apply(args: argparse.Namespace, desired: model.DesiredState, *, evacu
 
     _planned, result = fleet_reconcile.plan_and_apply(
         desired, settings=_settings(args), show_plan=show_plan, lock=_host_locks(args), evacuate=evacuate,
-        only_host=getattr(args, "host", None), workers=args.parallel, host_workers=args.parallel_hosts)
+        only_host=getattr(args, "host", None), workers=args.parallel, host_workers=args.parallel_hosts,
+        host_timeout=_host_timeout(args))
     if result is None:
         return shown[0]
     sys.stdout.write(redaction.redact_text(report.fleet_report_text(result)))
@@ -956,6 +999,27 @@ def cmd_evacuate(args: argparse.Namespace) -> int:
     args.host = None
     run = _fleet_apply if args.apply else _fleet_plan
     return run(args, desired, evacuate={args.host_name}, title=drain.evacuate_title(args.host_name))
+
+
+def cmd_forget_host(args: argparse.Namespace) -> int:
+    """Plan (``--apply``: carry out) removing HOST, declared by no Host manifest any more, from every mark of the fleet."""
+    from reconciler.runtime import forget_host
+
+    desired = forget_host.load_fleet(args.path, args.host_name)
+    _check_fleet_args(args, desired)
+    title = f"kvmops forget-host {args.host_name}: the fleet's marks stop naming it"
+    if not args.apply:
+        return _print_fleet_plan(forget_host.plan(desired, args.host_name, settings=_settings(args),
+                                                  host_workers=args.parallel_hosts), args, title=title)
+    shown: list[int] = []
+    result = forget_host.apply(
+        desired, args.host_name, settings=_settings(args), lock=_host_locks(args), workers=args.parallel,
+        host_workers=args.parallel_hosts,
+        show_plan=lambda plan: shown.append(_print_fleet_plan(plan, args, title=title)))
+    if result is None:
+        return shown[0]
+    sys.stdout.write(redaction.redact_text(forget_host.report_text(result, args.host_name)))
+    return EXIT_OK if result.done else EXIT_ERROR
 
 
 if __name__ == "__main__":

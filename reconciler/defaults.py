@@ -9,4 +9,5 @@ DEFAULT_URI = "qemu:///system"  # the libvirt URI without --connect or $KVMOPS_C
 DEFAULT_SCOPE = "default"  # the manifest set's name without --scope or a configuration file
 DEFAULT_WORKERS = 4  # VMs worked on at once on one host
 DEFAULT_HOST_WORKERS = 8  # hosts connected to, observed and applied at once
+DEFAULT_HOST_TIMEOUT = 10.0  # seconds a Host gets to be connected to, or observed, before it counts as unreachable
 WAIT_CONDITIONS = ("ip", "running", "stopped")  # what `kvmops wait --for` can wait for

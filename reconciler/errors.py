@@ -14,6 +14,7 @@ work queue and the CLI's exit status are built on::
     └── HypervisorError            libvirt said no, or could not be reached
         ├── RetryableHypervisorError                                                  retryable
         │   └── ConnectionLost     libvirtd went away, or never answered
+        │       └── HostTimedOut   a Host did not answer within its deadline
         └── TerminalHypervisorError                                                   terminal
             ├── AuthenticationFailed   libvirtd refused our credentials
             ├── ObjectNotFound     a domain, pool or volume is not there
@@ -72,6 +73,10 @@ class RetryableHypervisorError(HypervisorError):
 
 class ConnectionLost(RetryableHypervisorError):
     """libvirtd is unreachable, or the connection to it broke."""
+
+
+class HostTimedOut(ConnectionLost):
+    """A Host did not answer within the deadline (``--host-timeout``): it counts as unreachable for this pass."""
 
 
 class TerminalHypervisorError(HypervisorError):

@@ -297,6 +297,21 @@ class LabHost:
         """Start libvirtd again after :meth:`kill_libvirtd`, and wait until it answers."""
         self.start_daemons()
 
+    def pause_libvirtd(self) -> bool:
+        """Stop libvirtd with SIGSTOP: its socket still accepts, nothing answers (a hung daemon). Return whether it ran."""
+        pid = self.libvirtd_pid
+        if pid is None:
+            return False
+        os.kill(pid, signal.SIGSTOP)
+        return True
+
+    def resume_libvirtd(self) -> None:
+        """Let a libvirtd stopped by :meth:`pause_libvirtd` run again (SIGCONT; harmless when it runs)."""
+        pid = self.libvirtd_pid
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
     # --- removal --------------------------------------------------------------------
 
     def stop(self) -> list[str]:
@@ -304,6 +319,7 @@ class LabHost:
         forced: list[str] = []
         if self.alive:
             try:
+                self.resume_libvirtd()  # a paused libvirtd would hang the cleanup below
                 self.start_daemons()
                 self._destroy_guests_and_networks()
             except Exception as exc:  # noqa: BLE001 (removal goes on whatever happened)

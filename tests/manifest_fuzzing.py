@@ -1,17 +1,21 @@
 """Mutated manifest trees, and the one verdict every one of them must get.
 
 Shared by the fuzz tests (``tests/integration/test_fuzz_manifests.py``) and the long run
-in ``bench/fuzz_manifests.py``.  A case starts from a valid manifest tree (the examples
-in ``manifests/`` and ``examples/cloud-images/``, or a tree written here that names every
-kind of file a manifest may name) and mutates the text of one of its files a few times:
+in ``bench/fuzz_manifests.py``.  A case starts from a valid manifest tree
+(:mod:`tests.manifest_seeds`: the examples in ``manifests/`` and ``examples/cloud-images/``,
+a tree that names every kind of file a manifest may name, the fleet of ``examples/fleet``
+on test-driver Hosts with a configuration file, and ``manifests/`` under a configuration
+file whose policy names every rule) and mutates the text of one of its files (a
+configuration file too) a few times:
 YAML tags, values of other types, huge or non-finite numbers, deleted, duplicated or
 re-indented lines, truncation, anchors and aliases, unicode, deep nesting, paths with
 ``..``, absolute paths and symlinks out of the tree, raw bytes.
 
-:func:`judge` runs ``kvmops validate`` and ``kvmops plan`` on libvirt's test driver,
-in-process through ``cli.main``, and says whether the outcome is acceptable: exit 0 with
-a valid result, or exit 1 with problem lines that each name a file of the tree
-(``FILE:LINE: ...`` or ``FILE: ...``).  Anything else (an exception, "internal error", a
+:func:`judge` runs ``kvmops validate`` and ``kvmops plan`` (with ``--config`` when the tree
+has one) on libvirt's test driver, in-process through ``cli.main``, and says whether the
+outcome is acceptable: exit 0 with a valid result, or exit 1 with problem lines that each
+name a file of the tree (``FILE:LINE: ...`` or ``FILE: ...``; a configuration file's
+problems come as ``kvmops: error: FILE:LINE: ...`` lines, one each).  Anything else (an exception, "internal error", a
 traceback, another exit status, a run longer than the time bound) is a failure.
 """
 
@@ -240,6 +244,37 @@ EDGE_VALUES = {
     "hostname": ["a" * 63, "x", "host-1"],
     "instanceId": ["i", "a" * 255],
     "url": ["https://example.org/x.qcow2", "http://[::1]:80/x", "https://x/" + "a" * 2000],
+    # the fleet: Hosts (only test driver URIs: a fuzz never reaches a real libvirtd), placement, shared pools
+    "uri": ["test:///default", "test:///nosuch/node.xml", f"test://{manifest_seeds.HOST_XML}",
+            f"test://{manifest_seeds.HOST_XML}?host=kvm1", "test:///default?a=%zz", "'test:///default#x'"],
+    "cpuOvercommit": ["1", "64", "65", "0.5", "1.5"],
+    "memoryOvercommit": ["1", "16", "17", "0.99"],
+    "schedulable": ["true", "false"],
+    "host": ["kvm1", "kvm2", "kvm3", "nosuch", "kvm1.", "a" * 63],
+    "hostSelector": ["{zone: a}", "{zone: b}", "{}", "{nosuch: x}", "{rack: r1, zone: b}", "{zone: [a]}"],
+    "spreadBy": ["rack", "zone", "nosuch", "app"],
+    "antiAffinity": ["app", "nosuch", "zone"],
+    "shared": ["true", "false"],
+    "hosts": ["{}", "{zone: a}", "{zone: z}", "{rack: r2, zone: b}", "[]"],
+    "zone": ["a", "b", "''", "c"],
+    "rack": ["r1", "r2", "r3"],
+    "app": ["web", "db", "''"],
+    # the configuration file: hostTimeout and the policy
+    "hostTimeout": ["0.001", "3600", "3601", "0", "-1"],
+    "scope": ["default", "other", "-x", "a" * 64],
+    "maxVcpus": ["1", "1024", "1025", "0"],
+    "maxDiskSize": ["0", "1", "1048576", "1048577", "1GiB", "1KiB"],
+    "vms": ["0", "1", "20"],
+    "disk": ["0", "1", "2TiB", "1048577"],
+    "maxPrunePerPass": ["0", "1", "'0%'", "'100%'", "'101%'", "'5.5%'"],
+    "allowDataLoss": ["true", "false"],
+    "allowHostPassthrough": ["true", "false"],
+    "trashRetention": ["0", "24h", "7d", "1w", "99999999999999999999d", "1y", "'24h'"],
+    "allowedPoolPaths": ["[]", "[/]", "[/var/lib/kvmops/../..]", "[/var/lib/kvmops]", "[/proc]", "[relative]"],
+    "allowedNetworks": ["[]", "['*']", "['**']", "[lab, lab]"],
+    "allowedBridges": ["[]", "['*']", "[br0]"],
+    "imageSources": ["[]", "[/]", "['https://cloud.debian.org/']", "['http://x/']", "['https://']", "[/etc]"],
+    "allowedGraphicsListen": ["[]", "['0.0.0.0']", "['::']"],
 }
 FIELD_LINES = [
     "  maxMemory: 16MiB\n", "  maxMemory: 64TiB\n", "  firmware: uefi\n", "  keepNvram: true\n",
@@ -266,12 +301,30 @@ def _edge_value(draw, text: str) -> str:
     return "".join(lines)
 
 
+FLEET_LINES = [
+    "  placement: {host: kvm3}\n", "  placement: {host: nosuch}\n", "  placement: {hostSelector: {zone: b}}\n",
+    "  placement: {hostSelector: {zone: a}, spreadBy: rack, antiAffinity: app}\n", "  placement: {spreadBy: zone}\n",
+    "  placement: {antiAffinity: app}\n", "  placement: {}\n", "  shared: true\n", "  hosts: {zone: a}\n",
+    "  hosts: {}\n", "  schedulable: false\n", "  capacity: {vcpus: 1, memory: 16}\n",
+    "  capacity: {vcpus: 65536, memory: 1073741824, cpuOvercommit: 64, memoryOvercommit: 16}\n",
+]
+POLICY_LINES = [
+    "  limits: {maxVcpus: 1}\n", "  limits: {maxMemory: 16, maxDiskSize: 0}\n", "  quota: {vms: 0}\n",
+    "  quota: {vcpus: 1, memory: 1, disk: 0}\n", "  allowDataLoss: false\n", "  maxPrunePerPass: 0\n",
+    "  scopes: {default: {limits: {maxMemory: 16}}}\n", "  scopes: {default: {allowedPoolPaths: []}}\n",
+    "  allowedPoolPaths: []\n", "  allowedNetworks: []\n", "  imageSources: []\n", "  allowedBridges: []\n",
+    "  trashRetention: 0\n", "  limits: {allowHostPassthrough: false, allowedGraphicsListen: []}\n",
+]
+
+
 def _insert_field(draw, text: str) -> str:
     lines = text.splitlines(keepends=True)
-    specs = [i for i, line in enumerate(lines) if line.rstrip() == "spec:"]
-    if not specs:
+    blocks = [(i, FIELD_LINES + FLEET_LINES) for i, line in enumerate(lines) if line.rstrip() == "spec:"]
+    blocks += [(i, POLICY_LINES) for i, line in enumerate(lines) if line.rstrip() == "policy:"]
+    if not blocks:
         return text
-    lines.insert(draw(st.sampled_from(specs)) + 1, draw(st.sampled_from(FIELD_LINES)))
+    index, choices = draw(st.sampled_from(blocks))
+    lines.insert(index + 1, draw(st.sampled_from(choices)))
     return "".join(lines)
 
 
@@ -291,21 +344,35 @@ class Case:
     relpath: str
     content: str | bytes
 
-    def write(self, directory: Path) -> None:
-        """Write the tree into the empty ``directory``."""
+    def write(self, directory: Path, host_xml: Path | None = None) -> None:
+        """Write the tree into the empty ``directory``; a Host URI's test driver host file is ``host_xml``."""
+        def filled(text: str) -> str:
+            return text.replace(manifest_seeds.HOST_XML, str(host_xml)) if host_xml is not None else text
+
         for relpath, text in SEEDS[self.seed].items():
             path = directory / relpath
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
+            path.write_text(filled(text), encoding="utf-8")
         for relpath, target in HOSTILE_LINKS.items():
-            path = directory / relpath
+            path = directory / self.manifests / relpath
             path.parent.mkdir(parents=True, exist_ok=True)
             path.symlink_to(target)
         target = directory / self.relpath
         if isinstance(self.content, bytes):
-            target.write_bytes(self.content)
+            target.write_bytes(self.content.replace(manifest_seeds.HOST_XML.encode(), str(host_xml).encode())
+                               if host_xml is not None else self.content)
         else:
-            target.write_text(self.content, encoding="utf-8", errors="surrogatepass")
+            target.write_text(filled(self.content), encoding="utf-8", errors="surrogatepass")
+
+    @property
+    def manifests(self) -> str:
+        """Return where the manifests are in the tree ("" for the tree itself)."""
+        return manifest_seeds.manifest_root(SEEDS[self.seed])
+
+    @property
+    def config(self) -> str | None:
+        """Return the tree's configuration file (relative to it), if it has one."""
+        return manifest_seeds.CONFIG if manifest_seeds.CONFIG in SEEDS[self.seed] else None
 
 
 @st.composite
@@ -359,11 +426,17 @@ def judge(case: Case, scratch: Path) -> Verdict:
     previous = signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(EXAMPLE_SECONDS)
     started = time.monotonic()
+    connect = os.environ.get("KVMOPS_CONNECT")
     try:
-        case.write(directory)
+        case.write(directory, host)
         outcomes = []
         os.environ["KVMOPS_DEBUG"] = "1"
-        for argv in (["validate", str(directory)], ["plan", str(directory), "--connect", f"test://{host}", "--no-color"]):
+        # No --connect: a fleet refuses it (each Host has its URI: test drivers here), and a tree that is
+        # no fleet (any more) plans on the default URI, which is the test driver too (never a real libvirtd)
+        os.environ["KVMOPS_CONNECT"] = f"test://{host}"
+        manifests = str(directory / case.manifests)
+        config = ["--config", str(directory / case.config)] if case.config else []
+        for argv in (["validate", manifests], ["plan", manifests, "--no-color", *config]):
             status, stdout, stderr = _run(argv)
             output = stdout + stderr
             why = _unacceptable(status, output, directory) or (_stray_lines(stdout, directory) if argv[0] == "validate" else "")
@@ -377,6 +450,10 @@ def judge(case: Case, scratch: Path) -> Verdict:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
         os.environ.pop("KVMOPS_DEBUG", None)
+        if connect is None:
+            os.environ.pop("KVMOPS_CONNECT", None)
+        else:
+            os.environ["KVMOPS_CONNECT"] = connect
         shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -403,12 +480,20 @@ def _unacceptable(status: int | str, output: str, directory: Path) -> str:
         return f"exit status {status}"
     prefix = f"{directory}{os.sep}"
     located = re.compile(re.escape(str(directory)) + r"(/[^:\n]+)?(:\d+)?: \S")
-    problem_lines = [line.strip() for line in output.splitlines() if line.strip().startswith(str(directory))]
+    problem_lines = [line.strip().removeprefix("kvmops: error: ") for line in output.splitlines()
+                     if line.strip().removeprefix("kvmops: error: ").startswith(str(directory))]  # (a config's errors)
     malformed = [line for line in problem_lines if not located.match(line)]
     if malformed:
         return f"problem lines not FILE:LINE: ... : {malformed[:3]}"
-    if status == 1 and not any(line.startswith(prefix) or located.match(line) for line in problem_lines):
+    # A fleet's Host that does not answer in time (a hostTimeout mutated to 0.001 s) is exit 1 too, in its own section
+    unreachable = re.search(r"^Host \S+ \(.*\): UNREACHABLE: \S", output, re.MULTILINE)
+    if status == 1 and not unreachable and not any(line.startswith(prefix) or located.match(line) for line in problem_lines):
         return "exit 1 without a problem line naming a file"
-    if "kvmops: error:" in output:
-        return "an error that is not a problem line"
+    # The configuration file's problems are errors (the manifests are not even read): one located line each.
+    config = re.compile(re.escape(str(directory / manifest_seeds.CONFIG)) + r"(:\d+)?: \S")
+    errors = [line for line in output.splitlines() if "kvmops: error:" in line]
+    stray = [line for line in errors if not (line.startswith("kvmops: error: ")
+                                             and config.match(line[len("kvmops: error: "):]))]
+    if stray:
+        return f"an error that is not a problem line: {stray[:3]}"
     return ""

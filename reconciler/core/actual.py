@@ -73,7 +73,7 @@ def _read(xml: str, *, essence: bool = False) -> tuple[str, object, tuple[model.
             found = ("foreign", (domxml.parse_nics(root), owner), storage)
         else:
             try:
-                found = ("owned", domxml.parse(root), storage)
+                found = ("owned", domxml.parse(root, owner=owner), storage)
             except domxml.DomainXMLError as exc:
                 found = ("broken", str(exc), storage)
     _READ.put(key, found)

@@ -100,6 +100,8 @@ def render_owner(owner: model.Ownership) -> ET.Element:
         element.set("fleet", owner.fleet)
     if owner.host:
         element.set("host", owner.host)
+    if owner.roster:
+        element.set("hosts", ",".join(owner.roster))
     for volume in owner.volumes:
         record = ET.SubElement(element, _VOLUME, pool=volume.pool, name=volume.name,
                                deletionPolicy=volume.deletion_policy, created="true" if volume.created else "false")
@@ -116,7 +118,8 @@ def render_owner(owner: model.Ownership) -> ET.Element:
 
 def parse_owner(root: ET.Element) -> model.Ownership | None:
     """Return kvmops' ownership record in the domain ``root``, or None for a foreign domain."""
-    owner = root.find(f"metadata/{_OWNER}")
+    owner = find(root, "metadata")
+    owner = owner.find(_OWNER) if owner is not None else None
     if owner is None:
         return None
     volumes = []
@@ -148,6 +151,7 @@ def parse_owner(root: ET.Element) -> model.Ownership | None:
         bound_name=owner.get("domain", ""), bound_uuid=owner.get("uuid", ""),
         start_pending=owner.get("startPending") == "true",
         fleet=owner.get("fleet", ""), host=owner.get("host", ""),
+        roster=tuple(sorted({name for name in owner.get("hosts", "").split(",") if name})),
         left_behind=tuple(model.LeftBehind(left.get("host", ""), left.get("pool", ""), left.get("name", ""))
                           for left in owner.findall(_LEFT_BEHIND)),
         sending=tuple(model.Sending(sent.get("host", ""), sent.get("pool", ""), sent.get("name", ""))

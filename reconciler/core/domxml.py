@@ -35,7 +35,7 @@ from reconciler.core.domainparts import (  # noqa: F401  (re-exported: the domai
     parse_owner,
     render_owner,
 )
-from reconciler.core.xmlproperty import WriteContext
+from reconciler.core.xmlproperty import WriteContext, find_all
 
 
 def skeleton() -> ET.Element:
@@ -92,12 +92,22 @@ def remark(xml: str, owner: model.Ownership) -> str:
     return ET.tostring(root, encoding="unicode")
 
 
-def parse(xml: str | ET.Element) -> model.DomainDefinition:
-    """Return the managed essence of domain ``xml``; everything else in it is ignored."""
+_UNREAD = object()
+
+
+def parse(xml: str | ET.Element, *, owner: model.Ownership | None | object = _UNREAD) -> model.DomainDefinition:
+    """Return the managed essence of domain ``xml``; everything else in it is ignored.
+
+    ``owner``: the mark :func:`mark_binding` already read from this very tree, so it is
+    not read twice.
+    """
     root = parse_tree(xml) if isinstance(xml, str) else xml
     values: dict[str, object] = {}
     try:
         for declared in fields.FIELDS:
+            if owner is not _UNREAD and declared.attrs == ("owner",):
+                values["owner"] = owner
+                continue
             values.update(declared.read_xml(root))
     except (TypeError, ValueError, AttributeError) as exc:
         raise DomainXMLError(f"unreadable domain XML: {exc}") from exc
@@ -142,14 +152,16 @@ def parse_storage(root: ET.Element) -> tuple[model.DiskDevice, ...]:
     """
     found: list[model.DiskDevice] = []
     try:
-        for element in root.iterfind("devices/disk"):
+        for element in find_all(root, "devices/disk"):
             found.append(parse_disk(element))
-            for backing in element.iterfind(".//backingStore/source"):
-                path = backing.get("file") or backing.get("dev")
-                if path:
-                    found.append(model.DiskDevice(target="", bus="", path=path))
+            for store in element.iter("backingStore"):
+                for backing in store.findall("source"):
+                    path = backing.get("file") or backing.get("dev")
+                    if path:
+                        found.append(model.DiskDevice(target="", bus="", path=path))
+        os_element = root.find("os")
         for tag in ("kernel", "initrd"):
-            path = root.findtext(f"os/{tag}")
+            path = os_element.findtext(tag) if os_element is not None else None
             if path:
                 found.append(model.DiskDevice(target="", bus="", path=path))
     except (TypeError, ValueError, AttributeError):

@@ -19,7 +19,14 @@ each host's libvirt showed (or why it could not be reached), it
   offline (impact ``restart``) when it is shut off;
 * reports an unreachable host in its own section: nothing is planned there, its VMs are
   Unknown and stay assigned to it (never placed elsewhere, unless a person declared it
-  dead with ``evacuate``), and every other host is planned as usual.
+  dead with ``evacuate``), and every other host is planned as usual;
+* keeps the fleet's *roster* in every mark (the names of its Hosts, :attr:`Ownership.roster
+  <reconciler.core.model.Ownership.roster>`) and reports a *missing host*: a name in the
+  reachable hosts' marks (a roster, or a mark's host) that no Host manifest declares. Its
+  VMs cannot be seen, so it is treated as an unreachable host that may run any VM: a
+  desired VM found on no reachable host is Unknown (never created elsewhere) and pruning
+  is suspended on every host, until its manifest is back or a person forgets it
+  (:func:`plan_forget`, ``kvmops forget-host``). A roster loses a name only that way.
 
 Any problem (a manifest, a placement, a split brain) suspends pruning on every host, as
 a problem does for one host.
@@ -60,6 +67,7 @@ class HostPlan:
     unreachable: str | None = None
     unknown: tuple[str, ...] = ()
     schedulable: bool = True
+    missing: bool = False  # named in the fleet's marks, declared by no Host manifest (``unreachable`` says so)
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,7 @@ class FleetPlan:
     problems: tuple[model.Problem, ...] = ()
     split_brain: tuple[SplitBrain, ...] = ()
     unknown: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)  # VM -> unreachable hosts it may be on
+    notes: tuple[str, ...] = ()  # about the fleet as a whole (what a forget-host plan leads to)
 
     @property
     def migrations(self) -> tuple[plans.ResourcePlan, ...]:
@@ -100,8 +109,13 @@ class FleetPlan:
 
     @property
     def unreachable(self) -> tuple[HostPlan, ...]:
-        """Return the hosts that could not be observed."""
+        """Return the hosts that could not be observed, missing hosts included."""
         return tuple(h for h in self.hosts if h.unreachable is not None)
+
+    @property
+    def missing(self) -> tuple[HostPlan, ...]:
+        """Return the hosts the fleet's marks name but no Host manifest declares."""
+        return tuple(h for h in self.hosts if h.missing)
 
     def host(self, name: str) -> HostPlan:
         """Return the plan of host ``name``."""
@@ -109,12 +123,16 @@ class FleetPlan:
 
     def summary(self) -> str:
         """Return the fleet in one line: hosts, VMs per host, migrations, unreachable hosts."""
-        per_host = ", ".join(f"{h.host} {len(h.vms)}" for h in self.hosts)
-        parts = [f"{len(self.hosts)} host{'s' if len(self.hosts) != 1 else ''}",
-                 f"VMs per host: {per_host}" if self.hosts else "no VMs",
+        declared = [h for h in self.hosts if not h.missing]
+        per_host = ", ".join(f"{h.host} {len(h.vms)}" for h in declared)
+        parts = [f"{len(declared)} host{'s' if len(declared) != 1 else ''}",
+                 f"VMs per host: {per_host}" if declared else "no VMs",
                  f"{len(self.migrations)} migration{'s' if len(self.migrations) != 1 else ''}"]
-        if self.unreachable:
-            parts.append(f"{len(self.unreachable)} unreachable ({', '.join(h.host for h in self.unreachable)})")
+        silent = [h for h in declared if h.unreachable is not None]
+        if silent:
+            parts.append(f"{len(silent)} unreachable ({', '.join(h.host for h in silent)})")
+        if self.missing:
+            parts.append(f"{len(self.missing)} missing ({', '.join(h.host for h in self.missing)})")
         if self.split_brain:
             parts.append(f"{len(self.split_brain)} split brain")
         return f"Fleet {self.fleet}: " + "; ".join(parts)
@@ -141,6 +159,36 @@ def why_unknown(vms: Collection[str], hosts: Collection[str]) -> str:
         f"if {host} {'is' if len(hosts) == 1 else 'are'} dead for good: kvmops evacuate "
         f"{where if len(hosts) == 1 else 'HOST'} --host-is-dead"
     )
+
+
+def why_held_for_missing(vms: Collection[str], missing: Collection[str]) -> str:
+    """Return why ``vms`` are not created while the fleet's marks name hosts (``missing``) no Host manifest declares."""
+    names, where = ", ".join(sorted(vms)), ", ".join(sorted(missing))
+    one = len(vms) == 1
+    return (
+        f"{names} {'is' if one else 'are'} on no reachable host, and the fleet's marks name {where}, which no Host "
+        f"manifest declares: {'it' if one else 'they'} may run there unseen, so {'it is' if one else 'they are'} not "
+        f"created elsewhere (that could run a VM twice). Restore the Host manifest, or run kvmops forget-host "
+        f"{where if len(missing) == 1 else 'HOST'} --apply if that host is gone for good"
+    )
+
+
+def missing_host_message(host: str) -> str:
+    """Return why ``host``, named in the fleet's marks but declared by no Host manifest, stops the fleet, and the way out."""
+    return (
+        f"Host {host} is named in the fleet's ownership marks but no Host manifest declares it; kvmops cannot see its "
+        f"VMs. Restore its manifest (and drain it first to retire it), or, if it is gone for good (or drained), run "
+        f"`kvmops forget-host {host} --apply`"
+    )
+
+
+def roster_of(desired: model.DesiredState, reachable: Mapping[str, model.ActualState], fleet: str) -> tuple[str, ...]:
+    """Return the roster every mark of the fleet records: its declared Hosts and every name its marks already hold.
+
+    A name leaves the roster only through :func:`plan_forget`: a Host manifest that
+    disappeared (deleted, or failing to load) leaves its name in every mark.
+    """
+    return tuple(sorted(set(desired.hosts) | _marked_hosts(reachable, fleet)))
 
 
 def plan_fleet(
@@ -176,6 +224,11 @@ def plan_fleet(
         problems.append(where)
     dead = frozenset(evacuate) & set(unreachable)
 
+    marked = _marked_hosts(reachable, fleet)
+    roster = tuple(sorted(set(hosts) | marked))
+    # A Host manifest that did not load is reported as broken, not as missing: its name is not known here.
+    missing = tuple(sorted(marked - set(hosts))) if desired.hosts_complete else ()
+
     found = _ours(reachable, fleet)
     split = tuple(SplitBrain(vm, tuple(sorted(on))) for vm, on in sorted(found.items()) if len(on) > 1)
     for brain in split:
@@ -192,6 +245,15 @@ def plan_fleet(
                 "not placed: a Host manifest did not load (see the problems), and this VM, found on no Host kvmops "
                 "sees, may run on that Host: created elsewhere it would run twice. Fix the Host manifest first"
             )))
+    held_for_missing: dict[str, tuple[str, ...]] = {}
+    if missing:
+        # Nothing says which VMs a missing host runs (no manifest, no placement to consult): any
+        # VM found on no reachable host may run there, and created elsewhere it would run twice.
+        for name in sorted(set(desired.vms) - set(located) - unplaced):
+            unplaced.add(name)
+            spec = desired.vms[name]
+            held_for_missing[name] = (*missing, *(h for h in sorted(unreachable) if h not in dead
+                                                  and placement.admits(spec.placement, hosts[h])))
     placed = placement.place(
         dataclasses.replace(desired, vms=MappingProxyType(
             {name: spec for name, spec in desired.vms.items() if name not in unplaced})),
@@ -201,7 +263,7 @@ def plan_fleet(
     migrating = {move.vm: move for move in placed.moves if move.source in reachable}
 
     host_settings = dataclasses.replace(
-        settings, fleet=fleet,
+        settings, fleet=fleet, roster=roster,
         allow_empty=settings.allow_empty or bool(desired.vms),  # the empty-set guard is the fleet's, not a host's
     )
     if problems and settings.prune:
@@ -209,11 +271,17 @@ def plan_fleet(
             f"{len(problems)} problem(s) in the fleet: while any manifest is broken, a VM cannot be placed or a VM is "
             "found on two hosts, no domain is removed on any host"
         ))
+    elif missing and settings.prune:
+        host_settings = dataclasses.replace(host_settings, prune=False, no_prune_reason=(
+            f"missing host {', '.join(missing)} (named in the fleet's marks, declared by no Host manifest): while kvmops "
+            "cannot see every host of the fleet, no domain is removed on any host"
+        ))
     host_plans = []
     leaving: dict[str, list[plans.ResourcePlan]] = {}
-    cleanups = _owed_cleanups(desired, reachable, found, fleet, hosts)
+    cleanups = _owed_cleanups(desired, reachable, found, fleet, hosts, moving=frozenset(migrating))
     for move in sorted(migrating.values(), key=lambda m: m.vm):
-        leaving.setdefault(move.source, []).append(_migration(desired, move, reachable[move.source], hosts, fleet, settings))
+        leaving.setdefault(move.source, []).append(
+            _migration(desired, move, reachable[move.source], hosts, fleet, settings, roster=roster))
     for name, host in hosts.items():
         if only_host is not None and name != only_host:
             continue
@@ -246,6 +314,13 @@ def plan_fleet(
                 plan, resources=(*plan.resources, *leaving[name]),
                 problems=(*plan.problems, *(p for migration in leaving[name] for p in migration.problems)),
             )
+        # Split brain is left alone; a mark another host's cleanup rewrites (ForgetMovedVolume) waits for the next pass.
+        record = roster_record(host, actual, fleet, roster, plan, untouched=frozenset(
+            {vm for vm in split_names if name in found.get(vm, ())}
+            | {step.domain for cleanup in cleanups for step in cleanup.resource.steps
+               if isinstance(step, plans.ForgetMovedVolume) and step.destination == name}))
+        if record is not None:
+            plan = dataclasses.replace(plan, resources=(*plan.resources, record))
         evacuated = {move.vm: move for move in placed.moves if move.destination == name and move.source in dead}
         if evacuated:
             unseen = frozenset(pool for pool, spec in subset.pools.items()
@@ -254,10 +329,117 @@ def plan_fleet(
                 dataclasses.replace(r, notes=(*r.notes, _evacuation_note(evacuated[r.name], desired, unseen)))
                 if r.kind == "VirtualMachine" and r.name in evacuated else r for r in plan.resources))
         host_plans.append(HostPlan(host=name, uri=host.uri, plan=plan, vms=assigned, schedulable=host.schedulable))
+    for name in missing:
+        host_plans.append(HostPlan(
+            host=name, uri="", plan=None, unreachable=missing_host_message(name), missing=True,
+            unknown=tuple(vm for vm, on in held_for_missing.items() if on == (name,)),
+        ))
     return FleetPlan(
         fleet=fleet, hosts=tuple(host_plans), problems=tuple(problems),
-        split_brain=split, unknown=placed.unknown,
+        split_brain=split, unknown=MappingProxyType(dict(sorted({**placed.unknown, **held_for_missing}.items()))),
     )
+
+
+# Steps after which a domain's mark is the plan's (or the domain is gone): its roster goes with them.
+_MARK_WRITERS = (plans.DefineDomain, plans.MigrateDomain, plans.UndefineDomain)
+
+
+def roster_record(
+    host: model.HostSpec, actual: model.ActualState, fleet: str, roster: tuple[str, ...], plan: plans.Plan,
+    *, untouched: Collection[str] = (),
+) -> plans.ResourcePlan | None:
+    """Return the resource that records ``roster`` in the marks of the fleet's domains on ``host`` holding another one.
+
+    One resource per host (one line in the plan however many VMs), a
+    :class:`~reconciler.core.plan.RecordRoster` step per domain: only the mark's ``hosts``
+    changes, nothing restarts. A domain whose own resource in ``plan`` writes its mark
+    (defines, migrates or removes it) is left to that resource, which writes the roster
+    too, so two writers never race on one mark; ``untouched`` (split brain) is not changed
+    at all. None: every mark is current.
+    """
+    rewritten = {step.name for r in plan.resources for step in r.steps if isinstance(step, _MARK_WRITERS)}
+    steps, before = [], set()
+    for domain in sorted(actual.domains.values(), key=lambda d: d.name):
+        owner = domain.definition.owner if domain.definition is not None else None
+        if (not domain.owned or owner is None or not domain.persistent or planner.scope_of(domain) != fleet
+                or owner.roster == roster or domain.name in rewritten or domain.name in untouched):
+            continue
+        steps.append(plans.RecordRoster(domain.name, domain.uuid, roster))
+        before.add(", ".join(owner.roster) or "(none)")
+    if not steps:
+        return None
+    count = f"{len(steps)} VM{'s' if len(steps) != 1 else ''}"
+    return plans.ResourcePlan(
+        kind="Host", name=host.name, actions=(Action.UPDATE,), manifest=host.manifest, steps=tuple(steps),
+        changes=(FieldChange(
+            "metadata.hosts", before.pop() if len(before) == 1 else "(various)", ", ".join(roster), Impact.LIVE,
+            note=f"record the fleet's {len(roster)} hosts in the marks of {count} (no restart)"),),
+    )
+
+
+def plan_forget(
+    desired: model.DesiredState, observed: Mapping[str, model.ActualState | HostUnreachable], host: str,
+    settings: planner.Settings = planner.Settings(),
+) -> FleetPlan:
+    """Return the plan that removes ``host`` from the roster in every mark of the fleet on its reachable Hosts.
+
+    What ``kvmops forget-host`` carries out, for a host gone for good (or drained) whose
+    manifest is gone: nothing but marks change (one :class:`~reconciler.core.plan.RecordRoster`
+    per domain naming it, each keeping the rest of its roster). The next fleet plan then no
+    longer holds back the VMs that may have run there: they are created elsewhere, and the
+    plan's ``notes`` name them. A Host still declared is not forgotten (a problem); the
+    marks on an unreachable Host keep the name, and it is missing again when that Host answers.
+    """
+    fleet = settings.scope
+    hosts = dict(sorted(desired.hosts.items()))
+    problems = list(desired.problems)
+    if host in hosts:
+        problems.append(hosts[host].origin.problem("metadata.name", (
+            f"forget-host {host}: a Host manifest declares it; delete that manifest first (drain the host before, "
+            f"`kvmops drain {host} --apply`)")))
+    reachable = {name: state for name, state in observed.items()
+                 if name in hosts and isinstance(state, model.ActualState)}
+    host_plans = []
+    for name, spec in hosts.items():
+        if name not in reachable:
+            why = observed[name].error if isinstance(observed.get(name), HostUnreachable) else "not observed"
+            host_plans.append(HostPlan(host=name, uri=spec.uri, plan=None, unreachable=why, schedulable=spec.schedulable))
+            continue
+        actual = reachable[name]
+        steps = []
+        for domain in sorted(actual.domains.values(), key=lambda d: d.name):
+            owner = domain.definition.owner if domain.definition is not None else None
+            if (problems or not domain.owned or owner is None or not domain.persistent
+                    or planner.scope_of(domain) != fleet or host not in owner.roster):
+                continue
+            steps.append(plans.RecordRoster(domain.name, domain.uuid, tuple(n for n in owner.roster if n != host)))
+        resources = ()
+        if steps:
+            resources = (plans.ResourcePlan(
+                kind="Host", name=name, actions=(Action.UPDATE,), manifest=spec.manifest, steps=tuple(steps),
+                changes=(FieldChange("metadata.hosts", host, None, Impact.LIVE, note=(
+                    f"forget host {host} in the marks of {len(steps)} VM{'s' if len(steps) != 1 else ''} (no restart)")),),
+            ),)
+        ours = tuple(sorted(d.name for d in actual.domains.values() if d.owned and planner.scope_of(d) == fleet))
+        host_plans.append(HostPlan(
+            host=name, uri=spec.uri, schedulable=spec.schedulable, vms=ours,
+            plan=plans.Plan(uri=spec.uri, resources=resources, declared=(("VirtualMachine", len(ours)),)),
+        ))
+    notes = []
+    if not problems:
+        held = sorted(vm for vm, on in plan_fleet(desired, observed, settings).unknown.items() if host in on)
+        if held:
+            local = [vm for vm in held if evacuation_refusals(desired, [vm])]
+            notes.append(
+                f"after this, the next apply creates {', '.join(held)} on the reachable Hosts: kvmops no longer holds "
+                f"{'it' if len(held) == 1 else 'them'} back for {host}"
+                + (f"; {', '.join(local)} {'has' if len(local) == 1 else 'have'} disks not on a shared pool, which "
+                   f"start new and empty (their only copy was on {host})" if local else ""))
+        silent = [h.host for h in host_plans if h.unreachable is not None]
+        if silent:
+            notes.append(f"the marks on {', '.join(silent)} (unreachable) still name {host}: run forget-host again "
+                         "when it answers, or the fleet finds it missing again")
+    return FleetPlan(fleet=fleet, hosts=tuple(host_plans), problems=tuple(problems), notes=tuple(notes))
 
 
 def host_share(
@@ -356,6 +538,19 @@ def _note_borrowed(plan: plans.Plan, share: model.DesiredState, borrowed: Mappin
     return dataclasses.replace(plan, resources=tuple(note(r) for r in plan.resources))
 
 
+def _marked_hosts(reachable: Mapping[str, model.ActualState], fleet: str) -> set[str]:
+    """Return every Host name the marks of this fleet's domains on ``reachable`` hold: rosters, and each mark's host."""
+    names: set[str] = set()
+    for actual in reachable.values():
+        for domain in actual.domains.values():
+            owner = domain.definition.owner if domain.definition is not None else None
+            if domain.owned and owner is not None and planner.scope_of(domain) == fleet:
+                names.update(owner.roster)
+                if owner.host:
+                    names.add(owner.host)
+    return names
+
+
 def _ours(reachable: Mapping[str, model.ActualState], fleet: str) -> dict[str, set[str]]:
     """Return the hosts each domain marked by this fleet's scope was found on."""
     found: dict[str, set[str]] = {}
@@ -376,7 +571,7 @@ class _OwedCleanup:
 
 def _owed_cleanups(
     desired: model.DesiredState, reachable: Mapping[str, model.ActualState], found: Mapping[str, set[str]],
-    fleet: str, hosts: Mapping[str, model.HostSpec],
+    fleet: str, hosts: Mapping[str, model.HostSpec], *, moving: Collection[str] = frozenset(),
 ) -> list[_OwedCleanup]:
     """Return the deletions earlier moves still owe, from what the hosts show now.
 
@@ -386,15 +581,29 @@ def _owed_cleanups(
     waited for the VM to run. It is deleted only once the VM runs (or is meant to be off),
     only under ``deletionPolicy: Delete`` (today's manifest), never in a shared pool, never
     while a domain there uses it; then the record goes. An unreachable source keeps it.
+
+    Likewise a partial copy a move cut short began on another host (its
+    :class:`~reconciler.core.model.Sending` record), when no move of that VM is planned
+    (one to that host replaces the copy; one elsewhere carries the record along): the VM
+    kept its own disks, so the copy is deleted whatever its deletion policy, then the
+    record goes.
     """
     owed: list[_OwedCleanup] = []
     for host, actual in sorted(reachable.items()):
         for domain in sorted(actual.domains.values(), key=lambda d: d.name):
             owner = domain.definition.owner if domain.definition is not None else None
-            if (not domain.owned or owner is None or planner.scope_of(domain) != fleet or not owner.left_behind
-                    or len(found.get(domain.name, ())) != 1):
+            if (not domain.owned or owner is None or planner.scope_of(domain) != fleet
+                    or not (owner.left_behind or owner.sending) or len(found.get(domain.name, ())) != 1):
                 continue
             spec = desired.vms.get(domain.name)
+            if domain.name not in moving:
+                partial: dict[str, list[model.Sending]] = {}
+                for sent in owner.sending:
+                    if sent.host != host and sent.host in reachable and sent.host in hosts:
+                        partial.setdefault(sent.host, []).append(sent)
+                for copy_host, sents in sorted(partial.items()):
+                    owed.append(_OwedCleanup(copy_host, _abandoned_copies(
+                        domain, spec, host, copy_host, sents, reachable[copy_host], desired)))
             by_source: dict[str, list[model.LeftBehind]] = {}
             for left in owner.left_behind:
                 if left.host != host and left.host in reachable and left.host in hosts:
@@ -453,6 +662,42 @@ def _cleanup(
             changes.append(_left_copy_change(left.pool, left.name, source, host, running=domain.power.active))
     if not steps and not notes:
         return None
+    return plans.ResourcePlan(
+        kind="VirtualMachine", name=domain.name, actions=(Action.UPDATE,) if steps else (), changes=tuple(changes),
+        steps=tuple(steps), manifest=spec.manifest if spec is not None else domain.definition.owner.manifest,
+        notes=tuple(notes),
+    )
+
+
+def _abandoned_copies(
+    domain: model.ObservedDomain, spec: model.VMSpec | None, host: str, copy_host: str, sents: list[model.Sending],
+    there: model.ActualState, desired: model.DesiredState,
+) -> plans.ResourcePlan:
+    """Return the resource, on ``copy_host``, deleting the partial copies a move of ``domain`` (on ``host``) began there."""
+    steps: list[plans.Step] = []
+    changes: list[FieldChange] = []
+    notes: list[str] = []
+    for sent in sents:
+        forget = plans.ForgetMovedVolume(sent.pool, sent.name, domain.name, domain.uuid, copy_host, host, abandoned=True)
+        nvram = (sent.pool, sent.name) == model.NVRAM
+        where = f"the UEFI NVRAM on {copy_host}" if nvram else f"volume {sent.pool}/{sent.name} on {copy_host}"
+        users = sorted(d.name for d in there.domains.values() if (sent.pool, sent.name) in d.storage)
+        if not nvram and (sent.pool, sent.name) not in there.volumes:
+            steps.append(forget)
+            changes.append(FieldChange(f"{where} (record)", "partial copy", None, Impact.LIVE,
+                                       note=f"already gone; the record on {host} is dropped"))
+        elif not nvram and sent.pool in desired.pools and desired.pools[sent.pool].shared:
+            steps.append(forget)
+            notes.append(f"{where} is in a shared pool: it is {domain.name}'s disk on {host} too, never deleted")
+        elif users:
+            notes.append(f"{where}, a partial copy a move of {domain.name} began, is used by domain "
+                         f"{', '.join(users)} there: kept until no domain uses it")
+        else:
+            steps += [plans.DeleteMovedVolume(sent.pool, sent.name, domain.name, domain.uuid, host, source=copy_host,
+                                              abandoned=True), forget]
+            changes.append(FieldChange(where, "partial copy", None, Impact.LIVE, note=(
+                f"a move of {domain.name} to {copy_host} began this copy and was cut short; {domain.name} kept its own "
+                f"on {host}, so this is no data loss")))
     return plans.ResourcePlan(
         kind="VirtualMachine", name=domain.name, actions=(Action.UPDATE,) if steps else (), changes=tuple(changes),
         steps=tuple(steps), manifest=spec.manifest if spec is not None else domain.definition.owner.manifest,
@@ -589,7 +834,7 @@ def migration_mode(spec: model.VMSpec, domain: model.ObservedDomain, pools: Mapp
 
 def _migration(
     desired: model.DesiredState, move: placement.Move, source: model.ActualState,
-    hosts: Mapping[str, model.HostSpec], fleet: str, settings: planner.Settings,
+    hosts: Mapping[str, model.HostSpec], fleet: str, settings: planner.Settings, *, roster: tuple[str, ...] = (),
 ) -> plans.ResourcePlan:
     spec = desired.vms[move.vm]
     domain = source.domains[move.vm]
@@ -637,7 +882,9 @@ def _migration(
                                        *(model.LeftBehind(move.source, pool, volume) for pool, volume in deleted))))
     xml = domxml.remark(domain.xml, dataclasses.replace(
         owner, manifest=spec.manifest, digest=spec.digest, fleet=fleet, host=move.destination, left_behind=left_behind,
-        sending=(),
+        # a partial copy an earlier move began on a third host stays recorded, so the next pass can remove it
+        sending=tuple(sent for sent in owner.sending if sent.host not in (move.destination, move.source)),
+        roster=roster or owner.roster,
     ))
     if restart is not None:
         impact, how = Impact.RESTART, (f"restarted: {restart}; it is shut down here, moved offline and started on "

@@ -566,6 +566,11 @@ class Ownership:
     host: str = ""  # the Host the fleet placed it on, "" outside a fleet
     left_behind: tuple[LeftBehind, ...] = ()  # copies a move left on the host it came from, not yet deleted there
     sending: tuple[Sending, ...] = ()  # copies a move of this domain is making (or was, when cut short) on other hosts
+    # The fleet's roster: every Host name the fleet had when kvmops last wrote this mark, sorted
+    # ("" outside a fleet). A name here that no Host manifest declares is a missing host
+    # (core.fleet): its VMs may run there unseen. Kept current by the fleet's own step, not by
+    # redefining the domain, so it does not count in comparisons.
+    roster: tuple[str, ...] = field(default=(), compare=False)
 
     def volume(self, pool: str, name: str) -> OwnedVolume | None:
         """Return the record of volume ``pool/name``, if this domain owns one."""

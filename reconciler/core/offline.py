@@ -20,7 +20,7 @@ import xml.etree.ElementTree as ET
 from types import MappingProxyType
 from xml.sax.saxutils import escape
 
-from reconciler.core import actual, fleet, model, planner
+from reconciler.core import actual, domxml, fleet, model, planner
 from reconciler.core import plan as plans
 
 OFFLINE_VIRT_TYPES = ("kvm", "qemu")
@@ -119,6 +119,12 @@ def applied(observation: model.Observation, plan: plans.Plan) -> model.Observati
                         autostart=False, persistent=True,
                     )
                 )
+            elif isinstance(step, plans.RecordRoster):
+                old = domains[step.domain]
+                owner = domxml.parse_owner(domxml.parse_tree(old.inactive_xml))
+                if owner is not None:
+                    domains[step.domain] = dataclasses.replace(old, inactive_xml=domxml.remark(
+                        old.inactive_xml, dataclasses.replace(owner, roster=step.hosts)))
             elif isinstance(step, plans.SetAutostart):
                 domains[step.name] = dataclasses.replace(domains[step.name], autostart=step.autostart)
             elif isinstance(step, plans.StartDomain):

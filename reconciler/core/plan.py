@@ -392,6 +392,10 @@ class DeleteMovedVolume(Step):
     Only once the domain (``uuid``) is gone from this host and defined, with kvmops' mark,
     on ``destination`` (running there, when ``running``); only if ``destination`` has its own copy of the volume and does
     not see this very file (a shared pool: the guest's disk now, never deleted).
+
+    ``abandoned``: the volume is instead a partial copy a move cut short began here (the
+    mark on ``destination``, where the domain stayed or went since, records it as
+    :class:`~reconciler.core.model.Sending`), and no move comes here to replace it.
     """
 
     kind: ClassVar[str] = "delete_moved_volume"
@@ -402,8 +406,13 @@ class DeleteMovedVolume(Step):
     destination: str
     running: bool = False  # and only while the domain runs there (it moved live, or was restarted there)
     source: str = ""  # the host this runs on, the one the destination's mark names as holding the copy
+    abandoned: bool = False
 
     def describe(self) -> str:
+        if self.abandoned:
+            what = "the UEFI NVRAM" if (self.pool, self.name) == model.NVRAM else f"volume {self.pool}/{self.name}"
+            return (f"delete the partial copy of {what} an interrupted move of {self.domain} began here "
+                    f"({self.domain} is on {self.destination})")
         if (self.pool, self.name) == model.NVRAM:
             return f"delete the UEFI NVRAM left behind by {self.domain} (now on {self.destination})"
         return f"delete volume {self.pool}/{self.name} left behind by {self.domain} (now on {self.destination})"
@@ -413,6 +422,9 @@ class DeleteMovedVolume(Step):
 class ForgetMovedVolume(Step):
     """Drop, from the mark of domain ``domain`` (``uuid``) on host ``destination``, the record that volume
     ``pool/name`` was left on ``source``: it is gone there, or it is kept (``deletionPolicy: Retain``, a shared pool).
+
+    ``abandoned``: the record is instead that a move began copying it to ``source``
+    (:class:`~reconciler.core.model.Sending`); that partial copy is gone.
     """
 
     kind: ClassVar[str] = "forget_moved_volume"
@@ -422,9 +434,31 @@ class ForgetMovedVolume(Step):
     uuid: str
     source: str
     destination: str
+    abandoned: bool = False
 
     def describe(self) -> str:
+        if self.abandoned:
+            return (f"forget the partial copy of {self.pool}/{self.name} on {self.source} "
+                    f"(its mark on {self.destination})")
         return f"forget {self.domain}'s copy of {self.pool}/{self.name} on {self.source} (its mark on {self.destination})"
+
+
+@dataclass(frozen=True)
+class RecordRoster(Step):
+    """Write ``hosts``, the fleet's Host names, into the mark of domain ``domain`` (``uuid``), changing nothing else.
+
+    Only the mark's ``hosts`` changes (libvirt's metadata call on the persistent definition,
+    no redefinition, no restart); the rest of the mark is read back at that moment, not
+    taken from the plan.
+    """
+
+    kind: ClassVar[str] = "record_roster"
+    domain: str
+    uuid: str
+    hosts: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"record the fleet's Hosts ({', '.join(self.hosts)}) in {self.domain}'s mark"
 
 
 @dataclass(frozen=True)

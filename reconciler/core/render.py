@@ -374,7 +374,15 @@ def fleet_text(plan: fleet.FleetPlan, *, colour: bool = False, source: str | Non
             continue
         cordoned = ", cordoned" if not host.schedulable else ""
         lines.append(text(host.plan, colour=colour, title=f"Host {host.host} ({redaction.redact_url(host.uri)}{cordoned})"))
-    for host in plan.unreachable:
+    for host in plan.missing:
+        lines.append(paint(f"Host {host.host}: MISSING", "!") + f": {host.unreachable}")
+        lines.append("  nothing is planned there, pruning is suspended on every host, and a VM found on no reachable "
+                     "host is never created elsewhere (it may run there)")
+        if host.unknown:
+            lines.append(f"  Unknown: {', '.join(host.unknown)}")
+            lines.append(f"    {fleet.why_held_for_missing(host.unknown, (host.host,))}")
+        lines.append("")
+    for host in (h for h in plan.unreachable if not h.missing):
         lines.append(paint(f"Host {host.host} ({redaction.redact_url(host.uri)}): UNREACHABLE", "!") + f": {host.unreachable}")
         lines.append("  nothing is planned there and its pruning is suspended; its VMs are never placed elsewhere "
                      f"(kvmops evacuate {host.host} --host-is-dead moves them)")
@@ -383,10 +391,16 @@ def fleet_text(plan: fleet.FleetPlan, *, colour: bool = False, source: str | Non
             lines.append(f"    {fleet.why_unknown(host.unknown, (host.host,))}")
         lines.append("")
     elsewhere = {vm: hosts for vm, hosts in plan.unknown.items() if len(hosts) > 1}
+    missing = {h.host for h in plan.missing}
     for vm, hosts in elsewhere.items():
         lines.append(f"Unknown: VM {vm} may run on any of the unreachable hosts {', '.join(hosts)}; it is not created")
-        lines.append(f"  {fleet.why_unknown((vm,), hosts)}")
+        gone = [h for h in hosts if h in missing]
+        lines.append(f"  {fleet.why_held_for_missing((vm,), gone) if gone else fleet.why_unknown((vm,), hosts)}")
     if elsewhere:
+        lines.append("")
+    for note in plan.notes:
+        lines.append(f"Note: {note}")
+    if plan.notes:
         lines.append("")
     if plan.problems:
         lines.append(paint(f"Fleet problems ({len(plan.problems)}): pruning is suspended on every host", "!"))
@@ -408,13 +422,15 @@ def fleet_to_data(plan: fleet.FleetPlan) -> dict:
             "hosts": len(plan.hosts),
             "vms": {host.host: len(host.vms) for host in plan.hosts},
             "migrations": len(plan.migrations),
-            "unreachable": [host.host for host in plan.unreachable],
+            "unreachable": [host.host for host in plan.unreachable if not host.missing],
+            "missing": [host.host for host in plan.missing],
             "split_brain": len(plan.split_brain),
             "problems": len(plan.problems),
         },
         "hosts": [
             {"host": host.host, "uri": redaction.redact_url(host.uri), "schedulable": host.schedulable,
              "vms": list(host.vms), "unreachable": host.unreachable, "unknown": list(host.unknown),
+             **({"missing": True} if host.missing else {}),
              "plan": to_data(host.plan) if host.plan is not None else None}
             for host in plan.hosts
         ],
@@ -426,6 +442,7 @@ def fleet_to_data(plan: fleet.FleetPlan) -> dict:
         "split_brain": [{"vm": brain.vm, "hosts": list(brain.hosts)} for brain in plan.split_brain],
         "unknown": {vm: list(hosts) for vm, hosts in plan.unknown.items()},
         "problems": [problem_data(p) for p in plan.problems],
+        **({"notes": list(plan.notes)} if plan.notes else {}),
     }
 
 
@@ -439,15 +456,24 @@ def fleet_markdown(plan: fleet.FleetPlan, *, title: str | None = None) -> str:
     lines = [MARKDOWN_MARKER, f"## {_md(title or f'kvmops fleet plan for fleet {plan.fleet}')}", "",
              f"**{_md(plan.summary())}**", ""]
     callouts = []
-    for host in plan.unreachable:
+    missing = {h.host for h in plan.missing}
+    for host in plan.missing:
+        unknown = (f" Unknown: {', '.join(_code(vm) for vm in host.unknown)}: "
+                   f"{_md(fleet.why_held_for_missing(host.unknown, (host.host,)))}." if host.unknown else "")
+        callouts.append(f"> :x: **Host {_code(host.host)} is missing**: {_md(host.unreachable)}. Pruning is suspended "
+                        f"on every host.{unknown}")
+    for host in (h for h in plan.unreachable if not h.missing):
         unknown = (f" Unknown: {', '.join(_code(vm) for vm in host.unknown)}: "
                    f"{_md(fleet.why_unknown(host.unknown, (host.host,)))}." if host.unknown else "")
         callouts.append(f"> :x: **Host {_code(host.host)} is unreachable** ({_md(host.unreachable)}): nothing is planned "
                         f"there and its pruning is suspended.{unknown}")
     for vm, hosts in plan.unknown.items():
         if len(hosts) > 1:
+            gone = [h for h in hosts if h in missing]
+            why = fleet.why_held_for_missing((vm,), gone) if gone else fleet.why_unknown((vm,), hosts)
             callouts.append(f"> :warning: **Unknown**: VM {_code(vm)} may run on any of the unreachable hosts "
-                            f"{', '.join(_code(h) for h in hosts)}: {_md(fleet.why_unknown((vm,), hosts))}.")
+                            f"{', '.join(_code(h) for h in hosts)}: {_md(why)}.")
+    callouts += [f"> :information_source: {_md(note)}" for note in plan.notes]
     for brain in plan.split_brain:
         callouts.append(f"> :x: **Split brain**: VM {_code(brain.vm)} is marked on {', '.join(_code(h) for h in brain.hosts)}; "
                         "neither copy is touched")

@@ -1,8 +1,9 @@
 """The settings a one-shot command plans under: its flags over the host's configuration file.
 
 ``plan``, ``apply``, ``diff``, ``drain``, ``evacuate`` and ``doctor`` read ``--config`` (or
-``$KVMOPS_CONFIG``) for the scope and the policy; their flags win over the file. Without
-a configuration file there is no policy and the scope is ``default``.
+``$KVMOPS_CONFIG``) for the scope, the policy and, in a fleet, the seconds a Host gets to
+answer (``hostTimeout``); their flags win over the file. Without a configuration file
+there is no policy, the scope is ``default`` and a Host gets 10 s.
 """
 
 from __future__ import annotations
@@ -61,3 +62,14 @@ def trash_retention(config: str | None) -> int:
     from reconciler.runtime import configuration  # as in host_configuration
 
     return configuration.trash_retention(configuration.read(config))
+
+
+def host_timeout(config: str | None, flag: float | None) -> float:
+    """Return the seconds a Host gets to be connected to and observed: ``--host-timeout``, else ``hostTimeout``."""
+    if flag is not None:
+        return flag
+    if not config:
+        return defaults.DEFAULT_HOST_TIMEOUT
+    from reconciler.runtime import configuration  # as in host_configuration
+
+    return float(configuration.read(config).get("hostTimeout") or defaults.DEFAULT_HOST_TIMEOUT)

@@ -103,6 +103,7 @@ def controller_settings(flags: Mapping[str, object], config: Mapping[str, object
         quiet_period=float(pick("quiet_period", "quietPeriod")),
         workers=int(pick("parallel", "parallel")),
         termination_grace=float(pick("termination_grace", "terminationGracePeriod")),
+        host_timeout=float(pick("host_timeout", "hostTimeout")),
         listen=str(listen_address),
         listen_token_file=str(flags.get("listen_token_file") or listen_config.get("tokenFile") or ""),
         listen_insecure=bool(flags.get("listen_insecure")) or bool(listen_config.get("insecure")),

@@ -22,6 +22,10 @@ def load_fleet(path: str, host: str, verb: str, *, revision: str = "") -> model.
     if not desired.hosts:
         raise errors.KvmopsError(f"{verb} {host}: {path} declares no Host; {verb} moves VMs between "
                                  "the Hosts of a fleet")
+    if verb == "evacuate" and host not in desired.hosts:
+        raise errors.KvmopsError(
+            f"evacuate {host}: no Host manifest declares it; evacuate is for a declared Host that is dead. For a host "
+            f"whose manifest is gone, `kvmops forget-host {host}` removes it from the fleet's marks")
     fleet_reconcile.require_host(host, desired)
     return desired
 

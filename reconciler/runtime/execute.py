@@ -805,12 +805,21 @@ def _delete_moved_volume(source: hv.Hypervisor, hosts: Mapping[str, hv.Hyperviso
             "only once it does (the next pass finishes it)"
         )
     owner, _binding = domxml.mark_binding(domxml.parse_tree(destination.domain_xml(step.domain)))
-    if owner is None or model.LeftBehind(step.source or _host_of(hosts, source), step.pool, step.name) not in owner.left_behind:
+    here = step.source or _host_of(hosts, source)
+    recorded = (model.Sending(here, step.pool, step.name) in owner.sending if step.abandoned
+                else model.LeftBehind(here, step.pool, step.name) in owner.left_behind) if owner is not None else False
+    if not recorded:
+        what = "a copy a move began here" if step.abandoned else "the copy it left here"
         raise errors.OwnershipError(
-            f"the mark of {step.domain} on {step.destination} does not record {step.pool}/{step.name} as the copy it "
-            "left here; kvmops cannot prove this volume is that copy, not deleted"
+            f"the mark of {step.domain} on {step.destination} does not record {step.pool}/{step.name} as {what}; "
+            "kvmops cannot prove this volume is that copy, not deleted"
         )
     if nvram:
+        if source.domain_exists(step.domain):
+            raise errors.OperationRefused(
+                f"a domain named {step.domain} is defined here: the UEFI NVRAM file of that name may be its own; "
+                "not deleted"
+            )
         # the copy went to the very path the destination uses, so that path names the file left here
         path = destination.nvram_path(step.domain)
         if path is None or not destination.has_file(path):
@@ -843,11 +852,29 @@ def _forget_moved_volume(source: hv.Hypervisor, hosts: Mapping[str, hv.Hyperviso
     destination = _peer(hosts, step.destination)
     destination.ensure_owned(step.domain, step.uuid)
     owner, _binding = domxml.mark_binding(domxml.parse_tree(destination.domain_xml(step.domain)))
+    if step.abandoned:
+        sent = model.Sending(step.source, step.pool, step.name)
+        if owner is None or sent not in owner.sending:
+            return "already forgotten"
+        destination.set_owner(step.domain, dataclasses.replace(
+            owner, sending=tuple(record for record in owner.sending if record != sent)))
+        return None
     left = model.LeftBehind(step.source, step.pool, step.name)
     if owner is None or left not in owner.left_behind:
         return "already forgotten"
     destination.set_owner(step.domain, dataclasses.replace(
         owner, left_behind=tuple(record for record in owner.left_behind if record != left)))
+    return None
+
+
+def _record_roster(h: hv.Hypervisor, step: plans.RecordRoster, _cancel) -> str | None:
+    if not h.domain_exists(step.domain):
+        return "gone"
+    h.ensure_owned(step.domain, step.uuid)
+    owner, _binding = domxml.mark_binding(domxml.parse_tree(h.domain_xml(step.domain)))
+    if owner is None or owner.roster == step.hosts:
+        return "already recorded"
+    h.set_owner(step.domain, dataclasses.replace(owner, roster=step.hosts))
     return None
 
 
@@ -882,6 +909,7 @@ _RUNNERS: dict[type, Callable] = {
     plans.SetNetworkAutostart: _set_network_autostart,
     plans.UpdateDhcpHost: _update_dhcp_host,
     plans.RemoveNetwork: _remove_network,
+    plans.RecordRoster: _record_roster,
 }
 _EVENTS: dict[type, str] = {
     plans.DefinePool: "pool_defined",
@@ -911,4 +939,5 @@ _EVENTS: dict[type, str] = {
     plans.MigrateDomain: "domain_migrated",
     plans.DeleteMovedVolume: "moved_volume_deleted",
     plans.ForgetMovedVolume: "moved_volume_forgotten",
+    plans.RecordRoster: "roster_recorded",
 }

@@ -9,6 +9,10 @@ as before, and none of this runs.
   cannot stop the others.
 * :func:`observe_all` observes every connected Host at once (bounded); a Host whose
   observation fails becomes :class:`~reconciler.core.fleet.HostUnreachable`.
+* Connecting to a Host and observing it each get ``host_timeout`` seconds
+  (:mod:`reconciler.runtime.deadlines`): a Host that is stopped or cut off is unreachable
+  after that long, its connection abandoned (never waited for again), and the other Hosts
+  are planned and converge on time.
 * :func:`make_plan` runs :func:`reconciler.core.fleet.plan_fleet` on that.
 * :func:`apply` carries the fleet plan out in three phases: every host's own changes
   (pools, networks, images, VMs), hosts side by side; then the migrations, each on its
@@ -32,9 +36,10 @@ from reconciler import defaults, errors, logconfig
 from reconciler.adapters import hypervisor as hv
 from reconciler.core import actual, fleet, model, planner, snapshot
 from reconciler.core import plan as plans
-from reconciler.runtime import cancellation, execute, observe, reconcile
+from reconciler.runtime import cancellation, deadlines, execute, observe, reconcile
 
 DEFAULT_HOST_WORKERS = defaults.DEFAULT_HOST_WORKERS
+DEFAULT_HOST_TIMEOUT = defaults.DEFAULT_HOST_TIMEOUT
 
 log = logconfig.get_logger("kvmops.fleet")
 
@@ -42,17 +47,28 @@ log = logconfig.get_logger("kvmops.fleet")
 class FleetConnections:
     """One open connection per reachable Host (``hypervisors``), and why each other Host was not reached.
 
-    A context manager: leaving it closes every connection.
+    A context manager: leaving it closes every connection, each given ``timeout`` seconds
+    (a connection to a Host that stopped answering is left to close on its own).
     """
 
     hypervisors: dict[str, hv.Hypervisor]
     unreachable: dict[str, str]
     uris: dict[str, str]
+    timeout: float = DEFAULT_HOST_TIMEOUT
+    abandoned: dict[str, hv.Hypervisor] = dataclasses.field(default_factory=dict)
+
+    def abandon(self, name: str, why: str) -> None:
+        """Make Host ``name`` unreachable for ``why``: its connection is never used (nor waited for) again."""
+        hypervisor = self.hypervisors.pop(name, None)
+        if hypervisor is not None:
+            # kept referenced: dropping the last reference would close it, which waits for the Host's answer
+            self.abandoned[name] = hypervisor
+        self.unreachable[name] = why
 
     def close(self) -> None:
-        """Close every connection."""
+        """Close every connection (not the abandoned ones)."""
         for hypervisor in self.hypervisors.values():
-            hypervisor.close()
+            deadlines.close_within(hypervisor.close, self.timeout)
         self.hypervisors = {}
 
     def __enter__(self) -> FleetConnections:
@@ -67,47 +83,49 @@ def connect(
     *,
     read_only: bool,
     workers: int = DEFAULT_HOST_WORKERS,
+    timeout: float = DEFAULT_HOST_TIMEOUT,
     opener: Callable[..., hv.Hypervisor] | None = None,
 ) -> FleetConnections:
     """Return connections to every Host of ``desired``, opened ``workers`` at a time.
 
     ``opener`` (default :meth:`Hypervisor.open`) opens one URI; whatever it raises for a
-    Host makes that Host unreachable, with the error as its reason.
+    Host makes that Host unreachable, with the error as its reason, and so does not
+    answering within ``timeout`` seconds (the connection, should it open later, is closed).
     """
     open_one = opener or hv.Hypervisor.open
-    hosts = sorted(desired.hosts.values(), key=lambda h: h.name)
-
-    def attempt(host: model.HostSpec) -> tuple[str, hv.Hypervisor | None, str]:
-        try:
-            return host.name, open_one(host.uri, read_only=read_only), ""
-        except errors.KvmopsError as exc:
-            log.info("host_unreachable", host=host.name, error=str(exc))
-            return host.name, None, str(exc)
-
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(hosts) or 1)), thread_name_prefix="kvmops-connect") as pool:
-        results = list(pool.map(attempt, hosts))
+    hosts = dict(sorted(desired.hosts.items()))
+    answers = deadlines.call_each(
+        {name: (lambda uri=host.uri: open_one(uri, read_only=read_only)) for name, host in hosts.items()},
+        timeout=timeout, workers=workers, what="being connected to", late=lambda hypervisor: hypervisor.close())
+    unreachable = {name: str(answer) for name, answer in answers.items() if isinstance(answer, errors.KvmopsError)}
+    for name, error in unreachable.items():
+        log.info("host_unreachable", host=name, error=error)
     return FleetConnections(
-        hypervisors={name: h for name, h, _ in results if h is not None},
-        unreachable={name: error for name, h, error in results if h is None},
-        uris={host.name: host.uri for host in hosts},
+        hypervisors={name: answer for name, answer in answers.items() if name not in unreachable},  # type: ignore[misc]
+        unreachable=unreachable,
+        uris={name: host.uri for name, host in hosts.items()},
+        timeout=timeout,
     )
 
 
 def observe_all(connections: FleetConnections, *, workers: int = DEFAULT_HOST_WORKERS) -> dict[str, object]:
-    """Return what each Host shows now, or why it could not be seen, observed ``workers`` at a time."""
-    def look(item: tuple[str, hv.Hypervisor]) -> tuple[str, object]:
-        name, hypervisor = item
-        try:
-            return name, observe.observe(hypervisor)
-        except errors.KvmopsError as exc:
-            log.info("host_unreachable", host=name, error=str(exc))
-            return name, fleet.HostUnreachable(name, str(exc))
+    """Return what each Host shows now, or why it could not be seen, observed ``workers`` at a time.
 
-    items = sorted(connections.hypervisors.items())
+    A Host that does not answer within ``connections.timeout`` is unreachable, and
+    abandoned in ``connections``: nothing else (the apply, the look after it) waits for it.
+    """
+    answers = deadlines.call_each(
+        {name: (lambda hypervisor=hypervisor: observe.observe(hypervisor))
+         for name, hypervisor in connections.hypervisors.items()},
+        timeout=connections.timeout, workers=workers, what="being observed")
+    for name, answer in answers.items():
+        if isinstance(answer, errors.KvmopsError):
+            log.info("host_unreachable", host=name, error=str(answer))
+            if isinstance(answer, errors.HostTimedOut):
+                connections.abandon(name, str(answer))
     observed: dict[str, object] = {name: fleet.HostUnreachable(name, error) for name, error in connections.unreachable.items()}
-    if items:
-        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(items))), thread_name_prefix="kvmops-observe") as pool:
-            observed.update(pool.map(look, items))
+    observed.update({name: fleet.HostUnreachable(name, str(answer)) if isinstance(answer, errors.KvmopsError) else answer
+                     for name, answer in answers.items()})
     return dict(sorted(observed.items()))
 
 
@@ -171,9 +189,10 @@ def plan_live(
     evacuate: Collection[str] = frozenset(),
     only_host: str | None = None,
     host_workers: int = DEFAULT_HOST_WORKERS,
+    host_timeout: float = DEFAULT_HOST_TIMEOUT,
 ) -> FleetPlanResult:
     """Connect to every Host read-only, observe them and return the fleet plan (``kvmops plan`` in a fleet)."""
-    with connect(desired, read_only=True, workers=max(1, host_workers)) as connections:
+    with connect(desired, read_only=True, workers=max(1, host_workers), timeout=host_timeout) as connections:
         return make_plan(desired, connections, settings=settings, evacuate=evacuate, only_host=only_host,
                          workers=host_workers)
 
@@ -205,14 +224,16 @@ def plan_and_apply(
     only_host: str | None = None,
     workers: int = execute.DEFAULT_WORKERS,
     host_workers: int = DEFAULT_HOST_WORKERS,
+    host_timeout: float = DEFAULT_HOST_TIMEOUT,
 ) -> tuple[FleetPlanResult, FleetApplyResult | None]:
     """Plan the fleet, ``show_plan`` it, and carry it out when it has changes (``kvmops apply`` in a fleet).
 
     The host lock of every connected Host (``lock(uris)``) is held from the observation to
     the last step; SIGINT and SIGTERM let the steps in progress finish. The apply result
-    is None when the plan had nothing to do.
+    is None when the plan had nothing to do. ``host_timeout`` bounds connecting to each
+    Host and each look at it (:func:`connect`, :func:`observe_all`).
     """
-    with connect(desired, read_only=False, workers=max(1, host_workers)) as connections:
+    with connect(desired, read_only=False, workers=max(1, host_workers), timeout=host_timeout) as connections:
         with lock([h.uri for h in connections.hypervisors.values()]):
             planned = make_plan(desired, connections, settings=settings, evacuate=evacuate, only_host=only_host,
                                 workers=host_workers)
@@ -367,7 +388,9 @@ def _source(migration: plans.ResourcePlan) -> str:
 
 
 def restricted(plan: fleet.FleetPlan, host: str | None) -> fleet.FleetPlan:
-    """Return ``plan`` with only host ``host``'s section (the migrations off it included; all of it for None)."""
+    """Return ``plan`` with only host ``host``'s section (the migrations off it included; all of it for None).
+
+    Missing hosts stay: they hold back VMs and pruning on every host, this one too."""
     if host is None:
         return plan
-    return dataclasses.replace(plan, hosts=tuple(h for h in plan.hosts if h.host == host))
+    return dataclasses.replace(plan, hosts=tuple(h for h in plan.hosts if h.host == host or h.missing))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from reconciler import errors
 from reconciler.core import fleet, model, planner, redaction
-from reconciler.runtime import fleet_reconcile, inspect
+from reconciler.runtime import deadlines, fleet_reconcile, inspect
 
 
 @dataclass(frozen=True)
@@ -42,27 +42,37 @@ class FleetStatus:
 
 
 def gather(desired: model.DesiredState, *, settings: planner.Settings, name: str | None, scope: str | None,
-           only_host: str | None, host_workers: int) -> FleetStatus:
+           only_host: str | None, host_workers: int,
+           host_timeout: float = fleet_reconcile.DEFAULT_HOST_TIMEOUT) -> FleetStatus:
     """Observe and plan every Host; return the status of its managed VMs (only VM ``name``, only ``only_host``).
 
-    Raises :class:`~reconciler.errors.ObjectNotFound` when ``name`` is managed on no reachable Host.
+    Connecting to a Host, observing it and reading its VMs' status each get ``host_timeout``
+    seconds; a Host that does not answer in time shows as unreachable. Raises
+    :class:`~reconciler.errors.ObjectNotFound` when ``name`` is managed on no reachable Host.
     """
-    sections = []
-    with fleet_reconcile.connect(desired, read_only=True, workers=max(1, host_workers)) as connections:
+    with fleet_reconcile.connect(desired, read_only=True, workers=max(1, host_workers),
+                                 timeout=host_timeout) as connections:
         planned = fleet_reconcile.make_plan(desired, connections, settings=settings, workers=host_workers)
-        for host in planned.plan.hosts:
-            if only_host is not None and host.host != only_host:
-                continue
-            hypervisor = connections.hypervisors.get(host.host)
-            if host.unreachable is not None or hypervisor is None:
-                sections.append(HostStatus(host, None, host.unreachable or connections.unreachable.get(host.host, "not connected")))
-                continue
-            try:
-                rows = inspect.status_rows(hypervisor, name=name, scope=scope, plan=host.plan)
-            except errors.KvmopsError as exc:
-                sections.append(HostStatus(host, None, str(exc)))
-                continue
-            sections.append(HostStatus(host, [{**row, "host": host.host} for row in rows], None))
+        shown = [host for host in planned.plan.hosts if only_host is None or host.host == only_host]
+        readable = {host.host: connections.hypervisors[host.host] for host in shown
+                    if host.unreachable is None and host.host in connections.hypervisors}
+        plans = {host.host: host.plan for host in shown}
+        answers = deadlines.call_each(
+            {host: (lambda host=host, hypervisor=hypervisor: inspect.status_rows(
+                hypervisor, name=name, scope=scope, plan=plans[host])) for host, hypervisor in readable.items()},
+            timeout=host_timeout, workers=host_workers, what="its VMs' status was read")
+        for host, answer in answers.items():
+            if isinstance(answer, errors.HostTimedOut):
+                connections.abandon(host, str(answer))
+    sections = []
+    for host in shown:
+        answer = answers.get(host.host)
+        if answer is None:
+            sections.append(HostStatus(host, None, host.unreachable or connections.unreachable.get(host.host, "not connected")))
+        elif isinstance(answer, errors.KvmopsError):
+            sections.append(HostStatus(host, None, str(answer)))
+        else:
+            sections.append(HostStatus(host, [{**row, "host": host.host} for row in answer], None))
     if name and not any(section.rows for section in sections if section.rows):
         raise errors.ObjectNotFound(f"no domain named {name} is managed by kvmops on any reachable Host")
     return FleetStatus(planned.plan.fleet, tuple(sections))

@@ -221,7 +221,7 @@ def _refuse_hopeless_wait(hypervisor: hv.Hypervisor, name: str, domain: model.Ob
 
 
 def wait_in_fleet(desired: model.DesiredState, name: str, condition: str, *, timeout: float, only_host: str | None,
-                  host_workers: int) -> str:
+                  host_workers: int, host_timeout: float = defaults.DEFAULT_HOST_TIMEOUT) -> str:
     """Wait as :func:`wait` does, on whichever Host has domain ``name`` (``only_host``: on that one); say which.
 
     Refuses a VM no reachable Host has, and one several Hosts define (give the Host).
@@ -230,7 +230,8 @@ def wait_in_fleet(desired: model.DesiredState, name: str, condition: str, *, tim
 
     if only_host is not None:
         desired = dataclasses.replace(desired, hosts={only_host: desired.hosts[only_host]})
-    with fleet_reconcile.connect(desired, read_only=True, workers=max(1, host_workers)) as connections:
+    with fleet_reconcile.connect(desired, read_only=True, workers=max(1, host_workers),
+                                 timeout=host_timeout) as connections:
         having = [host for host, h in sorted(connections.hypervisors.items()) if h.domain_exists(name)]
         if not having:
             unreachable = f" (unreachable: {', '.join(sorted(connections.unreachable))})" if connections.unreachable else ""

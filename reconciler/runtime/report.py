@@ -207,7 +207,8 @@ def fleet_report_text(result: fleet_reconcile.FleetApplyResult) -> str:
                 lines.append(f"      {outcome.error}")
         lines.append("")
     for host in planned.plan.unreachable:
-        lines.append(f"Host {host.host}: UNREACHABLE, nothing was done there: {host.unreachable}")
+        word = "MISSING" if host.missing else "UNREACHABLE"
+        lines.append(f"Host {host.host}: {word}, nothing was done there: {host.unreachable}")
         lines.append("")
     lines.append(_fleet_verdict(result))
     return "\n".join(lines) + "\n"
@@ -229,9 +230,12 @@ def _fleet_verdict(result: fleet_reconcile.FleetApplyResult) -> str:
     problems = len(result.after.problems) + sum(len(h.plan.problems) for h in result.after.hosts if h.plan is not None)
     if problems:
         why.append(f"{problems} problem(s) remain")
-    if result.after.unreachable:
-        why.append(f"unreachable: {', '.join(h.host for h in result.after.unreachable)} (its pruning is suspended; "
-                   "apply again once it answers)")
+    silent = [h.host for h in result.after.unreachable if not h.missing]
+    if silent:
+        why.append(f"unreachable: {', '.join(silent)} (its pruning is suspended; apply again once it answers)")
+    if result.after.missing:
+        why.append(f"missing: {', '.join(h.host for h in result.after.missing)} (named in the fleet's marks, declared "
+                   "by no Host manifest: pruning is suspended on every host; restore its manifest or forget-host it)")
     return ("Fleet not converged: " + "; ".join(why or ["the fleet still differs"]) + ". `kvmops plan` shows what is left. "
             + result.after.summary())
 
@@ -242,9 +246,10 @@ def fleet_status_text(status: fleet_status.FleetStatus, *, detailed: bool) -> st
     for section in status.hosts:
         host = section.host
         cordoned = ", cordoned" if not host.schedulable else ""
-        lines.append(f"Host {host.host} ({redaction.redact_url(host.uri)}{cordoned})\n")
+        lines.append(f"Host {host.host} ({redaction.redact_url(host.uri)}{cordoned})\n" if not host.missing
+                     else f"Host {host.host} (no Host manifest)\n")
         if section.error is not None:
-            lines.append(f"  UNREACHABLE: {section.error}\n")
+            lines.append(f"  {'MISSING' if host.missing else 'UNREACHABLE'}: {section.error}\n")
             if host.unknown or host.vms:
                 lines.append(f"  Unknown: {', '.join(host.unknown or host.vms)}\n")
         elif not section.rows:

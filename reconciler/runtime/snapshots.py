@@ -15,7 +15,7 @@ from pathlib import Path
 from reconciler import errors
 from reconciler.adapters import hypervisor as hv
 from reconciler.core import model, snapshot
-from reconciler.runtime import fleet_reconcile, observe
+from reconciler.runtime import deadlines, fleet_reconcile, observe
 
 
 def now() -> str:
@@ -28,19 +28,31 @@ def take(hypervisor: hv.Hypervisor) -> snapshot.Snapshot:
     return snapshot.Snapshot(observe.collect(hypervisor), hostname=hypervisor.hostname(), taken_at=now())
 
 
-def take_fleet(desired: model.DesiredState, *, only_host: str | None, host_workers: int) -> snapshot.FleetSnapshot:
-    """Return a snapshot of every Host ``desired`` declares (or ``only_host``), naming those out of reach."""
+def take_fleet(desired: model.DesiredState, *, only_host: str | None, host_workers: int,
+               host_timeout: float = fleet_reconcile.DEFAULT_HOST_TIMEOUT) -> snapshot.FleetSnapshot:
+    """Return a snapshot of every Host ``desired`` declares (or ``only_host``), naming those out of reach.
+
+    Connecting to a Host and observing it each get ``host_timeout`` seconds.
+    """
     if only_host is not None:
         desired = dataclasses.replace(desired, hosts={only_host: desired.hosts[only_host]})
     taken_at = now()
-    with fleet_reconcile.connect(desired, read_only=True, workers=max(1, host_workers)) as connections:
+    with fleet_reconcile.connect(desired, read_only=True, workers=max(1, host_workers),
+                                 timeout=host_timeout) as connections:
         unreachable = dict(connections.unreachable)
+        answers = deadlines.call_each(
+            {name: (lambda hypervisor=hypervisor: snapshot.Snapshot(
+                observe.collect(hypervisor), hostname=hypervisor.hostname(), taken_at=taken_at))
+             for name, hypervisor in connections.hypervisors.items()},
+            timeout=host_timeout, workers=host_workers, what="being observed")
         hosts = {}
-        for name, hypervisor in sorted(connections.hypervisors.items()):
-            try:
-                hosts[name] = snapshot.Snapshot(observe.collect(hypervisor), hostname=hypervisor.hostname(), taken_at=taken_at)
-            except errors.KvmopsError as exc:
-                unreachable[name] = str(exc)
+        for name, answer in answers.items():
+            if isinstance(answer, errors.KvmopsError):
+                unreachable[name] = str(answer)
+                if isinstance(answer, errors.HostTimedOut):
+                    connections.abandon(name, str(answer))
+            else:
+                hosts[name] = answer
     return snapshot.FleetSnapshot(hosts, unreachable, taken_at)
 
 

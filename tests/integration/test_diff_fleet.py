@@ -63,3 +63,16 @@ def test_host_restricts_a_fleet_diff_to_that_host(fleet_repo, capsys):
 
     status, _out, err = diff(fleet_repo, "--base", "main", "--host", "kvm9", capsys=capsys)
     assert status == 1 and "no Host named 'kvm9'" in err
+
+
+def test_a_pull_request_deleting_a_host_manifest_shows_the_host_missing_and_creates_nothing(fleet_repo, capsys):
+    hosts = fleet_repo.manifests / "hosts" / "hosts.yaml"
+    documents = hosts.read_text(encoding="utf-8").split("---\n")
+    hosts.write_text("---\n".join(d for d in documents if "name: kvm2" not in d), encoding="utf-8")
+
+    status, out, _err = diff(fleet_repo, "--base", "main", capsys=capsys)
+
+    assert status == 1
+    assert "Host kvm2: MISSING: Host kvm2 is named in the fleet's ownership marks" in out
+    assert "Unknown: web-1" in out and "+ VirtualMachine" not in out
+    assert out.splitlines()[-1].endswith("1 missing (kvm2)")

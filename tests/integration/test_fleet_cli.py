@@ -344,3 +344,23 @@ def test_a_fleet_whose_every_host_is_broken_changes_no_host_at_all(
         assert "hosts.yaml:" in capsys.readouterr().out
     finally:
         local.close()
+
+
+def test_the_host_timeout_is_the_flag_else_the_configuration_files_and_above_zero(fleet, capsys, tmp_path):
+    from reconciler.runtime import command_settings
+
+    config = tmp_path / "kvmops.yaml"
+    config.write_text("hostTimeout: 2.5\n", encoding="utf-8")
+    assert command_settings.host_timeout(str(config), None) == 2.5
+    assert command_settings.host_timeout(str(config), 7.0) == 7.0
+    assert command_settings.host_timeout(None, None) == 10.0
+
+    status, out, _err = run(capsys, "plan", str(fleet.manifests), "--config", str(config))
+    assert status == 0 and "Fleet default: 3 hosts" in out
+
+    with pytest.raises(SystemExit) as usage:
+        cli.main(["plan", str(fleet.manifests), "--host-timeout", "0"])
+    assert usage.value.code == 1 and "between 0 (excluded) and 3600 seconds" in capsys.readouterr().err
+    config.write_text("hostTimeout: 0\n", encoding="utf-8")
+    status, _out, err = run(capsys, "plan", str(fleet.manifests), "--config", str(config))
+    assert status == 1 and "hostTimeout" in err and "Traceback" not in err

@@ -48,3 +48,19 @@ def test_the_judge_fails_an_internal_error(tmp_path, monkeypatch):
     monkeypatch.setattr(manifests, "parse_text", crash)
     verdict = fuzzing.judge(fuzzing.Case("hostile", "vms/files.yaml", "a: 1\n"), tmp_path)
     assert verdict.outcome == "failure" and "groupdict" in verdict.why
+
+
+def test_the_judge_fails_a_configuration_that_crashes_and_passes_its_located_problems(tmp_path, monkeypatch):
+    """The policy and fleet seeds plan with --config: its problems are located lines, a crash reading it a failure."""
+    from reconciler.core import policy
+
+    config = fuzzing.manifest_seeds.CONFIG
+    bad = fuzzing.judge(fuzzing.Case("policy", config, "policy:\n  maxPrunePerPass: -1\n"), tmp_path)
+    assert bad.outcome == "problems", bad.why
+
+    def crash(*_args, **_kwargs):
+        raise TypeError("unhashable type: 'list'")
+
+    monkeypatch.setattr(policy, "from_config", crash)
+    verdict = fuzzing.judge(fuzzing.Case("fleet", config, fuzzing.SEEDS["fleet"][config]), tmp_path)
+    assert verdict.outcome == "failure" and "unhashable" in verdict.why

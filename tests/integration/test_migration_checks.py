@@ -110,7 +110,7 @@ def test_migration_steps_render_as_plan_json():
     step = plans.DeleteMovedVolume("default", "app-root", "app", UUID, "h2", running=True, source="h1")
 
     assert step.to_dict() == {"kind": "delete_moved_volume", "pool": "default", "name": "app-root", "domain": "app",
-                              "uuid": UUID, "destination": "h2", "running": True, "source": "h1"}
+                              "uuid": UUID, "destination": "h2", "running": True, "source": "h1", "abandoned": False}
     assert "left behind by app (now on h2)" in step.describe()
 
 
@@ -160,3 +160,65 @@ def test_forgetting_a_moved_volume_drops_only_that_record_from_the_destination_m
     assert after.left_behind == (model.LeftBehind("h1", "default", "app-seed"),)
     assert run(two_hosts, plans.ForgetMovedVolume("default", "app-root", "app", UUID, "h1", "h2")).steps[0].detail == \
         "already forgotten"
+
+
+@pytest.fixture
+def interrupted_move(two_hosts):
+    """h1 keeps ``app`` and its disk; h2 holds a copy of that disk a move cut short began, recorded in app's mark."""
+    from reconciler.core import domxml, model
+
+    hosts = two_hosts
+    hosts["h2"].create_volume("default", volume_xml("app-root"), "app-root")
+    xml = hosts["h1"].domain_xml("app")
+    owner = domxml.parse_owner(domxml.parse_tree(xml))
+    sending = (model.Sending("h2", "default", "app-root"), model.Sending("h2", "default", "app-seed"))
+    hosts["h1"].set_owner("app", owner.__class__(**{**owner.__dict__, "sending": sending}))
+    return hosts
+
+
+def run_on_h2(hosts: dict, *steps: plans.Step) -> execute.ResourceOutcome:
+    resource = plans.ResourcePlan("VirtualMachine", "app", (plans.Action.UPDATE,), steps=steps)
+    return execute.execute(plans.Plan(hosts["h2"].uri, (resource,)), hosts["h2"], hosts=hosts).outcomes[0]
+
+
+def sending_recorded(hosts: dict) -> tuple:
+    from reconciler.core import domxml
+
+    return domxml.parse_owner(domxml.parse_tree(hosts["h1"].domain_xml("app"))).sending
+
+
+def test_a_partial_copy_a_cut_short_move_left_on_another_host_is_deleted_and_its_record_dropped(interrupted_move):
+    hosts = interrupted_move
+
+    outcome = run_on_h2(hosts,
+                        plans.DeleteMovedVolume("default", "app-root", "app", UUID, "h1", source="h2", abandoned=True),
+                        plans.ForgetMovedVolume("default", "app-root", "app", UUID, "h2", "h1", abandoned=True))
+
+    assert outcome.status == "converged", outcome.error
+    assert not hosts["h2"].volume_exists("default", "app-root")
+    assert hosts["h1"].volume_exists("default", "app-root")  # the VM's own disk, where it stayed
+    assert [(s.host, s.pool, s.name) for s in sending_recorded(hosts)] == [("h2", "default", "app-seed")]
+
+
+def test_a_volume_the_mark_does_not_record_as_a_partial_copy_is_not_deleted(interrupted_move):
+    hosts = interrupted_move
+    hosts["h2"].create_volume("default", volume_xml("app-data"), "app-data")
+
+    outcome = run_on_h2(hosts, plans.DeleteMovedVolume("default", "app-data", "app", UUID, "h1", source="h2",
+                                                        abandoned=True))
+
+    assert outcome.status == "failed"
+    assert "does not record default/app-data as a copy a move began here" in outcome.error
+    assert hosts["h2"].volume_exists("default", "app-data")
+
+
+def test_a_partial_copy_is_not_deleted_while_a_domain_there_uses_it(interrupted_move):
+    hosts = interrupted_move
+    hosts["h2"].define_domain(owned_domain_xml("other", OTHER_UUID, volumes=(("app-root", "Retain", False),)), "other")
+
+    outcome = run_on_h2(hosts, plans.DeleteMovedVolume("default", "app-root", "app", UUID, "h1", source="h2",
+                                                        abandoned=True))
+
+    assert outcome.status == "failed"
+    assert hosts["h2"].volume_exists("default", "app-root")
+    assert len(sending_recorded(hosts)) == 2

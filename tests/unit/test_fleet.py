@@ -63,12 +63,13 @@ def manifests(*vms: str) -> model.DesiredState:
 
 
 def running_on(host: str, spec: model.VMSpec, *, power=model.PowerState.RUNNING, uuid: str = builders.UUID,
-               fleet_name: str = "default") -> model.ObservedDomain:
-    """Return the domain an apply of ``spec`` on ``host`` leaves: its mark names the fleet and the host."""
+               fleet_name: str = "default", roster: tuple[str, ...] = ("a", "b")) -> model.ObservedDomain:
+    """Return the domain an apply of ``spec`` on ``host`` leaves: its mark names the fleet, the host and the fleet's Hosts."""
     seed = spec.cloud_init
     definition = builders.definition(spec, uuid=uuid, extra_volumes=() if seed is None else (
         model.OwnedVolume(seed.pool, seed.volume, model.DeletionPolicy.DELETE, True, seed.digest),))
-    definition = dataclasses.replace(definition, owner=dataclasses.replace(definition.owner, fleet=fleet_name, host=host))
+    definition = dataclasses.replace(definition, owner=dataclasses.replace(definition.owner, fleet=fleet_name, host=host,
+                                                                                   roster=roster))
     domain = builders.domain(definition, power=power)
     return dataclasses.replace(domain, xml=domxml.render(definition))
 
@@ -304,7 +305,8 @@ def test_a_single_host_vm_gains_its_fleet_mark_as_a_visible_change():
                                 state=state),
                 "b": builders.actual(pools=())}
     (resource,) = [r for r in fleet.plan_fleet(state, observed).host("a").plan.changes if r.name == "web"]
-    assert [(c.path, c.old, c.new) for c in resource.changes] == [("metadata.host", "(no fleet)", "a (fleet default)")]
+    assert [(c.path, c.old, c.new) for c in resource.changes] == [("metadata.host", "(no fleet)", "a (fleet default)"),
+                                                                  ("metadata.hosts", "(none)", "a, b")]
 
 
 def test_settings_hold_keeps_a_domain_out_of_pruning():
@@ -500,7 +502,8 @@ def test_a_uefi_vm_carries_its_nvram_and_a_copy_an_interrupted_move_began_is_rep
     step = migration.steps[0]
     assert step.nvram and step.replaces == (("vmstore", "web-root.qcow2"), model.NVRAM)
     owner = domxml.parse_owner(domxml.parse_tree(step.xml))
-    assert owner.sending == () and model.LeftBehind("a", *model.NVRAM) in owner.left_behind
+    assert owner.sending == (model.Sending("c", "vmstore", "web-root.qcow2"),)  # a copy on a third host: removed later
+    assert model.LeftBehind("a", *model.NVRAM) in owner.left_behind
     assert plans.DeleteMovedVolume(*model.NVRAM, "web", builders.UUID, "b", source="a") in migration.steps
     nvram_line = next(c for c in migration.changes if c.path == "UEFI NVRAM on a")
     assert nvram_line.impact is plans.Impact.LIVE and "lives on at b, so this is no data loss" in nvram_line.note
@@ -562,3 +565,175 @@ def test_a_network_of_another_scope_on_a_host_is_not_pulled_into_its_share():
     host_a = next(h for h in fleet.plan_fleet(state, observed).hosts if h.host == "a")
     assert [r.key for r in host_a.plan.resources if r.kind == "Network"] == []
     assert host_a.plan.problems == ()
+
+
+# --- the roster: missing hosts, keeping it current, forgetting a host --------------------
+
+
+def test_a_host_named_in_the_marks_but_declared_by_no_manifest_is_missing():
+    state = manifests(vm_yaml("web", where="{host: a}"))
+    observed = {"a": host_state(running_on("a", state.vms["web"], roster=("a", "b", "c")), state=state, pools=("vmstore", "everywhere")),
+                "b": host_state(state=state, pools=("vmstore", "everywhere"))}
+    result = fleet.plan_fleet(state, observed)
+    (c,) = result.missing
+    assert (c.host, c.plan, c.missing) == ("c", None, True)
+    assert c.unreachable == fleet.missing_host_message("c")
+    assert c in result.unreachable  # every check of unreachable hosts (exit codes, convergence, health) sees it
+    assert result.summary() == "Fleet default: 2 hosts; VMs per host: a 1, b 0; 0 migrations; 1 missing (c)"
+
+
+def test_a_mark_naming_its_host_counts_too():
+    state = manifests(vm_yaml("web", where="{host: a}"))
+    stray = dataclasses.replace(running_on("a", state.vms["web"]), name="web")
+    stray = dataclasses.replace(stray, definition=dataclasses.replace(stray.definition, owner=dataclasses.replace(
+        stray.definition.owner, host="c", roster=())))
+    result = fleet.plan_fleet(state, {"a": host_state(stray, state=state, pools=("vmstore", "everywhere")), "b": host_state(state=state, pools=("vmstore", "everywhere"))})
+    assert [h.host for h in result.missing] == ["c"]
+
+
+def test_while_a_host_is_missing_a_vm_found_nowhere_is_unknown_and_created_nowhere():
+    state = manifests(vm_yaml("web", where="{host: a}"), vm_yaml("db"), vm_yaml("pinned", where="{host: b}"))
+    observed = {"a": host_state(running_on("a", state.vms["web"], roster=("a", "b", "c")), state=state, pools=("vmstore", "everywhere")),
+                "b": host_state(state=state, pools=("vmstore", "everywhere"))}
+    result = fleet.plan_fleet(state, observed)
+    # a missing host has no manifest saying what it may run: any VM found on no reachable host may run there
+    assert result.unknown == {"db": ("c",), "pinned": ("c",)}
+    assert result.host("c").unknown == ("db", "pinned")
+    assert [s for h in ("a", "b") for s in steps(result.host(h).plan, "db") + steps(result.host(h).plan, "pinned")] == []
+    assert result.problems == ()
+
+
+def test_a_missing_host_suspends_pruning_on_every_host():
+    state = manifests(vm_yaml("web", where="{host: a}"))
+    orphan = running_on("b", builders.vm("gone"), uuid=builders.OTHER_UUID, roster=("a", "b", "c"))
+    observed = {"a": host_state(running_on("a", state.vms["web"], roster=("a", "b", "c")), state=state, pools=("vmstore", "everywhere")),
+                "b": host_state(orphan, state=state, pools=("vmstore", "everywhere"))}
+    b = fleet.plan_fleet(state, observed).host("b").plan
+    assert steps(b, "gone") == [] and b.kept == ("gone",)
+    assert b.prune_suspended.startswith("missing host c (named in the fleet's marks, declared by no Host manifest)")
+
+
+def test_a_host_manifest_that_did_not_load_is_broken_not_missing():
+    state = dataclasses.replace(manifests(vm_yaml("web", where="{host: a}"), vm_yaml("db")), hosts_complete=False)
+    observed = {"a": host_state(running_on("a", state.vms["web"], roster=("a", "b", "c")), state=state, pools=("vmstore", "everywhere")),
+                "b": host_state(state=state, pools=("vmstore", "everywhere"))}
+    result = fleet.plan_fleet(state, observed)
+    assert result.missing == ()
+    assert any("a Host manifest did not load" in p.message for p in result.problems)
+    # its name stays in the marks all the same: only forget-host removes a name
+    define = [s for s in steps(result.host("a").plan, "web") if isinstance(s, plans.DefineDomain)]
+    assert define == [] and fleet.roster_of(state, observed, "default") == ("a", "b", "c")
+
+
+def test_marks_with_an_older_roster_are_brought_up_to_date_in_one_step_per_host_without_redefining():
+    state = manifests(vm_yaml("web", where="{host: a}"), vm_yaml("db", where="{host: a}"))
+    observed = {"a": host_state(running_on("a", state.vms["web"], roster=("a",)),
+                                running_on("a", state.vms["db"], uuid=builders.OTHER_UUID, roster=("a",)), state=state, pools=("vmstore", "everywhere")),
+                "b": host_state(state=state, pools=("vmstore", "everywhere"))}
+    a = fleet.plan_fleet(state, observed).host("a").plan
+    (record,) = a.changes
+    assert (record.key, record.actions) == ("Host/a", (plans.Action.UPDATE,))
+    assert record.steps == (plans.RecordRoster("db", builders.OTHER_UUID, ("a", "b")),
+                            plans.RecordRoster("web", builders.UUID, ("a", "b")))
+    assert [(c.path, c.old, c.new, c.impact, c.note) for c in record.changes] == [
+        ("metadata.hosts", "a", "a, b", plans.Impact.LIVE, "record the fleet's 2 hosts in the marks of 2 VMs (no restart)")]
+
+
+def test_a_vm_redefined_anyway_carries_the_roster_in_its_definition_not_a_second_step():
+    state = manifests(vm_yaml("web", where="{host: a}"))
+    observed = {"a": host_state(running_on("a", state.vms["web"], roster=("a",)), state=state, pools=("vmstore", "everywhere")),
+                "b": host_state(state=state, pools=("vmstore", "everywhere"))}
+    changed = manifests(vm_yaml("web", where="{host: a}").replace("memory: 1GiB", "memory: 2GiB"))
+    a = fleet.plan_fleet(changed, observed).host("a").plan
+    assert [r.key for r in a.changes] == ["VirtualMachine/web"]
+    (web,) = a.changes
+    define = [s for s in web.steps if isinstance(s, plans.DefineDomain)][-1]
+    assert domxml.parse_owner(domxml.parse_tree(define.xml)).roster == ("a", "b")
+    assert ("metadata.hosts", "a", "a, b") in [(c.path, c.old, c.new) for c in web.changes]
+
+
+def test_a_new_vm_and_a_migration_write_the_current_roster():
+    state = manifests(vm_yaml("web", where="{host: b}"), vm_yaml("new", where="{host: a}"))
+    observed = {"a": host_state(running_on("a", state.vms["web"], roster=("a", "b")), state=state, pools=("vmstore", "everywhere")),
+                "b": host_state(state=state, pools=("vmstore", "everywhere"))}
+    result = fleet.plan_fleet(state, observed)
+    (migration,) = result.migrations
+    assert domxml.parse_owner(domxml.parse_tree(migration.steps[0].xml)).roster == ("a", "b")
+    define = [s for s in steps(result.host("a").plan, "new") if isinstance(s, plans.DefineDomain)][-1]
+    assert domxml.parse_owner(domxml.parse_tree(define.xml)).roster == ("a", "b")
+    assert "Host/a" not in [r.key for r in result.host("a").plan.changes]
+
+
+def test_forgetting_a_missing_host_rewrites_only_the_marks_naming_it():
+    state = manifests(vm_yaml("web", where="{host: a}"), vm_yaml("db"))
+    observed = {"a": host_state(running_on("a", state.vms["web"], roster=("a", "b", "c")), state=state, pools=("vmstore", "everywhere")),
+                "b": host_state(state=state, pools=("vmstore", "everywhere"))}
+    result = fleet.plan_forget(state, observed, "c")
+    (record,) = result.host("a").plan.changes
+    assert record.steps == (plans.RecordRoster("web", builders.UUID, ("a", "b")),)
+    assert result.host("b").plan.changes == () and result.problems == ()
+    assert result.notes[0].startswith("after this, the next apply creates db on the reachable Hosts")
+    # once the marks no longer name it, the VM held back for it is placed
+    forgotten = {"a": host_state(running_on("a", state.vms["web"], roster=("a", "b")), state=state, pools=("vmstore", "everywhere")),
+                 "b": observed["b"]}
+    after = fleet.plan_fleet(state, forgotten)
+    assert after.missing == () and after.unknown == {}
+    assert any(plans.Action.CREATE in r.actions for h in after.hosts for r in h.plan.resources if r.name == "db")
+
+
+def test_a_declared_host_is_never_forgotten():
+    state = manifests(vm_yaml("web", where="{host: a}"))
+    observed = {"a": host_state(running_on("a", state.vms["web"]), state=state, pools=("vmstore", "everywhere")), "b": host_state(state=state, pools=("vmstore", "everywhere"))}
+    result = fleet.plan_forget(state, observed, "b")
+    assert not result.has_changes
+    assert [p.message for p in result.problems] == [
+        "forget-host b: a Host manifest declares it; delete that manifest first (drain the host before, "
+        "`kvmops drain b --apply`)"]
+
+
+def interrupted(state: model.DesiredState, vm: str, *sending: model.Sending) -> model.ObservedDomain:
+    """Return ``vm`` on host a, its mark recording copies a move to another host began (``sending``)."""
+    domain = running_on("a", state.vms[vm])
+    definition = dataclasses.replace(domain.definition, owner=dataclasses.replace(domain.definition.owner, sending=sending))
+    return dataclasses.replace(domain, definition=definition, xml=domxml.render(definition))
+
+
+PARTIAL = model.Sending("b", "vmstore", "web-root.qcow2")
+
+
+def test_a_partial_copy_a_move_no_longer_wanted_began_is_deleted_whatever_the_deletion_policy():
+    state = manifests(delete_yaml("web", "Retain").replace("{host: b}", "{host: a}"))
+    result = fleet.plan_fleet(state, {"a": host_state(interrupted(state, "web", PARTIAL), state=state),
+                                      "b": leftover(state, "web-root.qcow2")})
+    assert steps(result.host("b").plan, "web") == [
+        plans.DeleteMovedVolume("vmstore", "web-root.qcow2", "web", builders.UUID, "a", source="b", abandoned=True),
+        plans.ForgetMovedVolume("vmstore", "web-root.qcow2", "web", builders.UUID, "b", "a", abandoned=True),
+    ]
+    (change,) = next(r for r in result.host("b").plan.resources if r.name == "web").changes
+    assert change.impact is plans.Impact.LIVE and "so this is no data loss" in change.note
+    assert steps(result.host("a").plan, "web") == [] and result.migrations == ()
+
+
+def test_a_partial_copy_already_gone_only_drops_its_record_and_one_in_use_is_kept():
+    state = manifests(delete_yaml("web").replace("{host: b}", "{host: a}"))
+    gone = fleet.plan_fleet(state, {"a": host_state(interrupted(state, "web", PARTIAL), state=state),
+                                    "b": leftover(state)})
+    assert steps(gone.host("b").plan, "web") == [
+        plans.ForgetMovedVolume("vmstore", "web-root.qcow2", "web", builders.UUID, "b", "a", abandoned=True)]
+
+    other = dataclasses.replace(builders.domain(builders.definition(state.vms["web"], uuid=builders.OTHER_UUID)), name="other",
+                                storage=(("vmstore", "web-root.qcow2"),), owned=False, definition=None)
+    used = fleet.plan_fleet(state, {"a": host_state(interrupted(state, "web", PARTIAL), state=state),
+                                    "b": leftover(state, "web-root.qcow2", users=(other,))})
+    (resource,) = [r for r in used.host("b").plan.resources if r.name == "web"]
+    assert resource.steps == () and "is used by domain other there: kept" in resource.notes[0]
+
+
+def test_a_vm_moving_elsewhere_carries_the_record_of_a_partial_copy_on_a_third_host():
+    state = manifests(delete_yaml("web").replace("{host: b}", "{hostSelector: {zone: y}}"))
+    third = model.Sending("c", "vmstore", "web-root.qcow2")
+    result = fleet.plan_fleet(state, {"a": host_state(interrupted(state, "web", third), state=state),
+                                      "b": host_state(state=state)})
+    (migration,) = result.migrations
+    owner = domxml.parse_owner(domxml.parse_tree(migration.steps[0].xml))
+    assert owner.sending == (third,)

@@ -19,14 +19,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reconciler.adapters import manifests
-from reconciler.core import desired, model, offline, planner, render
+from reconciler.core import desired, fleet, model, offline, planner, render
 from tests import manifest_seeds
 from tests.unit import builders as b
 
 SEED_DOCUMENTS = [
     document
-    for tree in manifest_seeds.SEEDS.values()
-    for relpath, text in sorted(tree.items()) if relpath.endswith(".yaml")
+    for seed in manifest_seeds.CORE_SEEDS  # one host's documents, all together (the fleet and policy trees repeat them)
+    for relpath, text in sorted(manifest_seeds.SEEDS[seed].items()) if relpath.endswith(".yaml")
     for document in manifests.parse_text(text, f"manifests/{relpath}", relpath)[0]
 ]
 
@@ -49,10 +49,18 @@ def field_paths(body: object, prefix: tuple = ()) -> list[tuple]:
     return found
 
 
+FLEET_DOCUMENTS = [  # examples/fleet: Hosts, placement, a shared pool, hosts selectors
+    document
+    for relpath, text in sorted(manifest_seeds.SEEDS["fleet"].items())
+    if relpath.startswith(f"{manifest_seeds.MANIFESTS}/") and relpath.endswith(".yaml")
+    for document in manifests.parse_text(text, f"manifests/{relpath}", relpath)[0]
+]
+
+
 @st.composite
-def mutated_documents(draw) -> list[model.Document]:
+def mutated_documents(draw, seeds: list[model.Document] = SEED_DOCUMENTS) -> list[model.Document]:
     """Return the seed documents with one to three fields replaced, removed or added."""
-    documents = list(SEED_DOCUMENTS)
+    documents = list(seeds)
     for _ in range(draw(st.integers(1, 3))):
         index = draw(st.integers(0, len(documents) - 1))
         body = copy.deepcopy(documents[index].body)
@@ -114,3 +122,24 @@ def test_a_diff_between_identical_revisions_of_any_manifest_set_is_empty(documen
     plan = planner.plan_changes(state, host, settings=planner.Settings(prune=True))
     assert [(r.kind, r.name, [str(c) for c in r.changes], [s.kind for s in r.steps]) for r in plan.resources
             if not r.problems and (r.actions or r.changes or r.steps)] == []
+
+
+FLEET = build(FLEET_DOCUMENTS)
+
+
+def test_the_fleet_seed_builds_without_a_problem():
+    assert [str(p) for p in FLEET.problems] == [] and len(FLEET.hosts) == 3 and len(FLEET.vms) == 3
+
+
+@settings(max_examples=int(os.environ.get("KVMOPS_FUZZ_EXAMPLES", "300")) // 2, derandomize=True, deadline=None,
+          database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(documents=mutated_documents(FLEET_DOCUMENTS), unreachable=st.sampled_from([None, "kvm1", "kvm2", "kvm3"]))
+def test_any_fleet_document_body_gets_located_problems_or_a_fleet_plan(documents, unreachable):
+    """Hosts, placement and hosts selectors of any shape: plan_fleet never raises, problems name a file, the plan renders."""
+    state = build(documents)
+    observed = {name: fleet.HostUnreachable(name, "down") if name == unreachable else b.actual() for name in state.hosts}
+    plan = fleet.plan_fleet(state, observed, planner.Settings(prune=True))
+    for problem in (*state.problems, *plan.problems, *(p for h in plan.hosts if h.plan for p in h.plan.problems)):
+        assert problem.file.startswith("manifests/") and problem.message, problem
+    render.fleet_text(plan)
+    json.loads(render.fleet_to_json(plan))

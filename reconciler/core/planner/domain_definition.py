@@ -85,7 +85,7 @@ class VMDefinition:
                 install_pending=install and spec.install is not None and spec.install.first_boot_only,
                 bound_name=spec.name, bound_uuid=uuid or "",
                 start_pending=self._first_start_pending(),
-                fleet=self.fleet, host=self.host,
+                fleet=self.fleet, host=self.host, roster=self.roster,
                 # owed deletions on the host the VM came from: only the fleet's cleanup drops them
                 left_behind=observed.owner.left_behind if observed is not None and observed.owner is not None else (),
                 sending=observed.owner.sending if observed is not None and observed.owner is not None else (),

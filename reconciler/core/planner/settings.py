@@ -27,4 +27,5 @@ class Settings:
     # host's plan holds as they are, neither changed nor pruned (migrating away, split brain).
     fleet: str = ""
     host: str = ""
+    roster: tuple[str, ...] = ()  # the fleet's Host names every mark written records (core.fleet)
     held: frozenset[str] = frozenset()

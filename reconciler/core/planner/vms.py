@@ -102,7 +102,7 @@ class VMPlanBuilder(VMStorage, VMDefinition, VMDiff):
         self.claimed: set[tuple[str, str]] = claimed  # volumes some VM in the manifests attaches
         self.scope = settings.scope
         self.settings = settings
-        self.fleet, self.host = settings.fleet, settings.host
+        self.fleet, self.host, self.roster = settings.fleet, settings.host, settings.roster
         self.password_salt = settings.password_salt
         self.desired: model.DesiredState = desired
         self.revision: str = desired.revision
@@ -166,6 +166,13 @@ class VMPlanBuilder(VMStorage, VMDefinition, VMDiff):
             xml = (domxml.patch(domain.xml, definition, volumes_by_path=self.actual.volumes_by_path())
                    if domain.xml else domxml.render(definition))
             steps.append(plans.DefineDomain(spec.name, domain.uuid, xml))
+            if observed.owner is not None and observed.owner.roster != definition.owner.roster:
+                # The roster does not count as a difference (core.fleet records it on its own), but a
+                # definition written anyway carries the current one: the plan says so.
+                self.changes.append(FieldChange(
+                    "metadata.hosts", ", ".join(observed.owner.roster) or "(none)",
+                    ", ".join(definition.owner.roster) or "(none)", Impact.LIVE,
+                    note="the fleet's Hosts, recorded in every mark"))
             if observed.owner is not None and observed.owner.install_pending and not definition.owner.install_pending:
                 self.notes.append("the VM has booted its install media; its next boot uses the disks")
         if self.active and definition.memory != observed.memory and domain.live is not None:

@@ -48,7 +48,7 @@ from reconciler.adapters.statusserver import StatusServer
 from reconciler.core import actual as actual_state
 from reconciler.core import fleet, model, planner, redaction
 from reconciler.core import plan as plans
-from reconciler.runtime import execute, fleet_reconcile, gitsource, metrics, observe, reconcile, workqueue
+from reconciler.runtime import deadlines, execute, fleet_reconcile, gitsource, metrics, observe, reconcile, workqueue
 from reconciler.runtime.controller.debounce import Debouncer
 from reconciler.runtime.controller.git_follower import GitFollower
 from reconciler.runtime.controller.hostlock_keeper import HostLockKeeper
@@ -61,7 +61,6 @@ from reconciler.runtime.controller.timers import LoopTimers, next_resync
 log = logconfig.get_logger("kvmops.fleet_controller")
 
 FIRST_RECONNECT_DELAY = 0.5
-FIRST_CONNECT_WAIT = 10.0  # a pass waits this long for the first answer of a Host it has never tried
 FULL = workqueue.EVERYTHING
 DRIFT = ("libvirt", "reconnect", "resync")
 
@@ -91,6 +90,7 @@ class HostLink:
     delay: float = FIRST_RECONNECT_DELAY
     closed: bool = False  # the connection broke: reconnect when next_attempt comes
     connecting: bool = False
+    connect_began: float = 0.0  # when the attempt in progress (connecting) began
     tried: threading.Event = field(default_factory=threading.Event)  # set after the first attempt
     retired: bool = False  # the Host left the manifests, or its URI changed
 
@@ -302,7 +302,7 @@ class FleetController(InternalErrors, StatusRoutes):
     def _sync_links(self, desired: model.DesiredState) -> None:
         """Follow the Hosts the manifests declare: new ones are connected, removed ones closed.
 
-        A pass waits up to FIRST_CONNECT_WAIT for the first answer of Hosts never tried, so
+        A pass waits up to ``host_timeout`` for the first answer of Hosts never tried, so
         that the first plan sees the fleet rather than a fleet of unreachable hosts.
         """
         fresh: list[HostLink] = []
@@ -320,7 +320,7 @@ class FleetController(InternalErrors, StatusRoutes):
             for name in [n for n in self._links if n not in desired.hosts and desired.hosts_complete]:
                 self._retire(self._links.pop(name))  # (a Host whose manifest broke keeps its connection meanwhile)
         self._reconnect_due()
-        deadline = time.monotonic() + FIRST_CONNECT_WAIT
+        deadline = time.monotonic() + self.settings.host_timeout
         for link in fresh:
             link.tried.wait(max(0.0, deadline - time.monotonic()))
 
@@ -328,8 +328,8 @@ class FleetController(InternalErrors, StatusRoutes):
         link.retired = True
         link.executor.shutdown(wait=False)  # its executions in flight finish; nothing new starts there
         if link.hypervisor is not None:
-            with contextlib.suppress(Exception):
-                link.hypervisor.close()
+            # closing waits for the Host's answer: one that stopped answering must not hold up a stop
+            deadlines.close_within(link.hypervisor.close, self.settings.host_timeout)
 
     def _next_reconnect_in(self) -> float:
         with self._links_lock:
@@ -343,6 +343,7 @@ class FleetController(InternalErrors, StatusRoutes):
                    if not link.connected and not link.connecting and time.monotonic() >= link.next_attempt]
             for link in due:
                 link.connecting = True
+                link.connect_began = time.monotonic()
         for link in due:
             threading.Thread(target=self._connect, args=(link,), name=f"kvmops-connect-{link.name}", daemon=True).start()
 
@@ -409,12 +410,21 @@ class FleetController(InternalErrors, StatusRoutes):
             self._recovered("events")
 
     def _connections(self) -> fleet_reconcile.FleetConnections:
+        timeout = self.settings.host_timeout
         with self._links_lock:
             return fleet_reconcile.FleetConnections(
                 hypervisors={n: l.hypervisor for n, l in self._links.items() if l.connected and l.hypervisor},
-                unreachable={n: l.error for n, l in self._links.items() if not l.connected},
+                unreachable={n: self._why_down(l, timeout) for n, l in self._links.items() if not l.connected},
                 uris={n: l.uri for n, l in self._links.items()},
+                timeout=timeout,
             )
+
+    @staticmethod
+    def _why_down(link: HostLink, timeout: float) -> str:
+        """Return why ``link``'s Host is unreachable: a connection attempt hanging past ``timeout`` says so."""
+        if link.connecting and time.monotonic() - link.connect_began >= timeout:
+            return str(deadlines.timed_out(link.name, timeout, "being connected to"))
+        return link.error
 
     # -- manifest sources ---------------------------------------------------------------
 
@@ -539,36 +549,40 @@ class FleetController(InternalErrors, StatusRoutes):
         Hosts are looked at side by side. With ``woken``, a Host refreshes only its woken VMs
         in its last look, and a Host without any is taken as last seen.
         """
-        def look(name: str, hypervisor: hv.Hypervisor) -> tuple[str, object, float]:
+        def look(name: str, hypervisor: hv.Hypervisor, previous: model.Observation | None) -> tuple[model.Observation, float]:
             began = time.monotonic()
-            try:
-                if woken is None:
-                    observation = observe.collect(hypervisor)
-                elif name in woken:
-                    names = woken[name]
-                    named = [planner.vm_volumes(desired.vms[vm], desired.images) for vm in names if vm in desired.vms]
-                    observation = observe.refresh(hypervisor, self._observations[name][1], names,
-                                                  volumes=set().union(*named))
-                else:
-                    _hypervisor, observation, began = self._observations[name]
-                    return name, actual_state.interpret(observation), began
-                self._observations[name] = (hypervisor, observation, began)
-                return name, actual_state.interpret(observation), began
-            except errors.KvmopsError as exc:
-                self._observations.pop(name, None)
-                log.info("host_unreachable", host=name, error=str(exc))
-                return name, fleet.HostUnreachable(name, str(exc)), began
+            if woken is None or previous is None:
+                return observe.collect(hypervisor), began
+            names = woken[name]
+            named = [planner.vm_volumes(desired.vms[vm], desired.images) for vm in names if vm in desired.vms]
+            return observe.refresh(hypervisor, previous, names, volumes=set().union(*named)), began
 
         began = time.monotonic()
         observed: dict[str, object] = {name: fleet.HostUnreachable(name, error)
                                        for name, error in connections.unreachable.items()}
-        items = sorted(connections.hypervisors.items())
-        if items:
-            with ThreadPoolExecutor(max_workers=min(len(items), fleet_reconcile.DEFAULT_HOST_WORKERS),
-                                    thread_name_prefix="kvmops-observe") as pool:
-                for name, seen, when in pool.map(lambda item: look(*item), items):
-                    observed[name] = seen
-                    began = min(began, when)
+        calls = {}
+        for name, hypervisor in sorted(connections.hypervisors.items()):
+            if woken is not None and name not in woken:
+                _hypervisor, observation, when = self._observations[name]  # taken as last seen
+                observed[name] = actual_state.interpret(observation)
+                began = min(began, when)
+                continue
+            previous = self._observations[name][1] if woken is not None else None
+            calls[name] = lambda name=name, hypervisor=hypervisor, previous=previous: look(name, hypervisor, previous)
+        # Each look has its deadline: a Host that stopped answering is unreachable after host_timeout, its thread
+        # abandoned (it ends when the connection's keepalive gives up), and no second look at it starts meanwhile.
+        answers = deadlines.call_each(calls, timeout=self.settings.host_timeout, what="being observed",
+                                      workers=fleet_reconcile.DEFAULT_HOST_WORKERS)
+        for name, answer in answers.items():
+            if isinstance(answer, errors.KvmopsError):
+                self._observations.pop(name, None)
+                log.info("host_unreachable", host=name, error=str(answer))
+                observed[name] = fleet.HostUnreachable(name, str(answer))
+                continue
+            observation, when = answer
+            self._observations[name] = (connections.hypervisors[name], observation, when)
+            observed[name] = actual_state.interpret(observation)
+            began = min(began, when)
         for name in [n for n in self._observations if n not in connections.hypervisors]:
             del self._observations[name]
         return dict(sorted(observed.items())), began

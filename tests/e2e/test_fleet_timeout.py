@@ -1,0 +1,205 @@
+"""A Host whose libvirtd hangs (SIGSTOP: its socket accepts, nothing answers) costs a fleet pass its deadline, no more.
+
+``kvmops plan``, ``apply`` and ``status`` on three lab hosts, one of them stopped, return
+within ``--host-timeout`` plus what the other hosts' work takes: the stopped host has its
+own section saying it did not answer in time, its pruning waits, its VMs are Unknown and
+are placed nowhere else, and the other hosts converge. Once it runs again (SIGCONT) the
+next apply converges it. The controller (``kvmops run``) does the same pass after pass,
+without piling up threads on the stopped host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+import yaml
+
+from reconciler.adapters import hypervisor as hv
+from reconciler.core import fleet as fleets
+from reconciler.core import model
+from reconciler.runtime import deadlines, fleet_reconcile, reconcile
+
+from tests.e2e import labfleet
+from tests.e2e.test_fleet import REPOSITORY, LabFleet
+from tests.e2e.test_fleet_controller import eventually, free_port, running, status
+
+pytestmark = pytest.mark.e2e
+
+TIMEOUT = 3  # --host-timeout: short, so that the test is quick; the default is 10 s
+SLACK = 20  # a command's start-up, and the other hosts' observation (TCG lab hosts on a shared machine)
+
+
+@pytest.fixture
+def fleet(lab, tmp_path):
+    """Return the session's three lab hosts as a fleet; every host runs and is cleaned up afterwards."""
+    prefix = f"{lab.name}-t{uuid.uuid4().hex[:4]}"
+    try:
+        manifests = tmp_path / "manifests"
+        manifests.mkdir()
+        world = LabFleet(lab, manifests, prefix)
+        world.write_hosts()
+        (manifests / "pool.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "kvmops/v1", "kind": "StoragePool", "metadata": {"name": world.pool},
+            "spec": {"path": f"/var/lib/libvirt/images/{world.pool}"}}), encoding="utf-8")
+        yield world
+    finally:
+        for host in lab.hosts:
+            host.resume_libvirtd()  # whatever happened: a stopped libvirtd would hang the cleanup
+        labfleet.reset(lab, prefix)
+
+
+def timed(world: LabFleet, *argv: str) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.monotonic()
+    done = world.kvmops(*argv, timeout=TIMEOUT + SLACK + 120)
+    return done, time.monotonic() - started
+
+
+def section(text: str, host: str) -> str:
+    return text.split(f"Host {host}", 1)[1].split("\nHost ", 1)[0]
+
+
+def test_a_stopped_libvirtd_costs_plan_apply_and_status_the_deadline_and_the_others_converge(fleet):
+    world = fleet
+    world.write_vms([world.vm(1)], file="h1.yaml", host="h1")
+    world.write_vms([world.vm(2), world.vm(3)], file="h2.yaml", host="h2")
+    world.write_vms([world.vm(4)], file="h3.yaml", host="h3")
+    first = world.kvmops("apply", str(world.manifests))
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
+
+    stopped = world.lab_host("h2")
+    assert stopped.pause_libvirtd()
+    try:
+        world.write_vms([world.vm(2)], file="h2.yaml", host="h2")  # vm3's manifest is gone: h2 would prune it
+        world.write_vms([world.vm(1), world.vm(5)], file="h1.yaml", host="h1")
+        world.write_vms([world.vm(4), world.vm(6)], file="h3.yaml", host="h3")
+        timeout = ("--host-timeout", str(TIMEOUT))
+
+        plan, plan_took = timed(world, "plan", str(world.manifests), *timeout)
+        applied, apply_took = timed(world, "apply", str(world.manifests), *timeout)
+        shown, status_took = timed(world, "status", "--manifests", str(world.manifests), *timeout)
+        json_status, _ = timed(world, "status", "--manifests", str(world.manifests), "-o", "json", *timeout)
+        while_stopped = {name: domains_on(world, name) for name in ("h1", "h3")}  # (h2 would not answer us either)
+    finally:
+        stopped.resume_libvirtd()
+    print(f"plan {plan_took:.1f} s, apply {apply_took:.1f} s, status {status_took:.1f} s with h2 stopped")
+
+    why = f"host h2 did not answer within {TIMEOUT} s while being"
+    assert plan.returncode == 1, plan.stdout[-3000:] + plan.stderr[-2000:]
+    assert plan_took < TIMEOUT + SLACK
+    assert why in section(plan.stdout, "h2") and "UNREACHABLE" in section(plan.stdout, "h2")
+    assert f"+ VirtualMachine {world.vm(5)}" in section(plan.stdout, "h1")
+    assert f"+ VirtualMachine {world.vm(6)}" in section(plan.stdout, "h3")
+
+    assert applied.returncode == 1, applied.stdout[-3000:] + applied.stderr[-2000:]
+    assert apply_took < TIMEOUT + SLACK + 60  # + creating and starting two VMs
+    assert "Traceback" not in applied.stderr
+    assert why in applied.stdout and "unreachable: h2" in applied.stdout
+    assert while_stopped == {"h1": {world.vm(1), world.vm(5)}, "h3": {world.vm(4), world.vm(6)}}
+
+    assert shown.returncode == 1 and status_took < TIMEOUT + SLACK
+    assert why in section(shown.stdout, "h2")
+    hosts = {entry["host"]: entry for entry in json.loads(json_status.stdout)["hosts"]}
+    assert why in hosts["h2"]["unreachable"]
+    assert sorted(hosts["h2"]["unknown"]) == [world.vm(2)]
+    assert {vm["name"] for vm in hosts["h1"]["vms"]} == {world.vm(1), world.vm(5)}
+
+    placed = world.domains()  # h2 answers again: nothing of it went elsewhere, and vm3 waited for it
+    assert placed["h2"] == {world.vm(2), world.vm(3)}
+    assert placed["h1"] == {world.vm(1), world.vm(5)} and placed["h3"] == {world.vm(4), world.vm(6)}
+
+    after = world.kvmops("apply", str(world.manifests), *timeout)
+
+    assert after.returncode == 0, after.stdout[-3000:] + after.stderr[-2000:]
+    assert world.domains()["h2"] == {world.vm(2)}
+    assert world.kvmops("plan", str(world.manifests), "--detailed-exitcode").returncode == 0
+
+
+def test_the_controller_goes_on_converging_the_others_while_a_libvirtd_is_stopped(fleet):
+    world = fleet
+    world.write_vms([world.vm(1)], file="h1.yaml", host="h1")
+    world.write_vms([world.vm(2)], file="h2.yaml", host="h2")
+    port = free_port()
+    controller = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "run", str(world.manifests), "--listen", f"127.0.0.1:{port}",
+         "--resync-interval", "300", "--state-dir", str(world.state_dir), "--host-timeout", str(TIMEOUT)],
+        cwd=REPOSITORY, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "NO_COLOR": "1"})
+    stopped = world.lab_host("h2")
+    try:
+        assert eventually(lambda: running(world, "h1", world.vm(1)) and running(world, "h2", world.vm(2)), 120)
+        assert eventually(lambda: status(port)["converged"] is True, 60)
+
+        assert stopped.pause_libvirtd()
+        paused_at = time.monotonic()
+        world.write_vms([world.vm(1), world.vm(3)], file="h1.yaml", host="h1")  # a pass: it looks at h2 too
+
+        assert eventually(lambda: running(world, "h1", world.vm(3)), TIMEOUT + SLACK + 30)
+        converged_h1 = time.monotonic() - paused_at
+        assert eventually(lambda: status(port)["hosts"]["h2"]["connected"] is False, TIMEOUT + SLACK)
+        section = status(port)["hosts"]["h2"]
+        assert f"host h2 did not answer within {TIMEOUT} s" in section["error"]
+        assert [vm["state"] for vm in section["vms"]] == ["Unknown"]
+        assert section["prune_suspended"].startswith("host unreachable")
+        before = threads(controller.pid)
+        for _ in range(4):  # passes go on, each woken by a manifest change; none piles up a thread on h2
+            world.write_vms([world.vm(1), world.vm(3)], file="h1.yaml", host="h1")
+            time.sleep(TIMEOUT)
+        print(f"h1 converged {converged_h1:.1f} s after h2 stopped; threads {before} -> {threads(controller.pid)}")
+        assert threads(controller.pid) <= before + 1
+    finally:
+        stopped.resume_libvirtd()
+    try:
+        assert eventually(lambda: status(port)["converged"] is True, 90), status(port)
+    finally:
+        controller.send_signal(signal.SIGTERM)
+        try:
+            _out, err = controller.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            controller.kill()
+            _out, err = controller.communicate()
+        print(err[-6000:])  # shown when the test fails
+    assert controller.returncode == 0, err[-3000:]
+
+
+def threads(pid: int) -> int:
+    """Return how many threads process ``pid`` has."""
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def domains_on(world: LabFleet, host: str) -> set[str]:
+    with hv.Hypervisor.open(world.lab_host(host).uri, read_only=True) as hypervisor:
+        return {r.name for r in hypervisor.list_domains() if r.name.startswith(world.prefix)}
+
+
+def test_a_host_that_stops_answering_once_connected_is_abandoned_at_its_observation_deadline(fleet):
+    """The other way to hang: connected in time, then nothing (SIGSTOP between connecting and observing)."""
+    world = fleet
+    desired = reconcile.load_desired(str(world.manifests))
+    stopped = world.lab_host("h2")
+    with fleet_reconcile.connect(desired, read_only=True, timeout=TIMEOUT) as connections:
+        assert sorted(connections.hypervisors) == ["h1", "h2", "h3"]
+        assert stopped.pause_libvirtd()
+        try:
+            started = time.monotonic()
+            observed = fleet_reconcile.observe_all(connections)
+            took = time.monotonic() - started
+            again = fleet_reconcile.observe_all(connections)  # the stuck Host is not looked at twice
+        finally:
+            stopped.resume_libvirtd()
+        assert took < TIMEOUT + 5
+        assert isinstance(observed["h2"], fleets.HostUnreachable)
+        assert f"host h2 did not answer within {TIMEOUT} s while being observed" in observed["h2"].error
+        assert all(isinstance(observed[name], model.ActualState) for name in ("h1", "h3"))
+        assert "h2" in connections.abandoned and "h2" not in connections.hypervisors
+        assert again["h2"] == observed["h2"]
+    deadline = time.monotonic() + 30
+    while "h2" in deadlines.outstanding() and time.monotonic() < deadline:  # once it runs, the abandoned look ends
+        time.sleep(0.1)
+    assert "h2" not in deadlines.outstanding()
