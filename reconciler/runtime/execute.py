@@ -852,18 +852,12 @@ def _forget_moved_volume(source: hv.Hypervisor, hosts: Mapping[str, hv.Hyperviso
     destination = _peer(hosts, step.destination)
     destination.ensure_owned(step.domain, step.uuid)
     owner, _binding = domxml.mark_binding(domxml.parse_tree(destination.domain_xml(step.domain)))
-    if step.abandoned:
-        sent = model.Sending(step.source, step.pool, step.name)
-        if owner is None or sent not in owner.sending:
-            return "already forgotten"
-        destination.set_owner(step.domain, dataclasses.replace(
-            owner, sending=tuple(record for record in owner.sending if record != sent)))
-        return None
-    left = model.LeftBehind(step.source, step.pool, step.name)
-    if owner is None or left not in owner.left_behind:
+    kind, record = (("sending", model.Sending(step.source, step.pool, step.name)) if step.abandoned
+                    else ("left_behind", model.LeftBehind(step.source, step.pool, step.name)))
+    records = getattr(owner, kind) if owner is not None else ()
+    if record not in records:
         return "already forgotten"
-    destination.set_owner(step.domain, dataclasses.replace(
-        owner, left_behind=tuple(record for record in owner.left_behind if record != left)))
+    destination.set_owner(step.domain, dataclasses.replace(owner, **{kind: tuple(r for r in records if r != record)}))
     return None
 
 
