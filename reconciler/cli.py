@@ -119,6 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--allow-mass-prune", action="store_true",
                                  help="remove more VMs in one pass than the policy's maxPrunePerPass allows")
 
+    def plan_then_apply_options(command: argparse.ArgumentParser, apply_help: str) -> None:
+        """The options of a fleet command that prints its plan and carries it out with --apply."""
+        command.add_argument("--apply", action="store_true", help=apply_help)
+        command.add_argument("--output", "-o", choices=("text", "json", "markdown"), default="text")
+        command.add_argument("--parallel", type=int, default=defaults.DEFAULT_WORKERS, metavar="N",
+                             help=f"steps run at once on each host (default: {defaults.DEFAULT_WORKERS})")
+        command.add_argument("--lock-timeout", type=float, default=300.0, metavar="SECONDS")
+        command.add_argument("--state-dir", default=None, help="directory of the host locks")
+
     def scope_option(command: argparse.ArgumentParser, default: str | None = DEFAULT_SCOPE) -> None:
         command.add_argument("--scope", default=os.environ.get("KVMOPS_SCOPE") or default, metavar="NAME",
                              help="name of this manifest set: only domains it created are pruned, and domains "
@@ -248,12 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     drain = commands.add_parser("drain", help="in a fleet: plan a Host cordoned and its VMs moved off (--apply to do it)")
     drain.add_argument("host_name", metavar="HOST")
     planning_options(drain, connect_default=False, host=False, path_optional=True)
-    drain.add_argument("--apply", action="store_true", help="carry the plan out (migrate the VMs off the host)")
-    drain.add_argument("--output", "-o", choices=("text", "json", "markdown"), default="text")
-    drain.add_argument("--parallel", type=int, default=defaults.DEFAULT_WORKERS, metavar="N",
-                       help=f"VMs worked on at once per host (default: {defaults.DEFAULT_WORKERS})")
-    drain.add_argument("--lock-timeout", type=float, default=300.0, metavar="SECONDS")
-    drain.add_argument("--state-dir", default=None, help="directory of the host locks")
+    plan_then_apply_options(drain, "carry the plan out (migrate the VMs off the host)")
     drain.set_defaults(handler=cmd_drain)
 
     evacuate = commands.add_parser("evacuate", help="in a fleet: plan moving a dead Host's VMs elsewhere "
@@ -263,22 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
     evacuate.add_argument("--host-is-dead", action="store_true",
                           help="confirm the host is down for good (powered off or fenced): its VMs are defined "
                                "anew elsewhere, so if it still ran them they would run twice")
-    evacuate.add_argument("--apply", action="store_true", help="carry the plan out")
-    evacuate.add_argument("--output", "-o", choices=("text", "json", "markdown"), default="text")
-    evacuate.add_argument("--parallel", type=int, default=defaults.DEFAULT_WORKERS, metavar="N")
-    evacuate.add_argument("--lock-timeout", type=float, default=300.0, metavar="SECONDS")
-    evacuate.add_argument("--state-dir", default=None, help="directory of the host locks")
+    plan_then_apply_options(evacuate, "carry the plan out")
     evacuate.set_defaults(handler=cmd_evacuate)
 
     forget = commands.add_parser("forget-host", help="in a fleet: remove a Host whose manifest is gone from the "
                                                      "fleet's marks, for good (--apply to do it)")
     forget.add_argument("host_name", metavar="HOST")
     planning_options(forget, connect_default=False, host=False, path_optional=True)
-    forget.add_argument("--apply", action="store_true", help="rewrite the marks (nothing else changes)")
-    forget.add_argument("--output", "-o", choices=("text", "json", "markdown"), default="text")
-    forget.add_argument("--parallel", type=int, default=defaults.DEFAULT_WORKERS, metavar="N")
-    forget.add_argument("--lock-timeout", type=float, default=300.0, metavar="SECONDS")
-    forget.add_argument("--state-dir", default=None, help="directory of the host locks")
+    plan_then_apply_options(forget, "rewrite the marks (nothing else changes)")
     forget.set_defaults(handler=cmd_forget_host)
 
     run = commands.add_parser("run", help="keep the host converged: watch manifests and libvirt, repair drift")

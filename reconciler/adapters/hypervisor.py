@@ -898,6 +898,17 @@ class Hypervisor:
             )
 
     @_mutating
+    def set_roster(self, name: str, roster: tuple[str, ...]) -> None:
+        """Record the fleet's Host names in the persistent ``<metadata>`` of domain ``name``, beside (not in) the mark."""
+        xml = ET.tostring(domxml.render_roster(roster), encoding="unicode").replace(
+            f"{domxml.ROSTER_PREFIX}:", "").replace(f' xmlns:{domxml.ROSTER_PREFIX}="{domxml.ROSTER_NAMESPACE}"', "")
+        with translated(f"cannot write kvmops' fleet roster into domain {name}"):
+            self._connection.lookupByName(name).setMetadata(
+                libvirt.VIR_DOMAIN_METADATA_ELEMENT, xml, domxml.ROSTER_PREFIX, domxml.ROSTER_NAMESPACE,
+                libvirt.VIR_DOMAIN_AFFECT_CONFIG,
+            )
+
+    @_mutating
     def set_autostart(self, name: str, autostart: bool) -> None:
         """Set whether domain ``name`` starts with libvirtd."""
         with translated(f"cannot set autostart of domain {name}"):

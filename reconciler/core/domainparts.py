@@ -32,16 +32,22 @@ from reconciler.core.xmlproperty import WriteContext, find, make, place
 
 NAMESPACE = "https://kvmops.dev/xmlns/owner/v1"
 PREFIX = "kvmops"
+# The fleet's roster lives in a metadata element of its own: libvirt writes one namespace's
+# element at a time, so recording the roster never rewrites (and never races with) the mark.
+ROSTER_NAMESPACE = "https://kvmops.dev/xmlns/roster/v1"
+ROSTER_PREFIX = "kvmopsroster"
 ARCH = "x86_64"
 GRAPHICS_LISTEN = "127.0.0.1"
 AGENT_CHANNEL = "org.qemu.guest_agent.0"
 
 ET.register_namespace(PREFIX, NAMESPACE)
+ET.register_namespace(ROSTER_PREFIX, ROSTER_NAMESPACE)
 ET.register_namespace("libosinfo", "http://libosinfo.org/xmlns/libvirt/domain/1.0")  # virt-install's mark
 _OWNER = f"{{{NAMESPACE}}}owner"
 _VOLUME = f"{{{NAMESPACE}}}volume"
 _LEFT_BEHIND = f"{{{NAMESPACE}}}leftBehind"
 _SENDING = f"{{{NAMESPACE}}}sending"
+_ROSTER = f"{{{ROSTER_NAMESPACE}}}roster"
 _KIB_PER_UNIT = {
     "b": 1 / 1024, "bytes": 1 / 1024, "k": 1, "kib": 1, "kb": 1000 / 1024,
     "m": 1024, "mib": 1024, "mb": 1e6 / 1024, "g": 1024**2, "gib": 1024**2, "gb": 1e9 / 1024,
@@ -100,8 +106,6 @@ def render_owner(owner: model.Ownership) -> ET.Element:
         element.set("fleet", owner.fleet)
     if owner.host:
         element.set("host", owner.host)
-    if owner.roster:
-        element.set("hosts", ",".join(owner.roster))
     for volume in owner.volumes:
         record = ET.SubElement(element, _VOLUME, pool=volume.pool, name=volume.name,
                                deletionPolicy=volume.deletion_policy, created="true" if volume.created else "false")
@@ -151,7 +155,7 @@ def parse_owner(root: ET.Element) -> model.Ownership | None:
         bound_name=owner.get("domain", ""), bound_uuid=owner.get("uuid", ""),
         start_pending=owner.get("startPending") == "true",
         fleet=owner.get("fleet", ""), host=owner.get("host", ""),
-        roster=tuple(sorted({name for name in owner.get("hosts", "").split(",") if name})),
+        roster=parse_roster(root),
         left_behind=tuple(model.LeftBehind(left.get("host", ""), left.get("pool", ""), left.get("name", ""))
                           for left in owner.findall(_LEFT_BEHIND)),
         sending=tuple(model.Sending(sent.get("host", ""), sent.get("pool", ""), sent.get("name", ""))
@@ -159,18 +163,34 @@ def parse_owner(root: ET.Element) -> model.Ownership | None:
     )
 
 
+def render_roster(roster: tuple[str, ...]) -> ET.Element:
+    """Return the element recording the fleet's Host names (:attr:`~reconciler.core.model.Ownership.roster`)."""
+    return ET.Element(_ROSTER, hosts=",".join(roster))
+
+
+def parse_roster(root: ET.Element) -> tuple[str, ...]:
+    """Return the fleet's Host names recorded in the domain ``root``, sorted; () when none are."""
+    metadata = root.find("metadata")
+    element = metadata.find(_ROSTER) if metadata is not None else None
+    if element is None:
+        return ()
+    return tuple(sorted({name for name in element.get("hosts", "").split(",") if name}))
+
+
 @dataclass(frozen=True)
 class OwnerMark:
-    """kvmops' mark in ``<metadata>``; other applications' metadata stays as it is."""
+    """kvmops' mark in ``<metadata>``, and the fleet's roster beside it; other applications' metadata stays as it is."""
 
     def write(self, root: ET.Element, values: tuple, context: WriteContext) -> None:
         (owner,) = values
         metadata = root.find("metadata")
         if metadata is not None:
-            for stale in metadata.findall(_OWNER):
+            for stale in (*metadata.findall(_OWNER), *metadata.findall(_ROSTER)):
                 metadata.remove(stale)
         if owner is not None:
             make(root, "metadata").append(render_owner(owner))
+            if owner.roster:
+                root.find("metadata").append(render_roster(owner.roster))
         elif metadata is not None and not len(metadata):
             root.remove(metadata)
 

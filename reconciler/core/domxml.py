@@ -28,12 +28,16 @@ from reconciler.core.domainparts import (  # noqa: F401  (re-exported: the domai
     GRAPHICS_LISTEN,
     NAMESPACE,
     PREFIX,
+    ROSTER_NAMESPACE,
+    ROSTER_PREFIX,
     DomainXMLError,
     OwnerMark,
     parse_disk,
     parse_nic,
     parse_owner,
+    parse_roster,
     render_owner,
+    render_roster,
 )
 from reconciler.core.xmlproperty import WriteContext, find_all
 

@@ -445,11 +445,12 @@ class ForgetMovedVolume(Step):
 
 @dataclass(frozen=True)
 class RecordRoster(Step):
-    """Write ``hosts``, the fleet's Host names, into the mark of domain ``domain`` (``uuid``), changing nothing else.
+    """Write ``hosts``, the fleet's Host names, beside the mark of domain ``domain`` (``uuid``), changing nothing else.
 
-    Only the mark's ``hosts`` changes (libvirt's metadata call on the persistent definition,
-    no redefinition, no restart); the rest of the mark is read back at that moment, not
-    taken from the plan.
+    The roster is a metadata element of its own, written by libvirt's metadata call on the
+    persistent definition (no redefinition, no restart): the mark itself is never rewritten,
+    so a step writing it at the same moment (another VM's work, on another worker) loses
+    nothing.
     """
 
     kind: ClassVar[str] = "record_roster"

@@ -852,18 +852,12 @@ def _forget_moved_volume(source: hv.Hypervisor, hosts: Mapping[str, hv.Hyperviso
     destination = _peer(hosts, step.destination)
     destination.ensure_owned(step.domain, step.uuid)
     owner, _binding = domxml.mark_binding(domxml.parse_tree(destination.domain_xml(step.domain)))
-    if step.abandoned:
-        sent = model.Sending(step.source, step.pool, step.name)
-        if owner is None or sent not in owner.sending:
-            return "already forgotten"
-        destination.set_owner(step.domain, dataclasses.replace(
-            owner, sending=tuple(record for record in owner.sending if record != sent)))
-        return None
-    left = model.LeftBehind(step.source, step.pool, step.name)
-    if owner is None or left not in owner.left_behind:
+    kind, record = (("sending", model.Sending(step.source, step.pool, step.name)) if step.abandoned
+                    else ("left_behind", model.LeftBehind(step.source, step.pool, step.name)))
+    records = getattr(owner, kind) if owner is not None else ()
+    if record not in records:
         return "already forgotten"
-    destination.set_owner(step.domain, dataclasses.replace(
-        owner, left_behind=tuple(record for record in owner.left_behind if record != left)))
+    destination.set_owner(step.domain, dataclasses.replace(owner, **{kind: tuple(r for r in records if r != record)}))
     return None
 
 
@@ -874,7 +868,7 @@ def _record_roster(h: hv.Hypervisor, step: plans.RecordRoster, _cancel) -> str |
     owner, _binding = domxml.mark_binding(domxml.parse_tree(h.domain_xml(step.domain)))
     if owner is None or owner.roster == step.hosts:
         return "already recorded"
-    h.set_owner(step.domain, dataclasses.replace(owner, roster=step.hosts))
+    h.set_roster(step.domain, step.hosts)  # its own element: a mark written meanwhile by another step stays whole
     return None
 
 

@@ -11,6 +11,7 @@ defined and run, not what they run. (Migrations themselves: tests/e2e/test_migra
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -18,6 +19,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -87,15 +89,16 @@ class LabFleet:
         return found
 
 
-@pytest.fixture(scope="module")
-def lab_fleet(lab, tmp_path_factory):
-    """Return the session's three-host lab with Host manifests and a local pool declared, for this module's tests,
-    which build on each other; everything they made is removed from the lab afterwards."""
-    prefix = f"{lab.name}-f{uuid.uuid4().hex[:4]}"
+@contextlib.contextmanager
+def declared_fleet(lab: labs.Lab, directory: Path, tag: str, hosts: int | None = None) -> Iterator[LabFleet]:
+    """Yield the session lab's first ``hosts`` hosts (all by default) as a fleet declared in ``directory``: Host
+    manifests and a local pool, under a prefix of its own (``tag`` in it); everything made under that prefix is removed
+    from the lab afterwards, whatever happened."""
+    prefix = f"{lab.name}-{tag}{uuid.uuid4().hex[:4]}"
     try:
-        manifests = tmp_path_factory.mktemp("fleet") / "manifests"
+        manifests = directory / "manifests"
         manifests.mkdir()
-        world = LabFleet(lab, manifests, prefix)
+        world = LabFleet(lab, manifests, prefix, hosts=hosts)
         world.write_hosts()
         (manifests / "pool.yaml").write_text(yaml.safe_dump({
             "apiVersion": "kvmops/v1", "kind": "StoragePool", "metadata": {"name": world.pool},
@@ -103,6 +106,13 @@ def lab_fleet(lab, tmp_path_factory):
         yield world
     finally:
         labfleet.reset(lab, prefix)
+
+
+@pytest.fixture(scope="module")
+def lab_fleet(lab, tmp_path_factory):
+    """Return the session's three-host lab as a fleet for this module's tests, which build on each other."""
+    with declared_fleet(lab, tmp_path_factory.mktemp("fleet"), "f") as world:
+        yield world
 
 
 def planned_creations(plan_text: str, host: str) -> set[str]:

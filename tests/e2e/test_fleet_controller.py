@@ -15,14 +15,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 
 import pytest
 import yaml
 
 from reconciler.adapters import hypervisor as hv
-from tests.e2e import labfleet
-from tests.e2e.test_fleet import REPOSITORY, LabFleet
+from tests.e2e.test_fleet import REPOSITORY, declared_fleet
 
 pytestmark = pytest.mark.e2e
 
@@ -30,18 +28,8 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def two_host_fleet(lab, tmp_path):
     """Return h1 and h2 of the session's lab as a fleet for this test; what it made is removed afterwards."""
-    prefix = f"{lab.name}-c{uuid.uuid4().hex[:4]}"
-    try:
-        manifests = tmp_path / "manifests"
-        manifests.mkdir()
-        world = LabFleet(lab, manifests, prefix, hosts=2)
-        world.write_hosts()
-        (manifests / "pool.yaml").write_text(yaml.safe_dump({
-            "apiVersion": "kvmops/v1", "kind": "StoragePool", "metadata": {"name": world.pool},
-            "spec": {"path": f"/var/lib/libvirt/images/{world.pool}"}}), encoding="utf-8")
+    with declared_fleet(lab, tmp_path, "c", hosts=2) as world:
         yield world
-    finally:
-        labfleet.reset(lab, prefix)
 
 
 def free_port() -> int:

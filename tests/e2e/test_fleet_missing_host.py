@@ -9,33 +9,20 @@ next apply creates them on h1 and h2 (h3 stands for a host gone for good).
 
 from __future__ import annotations
 
-import uuid
 
 import pytest
-import yaml
 
 from reconciler.adapters import hypervisor as hv
 from reconciler.core import domxml
-from tests.e2e import labfleet
-from tests.e2e.test_fleet import LabFleet, every_vm_once, planned_creations
+from tests.e2e.test_fleet import LabFleet, declared_fleet, every_vm_once, planned_creations
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
 def lab_fleet(lab, tmp_path):
-    prefix = f"{lab.name}-m{uuid.uuid4().hex[:4]}"
-    try:
-        manifests = tmp_path / "manifests"
-        manifests.mkdir()
-        world = LabFleet(lab, manifests, prefix)
-        world.write_hosts()
-        (manifests / "pool.yaml").write_text(yaml.safe_dump({
-            "apiVersion": "kvmops/v1", "kind": "StoragePool", "metadata": {"name": world.pool},
-            "spec": {"path": f"/var/lib/libvirt/images/{world.pool}"}}), encoding="utf-8")
+    with declared_fleet(lab, tmp_path, "m") as world:
         yield world
-    finally:
-        labfleet.reset(lab, prefix)
 
 
 def on_host(world: LabFleet, name: str) -> dict[str, tuple[str, ...]]:

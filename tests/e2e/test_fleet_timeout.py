@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
 import yaml
@@ -26,8 +25,7 @@ from reconciler.core import fleet as fleets
 from reconciler.core import model
 from reconciler.runtime import deadlines, fleet_reconcile, reconcile
 
-from tests.e2e import labfleet
-from tests.e2e.test_fleet import REPOSITORY, LabFleet
+from tests.e2e.test_fleet import REPOSITORY, LabFleet, declared_fleet
 from tests.e2e.test_fleet_controller import eventually, free_port, running, status
 
 pytestmark = pytest.mark.e2e
@@ -39,20 +37,12 @@ SLACK = 20  # a command's start-up, and the other hosts' observation (TCG lab ho
 @pytest.fixture
 def fleet(lab, tmp_path):
     """Return the session's three lab hosts as a fleet; every host runs and is cleaned up afterwards."""
-    prefix = f"{lab.name}-t{uuid.uuid4().hex[:4]}"
-    try:
-        manifests = tmp_path / "manifests"
-        manifests.mkdir()
-        world = LabFleet(lab, manifests, prefix)
-        world.write_hosts()
-        (manifests / "pool.yaml").write_text(yaml.safe_dump({
-            "apiVersion": "kvmops/v1", "kind": "StoragePool", "metadata": {"name": world.pool},
-            "spec": {"path": f"/var/lib/libvirt/images/{world.pool}"}}), encoding="utf-8")
-        yield world
-    finally:
-        for host in lab.hosts:
-            host.resume_libvirtd()  # whatever happened: a stopped libvirtd would hang the cleanup
-        labfleet.reset(lab, prefix)
+    with declared_fleet(lab, tmp_path, "t") as world:
+        try:
+            yield world
+        finally:
+            for host in lab.hosts:
+                host.resume_libvirtd()  # whatever happened: a stopped libvirtd would hang the cleanup
 
 
 def timed(world: LabFleet, *argv: str) -> tuple[subprocess.CompletedProcess, float]:

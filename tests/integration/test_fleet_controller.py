@@ -99,12 +99,15 @@ def test_a_pass_woken_by_one_vms_event_looks_at_that_vm_and_lists_no_host(fleet,
     assert wait_until(lambda: placed(fleet) == ["web-1", "web-2", "web-3", "web-4"], 20)
     located = where(fleet)
     assert wait_until(lambda: all(running_on(fleet, h, vm) for vm, h in located.items()), 20)
-    assert wait_until(lambda: status(runner)["converged"], 20)
+    # One pass that looks at every Host after all the work above ended: a targeted pass takes the Hosts it does not
+    # refresh as last seen, and a look older than a VM's last execution would be refused and redone whole.
+    fleet.write_hosts()  # the same Hosts written again: a change to the manifests makes a pass look at every Host
+    assert wait_until(lambda: status(runner)["converged"] and status(runner)["last_pass"].get("observed") == "host", 20)
     listings = []
     for name, hypervisor in fleet.hypervisors.items():
         original = hypervisor.list_domains
-        monkeypatch.setattr(hypervisor, "list_domains", lambda original=original, name=name: (
-            listings.append(name), original())[1])
+        monkeypatch.setattr(hypervisor, "list_domains", lambda *args, original=original, name=name, **kwargs: (
+            listings.append(name), original(*args, **kwargs))[1])
 
     fleet.hypervisors[located["web-2"]].destroy_domain("web-2")  # by hand: listed by the test, before the patch
     assert wait_until(lambda: status(runner)["last_pass"].get("observed") == "vms", 20)
@@ -115,6 +118,21 @@ def test_a_pass_woken_by_one_vms_event_looks_at_that_vm_and_lists_no_host(fleet,
 
     assert listings == []
     assert status(runner)["last_pass"]["observed"] == "vms"
+
+
+def test_a_vm_destroyed_again_right_after_a_repair_is_repaired_again(fleet, running):  # noqa: F811
+    runner = running(resync_interval=600)
+    assert wait_until(lambda: placed(fleet) == ["web-1", "web-2", "web-3", "web-4"], 20)
+    located = where(fleet)
+    assert wait_until(lambda: all(running_on(fleet, h, vm) for vm, h in located.items()), 20)
+    fleet.write_hosts()
+    assert wait_until(lambda: status(runner)["converged"] and status(runner)["last_pass"].get("observed") == "host", 20)
+    host = located["web-2"]
+
+    for _ in range(2):  # the second repair's targeted pass sees the other Hosts only as they were before the first
+        fleet.hypervisors[host].destroy_domain("web-2")
+        assert wait_until(lambda: running_on(fleet, host, "web-2"), 20)
+    assert wait_until(lambda: status(runner)["converged"], 20)
 
 
 def test_a_host_that_comes_up_later_is_connected_on_its_own_and_converged(fleet, running, tmp_path):  # noqa: F811

@@ -222,3 +222,24 @@ def test_a_partial_copy_is_not_deleted_while_a_domain_there_uses_it(interrupted_
     assert outcome.status == "failed"
     assert hosts["h2"].volume_exists("default", "app-root")
     assert len(sending_recorded(hosts)) == 2
+
+
+def test_recording_the_roster_never_rewrites_the_mark_another_step_writes_at_that_moment(two_hosts, monkeypatch):
+    from reconciler.core import domxml
+
+    h1 = two_hosts["h1"]
+    read = h1.domain_xml
+
+    def read_then_another_writer(name: str, *args, **kwargs) -> str:
+        xml = read(name, *args, **kwargs)
+        owner = domxml.parse_owner(domxml.parse_tree(xml))
+        h1.set_owner(name, owner.__class__(**{**owner.__dict__, "digest": "sha256:written-meanwhile"}))
+        return xml
+    monkeypatch.setattr(h1, "domain_xml", read_then_another_writer)
+
+    outcome = run(two_hosts, plans.RecordRoster("app", UUID, ("h1", "h2")))
+
+    monkeypatch.undo()
+    assert outcome.status == "converged", outcome.error
+    after = domxml.parse_owner(domxml.parse_tree(h1.domain_xml("app")))
+    assert after.digest == "sha256:written-meanwhile" and after.roster == ("h1", "h2")

@@ -624,7 +624,10 @@ class FleetController(InternalErrors, StatusRoutes):
         def claim(key: str) -> bool:
             if not (key in keys or (full and self._queue.claim(key))):
                 return False
-            if self._subjects.start(key, observed_at, reasons.get(key, fallback)):
+            # A targeted pass took the Hosts it did not refresh as last seen: its look is as old as the oldest of
+            # them, so one that refuses a key as stale would refuse it again. Handed back as a resync, the key's
+            # next pass looks at every Host whole.
+            if self._subjects.start(key, observed_at, "resync" if targeted else reasons.get(key, fallback)):
                 return True
             dispatched.add(key)  # handed on (to the work holding its VM, or to a pass that sees it): not ours to release
             return False
