@@ -314,11 +314,9 @@ def plan_fleet(
                 plan, resources=(*plan.resources, *leaving[name]),
                 problems=(*plan.problems, *(p for migration in leaving[name] for p in migration.problems)),
             )
-        # Split brain is left alone; a mark another host's cleanup rewrites (ForgetMovedVolume) waits for the next pass.
+        # Split brain is left alone.
         record = roster_record(host, actual, fleet, roster, plan, untouched=frozenset(
-            {vm for vm in split_names if name in found.get(vm, ())}
-            | {step.domain for cleanup in cleanups for step in cleanup.resource.steps
-               if isinstance(step, plans.ForgetMovedVolume) and step.destination == name}))
+            vm for vm in split_names if name in found.get(vm, ())))
         if record is not None:
             plan = dataclasses.replace(plan, resources=(*plan.resources, record))
         evacuated = {move.vm: move for move in placed.moves if move.destination == name and move.source in dead}
@@ -351,11 +349,10 @@ def roster_record(
     """Return the resource that records ``roster`` in the marks of the fleet's domains on ``host`` holding another one.
 
     One resource per host (one line in the plan however many VMs), a
-    :class:`~reconciler.core.plan.RecordRoster` step per domain: only the mark's ``hosts``
-    changes, nothing restarts. A domain whose own resource in ``plan`` writes its mark
-    (defines, migrates or removes it) is left to that resource, which writes the roster
-    too, so two writers never race on one mark; ``untouched`` (split brain) is not changed
-    at all. None: every mark is current.
+    :class:`~reconciler.core.plan.RecordRoster` step per domain: only the roster beside the
+    mark changes, nothing restarts. A domain whose own resource in ``plan`` defines,
+    migrates or removes it is left to that resource, whose definition carries the roster;
+    ``untouched`` (split brain) is not changed at all. None: every roster is current.
     """
     rewritten = {step.name for r in plan.resources for step in r.steps if isinstance(step, _MARK_WRITERS)}
     steps, before = [], set()

@@ -32,6 +32,18 @@ def two_host_fleet(lab, tmp_path):
         yield world
 
 
+def stop(controller: subprocess.Popen) -> str:
+    """Stop ``controller`` as systemd would (SIGTERM, SIGKILL after 60 s) and return its log, printed (shown on failure)."""
+    controller.send_signal(signal.SIGTERM)
+    try:
+        _out, err = controller.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        controller.kill()
+        _out, err = controller.communicate()
+    print(err[-6000:])
+    return err
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -93,13 +105,7 @@ def test_the_controller_reconnects_to_a_restarted_libvirtd_and_converges_that_ho
         assert running(world, "h2", second)
         assert sorted(vm for vms in world.domains().values() for vm in vms) == [world.vm(i) for i in range(1, 5)]
     finally:
-        controller.send_signal(signal.SIGTERM)
-        try:
-            _out, err = controller.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            controller.kill()
-            _out, err = controller.communicate()
-        print(err[-6000:])  # shown when the test fails
+        err = stop(controller)
     assert controller.returncode == 0, err[-3000:]
     events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert any(e["event"] == "host_connected" and e.get("host") == "h2" and e.get("reconnected") for e in events)

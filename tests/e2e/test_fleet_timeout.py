@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from reconciler.core import model
 from reconciler.runtime import deadlines, fleet_reconcile, reconcile
 
 from tests.e2e.test_fleet import REPOSITORY, LabFleet, declared_fleet
-from tests.e2e.test_fleet_controller import eventually, free_port, running, status
+from tests.e2e.test_fleet_controller import eventually, free_port, running, status, stop
 
 pytestmark = pytest.mark.e2e
 
@@ -148,13 +147,7 @@ def test_the_controller_goes_on_converging_the_others_while_a_libvirtd_is_stoppe
     try:
         assert eventually(lambda: status(port)["converged"] is True, 90), status(port)
     finally:
-        controller.send_signal(signal.SIGTERM)
-        try:
-            _out, err = controller.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            controller.kill()
-            _out, err = controller.communicate()
-        print(err[-6000:])  # shown when the test fails
+        err = stop(controller)
     assert controller.returncode == 0, err[-3000:]
 
 
