@@ -56,6 +56,10 @@ _AUTH_HINT = (
     "and that this user may use libvirtd (group libvirt, polkit rules)"
 )
 _RETRYABLE_CODES = {libvirt.VIR_ERR_OPERATION_TIMEOUT, libvirt.VIR_ERR_AGENT_UNRESPONSIVE, libvirt.VIR_ERR_RESOURCE_BUSY}
+# A system call of libvirtd's that failed with EAGAIN: e.g. "failed to load cgroup BPF prog"
+# when a signal reached libvirtd while the kernel verified the program. Trying again helps.
+_TRANSIENT_WORDS = ("Resource temporarily unavailable",)
+START_ATTEMPTS = 3
 _NOT_FOUND_CODES = {
     libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_STORAGE_POOL, libvirt.VIR_ERR_NO_STORAGE_VOL,
     libvirt.VIR_ERR_NO_NETWORK,
@@ -213,7 +217,7 @@ def translate(exc: libvirt.libvirtError, what: str, *, connected: bool = True) -
         if connected:
             message = redaction.redact_text(f"{what}: the connection to libvirtd was lost ({detail})")
         return errors.ConnectionLost(message, code=code)
-    if code in _RETRYABLE_CODES:
+    if code in _RETRYABLE_CODES or detail.endswith(_TRANSIENT_WORDS):
         return errors.RetryableHypervisorError(message, code=code)
     if code in _NOT_FOUND_CODES:
         return errors.ObjectNotFound(message, code=code)
@@ -819,7 +823,18 @@ class Hypervisor:
             if domain.isActive():
                 return False
             try:
-                domain.create()
+                for attempt in range(1, START_ATTEMPTS + 1):
+                    try:
+                        domain.create()
+                        break
+                    except libvirt.libvirtError as exc:
+                        if domain.isActive():
+                            break  # it started after all
+                        # a start that failed left the domain off: starting again is safe
+                        transient = type(translate(exc, "")) is errors.RetryableHypervisorError
+                        if not transient or attempt == START_ATTEMPTS:
+                            raise
+                        time.sleep(0.2 * attempt)
             except libvirt.libvirtError as exc:
                 error = translate(exc, f"cannot start domain {name}")
                 unreadable = re.search(r"Could not open '([^']+)': Permission denied", str(error))

@@ -48,3 +48,14 @@ def test_a_refused_login_on_an_open_connection_is_not_a_lost_connection(tmp_path
 
     assert isinstance(error, errors.AuthenticationFailed)
     assert "connection to libvirtd was lost" not in str(error)
+
+
+def test_a_call_libvirtd_failed_with_eagain_is_retryable_and_anything_else_it_refused_is_terminal():
+    """libvirtd's "failed to load cgroup BPF prog: Resource temporarily unavailable" (a signal during the kernel's
+    check of the program) passes on a second start; an error of the request itself never does."""
+    libvirt.virResetLastError()
+    transient = libvirt.libvirtError("failed to load cgroup BPF prog: Resource temporarily unavailable")
+    refused = libvirt.libvirtError("unsupported configuration: domain type 'kvm' is not available")
+
+    assert hv.translate(transient, "cannot start domain web").retryable
+    assert not hv.translate(refused, "cannot start domain web").retryable
