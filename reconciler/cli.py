@@ -829,7 +829,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         desired = _load(args.path)
         if desired.is_fleet:
             _check_fleet_args(args, desired)
-            found = doctor.fleet_checks(desired, only_host=args.host, settings=command_settings.scoped(args.scope))
+            found = doctor.fleet_checks(desired, only_host=args.host, settings=command_settings.scoped(args.scope),
+                                        host_timeout=_host_timeout(args))
             sys.stdout.write(report.fleet_checks_text(found))
             return EXIT_ERROR if found.failed else EXIT_OK
     _refuse_fleet_options(args)

@@ -21,7 +21,7 @@ from reconciler.adapters import hypervisor as hv
 from reconciler.core import fleet, model, planner
 from reconciler.core import policy as policies
 from reconciler.core.quantity import format_bytes_approx
-from reconciler.runtime import observe, reconcile
+from reconciler.runtime import deadlines, observe, reconcile
 
 
 @dataclass(frozen=True)
@@ -243,31 +243,61 @@ class FleetChecks:
         return len(self.problems) + sum(1 for checks in self.by_host.values() for c in checks if c.ok is False)
 
 
-def fleet_checks(desired: model.DesiredState, *, only_host: str | None, settings: planner.Settings) -> FleetChecks:
-    """Check every Host (``only_host``: that one) against the share of the manifests the fleet plan gives it."""
+def fleet_checks(desired: model.DesiredState, *, only_host: str | None, settings: planner.Settings,
+                 host_timeout: float = deadlines.DEFAULT_HOST_TIMEOUT) -> FleetChecks:
+    """Check every Host (``only_host``: that one) against the share of the manifests the fleet plan gives it.
+
+    Each Host is checked side by side and gets ``host_timeout`` seconds, twice: to be
+    connected to and observed, then to have the manifests' share checked against it. A
+    Host that does not answer in time fails its ``libvirtd`` check, and the others are
+    checked on time.
+    """
     observed: dict[str, object] = {}
     by_host: dict[str, list[Check]] = {}
     opened: dict[str, hv.Hypervisor] = {}
+    hosts = {name: spec for name, spec in sorted(desired.hosts.items()) if only_host is None or name == only_host}
+
+    def look(spec: model.HostSpec) -> tuple[list[Check], hv.Hypervisor | None, object | None]:
+        checks = host_checks() if is_local(spec.uri) and not spec.uri.startswith("test:") else []
+        found, hypervisor = libvirt_checks(spec.uri)
+        if hypervisor is None:
+            return checks + found, None, None
+        try:
+            return checks + found, hypervisor, observe.observe(hypervisor)
+        except errors.KvmopsError as exc:
+            return [*checks, *found, Check("libvirtd", False, str(exc))], hypervisor, None
+
+    def close_late(answer: tuple[list[Check], hv.Hypervisor | None, object | None]) -> None:
+        if answer[1] is not None:
+            answer[1].close()
+
+    answers = deadlines.call_each({name: (lambda spec=spec: look(spec)) for name, spec in hosts.items()},
+                                  timeout=host_timeout, what="being checked", late=close_late)
     try:
-        for name, spec in sorted(desired.hosts.items()):
-            if only_host is not None and name != only_host:
+        for name, answer in answers.items():
+            if isinstance(answer, errors.KvmopsError):
+                by_host[name] = [Check("libvirtd", False, str(answer))]
                 continue
-            checks = host_checks() if is_local(spec.uri) and not spec.uri.startswith("test:") else []
-            found, hypervisor = libvirt_checks(spec.uri)
-            by_host[name] = checks + found
+            by_host[name], hypervisor, observation = answer
             if hypervisor is not None:
                 opened[name] = hypervisor
-                try:
-                    observed[name] = observe.observe(hypervisor)
-                except errors.KvmopsError as exc:
-                    by_host[name].append(Check("libvirtd", False, str(exc)))
-        if opened:
+            if observation is not None:
+                observed[name] = observation
+        if observed:
             plan = fleet.plan_fleet(desired, observed, settings)
-            for host in plan.hosts:
-                if host.host in opened and host.host in observed:
-                    share = fleet.host_share(desired, desired.hosts[host.host], host.vms)
-                    by_host[host.host] += manifest_checks(share, opened[host.host], observed[host.host])
+            shares = {host.host: fleet.host_share(desired, desired.hosts[host.host], host.vms)
+                      for host in plan.hosts if host.host in opened and host.host in observed}
+            checked = deadlines.call_each(
+                {name: (lambda name=name, share=share: manifest_checks(share, opened[name], observed[name]))
+                 for name, share in shares.items()},
+                timeout=host_timeout, what="having the manifests checked against it")
+            for name, answer in checked.items():
+                if isinstance(answer, errors.KvmopsError):
+                    by_host[name].append(Check("libvirtd", False, str(answer)))
+                    opened.pop(name)  # still busy: closing it would wait for the Host as well
+                else:
+                    by_host[name] += answer
     finally:
-        for hypervisor in opened.values():
-            hypervisor.close()
+        for name, hypervisor in opened.items():
+            deadlines.close_within(hypervisor.close, host_timeout)
     return FleetChecks(tuple(desired.problems), by_host, {name: desired.hosts[name].uri for name in by_host})

@@ -737,3 +737,34 @@ def test_a_vm_moving_elsewhere_carries_the_record_of_a_partial_copy_on_a_third_h
     (migration,) = result.migrations
     owner = domxml.parse_owner(domxml.parse_tree(migration.steps[0].xml))
     assert owner.sending == (third,)
+
+
+def fleet_marked(state: model.DesiredState, vm: str, roster: tuple[str, ...]) -> model.ObservedDomain:
+    """Return ``vm`` as a fleet left it on host a, its marks naming the fleet's Hosts ``roster``."""
+    domain = running_on("a", state.vms[vm])
+    definition = dataclasses.replace(domain.definition, owner=dataclasses.replace(domain.definition.owner, roster=roster))
+    return dataclasses.replace(domain, definition=definition, xml=domxml.render(definition))
+
+
+def test_manifests_without_hosts_plan_nothing_where_a_fleet_placed_vms_and_its_other_hosts_are_unseen():
+    fleet_state = manifests(vm_yaml("web", where="{host: a}"), vm_yaml("db", where="{host: b}"))
+    alone = desired.build(builders.manifest_set({"pools.yaml": POOLS, "vms/web.yaml": vm_yaml("web"),
+                                                 "vms/db.yaml": vm_yaml("db")}))
+    assert not alone.is_fleet
+
+    plan = planner.plan_changes(alone, host_state(fleet_marked(fleet_state, "web", ("a", "b")), state=fleet_state))
+
+    assert plan.resources == () and plan.prune_suspended
+    (problem,) = plan.problems
+    assert "placed by fleet default (on Host a: web)" in problem.message and "forget-host" in problem.message
+
+
+def test_a_host_the_fleet_left_alone_in_its_roster_may_run_on_its_own():
+    fleet_state = manifests(vm_yaml("web", where="{host: a}"))
+    alone = desired.build(builders.manifest_set({"pools.yaml": POOLS, "vms/web.yaml": vm_yaml("web")}))
+
+    plan = planner.plan_changes(alone, host_state(fleet_marked(fleet_state, "web", ("a",)), state=fleet_state))
+
+    assert plan.problems == ()
+    (web,) = [r for r in plan.changes if r.kind == "VirtualMachine"]
+    assert web.actions == (plans.Action.UPDATE,) and "metadata.host" in [c.path for c in web.changes]

@@ -50,6 +50,9 @@ def plan_changes(
     desired: model.DesiredState, actual: model.ActualState, *, settings: Settings = Settings()
 ) -> plans.Plan:
     """Return the plan that converges ``actual`` on ``desired``."""
+    placed = _placed_by_a_fleet(actual, settings)
+    if placed is not None:
+        return placed
     problems = list(desired.problems)
     resources: list[plans.ResourcePlan] = []
 
@@ -124,4 +127,37 @@ def plan_changes(
         ),
         declared=(("VirtualMachine", len(desired.vms)), ("StoragePool", len(desired.pools)),
                   ("Network", len(desired.networks)), ("Image", len(desired.images))),
+    )
+
+
+def _placed_by_a_fleet(actual: model.ActualState, settings: Settings) -> plans.Plan | None:
+    """Return the plan that does nothing, outside a fleet, on a host where a fleet of this scope placed VMs; else None.
+
+    Manifests that declare no Host, on a host whose marks say a fleet placed its VMs here
+    and name other Hosts of that fleet (its roster): the Host manifests were removed (or a
+    file holding them was read half written). Those hosts cannot be seen from here, so a
+    VM of theirs created here would run twice, and this host's own VMs would lose their
+    fleet's marks. Nothing is planned. Once ``forget-host`` has left this host alone in the
+    roster, the host may leave the fleet: its VMs' marks are rewritten as single-host ones.
+    """
+    if settings.fleet:
+        return None
+    placed = sorted((name, d.definition.owner) for name, d in actual.domains.items()
+                    if d.owned and d.definition is not None and d.definition.owner is not None
+                    and d.definition.owner.fleet and scope_of(d) == settings.scope)
+    here = {owner.host for _name, owner in placed}
+    if not placed or not {host for _name, owner in placed for host in owner.roster} - here:
+        return None  # the fleet's roster names this host alone (the others forgotten): it may run on its own
+    names = ", ".join(name for name, _owner in placed[:5]) + (f" and {len(placed) - 5} more" if len(placed) > 5 else "")
+    owner = placed[0][1]
+    message = (
+        f"VMs here were placed by fleet {owner.fleet} (on Host {owner.host}: {names}), but these manifests declare no "
+        "Host: kvmops cannot see the fleet's other hosts, and a VM of theirs created here would run twice. Nothing is "
+        "planned on this host. Restore the Host manifests; to run this host on its own, keep its Host manifest as the "
+        "fleet's only Host and run `kvmops forget-host` for each of the others"
+    )
+    return plans.Plan(
+        uri=actual.host.uri, resources=(), problems=(model.Problem(".", None, "", message),),
+        prune_suspended=message, kept=tuple(name for name, _owner in placed),
+        foreign=tuple(name for name, d in sorted(actual.domains.items()) if not d.owned),
     )
