@@ -58,6 +58,18 @@ def status(runner: FleetController) -> dict:
         return json.loads(response.read())
 
 
+def settled(world: Fleet, runner: FleetController) -> dict[str, str]:
+    """Wait until the four web VMs run where they were placed and a pass that looked at every Host after all that
+    work found nothing to do; return where each runs. (A targeted pass takes the Hosts it does not refresh as last
+    seen: a look older than a VM's last work would be refused and redone whole.)"""
+    assert wait_until(lambda: placed(world) == ["web-1", "web-2", "web-3", "web-4"], 20)
+    located = where(world)
+    assert wait_until(lambda: all(running_on(world, h, vm) for vm, h in located.items()), 20)
+    look_at_every_host(world)
+    assert wait_until(lambda: status(runner)["converged"] and status(runner)["last_pass"].get("observed") == "host", 20)
+    return located
+
+
 def look_at_every_host(world: Fleet) -> None:
     """Make the controller's next pass look at every Host whole: the Host manifests written again, the same, at once
     (a rename: a file seen half written, without its Hosts, would switch the controller to single-host mode)."""
@@ -106,13 +118,7 @@ def test_a_vm_destroyed_by_hand_is_started_again(fleet, running):  # noqa: F811
 
 def test_a_pass_woken_by_one_vms_event_looks_at_that_vm_and_lists_no_host(fleet, running, monkeypatch):  # noqa: F811
     runner = running(resync_interval=600)
-    assert wait_until(lambda: placed(fleet) == ["web-1", "web-2", "web-3", "web-4"], 20)
-    located = where(fleet)
-    assert wait_until(lambda: all(running_on(fleet, h, vm) for vm, h in located.items()), 20)
-    # One pass that looks at every Host after all the work above ended: a targeted pass takes the Hosts it does not
-    # refresh as last seen, and a look older than a VM's last execution would be refused and redone whole.
-    look_at_every_host(fleet)
-    assert wait_until(lambda: status(runner)["converged"] and status(runner)["last_pass"].get("observed") == "host", 20)
+    located = settled(fleet, runner)
     listings = []
     for name, hypervisor in fleet.hypervisors.items():
         original = hypervisor.list_domains
@@ -132,12 +138,7 @@ def test_a_pass_woken_by_one_vms_event_looks_at_that_vm_and_lists_no_host(fleet,
 
 def test_a_vm_destroyed_again_right_after_a_repair_is_repaired_again(fleet, running):  # noqa: F811
     runner = running(resync_interval=600)
-    assert wait_until(lambda: placed(fleet) == ["web-1", "web-2", "web-3", "web-4"], 20)
-    located = where(fleet)
-    assert wait_until(lambda: all(running_on(fleet, h, vm) for vm, h in located.items()), 20)
-    look_at_every_host(fleet)
-    assert wait_until(lambda: status(runner)["converged"] and status(runner)["last_pass"].get("observed") == "host", 20)
-    host = located["web-2"]
+    host = settled(fleet, runner)["web-2"]
 
     for _ in range(2):  # the second repair's targeted pass sees the other Hosts only as they were before the first
         fleet.hypervisors[host].destroy_domain("web-2")
