@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 import structlog
 
 from reconciler import errors, logconfig
-from reconciler.adapters import git as gitcli
 from reconciler.adapters import hypervisor as hv
 from reconciler.adapters import systemd, watcher
 from reconciler.adapters.statusserver import StatusServer
@@ -52,7 +51,7 @@ from reconciler.runtime import deadlines, execute, fleet_reconcile, gitsource, m
 from reconciler.runtime.controller.debounce import Debouncer
 from reconciler.runtime.controller.git_follower import GitFollower
 from reconciler.runtime.controller.hostlock_keeper import HostLockKeeper
-from reconciler.runtime.controller.loop import finish_in_flight
+from reconciler.runtime.controller.lifecycle import ControllerLifecycle
 from reconciler.runtime.controller.settings import ControllerSettings
 from reconciler.runtime.controller.status import InternalErrors, StatusRoutes, now
 from reconciler.runtime.controller.subjects import SubjectLedger
@@ -99,8 +98,10 @@ class HostLink:
         return self.hypervisor is not None and not self.closed
 
 
-class FleetController(InternalErrors, StatusRoutes):
+class FleetController(ControllerLifecycle, InternalErrors, StatusRoutes):
     """Converge every Host of the fleet (or only ``host``'s share) until stopped, or until the Hosts are gone."""
+
+    _log = log
 
     def __init__(self, settings: ControllerSettings, *, host: str | None = None,
                  notifier: systemd.Notifier | None = None,
@@ -153,37 +154,6 @@ class FleetController(InternalErrors, StatusRoutes):
         ) if source is not None else None
         self.switch_to: str | None = None  # "single" once the manifests declare no Host: run() returns to switch
         self.passes = 0
-
-    # -- control from outside ---------------------------------------------------------
-
-    def request_stop(self) -> None:
-        """Start no new pass or step, finish the steps in progress and return from :meth:`run`."""
-        self._stop.set()
-        self._cancel.set()
-        self._queue.close()
-
-    def request_reload(self) -> None:
-        """Re-read the configuration before the next pass (SIGHUP), then plan the whole fleet."""
-        self._reload_requested.set()
-        self._wake(FULL, "reload")
-
-    def request_switch(self, mode: str, reason: str) -> None:
-        """Start no new pass, let the steps in progress finish, and return from :meth:`run` with ``switch_to`` set."""
-        if self.switch_to is None:
-            log.info("controller_switching", to=mode, reason=reason, in_flight=len(self._futures))
-        self.switch_to = mode
-        self._stop.set()
-        self._queue.close()
-
-    @property
-    def source(self) -> gitsource.GitSource | None:
-        """Return the git source followed, to hand over to the next controller when the mode switches."""
-        return self._source
-
-    @property
-    def listen_address(self) -> str | None:
-        """Return the address the HTTP listener is bound to, if any."""
-        return self._server.address if self._server is not None else None
 
     def status_document(self) -> dict:
         """Return what ``/status`` serves: the fleet, per Host its connection and VMs."""
@@ -284,12 +254,6 @@ class FleetController(InternalErrors, StatusRoutes):
             self._wake(FULL, "resync")
         if keys:
             self._pass(keys)
-
-    def _wake(self, key: str, source: str) -> None:
-        with self._reasons_lock:
-            self._reasons.setdefault(key, set()).add(source)
-        self.metrics.inc("kvmops_wakeups_total", source=source)
-        self._queue.add(key)
 
     def _take_reason(self, key: str) -> str:
         """Return why ``key`` was woken: drift (libvirt, reconnect, resync) wins over a manifest change."""
@@ -425,20 +389,6 @@ class FleetController(InternalErrors, StatusRoutes):
         if link.connecting and time.monotonic() - link.connect_began >= timeout:
             return str(deadlines.timed_out(link.name, timeout, "being connected to"))
         return link.error
-
-    # -- manifest sources ---------------------------------------------------------------
-
-    def _manifest_path(self) -> str | None:
-        if self._source is not None:
-            return str(self._source.manifests) if self._source.manifests else None
-        return self.settings.path
-
-    def _revision(self, reasons: set[str]) -> str:
-        if self._source is not None:
-            return self._source.applied or ""
-        if self._directory_revision is None or reasons - {"libvirt", "retry"}:
-            self._directory_revision = gitcli.describe(self.settings.path)
-        return self._directory_revision
 
     # -- one pass -----------------------------------------------------------------------
 
@@ -842,45 +792,11 @@ class FleetController(InternalErrors, StatusRoutes):
         else:
             self._notifier.status(summary[:200])
 
-    # -- reload and shutdown ------------------------------------------------------------
-
-    def _reload(self) -> None:
-        if self._reload_settings is None:
-            log.info("reload_ignored", reason="no configuration file")
-            return
-        try:
-            settings = self._reload_settings()
-        except errors.KvmopsError as exc:
-            log.error("reload_failed", error=str(exc), kept="previous configuration")
-            return
-        kept = [name for name in ("uri", "listen", "listen_token_file", "listen_insecure", "workers", "state_dir")
-                if getattr(settings, name) != getattr(self.settings, name)]
-        if kept:
-            log.warning("reload_needs_restart", settings=kept)
-            settings = dataclasses.replace(settings, **{name: getattr(self.settings, name) for name in kept})
-        self.settings = settings
-        log.info("configuration_reloaded", manifests=settings.path or None, resync_interval=settings.resync_interval)
-
-    def _shutdown(self) -> None:
-        switching = self.switch_to is not None and not self._cancel.is_set()
-        if not switching:
-            self._notifier.stopping()
-            self._cancel.set()
-        log.info("controller_stopping", in_flight=len(self._futures), switching_to=self.switch_to)
-        self._queue.close()
-        self._debouncer.cancel()
-        unfinished = finish_in_flight(self._futures, self._cancel, self.settings.termination_grace)
-        if self._watcher is not None:
-            self._watcher.stop()
-        if self._server is not None:
-            self._server.stop()
+    def _close_connections(self) -> None:
         with self._links_lock:
             for link in self._links.values():
                 self._retire(link)
             self._links.clear()
-        if self._git_follower is not None:
-            self._git_follower.join(timeout=self.settings.termination_grace)
-        log.info("controller_stopped", unfinished=unfinished)
 
 
 def is_fleet(path: str) -> bool:
@@ -888,4 +804,3 @@ def is_fleet(path: str) -> bool:
     with contextlib.suppress(errors.KvmopsError):
         return reconcile.load_desired(path).is_fleet
     return False
-

@@ -43,7 +43,6 @@ from pathlib import Path
 import structlog
 
 from reconciler import errors, logconfig
-from reconciler.adapters import git as gitcli
 from reconciler.adapters import hypervisor as hv
 from reconciler.adapters import systemd, watcher
 from reconciler.adapters.statusserver import StatusServer
@@ -54,6 +53,7 @@ from reconciler.runtime import execute, gitsource, metrics, observe, reconcile, 
 from reconciler.runtime.controller.debounce import Debouncer
 from reconciler.runtime.controller.git_follower import GitFollower
 from reconciler.runtime.controller.hostlock_keeper import HostLockKeeper
+from reconciler.runtime.controller.lifecycle import ControllerLifecycle, finish_in_flight  # noqa: F401  (re-exported)
 from reconciler.runtime.controller.settings import ControllerSettings
 from reconciler.runtime.controller.status import ControllerStatus, now
 from reconciler.runtime.controller.subjects import SubjectLedger
@@ -62,8 +62,10 @@ from reconciler.runtime.controller.timers import LoopTimers, next_resync
 log = logconfig.get_logger("kvmops.controller")
 
 
-class Controller(ControllerStatus):
+class Controller(ControllerLifecycle, ControllerStatus):
     """Converge ``settings.uri`` on the manifests at ``settings.path`` until stopped."""
+
+    _log = log
 
     def __init__(
         self,
@@ -119,37 +121,6 @@ class Controller(ControllerStatus):
         # until that part runs cleanly again.  None of them stops the controller.
         self._internal_errors: dict[str, dict] = {}
         self._loop_backoff = 0.0
-
-    # -- control from outside (signal handlers, tests) ----------------------------------
-
-    def request_stop(self) -> None:
-        """Finish the steps in progress and return from :meth:`run`."""
-        self._stop.set()
-        self._cancel.set()
-        self._queue.close()
-
-    def request_switch(self, mode: str, reason: str) -> None:
-        """Start no new pass, let the steps in progress finish, and return from :meth:`run` with ``switch_to`` set."""
-        if self.switch_to is None:
-            log.info("controller_switching", to=mode, reason=reason, in_flight=len(self._futures))
-        self.switch_to = mode
-        self._stop.set()
-        self._queue.close()
-
-    def request_reload(self) -> None:
-        """Re-read the configuration before the next pass (SIGHUP)."""
-        self._reload_requested.set()
-        self._wake(workqueue.EVERYTHING, "reload")
-
-    @property
-    def source(self) -> gitsource.GitSource | None:
-        """Return the git source followed, to hand over to the next controller when the mode switches."""
-        return self._source
-
-    @property
-    def listen_address(self) -> str | None:
-        """Return the address the HTTP listener is bound to, if any."""
-        return self._server.address if self._server is not None else None
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -240,12 +211,6 @@ class Controller(ControllerStatus):
     def _next_resync(self) -> float:
         return next_resync(self.settings.resync_interval)
 
-    def _wake(self, key: str, source: str) -> None:
-        with self._reasons_lock:
-            self._reasons.setdefault(key, set()).add(source)
-        self.metrics.inc("kvmops_wakeups_total", source=source)
-        self._queue.add(key)
-
     def _take_reason(self, key: str) -> str:
         """Return why ``key`` was woken: drift (libvirt, resync, reconnect) wins over a manifest change."""
         with self._reasons_lock:
@@ -301,19 +266,6 @@ class Controller(ControllerStatus):
             self._recovered("events")
 
     # -- manifest sources ---------------------------------------------------------------
-
-    def _manifest_path(self) -> str | None:
-        if self._source is not None:
-            return str(self._source.manifests) if self._source.manifests else None
-        return self.settings.path
-
-    def _revision(self, reasons: set[str]) -> str:
-        """Return the manifests' git revision; a directory's is asked of git only when the files may have changed."""
-        if self._source is not None:
-            return self._source.applied or ""
-        if self._directory_revision is None or reasons - {"libvirt", "retry"}:
-            self._directory_revision = gitcli.describe(self.settings.path)
-        return self._directory_revision
 
     def _ensure_watcher(self) -> None:
         if self._source is not None:
@@ -557,60 +509,8 @@ class Controller(ControllerStatus):
             finally:
                 self._subjects.end(resource.key)  # whatever happened above, the key must not stay in flight forever
         return ok
-    # -- reload and shutdown ------------------------------------------------------------
 
-    def _reload(self) -> None:
-        if self._reload_settings is None:
-            log.info("reload_ignored", reason="no configuration file")
-            return
-        try:
-            settings = self._reload_settings()
-        except errors.KvmopsError as exc:
-            log.error("reload_failed", error=str(exc), kept="previous configuration")
-            return
-        kept = [name for name in ("uri", "listen", "listen_token_file", "listen_insecure", "workers", "state_dir")
-                if getattr(settings, name) != getattr(self.settings, name)]
-        if kept:
-            log.warning("reload_needs_restart", settings=kept)
-            settings = dataclasses.replace(settings, **{name: getattr(self.settings, name) for name in kept})
-        self.settings = settings
-        log.info("configuration_reloaded", manifests=settings.path, resync_interval=settings.resync_interval)
-
-    def _shutdown(self) -> None:
-        switching = self.switch_to is not None and not self._cancel.is_set()
-        if not switching:
-            self._notifier.stopping()
-            self._cancel.set()
-        log.info("controller_stopping", in_flight=len(self._futures), switching_to=self.switch_to)
-        self._queue.close()
-        self._debouncer.cancel()
-        unfinished = finish_in_flight(self._futures, self._cancel, self.settings.termination_grace)
+    def _close_connections(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
-        if self._watcher is not None:
-            self._watcher.stop()
-        if self._server is not None:
-            self._server.stop()
         if self._hypervisor is not None:
             self._hypervisor.close()
-        if self._git_follower is not None:
-            self._git_follower.join(timeout=self.settings.termination_grace)
-        log.info("controller_stopped", unfinished=unfinished)
-
-
-def finish_in_flight(futures: set[Future], cancel: threading.Event, grace: float) -> int:
-    """Wait for ``futures``; return how many are still running.
-
-    While ``cancel`` is set (a stop), wait at most ``grace`` seconds; otherwise (a switch of
-    mode) wait until they end, or until ``cancel`` is set and then ``grace`` more seconds.
-    """
-    deadline = time.monotonic() + grace if cancel.is_set() else None
-    for future in list(futures):
-        while not future.done():
-            if deadline is None and cancel.is_set():
-                deadline = time.monotonic() + grace  # a SIGTERM during a switch
-            remaining = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
-            if remaining <= 0:
-                break
-            with contextlib.suppress(Exception):
-                future.result(timeout=remaining)
-    return sum(1 for f in futures if not f.done())

@@ -1,0 +1,139 @@
+"""What both controllers do alike from outside and at the edges of their life: stop, switch, reload, wake, shut down.
+
+:class:`ControllerLifecycle` is a part of :class:`~reconciler.runtime.controller.Controller`
+and of :class:`~reconciler.runtime.controller.fleet_loop.FleetController`, as
+:mod:`.status` is. It needs the attributes both set up alike (``settings``, ``_stop``,
+``_cancel``, ``_queue``, ``_reasons``, ``_reasons_lock``, ``_futures``, ``_source``,
+``_server``, ``_watcher``, ``_debouncer``, ``_git_follower``, ``_notifier``,
+``_reload_settings``, ``_reload_requested``, ``_directory_revision``, ``switch_to``,
+``metrics``), ``_log`` (the controller's logger), and ``_close_connections()``: what
+each holds open to libvirt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+import time
+from concurrent.futures import Future
+
+from reconciler import errors
+from reconciler.adapters import git as gitcli
+from reconciler.runtime import gitsource, workqueue
+
+
+class ControllerLifecycle:
+    """Stopping, switching mode, reloading the configuration, waking keys and shutting down, for both controllers."""
+
+    # -- control from outside (signal handlers, the mode switch, tests) -----------------
+
+    def request_stop(self) -> None:
+        """Start no new pass or step, finish the steps in progress and return from :meth:`run`."""
+        self._stop.set()
+        self._cancel.set()
+        self._queue.close()
+
+    def request_switch(self, mode: str, reason: str) -> None:
+        """Start no new pass, let the steps in progress finish, and return from :meth:`run` with ``switch_to`` set."""
+        if self.switch_to is None:
+            self._log.info("controller_switching", to=mode, reason=reason, in_flight=len(self._futures))
+        self.switch_to = mode
+        self._stop.set()
+        self._queue.close()
+
+    def request_reload(self) -> None:
+        """Re-read the configuration before the next pass (SIGHUP), then plan everything."""
+        self._reload_requested.set()
+        self._wake(workqueue.EVERYTHING, "reload")
+
+    @property
+    def source(self) -> gitsource.GitSource | None:
+        """Return the git source followed, to hand over to the next controller when the mode switches."""
+        return self._source
+
+    @property
+    def listen_address(self) -> str | None:
+        """Return the address the HTTP listener is bound to, if any."""
+        return self._server.address if self._server is not None else None
+
+    # -- keys and manifests -------------------------------------------------------------
+
+    def _wake(self, key: str, source: str) -> None:
+        with self._reasons_lock:
+            self._reasons.setdefault(key, set()).add(source)
+        self.metrics.inc("kvmops_wakeups_total", source=source)
+        self._queue.add(key)
+
+    def _manifest_path(self) -> str | None:
+        if self._source is not None:
+            return str(self._source.manifests) if self._source.manifests else None
+        return self.settings.path
+
+    def _revision(self, reasons: set[str]) -> str:
+        """Return the manifests' git revision; a directory's is asked of git only when the files may have changed."""
+        if self._source is not None:
+            return self._source.applied or ""
+        if self._directory_revision is None or reasons - {"libvirt", "retry"}:
+            self._directory_revision = gitcli.describe(self.settings.path)
+        return self._directory_revision
+
+    # -- reload and shutdown ------------------------------------------------------------
+
+    def _reload(self) -> None:
+        if self._reload_settings is None:
+            self._log.info("reload_ignored", reason="no configuration file")
+            return
+        try:
+            settings = self._reload_settings()
+        except errors.KvmopsError as exc:
+            self._log.error("reload_failed", error=str(exc), kept="previous configuration")
+            return
+        kept = [name for name in ("uri", "listen", "listen_token_file", "listen_insecure", "workers", "state_dir")
+                if getattr(settings, name) != getattr(self.settings, name)]
+        if kept:
+            self._log.warning("reload_needs_restart", settings=kept)
+            settings = dataclasses.replace(settings, **{name: getattr(self.settings, name) for name in kept})
+        self.settings = settings
+        self._log.info("configuration_reloaded", manifests=settings.path or None, resync_interval=settings.resync_interval)
+
+    def _shutdown(self) -> None:
+        switching = self.switch_to is not None and not self._cancel.is_set()
+        if not switching:
+            self._notifier.stopping()
+            self._cancel.set()
+        self._log.info("controller_stopping", in_flight=len(self._futures), switching_to=self.switch_to)
+        self._queue.close()
+        self._debouncer.cancel()
+        unfinished = finish_in_flight(self._futures, self._cancel, self.settings.termination_grace)
+        if self._watcher is not None:
+            self._watcher.stop()
+        if self._server is not None:
+            self._server.stop()
+        self._close_connections()
+        if self._git_follower is not None:
+            self._git_follower.join(timeout=self.settings.termination_grace)
+        self._log.info("controller_stopped", unfinished=unfinished)
+
+    def _close_connections(self) -> None:
+        """Close what the controller holds open to libvirt (its workers are done or abandoned)."""
+        raise NotImplementedError
+
+
+def finish_in_flight(futures: set[Future], cancel: threading.Event, grace: float) -> int:
+    """Wait for ``futures``; return how many are still running.
+
+    While ``cancel`` is set (a stop), wait at most ``grace`` seconds; otherwise (a switch of
+    mode) wait until they end, or until ``cancel`` is set and then ``grace`` more seconds.
+    """
+    deadline = time.monotonic() + grace if cancel.is_set() else None
+    for future in list(futures):
+        while not future.done():
+            if deadline is None and cancel.is_set():
+                deadline = time.monotonic() + grace  # a SIGTERM during a switch
+            remaining = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+            if remaining <= 0:
+                break
+            with contextlib.suppress(Exception):
+                future.result(timeout=remaining)
+    return sum(1 for f in futures if not f.done())
