@@ -71,7 +71,7 @@ class PoolTrash:
             return found, unreadable
         except OSError as exc:
             return found, [f"{self.path}: cannot read the trash: {exc.strerror or exc}"]
-        try:
+        with _closing(directory):
             for name in sorted(os.listdir(directory)):
                 if name.startswith(".") or not trash.is_entry_name(name):
                     continue  # temporary files of an unfinished record write, and what is not kvmops'
@@ -80,13 +80,10 @@ class PoolTrash:
                 except (OSError, trash.RecordError) as exc:
                     why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                     unreadable.append(f"{self.path}/{name}: {why}")
-        finally:
-            os.close(directory)
         return found, unreadable
 
     def _read_entry(self, directory: int, name: str) -> trash.TrashEntry:
-        entry_fd = _open_directory(name, directory)
-        try:
+        with _closing(_open_directory(name, directory)) as entry_fd:
             purging = name.endswith(trash.PURGING_SUFFIX)
             try:
                 with _open_file(trash.RECORD_NAME, entry_fd) as record:
@@ -102,8 +99,6 @@ class PoolTrash:
                                         purging=purging)
             parsed = trash.from_record(text, entry=name, holds_volume=False, purging=purging)
             return dataclasses.replace(parsed, holds_volume=_exists(parsed.volume, entry_fd))
-        finally:
-            os.close(entry_fd)
 
     # -- moving in ------------------------------------------------------------------------
 
@@ -118,25 +113,16 @@ class PoolTrash:
                 f"volume {self.pool}/{entry.volume} is at {volume_path}, not at the top of the pool's directory "
                 f"{self.pool_path}; kvmops moves only files there to the trash"
             )
-        pool_fd = _open_directory(self.pool_path)
-        try:
-            trash_fd = self._open_trash(create=True, lock=fcntl.LOCK_EX)
-            try:
-                entry_fd = self._new_or_interrupted_entry(trash_fd, entry)
-                try:
-                    if _exists(entry.volume, entry_fd):
-                        raise errors.OperationRefused(f"trash entry {self.path}/{entry.entry} already holds a file "
-                                                      f"named {entry.volume}; plan again")
-                    hv.count_mutating_call("move_volume_to_trash", (self.pool, entry.volume))
-                    os.rename(entry.volume, entry.volume, src_dir_fd=pool_fd, dst_dir_fd=entry_fd)
-                    os.fsync(entry_fd)
-                    os.fsync(pool_fd)
-                finally:
-                    os.close(entry_fd)
-            finally:
-                os.close(trash_fd)
-        finally:
-            os.close(pool_fd)
+        with _closing(_open_directory(self.pool_path)) as pool_fd, \
+                _closing(self._open_trash(create=True, lock=fcntl.LOCK_EX)) as trash_fd, \
+                _closing(self._new_or_interrupted_entry(trash_fd, entry)) as entry_fd:
+            if _exists(entry.volume, entry_fd):
+                raise errors.OperationRefused(f"trash entry {self.path}/{entry.entry} already holds a file "
+                                              f"named {entry.volume}; plan again")
+            hv.count_mutating_call("move_volume_to_trash", (self.pool, entry.volume))
+            os.rename(entry.volume, entry.volume, src_dir_fd=pool_fd, dst_dir_fd=entry_fd)
+            os.fsync(entry_fd)
+            os.fsync(pool_fd)
 
     def _new_or_interrupted_entry(self, trash_fd: int, entry: trash.TrashEntry) -> int:
         """Return the descriptor of entry ``entry.entry`` with its record written: new, or the interrupted one."""
@@ -173,8 +159,7 @@ class PoolTrash:
         volume does nothing if the volume has left it since (restored), and one planned
         for a record alone does nothing if a volume is in it now.
         """
-        trash_fd = self._open_trash(create=False, lock=fcntl.LOCK_EX)
-        try:
+        with _closing(self._open_trash(create=False, lock=fcntl.LOCK_EX)) as trash_fd:
             name = entry_name
             if not entry_name.endswith(trash.PURGING_SUFFIX):
                 if not _exists(entry_name, trash_fd):
@@ -189,8 +174,7 @@ class PoolTrash:
                 os.fsync(trash_fd)
             elif not _exists(name, trash_fd):
                 return "already gone"
-            entry_fd = _open_directory(name, trash_fd)
-            try:
+            with _closing(_open_directory(name, trash_fd)) as entry_fd:
                 # the record last: until it goes, what is left still says what it was
                 for child in sorted(os.listdir(entry_fd), key=lambda child: child == trash.RECORD_NAME):
                     info = os.stat(child, dir_fd=entry_fd, follow_symlinks=False)
@@ -200,12 +184,8 @@ class PoolTrash:
                             "remove it by hand"
                         )
                     os.unlink(child, dir_fd=entry_fd)
-            finally:
-                os.close(entry_fd)
             os.rmdir(name, dir_fd=trash_fd)
             os.fsync(trash_fd)
-        finally:
-            os.close(trash_fd)
         return None
 
     # -- restoring ------------------------------------------------------------------------
@@ -216,38 +196,29 @@ class PoolTrash:
         The record stays, with ``restoredAt``: it is the claim that lets the next
         definition of the VM record the volume as kvmops' own creation again.
         """
-        pool_fd = _open_directory(self.pool_path)
-        try:
-            trash_fd = self._open_trash(create=False, lock=fcntl.LOCK_EX)
+        with _closing(_open_directory(self.pool_path)) as pool_fd, \
+                _closing(self._open_trash(create=False, lock=fcntl.LOCK_EX)) as trash_fd, \
+                _closing(_open_directory(entry.entry, trash_fd)) as entry_fd:
+            if not _exists(entry.volume, entry_fd):
+                raise errors.ObjectNotFound(f"trash entry {self.path}/{entry.entry} holds no volume any more")
+            if _exists(entry.volume, pool_fd):
+                raise errors.OperationRefused(
+                    f"a file named {entry.volume} is already in pool {self.pool}'s directory; kvmops will not "
+                    "overwrite it. Rename or remove it first"
+                )
+            hv.count_mutating_call("write_trash_record", (self.pool, entry.entry))
+            _write_record(entry_fd, trash.restored(entry, now))
+            hv.count_mutating_call("restore_from_trash", (self.pool, entry.volume))
             try:
-                entry_fd = _open_directory(entry.entry, trash_fd)
-                try:
-                    if not _exists(entry.volume, entry_fd):
-                        raise errors.ObjectNotFound(f"trash entry {self.path}/{entry.entry} holds no volume any more")
-                    if _exists(entry.volume, pool_fd):
-                        raise errors.OperationRefused(
-                            f"a file named {entry.volume} is already in pool {self.pool}'s directory; kvmops will not "
-                            "overwrite it. Rename or remove it first"
-                        )
-                    hv.count_mutating_call("write_trash_record", (self.pool, entry.entry))
-                    _write_record(entry_fd, trash.restored(entry, now))
-                    hv.count_mutating_call("restore_from_trash", (self.pool, entry.volume))
-                    try:
-                        os.link(entry.volume, entry.volume, src_dir_fd=entry_fd, dst_dir_fd=pool_fd, follow_symlinks=False)
-                    except FileExistsError:
-                        raise errors.OperationRefused(
-                            f"a file named {entry.volume} appeared in pool {self.pool}'s directory; kvmops will not "
-                            "overwrite it"
-                        ) from None
-                    os.fsync(pool_fd)
-                    os.unlink(entry.volume, dir_fd=entry_fd)
-                    os.fsync(entry_fd)
-                finally:
-                    os.close(entry_fd)
-            finally:
-                os.close(trash_fd)
-        finally:
-            os.close(pool_fd)
+                os.link(entry.volume, entry.volume, src_dir_fd=entry_fd, dst_dir_fd=pool_fd, follow_symlinks=False)
+            except FileExistsError:
+                raise errors.OperationRefused(
+                    f"a file named {entry.volume} appeared in pool {self.pool}'s directory; kvmops will not "
+                    "overwrite it"
+                ) from None
+            os.fsync(pool_fd)
+            os.unlink(entry.volume, dir_fd=entry_fd)
+            os.fsync(entry_fd)
         return os.path.join(self.pool_path, entry.volume)
 
     # -- the directory itself ---------------------------------------------------------------
@@ -287,6 +258,15 @@ class PoolTrash:
         if lock:
             fcntl.flock(directory, lock)
         return directory
+
+
+@contextlib.contextmanager
+def _closing(descriptor: int) -> Iterator[int]:
+    """Yield ``descriptor``, closed on the way out whatever happens."""
+    try:
+        yield descriptor
+    finally:
+        os.close(descriptor)
 
 
 def _open_directory(name: str, dir_fd: int | None = None) -> int:
