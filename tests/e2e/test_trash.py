@@ -72,6 +72,15 @@ def write_config(host, retention: str) -> Path:
     return path
 
 
+def prune_web(host, *options: str) -> tuple[str, subprocess.CompletedProcess]:
+    """Converge VMs web and keep, delete web's manifest and apply again with pruning (and ``options``); return web's
+    data volume and that apply."""
+    manifest = declare(host)
+    apply_ok(host)
+    manifest.unlink()
+    return f"{host.name('web')}-data.qcow2", kvmops(host, "apply", host.manifests, *options, prune=True)
+
+
 def test_a_pruned_volume_is_restored_from_the_trash_with_its_bytes_and_reattached_as_kvmops_own(host):
     """Write a marker, prune the VM, restore the volume, declare the VM again: same bytes, same disk, created again."""
     manifest = declare(host)
@@ -123,11 +132,8 @@ def test_a_pruned_volume_is_restored_from_the_trash_with_its_bytes_and_reattache
 
 
 def test_restoring_over_a_volume_of_the_same_name_is_refused(host):
-    manifest = declare(host)
-    apply_ok(host)
-    data = f"{host.name('web')}-data.qcow2"
-    manifest.unlink()
-    assert kvmops(host, "apply", host.manifests, prune=True).returncode == 0
+    data, pruned = prune_web(host)
+    assert pruned.returncode == 0, output(pruned)
     host.connection.storagePoolLookupByName(host.pool).createXML(
         f"<volume><name>{data}</name><capacity unit='MiB'>1</capacity></volume>", 0)
 
@@ -149,12 +155,7 @@ def test_an_entry_is_purged_by_a_pass_after_its_retention_and_the_plan_says_it_i
     retention run out by then is a purge that apply did not do (it reports "not converged").
     """
     config = write_config(host, f"{RETENTION}s")
-    manifest = declare(host)
-    apply_ok(host)
-    data = f"{host.name('web')}-data.qcow2"
-    manifest.unlink()
-
-    pruned = kvmops(host, "apply", host.manifests, "--config", config, prune=True)
+    data, pruned = prune_web(host, "--config", str(config))
     assert pruned.returncode == 0, output(pruned)
     assert "Converged" in pruned.stdout, output(pruned)
     assert len(trash_files(host, data)) == 1
@@ -173,13 +174,7 @@ def test_an_entry_is_purged_by_a_pass_after_its_retention_and_the_plan_says_it_i
 
 
 def test_a_retention_of_zero_deletes_at_once(host):
-    config = write_config(host, "0")
-    manifest = declare(host)
-    apply_ok(host)
-    data = f"{host.name('web')}-data.qcow2"
-    manifest.unlink()
-
-    pruned = kvmops(host, "apply", host.manifests, "--config", config, prune=True)
+    data, pruned = prune_web(host, "--config", str(write_config(host, "0")))
 
     assert pruned.returncode == 0, output(pruned)
     assert f"volume {host.pool}/{data} deleted at once: trashRetention is 0" in pruned.stdout
