@@ -1,4 +1,4 @@
-"""What both controllers do alike from outside and at the edges of their life: stop, switch, reload, wake, shut down.
+"""What both controllers do alike: the main loop, and stop, switch, reload, wake-ups and shutdown.
 
 :class:`ControllerLifecycle` is a part of :class:`~reconciler.runtime.controller.Controller`
 and of :class:`~reconciler.runtime.controller.fleet_loop.FleetController`, as
@@ -6,8 +6,9 @@ and of :class:`~reconciler.runtime.controller.fleet_loop.FleetController`, as
 ``_cancel``, ``_queue``, ``_reasons``, ``_reasons_lock``, ``_futures``, ``_source``,
 ``_server``, ``_watcher``, ``_debouncer``, ``_git_follower``, ``_notifier``,
 ``_reload_settings``, ``_reload_requested``, ``_directory_revision``, ``switch_to``,
-``metrics``), ``_log`` (the controller's logger), and ``_close_connections()``: what
-each holds open to libvirt.
+``_loop_backoff``, ``metrics``), the routes of :mod:`.status`, ``_turn()`` (one turn of
+its loop), ``_log`` (the controller's logger), and the hooks ``_log_start()``,
+``_watch_directory()`` and ``_close_connections()``.
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ from concurrent.futures import Future
 
 from reconciler import errors
 from reconciler.adapters import git as gitcli
+from reconciler.adapters import hypervisor as hv
+from reconciler.adapters.statusserver import StatusServer
 from reconciler.runtime import gitsource, workqueue
+from reconciler.runtime.controller.timers import LoopTimers, next_resync
 
 
 class ControllerLifecycle:
-    """Stopping, switching mode, reloading the configuration, waking keys and shutting down, for both controllers."""
+    """The main loop, stopping, switching mode, reloading, waking keys and shutting down, for both controllers."""
 
     # -- control from outside (signal handlers, the mode switch, tests) -----------------
 
@@ -56,6 +60,51 @@ class ControllerLifecycle:
     def listen_address(self) -> str | None:
         """Return the address the HTTP listener is bound to, if any."""
         return self._server.address if self._server is not None else None
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until :meth:`request_stop` (or a switch of mode); return the exit status (0 after a clean stop)."""
+        hv.start_event_loop()
+        if self.settings.listen:
+            self._server = StatusServer(
+                self.settings.listen,
+                {"/healthz": self._healthz, "/status": self._status_route, "/metrics": self._metrics_route},
+                public={"/healthz": self._healthz_public},
+                token_file=self.settings.listen_token_file, insecure=self.settings.listen_insecure,
+            )
+            self._server.start()
+            self._log.info("listener_started", address=self._server.address)
+        self._log_start()
+        if self._git_follower is not None:
+            self._git_follower.start()
+        else:
+            self._watch_directory()
+        if self._source is None or self._source.applied is not None:
+            self._wake(workqueue.EVERYTHING, "start")
+        timers = LoopTimers(next_resync=next_resync(self.settings.resync_interval), next_watchdog=time.monotonic())
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._turn(timers)
+                except Exception as exc:  # nothing a pass meets may end the controller: back off and go on
+                    self._loop_backoff = min(max(self._loop_backoff * 2, 0.5), 30.0)
+                    self._survive("loop", exc, retry_in=self._loop_backoff)
+                    self._stop.wait(self._loop_backoff)
+                else:
+                    self._loop_backoff = 0.0
+                    self._recovered("loop")
+        finally:
+            self._shutdown()
+        return 0
+
+    def _log_start(self) -> None:
+        """Log the controller's start: what it drives, from which manifests."""
+        raise NotImplementedError
+
+    def _watch_directory(self) -> None:
+        """Start watching the manifest directory (no git source is followed)."""
+        raise NotImplementedError
 
     # -- keys and manifests -------------------------------------------------------------
 

@@ -124,40 +124,13 @@ class Controller(ControllerLifecycle, ControllerStatus):
 
     # -- the loop -----------------------------------------------------------------------
 
-    def run(self) -> int:
-        """Run until :meth:`request_stop`; return the exit status (0 after a clean stop)."""
-        hv.start_event_loop()
-        if self.settings.listen:
-            self._server = StatusServer(
-                self.settings.listen,
-                {"/healthz": self._healthz, "/status": self._status_route, "/metrics": self._metrics_route},
-                public={"/healthz": self._healthz_public},
-                token_file=self.settings.listen_token_file, insecure=self.settings.listen_insecure,
-            )
-            self._server.start()
-            log.info("listener_started", address=self._server.address)
+    def _log_start(self) -> None:
         log.info("controller_started", manifests=self.settings.path or None, uri=redaction.redact_url(self.settings.uri),
                  resync_interval=self.settings.resync_interval,
                  git=self.settings.git.shown() if self.settings.git else None)
-        if self._git_follower is not None:
-            self._git_follower.start()
-        if self._source is None or self._source.applied is not None:
-            self._wake(workqueue.EVERYTHING, "start")
-        timers = LoopTimers(next_resync=self._next_resync(), next_watchdog=time.monotonic())
-        try:
-            while not self._stop.is_set():
-                try:
-                    self._turn(timers)
-                except Exception as exc:  # nothing a pass meets may end the controller: back off and go on
-                    self._loop_backoff = min(max(self._loop_backoff * 2, 0.5), 30.0)
-                    self._survive("loop", exc, retry_in=self._loop_backoff)
-                    self._stop.wait(self._loop_backoff)
-                else:
-                    self._loop_backoff = 0.0
-                    self._recovered("loop")
-        finally:
-            self._shutdown()
-        return 0
+
+    def _watch_directory(self) -> None:
+        pass  # each turn makes sure of the watcher (_ensure_watcher): the directory may come and go
 
     def _turn(self, timers: LoopTimers) -> None:
         """Run one turn of the main loop: timers, reload, connection, then one pass over the ready keys."""
