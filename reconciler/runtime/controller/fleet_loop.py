@@ -51,7 +51,7 @@ from reconciler.runtime import deadlines, execute, fleet_reconcile, gitsource, m
 from reconciler.runtime.controller.debounce import Debouncer
 from reconciler.runtime.controller.git_follower import GitFollower
 from reconciler.runtime.controller.hostlock_keeper import HostLockKeeper
-from reconciler.runtime.controller.lifecycle import ControllerLifecycle
+from reconciler.runtime.controller.lifecycle import ControllerLifecycle, not_ready
 from reconciler.runtime.controller.settings import ControllerSettings
 from reconciler.runtime.controller.status import InternalErrors, StatusRoutes, now
 from reconciler.runtime.controller.subjects import SubjectLedger
@@ -61,7 +61,6 @@ log = logconfig.get_logger("kvmops.fleet_controller")
 
 FIRST_RECONNECT_DELAY = 0.5
 FULL = workqueue.EVERYTHING
-DRIFT = ("libvirt", "reconnect", "resync")
 
 
 def host_key(host: str, key: str) -> str:
@@ -224,12 +223,6 @@ class FleetController(ControllerLifecycle, InternalErrors, StatusRoutes):
             self._wake(FULL, "resync")
         if keys:
             self._pass(keys)
-
-    def _take_reason(self, key: str) -> str:
-        """Return why ``key`` was woken: drift (libvirt, reconnect, resync) wins over a manifest change."""
-        with self._reasons_lock:
-            sources = self._reasons.pop(key, {"retry"})
-        return next((source for source in DRIFT if source in sources), sorted(sources)[0])
 
     # -- connections, one per Host -------------------------------------------------------
 
@@ -622,44 +615,20 @@ class FleetController(ControllerLifecycle, InternalErrors, StatusRoutes):
         """
         subject = {execute.SUBJECTS.get(resource.kind, "resource"): resource.name}
         with structlog.contextvars.bound_contextvars(reconcile_id=reconcile_id, host=host, **subject):
-            try:
-                blocked = []
-                for needed_key, needed in needs:
-                    try:
-                        if needed.result() is False:
-                            blocked.append(needed_key)
-                    except Exception:  # noqa: BLE001 - its own worker logged it; here it only means "not ready"
-                        blocked.append(needed_key)
-                if blocked:
-                    ok, error = False, f"skipped: {', '.join(blocked)} is not ready"
-                    log.warning("resource_skipped", reason=error)
-                elif self._cancel.is_set():
-                    ok, error = False, "cancelled"
-                else:
+            blocked = not_ready(needs)
+            if blocked:
+                ok, error = False, f"skipped: {', '.join(blocked)} is not ready"
+                log.warning("resource_skipped", reason=error)
+            elif self._cancel.is_set():
+                ok, error = False, "cancelled"
+            else:
+                def run() -> execute.ApplyReport:
                     with self._held(host, destination):
-                        report = execute.execute(single, hypervisors[host], workers=1, cancel=self._cancel,
-                                                 hosts=hypervisors)
-                    outcome = report.outcomes[0] if report.outcomes else None
-                    ok = outcome is not None and outcome.status == "converged"
-                    error = None if ok else (outcome.error if outcome else "cancelled")
-            except errors.KvmopsError as exc:
-                ok, error = False, str(exc)
-            except Exception as exc:  # a worker must never die silently
-                ok, error = False, f"internal error: {type(exc).__name__}: {exc}"
-                self.metrics.inc("kvmops_errors_total", kind="internal")
-                log.exception("execution_crashed")
+                        return execute.execute(single, hypervisors[host], workers=1, cancel=self._cancel,
+                                               hosts=hypervisors)
+                ok, error = self._attempt(run)
             try:
-                for action in resource.actions:
-                    self.metrics.inc("kvmops_actions_total", action=action.value, result="ok" if ok else "error")
-                if ok:
-                    self._queue.forget(key)
-                    if reason in DRIFT:
-                        self.metrics.inc("kvmops_drift_repairs_total")
-                        log.info("drift_repaired", actions=[a.value for a in resource.actions], trigger=reason)
-                elif not self._cancel.is_set():
-                    self.metrics.inc("kvmops_errors_total", kind="execution")
-                    delay = self._queue.retry_later(key)
-                    log.warning("retry_scheduled", error=error, delay_s=round(delay, 2), failures=self._queue.failures(key))
+                self._tally(resource, key, reason, ok, error)
                 if resource.kind == "VirtualMachine":
                     with self._status_lock:
                         if ok:

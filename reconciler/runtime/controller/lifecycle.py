@@ -17,14 +17,20 @@ import contextlib
 import dataclasses
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 
 from reconciler import errors
 from reconciler.adapters import git as gitcli
 from reconciler.adapters import hypervisor as hv
 from reconciler.adapters.statusserver import StatusServer
-from reconciler.runtime import gitsource, workqueue
+from reconciler.core import plan as plans
+from reconciler.runtime import execute, gitsource, workqueue
 from reconciler.runtime.controller.timers import LoopTimers, next_resync
+
+
+# Why a key woken by one of these was drift: someone changed the host behind kvmops' back.
+DRIFT = ("libvirt", "reconnect", "resync")
 
 
 class ControllerLifecycle:
@@ -106,6 +112,36 @@ class ControllerLifecycle:
         """Start watching the manifest directory (no git source is followed)."""
         raise NotImplementedError
 
+    # -- one resource's execution --------------------------------------------------------
+
+    def _attempt(self, run: Callable[[], execute.ApplyReport]) -> tuple[bool, str | None]:
+        """Run one resource's execution (``run``); return whether it converged and, if not, why. Never raises."""
+        try:
+            report = run()
+        except errors.KvmopsError as exc:
+            return False, str(exc)
+        except Exception as exc:  # a worker must never die silently
+            self.metrics.inc("kvmops_errors_total", kind="internal")
+            self._log.exception("execution_crashed")
+            return False, f"internal error: {type(exc).__name__}: {exc}"
+        outcome = report.outcomes[0] if report.outcomes else None
+        ok = outcome is not None and outcome.status == "converged"
+        return ok, None if ok else (outcome.error if outcome else "cancelled")
+
+    def _tally(self, resource: plans.ResourcePlan, key: str, reason: str, ok: bool, error: str | None) -> None:
+        """Count an execution of ``key`` woken for ``reason``: forgotten when it converged, else retried later."""
+        for action in resource.actions:
+            self.metrics.inc("kvmops_actions_total", action=action.value, result="ok" if ok else "error")
+        if ok:
+            self._queue.forget(key)
+            if reason in DRIFT:
+                self.metrics.inc("kvmops_drift_repairs_total")
+                self._log.info("drift_repaired", actions=[a.value for a in resource.actions], trigger=reason)
+        elif not self._cancel.is_set():
+            self.metrics.inc("kvmops_errors_total", kind="execution")
+            delay = self._queue.retry_later(key)
+            self._log.warning("retry_scheduled", error=error, delay_s=round(delay, 2), failures=self._queue.failures(key))
+
     # -- keys and manifests -------------------------------------------------------------
 
     def _wake(self, key: str, source: str) -> None:
@@ -113,6 +149,12 @@ class ControllerLifecycle:
             self._reasons.setdefault(key, set()).add(source)
         self.metrics.inc("kvmops_wakeups_total", source=source)
         self._queue.add(key)
+
+    def _take_reason(self, key: str) -> str:
+        """Return why ``key`` was woken: drift (libvirt, reconnect, resync) wins over a manifest change."""
+        with self._reasons_lock:
+            sources = self._reasons.pop(key, {"retry"})
+        return next((source for source in DRIFT if source in sources), sorted(sources)[0])
 
     def _manifest_path(self) -> str | None:
         if self._source is not None:
@@ -167,6 +209,18 @@ class ControllerLifecycle:
     def _close_connections(self) -> None:
         """Close what the controller holds open to libvirt (its workers are done or abandoned)."""
         raise NotImplementedError
+
+
+def not_ready(needs: list[tuple[str, Future]]) -> list[str]:
+    """Return the keys among ``needs`` (key, its execution) that did not converge: a resource needing them is skipped."""
+    blocked = []
+    for key, needed in needs:
+        try:
+            if needed.result() is False:
+                blocked.append(key)
+        except Exception:  # noqa: BLE001 - its own worker logged it; here it only means "not ready"
+            blocked.append(key)
+    return blocked
 
 
 def finish_in_flight(futures: set[Future], cancel: threading.Event, grace: float) -> int:

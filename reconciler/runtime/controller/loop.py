@@ -53,7 +53,7 @@ from reconciler.runtime import execute, gitsource, metrics, observe, reconcile, 
 from reconciler.runtime.controller.debounce import Debouncer
 from reconciler.runtime.controller.git_follower import GitFollower
 from reconciler.runtime.controller.hostlock_keeper import HostLockKeeper
-from reconciler.runtime.controller.lifecycle import ControllerLifecycle, finish_in_flight  # noqa: F401  (re-exported)
+from reconciler.runtime.controller.lifecycle import ControllerLifecycle, finish_in_flight, not_ready  # noqa: F401  (re-exported)
 from reconciler.runtime.controller.settings import ControllerSettings
 from reconciler.runtime.controller.status import ControllerStatus, now
 from reconciler.runtime.controller.subjects import SubjectLedger
@@ -183,15 +183,6 @@ class Controller(ControllerLifecycle, ControllerStatus):
 
     def _next_resync(self) -> float:
         return next_resync(self.settings.resync_interval)
-
-    def _take_reason(self, key: str) -> str:
-        """Return why ``key`` was woken: drift (libvirt, resync, reconnect) wins over a manifest change."""
-        with self._reasons_lock:
-            sources = self._reasons.pop(key, {"retry"})
-        for source in ("libvirt", "reconnect", "resync"):
-            if source in sources:
-                return source
-        return sorted(sources)[0]
 
     # -- libvirt connection -------------------------------------------------------------
 
@@ -443,41 +434,17 @@ class Controller(ControllerLifecycle, ControllerStatus):
         """
         subject = {execute.SUBJECTS.get(resource.kind, "resource"): resource.name}
         with structlog.contextvars.bound_contextvars(reconcile_id=reconcile_id, **subject):
-            blocked = []
-            for key, needed in needs:
-                try:
-                    if needed.result() is False:
-                        blocked.append(key)
-                except Exception:  # noqa: BLE001 - its own worker logged it; here it only means "not ready"
-                    blocked.append(key)
-            try:
-                if blocked:
-                    ok, error = False, f"skipped: {', '.join(blocked)} is not ready"
-                    log.warning("resource_skipped", reason=error)
-                else:
+            blocked = not_ready(needs)
+            if blocked:
+                ok, error = False, f"skipped: {', '.join(blocked)} is not ready"
+                log.warning("resource_skipped", reason=error)
+            else:
+                def run() -> execute.ApplyReport:
                     with self._lock_keeper.held():
-                        report = execute.execute(single, self._hypervisor, workers=1, cancel=self._cancel)
-                    outcome = report.outcomes[0] if report.outcomes else None
-                    ok = outcome is not None and outcome.status == "converged"
-                    error = None if ok else (outcome.error if outcome else "cancelled")
-            except errors.KvmopsError as exc:
-                ok, error = False, str(exc)
-            except Exception as exc:  # a worker must never die silently
-                ok, error = False, f"internal error: {type(exc).__name__}: {exc}"
-                self.metrics.inc("kvmops_errors_total", kind="internal")
-                log.exception("execution_crashed")
+                        return execute.execute(single, self._hypervisor, workers=1, cancel=self._cancel)
+                ok, error = self._attempt(run)
             try:
-                for action in resource.actions:
-                    self.metrics.inc("kvmops_actions_total", action=action.value, result="ok" if ok else "error")
-                if ok:
-                    self._queue.forget(resource.key)
-                    if reason in ("libvirt", "resync", "reconnect"):
-                        self.metrics.inc("kvmops_drift_repairs_total")
-                        log.info("drift_repaired", actions=[a.value for a in resource.actions], trigger=reason)
-                elif not self._cancel.is_set():
-                    self.metrics.inc("kvmops_errors_total", kind="execution")
-                    delay = self._queue.retry_later(resource.key)
-                    log.warning("retry_scheduled", error=error, delay_s=round(delay, 2), failures=self._queue.failures(resource.key))
+                self._tally(resource, resource.key, reason, ok, error)
                 self._note_execution(resource, ok, error)
             finally:
                 self._subjects.end(resource.key)  # whatever happened above, the key must not stay in flight forever
