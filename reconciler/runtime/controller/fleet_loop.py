@@ -200,12 +200,7 @@ class FleetController(ControllerLifecycle, InternalErrors, StatusRoutes):
     def _turn(self, timers: LoopTimers) -> None:
         """Run one turn: watchdog, reload, reconnections due, then one pass over the ready keys."""
         current = time.monotonic()
-        if self._notifier.watchdog_interval and current >= timers.next_watchdog:
-            self._notifier.watchdog()
-            timers.next_watchdog = current + self._notifier.watchdog_interval
-        if self._reload_requested.is_set():
-            self._reload_requested.clear()
-            self._reload()
+        self._tend(timers, current)
         self._reconnect_due()
         timeout = max(0.0, min(timers.next_resync - current, self._next_reconnect_in(), 1.0))
         if self._notifier.watchdog_interval:

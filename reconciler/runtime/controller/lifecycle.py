@@ -104,6 +104,15 @@ class ControllerLifecycle:
             self._shutdown()
         return 0
 
+    def _tend(self, timers: LoopTimers, now: float) -> None:
+        """At the start of each turn: tell systemd's watchdog the loop lives, when due; reload if asked (SIGHUP)."""
+        if self._notifier.watchdog_interval and now >= timers.next_watchdog:
+            self._notifier.watchdog()
+            timers.next_watchdog = now + self._notifier.watchdog_interval
+        if self._reload_requested.is_set():
+            self._reload_requested.clear()
+            self._reload()
+
     def _log_start(self) -> None:
         """Log the controller's start: what it drives, from which manifests."""
         raise NotImplementedError

@@ -135,12 +135,7 @@ class Controller(ControllerLifecycle, ControllerStatus):
     def _turn(self, timers: LoopTimers) -> None:
         """Run one turn of the main loop: timers, reload, connection, then one pass over the ready keys."""
         now = time.monotonic()
-        if self._notifier.watchdog_interval and now >= timers.next_watchdog:
-            self._notifier.watchdog()
-            timers.next_watchdog = now + self._notifier.watchdog_interval
-        if self._reload_requested.is_set():
-            self._reload_requested.clear()
-            self._reload()
+        self._tend(timers, now)
         self._announce_waiting()
         if not self._connected:
             if now < timers.next_connect:
