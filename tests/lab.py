@@ -159,6 +159,7 @@ class LabHost:
         """
         for inside, outside in MASKED.items():
             (self.directory / outside).mkdir(parents=True, exist_ok=True)
+        (self.directory / "log" / "qemu").mkdir(exist_ok=True)  # guests' serial logs may be written there first
         etc = self.directory / "etc"
         for sub in ("qemu/networks/autostart", "qemu/autostart", "storage/autostart", "secrets", "hooks"):
             (etc / sub).mkdir(parents=True, exist_ok=True)

@@ -356,8 +356,6 @@ def lab():
     """
     started = start_lab_or_skip(f"{PREFIX}-lab-{uuid.uuid4().hex[:6]}", LAB_HOSTS)
     try:
-        for host in started.hosts:
-            (host.directory / "log" / "qemu").mkdir(parents=True, exist_ok=True)  # the guests' serial logs
         yield started
     finally:
         started.stop()

@@ -75,8 +75,6 @@ def started_lab(name: str, hosts: int = 2) -> Iterator[labs.Lab]:
     """
     lab = labs.Lab(name).start(hosts)
     try:
-        for host in lab.hosts:
-            (host.directory / "log" / "qemu").mkdir(parents=True, exist_ok=True)  # the guests' serial logs
         yield lab
     finally:
         lab.stop()
