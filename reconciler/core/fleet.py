@@ -182,15 +182,6 @@ def missing_host_message(host: str) -> str:
     )
 
 
-def roster_of(desired: model.DesiredState, reachable: Mapping[str, model.ActualState], fleet: str) -> tuple[str, ...]:
-    """Return the roster every mark of the fleet records: its declared Hosts and every name its marks already hold.
-
-    A name leaves the roster only through :func:`plan_forget`: a Host manifest that
-    disappeared (deleted, or failing to load) leaves its name in every mark.
-    """
-    return tuple(sorted(set(desired.hosts) | _marked_hosts(reachable, fleet)))
-
-
 def plan_fleet(
     desired: model.DesiredState,
     observed: Mapping[str, model.ActualState | HostUnreachable],
@@ -224,6 +215,8 @@ def plan_fleet(
         problems.append(where)
     dead = frozenset(evacuate) & set(unreachable)
 
+    # The roster every mark of the fleet records: the declared Hosts and every name its marks already hold. A name
+    # leaves it only through plan_forget: a Host manifest that disappeared (deleted, or failing to load) leaves it.
     marked = _marked_hosts(reachable, fleet)
     roster = tuple(sorted(set(hosts) | marked))
     # A Host manifest that did not load is reported as broken, not as missing: its name is not known here.
