@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import os
 import posixpath
 import re
@@ -1202,9 +1203,7 @@ class Hypervisor:
         A probe volume created here must appear, at the same path, in ``other``'s pool of
         the same name; it is removed afterwards.  A pool ``other`` does not have is not shared.
         """
-        probe = f"{_SHARED_PROBE_PREFIX}{uuids.uuid4().hex[:12]}"
-        with _directory_pools_lock:
-            _own_probes.add(probe)
+        probe = _new_probe_name()
         self._delete_abandoned_probes(pool)
         self.create_volume(pool, storagexml.render_volume(probe, 0, image_format="raw"), probe)
         try:
@@ -1227,21 +1226,9 @@ class Hypervisor:
                 other.refresh_pool(pool)
 
     def _delete_abandoned_probes(self, pool: str) -> None:
-        """Delete probe volumes in ``pool`` that a killed kvmops left: a minute old, never one of this process's own.
-
-        A probe lives for the milliseconds of one check; in a shared pool another host's
-        kvmops may be probing right now, and deleting its probe would make it call the pool
-        unshared (and copy a volume onto itself), hence the age.
-        """
+        """Delete the probe volumes in ``pool`` that a killed kvmops left (see :func:`_abandoned_probe`)."""
         with contextlib.suppress(libvirt.libvirtError):
-            for volume in self._connection.storagePoolLookupByName(pool).listAllVolumes(0):
-                with _directory_pools_lock:
-                    ours = volume.name() in _own_probes
-                if not volume.name().startswith(_SHARED_PROBE_PREFIX) or ours:
-                    continue
-                created = ET.fromstring(volume.XMLDesc(0)).findtext("target/timestamps/mtime") or ""
-                if created and time.time() - float(created) > _ABANDONED_PROBE_SECONDS:
-                    volume.delete(0)
+            _delete_abandoned_probe_volumes(self._connection.storagePoolLookupByName(pool))
 
     @contextlib.contextmanager
     def _directory_pool(self, directory: str, *, build: bool = False) -> Iterator[libvirt.virStoragePool]:
@@ -1382,8 +1369,10 @@ class Hypervisor:
         if not other.has_file(path):
             return False
         directory = posixpath.dirname(path) or "/"
-        probe = f"kvmops-shared-probe-{uuids.uuid4().hex[:12]}"
+        probe = _new_probe_name()
         with self._directory_pool(directory) as pool:
+            with contextlib.suppress(libvirt.libvirtError):
+                _delete_abandoned_probe_volumes(pool)
             with translated(f"cannot create a probe file in {directory} on {self.uri}"):
                 volume = pool.createXML(storagexml.render_volume(probe, 0, image_format="raw"), 0)
             try:
@@ -1454,6 +1443,73 @@ _directory_pools_lock = threading.Lock()
 _directory_pool_locks: dict[tuple[str, str], threading.Lock] = {}
 DEFAULT_NVRAM_DIRECTORY = "/var/lib/libvirt/qemu/nvram"  # qemu.conf's nvram_dir for qemu:///system
 _JOB_POLL_SECONDS = 1.0
+_PROBE_NAME = re.compile(re.escape(_SHARED_PROBE_PREFIX) + r"([0-9a-f]{12})-([0-9]+)-([0-9]+)-[0-9a-f]{8}")
+
+
+def _new_probe_name() -> str:
+    """Return the name of a new probe file, which says which process made it (see :func:`_abandoned_probe`)."""
+    name = f"{_SHARED_PROBE_PREFIX}{_process_namespace()}-{os.getpid()}-{_process_started(os.getpid())}-" \
+           f"{uuids.uuid4().hex[:8]}"
+    with _directory_pools_lock:
+        _own_probes.add(name)
+    return name
+
+
+def _abandoned_probe(name: str, modified: str, now: float) -> bool:
+    """Return whether probe file ``name`` (last modified at ``modified``, epoch seconds as libvirt gives them) was
+    left by a kvmops that was killed while it probed, so that deleting it can mislead no one.
+
+    A probe lives for the milliseconds of one check; in a shared pool another host's
+    kvmops may be probing right now, and deleting its probe would make it call the pool
+    unshared (and copy a volume onto itself).  So a probe is abandoned when its name says
+    it was made by a process of this machine's PID namespace, in this boot, and that process
+    is gone: then the next pass removes it at once.  A probe of another machine (or of a
+    kvmops older than these names) is abandoned only after a minute.  This process's own
+    probes never are.
+    """
+    if not name.startswith(_SHARED_PROBE_PREFIX):
+        return False
+    with _directory_pools_lock:
+        if name in _own_probes:
+            return False
+    creator = _PROBE_NAME.fullmatch(name)
+    if creator is not None and creator.group(1) == _process_namespace():
+        return _process_started(int(creator.group(2))) != creator.group(3)
+    with contextlib.suppress(ValueError):
+        return bool(modified) and now - float(modified) > _ABANDONED_PROBE_SECONDS
+    return False
+
+
+def _delete_abandoned_probe_volumes(pool: libvirt.virStoragePool) -> None:
+    """Delete the probe files in ``pool`` (a pool, or a transient pool over a directory) that are abandoned."""
+    for volume in pool.listAllVolumes(0):
+        if not volume.name().startswith(_SHARED_PROBE_PREFIX):
+            continue
+        modified = ET.fromstring(volume.XMLDesc(0)).findtext("target/timestamps/mtime") or ""
+        if _abandoned_probe(volume.name(), modified, time.time()):
+            volume.delete(0)
+
+
+@functools.cache
+def _process_namespace() -> str:
+    """Return 12 hex digits naming this boot of this machine and this process's PID namespace (where a PID means
+    one process)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            boot = handle.read().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return uuids.uuid4().hex[:12]  # no /proc: no other process can be told dead, only aged
+    return hashlib.sha256(f"{boot} {namespace}".encode()).hexdigest()[:12]
+
+
+def _process_started(pid: int) -> str:
+    """Return the start time of process ``pid`` in clock ticks since boot, or "" when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
 
 
 def _report_job(domain: libvirt.virDomain, finished: threading.Event, progress: Callable[[int, int | None], None]) -> None:

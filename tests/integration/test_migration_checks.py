@@ -7,6 +7,9 @@ are proven on a lab of real libvirtd daemons (tests/e2e/test_migration.py).
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -243,3 +246,44 @@ def test_recording_the_roster_never_rewrites_the_mark_another_step_writes_at_tha
     assert outcome.status == "converged", outcome.error
     after = domxml.parse_owner(domxml.parse_tree(h1.domain_xml("app")))
     assert after.digest == "sha256:written-meanwhile" and after.roster == ("h1", "h2")
+
+
+
+PROBING = """
+import os, sys, time
+from reconciler.adapters import hypervisor as hv
+if sys.argv[1] == "alive":
+    os.kill = lambda pid, signal: time.sleep(60)  # the crash hook's kill: this one stops there and lives on
+h = hv.Hypervisor.open("test:///default")
+h.shares_pool_with("default-pool", h)
+"""
+
+
+def probing_kvmops(how: str) -> tuple[str, subprocess.Popen]:
+    """Start a kvmops process that checks a pool and stops right before it creates its probe file, ``killed`` (the crash
+    hook) or ``alive``; return the name of that probe (which the hook reports) and the process."""
+    process = subprocess.Popen([sys.executable, "-c", PROBING, how], stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, hv.CRASH_AT_VARIABLE: "1"})
+    reported = process.stderr.readline()
+    return reported.split("create_volume(default-pool, ", 1)[1].split(")", 1)[0], process
+
+
+def test_a_probe_file_a_killed_kvmops_left_is_removed_by_the_next_check_and_a_running_ones_is_kept(two_hosts):
+    from reconciler.core import storagexml
+
+    dead, killed = probing_kvmops("killed")
+    alive, running = probing_kvmops("alive")  # a kvmops probing this very pool right now
+    try:
+        assert killed.wait(30) == -9
+        unknown = "kvmops-shared-probe-0123456789ab"  # another machine's, of unknown age: only a minute makes it old
+        h1 = two_hosts["h1"]
+        for probe in (dead, alive, unknown):  # what their libvirtd had created for them
+            h1.create_volume("default", storagexml.render_volume(probe, 0, image_format="raw"), probe)
+
+        h1.shares_pool_with("default", two_hosts["h2"])
+
+        left = sorted(v.name for v in h1.list_volumes("default") if v.name.startswith("kvmops-shared-probe-"))
+        assert left == sorted([alive, unknown])
+    finally:
+        running.kill()
+        running.wait()
