@@ -4,7 +4,9 @@ Pure, like the planner it builds on. From the desired state (with its Hosts) and
 each host's libvirt showed (or why it could not be reached), it
 
 * finds where each VM runs now, and every VM marked by this fleet on two hosts (split
-  brain: reported, and neither copy is started, stopped, changed, migrated or pruned);
+  brain: reported, and neither copy is started, stopped, changed, migrated or pruned),
+  except the stale half of a move libvirt finished on its destination, which the source's
+  plan discards (:func:`finished_move`);
 * decides where each VM runs (:func:`reconciler.core.placement.place`: sticky,
   capacity-aware, deterministic);
 * plans each reachable host with :func:`reconciler.core.planner.plan_changes` on its share
@@ -223,6 +225,10 @@ def plan_fleet(
     missing = tuple(sorted(marked - set(hosts))) if desired.hosts_complete else ()
 
     found = _ours(reachable, fleet)
+    # A move libvirt finished on its destination whose end its source never saw: the source's half is discarded
+    # (first step of a resource of the source's plan), and the VM counts as where it runs.
+    finished = {vm: move for vm, on in found.items() if (move := finished_move(vm, on, reachable)) is not None}
+    found = {vm: ({finished[vm].destination} if vm in finished else on) for vm, on in found.items()}
     split = tuple(SplitBrain(vm, tuple(sorted(on))) for vm, on in sorted(found.items()) if len(on) > 1)
     for brain in split:
         problems.append(_split_brain_problem(desired, brain, fleet, reachable, source=desired.source))
@@ -271,7 +277,10 @@ def plan_fleet(
         ))
     host_plans = []
     leaving: dict[str, list[plans.ResourcePlan]] = {}
-    cleanups = _owed_cleanups(desired, reachable, found, fleet, hosts, moving=frozenset(migrating))
+    cleanups = [cleanup for cleanup in _owed_cleanups(desired, reachable, found, fleet, hosts,
+                                                      moving=frozenset(migrating))
+                if cleanup.resource.name not in finished or cleanup.source != finished[cleanup.resource.name].source]
+    cleanups += [_OwedCleanup(move.source, _discarded_half(desired, move, reachable)) for move in finished.values()]
     for move in sorted(migrating.values(), key=lambda m: m.vm):
         leaving.setdefault(move.source, []).append(
             _migration(desired, move, reachable[move.source], hosts, fleet, settings, roster=roster))
@@ -288,7 +297,8 @@ def plan_fleet(
         actual = reachable[name]
         incoming = [move.vm for move in migrating.values() if move.destination == name]
         departing = [move.vm for move in migrating.values() if move.source == name]
-        held = frozenset(departing) | frozenset(vm for vm in split_names if name in found.get(vm, ()))
+        discarded = frozenset(vm for vm, move in finished.items() if move.source == name)
+        held = frozenset(departing) | frozenset(vm for vm in split_names if name in found.get(vm, ())) | discarded
         local_vms = [vm for vm in assigned if vm not in incoming]
         subset = host_share(desired, host, local_vms, uses=[*incoming, *departing, *(vm for vm in held if vm in desired.vms)],
                             present=[network.name for network in actual.networks.values()
@@ -309,7 +319,7 @@ def plan_fleet(
             )
         # Split brain is left alone.
         record = roster_record(host, actual, fleet, roster, plan, untouched=frozenset(
-            vm for vm in split_names if name in found.get(vm, ())))
+            vm for vm in split_names if name in found.get(vm, ())) | discarded)
         if record is not None:
             plan = dataclasses.replace(plan, resources=(*plan.resources, record))
         evacuated = {move.vm: move for move in placed.moves if move.destination == name and move.source in dead}
@@ -583,7 +593,7 @@ def _owed_cleanups(
         for domain in sorted(actual.domains.values(), key=lambda d: d.name):
             owner = domain.definition.owner if domain.definition is not None else None
             if (not domain.owned or owner is None or planner.scope_of(domain) != fleet
-                    or not (owner.left_behind or owner.sending) or len(found.get(domain.name, ())) != 1):
+                    or not (owner.left_behind or owner.sending) or found.get(domain.name) != {host}):
                 continue
             spec = desired.vms.get(domain.name)
             if domain.name not in moving:
@@ -617,7 +627,9 @@ def _cleanup(
         where = f"volume {left.pool}/{left.name} on {source}"
         forget = plans.ForgetMovedVolume(left.pool, left.name, domain.name, domain.uuid, source, host)
         policy = _policy(spec, left, domain.definition.owner)
-        users = sorted(d.name for d in there.domains.values() if (left.pool, left.name) in d.storage)
+        # (the half of the VM a finished move left there, which this resource discards first, is no other user)
+        users = sorted(d.name for d in there.domains.values()
+                       if (left.pool, left.name) in d.storage and d.uuid != domain.uuid)
         if left.is_nvram:
             where = f"the UEFI NVRAM on {source}"
             if spec.keep_nvram if spec is not None else domain.definition.owner.keep_nvram:
@@ -656,6 +668,88 @@ def _cleanup(
         kind="VirtualMachine", name=domain.name, actions=(Action.UPDATE,) if steps else (), changes=tuple(changes),
         steps=tuple(steps), manifest=spec.manifest if spec is not None else domain.definition.owner.manifest,
         notes=tuple(notes),
+    )
+
+
+@dataclass(frozen=True)
+class FinishedMove:
+    """A move of VM ``vm`` from ``source`` to ``destination`` that libvirt finished on the destination, while the
+    source still holds its half: see :func:`finished_move`."""
+
+    vm: str
+    source: str
+    destination: str
+
+
+def finished_move(vm: str, on: Collection[str], reachable: Mapping[str, model.ActualState]) -> FinishedMove | None:
+    """Return the move kvmops began of ``vm``, found on the hosts ``on``, that libvirt finished on its destination
+    while the source's libvirtd lost the job's end, or None when the two copies prove no such thing (split brain).
+
+    libvirt ends a live move on the source (it kills the source's QEMU and forgets the
+    definition) after the destination runs the guest; when the source's libvirtd dies in
+    between, it comes back with its half of the guest paused, still defined (seen on the lab
+    with a restart at the switch-over), and the VM is on two hosts. Which half is stale is
+    proven by :func:`is_finished_move`; otherwise the halves stay a split brain for a person
+    to settle.
+    """
+    if len(on) != 2:
+        return None
+    first, second = sorted(on)
+    for source, destination in ((first, second), (second, first)):
+        here, there = reachable[source].domains.get(vm), reachable[destination].domains.get(vm)
+        if here is not None and there is not None and is_finished_move(here, source, there, destination):
+            return FinishedMove(vm, source, destination)
+    return None
+
+
+def is_finished_move(here: model.ObservedDomain, source: str, there: model.ObservedDomain, destination: str) -> bool:
+    """Return whether ``here`` (on host ``source``) is the stale half of a move kvmops began to host ``destination``,
+    which libvirt finished there: ``there`` is the guest.
+
+    Proven when all of this holds: both are the same domain (name and UUID) with bound
+    marks; ``there`` runs, persistently defined, its mark naming its own host and recording
+    copies left on ``source`` (which only the definition kvmops gives a move does); ``here``
+    does not run (paused or shut off), its mark naming its own host and recording copies
+    kvmops was sending to ``destination`` before the move began, some of them the very ones
+    ``there`` records as left here. The stale half never ran after the switch-over and the
+    running one is the guest: discarding the stale half finishes the move as libvirt would
+    have. A move that copied nothing (every disk on shared storage) leaves no such records.
+    """
+    arrived = there.definition.owner if there.definition is not None else None
+    stale = here.definition.owner if here.definition is not None else None
+    if (arrived is None or stale is None or (here.name, here.uuid) != (there.name, there.uuid)
+            or there.power is not model.PowerState.RUNNING or not there.persistent
+            or here.power not in (model.PowerState.PAUSED, model.PowerState.SHUTOFF)
+            or arrived.binding(there.name, there.uuid) is not model.MarkBinding.BOUND
+            or stale.binding(here.name, here.uuid) is not model.MarkBinding.BOUND
+            or (arrived.host, stale.host) != (destination, source)):
+        return False
+    left = {(record.pool, record.name) for record in arrived.left_behind if record.host == source}
+    sent = {(record.pool, record.name) for record in stale.sending if record.host == destination}
+    return bool(left & sent)
+
+
+def _discarded_half(desired: model.DesiredState, move: FinishedMove,
+                    reachable: Mapping[str, model.ActualState]) -> plans.ResourcePlan:
+    """Return the resource, on the source, that discards the half of a finished move left there, then deletes the
+    copies the move left there (and drops their records) as the move itself would have."""
+    domain = reachable[move.destination].domains[move.vm]
+    stale = reachable[move.source].domains[move.vm]
+    spec = desired.vms.get(move.vm)
+    lefts = [left for left in domain.definition.owner.left_behind if left.host == move.source]
+    cleanup = _cleanup(domain, spec, move.destination, move.source, lefts, reachable[move.source], desired)
+    how = "destroyed (paused) and undefined" if stale.power.active else "undefined"
+    change = FieldChange(f"its half on {move.source}", stale.power.value, None, Impact.LIVE, note=(
+        f"libvirt finished moving {move.vm} to {move.destination}, which runs it with the definition the move gave it, "
+        f"but {move.source}'s libvirtd did not end the job there (it died or restarted at that moment) and still holds "
+        f"its half: {how}; the guest on {move.destination} is not touched"))
+    return plans.ResourcePlan(
+        kind="VirtualMachine", name=move.vm, actions=(Action.UPDATE,),
+        changes=(change, *(cleanup.changes if cleanup else ())),
+        steps=(plans.DiscardMovedSource(move.vm, domain.uuid, move.source, move.destination),
+               *(cleanup.steps if cleanup else ())),
+        manifest=spec.manifest if spec is not None else domain.definition.owner.manifest,
+        notes=cleanup.notes if cleanup else (),
     )
 
 

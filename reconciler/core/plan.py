@@ -444,6 +444,24 @@ class ForgetMovedVolume(Step):
 
 
 @dataclass(frozen=True)
+class DiscardMovedSource(Step):
+    """Remove from this host, ``source``, the half of domain ``name`` (``uuid``) that a move to ``destination`` left
+    here when libvirt finished the move there but this host's libvirtd lost the end of the job (see
+    :func:`reconciler.core.fleet.finished_move`): destroyed if it is still active (paused), then undefined. Its
+    volumes and UEFI NVRAM stay for the :class:`DeleteMovedVolume` steps that follow.
+    """
+
+    kind: ClassVar[str] = "discard_moved_source"
+    name: str
+    uuid: str
+    source: str
+    destination: str
+
+    def describe(self) -> str:
+        return f"discard the half of {self.name} its move to {self.destination} left on {self.source}"
+
+
+@dataclass(frozen=True)
 class RecordRoster(Step):
     """Write ``hosts``, the fleet's Host names, beside the mark of domain ``domain`` (``uuid``), changing nothing else.
 

@@ -42,7 +42,7 @@ from reconciler import defaults, errors, logconfig
 from reconciler.adapters import hypervisor as hv
 from reconciler.adapters.trash import PoolTrash
 from reconciler.core import plan as plans
-from reconciler.core import domxml, hostdirs, model, planner, storagexml, trash
+from reconciler.core import actual, domxml, fleet, hostdirs, model, planner, storagexml, trash
 
 DEFAULT_WORKERS = defaults.DEFAULT_WORKERS
 STOP_POLL_SECONDS = 0.1
@@ -842,6 +842,26 @@ def _delete_moved_volume(source: hv.Hypervisor, hosts: Mapping[str, hv.Hyperviso
     return None if source.delete_volume(step.pool, step.name) else "already gone"
 
 
+def _discard_moved_source(source: hv.Hypervisor, hosts: Mapping[str, hv.Hypervisor], step: plans.DiscardMovedSource,
+                          _cancel: threading.Event) -> str | None:
+    destination = _peer(hosts, step.destination)
+    here, there = source.domain_record(step.name), destination.domain_record(step.name)
+    if here is None:
+        return "already gone"
+    if there is None or there.uuid != step.uuid or here.uuid != step.uuid or not fleet.is_finished_move(
+            actual.domain(here), step.source, actual.domain(there), step.destination):
+        raise errors.OperationRefused(
+            f"{step.name} here and on {step.destination} no longer prove a move to {step.destination} that libvirt "
+            f"finished there (it runs there, this half does not, both marks record that move); not discarding it. "
+            "Plan again"
+        )
+    source.ensure_owned(step.name, step.uuid, bound=True)
+    destroyed = source.destroy_domain(step.name)  # libvirt's own end of the move: the source's QEMU goes
+    with contextlib.suppress(errors.ObjectNotFound):  # a transient half is gone once destroyed
+        source.undefine_domain(step.name, keep_nvram=True)  # the NVRAM is a copy the move left: deleted next
+    return f"{'destroyed and ' if destroyed else ''}undefined; it runs on {step.destination}"
+
+
 def _host_of(hosts: Mapping[str, hv.Hypervisor], hypervisor: hv.Hypervisor) -> str:
     """Return the name under which ``hosts`` knows ``hypervisor``."""
     return next((name for name, h in hosts.items() if h is hypervisor or h.uri == hypervisor.uri), "")
@@ -876,6 +896,7 @@ _FLEET_RUNNERS: dict[type, Callable] = {
     plans.MigrateDomain: _migrate_domain,
     plans.DeleteMovedVolume: _delete_moved_volume,
     plans.ForgetMovedVolume: _forget_moved_volume,
+    plans.DiscardMovedSource: _discard_moved_source,
 }
 
 _RUNNERS: dict[type, Callable] = {
@@ -933,5 +954,6 @@ _EVENTS: dict[type, str] = {
     plans.MigrateDomain: "domain_migrated",
     plans.DeleteMovedVolume: "moved_volume_deleted",
     plans.ForgetMovedVolume: "moved_volume_forgotten",
+    plans.DiscardMovedSource: "moved_source_discarded",
     plans.RecordRoster: "roster_recorded",
 }

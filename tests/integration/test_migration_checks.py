@@ -227,6 +227,52 @@ def test_a_partial_copy_is_not_deleted_while_a_domain_there_uses_it(interrupted_
     assert len(sending_recorded(hosts)) == 2
 
 
+
+@pytest.fixture
+def finished_move(two_hosts):
+    """``app`` as libvirt leaves it when h1's libvirtd loses the end of its move to h2: running on h2 with the move's
+    definition (its mark names h2 and the disk left on h1), and still on h1, paused, its mark recording the disk it was
+    sending to h2."""
+    import dataclasses
+
+    from reconciler.core import domxml, model
+
+    hosts = two_hosts
+    h1, h2 = hosts["h1"], hosts["h2"]
+    owner = domxml.parse_owner(domxml.parse_tree(h1.domain_xml("app")))
+    h1.set_owner("app", dataclasses.replace(owner, fleet="default", host="h1",
+                                            sending=(model.Sending("h2", "default", "app-root"),)))
+    h2.create_volume("default", volume_xml("app-root"), "app-root")
+    h2.define_domain(domxml.remark(h1.domain_xml("app"), dataclasses.replace(
+        owner, fleet="default", host="h2", left_behind=(model.LeftBehind("h1", "default", "app-root"),))), "app")
+    h2.start_domain("app")
+    h1.start_domain("app")
+    h1._connection.lookupByName("app").suspend()
+    return hosts
+
+
+def test_the_half_a_finished_move_left_paused_on_its_source_is_destroyed_and_undefined(finished_move):
+    hosts = finished_move
+
+    outcome = run(hosts, plans.DiscardMovedSource("app", UUID, "h1", "h2"))
+
+    assert outcome.status == "converged", outcome.error
+    assert outcome.steps[0].detail == "destroyed and undefined; it runs on h2"
+    assert not hosts["h1"].domain_exists("app")
+    assert hosts["h1"].volume_exists("default", "app-root")  # for the DeleteMovedVolume that follows
+    assert hosts["h2"].domain_power("app")[0].active
+
+
+def test_a_half_that_no_longer_proves_a_finished_move_is_not_discarded(finished_move):
+    hosts = finished_move
+    hosts["h2"].destroy_domain("app")  # the guest stopped there: which half is the VM is no longer proven
+
+    outcome = run(hosts, plans.DiscardMovedSource("app", UUID, "h1", "h2"))
+
+    assert outcome.status == "failed"
+    assert "no longer prove a move to h2 that libvirt finished there" in outcome.error
+    assert hosts["h1"].domain_exists("app") and hosts["h1"].domain_power("app")[0].active
+
 def test_recording_the_roster_never_rewrites_the_mark_another_step_writes_at_that_moment(two_hosts, monkeypatch):
     from reconciler.core import domxml
 

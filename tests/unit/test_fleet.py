@@ -769,3 +769,47 @@ def test_a_host_the_fleet_left_alone_in_its_roster_may_run_on_its_own():
     assert plan.problems == ()
     (web,) = [r for r in plan.changes if r.kind == "VirtualMachine"]
     assert web.actions == (plans.Action.UPDATE,) and "metadata.host" in [c.path for c in web.changes]
+
+
+def stale_half(state: model.DesiredState, vm: str, *sending: model.Sending,
+               power=model.PowerState.PAUSED) -> model.ObservedDomain:
+    """Return ``vm`` on host a as a move to b leaves it there when a's libvirtd loses the end of the job: not running,
+    its mark as it was before the move (recording ``sending``), its disks still its own."""
+    domain = interrupted(state, vm, *sending)
+    return dataclasses.replace(domain, power=power, storage=(("vmstore", f"{vm}-root.qcow2"),))
+
+
+def test_the_half_a_move_libvirt_finished_left_on_its_source_is_discarded_then_the_copies_are_deleted():
+    state = manifests(delete_yaml("web"))
+    for power in (model.PowerState.PAUSED, model.PowerState.SHUTOFF):
+        result = fleet.plan_fleet(state, {"a": host_state(stale_half(state, "web", PARTIAL, power=power), state=state),
+                                          "b": host_state(moved(state, "web", LEFT), state=state)})
+
+        assert result.problems == () and result.split_brain == () and result.migrations == ()
+        assert steps(result.host("a").plan, "web") == [
+            plans.DiscardMovedSource("web", builders.UUID, "a", "b"),
+            plans.DeleteMovedVolume("vmstore", "web-root.qcow2", "web", builders.UUID, "b", running=True, source="a"),
+            plans.ForgetMovedVolume("vmstore", "web-root.qcow2", "web", builders.UUID, "a", "b"),
+        ]
+        assert steps(result.host("b").plan, "web") == []  # the guest runs there, as it is
+        (resource,) = [r for r in result.host("a").plan.resources if r.name == "web"]
+        assert "libvirt finished moving web to b" in resource.changes[0].note
+
+
+def test_two_halves_that_prove_no_finished_move_stay_a_split_brain():
+    state = manifests(delete_yaml("web"))
+    running_too = stale_half(state, "web", PARTIAL, power=model.PowerState.RUNNING)
+    nothing_sent = stale_half(state, "web")
+    sent_elsewhere = stale_half(state, "web", model.Sending("c", "vmstore", "web-root.qcow2"))
+    cases = {
+        "the source's half runs too": (running_too, moved(state, "web", LEFT)),
+        "the source's mark records nothing sent": (nothing_sent, moved(state, "web", LEFT)),
+        "what it sent went to another host": (sent_elsewhere, moved(state, "web", LEFT)),
+        "the destination's mark records no copy left on a": (stale_half(state, "web", PARTIAL), moved(state, "web")),
+        "the destination's half does not run": (stale_half(state, "web", PARTIAL),
+                                                moved(state, "web", LEFT, power=model.PowerState.PAUSED)),
+    }
+    for case, (here, there) in cases.items():
+        result = fleet.plan_fleet(state, {"a": host_state(here, state=state), "b": host_state(there, state=state)})
+        assert result.split_brain == (fleet.SplitBrain("web", ("a", "b")),), case
+        assert steps(result.host("a").plan, "web") == [] and steps(result.host("b").plan, "web") == [], case
