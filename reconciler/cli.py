@@ -79,10 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--connect", "-c", metavar="URI", default=default_uri() if required_default else None,
                              help="libvirt URI (default: $KVMOPS_CONNECT or qemu:///system)")
 
-    def fleet_options(command: argparse.ArgumentParser, *, host: bool = True) -> None:
+    def fleet_options(command: argparse.ArgumentParser, *, host: bool = True, host_help: str | None = None) -> None:
         if host:
             command.add_argument("--host", metavar="NAME", default=None,
-                                 help="in a fleet (manifests with kind: Host), only this Host")
+                                 help=host_help or "in a fleet (manifests with kind: Host), only this Host")
         command.add_argument("--parallel-hosts", type=int, default=defaults.DEFAULT_HOST_WORKERS, metavar="N",
                              help=f"in a fleet, hosts worked on at once (default: {defaults.DEFAULT_HOST_WORKERS})")
         command.add_argument("--host-timeout", type=_positive_seconds, default=None, metavar="SECONDS",
@@ -136,8 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check manifests against the schemas and each other")
     validate.add_argument("path", metavar="PATH")
     validate.add_argument("--connect", "-c", metavar="URI",
-                          help="also check that the storage pools the disks use exist on this host")
+                          help="also check that the storage pools and networks the manifests use exist on this host")
+    validate.add_argument("--live", action="store_true",
+                          help="also check the hosts: with Hosts in the manifests, each Host (at its spec.uri) against "
+                               "its share of them; else the --connect host ($KVMOPS_CONNECT or qemu:///system)")
     validate.add_argument("--output", "-o", choices=("text", "json"), default="text")
+    fleet_options(validate, host_help="in a fleet, check only this Host (implies --live)")
+    validate.add_argument("--config", metavar="FILE", default=os.environ.get("KVMOPS_CONFIG"),
+                          help="in a fleet, the configuration file whose scope: and hostTimeout: --live uses "
+                               "(default: $KVMOPS_CONFIG)")
+    scope_option(validate, default=None)
     validate.set_defaults(handler=cmd_validate)
 
     plan = commands.add_parser("plan", help="show what apply would change (a dry run)")
@@ -225,7 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     ssh.add_argument("--user", "-l", default=None, help="remote user")
     ssh.add_argument("ssh_args", nargs="*", metavar="SSH_ARGS",
                      help="options for ssh, then a remote command")
-    connect_option(ssh)
+    connect_option(ssh, required_default=False)
+    ssh.add_argument("--manifests", metavar="PATH", default=os.environ.get("KVMOPS_MANIFESTS"),
+                     help="manifests declaring Hosts: ssh to the VM on whichever Host has it")
+    fleet_options(ssh, host_help="in a fleet, the Host the VM runs on (default: the one Host that has it)")
     ssh.set_defaults(handler=cmd_ssh)
 
     doctor = commands.add_parser("doctor", help="check the host: KVM, libvirtd, qemu-img, pools, networks, space")
@@ -239,7 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     importer = commands.add_parser("import", help="write a manifest for an existing (foreign) domain")
     importer.add_argument("name", metavar="NAME")
-    connect_option(importer)
+    connect_option(importer, required_default=False)
+    importer.add_argument("--manifests", metavar="PATH", default=os.environ.get("KVMOPS_MANIFESTS"),
+                          help="manifests declaring Hosts: read the domain from the Host that has it (--host NAME), "
+                               "and pin the manifest there (placement.host)")
+    fleet_options(importer, host_help="in a fleet, the Host to read the domain from (default: the one Host that has it)")
     importer.add_argument("--output", "-o", metavar="FILE", default=None, help="write to FILE instead of stdout")
     importer.set_defaults(handler=cmd_import)
 
@@ -328,8 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     adopt.add_argument("--state-dir", default=None, help="directory of the host lock")
     adopt.add_argument("--manifests", metavar="PATH", default=None,
                        help="the manifests declaring it (as `kvmops import` wrote): the mark then matches them "
-                            "exactly, so the next plan is empty")
-    connect_option(adopt)
+                            "exactly, so the next plan is empty; with Hosts in them, give --host")
+    connect_option(adopt, required_default=False)
+    fleet_options(adopt, host_help="in a fleet (--manifests declaring Hosts), the Host whose domain NAME is adopted")
     scope_option(adopt)
     adopt.set_defaults(handler=cmd_adopt)
 
@@ -471,7 +487,11 @@ def _say_waiting(holder: str) -> None:
 
 
 def cmd_validate(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> int:
-    """Check the manifests; print one line per problem; exit 0 when all are valid."""
+    """Check the manifests; print one line per problem; exit 0 when all are valid.
+
+    Offline by default. ``--connect URI`` (or ``--live``) also checks that host; in a fleet
+    ``--live`` (or ``--host NAME``) checks each Host against its share of the manifests.
+    """
     import json
 
     from reconciler.core import render
@@ -479,29 +499,84 @@ def cmd_validate(args: argparse.Namespace, shared: hv.Hypervisor | None = None) 
 
     desired = reconcile.load_desired(args.path)
     problems = list(desired.problems)
-    if args.connect or shared is not None:
-        def check_pools(hypervisor: hv.Hypervisor) -> int:
-            problems.extend(reconcile.pool_problems_on_host(desired, hypervisor))
-            return EXIT_OK
-        _with_hypervisor(args, shared, read_only=True, body=check_pools)
+    live = bool(getattr(args, "live", False) or getattr(args, "host", None))
+    checked = None
+    if desired.is_fleet and shared is None and (live or args.connect):
+        checked = _fleet_validate(args, desired)
+        problems.extend(checked.problems)
+    else:
+        _refuse_fleet_options(args)
+        if live or args.connect or shared is not None:
+            args.connect = args.connect or default_uri()
+
+            def check_host(hypervisor: hv.Hypervisor) -> int:
+                problems.extend(reconcile.host_problems_on(desired, hypervisor))
+                return EXIT_OK
+            _with_hypervisor(args, shared, read_only=True, body=check_host)
+    failed = bool(problems) or (checked is not None and checked.failed)
     if getattr(args, "output", "text") == "json":
-        print(json.dumps({
-            "valid": not problems, "files": desired.files, "virtual_machines": len(desired.vms),
+        data = {
+            "valid": not failed, "files": desired.files, "virtual_machines": len(desired.vms),
             "storage_pools": len(desired.pools), "networks": len(desired.networks), "images": len(desired.images),
             "problems": redaction.redact_value([render.problem_data(p) for p in problems]),
-        }, indent=2))
+        }
+        if checked is not None:
+            data["hosts"] = [{
+                "host": h.host, "uri": redaction.redact_url(h.uri), "unreachable": h.unreachable, "missing": h.missing,
+                "problems": redaction.redact_value([render.problem_data(p) for p in h.problems]),
+            } for h in checked.hosts]
+        print(json.dumps(data, indent=2))
     else:
         for problem in problems:
             print(redaction.redact_text(str(problem)))  # a problem may quote a URL from the manifest
+        if checked is not None:
+            sys.stdout.write(_host_checks_text(checked))
         counts = (f"{desired.files} file(s), {len(desired.vms)} VirtualMachine(s), {len(desired.pools)} StoragePool(s), "
                   f"{len(desired.networks)} Network(s), {len(desired.images)} Image(s)")
         if desired.is_fleet:  # only in a fleet: single-host output stays as it was
             counts += f", {len(desired.hosts)} Host(s)"
-        if problems:
-            print(f"{len(problems)} problem(s) found in {args.path} ({counts} valid)")
+        where = ""
+        if checked is not None:
+            seen = [h.host for h in checked.hosts if h.unreachable is None]
+            silent = [h.host for h in checked.hosts if h.unreachable is not None]
+            where = f"; Hosts checked: {', '.join(seen) or 'none'}" + (f"; not checked: {', '.join(silent)}" if silent else "")
+        found = len(problems) + (sum(len(h.problems) for h in checked.hosts) if checked is not None else 0)
+        if failed:
+            print(f"{found} problem(s) found in {args.path} ({counts} valid){where}")
         else:
-            print(f"{args.path}: valid ({counts})")
-    return EXIT_ERROR if problems else EXIT_OK
+            print(f"{args.path}: valid ({counts}){where}")
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+def _fleet_validate(args: argparse.Namespace, desired: model.DesiredState):
+    """Check every Host of the fleet (``--host``: one) against its share of the manifests (``validate --live``)."""
+    from reconciler.runtime import command_settings, fleet_reconcile
+
+    if args.connect:
+        raise errors.KvmopsError(
+            f"--connect {redaction.redact_url(args.connect)}: the manifests declare Hosts, each reached at its own "
+            f"spec.uri; drop --connect and give --live to check every Host (--host NAME: one of them)"
+            + _connect_names_a_host(args.connect, desired)
+        )
+    fleet_reconcile.require_host(getattr(args, "host", None), desired)
+    scope, _policy = command_settings.host_configuration(getattr(args, "config", None), getattr(args, "scope", None))
+    return fleet_reconcile.check_live(desired, settings=command_settings.scoped(scope), only_host=args.host,
+                                      host_workers=args.parallel_hosts, host_timeout=_host_timeout(args))
+
+
+def _host_checks_text(checked) -> str:
+    """Return ``validate --live``'s section per Host: what it lacks, or that it lacks nothing, or why it was not checked."""
+    lines = []
+    for host in checked.hosts:
+        where = f"Host {host.host}" + (f" ({redaction.redact_url(host.uri)})" if host.uri else " (no Host manifest)")
+        if host.unreachable is not None:
+            lines.append(f"{where}: {'MISSING' if host.missing else 'UNREACHABLE'}: {redaction.redact_text(host.unreachable)}\n")
+        elif host.problems:
+            lines.append(f"{where}: {len(host.problems)} problem(s)\n")
+            lines.extend(f"  {redaction.redact_text(str(problem))}\n" for problem in host.problems)
+        else:
+            lines.append(f"{where}: ok\n")
+    return "".join(lines)
 
 
 # --- plan -------------------------------------------------------------------------------
@@ -807,13 +882,29 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 
 def cmd_ssh(args: argparse.Namespace) -> int:
-    """Replace this process with ``ssh`` to the VM's first address."""
+    """Replace this process with ``ssh`` to the VM's first address (in a fleet, found on the Host that has the VM)."""
     from reconciler.adapters import hypervisor as hv
     from reconciler.runtime import inspect
 
-    with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
-        address = inspect.ssh_address(hypervisor, args.name)
-    print(f"kvmops: ssh to {args.name} at {address.ip} ({address.source})", file=sys.stderr, flush=True)
+    on = ""
+    if args.manifests and (desired := _load(args.manifests)).is_fleet:
+        from reconciler.runtime import deadlines, fleet_reconcile
+
+        _check_fleet_args(args, desired)
+        timeout = _host_timeout(args)
+        with fleet_reconcile.connected_to_domain(desired, args.name, only_host=args.host,
+                                                 host_workers=args.parallel_hosts, host_timeout=timeout) as (host, found):
+            answer = deadlines.call_each({host: lambda: inspect.ssh_address(found, args.name)}, timeout=timeout,
+                                         what=f"asked for the addresses of {args.name}")[host]
+        if isinstance(answer, errors.KvmopsError):
+            raise answer
+        address, on = answer, f" on Host {host}"
+    else:
+        _refuse_fleet_options(args)
+        args.connect = args.connect or default_uri()
+        with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
+            address = inspect.ssh_address(hypervisor, args.name)
+    print(f"kvmops: ssh to {args.name}{on} at {address.ip} ({address.source})", file=sys.stderr, flush=True)
     try:
         os.execvp("ssh", inspect.ssh_argv(address.ip, args.user, list(args.ssh_args)))
     except FileNotFoundError as exc:
@@ -845,12 +936,27 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    """Write a manifest for an existing domain, ready for `kvmops adopt NAME --manifests`."""
+    """Write a manifest for an existing domain, ready for `kvmops adopt NAME --manifests`.
+
+    In a fleet (``--manifests`` declaring Hosts) the domain is read from the Host that has it
+    (``--host``), and the manifest pins it there (``placement.host``).
+    """
     from reconciler.adapters import hypervisor as hv
     from reconciler.runtime import adoption
 
-    with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
-        imported = adoption.import_manifest(hypervisor, args.name, redaction.redact_url(args.connect))
+    if args.manifests and (desired := _load(args.manifests)).is_fleet:
+        from reconciler.runtime import fleet_reconcile
+
+        _check_fleet_args(args, desired)
+        with fleet_reconcile.connected_to_domain(desired, args.name, only_host=args.host,
+                                                 host_workers=args.parallel_hosts,
+                                                 host_timeout=_host_timeout(args)) as (host, hypervisor):
+            imported = adoption.import_manifest(hypervisor, args.name, redaction.redact_url(hypervisor.uri), host=host)
+    else:
+        _refuse_fleet_options(args)
+        args.connect = args.connect or default_uri()
+        with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
+            imported = adoption.import_manifest(hypervisor, args.name, redaction.redact_url(args.connect))
     if imported.already_managed:
         print(f"kvmops: warning: {imported.already_managed}", file=sys.stderr)
     _write(imported.text, args.output, f"manifest for {args.name} written to {args.output}")
@@ -860,12 +966,32 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_adopt(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> int:
-    """Mark a foreign domain as kvmops' own, without changing anything else in it."""
+    """Mark a foreign domain as kvmops' own, without changing anything else in it.
+
+    With ``--manifests`` declaring Hosts, the domain on Host ``--host`` becomes the fleet's
+    VM placed there (:func:`reconciler.runtime.adoption.adopt_in_fleet`).
+    """
+    from reconciler.core import planner
     from reconciler.runtime import adoption
 
+    desired = _load(args.manifests) if args.manifests else None
+    if desired is not None and desired.is_fleet and shared is None:
+        _check_fleet_args(args, desired)
+        if args.host is None:
+            raise errors.KvmopsError(
+                f"adopt {args.name}: the manifests declare Hosts; give --host NAME, the Host whose domain {args.name} "
+                f"becomes the fleet's (Hosts: {', '.join(sorted(desired.hosts))})"
+            )
+        print(adoption.adopt_in_fleet(desired, args.name, args.host, scope=args.scope, manifests=args.manifests,
+                                      lock=_host_locks(args), host_workers=args.parallel_hosts,
+                                      host_timeout=_host_timeout(args)))
+        return EXIT_OK
+    _refuse_fleet_options(args)
+    args.connect = args.connect or default_uri()
+
     def body(hypervisor: hv.Hypervisor) -> int:
-        print(adoption.adopt(hypervisor, args.name, scope=args.scope, manifests=args.manifests,
-                             host_lock=lambda: _host_lock(args, hypervisor.uri)))
+        print(adoption.adopt(hypervisor, args.name, settings=planner.Settings(scope=args.scope), desired=desired,
+                             manifests=args.manifests, host_lock=lambda: _host_lock(args, hypervisor.uri)))
         return EXIT_OK
     return _with_hypervisor(args, shared, read_only=False, body=body)
 
@@ -929,8 +1055,15 @@ def _check_fleet_args(args: argparse.Namespace, desired: model.DesiredState) -> 
         raise errors.KvmopsError(
             f"--connect {redaction.redact_url(args.connect)}: the manifests declare Hosts, each reached at its own "
             "spec.uri; drop --connect (--host NAME restricts the command to one Host)"
+            + _connect_names_a_host(args.connect, desired)
         )
     fleet_reconcile.require_host(getattr(args, "host", None), desired)
+
+
+def _connect_names_a_host(uri: str, desired: model.DesiredState) -> str:
+    """Return the hint that ``uri`` is a Host's ``spec.uri`` (so ``--host`` is what was meant), or ""."""
+    named = sorted(name for name, host in desired.hosts.items() if host.uri == uri)
+    return f"; {redaction.redact_url(uri)} is Host {named[0]}'s spec.uri: --host {named[0]}" if named else ""
 
 
 def _fleet_plan(args: argparse.Namespace, desired: model.DesiredState, *, evacuate=frozenset(),

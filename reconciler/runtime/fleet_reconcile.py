@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -243,6 +243,68 @@ def plan_and_apply(
             cancel = threading.Event()
             with cancellation.on_signals(cancel):
                 return planned, apply(planned, connections, workers=workers, host_workers=host_workers, cancel=cancel)
+
+
+def check_live(
+    desired: model.DesiredState,
+    *,
+    settings: planner.Settings,
+    only_host: str | None = None,
+    host_workers: int = DEFAULT_HOST_WORKERS,
+    host_timeout: float = DEFAULT_HOST_TIMEOUT,
+) -> fleet.FleetCheck:
+    """Connect to every Host read-only, observe them and check each one against its share (``validate --live``).
+
+    Every Host is observed even with ``only_host``: where the VMs are decides each Host's
+    share. A Host that does not answer within ``host_timeout`` is unreachable, in its section.
+    """
+    with connect(desired, read_only=True, workers=max(1, host_workers), timeout=host_timeout) as connections:
+        with reconcile.gc_paused():
+            observed = observe_all(connections, workers=host_workers)
+    return fleet.check_hosts(desired, observed, reconcile.salted(settings), only_host=only_host)
+
+
+@contextlib.contextmanager
+def connected_to_domain(
+    desired: model.DesiredState,
+    name: str,
+    *,
+    only_host: str | None = None,
+    host_workers: int = DEFAULT_HOST_WORKERS,
+    host_timeout: float = DEFAULT_HOST_TIMEOUT,
+) -> Iterator[tuple[str, hv.Hypervisor]]:
+    """Yield the Host that defines domain ``name`` (``only_host``: that Host) and a read-only connection to it.
+
+    For the commands that act on one VM of a fleet (``wait``, ``ssh``, ``import``): each
+    Host gets ``host_timeout`` seconds to be connected to, and again to say whether it has
+    the domain. Refuses a name no reachable Host defines (naming the Hosts that did not
+    answer), and one several Hosts define (``--host`` picks one).
+    """
+    require_host(only_host, desired)
+    if only_host is not None:
+        desired = dataclasses.replace(desired, hosts={only_host: desired.hosts[only_host]})
+    with connect(desired, read_only=True, workers=max(1, host_workers), timeout=host_timeout) as connections:
+        answers = deadlines.call_each(
+            {host: (lambda hypervisor=hypervisor: hypervisor.domain_exists(name))
+             for host, hypervisor in connections.hypervisors.items()},
+            timeout=host_timeout, workers=host_workers, what=f"asked for domain {name}")
+        for host, answer in answers.items():
+            if isinstance(answer, errors.HostTimedOut):
+                connections.abandon(host, str(answer))
+            elif isinstance(answer, errors.KvmopsError):
+                connections.unreachable[host] = str(answer)
+        having = sorted(host for host, answer in answers.items() if answer is True)
+        if not having:
+            silent = sorted(connections.unreachable)
+            if only_host is not None:
+                why = f" (it does not answer: {connections.unreachable[only_host]})" if silent else ""
+                raise errors.ObjectNotFound(f"no domain named {name} on Host {only_host}{why}")
+            unreachable = f" (unreachable: {', '.join(silent)})" if silent else ""
+            raise errors.ObjectNotFound(f"no domain named {name} on any reachable Host{unreachable}; "
+                                        "`kvmops status --manifests PATH` lists the VMs")
+        if len(having) > 1:
+            raise errors.KvmopsError(f"{name} is defined on {', '.join(having)}: give --host NAME")
+        yield having[0], connections.hypervisors[having[0]]
 
 
 def require_host(name: str | None, desired: model.DesiredState) -> None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from reconciler import defaults, errors
 from reconciler.adapters import manifests
+from reconciler.core import actual as actual_state
 from reconciler.core import desired as desired_state
 from reconciler.core import model, planner
 from reconciler.core import plan as plans
@@ -275,14 +276,8 @@ def plan_and_apply(
             return planned, apply(path, hypervisor, settings=settings, workers=workers, planned=planned, cancel=cancel)
 
 
-def pool_problems_on_host(desired: model.DesiredState, hypervisor: hv.Hypervisor) -> list[model.Problem]:
-    """Return what ``validate --connect`` adds: pools the host refuses or lacks, for the pools and VMs declared."""
-    problems = []
+def host_problems_on(desired: model.DesiredState, hypervisor: hv.Hypervisor) -> list[model.Problem]:
+    """Return what ``validate --connect`` adds: the pools and networks the host refuses or lacks for ``desired``."""
     pools = {pool.name: pool for pool in hypervisor.list_pools()}
-    for spec in desired.pools.values():
-        refusal = planner.refused_pool_path(spec, hypervisor.uri) if spec.name not in pools else None
-        if refusal is not None:
-            problems.append(spec.origin.problem("spec.path", f"{refusal}; kvmops never makes one a storage pool"))
-    for spec in desired.vms.values():
-        problems.extend(planner.pool_problems(spec, desired.pools, pools, hypervisor.uri))
-    return problems
+    networks = {record.name: actual_state.network(record) for record in hypervisor.list_networks()}
+    return planner.host_problems(desired, pools, networks, hypervisor.uri)
