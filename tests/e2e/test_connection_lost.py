@@ -8,6 +8,7 @@ is what a libvirtd stopped in the middle of a start looks like to its client.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -72,6 +73,34 @@ def test_an_eof_during_a_definition_is_a_lost_connection_and_the_steps_after_it_
     assert "not run: start" in result.stdout, text
     assert "refused" not in text
     assert host.domain(name) is None, "the definition never reached libvirtd"
+
+
+def test_a_call_libvirtd_never_answers_while_its_keepalives_flow_is_abandoned_at_the_step_timeout(host, proxy):
+    """libvirtd defines the VM, but its answer never comes while every keepalive is answered (a libvirtd whose call
+    hangs): the connection is kept, although the call outlasts the keepalive's silence three times over, and the step
+    is abandoned at --step-timeout, saying so; the next apply converges."""
+    name = host.name("web")
+    factories.write(host.manifests, "web.yaml", factories.vm(name, virtType="qemu", runStrategy="Halted"))
+    proxy.arm(DOMAIN_DEFINE_XML, DOMAIN_DEFINE_XML_FLAGS, drop="hold")
+    started = time.monotonic()
+
+    result = kvmops(host, "apply", host.manifests, "--connect", proxy.uri, "--host-timeout", "2", "--step-timeout", "6")
+
+    took = time.monotonic() - started
+    text = output(result)
+    print(f"apply returned after {took:.1f} s")
+    assert proxy.cuts, text
+    assert result.returncode == 1, text
+    assert 6 <= took < 6 + 30, text
+    assert f"define domain {name} on host {proxy.uri} did not finish within 6 s: libvirtd still answers keepalive " \
+           "probes, but this call has not returned" in result.stdout, text
+    assert "stopped answering" not in text and "connection to libvirtd was lost" not in text
+    assert "Traceback" not in text
+    assert host.domain(name) is not None, "libvirtd did define it: only the answer was held back"
+
+    again = kvmops(host, "apply", host.manifests)
+    assert again.returncode == 0, output(again)
+    assert kvmops(host, "plan", host.manifests, "--detailed-exitcode").returncode == 0
 
 
 def test_healthz_clears_once_a_vm_whose_start_lost_its_answer_turns_out_converged(host, proxy, run_controller):
