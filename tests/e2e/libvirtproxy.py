@@ -4,8 +4,9 @@ The system libvirtd is shared and must never be stopped, yet kvmops has to be te
 against a connection that breaks in the middle of its work.  Clients connect through
 ``qemu+unix:///system?socket=PATH``; every byte goes to ``/run/libvirt/libvirt-sock`` and
 back unchanged, so libvirtd does the real work.  Armed with a procedure number
-(``remote_protocol.x``: 9 is ``domain create``, 11 ``domain define``), the proxy cuts the
-client's connection the first time the client calls it, in one of two ways:
+(``remote_protocol.x``: 9 is ``domain create``, 11 ``domain define``, 93 ``storage vol
+create``), the proxy cuts the client's connection the first time the client calls it, in
+one of two ways:
 
 * ``"request"``: the call never reaches libvirtd (nothing happened), the client reads EOF;
 * ``"reply"``: libvirtd carries the call out, its reply is dropped (it happened, and the
@@ -30,6 +31,7 @@ REMOTE_PROGRAM = 0x20008086
 DOMAIN_CREATE = 9
 DOMAIN_DEFINE_XML = 11
 DOMAIN_DEFINE_XML_FLAGS = 350
+STORAGE_VOL_CREATE_XML = 93
 LIBVIRTD_SOCKET = "/run/libvirt/libvirt-sock"
 
 
