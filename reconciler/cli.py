@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import reconciler
 from reconciler import defaults, errors, logconfig
-from reconciler.core import redaction, validation
+from reconciler.core import memo, redaction, validation
 
 if TYPE_CHECKING:
     from reconciler.adapters import hypervisor as hv
@@ -425,6 +425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         _error(f"internal error: {type(exc).__name__}: {exc} (set KVMOPS_DEBUG=1 for a traceback, and please report it)")
         return EXIT_ERROR
+    finally:
+        memo.forget_all()
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
