@@ -15,14 +15,15 @@ threads and watchdog) when it runs.  tests/unit/test_cli_startup.py keeps it so.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import reconciler
 from reconciler import defaults, errors, logconfig
-from reconciler.core import redaction, validation
+from reconciler.core import memo, redaction, validation
 
 if TYPE_CHECKING:
     from reconciler.adapters import hypervisor as hv
@@ -55,11 +56,30 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _step_seconds(text: str) -> float:
+    """Return ``text`` as the seconds a step may take: 0 (no limit) up to a week (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value <= defaults.MAX_STEP_TIMEOUT:
+        raise argparse.ArgumentTypeError(
+            f"{text} is not between 0 (no limit) and {defaults.MAX_STEP_TIMEOUT:g} seconds (a week)")
+    return value
+
+
 def _host_timeout(args: argparse.Namespace) -> float:
-    """Return the seconds a Host gets in a fleet: ``--host-timeout`` over the configuration file's hostTimeout."""
+    """Return the seconds a host gets to answer: ``--host-timeout`` over the configuration file's hostTimeout."""
     from reconciler.runtime import command_settings
 
     return command_settings.host_timeout(getattr(args, "config", None), getattr(args, "host_timeout", None))
+
+
+def _step_timeout(args: argparse.Namespace) -> float | None:
+    """Return the seconds a step may take (None: no limit): ``--step-timeout`` over the configuration file's stepTimeout."""
+    from reconciler.runtime import command_settings
+
+    return command_settings.step_timeout(getattr(args, "config", None), getattr(args, "step_timeout", None))
 
 
 def default_uri() -> str:
@@ -79,16 +99,26 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--connect", "-c", metavar="URI", default=default_uri() if required_default else None,
                              help="libvirt URI (default: $KVMOPS_CONNECT or qemu:///system)")
 
+    def host_timeout_option(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--host-timeout", type=_positive_seconds, default=None, metavar="SECONDS",
+                             help="seconds a host gets to be connected to (in a fleet: and to be observed) before it "
+                                  "counts as unreachable, and to stay silent in the middle of a call before its "
+                                  "connection is given up (default: hostTimeout of --config, else "
+                                  f"{defaults.DEFAULT_HOST_TIMEOUT:g})")
+
+    def step_timeout_option(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--step-timeout", type=_step_seconds, default=None, metavar="SECONDS",
+                             help="seconds one step may take (a stop: plus the guest's shutdown timeout) before it is "
+                                  "abandoned and reported failed; 0: no limit (default: stepTimeout of --config, else "
+                                  f"{defaults.DEFAULT_STEP_TIMEOUT:g})")
+
     def fleet_options(command: argparse.ArgumentParser, *, host: bool = True, host_help: str | None = None) -> None:
         if host:
             command.add_argument("--host", metavar="NAME", default=None,
                                  help=host_help or "in a fleet (manifests with kind: Host), only this Host")
         command.add_argument("--parallel-hosts", type=int, default=defaults.DEFAULT_HOST_WORKERS, metavar="N",
                              help=f"in a fleet, hosts worked on at once (default: {defaults.DEFAULT_HOST_WORKERS})")
-        command.add_argument("--host-timeout", type=_positive_seconds, default=None, metavar="SECONDS",
-                             help="in a fleet, seconds a Host gets to be connected to, and to be observed, before it "
-                                  "counts as unreachable (default: hostTimeout of --config, else "
-                                  f"{defaults.DEFAULT_HOST_TIMEOUT:g})")
+        host_timeout_option(command)
 
     def planning_options(command: argparse.ArgumentParser, *, connect_default: bool = True, host: bool = True,
                          path_optional: bool = False) -> None:
@@ -127,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help=f"steps run at once on each host (default: {defaults.DEFAULT_WORKERS})")
         command.add_argument("--lock-timeout", type=float, default=300.0, metavar="SECONDS")
         command.add_argument("--state-dir", default=None, help="directory of the host locks")
+        step_timeout_option(command)
 
     def scope_option(command: argparse.ArgumentParser, default: str | None = DEFAULT_SCOPE) -> None:
         command.add_argument("--scope", default=os.environ.get("KVMOPS_SCOPE") or default, metavar="NAME",
@@ -189,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     bin_commands = bin_.add_subparsers(dest="trash_command", required=True, metavar="ACTION", parser_class=_Parser)
     listed = bin_commands.add_parser("list", help="list what the pools' trash holds and until when")
     connect_option(listed)
+    host_timeout_option(listed)
     listed.add_argument("--output", "-o", choices=("table", "json"), default="table")
     listed.add_argument("--config", metavar="FILE", default=os.environ.get("KVMOPS_CONFIG"),
                         help="the host's configuration file, for policy.trashRetention (default: $KVMOPS_CONFIG; 24h)")
@@ -200,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="wait this long for another kvmops acting on the host (default: 60)")
     restore.add_argument("--state-dir", default=None, help="directory of the host lock")
     connect_option(restore)
+    host_timeout_option(restore)
     restore.set_defaults(handler=cmd_trash_restore)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of a manifest kind (for editors)")
@@ -268,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="wait this long for another kvmops acting on the host (default: 300)")
     apply.add_argument("--state-dir", default=None, help="directory of the host lock (default: $KVMOPS_STATE_DIR, "
                        "/var/lib/kvmops for root, ~/.local/state/kvmops otherwise)")
+    step_timeout_option(apply)
 
     drain = commands.add_parser("drain", help="in a fleet: plan a Host cordoned and its VMs moved off (--apply to do it)")
     drain.add_argument("host_name", metavar="HOST")
@@ -404,6 +438,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         _error(f"internal error: {type(exc).__name__}: {exc} (set KVMOPS_DEBUG=1 for a traceback, and please report it)")
         return EXIT_ERROR
+    finally:
+        memo.forget_all()
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
@@ -444,13 +480,21 @@ def _colour(args: argparse.Namespace) -> bool:
     return sys.stdout.isatty() and not getattr(args, "no_color", False) and "NO_COLOR" not in os.environ
 
 
+@contextlib.contextmanager
+def _connected(args: argparse.Namespace, *, read_only: bool) -> Iterator[hv.Hypervisor]:
+    """Yield a connection to ``args.connect`` as every one-shot command opens it: within ``--host-timeout``, with
+    keepalives giving a silent libvirtd up after about as long (no call waits for ever), closed likewise."""
+    from reconciler.runtime import connection
+
+    with connection.opened(args.connect, read_only=read_only, timeout=_host_timeout(args)) as hypervisor:
+        yield hypervisor
+
+
 def _with_hypervisor(args: argparse.Namespace, shared: hv.Hypervisor | None, *, read_only: bool,
                      body: Callable[[hv.Hypervisor], int]) -> int:
-    from reconciler.adapters import hypervisor as hv
-
     if shared is not None:
         return body(shared)
-    with hv.Hypervisor.open(args.connect, read_only=read_only) as hypervisor:
+    with _connected(args, read_only=read_only) as hypervisor:
         return body(hypervisor)
 
 
@@ -676,7 +720,6 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 def cmd_state_export(args: argparse.Namespace) -> int:
     """Write a JSON snapshot of the host, or of every Host of a fleet (``--manifests`` declaring Hosts)."""
-    from reconciler.adapters import hypervisor as hv
     from reconciler.runtime import snapshots
 
     if args.manifests:
@@ -692,7 +735,7 @@ def cmd_state_export(args: argparse.Namespace) -> int:
             return EXIT_ERROR if taken.unreachable else EXIT_OK
     _refuse_fleet_options(args)
     args.connect = args.connect or default_uri()
-    with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
+    with _connected(args, read_only=True) as hypervisor:
         taken = snapshots.take(hypervisor)
     _write(snapshots.to_json(taken), args.output,
            f"snapshot of {taken.hostname} ({redaction.redact_url(args.connect)}) written to {args.output}")
@@ -734,7 +777,7 @@ def cmd_apply(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> 
         planned, result = reconcile.plan_and_apply(
             args.path, hypervisor, settings=_settings(args), show_plan=lambda plan: _show_plan_applied(plan, args),
             lock=_host_lock(args, hypervisor.uri), revision=git.describe(args.path), desired=desired,
-            workers=args.parallel)
+            workers=args.parallel, step_timeout=_step_timeout(args))
         if result is None:
             return EXIT_ERROR if planned.plan.problems else EXIT_OK
         sys.stdout.write(redaction.redact_text(report.report_text(result)))
@@ -785,11 +828,10 @@ def cmd_trash_list(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from reconciler.adapters import hypervisor as hv
     from reconciler.runtime import command_settings, recovery, report
 
     retention = command_settings.trash_retention(args.config)
-    with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
+    with _connected(args, read_only=True) as hypervisor:
         found = recovery.listing(hypervisor)
     rows = recovery.rows(found, int(time.time()), retention)
     if args.output == "json":
@@ -806,10 +848,9 @@ def cmd_trash_list(args: argparse.Namespace) -> int:
 
 def cmd_trash_restore(args: argparse.Namespace) -> int:
     """Move a volume from its pool's trash back into the pool, under the host lock."""
-    from reconciler.adapters import hypervisor as hv
     from reconciler.runtime import recovery, report
 
-    with hv.Hypervisor.open(args.connect) as hypervisor, _host_lock(args, hypervisor.uri):
+    with _connected(args, read_only=False) as hypervisor, _host_lock(args, hypervisor.uri):
         restored = recovery.restore(hypervisor, args.volume, args.pool)
     sys.stdout.write(report.restored_text(restored))
     return EXIT_OK
@@ -822,7 +863,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Print every domain kvmops manages (in ``--scope``, or all scopes) with its conditions and addresses."""
     import json
 
-    from reconciler.adapters import hypervisor as hv
     from reconciler.runtime import inspect, report
 
     if args.manifests:
@@ -830,7 +870,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         if desired.is_fleet:
             return _fleet_status(args, desired)
     _refuse_fleet_options(args)
-    with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
+    with _connected(args, read_only=True) as hypervisor:
         rows = inspect.status_rows_on(hypervisor, manifests=args.manifests, name=args.name, scope=args.scope,
                                       default_scope=DEFAULT_SCOPE)
     if args.name and not rows:
@@ -864,7 +904,6 @@ def _fleet_status(args: argparse.Namespace, desired: model.DesiredState) -> int:
 
 def cmd_wait(args: argparse.Namespace) -> int:
     """Block until the VM has an address, runs, or is stopped; print what was seen."""
-    from reconciler.adapters import hypervisor as hv
     from reconciler.runtime import inspect
 
     if args.manifests:
@@ -876,14 +915,13 @@ def cmd_wait(args: argparse.Namespace) -> int:
             return EXIT_OK
     _refuse_fleet_options(args)
     args.connect = args.connect or default_uri()
-    with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
+    with _connected(args, read_only=True) as hypervisor:
         print(inspect.wait(hypervisor, args.name, args.condition, timeout=args.timeout))
     return EXIT_OK
 
 
 def cmd_ssh(args: argparse.Namespace) -> int:
     """Replace this process with ``ssh`` to the VM's first address (in a fleet, found on the Host that has the VM)."""
-    from reconciler.adapters import hypervisor as hv
     from reconciler.runtime import inspect
 
     on = ""
@@ -902,7 +940,7 @@ def cmd_ssh(args: argparse.Namespace) -> int:
     else:
         _refuse_fleet_options(args)
         args.connect = args.connect or default_uri()
-        with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
+        with _connected(args, read_only=True) as hypervisor:
             address = inspect.ssh_address(hypervisor, args.name)
     print(f"kvmops: ssh to {args.name}{on} at {address.ip} ({address.source})", file=sys.stderr, flush=True)
     try:
@@ -927,7 +965,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     _refuse_fleet_options(args)
     args.connect = args.connect or default_uri()
     scope, policy = command_settings.host_configuration(args.config, args.scope)
-    checks = doctor.checks_on(args.connect, manifests=args.path, scope=scope, policy=policy)
+    checks = doctor.checks_on(args.connect, manifests=args.path, scope=scope, policy=policy,
+                              host_timeout=_host_timeout(args))
     sys.stdout.write(report.checks_text(checks) + report.checks_summary(checks))
     return EXIT_ERROR if any(c.ok is False for c in checks) else EXIT_OK
 
@@ -941,7 +980,6 @@ def cmd_import(args: argparse.Namespace) -> int:
     In a fleet (``--manifests`` declaring Hosts) the domain is read from the Host that has it
     (``--host``), and the manifest pins it there (``placement.host``).
     """
-    from reconciler.adapters import hypervisor as hv
     from reconciler.runtime import adoption
 
     if args.manifests and (desired := _load(args.manifests)).is_fleet:
@@ -955,7 +993,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     else:
         _refuse_fleet_options(args)
         args.connect = args.connect or default_uri()
-        with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
+        with _connected(args, read_only=True) as hypervisor:
             imported = adoption.import_manifest(hypervisor, args.name, redaction.redact_url(args.connect))
     if imported.already_managed:
         print(f"kvmops: warning: {imported.already_managed}", file=sys.stderr)
@@ -1099,7 +1137,7 @@ def _fleet_apply(args: argparse.Namespace, desired: model.DesiredState, *, evacu
     _planned, result = fleet_reconcile.plan_and_apply(
         desired, settings=_settings(args), show_plan=show_plan, lock=_host_locks(args), evacuate=evacuate,
         only_host=getattr(args, "host", None), workers=args.parallel, host_workers=args.parallel_hosts,
-        host_timeout=_host_timeout(args))
+        host_timeout=_host_timeout(args), step_timeout=_step_timeout(args))
     if result is None:
         return shown[0]
     sys.stdout.write(redaction.redact_text(report.fleet_report_text(result)))
@@ -1140,11 +1178,12 @@ def cmd_forget_host(args: argparse.Namespace) -> int:
     title = f"kvmops forget-host {args.host_name}: the fleet's marks stop naming it"
     if not args.apply:
         return _print_fleet_plan(forget_host.plan(desired, args.host_name, settings=_settings(args),
-                                                  host_workers=args.parallel_hosts), args, title=title)
+                                                  host_workers=args.parallel_hosts, host_timeout=_host_timeout(args)),
+                                 args, title=title)
     shown: list[int] = []
     result = forget_host.apply(
         desired, args.host_name, settings=_settings(args), lock=_host_locks(args), workers=args.parallel,
-        host_workers=args.parallel_hosts,
+        host_workers=args.parallel_hosts, host_timeout=_host_timeout(args), step_timeout=_step_timeout(args),
         show_plan=lambda plan: shown.append(_print_fleet_plan(plan, args, title=title)))
     if result is None:
         return shown[0]

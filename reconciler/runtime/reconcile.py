@@ -226,8 +226,11 @@ def apply(
     workers: int = defaults.DEFAULT_WORKERS,
     cancel: threading.Event | None = None,
     planned: PlanResult | None = None,
+    step_timeout: float | None = None,
 ) -> ApplyResult:
     """Plan (unless ``planned`` is given), execute, then plan again to verify convergence.
+
+    ``step_timeout``: the seconds a step may take before it is abandoned (None: no limit).
 
     The second plan is made at the first one's time: the trash entries this apply made are
     not due then, whatever the retention (with 1s, a pass a second later purges them).
@@ -236,7 +239,7 @@ def apply(
 
     settings = timed(settings)
     planned = planned or make_plan(path, hypervisor, settings=settings)
-    report = execute.execute(planned.plan, hypervisor, workers=workers, cancel=cancel)
+    report = execute.execute(planned.plan, hypervisor, workers=workers, cancel=cancel, step_timeout=step_timeout)
     if report.cancelled:
         return ApplyResult(planned, report, None)
     try:
@@ -260,6 +263,7 @@ def plan_and_apply(
     revision: str = "",
     desired: model.DesiredState | None = None,
     workers: int = defaults.DEFAULT_WORKERS,
+    step_timeout: float | None = None,
 ) -> tuple[PlanResult, ApplyResult | None]:
     """Plan, ``show_plan``, and carry the plan out when it has changes (``kvmops apply``).
 
@@ -273,7 +277,8 @@ def plan_and_apply(
             return planned, None
         cancel = threading.Event()
         with cancellation.on_signals(cancel):
-            return planned, apply(path, hypervisor, settings=settings, workers=workers, planned=planned, cancel=cancel)
+            return planned, apply(path, hypervisor, settings=settings, workers=workers, planned=planned, cancel=cancel,
+                                  step_timeout=step_timeout)
 
 
 def host_problems_on(desired: model.DesiredState, hypervisor: hv.Hypervisor) -> list[model.Problem]:
