@@ -27,7 +27,7 @@ from reconciler.core import memo, redaction, validation
 
 if TYPE_CHECKING:
     from reconciler.adapters import hypervisor as hv
-    from reconciler.core import model, planner
+    from reconciler.core import fleet, model, planner
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -539,7 +539,7 @@ def cmd_validate(args: argparse.Namespace, shared: hv.Hypervisor | None = None) 
     import json
 
     from reconciler.core import render
-    from reconciler.runtime import reconcile
+    from reconciler.runtime import reconcile, report
 
     desired = reconcile.load_desired(args.path)
     problems = list(desired.problems)
@@ -574,7 +574,7 @@ def cmd_validate(args: argparse.Namespace, shared: hv.Hypervisor | None = None) 
         for problem in problems:
             print(redaction.redact_text(str(problem)))  # a problem may quote a URL from the manifest
         if checked is not None:
-            sys.stdout.write(_host_checks_text(checked))
+            sys.stdout.write(report.host_checks_text(checked))
         counts = (f"{desired.files} file(s), {len(desired.vms)} VirtualMachine(s), {len(desired.pools)} StoragePool(s), "
                   f"{len(desired.networks)} Network(s), {len(desired.images)} Image(s)")
         if desired.is_fleet:  # only in a fleet: single-host output stays as it was
@@ -592,7 +592,7 @@ def cmd_validate(args: argparse.Namespace, shared: hv.Hypervisor | None = None) 
     return EXIT_ERROR if failed else EXIT_OK
 
 
-def _fleet_validate(args: argparse.Namespace, desired: model.DesiredState):
+def _fleet_validate(args: argparse.Namespace, desired: model.DesiredState) -> fleet.FleetCheck:
     """Check every Host of the fleet (``--host``: one) against its share of the manifests (``validate --live``)."""
     from reconciler.runtime import command_settings, fleet_reconcile
 
@@ -606,21 +606,6 @@ def _fleet_validate(args: argparse.Namespace, desired: model.DesiredState):
     scope, _policy = command_settings.host_configuration(getattr(args, "config", None), getattr(args, "scope", None))
     return fleet_reconcile.check_live(desired, settings=command_settings.scoped(scope), only_host=args.host,
                                       host_workers=args.parallel_hosts, host_timeout=_host_timeout(args))
-
-
-def _host_checks_text(checked) -> str:
-    """Return ``validate --live``'s section per Host: what it lacks, or that it lacks nothing, or why it was not checked."""
-    lines = []
-    for host in checked.hosts:
-        where = f"Host {host.host}" + (f" ({redaction.redact_url(host.uri)})" if host.uri else " (no Host manifest)")
-        if host.unreachable is not None:
-            lines.append(f"{where}: {'MISSING' if host.missing else 'UNREACHABLE'}: {redaction.redact_text(host.unreachable)}\n")
-        elif host.problems:
-            lines.append(f"{where}: {len(host.problems)} problem(s)\n")
-            lines.extend(f"  {redaction.redact_text(str(problem))}\n" for problem in host.problems)
-        else:
-            lines.append(f"{where}: ok\n")
-    return "".join(lines)
 
 
 # --- plan -------------------------------------------------------------------------------
