@@ -96,3 +96,13 @@ def test_a_vm_no_host_can_take_is_the_fleets_problem_not_a_hosts():
     assert [(p.path, p.message) for p in checked.problems] == [
         ("spec.placement", "no eligible host: no Host matches hostSelector zone=nowhere")]
     assert all(h.problems == () for h in checked.hosts) and checked.failed
+
+
+def test_a_host_the_marks_name_and_no_manifest_declares_is_a_missing_section_of_the_check():
+    state = manifests(vm_yaml("web", where="{host: a}"))
+    marked = running_on("a", state.vms["web"], roster=("a", "b", "c"))
+    observed = {"a": host_state(marked, state=state), "b": builders.actual()}
+    checked = fleet.check_hosts(state, observed)
+    assert [(h.host, h.missing, h.unreachable is not None) for h in checked.hosts] == [
+        ("a", False, False), ("b", False, False), ("c", True, True)]
+    assert checked.failed
