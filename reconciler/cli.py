@@ -603,8 +603,8 @@ def _fleet_validate(args: argparse.Namespace, desired: model.DesiredState) -> fl
             + _connect_names_a_host(args.connect, desired)
         )
     fleet_reconcile.require_host(getattr(args, "host", None), desired)
-    scope, _policy = command_settings.host_configuration(getattr(args, "config", None), getattr(args, "scope", None))
-    return fleet_reconcile.check_live(desired, settings=command_settings.scoped(scope), only_host=args.host,
+    return fleet_reconcile.check_live(desired, settings=command_settings.scoped(args.scope, args.config),
+                                      only_host=args.host,
                                       host_workers=args.parallel_hosts, host_timeout=_host_timeout(args))
 
 
@@ -943,7 +943,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         desired = _load(args.path)
         if desired.is_fleet:
             _check_fleet_args(args, desired)
-            found = doctor.fleet_checks(desired, only_host=args.host, settings=command_settings.scoped(args.scope),
+            found = doctor.fleet_checks(desired, only_host=args.host,
+                                        settings=command_settings.scoped(args.scope, args.config),
                                         host_timeout=_host_timeout(args))
             sys.stdout.write(report.fleet_checks_text(found))
             return EXIT_ERROR if found.failed else EXIT_OK

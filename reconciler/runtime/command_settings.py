@@ -40,9 +40,10 @@ def planning(path: str | None, *, no_prune: bool, allow_empty: bool, virt_type: 
     )
 
 
-def scoped(scope: str | None) -> planner.Settings:
-    """Return the settings of a command that only looks (``status``, ``doctor`` in a fleet): the scope alone."""
-    return planner.Settings(scope=scope or DEFAULT_SCOPE)
+def scoped(scope: str | None, config: str | None = None) -> planner.Settings:
+    """Return the settings of a command that only looks (``status``, ``doctor`` in a fleet): the scope alone,
+    ``--scope`` over the configuration file's."""
+    return planner.Settings(scope=host_configuration(config, scope)[0])
 
 
 def host_configuration(config: str | None, scope: str | None) -> tuple[str, policies.Policy | None]:

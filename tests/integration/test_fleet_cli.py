@@ -346,3 +346,15 @@ def test_the_host_timeout_is_the_flag_else_the_configuration_files_and_above_zer
     config.write_text("hostTimeout: 0\n", encoding="utf-8")
     status, _out, err = run(capsys, "plan", str(fleet.manifests), "--config", str(config))
     assert status == 1 and "hostTimeout" in err and "Traceback" not in err
+
+
+
+def test_a_looking_command_takes_the_flags_scope_else_the_configuration_files(tmp_path):
+    from reconciler.runtime import command_settings
+
+    config = tmp_path / "kvmops.yaml"
+    config.write_text("scope: blue\n", encoding="utf-8")
+
+    assert command_settings.scoped(None, str(config)).scope == "blue"  # doctor and validate --live in a fleet
+    assert command_settings.scoped("green", str(config)).scope == "green"
+    assert command_settings.scoped(None).scope == "default"
