@@ -64,8 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import structlog  # noqa: E402
 
 from reconciler.adapters import hypervisor as hv  # noqa: E402
-from reconciler.adapters import manifests  # noqa: E402
-from reconciler.core import actual, fleet, planner, validation  # noqa: E402
+from reconciler.core import fleet, memo, planner  # noqa: E402
 from reconciler.core import snapshot  # noqa: E402
 from reconciler.runtime import execute, observe, reconcile, snapshots  # noqa: E402
 
@@ -112,9 +111,7 @@ class Host:
 
 def forget_parsed() -> None:
     """Forget what earlier passes parsed, as a fresh process would have."""
-    manifests._PARSED.clear()
-    validation._VALID_BODIES.clear()
-    actual._READ.clear()
+    memo.forget_all()
 
 
 def write_vms(directory: Path, names: list[str], host: str | None) -> None:

@@ -15,18 +15,19 @@ threads and watchdog) when it runs.  tests/unit/test_cli_startup.py keeps it so.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import reconciler
 from reconciler import defaults, errors, logconfig
-from reconciler.core import redaction, validation
+from reconciler.core import memo, redaction, validation
 
 if TYPE_CHECKING:
     from reconciler.adapters import hypervisor as hv
-    from reconciler.core import model, planner
+    from reconciler.core import fleet, model, planner
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -55,11 +56,30 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _step_seconds(text: str) -> float:
+    """Return ``text`` as the seconds a step may take: 0 (no limit) up to a week (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value <= defaults.MAX_STEP_TIMEOUT:
+        raise argparse.ArgumentTypeError(
+            f"{text} is not between 0 (no limit) and {defaults.MAX_STEP_TIMEOUT:g} seconds (a week)")
+    return value
+
+
 def _host_timeout(args: argparse.Namespace) -> float:
-    """Return the seconds a Host gets in a fleet: ``--host-timeout`` over the configuration file's hostTimeout."""
+    """Return the seconds a host gets to answer: ``--host-timeout`` over the configuration file's hostTimeout."""
     from reconciler.runtime import command_settings
 
     return command_settings.host_timeout(getattr(args, "config", None), getattr(args, "host_timeout", None))
+
+
+def _step_timeout(args: argparse.Namespace) -> float | None:
+    """Return the seconds a step may take (None: no limit): ``--step-timeout`` over the configuration file's stepTimeout."""
+    from reconciler.runtime import command_settings
+
+    return command_settings.step_timeout(getattr(args, "config", None), getattr(args, "step_timeout", None))
 
 
 def default_uri() -> str:
@@ -79,16 +99,26 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--connect", "-c", metavar="URI", default=default_uri() if required_default else None,
                              help="libvirt URI (default: $KVMOPS_CONNECT or qemu:///system)")
 
-    def fleet_options(command: argparse.ArgumentParser, *, host: bool = True) -> None:
+    def host_timeout_option(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--host-timeout", type=_positive_seconds, default=None, metavar="SECONDS",
+                             help="seconds a host gets to be connected to (in a fleet: and to be observed) before it "
+                                  "counts as unreachable, and to stay silent in the middle of a call before its "
+                                  "connection is given up (default: hostTimeout of --config, else "
+                                  f"{defaults.DEFAULT_HOST_TIMEOUT:g})")
+
+    def step_timeout_option(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--step-timeout", type=_step_seconds, default=None, metavar="SECONDS",
+                             help="seconds one step may take (a stop: plus the guest's shutdown timeout) before it is "
+                                  "abandoned and reported failed; 0: no limit (default: stepTimeout of --config, else "
+                                  f"{defaults.DEFAULT_STEP_TIMEOUT:g})")
+
+    def fleet_options(command: argparse.ArgumentParser, *, host: bool = True, host_help: str | None = None) -> None:
         if host:
             command.add_argument("--host", metavar="NAME", default=None,
-                                 help="in a fleet (manifests with kind: Host), only this Host")
+                                 help=host_help or "in a fleet (manifests with kind: Host), only this Host")
         command.add_argument("--parallel-hosts", type=int, default=defaults.DEFAULT_HOST_WORKERS, metavar="N",
                              help=f"in a fleet, hosts worked on at once (default: {defaults.DEFAULT_HOST_WORKERS})")
-        command.add_argument("--host-timeout", type=_positive_seconds, default=None, metavar="SECONDS",
-                             help="in a fleet, seconds a Host gets to be connected to, and to be observed, before it "
-                                  "counts as unreachable (default: hostTimeout of --config, else "
-                                  f"{defaults.DEFAULT_HOST_TIMEOUT:g})")
+        host_timeout_option(command)
 
     def planning_options(command: argparse.ArgumentParser, *, connect_default: bool = True, host: bool = True,
                          path_optional: bool = False) -> None:
@@ -127,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help=f"steps run at once on each host (default: {defaults.DEFAULT_WORKERS})")
         command.add_argument("--lock-timeout", type=float, default=300.0, metavar="SECONDS")
         command.add_argument("--state-dir", default=None, help="directory of the host locks")
+        step_timeout_option(command)
 
     def scope_option(command: argparse.ArgumentParser, default: str | None = DEFAULT_SCOPE) -> None:
         command.add_argument("--scope", default=os.environ.get("KVMOPS_SCOPE") or default, metavar="NAME",
@@ -136,8 +167,16 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check manifests against the schemas and each other")
     validate.add_argument("path", metavar="PATH")
     validate.add_argument("--connect", "-c", metavar="URI",
-                          help="also check that the storage pools the disks use exist on this host")
+                          help="also check that the storage pools and networks the manifests use exist on this host")
+    validate.add_argument("--live", action="store_true",
+                          help="also check the hosts: with Hosts in the manifests, each Host (at its spec.uri) against "
+                               "its share of them; else the --connect host ($KVMOPS_CONNECT or qemu:///system)")
     validate.add_argument("--output", "-o", choices=("text", "json"), default="text")
+    fleet_options(validate, host_help="in a fleet, check only this Host (implies --live)")
+    validate.add_argument("--config", metavar="FILE", default=os.environ.get("KVMOPS_CONFIG"),
+                          help="in a fleet, the configuration file whose scope: and hostTimeout: --live uses "
+                               "(default: $KVMOPS_CONFIG)")
+    scope_option(validate, default=None)
     validate.set_defaults(handler=cmd_validate)
 
     plan = commands.add_parser("plan", help="show what apply would change (a dry run)")
@@ -181,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     bin_commands = bin_.add_subparsers(dest="trash_command", required=True, metavar="ACTION", parser_class=_Parser)
     listed = bin_commands.add_parser("list", help="list what the pools' trash holds and until when")
     connect_option(listed)
+    host_timeout_option(listed)
     listed.add_argument("--output", "-o", choices=("table", "json"), default="table")
     listed.add_argument("--config", metavar="FILE", default=os.environ.get("KVMOPS_CONFIG"),
                         help="the host's configuration file, for policy.trashRetention (default: $KVMOPS_CONFIG; 24h)")
@@ -192,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="wait this long for another kvmops acting on the host (default: 60)")
     restore.add_argument("--state-dir", default=None, help="directory of the host lock")
     connect_option(restore)
+    host_timeout_option(restore)
     restore.set_defaults(handler=cmd_trash_restore)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of a manifest kind (for editors)")
@@ -225,7 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     ssh.add_argument("--user", "-l", default=None, help="remote user")
     ssh.add_argument("ssh_args", nargs="*", metavar="SSH_ARGS",
                      help="options for ssh, then a remote command")
-    connect_option(ssh)
+    connect_option(ssh, required_default=False)
+    ssh.add_argument("--manifests", metavar="PATH", default=os.environ.get("KVMOPS_MANIFESTS"),
+                     help="manifests declaring Hosts: ssh to the VM on whichever Host has it")
+    fleet_options(ssh, host_help="in a fleet, the Host the VM runs on (default: the one Host that has it)")
     ssh.set_defaults(handler=cmd_ssh)
 
     doctor = commands.add_parser("doctor", help="check the host: KVM, libvirtd, qemu-img, pools, networks, space")
@@ -239,7 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     importer = commands.add_parser("import", help="write a manifest for an existing (foreign) domain")
     importer.add_argument("name", metavar="NAME")
-    connect_option(importer)
+    connect_option(importer, required_default=False)
+    importer.add_argument("--manifests", metavar="PATH", default=os.environ.get("KVMOPS_MANIFESTS"),
+                          help="manifests declaring Hosts: read the domain from the Host that has it (--host NAME), "
+                               "and pin the manifest there (placement.host)")
+    fleet_options(importer, host_help="in a fleet, the Host to read the domain from (default: the one Host that has it)")
     importer.add_argument("--output", "-o", metavar="FILE", default=None, help="write to FILE instead of stdout")
     importer.set_defaults(handler=cmd_import)
 
@@ -253,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="wait this long for another kvmops acting on the host (default: 300)")
     apply.add_argument("--state-dir", default=None, help="directory of the host lock (default: $KVMOPS_STATE_DIR, "
                        "/var/lib/kvmops for root, ~/.local/state/kvmops otherwise)")
+    step_timeout_option(apply)
 
     drain = commands.add_parser("drain", help="in a fleet: plan a Host cordoned and its VMs moved off (--apply to do it)")
     drain.add_argument("host_name", metavar="HOST")
@@ -328,8 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     adopt.add_argument("--state-dir", default=None, help="directory of the host lock")
     adopt.add_argument("--manifests", metavar="PATH", default=None,
                        help="the manifests declaring it (as `kvmops import` wrote): the mark then matches them "
-                            "exactly, so the next plan is empty")
-    connect_option(adopt)
+                            "exactly, so the next plan is empty; with Hosts in them, give --host")
+    connect_option(adopt, required_default=False)
+    fleet_options(adopt, host_help="in a fleet (--manifests declaring Hosts), the Host whose domain NAME is adopted")
     scope_option(adopt)
     adopt.set_defaults(handler=cmd_adopt)
 
@@ -388,6 +438,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         _error(f"internal error: {type(exc).__name__}: {exc} (set KVMOPS_DEBUG=1 for a traceback, and please report it)")
         return EXIT_ERROR
+    finally:
+        memo.forget_all()
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
@@ -428,13 +480,21 @@ def _colour(args: argparse.Namespace) -> bool:
     return sys.stdout.isatty() and not getattr(args, "no_color", False) and "NO_COLOR" not in os.environ
 
 
+@contextlib.contextmanager
+def _connected(args: argparse.Namespace, *, read_only: bool) -> Iterator[hv.Hypervisor]:
+    """Yield a connection to ``args.connect`` as every one-shot command opens it: within ``--host-timeout``, with
+    keepalives giving a silent libvirtd up after about as long (no call waits for ever), closed likewise."""
+    from reconciler.runtime import connection
+
+    with connection.opened(args.connect, read_only=read_only, timeout=_host_timeout(args)) as hypervisor:
+        yield hypervisor
+
+
 def _with_hypervisor(args: argparse.Namespace, shared: hv.Hypervisor | None, *, read_only: bool,
                      body: Callable[[hv.Hypervisor], int]) -> int:
-    from reconciler.adapters import hypervisor as hv
-
     if shared is not None:
         return body(shared)
-    with hv.Hypervisor.open(args.connect, read_only=read_only) as hypervisor:
+    with _connected(args, read_only=read_only) as hypervisor:
         return body(hypervisor)
 
 
@@ -471,37 +531,81 @@ def _say_waiting(holder: str) -> None:
 
 
 def cmd_validate(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> int:
-    """Check the manifests; print one line per problem; exit 0 when all are valid."""
+    """Check the manifests; print one line per problem; exit 0 when all are valid.
+
+    Offline by default. ``--connect URI`` (or ``--live``) also checks that host; in a fleet
+    ``--live`` (or ``--host NAME``) checks each Host against its share of the manifests.
+    """
     import json
 
     from reconciler.core import render
-    from reconciler.runtime import reconcile
+    from reconciler.runtime import reconcile, report
 
     desired = reconcile.load_desired(args.path)
     problems = list(desired.problems)
-    if args.connect or shared is not None:
-        def check_pools(hypervisor: hv.Hypervisor) -> int:
-            problems.extend(reconcile.pool_problems_on_host(desired, hypervisor))
-            return EXIT_OK
-        _with_hypervisor(args, shared, read_only=True, body=check_pools)
+    live = bool(getattr(args, "live", False) or getattr(args, "host", None))
+    checked = None
+    if desired.is_fleet and shared is None and (live or args.connect):
+        checked = _fleet_validate(args, desired)
+        problems.extend(checked.problems)
+    else:
+        _refuse_fleet_options(args)
+        if live or args.connect or shared is not None:
+            args.connect = args.connect or default_uri()
+
+            def check_host(hypervisor: hv.Hypervisor) -> int:
+                problems.extend(reconcile.host_problems_on(desired, hypervisor))
+                return EXIT_OK
+            _with_hypervisor(args, shared, read_only=True, body=check_host)
+    failed = bool(problems) or (checked is not None and checked.failed)
     if getattr(args, "output", "text") == "json":
-        print(json.dumps({
-            "valid": not problems, "files": desired.files, "virtual_machines": len(desired.vms),
+        data = {
+            "valid": not failed, "files": desired.files, "virtual_machines": len(desired.vms),
             "storage_pools": len(desired.pools), "networks": len(desired.networks), "images": len(desired.images),
             "problems": redaction.redact_value([render.problem_data(p) for p in problems]),
-        }, indent=2))
+        }
+        if checked is not None:
+            data["hosts"] = [{
+                "host": h.host, "uri": redaction.redact_url(h.uri), "unreachable": h.unreachable, "missing": h.missing,
+                "problems": redaction.redact_value([render.problem_data(p) for p in h.problems]),
+            } for h in checked.hosts]
+        print(json.dumps(data, indent=2))
     else:
         for problem in problems:
             print(redaction.redact_text(str(problem)))  # a problem may quote a URL from the manifest
+        if checked is not None:
+            sys.stdout.write(report.host_checks_text(checked))
         counts = (f"{desired.files} file(s), {len(desired.vms)} VirtualMachine(s), {len(desired.pools)} StoragePool(s), "
                   f"{len(desired.networks)} Network(s), {len(desired.images)} Image(s)")
         if desired.is_fleet:  # only in a fleet: single-host output stays as it was
             counts += f", {len(desired.hosts)} Host(s)"
-        if problems:
-            print(f"{len(problems)} problem(s) found in {args.path} ({counts} valid)")
+        where = ""
+        if checked is not None:
+            seen = [h.host for h in checked.hosts if h.unreachable is None]
+            silent = [h.host for h in checked.hosts if h.unreachable is not None]
+            where = f"; Hosts checked: {', '.join(seen) or 'none'}" + (f"; not checked: {', '.join(silent)}" if silent else "")
+        found = len(problems) + (sum(len(h.problems) for h in checked.hosts) if checked is not None else 0)
+        if failed:
+            print(f"{found} problem(s) found in {args.path} ({counts} valid){where}")
         else:
-            print(f"{args.path}: valid ({counts})")
-    return EXIT_ERROR if problems else EXIT_OK
+            print(f"{args.path}: valid ({counts}){where}")
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+def _fleet_validate(args: argparse.Namespace, desired: model.DesiredState) -> fleet.FleetCheck:
+    """Check every Host of the fleet (``--host``: one) against its share of the manifests (``validate --live``)."""
+    from reconciler.runtime import command_settings, fleet_reconcile
+
+    if args.connect:
+        raise errors.KvmopsError(
+            f"--connect {redaction.redact_url(args.connect)}: the manifests declare Hosts, each reached at its own "
+            f"spec.uri; drop --connect and give --live to check every Host (--host NAME: one of them)"
+            + _connect_names_a_host(args.connect, desired)
+        )
+    fleet_reconcile.require_host(getattr(args, "host", None), desired)
+    return fleet_reconcile.check_live(desired, settings=command_settings.scoped(args.scope, args.config),
+                                      only_host=args.host,
+                                      host_workers=args.parallel_hosts, host_timeout=_host_timeout(args))
 
 
 # --- plan -------------------------------------------------------------------------------
@@ -601,7 +705,6 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 def cmd_state_export(args: argparse.Namespace) -> int:
     """Write a JSON snapshot of the host, or of every Host of a fleet (``--manifests`` declaring Hosts)."""
-    from reconciler.adapters import hypervisor as hv
     from reconciler.runtime import snapshots
 
     if args.manifests:
@@ -617,7 +720,7 @@ def cmd_state_export(args: argparse.Namespace) -> int:
             return EXIT_ERROR if taken.unreachable else EXIT_OK
     _refuse_fleet_options(args)
     args.connect = args.connect or default_uri()
-    with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
+    with _connected(args, read_only=True) as hypervisor:
         taken = snapshots.take(hypervisor)
     _write(snapshots.to_json(taken), args.output,
            f"snapshot of {taken.hostname} ({redaction.redact_url(args.connect)}) written to {args.output}")
@@ -659,7 +762,7 @@ def cmd_apply(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> 
         planned, result = reconcile.plan_and_apply(
             args.path, hypervisor, settings=_settings(args), show_plan=lambda plan: _show_plan_applied(plan, args),
             lock=_host_lock(args, hypervisor.uri), revision=git.describe(args.path), desired=desired,
-            workers=args.parallel)
+            workers=args.parallel, step_timeout=_step_timeout(args))
         if result is None:
             return EXIT_ERROR if planned.plan.problems else EXIT_OK
         sys.stdout.write(redaction.redact_text(report.report_text(result)))
@@ -710,11 +813,10 @@ def cmd_trash_list(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from reconciler.adapters import hypervisor as hv
     from reconciler.runtime import command_settings, recovery, report
 
     retention = command_settings.trash_retention(args.config)
-    with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
+    with _connected(args, read_only=True) as hypervisor:
         found = recovery.listing(hypervisor)
     rows = recovery.rows(found, int(time.time()), retention)
     if args.output == "json":
@@ -731,10 +833,9 @@ def cmd_trash_list(args: argparse.Namespace) -> int:
 
 def cmd_trash_restore(args: argparse.Namespace) -> int:
     """Move a volume from its pool's trash back into the pool, under the host lock."""
-    from reconciler.adapters import hypervisor as hv
     from reconciler.runtime import recovery, report
 
-    with hv.Hypervisor.open(args.connect) as hypervisor, _host_lock(args, hypervisor.uri):
+    with _connected(args, read_only=False) as hypervisor, _host_lock(args, hypervisor.uri):
         restored = recovery.restore(hypervisor, args.volume, args.pool)
     sys.stdout.write(report.restored_text(restored))
     return EXIT_OK
@@ -747,7 +848,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Print every domain kvmops manages (in ``--scope``, or all scopes) with its conditions and addresses."""
     import json
 
-    from reconciler.adapters import hypervisor as hv
     from reconciler.runtime import inspect, report
 
     if args.manifests:
@@ -755,7 +855,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         if desired.is_fleet:
             return _fleet_status(args, desired)
     _refuse_fleet_options(args)
-    with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
+    with _connected(args, read_only=True) as hypervisor:
         rows = inspect.status_rows_on(hypervisor, manifests=args.manifests, name=args.name, scope=args.scope,
                                       default_scope=DEFAULT_SCOPE)
     if args.name and not rows:
@@ -789,7 +889,6 @@ def _fleet_status(args: argparse.Namespace, desired: model.DesiredState) -> int:
 
 def cmd_wait(args: argparse.Namespace) -> int:
     """Block until the VM has an address, runs, or is stopped; print what was seen."""
-    from reconciler.adapters import hypervisor as hv
     from reconciler.runtime import inspect
 
     if args.manifests:
@@ -801,19 +900,34 @@ def cmd_wait(args: argparse.Namespace) -> int:
             return EXIT_OK
     _refuse_fleet_options(args)
     args.connect = args.connect or default_uri()
-    with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
+    with _connected(args, read_only=True) as hypervisor:
         print(inspect.wait(hypervisor, args.name, args.condition, timeout=args.timeout))
     return EXIT_OK
 
 
 def cmd_ssh(args: argparse.Namespace) -> int:
-    """Replace this process with ``ssh`` to the VM's first address."""
-    from reconciler.adapters import hypervisor as hv
+    """Replace this process with ``ssh`` to the VM's first address (in a fleet, found on the Host that has the VM)."""
     from reconciler.runtime import inspect
 
-    with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
-        address = inspect.ssh_address(hypervisor, args.name)
-    print(f"kvmops: ssh to {args.name} at {address.ip} ({address.source})", file=sys.stderr, flush=True)
+    on = ""
+    if args.manifests and (desired := _load(args.manifests)).is_fleet:
+        from reconciler.runtime import deadlines, fleet_reconcile
+
+        _check_fleet_args(args, desired)
+        timeout = _host_timeout(args)
+        with fleet_reconcile.connected_to_domain(desired, args.name, only_host=args.host,
+                                                 host_workers=args.parallel_hosts, host_timeout=timeout) as (host, found):
+            answer = deadlines.call_each({host: lambda: inspect.ssh_address(found, args.name)}, timeout=timeout,
+                                         what=f"asked for the addresses of {args.name}")[host]
+        if isinstance(answer, errors.KvmopsError):
+            raise answer
+        address, on = answer, f" on Host {host}"
+    else:
+        _refuse_fleet_options(args)
+        args.connect = args.connect or default_uri()
+        with _connected(args, read_only=True) as hypervisor:
+            address = inspect.ssh_address(hypervisor, args.name)
+    print(f"kvmops: ssh to {args.name}{on} at {address.ip} ({address.source})", file=sys.stderr, flush=True)
     try:
         os.execvp("ssh", inspect.ssh_argv(address.ip, args.user, list(args.ssh_args)))
     except FileNotFoundError as exc:
@@ -829,14 +943,16 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         desired = _load(args.path)
         if desired.is_fleet:
             _check_fleet_args(args, desired)
-            found = doctor.fleet_checks(desired, only_host=args.host, settings=command_settings.scoped(args.scope),
+            found = doctor.fleet_checks(desired, only_host=args.host,
+                                        settings=command_settings.scoped(args.scope, args.config),
                                         host_timeout=_host_timeout(args))
             sys.stdout.write(report.fleet_checks_text(found))
             return EXIT_ERROR if found.failed else EXIT_OK
     _refuse_fleet_options(args)
     args.connect = args.connect or default_uri()
     scope, policy = command_settings.host_configuration(args.config, args.scope)
-    checks = doctor.checks_on(args.connect, manifests=args.path, scope=scope, policy=policy)
+    checks = doctor.checks_on(args.connect, manifests=args.path, scope=scope, policy=policy,
+                              host_timeout=_host_timeout(args))
     sys.stdout.write(report.checks_text(checks) + report.checks_summary(checks))
     return EXIT_ERROR if any(c.ok is False for c in checks) else EXIT_OK
 
@@ -845,12 +961,26 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    """Write a manifest for an existing domain, ready for `kvmops adopt NAME --manifests`."""
-    from reconciler.adapters import hypervisor as hv
+    """Write a manifest for an existing domain, ready for `kvmops adopt NAME --manifests`.
+
+    In a fleet (``--manifests`` declaring Hosts) the domain is read from the Host that has it
+    (``--host``), and the manifest pins it there (``placement.host``).
+    """
     from reconciler.runtime import adoption
 
-    with hv.Hypervisor.open(args.connect, read_only=True) as hypervisor:
-        imported = adoption.import_manifest(hypervisor, args.name, redaction.redact_url(args.connect))
+    if args.manifests and (desired := _load(args.manifests)).is_fleet:
+        from reconciler.runtime import fleet_reconcile
+
+        _check_fleet_args(args, desired)
+        with fleet_reconcile.connected_to_domain(desired, args.name, only_host=args.host,
+                                                 host_workers=args.parallel_hosts,
+                                                 host_timeout=_host_timeout(args)) as (host, hypervisor):
+            imported = adoption.import_manifest(hypervisor, args.name, redaction.redact_url(hypervisor.uri), host=host)
+    else:
+        _refuse_fleet_options(args)
+        args.connect = args.connect or default_uri()
+        with _connected(args, read_only=True) as hypervisor:
+            imported = adoption.import_manifest(hypervisor, args.name, redaction.redact_url(args.connect))
     if imported.already_managed:
         print(f"kvmops: warning: {imported.already_managed}", file=sys.stderr)
     _write(imported.text, args.output, f"manifest for {args.name} written to {args.output}")
@@ -860,12 +990,32 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_adopt(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> int:
-    """Mark a foreign domain as kvmops' own, without changing anything else in it."""
+    """Mark a foreign domain as kvmops' own, without changing anything else in it.
+
+    With ``--manifests`` declaring Hosts, the domain on Host ``--host`` becomes the fleet's
+    VM placed there (:func:`reconciler.runtime.adoption.adopt_in_fleet`).
+    """
+    from reconciler.core import planner
     from reconciler.runtime import adoption
 
+    desired = _load(args.manifests) if args.manifests else None
+    if desired is not None and desired.is_fleet and shared is None:
+        _check_fleet_args(args, desired)
+        if args.host is None:
+            raise errors.KvmopsError(
+                f"adopt {args.name}: the manifests declare Hosts; give --host NAME, the Host whose domain {args.name} "
+                f"becomes the fleet's (Hosts: {', '.join(sorted(desired.hosts))})"
+            )
+        print(adoption.adopt_in_fleet(desired, args.name, args.host, scope=args.scope, manifests=args.manifests,
+                                      lock=_host_locks(args), host_workers=args.parallel_hosts,
+                                      host_timeout=_host_timeout(args)))
+        return EXIT_OK
+    _refuse_fleet_options(args)
+    args.connect = args.connect or default_uri()
+
     def body(hypervisor: hv.Hypervisor) -> int:
-        print(adoption.adopt(hypervisor, args.name, scope=args.scope, manifests=args.manifests,
-                             host_lock=lambda: _host_lock(args, hypervisor.uri)))
+        print(adoption.adopt(hypervisor, args.name, settings=planner.Settings(scope=args.scope), desired=desired,
+                             manifests=args.manifests, host_lock=lambda: _host_lock(args, hypervisor.uri)))
         return EXIT_OK
     return _with_hypervisor(args, shared, read_only=False, body=body)
 
@@ -929,8 +1079,15 @@ def _check_fleet_args(args: argparse.Namespace, desired: model.DesiredState) -> 
         raise errors.KvmopsError(
             f"--connect {redaction.redact_url(args.connect)}: the manifests declare Hosts, each reached at its own "
             "spec.uri; drop --connect (--host NAME restricts the command to one Host)"
+            + _connect_names_a_host(args.connect, desired)
         )
     fleet_reconcile.require_host(getattr(args, "host", None), desired)
+
+
+def _connect_names_a_host(uri: str, desired: model.DesiredState) -> str:
+    """Return the hint that ``uri`` is a Host's ``spec.uri`` (so ``--host`` is what was meant), or ""."""
+    named = sorted(name for name, host in desired.hosts.items() if host.uri == uri)
+    return f"; {redaction.redact_url(uri)} is Host {named[0]}'s spec.uri: --host {named[0]}" if named else ""
 
 
 def _fleet_plan(args: argparse.Namespace, desired: model.DesiredState, *, evacuate=frozenset(),
@@ -966,7 +1123,7 @@ def _fleet_apply(args: argparse.Namespace, desired: model.DesiredState, *, evacu
     _planned, result = fleet_reconcile.plan_and_apply(
         desired, settings=_settings(args), show_plan=show_plan, lock=_host_locks(args), evacuate=evacuate,
         only_host=getattr(args, "host", None), workers=args.parallel, host_workers=args.parallel_hosts,
-        host_timeout=_host_timeout(args))
+        host_timeout=_host_timeout(args), step_timeout=_step_timeout(args))
     if result is None:
         return shown[0]
     sys.stdout.write(redaction.redact_text(report.fleet_report_text(result)))
@@ -1007,11 +1164,12 @@ def cmd_forget_host(args: argparse.Namespace) -> int:
     title = f"kvmops forget-host {args.host_name}: the fleet's marks stop naming it"
     if not args.apply:
         return _print_fleet_plan(forget_host.plan(desired, args.host_name, settings=_settings(args),
-                                                  host_workers=args.parallel_hosts), args, title=title)
+                                                  host_workers=args.parallel_hosts, host_timeout=_host_timeout(args)),
+                                 args, title=title)
     shown: list[int] = []
     result = forget_host.apply(
         desired, args.host_name, settings=_settings(args), lock=_host_locks(args), workers=args.parallel,
-        host_workers=args.parallel_hosts,
+        host_workers=args.parallel_hosts, host_timeout=_host_timeout(args), step_timeout=_step_timeout(args),
         show_plan=lambda plan: shown.append(_print_fleet_plan(plan, args, title=title)))
     if result is None:
         return shown[0]

@@ -10,4 +10,6 @@ DEFAULT_SCOPE = "default"  # the manifest set's name without --scope or a config
 DEFAULT_WORKERS = 4  # VMs worked on at once on one host
 DEFAULT_HOST_WORKERS = 8  # hosts connected to, observed and applied at once
 DEFAULT_HOST_TIMEOUT = 10.0  # seconds a Host gets to be connected to, or observed, before it counts as unreachable
+DEFAULT_STEP_TIMEOUT = 3600.0  # seconds one step of a one-shot apply may take before it is abandoned
+MAX_STEP_TIMEOUT = 604800.0  # a week: --step-timeout 0 for no limit at all
 WAIT_CONDITIONS = ("ip", "running", "stopped")  # what `kvmops wait --for` can wait for

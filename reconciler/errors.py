@@ -13,8 +13,9 @@ work queue and the CLI's exit status are built on::
     ├── SourceError                a git revision or repository cannot be read       terminal
     └── HypervisorError            libvirt said no, or could not be reached
         ├── RetryableHypervisorError                                                  retryable
-        │   └── ConnectionLost     libvirtd went away, or never answered
-        │       └── HostTimedOut   a Host did not answer within its deadline
+        │   ├── ConnectionLost     libvirtd went away, or never answered
+        │   │   └── HostTimedOut   a Host did not answer within its deadline
+        │   └── StepTimedOut       libvirtd answers, but a step's call did not return in time
         └── TerminalHypervisorError                                                   terminal
             ├── AuthenticationFailed   libvirtd refused our credentials
             ├── ObjectNotFound     a domain, pool or volume is not there
@@ -77,6 +78,10 @@ class ConnectionLost(RetryableHypervisorError):
 
 class HostTimedOut(ConnectionLost):
     """A Host did not answer within the deadline (``--host-timeout``): it counts as unreachable for this pass."""
+
+
+class StepTimedOut(RetryableHypervisorError):
+    """A step did not finish within ``--step-timeout``: it was abandoned, and may still take effect in libvirtd."""
 
 
 class TerminalHypervisorError(HypervisorError):

@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import fcntl
 import hashlib
 import json
 import os
@@ -74,6 +75,11 @@ LIBVIRTD_PID = "/run/libvirt/libvirtd.pid"
 VIRTLOGD_PID = "/run/libvirt/virtlogd.pid"
 START_TIMEOUT = 30.0
 PR_SET_PDEATHSIG = 1
+# Lab hosts share the machine's network namespace, so two of them (of any lab) must not
+# hand the same port to incoming migrations: each takes a block of its own, away from the
+# machine's libvirtd (49152-49215), claimed by a lock its namespace holder keeps open.
+MIGRATION_PORT_BLOCKS = range(50000, 60000, 16)
+MIGRATION_PORT_LOCKS = Path("/run/lock/kvmops-lab-migration-ports")
 
 # PID 1 of a host's namespaces: mount the host's directories, take its hostname, then
 # reap orphans (daemons double-fork and are reparented to it) until killed.
@@ -91,6 +97,24 @@ while True:
     except ChildProcessError:
         time.sleep(0.5)
 """
+
+
+def claim_migration_ports() -> tuple[int, int, int]:
+    """Return an open file descriptor locking a block of migration ports no other lab host holds, and its first and last port.
+
+    The block stays claimed as long as the descriptor is open in some process (the host's
+    namespace holder inherits it), so a host killed by any means gives its block back.
+    """
+    MIGRATION_PORT_LOCKS.mkdir(parents=True, exist_ok=True)
+    for low in MIGRATION_PORT_BLOCKS:
+        descriptor = os.open(MIGRATION_PORT_LOCKS / str(low), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            continue
+        return descriptor, low, low + MIGRATION_PORT_BLOCKS.step - 1
+    raise RuntimeError(f"every block of migration ports is held by a lab host (see {MIGRATION_PORT_LOCKS})")
 
 
 def bridge_name(prefix: str, suffix: str = "0") -> str:
@@ -167,8 +191,6 @@ class LabHost:
             shutil.copytree("/etc/libvirt/nwfilter", etc / "nwfilter")
         (etc / "libvirt.conf").write_text("", encoding="ascii")
         (etc / "libvirtd.conf").write_text(f'host_uuid = "{self.host_uuid}"\n', encoding="ascii")
-        # namespaces = []: QEMU stays in the host's mount namespace (its /run/libvirt)
-        (etc / "qemu.conf").write_text("namespaces = []\n", encoding="ascii")
         (etc / "virtlogd.conf").write_text("", encoding="ascii")
         self.pools.mkdir(exist_ok=True)
         for path in (self.directory, self.pools, self.directory / "lib"):
@@ -177,11 +199,16 @@ class LabHost:
         argv = ["unshare", "--mount", "--uts", "--pid", "--fork", "--mount-proc", "--propagation", "private",
                 "--kill-child", "--", sys.executable, "-c", _HOLDER, str(self.directory), self.name,
                 *(f"{inside}={outside}" for inside, outside in MASKED.items())]
-        log = open(self.directory / "holder.log", "ab")  # noqa: SIM115 (the child keeps it)
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                                   preexec_fn=_bind_to_parent if bound else None)
-        log.close()
-        return process
+        ports, low, high = claim_migration_ports()
+        try:
+            # namespaces = []: QEMU stays in the host's mount namespace (its /run/libvirt)
+            (etc / "qemu.conf").write_text(
+                f"namespaces = []\nmigration_port_min = {low}\nmigration_port_max = {high}\n", encoding="ascii")
+            with open(self.directory / "holder.log", "ab") as log:  # the child keeps its own copy
+                return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                                        preexec_fn=_bind_to_parent if bound else None, pass_fds=(ports,))
+        finally:
+            os.close(ports)  # the holder keeps the block claimed
 
     def wait_for_holder(self, process: subprocess.Popen) -> None:
         """Return once the holder ``process`` (from :meth:`spawn`) has mounted and named the host; record its pid."""

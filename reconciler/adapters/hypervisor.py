@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import math
 import os
 import posixpath
 import re
@@ -31,6 +32,7 @@ import time
 import uuid as uuids
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlparse
 
@@ -69,8 +71,9 @@ _BRIDGE_EXISTS = re.compile(r"error creating bridge interface (\S+): File exists
 _UNSUPPORTED_CODES = {libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED}
 _BROKEN_CONNECTION_WORDS = (
     "end of file while reading data", "client socket is closed", "cannot recv data", "cannot write data",
-    "connection reset by peer", "broken pipe",
+    "connection reset by peer", "broken pipe", "keepalive timeout",
 )
+_KEEPALIVE_WORDS = "keepalive timeout"  # libvirt 9.0: "internal error: connection closed due to keepalive timeout"
 
 _POWER = {
     libvirt.VIR_DOMAIN_NOSTATE: model.PowerState.TRANSITIONAL,
@@ -185,6 +188,46 @@ def start_event_loop() -> None:
         _event_loop_thread.start()
 
 
+@dataclass(frozen=True)
+class KeepAlive:
+    """libvirt's keepalive on one connection: when libvirtd has said nothing for ``interval`` seconds, a probe.
+
+    After ``count`` probes in a row go unanswered, libvirt gives the connection up: every
+    call waiting on it fails at once (:class:`~reconciler.errors.ConnectionLost`, "libvirtd
+    stopped answering"), and so does every later one. That is ``interval * (count + 1)``
+    seconds of silence (measured on libvirt 9.0: 2 s and 3 probes gave up after 8.0 s,
+    5 s and 3 after 20.0 s). A libvirtd busy with a long call still answers the probes
+    (its event loop does, not the worker running the call): only a daemon that is stopped,
+    hung, or cut off by the network falls silent.
+    """
+
+    interval: int
+    count: int
+
+    @classmethod
+    def within(cls, seconds: float) -> KeepAlive:
+        """Return the keepalive that gives a silent libvirtd up after about ``seconds`` (2 s at the least).
+
+        Five probes or so fit in the silence, so that one lost probe is not the end.
+        """
+        interval = max(1, int(seconds // 5))
+        return cls(interval, max(1, math.ceil(seconds / interval) - 1))
+
+    @property
+    def silence(self) -> int:
+        """Return the seconds of silence after which the connection is given up."""
+        return self.interval * (self.count + 1)
+
+
+DEFAULT_KEEPALIVE = KeepAlive.within(defaults.DEFAULT_HOST_TIMEOUT)
+
+
+def in_process(uri: str) -> bool:
+    """Return whether the driver of ``uri`` runs inside this process (``test:///``, ``qemu:///embed``): no socket."""
+    parsed = urlparse(uri)
+    return parsed.scheme == "test" or parsed.path.rstrip("/") == "/embed"
+
+
 def connection_broke(exc: libvirt.libvirtError) -> bool:
     """Return whether ``exc`` says the connection to libvirtd failed, rather than libvirtd refusing something.
 
@@ -215,7 +258,11 @@ def translate(exc: libvirt.libvirtError, what: str, *, connected: bool = True) -
     if code in _AUTH_CODES:
         return errors.AuthenticationFailed(f"{message}; {_AUTH_HINT}", code=code)
     if connection_broke(exc):
-        if connected:
+        if _KEEPALIVE_WORDS in detail.lower():
+            message = redaction.redact_text(
+                f"{what}: libvirtd stopped answering (no reply to keepalive probes: it may be stopped or hung, or the "
+                "network to it cut), so the connection to it was given up; the call may or may not have taken effect")
+        elif connected:
             message = redaction.redact_text(f"{what}: the connection to libvirtd was lost ({detail})")
         return errors.ConnectionLost(message, code=code)
     if code in _RETRYABLE_CODES or detail.endswith(_TRANSIENT_WORDS):
@@ -248,10 +295,21 @@ class Hypervisor:
         self.uri = uri
         self._event_callbacks: list[int] = []
         self._close_callback = False
+        self.keepalive: KeepAlive | None = None  # what keep_alive() set, if anything
 
     @classmethod
-    def open(cls, uri: str, *, read_only: bool = False) -> Hypervisor:
-        """Connect to ``uri``; raise ``ConnectionLost`` with a hint when nobody answers."""
+    def open(cls, uri: str, *, read_only: bool = False, keepalive: KeepAlive | None = DEFAULT_KEEPALIVE) -> Hypervisor:
+        """Connect to ``uri``; raise ``ConnectionLost`` with a hint when nobody answers.
+
+        A connection through a socket gets ``keepalive`` (None: none), so that no call on it
+        waits for ever on a libvirtd that stopped answering: libvirt's default event loop is
+        started first (once per process), since keepalives need it. Opening itself is not
+        covered: a libvirtd stopped before it answers the handshake holds ``open`` until it
+        runs again, so callers that must not wait open under a deadline of their own.
+        """
+        watched = keepalive is not None and not in_process(uri)
+        if watched:
+            start_event_loop()
         try:
             connection = libvirt.openReadOnly(uri) if read_only else libvirt.open(uri)
         except libvirt.libvirtError as exc:
@@ -260,7 +318,14 @@ class Hypervisor:
                 hint = "is libvirtd running and may this user use it? (systemctl start libvirtd; or use --connect test:///default to try kvmops without a hypervisor)"
                 raise errors.ConnectionLost(f"{error}; {hint}", code=error.code) from exc
             raise error from exc
-        return cls(connection, uri)
+        hypervisor = cls(connection, uri)
+        if watched:
+            try:
+                hypervisor.keep_alive(keepalive.interval, keepalive.count)  # type: ignore[union-attr]
+            except errors.KvmopsError:
+                hypervisor.close()
+                raise
+        return hypervisor
 
     def close(self) -> None:
         """Stop watching events and close the connection; further calls fail."""
@@ -302,11 +367,20 @@ class Hypervisor:
         self._close_callback = True
 
     def keep_alive(self, interval: int = 5, count: int = 3) -> None:
-        """Probe libvirtd every ``interval`` seconds; declare it gone after ``count`` misses."""
-        if self.uri.startswith("test:"):
-            return  # in-process: nothing to probe
-        with translated(f"cannot enable keepalive on {self.uri}"):
-            self._connection.setKeepAlive(interval, count)
+        """Probe libvirtd every ``interval`` seconds; declare it gone after ``count`` misses (see :class:`KeepAlive`).
+
+        Needs :func:`start_event_loop` before the connection was opened. A driver without
+        keepalives (in-process, or a libvirtd too old to answer them) is left as it is.
+        """
+        if in_process(self.uri):
+            return  # nothing to probe
+        try:
+            with translated(f"cannot enable keepalive on {self.uri}"):
+                supported = self._connection.setKeepAlive(interval, count) == 0
+        except errors.OperationUnsupported:
+            return
+        if supported:
+            self.keepalive = KeepAlive(interval, count)
 
     def __enter__(self) -> Hypervisor:
         return self

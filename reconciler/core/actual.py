@@ -56,7 +56,7 @@ def _read(xml: str, *, essence: bool = False) -> tuple[str, object, tuple[model.
     Memoised: a pass reads the same unchanged XML of every domain that the last pass
     read, and parsing is the larger part of observing a host.  The memo is keyed by a
     digest, so it does not keep every XML text alive.  ``essence`` parses a live XML
-    whether or not it carries the mark.
+    whether or not it carries the mark, and leaves the mark unread (its owner is None).
     """
     key = (hashlib.blake2b(xml.encode(), digest_size=16).digest(), essence)
     found = _READ.get(key)
@@ -68,7 +68,9 @@ def _read(xml: str, *, essence: bool = False) -> tuple[str, object, tuple[model.
         found = ("unreadable", str(exc), ())
     else:
         storage = domxml.parse_storage(root)
-        owner, binding = domxml.mark_binding(root)
+        # A live XML is read for what runs, not whose it is: the persistent XML's mark decides,
+        # and reading the mark was a quarter of reading a live XML.
+        owner, binding = domxml.mark_binding(root) if not essence else (None, None)
         if not essence and (owner is None or binding is model.MarkBinding.COPIED):
             found = ("foreign", (domxml.parse_nics(root), owner), storage)
         else:

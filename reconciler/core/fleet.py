@@ -184,6 +184,125 @@ def missing_host_message(host: str) -> str:
     )
 
 
+def roster_of(desired: model.DesiredState, observed: Mapping[str, object], fleet: str) -> tuple[str, ...]:
+    """Return the roster every mark of ``fleet`` records: its declared Hosts and every name its marks already hold.
+
+    ``observed`` maps Hosts to what they showed (an unreachable one's marks cannot be read).
+    A name leaves the roster only through :func:`plan_forget`: a Host manifest that
+    disappeared (deleted, or failing to load) leaves its name in every mark.
+    """
+    reachable = {name: state for name, state in observed.items() if isinstance(state, model.ActualState)}
+    return tuple(sorted(set(desired.hosts) | _marked_hosts(reachable, fleet)))
+
+
+def adoption_refusal(
+    desired: model.DesiredState, observed: Mapping[str, model.ActualState | HostUnreachable], vm: str, host: str,
+    fleet: str,
+) -> str | None:
+    """Return why fleet ``fleet`` may not adopt the domain ``vm`` on Host ``host`` (``kvmops adopt --host``); None: it may.
+
+    Adopted, the domain is the fleet's VM placed on ``host``: the next plan must keep it
+    there and find it nowhere else. So its manifest's placement must admit that Host (and
+    the Host be schedulable), or the plan would move it; and no other Host may define a
+    domain of that name, or it would run twice (split brain). A Host that cannot be seen
+    (unreachable, a broken Host manifest, a Host the marks name and no manifest declares)
+    may hold one: that fails closed.
+    """
+    hosts = desired.hosts
+    spec = desired.vms.get(vm)
+    if host not in hosts:
+        return f"no Host named {host!r} in the manifests (Hosts: {', '.join(sorted(hosts))})"
+    if spec is None:
+        return f"the manifests declare no VirtualMachine {vm}"
+    if placement.admits(spec.placement, hosts[host]) and not hosts[host].schedulable:
+        return (f"Host {host} is cordoned (schedulable: false), so the next plan would move it off; adopt it once the "
+                "Host is schedulable again")
+    if not placement.admits(spec.placement, hosts[host]):
+        return (f"Host {host} may not run it ({placement.why_not(spec, hosts[host])}), so the next plan would move it; "
+                f"adopt it on a Host its placement admits, or change its spec.placement (kvmops import --host {host} "
+                f"writes placement.host: {host})")
+    if not desired.hosts_complete:
+        return (f"a Host manifest did not load (kvmops validate shows why): that Host cannot be seen, and a domain "
+                f"{vm} there would run twice; fix the Host manifest first")
+    silent = sorted((name, state.error) for name, state in observed.items()
+                    if name in hosts and isinstance(state, HostUnreachable))
+    silent += sorted((name, "not observed") for name in hosts if name not in observed)
+    if silent:
+        return (f"Host {', '.join(f'{name} does not answer ({why})' for name, why in silent)}: kvmops cannot check that "
+                f"no domain {vm} is defined there (it would run twice); adopt it once every Host answers")
+    missing = sorted(set(roster_of(desired, observed, fleet)) - set(hosts))
+    if missing:
+        return (f"the fleet's marks name {', '.join(missing)}, which no Host manifest declares: a domain {vm} may run "
+                f"there unseen (it would run twice); restore the Host manifest, or kvmops forget-host it first")
+    elsewhere = sorted(name for name, state in observed.items()
+                       if name != host and isinstance(state, model.ActualState) and vm in state.domains)
+    if elsewhere:
+        whose = []
+        for name in elsewhere:
+            domain = observed[name].domains[vm]
+            owner = domain.definition.owner if domain.owned and domain.definition is not None else None
+            whose.append(f"{name} (" + ("not managed by kvmops" if not domain.owned else
+                                        f"managed by this fleet" if planner.scope_of(domain) == fleet else
+                                        f"managed by scope {owner.scope if owner is not None else '?'}") + ")")
+        return (f"a domain named {vm} is also defined on Host {', '.join(whose)}: one VM runs on one Host, never two "
+                f"(adopted here, the fleet would find it on both: split brain). Keep one copy (virsh -c URI undefine "
+                f"{vm} the other) and adopt again")
+    return None
+
+
+@dataclass(frozen=True)
+class HostCheck:
+    """``validate --live`` on one Host: what it lacks for its share of the manifests, or why it was not checked."""
+
+    host: str
+    uri: str
+    problems: tuple[model.Problem, ...] = ()
+    unreachable: str | None = None
+    missing: bool = False  # named in the fleet's marks, declared by no Host manifest
+
+
+@dataclass(frozen=True)
+class FleetCheck:
+    """``validate --live`` on a fleet: the fleet's own problems (placement, split brain), and each Host's check."""
+
+    problems: tuple[model.Problem, ...]
+    hosts: tuple[HostCheck, ...]
+
+    @property
+    def failed(self) -> bool:
+        """Return whether anything is wrong: a problem, or a Host that could not be checked."""
+        return bool(self.problems) or any(h.problems or h.unreachable is not None for h in self.hosts)
+
+
+def check_hosts(
+    desired: model.DesiredState, observed: Mapping[str, model.ActualState | HostUnreachable],
+    settings: planner.Settings = planner.Settings(), *, only_host: str | None = None,
+) -> FleetCheck:
+    """Return what each Host (``only_host``: that one) lacks for the share of ``desired`` the fleet plan gives it.
+
+    The share is the one :func:`plan_fleet` plans there (the VMs placed on the Host, and the
+    pools, networks and images they use or whose ``hosts`` selector admits it), checked as
+    ``validate --connect`` checks one host (:func:`reconciler.core.planner.host_problems`).
+    What the manifests cannot do on this fleet at all (a VM no Host can take) is the
+    fleet's problem; the manifests' own problems are left to the caller.
+    """
+    plan = plan_fleet(desired, observed, settings, only_host=only_host)
+    own = set(desired.problems)
+    checks = []
+    for section in plan.hosts:
+        if only_host is not None and section.host != only_host:
+            continue
+        state = observed.get(section.host)
+        if section.unreachable is not None or not isinstance(state, model.ActualState):
+            checks.append(HostCheck(section.host, section.uri, unreachable=section.unreachable or "not observed",
+                                    missing=section.missing))
+            continue
+        share = host_share(desired, desired.hosts[section.host], section.vms)
+        checks.append(HostCheck(section.host, section.uri, tuple(
+            planner.host_problems(share, state.pools, state.networks, section.uri))))
+    return FleetCheck(tuple(p for p in plan.problems if p not in own), tuple(checks))
+
+
 def plan_fleet(
     desired: model.DesiredState,
     observed: Mapping[str, model.ActualState | HostUnreachable],
@@ -217,12 +336,9 @@ def plan_fleet(
         problems.append(where)
     dead = frozenset(evacuate) & set(unreachable)
 
-    # The roster every mark of the fleet records: the declared Hosts and every name its marks already hold. A name
-    # leaves it only through plan_forget: a Host manifest that disappeared (deleted, or failing to load) leaves it.
-    marked = _marked_hosts(reachable, fleet)
-    roster = tuple(sorted(set(hosts) | marked))
+    roster = roster_of(desired, reachable, fleet)
     # A Host manifest that did not load is reported as broken, not as missing: its name is not known here.
-    missing = tuple(sorted(marked - set(hosts))) if desired.hosts_complete else ()
+    missing = tuple(sorted(set(roster) - set(hosts))) if desired.hosts_complete else ()
 
     found = _ours(reachable, fleet)
     # A move libvirt finished on its destination whose end its source never saw: the source's half is discarded

@@ -119,7 +119,7 @@ def place(
                 assignments[name] = source
                 ledger.add(spec, source)
             else:
-                pending.append((spec, source, _why_not(spec, host)))
+                pending.append((spec, source, why_not(spec, host)))
             continue
         candidates = [h for h in hosts.values() if admits(spec.placement, h) and h.name in dead]
         kept = tuple(h.name for h in candidates if h.name not in evacuate)
@@ -157,7 +157,8 @@ def place(
     )
 
 
-def _why_not(spec: model.VMSpec, host: model.HostSpec) -> str:
+def why_not(spec: model.VMSpec, host: model.HostSpec) -> str:
+    """Return why ``host`` may not run ``spec``'s VM: its placement does not admit it, or it is cordoned."""
     placement = spec.placement
     if placement is not None and placement.host is not None and placement.host != host.name:
         return f"placement.host is {placement.host}"

@@ -1,9 +1,10 @@
 """The settings a one-shot command plans under: its flags over the host's configuration file.
 
 ``plan``, ``apply``, ``diff``, ``drain``, ``evacuate`` and ``doctor`` read ``--config`` (or
-``$KVMOPS_CONFIG``) for the scope, the policy and, in a fleet, the seconds a Host gets to
-answer (``hostTimeout``); their flags win over the file. Without a configuration file
-there is no policy, the scope is ``default`` and a Host gets 10 s.
+``$KVMOPS_CONFIG``) for the scope, the policy, the seconds a host gets to answer
+(``hostTimeout``) and those a step may take (``stepTimeout``); their flags win over the
+file. Without a configuration file there is no policy, the scope is ``default``, a host
+gets 10 s and a step an hour.
 """
 
 from __future__ import annotations
@@ -39,9 +40,10 @@ def planning(path: str | None, *, no_prune: bool, allow_empty: bool, virt_type: 
     )
 
 
-def scoped(scope: str | None) -> planner.Settings:
-    """Return the settings of a command that only looks (``status``, ``doctor`` in a fleet): the scope alone."""
-    return planner.Settings(scope=scope or DEFAULT_SCOPE)
+def scoped(scope: str | None, config: str | None = None) -> planner.Settings:
+    """Return the settings of a command that only looks (``status``, ``doctor`` in a fleet): the scope alone,
+    ``--scope`` over the configuration file's."""
+    return planner.Settings(scope=host_configuration(config, scope)[0])
 
 
 def host_configuration(config: str | None, scope: str | None) -> tuple[str, policies.Policy | None]:
@@ -64,8 +66,20 @@ def trash_retention(config: str | None) -> int:
     return configuration.trash_retention(configuration.read(config))
 
 
+def step_timeout(config: str | None, flag: float | None) -> float | None:
+    """Return the seconds a step may take, None for no limit: ``--step-timeout``, else ``stepTimeout`` (0: no limit)."""
+    seconds = flag
+    if seconds is None and config:
+        from reconciler.runtime import configuration  # as in host_configuration
+
+        seconds = configuration.read(config).get("stepTimeout")
+    if seconds is None:
+        seconds = defaults.DEFAULT_STEP_TIMEOUT
+    return float(seconds) or None
+
+
 def host_timeout(config: str | None, flag: float | None) -> float:
-    """Return the seconds a Host gets to be connected to and observed: ``--host-timeout``, else ``hostTimeout``."""
+    """Return the seconds a host gets to be connected to and observed: ``--host-timeout``, else ``hostTimeout``."""
     if flag is not None:
         return flag
     if not config:

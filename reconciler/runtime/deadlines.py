@@ -1,10 +1,12 @@
 """Call every Host under a deadline: a Host that does not answer in time is out of reach, not a wait.
 
 libvirt calls cannot be cancelled. A call to a libvirtd that is stopped (SIGSTOP), hung,
-or behind a network partition returns when the connection's keepalive gives up (the
-controller's connections: about 15 s), or never (a one-shot command's connections have no
-keepalive). So :func:`call_each` runs each Host's call on a daemon thread of its own and
-waits for it only until the deadline; past it the Host counts as unreachable
+or behind a network partition returns only when the connection's keepalive gives up
+(:class:`~reconciler.adapters.hypervisor.KeepAlive`: a one-shot command's connections
+give up after about ``--host-timeout`` of silence, the controller's after 20 s), and a
+libvirtd that is silent before it has answered the connection's handshake holds ``open``
+until it runs again. So :func:`call_each` runs each Host's call on a daemon thread of its
+own and waits for it only until the deadline; past it the Host counts as unreachable
 (:class:`~reconciler.errors.HostTimedOut`) and the thread is abandoned. An abandoned
 thread ends when libvirt does, or never: it is a daemon, so it never holds up the exit of
 the process, and what it returns late is handed to ``late`` (e.g. to close the connection
@@ -13,10 +15,15 @@ it opened) on that thread.
 At most one call per Host is outstanding in a process: while one is, a new call to that
 Host fails at once (a HostTimedOut saying for how long it has been waiting), so passes
 that come back every few seconds never pile up threads on a stuck Host.
+
+:func:`call_within` is the same for one call that is not a Host's look: an apply's step,
+which may take long (a copy, a migration) and which keepalives cannot bound when libvirtd
+answers them but the call never returns (a hung storage mount, a stuck QEMU monitor).
 """
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import threading
 import time
@@ -164,6 +171,37 @@ def call_each(calls: Mapping[str, Callable[[], T]], *, timeout: float, what: str
     if crashed is not None:
         raise crashed
     return {host: answers[host] for host in sorted(answers)}  # type: ignore[misc]
+
+
+def call_within(function: Callable[[], T], timeout: float | None, expired: Callable[[], errors.KvmopsError],
+                name: str = "kvmops-step") -> T:
+    """Return ``function()``, or raise what it raised; raise ``expired()`` once ``timeout`` seconds have passed.
+
+    The call runs on a daemon thread (named ``name``), in a copy of the caller's context
+    (its log lines keep their bindings); past the deadline it is abandoned there, to end
+    whenever libvirt lets it, without holding up the exit of the process. None: no
+    deadline, and the call runs on the caller's thread.
+    """
+    if timeout is None:
+        return function()
+    finished = threading.Event()
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = function()
+        except BaseException as exc:  # noqa: BLE001 - raised again on the caller's thread
+            outcome["error"] = exc
+        finally:
+            finished.set()
+
+    context = contextvars.copy_context()
+    threading.Thread(target=context.run, args=(run,), name=name, daemon=True).start()
+    if not finished.wait(timeout):
+        raise expired()
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"]  # type: ignore[return-value]
 
 
 def close_within(close: Callable[[], None], timeout: float) -> None:

@@ -21,7 +21,7 @@ from reconciler.adapters import hypervisor as hv
 from reconciler.core import fleet, model, planner
 from reconciler.core import policy as policies
 from reconciler.core.quantity import format_bytes_approx
-from reconciler.runtime import deadlines, observe, reconcile
+from reconciler.runtime import connection, deadlines, observe, reconcile
 
 
 @dataclass(frozen=True)
@@ -85,10 +85,10 @@ def _group_name(gid: int) -> str:
         return str(gid)
 
 
-def libvirt_checks(uri: str) -> tuple[list[Check], hv.Hypervisor | None]:
-    """Return the connection checks, and the open connection when there is one."""
+def libvirt_checks(uri: str, *, timeout: float = deadlines.DEFAULT_HOST_TIMEOUT) -> tuple[list[Check], hv.Hypervisor | None]:
+    """Return the connection checks, and the open connection when there is one (opened within ``timeout`` seconds)."""
     try:
-        hypervisor = hv.Hypervisor.open(uri, read_only=True)
+        hypervisor = connection.open_within(uri, read_only=True, timeout=timeout)
     except errors.HypervisorError as exc:
         return [Check("libvirtd", False, str(exc), "start it: systemctl start libvirtd (or libvirtd -d)")], None
     library, hypervisor_version = hypervisor.version()
@@ -213,10 +213,14 @@ def is_local(uri: str) -> bool:
     return not urlparse(uri).hostname
 
 
-def checks_on(uri: str, *, manifests: str | None, scope: str, policy: policies.Policy | None) -> list[Check]:
-    """Return every check of ``kvmops doctor`` on one host: the machine (when local), libvirt, the policy, the manifests."""
+def checks_on(uri: str, *, manifests: str | None, scope: str, policy: policies.Policy | None,
+              host_timeout: float = deadlines.DEFAULT_HOST_TIMEOUT) -> list[Check]:
+    """Return every check of ``kvmops doctor`` on one host: the machine (when local), libvirt, the policy, the manifests.
+
+    The host gets ``host_timeout`` seconds to be connected to, and to stay silent in the middle of a call.
+    """
     checks = host_checks() if is_local(uri) else []
-    found, hypervisor = libvirt_checks(uri)
+    found, hypervisor = libvirt_checks(uri, timeout=host_timeout)
     checks += found
     checks.append(policy_check(policy, scope))
     if hypervisor is not None:
@@ -259,7 +263,7 @@ def fleet_checks(desired: model.DesiredState, *, only_host: str | None, settings
 
     def look(spec: model.HostSpec) -> tuple[list[Check], hv.Hypervisor | None, object | None]:
         checks = host_checks() if is_local(spec.uri) and not spec.uri.startswith("test:") else []
-        found, hypervisor = libvirt_checks(spec.uri)
+        found, hypervisor = libvirt_checks(spec.uri, timeout=host_timeout)
         if hypervisor is None:
             return checks + found, None, None
         try:

@@ -23,6 +23,16 @@ is still kvmops' with the planned UUID and that the destination has no domain of
 or UUID; after it, that the domain runs (or, offline, is defined) on the destination with
 the same UUID and kvmops' mark, and is gone from the source.  A failed check fails the
 step, so no later step (no volume deletion) runs.
+
+A host that stops answering in the middle (its libvirtd stopped or hung, the network cut)
+is given up by the connection's keepalive: the step waiting on it fails as a lost
+connection, and the resources not begun yet on that host are skipped, not tried on a dead
+connection.  A step whose call does not return while libvirtd still answers (a hung
+storage mount, a stuck QEMU) is abandoned after ``step_timeout`` seconds (its guest's
+shutdown wait added, for a stop): it fails as :class:`~reconciler.errors.StepTimedOut`,
+the call may still take effect in libvirtd, and the other resources go on.  Either way
+the next pass finds a state the intent-before-effect records make safe to finish
+(docs/design.md, "Crash safety").
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import os
 import threading
 import xml.etree.ElementTree as ET
@@ -42,7 +53,8 @@ from reconciler import defaults, errors, logconfig
 from reconciler.adapters import hypervisor as hv
 from reconciler.adapters.trash import PoolTrash
 from reconciler.core import plan as plans
-from reconciler.core import actual, domxml, fleet, hostdirs, model, planner, storagexml, trash
+from reconciler.core import actual, domxml, fleet, hostdirs, model, planner, redaction, storagexml, trash
+from reconciler.runtime import deadlines
 
 DEFAULT_WORKERS = defaults.DEFAULT_WORKERS
 STOP_POLL_SECONDS = 0.1
@@ -99,22 +111,30 @@ def execute(
     workers: int = DEFAULT_WORKERS,
     cancel: threading.Event | None = None,
     hosts: Mapping[str, hv.Hypervisor] | None = None,
+    step_timeout: float | None = None,
 ) -> ApplyReport:
     """Run every step of ``plan`` on ``hypervisor``; return what happened to each resource.
 
     ``hosts``: the hypervisors of other hosts, by name, for steps that reach another host
-    (migrations); without it such steps fail with a clear error.
+    (migrations); without it such steps fail with a clear error. ``step_timeout``: the
+    seconds a step may take before it is abandoned (None: no limit).
     """
     hosts = hosts or {}
     cancel = cancel or threading.Event()
     outcomes: list[ResourceOutcome] = []
     broken = {r.key for r in plan.resources if r.problems}
     first, vms, last = phases(plan)
+    lost: list[str] = []  # the resource that failed as the connection went, once it has
 
     def run_one(resource: plans.ResourcePlan) -> ResourceOutcome:
         if _blocked(resource, broken):
             return _skip(resource, broken)
-        return _run_resource(resource, hypervisor, cancel, hosts)
+        if lost or not hypervisor.alive:  # (a local check: no call to libvirtd)
+            return _skip_unreachable(resource, lost[0] if lost else None)
+        outcome = _run_resource(resource, hypervisor, cancel, hosts, step_timeout)
+        if outcome.status == "failed" and outcome.retryable and not lost and not hypervisor.alive:
+            lost.append(f"{resource.kind} {resource.name}")
+        return outcome
 
     def run_in_turn(resources: tuple[plans.ResourcePlan, ...]) -> None:
         for resource in resources:
@@ -169,9 +189,16 @@ def _skip(resource: plans.ResourcePlan, broken: set[str]) -> ResourceOutcome:
     return ResourceOutcome(resource.kind, resource.name, "skipped", error=message)
 
 
+def _skip_unreachable(resource: plans.ResourcePlan, failed: str | None) -> ResourceOutcome:
+    while_ = f"while {failed} ran (its error says why)" if failed else "before it began"
+    message = f"not begun: the connection to libvirtd was lost {while_}"
+    log.warning("resource_skipped", **{SUBJECTS.get(resource.kind, "resource"): resource.name}, reason=message)
+    return ResourceOutcome(resource.kind, resource.name, "skipped", error=message, retryable=True)
+
+
 def _run_resource(
     resource: plans.ResourcePlan, hypervisor: hv.Hypervisor, cancel: threading.Event,
-    hosts: Mapping[str, hv.Hypervisor] | None = None,
+    hosts: Mapping[str, hv.Hypervisor] | None = None, step_timeout: float | None = None,
 ) -> ResourceOutcome:
     subject = {SUBJECTS.get(resource.kind, "resource"): resource.name}
     done: list[StepOutcome] = []
@@ -181,9 +208,13 @@ def _run_resource(
         started = time.monotonic()
         try:
             if type(step) in _FLEET_RUNNERS:
-                detail = _FLEET_RUNNERS[type(step)](hypervisor, hosts or {}, step, cancel) or ""
+                run = functools.partial(_FLEET_RUNNERS[type(step)], hypervisor, hosts or {}, step, cancel)
             else:
-                detail = _RUNNERS[type(step)](hypervisor, step, cancel) or ""
+                run = functools.partial(_RUNNERS[type(step)], hypervisor, step, cancel)
+            limit = step_deadline(step, step_timeout)
+            detail = deadlines.call_within(
+                run, limit, lambda: step_timed_out(step, _host_label(hosts or {}, hypervisor), limit or 0.0,
+                                                   watched=hypervisor.keepalive is not None)) or ""
         except errors.KvmopsError as exc:
             duration = _ms(started)
             done.append(StepOutcome(step.describe(), False, str(exc), duration))
@@ -197,6 +228,30 @@ def _run_resource(
 
 def _ms(started: float) -> int:
     return round((time.monotonic() - started) * 1000)
+
+
+def step_deadline(step: plans.Step, step_timeout: float | None) -> float | None:
+    """Return the seconds ``step`` may run before it is abandoned: ``step_timeout``, plus a stop's wait for its guest."""
+    if step_timeout is None:
+        return None
+    return step_timeout + step.timeout if isinstance(step, plans.StopDomain) else step_timeout
+
+
+def step_timed_out(step: plans.Step, host: str, seconds: float, *, watched: bool) -> errors.StepTimedOut:
+    """Return the error of ``step``, abandoned on ``host`` after ``seconds`` (``watched``: its libvirtd answers keepalives)."""
+    alive = "libvirtd still answers keepalive probes, but this call has not returned" if watched else \
+        "its libvirt call has not returned"
+    return errors.StepTimedOut(
+        f"{step.describe()} on host {host} did not finish within {seconds:g} s: {alive} (a hung storage mount or a "
+        "stuck QEMU can do that); kvmops stopped waiting, and the call may still take effect. Check the host (virsh -c "
+        "ITS-URI list, its libvirtd log), then apply again; if the step is only slow (a large copy or migration), give "
+        "it more time with --step-timeout (stepTimeout: in the configuration file)"
+    )
+
+
+def _host_label(hosts: Mapping[str, hv.Hypervisor], hypervisor: hv.Hypervisor) -> str:
+    """Return the Host name of ``hypervisor`` in a fleet, else its URI (without any password)."""
+    return _host_of(hosts, hypervisor) or redaction.redact_url(hypervisor.uri)
 
 
 # --- one runner per step kind: (hypervisor, step, cancel) -> detail ----------------------

@@ -12,7 +12,10 @@ as before, and none of this runs.
 * Connecting to a Host and observing it each get ``host_timeout`` seconds
   (:mod:`reconciler.runtime.deadlines`): a Host that is stopped or cut off is unreachable
   after that long, its connection abandoned (never waited for again), and the other Hosts
-  are planned and converge on time.
+  are planned and converge on time. Each connection has libvirt keepalives giving a
+  silent libvirtd up after about ``host_timeout`` too, so a Host that stops answering
+  in the middle of the apply fails the step waiting on it, and its other steps are not
+  begun; each step also gets ``step_timeout`` seconds (:mod:`reconciler.runtime.execute`).
 * :func:`make_plan` runs :func:`reconciler.core.fleet.plan_fleet` on that.
 * :func:`apply` carries the fleet plan out in three phases: every host's own changes
   (pools, networks, images, VMs), hosts side by side; then the migrations, each on its
@@ -28,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -92,7 +95,8 @@ def connect(
     Host makes that Host unreachable, with the error as its reason, and so does not
     answering within ``timeout`` seconds (the connection, should it open later, is closed).
     """
-    open_one = opener or hv.Hypervisor.open
+    keepalive = hv.KeepAlive.within(timeout)
+    open_one = opener or (lambda uri, read_only: hv.Hypervisor.open(uri, read_only=read_only, keepalive=keepalive))
     hosts = dict(sorted(desired.hosts.items()))
     answers = deadlines.call_each(
         {name: (lambda uri=host.uri: open_one(uri, read_only=read_only)) for name, host in hosts.items()},
@@ -225,13 +229,15 @@ def plan_and_apply(
     workers: int = execute.DEFAULT_WORKERS,
     host_workers: int = DEFAULT_HOST_WORKERS,
     host_timeout: float = DEFAULT_HOST_TIMEOUT,
+    step_timeout: float | None = None,
 ) -> tuple[FleetPlanResult, FleetApplyResult | None]:
     """Plan the fleet, ``show_plan`` it, and carry it out when it has changes (``kvmops apply`` in a fleet).
 
     The host lock of every connected Host (``lock(uris)``) is held from the observation to
     the last step; SIGINT and SIGTERM let the steps in progress finish. The apply result
     is None when the plan had nothing to do. ``host_timeout`` bounds connecting to each
-    Host and each look at it (:func:`connect`, :func:`observe_all`).
+    Host and each look at it (:func:`connect`, :func:`observe_all`), and how long a Host
+    may be silent in the middle of a step; ``step_timeout`` bounds each step.
     """
     with connect(desired, read_only=False, workers=max(1, host_workers), timeout=host_timeout) as connections:
         with lock([h.uri for h in connections.hypervisors.values()]):
@@ -242,7 +248,70 @@ def plan_and_apply(
                 return planned, None
             cancel = threading.Event()
             with cancellation.on_signals(cancel):
-                return planned, apply(planned, connections, workers=workers, host_workers=host_workers, cancel=cancel)
+                return planned, apply(planned, connections, workers=workers, host_workers=host_workers, cancel=cancel,
+                                      step_timeout=step_timeout)
+
+
+def check_live(
+    desired: model.DesiredState,
+    *,
+    settings: planner.Settings,
+    only_host: str | None = None,
+    host_workers: int = DEFAULT_HOST_WORKERS,
+    host_timeout: float = DEFAULT_HOST_TIMEOUT,
+) -> fleet.FleetCheck:
+    """Connect to every Host read-only, observe them and check each one against its share (``validate --live``).
+
+    Every Host is observed even with ``only_host``: where the VMs are decides each Host's
+    share. A Host that does not answer within ``host_timeout`` is unreachable, in its section.
+    """
+    with connect(desired, read_only=True, workers=max(1, host_workers), timeout=host_timeout) as connections:
+        with reconcile.gc_paused():
+            observed = observe_all(connections, workers=host_workers)
+    return fleet.check_hosts(desired, observed, reconcile.salted(settings), only_host=only_host)
+
+
+@contextlib.contextmanager
+def connected_to_domain(
+    desired: model.DesiredState,
+    name: str,
+    *,
+    only_host: str | None = None,
+    host_workers: int = DEFAULT_HOST_WORKERS,
+    host_timeout: float = DEFAULT_HOST_TIMEOUT,
+) -> Iterator[tuple[str, hv.Hypervisor]]:
+    """Yield the Host that defines domain ``name`` (``only_host``: that Host) and a read-only connection to it.
+
+    For the commands that act on one VM of a fleet (``wait``, ``ssh``, ``import``): each
+    Host gets ``host_timeout`` seconds to be connected to, and again to say whether it has
+    the domain. Refuses a name no reachable Host defines (naming the Hosts that did not
+    answer), and one several Hosts define (``--host`` picks one).
+    """
+    require_host(only_host, desired)
+    if only_host is not None:
+        desired = dataclasses.replace(desired, hosts={only_host: desired.hosts[only_host]})
+    with connect(desired, read_only=True, workers=max(1, host_workers), timeout=host_timeout) as connections:
+        answers = deadlines.call_each(
+            {host: (lambda hypervisor=hypervisor: hypervisor.domain_exists(name))
+             for host, hypervisor in connections.hypervisors.items()},
+            timeout=host_timeout, workers=host_workers, what=f"asked for domain {name}")
+        for host, answer in answers.items():
+            if isinstance(answer, errors.HostTimedOut):
+                connections.abandon(host, str(answer))
+            elif isinstance(answer, errors.KvmopsError):
+                connections.unreachable[host] = str(answer)
+        having = sorted(host for host, answer in answers.items() if answer is True)
+        if not having:
+            silent = sorted(connections.unreachable)
+            if only_host is not None:
+                why = f" (it does not answer: {connections.unreachable[only_host]})" if silent else ""
+                raise errors.ObjectNotFound(f"no domain named {name} on Host {only_host}{why}")
+            unreachable = f" (unreachable: {', '.join(silent)})" if silent else ""
+            raise errors.ObjectNotFound(f"no domain named {name} on any reachable Host{unreachable}; "
+                                        "`kvmops status --manifests PATH` lists the VMs")
+        if len(having) > 1:
+            raise errors.KvmopsError(f"{name} is defined on {', '.join(having)}: give --host NAME")
+        yield having[0], connections.hypervisors[having[0]]
 
 
 def require_host(name: str | None, desired: model.DesiredState) -> None:
@@ -312,12 +381,15 @@ def apply(
     host_workers: int = DEFAULT_HOST_WORKERS,
     cancel: threading.Event | None = None,
     migrations_from: str | None = None,
+    step_timeout: float | None = None,
 ) -> FleetApplyResult:
     """Carry out ``planned`` on the connected hosts, then plan again to verify convergence.
 
     ``workers`` bounds the VMs worked on at once on one host, ``host_workers`` the hosts.
     ``migrations_from`` runs only the migrations leaving that host (a host's agent runs
-    the moves off its own host, never another's).
+    the moves off its own host, never another's). ``step_timeout`` bounds each step.
+    A host whose connection broke meanwhile is unreachable in the plan made afterwards,
+    with :func:`lost_during_apply` as its reason.
     """
     cancel = cancel or threading.Event()
     hypervisors = connections.hypervisors
@@ -330,7 +402,8 @@ def apply(
 
         def run(name: str) -> tuple[str, execute.ApplyReport]:
             log.info("host_apply_started", host=name, resources=len(parts[name].changes))
-            return name, execute.execute(parts[name], hypervisors[name], workers=workers, cancel=cancel, hosts=hypervisors)
+            return name, execute.execute(parts[name], hypervisors[name], workers=workers, cancel=cancel,
+                                         hosts=hypervisors, step_timeout=step_timeout)
 
         if not parts:
             return {}
@@ -339,7 +412,7 @@ def apply(
 
     first = run_hosts(lambda r: not is_removal(r) and not is_migration(r))
     moved = run_migrations(planned.plan, hypervisors, first, workers=host_workers, cancel=cancel,
-                            only_from=migrations_from)
+                           only_from=migrations_from, step_timeout=step_timeout)
     last = run_hosts(lambda r: is_removal(r) and not is_migration(r))
     reports = {name: execute.ApplyReport(
         (*first.get(name, execute.ApplyReport(())).outcomes, *last.get(name, execute.ApplyReport(())).outcomes),
@@ -347,14 +420,26 @@ def apply(
     ) for name in sorted({*first, *last})}
     if cancel.is_set():
         return FleetApplyResult(planned, reports, moved, None, cancelled=True)
+    for name, hypervisor in list(hypervisors.items()):
+        if not hypervisor.alive:
+            connections.abandon(name, lost_during_apply(name))
     after = make_plan(planned.desired, connections, settings=planned.settings, evacuate=planned.evacuate,
                       only_host=planned.only_host, workers=host_workers).plan
     return FleetApplyResult(planned, reports, moved, after)
 
 
+def lost_during_apply(host: str) -> str:
+    """Return why Host ``host``, whose connection broke in the middle of the apply, is unreachable afterwards."""
+    return (
+        f"host {host} was lost in the middle of the apply (its libvirtd stopped answering or went away: stopped, "
+        "hung, restarted, or the network to it cut); its pruning waits and its VMs are Unknown until it answers. "
+        "Check the host (virsh -c ITS-URI list), then apply again: the next apply finishes its part"
+    )
+
+
 def run_migrations(
     plan: fleet.FleetPlan, hypervisors: Mapping[str, hv.Hypervisor], first: Mapping[str, execute.ApplyReport],
-    *, workers: int, cancel: threading.Event, only_from: str | None,
+    *, workers: int, cancel: threading.Event, only_from: str | None, step_timeout: float | None = None,
 ) -> execute.ApplyReport:
     """Run each migration on its source host, skipping one whose destination's prerequisites did not converge."""
     broken = {f"{host}:{o.kind}/{o.name}" for host, report in first.items() for o in report.outcomes
@@ -371,7 +456,8 @@ def run_migrations(
             return execute.ResourceOutcome(resource.kind, resource.name, "failed",
                                            error=f"host {source} is not connected", retryable=True)
         single = plans.Plan(hypervisors[source].uri, (resource,))
-        report = execute.execute(single, hypervisors[source], workers=1, cancel=cancel, hosts=hypervisors)
+        report = execute.execute(single, hypervisors[source], workers=1, cancel=cancel, hosts=hypervisors,
+                                 step_timeout=step_timeout)
         return report.outcomes[0] if report.outcomes else execute.ResourceOutcome(
             resource.kind, resource.name, "skipped", error="cancelled")
 

@@ -40,9 +40,11 @@ def load_fleet(path: str, host: str, *, revision: str = "") -> model.DesiredStat
 
 
 def plan(desired: model.DesiredState, host: str, *, settings: planner.Settings,
-         host_workers: int = fleet_reconcile.DEFAULT_HOST_WORKERS) -> fleet.FleetPlan:
+         host_workers: int = fleet_reconcile.DEFAULT_HOST_WORKERS,
+         host_timeout: float = fleet_reconcile.DEFAULT_HOST_TIMEOUT) -> fleet.FleetPlan:
     """Observe every Host read-only and return the plan forgetting ``host``."""
-    with fleet_reconcile.connect(desired, read_only=True, workers=max(1, host_workers)) as connections:
+    with fleet_reconcile.connect(desired, read_only=True, workers=max(1, host_workers),
+                                 timeout=host_timeout) as connections:
         observed = fleet_reconcile.observe_all(connections, workers=host_workers)
     return fleet.plan_forget(desired, observed, host, settings)
 
@@ -65,12 +67,15 @@ def apply(
     desired: model.DesiredState, host: str, *, settings: planner.Settings,
     show_plan: Callable[[fleet.FleetPlan], None], lock: Callable[[list[str]], contextlib.AbstractContextManager],
     workers: int = execute.DEFAULT_WORKERS, host_workers: int = fleet_reconcile.DEFAULT_HOST_WORKERS,
+    host_timeout: float = fleet_reconcile.DEFAULT_HOST_TIMEOUT, step_timeout: float | None = None,
 ) -> ForgetResult | None:
     """Plan forgetting ``host``, ``show_plan`` it, rewrite the marks on every reachable Host, and look again.
 
-    Holds the host lock of every connected Host throughout. None: nothing to do.
+    Holds the host lock of every connected Host throughout. None: nothing to do. Hosts get
+    ``host_timeout`` and steps ``step_timeout``, as in :func:`fleet_reconcile.plan_and_apply`.
     """
-    with fleet_reconcile.connect(desired, read_only=False, workers=max(1, host_workers)) as connections:
+    with fleet_reconcile.connect(desired, read_only=False, workers=max(1, host_workers),
+                                 timeout=host_timeout) as connections:
         with lock([h.uri for h in connections.hypervisors.values()]):
             planned = fleet.plan_forget(desired, fleet_reconcile.observe_all(connections, workers=host_workers),
                                         host, settings)
@@ -83,7 +88,8 @@ def apply(
             with cancellation.on_signals(cancel), ThreadPoolExecutor(
                     max_workers=max(1, min(host_workers, len(parts))), thread_name_prefix="kvmops-host") as pool:
                 reports = dict(pool.map(lambda name: (name, execute.execute(
-                    parts[name], connections.hypervisors[name], workers=workers, cancel=cancel)), sorted(parts)))
+                    parts[name], connections.hypervisors[name], workers=workers, cancel=cancel,
+                    step_timeout=step_timeout)), sorted(parts)))
             if cancel.is_set():
                 return ForgetResult(reports, None)
             after = fleet.plan_forget(desired, fleet_reconcile.observe_all(connections, workers=host_workers),

@@ -8,7 +8,6 @@ tried in that order), and, when the manifests are given, what a plan says about 
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -228,18 +227,9 @@ def wait_in_fleet(desired: model.DesiredState, name: str, condition: str, *, tim
     """
     from reconciler.runtime import fleet_reconcile  # here: `kvmops status` and `wait` on one host load no fleet
 
-    if only_host is not None:
-        desired = dataclasses.replace(desired, hosts={only_host: desired.hosts[only_host]})
-    with fleet_reconcile.connect(desired, read_only=True, workers=max(1, host_workers),
-                                 timeout=host_timeout) as connections:
-        having = [host for host, h in sorted(connections.hypervisors.items()) if h.domain_exists(name)]
-        if not having:
-            unreachable = f" (unreachable: {', '.join(sorted(connections.unreachable))})" if connections.unreachable else ""
-            raise errors.ObjectNotFound(f"no domain named {name} on any reachable Host{unreachable}; "
-                                        "`kvmops status --manifests PATH` lists the VMs")
-        if len(having) > 1:
-            raise errors.KvmopsError(f"{name} is defined on {', '.join(having)}: give --host NAME")
-        return f"{having[0]}: " + wait(connections.hypervisors[having[0]], name, condition, timeout=timeout)
+    with fleet_reconcile.connected_to_domain(desired, name, only_host=only_host, host_workers=host_workers,
+                                             host_timeout=host_timeout) as (host, hypervisor):
+        return f"{host}: " + wait(hypervisor, name, condition, timeout=timeout)
 
 
 def status_rows_on(hypervisor: hv.Hypervisor, *, manifests: str | None, name: str | None, scope: str | None,

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from reconciler import defaults, errors
 from reconciler.adapters import manifests
+from reconciler.core import actual as actual_state
 from reconciler.core import desired as desired_state
 from reconciler.core import model, planner
 from reconciler.core import plan as plans
@@ -225,8 +226,11 @@ def apply(
     workers: int = defaults.DEFAULT_WORKERS,
     cancel: threading.Event | None = None,
     planned: PlanResult | None = None,
+    step_timeout: float | None = None,
 ) -> ApplyResult:
     """Plan (unless ``planned`` is given), execute, then plan again to verify convergence.
+
+    ``step_timeout``: the seconds a step may take before it is abandoned (None: no limit).
 
     The second plan is made at the first one's time: the trash entries this apply made are
     not due then, whatever the retention (with 1s, a pass a second later purges them).
@@ -235,7 +239,7 @@ def apply(
 
     settings = timed(settings)
     planned = planned or make_plan(path, hypervisor, settings=settings)
-    report = execute.execute(planned.plan, hypervisor, workers=workers, cancel=cancel)
+    report = execute.execute(planned.plan, hypervisor, workers=workers, cancel=cancel, step_timeout=step_timeout)
     if report.cancelled:
         return ApplyResult(planned, report, None)
     try:
@@ -259,6 +263,7 @@ def plan_and_apply(
     revision: str = "",
     desired: model.DesiredState | None = None,
     workers: int = defaults.DEFAULT_WORKERS,
+    step_timeout: float | None = None,
 ) -> tuple[PlanResult, ApplyResult | None]:
     """Plan, ``show_plan``, and carry the plan out when it has changes (``kvmops apply``).
 
@@ -272,17 +277,12 @@ def plan_and_apply(
             return planned, None
         cancel = threading.Event()
         with cancellation.on_signals(cancel):
-            return planned, apply(path, hypervisor, settings=settings, workers=workers, planned=planned, cancel=cancel)
+            return planned, apply(path, hypervisor, settings=settings, workers=workers, planned=planned, cancel=cancel,
+                                  step_timeout=step_timeout)
 
 
-def pool_problems_on_host(desired: model.DesiredState, hypervisor: hv.Hypervisor) -> list[model.Problem]:
-    """Return what ``validate --connect`` adds: pools the host refuses or lacks, for the pools and VMs declared."""
-    problems = []
+def host_problems_on(desired: model.DesiredState, hypervisor: hv.Hypervisor) -> list[model.Problem]:
+    """Return what ``validate --connect`` adds: the pools and networks the host refuses or lacks for ``desired``."""
     pools = {pool.name: pool for pool in hypervisor.list_pools()}
-    for spec in desired.pools.values():
-        refusal = planner.refused_pool_path(spec, hypervisor.uri) if spec.name not in pools else None
-        if refusal is not None:
-            problems.append(spec.origin.problem("spec.path", f"{refusal}; kvmops never makes one a storage pool"))
-    for spec in desired.vms.values():
-        problems.extend(planner.pool_problems(spec, desired.pools, pools, hypervisor.uri))
-    return problems
+    networks = {record.name: actual_state.network(record) for record in hypervisor.list_networks()}
+    return planner.host_problems(desired, pools, networks, hypervisor.uri)

@@ -296,6 +296,22 @@ def fleet_checks_text(found: doctor.FleetChecks) -> str:
     return "".join(lines)
 
 
+def host_checks_text(checked: fleet.FleetCheck) -> str:
+    """Return ``validate --live``'s section per Host: what it lacks, or that it lacks nothing, or why it was not checked."""
+    lines = []
+    for host in checked.hosts:
+        where = f"Host {host.host}" + (f" ({redaction.redact_url(host.uri)})" if host.uri else " (no Host manifest)")
+        if host.unreachable is not None:
+            state = "MISSING" if host.missing else "UNREACHABLE"
+            lines.append(f"{where}: {state}: {redaction.redact_text(host.unreachable)}\n")
+        elif host.problems:
+            lines.append(f"{where}: {len(host.problems)} problem(s)\n")
+            lines.extend(f"  {redaction.redact_text(str(problem))}\n" for problem in host.problems)
+        else:
+            lines.append(f"{where}: ok\n")
+    return "".join(lines)
+
+
 def trash_table(rows: list[dict]) -> str:
     """Return ``kvmops trash list``'s table of :func:`reconciler.runtime.recovery.rows`."""
     columns = ("POOL", "VOLUME", "VM", "SCOPE", "SIZE", "DELETED", "STATE")

@@ -4,12 +4,17 @@ The system libvirtd is shared and must never be stopped, yet kvmops has to be te
 against a connection that breaks in the middle of its work.  Clients connect through
 ``qemu+unix:///system?socket=PATH``; every byte goes to ``/run/libvirt/libvirt-sock`` and
 back unchanged, so libvirtd does the real work.  Armed with a procedure number
-(``remote_protocol.x``: 9 is ``domain create``, 11 ``domain define``), the proxy cuts the
-client's connection the first time the client calls it, in one of two ways:
+(``remote_protocol.x``: 9 is ``domain create``, 11 ``domain define``, 93 ``storage vol
+create``), the proxy cuts the client's connection the first time the client calls it, in
+one of two ways:
 
 * ``"request"``: the call never reaches libvirtd (nothing happened), the client reads EOF;
 * ``"reply"``: libvirtd carries the call out, its reply is dropped (it happened, and the
   client cannot know), the client reads EOF.
+
+Or it holds that call's reply back for good (``"hold"``): libvirtd carries the call out, and
+everything else goes on flowing both ways (keepalive probes and their answers, other
+calls), which is what a libvirtd that answers but whose call never returns looks like.
 
 Connections opened afterwards are forwarded normally, as a restarted libvirtd would take them.
 """
@@ -26,6 +31,7 @@ REMOTE_PROGRAM = 0x20008086
 DOMAIN_CREATE = 9
 DOMAIN_DEFINE_XML = 11
 DOMAIN_DEFINE_XML_FLAGS = 350
+STORAGE_VOL_CREATE_XML = 93
 LIBVIRTD_SOCKET = "/run/libvirt/libvirt-sock"
 
 
@@ -51,8 +57,9 @@ class CuttingProxy:
         return f"qemu+unix:///system?socket={self.path}"
 
     def arm(self, *procedures: int, drop: str) -> None:
-        """Cut the next connection that calls one of ``procedures``, dropping its ``"request"`` or its ``"reply"``."""
-        assert drop in ("request", "reply")
+        """Cut the next connection that calls one of ``procedures``, dropping its ``"request"`` or its ``"reply"``,
+        or (``"hold"``) keep that connection but never deliver the reply to that call."""
+        assert drop in ("request", "reply", "hold")
         with self._lock:
             self._armed = (frozenset(procedures), drop)
 
@@ -74,11 +81,11 @@ class CuttingProxy:
             upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             upstream.connect(self._target)
             self._sockets += [client, upstream]
-            cut: list[int] = []  # the procedure whose reply is to be dropped, once its request went through
+            cut: list[tuple[int, str]] = []  # the procedure whose reply is dropped (and how), once its request went
             threading.Thread(target=self._requests, args=(client, upstream, cut), daemon=True).start()
             threading.Thread(target=self._replies, args=(upstream, client, cut), daemon=True).start()
 
-    def _requests(self, client: socket.socket, upstream: socket.socket, cut: list[int]) -> None:
+    def _requests(self, client: socket.socket, upstream: socket.socket, cut: list[tuple[int, str]]) -> None:
         """Copy the client's messages to libvirtd one whole message at a time, watching for an armed call."""
         try:
             while True:
@@ -99,14 +106,14 @@ class CuttingProxy:
                 if hit and armed[1] == "request":
                     break  # libvirtd never hears of it
                 if hit:
-                    cut.append(procedure)  # libvirtd carries it out; its reply never arrives
+                    cut.append((procedure, armed[1]))  # libvirtd carries it out; its reply never arrives
                 upstream.sendall(header + body)
         except OSError:
             pass
         _hang_up(client, upstream)
 
-    def _replies(self, upstream: socket.socket, client: socket.socket, cut: list[int]) -> None:
-        """Copy libvirtd's messages to the client, except the reply to a call cut in "reply" mode."""
+    def _replies(self, upstream: socket.socket, client: socket.socket, cut: list[tuple[int, str]]) -> None:
+        """Copy libvirtd's messages to the client, except the reply to a call cut in "reply" or "hold" mode."""
         try:
             while True:
                 header = _read_exactly(upstream, 4)
@@ -117,7 +124,9 @@ class CuttingProxy:
                 if body is None:
                     break
                 program, _version, procedure = struct.unpack(">III", body[:12])
-                if cut and program == REMOTE_PROGRAM and procedure == cut[0]:
+                if cut and program == REMOTE_PROGRAM and procedure == cut[0][0]:
+                    if cut.pop()[1] == "hold":
+                        continue  # carried out; the client waits for ever, while all else flows
                     break  # the call was carried out; the client never learns it
                 client.sendall(header + body)
         except OSError:

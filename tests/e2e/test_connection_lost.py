@@ -8,13 +8,16 @@ is what a libvirtd stopped in the middle of a start looks like to its client.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from tests import factories
 from tests.e2e.commands import kvmops, output
-from tests.e2e.libvirtproxy import DOMAIN_CREATE, DOMAIN_DEFINE_XML, DOMAIN_DEFINE_XML_FLAGS, CuttingProxy
+from tests.e2e.libvirtproxy import (
+    DOMAIN_CREATE, DOMAIN_DEFINE_XML, DOMAIN_DEFINE_XML_FLAGS, STORAGE_VOL_CREATE_XML, CuttingProxy,
+)
 from tests.e2e.test_controller import run_controller, running  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.e2e
@@ -72,6 +75,63 @@ def test_an_eof_during_a_definition_is_a_lost_connection_and_the_steps_after_it_
     assert "not run: start" in result.stdout, text
     assert "refused" not in text
     assert host.domain(name) is None, "the definition never reached libvirtd"
+
+
+@pytest.mark.parametrize("cut", ["define", "volume"])
+def test_a_creation_whose_answer_was_lost_is_finished_by_the_next_apply(host, proxy, cut):
+    """What a host lost in the middle of an apply leaves (libvirtd did the call, kvmops never heard): the definition
+    announcing the disk as pending, or the disk created under that announcement. The next apply reads it as an
+    interrupted creation (intent before effect), finishes it, and the plan is then empty."""
+    name = host.name("web")
+    factories.write(host.manifests, "pools/pool.yaml", factories.pool(host.pool, str(host.pool_path)))
+    factories.write(host.manifests, "web.yaml", factories.vm(
+        name, virtType="qemu", runStrategy="Halted",
+        disks=[factories.disk("root", host.pool, "8MiB", deletionPolicy="Delete")]))
+    proxy.arm(*({"define": (DOMAIN_DEFINE_XML, DOMAIN_DEFINE_XML_FLAGS), "volume": (STORAGE_VOL_CREATE_XML,)}[cut]),
+              drop="reply")
+
+    result = kvmops(host, "apply", host.manifests, "--connect", proxy.uri)
+
+    assert proxy.cuts and result.returncode == 1, output(result)
+    assert "the connection to libvirtd was lost" in result.stdout, output(result)
+    assert 'pending="true"' in host.domain(name).XMLDesc(0)  # the announcement was made before the effect
+    volume = f"{name}-root.qcow2"
+    assert (host.pool_path / volume).exists() == (cut == "volume")
+
+    again = kvmops(host, "apply", host.manifests)
+
+    assert again.returncode == 0, output(again)
+    assert 'pending="true"' not in host.domain(name).XMLDesc(0)
+    assert (host.pool_path / volume).exists()
+    assert kvmops(host, "plan", host.manifests, "--detailed-exitcode").returncode == 0
+
+
+def test_a_call_libvirtd_never_answers_while_its_keepalives_flow_is_abandoned_at_the_step_timeout(host, proxy):
+    """libvirtd defines the VM, but its answer never comes while every keepalive is answered (a libvirtd whose call
+    hangs): the connection is kept, although the call outlasts the keepalive's silence three times over, and the step
+    is abandoned at --step-timeout, saying so; the next apply converges."""
+    name = host.name("web")
+    factories.write(host.manifests, "web.yaml", factories.vm(name, virtType="qemu", runStrategy="Halted"))
+    proxy.arm(DOMAIN_DEFINE_XML, DOMAIN_DEFINE_XML_FLAGS, drop="hold")
+    started = time.monotonic()
+
+    result = kvmops(host, "apply", host.manifests, "--connect", proxy.uri, "--host-timeout", "2", "--step-timeout", "6")
+
+    took = time.monotonic() - started
+    text = output(result)
+    print(f"apply returned after {took:.1f} s")
+    assert proxy.cuts, text
+    assert result.returncode == 1, text
+    assert 6 <= took < 6 + 30, text
+    assert f"define domain {name} on host {proxy.uri} did not finish within 6 s: libvirtd still answers keepalive " \
+           "probes, but this call has not returned" in result.stdout, text
+    assert "stopped answering" not in text and "connection to libvirtd was lost" not in text
+    assert "Traceback" not in text
+    assert host.domain(name) is not None, "libvirtd did define it: only the answer was held back"
+
+    again = kvmops(host, "apply", host.manifests)
+    assert again.returncode == 0, output(again)
+    assert kvmops(host, "plan", host.manifests, "--detailed-exitcode").returncode == 0
 
 
 def test_healthz_clears_once_a_vm_whose_start_lost_its_answer_turns_out_converged(host, proxy, run_controller):

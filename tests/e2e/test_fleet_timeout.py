@@ -6,16 +6,25 @@ own section saying it did not answer in time, its pruning waits, its VMs are Unk
 are placed nowhere else, and the other hosts converge. Once it runs again (SIGCONT) the
 next apply converges it. The controller (``kvmops run``) does the same pass after pass,
 without piling up threads on the stopped host.
+
+Stopped in the middle of an apply, after it was observed (a fleet's host, or the one host
+of a single-host apply with a remote URI): the step waiting on it fails once the
+connection's keepalive gives up (about ``--host-timeout``), its other steps are not begun,
+the other hosts converge, and the next apply after SIGCONT converges. Before keepalives
+were set on one-shot commands' connections, such an apply waited for ever.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
+import libvirt
 import pytest
 import yaml
 
@@ -24,12 +33,14 @@ from reconciler.core import fleet as fleets
 from reconciler.core import model
 from reconciler.runtime import deadlines, fleet_reconcile, reconcile
 
+from tests import factories
 from tests.e2e.test_fleet import REPOSITORY, LabFleet, declared_fleet
 from tests.e2e.test_fleet_controller import eventually, free_port, running, status, stop
 
 pytestmark = pytest.mark.e2e
 
 TIMEOUT = 3  # --host-timeout: short, so that the test is quick; the default is 10 s
+DEFAULT_SILENCE = 10  # without --host-timeout: a silent libvirtd is given up after 10 s (keepalive 2 s x (4 + 1))
 SLACK = 20  # a command's start-up, and the other hosts' observation (TCG lab hosts on a shared machine)
 
 
@@ -186,3 +197,147 @@ def test_a_host_that_stops_answering_once_connected_is_abandoned_at_its_observat
     while "h2" in deadlines.outstanding() and time.monotonic() < deadline:  # once it runs, the abandoned look ends
         time.sleep(0.1)
     assert "h2" not in deadlines.outstanding()
+
+
+def write_halted(world: LabFleet, names: list[str], file: str, host: str) -> None:
+    """Declare VMs pinned to ``host`` that are defined, with their disk, and never started (no guest boots)."""
+    documents = [{
+        "apiVersion": "kvmops/v1", "kind": "VirtualMachine", "metadata": {"name": name},
+        "spec": {"memory": "64MiB", "virtType": "qemu", "runStrategy": "Halted", "placement": {"host": host},
+                 "disks": [{"name": "root", "pool": world.pool, "size": "8MiB", "deletionPolicy": "Delete"}]},
+    } for name in names]
+    (world.manifests / file).write_text(yaml.safe_dump_all(documents, sort_keys=False), encoding="utf-8")
+
+
+def test_a_libvirtd_stopped_in_the_middle_of_an_apply_fails_its_host_in_bounded_time_and_the_others_converge(fleet):
+    """SIGSTOP while the apply works on h2 (steps on every host): the step waiting on h2 fails once the connection's
+    keepalive gives up, h2's other steps are not begun, h1 and h3 converge, the command exits 1 naming h2; after
+    SIGCONT the next apply converges and the plan is empty. (Before keepalives, the apply waited for ever.)"""
+    world = fleet
+    for index, host in enumerate(("h1", "h2", "h3")):
+        write_halted(world, [world.vm(index * 10 + 1)], f"{host}.yaml", host)
+    first = world.kvmops("apply", str(world.manifests))
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
+
+    # h2 gets six new VMs, made one at a time: the stop lands while most of its steps are still to come
+    wanted = {host: [world.vm(index * 10 + n) for n in range(1, 8 if host == "h2" else 3)]
+              for index, host in enumerate(("h1", "h2", "h3"))}
+    for host, names in wanted.items():
+        write_halted(world, names, f"{host}.yaml", host)
+    stopped = world.lab_host("h2")
+    watcher = libvirt.open(stopped.uri)
+    before = set(watcher.listDomainsID()) | set(watcher.listDefinedDomains())
+    paused = threading.Event()
+
+    def pause_once_h2_is_busy() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not paused.is_set():
+            with contextlib.suppress(libvirt.libvirtError):
+                if set(watcher.listDefinedDomains()) - before:  # the apply has begun defining on h2
+                    stopped.pause_libvirtd()
+                    paused.set()
+                    return
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=pause_once_h2_is_busy, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    try:
+        try:
+            applied = world.kvmops("apply", str(world.manifests), "--host-timeout", str(TIMEOUT), "--parallel", "1",
+                                   timeout=TIMEOUT + SLACK + 60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"kvmops apply still ran {TIMEOUT + SLACK + 60} s after it started, h2 stopped: it hangs")
+        took = time.monotonic() - started
+        paused.set()
+        thread.join()
+        while_stopped = {name: domains_on(world, name) for name in ("h1", "h3")}  # (h2 would not answer us)
+    finally:
+        stopped.resume_libvirtd()
+        watcher.close()
+    report = applied.stdout.split("Applying...", 1)[-1]  # (the plan comes first, with sections of its own)
+    h2 = section(report, "h2")
+    in_flight = [line.strip() for line in h2.splitlines() if "FAILED:" in line]
+    print(f"apply returned {took:.1f} s after it started, h2 stopped during {in_flight}; exit {applied.returncode}")
+    print(h2)
+
+    assert stopped.libvirtd_pid is not None
+    assert applied.returncode == 1, applied.stdout[-3000:] + applied.stderr[-2000:]
+    assert took < TIMEOUT + SLACK
+    assert "Traceback" not in applied.stderr
+    assert "libvirtd stopped answering (no reply to keepalive probes" in h2, h2
+    assert "host h2 was lost in the middle of the apply" in h2
+    assert "unreachable: h2" in report.splitlines()[-1]
+    assert while_stopped == {"h1": set(wanted["h1"]), "h3": set(wanted["h3"])}
+    for name in ("h1", "h3"):
+        assert "✗" not in section(report, name) and "FAILED" not in section(report, name), section(report, name)
+
+    after = world.kvmops("apply", str(world.manifests), "--host-timeout", str(TIMEOUT))
+
+    assert after.returncode == 0, after.stdout[-3000:] + after.stderr[-2000:]
+    placed = world.domains()
+    assert placed == {host: set(names) for host, names in wanted.items()}
+    assert world.kvmops("plan", str(world.manifests), "--detailed-exitcode").returncode == 0
+
+
+def test_a_single_host_apply_on_a_libvirtd_stopped_in_the_middle_returns_after_the_default_host_timeout(lab, lab_host):
+    """No Host manifests, one remote URI (a lab host), default settings: the step waiting on the stopped libvirtd
+    fails once the keepalive gives up (--host-timeout, 10 s), the other VMs are not begun, the report says what was
+    done and that the result could not be checked, exit 1; after SIGCONT the next apply converges."""
+    host, daemon = lab_host, lab.hosts[0]
+    pool = factories.pool(host.pool, str(host.pool_path))
+
+    def vms(count: int) -> list[dict]:
+        return [factories.vm(host.name(f"vm{n}"), virtType="qemu", runStrategy="Halted",
+                             disks=[factories.disk("root", host.pool, "8MiB", deletionPolicy="Delete")])
+                for n in range(1, count + 1)]
+
+    factories.write(host.manifests, "all.yaml", pool, *vms(1))
+    assert host.kvmops("apply", str(host.manifests)).returncode == 0
+    factories.write(host.manifests, "all.yaml", pool, *vms(7))  # six new, one at a time: most still to come
+    before = set(host.connection.listDefinedDomains())
+    watcher = libvirt.open(daemon.uri)
+    paused = threading.Event()
+
+    def pause_once_busy() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not paused.is_set():
+            with contextlib.suppress(libvirt.libvirtError):
+                if set(watcher.listDefinedDomains()) - before:
+                    daemon.pause_libvirtd()
+                    paused.set()
+                    return
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=pause_once_busy, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    try:
+        try:
+            applied = host.kvmops("apply", str(host.manifests), "--parallel", "1", timeout=DEFAULT_SILENCE + SLACK + 60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"kvmops apply still ran {DEFAULT_SILENCE + SLACK + 60} s after it started: it hangs")
+        took = time.monotonic() - started
+        stopped_it = paused.is_set()
+        paused.set()
+        thread.join()
+    finally:
+        daemon.resume_libvirtd()
+        watcher.close()
+    print(f"single-host apply returned {took:.1f} s after it started, libvirtd stopped mid-apply; "
+          f"exit {applied.returncode}")
+    print(applied.stdout.split("Applying...", 1)[-1])
+
+    assert stopped_it, "the apply ended before anything was defined"
+    assert applied.returncode == 1, applied.stdout[-3000:] + applied.stderr[-2000:]
+    assert DEFAULT_SILENCE <= took < DEFAULT_SILENCE + SLACK
+    assert "libvirtd stopped answering (no reply to keepalive probes" in applied.stdout
+    assert "The connection to libvirtd was lost, so the result could not be checked" in applied.stdout
+    assert "not begun: the connection to libvirtd was lost while VirtualMachine" in applied.stdout
+    assert "Traceback" not in applied.stderr
+
+    again = host.kvmops("apply", str(host.manifests))
+
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-2000:]
+    assert {host.name(f"vm{n}") for n in range(1, 8)} <= set(host.connection.listDefinedDomains())
+    assert host.kvmops("plan", str(host.manifests), "--detailed-exitcode").returncode == 0

@@ -158,13 +158,32 @@ def host_state(hypervisor: hv.Hypervisor) -> dict:
     }
 
 
+class Pinned(contextlib.nullcontext):
+    """An open connection the test owns, handed to the code under test: used (and entered) as it, never closed."""
+
+    def __getattr__(self, name):
+        return getattr(self.enter_result, name)
+
+    def close(self) -> None:
+        """Pinned connections stay open (the test owns them); what was watched through this one is no longer."""
+        hypervisor = self.enter_result
+        watched, hypervisor._event_callbacks = hypervisor._event_callbacks, []
+        for callback_id in watched:
+            with contextlib.suppress(libvirt.libvirtError):
+                hypervisor._connection.domainEventDeregisterAny(callback_id)
+        if hypervisor._close_callback:
+            with contextlib.suppress(libvirt.libvirtError):
+                hypervisor._connection.unregisterCloseCallback()
+            hypervisor._close_callback = False
+
+
 def pin_connection(monkeypatch: pytest.MonkeyPatch, hypervisor: hv.Hypervisor) -> None:
     """Make the CLI use ``hypervisor`` whenever it opens ``hypervisor.uri``; other URIs open normally."""
     original = hv.Hypervisor.open.__func__
 
     def open_pinned(cls, uri: str, **options):
         if uri == hypervisor.uri:
-            return contextlib.nullcontext(hypervisor)
+            return Pinned(hypervisor)
         return original(cls, uri, **options)
 
     monkeypatch.setattr(hv.Hypervisor, "open", classmethod(open_pinned))

@@ -11,17 +11,15 @@ checked as far as its plan.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
-import libvirt
 import pytest
 
 from reconciler import cli
 from reconciler.adapters import hypervisor as hv
 from tests import factories
-from tests.integration.conftest import node_uri
+from tests.integration.conftest import Pinned, node_uri
 
 HOSTS = ("h1", "h2", "h3")
 
@@ -85,22 +83,6 @@ def pin_hosts(monkeypatch: pytest.MonkeyPatch, hypervisors) -> None:
     """Make every ``Hypervisor.open`` of one of ``hypervisors``' URIs return that open connection."""
     pinned = {h.uri: h for h in hypervisors}
     original = hv.Hypervisor.open.__func__
-
-    class Pinned(contextlib.nullcontext):
-        def __getattr__(self, name):
-            return getattr(self.enter_result, name)
-
-        def close(self) -> None:
-            """Pinned connections stay open (the test owns them); what was watched through this one is no longer."""
-            hypervisor = self.enter_result
-            watched, hypervisor._event_callbacks = hypervisor._event_callbacks, []
-            for callback_id in watched:
-                with contextlib.suppress(libvirt.libvirtError):
-                    hypervisor._connection.domainEventDeregisterAny(callback_id)
-            if hypervisor._close_callback:
-                with contextlib.suppress(libvirt.libvirtError):
-                    hypervisor._connection.unregisterCloseCallback()
-                hypervisor._close_callback = False
 
     def open_pinned(cls, uri: str, **options):
         if uri in pinned:
@@ -364,3 +346,15 @@ def test_the_host_timeout_is_the_flag_else_the_configuration_files_and_above_zer
     config.write_text("hostTimeout: 0\n", encoding="utf-8")
     status, _out, err = run(capsys, "plan", str(fleet.manifests), "--config", str(config))
     assert status == 1 and "hostTimeout" in err and "Traceback" not in err
+
+
+
+def test_a_looking_command_takes_the_flags_scope_else_the_configuration_files(tmp_path):
+    from reconciler.runtime import command_settings
+
+    config = tmp_path / "kvmops.yaml"
+    config.write_text("scope: blue\n", encoding="utf-8")
+
+    assert command_settings.scoped(None, str(config)).scope == "blue"  # doctor and validate --live in a fleet
+    assert command_settings.scoped("green", str(config)).scope == "green"
+    assert command_settings.scoped(None).scope == "default"

@@ -96,3 +96,26 @@ def test_doctor_fails_the_silent_host_after_its_deadline_and_checks_the_other(fl
     assert "[ok  ] libvirtd" in h1 and "[ok  ] pool default" in h1, done.stdout
     assert f"[FAIL] libvirtd: host h2 did not answer within {TIMEOUT} s while being checked" in h2, done.stdout
     assert "Traceback" not in done.stderr
+
+
+def test_validate_live_reports_the_silent_host_after_its_deadline_and_checks_the_other(fleet):
+    done, seconds = kvmops("validate", str(fleet), "--live", "--host-timeout", str(TIMEOUT))
+
+    assert seconds < TIMEOUT * 2 + SLACK, f"took {seconds:.1f} s"
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split(" (")[0] for line in lines if line.startswith("Host ")] == ["Host h1", "Host h2"]
+    assert lines[0].endswith(": ok")
+    assert f"UNREACHABLE: host h2 did not answer within {TIMEOUT} s while being connected to" in lines[1]
+    assert lines[-1].endswith("; Hosts checked: h1; not checked: h2")
+    assert "Traceback" not in done.stderr
+
+
+def test_adopt_refuses_while_a_host_is_silent_and_returns_after_its_deadline(fleet):
+    """adopt cannot check that the silent Host does not run the VM too: it fails closed, on time."""
+    done, seconds = kvmops("adopt", "web", "--manifests", str(fleet), "--host", "h1", "--host-timeout", str(TIMEOUT))
+
+    assert seconds < TIMEOUT * 2 + SLACK, f"took {seconds:.1f} s"
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "domain web is not adopted on Host h1: Host h2 does not answer (host h2 did not answer within" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -136,3 +136,67 @@ def test_a_call_stuck_for_good_does_not_keep_the_process_from_exiting():
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "HostTimedOut"
     assert time.monotonic() - started < 10
+
+
+# --- one call under a deadline (an apply's step) ------------------------------------------------------
+
+
+def timed_out() -> errors.StepTimedOut:
+    return errors.StepTimedOut("define domain web on host h2 did not finish within 0.2 s")
+
+
+def test_a_call_that_finishes_in_time_gives_its_value_and_a_failing_one_its_error():
+    assert deadlines.call_within(lambda: "defined", 5, timed_out) == "defined"
+    with pytest.raises(errors.OperationRefused, match="bad XML"):
+        deadlines.call_within(lambda: (_ for _ in ()).throw(errors.OperationRefused("bad XML")), 5, timed_out)
+
+
+def test_a_call_past_its_deadline_is_abandoned_with_the_error_it_is_given_and_may_still_finish():
+    release, finished = threading.Event(), threading.Event()
+
+    def hang() -> None:
+        release.wait()
+        finished.set()
+
+    started = time.monotonic()
+    with pytest.raises(errors.StepTimedOut) as abandoned:
+        deadlines.call_within(hang, 0.2, timed_out)
+    elapsed = time.monotonic() - started
+
+    assert 0.2 <= elapsed < 2.0
+    assert abandoned.value.retryable
+    assert not isinstance(abandoned.value, errors.ConnectionLost)  # the host answers: only this call is stuck
+    release.set()
+    assert finished.wait(5)  # nobody waits for it any more, yet it runs to its end
+
+
+def test_without_a_deadline_the_call_runs_on_the_callers_own_thread():
+    assert deadlines.call_within(threading.current_thread, None, timed_out) is threading.current_thread()
+
+
+def test_the_call_runs_in_the_callers_context():
+    import contextvars
+
+    bound = contextvars.ContextVar("bound", default="none")
+    bound.set("reconcile-42")
+
+    assert deadlines.call_within(bound.get, 5, timed_out) == "reconcile-42"
+
+
+def test_a_step_stuck_for_good_does_not_keep_the_process_from_exiting():
+    program = (
+        "import threading\n"
+        "from reconciler import errors\n"
+        "from reconciler.runtime import deadlines\n"
+        "try:\n"
+        "    deadlines.call_within(threading.Event().wait, 0.2, lambda: errors.StepTimedOut('stuck'))\n"
+        "except errors.StepTimedOut as exc:\n"
+        "    print(exc)\n"
+    )
+    started = time.monotonic()
+
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=30)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "stuck"
+    assert time.monotonic() - started < 10

@@ -44,3 +44,18 @@ def test_entries_no_pass_uses_any_more_are_dropped():
     passes(remembered, range(0, 10), 1)
     passes(remembered, range(100, 120), 1)
     assert all(remembered.get(key) is None for key in range(10))
+
+
+def test_forgetting_all_memos_empties_every_one_of_them_including_the_modules_own():
+    from reconciler.core import actual
+
+    first, second = memo.Memo(capacity=4), memo.Memo(capacity=4)
+    for index in range(6):
+        first.put(index, "value")
+        second.put(index, "value")
+    actual._read("<domain type='kvm'><name>x</name></domain>")
+
+    memo.forget_all()
+
+    assert (len(first), len(second), len(actual._READ)) == (0, 0, 0)
+    assert first.get(5) is None

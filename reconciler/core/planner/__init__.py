@@ -24,6 +24,8 @@ The planner is split by what it plans: :mod:`.pools`, :mod:`.networks`, :mod:`.i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from reconciler.core import disposal, model
 from reconciler.core import plan as plans
 from reconciler.core import policy as policies
@@ -31,7 +33,13 @@ from reconciler.core.planner.domain_definition import new_mac, new_uuid, passwor
 from reconciler.core.planner.domain_diff import restart_pending
 from reconciler.core.planner.host import UNDECIDED_VIRT_TYPE, host_is_local, resolve_virt_type
 from reconciler.core.planner.images import plan_image, plan_import_leftovers
-from reconciler.core.planner.marks import UNBOUND_MARK_KEPT, mark_is_unbound, mark_warnings, scope_of
+from reconciler.core.planner.marks import (
+    UNBOUND_MARK_KEPT,
+    mark_is_unbound,
+    mark_warnings,
+    placed_by_a_fleet,
+    scope_of,
+)
 from reconciler.core.planner.networks import network_problems, orphan_networks, plan_network, plan_network_prune
 from reconciler.core.planner.pools import plan_pool, pool_problems, refused_pool_path
 from reconciler.core.planner.prune import plan_prune, prune_suspension
@@ -40,7 +48,8 @@ from reconciler.core.planner.sharing import vm_volumes, volume_users, wanted_vol
 from reconciler.core.planner.vms import desired_definition, plan_vm
 
 __all__ = [
-    "Settings", "UNBOUND_MARK_KEPT", "UNDECIDED_VIRT_TYPE", "desired_definition", "host_is_local", "mark_is_unbound",
+    "Settings", "UNBOUND_MARK_KEPT", "UNDECIDED_VIRT_TYPE", "desired_definition", "host_is_local", "host_problems",
+    "mark_is_unbound", "placed_by_a_fleet",
     "mark_warnings", "network_problems", "new_mac", "new_uuid", "password_salt", "plan_changes", "pool_problems",
     "refused_pool_path", "resolve_virt_type", "restart_pending", "scope_of", "vm_volumes", "volume_users", "wanted_volumes",
 ]
@@ -130,6 +139,34 @@ def plan_changes(
     )
 
 
+def host_problems(
+    desired: model.DesiredState, pools: Mapping[str, model.ObservedPool], networks: Mapping[str, model.ObservedNetwork],
+    uri: str,
+) -> list[model.Problem]:
+    """Return what the host at ``uri``, with ``pools`` and ``networks``, lacks for ``desired`` (``validate --connect``).
+
+    A declared pool whose directory kvmops may never make a pool (it does not exist yet), a
+    pool or network a VM uses that is neither declared nor usable there, and an Image whose
+    pool is neither: each is a problem located at its manifest, as the plan would report it.
+    """
+    problems = []
+    for spec in desired.pools.values():
+        refusal = refused_pool_path(spec, uri) if spec.name not in pools else None
+        if refusal is not None:
+            problems.append(spec.origin.problem("spec.path", f"{refusal}; kvmops never makes one a storage pool"))
+    for spec in desired.vms.values():
+        problems.extend(pool_problems(spec, desired.pools, pools, uri))
+        problems.extend(network_problems(spec, desired.networks, networks, uri))
+    for image in desired.images.values():
+        pool = pools.get(image.pool)
+        if image.pool not in desired.pools and (pool is None or not pool.active):
+            why = "is not active" if pool is not None else "does not exist"
+            problems.append(image.origin.problem(
+                "spec.pool", f"storage pool {image.pool!r} {why} on {uri}; declare it in a StoragePool manifest or "
+                             "create it"))
+    return problems
+
+
 def _placed_by_a_fleet(actual: model.ActualState, settings: Settings) -> plans.Plan | None:
     """Return the plan that does nothing, outside a fleet, on a host where a fleet of this scope placed VMs; else None.
 
@@ -142,12 +179,9 @@ def _placed_by_a_fleet(actual: model.ActualState, settings: Settings) -> plans.P
     """
     if settings.fleet:
         return None
-    placed = sorted((name, d.definition.owner) for name, d in actual.domains.items()
-                    if d.owned and d.definition is not None and d.definition.owner is not None
-                    and d.definition.owner.fleet and scope_of(d) == settings.scope)
-    here = {owner.host for _name, owner in placed}
-    if not placed or not {host for _name, owner in placed for host in owner.roster} - here:
-        return None  # the fleet's roster names this host alone (the others forgotten): it may run on its own
+    placed = placed_by_a_fleet(actual, settings.scope)
+    if not placed:
+        return None
     names = ", ".join(name for name, _owner in placed[:5]) + (f" and {len(placed) - 5} more" if len(placed) > 5 else "")
     owner = placed[0][1]
     message = (

@@ -48,3 +48,18 @@ def scope_of(domain: model.ObservedDomain) -> str:
     """Return the scope (manifest set) that owns ``domain``."""
     owner = domain.definition.owner if domain.definition is not None else None
     return owner.scope if owner is not None else "default"
+
+
+def placed_by_a_fleet(actual: model.ActualState, scope: str) -> tuple[tuple[str, model.Ownership], ...]:
+    """Return the domains of ``scope`` here that a fleet placed, with their marks, by name; () when none is.
+
+    Only a fleet whose roster names other Hosts than this one counts: once ``forget-host``
+    has left this host alone in it, the host may run on its own.
+    """
+    placed = tuple(sorted((name, d.definition.owner) for name, d in actual.domains.items()
+                          if d.owned and d.definition is not None and d.definition.owner is not None
+                          and d.definition.owner.fleet and scope_of(d) == scope))
+    here = {owner.host for _name, owner in placed}
+    if not {host for _name, owner in placed for host in owner.roster} - here:
+        return ()
+    return placed
