@@ -931,11 +931,17 @@ def _split_brain_problem(desired: model.DesiredState, brain: SplitBrain, fleet: 
             "in a moment"
         )
     else:
+        running = [host for host in brain.hosts if reachable[host].domains[brain.vm].power is model.PowerState.RUNNING]
+        active = [host for host in brain.hosts if reachable[host].domains[brain.vm].power.active]
+        now = (f"; it RUNS on {' and '.join(running)} at once, stop one now" if len(running) > 1 else
+               f"; it is active on {', '.join(active)}" if active else "")
+        # (undefining an active domain leaves it running, transient: it must be destroyed too)
+        remove = ("virsh -c URI destroy NAME where it is active, then virsh -c URI undefine NAME" if active
+                  else "virsh -c URI undefine NAME")
         message = (
             f"VM {brain.vm} is marked by fleet {fleet} on {len(brain.hosts)} hosts ({', '.join(brain.hosts)}): split "
-            "brain (a half-done migration, or a host that came back). Neither copy is started, stopped, changed, "
-            "migrated or pruned; keep the right one and remove the other yourself (virsh -c URI undefine), then plan "
-            "again"
+            f"brain (a half-done migration, or a host that came back){now}. Neither copy is started, stopped, changed, "
+            f"migrated or pruned; keep the right one and remove the other yourself ({remove}), then plan again"
         )
     spec = desired.vms.get(brain.vm)
     if spec is not None:

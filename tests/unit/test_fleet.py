@@ -813,3 +813,18 @@ def test_two_halves_that_prove_no_finished_move_stay_a_split_brain():
         result = fleet.plan_fleet(state, {"a": host_state(here, state=state), "b": host_state(there, state=state)})
         assert result.split_brain == (fleet.SplitBrain("web", ("a", "b")),), case
         assert steps(result.host("a").plan, "web") == [] and steps(result.host("b").plan, "web") == [], case
+
+
+def test_a_split_brain_says_where_the_vm_runs_and_that_an_active_copy_must_be_destroyed_before_it_is_undefined():
+    state = manifests(vm_yaml("web"))
+    spec = state.vms["web"]
+    twice = fleet.plan_fleet(state, {"a": host_state(running_on("a", spec), state=state),
+                                     "b": host_state(running_on("b", spec), state=state)})
+    (problem,) = twice.problems
+    assert "it RUNS on a and b at once, stop one now" in problem.message
+    assert "(virsh -c URI destroy NAME where it is active, then virsh -c URI undefine NAME)" in problem.message
+
+    off = fleet.plan_fleet(state, {"a": host_state(running_on("a", spec, power=model.PowerState.SHUTOFF), state=state),
+                                   "b": host_state(running_on("b", spec, power=model.PowerState.SHUTOFF), state=state)})
+    (problem,) = off.problems
+    assert "RUNS" not in problem.message and "(virsh -c URI undefine NAME)" in problem.message
