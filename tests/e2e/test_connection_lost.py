@@ -8,6 +8,7 @@ is what a libvirtd stopped in the middle of a start looks like to its client.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 
@@ -122,7 +123,11 @@ def test_a_call_libvirtd_never_answers_while_its_keepalives_flow_is_abandoned_at
     print(f"apply returned after {took:.1f} s")
     assert proxy.cuts, text
     assert result.returncode == 1, text
-    assert 6 <= took < 6 + 30, text
+    # The step's own time: the apply's whole-host looks before and after it wait behind whatever other
+    # tests start and destroy on this libvirtd (66 s once, in a full suite), which is no part of the step.
+    step_ms = int(re.search(rf"FAILED: define domain {name} \[(\d+) ms\]", result.stdout).group(1))
+    assert 6000 <= step_ms < 6000 + 3000, text
+    assert 6 <= took < 6 + 170, text
     assert f"define domain {name} on host {proxy.uri} did not finish within 6 s: libvirtd still answers keepalive " \
            "probes, but this call has not returned" in result.stdout, text
     assert "stopped answering" not in text and "connection to libvirtd was lost" not in text
