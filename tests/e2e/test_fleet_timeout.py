@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import libvirt
 import pytest
@@ -199,6 +200,38 @@ def test_a_host_that_stops_answering_once_connected_is_abandoned_at_its_observat
     assert "h2" not in deadlines.outstanding()
 
 
+@contextlib.contextmanager
+def paused_once_defining(daemon) -> Iterator[threading.Event]:
+    """SIGSTOP lab libvirtd ``daemon`` as soon as a new domain is defined on it (an apply has begun there), once.
+
+    Yields the event set once it is stopped (or once the block ends); on leaving, the
+    daemon runs again (SIGCONT).
+    """
+    watcher = libvirt.open(daemon.uri)
+    before = set(watcher.listDefinedDomains())
+    paused = threading.Event()
+
+    def pause_once_busy() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not paused.is_set():
+            with contextlib.suppress(libvirt.libvirtError):
+                if set(watcher.listDefinedDomains()) - before:
+                    daemon.pause_libvirtd()
+                    paused.set()
+                    return
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=pause_once_busy, daemon=True)
+    thread.start()
+    try:
+        yield paused
+    finally:
+        paused.set()
+        thread.join()
+        daemon.resume_libvirtd()  # (a SIGCONT to a daemon that runs changes nothing)
+        watcher.close()
+
+
 def write_halted(world: LabFleet, names: list[str], file: str, host: str) -> None:
     """Declare VMs pinned to ``host`` that are defined, with their disk, and never started (no guest boots)."""
     documents = [{
@@ -225,36 +258,15 @@ def test_a_libvirtd_stopped_in_the_middle_of_an_apply_fails_its_host_in_bounded_
     for host, names in wanted.items():
         write_halted(world, names, f"{host}.yaml", host)
     stopped = world.lab_host("h2")
-    watcher = libvirt.open(stopped.uri)
-    before = set(watcher.listDomainsID()) | set(watcher.listDefinedDomains())
-    paused = threading.Event()
-
-    def pause_once_h2_is_busy() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not paused.is_set():
-            with contextlib.suppress(libvirt.libvirtError):
-                if set(watcher.listDefinedDomains()) - before:  # the apply has begun defining on h2
-                    stopped.pause_libvirtd()
-                    paused.set()
-                    return
-            time.sleep(0.01)
-
-    thread = threading.Thread(target=pause_once_h2_is_busy, daemon=True)
-    thread.start()
-    started = time.monotonic()
-    try:
+    with paused_once_defining(stopped):
+        started = time.monotonic()
         try:
             applied = world.kvmops("apply", str(world.manifests), "--host-timeout", str(TIMEOUT), "--parallel", "1",
                                    timeout=TIMEOUT + SLACK + 60)
         except subprocess.TimeoutExpired:
             pytest.fail(f"kvmops apply still ran {TIMEOUT + SLACK + 60} s after it started, h2 stopped: it hangs")
         took = time.monotonic() - started
-        paused.set()
-        thread.join()
         while_stopped = {name: domains_on(world, name) for name in ("h1", "h3")}  # (h2 would not answer us)
-    finally:
-        stopped.resume_libvirtd()
-        watcher.close()
     report = applied.stdout.split("Applying...", 1)[-1]  # (the plan comes first, with sections of its own)
     h2 = section(report, "h2")
     in_flight = [line.strip() for line in h2.splitlines() if "FAILED:" in line]
@@ -295,35 +307,14 @@ def test_a_single_host_apply_on_a_libvirtd_stopped_in_the_middle_returns_after_t
     factories.write(host.manifests, "all.yaml", pool, *vms(1))
     assert host.kvmops("apply", str(host.manifests)).returncode == 0
     factories.write(host.manifests, "all.yaml", pool, *vms(7))  # six new, one at a time: most still to come
-    before = set(host.connection.listDefinedDomains())
-    watcher = libvirt.open(daemon.uri)
-    paused = threading.Event()
-
-    def pause_once_busy() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not paused.is_set():
-            with contextlib.suppress(libvirt.libvirtError):
-                if set(watcher.listDefinedDomains()) - before:
-                    daemon.pause_libvirtd()
-                    paused.set()
-                    return
-            time.sleep(0.01)
-
-    thread = threading.Thread(target=pause_once_busy, daemon=True)
-    thread.start()
-    started = time.monotonic()
-    try:
+    with paused_once_defining(daemon) as paused:
+        started = time.monotonic()
         try:
             applied = host.kvmops("apply", str(host.manifests), "--parallel", "1", timeout=DEFAULT_SILENCE + SLACK + 60)
         except subprocess.TimeoutExpired:
             pytest.fail(f"kvmops apply still ran {DEFAULT_SILENCE + SLACK + 60} s after it started: it hangs")
         took = time.monotonic() - started
         stopped_it = paused.is_set()
-        paused.set()
-        thread.join()
-    finally:
-        daemon.resume_libvirtd()
-        watcher.close()
     print(f"single-host apply returned {took:.1f} s after it started, libvirtd stopped mid-apply; "
           f"exit {applied.returncode}")
     print(applied.stdout.split("Applying...", 1)[-1])

@@ -20,6 +20,7 @@ it created; and ``legacy``, a running foreign domain.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -319,3 +320,20 @@ def leftovers() -> Iterator[Leftovers]:
             pool.undefine()
     finally:
         connection.close()
+
+
+class Exec(Exception):
+    """Raised instead of replacing the test process with ssh."""
+
+
+@pytest.fixture
+def execs(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Record every attempt to exec a program, and stop it: the test process is never replaced by ssh."""
+    seen: list[list[str]] = []
+
+    def record(program, argv):
+        seen.append([program, *argv])
+        raise Exec(program)
+
+    monkeypatch.setattr(os, "execvp", record)
+    return seen

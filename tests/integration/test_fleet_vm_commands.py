@@ -9,7 +9,6 @@ a foreign domain is one defined on a Host's connection without kvmops' mark.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -351,22 +350,6 @@ def test_adopt_brings_a_single_host_mark_into_the_fleet(fleet, capsys, tmp_path)
 
 
 # --- ssh -------------------------------------------------------------------------------------------
-
-
-class Exec(Exception):
-    """Raised instead of replacing the test process with ssh."""
-
-
-@pytest.fixture
-def execs(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    seen: list[list[str]] = []
-
-    def record(program, argv):
-        seen.append([program, *argv])
-        raise Exec(program)
-
-    monkeypatch.setattr(os, "execvp", record)
-    return seen
 
 
 def address_of(fleet: Fleet, capsys, name: str) -> str:

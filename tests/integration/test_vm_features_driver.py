@@ -325,23 +325,6 @@ def test_wait_for_running_times_out_for_a_halted_vm_with_a_clear_message(world, 
     assert err.strip().splitlines()[-1] == "kvmops: error: timed out after 1s waiting for web (running); last seen: shutoff"
 
 
-class Exec(Exception):
-    """Raised instead of replacing the test process with ssh."""
-
-
-@pytest.fixture
-def execs(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    """Record every attempt to exec a program, and stop it: the test process is never replaced by ssh."""
-    seen: list[list[str]] = []
-
-    def record(program, argv):
-        seen.append([program, *argv])
-        raise Exec(program)
-
-    monkeypatch.setattr(os, "execvp", record)
-    return seen
-
-
 @pytest.mark.parametrize(("name", "prepare", "why"), [
     pytest.param("orphan", None, "orphan has no address yet (no DHCP lease, guest agent or ARP entry)", id="running-without-nic"),
     pytest.param("web", "destroy", "web is not running", id="stopped"),
