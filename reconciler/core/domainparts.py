@@ -106,6 +106,10 @@ def render_owner(owner: model.Ownership) -> ET.Element:
         element.set("fleet", owner.fleet)
     if owner.host:
         element.set("host", owner.host)
+    if owner.moving_to:
+        element.set("movingTo", owner.moving_to)
+    if owner.moved_from:
+        element.set("movedFrom", owner.moved_from)
     for volume in owner.volumes:
         record = ET.SubElement(element, _VOLUME, pool=volume.pool, name=volume.name,
                                deletionPolicy=volume.deletion_policy, created="true" if volume.created else "false")
@@ -155,6 +159,7 @@ def parse_owner(root: ET.Element) -> model.Ownership | None:
         bound_name=owner.get("domain", ""), bound_uuid=owner.get("uuid", ""),
         start_pending=owner.get("startPending") == "true",
         fleet=owner.get("fleet", ""), host=owner.get("host", ""),
+        moving_to=owner.get("movingTo", ""), moved_from=owner.get("movedFrom", ""),
         roster=parse_roster(root),
         left_behind=tuple(model.LeftBehind(left.get("host", ""), left.get("pool", ""), left.get("name", ""))
                           for left in owner.findall(_LEFT_BEHIND)),

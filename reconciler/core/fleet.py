@@ -823,13 +823,21 @@ def is_finished_move(here: model.ObservedDomain, source: str, there: model.Obser
     which libvirt finished there: ``there`` is the guest.
 
     Proven when all of this holds: both are the same domain (name and UUID) with bound
-    marks; ``there`` runs, persistently defined, its mark naming its own host and recording
-    copies left on ``source`` (which only the definition kvmops gives a move does); ``here``
-    does not run (paused or shut off), its mark naming its own host and recording copies
-    kvmops was sending to ``destination`` before the move began, some of them the very ones
-    ``there`` records as left here. The stale half never ran after the switch-over and the
-    running one is the guest: discarding the stale half finishes the move as libvirt would
-    have. A move that copied nothing (every disk on shared storage) leaves no such records.
+    marks; ``there`` runs, persistently defined, its mark naming its own host; ``here`` does
+    not run (paused or shut off), its mark naming its own host; and the marks record that
+    very move, one of two ways:
+
+    * intent before effect (every move since these records exist, copies or not): ``here``
+      records the move to ``destination`` begun (``moving_to``, written before libvirt is
+      asked to migrate) and ``there`` records coming
+      from ``source`` (``moved_from``: only the definition kvmops gives a move does);
+    * copies (also a move begun by a kvmops without the first records): ``there`` records
+      copies left on ``source`` (which only the definition kvmops gives a move does) and
+      ``here`` copies kvmops was sending to ``destination`` before the move began, some of
+      them the very ones ``there`` records as left here.
+
+    The stale half never ran after the switch-over and the running one is the guest:
+    discarding the stale half finishes the move as libvirt would have.
     """
     arrived = there.definition.owner if there.definition is not None else None
     stale = here.definition.owner if here.definition is not None else None
@@ -840,6 +848,8 @@ def is_finished_move(here: model.ObservedDomain, source: str, there: model.Obser
             or stale.binding(here.name, here.uuid) is not model.MarkBinding.BOUND
             or (arrived.host, stale.host) != (destination, source)):
         return False
+    if (stale.moving_to, arrived.moved_from) == (destination, source):
+        return True
     left = {(record.pool, record.name) for record in arrived.left_behind if record.host == source}
     sent = {(record.pool, record.name) for record in stale.sending if record.host == destination}
     return bool(left & sent)
@@ -1090,6 +1100,8 @@ def _migration(
         owner, manifest=spec.manifest, digest=spec.digest, fleet=fleet, host=move.destination, left_behind=left_behind,
         # a partial copy an earlier move began on a third host stays recorded, so the next pass can remove it
         sending=tuple(sent for sent in owner.sending if sent.host not in (move.destination, move.source)),
+        # the proof, with the source's record of this move begun, that a half left on the source is stale
+        moving_to="", moved_from=move.source,
         roster=roster or owner.roster,
     ))
     if restart is not None:

@@ -566,6 +566,15 @@ class Ownership:
     host: str = ""  # the Host the fleet placed it on, "" outside a fleet
     left_behind: tuple[LeftBehind, ...] = ()  # copies a move left on the host it came from, not yet deleted there
     sending: tuple[Sending, ...] = ()  # copies a move of this domain is making (or was, when cut short) on other hosts
+    # Intent, written into the source's mark before any move begins (every mode): the Host this
+    # domain is being moved to. Gone with the source's definition when the move is done, put
+    # back to "" when it fails; "" in marks written before it existed. With ``moved_from`` on
+    # the destination, it proves a move that copied nothing (core.fleet.is_finished_move).
+    # Neither counts in comparisons: records of a move are no change of the VM to apply.
+    moving_to: str = field(default="", compare=False)
+    # The Host the move that brought this domain here left (the definition kvmops gives a
+    # move records it; a later move replaces it): "" when it never moved, or before it existed.
+    moved_from: str = field(default="", compare=False)
     # The fleet's roster: every Host name the fleet had when kvmops last wrote this mark, sorted
     # ("" outside a fleet). A name here that no Host manifest declares is a missing host
     # (core.fleet): its VMs may run there unseen. Kept current by the fleet's own step, not by

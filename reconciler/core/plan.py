@@ -351,7 +351,11 @@ class MigrateDomain(Step):
     again, once it has checked that record and that no domain there uses them.
 
     Before any copy, the executor records each one in the source's mark (``sending``),
-    so a kill in the middle leaves a partial copy the next pass can prove is kvmops'.
+    so a kill in the middle leaves a partial copy the next pass can prove is kvmops'; in
+    the same write, before libvirt is asked to migrate (every mode), the move itself
+    (``moving_to``, the destination). ``xml`` records the source (``moved_from``): the two
+    prove a move libvirt finished on the destination whose end the source's libvirtd lost
+    (:func:`reconciler.core.fleet.is_finished_move`), even one that copied nothing.
 
     ``stop_first``: the guest runs but cannot move live, so it is shut down first
     (gracefully, forcibly after ``shutdown_timeout`` seconds) and moved offline;

@@ -622,7 +622,7 @@ def _migrate_domain(source: hv.Hypervisor, hosts: Mapping[str, hv.Hypervisor], s
     carried = [*step.sends, *_copied_volumes(source, step)]
     if nvram is not None and nvram[1]:
         carried.append(model.NVRAM)
-    intent = _record_sending(source, step, carried)
+    intent = _record_intent(source, step, carried)
     sent: list[tuple[str, str]] = []
     try:
         for pool, volume in replaced:  # what a move cut short left there, proven ours by the record
@@ -653,8 +653,8 @@ def _migrate_domain(source: hv.Hypervisor, hosts: Mapping[str, hv.Hypervisor], s
                             destination.delete_file(nvram[0])
                     elif (pool, volume) in sent or destination.volume_exists(pool, volume):
                         destination.delete_volume(pool, volume)  # sent by kvmops, or created by libvirt for a copy
-                if intent is not None and source.domain_name_by_uuid(step.uuid) == step.name:
-                    source.set_owner(step.name, intent)  # the copies are gone: so is the record of them
+                if source.domain_name_by_uuid(step.uuid) == step.name:
+                    source.set_owner(step.name, intent)  # the copies are gone, the move is not happening: no record
             if stopped and source.domain_name_by_uuid(step.uuid) == step.name:
                 with contextlib.suppress(errors.KvmopsError):  # it stopped for the move only: it runs again here
                     source.start_domain(step.name)
@@ -785,18 +785,18 @@ def _copied_volumes(source: hv.Hypervisor, step: plans.MigrateDomain) -> list[tu
             if pool and volume and (not step.copies or target in step.copies)]
 
 
-def _record_sending(source: hv.Hypervisor, step: plans.MigrateDomain,
-                    carried: list[tuple[str, str]]) -> model.Ownership | None:
-    """Record in the source's mark, before any copy, each copy this move makes on the destination; return the mark
-    as it was (to put back if the move fails and its copies are removed), or None when nothing is copied."""
-    if not carried:
-        return None
+def _record_intent(source: hv.Hypervisor, step: plans.MigrateDomain,
+                   carried: list[tuple[str, str]]) -> model.Ownership:
+    """Record in the source's mark, before any copy and before libvirt is asked to migrate, that this move to the
+    destination is begun (``moving_to``) and each copy it makes there (``sending``); return the mark without these
+    records (to put back if the move fails and its copies are removed)."""
     owner, _binding = domxml.mark_binding(domxml.parse_tree(source.domain_xml(step.name)))
     records = tuple(model.Sending(step.destination, pool, name) for pool, name in carried)
-    wanted = tuple(dict.fromkeys((*owner.sending, *records)))
-    if wanted != owner.sending:
-        source.set_owner(step.name, dataclasses.replace(owner, sending=wanted))
-    return dataclasses.replace(owner, sending=tuple(r for r in owner.sending if r not in records))
+    wanted = dataclasses.replace(owner, sending=tuple(dict.fromkeys((*owner.sending, *records))),
+                                 moving_to=step.destination)
+    if (wanted, wanted.moving_to) != (owner, owner.moving_to):  # (moving_to counts in no comparison of marks)
+        source.set_owner(step.name, wanted)
+    return dataclasses.replace(owner, sending=tuple(r for r in owner.sending if r not in records), moving_to="")
 
 
 def _writable_disks(xml: str) -> list[tuple[str, str | None, str | None, str | None]]:

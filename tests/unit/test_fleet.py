@@ -828,3 +828,95 @@ def test_a_split_brain_says_where_the_vm_runs_and_that_an_active_copy_must_be_de
                                    "b": host_state(running_on("b", spec, power=model.PowerState.SHUTOFF), state=state)})
     (problem,) = off.problems
     assert "RUNS" not in problem.message and "(virsh -c URI undefine NAME)" in problem.message
+
+
+def marked(domain: model.ObservedDomain, **records) -> model.ObservedDomain:
+    """Return ``domain`` with ``records`` (``moving_to``, ``moved_from``, ``host``...) written into its mark."""
+    definition = dataclasses.replace(domain.definition, owner=dataclasses.replace(domain.definition.owner, **records))
+    return dataclasses.replace(domain, definition=definition, xml=domxml.render(definition))
+
+
+def shared_move(state: model.DesiredState, *, power=model.PowerState.PAUSED, there_power=model.PowerState.RUNNING,
+                moving_to: str = "b", moved_from: str = "a") -> tuple[model.ObservedDomain, model.ObservedDomain]:
+    """Return the halves of web (its disk on shared pool nfs) after a live move from a to b whose end a's libvirtd
+    lost: a's half (``power``) recording the move begun to ``moving_to``, b's recording it came from ``moved_from``."""
+    spec = state.vms["web"]
+    here = marked(running_on("a", spec, power=power), moving_to=moving_to)
+    there = marked(running_on("b", spec, power=there_power), moved_from=moved_from)
+    return here, there
+
+
+def shared_state(here: model.ObservedDomain, there: model.ObservedDomain, state: model.DesiredState):
+    return {"a": host_state(here, state=state, pools=("nfs",)), "b": host_state(there, state=state, pools=("nfs",))}
+
+
+def test_the_half_a_move_that_copied_nothing_left_on_its_source_is_discarded_and_its_shared_disk_kept():
+    state = manifests(vm_yaml("web", where="{host: b}", pool="nfs"))
+    for power in (model.PowerState.PAUSED, model.PowerState.SHUTOFF):
+        result = fleet.plan_fleet(state, shared_state(*shared_move(state, power=power), state))
+
+        assert result.problems == () and result.split_brain == () and result.migrations == ()
+        assert steps(result.host("a").plan, "web") == [plans.DiscardMovedSource("web", builders.UUID, "a", "b")]
+        assert steps(result.host("b").plan, "web") == []  # the guest runs there, as it is: no plan change either
+        assert not any(r.name == "web" for r in result.host("b").plan.changes)
+
+
+def test_halves_of_a_move_without_copies_whose_records_do_not_name_that_very_move_stay_a_split_brain():
+    state = manifests(vm_yaml("web", where="{host: b}", pool="nfs"))
+    spec = state.vms["web"]
+    here, there = shared_move(state)
+    cases = {
+        "the source's half runs too": shared_move(state, power=model.PowerState.RUNNING),
+        "the destination's half does not run": shared_move(state, there_power=model.PowerState.PAUSED),
+        "the source's mark records no move begun (an old mark)": (marked(here, moving_to=""), there),
+        "the source's mark records a move begun to another host": shared_move(state, moving_to="c"),
+        "the destination's mark records no move (defined there otherwise, say evacuated)": (here, marked(there, moved_from="")),
+        "the destination's mark records a move from another host": shared_move(state, moved_from="c"),
+        "the destination's mark names the source as its host": (here, marked(there, host="a")),
+        "the source's mark names the destination as its host": (marked(here, host="b"), there),
+        "the destination's copy is transient": (here, dataclasses.replace(there, persistent=False)),
+        "the halves are different domains (UUID)": (here, marked(running_on("b", spec, uuid=builders.OTHER_UUID),
+                                                                 moved_from="a")),
+        "the source's mark is a copy from another domain": (
+            marked(here, bound_uuid=builders.OTHER_UUID), there),
+    }
+    for case, (a, b) in cases.items():
+        result = fleet.plan_fleet(state, shared_state(a, b, state))
+        assert result.split_brain == (fleet.SplitBrain("web", ("a", "b")),), case
+        assert steps(result.host("a").plan, "web") == [] and steps(result.host("b").plan, "web") == [], case
+
+
+def test_a_move_records_where_it_comes_from_in_the_definition_it_gives_the_destination_and_no_move_begun():
+    state = manifests(vm_yaml("web", where="{host: b}", pool="nfs"))
+    # (a kill after an earlier attempt recorded the move begun, before libvirt was asked to migrate)
+    stale = marked(running_on("a", state.vms["web"]), moving_to="b", moved_from="c")
+    result = fleet.plan_fleet(state, {"a": host_state(stale, state=state, pools=("nfs",)),
+                                      "b": host_state(state=state, pools=("nfs",))})
+    (migration,) = result.migrations
+    owner = domxml.parse_owner(domxml.parse_tree(migration.steps[0].xml))
+    assert (owner.host, owner.moved_from, owner.moving_to) == ("b", "a", "")
+
+
+def test_a_mark_records_a_move_begun_and_where_it_came_from_and_an_older_mark_without_them_reads_as_none():
+    state = manifests(vm_yaml("web", where="{host: b}", pool="nfs"))
+    domain = marked(running_on("a", state.vms["web"]), moving_to="b", moved_from="c")
+    owner = domxml.parse_owner(domxml.parse_tree(domain.xml))
+    assert (owner.moving_to, owner.moved_from) == ("b", "c")
+    old = domxml.parse_owner(domxml.parse_tree(running_on("a", state.vms["web"]).xml))
+    assert (old.moving_to, old.moved_from) == ("", "")
+    assert 'movingTo' not in running_on("a", state.vms["web"]).xml
+
+
+def test_a_vm_redefined_on_its_host_keeps_where_it_came_from_and_drops_a_move_begun():
+    state = manifests(vm_yaml("web", where="{host: a}", pool="nfs"))
+    domain = marked(running_on("a", state.vms["web"]), moving_to="b", moved_from="c")
+    unchanged = fleet.plan_fleet(state, {"a": host_state(domain, state=state, pools=("nfs",)),
+                                         "b": host_state(state=state, pools=("nfs",))})
+    assert steps(unchanged.host("a").plan, "web") == []  # records are no change
+
+    grown = manifests(vm_yaml("web", where="{host: a}", pool="nfs").replace("memory: 1GiB", "memory: 2GiB"))
+    result = fleet.plan_fleet(grown, {"a": host_state(domain, state=grown, pools=("nfs",)),
+                                      "b": host_state(state=grown, pools=("nfs",))})
+    (define,) = [s for s in steps(result.host("a").plan, "web") if isinstance(s, plans.DefineDomain)]
+    owner = domxml.parse_owner(domxml.parse_tree(define.xml))
+    assert (owner.moved_from, owner.moving_to) == ("c", "")

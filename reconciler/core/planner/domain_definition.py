@@ -89,6 +89,9 @@ class VMDefinition:
                 # owed deletions on the host the VM came from: only the fleet's cleanup drops them
                 left_behind=observed.owner.left_behind if observed is not None and observed.owner is not None else (),
                 sending=observed.owner.sending if observed is not None and observed.owner is not None else (),
+                # where the last move came from stays (the proof of that move while its source may still hold a
+                # stale half); an intent to move does not: a domain redefined here is not being moved
+                moved_from=observed.owner.moved_from if observed is not None and observed.owner is not None else "",
             ),
             kernel=kernel,
             initrd=initrd,
