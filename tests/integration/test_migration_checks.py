@@ -333,3 +333,76 @@ def test_a_probe_file_a_killed_kvmops_left_is_removed_by_the_next_check_and_a_ru
     finally:
         running.kill()
         running.wait()
+
+
+def mark(host: hv.Hypervisor, name: str = "app"):
+    from reconciler.core import domxml
+
+    return domxml.parse_owner(domxml.parse_tree(host.domain_xml(name)))
+
+
+def test_a_move_records_its_destination_before_its_first_copy_and_a_move_that_fails_takes_the_record_back(
+        two_hosts, monkeypatch):
+    hosts = two_hosts
+    seen = []
+    real = hv.Hypervisor.send_volume
+
+    def send_watched(self, pool, volume, *args, **kwargs):
+        seen.append(mark(self).moving_to)  # what a kill at this moment would leave
+        return real(self, pool, volume, *args, **kwargs)
+
+    monkeypatch.setattr(hv.Hypervisor, "send_volume", send_watched)
+    step = plans.MigrateDomain("app", UUID, "h1", "h2", hosts["h2"].uri, plans.MigrationMode.OFFLINE,
+                               sends=(("default", "app-root"),))
+
+    outcome = run(hosts, step)
+
+    assert seen == ["h2"]
+    assert outcome.status == "failed"  # the test driver cannot copy a volume
+    assert hosts["h1"].domain_name_by_uuid(UUID) == "app" and hosts["h2"].domain_name_by_uuid(UUID) is None
+    assert (mark(hosts["h1"]).moving_to, mark(hosts["h1"]).sending) == ("", ())
+
+
+@pytest.fixture
+def finished_shared_move(two_hosts):
+    """``app`` as libvirt leaves it when h1's libvirtd loses the end of a move to h2 that copied nothing (its disk on
+    storage both see): running on h2 with the move's definition (its mark names h2 and where it came from, h1), and
+    still on h1, paused, its mark recording the move to h2 begun."""
+    import dataclasses
+
+    from reconciler.core import domxml
+
+    hosts = two_hosts
+    h1, h2 = hosts["h1"], hosts["h2"]
+    owner = mark(h1)
+    h1.set_owner("app", dataclasses.replace(owner, fleet="default", host="h1", moving_to="h2"))
+    h2.define_domain(domxml.remark(h1.domain_xml("app"), dataclasses.replace(
+        owner, fleet="default", host="h2", moved_from="h1")), "app")
+    h2.start_domain("app")
+    h1.start_domain("app")
+    h1._connection.lookupByName("app").suspend()
+    return hosts
+
+
+def test_the_half_a_move_that_copied_nothing_left_paused_on_its_source_is_destroyed_and_undefined(finished_shared_move):
+    hosts = finished_shared_move
+
+    outcome = run(hosts, plans.DiscardMovedSource("app", UUID, "h1", "h2"))
+
+    assert outcome.status == "converged", outcome.error
+    assert not hosts["h1"].domain_exists("app")
+    assert hosts["h1"].volume_exists("default", "app-root")  # the disk (shared, in real life) is never touched
+    assert hosts["h2"].domain_power("app")[0].active
+
+
+def test_a_half_whose_move_the_destination_no_longer_records_is_not_discarded(finished_shared_move):
+    import dataclasses
+
+    hosts = finished_shared_move
+    hosts["h2"].set_owner("app", dataclasses.replace(mark(hosts["h2"]), moved_from=""))  # since the plan
+
+    outcome = run(hosts, plans.DiscardMovedSource("app", UUID, "h1", "h2"))
+
+    assert outcome.status == "failed"
+    assert "no longer prove a move to h2 that libvirt finished there" in outcome.error
+    assert hosts["h1"].domain_exists("app") and hosts["h1"].domain_power("app")[0].active
