@@ -539,3 +539,101 @@ def test_a_source_libvirtd_restarted_as_the_destination_takes_over_leaves_a_stal
     assert halves, "libvirt ended every move before its source's libvirtd died: no stale half to discard"
 
 
+
+
+class SharedVM(MovingVM):
+    """A VM whose only disk is on the shared pool, booted directly (no firmware, no seed): its live move copies
+    nothing, so the marks hold no record of copies, only of the move itself."""
+
+    def write_vm(self, host: str, run_strategy: str = "Always") -> None:
+        guest = tinyguest.build()
+        (self.manifests / "vm.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "kvmops/v1", "kind": "VirtualMachine", "metadata": {"name": self.name},
+            "spec": {
+                "memory": "128MiB", "virtType": "qemu", "machine": "pc", "runStrategy": run_strategy,
+                "install": {"kernel": {"pool": self.shared, "volume": EFI_KERNEL},
+                            "initrd": {"pool": self.shared, "volume": guest.initrd.name},
+                            "cmdline": f"{guest.cmdline} {tinyguest.HEARTBEAT}"},
+                "disks": [{"name": "root", "pool": self.shared, "size": "16MiB", "deletionPolicy": "Delete"}],
+                "placement": {"host": host},
+            },
+        }, sort_keys=False), encoding="utf-8")
+
+
+@pytest.fixture
+def shared_vm(lab, tiny_guest, tmp_path) -> Iterator[SharedVM]:
+    """Return a :class:`SharedVM` running on h1 (booted); removed afterwards."""
+    prefix = f"{lab.name}-s{uuid.uuid4().hex[:4]}"
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    world = SharedVM(lab, manifests, prefix, tmp_path / "unused")
+    try:
+        shared = lab.shared / f"{prefix}-pool"
+        shared.mkdir(mode=0o755)
+        shutil.copyfile(tiny_guest.initrd, shared / tiny_guest.initrd.name)
+        os.chmod(shared / tiny_guest.initrd.name, 0o644)
+        efi_kernel(tiny_guest, shared / EFI_KERNEL)  # (a bzImage: QEMU's direct boot takes it too)
+        (manifests / "hosts.yaml").write_text(yaml.safe_dump_all([
+            {"apiVersion": "kvmops/v1", "kind": "Host", "metadata": {"name": host, "labels": {"lab": prefix}},
+             "spec": {"uri": world.uri(host)}} for host in ("h1", "h2")], sort_keys=False), encoding="utf-8")
+        (manifests / "pools.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "kvmops/v1", "kind": "StoragePool", "metadata": {"name": world.shared},
+            "spec": {"path": str(shared), "shared": True, "hosts": {}}}, sort_keys=False), encoding="utf-8")
+        world.write_vm("h1")
+        created = world.kvmops("apply")
+        assert created.returncode == 0, created.stdout[-3000:] + created.stderr[-2000:]
+        with hv.Hypervisor.open(world.uri("h1"), read_only=True) as h:
+            world.uuid = next(d.uuid for d in h.list_domains() if d.name == world.name)
+        labfleet.heartbeat(world.uri("h1"), world.name, timeout=120)
+        yield world
+    finally:
+        labfleet.reset(lab, prefix)
+
+
+def test_a_source_libvirtd_restarted_as_the_destination_takes_over_a_move_that_copied_nothing_is_finished_too(
+        shared_vm):
+    """The same moment as above for a VM whose disk is on the shared pool: the move copies nothing, so only the
+    records of the move itself (begun to h2 in the source's mark, from h1 in the destination's) prove which half is
+    stale.  The next apply discards it: the VM is on exactly one host, and the plan is empty."""
+    world = shared_vm
+    halves = 0
+    with watching(world) as watcher:
+        for attempt in range(1, 6):
+            source = world.home
+            destination = move_to(world)
+            daemon = world.lab_host(source)
+            there = libvirt.openReadOnly(world.uri(destination))
+            try:
+                with world.slow_copy():  # the guest's RAM, at 32 MiB/s: the switch-over comes seconds later
+                    process = world.kvmops("apply", wait=False)
+                    while process.poll() is None:
+                        with contextlib.suppress(libvirt.libvirtError):
+                            if there.lookupByUUIDString(world.uuid).state()[0] == libvirt.VIR_DOMAIN_RUNNING:
+                                break  # the destination has resumed the guest: libvirt is ending the job
+                        time.sleep(0.001)
+                    killed = process.poll() is None
+                    daemon.kill_libvirtd()
+            finally:
+                there.close()
+            daemon.restart_libvirtd()
+            process.communicate(timeout=600)
+            assert killed, f"attempt {attempt}: the apply ended before the destination ran the guest"
+            world.home = destination
+            where = world.settle()
+            halves += len(where) == 2
+            again = world.kvmops("apply")
+            assert again.returncode == 0, f"attempt {attempt} ({where}): the next apply did not converge:\n" \
+                                          f"{again.stdout[-3000:]}{again.stderr[-2000:]}"
+            assert world.where() == [destination], f"attempt {attempt}: on {world.where()}"
+            with hv.Hypervisor.open(world.uri(destination), read_only=True) as h:
+                assert h.domain_power(world.name)[0] is model.PowerState.RUNNING
+                owner = domxml.parse_owner(domxml.parse_tree(h.domain_xml(world.name)))
+                assert (owner.host, owner.moved_from, owner.moving_to) == (destination, source, "")
+                assert h.volume_exists(world.shared, f"{world.name}-root.qcow2")  # the disk: shared, never deleted
+            plan = world.kvmops("plan", "--detailed-exitcode")
+            assert plan.returncode == 0, f"attempt {attempt}: the plan after the apply is not empty:\n{plan.stdout[-3000:]}"
+            if halves:
+                break
+    assert watcher.seen == [], watcher.seen
+    print(f"\nstale half discarded at attempt {attempt}")
+    assert halves, "libvirt ended every move before its source's libvirtd died: no stale half to discard"
