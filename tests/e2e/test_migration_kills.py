@@ -35,6 +35,10 @@ the restarts slow libvirt's copy to 32 MiB/s (``virDomainMigrateSetMaxSpeed`` on
 guest), so that the 64 MiB disk takes two seconds to copy and the kill lands while it is
 being copied, not after.  At the end, the guest's uptime proves it never booted again: every
 move, interrupted or not, kept it running.
+
+One moment is also tried on a second, smaller guest whose only disk is on the shared pool
+(:class:`SharedVM`): the source's libvirtd killed as the destination takes over a move
+that copies nothing, which only the records of the move itself prove (about 12 s).
 """
 
 from __future__ import annotations
