@@ -635,7 +635,8 @@ def test_a_source_libvirtd_restarted_as_the_destination_takes_over_a_move_that_c
                 assert (owner.host, owner.moved_from, owner.moving_to) == (destination, source, "")
                 assert h.volume_exists(world.shared, f"{world.name}-root.qcow2")  # the disk: shared, never deleted
             plan = world.kvmops("plan", "--detailed-exitcode")
-            assert plan.returncode == 0, f"attempt {attempt}: the plan after the apply is not empty:\n{plan.stdout[-3000:]}"
+            assert plan.returncode == 0, f"attempt {attempt}: the plan after the apply is not empty:\n" \
+                                         f"{plan.stdout[-3000:]}"
             if halves:
                 break
     assert watcher.seen == [], watcher.seen

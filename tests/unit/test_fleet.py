@@ -870,7 +870,8 @@ def test_halves_of_a_move_without_copies_whose_records_do_not_name_that_very_mov
         "the destination's half does not run": shared_move(state, there_power=model.PowerState.PAUSED),
         "the source's mark records no move begun (an old mark)": (marked(here, moving_to=""), there),
         "the source's mark records a move begun to another host": shared_move(state, moving_to="c"),
-        "the destination's mark records no move (defined there otherwise, say evacuated)": (here, marked(there, moved_from="")),
+        "the destination's mark records no move (defined there otherwise, say evacuated)": (
+            here, marked(there, moved_from="")),
         "the destination's mark records a move from another host": shared_move(state, moved_from="c"),
         "the destination's mark names the source as its host": (here, marked(there, host="a")),
         "the source's mark names the destination as its host": (marked(here, host="b"), there),
