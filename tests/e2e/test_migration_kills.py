@@ -275,6 +275,16 @@ def progress(domain: libvirt.virDomain) -> str:
             f"{stats.get('memory_processed', 0) // mib}/{stats.get('memory_total', 0) // mib} MiB copied")
 
 
+def boot_files(lab, tiny_guest, prefix: str) -> Path:
+    """Return the lab's shared directory for pool ``prefix``-pool, made to hold the guest's initrd and EFI-stub kernel."""
+    shared = lab.shared / f"{prefix}-pool"
+    shared.mkdir(mode=0o755)
+    shutil.copyfile(tiny_guest.initrd, shared / tiny_guest.initrd.name)
+    os.chmod(shared / tiny_guest.initrd.name, 0o644)
+    efi_kernel(tiny_guest, shared / EFI_KERNEL)
+    return shared
+
+
 @pytest.fixture(scope="module")
 def moving_vm(lab, tiny_guest, tmp_path_factory) -> Iterator[MovingVM]:
     """Return the VM on h1, running (booted, its heartbeat on), its disk full of known bytes; removed afterwards."""
@@ -284,11 +294,7 @@ def moving_vm(lab, tiny_guest, tmp_path_factory) -> Iterator[MovingVM]:
     manifests.mkdir()
     world = MovingVM(lab, manifests, prefix, directory / "disk.raw")
     try:
-        shared = lab.shared / f"{prefix}-pool"
-        shared.mkdir(mode=0o755)
-        shutil.copyfile(tiny_guest.initrd, shared / tiny_guest.initrd.name)
-        os.chmod(shared / tiny_guest.initrd.name, 0o644)
-        efi_kernel(tiny_guest, shared / EFI_KERNEL)
+        shared = boot_files(lab, tiny_guest, prefix)
         (manifests / "hosts.yaml").write_text(yaml.safe_dump_all([
             {"apiVersion": "kvmops/v1", "kind": "Host", "metadata": {"name": host, "labels": {"lab": prefix}},
              "spec": {"uri": world.uri(host)}} for host in ("h1", "h2")], sort_keys=False), encoding="utf-8")
@@ -572,11 +578,7 @@ def shared_vm(lab, tiny_guest, tmp_path) -> Iterator[SharedVM]:
     manifests.mkdir()
     world = SharedVM(lab, manifests, prefix, tmp_path / "unused")
     try:
-        shared = lab.shared / f"{prefix}-pool"
-        shared.mkdir(mode=0o755)
-        shutil.copyfile(tiny_guest.initrd, shared / tiny_guest.initrd.name)
-        os.chmod(shared / tiny_guest.initrd.name, 0o644)
-        efi_kernel(tiny_guest, shared / EFI_KERNEL)  # (a bzImage: QEMU's direct boot takes it too)
+        shared = boot_files(lab, tiny_guest, prefix)  # (the bzImage: QEMU's direct boot takes it too)
         (manifests / "hosts.yaml").write_text(yaml.safe_dump_all([
             {"apiVersion": "kvmops/v1", "kind": "Host", "metadata": {"name": host, "labels": {"lab": prefix}},
              "spec": {"uri": world.uri(host)}} for host in ("h1", "h2")], sort_keys=False), encoding="utf-8")
