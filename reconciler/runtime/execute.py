@@ -371,11 +371,17 @@ def _ensure_unshared(h: hv.Hypervisor, pool: str, name: str, verb: str, *, besid
         )
 
 
+def _mark_of(h: hv.Hypervisor, domain: str) -> model.Ownership | None:
+    """Return the kvmops mark domain ``domain`` carries now (its persistent definition's; a transient one's own), or None."""
+    owner, _binding = domxml.mark_binding(domxml.parse_tree(h.domain_xml(domain)))
+    return owner
+
+
 def _ensure_own_created_volume(h: hv.Hypervisor, domain: str, uuid: str, pool: str, name: str, verb: str) -> None:
     """Refuse to ``verb`` volume ``pool/name`` unless ``domain``'s own mark records it as created by kvmops."""
     if domain:
         h.ensure_owned(domain, uuid or None)
-        owner, _binding = domxml.mark_binding(domxml.parse_tree(h.domain_xml(domain)))
+        owner = _mark_of(h, domain)
         record = owner.volume(pool, name) if owner is not None else None
         if record is not None and record.created:
             return
@@ -758,7 +764,7 @@ def _partial_copy(source: hv.Hypervisor, destination: hv.Hypervisor, step: plans
     the plan says it replaces it, and the source's mark still records sending it there."""
     if (pool, name) not in step.replaces:
         return False
-    owner, _binding = domxml.mark_binding(domxml.parse_tree(source.domain_xml(step.name)))
+    owner = _mark_of(source, step.name)
     return owner is not None and model.Sending(step.destination, pool, name) in owner.sending
 
 
@@ -790,7 +796,7 @@ def _record_intent(source: hv.Hypervisor, step: plans.MigrateDomain,
     """Record in the source's mark, before any copy and before libvirt is asked to migrate, that this move to the
     destination is begun (``moving_to``) and each copy it makes there (``sending``); return the mark without these
     records (to put back if the move fails and its copies are removed)."""
-    owner, _binding = domxml.mark_binding(domxml.parse_tree(source.domain_xml(step.name)))
+    owner = _mark_of(source, step.name)
     records = tuple(model.Sending(step.destination, pool, name) for pool, name in carried)
     wanted = dataclasses.replace(owner, sending=tuple(dict.fromkeys((*owner.sending, *records))),
                                  moving_to=step.destination)
@@ -859,11 +865,9 @@ def _delete_moved_volume(source: hv.Hypervisor, hosts: Mapping[str, hv.Hyperviso
             f"{step.domain} does not run on {step.destination}; its old copy {step.pool}/{step.name} here is deleted "
             "only once it does (the next pass finishes it)"
         )
-    owner, _binding = domxml.mark_binding(domxml.parse_tree(destination.domain_xml(step.domain)))
-    here = step.source or _host_of(hosts, source)
-    recorded = (model.Sending(here, step.pool, step.name) in owner.sending if step.abandoned
-                else model.LeftBehind(here, step.pool, step.name) in owner.left_behind) if owner is not None else False
-    if not recorded:
+    owner = _mark_of(destination, step.domain)
+    kind, record = _copy_record(step, step.source or _host_of(hosts, source))
+    if owner is None or record not in getattr(owner, kind):
         what = "a copy a move began here" if step.abandoned else "the copy it left here"
         raise errors.OwnershipError(
             f"the mark of {step.domain} on {step.destination} does not record {step.pool}/{step.name} as {what}; "
@@ -897,6 +901,15 @@ def _delete_moved_volume(source: hv.Hypervisor, hosts: Mapping[str, hv.Hyperviso
     return None if source.delete_volume(step.pool, step.name) else "already gone"
 
 
+def _copy_record(step: plans.DeleteMovedVolume | plans.ForgetMovedVolume,
+                 here: str) -> tuple[str, model.Sending | model.LeftBehind]:
+    """Return the field of the destination's mark, and the record in it, that prove ``step``'s volume on host ``here``
+    a move's copy: one it began there and cut short (``abandoned``), else the one it left there."""
+    if step.abandoned:
+        return "sending", model.Sending(here, step.pool, step.name)
+    return "left_behind", model.LeftBehind(here, step.pool, step.name)
+
+
 def _discard_moved_source(source: hv.Hypervisor, hosts: Mapping[str, hv.Hypervisor], step: plans.DiscardMovedSource,
                           _cancel: threading.Event) -> str | None:
     destination = _peer(hosts, step.destination)
@@ -926,9 +939,8 @@ def _forget_moved_volume(source: hv.Hypervisor, hosts: Mapping[str, hv.Hyperviso
                          _cancel: threading.Event) -> str | None:
     destination = _peer(hosts, step.destination)
     destination.ensure_owned(step.domain, step.uuid)
-    owner, _binding = domxml.mark_binding(domxml.parse_tree(destination.domain_xml(step.domain)))
-    kind, record = (("sending", model.Sending(step.source, step.pool, step.name)) if step.abandoned
-                    else ("left_behind", model.LeftBehind(step.source, step.pool, step.name)))
+    owner = _mark_of(destination, step.domain)
+    kind, record = _copy_record(step, step.source)
     records = getattr(owner, kind) if owner is not None else ()
     if record not in records:
         return "already forgotten"
@@ -940,7 +952,7 @@ def _record_roster(h: hv.Hypervisor, step: plans.RecordRoster, _cancel) -> str |
     if not h.domain_exists(step.domain):
         return "gone"
     h.ensure_owned(step.domain, step.uuid)
-    owner, _binding = domxml.mark_binding(domxml.parse_tree(h.domain_xml(step.domain)))
+    owner = _mark_of(h, step.domain)
     if owner is None or owner.roster == step.hosts:
         return "already recorded"
     h.set_roster(step.domain, step.hosts)  # its own element: a mark written meanwhile by another step stays whole
