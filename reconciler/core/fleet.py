@@ -214,13 +214,13 @@ def adoption_refusal(
         return f"no Host named {host!r} in the manifests (Hosts: {', '.join(sorted(hosts))})"
     if spec is None:
         return f"the manifests declare no VirtualMachine {vm}"
-    if placement.admits(spec.placement, hosts[host]) and not hosts[host].schedulable:
-        return (f"Host {host} is cordoned (schedulable: false), so the next plan would move it off; adopt it once the "
-                "Host is schedulable again")
     if not placement.admits(spec.placement, hosts[host]):
         return (f"Host {host} may not run it ({placement.why_not(spec, hosts[host])}), so the next plan would move it; "
                 f"adopt it on a Host its placement admits, or change its spec.placement (kvmops import --host {host} "
                 f"writes placement.host: {host})")
+    if not hosts[host].schedulable:
+        return (f"Host {host} is cordoned (schedulable: false), so the next plan would move it off; adopt it once the "
+                "Host is schedulable again")
     if not desired.hosts_complete:
         return (f"a Host manifest did not load (kvmops validate shows why): that Host cannot be seen, and a domain "
                 f"{vm} there would run twice; fix the Host manifest first")
