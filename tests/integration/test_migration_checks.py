@@ -228,27 +228,35 @@ def test_a_partial_copy_is_not_deleted_while_a_domain_there_uses_it(interrupted_
 
 
 
+def left_by_a_finished_move(hosts: dict[str, hv.Hypervisor], *, source: dict, destination: dict) -> dict[str, hv.Hypervisor]:
+    """Return ``hosts`` with ``app`` as libvirt leaves it when h1's libvirtd loses the end of its move to h2: running on h2
+    with the move's definition (its mark naming h2, with the records ``destination``), and still on h1, paused (its mark
+    naming h1, with the records ``source``)."""
+    import dataclasses
+
+    from reconciler.core import domxml
+
+    h1, h2 = hosts["h1"], hosts["h2"]
+    owner = mark(h1)
+    h1.set_owner("app", dataclasses.replace(owner, fleet="default", host="h1", **source))
+    h2.define_domain(domxml.remark(h1.domain_xml("app"), dataclasses.replace(
+        owner, fleet="default", host="h2", **destination)), "app")
+    h2.start_domain("app")
+    h1.start_domain("app")
+    h1._connection.lookupByName("app").suspend()
+    return hosts
+
+
 @pytest.fixture
 def finished_move(two_hosts):
     """``app`` as libvirt leaves it when h1's libvirtd loses the end of its move to h2: running on h2 with the move's
     definition (its mark names h2 and the disk left on h1), and still on h1, paused, its mark recording the disk it was
     sending to h2."""
-    import dataclasses
+    from reconciler.core import model
 
-    from reconciler.core import domxml, model
-
-    hosts = two_hosts
-    h1, h2 = hosts["h1"], hosts["h2"]
-    owner = domxml.parse_owner(domxml.parse_tree(h1.domain_xml("app")))
-    h1.set_owner("app", dataclasses.replace(owner, fleet="default", host="h1",
-                                            sending=(model.Sending("h2", "default", "app-root"),)))
-    h2.create_volume("default", volume_xml("app-root"), "app-root")
-    h2.define_domain(domxml.remark(h1.domain_xml("app"), dataclasses.replace(
-        owner, fleet="default", host="h2", left_behind=(model.LeftBehind("h1", "default", "app-root"),))), "app")
-    h2.start_domain("app")
-    h1.start_domain("app")
-    h1._connection.lookupByName("app").suspend()
-    return hosts
+    two_hosts["h2"].create_volume("default", volume_xml("app-root"), "app-root")
+    return left_by_a_finished_move(two_hosts, source={"sending": (model.Sending("h2", "default", "app-root"),)},
+                                   destination={"left_behind": (model.LeftBehind("h1", "default", "app-root"),)})
 
 
 def test_the_half_a_finished_move_left_paused_on_its_source_is_destroyed_and_undefined(finished_move):
@@ -368,20 +376,7 @@ def finished_shared_move(two_hosts):
     """``app`` as libvirt leaves it when h1's libvirtd loses the end of a move to h2 that copied nothing (its disk on
     storage both see): running on h2 with the move's definition (its mark names h2 and where it came from, h1), and
     still on h1, paused, its mark recording the move to h2 begun."""
-    import dataclasses
-
-    from reconciler.core import domxml
-
-    hosts = two_hosts
-    h1, h2 = hosts["h1"], hosts["h2"]
-    owner = mark(h1)
-    h1.set_owner("app", dataclasses.replace(owner, fleet="default", host="h1", moving_to="h2"))
-    h2.define_domain(domxml.remark(h1.domain_xml("app"), dataclasses.replace(
-        owner, fleet="default", host="h2", moved_from="h1")), "app")
-    h2.start_domain("app")
-    h1.start_domain("app")
-    h1._connection.lookupByName("app").suspend()
-    return hosts
+    return left_by_a_finished_move(two_hosts, source={"moving_to": "h2"}, destination={"moved_from": "h1"})
 
 
 def test_the_half_a_move_that_copied_nothing_left_paused_on_its_source_is_destroyed_and_undefined(finished_shared_move):

@@ -122,6 +122,17 @@ def test_at_most_workers_hosts_are_called_at_once_and_each_deadline_counts_from_
     assert most[0] == 2
 
 
+def printed_by_a_process_that_exits(program: str) -> str:
+    """Return what Python ``program`` printed, once its process has exited 0 within 10 s (its stuck threads abandoned)."""
+    started = time.monotonic()
+
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=30)
+
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - started < 10
+    return done.stdout.strip()
+
+
 def test_a_call_stuck_for_good_does_not_keep_the_process_from_exiting():
     program = (
         "import threading, time\n"
@@ -129,13 +140,8 @@ def test_a_call_stuck_for_good_does_not_keep_the_process_from_exiting():
         "answers = deadlines.call_each({'h': threading.Event().wait}, timeout=0.2, what='being observed')\n"
         "print(type(answers['h']).__name__)\n"
     )
-    started = time.monotonic()
 
-    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=30)
-
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "HostTimedOut"
-    assert time.monotonic() - started < 10
+    assert printed_by_a_process_that_exits(program) == "HostTimedOut"
 
 
 # --- one call under a deadline (an apply's step) ------------------------------------------------------
@@ -193,10 +199,5 @@ def test_a_step_stuck_for_good_does_not_keep_the_process_from_exiting():
         "except errors.StepTimedOut as exc:\n"
         "    print(exc)\n"
     )
-    started = time.monotonic()
 
-    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=30)
-
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "stuck"
-    assert time.monotonic() - started < 10
+    assert printed_by_a_process_that_exits(program) == "stuck"
