@@ -1578,7 +1578,8 @@ def _process_namespace() -> str:
 
 
 def _process_started(pid: int) -> str:
-    """Return the start time of process ``pid`` in clock ticks since boot, or "" when there is no such process."""
+    """Return the start time of process ``pid`` in clock ticks since boot (field 22 of its stat), or "" when there is
+    no such process."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
             return handle.read().rsplit(")", 1)[1].split()[19]
@@ -1655,8 +1656,7 @@ def _process_start_time(arguments: tuple[str, ...], pids: list[str] | None = Non
                 words = handle.read().split(b"\0")
             if not any(words[i:i + len(wanted)] == wanted for i in range(len(words))):
                 continue
-            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
-                ticks = int(handle.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+            ticks = int(_process_started(int(pid)))  # ("" when it is gone: a ValueError)
             return boot + ticks / os.sysconf("SC_CLK_TCK")
         except (OSError, ValueError, IndexError):
             continue
