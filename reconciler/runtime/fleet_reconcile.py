@@ -396,19 +396,9 @@ def apply(
     host_plans = {h.host: h.plan for h in planned.plan.hosts if h.plan is not None and h.host in hypervisors}
 
     def run_hosts(select: Callable[[plans.ResourcePlan], bool]) -> dict[str, execute.ApplyReport]:
-        parts = {name: dataclasses.replace(plan, resources=tuple(r for r in plan.resources if select(r)))
-                 for name, plan in host_plans.items()}
-        parts = {name: part for name, part in parts.items() if part.has_changes}
-
-        def run(name: str) -> tuple[str, execute.ApplyReport]:
-            log.info("host_apply_started", host=name, resources=len(parts[name].changes))
-            return name, execute.execute(parts[name], hypervisors[name], workers=workers, cancel=cancel,
-                                         hosts=hypervisors, step_timeout=step_timeout)
-
-        if not parts:
-            return {}
-        with ThreadPoolExecutor(max_workers=max(1, min(host_workers, len(parts))), thread_name_prefix="kvmops-host") as pool:
-            return dict(pool.map(run, sorted(parts)))
+        return execute_hosts({name: dataclasses.replace(plan, resources=tuple(r for r in plan.resources if select(r)))
+                              for name, plan in host_plans.items()}, hypervisors, workers=workers,
+                             host_workers=host_workers, cancel=cancel, step_timeout=step_timeout)
 
     first = run_hosts(lambda r: not is_removal(r) and not is_migration(r))
     moved = run_migrations(planned.plan, hypervisors, first, workers=host_workers, cancel=cancel,
@@ -426,6 +416,28 @@ def apply(
     after = make_plan(planned.desired, connections, settings=planned.settings, evacuate=planned.evacuate,
                       only_host=planned.only_host, workers=host_workers).plan
     return FleetApplyResult(planned, reports, moved, after)
+
+
+def execute_hosts(
+    host_plans: Mapping[str, plans.Plan], hypervisors: Mapping[str, hv.Hypervisor], *, workers: int,
+    host_workers: int, cancel: threading.Event, step_timeout: float | None,
+) -> dict[str, execute.ApplyReport]:
+    """Carry out each Host's plan that has changes on its connection, ``host_workers`` Hosts at once; return their reports.
+
+    ``workers`` bounds the resources worked on at once on one Host; every step may reach
+    the other Hosts (``hypervisors``) and gets ``step_timeout`` seconds.
+    """
+    parts = {name: plan for name, plan in host_plans.items() if plan.has_changes}
+
+    def run(name: str) -> tuple[str, execute.ApplyReport]:
+        log.info("host_apply_started", host=name, resources=len(parts[name].changes))
+        return name, execute.execute(parts[name], hypervisors[name], workers=workers, cancel=cancel,
+                                     hosts=hypervisors, step_timeout=step_timeout)
+
+    if not parts:
+        return {}
+    with ThreadPoolExecutor(max_workers=max(1, min(host_workers, len(parts))), thread_name_prefix="kvmops-host") as pool:
+        return dict(pool.map(run, sorted(parts)))
 
 
 def lost_during_apply(host: str) -> str:

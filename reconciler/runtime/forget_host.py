@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from reconciler import errors
@@ -83,13 +82,11 @@ def apply(
             if not planned.has_changes or planned.problems:
                 return None
             cancel = threading.Event()
-            parts = {h.host: h.plan for h in planned.hosts
-                     if h.plan is not None and h.plan.has_changes and h.host in connections.hypervisors}
-            with cancellation.on_signals(cancel), ThreadPoolExecutor(
-                    max_workers=max(1, min(host_workers, len(parts))), thread_name_prefix="kvmops-host") as pool:
-                reports = dict(pool.map(lambda name: (name, execute.execute(
-                    parts[name], connections.hypervisors[name], workers=workers, cancel=cancel,
-                    step_timeout=step_timeout)), sorted(parts)))
+            with cancellation.on_signals(cancel):
+                reports = fleet_reconcile.execute_hosts(
+                    {h.host: h.plan for h in planned.hosts if h.plan is not None and h.host in connections.hypervisors},
+                    connections.hypervisors, workers=workers, host_workers=host_workers, cancel=cancel,
+                    step_timeout=step_timeout)
             if cancel.is_set():
                 return ForgetResult(reports, None)
             after = fleet.plan_forget(desired, fleet_reconcile.observe_all(connections, workers=host_workers),
