@@ -32,7 +32,7 @@ from reconciler.core import policy as policies
 from reconciler.core.planner.domain_definition import new_mac, new_uuid, password_salt
 from reconciler.core.planner.domain_diff import restart_pending
 from reconciler.core.planner.host import UNDECIDED_VIRT_TYPE, host_is_local, resolve_virt_type
-from reconciler.core.planner.images import plan_image, plan_import_leftovers
+from reconciler.core.planner.images import image_pool_problem, plan_image, plan_import_leftovers
 from reconciler.core.planner.marks import (
     UNBOUND_MARK_KEPT,
     mark_is_unbound,
@@ -157,13 +157,8 @@ def host_problems(
     for spec in desired.vms.values():
         problems.extend(pool_problems(spec, desired.pools, pools, uri))
         problems.extend(network_problems(spec, desired.networks, networks, uri))
-    for image in desired.images.values():
-        pool = pools.get(image.pool)
-        if image.pool not in desired.pools and (pool is None or not pool.active):
-            why = "is not active" if pool is not None else "does not exist"
-            problems.append(image.origin.problem(
-                "spec.pool", f"storage pool {image.pool!r} {why} on {uri}; declare it in a StoragePool manifest or "
-                             "create it"))
+    problems.extend(p for image in desired.images.values()
+                    if (p := image_pool_problem(image, desired.pools, pools, f" on {uri}")) is not None)
     return problems
 
 

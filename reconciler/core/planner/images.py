@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from reconciler.core import model, redaction
 from reconciler.core import plan as plans
 from reconciler.core.plan import Action, FieldChange, Impact
 from reconciler.core.planner.sharing import volume_users
 
 
+def image_pool_problem(spec: model.ImageSpec, declared: Mapping[str, model.PoolSpec],
+                       pools: Mapping[str, model.ObservedPool], where: str = "") -> model.Problem | None:
+    """Return why Image ``spec`` cannot go into its pool, declared by no manifest (``declared``) and not active among
+    the host's ``pools`` (``where`` names the host in the words), or None when it can."""
+    if spec.pool in declared:
+        return None
+    pool = pools.get(spec.pool)
+    if pool is not None and pool.active:
+        return None
+    why = "is not active" if pool is not None else "does not exist"
+    return spec.origin.problem(
+        "spec.pool", f"storage pool {spec.pool!r} {why}{where}; declare it in a StoragePool manifest or create it")
+
+
 def plan_image(spec: model.ImageSpec, actual: model.ActualState, desired: model.DesiredState) -> plans.ResourcePlan:
     """Return the plan of Image ``spec``: import it, import again what an interrupted import left, or nothing."""
     base = dict(kind="Image", name=spec.name, manifest=spec.manifest)
-    if spec.pool not in desired.pools:
-        pool = actual.pools.get(spec.pool)
-        if pool is None or not pool.active:
-            why = "is not active" if pool is not None else "does not exist"
-            return plans.ResourcePlan(**base, problems=(spec.origin.problem(
-                "spec.pool", f"storage pool {spec.pool!r} {why}; declare it in a StoragePool manifest or create it"
-            ),))
+    unusable = image_pool_problem(spec, desired.pools, actual.pools)
+    if unusable is not None:
+        return plans.ResourcePlan(**base, problems=(unusable,))
     requires = (f"StoragePool/{spec.pool}",) if spec.pool in desired.pools else ()
     source = redaction.redact_url(spec.url) if spec.url else spec.path
     verified = f"verified against sha256 {spec.sha256[:12]}… before it becomes a volume"
