@@ -85,6 +85,9 @@ _POWER = {
     libvirt.VIR_DOMAIN_CRASHED: model.PowerState.CRASHED,
     libvirt.VIR_DOMAIN_PMSUSPENDED: model.PowerState.PAUSED,
 }
+# Paused only because libvirt has not finished starting it: being started, not paused by anyone. A libvirtd
+# restarted in the middle of a start shows this, then kills the domain without an event (libvirt 9.0).
+_STARTING = (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_STARTING_UP)
 _SHUTOFF_REASONS = {
     libvirt.VIR_DOMAIN_SHUTOFF_UNKNOWN: model.ShutoffReason.UNKNOWN,
     libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN: model.ShutoffReason.SHUTDOWN,
@@ -92,6 +95,15 @@ _SHUTOFF_REASONS = {
     libvirt.VIR_DOMAIN_SHUTOFF_CRASHED: model.ShutoffReason.CRASHED,
     libvirt.VIR_DOMAIN_SHUTOFF_FAILED: model.ShutoffReason.FAILED,
 }
+
+
+def power_state(state: int, reason: int) -> tuple[model.PowerState, model.ShutoffReason | None]:
+    """Return the power state and, when shut off, why, for libvirt's ``state`` and ``reason``."""
+    if (state, reason) == _STARTING:
+        return model.PowerState.TRANSITIONAL, None
+    if state == libvirt.VIR_DOMAIN_SHUTOFF:
+        return model.PowerState.SHUTOFF, _SHUTOFF_REASONS.get(reason, model.ShutoffReason.OTHER)
+    return _POWER.get(state, model.PowerState.TRANSITIONAL), None
 
 
 _LIFECYCLE_EVENTS = {
@@ -443,8 +455,7 @@ class Hypervisor:
             state, reason = domain.state()
             autostart = bool(domain.autostart()) if persistent else False
             uuid = domain.UUIDString()
-        power = _POWER.get(state, model.PowerState.TRANSITIONAL)
-        shutoff_reason = _SHUTOFF_REASONS.get(reason, model.ShutoffReason.OTHER) if state == libvirt.VIR_DOMAIN_SHUTOFF else None
+        power, shutoff_reason = power_state(state, reason)
         live_xml = None
         if live and persistent and power.active:
             with translated(f"cannot read domain {name}"):
@@ -482,8 +493,7 @@ class Hypervisor:
         """Return the power state of domain ``name`` now."""
         with translated(f"cannot read the state of domain {name}"):
             state, reason = self._connection.lookupByName(name).state()
-        power = _POWER.get(state, model.PowerState.TRANSITIONAL)
-        return power, (_SHUTOFF_REASONS.get(reason, model.ShutoffReason.OTHER) if state == libvirt.VIR_DOMAIN_SHUTOFF else None)
+        return power_state(state, reason)
 
     def list_pools(self) -> list[model.ObservedPool]:
         """Return every storage pool."""

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -299,3 +300,48 @@ def heartbeat(uri: str, name: str, timeout: float = 30) -> tuple[float, str]:
         with contextlib.suppress(libvirt.libvirtError):
             stream.abort()
         connection.close()
+
+
+def qemu_pid(name: str) -> int | None:
+    """Return the pid of the QEMU process running domain ``name`` (``-name guest=NAME,...``), or None."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(arg.startswith(f"guest={name},".encode()) or arg == f"guest={name}".encode() for arg in argv):
+            return int(entry.name)
+    return None
+
+
+def kill_libvirtd_in_a_start(daemon: labs.LabHost, name: str, attempts: int = 5) -> int:
+    """Destroy domain ``name`` until its start (by a controller) is caught half done; kill ``daemon``'s libvirtd then.
+
+    Returns the pid of the half-started QEMU, stopped (SIGSTOP): a libvirtd started again
+    shows the domain paused, "starting up", for as long as that QEMU does not answer it,
+    and then kills it without a lifecycle event (libvirt 9.0).
+    """
+    starting = (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_STARTING_UP)
+    connection = libvirt.open(daemon.uri)
+    try:
+        for _ in range(attempts):
+            connection.lookupByName(name).destroy()
+            deadline = time.monotonic() + 20
+            while True:
+                with contextlib.suppress(libvirt.libvirtError):
+                    state = tuple(connection.lookupByName(name).state())
+                    if state == starting:
+                        daemon.kill_libvirtd()
+                        pid = qemu_pid(name)
+                        assert pid is not None, f"domain {name} was starting up without a QEMU"
+                        os.kill(pid, signal.SIGSTOP)
+                        return pid
+                    if state[0] == libvirt.VIR_DOMAIN_RUNNING:
+                        break  # started before a look caught it starting: again
+                assert time.monotonic() < deadline, f"nothing started {name} again within 20 s"
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            connection.close()
+    raise AssertionError(f"no start of {name} caught half done in {attempts} attempts")

@@ -42,6 +42,8 @@ import pytest
 
 from reconciler.runtime import hostlock
 from tests import factories
+from tests.e2e import labfleet
+from tests.e2e.labfleet import qemu_pid
 
 pytestmark = pytest.mark.e2e
 
@@ -288,20 +290,6 @@ def is_defined_and_off(host, name: str) -> bool:
     return domain is not None and domain.isActive() == 0
 
 
-def qemu_pid(name: str) -> int | None:
-    """Return the pid of the QEMU process running domain ``name`` (``-name guest=NAME,...``), or None."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if any(arg.startswith(f"guest={name},".encode()) or arg == f"guest={name}".encode() for arg in argv):
-            return int(entry.name)
-    return None
-
-
 # --- manifests in, domains out ---------------------------------------------------------
 
 
@@ -504,6 +492,41 @@ def test_after_a_libvirtd_restart_the_controller_reconnects_and_repairs_what_cha
     assert controller.status()["connected"] is True
     assert controller.metric("kvmops_connected") == 1
     assert controller.process.poll() is None
+    assert controller.crashes() == []
+
+
+def test_a_vm_whose_start_a_libvirtd_restart_cut_short_is_started_again_without_waiting_for_the_resync(
+        lab, lab_host, run_lab_controller):
+    """A restarted libvirtd kills a guest it was starting and says nothing; the controller, which saw it starting, looks again and starts it.
+
+    Measured on libvirt 9.0: the restarted daemon shows the domain paused ("starting up")
+    until it has reached its QEMU, then shuts it off (reason "daemon") without a lifecycle
+    event. The controller took "paused" for a VM someone paused and left it off until the
+    resync (ten minutes here). The half-started QEMU is held stopped until the controller
+    has looked at the host after reconnecting, and retried the start that failed, so that
+    both looks fall inside that window.
+    """
+    host, daemon = lab_host, lab.hosts[0]
+    write_vm(host, "web", runStrategy="Always")
+    controller = run_lab_controller()
+    web = host.name("web")
+    wait_started(host, controller, web)
+
+    mark = controller.mark()
+    stopped_qemu = labfleet.kill_libvirtd_in_a_start(daemon, web)
+    try:
+        daemon.restart_libvirtd()
+        controller.wait_for("libvirt_reconnected", since=mark, timeout=30)
+        controller.wait_for("reconcile_finished", since=mark, timeout=30, where=lambda r: r["observed"] == "host")
+        time.sleep(3)  # past the retry of the start that failed (0.5 s after it), which looks at the whole host too
+        assert controller.status()["vms"][web]["actual"] == "transitional", controller.log_text()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stopped_qemu, signal.SIGCONT)
+
+    assert host.wait(lambda: running(host, web), 30), controller.log_text()
+    assert qemu_pid(web) not in (None, stopped_qemu)
+    assert controller.passes(since=mark, trigger="transition")
     assert controller.crashes() == []
 
 

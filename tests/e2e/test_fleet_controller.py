@@ -7,6 +7,7 @@ host too, creating what was declared for it meanwhile. SIGTERM then ends it with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -20,6 +21,8 @@ import pytest
 import yaml
 
 from reconciler.adapters import hypervisor as hv
+from reconciler.core import model
+from tests.e2e import labfleet
 from tests.e2e.test_fleet import REPOSITORY, declared_fleet
 
 pytestmark = pytest.mark.e2e
@@ -68,8 +71,9 @@ def eventually(condition, timeout: float) -> bool:
 
 
 def running(world: LabFleet, host: str, vm: str) -> bool:
+    """Return whether ``vm`` runs on ``host``: started, not merely being started."""
     with hv.Hypervisor.open(world.lab_host(host).uri, read_only=True) as hypervisor:
-        return any(r.name == vm and r.power.active for r in hypervisor.list_domains())
+        return any(r.name == vm and r.power is model.PowerState.RUNNING for r in hypervisor.list_domains())
 
 
 def test_the_controller_reconnects_to_a_restarted_libvirtd_and_converges_that_host(two_host_fleet):
@@ -110,3 +114,46 @@ def test_the_controller_reconnects_to_a_restarted_libvirtd_and_converges_that_ho
     events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert any(e["event"] == "host_connected" and e.get("host") == "h2" and e.get("reconnected") for e in events)
     assert any(e["event"] == "host_disconnected" and e.get("host") == "h2" for e in events)
+
+
+def test_a_vm_whose_start_a_hosts_libvirtd_restart_cut_short_is_started_again_without_waiting_for_the_resync(
+        two_host_fleet):
+    """As on a single host (tests/e2e/test_controller.py): the restarted libvirtd kills the guest it was starting, silently.
+
+    The fleet controller saw the VM "starting up" on h2 when it reconnected; it looks
+    again until the VM settles, and starts it. Before, it was left off until the resync.
+    """
+    world = two_host_fleet
+    web = world.vm(1)
+    world.write_vms([web], file="h2.yaml", host="h2")
+    port = free_port()
+    controller = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "run", str(world.manifests), "--listen", f"127.0.0.1:{port}",
+         "--resync-interval", "300", "--state-dir", str(world.state_dir)],
+        cwd=REPOSITORY, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "NO_COLOR": "1"})
+    daemon = world.lab_host("h2")
+    stopped_qemu = None
+    try:
+        assert eventually(lambda: running(world, "h2", web), 120)
+        stopped_qemu = labfleet.kill_libvirtd_in_a_start(daemon, web)
+        assert eventually(lambda: status(port)["hosts"]["h2"]["connected"] is False, 60)
+        daemon.restart_libvirtd()
+        assert eventually(lambda: status(port)["hosts"]["h2"]["connected"] is True, 60)
+        time.sleep(3)  # past the reconnection's look and the retry of the start that failed
+        section = status(port)["hosts"]["h2"]
+        assert {vm["name"]: vm["state"] for vm in section["vms"]} == {web: "transitional"}
+        assert status(port)["converged"] is False  # a VM in transition is not converged yet
+        os.kill(stopped_qemu, signal.SIGCONT)
+        assert eventually(lambda: running(world, "h2", web), 30)
+        assert eventually(lambda: status(port)["converged"] is True, 30), status(port)
+    finally:
+        if stopped_qemu is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stopped_qemu, signal.SIGCONT)
+        if daemon.libvirtd_pid is None:
+            daemon.restart_libvirtd()
+        err = stop(controller)
+    assert controller.returncode == 0, err[-3000:]
+    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert any(e["event"] == "drift_repaired" and e.get("trigger") == "transition" and e.get("vm") == web for e in events)

@@ -238,7 +238,7 @@ class VMPlanBuilder(VMStorage, VMDefinition, VMDiff):
     def _should_start(self) -> bool:
         domain, strategy = self.domain, self.spec.run_strategy
         if domain.power is model.PowerState.TRANSITIONAL:
-            self.notes.append("domain is in transition (shutting down or saving); the next pass decides its power")
+            self.notes.append("domain is in transition (being started, shutting down or saving); the next pass decides its power")
             return False
         if domain.power is model.PowerState.PAUSED and strategy is not model.RunStrategy.HALTED:
             self.notes.append("domain is paused; kvmops leaves paused domains alone (virsh resume to continue)")

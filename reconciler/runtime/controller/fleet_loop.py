@@ -51,11 +51,12 @@ from reconciler.runtime import deadlines, execute, fleet_reconcile, gitsource, m
 from reconciler.runtime.controller.debounce import Debouncer
 from reconciler.runtime.controller.git_follower import GitFollower
 from reconciler.runtime.controller.hostlock_keeper import HostLockKeeper
-from reconciler.runtime.controller.lifecycle import ControllerLifecycle, not_ready
+from reconciler.runtime.controller.lifecycle import TARGETED, ControllerLifecycle, not_ready
 from reconciler.runtime.controller.settings import ControllerSettings
 from reconciler.runtime.controller.status import InternalErrors, StatusRoutes, now
 from reconciler.runtime.controller.subjects import SubjectLedger
 from reconciler.runtime.controller.timers import LoopTimers, next_resync
+from reconciler.runtime.controller.transitions import TransitionWatch, in_transition
 
 log = logconfig.get_logger("kvmops.fleet_controller")
 
@@ -139,6 +140,7 @@ class FleetController(ControllerLifecycle, InternalErrors, StatusRoutes):
         self._health: tuple[bool, str] = (False, "first pass not finished")
         self._ready = False
         self._interesting: frozenset[str] | None = None
+        self._transitions = TransitionWatch()  # HOST:VirtualMachine/name last seen between two power states
         self._debouncer = Debouncer(lambda: self._wake(FULL, "manifests"))
         self._watcher: watcher.ManifestWatcher | None = None
         self._server: StatusServer | None = None
@@ -202,7 +204,10 @@ class FleetController(ControllerLifecycle, InternalErrors, StatusRoutes):
         current = time.monotonic()
         self._tend(timers, current)
         self._reconnect_due()
-        timeout = max(0.0, min(timers.next_resync - current, self._next_reconnect_in(), 1.0))
+        for key in self._transitions.take_due():
+            self._wake(key, "transition")
+        timeout = max(0.0, min(timers.next_resync - current, self._next_reconnect_in(),
+                               self._transitions.next_in(), 1.0))
         if self._notifier.watchdog_interval:
             timeout = min(timeout, max(0.0, timers.next_watchdog - current))
         keys = self._queue.take(timeout=timeout)
@@ -417,6 +422,7 @@ class FleetController(ControllerLifecycle, InternalErrors, StatusRoutes):
         planned = fleet_reconcile.plan_from(desired, observed, settings=self.settings.planner, only_host=self.agent,
                                             arriving=arriving)
         self._interesting = self._names(desired, observed)
+        self._watch_transitions(observed, woken)
         self._dispatch(planned, connections, set(keys), FULL in keys, reasons, reconcile_id, dispatched, observed_at,
                        targeted=woken is not None)
         for key in keys:
@@ -428,6 +434,26 @@ class FleetController(ControllerLifecycle, InternalErrors, StatusRoutes):
         self.metrics.inc("kvmops_reconcile_passes_total", result="problems" if planned.plan.problems else "ok")
         self.metrics.observe("kvmops_reconcile_duration_seconds", duration)
         self._record(planned, reasons, reconcile_id, duration, "host" if woken is None else "vms")
+
+    def _watch_transitions(self, observed: dict[str, object], woken: dict[str, list[str]] | None) -> None:
+        """Look again soon at the VMs this pass saw in transition on a Host it looked at (:mod:`.transitions`).
+
+        A whole look at a Host looked at every VM there; a targeted one at its ``woken`` VMs
+        only; a Host taken as last seen, or unreachable, was not looked at.
+        """
+        waiting = self._transitions.waiting()
+        moving: set[str] = set()
+        settled: set[str] = set()
+        for host, seen in observed.items():
+            if not isinstance(seen, model.ActualState) or (woken is not None and host not in woken):
+                continue
+            among = self._interesting if woken is None else woken[host]
+            here = {host_key(host, f"VirtualMachine/{name}") for name in in_transition(seen, among)}
+            looked_at = ({key for key in waiting if key.startswith(f"{host}:")} if woken is None
+                         else {host_key(host, f"VirtualMachine/{name}") for name in woken[host]})
+            moving |= here
+            settled |= looked_at - here
+        self._transitions.seen(moving, settled)
 
     def _woken_vms(self, keys: list[str], reasons: dict[str, str],
                    connections: fleet_reconcile.FleetConnections) -> dict[str, list[str]] | None:
@@ -441,7 +467,7 @@ class FleetController(ControllerLifecycle, InternalErrors, StatusRoutes):
         woken: dict[str, list[str]] = {}
         for key in keys:
             host, _, resource = key.partition(":")
-            if not resource.startswith("VirtualMachine/") or reasons.get(key) != "libvirt":
+            if not resource.startswith("VirtualMachine/") or reasons.get(key) not in TARGETED:
                 return None
             woken.setdefault(host, []).append(resource.partition("/")[2])
         for host, hypervisor in connections.hypervisors.items():
@@ -696,6 +722,7 @@ class FleetController(ControllerLifecycle, InternalErrors, StatusRoutes):
                 "vms": vms, "problems": [str(p) for p in (section.plan.problems if section.plan else ())],
             }
         converged = (not plan.has_changes and not plan.unreachable and not plan.problems and not in_flight
+                     and not self._transitions.waiting()
                      and not any(h.plan is not None and h.plan.problems for h in plan.hosts))
         trigger = sorted(set(reasons.values()))
         changes = sum(len(h.plan.changes) for h in plan.hosts if h.plan is not None)

@@ -30,7 +30,9 @@ from reconciler.runtime.controller.timers import LoopTimers, next_resync
 
 
 # Why a key woken by one of these was drift: someone changed the host behind kvmops' back.
-DRIFT = ("libvirt", "reconnect", "resync")
+DRIFT = ("libvirt", "transition", "reconnect", "resync")
+# A pass woken for VMs by one of these alone looks at those VMs only, not at the whole host.
+TARGETED = ("libvirt", "transition")
 
 
 class ControllerLifecycle:
@@ -160,7 +162,7 @@ class ControllerLifecycle:
         self._queue.add(key)
 
     def _take_reason(self, key: str) -> str:
-        """Return why ``key`` was woken: drift (libvirt, reconnect, resync) wins over a manifest change."""
+        """Return why ``key`` was woken: drift (libvirt, transition, reconnect, resync) wins over a manifest change."""
         with self._reasons_lock:
             sources = self._reasons.pop(key, {"retry"})
         return next((source for source in DRIFT if source in sources), sorted(sources)[0])

@@ -53,11 +53,13 @@ from reconciler.runtime import execute, gitsource, metrics, observe, reconcile, 
 from reconciler.runtime.controller.debounce import Debouncer
 from reconciler.runtime.controller.git_follower import GitFollower
 from reconciler.runtime.controller.hostlock_keeper import HostLockKeeper
-from reconciler.runtime.controller.lifecycle import ControllerLifecycle, finish_in_flight, not_ready  # noqa: F401  (re-exported)
+from reconciler.runtime.controller.lifecycle import (  # noqa: F401  (finish_in_flight, not_ready: re-exported)
+    TARGETED, ControllerLifecycle, finish_in_flight, not_ready)
 from reconciler.runtime.controller.settings import ControllerSettings
 from reconciler.runtime.controller.status import ControllerStatus, now
 from reconciler.runtime.controller.subjects import SubjectLedger
 from reconciler.runtime.controller.timers import LoopTimers, next_resync
+from reconciler.runtime.controller.transitions import TransitionWatch, in_transition
 
 log = logconfig.get_logger("kvmops.controller")
 
@@ -108,6 +110,7 @@ class Controller(ControllerLifecycle, ControllerStatus):
         self._interesting: frozenset[str] | None = None  # domain names a pass cares about; None: all
         # What the last pass saw of the host: a pass woken only by domains' events refreshes those domains in it.
         self._observation: model.Observation | None = None
+        self._transitions = TransitionWatch()  # VMs last seen between two power states: looked at again
         if source is None and settings.git:
             source = gitsource.GitSource(settings.git, settings.state_dir)
         self._source = source  # handed over by the fleet controller when the mode switches, already fetched
@@ -148,7 +151,9 @@ class Controller(ControllerLifecycle, ControllerStatus):
                 timers.reconnect_delay = min(timers.reconnect_delay * 2, self.settings.reconnect_max_delay)
                 return
         self._ensure_watcher()
-        timeout = max(0.0, min(timers.next_resync - now, 1.0))
+        for key in self._transitions.take_due():
+            self._wake(key, "transition")
+        timeout = max(0.0, min(timers.next_resync - now, self._transitions.next_in(), 1.0))
         if self._notifier.watchdog_interval:
             timeout = min(timeout, max(0.0, timers.next_watchdog - now))
         keys = self._queue.take(timeout=timeout)
@@ -316,6 +321,7 @@ class Controller(ControllerLifecycle, ControllerStatus):
             plan = planner.plan_changes(desired, actual, settings=reconcile.timed(self.settings.planner))
         self._observation = observation
         self._record(desired, actual, plan)
+        self._watch_transitions(actual, woken)
         # A targeted pass never prunes: it has not looked at the whole host.  The next full pass does.
         self._dispatch(plan, set(keys), full, reasons, reconcile_id, dispatched, observing,
                        declared=frozenset(desired.vms) if woken is not None else None)
@@ -355,17 +361,28 @@ class Controller(ControllerLifecycle, ControllerStatus):
             self._queue.done(key)
         self.request_switch("fleet", "the manifests declare Hosts")
 
+    def _watch_transitions(self, actual: model.ActualState, woken: list[str] | None) -> None:
+        """Look again soon at the VMs this pass saw in transition (:mod:`.transitions`); forget those now settled.
+
+        A pass that looked at the whole host (``woken`` None) looked at every VM it cares
+        about; a targeted one only at the ``woken`` VMs.
+        """
+        moving = {f"VirtualMachine/{name}" for name in in_transition(actual, self._interesting if woken is None else woken)}
+        looked_at = self._transitions.waiting() if woken is None else {f"VirtualMachine/{name}" for name in woken}
+        self._transitions.seen(moving, looked_at - moving)
+
     def _woken_vms(self, keys: list[str], reasons: dict[str, str]) -> list[str] | None:
         """Return the VMs of a pass woken only by their own libvirt events, or None when it must observe the whole host.
 
         Such a pass refreshes those VMs in the last pass's observation instead of listing
-        every domain, which waits behind every start and destroy on a busy host.  Anything
-        else (a manifest change, the resync, a reconnection, a retry after a failure, any
-        other resource) looks at the whole host, as does the first pass.
+        every domain, which waits behind every start and destroy on a busy host; so does a
+        pass looking again at VMs last seen in transition.  Anything else (a manifest
+        change, the resync, a reconnection, a retry after a failure, any other resource)
+        looks at the whole host, as does the first pass.
         """
         if self._observation is None:
             return None
-        if any(not key.startswith("VirtualMachine/") or reasons.get(key) != "libvirt" for key in keys):
+        if any(not key.startswith("VirtualMachine/") or reasons.get(key) not in TARGETED for key in keys):
             return None
         return [key.partition("/")[2] for key in keys]
 
