@@ -622,9 +622,13 @@ def cmd_plan(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> i
         )
     desired = None
     if shared is None:
-        desired = _load(args.path)
-        if desired.is_fleet:
-            return _fleet_plan(args, desired)
+        from reconciler.runtime import snapshot_aside
+
+        # A fleet snapshot is interpreted on the other core while the manifests are read (docs/design.md).
+        with snapshot_aside.started(getattr(args, "state", None)) as aside:
+            desired = _load(args.path)
+            if desired.is_fleet:
+                return _fleet_plan(args, desired, interpreted=aside.take() if aside is not None else None)
         _refuse_fleet_options(args)
     if not args.connect:
         args.connect = default_uri()
@@ -1091,16 +1095,23 @@ def _connect_names_a_host(uri: str, desired: model.DesiredState) -> str:
 
 
 def _fleet_plan(args: argparse.Namespace, desired: model.DesiredState, *, evacuate=frozenset(),
-                title: str | None = None) -> int:
-    """Print the fleet plan (live, or against a fleet snapshot with ``--state``); return the exit status."""
-    from reconciler.runtime import fleet_reconcile, snapshots
+                title: str | None = None, interpreted=None) -> int:
+    """Print the fleet plan (live, or against a fleet snapshot with ``--state``); return the exit status.
+
+    ``interpreted`` is the ``--state`` snapshot already interpreted (by a child process, see
+    :mod:`reconciler.runtime.snapshot_aside`); without it the snapshot is read here.
+    """
+    from reconciler.runtime import fleet_reconcile, reconcile, snapshots
 
     _check_fleet_args(args, desired)
     settings = _settings(args)
     only = getattr(args, "host", None)
     if getattr(args, "state", None):
-        plan = fleet_reconcile.plan_from_snapshot(desired, snapshots.read_fleet(args.state), settings=settings,
-                                                  evacuate=evacuate, only_host=only)
+        with reconcile.gc_paused():
+            if interpreted is None:
+                interpreted = fleet_reconcile.interpret_snapshot(snapshots.read_fleet(args.state))
+            plan = fleet_reconcile.plan_from_snapshot(desired, interpreted, settings=settings, evacuate=evacuate,
+                                                      only_host=only)
     else:
         plan = fleet_reconcile.plan_live(desired, settings=settings, evacuate=evacuate, only_host=only,
                                          host_workers=args.parallel_hosts, host_timeout=_host_timeout(args)).plan

@@ -201,16 +201,38 @@ def plan_live(
                          workers=host_workers)
 
 
+@dataclass(frozen=True)
+class InterpretedFleetSnapshot:
+    """A fleet snapshot as a plan takes it: each snapshotted Host interpreted, the others' errors, and each Host's line."""
+
+    observed: Mapping[str, model.ActualState]
+    unreachable: Mapping[str, str]
+    descriptions: Mapping[str, str]  # host -> what its section says it was planned on
+    taken_at: str
+
+    def describe(self, host: str) -> str:
+        """Return the line host ``host``'s plan made from this snapshot carries."""
+        return self.descriptions.get(host) or f"planned against a fleet snapshot taken {self.taken_at}"
+
+
+def interpret_snapshot(taken: snapshot.FleetSnapshot) -> InterpretedFleetSnapshot:
+    """Return ``taken`` interpreted: every domain XML it holds read into the model (most of planning on it)."""
+    return InterpretedFleetSnapshot(
+        observed={name: actual.interpret(s.observation) for name, s in taken.hosts.items()},
+        unreachable=dict(taken.unreachable), descriptions={name: taken.describe(name) for name in taken.hosts},
+        taken_at=taken.taken_at)
+
+
 def plan_from_snapshot(
     desired: model.DesiredState,
-    taken: snapshot.FleetSnapshot,
+    taken: InterpretedFleetSnapshot,
     *,
     settings: planner.Settings,
     evacuate: Collection[str] = frozenset(),
     only_host: str | None = None,
 ) -> fleet.FleetPlan:
     """Return the fleet plan against a fleet snapshot, each host's section saying which snapshot it was planned on."""
-    observed: dict[str, object] = {name: actual.interpret(s.observation) for name, s in taken.hosts.items()}
+    observed: dict[str, object] = dict(taken.observed)
     observed.update({name: fleet.HostUnreachable(name, error) for name, error in taken.unreachable.items()})
     result = plan_from(desired, observed, settings=settings, evacuate=evacuate, only_host=only_host)
     return dataclasses.replace(result.plan, hosts=tuple(
