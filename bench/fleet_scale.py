@@ -13,12 +13,15 @@ What is measured
       1 thread      the hosts observed one after the other
       threads       observed on a pool of ``--workers`` threads (bounded concurrency)
       cold          threads, after forgetting what earlier passes parsed (the YAML,
-                    validation and domain-XML memos): what a fresh ``kvmops plan``
-                    process pays; warm is what the controller pays every pass
+                    validation and domain-XML memos): what a fresh live ``kvmops plan``
+                    process pays besides its imports (the test driver's hosts live in
+                    this process, so another cannot see them); warm is what the
+                    controller pays every pass
       fresh         a new process: ``kvmops plan DIR --state FLEET.json`` against a
                     fleet snapshot of the converged hosts (what a PR job runs: imports,
                     reading the snapshot and the manifests, interpreting 2 XMLs per
-                    running VM, plan_fleet, printing), in wall and child CPU seconds
+                    running VM, plan_fleet, printing), in wall and CPU seconds of it and
+                    of the child it forks to interpret the snapshot meanwhile
 
     ``--per-host`` times the other way: a manifest directory and one
     ``reconcile.make_plan`` per host (no Host manifests), on the same pool.
@@ -33,7 +36,9 @@ What is measured
     overlap the latency of every remote call, which is what the pool is for.
 
 Targets
-    * the whole fleet (50 x 200): a no-op plan under 5 s (threads, warm) on this 2-core machine;
+    * the whole fleet (50 x 200): a no-op plan under 5 s on this 2-core machine, both the
+      controller's pass (threads, warm) and a fresh ``kvmops plan --state`` process (which
+      interprets the snapshot in a forked child while it reads the manifests);
     * linear: per-VM CPU time of the largest fleet at most 1.25x that of the smallest.
 
 Usage (from the repository root)::
@@ -338,6 +343,11 @@ def main(argv: list[str] | None = None) -> int:
             verdict = "MET" if whole < TARGET_SECONDS else "MISSED"
             print(f"  {largest.label} ({largest.count} VMs) no-op fleet plan {whole:.2f} s "
                   f"(target < {TARGET_SECONDS:.0f} s): {verdict}")
+            if largest.timings["fresh"]:
+                fresh = statistics.median(largest.timings["fresh"])
+                verdict = "MET" if fresh < TARGET_SECONDS else "MISSED"
+                print(f"  {largest.label} ({largest.count} VMs) no-op fleet plan by a fresh `kvmops plan --state` "
+                      f"process {fresh:.2f} s (target < {TARGET_SECONDS:.0f} s): {verdict}")
             if len(fleets) > 1:
                 smallest = fleets[0]
                 for key in ("concurrent", "cold", "fresh"):
