@@ -11,7 +11,7 @@ to unpickle; the plan took 7.1 s in one process and 4.4 s with the child.
 The child is an optimisation only, never a second source of truth: it runs the same
 :func:`~reconciler.runtime.fleet_reconcile.interpret_snapshot` on the same file. When it
 cannot be started (other threads run in this process, where forking is unsafe; the
-snapshot comes on stdin) or ends any other way than handing a whole result back (the file
+snapshot is no regular file, such as stdin or a pipe, which could not be read again) or ends any other way than handing a whole result back (the file
 is no fleet snapshot or is broken, the child was killed), :meth:`InterpretationAside.take`
 returns None and the caller reads the snapshot itself, so any error is reported exactly
 as without the child. A child nobody takes from is killed and reaped.
@@ -52,14 +52,20 @@ class InterpretationAside:
     @classmethod
     def start(cls, path: str) -> InterpretationAside | None:
         """Fork a child interpreting the fleet snapshot at ``path``; None when that is not safe or not possible."""
-        if path == "-" or threading.active_count() != 1 or not hasattr(os, "fork"):
+        # Only a regular file can be read twice: a pipe (stdin, a shell's <(...)) that the child drained would leave
+        # nothing for this process to read should it have to (a single host's snapshot, a child that failed).
+        if threading.active_count() != 1 or not hasattr(os, "fork") or not os.path.isfile(path):
             return None
         try:
             # An unlinked file both share: the child writes it whole, then this process reads it; nothing to
             # remove afterwards, and no reader thread (a pipe's would wait for the GIL the manifests hold).
             handover = tempfile.TemporaryFile()
+        except OSError:
+            return None
+        try:
             pid = os.fork()
         except OSError:
+            handover.close()
             return None
         if pid == 0:  # the child: never returns, never runs this process's exit handlers or flushes its buffers
             _interpret_and_hand_over(path, handover)
@@ -89,8 +95,11 @@ class InterpretationAside:
         if kill:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._pid, signal.SIGKILL)
-        _pid, status = os.waitpid(self._pid, 0)
         self._reaped = True
+        try:
+            _pid, status = os.waitpid(self._pid, 0)
+        except ChildProcessError:  # reaped by someone else (SIGCHLD ignored): how it ended is unknown
+            return None
         return os.waitstatus_to_exitcode(status)
 
 

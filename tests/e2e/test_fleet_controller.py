@@ -47,6 +47,17 @@ def stop(controller: subprocess.Popen) -> str:
     return err
 
 
+def run_controller(world: LabFleet) -> tuple[subprocess.Popen, int]:
+    """Start ``kvmops run`` on the fleet's manifests (resync every 300 s); return it and the port of its /status."""
+    port = free_port()
+    controller = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "run", str(world.manifests), "--listen", f"127.0.0.1:{port}",
+         "--resync-interval", "300", "--state-dir", str(world.state_dir)],
+        cwd=REPOSITORY, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "NO_COLOR": "1"})
+    return controller, port
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -81,12 +92,7 @@ def test_the_controller_reconnects_to_a_restarted_libvirtd_and_converges_that_ho
     first, second = world.vm(1), world.vm(2)
     world.write_vms([first], file="h1.yaml", host="h1")
     world.write_vms([second], file="h2.yaml", host="h2")
-    port = free_port()
-    controller = subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "run", str(world.manifests), "--listen", f"127.0.0.1:{port}",
-         "--resync-interval", "300", "--state-dir", str(world.state_dir)],
-        cwd=REPOSITORY, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "NO_COLOR": "1"})
+    controller, port = run_controller(world)
     try:
         assert eventually(lambda: running(world, "h1", first) and running(world, "h2", second), 120)
 
@@ -126,12 +132,7 @@ def test_a_vm_whose_start_a_hosts_libvirtd_restart_cut_short_is_started_again_wi
     world = two_host_fleet
     web = world.vm(1)
     world.write_vms([web], file="h2.yaml", host="h2")
-    port = free_port()
-    controller = subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "run", str(world.manifests), "--listen", f"127.0.0.1:{port}",
-         "--resync-interval", "300", "--state-dir", str(world.state_dir)],
-        cwd=REPOSITORY, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "NO_COLOR": "1"})
+    controller, port = run_controller(world)
     daemon = world.lab_host("h2")
     stopped_qemu = None
     try:

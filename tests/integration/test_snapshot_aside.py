@@ -117,11 +117,13 @@ def test_a_child_killed_before_it_handed_over_leaves_the_snapshot_to_be_read_her
     assert done.stdout.strip() == "none", done.stderr
 
 
-def test_no_child_is_forked_while_other_threads_run_or_for_stdin(exported):
+def test_no_child_is_forked_while_other_threads_run_or_for_what_cannot_be_read_twice(exported):
     done = python(f"""
-        import threading
+        import os, threading
         from reconciler.runtime import snapshot_aside
         assert snapshot_aside.InterpretationAside.start("-") is None, "forked for stdin"
+        read_end, _write_end = os.pipe()
+        assert snapshot_aside.InterpretationAside.start(f"/dev/fd/{{read_end}}") is None, "forked for a pipe"
         waiting = threading.Event()
         thread = threading.Thread(target=waiting.wait)
         thread.start()

@@ -45,7 +45,7 @@ def test_a_vm_found_settled_is_forgotten_and_starts_again_from_half_a_second(clo
     watch.seen(["VirtualMachine/web"], [])
     assert watch.next_in() == 1.0
     watch.seen([], ["VirtualMachine/web"])
-    assert watch.waiting() == set() and watch.next_in() == math.inf
+    assert watch.watched() == set() and watch.next_in() == math.inf
     watch.seen(["VirtualMachine/web"], [])
     assert watch.next_in() == 0.5
 
@@ -58,3 +58,13 @@ def test_only_the_vms_a_pass_cares_about_and_saw_in_transition_are_reported():
         builders.foreign("paused", power=model.PowerState.PAUSED),
     )
     assert in_transition(actual, {"starting", "running", "paused", "absent"}) == {"starting"}
+
+
+def test_a_vm_handed_out_for_another_look_stays_watched_until_a_look_finds_it_settled(clock):
+    watch = TransitionWatch(clock=clock)
+    watch.seen(["VirtualMachine/web"], [])
+    clock.advance(0.5)
+    assert watch.take_due() == ["VirtualMachine/web"]
+    assert watch.watched() == {"VirtualMachine/web"}  # not converged while nobody has looked again
+    watch.seen([], ["VirtualMachine/web"])
+    assert watch.watched() == set()

@@ -439,17 +439,20 @@ class FleetController(ControllerLifecycle, InternalErrors, StatusRoutes):
         """Look again soon at the VMs this pass saw in transition on a Host it looked at (:mod:`.transitions`).
 
         A whole look at a Host looked at every VM there; a targeted one at its ``woken`` VMs
-        only; a Host taken as last seen, or unreachable, was not looked at.
+        only; a Host taken as last seen, or unreachable, was not looked at. A VM watched on a
+        Host the manifests no longer declare is forgotten by a whole look.
         """
-        waiting = self._transitions.waiting()
+        watched = self._transitions.watched()
         moving: set[str] = set()
         settled: set[str] = set()
+        if woken is None:
+            settled = {key for key in watched if key.split(":", 1)[0] not in observed}
         for host, seen in observed.items():
             if not isinstance(seen, model.ActualState) or (woken is not None and host not in woken):
                 continue
             among = self._interesting if woken is None else woken[host]
             here = {host_key(host, f"VirtualMachine/{name}") for name in in_transition(seen, among)}
-            looked_at = ({key for key in waiting if key.startswith(f"{host}:")} if woken is None
+            looked_at = ({key for key in watched if key.startswith(f"{host}:")} if woken is None
                          else {host_key(host, f"VirtualMachine/{name}") for name in woken[host]})
             moving |= here
             settled |= looked_at - here
@@ -722,7 +725,7 @@ class FleetController(ControllerLifecycle, InternalErrors, StatusRoutes):
                 "vms": vms, "problems": [str(p) for p in (section.plan.problems if section.plan else ())],
             }
         converged = (not plan.has_changes and not plan.unreachable and not plan.problems and not in_flight
-                     and not self._transitions.waiting()
+                     and not self._transitions.watched()
                      and not any(h.plan is not None and h.plan.problems for h in plan.hosts))
         trigger = sorted(set(reasons.values()))
         changes = sum(len(h.plan.changes) for h in plan.hosts if h.plan is not None)

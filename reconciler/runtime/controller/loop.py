@@ -368,7 +368,7 @@ class Controller(ControllerLifecycle, ControllerStatus):
         about; a targeted one only at the ``woken`` VMs.
         """
         moving = {f"VirtualMachine/{name}" for name in in_transition(actual, self._interesting if woken is None else woken)}
-        looked_at = self._transitions.waiting() if woken is None else {f"VirtualMachine/{name}" for name in woken}
+        looked_at = self._transitions.watched() if woken is None else {f"VirtualMachine/{name}" for name in woken}
         self._transitions.seen(moving, looked_at - moving)
 
     def _woken_vms(self, keys: list[str], reasons: dict[str, str]) -> list[str] | None:

@@ -66,7 +66,7 @@ class TransitionWatch:
                 return math.inf
             return max(0.0, min(self._due.values()) - self._clock())
 
-    def waiting(self) -> set[str]:
-        """Return the keys waiting to be looked at again."""
+    def watched(self) -> set[str]:
+        """Return the keys last seen in transition: waiting to be looked at again, or handed out for it."""
         with self._lock:
-            return set(self._due)
+            return set(self._looks)
