@@ -65,8 +65,12 @@ def settled(world: Fleet, runner: FleetController) -> dict[str, str]:
     assert wait_until(lambda: placed(world) == ["web-1", "web-2", "web-3", "web-4"], 20)
     located = where(world)
     assert wait_until(lambda: all(running_on(world, h, vm) for vm, h in located.items()), 20)
+    before = status(runner)["passes"]
     look_at_every_host(world)
-    assert wait_until(lambda: status(runner)["converged"] and status(runner)["last_pass"].get("observed") == "host", 20)
+    # A pass after the write: one before it may have looked while the VMs' work was still running.
+    assert wait_until(lambda: (document := status(runner))["passes"] > before and document["converged"]
+                      and document["last_pass"].get("observed") == "host"
+                      and "manifests" in document["last_pass"].get("trigger", []), 20)
     return located
 
 
