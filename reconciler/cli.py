@@ -101,10 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def host_timeout_option(command: argparse.ArgumentParser) -> None:
         command.add_argument("--host-timeout", type=_positive_seconds, default=None, metavar="SECONDS",
-                             help="seconds a host gets to be connected to (in a fleet: and to be observed) before it "
-                                  "counts as unreachable, and to stay silent in the middle of a call before its "
-                                  "connection is given up (default: hostTimeout of --config, else "
-                                  f"{defaults.DEFAULT_HOST_TIMEOUT:g})")
+                             help="seconds a host gets to be connected to before it counts as unreachable, and to "
+                                  "stay silent in the middle of a call before its connection is given up; a look at "
+                                  "a host that answers gets a minute, or six times this (default: hostTimeout of "
+                                  f"--config, else {defaults.DEFAULT_HOST_TIMEOUT:g})")
 
     def step_timeout_option(command: argparse.ArgumentParser) -> None:
         command.add_argument("--step-timeout", type=_step_seconds, default=None, metavar="SECONDS",
@@ -366,8 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--termination-grace", type=float, default=None, metavar="SECONDS",
                      help="on SIGTERM, wait this long for the steps in progress (default: 30)")
     run.add_argument("--host-timeout", type=_positive_seconds, default=None, metavar="SECONDS",
-                     help="in a fleet, seconds a Host gets to be connected to, and to be observed, before it counts "
-                          f"as unreachable for that pass (default: {defaults.DEFAULT_HOST_TIMEOUT:g})")
+                     help="in a fleet, seconds a Host gets to be connected to, and to stay silent, before it "
+                          "counts as unreachable for that pass; a look at a Host that answers gets a minute, or six "
+                          f"times this (default: {defaults.DEFAULT_HOST_TIMEOUT:g})")
     run.set_defaults(handler=cmd_run)
 
     adopt = commands.add_parser("adopt", help="mark an existing domain as managed by kvmops")
@@ -921,7 +922,8 @@ def cmd_ssh(args: argparse.Namespace) -> int:
         timeout = _host_timeout(args)
         with fleet_reconcile.connected_to_domain(desired, args.name, only_host=args.host,
                                                  host_workers=args.parallel_hosts, host_timeout=timeout) as (host, found):
-            answer = deadlines.call_each({host: lambda: inspect.ssh_address(found, args.name)}, timeout=timeout,
+            answer = deadlines.call_each({host: lambda: inspect.ssh_address(found, args.name)},
+                                         timeout=deadlines.look_timeout(timeout),
                                          what=f"asked for the addresses of {args.name}")[host]
         if isinstance(answer, errors.KvmopsError):
             raise answer

@@ -16,6 +16,9 @@ At most one call per Host is outstanding in a process: while one is, a new call 
 Host fails at once (a HostTimedOut saying for how long it has been waiting), so passes
 that come back every few seconds never pile up threads on a stuck Host.
 
+:func:`look_timeout` is how long a look at a Host whose connection is up may take: a
+silent Host is left to its keepalive, so a busy one is not taken for a dead one.
+
 :func:`call_within` is the same for one call that is not a Host's look: an apply's step,
 which may take long (a copy, a migration) and which keepalives cannot bound when libvirtd
 answers them but the call never returns (a hung storage mount, a stuck QEMU monitor).
@@ -35,6 +38,22 @@ from reconciler import defaults, errors
 T = TypeVar("T")
 
 DEFAULT_HOST_TIMEOUT = defaults.DEFAULT_HOST_TIMEOUT
+LOOK_TIMEOUT_FLOOR = 60.0
+
+
+def look_timeout(host_timeout: float) -> float:
+    """Return how long a look at a connected Host may take (its observation, its VMs' status) before it is unreachable.
+
+    Longer than ``host_timeout`` on purpose. A Host that falls silent is caught by its
+    connection's keepalive after about ``host_timeout`` (the look then fails at once); one
+    that keeps answering is alive, only busy, and a busy host's look is slow: with 50
+    guests being started and destroyed, 4 a second, a whole look took 8 s (median of 12)
+    and up to 10.2 s on this 2-core machine, so the 10 s that fit a silent host made a
+    busy one unreachable one pass in six, its connection dropped and its events lost with
+    it. This bound is only for a libvirtd that answers keepalives but whose call never
+    returns (a hung storage mount): a minute, or six times ``host_timeout``.
+    """
+    return max(LOOK_TIMEOUT_FLOOR, 6 * host_timeout)
 
 _outstanding_lock = threading.Lock()
 _outstanding: dict[str, tuple[float, str]] = {}  # Host -> (when its call began, what it does)

@@ -115,17 +115,19 @@ def connect(
 def observe_all(connections: FleetConnections, *, workers: int = DEFAULT_HOST_WORKERS) -> dict[str, object]:
     """Return what each Host shows now, or why it could not be seen, observed ``workers`` at a time.
 
-    A Host that does not answer within ``connections.timeout`` is unreachable, and
-    abandoned in ``connections``: nothing else (the apply, the look after it) waits for it.
+    A Host whose connection falls silent (its keepalive gives up after about
+    ``connections.timeout``) or whose look takes longer than
+    :func:`~reconciler.runtime.deadlines.look_timeout` of it is unreachable, and abandoned
+    in ``connections``: nothing else (the apply, the look after it) waits for it.
     """
     answers = deadlines.call_each(
         {name: (lambda hypervisor=hypervisor: observe.observe(hypervisor))
          for name, hypervisor in connections.hypervisors.items()},
-        timeout=connections.timeout, workers=workers, what="being observed")
+        timeout=deadlines.look_timeout(connections.timeout), workers=workers, what="being observed")
     for name, answer in answers.items():
         if isinstance(answer, errors.KvmopsError):
             log.info("host_unreachable", host=name, error=str(answer))
-            if isinstance(answer, errors.HostTimedOut):
+            if isinstance(answer, errors.ConnectionLost):  # timed out (a HostTimedOut is one), or its keepalive gave up
                 connections.abandon(name, str(answer))
     observed: dict[str, object] = {name: fleet.HostUnreachable(name, error) for name, error in connections.unreachable.items()}
     observed.update({name: fleet.HostUnreachable(name, str(answer)) if isinstance(answer, errors.KvmopsError) else answer
@@ -316,7 +318,7 @@ def connected_to_domain(
         answers = deadlines.call_each(
             {host: (lambda hypervisor=hypervisor: hypervisor.domain_exists(name))
              for host, hypervisor in connections.hypervisors.items()},
-            timeout=host_timeout, workers=host_workers, what=f"asked for domain {name}")
+            timeout=deadlines.look_timeout(host_timeout), workers=host_workers, what=f"asked for domain {name}")
         for host, answer in answers.items():
             if isinstance(answer, errors.HostTimedOut):
                 connections.abandon(host, str(answer))

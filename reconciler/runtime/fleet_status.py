@@ -60,7 +60,7 @@ def gather(desired: model.DesiredState, *, settings: planner.Settings, name: str
         answers = deadlines.call_each(
             {host: (lambda host=host, hypervisor=hypervisor: inspect.status_rows(
                 hypervisor, name=name, scope=scope, plan=plans[host])) for host, hypervisor in readable.items()},
-            timeout=host_timeout, workers=host_workers, what="its VMs' status was read")
+            timeout=deadlines.look_timeout(host_timeout), workers=host_workers, what="its VMs' status was read")
         for host, answer in answers.items():
             if isinstance(answer, errors.HostTimedOut):
                 connections.abandon(host, str(answer))

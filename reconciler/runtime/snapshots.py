@@ -44,7 +44,7 @@ def take_fleet(desired: model.DesiredState, *, only_host: str | None, host_worke
             {name: (lambda hypervisor=hypervisor: snapshot.Snapshot(
                 observe.collect(hypervisor), hostname=hypervisor.hostname(), taken_at=taken_at))
              for name, hypervisor in connections.hypervisors.items()},
-            timeout=host_timeout, workers=host_workers, what="being observed")
+            timeout=deadlines.look_timeout(host_timeout), workers=host_workers, what="being observed")
         hosts = {}
         for name, answer in answers.items():
             if isinstance(answer, errors.KvmopsError):

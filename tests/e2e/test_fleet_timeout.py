@@ -145,7 +145,9 @@ def test_the_controller_goes_on_converging_the_others_while_a_libvirtd_is_stoppe
         converged_h1 = time.monotonic() - paused_at
         assert eventually(lambda: status(port)["hosts"]["h2"]["connected"] is False, TIMEOUT + SLACK)
         section = status(port)["hosts"]["h2"]
-        assert f"host h2 did not answer within {TIMEOUT} s" in section["error"]
+        # its keepalive gave up (about --host-timeout); reconnecting then waits as long for it, and says so
+        assert (section["error"] == "connection closed: keepalive timeout"
+                or f"host h2 did not answer within {TIMEOUT:g} s while being connected to" in section["error"]), section
         assert [vm["state"] for vm in section["vms"]] == ["Unknown"]
         assert section["prune_suspended"].startswith("host unreachable")
         before = threads(controller.pid)
@@ -173,7 +175,7 @@ def domains_on(world: LabFleet, host: str) -> set[str]:
         return {r.name for r in hypervisor.list_domains() if r.name.startswith(world.prefix)}
 
 
-def test_a_host_that_stops_answering_once_connected_is_abandoned_at_its_observation_deadline(fleet):
+def test_a_host_that_stops_answering_once_connected_is_abandoned_once_its_keepalive_gives_up(fleet):
     """The other way to hang: connected in time, then nothing (SIGSTOP between connecting and observing)."""
     world = fleet
     desired = reconcile.load_desired(str(world.manifests))
@@ -188,9 +190,9 @@ def test_a_host_that_stops_answering_once_connected_is_abandoned_at_its_observat
             again = fleet_reconcile.observe_all(connections)  # the stuck Host is not looked at twice
         finally:
             stopped.resume_libvirtd()
-        assert took < TIMEOUT + 5
+        assert took < TIMEOUT + 5  # its keepalive gave up: a silent Host is not waited for as long as a busy one
         assert isinstance(observed["h2"], fleets.HostUnreachable)
-        assert f"host h2 did not answer within {TIMEOUT} s while being observed" in observed["h2"].error
+        assert "libvirtd stopped answering (no reply to keepalive probes" in observed["h2"].error
         assert all(isinstance(observed[name], model.ActualState) for name in ("h1", "h3"))
         assert "h2" in connections.abandoned and "h2" not in connections.hypervisors
         assert again["h2"] == observed["h2"]

@@ -12,6 +12,7 @@ checked as far as its plan.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -358,3 +359,25 @@ def test_a_looking_command_takes_the_flags_scope_else_the_configuration_files(tm
     assert command_settings.scoped(None, str(config)).scope == "blue"  # doctor and validate --live in a fleet
     assert command_settings.scoped("green", str(config)).scope == "green"
     assert command_settings.scoped(None).scope == "default"
+
+
+def test_a_host_slower_to_look_at_than_the_host_timeout_is_waited_for_not_taken_for_unreachable(fleet, capsys, monkeypatch):
+    """A busy libvirtd answers slowly but answers (its keepalives too): only silence, or a look past
+    ``deadlines.look_timeout``, makes a Host unreachable. With 50 guests churning, a whole look took up to 10.2 s,
+    past the 10 s default ``--host-timeout``, which once made a busy Host unreachable one pass in six."""
+    from reconciler.runtime import observe
+
+    slow = fleet.hypervisors["h2"]
+    look = observe.observe
+
+    def slow_look(hypervisor, *args, **kwargs):
+        if getattr(hypervisor, "enter_result", hypervisor) is slow:  # (the CLI is handed Pinned wrappers)
+            time.sleep(1.5)
+        return look(hypervisor, *args, **kwargs)
+
+    monkeypatch.setattr(observe, "observe", slow_look)
+    status, out, err = run(capsys, "plan", str(fleet.manifests), "--host-timeout", "1", "--detailed-exitcode")
+
+    assert (status, err) == (2, ""), out + err
+    assert "UNREACHABLE" not in out and "did not answer" not in out
+    assert out.splitlines()[-1] == "Fleet default: 3 hosts; VMs per host: h1 1, h2 1, h3 2; 0 migrations"

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -27,11 +28,12 @@ from tests.integration.test_fleet_cli import Fleet, fleet, web  # noqa: F401 (th
 from tests.integration.test_git_source import upstream  # noqa: F401 (the fixture)
 
 
-def controller(world: Fleet, tmp_path: Path, resync_interval: float = 5, **options) -> FleetController:
+def controller(world: Fleet, tmp_path: Path, resync_interval: float = 5, host_timeout: float = 10,
+               **options) -> FleetController:
     settings = ControllerSettings(path=str(world.manifests), uri="", planner=planner.Settings(),
                                   resync_interval=resync_interval,
                                   quiet_period=0.05, listen="127.0.0.1:0", state_dir=tmp_path / "state",
-                                  reconnect_max_delay=0.5)
+                                  reconnect_max_delay=0.5, host_timeout=host_timeout)
     return FleetController(settings, **options)
 
 
@@ -40,7 +42,7 @@ def running(fleet, tmp_path):  # noqa: F811 (the fixture)
     started: list[tuple[FleetController, threading.Thread]] = []
 
     def start(**options) -> FleetController:
-        runner = controller(fleet, tmp_path, **options)  # resync_interval=..., host=...
+        runner = controller(fleet, tmp_path, **options)  # resync_interval=..., host_timeout=..., host=...
         thread = threading.Thread(target=runner.run, daemon=True)
         thread.start()
         started.append((runner, thread))
@@ -376,3 +378,29 @@ def test_a_fleet_is_followed_from_git(fleet, switching, upstream):  # noqa: F811
     upstream.write("pinned.yaml", yaml.safe_dump(web("db", host="h1"), sort_keys=False))
     upstream.push("one more")
     assert wait_until(lambda: running_on(fleet, "h1", "db"), 20)
+
+
+def test_a_host_slower_to_look_at_than_the_host_timeout_keeps_its_connection_and_converges(fleet, running, monkeypatch):  # noqa: F811
+    """A busy Host's look outlasting ``hostTimeout`` is waited for: its connection (and its events) is not dropped.
+
+    Before, the pass took it for unreachable and marked it down, so a Host busy enough
+    (looks of 8-10 s with 50 guests churning) was disconnected and reconnected one pass in six.
+    """
+    from reconciler.runtime import observe
+
+    slow = fleet.hypervisors["h2"]
+    look = observe.collect
+
+    def slow_look(hypervisor, *args, **kwargs):
+        if getattr(hypervisor, "enter_result", hypervisor) is slow:
+            time.sleep(1.5)
+        return look(hypervisor, *args, **kwargs)
+
+    monkeypatch.setattr(observe, "collect", slow_look)
+    runner = running(resync_interval=600, host_timeout=1)
+    assert wait_until(lambda: status(runner).get("converged"), 30), status(runner)
+
+    document = status(runner)
+    assert all(host["connected"] for host in document["hosts"].values()), document["hosts"]
+    assert placed(fleet) == ["web-1", "web-2", "web-3", "web-4"]
+    assert fleet.domains()["h2"] and document["hosts"]["h2"]["error"] is None

@@ -277,8 +277,8 @@ class FleetController(ControllerLifecycle, InternalErrors, StatusRoutes):
     def _connect(self, link: HostLink) -> None:
         """Open ``link``'s connection (a host that hangs holds up only this thread); wake a full pass once it is up."""
         try:
-            hypervisor = hv.Hypervisor.open(link.uri)
-            hypervisor.keep_alive()
+            keepalive = hv.KeepAlive.within(self.settings.host_timeout)  # silent for that long: unreachable
+            hypervisor = hv.Hypervisor.open(link.uri, keepalive=keepalive)
             hypervisor.watch_close(lambda reason, link=link: self._on_closed(link, reason))
             hypervisor.watch_lifecycle(lambda vm, _event, link=link: self._on_domain_event(link, vm))
         except Exception as exc:  # noqa: BLE001 - whatever a host does, it is that host's error, and we retry
@@ -506,9 +506,11 @@ class FleetController(ControllerLifecycle, InternalErrors, StatusRoutes):
                 continue
             previous = self._observations[name][1] if woken is not None else None
             calls[name] = lambda name=name, hypervisor=hypervisor, previous=previous: look(name, hypervisor, previous)
-        # Each look has its deadline: a Host that stopped answering is unreachable after host_timeout, its thread
-        # abandoned (it ends when the connection's keepalive gives up), and no second look at it starts meanwhile.
-        answers = deadlines.call_each(calls, timeout=self.settings.host_timeout, what="being observed",
+        # A Host that falls silent is unreachable once its keepalive gives up (about host_timeout); one that answers
+        # but whose look never returns, after look_timeout, its thread abandoned, and no second look at it starts
+        # meanwhile. A busy Host's slow look is waited for: it is alive.
+        answers = deadlines.call_each(calls, timeout=deadlines.look_timeout(self.settings.host_timeout),
+                                      what="being observed",
                                       workers=fleet_reconcile.DEFAULT_HOST_WORKERS)
         for name, answer in answers.items():
             if isinstance(answer, errors.KvmopsError):

@@ -28,5 +28,5 @@ class ControllerSettings:
     listen_insecure: bool = False  # serve beyond loopback without a token
     state_dir: Path = field(default_factory=hostlock.default_state_dir)
     reconnect_max_delay: float = 5.0
-    host_timeout: float = defaults.DEFAULT_HOST_TIMEOUT  # in a fleet: a Host connected to or observed no sooner is unreachable
+    host_timeout: float = defaults.DEFAULT_HOST_TIMEOUT  # in a fleet: a Host not connected to, or silent, that long is unreachable
     git: gitsource.GitSettings | None = None  # follow a branch instead of watching ``path``
