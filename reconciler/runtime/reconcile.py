@@ -25,7 +25,7 @@ from reconciler import defaults, errors
 from reconciler.adapters import manifests
 from reconciler.core import actual as actual_state
 from reconciler.core import desired as desired_state
-from reconciler.core import model, planner
+from reconciler.core import model, planner, redaction
 from reconciler.core import plan as plans
 from reconciler.runtime import cancellation
 
@@ -204,15 +204,36 @@ def host_file(path: str) -> str:
     return ""
 
 
-def make_plan(path: str, hypervisor: hv.Hypervisor, *, settings: planner.Settings, revision: str = "",
-              desired: model.DesiredState | None = None) -> PlanResult:
-    """Return the plan converging ``hypervisor`` on the manifests under ``path`` (or ``desired``, already loaded)."""
-    from reconciler.runtime import observe
+def observed(hypervisor: hv.Hypervisor, look_timeout: float | None = None) -> model.ActualState:
+    """Return what ``hypervisor`` shows now; with ``look_timeout``, raise ``HostTimedOut`` once the look took that long.
 
+    A libvirtd that falls silent fails the look through its connection's keepalive; the
+    deadline is for one that answers keepalives while a call never returns (a hung storage
+    mount), which would otherwise hold a one-shot command for ever
+    (:func:`~reconciler.runtime.deadlines.look_timeout`).
+    """
+    from reconciler.runtime import deadlines, observe
+
+    def expired() -> errors.HostTimedOut:
+        return errors.HostTimedOut(
+            f"{redaction.redact_url(hypervisor.uri)} did not answer within {look_timeout:g} s while being observed: its "
+            "libvirtd answers keepalives, so it is up, but a call to it never returned (a hung storage mount or a "
+            "stuck QEMU monitor?); nothing was changed. Check the host (virsh -c ITS-URI list; virsh pool-list), or "
+            "give it more time with --host-timeout (a look gets a minute, or six times that)")
+
+    return deadlines.call_within(lambda: observe.observe(hypervisor), look_timeout, expired, name="kvmops-look")
+
+
+def make_plan(path: str, hypervisor: hv.Hypervisor, *, settings: planner.Settings, revision: str = "",
+              desired: model.DesiredState | None = None, look_timeout: float | None = None) -> PlanResult:
+    """Return the plan converging ``hypervisor`` on the manifests under ``path`` (or ``desired``, already loaded).
+
+    ``look_timeout``: how long the look at the host may take (:func:`observed`); None: no limit.
+    """
     settings = timed(salted(settings))
     with gc_paused():
         desired = desired if desired is not None else load_desired(path, revision=revision)
-        actual = observe.observe(hypervisor)
+        actual = observed(hypervisor, look_timeout)
         if planner.host_is_local(hypervisor.uri):
             desired = with_host_file_paths(desired, actual)
         return PlanResult(desired, actual, planner.plan_changes(desired, actual, settings=settings))
@@ -227,24 +248,26 @@ def apply(
     cancel: threading.Event | None = None,
     planned: PlanResult | None = None,
     step_timeout: float | None = None,
+    look_timeout: float | None = None,
 ) -> ApplyResult:
     """Plan (unless ``planned`` is given), execute, then plan again to verify convergence.
 
-    ``step_timeout``: the seconds a step may take before it is abandoned (None: no limit).
+    ``step_timeout``: the seconds a step may take before it is abandoned (None: no limit);
+    ``look_timeout``: those a look at the host may take (:func:`observed`).
 
     The second plan is made at the first one's time: the trash entries this apply made are
     not due then, whatever the retention (with 1s, a pass a second later purges them).
     """
-    from reconciler.runtime import execute, observe
+    from reconciler.runtime import execute
 
     settings = timed(settings)
-    planned = planned or make_plan(path, hypervisor, settings=settings)
+    planned = planned or make_plan(path, hypervisor, settings=settings, look_timeout=look_timeout)
     report = execute.execute(planned.plan, hypervisor, workers=workers, cancel=cancel, step_timeout=step_timeout)
     if report.cancelled:
         return ApplyResult(planned, report, None)
     try:
         with gc_paused():
-            actual = observe.observe(hypervisor)
+            actual = observed(hypervisor, look_timeout)
     except errors.ConnectionLost as exc:
         # What was done and what was not must still be told: the report is worth more than this one error.
         return ApplyResult(planned, report, None, unverified=str(exc))
@@ -264,6 +287,7 @@ def plan_and_apply(
     desired: model.DesiredState | None = None,
     workers: int = defaults.DEFAULT_WORKERS,
     step_timeout: float | None = None,
+    look_timeout: float | None = None,
 ) -> tuple[PlanResult, ApplyResult | None]:
     """Plan, ``show_plan``, and carry the plan out when it has changes (``kvmops apply``).
 
@@ -271,14 +295,15 @@ def plan_and_apply(
     the steps in progress finish. The apply result is None when the plan had nothing to do.
     """
     with lock:
-        planned = make_plan(path, hypervisor, settings=settings, revision=revision, desired=desired)
+        planned = make_plan(path, hypervisor, settings=settings, revision=revision, desired=desired,
+                            look_timeout=look_timeout)
         show_plan(planned.plan)
         if not planned.plan.has_changes:
             return planned, None
         cancel = threading.Event()
         with cancellation.on_signals(cancel):
             return planned, apply(path, hypervisor, settings=settings, workers=workers, planned=planned, cancel=cancel,
-                                  step_timeout=step_timeout)
+                                  step_timeout=step_timeout, look_timeout=look_timeout)
 
 
 def host_problems_on(desired: model.DesiredState, hypervisor: hv.Hypervisor) -> list[model.Problem]:

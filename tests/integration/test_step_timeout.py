@@ -171,3 +171,34 @@ def test_an_abandoned_definition_that_lands_after_the_next_plan_was_made_is_refu
     assert "appeared after the plan was made; kvmops will not overwrite it" in second.report.outcomes[0].error
     third = reconcile.apply(str(manifest_dir), hypervisor, settings=settings, step_timeout=5)
     assert third.converged
+
+
+# --- the look deadline ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["plan", "apply"])
+def test_a_look_at_one_host_that_never_returns_ends_the_command_at_the_look_deadline_in_one_line(
+        command, hypervisor: hv.Hypervisor, manifest_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys):
+    """A libvirtd that answers keepalives while its listing never returns (a hung storage mount) held a one-shot
+    command for ever: the look now has ``deadlines.look_timeout`` (a minute; half a second here)."""
+    from reconciler.runtime import deadlines, observe
+
+    factories.write(manifest_dir, "vms.yaml", factories.vm("web", runStrategy="Halted"))
+    pin_connection(monkeypatch, hypervisor)
+    monkeypatch.setattr(deadlines, "LOOK_TIMEOUT_FLOOR", 0.5)
+    release = threading.Event()
+    look = observe.observe
+    monkeypatch.setattr(observe, "observe", lambda h: (release.wait(30), look(h))[1])
+    started = time.monotonic()
+    try:
+        status = cli.main([command, str(manifest_dir), "--connect", hypervisor.uri, "--host-timeout", "0.05"])
+        took = time.monotonic() - started
+    finally:
+        release.set()
+
+    err = capsys.readouterr().err
+    assert status == cli.EXIT_ERROR and took < 10
+    assert f"{hypervisor.uri} did not answer within 0.5 s while being observed" in err
+    assert "nothing was changed" in err and "--host-timeout" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert "web" not in {record.name for record in hypervisor.list_domains()}
