@@ -218,7 +218,7 @@ def observed(hypervisor: hv.Hypervisor, look_timeout: float | None = None) -> mo
         return errors.HostTimedOut(
             f"{redaction.redact_url(hypervisor.uri)} did not answer within {look_timeout:g} s while being observed: its "
             "libvirtd answers keepalives, so it is up, but a call to it never returned (a hung storage mount or a "
-            "stuck QEMU monitor?); nothing was changed. Check the host (virsh -c ITS-URI list; virsh pool-list), or "
+            "stuck QEMU monitor?). Check the host (virsh -c ITS-URI list; virsh pool-list), or "
             "give it more time with --host-timeout (a look gets a minute, or six times that)")
 
     return deadlines.call_within(lambda: observe.observe(hypervisor), look_timeout, expired, name="kvmops-look")
