@@ -308,6 +308,7 @@ class Hypervisor:
         self._event_callbacks: list[int] = []
         self._close_callback = False
         self.keepalive: KeepAlive | None = None  # what keep_alive() set, if anything
+        self.abandoned = False  # see abandon()
 
     @classmethod
     def open(cls, uri: str, *, read_only: bool = False, keepalive: KeepAlive | None = DEFAULT_KEEPALIVE) -> Hypervisor:
@@ -339,8 +340,19 @@ class Hypervisor:
                 raise
         return hypervisor
 
+    def abandon(self) -> None:
+        """Leave this connection to the process's exit: a call on it was given up, and may still be running.
+
+        Closing it then could free what that call is about to use (a call that returns late
+        and makes its next one while the close runs crashed the process, in a test); so
+        :meth:`close` does nothing from now on.
+        """
+        self.abandoned = True
+
     def close(self) -> None:
-        """Stop watching events and close the connection; further calls fail."""
+        """Stop watching events and close the connection; further calls fail. Does nothing once abandoned (:meth:`abandon`)."""
+        if self.abandoned:
+            return
         for callback_id in self._event_callbacks:
             with contextlib.suppress(libvirt.libvirtError):
                 self._connection.domainEventDeregisterAny(callback_id)

@@ -64,7 +64,9 @@ class FleetConnections:
         """Make Host ``name`` unreachable for ``why``: its connection is never used (nor waited for) again."""
         hypervisor = self.hypervisors.pop(name, None)
         if hypervisor is not None:
-            # kept referenced: dropping the last reference would close it, which waits for the Host's answer
+            # kept referenced: dropping the last reference would close it, which waits for the Host's answer, and
+            # may free what a call still running on it uses
+            hypervisor.abandon()
             self.abandoned[name] = hypervisor
         self.unreachable[name] = why
 

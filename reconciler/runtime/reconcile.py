@@ -215,6 +215,7 @@ def observed(hypervisor: hv.Hypervisor, look_timeout: float | None = None) -> mo
     from reconciler.runtime import deadlines, observe
 
     def expired() -> errors.HostTimedOut:
+        hypervisor.abandon()  # the look still runs on its thread: the connection must outlive it
         return errors.HostTimedOut(
             f"{redaction.redact_url(hypervisor.uri)} did not answer within {look_timeout:g} s while being observed: its "
             "libvirtd answers keepalives, so it is up, but a call to it never returned (a hung storage mount or a "

@@ -515,6 +515,8 @@ class FleetController(ControllerLifecycle, InternalErrors, StatusRoutes):
         for name, answer in answers.items():
             if isinstance(answer, errors.KvmopsError):
                 self._observations.pop(name, None)
+                if isinstance(answer, errors.HostTimedOut):  # its look still runs: reconnecting must not close under it
+                    connections.hypervisors[name].abandon()
                 log.info("host_unreachable", host=name, error=str(answer))
                 observed[name] = fleet.HostUnreachable(name, str(answer))
                 continue
