@@ -68,13 +68,6 @@ def _step_seconds(text: str) -> float:
     return value
 
 
-def _look_timeout(args: argparse.Namespace) -> float:
-    """Return the seconds a look at a host that answers its keepalives may take (``deadlines.look_timeout``)."""
-    from reconciler.runtime import deadlines
-
-    return deadlines.look_timeout(_host_timeout(args))
-
-
 def _host_timeout(args: argparse.Namespace) -> float:
     """Return the seconds a host gets to answer: ``--host-timeout`` over the configuration file's hostTimeout."""
     from reconciler.runtime import command_settings
@@ -109,9 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     def host_timeout_option(command: argparse.ArgumentParser) -> None:
         command.add_argument("--host-timeout", type=_positive_seconds, default=None, metavar="SECONDS",
                              help="seconds a host gets to be connected to before it counts as unreachable, and to "
-                                  "stay silent in the middle of a call before its connection is given up; a look at "
-                                  "a host that answers gets a minute, or six times this (default: hostTimeout of "
-                                  f"--config, else {defaults.DEFAULT_HOST_TIMEOUT:g})")
+                                  "stay silent in the middle of a call before its connection is given up; in a fleet, "
+                                  "a look at a Host that answers gets a minute, or six times this (default: "
+                                  f"hostTimeout of --config, else {defaults.DEFAULT_HOST_TIMEOUT:g})")
 
     def step_timeout_option(command: argparse.ArgumentParser) -> None:
         command.add_argument("--step-timeout", type=_step_seconds, default=None, metavar="SECONDS",
@@ -648,8 +641,7 @@ def cmd_plan(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> i
         return _plan_status(result.plan, args)
 
     def body(hypervisor: hv.Hypervisor) -> int:
-        result = reconcile.make_plan(args.path, hypervisor, settings=_settings(args), desired=desired,
-                                     look_timeout=_look_timeout(args))
+        result = reconcile.make_plan(args.path, hypervisor, settings=_settings(args), desired=desired)
         _print_plan(result.plan, args)
         return _plan_status(result.plan, args)
     return _with_hypervisor(args, shared, read_only=True, body=body)
@@ -775,7 +767,7 @@ def cmd_apply(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> 
         planned, result = reconcile.plan_and_apply(
             args.path, hypervisor, settings=_settings(args), show_plan=lambda plan: _show_plan_applied(plan, args),
             lock=_host_lock(args, hypervisor.uri), revision=git.describe(args.path), desired=desired,
-            workers=args.parallel, step_timeout=_step_timeout(args), look_timeout=_look_timeout(args))
+            workers=args.parallel, step_timeout=_step_timeout(args))
         if result is None:
             return EXIT_ERROR if planned.plan.problems else EXIT_OK
         sys.stdout.write(redaction.redact_text(report.report_text(result)))

@@ -25,7 +25,7 @@ from reconciler import defaults, errors
 from reconciler.adapters import manifests
 from reconciler.core import actual as actual_state
 from reconciler.core import desired as desired_state
-from reconciler.core import model, planner, redaction
+from reconciler.core import model, planner
 from reconciler.core import plan as plans
 from reconciler.runtime import cancellation
 
@@ -204,37 +204,15 @@ def host_file(path: str) -> str:
     return ""
 
 
-def observed(hypervisor: hv.Hypervisor, look_timeout: float | None = None) -> model.ActualState:
-    """Return what ``hypervisor`` shows now; with ``look_timeout``, raise ``HostTimedOut`` once the look took that long.
-
-    A libvirtd that falls silent fails the look through its connection's keepalive; the
-    deadline is for one that answers keepalives while a call never returns (a hung storage
-    mount), which would otherwise hold a one-shot command for ever
-    (:func:`~reconciler.runtime.deadlines.look_timeout`).
-    """
-    from reconciler.runtime import deadlines, observe
-
-    def expired() -> errors.HostTimedOut:
-        hypervisor.abandon()  # the look still runs on its thread: the connection must outlive it
-        return errors.HostTimedOut(
-            f"{redaction.redact_url(hypervisor.uri)} did not answer within {look_timeout:g} s while being observed: its "
-            "libvirtd answers keepalives, so it is up, but a call to it never returned (a hung storage mount or a "
-            "stuck QEMU monitor?). Check the host (virsh -c ITS-URI list; virsh pool-list), or "
-            "give it more time with --host-timeout (a look gets a minute, or six times that)")
-
-    return deadlines.call_within(lambda: observe.observe(hypervisor), look_timeout, expired, name="kvmops-look")
-
-
 def make_plan(path: str, hypervisor: hv.Hypervisor, *, settings: planner.Settings, revision: str = "",
-              desired: model.DesiredState | None = None, look_timeout: float | None = None) -> PlanResult:
-    """Return the plan converging ``hypervisor`` on the manifests under ``path`` (or ``desired``, already loaded).
+              desired: model.DesiredState | None = None) -> PlanResult:
+    """Return the plan converging ``hypervisor`` on the manifests under ``path`` (or ``desired``, already loaded)."""
+    from reconciler.runtime import observe
 
-    ``look_timeout``: how long the look at the host may take (:func:`observed`); None: no limit.
-    """
     settings = timed(salted(settings))
     with gc_paused():
         desired = desired if desired is not None else load_desired(path, revision=revision)
-        actual = observed(hypervisor, look_timeout)
+        actual = observe.observe(hypervisor)
         if planner.host_is_local(hypervisor.uri):
             desired = with_host_file_paths(desired, actual)
         return PlanResult(desired, actual, planner.plan_changes(desired, actual, settings=settings))
@@ -249,26 +227,24 @@ def apply(
     cancel: threading.Event | None = None,
     planned: PlanResult | None = None,
     step_timeout: float | None = None,
-    look_timeout: float | None = None,
 ) -> ApplyResult:
     """Plan (unless ``planned`` is given), execute, then plan again to verify convergence.
 
-    ``step_timeout``: the seconds a step may take before it is abandoned (None: no limit);
-    ``look_timeout``: those a look at the host may take (:func:`observed`).
+    ``step_timeout``: the seconds a step may take before it is abandoned (None: no limit).
 
     The second plan is made at the first one's time: the trash entries this apply made are
     not due then, whatever the retention (with 1s, a pass a second later purges them).
     """
-    from reconciler.runtime import execute
+    from reconciler.runtime import execute, observe
 
     settings = timed(settings)
-    planned = planned or make_plan(path, hypervisor, settings=settings, look_timeout=look_timeout)
+    planned = planned or make_plan(path, hypervisor, settings=settings)
     report = execute.execute(planned.plan, hypervisor, workers=workers, cancel=cancel, step_timeout=step_timeout)
     if report.cancelled:
         return ApplyResult(planned, report, None)
     try:
         with gc_paused():
-            actual = observed(hypervisor, look_timeout)
+            actual = observe.observe(hypervisor)
     except errors.ConnectionLost as exc:
         # What was done and what was not must still be told: the report is worth more than this one error.
         return ApplyResult(planned, report, None, unverified=str(exc))
@@ -288,7 +264,6 @@ def plan_and_apply(
     desired: model.DesiredState | None = None,
     workers: int = defaults.DEFAULT_WORKERS,
     step_timeout: float | None = None,
-    look_timeout: float | None = None,
 ) -> tuple[PlanResult, ApplyResult | None]:
     """Plan, ``show_plan``, and carry the plan out when it has changes (``kvmops apply``).
 
@@ -296,15 +271,14 @@ def plan_and_apply(
     the steps in progress finish. The apply result is None when the plan had nothing to do.
     """
     with lock:
-        planned = make_plan(path, hypervisor, settings=settings, revision=revision, desired=desired,
-                            look_timeout=look_timeout)
+        planned = make_plan(path, hypervisor, settings=settings, revision=revision, desired=desired)
         show_plan(planned.plan)
         if not planned.plan.has_changes:
             return planned, None
         cancel = threading.Event()
         with cancellation.on_signals(cancel):
             return planned, apply(path, hypervisor, settings=settings, workers=workers, planned=planned, cancel=cancel,
-                                  step_timeout=step_timeout, look_timeout=look_timeout)
+                                  step_timeout=step_timeout)
 
 
 def host_problems_on(desired: model.DesiredState, hypervisor: hv.Hypervisor) -> list[model.Problem]:

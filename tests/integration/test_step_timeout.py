@@ -173,45 +173,7 @@ def test_an_abandoned_definition_that_lands_after_the_next_plan_was_made_is_refu
     assert third.converged
 
 
-# --- the look deadline ----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("command", ["plan", "apply"])
-def test_a_look_at_one_host_that_never_returns_ends_the_command_at_the_look_deadline_in_one_line(
-        command, hypervisor: hv.Hypervisor, manifest_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys):
-    """A libvirtd that answers keepalives while its listing never returns (a hung storage mount) held a one-shot
-    command for ever: the look now has ``deadlines.look_timeout`` (a minute; half a second here)."""
-    from reconciler.runtime import deadlines, observe
-
-    factories.write(manifest_dir, "vms.yaml", factories.vm("web", runStrategy="Halted"))
-    pin_connection(monkeypatch, hypervisor)
-    monkeypatch.setattr(deadlines, "LOOK_TIMEOUT_FLOOR", 0.5)
-    release, ended = threading.Event(), threading.Event()
-    look = observe.observe
-
-    def hung_look(h):
-        try:
-            release.wait(30)
-            return look(h)
-        finally:
-            ended.set()
-
-    monkeypatch.setattr(observe, "observe", hung_look)
-    started = time.monotonic()
-    try:
-        status = cli.main([command, str(manifest_dir), "--connect", hypervisor.uri, "--host-timeout", "0.05"])
-        took = time.monotonic() - started
-    finally:
-        release.set()
-        assert ended.wait(30)  # the abandoned look ends before the connection it uses is closed
-    assert hypervisor.abandoned  # nothing closes it while that look may still run
-
-    err = capsys.readouterr().err
-    assert status == cli.EXIT_ERROR and took < 10
-    assert f"{hypervisor.uri} did not answer within 0.5 s while being observed" in err
-    assert "a call to it never returned" in err and "--host-timeout" in err and "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1
-    assert "web" not in {record.name for record in hypervisor.list_domains()}
+# --- a connection whose call was given up ----------------------------------------------------------
 
 
 def test_an_abandoned_connection_is_left_open_for_the_call_still_running_on_it():
