@@ -332,10 +332,9 @@ def kill_libvirtd_in_a_start(daemon: labs.LabHost, name: str, attempts: int = 5)
             while True:
                 with contextlib.suppress(libvirt.libvirtError):
                     state = tuple(connection.lookupByName(name).state())
-                    if state == starting:
+                    # libvirt says "starting up" a moment before it spawns the QEMU: wait for that QEMU to be there
+                    if state == starting and (pid := qemu_pid(name)) is not None:
                         daemon.kill_libvirtd()
-                        pid = qemu_pid(name)
-                        assert pid is not None, f"domain {name} was starting up without a QEMU"
                         os.kill(pid, signal.SIGSTOP)
                         return pid
                     if state[0] == libvirt.VIR_DOMAIN_RUNNING:
