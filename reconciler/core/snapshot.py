@@ -158,7 +158,12 @@ class FleetSnapshot:
 
     def describe(self, host: str) -> str:
         """Return the line host ``host``'s plan made from this snapshot carries."""
-        return self.hosts[host].describe() if host in self.hosts else f"planned against a fleet snapshot taken {self.taken_at}"
+        return self.hosts[host].describe() if host in self.hosts else unsnapshotted_host_line(self.taken_at)
+
+
+def unsnapshotted_host_line(taken_at: str) -> str:
+    """Return the line a Host's plan carries when the fleet snapshot taken at ``taken_at`` holds none of that Host."""
+    return f"planned against a fleet snapshot taken {taken_at}"
 
 
 def is_fleet(data: object) -> bool:

@@ -216,7 +216,7 @@ class InterpretedFleetSnapshot:
 
     def describe(self, host: str) -> str:
         """Return the line host ``host``'s plan made from this snapshot carries."""
-        return self.descriptions.get(host) or f"planned against a fleet snapshot taken {self.taken_at}"
+        return self.descriptions.get(host) or snapshot.unsnapshotted_host_line(self.taken_at)
 
 
 def interpret_snapshot(taken: snapshot.FleetSnapshot) -> InterpretedFleetSnapshot:
