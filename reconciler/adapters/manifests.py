@@ -31,7 +31,43 @@ MAX_NODES_PER_FILE = 50_000
 MAX_DEPTH = 32
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# The safe loader's implicit resolvers by a scalar's first character, combined the way its
+# resolve() combines them: those for that character, then those for any character.
+_ANY_FIRST = tuple(_SafeLoader.yaml_implicit_resolvers.get(None, ()))
+_BY_FIRST = {first: (*resolvers, *_ANY_FIRST)
+             for first, resolvers in _SafeLoader.yaml_implicit_resolvers.items() if first is not None}
+_COLLECTION_TAGS = {yaml.SequenceNode: _SafeLoader.DEFAULT_SEQUENCE_TAG, yaml.MappingNode: _SafeLoader.DEFAULT_MAPPING_TAG}
+_SCALAR_TAG = _SafeLoader.DEFAULT_SCALAR_TAG
+
+
+class _QuickResolver(_SafeLoader):
+    """The safe loader (PyYAML's C one where it is built), resolving tags with less Python per node.
+
+    The composer asks the resolver three times per node (descend, resolve, ascend); for the
+    safe loader, which has no path resolvers, descending and ascending do nothing, and
+    resolving is one lookup of the implicit resolvers by first character.  Inherited,
+    those calls were a fifth of composing 10,000 manifests.  The tags are the same.
+    """
+
+    def resolve(self, kind, value, implicit):
+        if kind is yaml.ScalarNode:
+            if implicit[0]:
+                for tag, regexp in _BY_FIRST.get(value[:1], _ANY_FIRST):
+                    if regexp.match(value):
+                        return tag
+            return _SCALAR_TAG
+        return _COLLECTION_TAGS.get(kind)
+
+    def descend_resolver(self, current_node, current_index):
+        pass
+
+    def ascend_resolver(self):
+        pass
+
+
+# A path resolver added to the safe loader (kvmops adds none) would need the inherited ones.
+_Loader = _SafeLoader if _SafeLoader.yaml_path_resolvers else _QuickResolver
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _STR_TAG = "tag:yaml.org,2002:str"
 _STANDARD_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
@@ -284,7 +320,7 @@ class _Converter:
         if path:
             self.lines.setdefault(path, line)
         if isinstance(node, yaml.ScalarNode):
-            return self._scalar(node, path)
+            return node.value if node.tag == _STR_TAG else self._scalar(node, path)  # most scalars are text
         if node.tag not in _STANDARD_TAGS:
             raise _Refused(self.lines.get(path, line), path, f"unsupported YAML tag {node.tag!r}; manifests use plain YAML only")
         if id(node) in self.in_progress:
@@ -340,7 +376,7 @@ class _Converter:
                 continue
             if not isinstance(key_node, yaml.ScalarNode):
                 raise _Refused(line, path, "a mapping key must be a plain value, not a list or mapping")
-            key = str(self._scalar(key_node, path))
+            key = key_node.value if key_node.tag == _STR_TAG else str(self._scalar(key_node, path))
             child = f"{path}.{key}" if path else key
             if key in key_lines:
                 raise _Refused(line, child, f"duplicate key '{key}' (first at line {key_lines[key]}); keep one")

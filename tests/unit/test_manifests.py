@@ -294,6 +294,33 @@ def test_a_tagged_mapping_key_is_a_problem_or_text():
     assert [(p.line, "'!!bool'" in p.message) for p in problems] == [(2, True)]
 
 
+PLAIN_SCALARS = [
+    "", "~", "null", "Null", "NULL", "true", "True", "FALSE", "yes", "No", "on", "OFF", "y", "n", "0", "-1", "+7",
+    "0x1F", "0o17", "017", "0b101", "1_000", "190:20:30", "1.5", "-.5", "+1e3", "6.8523015e+5", ".inf", "-.Inf",
+    ".NaN", "2001-12-14", "2001-12-14t21:59:43.10-05:00", "=", "<<", "~x", "web", "1GiB",
+    "52:54:00:00:00:01", "kvmops/v1", "/var/lib", ".5x", "+", "0.", "Yes please", "nulls", "1e", "'0x10'", '"true"',
+]
+
+
+def tags(node) -> list:
+    """Return the (tag, value) of every node of a composed YAML graph, in document order."""
+    if isinstance(node.value, str):
+        return [(node.tag, node.value)]
+    children = [child for pair in node.value for child in pair] if node.tag.endswith(":map") else node.value
+    return [(node.tag, None), *(found for child in children for found in tags(child))]
+
+
+def test_plain_scalars_get_the_tags_pyyaml_safe_loader_gives_them():
+    """The manifest loader resolves every scalar, value or key, to the tag PyYAML's own safe loader resolves it to."""
+    import yaml
+
+    values = "".join(f"v{index}: {text}\n" for index, text in enumerate(PLAIN_SCALARS))
+    keys = "".join(f"{text}: {index}\n" for index, text in enumerate(PLAIN_SCALARS) if text and text != "<<")
+    items = "".join(f"- {text}\n" for text in PLAIN_SCALARS)
+    for text in (values, keys, items):
+        assert tags(yaml.compose(text, Loader=manifests._Loader)) == tags(yaml.compose(text, Loader=yaml.SafeLoader))
+
+
 def test_timestamps_stay_text():
     """A value YAML would read as a date stays the text that was written, for the schema to judge."""
     (document,), _ = parse("when: 2024-01-02\n")
