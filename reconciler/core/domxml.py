@@ -112,7 +112,7 @@ def parse(xml: str | ET.Element, *, owner: model.Ownership | None | object = _UN
             if owner is not _UNREAD and declared.attrs == ("owner",):
                 values["owner"] = owner
                 continue
-            values.update(declared.read_xml(root))
+            values.update(zip(declared.attrs, declared.xml.read(root), strict=True))  # read_xml() without its dict
     except (TypeError, ValueError, AttributeError) as exc:
         raise DomainXMLError(f"unreadable domain XML: {exc}") from exc
     return model.DomainDefinition(**values)

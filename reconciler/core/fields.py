@@ -158,13 +158,19 @@ class DomainField:
             return True
         if self.agrees is not None and self.agrees(observed, wanted):
             return True
-        return all(getattr(observed, name) == getattr(wanted, name) for name in self.attrs)
+        for name in self.attrs:
+            if not getattr(observed, name) == getattr(wanted, name):
+                return False
+        return True
 
     def differs(self, old: model.DomainDefinition, new: model.DomainDefinition) -> bool:
         """Return whether ``old`` and ``new`` differ in this field (unless a change of another field says it all)."""
         if self.hidden_when is not None and self.hidden_when(old, new):
             return False
-        return any(getattr(old, name) != getattr(new, name) for name in self.attrs)
+        for name in self.attrs:  # any() over a generator, without the generator: asked ~30 times per VM per pass
+            if getattr(old, name) != getattr(new, name):
+                return True
+        return False
 
 
 def kib_text(value: int) -> str:
