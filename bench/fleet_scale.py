@@ -23,6 +23,10 @@ What is measured
                     running VM, plan_fleet, printing), in wall and CPU seconds of it and
                     of the child it forks to interpret the snapshot meanwhile
 
+    ``--profile FILE`` then profiles one more cold pass of the largest fleet, its hosts
+    observed on the main thread (cProfile sees only the thread it runs on), writes the pstats
+    data to FILE and prints the functions that cost the most in themselves.
+
     ``--per-host`` times the other way: a manifest directory and one
     ``reconcile.make_plan`` per host (no Host manifests), on the same pool.
 
@@ -43,7 +47,7 @@ Targets
 
 Usage (from the repository root)::
 
-    .venv/bin/python bench/fleet_scale.py [--fleets 5x200 50x200] [--workers 8] [--reps 3] [--per-host]
+    .venv/bin/python bench/fleet_scale.py [--fleets 5x200 50x200] [--workers 8] [--reps 3] [--per-host] [--profile FILE]
 
 This is a benchmark: it prints numbers and exits 0 whether or not the targets are met
 (1 only when a converge fails or a "no-op" plan is not empty).
@@ -52,8 +56,12 @@ This is a benchmark: it prints numbers and exits 0 whether or not the targets ar
 from __future__ import annotations
 
 import argparse
+import copy
+import cProfile
+import io
 import logging
 import os
+import pstats
 import resource
 import statistics
 import subprocess
@@ -162,13 +170,17 @@ class Fleet:
     # --- the fleet's way ---------------------------------------------------------------
 
     def fleet_plan(self, workers: int) -> fleet.FleetPlan:
+        """Plan the fleet, its hosts observed on a pool of ``workers`` threads (0: on this thread)."""
         with reconcile.gc_paused():
             started = time.perf_counter()
             desired = reconcile.load_desired(self.path)
             read = time.perf_counter()
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                observed = dict(zip([h.name for h in self.hosts],
-                                    pool.map(lambda h: observe.observe(h.hypervisor), self.hosts)))
+            if workers:
+                with ThreadPoolExecutor(max_workers=workers) as pool:
+                    observed = dict(zip([h.name for h in self.hosts],
+                                        pool.map(lambda h: observe.observe(h.hypervisor), self.hosts)))
+            else:
+                observed = {h.name: observe.observe(h.hypervisor) for h in self.hosts}
             looked = time.perf_counter()
             result = fleet.plan_fleet(desired, observed, self.settings)
             done = time.perf_counter()
@@ -265,6 +277,24 @@ class Fleet:
             self.timings["cold"].append(self.plan(workers))
             self.cpu["cold"].append(time.process_time() - cpu)
 
+    def profile(self, path: str, top: int = 25) -> str:
+        """Profile one cold pass, its hosts observed on this thread; write the pstats data to ``path``.
+
+        Return the ``top`` functions by the time spent in themselves, as pstats prints them.
+        The pass's stage times are left out of the timed ones.
+        """
+        stages = copy.deepcopy(self.stages)
+        forget_parsed()
+        profiler = cProfile.Profile()
+        profiler.enable()
+        self._check_fleet(self.fleet_plan(0))
+        profiler.disable()
+        self.stages = stages
+        profiler.dump_stats(path)
+        shown = io.StringIO()
+        pstats.Stats(profiler, stream=shown).sort_stats("tottime").print_stats(top)
+        return shown.getvalue()
+
     def close(self) -> None:
         for host in self.hosts:
             host.close()
@@ -281,16 +311,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="fleet sizes as HOSTSxVMS (default: 5x200 50x200)")
     parser.add_argument("--workers", type=int, default=8, help="hosts observed at once (default: 8)")
     parser.add_argument("--reps", type=int, default=3, help="timed repetitions (default: 3)")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="profile one more cold pass of the largest fleet (on the main thread), write the pstats data "
+                             "to FILE and print its costliest functions")
     parser.add_argument("--per-host", action="store_true",
                         help="plan host by host (a manifest directory and a make_plan each) instead of plan_fleet")
     args = parser.parse_args(argv)
+    if args.profile and args.per_host:
+        parser.error("--profile profiles a pass of the fleet's way; leave out --per-host")
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
     mode = "per-host" if args.per_host else "fleet"
 
     fleets: list[Fleet] = []
+    profiled = ""
     with tempfile.TemporaryDirectory(prefix=PREFIX) as tmp:
         try:
-            for text in sorted(set(args.fleets), key=lambda t: parse_fleet(t)[0] * parse_fleet(t)[1]):
+            sizes = sorted(set(args.fleets), key=lambda t: parse_fleet(t)[0] * parse_fleet(t)[1])
+            for text in sizes:
                 hosts, vms = parse_fleet(text)
                 sized = Fleet(hosts, vms, Path(tmp, text), mode)
                 fleets.append(sized)
@@ -298,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
                 seconds = sized.converge(args.workers)
                 print(f"{sized.label}: converged in {seconds:.1f} s; timing {args.reps} no-op plans...", flush=True)
                 sized.measure(args.reps, args.workers)
+                if args.profile and mode == "fleet" and text == sizes[-1]:
+                    profiled = sized.profile(args.profile)
                 sized.close()  # the test driver's state goes with its connection: nothing is left behind
 
             print()
@@ -359,6 +398,11 @@ def main(argv: list[str] | None = None) -> int:
                     verdict = "MET" if growth <= TARGET_GROWTH else "MISSED"
                     print(f"  growth/linear of CPU time, {key} ({largest.label} vs {smallest.label}): {growth:.2f}x "
                           f"(target <= {TARGET_GROWTH:.2f}x): {verdict}")
+            if profiled:
+                print()
+                print(f"One more cold pass of {fleets[-1].label}, hosts observed on the main thread, profiled "
+                      f"(pstats data in {args.profile}); the functions that cost the most in themselves:")
+                print(profiled.rstrip())
         finally:
             for sized in fleets:
                 sized.close()
