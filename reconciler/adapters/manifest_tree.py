@@ -39,6 +39,16 @@ class ManifestTree:
         absolute path, a path or symlink leading out of the tree, something that is not a
         regular file (a FIFO would block a reader forever, a device never ends).
         """
+        descriptor, _size = self._descriptor(relpath)
+        try:
+            os.set_blocking(descriptor, True)
+            return os.fdopen(descriptor, "rb")
+        except BaseException:
+            os.close(descriptor)
+            raise
+
+    def _descriptor(self, relpath: str) -> tuple[int, int]:
+        """Return a descriptor of ``relpath`` opened as :meth:`open` says, still non-blocking, and the file's size."""
         if os.path.isabs(relpath):
             raise OSError(f"{relpath} is an absolute path; give a path relative to the manifest, {NOT_INSIDE_HINT}")
         resolved = self._resolve(os.path.join(self.root, relpath))
@@ -64,10 +74,10 @@ class ManifestTree:
                 raise OSError(f"cannot verify where {relpath} leads (/proc is not mounted); not read") from exc
             if not self.contains(opened):
                 raise OSError(f"{relpath} leads to {opened}, outside the manifest tree {self.root}; {NOT_INSIDE_HINT}")
-            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            status = os.fstat(descriptor)
+            if not stat.S_ISREG(status.st_mode):
                 raise OSError(f"{relpath} is not a regular file")
-            os.set_blocking(descriptor, True)
-            return os.fdopen(descriptor, "rb")
+            return descriptor, status.st_size
         except BaseException:
             os.close(descriptor)
             raise
@@ -89,16 +99,28 @@ class ManifestTree:
         return os.path.realpath(path)
 
     def read(self, relpath: str, *, limit: int) -> bytes:
-        """Return the content of ``relpath`` (see :meth:`open`); refuse files over ``limit`` bytes."""
-        with self.open(relpath) as handle:
-            size = os.fstat(handle.fileno()).st_size
+        """Return the content of ``relpath`` (see :meth:`open`); refuse files over ``limit`` bytes.
+
+        Read from the descriptor itself: a file object's setup (buffering, tty and seek
+        checks) was four more system calls per file, a fifth of reading 10,000 small
+        manifests.
+        """
+        descriptor, size = self._descriptor(relpath)
+        try:
+            os.set_blocking(descriptor, True)
             if size > limit:
                 raise FileTooLarge(relpath, size, limit)
-            # Asking for the file's size, not the limit: read(limit + 1) allocated a 1 MiB
-            # buffer for every small manifest, half of reading 10,000 of them.
-            data = handle.read(size + 1)
-            if len(data) > size:  # it grew since fstat: read on, as far as the limit allows
-                data += handle.read(limit + 1 - len(data))
+            data = b""
+            wanted = size + 1  # the file's size and one byte, not the limit: a 1 MiB buffer per manifest was costly
+            while len(data) < wanted:
+                chunk = os.read(descriptor, wanted - len(data))
+                if not chunk:
+                    break
+                data += chunk
+                if len(data) == wanted and wanted <= limit:  # it grew since fstat: read on, as far as the limit allows
+                    wanted = limit + 1
+        finally:
+            os.close(descriptor)
         if len(data) > limit:  # it grew while being read
             raise FileTooLarge(relpath, len(data), limit)
         return data

@@ -130,6 +130,39 @@ def test_a_file_over_the_limit_is_refused(tree):
         manifests.TreeFiles(str(tree)).read(document("vms/web.yaml"), "big")
 
 
+def grow_after_opening(monkeypatch: pytest.MonkeyPatch, path, extra: bytes) -> None:
+    """Append ``extra`` to ``path`` right after the tree opened it and took its size: a writer racing the reader."""
+    real = manifest_tree.ManifestTree._descriptor
+
+    def open_then_grow(self, relpath):
+        opened = real(self, relpath)
+        with open(path, "ab") as handle:
+            handle.write(extra)
+        return opened
+
+    monkeypatch.setattr(manifest_tree.ManifestTree, "_descriptor", open_then_grow)
+
+
+def test_a_file_that_grows_while_read_is_read_to_its_end(tree, monkeypatch):
+    """The size taken at opening is a hint, not a cut: what was appended meanwhile is read too."""
+    (tree / "vms" / "user-data").write_bytes(b"#cloud-config\n")
+    grow_after_opening(monkeypatch, tree / "vms" / "user-data", b"x" * 100_000)
+    data = manifests.TreeFiles(str(tree)).read(document("vms/web.yaml"), "user-data")
+    assert data == b"#cloud-config\n" + b"x" * 100_000
+
+
+def test_a_file_that_grows_over_the_limit_while_read_is_refused(tree, monkeypatch):
+    (tree / "vms" / "user-data").write_bytes(b"#cloud-config\n")
+    grow_after_opening(monkeypatch, tree / "vms" / "user-data", b"x" * manifests.MAX_FILE_BYTES)
+    with pytest.raises(manifest_tree.FileTooLarge):
+        manifests.TreeFiles(str(tree)).read(document("vms/web.yaml"), "user-data")
+
+
+def test_a_file_of_exactly_the_limit_is_read(tree):
+    (tree / "vms" / "big").write_bytes(b"x" * manifests.MAX_FILE_BYTES)
+    assert len(manifests.TreeFiles(str(tree)).read(document("vms/web.yaml"), "big")) == manifests.MAX_FILE_BYTES
+
+
 def test_check_returns_the_path_relative_to_the_tree(tree):
     """An Image source is checked now and read at apply time, by its path in the tree."""
     (tree / "vms" / "disk.raw").write_bytes(b"\0" * 512)
