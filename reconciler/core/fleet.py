@@ -6,7 +6,11 @@ each host's libvirt showed (or why it could not be reached), it
 * finds where each VM runs now, and every VM marked by this fleet on two hosts (split
   brain: reported, and neither copy is started, stopped, changed, migrated or pruned),
   except the stale half of a move libvirt finished on its destination, which the source's
-  plan discards (:func:`finished_move`);
+  plan discards (:func:`finished_move`), and the copy a move left on a destination whose
+  libvirtd lost its end, which the destination's plan discards (:func:`cancelled_move`);
+* finishes the hand-over of a live move a kill cut short: a guest the move left paused on
+  its destination (:func:`held_at_hand_over`) is resumed once the host it came from is seen
+  without it;
 * decides where each VM runs (:func:`reconciler.core.placement.place`: sticky,
   capacity-aware, deterministic);
 * plans each reachable host with :func:`reconciler.core.planner.plan_changes` on its share
@@ -874,21 +878,27 @@ def is_finished_move(here: model.ObservedDomain, source: str, there: model.Obser
     return bool(left & sent)
 
 
-def cancelled_move(vm: str, on: Collection[str], reachable: Mapping[str, model.ActualState]) -> FinishedMove | None:
+@dataclass(frozen=True)
+class CancelledMove:
+    """A move of VM ``vm`` from ``source`` to ``destination`` whose end the destination's libvirtd lost, so that the
+    source kept the guest and the destination a copy that never ran: see :func:`cancelled_move`."""
+
+    vm: str
+    source: str
+    destination: str
+
+
+def cancelled_move(vm: str, on: Collection[str], reachable: Mapping[str, model.ActualState]) -> CancelledMove | None:
     """Return the move kvmops began of ``vm``, found on the hosts ``on``, whose end the destination's libvirtd lost
     while it held the guest paused at the hand-over, so that the source kept the guest: the copy on the destination
-    is the stale one (:func:`is_cancelled_move`). None when the two copies prove no such thing.
-
-    The returned :class:`FinishedMove` names the move's own source and destination; the
-    half to discard is the destination's.
-    """
+    is the stale one (:func:`is_cancelled_move`). None when the two copies prove no such thing."""
     if len(on) != 2:
         return None
     first, second = sorted(on)
     for source, destination in ((first, second), (second, first)):
         here, there = reachable[source].domains.get(vm), reachable[destination].domains.get(vm)
         if here is not None and there is not None and is_cancelled_move(here, source, there, destination):
-            return FinishedMove(vm, source, destination)
+            return CancelledMove(vm, source, destination)
     return None
 
 
@@ -921,7 +931,7 @@ def is_cancelled_move(here: model.ObservedDomain, source: str, there: model.Obse
             and (arrived.moved_from, origin.moving_to) == (source, destination))
 
 
-def _discarded_arrival(desired: model.DesiredState, move: FinishedMove,
+def _discarded_arrival(desired: model.DesiredState, move: CancelledMove,
                        reachable: Mapping[str, model.ActualState]) -> plans.ResourcePlan:
     """Return the resource, on the destination, that discards the copy a move whose end it lost left there."""
     copy = reachable[move.destination].domains[move.vm]
