@@ -88,6 +88,9 @@ _POWER = {
 # Paused only because libvirt has not finished starting it: being started, not paused by anyone. A libvirtd
 # restarted in the middle of a start shows this, then kills the domain without an event (libvirt 9.0).
 _STARTING = (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_STARTING_UP)
+# Paused by libvirt at a live migration's switch-over: on a source whose job ended without killing or resuming it
+# (its libvirtd restarted at the end of the job), the guest stopped there, never by a person.
+_PAUSED_BY_MIGRATION = (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_MIGRATION)
 _SHUTOFF_REASONS = {
     libvirt.VIR_DOMAIN_SHUTOFF_UNKNOWN: model.ShutoffReason.UNKNOWN,
     libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN: model.ShutoffReason.SHUTDOWN,
@@ -472,7 +475,8 @@ class Hypervisor:
         if live and persistent and power.active:
             with translated(f"cannot read domain {name}"):
                 live_xml = domain.XMLDesc(0) if domain.isActive() else None
-        return model.DomainRecord(name, uuid, xml, power, shutoff_reason, autostart, persistent, live_xml=live_xml)
+        return model.DomainRecord(name, uuid, xml, power, shutoff_reason, autostart, persistent, live_xml=live_xml,
+                                  paused_by_migration=(state, reason) == _PAUSED_BY_MIGRATION)
 
     def domain_record(self, name: str) -> model.DomainRecord | None:
         """Return domain ``name`` as a whole-host observation records it (live XML too when it runs), or None.
@@ -962,6 +966,35 @@ class Hypervisor:
             return True
 
     @_mutating
+    def resume_domain(self, name: str) -> bool:
+        """Resume the paused domain ``name``; return False if it was not paused.
+
+        A guest that arrived paused opens its disks for writing only now; a disk file QEMU may
+        no longer open fails the resume with a message saying what to do about it.
+        """
+        with translated(f"cannot resume domain {name}"):
+            domain = self._connection.lookupByName(name)
+            if domain.state()[0] != libvirt.VIR_DOMAIN_PAUSED:
+                return False
+            try:
+                domain.resume()
+            except libvirt.libvirtError as exc:
+                unreadable = re.search(r"Could not open '([^']+)': Permission denied", str(exc))
+                if unreadable is None:
+                    raise
+                raise errors.OperationRefused(
+                    f"cannot resume domain {name}: QEMU (user {_QEMU_USER}) may no longer open {unreadable.group(1)}. "
+                    "When a guest moves live on storage libvirt does not know to be shared, libvirt on the host it "
+                    "left hands the file's owner back as it lets go of the guest, and only its record of every user "
+                    "of the file (trusted.libvirt.security.* attributes, qemu.conf remember_owner) keeps the file "
+                    "QEMU's; that record was lost (a libvirtd killed in the middle of a move) or is off. The guest "
+                    f"waits, paused, with all its memory: give the file back (chown {_QEMU_USER}: "
+                    f"{unreadable.group(1)}), then apply again",
+                    code=exc.get_error_code(),
+                ) from exc
+            return True
+
+    @_mutating
     def destroy_domain(self, name: str) -> bool:
         """Power domain ``name`` off at once; return False if it was not running."""
         with translated(f"cannot destroy domain {name}"):
@@ -1201,6 +1234,7 @@ class Hypervisor:
         progress: Callable[[int, int | None], None] | None = None,
         shared_storage_proven: bool = False,
         copy_disks: Sequence[str] = (),
+        held_paused: bool = False,
     ) -> float:
         """Move domain ``name`` (``uuid``) to the libvirtd at ``destination_uri``; return libvirt's seconds.
 
@@ -1227,6 +1261,12 @@ class Hypervisor:
         ``copy_disks`` restricts ``LIVE_COPY_STORAGE`` to those disk targets
         (``VIR_MIGRATE_PARAM_MIGRATE_DISKS``); the others must be on shared storage.
 
+        ``held_paused`` (live modes): the destination keeps the guest paused once it has it
+        (``VIR_MIGRATE_PAUSED``), for the caller to resume once this returns, that is once
+        the source has let go of it. Without it, libvirt resumes the guest on the destination
+        before it kills the source's QEMU, and a destination libvirtd that dies in between
+        leaves it running on both: the source, not hearing the end, resumes its own copy.
+
         ``progress(processed_bytes, total_bytes)`` is called about every second from
         another thread while libvirt works.  Refuses unless the domain here still has
         ``uuid``.  libvirt errors become :mod:`reconciler.errors`: a destination libvirtd
@@ -1247,6 +1287,8 @@ class Hypervisor:
             flags |= libvirt.VIR_MIGRATE_LIVE
         if mode is MigrationMode.LIVE_COPY_STORAGE:
             flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
+        if held_paused and mode is not MigrationMode.OFFLINE:
+            flags |= libvirt.VIR_MIGRATE_PAUSED
         if mode is not MigrationMode.OFFLINE and shared_storage_proven:
             flags |= libvirt.VIR_MIGRATE_UNSAFE
         params: dict = {}

@@ -119,7 +119,7 @@ def domain(record: model.DomainRecord, by_path: dict[str, tuple[str, str]] | Non
     """
     common = dict(
         name=record.name, uuid=record.uuid, power=record.power, shutoff_reason=record.shutoff_reason,
-        autostart=record.autostart, persistent=record.persistent,
+        autostart=record.autostart, persistent=record.persistent, paused_by_migration=record.paused_by_migration,
     )
     by_path = by_path or {}
     kind, found, devices = _read(record.inactive_xml)

@@ -110,6 +110,8 @@ def render_owner(owner: model.Ownership) -> ET.Element:
         element.set("movingTo", owner.moving_to)
     if owner.moved_from:
         element.set("movedFrom", owner.moved_from)
+    if owner.resume_after_move:
+        element.set("resumeAfterMove", "true")
     for volume in owner.volumes:
         record = ET.SubElement(element, _VOLUME, pool=volume.pool, name=volume.name,
                                deletionPolicy=volume.deletion_policy, created="true" if volume.created else "false")
@@ -160,6 +162,7 @@ def parse_owner(root: ET.Element) -> model.Ownership | None:
         start_pending=owner.get("startPending") == "true",
         fleet=owner.get("fleet", ""), host=owner.get("host", ""),
         moving_to=owner.get("movingTo", ""), moved_from=owner.get("movedFrom", ""),
+        resume_after_move=owner.get("resumeAfterMove") == "true",
         roster=parse_roster(root),
         left_behind=tuple(model.LeftBehind(left.get("host", ""), left.get("pool", ""), left.get("name", ""))
                           for left in owner.findall(_LEFT_BEHIND)),

@@ -6,7 +6,11 @@ each host's libvirt showed (or why it could not be reached), it
 * finds where each VM runs now, and every VM marked by this fleet on two hosts (split
   brain: reported, and neither copy is started, stopped, changed, migrated or pruned),
   except the stale half of a move libvirt finished on its destination, which the source's
-  plan discards (:func:`finished_move`);
+  plan discards (:func:`finished_move`), and the copy a move left on a destination whose
+  libvirtd lost its end, which the destination's plan discards (:func:`cancelled_move`);
+* finishes the hand-over of a live move a kill cut short: a guest the move left paused on
+  its destination (:func:`held_at_hand_over`) is resumed once the host it came from is seen
+  without it;
 * decides where each VM runs (:func:`reconciler.core.placement.place`: sticky,
   capacity-aware, deterministic);
 * plans each reachable host with :func:`reconciler.core.planner.plan_changes` on its share
@@ -344,7 +348,14 @@ def plan_fleet(
     # A move libvirt finished on its destination whose end its source never saw: the source's half is discarded
     # (first step of a resource of the source's plan), and the VM counts as where it runs.
     finished = {vm: move for vm, on in found.items() if (move := finished_move(vm, on, reachable)) is not None}
-    found = {vm: ({finished[vm].destination} if vm in finished else on) for vm, on in found.items()}
+    # A move whose destination's libvirtd lost its end while holding the guest paused: the source kept the guest,
+    # the destination's copy is discarded (a resource of its plan), and the VM counts as where it runs.
+    cancelled = {vm: move for vm, on in found.items()
+                 if vm not in finished and (move := cancelled_move(vm, on, reachable)) is not None}
+    found = {vm: ({finished[vm].destination} if vm in finished else {cancelled[vm].source} if vm in cancelled else on)
+             for vm, on in found.items()}
+    # A guest a live move left paused at its hand-over: resumed where it is (or held, said why), not moved again yet.
+    hand_overs = _hand_overs(desired, reachable, found, finished)
     split = tuple(SplitBrain(vm, tuple(sorted(on))) for vm, on in sorted(found.items()) if len(on) > 1)
     for brain in split:
         problems.append(_split_brain_problem(desired, brain, fleet, reachable, source=desired.source))
@@ -375,7 +386,7 @@ def plan_fleet(
         located, unreachable=frozenset(unreachable) - dead, evacuate=dead,
     )
     problems.extend(placed.problems)
-    migrating = {move.vm: move for move in placed.moves if move.source in reachable}
+    migrating = {move.vm: move for move in placed.moves if move.source in reachable and move.vm not in hand_overs}
 
     host_settings = dataclasses.replace(
         settings, fleet=fleet, roster=roster,
@@ -397,6 +408,8 @@ def plan_fleet(
                                                       moving=frozenset(migrating))
                 if cleanup.resource.name not in finished or cleanup.source != finished[cleanup.resource.name].source]
     cleanups += [_OwedCleanup(move.source, _discarded_half(desired, move, reachable)) for move in finished.values()]
+    cleanups += [_OwedCleanup(move.destination, _discarded_arrival(desired, move, reachable))
+                 for move in cancelled.values()]
     for move in sorted(migrating.values(), key=lambda m: m.vm):
         leaving.setdefault(move.source, []).append(
             _migration(desired, move, reachable[move.source], hosts, fleet, settings, roster=roster))
@@ -413,9 +426,12 @@ def plan_fleet(
         actual = reachable[name]
         incoming = [move.vm for move in migrating.values() if move.destination == name]
         departing = [move.vm for move in migrating.values() if move.source == name]
-        discarded = frozenset(vm for vm, move in finished.items() if move.source == name)
-        held = frozenset(departing) | frozenset(vm for vm in split_names if name in found.get(vm, ())) | discarded
-        local_vms = [vm for vm in assigned if vm not in incoming]
+        discarded = (frozenset(vm for vm, move in finished.items() if move.source == name)
+                     | frozenset(vm for vm, move in cancelled.items() if move.destination == name))
+        handed = frozenset(vm for vm, settled in hand_overs.items() if settled.source == name)
+        held = (frozenset(departing) | frozenset(vm for vm in split_names if name in found.get(vm, ())) | discarded
+                | handed)
+        local_vms = [vm for vm in assigned if vm not in incoming and vm not in handed]
         subset = host_share(desired, host, local_vms, uses=[*incoming, *departing, *(vm for vm in held if vm in desired.vms)],
                             present=[network.name for network in actual.networks.values()
                                      if network.owned and network.definition is not None
@@ -425,7 +441,7 @@ def plan_fleet(
         plan = planner.plan_changes(subset, seen, settings=dataclasses.replace(host_settings, host=name, held=held))
         if borrowed:
             plan = _note_borrowed(plan, subset, borrowed)
-        owed = [cleanup for cleanup in cleanups if cleanup.source == name]
+        owed = [cleanup for cleanup in (*cleanups, *hand_overs.values()) if cleanup.source == name]
         if owed:
             plan = dataclasses.replace(plan, resources=(*plan.resources, *(c.resource for c in owed)))
         if leaving.get(name):
@@ -679,7 +695,8 @@ def _ours(reachable: Mapping[str, model.ActualState], fleet: str) -> dict[str, s
 
 @dataclass(frozen=True)
 class _OwedCleanup:
-    """The copies a finished move left on host ``source``, as a resource of that host's plan."""
+    """What a move still owes host ``source``, as a resource of that host's plan: the copies a finished move left
+    there, or the end of a hand-over (the guest resumed)."""
 
     source: str
     resource: plans.ResourcePlan
@@ -823,7 +840,9 @@ def is_finished_move(here: model.ObservedDomain, source: str, there: model.Obser
     which libvirt finished there: ``there`` is the guest.
 
     Proven when all of this holds: both are the same domain (name and UUID) with bound
-    marks; ``there`` runs, persistently defined, its mark naming its own host; ``here`` does
+    marks; ``there`` runs, persistently defined, its mark naming its own host (or is held
+    paused at the move's hand-over, :func:`held_at_hand_over`, while ``here`` is still paused
+    by that migration's switch-over); ``here`` does
     not run (paused or shut off), its mark naming its own host; and the marks record that
     very move, one of two ways:
 
@@ -836,14 +855,18 @@ def is_finished_move(here: model.ObservedDomain, source: str, there: model.Obser
       ``here`` copies kvmops was sending to ``destination`` before the move began, some of
       them the very ones ``there`` records as left here.
 
-    The stale half never ran after the switch-over and the running one is the guest:
-    discarding the stale half finishes the move as libvirt would have.
+    The stale half never ran after the switch-over and the other one is the guest:
+    discarding the stale half finishes the move as libvirt would have (and then resuming
+    the guest held at the hand-over, as kvmops would have).
     """
     arrived = there.definition.owner if there.definition is not None else None
     stale = here.definition.owner if here.definition is not None else None
     if (arrived is None or stale is None or (here.name, here.uuid) != (there.name, there.uuid)
-            or there.power is not model.PowerState.RUNNING or not there.persistent
+            or not there.persistent
             or here.power not in (model.PowerState.PAUSED, model.PowerState.SHUTOFF)
+            # a guest held at the hand-over is the guest only if the source's half stopped at the same switch-over
+            # and never ran since: paused by the migration, not paused (or shut off) by a person later
+            or not (there.power is model.PowerState.RUNNING or (held_at_hand_over(there) and here.paused_by_migration))
             or arrived.binding(there.name, there.uuid) is not model.MarkBinding.BOUND
             or stale.binding(here.name, here.uuid) is not model.MarkBinding.BOUND
             or (arrived.host, stale.host) != (destination, source)):
@@ -853,6 +876,136 @@ def is_finished_move(here: model.ObservedDomain, source: str, there: model.Obser
     left = {(record.pool, record.name) for record in arrived.left_behind if record.host == source}
     sent = {(record.pool, record.name) for record in stale.sending if record.host == destination}
     return bool(left & sent)
+
+
+@dataclass(frozen=True)
+class CancelledMove:
+    """A move of VM ``vm`` from ``source`` to ``destination`` whose end the destination's libvirtd lost, so that the
+    source kept the guest and the destination a copy that never ran: see :func:`cancelled_move`."""
+
+    vm: str
+    source: str
+    destination: str
+
+
+def cancelled_move(vm: str, on: Collection[str], reachable: Mapping[str, model.ActualState]) -> CancelledMove | None:
+    """Return the move kvmops began of ``vm``, found on the hosts ``on``, whose end the destination's libvirtd lost
+    while it held the guest paused at the hand-over, so that the source kept the guest: the copy on the destination
+    is the stale one (:func:`is_cancelled_move`). None when the two copies prove no such thing."""
+    if len(on) != 2:
+        return None
+    first, second = sorted(on)
+    for source, destination in ((first, second), (second, first)):
+        here, there = reachable[source].domains.get(vm), reachable[destination].domains.get(vm)
+        if here is not None and there is not None and is_cancelled_move(here, source, there, destination):
+            return CancelledMove(vm, source, destination)
+    return None
+
+
+def is_cancelled_move(here: model.ObservedDomain, source: str, there: model.ObservedDomain, destination: str) -> bool:
+    """Return whether ``there`` (on host ``destination``) is the copy a live move of ``here`` from host ``source``
+    left when the destination's libvirtd died at the end of the job: the source, never hearing that end, resumed its
+    own copy (libvirt's cancellation), and the destination's copy never ran after the switch-over.
+
+    Proven when all of this holds: both are the same domain (name and UUID) with bound marks,
+    each naming its own host; ``there`` is persistently defined, records coming from
+    ``source`` and the hand-over still pending (``resume_after_move``), and does not run:
+    shut off (its restarted libvirtd killed a guest whose CPUs never started) or paused;
+    ``here`` records the move to ``destination`` begun (``moving_to``); and ``here`` is the
+    guest: not paused at that switch-over while ``there`` is held paused (that pair is a move
+    libvirt finished, :func:`is_finished_move`).
+
+    Only kvmops resumes a guest held at the hand-over, only once the source no longer holds
+    it, and drops the record right after: a copy still recording it, while the source holds
+    the guest, was never resumed. Discarding it loses nothing the guest wrote.
+    """
+    arrived = there.definition.owner if there.definition is not None else None
+    origin = here.definition.owner if here.definition is not None else None
+    return (arrived is not None and origin is not None and (here.name, here.uuid) == (there.name, there.uuid)
+            and there.persistent and arrived.resume_after_move
+            and there.power in (model.PowerState.PAUSED, model.PowerState.SHUTOFF)
+            and not (there.power is model.PowerState.PAUSED and here.paused_by_migration)
+            and arrived.binding(there.name, there.uuid) is model.MarkBinding.BOUND
+            and origin.binding(here.name, here.uuid) is model.MarkBinding.BOUND
+            and (arrived.host, origin.host) == (destination, source)
+            and (arrived.moved_from, origin.moving_to) == (source, destination))
+
+
+def _discarded_arrival(desired: model.DesiredState, move: CancelledMove,
+                       reachable: Mapping[str, model.ActualState]) -> plans.ResourcePlan:
+    """Return the resource, on the destination, that discards the copy a move whose end it lost left there."""
+    copy = reachable[move.destination].domains[move.vm]
+    spec = desired.vms.get(move.vm)
+    how = "destroyed (paused) and undefined" if copy.power.active else "undefined"
+    change = FieldChange(f"its copy on {move.destination}", copy.power.value, None, Impact.LIVE, note=(
+        f"a move of {move.vm} from {move.source} lost its end on {move.destination} (its libvirtd died as it held the "
+        f"guest paused for kvmops to resume): {move.source} kept the guest, and this copy never ran: {how}, its "
+        f"volumes kept; the guest on {move.source} is not touched"))
+    return plans.ResourcePlan(
+        kind="VirtualMachine", name=move.vm, actions=(Action.UPDATE,), changes=(change,),
+        steps=(plans.DiscardCancelledArrival(move.vm, copy.uuid, move.source, move.destination),),
+        manifest=spec.manifest if spec is not None else copy.definition.owner.manifest,
+    )
+
+
+def held_at_hand_over(domain: model.ObservedDomain) -> bool:
+    """Return whether ``domain`` is a guest a live move left paused at its hand-over, for kvmops to resume.
+
+    libvirt moves a running guest paused (``VIR_MIGRATE_PAUSED``) and kvmops resumes it only
+    once the source has let go of it: a destination libvirtd that dies as it finishes the
+    job can then never leave the guest running on both hosts (the source resumes its own
+    copy when it does not hear the end). The definition the move gives the destination
+    records it (:attr:`Ownership.resume_after_move <reconciler.core.model.Ownership.resume_after_move>`);
+    a domain paused with that record, bound to it, was paused by the move, not by a person.
+    """
+    owner = domain.definition.owner if domain.definition is not None else None
+    return (domain.power is model.PowerState.PAUSED and owner is not None and owner.resume_after_move
+            and owner.binding(domain.name, domain.uuid) is model.MarkBinding.BOUND)
+
+
+def _hand_overs(desired: model.DesiredState, reachable: Mapping[str, model.ActualState],
+                found: Mapping[str, set[str]], finished: Collection[str]) -> dict[str, _OwedCleanup]:
+    """Return, for each desired VM found on one host only whose mark still records a move's hand-over, the resource
+    of that host's plan that settles it: the guest held paused is resumed, and the record dropped.
+
+    Only once the host the move left (``moved_from``) is seen not to hold the VM: while it
+    cannot be seen, libvirt may still hold a copy there, and the guest stays paused (the
+    resource says why). A record left on a guest that runs or is shut off (kvmops died
+    between resuming it and dropping the record, or the guest went down since) is only
+    dropped, so that a later pause by a person is never undone.
+    """
+    settled: dict[str, _OwedCleanup] = {}
+    for vm, on in sorted(found.items()):
+        if len(on) != 1 or vm in finished or vm not in desired.vms:
+            continue
+        (host,) = on
+        domain = reachable[host].domains[vm]
+        owner = domain.definition.owner if domain.definition is not None else None
+        if (owner is None or not owner.resume_after_move
+                or owner.binding(domain.name, domain.uuid) is not model.MarkBinding.BOUND):
+            continue
+        spec = desired.vms[vm]
+        source = owner.moved_from
+        held = held_at_hand_over(domain)
+        if source in reachable and source != host:
+            change = FieldChange("power", domain.power.value, "running", Impact.LIVE, note=(
+                f"a live move from {source} left it paused at the hand-over, and {source} no longer holds it: "
+                "resumed (kvmops' own end of the move)")) if held else FieldChange(
+                "hand-over record", "present", None, Impact.LIVE, note=(
+                    f"the record of its move from {source} stays in its mark while it is {domain.power.value}; "
+                    "dropped, so that a pause by a person is never undone"))
+            resource = plans.ResourcePlan(
+                kind="VirtualMachine", name=vm, actions=(Action.UPDATE,), changes=(change,),
+                steps=(plans.ResumeMovedDomain(vm, domain.uuid, host, source),), manifest=spec.manifest)
+        else:
+            why = (f"host {source} is not reachable" if source in desired.hosts else
+                   f"no Host manifest declares {source or 'the host it came from'}")
+            resource = plans.ResourcePlan(kind="VirtualMachine", name=vm, manifest=spec.manifest, notes=(
+                f"held {domain.power.value}: a live move from {source or '?'} left it paused at the hand-over, and "
+                f"{why}; kvmops resumes it once it sees that host no longer holds it (libvirt may hold a copy there "
+                f"that runs). If that host is gone for good, resume it yourself (virsh resume {vm})",))
+        settled[vm] = _OwedCleanup(host, resource)
+    return settled
 
 
 def _discarded_half(desired: model.DesiredState, move: FinishedMove,
@@ -869,10 +1022,19 @@ def _discarded_half(desired: model.DesiredState, move: FinishedMove,
         f"libvirt finished moving {move.vm} to {move.destination}, which runs it with the definition the move gave it, "
         f"but {move.source}'s libvirtd did not end the job there (it died or restarted at that moment) and still holds "
         f"its half: {how}; the guest on {move.destination} is not touched"))
+    resumed: tuple[plans.Step, ...] = ()
+    changes = [change]
+    if held_at_hand_over(domain):
+        # kvmops' own end of the move, before the stale half goes: destroying that half first hands the disks'
+        # ownership back (libvirt's labels), and the guest, not yet running, could not open them to resume (seen
+        # on the lab). The stale half stays paused meanwhile: libvirt stopped it at the switch-over for good.
+        resumed = (plans.ResumeMovedDomain(move.vm, domain.uuid, move.destination, move.source),)
+        changes.append(FieldChange(f"power on {move.destination}", domain.power.value, "running", Impact.LIVE, note=(
+            "the move left it paused at the hand-over: resumed, then its half here is discarded")))
     return plans.ResourcePlan(
         kind="VirtualMachine", name=move.vm, actions=(Action.UPDATE,),
-        changes=(change, *(cleanup.changes if cleanup else ())),
-        steps=(plans.DiscardMovedSource(move.vm, domain.uuid, move.source, move.destination),
+        changes=(*changes, *(cleanup.changes if cleanup else ())),
+        steps=(*resumed, plans.DiscardMovedSource(move.vm, domain.uuid, move.source, move.destination),
                *(cleanup.steps if cleanup else ())),
         manifest=spec.manifest if spec is not None else domain.definition.owner.manifest,
         notes=cleanup.notes if cleanup else (),
@@ -932,7 +1094,17 @@ def _split_brain_problem(desired: model.DesiredState, brain: SplitBrain, fleet: 
     incoming = [host for host in brain.hosts
                 if not reachable[host].domains[brain.vm].persistent
                 and reachable[host].domains[brain.vm].power is model.PowerState.PAUSED]
-    if len(incoming) == 1 and len(brain.hosts) == 2:
+    handed = [host for host in brain.hosts if held_at_hand_over(reachable[host].domains[brain.vm])
+              and reachable[host].domains[brain.vm].definition.owner.moved_from in brain.hosts]
+    if len(handed) == 1 and len(brain.hosts) == 2 and not incoming:
+        (other,) = [host for host in brain.hosts if host not in handed]
+        message = (
+            f"VM {brain.vm} is being handed over from {other} to {handed[0]}: libvirt has moved it, paused on "
+            f"{handed[0]} until {other} lets go of it (or resumes it, if the move failed at its end); nothing is done "
+            "to either copy while both hold it: plan again in a moment, and if this stays, keep the copy that runs "
+            f"and remove the other yourself"
+        )
+    elif len(incoming) == 1 and len(brain.hosts) == 2:
         # libvirt's own job: the destination holds a paused, transient copy until the job ends
         (other,) = [host for host in brain.hosts if host not in incoming]
         message = (
@@ -1096,12 +1268,16 @@ def _migration(
     # a crash before their deletion leaves that record, and the next pass finishes it.
     left_behind = tuple(dict.fromkeys((*owner.left_behind,
                                        *(model.LeftBehind(move.source, pool, volume) for pool, volume in deleted))))
+    # a running guest moved live is held paused at the hand-over until its source has let go of it
+    held_paused = mode is not plans.MigrationMode.OFFLINE and domain.power is model.PowerState.RUNNING
     xml = domxml.remark(domain.xml, dataclasses.replace(
         owner, manifest=spec.manifest, digest=spec.digest, fleet=fleet, host=move.destination, left_behind=left_behind,
         # a partial copy an earlier move began on a third host stays recorded, so the next pass can remove it
         sending=tuple(sent for sent in owner.sending if sent.host not in (move.destination, move.source)),
         # the proof, with the source's record of this move begun, that a half left on the source is stale
         moving_to="", moved_from=move.source,
+        # a running guest is held paused at the hand-over until its source has let go of it
+        resume_after_move=held_paused,
         roster=roster or owner.roster,
     ))
     if restart is not None:
@@ -1120,6 +1296,9 @@ def _migration(
     sent = [f"{p}/{v}" for p, v in moved.sends] + (["the UEFI NVRAM (libvirt does not carry it)"] if nvram else [])
     if sent:
         notes.append(f"copied by kvmops before the move: {', '.join(sent)}")
+    if held_paused:
+        notes.append(f"the guest stands still from the switch-over until {move.source} has let go of it (libvirt keeps "
+                     f"it paused on {move.destination}, kvmops resumes it): it never runs on both hosts")
     if moved.shared:
         notes.append(f"on shared storage, not copied: pool {', '.join(moved.shared)}")
     if moved.shared_files:
@@ -1149,7 +1328,7 @@ def _migration(
             destination_uri=destination.uri, mode=mode, xml=xml, copies=moved.copies, sends=moved.sends,
             shared_files=moved.shared_files, media=moved.media, stop_first=restart is not None,
             start_after=restart is not None, shutdown_timeout=timeout if restart is not None else 0.0,
-            nvram=nvram, replaces=replaces,
+            nvram=nvram, replaces=replaces, held_paused=held_paused,
         ), *cleanups),
         manifest=spec.manifest, notes=tuple(notes), requires=tuple(dict.fromkeys(requires)),
     )

@@ -575,6 +575,12 @@ class Ownership:
     # The Host the move that brought this domain here left (the definition kvmops gives a
     # move records it; a later move replaces it): "" when it never moved, or before it existed.
     moved_from: str = field(default="", compare=False)
+    # The hand-over of a live move: libvirt leaves the guest paused on the destination
+    # (VIR_MIGRATE_PAUSED) and kvmops resumes it only once the source has let go of it, so
+    # libvirt can never run it on both hosts. Written into the definition the move gives the
+    # destination, dropped once the guest runs there: a paused domain with this record was
+    # paused by the move, not by a person, and the next pass resumes it (core.fleet).
+    resume_after_move: bool = field(default=False, compare=False)
     # The fleet's roster: every Host name the fleet had when kvmops last wrote this mark, sorted
     # ("" outside a fleet). A name here that no Host manifest declares is a missing host
     # (core.fleet): its VMs may run there unseen. Kept current by the fleet's own step, not by
@@ -699,6 +705,7 @@ class ObservedDomain:
     nics: tuple[NicDevice, ...] = ()  # of any domain, foreign ones too: MACs in use, networks in use
     storage: tuple[tuple[str, str], ...] = ()  # of any domain: (pool, volume) or ("", file path) its disks use
     copied_mark: Ownership | None = None  # a kvmops mark written for another domain: this one is foreign
+    paused_by_migration: bool = False  # paused by libvirt at a live migration's switch-over, not by a person
 
 
 @dataclass(frozen=True)
@@ -773,6 +780,8 @@ class DomainRecord:
     autostart: bool
     persistent: bool
     live_xml: str | None = None
+    # paused by libvirt at a live migration's switch-over (and left so: its job ended without it)
+    paused_by_migration: bool = False
 
 
 @dataclass(frozen=True)

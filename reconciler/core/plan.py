@@ -357,6 +357,12 @@ class MigrateDomain(Step):
     prove a move libvirt finished on the destination whose end the source's libvirtd lost
     (:func:`reconciler.core.fleet.is_finished_move`), even one that copied nothing.
 
+    ``held_paused`` (a running guest moved live): libvirt leaves the guest paused on the
+    destination (``VIR_MIGRATE_PAUSED``) and the executor resumes it once libvirt's job has
+    returned, the source's copy gone, then drops the record ``xml`` keeps of it
+    (:attr:`~reconciler.core.model.Ownership.resume_after_move`). So libvirt can never run
+    the guest on both hosts (see :func:`reconciler.core.fleet.held_at_hand_over`).
+
     ``stop_first``: the guest runs but cannot move live, so it is shut down first
     (gracefully, forcibly after ``shutdown_timeout`` seconds) and moved offline;
     ``start_after``: it is started on the destination once there.
@@ -379,6 +385,7 @@ class MigrateDomain(Step):
     shutdown_timeout: float = 0.0
     nvram: bool = False
     replaces: tuple[tuple[str, str], ...] = ()
+    held_paused: bool = False
 
     def describe(self) -> str:
         how = "stopped, moved offline, started again" if self.stop_first else self.mode.value
@@ -463,6 +470,49 @@ class DiscardMovedSource(Step):
 
     def describe(self) -> str:
         return f"discard the half of {self.name} its move to {self.destination} left on {self.source}"
+
+
+@dataclass(frozen=True)
+class DiscardCancelledArrival(Step):
+    """Remove from this host, ``destination``, the copy of domain ``name`` (``uuid``) that a live move from ``source``
+    left here when this host's libvirtd died at the end of the job, holding the guest paused for kvmops to resume:
+    the source kept the guest (see :func:`reconciler.core.fleet.is_cancelled_move`, checked again at the last
+    moment). Destroyed if it is still active (paused), then undefined; its volumes and UEFI NVRAM stay, as copies the
+    source's mark records (the next move replaces them, or the fleet's cleanup of abandoned copies deletes them).
+    """
+
+    kind: ClassVar[str] = "discard_cancelled_arrival"
+    name: str
+    uuid: str
+    source: str
+    destination: str
+
+    def describe(self) -> str:
+        return f"discard the copy of {self.name} its unfinished move from {self.source} left on {self.destination}"
+
+
+@dataclass(frozen=True)
+class ResumeMovedDomain(Step):
+    """End the hand-over of a live move of domain ``name`` (``uuid``) from host ``source`` to host ``host``: resume the
+    guest libvirt left paused there (``VIR_MIGRATE_PAUSED``), then drop the record of the hand-over from its mark.
+
+    Only while its mark still records the hand-over, and only once ``source`` holds no domain
+    of that UUID, or only the stale half of that very move, stopped for good by libvirt at
+    the switch-over (:func:`reconciler.core.fleet.is_finished_move`; the
+    :class:`DiscardMovedSource` that follows removes it): both checked at the last moment,
+    since any other copy there may run. A guest that no longer is paused only loses the
+    record. It runs in the plan of ``host``, or, before a :class:`DiscardMovedSource`, in
+    the plan of ``source`` (``host`` is then its peer).
+    """
+
+    kind: ClassVar[str] = "resume_moved_domain"
+    name: str
+    uuid: str
+    host: str
+    source: str
+
+    def describe(self) -> str:
+        return f"resume {self.name} on {self.host}, held paused at the hand-over of its move from {self.source}"
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ def to_data(snapshot: Snapshot) -> dict:
             "persistent": record.persistent,
             "inactive_xml": record.inactive_xml if owned else None,
             "live_xml": record.live_xml if owned else None,
+            **({"paused_by_migration": True} if record.paused_by_migration else {}),
             **({} if owned else {"storage": _storage(record)}),
         })
     host = observation.host
@@ -94,7 +95,7 @@ def from_data(data: object) -> Snapshot:
                 power=model.PowerState(entry["power"]),
                 shutoff_reason=model.ShutoffReason(reason) if reason else None,
                 autostart=bool(entry["autostart"]), persistent=bool(entry.get("persistent", True)),
-                live_xml=entry.get("live_xml"),
+                live_xml=entry.get("live_xml"), paused_by_migration=bool(entry.get("paused_by_migration", False)),
             ))
         observation = model.Observation(
             host=model.HostInfo(

@@ -613,6 +613,11 @@ def _migrate_domain(source: hv.Hypervisor, hosts: Mapping[str, hv.Hypervisor], s
     power = source.domain_power(step.name)[0]
     if live and not power.active:
         raise errors.OperationRefused(f"domain {step.name} is not running; a live migration needs it running. Plan again")
+    if step.held_paused and power is not model.PowerState.RUNNING:
+        raise errors.OperationRefused(
+            f"domain {step.name} is {power.value}; the plan moves it running and resumes it on {step.destination}, "
+            "which would undo that. Plan again"
+        )
     if not live and not step.stop_first and power is not model.PowerState.SHUTOFF:
         raise errors.OperationRefused(
             f"domain {step.name} is {power.value}; an offline migration moves a shut-off domain only. Plan again"
@@ -649,7 +654,8 @@ def _migrate_domain(source: hv.Hypervisor, hosts: Mapping[str, hv.Hypervisor], s
                      total_bytes=total, progress=share)
 
         seconds = source.migrate(step.name, step.uuid, step.destination_uri, step.mode, xml=step.xml or None,
-                                 progress=progress, shared_storage_proven=proven, copy_disks=step.copies)
+                                 progress=progress, shared_storage_proven=proven, copy_disks=step.copies,
+                                 held_paused=step.held_paused)
     except errors.KvmopsError:
         if destination.domain_name_by_uuid(step.uuid) is None:  # our copies, unused: nothing refers to them
             with contextlib.suppress(errors.KvmopsError):
@@ -666,6 +672,11 @@ def _migrate_domain(source: hv.Hypervisor, hosts: Mapping[str, hv.Hypervisor], s
                     source.start_domain(step.name)
         raise
     _verify_moved(source, destination, step)
+    resumed = ""
+    if step.held_paused:  # libvirt's job has returned: the source's copy is gone (verified), the guest may run
+        began = time.monotonic()
+        _end_hand_over(destination, step.name)
+        resumed = f", resumed there {(time.monotonic() - began) * 1000:.0f} ms later"
     started = ""
     if step.start_after:
         started = "; started there" if destination.start_domain(step.name) else "; already running there"
@@ -674,9 +685,47 @@ def _migrate_domain(source: hv.Hypervisor, hosts: Mapping[str, hv.Hypervisor], s
     if model.NVRAM in sent:
         copies += ", its UEFI NVRAM copied by kvmops"
     if live:
-        return f"{step.mode.value} migration by libvirt in {seconds * 1000:.0f} ms{copies}; runs on {step.destination}"
+        return (f"{step.mode.value} migration by libvirt in {seconds * 1000:.0f} ms{copies}{resumed}; "
+                f"runs on {step.destination}")
     return (f"{'stopped (' + stopped + '), ' if stopped else ''}offline migration by libvirt in {seconds * 1000:.0f} ms"
             f"{copies}; defined on {step.destination}{started}")
+
+
+def _end_hand_over(h: hv.Hypervisor, name: str) -> bool:
+    """Resume domain ``name``, held paused at the hand-over of its move, then drop that record from its mark; return
+    whether it was paused. In that order: a kill in between leaves the record on a running guest, which the next
+    pass drops (:class:`~reconciler.core.plan.ResumeMovedDomain`); the other order would leave it paused for good."""
+    resumed = h.resume_domain(name)
+    owner = _mark_of(h, name)
+    if owner is not None and owner.resume_after_move:
+        h.set_owner(name, dataclasses.replace(owner, resume_after_move=False))
+    return resumed
+
+
+def _resume_moved_domain(_h: hv.Hypervisor, hosts: Mapping[str, hv.Hypervisor], step: plans.ResumeMovedDomain,
+                         _cancel: threading.Event) -> str | None:
+    target = _peer(hosts, step.host)
+    if target.domain_name_by_uuid(step.uuid) != step.name:
+        raise errors.OperationRefused(
+            f"{step.host} has no domain {step.name} with UUID {step.uuid}; not resuming it. Plan again"
+        )
+    target.ensure_owned(step.name, step.uuid, bound=True)
+    owner = _mark_of(target, step.name)
+    if owner is None or not owner.resume_after_move:
+        return "its hand-over is already over"
+    source = _peer(hosts, step.source)
+    left = source.domain_name_by_uuid(step.uuid)
+    if left is not None:
+        here, there = source.domain_record(left), target.domain_record(step.name)
+        if here is None or there is None or not fleet.is_finished_move(actual.domain(here), step.source,
+                                                                      actual.domain(there), step.host):
+            raise errors.OperationRefused(
+                f"{step.source} still holds {step.name} (as {left}), which libvirt may run there: not resuming it "
+                f"on {step.host}. Plan again"
+            )
+    if _end_hand_over(target, step.name):
+        return f"resumed; {step.source} holds it no longer"
+    return f"not paused ({target.domain_power(step.name)[0].value}): the record of its hand-over dropped"
 
 
 def _check_storage(source: hv.Hypervisor, destination: hv.Hypervisor,
@@ -930,6 +979,26 @@ def _discard_moved_source(source: hv.Hypervisor, hosts: Mapping[str, hv.Hypervis
     return f"{'destroyed and ' if destroyed else ''}undefined; it runs on {step.destination}"
 
 
+def _discard_cancelled_arrival(destination: hv.Hypervisor, hosts: Mapping[str, hv.Hypervisor],
+                               step: plans.DiscardCancelledArrival, _cancel: threading.Event) -> str | None:
+    source = _peer(hosts, step.source)
+    here, there = source.domain_record(step.name), destination.domain_record(step.name)
+    if there is None:
+        return "already gone"
+    if here is None or here.uuid != step.uuid or there.uuid != step.uuid or not fleet.is_cancelled_move(
+            actual.domain(here), step.source, actual.domain(there), step.destination):
+        raise errors.OperationRefused(
+            f"{step.name} here and on {step.source} no longer prove a move from {step.source} whose end this host "
+            f"lost (the copy here held at the hand-over and never resumed, {step.source} keeping the guest); not "
+            "discarding it. Plan again"
+        )
+    destination.ensure_owned(step.name, step.uuid, bound=True)
+    destroyed = destination.destroy_domain(step.name)
+    with contextlib.suppress(errors.ObjectNotFound):  # a transient copy is gone once destroyed
+        destination.undefine_domain(step.name, keep_nvram=True)  # a copy the source's mark records: handled there
+    return f"{'destroyed and ' if destroyed else ''}undefined; the guest is on {step.source}"
+
+
 def _host_of(hosts: Mapping[str, hv.Hypervisor], hypervisor: hv.Hypervisor) -> str:
     """Return the name under which ``hosts`` knows ``hypervisor``."""
     return next((name for name, h in hosts.items() if h is hypervisor or h.uri == hypervisor.uri), "")
@@ -964,6 +1033,8 @@ _FLEET_RUNNERS: dict[type, Callable] = {
     plans.DeleteMovedVolume: _delete_moved_volume,
     plans.ForgetMovedVolume: _forget_moved_volume,
     plans.DiscardMovedSource: _discard_moved_source,
+    plans.ResumeMovedDomain: _resume_moved_domain,
+    plans.DiscardCancelledArrival: _discard_cancelled_arrival,
 }
 
 _RUNNERS: dict[type, Callable] = {
@@ -1022,5 +1093,7 @@ _EVENTS: dict[type, str] = {
     plans.DeleteMovedVolume: "moved_volume_deleted",
     plans.ForgetMovedVolume: "moved_volume_forgotten",
     plans.DiscardMovedSource: "moved_source_discarded",
+    plans.ResumeMovedDomain: "moved_domain_resumed",
+    plans.DiscardCancelledArrival: "cancelled_arrival_discarded",
     plans.RecordRoster: "roster_recorded",
 }

@@ -246,12 +246,20 @@ def move(fleet: Fleet, name: str, domain_uuid: str, mode: plans.MigrationMode, *
 
 def migration(fleet: Fleet, name: str, domain_uuid: str, mode: plans.MigrationMode, *steps: plans.Step,
               xml: str = "", source: str = "h1", destination: str = "h2", **fields) -> plans.Plan:
-    """Return the plan of ``source`` holding that migration resource (see :func:`move`)."""
+    """Return the plan of ``source`` holding that migration resource (see :func:`move`).
+
+    A running guest moved live is held paused at the hand-over, as the fleet planner moves it
+    (``held_paused=False`` moves it as libvirt does by default).
+    """
+    if "held_paused" not in fields:
+        fields["held_paused"] = (mode is not plans.MigrationMode.OFFLINE
+                                 and fleet.hosts[source].domain_power(name)[0] is model.PowerState.RUNNING)
     if not xml:
         current = fleet.hosts[source].domain_xml(name)
         owner = domxml.parse_owner(domxml.parse_tree(current))
         left = tuple(model.LeftBehind(source, s.pool, s.name) for s in steps if isinstance(s, plans.DeleteMovedVolume))
-        xml = domxml.remark(current, dataclasses.replace(owner, host=destination, left_behind=left))
+        xml = domxml.remark(current, dataclasses.replace(owner, host=destination, left_behind=left,
+                                                         resume_after_move=fields["held_paused"]))
     migrate = plans.MigrateDomain(name, domain_uuid, source, destination, fleet.hosts[destination].uri, mode, xml,
                                   **fields)
     resource = plans.ResourcePlan("VirtualMachine", name, (plans.Action.MIGRATE,), steps=(migrate, *steps))

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.adapters import hypervisor as hv
+from reconciler.core import model
 from reconciler.core import plan as plans
 from reconciler.runtime import execute
 from tests.integration.conftest import node_uri, owned_domain_xml, volume_xml
@@ -401,3 +402,66 @@ def test_a_half_whose_move_the_destination_no_longer_records_is_not_discarded(fi
     assert outcome.status == "failed"
     assert "no longer prove a move to h2 that libvirt finished there" in outcome.error
     assert hosts["h1"].domain_exists("app") and hosts["h1"].domain_power("app")[0].active
+
+
+@pytest.fixture
+def held_at_hand_over(two_hosts):
+    """``app`` as a kill of kvmops between libvirt's end of a live move from h1 to h2 and its resume leaves it: gone
+    from h1, paused on h2, its mark there recording the move from h1 and the hand-over."""
+    import dataclasses
+
+    from reconciler.core import domxml
+
+    h1, h2 = two_hosts["h1"], two_hosts["h2"]
+    h2.define_domain(domxml.remark(h1.domain_xml("app"), dataclasses.replace(
+        mark(h1), fleet="default", host="h2", moved_from="h1", resume_after_move=True)), "app")
+    h1.undefine_domain("app")
+    h2.start_domain("app")
+    h2._connection.lookupByName("app").suspend()
+    return two_hosts
+
+
+def test_a_guest_held_paused_at_the_hand_over_is_resumed_and_its_record_dropped(held_at_hand_over):
+    hosts = held_at_hand_over
+
+    outcome = run(hosts, plans.ResumeMovedDomain("app", UUID, "h2", "h1"))
+
+    assert outcome.status == "converged", outcome.error
+    assert outcome.steps[0].detail == "resumed; h1 holds it no longer"
+    assert hosts["h2"].domain_power("app")[0] is model.PowerState.RUNNING
+    assert mark(hosts["h2"]).resume_after_move is False and mark(hosts["h2"]).moved_from == "h1"
+
+
+def test_a_guest_held_at_the_hand_over_is_not_resumed_while_the_source_still_holds_it(held_at_hand_over):
+    hosts = held_at_hand_over
+    hosts["h1"].define_domain(hosts["h2"].domain_xml("app"), "app")  # (the same UUID: libvirt's copy on h1)
+
+    outcome = run(hosts, plans.ResumeMovedDomain("app", UUID, "h2", "h1"))
+
+    assert outcome.status == "failed"
+    assert "h1 still holds app" in outcome.error and "not resuming it on h2" in outcome.error
+    assert hosts["h2"].domain_power("app")[0] is model.PowerState.PAUSED
+    assert mark(hosts["h2"]).resume_after_move is True
+
+
+def test_a_guest_paused_again_after_its_hand_over_ended_stays_paused(held_at_hand_over):
+    hosts = held_at_hand_over
+    assert run(hosts, plans.ResumeMovedDomain("app", UUID, "h2", "h1")).status == "converged"
+    hosts["h2"]._connection.lookupByName("app").suspend()  # a person pauses it
+
+    outcome = run(hosts, plans.ResumeMovedDomain("app", UUID, "h2", "h1"))  # a stale plan
+
+    assert outcome.status == "converged", outcome.error
+    assert outcome.steps[0].detail == "its hand-over is already over"
+    assert hosts["h2"].domain_power("app")[0] is model.PowerState.PAUSED
+
+
+def test_a_guest_that_runs_with_the_record_of_its_hand_over_only_loses_the_record(held_at_hand_over):
+    hosts = held_at_hand_over
+    hosts["h2"]._connection.lookupByName("app").resume()  # kvmops was killed between its resume and the record
+
+    outcome = run(hosts, plans.ResumeMovedDomain("app", UUID, "h2", "h1"))
+
+    assert outcome.status == "converged", outcome.error
+    assert outcome.steps[0].detail == "not paused (running): the record of its hand-over dropped"
+    assert mark(hosts["h2"]).resume_after_move is False

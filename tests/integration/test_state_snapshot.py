@@ -267,3 +267,21 @@ def test_a_file_that_is_not_json_is_called_not_a_json_snapshot(changed, snapshot
     message = assert_one_error_line(*plan_with(changed, snapshot_file, capsys), snapshot_file)
 
     assert "JSON" in message or "snapshot" in message, message
+
+
+def test_a_domain_libvirt_paused_at_a_migrations_switch_over_is_still_so_in_a_snapshot():
+    """What proves a move's source half stale when its destination holds the guest paused (core.fleet)."""
+    from reconciler.core import model, snapshot
+
+    def record(name: str, *, by_migration: bool) -> model.DomainRecord:
+        return model.DomainRecord(name, f"7b1c2d3e-0000-4000-8000-00000000000{int(by_migration)}",
+                                  f"<domain type='qemu'><name>{name}</name></domain>", model.PowerState.PAUSED, None,
+                                  False, True, paused_by_migration=by_migration)
+
+    taken = snapshot.Snapshot(model.Observation(model.HostInfo("test:///default", ("qemu",)),
+                                                (record("moved", by_migration=True), record("held", by_migration=False)),
+                                                (), ()), "2026-12-06T00:00:00Z", "h1")
+
+    read = snapshot.from_data(json.loads(json.dumps(snapshot.to_data(taken))))
+
+    assert [(r.name, r.paused_by_migration) for r in read.observation.domains] == [("moved", True), ("held", False)]

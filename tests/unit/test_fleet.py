@@ -321,11 +321,76 @@ def test_after_a_migration_the_next_fleet_plan_is_empty():
     state = manifests(vm_yaml("web", where="{host: b}"))
     before = {"a": host_state(running_on("a", state.vms["web"]), state=state), "b": host_state(state=state)}
     (step,) = fleet.plan_fleet(state, before).migrations[0].steps
-    moved = builders.domain(domxml.parse(step.xml))
+    arrived = domxml.parse(step.xml)
+    # as the executor leaves it: resumed, the record of the hand-over dropped
+    arrived = dataclasses.replace(arrived, owner=dataclasses.replace(arrived.owner, resume_after_move=False))
+    moved = builders.domain(arrived)
     pools = ("vmstore", "everywhere")
     after = {"a": host_state(state=state, pools=pools), "b": host_state(moved, state=state, pools=pools)}
     result = fleet.plan_fleet(state, after)
     assert not result.has_changes, [(r.key, r.changes) for h in result.hosts for r in h.plan.changes]
+
+
+def test_a_running_guest_moves_live_held_paused_at_the_hand_over_and_a_shut_off_one_moves_as_it_is():
+    state = manifests(vm_yaml("web", where="{host: b}", pool="nfs"))
+    spec = state.vms["web"]
+    for power, held in ((model.PowerState.RUNNING, True), (model.PowerState.PAUSED, False),
+                        (model.PowerState.SHUTOFF, False)):
+        observed = {"a": host_state(running_on("a", spec, power=power), state=state, pools=("nfs",)),
+                    "b": host_state(state=state, pools=("nfs",))}
+        (step,) = fleet.plan_fleet(state, observed).migrations[0].steps
+        assert step.held_paused is held, power
+        assert domxml.parse(step.xml).owner.resume_after_move is held, power  # the record the next pass reads
+
+
+def held_at_hand_over(state: model.DesiredState, *, power=model.PowerState.PAUSED,
+                      moved_from: str = "a") -> model.ObservedDomain:
+    """Return web on host b as a kill of kvmops between libvirt's end of a live move and its resume leaves it."""
+    return marked(running_on("b", state.vms["web"], power=power), moved_from=moved_from, resume_after_move=True)
+
+
+def test_a_guest_a_kill_left_paused_at_the_hand_over_is_resumed_once_its_source_is_seen_without_it():
+    state = manifests(vm_yaml("web", where="{host: b}", pool="nfs"))
+    result = fleet.plan_fleet(state, {"a": host_state(state=state, pools=("nfs",)),
+                                      "b": host_state(held_at_hand_over(state), state=state, pools=("nfs",))})
+
+    assert result.problems == () and result.migrations == () and result.split_brain == ()
+    assert steps(result.host("b").plan, "web") == [plans.ResumeMovedDomain("web", builders.UUID, "b", "a")]
+    (resource,) = [r for r in result.host("b").plan.changes if r.name == "web"]
+    assert [(c.path, c.old, c.new) for c in resource.changes] == [("power", "paused", "running")]
+    assert steps(result.host("a").plan, "web") == []
+
+
+def test_a_guest_held_at_the_hand_over_stays_paused_while_the_host_it_came_from_cannot_be_seen():
+    state = manifests(vm_yaml("web", where="{host: b}", pool="nfs"))
+    result = fleet.plan_fleet(state, {"a": fleet.HostUnreachable("a", "down"),
+                                      "b": host_state(held_at_hand_over(state), state=state, pools=("nfs",))})
+
+    assert steps(result.host("b").plan, "web") == []
+    (resource,) = [r for r in result.host("b").plan.resources if r.name == "web"]
+    assert not resource.actions
+    assert "held paused" in resource.notes[0] and "host a is not reachable" in resource.notes[0]
+
+
+def test_a_guest_paused_by_a_person_after_its_move_stays_paused():
+    state = manifests(vm_yaml("web", where="{host: b}", pool="nfs"))
+    paused = marked(running_on("b", state.vms["web"], power=model.PowerState.PAUSED), moved_from="a")
+    result = fleet.plan_fleet(state, {"a": host_state(state=state, pools=("nfs",)),
+                                      "b": host_state(paused, state=state, pools=("nfs",))})
+
+    assert steps(result.host("b").plan, "web") == []
+    assert not any(r.name == "web" for h in result.hosts for r in h.plan.changes)
+
+
+def test_a_guest_that_runs_with_the_record_of_its_hand_over_only_loses_the_record():
+    state = manifests(vm_yaml("web", where="{host: b}", pool="nfs"))
+    result = fleet.plan_fleet(state, {"a": host_state(state=state, pools=("nfs",)),
+                                      "b": host_state(held_at_hand_over(state, power=model.PowerState.RUNNING),
+                                                      state=state, pools=("nfs",))})
+
+    assert steps(result.host("b").plan, "web") == [plans.ResumeMovedDomain("web", builders.UUID, "b", "a")]
+    (resource,) = [r for r in result.host("b").plan.changes if r.name == "web"]
+    assert [(c.path, c.new) for c in resource.changes] == [("hand-over record", None)]
 
 
 def every_storage(name: str) -> str:
@@ -859,6 +924,61 @@ def test_the_half_a_move_that_copied_nothing_left_on_its_source_is_discarded_and
         assert steps(result.host("a").plan, "web") == [plans.DiscardMovedSource("web", builders.UUID, "a", "b")]
         assert steps(result.host("b").plan, "web") == []  # the guest runs there, as it is: no plan change either
         assert not any(r.name == "web" for r in result.host("b").plan.changes)
+
+
+def test_a_move_whose_source_libvirtd_lost_the_end_of_the_hand_over_is_finished_and_the_guest_resumed():
+    state = manifests(vm_yaml("web", where="{host: b}", pool="nfs"))
+    here, _there = shared_move(state)
+    here = dataclasses.replace(here, paused_by_migration=True)  # stopped at the switch-over, never ran since
+    result = fleet.plan_fleet(state, shared_state(here, held_at_hand_over(state), state))
+
+    assert result.problems == () and result.split_brain == () and result.migrations == ()
+    # resumed first: destroying the stale half hands the disks back to root (libvirt's labels), and a guest not
+    # yet running could not open them to resume; the stale half, stopped for good at the switch-over, waits
+    assert steps(result.host("a").plan, "web") == [plans.ResumeMovedDomain("web", builders.UUID, "b", "a"),
+                                                   plans.DiscardMovedSource("web", builders.UUID, "a", "b")]
+    assert steps(result.host("b").plan, "web") == []
+
+
+def test_the_copy_a_move_left_on_a_destination_that_lost_the_end_of_the_hand_over_is_discarded():
+    state = manifests(vm_yaml("web", where="{host: b}", pool="nfs"))
+    kept = {  # how the source kept the guest, and how the destination's restarted libvirtd left its copy
+        "the source resumed its copy; the destination's libvirtd killed the guest it never resumed":
+            (model.PowerState.RUNNING, False, model.PowerState.SHUTOFF),
+        "the source resumed its copy; the destination still holds it paused": (model.PowerState.RUNNING, False,
+                                                                                model.PowerState.PAUSED),
+        "the source's half is paused at the switch-over, the destination's copy is gone": (model.PowerState.PAUSED,
+                                                                                           True, model.PowerState.SHUTOFF),
+        "the source's copy ran, and a person paused it since; the destination still holds it paused":
+            (model.PowerState.PAUSED, False, model.PowerState.PAUSED),
+    }
+    for case, (power, by_migration, there_power) in kept.items():
+        here, _there = shared_move(state, power=power)
+        here = dataclasses.replace(here, paused_by_migration=by_migration)
+        result = fleet.plan_fleet(state, shared_state(here, held_at_hand_over(state, power=there_power), state))
+
+        assert result.problems == () and result.split_brain == (), case
+        assert steps(result.host("b").plan, "web") == [plans.DiscardCancelledArrival("web", builders.UUID, "a", "b")], case
+        (resource,) = [r for r in result.host("b").plan.changes if r.name == "web"]
+        assert "a kept the guest, and this copy never ran" in resource.changes[0].note, case
+        (move,) = result.migrations  # and the move is tried again, once the copy is gone (migrations run after)
+        assert [type(step) for step in move.steps] == [plans.MigrateDomain], case
+
+
+def test_two_copies_that_prove_no_move_cancelled_at_its_end_stay_a_split_brain():
+    state = manifests(vm_yaml("web", where="{host: b}", pool="nfs"))
+    here, _there = shared_move(state, power=model.PowerState.RUNNING)
+    cases = {
+        "the destination's copy runs": (here, held_at_hand_over(state, power=model.PowerState.RUNNING)),
+        "the destination's copy records no hand-over": (here, marked(running_on("b", state.vms["web"], power=model.PowerState.PAUSED),
+                                                                     moved_from="a")),
+        "the source's mark records no move to b": (marked(here, moving_to=""), held_at_hand_over(state)),
+        "the destination's copy came from another host": (here, held_at_hand_over(state, moved_from="c")),
+    }
+    for case, (source_half, destination_half) in cases.items():
+        result = fleet.plan_fleet(state, shared_state(source_half, destination_half, state))
+        assert result.split_brain == (fleet.SplitBrain("web", ("a", "b")),), case
+        assert steps(result.host("a").plan, "web") == [] and steps(result.host("b").plan, "web") == [], case
 
 
 def test_halves_of_a_move_without_copies_whose_records_do_not_name_that_very_move_stay_a_split_brain():

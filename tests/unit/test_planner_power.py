@@ -101,6 +101,17 @@ def test_paused_domain_gets_a_note_and_is_left_paused():
     assert any("virsh resume" in note for note in vm.notes)
 
 
+def test_a_domain_a_migration_left_paused_is_left_paused_and_the_note_says_why_and_what_to_check():
+    """libvirt pauses a guest at a live migration's switch-over; a job ended without finishing can leave it so."""
+    import dataclasses
+
+    spec = b.vm("web", disks=(b.disk(),))
+    domain = dataclasses.replace(b.domain(b.definition(spec), power=P.PAUSED), paused_by_migration=True)
+    (vm,) = planner.plan_changes(b.desired(spec), b.actual(domain, volumes=b.volumes_of(spec))).resources
+    assert vm.steps == ()
+    assert any("paused by a migration" in note and "no other host runs it" in note for note in vm.notes)
+
+
 def test_domain_in_transition_is_left_for_the_next_pass():
     """A domain shutting down or saving is not started or stopped in the middle of it."""
     vm = power_steps(S.ALWAYS, P.TRANSITIONAL)

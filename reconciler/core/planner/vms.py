@@ -240,7 +240,10 @@ class VMPlanBuilder(VMStorage, VMDefinition, VMDiff):
         if domain.power is model.PowerState.TRANSITIONAL:
             self.notes.append("domain is in transition (being started, shutting down or saving); the next pass decides its power")
             return False
-        if domain.power is model.PowerState.PAUSED and strategy is not model.RunStrategy.HALTED:
+        if domain.power is model.PowerState.PAUSED and domain.paused_by_migration:
+            self.notes.append("domain is paused by a migration that libvirt ended without finishing it; kvmops leaves "
+                              "it alone: check that no other host runs it, then virsh resume it")
+        elif domain.power is model.PowerState.PAUSED and strategy is not model.RunStrategy.HALTED:
             self.notes.append("domain is paused; kvmops leaves paused domains alone (virsh resume to continue)")
         if domain.power.active:
             return False
