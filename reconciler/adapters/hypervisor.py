@@ -91,6 +91,8 @@ _STARTING = (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_STARTING_UP)
 # Paused by libvirt at a live migration's switch-over: on a source whose job ended without killing or resuming it
 # (its libvirtd restarted at the end of the job), the guest stopped there, never by a person.
 _PAUSED_BY_MIGRATION = (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_MIGRATION)
+# The code of libvirt's refusal to move a guest live whose disks are on storage it does not know to be shared.
+UNKNOWN_SHARED_STORAGE = libvirt.VIR_ERR_MIGRATE_UNSAFE
 _SHUTOFF_REASONS = {
     libvirt.VIR_DOMAIN_SHUTOFF_UNKNOWN: model.ShutoffReason.UNKNOWN,
     libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN: model.ShutoffReason.SHUTDOWN,
@@ -1266,6 +1268,12 @@ class Hypervisor:
         the source has let go of it. Without it, libvirt resumes the guest on the destination
         before it kills the source's QEMU, and a destination libvirtd that dies in between
         leaves it running on both: the source, not hearing the end, resumes its own copy.
+        Only where libvirt knows every disk it does not copy to be on shared storage: there it
+        leaves the disk files' owners alone as the source lets go. On storage it does not know
+        (``shared_storage_proven``) the source hands each file back to root first, and the
+        guest, which opens its disks for writing only when resumed, could not; so ``held_paused``
+        moves refuse ``VIR_MIGRATE_UNSAFE``: libvirt's refusal (code
+        :data:`UNKNOWN_SHARED_STORAGE`) tells the caller to move the guest unpaused.
 
         ``progress(processed_bytes, total_bytes)`` is called about every second from
         another thread while libvirt works.  Refuses unless the domain here still has
@@ -1289,7 +1297,7 @@ class Hypervisor:
             flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
         if held_paused and mode is not MigrationMode.OFFLINE:
             flags |= libvirt.VIR_MIGRATE_PAUSED
-        if mode is not MigrationMode.OFFLINE and shared_storage_proven:
+        if mode is not MigrationMode.OFFLINE and shared_storage_proven and not held_paused:
             flags |= libvirt.VIR_MIGRATE_UNSAFE
         params: dict = {}
         if mode is MigrationMode.LIVE_COPY_STORAGE and copy_disks:

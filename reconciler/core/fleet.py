@@ -1298,7 +1298,9 @@ def _migration(
         notes.append(f"copied by kvmops before the move: {', '.join(sent)}")
     if held_paused:
         notes.append(f"the guest stands still from the switch-over until {move.source} has let go of it (libvirt keeps "
-                     f"it paused on {move.destination}, kvmops resumes it): it never runs on both hosts")
+                     f"it paused on {move.destination}, kvmops resumes it): it never runs on both hosts. Unless libvirt "
+                     "does not know the storage of a disk it does not copy to be shared: then it moves as libvirt moves "
+                     "it by default")
     if moved.shared:
         notes.append(f"on shared storage, not copied: pool {', '.join(moved.shared)}")
     if moved.shared_files:

@@ -361,7 +361,10 @@ class MigrateDomain(Step):
     destination (``VIR_MIGRATE_PAUSED``) and the executor resumes it once libvirt's job has
     returned, the source's copy gone, then drops the record ``xml`` keeps of it
     (:attr:`~reconciler.core.model.Ownership.resume_after_move`). So libvirt can never run
-    the guest on both hosts (see :func:`reconciler.core.fleet.held_at_hand_over`).
+    the guest on both hosts (see :func:`reconciler.core.fleet.held_at_hand_over`). Where
+    libvirt refuses because it does not know the storage of a disk it does not copy to be
+    shared, the executor moves the guest unpaused, without that record: on such storage the
+    source gives the disk files back to root before a paused guest could open them.
 
     ``stop_first``: the guest runs but cannot move live, so it is shut down first
     (gracefully, forcibly after ``shutdown_timeout`` seconds) and moved offline;

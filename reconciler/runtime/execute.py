@@ -653,9 +653,23 @@ def _migrate_domain(source: hv.Hypervisor, hosts: Mapping[str, hv.Hypervisor], s
             log.info("migration_progress", vm=step.name, destination=step.destination, done_bytes=done,
                      total_bytes=total, progress=share)
 
-        seconds = source.migrate(step.name, step.uuid, step.destination_uri, step.mode, xml=step.xml or None,
-                                 progress=progress, shared_storage_proven=proven, copy_disks=step.copies,
-                                 held_paused=step.held_paused)
+        held = step.held_paused
+        try:
+            seconds = source.migrate(step.name, step.uuid, step.destination_uri, step.mode, xml=step.xml or None,
+                                     progress=progress, shared_storage_proven=proven, copy_disks=step.copies,
+                                     held_paused=held)
+        except errors.OperationRefused as exc:
+            if not held or exc.code != hv.UNKNOWN_SHARED_STORAGE:
+                raise
+            # libvirt does not know the storage of a disk it does not copy to be shared (kvmops proved it is):
+            # there the source gives each disk file back to root as it lets go, before a guest held paused could
+            # open it, so the guest moves as libvirt moves it by default, resumed before the source lets go.
+            held = False
+            log.info("migration_unpaused", vm=step.name, destination=step.destination,
+                     reason="libvirt does not know the storage of a disk it does not copy to be shared")
+            seconds = source.migrate(step.name, step.uuid, step.destination_uri, step.mode,
+                                     xml=_without_hand_over(step.xml) or None, progress=progress,
+                                     shared_storage_proven=proven, copy_disks=step.copies)
     except errors.KvmopsError:
         if destination.domain_name_by_uuid(step.uuid) is None:  # our copies, unused: nothing refers to them
             with contextlib.suppress(errors.KvmopsError):
@@ -672,8 +686,8 @@ def _migrate_domain(source: hv.Hypervisor, hosts: Mapping[str, hv.Hypervisor], s
                     source.start_domain(step.name)
         raise
     _verify_moved(source, destination, step)
-    resumed = ""
-    if step.held_paused:  # libvirt's job has returned: the source's copy is gone (verified), the guest may run
+    resumed = "" if held == step.held_paused else ", unpaused (libvirt does not know its shared storage)"
+    if held:  # libvirt's job has returned: the source's copy is gone (verified), the guest may run
         began = time.monotonic()
         _end_hand_over(destination, step.name)
         resumed = f", resumed there {(time.monotonic() - began) * 1000:.0f} ms later"
@@ -689,6 +703,14 @@ def _migrate_domain(source: hv.Hypervisor, hosts: Mapping[str, hv.Hypervisor], s
                 f"runs on {step.destination}")
     return (f"{'stopped (' + stopped + '), ' if stopped else ''}offline migration by libvirt in {seconds * 1000:.0f} ms"
             f"{copies}; defined on {step.destination}{started}")
+
+
+def _without_hand_over(xml: str) -> str:
+    """Return the definition ``xml`` of a move without its record of a hand-over held paused."""
+    if not xml:
+        return xml
+    owner = domxml.parse_owner(domxml.parse_tree(xml))
+    return domxml.remark(xml, dataclasses.replace(owner, resume_after_move=False)) if owner is not None else xml
 
 
 def _end_hand_over(h: hv.Hypervisor, name: str) -> bool:
