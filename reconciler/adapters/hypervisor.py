@@ -986,10 +986,9 @@ class Hypervisor:
                     raise
                 raise errors.OperationRefused(
                     f"cannot resume domain {name}: QEMU (user {_QEMU_USER}) may no longer open {unreadable.group(1)}. "
-                    "When a guest moves live on storage libvirt does not know to be shared, libvirt on the host it "
-                    "left hands the file's owner back as it lets go of the guest, and only its record of every user "
-                    "of the file (trusted.libvirt.security.* attributes, qemu.conf remember_owner) keeps the file "
-                    "QEMU's; that record was lost (a libvirtd killed in the middle of a move) or is off. The guest "
+                    "libvirt on the host the guest left gave the file back to its former owner as it let go of the "
+                    "guest: its record of the file's users (trusted.libvirt.security.* attributes, qemu.conf "
+                    "remember_owner) was lost, by a libvirtd killed in the middle of a move, or is off. The guest "
                     f"waits, paused, with all its memory: give the file back (chown {_QEMU_USER}: "
                     f"{unreadable.group(1)}), then apply again",
                     code=exc.get_error_code(),
