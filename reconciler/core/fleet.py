@@ -41,7 +41,7 @@ a problem does for one host.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -825,13 +825,21 @@ def finished_move(vm: str, on: Collection[str], reachable: Mapping[str, model.Ac
     proven by :func:`is_finished_move`; otherwise the halves stay a split brain for a person
     to settle.
     """
+    move = _proven_move(vm, on, reachable, is_finished_move)
+    return FinishedMove(vm, *move) if move is not None else None
+
+
+def _proven_move(vm: str, on: Collection[str], reachable: Mapping[str, model.ActualState],
+                 proof: Callable[[model.ObservedDomain, str, model.ObservedDomain, str], bool]) -> tuple[str, str] | None:
+    """Return (source, destination) of the move of ``vm``, found on the two hosts ``on``, that ``proof`` holds for
+    (``proof(here, source, there, destination)``), trying both ways; None for any other number of hosts or no proof."""
     if len(on) != 2:
         return None
     first, second = sorted(on)
     for source, destination in ((first, second), (second, first)):
         here, there = reachable[source].domains.get(vm), reachable[destination].domains.get(vm)
-        if here is not None and there is not None and is_finished_move(here, source, there, destination):
-            return FinishedMove(vm, source, destination)
+        if here is not None and there is not None and proof(here, source, there, destination):
+            return source, destination
     return None
 
 
@@ -892,14 +900,8 @@ def cancelled_move(vm: str, on: Collection[str], reachable: Mapping[str, model.A
     """Return the move kvmops began of ``vm``, found on the hosts ``on``, whose end the destination's libvirtd lost
     while it held the guest paused at the hand-over, so that the source kept the guest: the copy on the destination
     is the stale one (:func:`is_cancelled_move`). None when the two copies prove no such thing."""
-    if len(on) != 2:
-        return None
-    first, second = sorted(on)
-    for source, destination in ((first, second), (second, first)):
-        here, there = reachable[source].domains.get(vm), reachable[destination].domains.get(vm)
-        if here is not None and there is not None and is_cancelled_move(here, source, there, destination):
-            return CancelledMove(vm, source, destination)
-    return None
+    move = _proven_move(vm, on, reachable, is_cancelled_move)
+    return CancelledMove(vm, *move) if move is not None else None
 
 
 def is_cancelled_move(here: model.ObservedDomain, source: str, there: model.ObservedDomain, destination: str) -> bool:

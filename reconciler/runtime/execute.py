@@ -994,11 +994,18 @@ def _discard_moved_source(source: hv.Hypervisor, hosts: Mapping[str, hv.Hypervis
             f"finished there (it runs there, this half does not, both marks record that move); not discarding it. "
             "Plan again"
         )
-    source.ensure_owned(step.name, step.uuid, bound=True)
-    destroyed = source.destroy_domain(step.name)  # libvirt's own end of the move: the source's QEMU goes
-    with contextlib.suppress(errors.ObjectNotFound):  # a transient half is gone once destroyed
-        source.undefine_domain(step.name, keep_nvram=True)  # the NVRAM is a copy the move left: deleted next
-    return f"{'destroyed and ' if destroyed else ''}undefined; it runs on {step.destination}"
+    # libvirt's own end of the move: the source's QEMU goes; the NVRAM is a copy the move left, deleted next
+    return f"{_discard_stale_copy(source, step.name, step.uuid)}; it runs on {step.destination}"
+
+
+def _discard_stale_copy(h: hv.Hypervisor, name: str, uuid: str) -> str:
+    """Destroy (if active) and undefine the stale copy ``name`` of a move on ``h``, proven so by the caller; keep its
+    volumes and UEFI NVRAM, copies the marks record; return what was done, in words."""
+    h.ensure_owned(name, uuid, bound=True)
+    destroyed = h.destroy_domain(name)
+    with contextlib.suppress(errors.ObjectNotFound):  # a transient copy is gone once destroyed
+        h.undefine_domain(name, keep_nvram=True)
+    return f"{'destroyed and ' if destroyed else ''}undefined"
 
 
 def _discard_cancelled_arrival(destination: hv.Hypervisor, hosts: Mapping[str, hv.Hypervisor],
@@ -1014,11 +1021,7 @@ def _discard_cancelled_arrival(destination: hv.Hypervisor, hosts: Mapping[str, h
             f"lost (the copy here held at the hand-over and never resumed, {step.source} keeping the guest); not "
             "discarding it. Plan again"
         )
-    destination.ensure_owned(step.name, step.uuid, bound=True)
-    destroyed = destination.destroy_domain(step.name)
-    with contextlib.suppress(errors.ObjectNotFound):  # a transient copy is gone once destroyed
-        destination.undefine_domain(step.name, keep_nvram=True)  # a copy the source's mark records: handled there
-    return f"{'destroyed and ' if destroyed else ''}undefined; the guest is on {step.source}"
+    return f"{_discard_stale_copy(destination, step.name, step.uuid)}; the guest is on {step.source}"
 
 
 def _host_of(hosts: Mapping[str, hv.Hypervisor], hypervisor: hv.Hypervisor) -> str:
