@@ -446,7 +446,8 @@ def test_a_halted_vm_started_by_hand_is_stopped_again_gracefully_then_forcefully
     stopped = controller.wait_for("domain_stopped", since=mark, vm=web)
     assert stopped["detail"].startswith("destroyed: the guest did not power off within 1s"), stopped
     repair = controller.wait_for("drift_repaired", since=mark, vm=web)
-    assert (repair["trigger"], repair["actions"]) == ("libvirt", ["stop"]), repair
+    # woken by the start's event, or by the second look at a VM the event's pass saw still starting
+    assert repair["trigger"] in ("libvirt", "transition") and repair["actions"] == ["stop"], repair
     assert host.wait(lambda: controller.status()["vms"][web]["actual"] == "shutoff", 5), controller.status()
     assert controller.crashes() == []
 
