@@ -70,6 +70,25 @@ class FleetConnections:
             self.abandoned[name] = hypervisor
         self.unreachable[name] = why
 
+    def look_at_each(self, look: Callable[[str, hv.Hypervisor], object], *, workers: int, what: str,
+                     hosts: Collection[str] | None = None,
+                     abandon_on: type[errors.KvmopsError] = errors.HostTimedOut) -> dict[str, object]:
+        """Return, for each connected Host (of ``hosts``, if given), ``look(name, hypervisor)`` or the error it raised,
+        ``workers`` Hosts at a time.
+
+        Each look gets :func:`~reconciler.runtime.deadlines.look_timeout` of ``timeout``: a
+        Host that answers is only busy. One whose answer is an ``abandon_on`` (its look given
+        up, by default) is abandoned: its look may still run on that connection.
+        """
+        answers = deadlines.call_each(
+            {name: (lambda name=name, hypervisor=hypervisor: look(name, hypervisor))
+             for name, hypervisor in self.hypervisors.items() if hosts is None or name in hosts},
+            timeout=deadlines.look_timeout(self.timeout), workers=workers, what=what)
+        for name, answer in answers.items():
+            if isinstance(answer, abandon_on):
+                self.abandon(name, str(answer))
+        return answers
+
     def close(self) -> None:
         """Close every connection (not the abandoned ones)."""
         for hypervisor in self.hypervisors.values():
@@ -122,15 +141,12 @@ def observe_all(connections: FleetConnections, *, workers: int = DEFAULT_HOST_WO
     :func:`~reconciler.runtime.deadlines.look_timeout` of it is unreachable, and abandoned
     in ``connections``: nothing else (the apply, the look after it) waits for it.
     """
-    answers = deadlines.call_each(
-        {name: (lambda hypervisor=hypervisor: observe.observe(hypervisor))
-         for name, hypervisor in connections.hypervisors.items()},
-        timeout=deadlines.look_timeout(connections.timeout), workers=workers, what="being observed")
+    # timed out (a HostTimedOut is a ConnectionLost), or its keepalive gave up: never used again
+    answers = connections.look_at_each(lambda _name, hypervisor: observe.observe(hypervisor), workers=workers,
+                                       what="being observed", abandon_on=errors.ConnectionLost)
     for name, answer in answers.items():
         if isinstance(answer, errors.KvmopsError):
             log.info("host_unreachable", host=name, error=str(answer))
-            if isinstance(answer, errors.ConnectionLost):  # timed out (a HostTimedOut is one), or its keepalive gave up
-                connections.abandon(name, str(answer))
     observed: dict[str, object] = {name: fleet.HostUnreachable(name, error) for name, error in connections.unreachable.items()}
     observed.update({name: fleet.HostUnreachable(name, str(answer)) if isinstance(answer, errors.KvmopsError) else answer
                      for name, answer in answers.items()})
@@ -309,22 +325,19 @@ def connected_to_domain(
     """Yield the Host that defines domain ``name`` (``only_host``: that Host) and a read-only connection to it.
 
     For the commands that act on one VM of a fleet (``wait``, ``ssh``, ``import``): each
-    Host gets ``host_timeout`` seconds to be connected to, and again to say whether it has
-    the domain. Refuses a name no reachable Host defines (naming the Hosts that did not
+    Host gets ``host_timeout`` seconds to be connected to, and
+    :func:`~reconciler.runtime.deadlines.look_timeout` of it to say whether it has the
+    domain. Refuses a name no reachable Host defines (naming the Hosts that did not
     answer), and one several Hosts define (``--host`` picks one).
     """
     require_host(only_host, desired)
     if only_host is not None:
         desired = dataclasses.replace(desired, hosts={only_host: desired.hosts[only_host]})
     with connect(desired, read_only=True, workers=max(1, host_workers), timeout=host_timeout) as connections:
-        answers = deadlines.call_each(
-            {host: (lambda hypervisor=hypervisor: hypervisor.domain_exists(name))
-             for host, hypervisor in connections.hypervisors.items()},
-            timeout=deadlines.look_timeout(host_timeout), workers=host_workers, what=f"asked for domain {name}")
+        answers = connections.look_at_each(lambda _host, hypervisor: hypervisor.domain_exists(name),
+                                           workers=host_workers, what=f"asked for domain {name}")
         for host, answer in answers.items():
-            if isinstance(answer, errors.HostTimedOut):
-                connections.abandon(host, str(answer))
-            elif isinstance(answer, errors.KvmopsError):
+            if isinstance(answer, errors.KvmopsError):
                 connections.unreachable[host] = str(answer)
         having = sorted(host for host, answer in answers.items() if answer is True)
         if not having:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from reconciler import errors
 from reconciler.core import fleet, model, planner, redaction
-from reconciler.runtime import deadlines, fleet_reconcile, inspect
+from reconciler.runtime import fleet_reconcile, inspect
 
 
 @dataclass(frozen=True)
@@ -46,24 +46,20 @@ def gather(desired: model.DesiredState, *, settings: planner.Settings, name: str
            host_timeout: float = fleet_reconcile.DEFAULT_HOST_TIMEOUT) -> FleetStatus:
     """Observe and plan every Host; return the status of its managed VMs (only VM ``name``, only ``only_host``).
 
-    Connecting to a Host, observing it and reading its VMs' status each get ``host_timeout``
-    seconds; a Host that does not answer in time shows as unreachable. Raises
+    Connecting to a Host gets ``host_timeout`` seconds, observing it and reading its VMs'
+    status each :func:`~reconciler.runtime.deadlines.look_timeout` of it; a Host that does not
+    answer in time shows as unreachable. Raises
     :class:`~reconciler.errors.ObjectNotFound` when ``name`` is managed on no reachable Host.
     """
     with fleet_reconcile.connect(desired, read_only=True, workers=max(1, host_workers),
                                  timeout=host_timeout) as connections:
         planned = fleet_reconcile.make_plan(desired, connections, settings=settings, workers=host_workers)
         shown = [host for host in planned.plan.hosts if only_host is None or host.host == only_host]
-        readable = {host.host: connections.hypervisors[host.host] for host in shown
-                    if host.unreachable is None and host.host in connections.hypervisors}
+        readable = [host.host for host in shown if host.unreachable is None]
         plans = {host.host: host.plan for host in shown}
-        answers = deadlines.call_each(
-            {host: (lambda host=host, hypervisor=hypervisor: inspect.status_rows(
-                hypervisor, name=name, scope=scope, plan=plans[host])) for host, hypervisor in readable.items()},
-            timeout=deadlines.look_timeout(host_timeout), workers=host_workers, what="its VMs' status was read")
-        for host, answer in answers.items():
-            if isinstance(answer, errors.HostTimedOut):
-                connections.abandon(host, str(answer))
+        answers = connections.look_at_each(
+            lambda host, hypervisor: inspect.status_rows(hypervisor, name=name, scope=scope, plan=plans[host]),
+            hosts=readable, workers=host_workers, what="its VMs' status was read")
     sections = []
     for host in shown:
         answer = answers.get(host.host)

@@ -15,7 +15,7 @@ from pathlib import Path
 from reconciler import errors
 from reconciler.adapters import hypervisor as hv
 from reconciler.core import model, snapshot
-from reconciler.runtime import deadlines, fleet_reconcile, observe
+from reconciler.runtime import fleet_reconcile, observe
 
 
 def now() -> str:
@@ -32,7 +32,8 @@ def take_fleet(desired: model.DesiredState, *, only_host: str | None, host_worke
                host_timeout: float = fleet_reconcile.DEFAULT_HOST_TIMEOUT) -> snapshot.FleetSnapshot:
     """Return a snapshot of every Host ``desired`` declares (or ``only_host``), naming those out of reach.
 
-    Connecting to a Host and observing it each get ``host_timeout`` seconds.
+    Connecting to a Host gets ``host_timeout`` seconds, observing it
+    :func:`~reconciler.runtime.deadlines.look_timeout` of it.
     """
     if only_host is not None:
         desired = dataclasses.replace(desired, hosts={only_host: desired.hosts[only_host]})
@@ -40,17 +41,14 @@ def take_fleet(desired: model.DesiredState, *, only_host: str | None, host_worke
     with fleet_reconcile.connect(desired, read_only=True, workers=max(1, host_workers),
                                  timeout=host_timeout) as connections:
         unreachable = dict(connections.unreachable)
-        answers = deadlines.call_each(
-            {name: (lambda hypervisor=hypervisor: snapshot.Snapshot(
-                observe.collect(hypervisor), hostname=hypervisor.hostname(), taken_at=taken_at))
-             for name, hypervisor in connections.hypervisors.items()},
-            timeout=deadlines.look_timeout(host_timeout), workers=host_workers, what="being observed")
+        answers = connections.look_at_each(
+            lambda _name, hypervisor: snapshot.Snapshot(observe.collect(hypervisor), hostname=hypervisor.hostname(),
+                                                        taken_at=taken_at),
+            workers=host_workers, what="being observed")
         hosts = {}
         for name, answer in answers.items():
             if isinstance(answer, errors.KvmopsError):
                 unreachable[name] = str(answer)
-                if isinstance(answer, errors.HostTimedOut):
-                    connections.abandon(name, str(answer))
             else:
                 hosts[name] = answer
     return snapshot.FleetSnapshot(hosts, unreachable, taken_at)
