@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import statistics
 import subprocess
@@ -54,6 +53,8 @@ sys.path.insert(0, str(REPOSITORY))
 
 from reconciler.adapters import hypervisor as hv  # noqa: E402
 from reconciler.runtime import observe  # noqa: E402
+
+from drift_under_churn import Churn  # noqa: E402  (the same churn, its own process)
 
 URI = "qemu:///system"
 SOCKET_URI = "qemu+unix:///system?socket=/var/run/libvirt/libvirt-sock"
@@ -93,11 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     (work / "manifests").mkdir()
     (work / "manifests" / "hosts.yaml").write_text(
         f"apiVersion: kvmops/v1\nkind: Host\nmetadata:\n  name: busy\nspec:\n  uri: {SOCKET_URI}\n", encoding="utf-8")
-    stats = work / "churn.json"
-    churn = subprocess.Popen(
-        [sys.executable, str(REPOSITORY / "bench" / "drift_under_churn.py"), "--churn-worker", "--prefix", args.prefix,
-         "--others", str(args.others), "--churn-threads", str(args.churn_threads), "--stats", str(stats)],
-        stdin=subprocess.PIPE)
+    churn = Churn(args.prefix, work, args.others, args.churn_threads)
     try:
         print(f"churning {args.others} guests for {args.warmup:g} s before measuring ...", flush=True)
         time.sleep(args.warmup)
@@ -119,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             plans.append((took, done.returncode, unreachable))
             print(f"plan {index + 1}: {took:.1f} s, exit {done.returncode}"
                   + (": the Host was called unreachable" if unreachable else ""), flush=True)
-        counters = json.loads(stats.read_text())
+        counters = churn.counters()
         rate = (counters["destroys"] + counters["creates"]) / max(1e-9, counters["now"] - counters["since"])
         print()
         print(f"churn: {rate:.1f} destroys+creates/s, load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
@@ -128,13 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fleet plan: median {statistics.median(p[0] for p in plans):.1f} s, max {max(p[0] for p in plans):.1f} s, "
               f"Host called unreachable in {sum(p[2] for p in plans)} of {len(plans)}")
     finally:
-        with contextlib.suppress(OSError):
-            churn.stdin.close()
-        try:
-            churn.wait(60)
-        except subprocess.TimeoutExpired:
-            churn.kill()
-            churn.wait(10)
+        churn.stop()
         left = sweep(args.prefix)
         if left:
             print(f"cleanup: destroyed {left} domains the churn left", flush=True)

@@ -138,14 +138,15 @@ def churn(prefix: str, others: int, threads: int, stats: Path) -> int:
 
 
 class Churn:
-    """The churn process, seen from the benchmark."""
+    """The churn process (``others`` domains named ``prefix``*, created and destroyed by ``threads`` connections), seen
+    from a benchmark; its counters in ``workdir``. Also what ``bench/busy_host.py`` keeps its host busy with."""
 
-    def __init__(self, names: Names, others: int, threads: int) -> None:
+    def __init__(self, prefix: str, workdir: Path, others: int, threads: int) -> None:
         import subprocess
 
-        self.stats = names.workdir / "churn.json"
+        self.stats = workdir / "churn.json"
         self.process = subprocess.Popen(
-            [sys.executable, __file__, "--churn-worker", "--prefix", names.base, "--others", str(others),
+            [sys.executable, __file__, "--churn-worker", "--prefix", prefix, "--others", str(others),
              "--churn-threads", str(threads), "--stats", str(self.stats)],
             stdin=subprocess.PIPE,
         )
@@ -309,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"the managed VM did not start:\n{controller.log_tail()}")
         controller.wait_healthy(timeout=args.timeout)
         print(f"controller healthy, {vm} running; load {load1():.2f}", flush=True)
-        churner = Churn(names, args.others, args.churn_threads)
+        churner = Churn(names.base, names.workdir, args.others, args.churn_threads)
         time.sleep(args.warmup)
         counters = churner.counters()
         if not counters.get("creates"):
