@@ -622,14 +622,27 @@ def cmd_plan(args: argparse.Namespace, shared: hv.Hypervisor | None = None) -> i
             "plans against a snapshot, --connect against a live host; give one of them"
         )
     desired = None
-    if shared is None:
+    if shared is None and getattr(args, "state", None):
         from reconciler.runtime import snapshot_aside
 
         # A fleet snapshot is interpreted on the other core while the manifests are read (docs/design.md).
-        with snapshot_aside.started(getattr(args, "state", None)) as aside:
+        with snapshot_aside.started(args.state) as aside:
             desired = _load(args.path)
             if desired.is_fleet:
                 return _fleet_plan(args, desired, interpreted=aside.take() if aside is not None else None)
+        _refuse_fleet_options(args)
+    elif shared is None:
+        from reconciler.runtime import early_look
+
+        looked: early_look.Looked = {}
+        if args.connect:
+            desired = _load(args.path)
+        else:  # the Hosts are looked at on the other core while the manifests are read (docs/design.md)
+            desired, looked = early_look.read_while_looking(
+                args.path, load=lambda: _load(args.path), host_workers=args.parallel_hosts,
+                host_timeout=_host_timeout(args), only_host=getattr(args, "host", None))
+        if desired.is_fleet:
+            return _fleet_plan(args, desired, looked=looked)
         _refuse_fleet_options(args)
     if not args.connect:
         args.connect = default_uri()
@@ -1097,11 +1110,12 @@ def _connect_names_a_host(uri: str, desired: model.DesiredState) -> str:
 
 
 def _fleet_plan(args: argparse.Namespace, desired: model.DesiredState, *, evacuate=frozenset(),
-                title: str | None = None, interpreted=None) -> int:
+                title: str | None = None, interpreted=None, looked=None) -> int:
     """Print the fleet plan (live, or against a fleet snapshot with ``--state``); return the exit status.
 
     ``interpreted`` is the ``--state`` snapshot already interpreted (by a child process, see
     :mod:`reconciler.runtime.snapshot_aside`); without it the snapshot is read here.
+    ``looked``: the Hosts looked at while the manifests were read (:mod:`reconciler.runtime.early_look`).
     """
     from reconciler.runtime import fleet_reconcile, reconcile, snapshots
 
@@ -1116,7 +1130,8 @@ def _fleet_plan(args: argparse.Namespace, desired: model.DesiredState, *, evacua
                                                       only_host=only)
     else:
         plan = fleet_reconcile.plan_live(desired, settings=settings, evacuate=evacuate, only_host=only,
-                                         host_workers=args.parallel_hosts, host_timeout=_host_timeout(args)).plan
+                                         host_workers=args.parallel_hosts, host_timeout=_host_timeout(args),
+                                         looked=looked).plan
     return _print_fleet_plan(plan, args, title=title)
 
 

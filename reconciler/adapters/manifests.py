@@ -24,7 +24,7 @@ import yaml
 
 from reconciler import errors
 from reconciler.adapters import manifest_tree
-from reconciler.core import memo, model
+from reconciler.core import memo, model, validation
 
 MAX_FILE_BYTES = 1024 * 1024
 MAX_NODES_PER_FILE = 50_000
@@ -122,6 +122,47 @@ def load(root: str | os.PathLike) -> model.ManifestSet:
         documents.extend(file_documents)
         problems.extend(file_problems)
     return model.ManifestSet(str(root_path), tuple(documents), tuple(problems), len(files), tree=str(base))
+
+
+def declared_hosts(root: str | os.PathLike) -> dict[str, str]:
+    """Return name -> ``spec.uri`` of the Host manifests a quick scan of ``root`` finds; never raises.
+
+    A head start for looking at the Hosts while the whole tree is read
+    (:mod:`reconciler.runtime.early_look`), never the truth: only files whose bytes say
+    ``Host`` are parsed (a Host spelt with YAML escapes is missed), and a Host is named
+    only when its document is valid by itself and no other document found claims its
+    name. Whatever is in the way (a missing tree, a file that cannot be read) gives fewer
+    Hosts, or none; :func:`load` says what is wrong.
+    """
+    root_path = Path(root)
+    found: dict[str, str] = {}
+    claimed: set[str] = set()
+    try:
+        files, base = ([root_path], root_path.parent) if root_path.is_file() else (discover(root_path), root_path)
+    except OSError:
+        return {}
+    tree = manifest_tree.ManifestTree(base)
+    for path in files:
+        relpath = "/".join(path.parts[len(base.parts):]) or path.name
+        try:
+            if b"Host" not in tree.read(relpath, limit=MAX_FILE_BYTES):
+                continue
+        except OSError:
+            continue
+        documents, _problems = load_file(path, base, tree=tree)
+        for document in documents:
+            if not (isinstance(document.body, dict) and document.body.get("kind") == "Host"):
+                continue
+            body, problems = validation.validate(document)
+            if body is None or problems:
+                continue
+            name = body["metadata"]["name"]
+            if name in claimed:
+                found.pop(name, None)
+            else:
+                found[name] = body["spec"]["uri"]
+            claimed.add(name)
+    return found
 
 
 def dump(documents: list[dict], *, header: str = "") -> str:

@@ -110,7 +110,20 @@ def connect(
     timeout: float = DEFAULT_HOST_TIMEOUT,
     opener: Callable[..., hv.Hypervisor] | None = None,
 ) -> FleetConnections:
-    """Return connections to every Host of ``desired``, opened ``workers`` at a time.
+    """Return connections to every Host of ``desired``, opened ``workers`` at a time (see :func:`connect_to`)."""
+    return connect_to({name: host.uri for name, host in desired.hosts.items()}, read_only=read_only, workers=workers,
+                      timeout=timeout, opener=opener)
+
+
+def connect_to(
+    uris: Mapping[str, str],
+    *,
+    read_only: bool,
+    workers: int = DEFAULT_HOST_WORKERS,
+    timeout: float = DEFAULT_HOST_TIMEOUT,
+    opener: Callable[..., hv.Hypervisor] | None = None,
+) -> FleetConnections:
+    """Return connections to the Hosts ``uris`` names (Host -> URI), opened ``workers`` at a time.
 
     ``opener`` (default :meth:`Hypervisor.open`) opens one URI; whatever it raises for a
     Host makes that Host unreachable, with the error as its reason, and so does not
@@ -118,9 +131,9 @@ def connect(
     """
     keepalive = hv.KeepAlive.within(timeout)
     open_one = opener or (lambda uri, read_only: hv.Hypervisor.open(uri, read_only=read_only, keepalive=keepalive))
-    hosts = dict(sorted(desired.hosts.items()))
+    hosts = dict(sorted(uris.items()))
     answers = deadlines.call_each(
-        {name: (lambda uri=host.uri: open_one(uri, read_only=read_only)) for name, host in hosts.items()},
+        {name: (lambda uri=uri: open_one(uri, read_only=read_only)) for name, uri in hosts.items()},
         timeout=timeout, workers=workers, what="being connected to", late=lambda hypervisor: hypervisor.close())
     unreachable = {name: str(answer) for name, answer in answers.items() if isinstance(answer, errors.KvmopsError)}
     for name, error in unreachable.items():
@@ -128,7 +141,7 @@ def connect(
     return FleetConnections(
         hypervisors={name: answer for name, answer in answers.items() if name not in unreachable},  # type: ignore[misc]
         unreachable=unreachable,
-        uris={name: host.uri for name, host in hosts.items()},
+        uris=hosts,
         timeout=timeout,
     )
 
@@ -214,11 +227,43 @@ def plan_live(
     only_host: str | None = None,
     host_workers: int = DEFAULT_HOST_WORKERS,
     host_timeout: float = DEFAULT_HOST_TIMEOUT,
+    looked: Mapping[str, tuple[str, object]] | None = None,
+    opener: Callable[..., hv.Hypervisor] | None = None,
 ) -> FleetPlanResult:
-    """Connect to every Host read-only, observe them and return the fleet plan (``kvmops plan`` in a fleet)."""
-    with connect(desired, read_only=True, workers=max(1, host_workers), timeout=host_timeout) as connections:
-        return make_plan(desired, connections, settings=settings, evacuate=evacuate, only_host=only_host,
-                         workers=host_workers)
+    """Connect to every Host read-only, observe them and return the fleet plan (``kvmops plan`` in a fleet).
+
+    ``looked`` (Host -> (URI, what it showed)): Hosts observed moments ago, while the
+    manifests were read (:mod:`reconciler.runtime.early_look`). What a Host showed is
+    taken only for a Host ``desired`` declares at that very URI; every other Host of
+    ``desired`` is connected to and observed now, and what the others showed is dropped.
+    """
+    looked = looked or {}
+    seen = {name: shown for name, (uri, shown) in looked.items()
+            if name in desired.hosts and desired.hosts[name].uri == uri}
+    unseen = {name: host.uri for name, host in desired.hosts.items() if name not in seen}
+    observed: dict[str, object] = dict(seen)
+    if unseen:
+        observed.update({name: shown for name, (_uri, shown) in look_at(
+            unseen, host_workers=host_workers, host_timeout=host_timeout, opener=opener).items()})
+    return plan_from(desired, dict(sorted(observed.items())), settings=settings, evacuate=evacuate,
+                     only_host=only_host)
+
+
+def look_at(
+    uris: Mapping[str, str],
+    *,
+    host_workers: int = DEFAULT_HOST_WORKERS,
+    host_timeout: float = DEFAULT_HOST_TIMEOUT,
+    opener: Callable[..., hv.Hypervisor] | None = None,
+) -> dict[str, tuple[str, object]]:
+    """Connect read-only to the Hosts ``uris`` names, observe them and close; return Host -> (URI, what it showed).
+
+    What a Host showed is its actual state, or :class:`~reconciler.core.fleet.HostUnreachable`.
+    """
+    with connect_to(uris, read_only=True, workers=max(1, host_workers), timeout=host_timeout,
+                    opener=opener) as connections, reconcile.gc_paused():
+        observed = observe_all(connections, workers=host_workers)
+    return {name: (uris[name], shown) for name, shown in observed.items()}
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ def exported(fleet, capsys, tmp_path) -> Path:  # noqa: F811
 def test_what_the_child_hands_back_equals_what_this_process_interprets(exported):
     done = python(f"""
         from reconciler.runtime import fleet_reconcile, snapshot_aside, snapshots
-        aside = snapshot_aside.InterpretationAside.start({str(exported)!r})
+        aside = snapshot_aside.start({str(exported)!r})
         assert aside is not None, "no child was started"
         handed = aside.take()
         aside.discard()
@@ -92,7 +92,7 @@ def test_a_child_nobody_takes_from_is_killed_and_reaped(exported):
     done = python(f"""
         import os
         from reconciler.runtime import snapshot_aside
-        aside = snapshot_aside.InterpretationAside.start({str(exported)!r})
+        aside = snapshot_aside.start({str(exported)!r})
         pid = aside._pid
         aside.discard()
         try:
@@ -109,7 +109,7 @@ def test_a_child_killed_before_it_handed_over_leaves_the_snapshot_to_be_read_her
     done = python(f"""
         import os, signal
         from reconciler.runtime import snapshot_aside
-        aside = snapshot_aside.InterpretationAside.start({str(exported)!r})
+        aside = snapshot_aside.start({str(exported)!r})
         os.kill(aside._pid, signal.SIGKILL)
         print("none" if aside.take() is None else "handed over")
         aside.discard()
@@ -121,13 +121,13 @@ def test_no_child_is_forked_while_other_threads_run_or_for_what_cannot_be_read_t
     done = python(f"""
         import os, threading
         from reconciler.runtime import snapshot_aside
-        assert snapshot_aside.InterpretationAside.start("-") is None, "forked for stdin"
+        assert snapshot_aside.start("-") is None, "forked for stdin"
         read_end, _write_end = os.pipe()
-        assert snapshot_aside.InterpretationAside.start(f"/dev/fd/{{read_end}}") is None, "forked for a pipe"
+        assert snapshot_aside.start(f"/dev/fd/{{read_end}}") is None, "forked for a pipe"
         waiting = threading.Event()
         thread = threading.Thread(target=waiting.wait)
         thread.start()
-        started = snapshot_aside.InterpretationAside.start({str(exported)!r})
+        started = snapshot_aside.start({str(exported)!r})
         waiting.set()
         print("not forked" if started is None else "forked")
     """)

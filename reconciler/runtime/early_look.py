@@ -1,0 +1,82 @@
+"""The fleet's Hosts looked at while the manifests are read: a live ``kvmops plan`` of a large fleet.
+
+A fresh ``kvmops plan`` of a fleet spends its time in two independent halves of pure
+Python: reading and validating the manifests, and observing every Host (interpreting two
+domain XMLs per running VM). Python runs one thread at a time, so they ran one after the
+other. Now a child forked first, before any thread starts, reads the whole tree
+(:mod:`reconciler.runtime.side_process`) and then looks at one of its Hosts in
+:data:`CHILD_SHARE`; meanwhile, on the other core, this process names the Hosts by a quick
+scan (:func:`reconciler.adapters.manifests.declared_hosts`: the few files that mention
+``Host``, parsed and validated by the real loader), connects to the others and observes them.
+
+The child's desired state is the only truth: the scan only decides whom to look at
+early. :func:`reconciler.runtime.fleet_reconcile.plan_live` takes what a Host showed only
+for a Host the manifests declare at the URI it was looked at; a Host the scan missed, or
+whose manifest changed meanwhile, is connected to and observed then, and what a Host the
+manifests do not declare showed is dropped. Without the child (no Hosts found, threads
+already running, the child failed) the manifests are read here, and any error in them is
+reported exactly as without it. Looking is read-only: the scan's Hosts are connected to
+read-only, as the plan connects to every Host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from reconciler.adapters import hypervisor as hv
+from reconciler.adapters import manifests
+from reconciler.core import model
+from reconciler.runtime import fleet_reconcile, side_process
+
+Looked = dict[str, tuple[str, object]]  # Host -> (URI it was looked at, what it showed)
+
+# The child also looks at every fifth Host: reading the manifests is about 0.6 of looking at every Host (10,000
+# VMs, 50 Hosts), so that share leaves both processes about as busy.
+CHILD_SHARE = 5
+
+
+def read_while_looking(
+    path: str,
+    *,
+    load: Callable[[], model.DesiredState],
+    host_workers: int = fleet_reconcile.DEFAULT_HOST_WORKERS,
+    host_timeout: float = fleet_reconcile.DEFAULT_HOST_TIMEOUT,
+    opener: Callable[..., hv.Hypervisor] | None = None,
+    only_host: str | None = None,
+) -> tuple[model.DesiredState, Looked]:
+    """Return ``load()`` (the manifests under ``path``) and what the Hosts they declare showed meanwhile.
+
+    ``load`` runs in a forked child, which then looks at its share of the Hosts it read,
+    while this process scans the manifests for Hosts and looks at the others; or here
+    afterwards when no child can be used, and whatever it raises is raised. Pass what was
+    looked at to :func:`~reconciler.runtime.fleet_reconcile.plan_live`. Nobody is looked at
+    when ``only_host`` (``--host``) is not among the Hosts: the command is about to refuse it.
+    """
+    def wanted(uris: dict[str, str]) -> dict[str, str]:
+        """Return the Hosts of ``uris`` to look at early: none when ``only_host`` is not among them."""
+        return uris if only_host is None or only_host in uris else {}
+
+    def read_and_look() -> tuple[model.DesiredState, Looked]:
+        desired = load()
+        theirs = children_share(wanted({name: host.uri for name, host in desired.hosts.items()}))
+        return desired, fleet_reconcile.look_at(theirs, host_workers=host_workers, host_timeout=host_timeout,
+                                                opener=opener) if theirs else {}
+    with side_process.started(read_and_look, tuple) as reading:
+        uris = wanted(manifests.declared_hosts(path))
+        ours = {name: uri for name, uri in uris.items() if name not in children_share(uris)}
+        looked = fleet_reconcile.look_at(ours, host_workers=host_workers, host_timeout=host_timeout,
+                                         opener=opener) if ours else {}
+        handed = reading.take() if reading is not None else None
+    if handed is None:  # the child's Hosts are left to the plan, which looks at every Host not looked at yet
+        return load(), looked
+    desired, looked_there = handed
+    return desired, {**looked, **looked_there}
+
+
+def children_share(uris: dict[str, str]) -> dict[str, str]:
+    """Return the Hosts of ``uris`` the child looks at: one in :data:`CHILD_SHARE`, by name.
+
+    The child picks from the Hosts it read, this process from those the scan found: when
+    both found the same Hosts, each is looked at once.
+    """
+    return {name: uris[name] for name in sorted(uris)[CHILD_SHARE - 1::CHILD_SHARE]}
