@@ -31,6 +31,14 @@ What is measured
     observed on the main thread (cProfile sees only the thread it runs on), writes the pstats
     data to FILE and prints the functions that cost the most in themselves.
 
+    ``--fresh-live`` then writes the converged hosts back into their test-driver files
+    (pools with their volumes, networks, domains) and times whole ``kvmops plan DIR``
+    processes against them, the Hosts looked at while a child reads the manifests and,
+    for comparison, in one process (another thread running keeps kvmops from forking); and
+    a process that only opens the hosts: libvirt's test driver parses every domain of a
+    host's file when it is opened, in the process that opens it, work a real host's
+    libvirtd did long before.
+
     ``--per-host`` times the other way: a manifest directory and one
     ``reconcile.make_plan`` per host (no Host manifests), on the same pool.
 
@@ -79,6 +87,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import libvirt  # noqa: E402
 import structlog  # noqa: E402
 
 from reconciler.adapters import hypervisor as hv  # noqa: E402
@@ -108,6 +117,11 @@ spec:
 """
 
 PLACED = "  placement:\n    host: {host}\n"
+
+# kvmops in one process: another thread running keeps it from forking a child to read the manifests
+ONE_PROCESS = ("import sys, threading; threading.Thread(target=threading.Event().wait, daemon=True).start(); "
+               "from reconciler.cli import main; sys.exit(main(sys.argv[1:]))")
+OPEN_ONLY = "import sys, libvirt; [libvirt.openReadOnly(uri) for uri in sys.argv[1:]]"
 
 
 class Host:
@@ -265,6 +279,44 @@ class Fleet:
         path.write_text(snapshots.fleet_to_json(taken), encoding="utf-8")
         return str(path)
 
+    def write_back(self) -> None:
+        """Write each converged host into its test-driver file, so that another process opening its URI sees it."""
+        for host in self.hosts:
+            connection = host.hypervisor._connection  # noqa: SLF001
+            parts = ["<node>"]
+            for pool in connection.listAllStoragePools():
+                volumes = "".join(volume.XMLDesc(0) for volume in pool.listAllVolumes())
+                parts.append(pool.XMLDesc(0).replace("</pool>", volumes + "</pool>"))
+            parts.extend(network.XMLDesc(0) for network in connection.listAllNetworks())
+            # a domain in a test-driver file runs once the file is opened, as the converged ones do
+            parts.extend(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) for domain in connection.listAllDomains())
+            parts.append("</node>")
+            Path(host.uri.removeprefix("test://")).write_text("\n".join(parts), encoding="utf-8")
+
+    def process(self, argv: list[str]) -> tuple[float, float, subprocess.CompletedProcess]:
+        """Run ``argv`` in a new process; return its wall and CPU seconds (its children's included) and the result."""
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        wall = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), done
+
+    def measure_fresh_live(self, reps: int) -> None:
+        """Time whole ``kvmops plan DIR`` processes against the hosts written back (:meth:`write_back`)."""
+        self.write_back()
+        plan = ["plan", self.path, "--detailed-exitcode", "--no-color"]
+        for _ in range(reps):
+            for key, argv in (("fresh live", [sys.executable, "-m", "reconciler", *plan]),
+                              ("fresh live, one process", [sys.executable, "-c", ONE_PROCESS, *plan]),
+                              ("opening the hosts only", [sys.executable, "-c", OPEN_ONLY, *(h.uri for h in self.hosts)])):
+                wall, cpu, done = self.process(argv)
+                if done.returncode != 0:
+                    raise SystemExit(f"{self.label}: {key} exited {done.returncode} (0: no changes expected): "
+                                     f"{(done.stderr or done.stdout)[-2000:]}")
+                self.timings.setdefault(key, []).append(wall)
+                self.cpu.setdefault(key, []).append(cpu)
+
     def fresh(self, state: str) -> tuple[float, float]:
         """Run ``kvmops plan`` in a new process against ``state``; return its wall and CPU seconds."""
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -342,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", metavar="FILE",
                         help="profile one more cold pass of the largest fleet (on the main thread), write the pstats data "
                              "to FILE and print its costliest functions")
+    parser.add_argument("--fresh-live", action="store_true",
+                        help="also time whole `kvmops plan` processes against the largest fleet written back to its "
+                             "test-driver files, with and without the child, and opening those hosts alone")
     parser.add_argument("--per-host", action="store_true",
                         help="plan host by host (a manifest directory and a make_plan each) instead of plan_fleet")
     args = parser.parse_args(argv)
@@ -365,6 +420,10 @@ def main(argv: list[str] | None = None) -> int:
                 sized.measure(args.reps, args.workers)
                 if args.profile and mode == "fleet" and text == sizes[-1]:
                     profiled = sized.profile(args.profile)
+                if args.fresh_live and mode == "fleet" and text == sizes[-1]:
+                    print(f"{sized.label}: writing the hosts back to their files; timing {args.reps} fresh live plans...",
+                          flush=True)
+                    sized.measure_fresh_live(args.reps)
                 sized.close()  # the test driver's state goes with its connection: nothing is left behind
 
             print()
@@ -433,6 +492,17 @@ def main(argv: list[str] | None = None) -> int:
                     verdict = "MET" if growth <= TARGET_GROWTH else "MISSED"
                     print(f"  growth/linear of CPU time, {key} ({largest.label} vs {smallest.label}): {growth:.2f}x "
                           f"(target <= {TARGET_GROWTH:.2f}x): {verdict}")
+            fresh_live = [key for key in ("fresh live", "fresh live, one process", "opening the hosts only")
+                          if key in fleets[-1].timings]
+            if fresh_live:
+                print()
+                print(f"Whole processes against {fleets[-1].label} written back to its test-driver files "
+                      f"(`kvmops plan DIR`, imports included), median of {args.reps}:")
+                for key in fresh_live:
+                    print(f"  {key:<26} wall {statistics.median(fleets[-1].timings[key]):6.2f} s (fastest "
+                          f"{min(fleets[-1].timings[key]):.2f})  CPU {statistics.median(fleets[-1].cpu[key]):6.2f} s")
+                print("  (the test driver parses every domain of a host's file in the process that opens it: "
+                      "the last line's work, done by each real host's libvirtd long before, is in the first two)")
             if profiled:
                 print()
                 print(f"One more cold pass of {fleets[-1].label}, hosts observed on the main thread, profiled "

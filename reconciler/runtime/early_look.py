@@ -13,10 +13,11 @@ The child's desired state is the only truth: the scan only decides whom to look 
 early. :func:`reconciler.runtime.fleet_reconcile.plan_live` takes what a Host showed only
 for a Host the manifests declare at the URI it was looked at; a Host the scan missed, or
 whose manifest changed meanwhile, is connected to and observed then, and what a Host the
-manifests do not declare showed is dropped. Without the child (no Hosts found, threads
-already running, the child failed) the manifests are read here, and any error in them is
-reported exactly as without it. Looking is read-only: the scan's Hosts are connected to
-read-only, as the plan connects to every Host.
+manifests do not declare showed is dropped. Without the child (threads already running,
+no ``fork``, the child failed) the manifests are read here, after this process's look, and
+any error in them is reported exactly as without it; the Hosts the child would have looked
+at are looked at by the plan. Looking is read-only, as the plan's own look is. Manifests
+without Hosts are read by the child too: this process, finding no Host, only waits for it.
 """
 
 from __future__ import annotations
