@@ -8,6 +8,7 @@ Host is also shown not to keep the process from exiting.
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -94,7 +95,9 @@ def test_doctor_fails_the_silent_host_after_its_deadline_and_checks_the_other(fl
     assert done.returncode == 1, done.stdout + done.stderr
     h1, h2 = done.stdout.split("\nHost h2", 1)
     assert "[ok  ] libvirtd" in h1 and "[ok  ] pool default" in h1, done.stdout
-    assert f"[FAIL] libvirtd: host h2 did not answer within {TIMEOUT} s while being checked" in h2, done.stdout
+    # the Host's whole check and its connection each have the deadline: on a busy machine either may say so first
+    assert re.search(rf"\[FAIL\] libvirtd: host \S+ did not answer within {TIMEOUT} s while being (checked|connected to)",
+                     h2), done.stdout
     assert "Traceback" not in done.stderr
 
 
