@@ -350,8 +350,11 @@ class Fleet:
                 self._check_fleet(self.live_plan(workers))
                 self.timings["live"].append(time.perf_counter() - started)
                 after = resource.getrusage(resource.RUSAGE_CHILDREN)
-                self.cpu["live"].append(time.process_time() - cpu + (after.ru_utime + after.ru_stime)
-                                        - (children.ru_utime + children.ru_stime))
+                child = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+                if child <= 0:
+                    raise SystemExit(f"{self.label}: the live pass forked no child (another thread ran?): "
+                                     f"its row would time the one-process pass")
+                self.cpu["live"].append(time.process_time() - cpu + child)
             forget_parsed()
             cpu = time.process_time()
             self.timings["cold"].append(self.plan(workers))
