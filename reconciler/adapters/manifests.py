@@ -103,17 +103,7 @@ def load(root: str | os.PathLike) -> model.ManifestSet:
     file that is a symlink leading out of the tree is a problem, not read.
     """
     root_path = Path(root)
-    if root_path.is_file():
-        files, base = [root_path], root_path.parent
-    elif root_path.is_dir():
-        try:
-            files, base = discover(root_path), root_path
-        except OSError as exc:
-            raise errors.ManifestError(f"{root_path}: cannot list manifests: {exc.strerror}") from exc
-    else:
-        raise errors.ManifestError(
-            f"{root_path}: no such manifest file or directory; check the path (nothing was changed)"
-        )
+    files, base = _files_of(root_path)
     tree = manifest_tree.ManifestTree(base)
     documents: list[model.Document] = []
     problems: list[model.Problem] = []
@@ -122,6 +112,21 @@ def load(root: str | os.PathLike) -> model.ManifestSet:
         documents.extend(file_documents)
         problems.extend(file_problems)
     return model.ManifestSet(str(root_path), tuple(documents), tuple(problems), len(files), tree=str(base))
+
+
+def _files_of(root_path: Path) -> tuple[list[Path], Path]:
+    """Return the manifest files ``root_path`` (a directory or a single file) holds, and the tree they are read in.
+
+    Raises ``ManifestError`` when it does not exist or cannot be listed.
+    """
+    if root_path.is_file():
+        return [root_path], root_path.parent
+    if root_path.is_dir():
+        try:
+            return discover(root_path), root_path
+        except OSError as exc:
+            raise errors.ManifestError(f"{root_path}: cannot list manifests: {exc.strerror}") from exc
+    raise errors.ManifestError(f"{root_path}: no such manifest file or directory; check the path (nothing was changed)")
 
 
 def declared_hosts(root: str | os.PathLike) -> dict[str, str]:
@@ -134,18 +139,16 @@ def declared_hosts(root: str | os.PathLike) -> dict[str, str]:
     name. Whatever is in the way (a missing tree, a file that cannot be read) gives fewer
     Hosts, or none; :func:`load` says what is wrong.
     """
-    root_path = Path(root)
     found: dict[str, str] = {}
     claimed: set[str] = set()
     try:
-        files, base = ([root_path], root_path.parent) if root_path.is_file() else (discover(root_path), root_path)
-    except OSError:
+        files, base = _files_of(Path(root))
+    except errors.ManifestError:
         return {}
     tree = manifest_tree.ManifestTree(base)
     for path in files:
-        relpath = "/".join(path.parts[len(base.parts):]) or path.name
         try:
-            if b"Host" not in tree.read(relpath, limit=MAX_FILE_BYTES):
+            if b"Host" not in tree.read(_relpath(path, base), limit=MAX_FILE_BYTES):
                 continue
         except OSError:
             continue
@@ -225,11 +228,7 @@ def load_file(path: Path, base: Path, *, tree: manifest_tree.ManifestTree | None
     tree is a problem, like any file a manifest refers to.
     """
     display = str(path)
-    parts, base_parts = path.parts, base.parts
-    if parts[:len(base_parts)] == base_parts:  # path.relative_to(base).as_posix(), without pathlib's parsing
-        relpath = "/".join(parts[len(base_parts):]) or "."
-    else:
-        relpath = path.name
+    relpath = _relpath(path, base)
     try:
         if tree is not None:
             raw = tree.read(relpath, limit=MAX_FILE_BYTES)
@@ -252,6 +251,14 @@ def load_file(path: Path, base: Path, *, tree: manifest_tree.ManifestTree | None
         line = raw[: exc.start].count(b"\n") + 1
         return [], [model.Problem(display, line, "", f"not valid UTF-8 (byte 0x{raw[exc.start]:02x}); save the file as UTF-8")]
     return parse_text(text, display, relpath)
+
+
+def _relpath(path: Path, base: Path) -> str:
+    """Return ``path`` relative to ``base`` in POSIX form ("." for ``base``), or its name when it is not below it."""
+    parts, base_parts = path.parts, base.parts
+    if parts[:len(base_parts)] == base_parts:  # path.relative_to(base).as_posix(), without pathlib's parsing
+        return "/".join(parts[len(base_parts):]) or "."
+    return path.name
 
 
 _PARSED: memo.Memo[tuple[tuple[model.Document, ...], tuple[model.Problem, ...]]] = memo.Memo()
