@@ -24,17 +24,20 @@ from collections.abc import Iterator
 from reconciler.runtime import fleet_reconcile, side_process
 
 
-def start(path: str) -> side_process.SideProcess[fleet_reconcile.InterpretedFleetSnapshot] | None:
-    """Fork a child interpreting the fleet snapshot at ``path``; None when that is not safe or not possible."""
+def start(path: str) -> side_process.SideProcess | None:
+    """Fork a child interpreting the fleet snapshot at ``path``; None when that is not safe or not possible.
+
+    Its one value is a :class:`~reconciler.runtime.fleet_reconcile.InterpretedFleetSnapshot`.
+    """
     # Only a regular file can be read twice: a pipe (stdin, a shell's <(...)) that the child drained would leave
     # nothing for this process to read should it have to (a single host's snapshot, a child that failed).
     if not os.path.isfile(path):
         return None
-    return side_process.SideProcess.start(lambda: _interpret(path), fleet_reconcile.InterpretedFleetSnapshot)
+    return side_process.SideProcess.start(lambda: (_interpret(path),), (fleet_reconcile.InterpretedFleetSnapshot,))
 
 
 @contextlib.contextmanager
-def started(path: str | None) -> Iterator[side_process.SideProcess[fleet_reconcile.InterpretedFleetSnapshot] | None]:
+def started(path: str | None) -> Iterator[side_process.SideProcess | None]:
     """Yield a child interpreting the fleet snapshot at ``path`` (None: none was started); it is reaped on leaving."""
     aside = start(path) if path else None
     try:

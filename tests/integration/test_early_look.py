@@ -77,28 +77,39 @@ def test_the_manifests_are_read_by_a_child_while_the_hosts_are_looked_at(fleet, 
     assert done.stdout.strip() == "read aside", done.stderr
 
 
-@pytest.mark.parametrize("child", ["hands-over", "fails"])
+@pytest.mark.parametrize("child", ["hands-over", "fails reading", "dies looking"])
 def test_the_child_looks_at_its_share_of_the_hosts_and_a_failed_child_leaves_them_to_the_plan(fleet, child):  # noqa: F811
     done = python(f"""
         import os
+        from reconciler.adapters import hypervisor as hv
         from reconciler.core import planner
         from reconciler.runtime import early_look, fleet_reconcile, reconcile
 
         early_look.CHILD_SHARE = 2  # the child looks at h2, this process at h1 and h3
         parent = os.getpid()
+        read_here = []
 
         def load():
-            if {child == "fails"!r} and os.getpid() != parent:
+            if {child == "fails reading"!r} and os.getpid() != parent:
                 os._exit(3)  # the child ends without handing anything over
+            if os.getpid() == parent:
+                read_here.append(True)
             return reconcile.load_desired({str(fleet.manifests)!r})
 
-        desired, looked = early_look.read_while_looking({str(fleet.manifests)!r}, load=load)
-        print(sorted(looked))
+        def opener(uri, read_only):
+            if {child == "dies looking"!r} and os.getpid() != parent:
+                os._exit(3)  # the child has handed the manifests over and ends while it looks
+            return hv.Hypervisor.open(uri, read_only=read_only)
+
+        desired, looked = early_look.read_while_looking({str(fleet.manifests)!r}, load=load, opener=opener)
+        print(sorted(looked), "read here" if read_here else "read by the child")
         planned = fleet_reconcile.plan_live(desired, settings=planner.Settings(), looked=looked)
         print(sorted(planned.observed), [h.host for h in planned.plan.unreachable])
     """)
     seen = "['h1', 'h2', 'h3']" if child == "hands-over" else "['h1', 'h3']"
-    assert done.stdout.splitlines() == [seen, "['h1', 'h2', 'h3'] []"], done.stderr
+    # a child that dies while it looks has handed the manifests over already: they are not read again
+    reader = "read here" if child == "fails reading" else "read by the child"
+    assert done.stdout.splitlines() == [f"{seen} {reader}", "['h1', 'h2', 'h3'] []"], done.stderr
 
 
 def test_a_host_the_quick_scan_misses_is_still_looked_at_and_planned(fleet, tmp_path):  # noqa: F811
