@@ -114,7 +114,7 @@ class SideProcess:
         """Stop the child if it still runs, reap it, and drop the hand-over file and pipe."""
         if self._reaped:
             return
-        self._reaped = True
+        self._reaped = self._ended = True
         with contextlib.suppress(ProcessLookupError):
             os.kill(self._pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):  # reaped by someone else (SIGCHLD ignored)
