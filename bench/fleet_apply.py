@@ -1,20 +1,26 @@
-"""Time converging a fleet of lab hosts at once, against the same hosts converged one after another.
+"""Time converging a fleet of lab hosts at once, against the sequential floor and the hosts one after another.
 
-    sudo .venv/bin/python bench/fleet_apply.py [--hosts 3] [--vms 10] [--runs 2] [--run-strategy Always|Halted]
+    .venv/bin/python bench/fleet_apply.py [--hosts 3] [--vms 10] [--runs 2] [--run-strategy Always|Halted]   # as root
 
 Starts a lab of ``--hosts`` private libvirtd daemons (:mod:`tests.lab`), writes Host
 manifests for them, a local pool and ``--vms`` VMs pinned to each host (TCG guests
-without an operating system, 64 MiB, an 8 MiB qcow2 disk: QEMU really starts), then,
+without an operating system, 64 MiB, a 64 MiB qcow2 disk: QEMU really starts), then,
 ``--runs`` times:
 
+* ``floor``: the sequential floor, as ``bench/apply_real.py`` has it for one host: the
+  libvirt calls of converging as many VMs made directly, one after another, host after
+  host (``bench/libvirt_floor.py``: per VM create its volume, define the domain, start
+  it; the same domain XML less kvmops' metadata), in this process as kvmops runs here
+  (not with ``--run-strategy Halted``: the floor starts its VMs);
 * ``sequential``: apply the fleet one host at a time (``--host h1``, then ``h2``, ...),
-  the floor of converging the hosts without parallelism across them;
+  kvmops without parallelism across the hosts (but with its own on each);
 * ``fleet``: one fleet apply, hosts side by side (what ``kvmops apply`` does);
 
-removing every VM (an apply of the manifests without VMs, ``--allow-empty``) between
-them. Each time covers the whole pass: connect, observe, plan, execute, observe and
-plan again. Prints one line per measurement and a JSON summary last (medians, and the
-ratio fleet / sequential: the target is at most 0.5), and how busy the machine's CPUs were
+removing every VM between them (an apply of the manifests without VMs,
+``--allow-empty``; the floor's, which are not kvmops', directly). Each kvmops time covers
+the whole pass: connect, observe, plan, execute, observe and plan again. Prints one line
+per measurement and a JSON summary last (medians, and the ratios fleet / floor, the
+target being at most 0.5, and fleet / sequential), and how busy the machine's CPUs were
 meanwhile, with the CPU seconds each kind of process spent (QEMU, libvirtd, this process
 where kvmops runs, everything else) and the wall time the machine's cores could not beat:
 starting QEMU is CPU work, so when one host's apply already keeps every core busy the
@@ -32,10 +38,12 @@ import statistics
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import libvirt  # noqa: E402
 import yaml  # noqa: E402
 
 from reconciler import logconfig  # noqa: E402
@@ -43,13 +51,18 @@ from reconciler.core import planner  # noqa: E402
 from reconciler.runtime import fleet_reconcile, reconcile  # noqa: E402
 from tests import lab as labs  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import libvirt_floor  # noqa: E402
+
+DISK = "64MiB"  # as libvirt_floor.VOLUME_BYTES: the floor's VMs are these VMs
+
 
 def write_manifests(directory: Path, lab: labs.Lab, prefix: str, vms: int, *, with_vms: bool = True,
                     run_strategy: str = "Always") -> None:
     names = [f"h{i}" for i in range(1, len(lab.hosts) + 1)]
     documents = [{"apiVersion": "kvmops/v1", "kind": "Host", "metadata": {"name": name},
                   "spec": {"uri": host.uri}} for name, host in zip(names, lab.hosts)]
-    pool = f"{prefix}-local"
+    pool = pool_name(prefix)
     documents.append({"apiVersion": "kvmops/v1", "kind": "StoragePool", "metadata": {"name": pool},
                       "spec": {"path": f"/var/lib/libvirt/images/{pool}"}})
     for name in names if with_vms else ():
@@ -57,9 +70,47 @@ def write_manifests(directory: Path, lab: labs.Lab, prefix: str, vms: int, *, wi
             documents.append({
                 "apiVersion": "kvmops/v1", "kind": "VirtualMachine", "metadata": {"name": f"{prefix}-{name}-vm{index:02d}"},
                 "spec": {"memory": "64MiB", "virtType": "qemu", "placement": {"host": name}, "runStrategy": run_strategy,
-                         "disks": [{"name": "root", "pool": pool, "size": "8MiB", "deletionPolicy": "Delete"}]},
+                         "disks": [{"name": "root", "pool": pool, "size": DISK, "deletionPolicy": "Delete"}]},
             })
     (directory / "fleet.yaml").write_text(yaml.safe_dump_all(documents, sort_keys=False), encoding="utf-8")
+
+
+def pool_name(prefix: str) -> str:
+    return f"{prefix}-local"
+
+
+def floor(lab: labs.Lab, prefix: str, vms: int) -> float:
+    """Make the floor's libvirt calls for ``vms`` VMs on each host, host after host; return the seconds."""
+    started = time.monotonic()
+    for index, host in enumerate(lab.hosts, start=1):
+        libvirt_floor.converge(host.uri, pool_name(prefix),
+                               [f"{prefix}-floor-h{index}-vm{n:02d}" for n in range(1, vms + 1)])
+    return time.monotonic() - started
+
+
+def remove_floor(lab: labs.Lab, prefix: str) -> None:
+    """Destroy, undefine and delete the floor's domains and volumes (not kvmops': it leaves them be), hosts side by side."""
+    mine = f"{prefix}-floor-"
+
+    def remove_on(uri: str) -> None:
+        connection = libvirt.open(uri)
+        try:
+            def remove(domain: libvirt.virDomain) -> None:
+                if domain.isActive():
+                    domain.destroy()
+                domain.undefine()
+            domains = [d for d in connection.listAllDomains(0) if d.name().startswith(mine)]
+            with ThreadPoolExecutor(max_workers=4) as workers:  # destroying one takes 1-2 s here
+                list(workers.map(remove, domains))
+            storage = connection.storagePoolLookupByName(pool_name(prefix))
+            storage.refresh(0)
+            for volume in storage.listAllVolumes(0):
+                if volume.name().startswith(mine):
+                    volume.delete(0)
+        finally:
+            connection.close()
+    with ThreadPoolExecutor(max_workers=len(lab.hosts)) as hosts:
+        list(hosts.map(remove_on, [host.uri for host in lab.hosts]))
 
 
 def cpu_busy() -> tuple[int, int]:
@@ -72,8 +123,8 @@ def cpu_busy() -> tuple[int, int]:
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_by_process() -> dict[int, tuple[str, float]]:
-    """Return each live process's (command, CPU seconds so far), from /proc."""
+def cpu_by_process() -> dict[int, tuple[str, int, float]]:
+    """Return each live process's (command, start time in ticks, CPU seconds so far), from /proc."""
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -83,20 +134,21 @@ def cpu_by_process() -> dict[int, tuple[str, float]]:
         except OSError:
             continue  # gone meanwhile
         command, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
-        found[int(entry.name)] = (command, (int(rest[11]) + int(rest[12])) / TICKS)
+        found[int(entry.name)] = (command, int(rest[19]), (int(rest[11]) + int(rest[12])) / TICKS)
     return found
 
 
-def cpu_spent(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+def cpu_spent(before: dict[int, tuple[str, int, float]], after: dict[int, tuple[str, int, float]]) -> dict[str, float]:
     """Return CPU seconds spent between two :func:`cpu_by_process` readings: QEMU, libvirtd, this process, other.
 
     Processes that ended meanwhile are not counted (the bench's own kvmops work runs in
     this process, and the guests stay up until the reading after).
     """
     spent = {"qemu": 0.0, "libvirtd": 0.0, "kvmops": 0.0, "other": 0.0}
-    for pid, (command, seconds) in after.items():
+    for pid, (command, started, seconds) in after.items():
         earlier = before.get(pid)
-        used = seconds - (earlier[1] if earlier and earlier[0] == command else 0.0)
+        # the same process by its start time: a kernel worker renames itself, QEMU is libvirtd's child renamed
+        used = seconds - (earlier[2] if earlier and earlier[1] == started else 0.0)
         kind = ("kvmops" if pid == os.getpid() else "qemu" if command.startswith("qemu-system")
                 else "libvirtd" if command == "libvirtd" else "other")
         spent[kind] += used
@@ -138,7 +190,7 @@ def main() -> int:
     logconfig.configure(format="console", level="warning")
     prefix = f"{args.name}-{uuid.uuid4().hex[:6]}"
     lab = labs.Lab(prefix).start(args.hosts)
-    sequential, parallel = [], []
+    sequential, parallel, floors = [], [], []
     try:
         directory = lab.directory / "manifests"
         directory.mkdir()
@@ -175,17 +227,32 @@ def main() -> int:
             if not ok:
                 raise SystemExit(f"run {run}: the fleet apply did not converge")
             parallel.append(seconds)
-            print(f"run {run}: fleet {seconds:.2f} s, ratio {seconds / sum(per_host):.2f}, "
+            print(f"run {run}: fleet {seconds:.2f} s, ratio to sequential {seconds / sum(per_host):.2f}, "
                   f"machine CPU busy {100 * (busy_after - busy) / max(1, total_after - total):.0f}%; "
                   f"{describe_cpu(spent, seconds)}", flush=True)
             clean()
+            if args.run_strategy == "Always":  # the floor starts its VMs
+                busy, total = cpu_busy()
+                processes = cpu_by_process()
+                floor_seconds = floor(lab, prefix, args.vms)
+                busy_after, total_after = cpu_busy()
+                floors.append(floor_seconds)
+                print(f"run {run}: floor {floor_seconds:.2f} s, fleet / floor {seconds / floor_seconds:.2f}, "
+                      f"machine CPU busy {100 * (busy_after - busy) / max(1, total_after - total):.0f}%; "
+                      f"{describe_cpu(cpu_spent(processes, cpu_by_process()), floor_seconds)}", flush=True)
+                remove_floor(lab, prefix)
     finally:
         lab.stop()
     summary = {
         "hosts": args.hosts, "vms_per_host": args.vms, "runs": args.runs, "run_strategy": args.run_strategy,
         "sequential_s": round(statistics.median(sequential), 2), "fleet_s": round(statistics.median(parallel), 2),
-        "ratio": round(statistics.median(parallel) / statistics.median(sequential), 2), "target_ratio": 0.5,
+        "ratio_to_sequential": round(statistics.median(parallel) / statistics.median(sequential), 2),
     }
+    if floors:
+        summary.update({"floor_s": round(statistics.median(floors), 2),
+                        "ratio_to_floor": round(statistics.median(parallel) / statistics.median(floors), 2),
+                        "ratio_to_floor_per_run": [round(p / f, 2) for p, f in zip(parallel, floors)],
+                        "target_ratio_to_floor": 0.5})
     print(json.dumps(summary))
     return 0
 
