@@ -53,9 +53,9 @@ def read_while_looking(
     ``load`` runs in a forked child, which hands its result over and then looks at its
     share of the Hosts it read, while this process scans the manifests for Hosts and
     looks at the others; or here afterwards when no child can be used, and whatever it
-    raises is raised. Pass what was
-    looked at to :func:`~reconciler.runtime.fleet_reconcile.plan_live`. Nobody is looked at
-    when ``only_host`` (``--host``) is not among the Hosts: the command is about to refuse it.
+    raises is raised. Pass what was looked at to
+    :func:`~reconciler.runtime.fleet_reconcile.plan_live`. Nobody is looked at when
+    ``only_host`` (``--host``) is not among the Hosts: the command is about to refuse it.
     """
     def wanted(uris: dict[str, str]) -> dict[str, str]:
         """Return the Hosts of ``uris`` to look at early: none when ``only_host`` is not among them."""

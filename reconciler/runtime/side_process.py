@@ -58,7 +58,10 @@ class SideProcess:
 
     @classmethod
     def start(cls, work: Callable[[], Iterable[object]], expect: tuple[type, ...]) -> SideProcess | None:
-        """Fork a child computing the values ``work()`` yields (the i-th an ``expect[i]``); None when that is not safe or not possible."""
+        """Fork a child computing the values ``work()`` yields, the i-th an ``expect[i]``.
+
+        None when that is not safe or not possible.
+        """
         if threading.active_count() != 1 or not hasattr(os, "fork"):
             return None
         try:
@@ -135,7 +138,10 @@ class SideProcess:
 
 @contextlib.contextmanager
 def started(work: Callable[[], Iterable[object]] | None, expect: tuple[type, ...]) -> Iterator[SideProcess | None]:
-    """Yield a child computing the values ``work()`` yields (None: no work, no child; or none could be started); reaped on leaving."""
+    """Yield a child computing the values ``work()`` yields; it is reaped on leaving.
+
+    None: no work, no child; or none could be started.
+    """
     side = SideProcess.start(work, expect) if work is not None else None
     try:
         yield side
@@ -145,8 +151,8 @@ def started(work: Callable[[], Iterable[object]] | None, expect: tuple[type, ...
 
 
 def _compute_and_hand_over(work: Callable[[], Iterable[object]], handover: BinaryIO, says: int, wanted: int) -> None:
-    """In the child: write each of the first ``wanted`` values ``work()`` yields pickled to ``handover``, say on
-    ``says`` where it ends, and exit (1 on any failure)."""
+    """In the child: write each of the first ``wanted`` values ``work()`` yields pickled to
+    ``handover``, say on ``says`` where it ends, and exit (1 on any failure)."""
     status = 1
     try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends the child at once; the parent reports it
