@@ -69,7 +69,8 @@ def read_while_looking(
                                       opener=opener) if theirs else {}
     with side_process.started(read_and_look, (model.DesiredState, dict)) as reading:
         uris = wanted(manifests.declared_hosts(path))
-        ours = {name: uri for name, uri in uris.items() if name not in children_share(uris)}
+        childs = children_share(uris)
+        ours = {name: uri for name, uri in uris.items() if name not in childs}
         looked = fleet_reconcile.look_at(ours, host_workers=host_workers, host_timeout=host_timeout,
                                          opener=opener) if ours else {}
         desired = reading.take() if reading is not None else None

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable
 
 from reconciler.runtime import fleet_reconcile, side_process
+
+
+_EXPECT = (fleet_reconcile.InterpretedFleetSnapshot,)  # the child's one value
 
 
 def start(path: str) -> side_process.SideProcess | None:
@@ -29,22 +32,22 @@ def start(path: str) -> side_process.SideProcess | None:
 
     Its one value is a :class:`~reconciler.runtime.fleet_reconcile.InterpretedFleetSnapshot`.
     """
+    work = _work(path)
+    return side_process.SideProcess.start(work, _EXPECT) if work is not None else None
+
+
+def started(path: str | None) -> contextlib.AbstractContextManager[side_process.SideProcess | None]:
+    """Yield a child interpreting the fleet snapshot at ``path`` (None: none was started); it is reaped on leaving."""
+    return side_process.started(_work(path) if path else None, _EXPECT)
+
+
+def _work(path: str) -> Callable[[], tuple[fleet_reconcile.InterpretedFleetSnapshot]] | None:
+    """Return the child's work for the snapshot at ``path``; None when no child may read it."""
     # Only a regular file can be read twice: a pipe (stdin, a shell's <(...)) that the child drained would leave
     # nothing for this process to read should it have to (a single host's snapshot, a child that failed).
     if not os.path.isfile(path):
         return None
-    return side_process.SideProcess.start(lambda: (_interpret(path),), (fleet_reconcile.InterpretedFleetSnapshot,))
-
-
-@contextlib.contextmanager
-def started(path: str | None) -> Iterator[side_process.SideProcess | None]:
-    """Yield a child interpreting the fleet snapshot at ``path`` (None: none was started); it is reaped on leaving."""
-    aside = start(path) if path else None
-    try:
-        yield aside
-    finally:
-        if aside is not None:
-            aside.discard()
+    return lambda: (_interpret(path),)
 
 
 def _interpret(path: str) -> fleet_reconcile.InterpretedFleetSnapshot:
