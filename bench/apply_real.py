@@ -166,8 +166,8 @@ def _ours(name: str, prefix: str) -> bool:
     return name.startswith(PREFIX) and name.startswith(prefix)
 
 
-def remove_domains(connections: Connections, prefix: str) -> int:
-    """Destroy (concurrently) and undefine every domain named ``prefix*``; delete its volumes."""
+def remove_domains(connections: Connections, prefix: str, *, pool: str = POOL) -> int:
+    """Destroy (concurrently) and undefine every domain named ``prefix*``; delete its volumes in ``pool``."""
     main = connections.items[0]
     names = [d.name() for d in main.listAllDomains(0) if _ours(d.name(), prefix)]
 
@@ -193,16 +193,16 @@ def remove_domains(connections: Connections, prefix: str) -> int:
     connections.map(undefine, names)
     volumes: list[str] = []
     try:
-        pool = main.storagePoolLookupByName(POOL)
-        if pool.isActive():
-            pool.refresh(0)
-            volumes = [v.name() for v in pool.listAllVolumes(0) if _ours(v.name(), prefix)]
+        storage = main.storagePoolLookupByName(pool)
+        if storage.isActive():
+            storage.refresh(0)
+            volumes = [v.name() for v in storage.listAllVolumes(0) if _ours(v.name(), prefix)]
     except libvirt.libvirtError:
         pass
 
     def delete(connection: libvirt.virConnect, name: str) -> None:
         try:
-            connection.storagePoolLookupByName(POOL).storageVolLookupByName(name).delete(0)
+            connection.storagePoolLookupByName(pool).storageVolLookupByName(name).delete(0)
         except libvirt.libvirtError:
             pass
 

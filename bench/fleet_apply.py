@@ -43,7 +43,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import libvirt  # noqa: E402
 import yaml  # noqa: E402
 
 from reconciler import logconfig  # noqa: E402
@@ -52,6 +51,7 @@ from reconciler.runtime import fleet_reconcile, reconcile  # noqa: E402
 from tests import lab as labs  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import apply_real  # noqa: E402
 import libvirt_floor  # noqa: E402
 
 DISK = "64MiB"  # as libvirt_floor.VOLUME_BYTES: the floor's VMs are these VMs
@@ -84,31 +84,18 @@ def floor(lab: labs.Lab, prefix: str, vms: int) -> float:
     started = time.monotonic()
     for index, host in enumerate(lab.hosts, start=1):
         libvirt_floor.converge(host.uri, pool_name(prefix),
-                               [f"{prefix}-floor-h{index}-vm{n:02d}" for n in range(1, vms + 1)])
+                               [f"{apply_real.FLOOR_VM}h{index}-vm{n:02d}" for n in range(1, vms + 1)])
     return time.monotonic() - started
 
 
 def remove_floor(lab: labs.Lab, prefix: str) -> None:
-    """Destroy, undefine and delete the floor's domains and volumes (not kvmops': it leaves them be), hosts side by side."""
-    mine = f"{prefix}-floor-"
-
+    """Remove the floor's domains and volumes (not kvmops': it leaves them be), hosts side by side."""
     def remove_on(uri: str) -> None:
-        connection = libvirt.open(uri)
+        connections = apply_real.Connections(uri, apply_real.TEARDOWN_CONNECTIONS)
         try:
-            def remove(domain: libvirt.virDomain) -> None:
-                if domain.isActive():
-                    domain.destroy()
-                domain.undefine()
-            domains = [d for d in connection.listAllDomains(0) if d.name().startswith(mine)]
-            with ThreadPoolExecutor(max_workers=4) as workers:  # destroying one takes 1-2 s here
-                list(workers.map(remove, domains))
-            storage = connection.storagePoolLookupByName(pool_name(prefix))
-            storage.refresh(0)
-            for volume in storage.listAllVolumes(0):
-                if volume.name().startswith(mine):
-                    volume.delete(0)
+            apply_real.remove_domains(connections, apply_real.FLOOR_VM, pool=pool_name(prefix))
         finally:
-            connection.close()
+            connections.close()
     with ThreadPoolExecutor(max_workers=len(lab.hosts)) as hosts:
         list(hosts.map(remove_on, [host.uri for host in lab.hosts]))
 
