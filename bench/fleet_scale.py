@@ -319,16 +319,12 @@ class Fleet:
 
     def fresh(self, state: str) -> tuple[float, float]:
         """Run ``kvmops plan`` in a new process against ``state``; return its wall and CPU seconds."""
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "reconciler", "plan", self.path, "--state", state,
-                               "--detailed-exitcode", "--no-color"], capture_output=True, text=True, check=False)
-        wall = time.perf_counter() - started
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        wall, cpu, done = self.process([sys.executable, "-m", "reconciler", "plan", self.path, "--state", state,
+                                        "--detailed-exitcode", "--no-color"])
         if done.returncode != 0:
             raise SystemExit(f"{self.label}: kvmops plan --state exited {done.returncode} (0: no changes expected): "
                              f"{(done.stderr or done.stdout)[-2000:]}")
-        return wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        return wall, cpu
 
     def measure(self, reps: int, workers: int) -> None:
         self.plan(workers)  # warm-up: schema compilation, imports, the memos of what the converge read
