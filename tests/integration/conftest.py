@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +58,16 @@ WEB_UUID = "5a1d6c3e-0000-4000-8000-00000000000a"
 ORPHAN_UUID = "5a1d6c3e-0000-4000-8000-00000000000b"
 LEGACY_UUID = "5a1d6c3e-0000-4000-8000-00000000000c"
 WEB_MAC = "52:54:00:00:00:0a"
+
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+def single_threaded(code: str, *, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh single-threaded interpreter (kvmops forks a child only there: a test runner may have
+    threads)."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPOSITORY)
 
 
 def node_uri(directory: Path, extra: str = "", *, volumes: str = "") -> str:

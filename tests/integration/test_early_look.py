@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -22,10 +21,9 @@ from reconciler.core import fleet as fleets
 from reconciler.core import model, planner
 from reconciler.runtime import fleet_reconcile, reconcile
 from tests import factories
-from tests.integration.conftest import node_uri
+from tests.integration.conftest import REPOSITORY, node_uri, single_threaded
 from tests.integration.test_fleet_cli import fleet, host_doc, web  # noqa: F401  (fleet: the fixture)
 
-REPOSITORY = Path(__file__).resolve().parents[2]
 
 # Another thread running keeps kvmops from forking: the command reads the manifests, then looks at the Hosts.
 ALONE = ("import sys, threading; threading.Thread(target=threading.Event().wait, daemon=True).start(); "
@@ -37,12 +35,6 @@ def kvmops(*argv: str, alone: bool = False) -> subprocess.CompletedProcess:
     command = [sys.executable, "-c", ALONE] if alone else [sys.executable, "-m", "reconciler"]
     return subprocess.run([*command, *argv], capture_output=True, text=True, timeout=120, cwd=REPOSITORY,
                           env={**os.environ, "NO_COLOR": "1"})
-
-
-def python(code: str) -> subprocess.CompletedProcess:
-    """Run ``code`` in a fresh single-threaded interpreter."""
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120,
-                          cwd=REPOSITORY)
 
 
 def test_a_live_fleet_plan_made_while_looking_equals_one_made_in_one_process(fleet):  # noqa: F811
@@ -57,7 +49,7 @@ def test_a_live_fleet_plan_made_while_looking_equals_one_made_in_one_process(fle
 
 def test_the_manifests_are_read_by_a_child_while_the_hosts_are_looked_at(fleet, tmp_path):  # noqa: F811
     reader = tmp_path / "reader"
-    done = python(f"""
+    done = single_threaded(f"""
         import os
         from reconciler.runtime import early_look, reconcile
 
@@ -79,7 +71,7 @@ def test_the_manifests_are_read_by_a_child_while_the_hosts_are_looked_at(fleet, 
 
 @pytest.mark.parametrize("child", ["hands-over", "fails reading", "dies looking"])
 def test_the_child_looks_at_its_share_of_the_hosts_and_a_failed_child_leaves_them_to_the_plan(fleet, child):  # noqa: F811
-    done = python(f"""
+    done = single_threaded(f"""
         import os
         from reconciler.adapters import hypervisor as hv
         from reconciler.core import planner

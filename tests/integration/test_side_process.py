@@ -6,23 +6,12 @@ other threads run, and a test runner may have some.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
-REPOSITORY = Path(__file__).resolve().parents[2]
-
-
-def python(code: str) -> subprocess.CompletedProcess:
-    """Run ``code`` in a fresh single-threaded interpreter."""
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=60,
-                          cwd=REPOSITORY)
+from tests.integration.conftest import single_threaded
 
 
 def test_the_first_value_is_taken_while_the_child_still_computes_the_second(tmp_path):
     taken = tmp_path / "taken"
-    done = python(f"""
+    done = single_threaded(f"""
         import os, time
         from reconciler.runtime import side_process
 
@@ -40,12 +29,12 @@ def test_the_first_value_is_taken_while_the_child_still_computes_the_second(tmp_
             open({str(taken)!r}, "w").close()
             second = child.take()
             print(first["first"] != os.getpid(), second, child.take())
-    """)
+    """, timeout=60)
     assert done.stdout.strip() == "True ['second'] None", done.stderr
 
 
 def test_a_child_that_dies_after_its_first_value_hands_that_one_and_no_other(tmp_path):
-    done = python("""
+    done = single_threaded("""
         import os
         from reconciler.runtime import side_process
 
@@ -55,22 +44,22 @@ def test_a_child_that_dies_after_its_first_value_hands_that_one_and_no_other(tmp
 
         with side_process.started(work, (str, str)) as child:
             print(child.take(), child.take(), child.take())
-    """)
+    """, timeout=60)
     assert done.stdout.strip() == "read None None", done.stderr
 
 
 def test_a_value_of_another_type_is_not_taken_nor_anything_after_it():
-    done = python("""
+    done = single_threaded("""
         from reconciler.runtime import side_process
 
         with side_process.started(lambda: iter([1, "two", 3]), (int, int, int)) as child:
             print(child.take(), child.take(), child.take())
-    """)
+    """, timeout=60)
     assert done.stdout.strip() == "1 None None", done.stderr
 
 
 def test_a_child_nobody_takes_from_is_killed_and_reaped_and_leaves_no_descriptor_open():
-    done = python("""
+    done = single_threaded("""
         import os, time
         from reconciler.runtime import side_process
 
@@ -88,5 +77,5 @@ def test_a_child_nobody_takes_from_is_killed_and_reaped_and_leaves_no_descriptor
             print("gone", set(os.listdir("/proc/self/fd")) == before)
         else:
             print("still there")
-    """)
+    """, timeout=60)
     assert done.stdout.strip() == "gone True", done.stderr

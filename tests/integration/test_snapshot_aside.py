@@ -12,27 +12,19 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from tests import factories
+from tests.integration.conftest import REPOSITORY, single_threaded
 from tests.integration.test_fleet_cli import fleet, run, web  # noqa: F401  (fleet: the fixture)
-
-REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 def kvmops(*argv: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     """Run kvmops in a process of its own (one thread: the child may be forked)."""
     return subprocess.run([sys.executable, "-m", "reconciler", *argv], input=stdin, capture_output=True, text=True,
                           timeout=120, cwd=REPOSITORY, env={**os.environ, "NO_COLOR": "1"})
-
-
-def python(code: str) -> subprocess.CompletedProcess:
-    """Run ``code`` in a fresh single-threaded interpreter."""
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120,
-                          cwd=REPOSITORY)
 
 
 @pytest.fixture
@@ -47,7 +39,7 @@ def exported(fleet, capsys, tmp_path) -> Path:  # noqa: F811
 
 
 def test_what_the_child_hands_back_equals_what_this_process_interprets(exported):
-    done = python(f"""
+    done = single_threaded(f"""
         from reconciler.runtime import fleet_reconcile, snapshot_aside, snapshots
         aside = snapshot_aside.start({str(exported)!r})
         assert aside is not None, "no child was started"
@@ -89,7 +81,7 @@ def test_a_snapshot_the_child_cannot_read_is_reported_as_without_it(fleet, tmp_p
 
 
 def test_a_child_nobody_takes_from_is_killed_and_reaped(exported):
-    done = python(f"""
+    done = single_threaded(f"""
         import os
         from reconciler.runtime import snapshot_aside
         aside = snapshot_aside.start({str(exported)!r})
@@ -106,7 +98,7 @@ def test_a_child_nobody_takes_from_is_killed_and_reaped(exported):
 
 
 def test_a_child_killed_before_it_handed_over_leaves_the_snapshot_to_be_read_here(exported):
-    done = python(f"""
+    done = single_threaded(f"""
         import os, signal
         from reconciler.runtime import snapshot_aside
         aside = snapshot_aside.start({str(exported)!r})
@@ -118,7 +110,7 @@ def test_a_child_killed_before_it_handed_over_leaves_the_snapshot_to_be_read_her
 
 
 def test_no_child_is_forked_while_other_threads_run_or_for_what_cannot_be_read_twice(exported):
-    done = python(f"""
+    done = single_threaded(f"""
         import os, threading
         from reconciler.runtime import snapshot_aside
         assert snapshot_aside.start("-") is None, "forked for stdin"
